@@ -1,0 +1,648 @@
+//! Typed configuration of the gateway, loaded from one YAML file.
+//!
+//! It runs once at startup (before any listener is opened) and by
+//! `refract check -c FILE`, which only reports. [`load_path`] reads the file,
+//! resolves `env.NAME` secrets from the environment, checks every value and
+//! every cross-reference, and returns either a complete [`Config`] or
+//! [`ConfigErrors`] listing *every* problem found, each with its YAML path
+//! (`providers[1].keys[0].value: environment variable OPENAI_KEY is not set`).
+//!
+//! The YAML is parsed into a generic tree and walked by hand (see `parse.rs`)
+//! rather than derived with serde, so that unknown keys, wrong types and bad
+//! references are all reported together, with paths and suggestions. The
+//! reference for every key, its meaning and its default is
+//! `conf/refract.yaml`.
+//!
+//! Secret values (provider key `value`, virtual key `key`) are held in
+//! [`Secret`], whose `Debug` hides them, and never appear in a problem
+//! message.
+
+mod fields;
+mod parse;
+mod providers;
+#[cfg(test)]
+mod test_util;
+mod url;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Reads the YAML file at `path` and builds the [`Config`], resolving
+/// `env.NAME` secrets from the process environment.
+pub fn load_path(path: &Path) -> Result<Config, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => from_yaml_str(&text),
+        Err(e) => Err(ConfigErrors::single(
+            FILE_PATH,
+            format!("cannot read {}: {e}", path.display()),
+        )),
+    }
+}
+
+/// Builds the [`Config`] from YAML text, resolving `env.NAME` secrets from
+/// the process environment.
+pub fn from_yaml_str(text: &str) -> Result<Config, ConfigErrors> {
+    from_yaml_str_with_env(text, &|name| std::env::var(name).ok())
+}
+
+/// Builds the [`Config`] from YAML text, resolving `env.NAME` secrets with
+/// `env` (which returns the variable's value, or `None` when it is unset).
+/// Meant for tests; the other entry points pass the process environment.
+pub fn from_yaml_str_with_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| ConfigErrors::single(FILE_PATH, e.to_string()))?;
+    parse::build(&value, env).map_err(ConfigErrors)
+}
+
+/// The path given to problems about the file as a whole (unreadable file,
+/// YAML syntax error).
+pub const FILE_PATH: &str = "(file)";
+
+/// Every problem found in a configuration, in the order found. `Display`
+/// prints one `path: message` per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl ConfigErrors {
+    fn single(path: &str, message: String) -> Self {
+        ConfigErrors(vec![ConfigProblem {
+            path: path.to_string(),
+            message,
+        }])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// One problem in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Where: a YAML path such as `providers[1].keys[0].value`, `(root)` for
+    /// the document itself, or `(file)` for the file as a whole.
+    pub path: String,
+    /// What is wrong, e.g. `expected an integer, found a string`. Never
+    /// contains a secret.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A secret string (an upstream API key, a virtual key). `Debug` prints
+/// `Secret(***)` and there is no `Display`, so it cannot be logged by
+/// accident; [`Secret::expose`] is the one way to read it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for putting it on the wire or hashing it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The whole gateway configuration, checked and with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Pingora server settings (`server`).
+    pub server: ServerSettings,
+    /// The gateway's listening sockets (`listeners`); never empty.
+    pub listeners: Vec<Listener>,
+    /// The Prometheus metrics listener (`metrics`); `None` = no metrics.
+    pub metrics: Option<MetricsSettings>,
+    /// Client authentication (`auth`).
+    pub auth: AuthSettings,
+    /// Request size limits (`limits`).
+    pub limits: Limits,
+    /// Where uploaded files are buffered (`spool`).
+    pub spool: SpoolSettings,
+    /// The built-in provider simulator (`simulator`); `None` = not started.
+    pub simulator: Option<SimulatorSettings>,
+    /// Upstream providers (`providers`); never empty, names unique.
+    pub providers: Vec<ProviderConfig>,
+    /// Client API keys (`virtual_keys`); ids and keys unique.
+    pub virtual_keys: Vec<VirtualKeyConfig>,
+}
+
+/// Pingora server settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Worker threads for the gateway listeners, 1..=256.
+    pub threads: usize,
+    /// Seconds between SIGTERM and the start of the shutdown.
+    pub grace_period_seconds: u64,
+    /// Seconds the shutdown waits for in-flight requests.
+    pub graceful_shutdown_timeout_seconds: u64,
+    /// Where to write the process id, if anywhere.
+    pub pid_file: Option<String>,
+    /// Unix socket for zero-downtime upgrades, if any.
+    pub upgrade_sock: Option<String>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            threads: 2,
+            grace_period_seconds: 5,
+            graceful_shutdown_timeout_seconds: 5,
+            pid_file: None,
+            upgrade_sock: None,
+        }
+    }
+}
+
+/// One listening socket of the gateway.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// The address to bind.
+    pub address: SocketAddr,
+    /// TLS certificate and key; `None` = plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for a TLS listener; both existed when the config was loaded.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// The Prometheus metrics listener.
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    /// The address to serve `/metrics` on.
+    pub address: SocketAddr,
+}
+
+/// Client authentication.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// Serve requests that carry no virtual key (with every provider and
+    /// model allowed). Default false.
+    pub allow_anonymous: bool,
+}
+
+/// Request size limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: u64,
+    /// Most image parts accepted in one request.
+    pub max_images: usize,
+    /// Largest single file part, in bytes; never above `max_body_bytes`.
+    pub max_part_bytes: u64,
+    /// Largest single text field, in bytes.
+    pub max_field_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 100 * MIB,
+            max_images: 16,
+            max_part_bytes: 50 * MIB,
+            max_field_bytes: 64 * 1024,
+        }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Where uploaded files are buffered while a request is processed.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    /// Bytes of uploaded files kept in memory per request before the rest
+    /// spills to a temporary file.
+    pub memory_bytes: usize,
+    /// Directory for those temporary files; `None` = the system temp dir.
+    pub directory: Option<PathBuf>,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        SpoolSettings {
+            memory_bytes: 1024 * 1024,
+            directory: None,
+        }
+    }
+}
+
+/// The built-in OpenAI-compatible provider simulator.
+#[derive(Debug, Clone)]
+pub struct SimulatorSettings {
+    /// The address the simulator listens on.
+    pub address: SocketAddr,
+}
+
+macro_rules! provider_kinds {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
+        /// The API dialect a provider speaks, written as `kind:` in YAML.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ProviderKind {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl ProviderKind {
+            /// Every kind, in the order they are documented.
+            pub const ALL: &'static [ProviderKind] = &[$(ProviderKind::$variant),+];
+
+            /// The YAML name of this kind.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $(ProviderKind::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+// A new kind is one line here.
+provider_kinds! {
+    /// An OpenAI-compatible HTTP API (`openai`).
+    OpenAi => "openai",
+}
+
+impl ProviderKind {
+    /// The kind with YAML name `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One upstream provider.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Unique name, `[a-z0-9_-]+`; the `provider` part of `provider/model`.
+    pub name: String,
+    /// The API it speaks.
+    pub kind: ProviderKind,
+    /// Where requests are sent.
+    pub base_url: BaseUrl,
+    /// Limit for establishing a connection (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// Limit for each read from the provider.
+    pub read_timeout: Duration,
+    /// Upstream API keys; never empty, names unique.
+    pub keys: Vec<ProviderKey>,
+}
+
+/// A provider base URL, split into the parts a proxy needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    /// `https` (true) or `http`.
+    pub https: bool,
+    /// Host name or IP address, lowercase; IPv6 without brackets.
+    pub host: String,
+    /// Port, defaulted to 443 / 80 from the scheme.
+    pub port: u16,
+    /// Path prefix such as `/v1`, or empty; never ends with `/`.
+    pub path: String,
+}
+
+impl BaseUrl {
+    /// `host[:port]` as a `Host` header value: IPv6 in brackets, port only
+    /// when it is not the scheme's default.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == self.default_port() {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    fn default_port(&self) -> u16 {
+        if self.https {
+            443
+        } else {
+            80
+        }
+    }
+}
+
+/// `scheme://authority/path`, as written in a config.
+impl fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority(), self.path)
+    }
+}
+
+/// One upstream API key of a provider.
+#[derive(Debug, Clone)]
+pub struct ProviderKey {
+    /// Name, unique within the provider (for logs and metrics).
+    pub name: String,
+    /// The key sent upstream.
+    pub value: Secret,
+    /// Relative share of traffic among the keys serving a model; > 0.
+    pub weight: f64,
+    /// Model names this key may serve; `"*"` means any.
+    pub models: Vec<String>,
+}
+
+impl ProviderKey {
+    /// Whether this key may serve `model`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m == "*" || m == model)
+    }
+}
+
+/// A client API key ("virtual key") and what it may use.
+#[derive(Debug, Clone)]
+pub struct VirtualKeyConfig {
+    /// Unique id (for logs and metrics).
+    pub id: String,
+    /// SHA-256 of the key clients send; the key itself is not kept.
+    pub key_sha256: [u8; 32],
+    /// Whether the key is accepted at all.
+    pub enabled: bool,
+    /// Provider names it may use; `None` = all.
+    pub providers: Option<Vec<String>>,
+    /// `provider/model` or `provider/*` entries it may use; `None` = all.
+    pub models: Option<Vec<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "OPENAI_API_KEY" => Some("sk-upstream-SECRET-1".to_string()),
+            "REFRACT_VK_TEAM_A" => Some("vk-team-a-SECRET-2".to_string()),
+            _ => None,
+        }
+    }
+
+    const MINIMAL: &str = "
+providers:
+  - name: openai
+    kind: openai
+    base_url: https://api.openai.com/v1/
+    keys:
+      - name: primary
+        value: env.OPENAI_API_KEY
+";
+
+    #[test]
+    fn minimal_config_gets_every_default() {
+        let c = from_yaml_str_with_env(MINIMAL, &env).unwrap();
+        let s = &c.server;
+        assert_eq!(
+            (s.threads, s.grace_period_seconds, s.graceful_shutdown_timeout_seconds),
+            (2, 5, 5)
+        );
+        assert!(s.pid_file.is_none() && s.upgrade_sock.is_none());
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
+        assert!(c.listeners[0].tls.is_none());
+        assert!(c.metrics.is_none() && c.simulator.is_none());
+        assert!(!c.auth.allow_anonymous);
+        let l = &c.limits;
+        assert_eq!(
+            (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
+            (104_857_600, 16, 52_428_800, 65_536)
+        );
+        assert_eq!(c.spool.memory_bytes, 1_048_576);
+        assert!(c.spool.directory.is_none());
+        let p = &c.providers[0];
+        assert_eq!((p.name.as_str(), p.kind), ("openai", ProviderKind::OpenAi));
+        assert_eq!(p.base_url.path, "/v1");
+        assert_eq!(p.base_url.to_string(), "https://api.openai.com/v1");
+        assert_eq!(p.connect_timeout, Duration::from_millis(5000));
+        assert_eq!(p.read_timeout, Duration::from_millis(120_000));
+        let k = &p.keys[0];
+        assert_eq!(
+            (k.name.as_str(), k.value.expose(), k.weight),
+            ("primary", "sk-upstream-SECRET-1", 1.0)
+        );
+        assert_eq!(k.models, ["*"]);
+        assert!(k.serves("gpt-image-1"));
+        assert!(c.virtual_keys.is_empty());
+    }
+
+    #[test]
+    fn defaults_match_the_default_impls() {
+        let c = from_yaml_str_with_env(MINIMAL, &env).unwrap();
+        let (l, d) = (&c.limits, Limits::default());
+        assert_eq!(
+            (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
+            (d.max_body_bytes, d.max_images, d.max_part_bytes, d.max_field_bytes)
+        );
+        assert_eq!(c.server.threads, ServerSettings::default().threads);
+        assert_eq!(c.spool.memory_bytes, SpoolSettings::default().memory_bytes);
+        assert_eq!(c.auth.allow_anonymous, AuthSettings::default().allow_anonymous);
+    }
+
+    #[test]
+    fn reference_config_loads_with_every_section() {
+        let text = include_str!("../../conf/refract.yaml");
+        let c = from_yaml_str_with_env(text, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.providers.len(), 1);
+        assert_eq!(c.providers[0].kind, ProviderKind::OpenAi);
+        assert_eq!(c.providers[0].keys[0].value.expose(), "sk-upstream-SECRET-1");
+        assert!(c.metrics.is_some() && c.simulator.is_some());
+        assert_eq!(c.virtual_keys.len(), 2);
+        let team_a = c.virtual_keys.iter().find(|v| v.id == "team-a").unwrap();
+        assert_eq!(team_a.key_sha256, providers::sha256("vk-team-a-SECRET-2"));
+        assert!(c.listeners.iter().all(|l| l.tls.is_none()));
+
+        // Without the environment variables it names exactly those two.
+        let errors = from_yaml_str_with_env(text, &|_| None).unwrap_err();
+        let shown = errors.to_string();
+        assert_eq!(errors.0.len(), 2, "{shown}");
+        assert!(
+            shown.contains("environment variable OPENAI_API_KEY is not set"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("environment variable REFRACT_VK_TEAM_A is not set"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn reference_config_documents_every_key() {
+        let text = include_str!("../../conf/refract.yaml");
+        for key in [
+            "server:",
+            "threads:",
+            "grace_period_seconds:",
+            "graceful_shutdown_timeout_seconds:",
+            "pid_file:",
+            "upgrade_sock:",
+            "listeners:",
+            "address:",
+            "tls:",
+            "cert:",
+            "key:",
+            "metrics:",
+            "auth:",
+            "allow_anonymous:",
+            "limits:",
+            "max_body_bytes:",
+            "max_images:",
+            "max_part_bytes:",
+            "max_field_bytes:",
+            "spool:",
+            "memory_bytes:",
+            "directory:",
+            "simulator:",
+            "providers:",
+            "name:",
+            "kind:",
+            "base_url:",
+            "connect_timeout_ms:",
+            "read_timeout_ms:",
+            "keys:",
+            "value:",
+            "weight:",
+            "models:",
+            "virtual_keys:",
+            "id:",
+            "key_sha256:",
+            "enabled:",
+        ] {
+            assert!(text.contains(key), "conf/refract.yaml does not mention {key}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_errors() {
+        let yaml = "
+providers:
+  - name: openai
+    kind: openai
+    base_url: https://api.openai.com
+    keys:
+      - {name: a, value: env.OPENAI_API_KEY}
+      - {name: b, value: literal-upstream-SECRET-3, weight: -1}
+virtual_keys:
+  - {id: one, key: env.REFRACT_VK_TEAM_A}
+  - {id: two, key: vk-team-a-SECRET-2, providers: [nope]}
+  - {id: three, key: 'bad SECRET-4'}
+";
+        let errors = from_yaml_str_with_env(yaml, &env).unwrap_err();
+        let shown = format!("{errors}\n{errors:?}");
+        assert!(shown.contains("duplicate key (same as virtual_keys[0])"), "{shown}");
+        assert!(shown.contains("keys[1].weight"), "{shown}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+
+        let ok = yaml
+            .replace("weight: -1", "weight: 2")
+            .replace("vk-team-a-SECRET-2, providers: [nope]", "other")
+            .replace("'bad SECRET-4'", "third");
+        let config = from_yaml_str_with_env(&ok, &env).unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{config:?} {config:#?}");
+        assert!(shown.contains("Secret(***)"));
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(!shown.contains("literal-upstream"), "{shown}");
+        assert_eq!(format!("{:?}", Secret::new("x")), "Secret(***)");
+    }
+
+    #[test]
+    fn syntax_error_is_one_problem_at_file_with_location() {
+        let errors = from_yaml_str_with_env("server:\n  threads: [1, 2\nproviders: x\n", &env).unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        assert_eq!(errors.0[0].path, "(file)");
+        assert!(errors.0[0].message.contains("line"), "{errors}");
+    }
+
+    #[test]
+    fn load_path_reads_files_and_reports_missing_ones() {
+        let errors = load_path(Path::new("/nonexistent/refract.yaml")).unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        assert_eq!(errors.0[0].path, "(file)");
+        assert!(
+            errors.0[0].message.starts_with("cannot read /nonexistent/refract.yaml"),
+            "{errors}"
+        );
+
+        let path = std::env::temp_dir().join(format!("refract-config-test-{}.yaml", std::process::id()));
+        std::fs::write(&path, MINIMAL.replace("env.OPENAI_API_KEY", "sk-literal")).unwrap();
+        let loaded = load_path(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(loaded.unwrap().providers[0].keys[0].value.expose(), "sk-literal");
+    }
+
+    #[test]
+    fn errors_display_one_problem_per_line() {
+        let errors = ConfigErrors(vec![
+            ConfigProblem {
+                path: "a".into(),
+                message: "one".into(),
+            },
+            ConfigProblem {
+                path: "b[0].c".into(),
+                message: "two".into(),
+            },
+        ]);
+        assert_eq!(errors.to_string(), "a: one\nb[0].c: two");
+        let boxed: Box<dyn std::error::Error> = Box::new(errors);
+        assert!(boxed.to_string().ends_with("two"));
+    }
+
+    #[test]
+    fn provider_kinds_round_trip() {
+        for kind in ProviderKind::ALL {
+            assert_eq!(ProviderKind::from_name(kind.as_str()), Some(*kind));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+        assert_eq!(ProviderKind::from_name("OpenAI"), None);
+    }
+
+    #[test]
+    fn provider_key_serves_listed_models_only() {
+        let key = ProviderKey {
+            name: "k".into(),
+            value: Secret::new("s"),
+            weight: 1.0,
+            models: vec!["gpt-image-1".into(), "dall-e-2".into()],
+        };
+        assert!(key.serves("gpt-image-1"));
+        assert!(key.serves("dall-e-2"));
+        assert!(!key.serves("dall-e-3"));
+        assert!(!key.serves("*"));
+    }
+}

@@ -1,0 +1,656 @@
+//! The walk from the parsed YAML tree to [`Config`]: one function per
+//! section, then the cross-checks (clashing addresses here; unique names,
+//! references and duplicate virtual keys in `providers.rs`).
+//!
+//! Each function reads every key of its section even after a problem, so a
+//! single run reports everything; a value with a problem is replaced by a
+//! fallback (or dropped) and the whole result is discarded when any problem
+//! was found.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde_yaml::Value;
+
+use super::fields::{Fields, Problems};
+use super::url::parse_socket_addr;
+use super::{
+    providers, AuthSettings, Config, ConfigProblem, Limits, Listener, MetricsSettings, ServerSettings,
+    SimulatorSettings, SpoolSettings, TlsFiles, MIB,
+};
+
+/// Resolves an environment variable (`None` = not set).
+pub(super) type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
+
+/// Builds the configuration from the YAML document, or returns every problem.
+pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProblem>> {
+    let problems = Problems::new();
+    let config = {
+        let mut top = Fields::new(root, "", &problems);
+        let server = server(top.section("server"));
+        let listeners = listeners(&mut top);
+        let metrics = top.opt_obj("metrics").and_then(address_only);
+        let auth = AuthSettings {
+            allow_anonymous: top.section("auth").opt_bool("allow_anonymous", false),
+        };
+        let limits = limits(top.section("limits"));
+        let spool = spool(top.section("spool"));
+        let simulator = top.opt_obj("simulator").and_then(address_only);
+        let (providers, provider_names) = providers::providers(&mut top, env);
+        let virtual_keys = providers::virtual_keys(&mut top, env, provider_names.as_deref());
+        top.finish();
+        check_addresses(&listeners, metrics.clone(), simulator.clone(), &problems);
+        Config {
+            server,
+            listeners: listeners.into_iter().map(|(_, l)| l).collect(),
+            metrics: metrics.map(|(_, address)| MetricsSettings { address }),
+            auth,
+            limits,
+            spool,
+            simulator: simulator.map(|(_, address)| SimulatorSettings { address }),
+            providers,
+            virtual_keys,
+        }
+    };
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems.into_vec())
+    }
+}
+
+fn server(mut f: Fields<'_>) -> ServerSettings {
+    let d = ServerSettings::default();
+    let settings = ServerSettings {
+        threads: f.opt_usize("threads", d.threads, 1..=256),
+        grace_period_seconds: f.opt_u64("grace_period_seconds", d.grace_period_seconds, 0..=u64::MAX),
+        graceful_shutdown_timeout_seconds: f.opt_u64(
+            "graceful_shutdown_timeout_seconds",
+            d.graceful_shutdown_timeout_seconds,
+            0..=u64::MAX,
+        ),
+        pid_file: f.opt_str("pid_file").map(str::to_string),
+        upgrade_sock: f.opt_str("upgrade_sock").map(str::to_string),
+    };
+    f.finish();
+    settings
+}
+
+/// A required socket address under `key`.
+fn socket_addr(f: &mut Fields<'_>, key: &'static str) -> Option<SocketAddr> {
+    let text = f.req_str(key)?;
+    parse_socket_addr(text).map_err(|e| f.report(key, e)).ok()
+}
+
+/// A section whose only key is `address` (metrics, simulator): the address
+/// with the path it was written at.
+fn address_only(mut f: Fields<'_>) -> Option<(String, SocketAddr)> {
+    let address = socket_addr(&mut f, "address").map(|a| (f.path_of("address"), a));
+    f.finish();
+    address
+}
+
+/// Listeners with the path of their address, for the clash check.
+fn listeners(top: &mut Fields<'_>) -> Vec<(String, Listener)> {
+    if !top.has("listeners") {
+        let address = SocketAddr::from(([127, 0, 0, 1], 8080));
+        return vec![("listeners (default)".into(), Listener { address, tls: None })];
+    }
+    let problems = top.problems();
+    let items = top.req_list("listeners").unwrap_or_default();
+    items
+        .into_iter()
+        .filter_map(|(path, value)| {
+            let mut f = Fields::new(value, path, problems);
+            let address = socket_addr(&mut f, "address");
+            let tls = f.opt_obj("tls").map(tls_files);
+            let path = f.path_of("address");
+            f.finish();
+            let tls = match tls {
+                Some(files) => Some(files?),
+                None => None,
+            };
+            Some((path, Listener { address: address?, tls }))
+        })
+        .collect()
+}
+
+fn tls_files(mut f: Fields<'_>) -> Option<TlsFiles> {
+    let cert = existing_file(&mut f, "cert");
+    let key = existing_file(&mut f, "key");
+    f.finish();
+    Some(TlsFiles { cert: cert?, key: key? })
+}
+
+fn existing_file(f: &mut Fields<'_>, key: &'static str) -> Option<PathBuf> {
+    let path = PathBuf::from(f.req_str(key)?);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => return Some(path),
+        Ok(_) => f.report(key, format!("{} is not a regular file", path.display())),
+        Err(e) => f.report(key, format!("cannot use file {}: {e}", path.display())),
+    }
+    None
+}
+
+fn limits(mut f: Fields<'_>) -> Limits {
+    let d = Limits::default();
+    let problems = f.problems();
+    let before = problems.len();
+    let max_body_bytes = f.opt_u64("max_body_bytes", d.max_body_bytes, 1..=1 << 40);
+    let body_ok = problems.len() == before;
+    let part_given = f.has("max_part_bytes");
+    let max_part_bytes = f.opt_u64("max_part_bytes", d.max_part_bytes.min(max_body_bytes), 1..=1 << 40);
+    if part_given && body_ok && max_part_bytes > max_body_bytes {
+        f.report(
+            "max_part_bytes",
+            format!("must not exceed limits.max_body_bytes ({max_body_bytes}), found {max_part_bytes}"),
+        );
+    }
+    let limits = Limits {
+        max_body_bytes,
+        max_images: f.opt_usize("max_images", d.max_images, 1..=64),
+        max_part_bytes,
+        max_field_bytes: f.opt_usize("max_field_bytes", d.max_field_bytes, 1..=16 * MIB),
+    };
+    f.finish();
+    limits
+}
+
+fn spool(mut f: Fields<'_>) -> SpoolSettings {
+    let d = SpoolSettings::default();
+    let memory_bytes = f.opt_usize("memory_bytes", d.memory_bytes, 0..=1024 * MIB);
+    let directory = f.opt_str("directory").map(PathBuf::from).and_then(|dir| {
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => return Some(dir),
+            Ok(_) => f.report("directory", format!("{} is not a directory", dir.display())),
+            Err(e) => f.report("directory", format!("cannot use directory {}: {e}", dir.display())),
+        }
+        None
+    });
+    f.finish();
+    SpoolSettings {
+        memory_bytes,
+        directory,
+    }
+}
+
+/// Two sockets on the same address cannot both be bound (port 0 picks a
+/// free port, so it never clashes).
+fn check_addresses(
+    listeners: &[(String, Listener)],
+    metrics: Option<(String, SocketAddr)>,
+    simulator: Option<(String, SocketAddr)>,
+    problems: &Problems,
+) {
+    let all: Vec<(String, SocketAddr)> = listeners
+        .iter()
+        .map(|(path, l)| (path.clone(), l.address))
+        .chain(metrics)
+        .chain(simulator)
+        .collect();
+    for (i, (path, address)) in all.iter().enumerate() {
+        if address.port() == 0 {
+            continue;
+        }
+        if let Some((first, _)) = all[..i].iter().find(|(_, a)| a == address) {
+            problems.add(path, format!("address {address} is already used by {first}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+
+    #[test]
+    fn unknown_keys_with_and_without_suggestion() {
+        one_problem(
+            &format!("server:\n  thread: 4\n{PROVIDER}"),
+            "server.thread",
+            "unknown key 'thread'; did you mean 'threads'?",
+        );
+        one_problem(
+            &format!("{PROVIDER}    colour: red\n"),
+            "providers[0].colour",
+            "unknown key 'colour' (known keys: name, kind, base_url,",
+        );
+        one_problem(
+            &format!("{PROVIDER}virtual_key: []\n"),
+            "virtual_key",
+            "did you mean 'virtual_keys'?",
+        );
+        one_problem(
+            &format!("{PROVIDER}        wieght: 2\n"),
+            "providers[0].keys[0].wieght",
+            "did you mean 'weight'?",
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        one_problem(
+            &format!("server:\n  threads: two\n{PROVIDER}"),
+            "server.threads",
+            "expected an integer, found a string",
+        );
+        one_problem(
+            &format!("limits:\n  max_images: 2.5\n{PROVIDER}"),
+            "limits.max_images",
+            "expected an integer, found a floating-point number",
+        );
+        one_problem(
+            &format!("auth:\n  allow_anonymous: yes\n{PROVIDER}"),
+            "auth.allow_anonymous",
+            "expected a boolean, found a string",
+        );
+        one_problem(
+            &format!("limits: 5\n{PROVIDER}"),
+            "limits",
+            "expected a mapping, found an integer",
+        );
+        one_problem(
+            &format!("listeners: 0.0.0.0:80\n{PROVIDER}"),
+            "listeners",
+            "expected a list, found a string",
+        );
+        one_problem(
+            &format!("server:\n  pid_file: 7\n{PROVIDER}"),
+            "server.pid_file",
+            "expected a string, found an integer",
+        );
+        one_problem(
+            &format!("{PROVIDER}        models: [1]\n"),
+            "providers[0].keys[0].models[0]",
+            "expected a string",
+        );
+    }
+
+    #[test]
+    fn missing_required_keys() {
+        one_problem("server: {}\n", "providers", "missing required key");
+        one_problem(
+            &PROVIDER.replace("    kind: openai\n", ""),
+            "providers[0].kind",
+            "missing required key",
+        );
+        one_problem(
+            &PROVIDER.replace("        value: env.KEY_A\n", ""),
+            "providers[0].keys[0].value",
+            "missing required key",
+        );
+        one_problem(
+            &format!("metrics: {{}}\n{PROVIDER}"),
+            "metrics.address",
+            "missing required key",
+        );
+        one_problem(
+            &format!("listeners:\n  - tls: ~\n{PROVIDER}"),
+            "listeners[0].address",
+            "missing required key",
+        );
+        one_problem(
+            &format!("{PROVIDER}virtual_keys:\n  - id: x\n"),
+            "virtual_keys[0].key",
+            "missing required key",
+        );
+        one_problem(
+            &format!("{PROVIDER}virtual_keys:\n  - key: x\n"),
+            "virtual_keys[0].id",
+            "missing required key",
+        );
+    }
+
+    #[test]
+    fn empty_lists_where_entries_are_required() {
+        one_problem("providers: []\n", "providers", "must have at least one entry");
+        one_problem(
+            &format!("listeners: []\n{PROVIDER}"),
+            "listeners",
+            "must have at least one entry",
+        );
+        one_problem(
+            &PROVIDER.replace(
+                "    keys:\n      - name: primary\n        value: env.KEY_A\n",
+                "    keys: []\n",
+            ),
+            "providers[0].keys",
+            "must have at least one entry",
+        );
+        one_problem(
+            &format!("{PROVIDER}        models: []\n"),
+            "providers[0].keys[0].models",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn out_of_range_values() {
+        one_problem(
+            &format!("server:\n  threads: 0\n{PROVIDER}"),
+            "server.threads",
+            "must be between 1 and 256, found 0",
+        );
+        one_problem(
+            &format!("server:\n  threads: -4\n{PROVIDER}"),
+            "server.threads",
+            "found -4",
+        );
+        one_problem(
+            &format!("server:\n  grace_period_seconds: -1\n{PROVIDER}"),
+            "server.grace_period_seconds",
+            "found -1",
+        );
+        one_problem(
+            &format!("limits:\n  max_images: 65\n{PROVIDER}"),
+            "limits.max_images",
+            "between 1 and 64",
+        );
+        one_problem(
+            &format!("limits:\n  max_body_bytes: 1099511627777\n{PROVIDER}"),
+            "limits.max_body_bytes",
+            "between 1 and 1099511627776",
+        );
+        one_problem(
+            &format!("limits:\n  max_field_bytes: 16777217\n{PROVIDER}"),
+            "limits.max_field_bytes",
+            "between 1 and 16777216",
+        );
+        one_problem(
+            &format!("spool:\n  memory_bytes: 1073741825\n{PROVIDER}"),
+            "spool.memory_bytes",
+            "between 0 and 1073741824",
+        );
+        one_problem(
+            &format!("{PROVIDER}    connect_timeout_ms: 0\n"),
+            "providers[0].connect_timeout_ms",
+            "between 1 and 600000",
+        );
+        one_problem(
+            &format!("{PROVIDER}    read_timeout_ms: 3600001\n"),
+            "providers[0].read_timeout_ms",
+            "between 1 and 3600000",
+        );
+        one_problem(
+            &format!("{PROVIDER}        weight: 0\n"),
+            "providers[0].keys[0].weight",
+            "greater than 0",
+        );
+        one_problem(
+            &format!("{PROVIDER}        weight: .nan\n"),
+            "providers[0].keys[0].weight",
+            "finite number",
+        );
+    }
+
+    #[test]
+    fn part_size_is_checked_against_body_size() {
+        one_problem(
+            &format!("limits:\n  max_body_bytes: 1000\n  max_part_bytes: 1001\n{PROVIDER}"),
+            "limits.max_part_bytes",
+            "must not exceed limits.max_body_bytes (1000), found 1001",
+        );
+        // Not given: the default shrinks to the body size instead.
+        let c = ok(&format!("limits:\n  max_body_bytes: 1000\n{PROVIDER}"));
+        assert_eq!((c.limits.max_body_bytes, c.limits.max_part_bytes), (1000, 1000));
+        // A broken body size does not add a second, misleading problem.
+        one_problem(
+            &format!("limits:\n  max_body_bytes: x\n  max_part_bytes: 2000000000\n{PROVIDER}"),
+            "limits.max_body_bytes",
+            "expected an integer",
+        );
+    }
+
+    #[test]
+    fn bad_socket_addresses() {
+        one_problem(
+            &format!("listeners:\n  - address: localhost:8080\n{PROVIDER}"),
+            "listeners[0].address",
+            "invalid socket address 'localhost:8080'",
+        );
+        one_problem(
+            &format!("metrics:\n  address: 127.0.0.1\n{PROVIDER}"),
+            "metrics.address",
+            "expected IP:port",
+        );
+        one_problem(
+            &format!("simulator:\n  address: '[::1]:99999'\n{PROVIDER}"),
+            "simulator.address",
+            "invalid socket address",
+        );
+        one_problem(
+            &format!("simulator:\n  address: 8090\n{PROVIDER}"),
+            "simulator.address",
+            "expected a string, found an integer",
+        );
+    }
+
+    #[test]
+    fn clashing_addresses() {
+        one_problem(
+            &format!("listeners:\n  - address: 0.0.0.0:8080\n  - address: 0.0.0.0:8080\n{PROVIDER}"),
+            "listeners[1].address",
+            "address 0.0.0.0:8080 is already used by listeners[0].address",
+        );
+        one_problem(
+            &format!("metrics:\n  address: 127.0.0.1:8080\n{PROVIDER}"),
+            "metrics.address",
+            "already used by listeners (default)",
+        );
+        // Port 0 means "any free port" and never clashes.
+        ok(&format!(
+            "listeners:\n  - address: 127.0.0.1:0\nmetrics:\n  address: 127.0.0.1:0\n{PROVIDER}"
+        ));
+    }
+
+    #[test]
+    fn tls_files_and_spool_directory_must_exist() {
+        let dir = std::env::temp_dir().join(format!("refract-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, "c").unwrap();
+        std::fs::write(&key, "k").unwrap();
+        let good = format!(
+            "listeners:\n  - address: '[::]:8443'\n    tls: {{cert: {}, key: {}}}\nspool:\n  directory: {}\n{PROVIDER}",
+            cert.display(),
+            key.display(),
+            dir.display()
+        );
+        let result = load(&good);
+        let missing = load(
+            &good
+                .replace("key.pem", "nope.pem")
+                .replace("directory: ", "directory: /nonexistent"),
+        );
+        // The cert path names the directory, the spool directory names a file.
+        let swapped = load(&good.replace("cert.pem", "").replace(
+            &format!("directory: {}", dir.display()),
+            &format!("directory: {}", cert.display()),
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let c = result.unwrap_or_else(|e| panic!("{e}"));
+        let tls = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!((tls.cert.as_path(), tls.key.as_path()), (cert.as_path(), key.as_path()));
+        assert_eq!(c.spool.directory.as_deref(), Some(dir.as_path()));
+
+        let missing = missing.unwrap_err();
+        assert_eq!(missing.0.len(), 2, "{missing}");
+        assert_eq!(missing.0[0].path, "listeners[0].tls.key");
+        assert!(missing.0[0].message.starts_with("cannot use file "), "{missing}");
+        assert_eq!(missing.0[1].path, "spool.directory");
+
+        let swapped = swapped.unwrap_err();
+        assert_eq!(swapped.0.len(), 2, "{swapped}");
+        assert!(swapped.0[0].message.ends_with("is not a regular file"), "{swapped}");
+        assert!(swapped.0[1].message.ends_with("is not a directory"), "{swapped}");
+    }
+
+    #[test]
+    fn many_problems_are_all_reported() {
+        let yaml = "
+server:
+  threads: 0
+  thread: 1
+listeners:
+  - address: nowhere
+limits:
+  max_images: many
+providers:
+  - name: openai
+    kind: grpc
+    base_url: https://x/v1#f
+    keys:
+      - name: a
+        value: env.MISSING
+        weight: -2
+  - name: openai
+    kind: openai
+    base_url: http://y
+    keys: {}
+virtual_keys:
+  - id: v
+    key: k
+    providers: [nope]
+";
+        let all = problems(yaml);
+        let expected = [
+            "server.threads: must be between 1 and 256, found 0",
+            "server.thread: unknown key 'thread'; did you mean 'threads'?",
+            "listeners[0].address: invalid socket address 'nowhere'",
+            "limits.max_images: expected an integer, found a string",
+            "providers[1].name: duplicate provider name 'openai' (same as providers[0])",
+            "providers[0].kind: unknown provider kind 'grpc' (allowed: openai)",
+            "providers[0].base_url: invalid URL: a fragment",
+            "providers[0].keys[0].value: environment variable MISSING is not set",
+            "providers[0].keys[0].weight: must be a finite number greater than 0, found -2",
+            "providers[1].keys: expected a list, found a mapping",
+            "virtual_keys[0].providers[0]: unknown provider 'nope'",
+        ];
+        assert_eq!(all.len(), expected.len(), "{all:#?}");
+        for (got, want) in all.iter().zip(expected) {
+            assert!(got.starts_with(want), "got {got:?}, want {want:?}\nall: {all:#?}");
+        }
+    }
+
+    #[test]
+    fn odd_documents_never_panic() {
+        let inputs = [
+            "", "~", "null", "---", "[]", "- 1\n- 2", "42", "'text'", "true", ".inf", "{}", "!tag {}",
+            "providers:", "providers: ~", "providers: [~]", "providers: [[]]", "providers: [1, 'a', true, 1.5]",
+            "providers: {name: x}", "providers:\n  - name: ~\n    kind: ~\n    base_url: ~\n    keys: [~, 1, {}]",
+            "providers:\n  - name: [a]\n    kind: {a: 1}\n    base_url: 5\n    keys: [{name: 1, value: 2, weight: x, models: 3}]",
+            "server: [1]\nlisteners: [1, [2], {address: [3]}]\nmetrics: 1\nauth: 2\nlimits: [x]\nspool: yes\nsimulator: []\nvirtual_keys: 5",
+            "server: {threads: 18446744073709551615, grace_period_seconds: -9223372036854775808}",
+            "server: {threads: 99999999999999999999999}",
+            "limits: {max_body_bytes: 1e300, max_images: -0.0, max_part_bytes: .nan, max_field_bytes: -.inf}",
+            "virtual_keys: [~, {}, {id: ~, key: ~}, {key_sha256: 12}, {id: [], key: {}, providers: x, models: [[]]}]",
+            "? [complex, key]\n: value\n1: 2\n~: 3",
+            "a: &x [*x]",
+            "a: *undefined",
+            "a: 1\na: 2",
+            "- &a [1]\n- *a",
+            "\u{feff}providers: []",
+            "\t",
+            "%YAML 1.2\n---\nproviders: []\n",
+            "--- 1\n--- 2\n",
+        ];
+        for input in inputs {
+            let result = std::panic::catch_unwind(|| load(input));
+            let result = result.unwrap_or_else(|_| panic!("panicked on {input:?}"));
+            let errors = result.expect_err(input);
+            assert!(!errors.0.is_empty(), "{input:?}");
+            assert!(
+                errors.0.iter().all(|p| !p.path.is_empty() && !p.message.is_empty()),
+                "{input:?}: {errors}"
+            );
+        }
+    }
+
+    #[test]
+    fn odd_documents_give_sensible_problems() {
+        assert_eq!(problems(""), ["providers: missing required key"]);
+        assert_eq!(problems("- 1\n- 2"), ["(root): expected a mapping, found a list"]);
+        assert_eq!(problems("providers:"), ["providers: missing required key"]);
+        assert_eq!(
+            problems("providers: [~]"),
+            [
+                "providers[0].name: missing required key",
+                "providers[0].kind: missing required key",
+                "providers[0].base_url: missing required key",
+                "providers[0].keys: missing required key",
+            ]
+        );
+        assert_eq!(
+            problems("providers: [7]"),
+            ["providers[0]: expected a mapping, found an integer"]
+        );
+        let huge = problems(&format!("server: {{threads: 99999999999999999999999}}\n{PROVIDER}"));
+        assert_eq!(huge.len(), 1);
+        assert!(
+            huge[0].starts_with("(file): ") && huge[0].contains("line 1"),
+            "{huge:?}"
+        );
+    }
+
+    #[test]
+    fn null_sections_and_values_take_defaults() {
+        let c = ok(&format!(
+            "server:\nauth: ~\nlimits:\n  max_images:\nspool: {{}}\nmetrics:\nsimulator: ~\nvirtual_keys:\n{PROVIDER}"
+        ));
+        assert_eq!(c.server.threads, 2);
+        assert_eq!(c.limits.max_images, 16);
+        assert!(c.metrics.is_none() && c.simulator.is_none() && c.virtual_keys.is_empty());
+    }
+
+    #[test]
+    fn every_key_is_read_into_the_config() {
+        let c = ok("
+server: {threads: 8, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 30, pid_file: /run/r.pid, upgrade_sock: /run/u.sock}
+listeners: [{address: '[::1]:80'}, {address: 127.0.0.1:81}]
+metrics: {address: 127.0.0.1:9091}
+auth: {allow_anonymous: true}
+limits: {max_body_bytes: 1000, max_images: 1, max_part_bytes: 10, max_field_bytes: 20}
+spool: {memory_bytes: 0}
+simulator: {address: 127.0.0.1:8090}
+providers:
+  - name: local
+    kind: openai
+    base_url: http://10.0.0.1:8000/
+    connect_timeout_ms: 1
+    read_timeout_ms: 2
+    keys:
+      - {name: first, value: env.KEY_A}
+      - {name: second, value: v2, weight: 3, models: [gpt-image-1]}
+");
+        let s = &c.server;
+        assert_eq!(
+            (s.threads, s.grace_period_seconds, s.graceful_shutdown_timeout_seconds),
+            (8, 0, 30)
+        );
+        assert_eq!(
+            (s.pid_file.as_deref(), s.upgrade_sock.as_deref()),
+            (Some("/run/r.pid"), Some("/run/u.sock"))
+        );
+        assert_eq!(
+            c.listeners.iter().map(|l| l.address.to_string()).collect::<Vec<_>>(),
+            ["[::1]:80", "127.0.0.1:81"]
+        );
+        assert_eq!(c.metrics.unwrap().address.port(), 9091);
+        assert!(c.auth.allow_anonymous);
+        let l = &c.limits;
+        assert_eq!(
+            (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
+            (1000, 1, 10, 20)
+        );
+        assert_eq!(c.spool.memory_bytes, 0);
+        assert_eq!(c.simulator.unwrap().address.port(), 8090);
+        let p = &c.providers[0];
+        assert_eq!(p.base_url.authority(), "10.0.0.1:8000");
+        assert_eq!(p.base_url.path, "");
+        assert_eq!((p.connect_timeout.as_millis(), p.read_timeout.as_millis()), (1, 2));
+        assert_eq!(p.keys.len(), 2);
+        let k = &p.keys[1];
+        assert_eq!((k.name.as_str(), k.value.expose(), k.weight), ("second", "v2", 3.0));
+        assert!(k.serves("gpt-image-1") && !k.serves("dall-e-2"));
+    }
+}

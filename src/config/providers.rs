@@ -1,0 +1,386 @@
+//! The `providers` and `virtual_keys` sections, and their cross-checks:
+//! unique provider, key and virtual-key names, virtual-key references to
+//! providers and models, and virtual keys that are the same key.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::fields::{did_you_mean, Fields, Problems};
+use super::parse::Env;
+use super::url::parse_base_url;
+use super::{ProviderConfig, ProviderKey, ProviderKind, VirtualKeyConfig};
+
+/// SHA-256 of a virtual key, as stored in [`VirtualKeyConfig::key_sha256`].
+pub(super) fn sha256(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// Reports later entries whose `key` repeats an earlier entry's.
+/// `entries` are (entry path, value).
+fn check_unique(problems: &Problems, what: &str, key: &str, entries: &[(String, String)]) {
+    for (i, (path, value)) in entries.iter().enumerate() {
+        if let Some((first, _)) = entries[..i].iter().find(|(_, v)| v == value) {
+            problems.add(
+                &format!("{path}.{key}"),
+                format!("duplicate {what} '{value}' (same as {first})"),
+            );
+        }
+    }
+}
+
+/// The providers, and the names every provider entry declares (even broken
+/// ones, so references to them do not cascade into more problems); the
+/// names are `None` when the list itself is unusable.
+pub(super) fn providers(top: &mut Fields<'_>, env: Env<'_>) -> (Vec<ProviderConfig>, Option<Vec<String>>) {
+    let problems = top.problems();
+    let Some(items) = top.req_list("providers") else {
+        return (Vec::new(), None);
+    };
+    let names: Vec<(String, String)> = items
+        .iter()
+        .filter_map(|(path, v)| Some((path.clone(), v.get("name")?.as_str()?.to_string())))
+        .collect();
+    check_unique(problems, "provider name", "name", &names);
+    let built = items
+        .into_iter()
+        .filter_map(|(path, value)| provider(Fields::new(value, path, problems), env))
+        .collect();
+    (built, Some(names.into_iter().map(|(_, n)| n).collect()))
+}
+
+fn provider(mut f: Fields<'_>, env: Env<'_>) -> Option<ProviderConfig> {
+    let name = f.req_str("name");
+    if let Some(name) = name {
+        let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
+        if !name.chars().all(valid) {
+            f.report(
+                "name",
+                format!("invalid provider name '{name}': use only lowercase letters, digits, '_' and '-'"),
+            );
+        }
+    }
+    let kind = f.req_str("kind").and_then(|text| {
+        let kind = ProviderKind::from_name(text);
+        if kind.is_none() {
+            let allowed: Vec<&str> = ProviderKind::ALL.iter().map(|k| k.as_str()).collect();
+            let hint = did_you_mean(text, allowed.iter().copied());
+            f.report(
+                "kind",
+                format!("unknown provider kind '{text}' (allowed: {}){hint}", allowed.join(", ")),
+            );
+        }
+        kind
+    });
+    let base_url = f
+        .req_str("base_url")
+        .and_then(|text| parse_base_url(text).map_err(|e| f.report("base_url", e)).ok());
+    let connect_ms = f.opt_u64("connect_timeout_ms", 5000, 1..=600_000);
+    let read_ms = f.opt_u64("read_timeout_ms", 120_000, 1..=3_600_000);
+    let problems = f.problems();
+    let items = f.req_list("keys").unwrap_or_default();
+    let key_names: Vec<(String, String)> = items
+        .iter()
+        .filter_map(|(path, v)| Some((path.clone(), v.get("name")?.as_str()?.to_string())))
+        .collect();
+    check_unique(problems, "key name", "name", &key_names);
+    let keys: Vec<ProviderKey> = items
+        .into_iter()
+        .filter_map(|(path, value)| provider_key(Fields::new(value, path, problems), env))
+        .collect();
+    f.finish();
+    Some(ProviderConfig {
+        name: name?.to_string(),
+        kind: kind?,
+        base_url: base_url?,
+        connect_timeout: Duration::from_millis(connect_ms),
+        read_timeout: Duration::from_millis(read_ms),
+        keys,
+    })
+}
+
+fn provider_key(mut f: Fields<'_>, env: Env<'_>) -> Option<ProviderKey> {
+    let name = f.req_str("name");
+    let value = f.req_secret("value", env);
+    let weight = f.opt_positive_f64("weight", 1.0);
+    let models = match f.opt_str_list("models", "model") {
+        Some(list) => list.into_iter().map(|(_, m)| m).collect(),
+        None => vec!["*".to_string()],
+    };
+    f.finish();
+    Some(ProviderKey {
+        name: name?.to_string(),
+        value: value?,
+        weight,
+        models,
+    })
+}
+
+/// The virtual keys; references are checked against `provider_names` unless
+/// it is `None` (the providers list itself was unusable).
+pub(super) fn virtual_keys(
+    top: &mut Fields<'_>,
+    env: Env<'_>,
+    provider_names: Option<&[String]>,
+) -> Vec<VirtualKeyConfig> {
+    let problems = top.problems();
+    let items = top.opt_list("virtual_keys").unwrap_or_default();
+    let ids: Vec<(String, String)> = items
+        .iter()
+        .filter_map(|(path, v)| Some((path.clone(), v.get("id")?.as_str()?.to_string())))
+        .collect();
+    check_unique(problems, "id", "id", &ids);
+    // (entry path, hash) of the first entry with each key.
+    let mut hashes: Vec<(String, [u8; 32])> = Vec::new();
+    let mut built = Vec::new();
+    for (path, value) in items {
+        let f = Fields::new(value, path.clone(), problems);
+        let (key_sha256, vk) = virtual_key(f, env, provider_names);
+        if let Some((field, hash)) = key_sha256 {
+            match hashes.iter().find(|(_, h)| *h == hash) {
+                Some((first, _)) => {
+                    problems.add(&format!("{path}.{field}"), format!("duplicate key (same as {first})"))
+                }
+                None => hashes.push((path, hash)),
+            }
+        }
+        built.extend(vk);
+    }
+    built
+}
+
+/// One virtual key, plus which field gave its hash and the hash, which the
+/// caller checks for duplicates even when the entry has other problems.
+fn virtual_key(
+    mut f: Fields<'_>,
+    env: Env<'_>,
+    provider_names: Option<&[String]>,
+) -> (Option<(&'static str, [u8; 32])>, Option<VirtualKeyConfig>) {
+    let id = f.req_str("id");
+    let hash = match (f.has("key"), f.has("key_sha256")) {
+        (true, true) => {
+            f.problems()
+                .add(f.path(), "give either 'key' or 'key_sha256', not both");
+            None
+        }
+        (false, false) => {
+            f.missing("key");
+            None
+        }
+        (true, false) => f.req_secret("key", env).map(|s| ("key", sha256(s.expose()))),
+        (false, true) => f.req_str("key_sha256").and_then(|text| {
+            let mut hash = [0u8; 32];
+            match hex::decode_to_slice(text, &mut hash) {
+                Ok(()) => Some(("key_sha256", hash)),
+                Err(_) => {
+                    f.report(
+                        "key_sha256",
+                        "must be 64 hexadecimal characters (the SHA-256 of the key)",
+                    );
+                    None
+                }
+            }
+        }),
+    };
+    let enabled = f.opt_bool("enabled", true);
+    let providers = f.opt_str_list("providers", "provider");
+    let models = f.opt_str_list("models", "model");
+    let problems = f.problems();
+    if let Some(known) = provider_names {
+        for (path, name) in providers.iter().flatten() {
+            if !known.contains(name) {
+                let hint = did_you_mean(name, known.iter().map(String::as_str));
+                problems.add(path, format!("unknown provider '{name}'{hint}"));
+            }
+        }
+    }
+    let allowed: Option<HashSet<&str>> = providers.as_ref().map(|p| p.iter().map(|(_, n)| n.as_str()).collect());
+    for (path, entry) in models.iter().flatten() {
+        let Some((provider, _model)) = entry.split_once('/').filter(|(p, m)| !p.is_empty() && !m.is_empty()) else {
+            problems.add(
+                path,
+                format!("expected 'provider/model' or 'provider/*', found '{entry}'"),
+            );
+            continue;
+        };
+        if provider_names.is_some_and(|known| !known.iter().any(|k| k == provider)) {
+            let hint = did_you_mean(provider, provider_names.into_iter().flatten().map(String::as_str));
+            problems.add(path, format!("unknown provider '{provider}' in '{entry}'{hint}"));
+        } else if allowed.as_ref().is_some_and(|a| !a.contains(provider)) {
+            problems.add(
+                path,
+                format!("provider '{provider}' is not in this key's providers list"),
+            );
+        }
+    }
+    f.finish();
+    let strip = |list: Option<Vec<(String, String)>>| list.map(|l| l.into_iter().map(|(_, s)| s).collect());
+    let vk = match (id, hash) {
+        (Some(id), Some((_, key_sha256))) => Some(VirtualKeyConfig {
+            id: id.to_string(),
+            key_sha256,
+            enabled,
+            providers: strip(providers),
+            models: strip(models),
+        }),
+        _ => None,
+    };
+    (hash, vk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+
+    #[test]
+    fn bad_urls() {
+        one_problem(
+            &PROVIDER.replace("https://api.openai.com/v1", "ftp://api.openai.com"),
+            "providers[0].base_url",
+            "invalid URL: the scheme must be http or https",
+        );
+        one_problem(
+            &PROVIDER.replace("https://api.openai.com/v1", "https://api.openai.com/v1?x=1"),
+            "providers[0].base_url",
+            "query",
+        );
+        one_problem(
+            &PROVIDER.replace("https://api.openai.com/v1", "https://u:p@host"),
+            "providers[0].base_url",
+            "user info",
+        );
+    }
+
+    #[test]
+    fn missing_environment_variable() {
+        one_problem(
+            &PROVIDER.replace("env.KEY_A", "env.OPENAI_KEY"),
+            "providers[0].keys[0].value",
+            "environment variable OPENAI_KEY is not set",
+        );
+        one_problem(
+            &format!("{PROVIDER}virtual_keys:\n  - id: a\n    key: env.NOPE\n"),
+            "virtual_keys[0].key",
+            "environment variable NOPE is not set",
+        );
+    }
+
+    #[test]
+    fn environment_variables_resolve() {
+        let c = ok(&format!("{PROVIDER}virtual_keys:\n  - id: a\n    key: env.VK_1\n"));
+        assert_eq!(c.providers[0].keys[0].value.expose(), "sk-a-SECRET");
+        assert_eq!(c.virtual_keys[0].key_sha256, super::sha256("vk-1-SECRET"));
+        // Without the env. prefix the value is the literal secret.
+        let c = ok(&PROVIDER.replace("env.KEY_A", "sk-literal"));
+        assert_eq!(c.providers[0].keys[0].value.expose(), "sk-literal");
+    }
+
+    #[test]
+    fn duplicate_names() {
+        let two = format!("{PROVIDER}{}", PROVIDER.replace("providers:\n", ""));
+        one_problem(
+            &two,
+            "providers[1].name",
+            "duplicate provider name 'openai' (same as providers[0])",
+        );
+        one_problem(
+            &format!("{PROVIDER}      - name: primary\n        value: x\n"),
+            "providers[0].keys[1].name",
+            "duplicate key name 'primary' (same as providers[0].keys[0])",
+        );
+        one_problem(
+            &format!("{PROVIDER}virtual_keys:\n  - {{id: a, key: k1}}\n  - {{id: a, key: k2}}\n"),
+            "virtual_keys[1].id",
+            "duplicate id 'a' (same as virtual_keys[0])",
+        );
+    }
+
+    #[test]
+    fn duplicate_virtual_keys_are_found_across_key_and_hash() {
+        let hash = hex::encode(super::sha256("vk-1-SECRET"));
+        let yaml = format!("{PROVIDER}virtual_keys:\n  - {{id: a, key: env.VK_1}}\n  - {{id: b, key_sha256: '{}'}}\n  - {{id: c, key: vk-1-SECRET}}\n", hash.to_uppercase());
+        let all = problems(&yaml);
+        assert_eq!(
+            all,
+            [
+                "virtual_keys[1].key_sha256: duplicate key (same as virtual_keys[0])",
+                "virtual_keys[2].key: duplicate key (same as virtual_keys[0])",
+            ]
+        );
+    }
+
+    #[test]
+    fn key_and_key_sha256_rules() {
+        one_problem(
+            &format!("{PROVIDER}virtual_keys:\n  - {{id: a, key: x, key_sha256: y}}\n"),
+            "virtual_keys[0]",
+            "either 'key' or 'key_sha256', not both",
+        );
+        one_problem(
+            &format!("{PROVIDER}virtual_keys:\n  - {{id: a, key_sha256: abc}}\n"),
+            "virtual_keys[0].key_sha256",
+            "64 hexadecimal characters",
+        );
+        let c = ok(&format!(
+            "{PROVIDER}virtual_keys:\n  - {{id: a, key_sha256: {}}}\n",
+            "ab".repeat(32)
+        ));
+        assert_eq!(c.virtual_keys[0].key_sha256, [0xab; 32]);
+    }
+
+    #[test]
+    fn unknown_provider_kind_lists_allowed_values() {
+        one_problem(
+            &PROVIDER.replace("kind: openai", "kind: opnai"),
+            "providers[0].kind",
+            "unknown provider kind 'opnai' (allowed: openai); did you mean 'openai'?",
+        );
+        one_problem(
+            &PROVIDER.replace("name: openai", "name: Open AI"),
+            "providers[0].name",
+            "invalid provider name 'Open AI'",
+        );
+    }
+
+    #[test]
+    fn dangling_references() {
+        let vk = |body: &str| format!("{PROVIDER}virtual_keys:\n  - id: a\n    key: k\n{body}");
+        one_problem(
+            &vk("    providers: [opnai]\n"),
+            "virtual_keys[0].providers[0]",
+            "unknown provider 'opnai'; did you mean 'openai'?",
+        );
+        one_problem(
+            &vk("    models: [other/gpt-image-1]\n"),
+            "virtual_keys[0].models[0]",
+            "unknown provider 'other' in 'other/gpt-image-1'",
+        );
+        one_problem(
+            &vk("    models: [gpt-image-1]\n"),
+            "virtual_keys[0].models[0]",
+            "expected 'provider/model' or 'provider/*'",
+        );
+        one_problem(
+            &vk("    models: [openai/]\n"),
+            "virtual_keys[0].models[0]",
+            "expected 'provider/model'",
+        );
+        let two = format!(
+            "{PROVIDER}{}",
+            PROVIDER
+                .replace("providers:\n", "")
+                .replace("name: openai", "name: local")
+        );
+        one_problem(
+            &format!("{two}virtual_keys:\n  - {{id: a, key: k, providers: [local], models: ['openai/*']}}\n"),
+            "virtual_keys[0].models[0]",
+            "provider 'openai' is not in this key's providers list",
+        );
+        let c = ok(&format!("{two}virtual_keys:\n  - {{id: a, key: k, enabled: false, providers: [local], models: ['local/*', local/m]}}\n"));
+        let v = &c.virtual_keys[0];
+        assert!(!v.enabled);
+        assert_eq!(v.providers.as_deref(), Some(&["local".to_string()][..]));
+        assert_eq!(v.models.as_ref().unwrap(), &["local/*", "local/m"]);
+    }
+}

@@ -1,0 +1,340 @@
+//! The gateway's errors, and the one place where each maps to an HTTP status, a Bifrost error
+//! `type`/`code`, a metric label, and the Bifrost-shaped JSON body the client receives.
+//!
+//! Two families exist. Errors the gateway decides itself (bad input, auth, limits, upstream
+//! unreachable) carry `is_bifrost_error: true` and a message that says what to fix. Errors a
+//! provider answered with keep the provider's status and error object and carry
+//! `is_bifrost_error: false`, as Bifrost does.
+
+use serde_json::{json, Map, Value};
+use thiserror::Error;
+
+/// Everything that can end a request without a successful provider answer.
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    /// A field is missing, has the wrong type or is out of range (400). `param` names the field.
+    #[error("{message}")]
+    InvalidRequest {
+        /// The form field at fault, if any.
+        param: Option<String>,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The body is not a well-formed `multipart/form-data` body (400).
+    #[error("malformed multipart body: {0}")]
+    MalformedMultipart(String),
+    /// The request is not `multipart/form-data` (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A body or a part crossed its configured limit (413). `param` names the part.
+    #[error("{what} exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The part at fault, or `None` for the whole body.
+        param: Option<String>,
+        /// Human name of what is too large ("request body", "part 'image'").
+        what: String,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// No virtual key was presented and anonymous use is off (401).
+    #[error("virtual key is required. Provide a virtual key via the x-bf-vk header, Authorization: Bearer sk-bf-..., or x-api-key.")]
+    VirtualKeyRequired,
+    /// The presented virtual key matches no configured key (401).
+    #[error("virtual key not found")]
+    VirtualKeyNotFound,
+    /// The presented virtual key is disabled (401).
+    #[error("virtual key is inactive")]
+    VirtualKeyBlocked,
+    /// The virtual key may not use this provider (403).
+    #[error("provider '{0}' is not allowed for this virtual key")]
+    ProviderBlocked(String),
+    /// The virtual key may not use this model (403).
+    #[error("model '{0}' is not allowed for this virtual key")]
+    ModelBlocked(String),
+    /// `model` names a provider that is not configured (400).
+    #[error("unknown provider '{0}': the model must be 'provider/model' with a configured provider")]
+    UnknownProvider(String),
+    /// No key of the provider serves this model (400).
+    #[error("provider '{provider}' has no key configured for model '{model}'")]
+    NoKeyForModel {
+        /// Provider name.
+        provider: String,
+        /// Bare model name.
+        model: String,
+    },
+    /// Unknown path (404).
+    #[error("no route for {method} {path}")]
+    NotFound {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// Known path, wrong method (405).
+    #[error("method {0} is not allowed here; use POST")]
+    MethodNotAllowed(String),
+    /// The provider could not be reached (502).
+    #[error("could not connect to provider '{provider}': {detail}")]
+    UpstreamConnect {
+        /// Provider name.
+        provider: String,
+        /// Connection failure without secrets.
+        detail: String,
+    },
+    /// The provider did not answer in time (504).
+    #[error("provider '{provider}' timed out: {detail}")]
+    UpstreamTimeout {
+        /// Provider name.
+        provider: String,
+        /// Which wait timed out.
+        detail: String,
+    },
+    /// The provider's answer could not be read or understood (502).
+    #[error("invalid response from provider '{provider}': {detail}")]
+    UpstreamProtocol {
+        /// Provider name.
+        provider: String,
+        /// What was wrong with the answer.
+        detail: String,
+    },
+    /// The provider answered with an error status; its error object is kept (provider status).
+    #[error("provider '{provider}' answered {status}")]
+    Provider {
+        /// Provider name.
+        provider: String,
+        /// The provider's HTTP status.
+        status: u16,
+        /// The provider's `error` object (at least `message`), passed through.
+        error: Map<String, Value>,
+    },
+    /// A gateway fault (500): spool I/O and similar. The detail is logged, not sent.
+    #[error("internal gateway error: {0}")]
+    Internal(String),
+}
+
+/// Request-level facts that appear in `extra_fields` of an error body.
+#[derive(Debug, Default, Clone)]
+pub struct ErrorContext<'a> {
+    /// Request id, sent as `event_id`.
+    pub request_id: Option<&'a str>,
+    /// Provider name, once known.
+    pub provider: Option<&'a str>,
+    /// Bare model name as requested, once known.
+    pub model_requested: Option<&'a str>,
+}
+
+impl GatewayError {
+    /// Shorthand for a 400 naming the field at fault.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        GatewayError::InvalidRequest {
+            param: Some(param.into()),
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status the client receives.
+    pub fn status(&self) -> u16 {
+        use GatewayError::*;
+        match self {
+            InvalidRequest { .. } | MalformedMultipart(_) | UnknownProvider(_) | NoKeyForModel { .. } => 400,
+            UnsupportedMediaType(_) => 415,
+            PayloadTooLarge { .. } => 413,
+            VirtualKeyRequired | VirtualKeyNotFound | VirtualKeyBlocked => 401,
+            ProviderBlocked(_) | ModelBlocked(_) => 403,
+            NotFound { .. } => 404,
+            MethodNotAllowed(_) => 405,
+            UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
+            UpstreamTimeout { .. } => 504,
+            Provider { status, .. } => *status,
+            Internal(_) => 500,
+        }
+    }
+
+    /// Bifrost's top-level `type` and the error's `code`: stable, machine-readable, low
+    /// cardinality. Also used as the `reason` label of the rejected-requests metric.
+    pub fn code(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            InvalidRequest { .. } => "invalid_request",
+            MalformedMultipart(_) => "malformed_multipart",
+            UnsupportedMediaType(_) => "unsupported_media_type",
+            PayloadTooLarge { .. } => "payload_too_large",
+            VirtualKeyRequired => "virtual_key_required",
+            VirtualKeyNotFound => "virtual_key_not_found",
+            VirtualKeyBlocked => "virtual_key_blocked",
+            ProviderBlocked(_) => "provider_blocked",
+            ModelBlocked(_) => "model_blocked",
+            UnknownProvider(_) => "unknown_provider",
+            NoKeyForModel { .. } => "no_key_for_model",
+            NotFound { .. } => "not_found",
+            MethodNotAllowed(_) => "method_not_allowed",
+            UpstreamConnect { .. } => "upstream_connect_error",
+            UpstreamTimeout { .. } => "upstream_timeout",
+            UpstreamProtocol { .. } => "upstream_protocol_error",
+            Provider { .. } => "provider_error",
+            Internal(_) => "internal_error",
+        }
+    }
+
+    /// The OpenAI-style `error.type` (what the SDKs expose as `e.type`).
+    fn error_type(&self) -> &'static str {
+        use GatewayError::*;
+        match self.status() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            _ => match self {
+                UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => "upstream_error",
+                Internal(_) => "server_error",
+                _ => "invalid_request_error",
+            },
+        }
+    }
+
+    /// The field at fault, if the error concerns one.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            GatewayError::InvalidRequest { param, .. } | GatewayError::PayloadTooLarge { param, .. } => {
+                param.as_deref()
+            }
+            GatewayError::UnknownProvider(_) | GatewayError::NoKeyForModel { .. } | GatewayError::ModelBlocked(_) => {
+                Some("model")
+            }
+            _ => None,
+        }
+    }
+
+    /// True when the gateway produced the error, false when a provider did.
+    pub fn is_bifrost_error(&self) -> bool {
+        !matches!(self, GatewayError::Provider { .. })
+    }
+
+    /// The Bifrost-shaped error body:
+    /// `{event_id, type, is_bifrost_error, status_code, error{type, code, message, param}, extra_fields}`.
+    pub fn to_json(&self, cx: &ErrorContext<'_>) -> Value {
+        let status = self.status();
+        let error = match self {
+            GatewayError::Provider { error, .. } => {
+                let mut e = error.clone();
+                e.entry("message")
+                    .or_insert_with(|| json!(format!("provider answered {status}")));
+                e.entry("type").or_insert(Value::Null);
+                e.entry("code").or_insert(Value::Null);
+                e.entry("param").or_insert(Value::Null);
+                Value::Object(e)
+            }
+            GatewayError::Internal(_) => json!({
+                "type": self.error_type(),
+                "code": self.code(),
+                "message": "internal gateway error; see the gateway log for this request id",
+                "param": null,
+            }),
+            _ => json!({
+                "type": self.error_type(),
+                "code": self.code(),
+                "message": self.to_string(),
+                "param": self.param(),
+            }),
+        };
+        let mut extra = Map::new();
+        extra.insert("request_type".into(), json!("image_edit"));
+        if let Some(p) = cx.provider {
+            extra.insert("provider".into(), json!(p));
+        }
+        if let Some(m) = cx.model_requested {
+            extra.insert("model_requested".into(), json!(m));
+        }
+        let mut body = Map::new();
+        if let Some(id) = cx.request_id {
+            body.insert("event_id".into(), json!(id));
+        }
+        body.insert("type".into(), json!(self.code()));
+        body.insert("is_bifrost_error".into(), json!(self.is_bifrost_error()));
+        body.insert("status_code".into(), json!(status));
+        body.insert("error".into(), error);
+        body.insert("extra_fields".into(), Value::Object(extra));
+        Value::Object(body)
+    }
+
+    /// The error body as bytes, ready to send.
+    pub fn to_body(&self, cx: &ErrorContext<'_>) -> Vec<u8> {
+        serde_json::to_vec(&self.to_json(cx)).unwrap_or_else(|_| b"{}".to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_request_names_the_param() {
+        let e = GatewayError::invalid("n", "n must be an integer between 1 and 10");
+        let v = e.to_json(&ErrorContext {
+            request_id: Some("req-1"),
+            provider: Some("openai"),
+            model_requested: Some("gpt-image-1"),
+        });
+        assert_eq!(e.status(), 400);
+        assert_eq!(v["event_id"], "req-1");
+        assert_eq!(v["is_bifrost_error"], true);
+        assert_eq!(v["status_code"], 400);
+        assert_eq!(v["error"]["param"], "n");
+        assert_eq!(v["error"]["code"], "invalid_request");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["extra_fields"]["provider"], "openai");
+        assert_eq!(v["extra_fields"]["request_type"], "image_edit");
+    }
+
+    #[test]
+    fn provider_error_keeps_status_and_object() {
+        let mut obj = Map::new();
+        obj.insert("message".into(), json!("Invalid value for 'size'"));
+        obj.insert("type".into(), json!("invalid_request_error"));
+        obj.insert("param".into(), json!("size"));
+        obj.insert("code".into(), json!("invalid_value"));
+        let e = GatewayError::Provider {
+            provider: "openai".into(),
+            status: 422,
+            error: obj,
+        };
+        let v = e.to_json(&ErrorContext::default());
+        assert_eq!(e.status(), 422);
+        assert_eq!(v["is_bifrost_error"], false);
+        assert_eq!(v["status_code"], 422);
+        assert_eq!(v["error"]["message"], "Invalid value for 'size'");
+        assert_eq!(v["error"]["code"], "invalid_value");
+        assert!(v.get("event_id").is_none());
+    }
+
+    #[test]
+    fn internal_error_hides_detail() {
+        let e = GatewayError::Internal("spool write failed: /tmp/secret-path".into());
+        let body = String::from_utf8(e.to_body(&ErrorContext::default())).unwrap();
+        assert!(!body.contains("secret-path"));
+        assert_eq!(e.status(), 500);
+    }
+
+    #[test]
+    fn statuses_by_family() {
+        assert_eq!(GatewayError::VirtualKeyRequired.status(), 401);
+        assert_eq!(GatewayError::ProviderBlocked("x".into()).status(), 403);
+        assert_eq!(
+            GatewayError::PayloadTooLarge {
+                param: None,
+                what: "body".into(),
+                limit: 1
+            }
+            .status(),
+            413
+        );
+        assert_eq!(
+            GatewayError::UpstreamTimeout {
+                provider: "p".into(),
+                detail: "d".into()
+            }
+            .status(),
+            504
+        );
+        assert_eq!(GatewayError::UnsupportedMediaType("x".into()).status(), 415);
+    }
+}

@@ -1,0 +1,994 @@
+//! The parse plugin: reads a `multipart/form-data` image-edit request on the fly, validates
+//! every field of the Bifrost image-edit spec as it arrives, and tees file parts into the
+//! request [`Spool`].
+//!
+//! It runs in the request phase, after authentication and before routing. Limits are enforced
+//! while reading: a body, part or field that crosses its limit ends parsing at once with a 413,
+//! without reading the rest; a bad field ends it with a 400 naming the field. Parts may come in
+//! any order; the `model` hook runs as soon as `model` has arrived, so an unknown provider or a
+//! forbidden model is refused before a large image that follows is read.
+//!
+//! Parsing is split in two: [`FormBuilder`] is a pure, synchronous state machine that receives
+//! field events and does all validation (unit-tested directly); [`parse_edit_form`] drives it
+//! from `multer` over any [`BodySource`].
+
+use crate::config::Limits;
+use crate::error::GatewayError;
+use crate::imaging::{sniff, ImageKind};
+use crate::spool::{Spool, SpoolRange};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::{self, Stream, StreamExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Where the request body comes from: the server hands the downstream session in, tests hand
+/// a list of chunks.
+#[async_trait]
+pub trait BodySource: Send {
+    /// The next chunk of the request body, `Ok(None)` at its end.
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>>;
+}
+
+/// A file part of the form, its bytes kept in the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePart {
+    /// The part's field name as sent (`image`, `image[]`, `mask`, …).
+    pub field: String,
+    /// The client's file name, if any.
+    pub filename: Option<String>,
+    /// The type detected from magic bytes (always set for images and the mask).
+    pub kind: Option<ImageKind>,
+    /// The Content-Type the client declared (kept for pass-through parts).
+    pub declared_type: Option<String>,
+    /// Where the content lives in the spool.
+    pub range: SpoolRange,
+}
+
+/// The `type` field: the kind of edit requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditType {
+    /// Fill the masked area.
+    Inpainting,
+    /// Extend the image beyond its borders.
+    Outpainting,
+    /// Remove the background (prompt optional).
+    BackgroundRemoval,
+}
+
+/// A fallback candidate from the `fallbacks` field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// Provider name.
+    pub provider: String,
+    /// Bare model name.
+    pub model: String,
+}
+
+/// A validated image-edit request: every field of the spec, typed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EditForm {
+    /// Provider part of `model`.
+    pub provider: String,
+    /// Model part of `model` (what the provider receives).
+    pub model: String,
+    /// The edit instruction (absent only for background removal).
+    pub prompt: Option<String>,
+    /// Images to edit, in order; the first is the edit target.
+    pub images: Vec<FilePart>,
+    /// Mask for the first image (transparent = edit).
+    pub mask: Option<FilePart>,
+    /// `type`.
+    pub edit_type: Option<EditType>,
+    /// `n`, 1..=10.
+    pub n: Option<u32>,
+    /// `size`, `WxH` or `auto`.
+    pub size: Option<String>,
+    /// `response_format`: `url` or `b64_json`.
+    pub response_format: Option<String>,
+    /// `stream`.
+    pub stream: bool,
+    /// `background`.
+    pub background: Option<String>,
+    /// `input_fidelity`.
+    pub input_fidelity: Option<String>,
+    /// `partial_images`, 0..=3.
+    pub partial_images: Option<u32>,
+    /// `quality`.
+    pub quality: Option<String>,
+    /// `output_format`.
+    pub output_format: Option<String>,
+    /// `num_inference_steps`, 1..=1000.
+    pub num_inference_steps: Option<u32>,
+    /// `seed`.
+    pub seed: Option<i64>,
+    /// `output_compression`, 0..=100.
+    pub output_compression: Option<u32>,
+    /// `negative_prompt`.
+    pub negative_prompt: Option<String>,
+    /// `user`.
+    pub user: Option<String>,
+    /// `fallbacks`, in order.
+    pub fallbacks: Vec<Fallback>,
+    /// Text fields the spec does not name, passed through to providers that accept them.
+    pub extra_text: Vec<(String, String)>,
+    /// File parts the spec does not name, passed through likewise.
+    pub extra_files: Vec<FilePart>,
+}
+
+const SIZES: &[&str] = &["256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "auto"];
+const RESPONSE_FORMATS: &[&str] = &["url", "b64_json"];
+const BACKGROUNDS: &[&str] = &["transparent", "opaque", "auto"];
+const INPUT_FIDELITIES: &[&str] = &["low", "high"];
+const QUALITIES: &[&str] = &["auto", "high", "medium", "low", "standard"];
+const OUTPUT_FORMATS: &[&str] = &["png", "webp", "jpeg"];
+const EDIT_TYPES: &[&str] = &["inpainting", "outpainting", "background_removal"];
+
+/// Whether a field name is an image part: `image`, `image[]` or `image[N]`.
+fn is_image_field(name: &str) -> bool {
+    name == "image"
+        || name
+            .strip_prefix("image[")
+            .and_then(|r| r.strip_suffix(']'))
+            .is_some_and(|idx| idx.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Splits `provider/model`; both halves must be non-empty.
+pub fn split_model(value: &str) -> Result<(String, String), GatewayError> {
+    match value.split_once('/') {
+        Some((p, m)) if !p.is_empty() && !m.is_empty() && !p.contains(char::is_whitespace) => {
+            Ok((p.to_string(), m.to_string()))
+        }
+        _ => Err(GatewayError::invalid(
+            "model",
+            format!(
+                "model should be in provider/model format (e.g. openai/gpt-image-1), got '{}'",
+                clip(value)
+            ),
+        )),
+    }
+}
+
+/// Shortens client text quoted in an error message.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(64).collect();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+fn one_of(name: &str, value: &str, allowed: &[&str]) -> Result<String, GatewayError> {
+    if allowed.contains(&value) {
+        Ok(value.to_string())
+    } else {
+        Err(GatewayError::invalid(
+            name,
+            format!(
+                "invalid {name} '{}': expected one of {}",
+                clip(value),
+                allowed.join(", ")
+            ),
+        ))
+    }
+}
+
+fn int_in(name: &str, value: &str, min: i64, max: i64) -> Result<i64, GatewayError> {
+    match value.trim().parse::<i64>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        Ok(_) => Err(GatewayError::invalid(
+            name,
+            format!("{name} must be between {min} and {max}, got {}", clip(value)),
+        )),
+        Err(_) => Err(GatewayError::invalid(
+            name,
+            format!("{name} must be an integer, got '{}'", clip(value)),
+        )),
+    }
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool, GatewayError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(GatewayError::invalid(
+            name,
+            format!("{name} must be true or false, got '{}'", clip(value)),
+        )),
+    }
+}
+
+/// `size`: one of the spec's values, or any `WxH` with both sides multiples of 16 in 16..=3840
+/// (what newer GPT image models accept).
+fn parse_size(value: &str) -> Result<String, GatewayError> {
+    if SIZES.contains(&value) {
+        return Ok(value.to_string());
+    }
+    let ok = value.split_once('x').is_some_and(|(w, h)| {
+        [w, h].iter().all(|s| {
+            !s.is_empty()
+                && s.bytes().all(|b| b.is_ascii_digit())
+                && s.parse::<u32>().is_ok_and(|v| (16..=3840).contains(&v) && v % 16 == 0)
+        })
+    });
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(GatewayError::invalid(
+            "size",
+            format!(
+                "invalid size '{}': expected one of {} or WxH with sides multiple of 16 up to 3840",
+                clip(value),
+                SIZES.join(", ")
+            ),
+        ))
+    }
+}
+
+/// `fallbacks`: `provider/model`, a JSON object `{provider, model}`, or a JSON array of either.
+fn parse_fallbacks(value: &str) -> Result<Vec<Fallback>, GatewayError> {
+    let bad = || {
+        GatewayError::invalid(
+            "fallbacks",
+            format!(
+                "invalid fallback '{}': expected provider/model, {{\"provider\":..,\"model\":..}} or a JSON array of them",
+                clip(value)
+            ),
+        )
+    };
+    let v = value.trim();
+    let one = |item: &serde_json::Value| -> Result<Fallback, GatewayError> {
+        match item {
+            serde_json::Value::String(s) => {
+                let (provider, model) = split_model(s).map_err(|_| bad())?;
+                Ok(Fallback { provider, model })
+            }
+            serde_json::Value::Object(o) => match (o.get("provider"), o.get("model")) {
+                (Some(serde_json::Value::String(p)), Some(serde_json::Value::String(m)))
+                    if !p.is_empty() && !m.is_empty() =>
+                {
+                    Ok(Fallback {
+                        provider: p.clone(),
+                        model: m.clone(),
+                    })
+                }
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    };
+    if v.starts_with('[') || v.starts_with('{') {
+        let parsed: serde_json::Value = serde_json::from_str(v).map_err(|_| bad())?;
+        match &parsed {
+            serde_json::Value::Array(items) => items.iter().map(one).collect(),
+            other => Ok(vec![one(other)?]),
+        }
+    } else {
+        let (provider, model) = split_model(v).map_err(|_| bad())?;
+        Ok(vec![Fallback { provider, model }])
+    }
+}
+
+/// Fields that may appear once.
+fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), GatewayError> {
+    if slot.is_some() {
+        return Err(GatewayError::invalid(
+            name,
+            format!("field '{name}' was sent more than once"),
+        ));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// The file part being received.
+#[derive(Debug)]
+struct OpenFile {
+    field: String,
+    filename: Option<String>,
+    declared_type: Option<String>,
+    start: u64,
+    len: u64,
+    head: Vec<u8>,
+    must_be_image: bool,
+    kind: Option<ImageKind>,
+}
+
+/// The validation state machine: feed it field events in arrival order, then [`finish`].
+///
+/// [`finish`]: FormBuilder::finish
+#[derive(Debug)]
+pub struct FormBuilder<'l> {
+    limits: &'l Limits,
+    form: EditForm,
+    model_raw: Option<String>,
+    stream_seen: bool,
+    open: Option<OpenFile>,
+}
+
+impl<'l> FormBuilder<'l> {
+    /// A builder enforcing `limits`.
+    pub fn new(limits: &'l Limits) -> Self {
+        FormBuilder {
+            limits,
+            form: EditForm::default(),
+            model_raw: None,
+            stream_seen: false,
+            open: None,
+        }
+    }
+
+    /// Whether a part with this name and file name is received as a file.
+    pub fn is_file_part(name: &str, filename: Option<&str>) -> bool {
+        filename.is_some() || is_image_field(name) || name == "mask"
+    }
+
+    /// A complete text field. Returns the `(provider, model)` pair when this field was `model`,
+    /// so the caller can check it before reading on.
+    pub fn text(&mut self, name: &str, value: String) -> Result<Option<(String, String)>, GatewayError> {
+        let f = &mut self.form;
+        match name {
+            "model" => {
+                let (p, m) = split_model(value.trim())?;
+                set_once(&mut self.model_raw, name, value)?;
+                f.provider = p.clone();
+                f.model = m.clone();
+                return Ok(Some((p, m)));
+            }
+            "prompt" => set_once(&mut f.prompt, name, value)?,
+            "type" => {
+                let t = match one_of(name, value.trim(), EDIT_TYPES)?.as_str() {
+                    "inpainting" => EditType::Inpainting,
+                    "outpainting" => EditType::Outpainting,
+                    _ => EditType::BackgroundRemoval,
+                };
+                set_once(&mut f.edit_type, name, t)?
+            }
+            "n" => set_once(&mut f.n, name, int_in(name, &value, 1, 10)? as u32)?,
+            "size" => set_once(&mut f.size, name, parse_size(value.trim())?)?,
+            "response_format" => set_once(
+                &mut f.response_format,
+                name,
+                one_of(name, value.trim(), RESPONSE_FORMATS)?,
+            )?,
+            "stream" => {
+                if self.stream_seen {
+                    return Err(GatewayError::invalid(name, "field 'stream' was sent more than once"));
+                }
+                self.stream_seen = true;
+                f.stream = parse_bool(name, &value)?;
+            }
+            "background" => set_once(&mut f.background, name, one_of(name, value.trim(), BACKGROUNDS)?)?,
+            "input_fidelity" => set_once(
+                &mut f.input_fidelity,
+                name,
+                one_of(name, value.trim(), INPUT_FIDELITIES)?,
+            )?,
+            "partial_images" => set_once(&mut f.partial_images, name, int_in(name, &value, 0, 3)? as u32)?,
+            "quality" => set_once(&mut f.quality, name, one_of(name, value.trim(), QUALITIES)?)?,
+            "output_format" => set_once(&mut f.output_format, name, one_of(name, value.trim(), OUTPUT_FORMATS)?)?,
+            "num_inference_steps" => set_once(&mut f.num_inference_steps, name, int_in(name, &value, 1, 1000)? as u32)?,
+            "seed" => set_once(&mut f.seed, name, int_in(name, &value, i64::MIN, i64::MAX)?)?,
+            "output_compression" => set_once(&mut f.output_compression, name, int_in(name, &value, 0, 100)? as u32)?,
+            "negative_prompt" => set_once(&mut f.negative_prompt, name, value)?,
+            "user" => set_once(&mut f.user, name, value)?,
+            "fallbacks" | "fallbacks[]" => {
+                let mut more = parse_fallbacks(&value)?;
+                f.fallbacks.append(&mut more);
+            }
+            _ if is_image_field(name) || name == "mask" => {
+                return Err(GatewayError::invalid(
+                    name,
+                    format!("'{name}' must be a file part (PNG, JPEG or WebP), not a text field"),
+                ));
+            }
+            _ => {
+                if self.form.extra_text.len() >= 64 {
+                    return Err(GatewayError::invalid(name, "too many unknown fields (at most 64)"));
+                }
+                self.form.extra_text.push((name.to_string(), value));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A file part begins. `offset` is where its content will start in the spool.
+    pub fn file_start(
+        &mut self,
+        name: &str,
+        filename: Option<&str>,
+        declared_type: Option<&str>,
+        offset: u64,
+    ) -> Result<(), GatewayError> {
+        let is_image = is_image_field(name);
+        if is_image && self.form.images.len() >= self.limits.max_images {
+            return Err(GatewayError::invalid(
+                "image",
+                format!("too many images: at most {} are allowed", self.limits.max_images),
+            ));
+        }
+        if name == "mask" && self.form.mask.is_some() {
+            return Err(GatewayError::invalid("mask", "field 'mask' was sent more than once"));
+        }
+        if !is_image && name != "mask" && self.form.extra_files.len() >= 16 {
+            return Err(GatewayError::invalid(name, "too many unknown file parts (at most 16)"));
+        }
+        self.open = Some(OpenFile {
+            field: name.to_string(),
+            filename: filename.map(str::to_string),
+            declared_type: declared_type.map(str::to_string),
+            start: offset,
+            len: 0,
+            head: Vec::new(),
+            must_be_image: is_image || name == "mask",
+            kind: None,
+        });
+        Ok(())
+    }
+
+    /// A chunk of the open file part arrived (the caller stores it in the spool after this
+    /// returns `Ok`).
+    pub fn file_chunk(&mut self, chunk: &[u8]) -> Result<(), GatewayError> {
+        let Some(open) = self.open.as_mut() else {
+            return Err(GatewayError::Internal("file chunk without an open part".into()));
+        };
+        open.len += chunk.len() as u64;
+        if open.len > self.limits.max_part_bytes {
+            return Err(GatewayError::PayloadTooLarge {
+                param: Some(open.field.clone()),
+                what: format!("part '{}'", open.field),
+                limit: self.limits.max_part_bytes,
+            });
+        }
+        if open.head.len() < ImageKind::SNIFF_LEN {
+            let take = (ImageKind::SNIFF_LEN - open.head.len()).min(chunk.len());
+            open.head.extend_from_slice(&chunk[..take]);
+            if open.head.len() == ImageKind::SNIFF_LEN {
+                Self::check_kind(open)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_kind(open: &mut OpenFile) -> Result<(), GatewayError> {
+        open.kind = sniff(&open.head);
+        if open.must_be_image && open.kind.is_none() {
+            return Err(GatewayError::invalid(
+                open.field.clone(),
+                format!(
+                    "'{}' is not a PNG, JPEG or WebP image (detected from its content, whatever its declared type)",
+                    open.field
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The open file part ended.
+    pub fn file_end(&mut self) -> Result<(), GatewayError> {
+        let Some(mut open) = self.open.take() else {
+            return Err(GatewayError::Internal("file end without an open part".into()));
+        };
+        if open.len == 0 {
+            return Err(GatewayError::invalid(
+                open.field.clone(),
+                format!("'{}' is an empty file", open.field),
+            ));
+        }
+        if open.head.len() < ImageKind::SNIFF_LEN {
+            Self::check_kind(&mut open)?;
+        }
+        let part = FilePart {
+            field: open.field,
+            filename: open.filename,
+            kind: open.kind,
+            declared_type: open.declared_type,
+            range: SpoolRange {
+                start: open.start,
+                len: open.len,
+            },
+        };
+        if is_image_field(&part.field) {
+            self.form.images.push(part);
+        } else if part.field == "mask" {
+            self.form.mask = Some(part);
+        } else {
+            self.form.extra_files.push(part);
+        }
+        Ok(())
+    }
+
+    /// All parts arrived: cross-field checks, then the validated form.
+    pub fn finish(self) -> Result<EditForm, GatewayError> {
+        let form = self.form;
+        if self.model_raw.is_none() {
+            return Err(GatewayError::invalid("model", "model is required (provider/model)"));
+        }
+        if form.images.is_empty() {
+            return Err(GatewayError::invalid(
+                "image",
+                "at least one image is required (field 'image' or 'image[]')",
+            ));
+        }
+        let needs_prompt = form.edit_type != Some(EditType::BackgroundRemoval);
+        let prompt_empty = form.prompt.as_deref().is_none_or(|p| p.trim().is_empty());
+        if needs_prompt && prompt_empty {
+            return Err(GatewayError::invalid(
+                "prompt",
+                "prompt is required (unless type is background_removal)",
+            ));
+        }
+        if form.partial_images.is_some_and(|p| p > 0) && !form.stream {
+            return Err(GatewayError::invalid(
+                "partial_images",
+                "partial_images requires stream=true",
+            ));
+        }
+        Ok(form)
+    }
+}
+
+/// Why the body source stopped: the body limit, or a read failure.
+#[derive(Debug, thiserror::Error)]
+enum SourceError {
+    #[error("request body exceeds the limit")]
+    TooLarge,
+    #[error("reading the request body failed: {0}")]
+    Io(std::io::Error),
+}
+
+/// A stream adapter that yields to the executor after each chunk, so `multer` (which reads
+/// its stream until it would block) buffers at most one chunk ahead of the parser instead of a
+/// whole fast upload.
+struct OneChunkAhead<S> {
+    inner: S,
+    just_yielded: bool,
+}
+
+impl<S: Stream + Unpin> Stream for OneChunkAhead<S> {
+    type Item = S::Item;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        if self.just_yielded {
+            self.just_yielded = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let polled = self.inner.poll_next_unpin(cx);
+        if let Poll::Ready(Some(_)) = &polled {
+            self.just_yielded = true;
+        }
+        polled
+    }
+}
+
+/// Maps a multer error to the gateway's: a limit hit in the body source becomes a 413, the rest
+/// a malformed-multipart 400.
+fn from_multer(e: multer::Error, max_body: u64) -> GatewayError {
+    if let multer::Error::StreamReadFailed(inner) = &e {
+        if let Some(src) = inner.downcast_ref::<SourceError>() {
+            return match src {
+                SourceError::TooLarge => GatewayError::PayloadTooLarge {
+                    param: None,
+                    what: "request body".into(),
+                    limit: max_body,
+                },
+                SourceError::Io(io) => GatewayError::MalformedMultipart(format!("the body could not be read: {io}")),
+            };
+        }
+    }
+    GatewayError::MalformedMultipart(e.to_string())
+}
+
+/// Reads the whole multipart body from `source`, validating as it goes and storing file parts
+/// in `spool`. `on_model` runs as soon as `model` is known (provider, model) and may refuse.
+pub async fn parse_edit_form(
+    source: &mut dyn BodySource,
+    boundary: &str,
+    limits: &Limits,
+    spool: &mut Spool,
+    on_model: &mut (dyn FnMut(&str, &str) -> Result<(), GatewayError> + Send),
+) -> Result<EditForm, GatewayError> {
+    let max_body = limits.max_body_bytes;
+    let body = stream::unfold((source, 0u64, false), move |(src, seen, done)| async move {
+        if done {
+            return None;
+        }
+        match src.next_chunk().await {
+            Ok(Some(chunk)) => {
+                let seen = seen + chunk.len() as u64;
+                if seen > max_body {
+                    Some((Err(SourceError::TooLarge), (src, seen, true)))
+                } else {
+                    Some((Ok(chunk), (src, seen, false)))
+                }
+            }
+            Ok(None) => None,
+            Err(e) => Some((Err(SourceError::Io(e)), (src, seen, true))),
+        }
+    });
+    let body = OneChunkAhead {
+        inner: Box::pin(body),
+        just_yielded: false,
+    };
+    let mut multipart = multer::Multipart::new(body, boundary);
+    let mut builder = FormBuilder::new(limits);
+    let mut fields = 0usize;
+    while let Some(mut field) = multipart.next_field().await.map_err(|e| from_multer(e, max_body))? {
+        fields += 1;
+        if fields > 256 {
+            return Err(GatewayError::MalformedMultipart("too many parts (at most 256)".into()));
+        }
+        let name = match field.name() {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => return Err(GatewayError::MalformedMultipart("a part has no field name".into())),
+        };
+        let filename = field.file_name().map(str::to_string);
+        if FormBuilder::is_file_part(&name, filename.as_deref()) {
+            let declared = field.content_type().map(|m| m.essence_str().to_string());
+            builder.file_start(&name, filename.as_deref(), declared.as_deref(), spool.len())?;
+            while let Some(chunk) = field.chunk().await.map_err(|e| from_multer(e, max_body))? {
+                builder.file_chunk(&chunk)?;
+                spool
+                    .append(chunk)
+                    .map_err(|e| GatewayError::Internal(format!("spool write failed: {e}")))?;
+            }
+            builder.file_end()?;
+        } else {
+            let mut text = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(|e| from_multer(e, max_body))? {
+                if text.len() + chunk.len() > limits.max_field_bytes {
+                    return Err(GatewayError::PayloadTooLarge {
+                        param: Some(name.clone()),
+                        what: format!("field '{name}'"),
+                        limit: limits.max_field_bytes as u64,
+                    });
+                }
+                text.extend_from_slice(&chunk);
+            }
+            let text = String::from_utf8(text)
+                .map_err(|_| GatewayError::invalid(name.clone(), format!("field '{name}' is not valid UTF-8")))?;
+            if let Some((provider, model)) = builder.text(&name, text)? {
+                on_model(&provider, &model)?;
+            }
+        }
+    }
+    builder.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body source over fixed chunks.
+    struct Chunks(std::collections::VecDeque<Bytes>);
+
+    #[async_trait]
+    impl BodySource for Chunks {
+        async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+            Ok(self.0.pop_front())
+        }
+    }
+
+    const B: &str = "XyZb0undary";
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDRfakepng";
+
+    fn text(name: &str, v: &str) -> Vec<u8> {
+        format!("--{B}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{v}\r\n").into_bytes()
+    }
+
+    fn file(name: &str, fname: &str, ct: &str, data: &[u8]) -> Vec<u8> {
+        let mut v =
+            format!("--{B}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{fname}\"\r\nContent-Type: {ct}\r\n\r\n")
+                .into_bytes();
+        v.extend_from_slice(data);
+        v.extend_from_slice(b"\r\n");
+        v
+    }
+
+    fn end() -> Vec<u8> {
+        format!("--{B}--\r\n").into_bytes()
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_body_bytes: 1 << 20,
+            max_images: 3,
+            max_part_bytes: 1 << 16,
+            max_field_bytes: 1024,
+        }
+    }
+
+    async fn parse_with(body: Vec<u8>, chunk: usize, limits: &Limits) -> (Result<EditForm, GatewayError>, Spool) {
+        let chunks = body.chunks(chunk.max(1)).map(Bytes::copy_from_slice).collect();
+        let mut src = Chunks(chunks);
+        let mut spool = Spool::new(64, None);
+        let mut ok = |_: &str, _: &str| Ok(());
+        let r = parse_edit_form(&mut src, B, limits, &mut spool, &mut ok).await;
+        (r, spool)
+    }
+
+    fn body(parts: &[Vec<u8>]) -> Vec<u8> {
+        let mut v: Vec<u8> = parts.concat();
+        v.extend(end());
+        v
+    }
+
+    #[tokio::test]
+    async fn any_order_any_chunking_gives_the_same_form() {
+        let big: Vec<u8> = PNG.iter().copied().chain((0..5000u32).map(|i| i as u8)).collect();
+        let a = body(&[
+            file("image[]", "a.png", "image/png", &big),
+            file("image[]", "b.bin", "application/octet-stream", PNG),
+            text("prompt", "make it blue"),
+            text("n", "2"),
+            text("model", "openai/gpt-image-1"),
+        ]);
+        for chunk in [1, 7, 100, 4096, a.len()] {
+            let (form, spool) = parse_with(a.clone(), chunk, &limits()).await;
+            let form = form.unwrap();
+            assert_eq!(form.provider, "openai");
+            assert_eq!(form.model, "gpt-image-1");
+            assert_eq!(form.n, Some(2));
+            assert_eq!(form.images.len(), 2);
+            assert_eq!(form.images[0].kind, Some(ImageKind::Png));
+            assert_eq!(form.images[1].kind, Some(ImageKind::Png));
+            assert_eq!(spool.read_all(form.images[0].range).unwrap(), big);
+            assert_eq!(spool.read_all(form.images[1].range).unwrap(), PNG);
+        }
+    }
+
+    #[tokio::test]
+    async fn every_field_is_typed() {
+        let b = body(&[
+            text("model", "openai/gpt-image-1"),
+            text("prompt", "p"),
+            file("image", "a.png", "image/png", PNG),
+            file("mask", "m.png", "image/png", PNG),
+            text("type", "inpainting"),
+            text("n", "3"),
+            text("size", "1024x1536"),
+            text("response_format", "b64_json"),
+            text("stream", "true"),
+            text("background", "transparent"),
+            text("input_fidelity", "high"),
+            text("partial_images", "2"),
+            text("quality", "high"),
+            text("output_format", "webp"),
+            text("num_inference_steps", "30"),
+            text("seed", "-42"),
+            text("output_compression", "80"),
+            text("negative_prompt", "no cats"),
+            text("user", "u1"),
+            text("fallbacks", "azure/gpt-image-1"),
+            text("fallbacks", r#"[{"provider":"gemini","model":"g"},"vertex/imagen"]"#),
+            text("safety_identifier", "s1"),
+        ]);
+        let f = parse_with(b, 13, &limits()).await.0.unwrap();
+        assert_eq!(f.edit_type, Some(EditType::Inpainting));
+        assert!(f.mask.is_some());
+        assert_eq!(f.size.as_deref(), Some("1024x1536"));
+        assert!(f.stream);
+        assert_eq!(f.partial_images, Some(2));
+        assert_eq!(f.seed, Some(-42));
+        assert_eq!(f.output_compression, Some(80));
+        assert_eq!(f.num_inference_steps, Some(30));
+        assert_eq!(f.fallbacks.len(), 3);
+        assert_eq!(
+            f.fallbacks[1],
+            Fallback {
+                provider: "gemini".into(),
+                model: "g".into()
+            }
+        );
+        assert_eq!(f.extra_text, vec![("safety_identifier".to_string(), "s1".to_string())]);
+    }
+
+    async fn expect_err(parts: &[Vec<u8>], status: u16, param: Option<&str>) {
+        let (r, _) = parse_with(body(parts), 50, &limits()).await;
+        let e = r.expect_err("should fail");
+        assert_eq!(e.status(), status, "{e}");
+        assert_eq!(e.param(), param, "{e}");
+    }
+
+    #[tokio::test]
+    async fn out_of_range_and_wrong_types_name_the_param() {
+        let base = || {
+            vec![
+                text("model", "openai/m"),
+                text("prompt", "p"),
+                file("image", "a.png", "image/png", PNG),
+            ]
+        };
+        for (name, value) in [
+            ("n", "0"),
+            ("n", "11"),
+            ("n", "two"),
+            ("partial_images", "4"),
+            ("output_compression", "101"),
+            ("output_compression", "-1"),
+            ("size", "1000x1000"),
+            ("size", "big"),
+            ("quality", "ultra"),
+            ("response_format", "png"),
+            ("background", "none"),
+            ("input_fidelity", "medium"),
+            ("output_format", "gif"),
+            ("type", "recolor"),
+            ("stream", "yes"),
+            ("seed", "1.5"),
+            ("num_inference_steps", "0"),
+            ("fallbacks", "nope"),
+            ("fallbacks", "[1,2]"),
+        ] {
+            let mut parts = base();
+            parts.push(text(name, value));
+            expect_err(&parts, 400, Some(name)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn required_fields() {
+        expect_err(
+            &[text("prompt", "p"), file("image", "a.png", "image/png", PNG)],
+            400,
+            Some("model"),
+        )
+        .await;
+        expect_err(&[text("model", "openai/m"), text("prompt", "p")], 400, Some("image")).await;
+        expect_err(
+            &[text("model", "openai/m"), file("image", "a.png", "image/png", PNG)],
+            400,
+            Some("prompt"),
+        )
+        .await;
+        expect_err(
+            &[
+                text("model", "nomodel"),
+                text("prompt", "p"),
+                file("image", "a.png", "image/png", PNG),
+            ],
+            400,
+            Some("model"),
+        )
+        .await;
+        // background removal needs no prompt
+        let (r, _) = parse_with(
+            body(&[
+                text("model", "openai/m"),
+                text("type", "background_removal"),
+                file("image", "a.png", "image/png", PNG),
+            ]),
+            9,
+            &limits(),
+        )
+        .await;
+        assert!(r.is_ok());
+    }
+
+    #[tokio::test]
+    async fn non_images_and_duplicates_are_rejected() {
+        let m = || text("model", "openai/m");
+        expect_err(
+            &[
+                m(),
+                text("prompt", "p"),
+                file("image", "a.gif", "image/png", b"GIF89a......"),
+            ],
+            400,
+            Some("image"),
+        )
+        .await;
+        expect_err(
+            &[m(), text("prompt", "p"), file("image", "a.png", "image/png", b"")],
+            400,
+            Some("image"),
+        )
+        .await;
+        expect_err(
+            &[m(), text("prompt", "p"), file("image", "a.png", "image/png", b"\x89P")],
+            400,
+            Some("image"),
+        )
+        .await;
+        expect_err(
+            &[
+                m(),
+                text("prompt", "p"),
+                file("image", "a.png", "image/png", PNG),
+                file("mask", "m", "text/plain", b"hello world!"),
+            ],
+            400,
+            Some("mask"),
+        )
+        .await;
+        expect_err(
+            &[m(), m(), text("prompt", "p"), file("image", "a.png", "image/png", PNG)],
+            400,
+            Some("model"),
+        )
+        .await;
+        expect_err(
+            &[m(), text("prompt", "p"), text("image", "not a file")],
+            400,
+            Some("image"),
+        )
+        .await;
+        let four: Vec<Vec<u8>> = (0..4).map(|_| file("image[]", "a.png", "image/png", PNG)).collect();
+        let mut parts = vec![m(), text("prompt", "p")];
+        parts.extend(four);
+        expect_err(&parts, 400, Some("image")).await;
+    }
+
+    #[tokio::test]
+    async fn limits_give_413() {
+        let m = || text("model", "openai/m");
+        let big = vec![0x89u8; (1 << 16) + 1];
+        let mut img = PNG.to_vec();
+        img.extend_from_slice(&big);
+        expect_err(
+            &[m(), text("prompt", "p"), file("image", "a.png", "image/png", &img)],
+            413,
+            Some("image"),
+        )
+        .await;
+        expect_err(
+            &[
+                m(),
+                text("prompt", &"x".repeat(1025)),
+                file("image", "a.png", "image/png", PNG),
+            ],
+            413,
+            Some("prompt"),
+        )
+        .await;
+        let small = Limits {
+            max_body_bytes: 100,
+            ..limits()
+        };
+        let (r, _) = parse_with(body(&[m(), text("prompt", &"x".repeat(200))]), 10, &small).await;
+        let e = r.unwrap_err();
+        assert_eq!((e.status(), e.param()), (413, None));
+    }
+
+    #[tokio::test]
+    async fn malformed_bodies_are_400() {
+        let m = text("model", "openai/m");
+        // truncated: no closing boundary
+        let (r, _) = parse_with(m.clone(), 5, &limits()).await;
+        assert_eq!(r.unwrap_err().status(), 400);
+        // garbage
+        let (r, _) = parse_with(b"this is not multipart at all".to_vec(), 5, &limits()).await;
+        assert_eq!(r.unwrap_err().status(), 400);
+        // part without a name
+        let mut b = format!("--{B}\r\nContent-Disposition: form-data\r\n\r\nv\r\n").into_bytes();
+        b.extend(end());
+        let (r, _) = parse_with(b, 5, &limits()).await;
+        assert_eq!(r.unwrap_err().status(), 400);
+        // empty body
+        let (r, _) = parse_with(Vec::new(), 5, &limits()).await;
+        assert_eq!(r.unwrap_err().status(), 400);
+    }
+
+    #[tokio::test]
+    async fn model_hook_runs_before_the_rest_is_read() {
+        let b = body(&[text("model", "nope/m"), file("image", "a.png", "image/png", PNG)]);
+        let chunks = b.chunks(8).map(Bytes::copy_from_slice).collect();
+        let mut src = Chunks(chunks);
+        let mut spool = Spool::new(64, None);
+        let mut refuse = |p: &str, _: &str| Err(GatewayError::UnknownProvider(p.to_string()));
+        let r = parse_edit_form(&mut src, B, &limits(), &mut spool, &mut refuse).await;
+        assert!(matches!(r, Err(GatewayError::UnknownProvider(_))));
+        assert!(!src.0.is_empty(), "the image must not have been read");
+        assert!(spool.is_empty());
+    }
+
+    #[test]
+    fn image_field_names() {
+        for ok in ["image", "image[]", "image[0]", "image[12]"] {
+            assert!(is_image_field(ok), "{ok}");
+        }
+        for no in ["images", "image[a]", "image[", "mask", "img"] {
+            assert!(!is_image_field(no), "{no}");
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Image helpers: type detection from magic bytes (used on every uploaded file part), and the
+//! PNG decode/encode and deterministic "edit" the provider simulator performs.
+//!
+//! The simulator's edit is real and checkable: with a mask, every pixel where the mask is fully
+//! transparent (the OpenAI convention: alpha 0 = edit) is painted with a colour derived from the
+//! prompt and the image index; every other pixel is the input pixel unchanged. Without a mask the
+//! whole image is blended half-way towards that colour.
+
+use std::io::Cursor;
+use thiserror::Error;
+
+/// An image type the gateway accepts, detected from the first bytes of a file part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    /// `89 50 4E 47 0D 0A 1A 0A`
+    Png,
+    /// `FF D8 FF`
+    Jpeg,
+    /// `RIFF....WEBP`
+    Webp,
+}
+
+impl ImageKind {
+    /// Bytes needed to decide ([`sniff`] returns `None` for anything shorter).
+    pub const SNIFF_LEN: usize = 12;
+
+    /// The MIME type sent upstream.
+    pub fn mime(self) -> &'static str {
+        match self {
+            ImageKind::Png => "image/png",
+            ImageKind::Jpeg => "image/jpeg",
+            ImageKind::Webp => "image/webp",
+        }
+    }
+
+    /// The file extension used in synthetic file names.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageKind::Png => "png",
+            ImageKind::Jpeg => "jpg",
+            ImageKind::Webp => "webp",
+        }
+    }
+}
+
+/// Detects PNG, JPEG or WebP from the first bytes of a file; `None` for anything else.
+pub fn sniff(head: &[u8]) -> Option<ImageKind> {
+    if head.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(ImageKind::Png)
+    } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(ImageKind::Jpeg)
+    } else if head.len() >= 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WEBP" {
+        Some(ImageKind::Webp)
+    } else {
+        None
+    }
+}
+
+/// Why an image could not be decoded or edited.
+#[derive(Debug, Error)]
+pub enum ImagingError {
+    /// Not a PNG the decoder accepts.
+    #[error("cannot decode PNG: {0}")]
+    Decode(String),
+    /// Encoding the result failed.
+    #[error("cannot encode PNG: {0}")]
+    Encode(String),
+    /// The mask's dimensions differ from the image's.
+    #[error("mask is {mw}x{mh} but the image is {w}x{h}; they must match")]
+    MaskSize {
+        /// Mask width.
+        mw: u32,
+        /// Mask height.
+        mh: u32,
+        /// Image width.
+        w: u32,
+        /// Image height.
+        h: u32,
+    },
+    /// The image is larger than the decoder's pixel budget.
+    #[error("image too large to decode ({0} pixels)")]
+    TooLarge(u64),
+}
+
+/// A decoded 8-bit RGBA image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rgba {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width * height * 4` bytes, row-major RGBA.
+    pub pixels: Vec<u8>,
+}
+
+impl Rgba {
+    /// The RGBA value at (x, y).
+    pub fn pixel(&self, x: u32, y: u32) -> [u8; 4] {
+        let i = ((y * self.width + x) * 4) as usize;
+        [
+            self.pixels[i],
+            self.pixels[i + 1],
+            self.pixels[i + 2],
+            self.pixels[i + 3],
+        ]
+    }
+}
+
+/// Largest image the simulator decodes (64 Mpixel, 256 MiB of RGBA).
+const MAX_PIXELS: u64 = 64 * 1024 * 1024;
+
+/// Decodes any PNG (palette, grey, 16-bit, with or without alpha) to 8-bit RGBA.
+pub fn decode_png(bytes: &[u8]) -> Result<Rgba, ImagingError> {
+    let mut decoder = png::Decoder::new(Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = decoder.read_info().map_err(|e| ImagingError::Decode(e.to_string()))?;
+    let (width, height) = (reader.info().width, reader.info().height);
+    let pixels_count = width as u64 * height as u64;
+    if pixels_count > MAX_PIXELS {
+        return Err(ImagingError::TooLarge(pixels_count));
+    }
+    let mut buf = vec![0u8; reader.output_buffer_size()];
+    let frame = reader
+        .next_frame(&mut buf)
+        .map_err(|e| ImagingError::Decode(e.to_string()))?;
+    buf.truncate(frame.buffer_size());
+    let channels = match frame.color_type {
+        png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        png::ColorType::Indexed => {
+            return Err(ImagingError::Decode("indexed colour after expansion".into()));
+        }
+    };
+    let mut pixels = Vec::with_capacity(pixels_count as usize * 4);
+    for px in buf.chunks_exact(channels) {
+        match channels {
+            1 => pixels.extend_from_slice(&[px[0], px[0], px[0], 255]),
+            2 => pixels.extend_from_slice(&[px[0], px[0], px[0], px[1]]),
+            3 => pixels.extend_from_slice(&[px[0], px[1], px[2], 255]),
+            _ => pixels.extend_from_slice(px),
+        }
+    }
+    Ok(Rgba { width, height, pixels })
+}
+
+/// Encodes 8-bit RGBA pixels as a PNG.
+pub fn encode_png(img: &Rgba) -> Result<Vec<u8>, ImagingError> {
+    let mut out = Vec::with_capacity(img.pixels.len() / 2 + 64);
+    {
+        let mut enc = png::Encoder::new(&mut out, img.width, img.height);
+        enc.set_color(png::ColorType::Rgba);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Fast);
+        let mut writer = enc.write_header().map_err(|e| ImagingError::Encode(e.to_string()))?;
+        writer
+            .write_image_data(&img.pixels)
+            .map_err(|e| ImagingError::Encode(e.to_string()))?;
+        writer.finish().map_err(|e| ImagingError::Encode(e.to_string()))?;
+    }
+    Ok(out)
+}
+
+/// The paint colour for `prompt` and output image `index`: a stable FNV-1a hash, opaque.
+pub fn paint_colour(prompt: &str, index: u32) -> [u8; 4] {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in prompt.bytes().chain(index.to_le_bytes()) {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    [(h >> 24) as u8, (h >> 16) as u8, (h >> 8) as u8, 255]
+}
+
+/// The simulator's deterministic edit of `image` (decoded), guided by an optional `mask`
+/// (decoded, same size): see the module docs for what it does to each pixel.
+pub fn simulate_edit(image: &Rgba, mask: Option<&Rgba>, prompt: &str, index: u32) -> Result<Rgba, ImagingError> {
+    if let Some(m) = mask {
+        if (m.width, m.height) != (image.width, image.height) {
+            return Err(ImagingError::MaskSize {
+                mw: m.width,
+                mh: m.height,
+                w: image.width,
+                h: image.height,
+            });
+        }
+    }
+    let colour = paint_colour(prompt, index);
+    let mut out = image.clone();
+    for (i, px) in out.pixels.chunks_exact_mut(4).enumerate() {
+        match mask {
+            Some(m) => {
+                if m.pixels[i * 4 + 3] == 0 {
+                    px.copy_from_slice(&colour);
+                }
+            }
+            None => {
+                for c in 0..3 {
+                    px[c] = ((px[c] as u16 + colour[c] as u16) / 2) as u8;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A solid-colour RGBA image (fixtures, and the simulator's answer for non-PNG inputs).
+pub fn solid(width: u32, height: u32, colour: [u8; 4]) -> Rgba {
+    let mut pixels = Vec::with_capacity(width as usize * height as usize * 4);
+    for _ in 0..(width as usize * height as usize) {
+        pixels.extend_from_slice(&colour);
+    }
+    Rgba { width, height, pixels }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_the_three_types() {
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n\0\0\0\0"), Some(ImageKind::Png));
+        assert_eq!(sniff(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 0]), Some(ImageKind::Jpeg));
+        assert_eq!(sniff(b"RIFF\x10\0\0\0WEBPVP8 "), Some(ImageKind::Webp));
+        assert_eq!(sniff(b"GIF89a......"), None);
+        assert_eq!(sniff(b"RIFF\x10\0\0\0WAVE"), None);
+        assert_eq!(sniff(b""), None);
+        assert_eq!(sniff(b"%PDF-1.7"), None);
+    }
+
+    #[test]
+    fn png_round_trip() {
+        let img = Rgba {
+            width: 3,
+            height: 2,
+            pixels: (0..24).map(|i| i as u8 * 10).collect(),
+        };
+        let png = encode_png(&img).unwrap();
+        assert_eq!(sniff(&png), Some(ImageKind::Png));
+        assert_eq!(decode_png(&png).unwrap(), img);
+    }
+
+    #[test]
+    fn masked_edit_paints_only_transparent_pixels() {
+        let img = solid(4, 4, [10, 20, 30, 255]);
+        let mut mask = solid(4, 4, [0, 0, 0, 255]);
+        // make the left half transparent
+        for y in 0..4 {
+            for x in 0..2 {
+                mask.pixels[((y * 4 + x) * 4 + 3) as usize] = 0;
+            }
+        }
+        let out = simulate_edit(&img, Some(&mask), "make it blue", 0).unwrap();
+        let c = paint_colour("make it blue", 0);
+        assert_eq!(out.pixel(0, 0), c);
+        assert_eq!(out.pixel(1, 3), c);
+        assert_eq!(out.pixel(2, 0), [10, 20, 30, 255]);
+        assert_eq!(out.pixel(3, 3), [10, 20, 30, 255]);
+    }
+
+    #[test]
+    fn mask_size_mismatch_is_an_error() {
+        let img = solid(4, 4, [0; 4]);
+        let mask = solid(2, 2, [0; 4]);
+        assert!(matches!(
+            simulate_edit(&img, Some(&mask), "p", 0),
+            Err(ImagingError::MaskSize { .. })
+        ));
+    }
+
+    #[test]
+    fn unmasked_edit_blends_and_differs_per_index() {
+        let img = solid(2, 2, [0, 0, 0, 255]);
+        let a = simulate_edit(&img, None, "p", 0).unwrap();
+        let b = simulate_edit(&img, None, "p", 1).unwrap();
+        assert_ne!(a, b);
+        let c = paint_colour("p", 0);
+        assert_eq!(a.pixel(1, 1), [c[0] / 2, c[1] / 2, c[2] / 2, 255]);
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        assert!(decode_png(b"\x89PNG\r\n\x1a\nnot really").is_err());
+        assert!(decode_png(b"").is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! The `refract` command: run the gateway, or check a config file.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// refract: an image-edit AI gateway (OpenAI/Bifrost-compatible /v1/images/edits) on Pingora.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// The gateway's YAML config file (reference: conf/refract.yaml).
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+
+    /// Take over the listening sockets of a running refract (graceful upgrade: start the new
+    /// binary with --upgrade, then send SIGQUIT to the old one). Needs server.upgrade_sock.
+    #[arg(short = 'u', long)]
+    upgrade: bool,
+
+    /// Run in the background (needs server.pid_file).
+    #[arg(short = 'd', long)]
+    daemon: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the config file: prints every problem with its YAML path and exits 1 if there
+    /// is any, or prints "ok" and exits 0.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(path) = cli.config else {
+        eprintln!("refract: a config file is required: refract -c FILE (see conf/refract.yaml), or refract --help");
+        return ExitCode::from(2);
+    };
+    let config = match refract::config::load_path(&path) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprintln!("{}: {} problem(s):", path.display(), problems.0.len());
+            for p in &problems.0 {
+                eprintln!("  {p}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(Command::Check) = cli.command {
+        println!("{}: ok", path.display());
+        return ExitCode::SUCCESS;
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let opt = pingora::server::configuration::Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        ..Default::default()
+    };
+    match refract::server::build(config, Some(opt)) {
+        Ok(server) => refract::server::run_forever(server),
+        Err(e) => {
+            eprintln!("refract: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

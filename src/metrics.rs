@@ -1,0 +1,228 @@
+//! The account plugin: Prometheus metrics, recorded once per request when it ends, whatever
+//! the outcome, and served as text on the metrics listener.
+//!
+//! Labels are bounded: `provider` is a configured provider name or `none`; `model` is the
+//! requested model only for the first [`MAX_MODEL_LABELS`] distinct names per gateway (then
+//! `other`), since clients choose model names freely; `status` is an HTTP status; `reason` is
+//! an error code from [`crate::error::GatewayError::code`]. Keys never appear.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Distinct model label values kept before new ones are counted as `other`.
+pub const MAX_MODEL_LABELS: usize = 100;
+
+/// The gateway's metrics, in their own registry (so several gateways in one process, as in
+/// tests, do not mix).
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    request_bytes: IntCounterVec,
+    response_bytes: IntCounterVec,
+    in_flight: IntGauge,
+    rejected: IntCounterVec,
+    models: Mutex<HashSet<String>>,
+}
+
+/// What one finished request reports.
+#[derive(Debug, Clone, Default)]
+pub struct RequestRecord<'a> {
+    /// Configured provider name, if the request got that far.
+    pub provider: Option<&'a str>,
+    /// Requested bare model name, if known.
+    pub model: Option<&'a str>,
+    /// Status sent to the client (0 if none was sent).
+    pub status: u16,
+    /// Error code when the request failed.
+    pub reason: Option<&'static str>,
+    /// Start to end.
+    pub duration: Duration,
+    /// Time spent on upstream exchanges, if any happened.
+    pub upstream: Option<Duration>,
+    /// Request body bytes read from the client.
+    pub request_bytes: u64,
+    /// Response body bytes sent to the client.
+    pub response_bytes: u64,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "refract_requests_total",
+                "Image-edit requests by provider, model and HTTP status.",
+            ),
+            &["provider", "model", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new("refract_request_duration_seconds", "End-to-end request latency.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new("refract_upstream_duration_seconds", "Time spent in upstream exchanges.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider"],
+        )?;
+        let request_bytes = IntCounterVec::new(
+            Opts::new(
+                "refract_request_bytes_total",
+                "Request body bytes received from clients.",
+            ),
+            &["provider"],
+        )?;
+        let response_bytes = IntCounterVec::new(
+            Opts::new("refract_response_bytes_total", "Response body bytes sent to clients."),
+            &["provider"],
+        )?;
+        let in_flight = IntGauge::new("refract_requests_in_flight", "Requests being processed.")?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "refract_rejected_requests_total",
+                "Requests that ended in an error, by reason.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(request_bytes.clone()))?;
+        registry.register(Box::new(response_bytes.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_duration,
+            request_bytes,
+            response_bytes,
+            in_flight,
+            rejected,
+            models: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// A request started.
+    pub fn request_started(&self) {
+        self.in_flight.inc();
+    }
+
+    /// The bounded label value for a client-chosen model name.
+    fn model_label(&self, model: &str) -> String {
+        let Ok(mut seen) = self.models.lock() else {
+            return "other".to_string();
+        };
+        if seen.contains(model) {
+            return model.to_string();
+        }
+        let printable = model.len() <= 128 && model.bytes().all(|b| b.is_ascii_graphic());
+        if printable && seen.len() < MAX_MODEL_LABELS {
+            seen.insert(model.to_string());
+            return model.to_string();
+        }
+        "other".to_string()
+    }
+
+    /// A request ended: counts it everywhere it belongs.
+    pub fn request_finished(&self, r: &RequestRecord<'_>) {
+        self.in_flight.dec();
+        let provider = r.provider.unwrap_or("none");
+        let model = match (r.provider, r.model) {
+            (Some(_), Some(m)) => self.model_label(m),
+            _ => "none".to_string(),
+        };
+        let status = r.status.to_string();
+        self.requests.with_label_values(&[provider, &model, &status]).inc();
+        self.duration
+            .with_label_values(&[provider])
+            .observe(r.duration.as_secs_f64());
+        if let Some(up) = r.upstream {
+            self.upstream_duration
+                .with_label_values(&[provider])
+                .observe(up.as_secs_f64());
+        }
+        self.request_bytes
+            .with_label_values(&[provider])
+            .inc_by(r.request_bytes);
+        self.response_bytes
+            .with_label_values(&[provider])
+            .inc_by(r.response_bytes);
+        if let Some(reason) = r.reason {
+            self.rejected.with_label_values(&[reason]).inc();
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_encodes() {
+        let m = Metrics::new().unwrap();
+        m.request_started();
+        m.request_finished(&RequestRecord {
+            provider: Some("openai"),
+            model: Some("gpt-image-1"),
+            status: 200,
+            duration: Duration::from_millis(5),
+            upstream: Some(Duration::from_millis(4)),
+            request_bytes: 100,
+            response_bytes: 50,
+            ..Default::default()
+        });
+        m.request_started();
+        m.request_finished(&RequestRecord {
+            status: 401,
+            reason: Some("virtual_key_required"),
+            ..Default::default()
+        });
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(
+            text.contains(r#"refract_requests_total{model="gpt-image-1",provider="openai",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"refract_rejected_requests_total{reason="virtual_key_required"} 1"#));
+        assert!(text.contains("refract_requests_in_flight 0"));
+        assert!(text.contains(r#"refract_request_bytes_total{provider="openai"} 100"#));
+    }
+
+    #[test]
+    fn model_labels_are_bounded() {
+        let m = Metrics::new().unwrap();
+        for i in 0..(MAX_MODEL_LABELS + 50) {
+            m.request_started();
+            m.request_finished(&RequestRecord {
+                provider: Some("p"),
+                model: Some(&format!("model-{i}")),
+                status: 200,
+                ..Default::default()
+            });
+        }
+        let text = String::from_utf8(m.encode()).unwrap();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("refract_requests_total{"))
+            .count();
+        assert_eq!(series, MAX_MODEL_LABELS + 1);
+        assert!(text.contains(r#"model="other""#));
+    }
+}

@@ -1,0 +1,110 @@
+//! Provider adapters: pure, synchronous translation between the unified image-edit request and
+//! each provider's wire format.
+//!
+//! The translate plugin calls [`ProviderAdapter::build_request`] once per upstream attempt to
+//! get the upstream head and a body plan (literal bytes plus ranges of the request spool, so
+//! image bytes are streamed from the spool, never copied into a new buffer). The convert plugin
+//! calls [`ProviderAdapter::convert_response`] on the provider's complete answer. Neither does
+//! I/O; `server::exchange` does.
+
+pub mod openai;
+
+use crate::config::ProviderKind;
+use crate::error::GatewayError;
+use crate::form::EditForm;
+use crate::route::Target;
+use crate::spool::SpoolRange;
+use bytes::Bytes;
+
+/// One piece of an upstream request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodySegment {
+    /// Bytes produced by the adapter (multipart headers, text fields).
+    Bytes(Bytes),
+    /// A range of the request spool (an uploaded file's content), sent as is.
+    Spool(SpoolRange),
+}
+
+impl BodySegment {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            BodySegment::Bytes(b) => b.len() as u64,
+            BodySegment::Spool(r) => r.len,
+        }
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What to send upstream for one attempt.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    /// HTTP method.
+    pub method: http::Method,
+    /// Path and query, starting with `/`.
+    pub path: String,
+    /// Headers besides `host` and `content-length`, which the exchange sets.
+    pub headers: Vec<(http::HeaderName, String)>,
+    /// The body, in order.
+    pub body: Vec<BodySegment>,
+}
+
+impl UpstreamRequest {
+    /// Exact body length.
+    pub fn content_length(&self) -> u64 {
+        self.body.iter().map(BodySegment::len).sum()
+    }
+}
+
+/// The provider's complete answer.
+#[derive(Debug, Clone)]
+pub struct UpstreamResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// `content-type`, if sent.
+    pub content_type: Option<String>,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+/// Facts about the request that the converted response reports in `extra_fields`.
+#[derive(Debug, Clone)]
+pub struct ResponseContext<'a> {
+    /// Provider name as configured.
+    pub provider: &'a str,
+    /// Bare model name the client asked for.
+    pub model_requested: &'a str,
+    /// The model or deployment the provider ran.
+    pub model_deployment: &'a str,
+    /// Milliseconds from request start to the provider's complete answer.
+    pub latency_ms: u64,
+    /// Number of images the client uploaded.
+    pub num_input_images: usize,
+}
+
+/// Translation for one provider kind. Implementations are stateless and pure.
+pub trait ProviderAdapter: Send + Sync {
+    /// Builds the upstream request for `form`, sent to `target` (provider, key, model).
+    /// `request_id` is forwarded for correlation.
+    fn build_request(
+        &self,
+        form: &EditForm,
+        target: &Target,
+        request_id: &str,
+    ) -> Result<UpstreamRequest, GatewayError>;
+
+    /// Converts the provider's answer: a success into the unified JSON body, an error status into
+    /// a [`GatewayError::Provider`] that keeps the provider's status and message.
+    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError>;
+}
+
+/// The adapter for a provider kind (an exhaustive match: a new kind does not compile until wired).
+pub fn adapter_for(kind: ProviderKind) -> &'static dyn ProviderAdapter {
+    match kind {
+        ProviderKind::OpenAi => &openai::OpenAiAdapter,
+    }
+}

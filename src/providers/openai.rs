@@ -1,0 +1,485 @@
+//! Kind `openai`: any OpenAI-compatible `images/edits` endpoint (OpenAI itself, the built-in
+//! simulator, self-hosted servers speaking the same API).
+//!
+//! Request: a new multipart body with the provider prefix removed from `model`, small fields
+//! first (so size-limited upstreams see `model` before the images), then the images (`image`
+//! for one, `image[]` for several, each typed from its magic bytes with a matching file name),
+//! the mask, and any unknown parts the client sent (OpenAI adds fields faster than gateways).
+//! Gateway-only fields (`type`, `fallbacks`, `seed`, `negative_prompt`, `num_inference_steps`)
+//! are not sent. Auth is the provider key as `Authorization: Bearer`.
+//!
+//! Response: OpenAI's `ImagesResponse`, kept field for field, with `data[].index` filled in and
+//! Bifrost's `extra_fields` added. Errors keep OpenAI's status and `error` object.
+
+use super::{BodySegment, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use crate::error::GatewayError;
+use crate::form::{EditForm, FilePart};
+use crate::route::Target;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{json, Map, Value};
+
+/// The adapter for kind `openai`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenAiAdapter;
+
+/// Escapes a multipart field or file name the way browsers do (HTML spec): `"`, CR and LF are
+/// percent-encoded, so a hostile name cannot break out of the header.
+fn escape_name(name: &str) -> String {
+    name.replace('"', "%22").replace('\r', "%0D").replace('\n', "%0A")
+}
+
+/// Builds a multipart body as a list of segments: literal bytes, and spool ranges for files.
+struct MultipartWriter {
+    boundary: String,
+    segments: Vec<BodySegment>,
+    pending: BytesMut,
+}
+
+impl MultipartWriter {
+    fn new(boundary: String) -> Self {
+        MultipartWriter {
+            boundary,
+            segments: Vec::new(),
+            pending: BytesMut::with_capacity(1024),
+        }
+    }
+
+    fn text(&mut self, name: &str, value: &str) {
+        self.pending.put_slice(b"--");
+        self.pending.put_slice(self.boundary.as_bytes());
+        self.pending.put_slice(b"\r\nContent-Disposition: form-data; name=\"");
+        self.pending.put_slice(escape_name(name).as_bytes());
+        self.pending.put_slice(b"\"\r\n\r\n");
+        self.pending.put_slice(value.as_bytes());
+        self.pending.put_slice(b"\r\n");
+    }
+
+    fn file(&mut self, name: &str, filename: &str, content_type: &str, part: &FilePart) {
+        self.pending.put_slice(b"--");
+        self.pending.put_slice(self.boundary.as_bytes());
+        self.pending.put_slice(b"\r\nContent-Disposition: form-data; name=\"");
+        self.pending.put_slice(escape_name(name).as_bytes());
+        self.pending.put_slice(b"\"; filename=\"");
+        self.pending.put_slice(escape_name(filename).as_bytes());
+        self.pending.put_slice(b"\"\r\nContent-Type: ");
+        self.pending.put_slice(content_type.as_bytes());
+        self.pending.put_slice(b"\r\n\r\n");
+        self.flush();
+        self.segments.push(BodySegment::Spool(part.range));
+        self.pending.put_slice(b"\r\n");
+    }
+
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            self.segments.push(BodySegment::Bytes(self.pending.split().freeze()));
+        }
+    }
+
+    fn finish(mut self) -> Vec<BodySegment> {
+        self.pending.put_slice(b"--");
+        self.pending.put_slice(self.boundary.as_bytes());
+        self.pending.put_slice(b"--\r\n");
+        self.flush();
+        self.segments
+    }
+}
+
+/// A declared content type is passed through only when it is a plain `type/subtype` token.
+fn safe_content_type(declared: Option<&str>) -> &str {
+    match declared {
+        Some(ct)
+            if !ct.is_empty()
+                && ct.len() < 128
+                && ct.bytes().all(|b| b.is_ascii_alphanumeric() || b"/.+-_".contains(&b)) =>
+        {
+            ct
+        }
+        _ => "application/octet-stream",
+    }
+}
+
+impl ProviderAdapter for OpenAiAdapter {
+    fn build_request(
+        &self,
+        form: &EditForm,
+        target: &Target,
+        request_id: &str,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        let boundary = format!("refract-{}", uuid::Uuid::new_v4().simple());
+        let mut w = MultipartWriter::new(boundary.clone());
+        w.text("model", &target.model);
+        if let Some(p) = &form.prompt {
+            w.text("prompt", p);
+        }
+        let n = form.n.map(|v| v.to_string());
+        let partial = form.partial_images.map(|v| v.to_string());
+        let compression = form.output_compression.map(|v| v.to_string());
+        let fields: [(&str, Option<&str>); 10] = [
+            ("n", n.as_deref()),
+            ("size", form.size.as_deref()),
+            ("response_format", form.response_format.as_deref()),
+            ("quality", form.quality.as_deref()),
+            ("background", form.background.as_deref()),
+            ("input_fidelity", form.input_fidelity.as_deref()),
+            ("output_format", form.output_format.as_deref()),
+            ("output_compression", compression.as_deref()),
+            ("partial_images", partial.as_deref()),
+            ("user", form.user.as_deref()),
+        ];
+        for (name, value) in fields {
+            if let Some(v) = value {
+                w.text(name, v);
+            }
+        }
+        if form.stream {
+            w.text("stream", "true");
+        }
+        for (name, value) in &form.extra_text {
+            w.text(name, value);
+        }
+        let image_field = if form.images.len() == 1 { "image" } else { "image[]" };
+        for (i, img) in form.images.iter().enumerate() {
+            let kind = img
+                .kind
+                .ok_or_else(|| GatewayError::Internal("image part without a detected type".into()))?;
+            let filename = if form.images.len() == 1 {
+                format!("image.{}", kind.extension())
+            } else {
+                format!("image_{i}.{}", kind.extension())
+            };
+            w.file(image_field, &filename, kind.mime(), img);
+        }
+        if let Some(mask) = &form.mask {
+            let kind = mask
+                .kind
+                .ok_or_else(|| GatewayError::Internal("mask part without a detected type".into()))?;
+            w.file("mask", &format!("mask.{}", kind.extension()), kind.mime(), mask);
+        }
+        for part in &form.extra_files {
+            let content_type = match part.kind {
+                Some(kind) => kind.mime(),
+                None => safe_content_type(part.declared_type.as_deref()),
+            };
+            let filename = part.filename.clone().unwrap_or_else(|| "file".to_string());
+            w.file(&part.field, &filename, content_type, part);
+        }
+        let path = format!("{}/images/edits", target.provider.base_url.path);
+        Ok(UpstreamRequest {
+            method: http::Method::POST,
+            path,
+            headers: vec![
+                (
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {}", target.key().value.expose()),
+                ),
+                (
+                    http::header::CONTENT_TYPE,
+                    format!("multipart/form-data; boundary={boundary}"),
+                ),
+                (http::header::ACCEPT, "application/json".to_string()),
+                (http::header::ACCEPT_ENCODING, "identity".to_string()),
+                (http::HeaderName::from_static("x-request-id"), request_id.to_string()),
+            ],
+            body: w.finish(),
+        })
+    }
+
+    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+        if !(200..300).contains(&resp.status) {
+            return Err(provider_error(cx.provider, resp));
+        }
+        let mut doc: Value = serde_json::from_slice(&resp.body).map_err(|e| GatewayError::UpstreamProtocol {
+            provider: cx.provider.to_string(),
+            detail: format!("the success body is not JSON ({e})"),
+        })?;
+        let Some(obj) = doc.as_object_mut() else {
+            return Err(GatewayError::UpstreamProtocol {
+                provider: cx.provider.to_string(),
+                detail: "the success body is not a JSON object".into(),
+            });
+        };
+        match obj.get_mut("data") {
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let Value::Object(o) = item {
+                        o.entry("index").or_insert(json!(i));
+                    }
+                }
+            }
+            _ => {
+                return Err(GatewayError::UpstreamProtocol {
+                    provider: cx.provider.to_string(),
+                    detail: "the success body has no 'data' array".into(),
+                })
+            }
+        }
+        if let Some(Value::Object(usage)) = obj.get_mut("usage") {
+            usage.entry("num_input_images").or_insert(json!(cx.num_input_images));
+        }
+        obj.insert("extra_fields".into(), extra_fields(cx));
+        serde_json::to_vec(&doc)
+            .map(Bytes::from)
+            .map_err(|e| GatewayError::Internal(e.to_string()))
+    }
+}
+
+/// Bifrost's `extra_fields` for a successful image edit.
+pub fn extra_fields(cx: &ResponseContext<'_>) -> Value {
+    json!({
+        "request_type": "image_edit",
+        "provider": cx.provider,
+        "model_requested": cx.model_requested,
+        "model_deployment": cx.model_deployment,
+        "latency": cx.latency_ms,
+        "chunk_index": 0,
+    })
+}
+
+/// An OpenAI-style error answer as a provider error: the `error` object is kept as sent (an
+/// error given as a bare string becomes its message); a body that is not JSON becomes a short,
+/// printable excerpt.
+pub fn provider_error(provider: &str, resp: &UpstreamResponse) -> GatewayError {
+    let parsed: Option<Value> = serde_json::from_slice(&resp.body).ok();
+    let error = match parsed {
+        Some(Value::Object(mut o)) => match o.remove("error") {
+            Some(Value::Object(e)) => e,
+            Some(Value::String(s)) => {
+                let mut e = Map::new();
+                e.insert("message".into(), json!(s));
+                e
+            }
+            _ => match o.remove("message") {
+                Some(Value::String(s)) => {
+                    let mut e = Map::new();
+                    e.insert("message".into(), json!(s));
+                    e
+                }
+                _ => Map::new(),
+            },
+        },
+        _ => Map::new(),
+    };
+    let mut error = error;
+    if !error.contains_key("message") {
+        let excerpt: String = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)])
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
+        let msg = if excerpt.trim().is_empty() {
+            format!("provider '{provider}' answered HTTP {}", resp.status)
+        } else {
+            format!("provider '{provider}' answered HTTP {}: {excerpt}", resp.status)
+        };
+        error.insert("message".into(), json!(msg));
+    }
+    GatewayError::Provider {
+        provider: provider.to_string(),
+        status: resp.status,
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::from_yaml_str_with_env;
+    use crate::form::EditType;
+    use crate::imaging::ImageKind;
+    use crate::route::Router;
+    use crate::spool::{Spool, SpoolRange};
+
+    fn target(model: &str) -> Target {
+        let yaml = "providers:\n  - name: openai\n    kind: openai\n    base_url: https://api.example.com/v1\n    keys:\n      - { name: k, value: sk-upstream }\n";
+        let cfg = from_yaml_str_with_env(yaml, &|_| None).expect("config");
+        Router::new(&cfg).select("openai", model, 0.0).expect("target")
+    }
+
+    fn part(field: &str, kind: ImageKind, start: u64, len: u64) -> FilePart {
+        FilePart {
+            field: field.into(),
+            filename: Some("x".into()),
+            kind: Some(kind),
+            declared_type: Some("application/octet-stream".into()),
+            range: SpoolRange { start, len },
+        }
+    }
+
+    /// Renders the body plan against a spool, and parses it back with multer.
+    async fn render(req: &UpstreamRequest, spool: &Spool) -> Vec<(String, Option<String>, Option<String>, Vec<u8>)> {
+        let mut body = Vec::new();
+        for seg in &req.body {
+            match seg {
+                BodySegment::Bytes(b) => body.extend_from_slice(b),
+                BodySegment::Spool(r) => body.extend(spool.read_all(*r).unwrap()),
+            }
+        }
+        assert_eq!(body.len() as u64, req.content_length());
+        let ct = req
+            .headers
+            .iter()
+            .find(|(k, _)| k == http::header::CONTENT_TYPE)
+            .unwrap()
+            .1
+            .clone();
+        let boundary = multer::parse_boundary(ct).unwrap();
+        let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(body)) });
+        let mut mp = multer::Multipart::new(stream, boundary);
+        let mut out = Vec::new();
+        while let Some(f) = mp.next_field().await.unwrap() {
+            let name = f.name().unwrap().to_string();
+            let fname = f.file_name().map(str::to_string);
+            let ct = f.content_type().map(|m| m.to_string());
+            out.push((name, fname, ct, f.bytes().await.unwrap().to_vec()));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn one_image_with_mask_and_gateway_fields_dropped() {
+        let mut spool = Spool::new(16, None);
+        spool
+            .append(Bytes::from_static(b"\x89PNG\r\n\x1a\nimage-bytes"))
+            .unwrap();
+        spool
+            .append(Bytes::from_static(b"\x89PNG\r\n\x1a\nmask-bytes"))
+            .unwrap();
+        let form = EditForm {
+            provider: "openai".into(),
+            model: "gpt-image-1".into(),
+            prompt: Some("make it blue".into()),
+            images: vec![part("image[]", ImageKind::Png, 0, 19)],
+            mask: Some(part("mask", ImageKind::Png, 19, 18)),
+            edit_type: Some(EditType::Inpainting),
+            n: Some(2),
+            size: Some("1024x1024".into()),
+            seed: Some(7),
+            negative_prompt: Some("no".into()),
+            num_inference_steps: Some(3),
+            extra_text: vec![("safety_identifier".into(), "s\"1".into())],
+            ..Default::default()
+        };
+        let req = OpenAiAdapter
+            .build_request(&form, &target("gpt-image-1"), "rid-1")
+            .unwrap();
+        assert_eq!(req.path, "/v1/images/edits");
+        let auth = &req
+            .headers
+            .iter()
+            .find(|(k, _)| k == http::header::AUTHORIZATION)
+            .unwrap()
+            .1;
+        assert_eq!(auth, "Bearer sk-upstream");
+        let parts = render(&req, &spool).await;
+        let names: Vec<&str> = parts.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(
+            names,
+            ["model", "prompt", "n", "size", "safety_identifier", "image", "mask"]
+        );
+        assert_eq!(parts[0].3, b"gpt-image-1");
+        assert_eq!(parts[4].3, b"s\"1");
+        assert_eq!(parts[5].1.as_deref(), Some("image.png"));
+        assert_eq!(parts[5].2.as_deref(), Some("image/png"));
+        assert_eq!(parts[5].3, b"\x89PNG\r\n\x1a\nimage-bytes");
+        assert_eq!(parts[6].3, b"\x89PNG\r\n\x1a\nmask-bytes");
+    }
+
+    #[tokio::test]
+    async fn several_images_use_the_array_name() {
+        let mut spool = Spool::new(1024, None);
+        spool
+            .append(Bytes::from_static(b"\xFF\xD8\xFFjpegRIFF\0\0\0\0WEBPwebp"))
+            .unwrap();
+        let form = EditForm {
+            provider: "openai".into(),
+            model: "m".into(),
+            prompt: Some("p".into()),
+            images: vec![
+                part("image", ImageKind::Jpeg, 0, 7),
+                part("image", ImageKind::Webp, 7, 16),
+            ],
+            stream: false,
+            ..Default::default()
+        };
+        let parts = render(&OpenAiAdapter.build_request(&form, &target("m"), "r").unwrap(), &spool).await;
+        assert_eq!(parts[2].0, "image[]");
+        assert_eq!(parts[2].1.as_deref(), Some("image_0.jpg"));
+        assert_eq!(parts[2].2.as_deref(), Some("image/jpeg"));
+        assert_eq!(parts[3].1.as_deref(), Some("image_1.webp"));
+        assert_eq!(parts[3].3, b"RIFF\0\0\0\0WEBPwebp");
+    }
+
+    #[test]
+    fn hostile_names_are_escaped() {
+        assert_eq!(escape_name("a\"\r\nb"), "a%22%0D%0Ab");
+    }
+
+    fn cx() -> ResponseContext<'static> {
+        ResponseContext {
+            provider: "openai",
+            model_requested: "gpt-image-1",
+            model_deployment: "gpt-image-1",
+            latency_ms: 12,
+            num_input_images: 2,
+        }
+    }
+
+    #[test]
+    fn success_gets_index_and_extra_fields() {
+        let resp = UpstreamResponse {
+            status: 200,
+            content_type: Some("application/json".into()),
+            body: Bytes::from_static(
+                br#"{"created":1,"data":[{"b64_json":"AAA"},{"b64_json":"BBB"}],"usage":{"input_tokens":1,"output_tokens":2,"total_tokens":3},"future_field":true}"#,
+            ),
+        };
+        let out: Value = serde_json::from_slice(&OpenAiAdapter.convert_response(&resp, &cx()).unwrap()).unwrap();
+        assert_eq!(out["data"][1]["index"], 1);
+        assert_eq!(out["data"][1]["b64_json"], "BBB");
+        assert_eq!(out["future_field"], true);
+        assert_eq!(out["usage"]["num_input_images"], 2);
+        assert_eq!(out["extra_fields"]["request_type"], "image_edit");
+        assert_eq!(out["extra_fields"]["provider"], "openai");
+        assert_eq!(out["extra_fields"]["latency"], 12);
+    }
+
+    #[test]
+    fn errors_keep_status_and_object() {
+        let resp = UpstreamResponse {
+            status: 400,
+            content_type: Some("application/json".into()),
+            body: Bytes::from_static(
+                br#"{"error":{"message":"Invalid value for 'size'","type":"invalid_request_error","param":"size","code":"invalid_value"}}"#,
+            ),
+        };
+        let e = OpenAiAdapter.convert_response(&resp, &cx()).unwrap_err();
+        assert_eq!(e.status(), 400);
+        let v = e.to_json(&Default::default());
+        assert_eq!(v["is_bifrost_error"], false);
+        assert_eq!(v["error"]["param"], "size");
+        assert_eq!(v["error"]["code"], "invalid_value");
+
+        let html = UpstreamResponse {
+            status: 503,
+            content_type: Some("text/html".into()),
+            body: Bytes::from_static(b"<html>\nService Unavailable\n</html>"),
+        };
+        let v = OpenAiAdapter
+            .convert_response(&html, &cx())
+            .unwrap_err()
+            .to_json(&Default::default());
+        assert_eq!(v["status_code"], 503);
+        assert!(v["error"]["message"].as_str().unwrap().contains("Service Unavailable"));
+    }
+
+    #[test]
+    fn malformed_success_is_502() {
+        for body in [&b"not json"[..], b"[1,2]", b"{\"created\":1}"] {
+            let resp = UpstreamResponse {
+                status: 200,
+                content_type: None,
+                body: Bytes::copy_from_slice(body),
+            };
+            assert_eq!(OpenAiAdapter.convert_response(&resp, &cx()).unwrap_err().status(), 502);
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The route plugin: turns `provider/model` into a target, a configured provider and one of its
+//! keys, picked at random by weight among the keys that serve the model.
+//!
+//! It runs twice per request: the provider check as soon as `model` has been parsed (so an
+//! unknown provider is refused before the images are read), and key selection once the whole
+//! form is valid.
+
+use crate::config::{Config, ProviderConfig, ProviderKey};
+use crate::error::GatewayError;
+use std::sync::Arc;
+
+/// Where one upstream attempt goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The provider.
+    pub provider: Arc<ProviderConfig>,
+    /// Index of the chosen key in `provider.keys`.
+    pub key_index: usize,
+    /// The bare model name sent upstream.
+    pub model: String,
+}
+
+impl Target {
+    /// The chosen provider key.
+    pub fn key(&self) -> &ProviderKey {
+        // key_index always comes from `select`, which only returns valid indices.
+        &self.provider.keys[self.key_index.min(self.provider.keys.len().saturating_sub(1))]
+    }
+}
+
+/// The configured providers, by name.
+#[derive(Debug, Clone)]
+pub struct Router {
+    providers: Vec<Arc<ProviderConfig>>,
+}
+
+impl Router {
+    /// The providers of a validated config.
+    pub fn new(cfg: &Config) -> Self {
+        Router {
+            providers: cfg.providers.iter().cloned().map(Arc::new).collect(),
+        }
+    }
+
+    /// The provider called `name`, or 400 `unknown_provider`.
+    pub fn provider(&self, name: &str) -> Result<&Arc<ProviderConfig>, GatewayError> {
+        self.providers
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| GatewayError::UnknownProvider(name.chars().take(64).collect()))
+    }
+
+    /// Picks a key of `provider` that serves `model`, at random by weight; `roll` is a uniform
+    /// number in `[0, 1)` (injected so tests are deterministic).
+    pub fn select(&self, provider: &str, model: &str, roll: f64) -> Result<Target, GatewayError> {
+        let p = self.provider(provider)?;
+        let candidates: Vec<usize> = (0..p.keys.len()).filter(|&i| p.keys[i].serves(model)).collect();
+        let total: f64 = candidates.iter().map(|&i| p.keys[i].weight).sum();
+        if candidates.is_empty() || total <= 0.0 {
+            return Err(GatewayError::NoKeyForModel {
+                provider: provider.to_string(),
+                model: model.chars().take(64).collect(),
+            });
+        }
+        let mut point = roll.clamp(0.0, 1.0) * total;
+        let mut chosen = candidates[candidates.len() - 1];
+        for &i in &candidates {
+            if point < p.keys[i].weight {
+                chosen = i;
+                break;
+            }
+            point -= p.keys[i].weight;
+        }
+        Ok(Target {
+            provider: p.clone(),
+            key_index: chosen,
+            model: model.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::from_yaml_str_with_env;
+
+    fn router() -> Router {
+        let yaml = r#"
+providers:
+  - name: openai
+    kind: openai
+    base_url: http://127.0.0.1:9/v1
+    keys:
+      - { name: a, value: ka, weight: 1, models: ["gpt-image-1"] }
+      - { name: b, value: kb, weight: 3 }
+      - { name: c, value: kc, weight: 1, models: ["dall-e-2"] }
+"#;
+        let cfg = from_yaml_str_with_env(yaml, &|_| None).expect("valid config");
+        Router::new(&cfg)
+    }
+
+    #[test]
+    fn weighted_choice_among_keys_serving_the_model() {
+        let r = router();
+        // gpt-image-1: a (weight 1) and b (weight 3) serve it
+        assert_eq!(r.select("openai", "gpt-image-1", 0.0).unwrap().key().name, "a");
+        assert_eq!(r.select("openai", "gpt-image-1", 0.24).unwrap().key().name, "a");
+        assert_eq!(r.select("openai", "gpt-image-1", 0.26).unwrap().key().name, "b");
+        assert_eq!(r.select("openai", "gpt-image-1", 0.999).unwrap().key().name, "b");
+        // dall-e-2: b and c
+        assert_eq!(r.select("openai", "dall-e-2", 0.9).unwrap().key().name, "c");
+        // another model: only b
+        assert_eq!(r.select("openai", "other", 0.0).unwrap().key().name, "b");
+        let mut counts = [0usize; 3];
+        for i in 0..1000 {
+            let t = r.select("openai", "gpt-image-1", i as f64 / 1000.0).unwrap();
+            counts[t.key_index] += 1;
+        }
+        assert_eq!(counts, [250, 750, 0]);
+    }
+
+    #[test]
+    fn unknown_provider_is_400() {
+        let e = router().select("nope", "m", 0.5).unwrap_err();
+        assert_eq!(
+            (e.status(), e.code(), e.param()),
+            (400, "unknown_provider", Some("model"))
+        );
+    }
+}

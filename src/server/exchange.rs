@@ -1,0 +1,250 @@
+//! The exchange plugin: one upstream request/response through Pingora's pooled connector.
+//!
+//! Runs after translation, once per attempt. It resolves the provider's host without blocking,
+//! sends the head and the body plan (literal bytes, and spool ranges read chunk by chunk, so a
+//! 20 MB image never sits in memory twice), reads the whole answer, and returns the connection
+//! to the pool only when the answer was read to its end. A pooled connection that the provider
+//! had closed is retried once on a fresh one, since nothing was answered yet. An upstream that
+//! answers early (401, 413) while the body is still being sent is read as that answer.
+
+use crate::error::GatewayError;
+use crate::providers::{BodySegment, UpstreamRequest, UpstreamResponse};
+use crate::route::Target;
+use crate::spool::Spool;
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::{Error, ErrorType};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Largest provider answer read into memory (512 MiB): ten 4K images in base64 fit easily.
+pub const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
+
+/// How long an idle pooled connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// Resolves the provider's address without blocking the worker (Pingora's `HttpPeer::new`
+/// would resolve synchronously and panic on failure).
+async fn resolve(target: &Target) -> Result<SocketAddr, GatewayError> {
+    let url = &target.provider.base_url;
+    if let Ok(ip) = url.host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, url.port));
+    }
+    let mut addrs = tokio::net::lookup_host((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| GatewayError::UpstreamConnect {
+            provider: target.provider.name.clone(),
+            detail: format!("cannot resolve {}: {e}", url.host),
+        })?;
+    addrs.next().ok_or_else(|| GatewayError::UpstreamConnect {
+        provider: target.provider.name.clone(),
+        detail: format!("{} resolves to no address", url.host),
+    })
+}
+
+fn peer_for(target: &Target, addr: SocketAddr) -> HttpPeer {
+    let p = &target.provider;
+    let mut peer = HttpPeer::new(addr, p.base_url.https, p.base_url.host.clone());
+    peer.options.connection_timeout = Some(p.connect_timeout);
+    peer.options.total_connection_timeout = Some(p.connect_timeout);
+    peer.options.read_timeout = Some(p.read_timeout);
+    peer.options.write_timeout = Some(p.read_timeout);
+    peer.options.idle_timeout = Some(POOL_IDLE);
+    peer
+}
+
+/// Maps a Pingora error to the gateway's, naming the provider and never a key.
+fn upstream_error(provider: &str, stage: &str, e: &Error) -> GatewayError {
+    let detail = format!("{stage}: {}", e.etype().as_str());
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            GatewayError::UpstreamTimeout {
+                provider: provider.to_string(),
+                detail,
+            }
+        }
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => GatewayError::UpstreamConnect {
+            provider: provider.to_string(),
+            detail,
+        },
+        _ => GatewayError::UpstreamProtocol {
+            provider: provider.to_string(),
+            detail,
+        },
+    }
+}
+
+/// Where an attempt failed: before the provider answered anything (safe to retry on a fresh
+/// connection), or after.
+enum AttemptError {
+    BeforeAnswer(GatewayError),
+    AfterAnswer(GatewayError),
+}
+
+/// Sends `req` to `target` and reads the complete answer.
+pub async fn exchange(
+    connector: &Connector,
+    target: &Target,
+    req: &UpstreamRequest,
+    spool: &Spool,
+) -> Result<UpstreamResponse, GatewayError> {
+    let addr = resolve(target).await?;
+    let peer = peer_for(target, addr);
+    let provider = target.provider.name.as_str();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let (mut session, reused) = connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| upstream_error(provider, "connect", &e))?;
+        match attempt(&mut session, target, req, spool).await {
+            Ok(resp) => {
+                if session.response_done() {
+                    connector
+                        .release_http_session(session, &peer, peer.idle_timeout())
+                        .await;
+                } else {
+                    session.shutdown().await;
+                }
+                return Ok(resp);
+            }
+            Err(AttemptError::BeforeAnswer(e)) if reused && tries < 2 => {
+                log::debug!("pooled connection to {provider} failed before an answer ({e}); retrying on a fresh one");
+                session.shutdown().await;
+            }
+            Err(AttemptError::BeforeAnswer(e)) | Err(AttemptError::AfterAnswer(e)) => {
+                session.shutdown().await;
+                return Err(e);
+            }
+        }
+    }
+}
+
+async fn attempt(
+    session: &mut HttpSession,
+    target: &Target,
+    req: &UpstreamRequest,
+    spool: &Spool,
+) -> Result<UpstreamResponse, AttemptError> {
+    let provider = target.provider.name.as_str();
+    let before = |stage: &str, e: &Error| AttemptError::BeforeAnswer(upstream_error(provider, stage, e));
+    let mut head =
+        RequestHeader::build(req.method.clone(), req.path.as_bytes(), None).map_err(|e| before("request head", &e))?;
+    let set = |head: &mut RequestHeader, name: http::HeaderName, value: String| {
+        head.insert_header(name, value).map_err(|e| before("request head", &e))
+    };
+    set(&mut head, http::header::HOST, target.provider.base_url.authority())?;
+    set(
+        &mut head,
+        http::header::CONTENT_LENGTH,
+        req.content_length().to_string(),
+    )?;
+    for (name, value) in &req.headers {
+        set(&mut head, name.clone(), value.clone())?;
+    }
+    session
+        .write_request_header(Box::new(head))
+        .await
+        .map_err(|e| before("send head", &e))?;
+    if let Err(send_err) = send_body(session, provider, req, spool).await {
+        // The provider may have answered early and closed: read that answer if there is one.
+        return match read_head(session, provider).await {
+            Ok(status) => read_body(session, provider, status)
+                .await
+                .map_err(AttemptError::AfterAnswer),
+            Err(_) => Err(send_err),
+        };
+    }
+    let status = read_head(session, provider).await.map_err(|e| match e {
+        // A timeout means the provider may be working on it: never send it twice.
+        GatewayError::UpstreamTimeout { .. } => AttemptError::AfterAnswer(e),
+        other => AttemptError::BeforeAnswer(other),
+    })?;
+    read_body(session, provider, status)
+        .await
+        .map_err(AttemptError::AfterAnswer)
+}
+
+async fn send_body(
+    session: &mut HttpSession,
+    provider: &str,
+    req: &UpstreamRequest,
+    spool: &Spool,
+) -> Result<(), AttemptError> {
+    let send_err = |e: &Error| AttemptError::BeforeAnswer(upstream_error(provider, "send body", e));
+    for segment in &req.body {
+        match segment {
+            BodySegment::Bytes(b) => session
+                .write_request_body(b.clone(), false)
+                .await
+                .map_err(|e| send_err(&e))?,
+            BodySegment::Spool(range) => {
+                for chunk in spool.chunks(*range) {
+                    let chunk: Bytes = chunk.map_err(|e| {
+                        AttemptError::AfterAnswer(GatewayError::Internal(format!("spool read failed: {e}")))
+                    })?;
+                    session
+                        .write_request_body(chunk, false)
+                        .await
+                        .map_err(|e| send_err(&e))?;
+                }
+            }
+        }
+    }
+    session.finish_request_body().await.map_err(|e| send_err(&e))
+}
+
+/// Reads the answer's head, skipping informational (1xx) heads; returns the status.
+async fn read_head(session: &mut HttpSession, provider: &str) -> Result<u16, GatewayError> {
+    loop {
+        match session.response_header().map(|h| h.status.as_u16()) {
+            Some(s) if s >= 200 => return Ok(s),
+            _ => session
+                .read_response_header()
+                .await
+                .map_err(|e| upstream_error(provider, "read head", &e))?,
+        }
+    }
+}
+
+/// Reads the whole body of an answer whose head has arrived.
+async fn read_body(session: &mut HttpSession, provider: &str, status: u16) -> Result<UpstreamResponse, GatewayError> {
+    let content_type = session
+        .response_header()
+        .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut body = BytesMut::new();
+    while let Some(chunk) = session
+        .read_response_body()
+        .await
+        .map_err(|e| upstream_error(provider, "read body", &e))?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(GatewayError::UpstreamProtocol {
+                provider: provider.to_string(),
+                detail: format!("answer larger than {MAX_RESPONSE_BYTES} bytes"),
+            });
+        }
+        if body.is_empty() {
+            body = BytesMut::from(&chunk[..]);
+        } else {
+            body.extend_from_slice(&chunk);
+        }
+    }
+    Ok(UpstreamResponse {
+        status,
+        content_type,
+        body: body.freeze(),
+    })
+}

@@ -1,0 +1,379 @@
+//! `Gateway`: the `ProxyHttp` implementation. Pingora decides when things run; this file only
+//! calls the plugins in order and writes what they decide.
+//!
+//! | phase | work |
+//! |---|---|
+//! | `early_request_filter` | request id, start timer, in-flight gauge |
+//! | `request_filter` | the whole request: route by path → auth → 100-continue → parse (with the model check) → route → translate → exchange → convert → respond; returns `Ok(true)` |
+//! | `logging` | account: metrics and the access log line, once per request, every outcome |
+//!
+//! `upstream_peer` is required by the trait but never reached: every request is answered in
+//! `request_filter`, because Pingora's own proxy loop replays only 64 KiB of body and cannot
+//! retry after a response head (see the README's design notes).
+
+use super::exchange::exchange;
+use super::AppState;
+use crate::error::{ErrorContext, GatewayError};
+use crate::form::{parse_edit_form, BodySource};
+use crate::metrics::RequestRecord;
+use crate::providers::{adapter_for, ResponseContext};
+use crate::spool::Spool;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Per-request state, read by `logging`.
+#[derive(Debug)]
+pub struct RequestCtx {
+    request_id: String,
+    start: Instant,
+    counted: bool,
+    provider: Option<String>,
+    model: Option<String>,
+    status: u16,
+    reason: Option<&'static str>,
+    upstream: Option<Duration>,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+/// The gateway service.
+pub struct Gateway {
+    state: Arc<AppState>,
+}
+
+impl Gateway {
+    /// A gateway over shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Gateway { state }
+    }
+}
+
+/// The downstream request body as a [`BodySource`], counting bytes.
+struct SessionBody<'a> {
+    session: &'a mut Session,
+    bytes: &'a mut u64,
+}
+
+#[async_trait]
+impl BodySource for SessionBody<'_> {
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        match self.session.read_request_body().await {
+            Ok(Some(b)) => {
+                *self.bytes += b.len() as u64;
+                Ok(Some(b))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(std::io::Error::other(e.etype().as_str())),
+        }
+    }
+}
+
+/// Reads what follows the closing multipart boundary (usually a CRLF, at most 64 KiB) so the
+/// connection can serve the next request; past that, or on a read error, it is closed instead.
+async fn drain_epilogue(session: &mut Session, ctx: &mut RequestCtx) {
+    let mut left: u64 = 64 * 1024;
+    while !session.is_body_done() {
+        match session.read_request_body().await {
+            Ok(Some(b)) if (b.len() as u64) <= left => {
+                left -= b.len() as u64;
+                ctx.request_bytes += b.len() as u64;
+            }
+            Ok(None) => break,
+            _ => {
+                session.set_keepalive(None);
+                break;
+            }
+        }
+    }
+}
+
+/// A request id from the client is kept if it is short and printable; otherwise one is made.
+fn request_id(session: &Session) -> String {
+    session
+        .req_header()
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// What the request asked for, decided from method and path alone.
+enum Endpoint {
+    Health,
+    ImageEdit,
+    WrongMethod,
+    Unknown,
+}
+
+fn endpoint(method: &http::Method, path: &str) -> Endpoint {
+    match path {
+        "/health" if method == http::Method::GET || method == http::Method::HEAD => Endpoint::Health,
+        "/v1/images/edits" | "/images/edits" if method == http::Method::POST => Endpoint::ImageEdit,
+        "/health" | "/v1/images/edits" | "/images/edits" => Endpoint::WrongMethod,
+        _ => Endpoint::Unknown,
+    }
+}
+
+impl Gateway {
+    /// Writes a complete JSON answer.
+    async fn send_json(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16, body: Vec<u8>) -> Result<()> {
+        let mut resp = ResponseHeader::build(status, Some(4))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        ctx.status = status;
+        ctx.response_bytes = body.len() as u64;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(Bytes::from(body)), true).await?;
+        Ok(())
+    }
+
+    /// Writes a gateway or provider error in Bifrost's shape. If the request body was not read
+    /// to its end the connection is closed after the answer, rather than drained.
+    async fn send_error(&self, session: &mut Session, ctx: &mut RequestCtx, err: &GatewayError) -> Result<()> {
+        if let GatewayError::Internal(detail) = err {
+            log::error!("request {}: {detail}", ctx.request_id);
+        }
+        if !session.is_body_done() {
+            session.set_keepalive(None);
+        }
+        ctx.reason = Some(err.code());
+        let body = err.to_body(&ErrorContext {
+            request_id: Some(&ctx.request_id),
+            provider: ctx.provider.as_deref(),
+            model_requested: ctx.model.as_deref(),
+        });
+        self.send_json(session, ctx, err.status(), body).await
+    }
+
+    /// The image-edit request, from auth to the converted answer.
+    async fn image_edit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<Bytes, GatewayError> {
+        let state = &self.state;
+        let headers = session.req_header().headers.clone();
+        let identity = state.keys.authenticate(&headers)?;
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if !content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
+            return Err(GatewayError::UnsupportedMediaType(
+                "the body must be multipart/form-data (as the OpenAI SDKs send it)".into(),
+            ));
+        }
+        let boundary = multer::parse_boundary(&content_type)
+            .map_err(|_| GatewayError::MalformedMultipart("the Content-Type has no multipart boundary".into()))?;
+        let declared_len = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared_len.is_some_and(|len| len > state.config.limits.max_body_bytes) {
+            return Err(GatewayError::PayloadTooLarge {
+                param: None,
+                what: "request body".into(),
+                limit: state.config.limits.max_body_bytes,
+            });
+        }
+        if headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        {
+            session
+                .as_downstream_mut()
+                .write_continue_response()
+                .await
+                .map_err(|e| {
+                    GatewayError::MalformedMultipart(format!("cannot answer Expect: {}", e.etype().as_str()))
+                })?;
+        }
+
+        let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
+        let router = &state.router;
+        let mut on_model = |provider: &str, model: &str| {
+            router.provider(provider)?;
+            identity.check(provider, model)
+        };
+        let mut source = SessionBody {
+            session,
+            bytes: &mut ctx.request_bytes,
+        };
+        let parsed = parse_edit_form(&mut source, &boundary, &state.config.limits, &mut spool, &mut on_model).await;
+        let form = match parsed {
+            Ok(form) => form,
+            Err(e) => {
+                // The model hook may have refused: report what was asked for.
+                if let GatewayError::ProviderBlocked(p) | GatewayError::UnknownProvider(p) = &e {
+                    ctx.provider = router.provider(p).ok().map(|_| p.clone());
+                }
+                return Err(e);
+            }
+        };
+        ctx.provider = Some(form.provider.clone());
+        ctx.model = Some(form.model.clone());
+        if form.stream {
+            return Err(GatewayError::invalid(
+                "stream",
+                "stream=true is not supported by this gateway version yet; send stream=false",
+            ));
+        }
+
+        let target = router.select(&form.provider, &form.model, fastrand::f64())?;
+        let adapter = adapter_for(target.provider.kind);
+        let request = adapter.build_request(&form, &target, &ctx.request_id)?;
+        let upstream_start = Instant::now();
+        let total = target.provider.read_timeout + target.provider.connect_timeout;
+        let outcome = tokio::time::timeout(total, exchange(&state.connector, &target, &request, &spool)).await;
+        ctx.upstream = Some(upstream_start.elapsed());
+        let response = outcome.map_err(|_| GatewayError::UpstreamTimeout {
+            provider: target.provider.name.clone(),
+            detail: format!("no complete answer within {} ms", total.as_millis()),
+        })??;
+        adapter.convert_response(
+            &response,
+            &ResponseContext {
+                provider: &target.provider.name,
+                model_requested: &form.model,
+                model_deployment: &target.model,
+                latency_ms: ctx.start.elapsed().as_millis() as u64,
+                num_input_images: form.images.len(),
+            },
+        )
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            request_id: String::new(),
+            start: Instant::now(),
+            counted: false,
+            provider: None,
+            model: None,
+            status: 0,
+            reason: None,
+            upstream: None,
+            request_bytes: 0,
+            response_bytes: 0,
+        }
+    }
+
+    /// Runs first for every request: assigns the request id and starts the clock.
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        ctx.request_id = request_id(session);
+        ctx.start = Instant::now();
+        ctx.counted = true;
+        self.state.metrics.request_started();
+        Ok(())
+    }
+
+    /// Answers every request here; always returns `Ok(true)` ("a response was written").
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        match endpoint(&method, &path) {
+            Endpoint::Health => {
+                self.send_json(session, ctx, 200, br#"{"status":"ok"}"#.to_vec())
+                    .await?;
+            }
+            Endpoint::ImageEdit => match self.image_edit(session, ctx).await {
+                Ok(body) => {
+                    drain_epilogue(session, ctx).await;
+                    self.send_json(session, ctx, 200, body.to_vec()).await?;
+                }
+                Err(e) => self.send_error(session, ctx, &e).await?,
+            },
+            Endpoint::WrongMethod => {
+                self.send_error(session, ctx, &GatewayError::MethodNotAllowed(method.to_string()))
+                    .await?;
+            }
+            Endpoint::Unknown => {
+                let e = GatewayError::NotFound {
+                    method: method.to_string(),
+                    path: path.chars().take(200).collect(),
+                };
+                self.send_error(session, ctx, &e).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Never reached (see the module docs); refuses if it ever is.
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "refract answers every request in request_filter",
+        ))
+    }
+
+    /// Runs once per request, whatever happened: metrics and the access log.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if !ctx.counted {
+            return;
+        }
+        if ctx.status == 0 && e.is_some() {
+            ctx.reason = Some("client_error");
+        }
+        self.state.metrics.request_finished(&RequestRecord {
+            provider: ctx.provider.as_deref(),
+            model: ctx.model.as_deref(),
+            status: ctx.status,
+            reason: ctx.reason,
+            duration: ctx.start.elapsed(),
+            upstream: ctx.upstream,
+            request_bytes: ctx.request_bytes,
+            response_bytes: ctx.response_bytes,
+        });
+        log::info!(
+            "request_id={} method={} path={} status={} provider={} model={} reason={} ms={:.2}",
+            ctx.request_id,
+            session.req_header().method,
+            session.req_header().uri.path(),
+            ctx.status,
+            ctx.provider.as_deref().unwrap_or("-"),
+            ctx.model
+                .as_deref()
+                .map(|m| m.chars().take(64).flat_map(char::escape_default).collect::<String>())
+                .unwrap_or_else(|| "-".into()),
+            ctx.reason.unwrap_or("-"),
+            ctx.start.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_by_method_and_path() {
+        assert!(matches!(
+            endpoint(&http::Method::POST, "/v1/images/edits"),
+            Endpoint::ImageEdit
+        ));
+        assert!(matches!(
+            endpoint(&http::Method::POST, "/images/edits"),
+            Endpoint::ImageEdit
+        ));
+        assert!(matches!(
+            endpoint(&http::Method::GET, "/v1/images/edits"),
+            Endpoint::WrongMethod
+        ));
+        assert!(matches!(endpoint(&http::Method::GET, "/health"), Endpoint::Health));
+        assert!(matches!(endpoint(&http::Method::POST, "/v1/chat"), Endpoint::Unknown));
+    }
+}

@@ -1,0 +1,170 @@
+//! The only module that touches Pingora: builds the server from a validated config (gateway
+//! listeners, the metrics listener, the built-in simulator) and runs it, either for good
+//! (`refract -c FILE`) or on a thread that a test can stop ([`spawn`]).
+
+pub mod exchange;
+pub mod gateway;
+mod metrics_app;
+mod simulator_app;
+
+use crate::auth::KeyStore;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::route::Router;
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use std::sync::{Arc, Mutex};
+use thiserror::Error;
+
+/// Everything a request needs, shared by all requests.
+pub struct AppState {
+    /// The validated config.
+    pub config: Config,
+    /// Virtual keys.
+    pub keys: KeyStore,
+    /// Providers.
+    pub router: Router,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Pooled upstream connections.
+    pub connector: Connector,
+}
+
+/// Why the server could not be built.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// A listener could not be set up (e.g. TLS files unreadable).
+    #[error("listener {0}: {1}")]
+    Listener(String, String),
+    /// Metrics registration failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    let s = &config.server;
+    let mut conf = ServerConf {
+        threads: s.threads,
+        grace_period_seconds: Some(s.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        ..Default::default()
+    };
+    if let Some(pid) = &s.pid_file {
+        conf.pid_file = pid.clone();
+    }
+    if let Some(sock) = &s.upgrade_sock {
+        conf.upgrade_sock = sock.clone();
+    }
+    conf
+}
+
+/// Builds the Pingora server with every service the config asks for. `opt` carries the
+/// command-line flags Pingora itself understands (`--upgrade`, `--daemon`).
+pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -> Result<Server, ServerError> {
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
+    server.bootstrap();
+    let metrics = Arc::new(Metrics::new()?);
+    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration)));
+    let state = Arc::new(AppState {
+        keys: KeyStore::from_config(&config),
+        router: Router::new(&config),
+        metrics: metrics.clone(),
+        connector,
+        config,
+    });
+
+    let mut gateway = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway::Gateway::new(state.clone()),
+        "refract gateway",
+    );
+    for l in &state.config.listeners {
+        let addr = l.address.to_string();
+        match &l.tls {
+            None => gateway.add_tcp(&addr),
+            Some(tls) => {
+                let cert = tls.cert.to_string_lossy();
+                let key = tls.key.to_string_lossy();
+                let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key)
+                    .map_err(|e| ServerError::Listener(addr.clone(), e.to_string()))?;
+                settings.enable_h2();
+                gateway.add_tls_with_settings(&addr, None, settings);
+            }
+        }
+    }
+    server.add_service(gateway);
+
+    if let Some(m) = &state.config.metrics {
+        let mut svc = pingora::services::listening::Service::new(
+            "refract metrics".to_string(),
+            metrics_app::MetricsApp::new(metrics),
+        );
+        svc.add_tcp(&m.address.to_string());
+        server.add_service(svc);
+    }
+    if let Some(sim) = &state.config.simulator {
+        let mut svc = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            simulator_app::SimulatorApp,
+            "refract simulator",
+        );
+        svc.add_tcp(&sim.address.to_string());
+        server.add_service(svc);
+    }
+    Ok(server)
+}
+
+/// Runs the server until a signal stops it (SIGTERM graceful, SIGQUIT graceful upgrade,
+/// SIGINT fast); exits the process.
+pub fn run_forever(server: Server) -> ! {
+    server.run_forever()
+}
+
+struct StopOnSignal(Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopOnSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let rx = self.0.lock().ok().and_then(|mut g| g.take());
+        if let Some(rx) = rx {
+            let _ = rx.await;
+        }
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A server running on its own thread; dropping it stops the server and waits for the thread.
+pub struct RunningServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Builds and starts the server on a background thread (tests, benchmarks). Returns once the
+/// thread runs; callers wait for their listeners to accept.
+pub fn spawn(config: Config) -> Result<RunningServer, ServerError> {
+    let server = build(config, None)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
+        server.run(RunArgs {
+            shutdown_signal: Box::new(StopOnSignal(Mutex::new(Some(rx)))),
+        })
+    });
+    Ok(RunningServer {
+        stop: Some(tx),
+        thread: Some(thread),
+    })
+}

@@ -1,0 +1,242 @@
+//! The request spool: where uploaded file parts are kept while a request is in flight, so the
+//! same bytes can be sent to the provider (and replayed to a fallback or an async job) in any
+//! order, whatever order the client sent the parts in.
+//!
+//! The first `memory_limit` bytes stay in memory as the `Bytes` chunks the parser produced (no
+//! copy). Everything after goes to an anonymous temporary file, which the operating system
+//! removes when the spool is dropped, even if the process dies. Memory per request is therefore
+//! bounded by the threshold, whatever the image size.
+//!
+//! Writes to the file use plain `std::fs` calls: they land in the page cache and take
+//! microseconds per chunk, far less than handing each chunk to a blocking thread would cost.
+
+use bytes::{Bytes, BytesMut};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+/// A byte range of the spool: where one file part's content lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolRange {
+    /// Offset of the first byte.
+    pub start: u64,
+    /// Number of bytes.
+    pub len: u64,
+}
+
+/// Append-only store of uploaded bytes: memory first, then an anonymous temp file.
+#[derive(Debug)]
+pub struct Spool {
+    memory: Vec<(u64, Bytes)>,
+    memory_len: u64,
+    memory_limit: u64,
+    file: Option<File>,
+    file_len: u64,
+    directory: Option<PathBuf>,
+}
+
+/// Size of the chunks handed out when reading file-backed ranges.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+impl Spool {
+    /// An empty spool that keeps up to `memory_limit` bytes in memory and puts the rest in a
+    /// temp file in `directory` (the system temp dir when `None`).
+    pub fn new(memory_limit: usize, directory: Option<PathBuf>) -> Self {
+        Spool {
+            memory: Vec::new(),
+            memory_len: 0,
+            memory_limit: memory_limit as u64,
+            file: None,
+            file_len: 0,
+            directory,
+        }
+    }
+
+    /// Total bytes stored.
+    pub fn len(&self) -> u64 {
+        self.memory_len + self.file_len
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True once the spool has spilled to a temp file.
+    pub fn spilled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Appends one chunk; returns the offset it was stored at.
+    pub fn append(&mut self, chunk: Bytes) -> io::Result<u64> {
+        let offset = self.len();
+        if chunk.is_empty() {
+            return Ok(offset);
+        }
+        if self.file.is_none() && self.memory_len + chunk.len() as u64 <= self.memory_limit {
+            self.memory_len += chunk.len() as u64;
+            self.memory.push((offset, chunk));
+            return Ok(offset);
+        }
+        if self.file.is_none() {
+            let file = match &self.directory {
+                Some(dir) => tempfile::tempfile_in(dir)?,
+                None => tempfile::tempfile()?,
+            };
+            self.file = Some(file);
+        }
+        if let Some(file) = self.file.as_mut() {
+            file.write_all(&chunk)?;
+        }
+        self.file_len += chunk.len() as u64;
+        Ok(offset)
+    }
+
+    /// The bytes of `range` in order, as chunks: memory-backed data as cheap slices of the
+    /// stored chunks, file-backed data read in chunks of at most [`READ_CHUNK`] bytes.
+    pub fn chunks(&self, range: SpoolRange) -> SpoolChunks<'_> {
+        SpoolChunks {
+            spool: self,
+            pos: range.start,
+            end: range.start + range.len,
+        }
+    }
+
+    /// Calls `visit` on each chunk of `range` in order; stops at the first error.
+    pub fn for_each_chunk<E>(&self, range: SpoolRange, mut visit: impl FnMut(Bytes) -> Result<(), E>) -> Result<(), E>
+    where
+        E: From<io::Error>,
+    {
+        for chunk in self.chunks(range) {
+            visit(chunk?)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the first `n` bytes of `range` (or fewer if the range is shorter) into a vector.
+    pub fn read_prefix(&self, range: SpoolRange, n: usize) -> io::Result<Vec<u8>> {
+        let take = SpoolRange {
+            start: range.start,
+            len: range.len.min(n as u64),
+        };
+        let mut out = Vec::with_capacity(take.len as usize);
+        self.for_each_chunk(take, |b| {
+            out.extend_from_slice(&b);
+            Ok::<(), io::Error>(())
+        })?;
+        Ok(out)
+    }
+
+    /// Reads a whole range into one vector (tests, the simulator; not the proxy hot path).
+    pub fn read_all(&self, range: SpoolRange) -> io::Result<Vec<u8>> {
+        self.read_prefix(range, range.len as usize)
+    }
+}
+
+/// Iterator over the chunks of a spool range; see [`Spool::chunks`].
+#[derive(Debug)]
+pub struct SpoolChunks<'a> {
+    spool: &'a Spool,
+    pos: u64,
+    end: u64,
+}
+
+impl Iterator for SpoolChunks<'_> {
+    type Item = io::Result<Bytes>;
+
+    fn next(&mut self) -> Option<io::Result<Bytes>> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let s = self.spool;
+        if self.pos < s.memory_len {
+            let i = s.memory.partition_point(|(off, b)| off + b.len() as u64 <= self.pos);
+            let (off, bytes) = s.memory.get(i)?;
+            let from = (self.pos - off) as usize;
+            let to = ((self.end - off) as usize).min(bytes.len());
+            self.pos = off + to as u64;
+            return Some(Ok(bytes.slice(from..to)));
+        }
+        let Some(file) = s.file.as_ref() else {
+            self.pos = self.end;
+            return Some(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "range beyond the spool",
+            )));
+        };
+        let want = ((self.end - self.pos) as usize).min(READ_CHUNK);
+        let mut buf = BytesMut::zeroed(want);
+        if let Err(e) = file.read_exact_at(&mut buf, self.pos - s.memory_len) {
+            self.pos = self.end;
+            return Some(Err(e));
+        }
+        self.pos += want as u64;
+        Some(Ok(buf.freeze()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(s: &Spool, r: SpoolRange) -> Vec<u8> {
+        s.read_all(r).unwrap()
+    }
+
+    #[test]
+    fn memory_only_ranges() {
+        let mut s = Spool::new(1024, None);
+        s.append(Bytes::from_static(b"hello ")).unwrap();
+        s.append(Bytes::from_static(b"world")).unwrap();
+        assert!(!s.spilled());
+        assert_eq!(collect(&s, SpoolRange { start: 0, len: 11 }), b"hello world");
+        assert_eq!(collect(&s, SpoolRange { start: 3, len: 5 }), b"lo wo");
+        assert_eq!(collect(&s, SpoolRange { start: 6, len: 5 }), b"world");
+    }
+
+    #[test]
+    fn spills_to_file_and_reads_across_the_boundary() {
+        let mut s = Spool::new(8, None);
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for chunk in data.chunks(7) {
+            s.append(Bytes::copy_from_slice(chunk)).unwrap();
+        }
+        assert!(s.spilled());
+        assert_eq!(s.len(), data.len() as u64);
+        for (start, len) in [(0u64, 200_000u64), (5, 10), (100, 70_000), (199_990, 10)] {
+            let got = collect(&s, SpoolRange { start, len });
+            assert_eq!(got, &data[start as usize..(start + len) as usize]);
+        }
+    }
+
+    #[test]
+    fn file_chunks_are_bounded() {
+        let mut s = Spool::new(0, None);
+        s.append(Bytes::from(vec![7u8; 3 * READ_CHUNK + 5])).unwrap();
+        let mut sizes = Vec::new();
+        s.for_each_chunk(SpoolRange { start: 0, len: s.len() }, |b| {
+            sizes.push(b.len());
+            Ok::<(), io::Error>(())
+        })
+        .unwrap();
+        assert_eq!(sizes, vec![READ_CHUNK, READ_CHUNK, READ_CHUNK, 5]);
+    }
+
+    #[test]
+    fn temp_file_leaves_nothing_in_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Spool::new(0, Some(dir.path().to_path_buf()));
+            s.append(Bytes::from_static(b"abc")).unwrap();
+            assert!(s.spilled());
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn range_beyond_the_end_is_an_error() {
+        let s = Spool::new(4, None);
+        assert!(s.read_all(SpoolRange { start: 0, len: 3 }).is_err());
+    }
+}

@@ -125,7 +125,7 @@ const OUTPUT_FORMATS: &[&str] = &["png", "webp", "jpeg"];
 const EDIT_TYPES: &[&str] = &["inpainting", "outpainting", "background_removal"];
 
 /// Whether a field name is an image part: `image`, `image[]` or `image[N]`.
-fn is_image_field(name: &str) -> bool {
+pub fn is_image_field(name: &str) -> bool {
     name == "image"
         || name
             .strip_prefix("image[")
@@ -464,8 +464,17 @@ impl<'l> FormBuilder<'l> {
         Ok(())
     }
 
-    /// The open file part ended.
-    pub fn file_end(&mut self) -> Result<(), GatewayError> {
+    /// The type of the open file part once its first bytes decided it: `Some(kind)` (where
+    /// `kind` is `None` for a pass-through part that is not an image), `None` while undecided.
+    pub fn sniffed_kind(&self) -> Option<Option<ImageKind>> {
+        self.open
+            .as_ref()
+            .filter(|o| o.head.len() >= ImageKind::SNIFF_LEN)
+            .map(|o| o.kind)
+    }
+
+    /// The open file part ended; returns it as stored.
+    pub fn file_end(&mut self) -> Result<FilePart, GatewayError> {
         let Some(mut open) = self.open.take() else {
             return Err(GatewayError::Internal("file end without an open part".into()));
         };
@@ -489,13 +498,13 @@ impl<'l> FormBuilder<'l> {
             },
         };
         if is_image_field(&part.field) {
-            self.form.images.push(part);
+            self.form.images.push(part.clone());
         } else if part.field == "mask" {
-            self.form.mask = Some(part);
+            self.form.mask = Some(part.clone());
         } else {
-            self.form.extra_files.push(part);
+            self.form.extra_files.push(part.clone());
         }
-        Ok(())
+        Ok(part)
     }
 
     /// All parts arrived: cross-field checks, then the validated form.
@@ -579,14 +588,59 @@ fn from_multer(e: multer::Error, max_body: u64) -> GatewayError {
     GatewayError::MalformedMultipart(e.to_string())
 }
 
-/// Reads the whole multipart body from `source`, validating as it goes and storing file parts
-/// in `spool`. `on_model` runs as soon as `model` is known (provider, model) and may refuse.
+/// Receives the parts of the form as they pass validation, in arrival order: the hook through
+/// which routing refuses early and the translate plugin streams the request upstream while it
+/// is still being uploaded. Every method may refuse, which ends parsing with that error.
+#[async_trait]
+pub trait FormSink: Send {
+    /// `model` arrived and is well formed.
+    async fn model(&mut self, provider: &str, model: &str) -> Result<(), GatewayError>;
+    /// A text field other than `model` passed validation.
+    async fn text(&mut self, _name: &str, _value: &str) -> Result<(), GatewayError> {
+        Ok(())
+    }
+    /// A file part begins; its type is known (`kind` is `None` only for pass-through parts).
+    async fn file_begin(
+        &mut self,
+        _field: &str,
+        _filename: Option<&str>,
+        _kind: Option<ImageKind>,
+        _declared: Option<&str>,
+    ) -> Result<(), GatewayError> {
+        Ok(())
+    }
+    /// The next bytes of the current file part.
+    async fn file_data(&mut self, _chunk: Bytes) -> Result<(), GatewayError> {
+        Ok(())
+    }
+    /// The current file part ended.
+    async fn file_end(&mut self) -> Result<(), GatewayError> {
+        Ok(())
+    }
+}
+
+/// A [`FormSink`] that only checks `model` with a function (tests, benchmarks, and requests
+/// that are not streamed upstream).
+pub struct ModelCheck<F>(pub F);
+
+#[async_trait]
+impl<F> FormSink for ModelCheck<F>
+where
+    F: FnMut(&str, &str) -> Result<(), GatewayError> + Send,
+{
+    async fn model(&mut self, provider: &str, model: &str) -> Result<(), GatewayError> {
+        (self.0)(provider, model)
+    }
+}
+
+/// Reads the whole multipart body from `source`, validating as it goes, storing file parts in
+/// `spool`, and handing each part to `sink` as soon as it is valid.
 pub async fn parse_edit_form(
     source: &mut dyn BodySource,
     boundary: &str,
     limits: &Limits,
     spool: &mut Spool,
-    on_model: &mut (dyn FnMut(&str, &str) -> Result<(), GatewayError> + Send),
+    sink: &mut dyn FormSink,
 ) -> Result<EditForm, GatewayError> {
     let max_body = limits.max_body_bytes;
     let body = stream::unfold((source, 0u64, false), move |(src, seen, done)| async move {
@@ -626,13 +680,37 @@ pub async fn parse_edit_form(
         if FormBuilder::is_file_part(&name, filename.as_deref()) {
             let declared = field.content_type().map(|m| m.essence_str().to_string());
             builder.file_start(&name, filename.as_deref(), declared.as_deref(), spool.len())?;
+            // Chunks wait here until the part's type is known from its first bytes.
+            let mut held: Vec<Bytes> = Vec::new();
+            let mut begun = false;
             while let Some(chunk) = field.chunk().await.map_err(|e| from_multer(e, max_body))? {
                 builder.file_chunk(&chunk)?;
                 spool
-                    .append(chunk)
+                    .append(chunk.clone())
                     .map_err(|e| GatewayError::Internal(format!("spool write failed: {e}")))?;
+                if begun {
+                    sink.file_data(chunk).await?;
+                } else if let Some(kind) = builder.sniffed_kind() {
+                    sink.file_begin(&name, filename.as_deref(), kind, declared.as_deref())
+                        .await?;
+                    begun = true;
+                    for c in held.drain(..) {
+                        sink.file_data(c).await?;
+                    }
+                    sink.file_data(chunk).await?;
+                } else {
+                    held.push(chunk);
+                }
             }
-            builder.file_end()?;
+            let part = builder.file_end()?;
+            if !begun {
+                sink.file_begin(&name, filename.as_deref(), part.kind, declared.as_deref())
+                    .await?;
+                for c in held {
+                    sink.file_data(c).await?;
+                }
+            }
+            sink.file_end().await?;
         } else {
             let mut text = Vec::new();
             while let Some(chunk) = field.chunk().await.map_err(|e| from_multer(e, max_body))? {
@@ -647,8 +725,9 @@ pub async fn parse_edit_form(
             }
             let text = String::from_utf8(text)
                 .map_err(|_| GatewayError::invalid(name.clone(), format!("field '{name}' is not valid UTF-8")))?;
-            if let Some((provider, model)) = builder.text(&name, text)? {
-                on_model(&provider, &model)?;
+            match builder.text(&name, text.clone())? {
+                Some((provider, model)) => sink.model(&provider, &model).await?,
+                None => sink.text(&name, &text).await?,
             }
         }
     }
@@ -702,7 +781,7 @@ mod tests {
         let chunks = body.chunks(chunk.max(1)).map(Bytes::copy_from_slice).collect();
         let mut src = Chunks(chunks);
         let mut spool = Spool::new(64, None);
-        let mut ok = |_: &str, _: &str| Ok(());
+        let mut ok = ModelCheck(|_: &str, _: &str| Ok(()));
         let r = parse_edit_form(&mut src, B, limits, &mut spool, &mut ok).await;
         (r, spool)
     }
@@ -975,7 +1054,7 @@ mod tests {
         let chunks = b.chunks(8).map(Bytes::copy_from_slice).collect();
         let mut src = Chunks(chunks);
         let mut spool = Spool::new(64, None);
-        let mut refuse = |p: &str, _: &str| Err(GatewayError::UnknownProvider(p.to_string()));
+        let mut refuse = ModelCheck(|p: &str, _: &str| Err(GatewayError::UnknownProvider(p.to_string())));
         let r = parse_edit_form(&mut src, B, &limits(), &mut spool, &mut refuse).await;
         assert!(matches!(r, Err(GatewayError::UnknownProvider(_))));
         assert!(!src.0.is_empty(), "the image must not have been read");

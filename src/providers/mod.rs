@@ -8,10 +8,12 @@
 //! I/O; `server::exchange` does.
 
 pub mod openai;
+pub mod rawjson;
 
 use crate::config::ProviderKind;
 use crate::error::GatewayError;
 use crate::form::EditForm;
+use crate::imaging::ImageKind;
 use crate::route::Target;
 use crate::spool::SpoolRange;
 use bytes::Bytes;
@@ -86,8 +88,37 @@ pub struct ResponseContext<'a> {
     pub num_input_images: usize,
 }
 
+/// Incremental translation of a form while it is still being uploaded: each validated part in,
+/// upstream body bytes out (file contents themselves are passed on by the caller unchanged).
+/// The upstream body ends with [`RequestEncoder::finish`]; a request whose form turns out
+/// invalid is abandoned instead, so the provider never sees a complete body.
+pub trait RequestEncoder: Send {
+    /// The upstream head (its body is empty; the exchange sends the body chunked).
+    fn head(&self) -> UpstreamRequest;
+    /// A text field; `None` when the provider does not take it.
+    fn text(&mut self, name: &str, value: &str) -> Option<Bytes>;
+    /// The bytes that precede a file part's content.
+    fn file_begin(
+        &mut self,
+        field: &str,
+        filename: Option<&str>,
+        kind: Option<ImageKind>,
+        declared: Option<&str>,
+    ) -> Bytes;
+    /// The bytes that follow a file part's content.
+    fn file_end(&mut self) -> Bytes;
+    /// The bytes that end the body.
+    fn finish(&mut self) -> Bytes;
+}
+
 /// Translation for one provider kind. Implementations are stateless and pure.
 pub trait ProviderAdapter: Send + Sync {
+    /// An encoder that translates the form part by part while it arrives, for providers whose
+    /// format allows it; `None` means the request is built from the complete form instead.
+    fn request_encoder(&self, _target: &Target, _request_id: &str) -> Option<Box<dyn RequestEncoder>> {
+        None
+    }
+
     /// Builds the upstream request for `form`, sent to `target` (provider, key, model).
     /// `request_id` is forwarded for correlation.
     fn build_request(

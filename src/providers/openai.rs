@@ -11,9 +11,11 @@
 //! Response: OpenAI's `ImagesResponse`, kept field for field, with `data[].index` filled in and
 //! Bifrost's `extra_fields` added. Errors keep OpenAI's status and `error` object.
 
-use super::{BodySegment, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::rawjson::RawObject;
+use super::{BodySegment, ProviderAdapter, RequestEncoder, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
-use crate::form::{EditForm, FilePart};
+use crate::form::{is_image_field, EditForm, FilePart};
+use crate::imaging::ImageKind;
 use crate::route::Target;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Map, Value};
@@ -55,6 +57,13 @@ impl MultipartWriter {
     }
 
     fn file(&mut self, name: &str, filename: &str, content_type: &str, part: &FilePart) {
+        self.file_head(name, filename, content_type);
+        self.flush();
+        self.segments.push(BodySegment::Spool(part.range));
+        self.pending.put_slice(b"\r\n");
+    }
+
+    fn file_head(&mut self, name: &str, filename: &str, content_type: &str) {
         self.pending.put_slice(b"--");
         self.pending.put_slice(self.boundary.as_bytes());
         self.pending.put_slice(b"\r\nContent-Disposition: form-data; name=\"");
@@ -64,9 +73,17 @@ impl MultipartWriter {
         self.pending.put_slice(b"\"\r\nContent-Type: ");
         self.pending.put_slice(content_type.as_bytes());
         self.pending.put_slice(b"\r\n\r\n");
-        self.flush();
-        self.segments.push(BodySegment::Spool(part.range));
-        self.pending.put_slice(b"\r\n");
+    }
+
+    /// The bytes written since the last call (streaming use).
+    fn take(&mut self) -> Bytes {
+        self.pending.split().freeze()
+    }
+
+    fn end(&mut self) {
+        self.pending.put_slice(b"--");
+        self.pending.put_slice(self.boundary.as_bytes());
+        self.pending.put_slice(b"--\r\n");
     }
 
     fn flush(&mut self) {
@@ -76,9 +93,7 @@ impl MultipartWriter {
     }
 
     fn finish(mut self) -> Vec<BodySegment> {
-        self.pending.put_slice(b"--");
-        self.pending.put_slice(self.boundary.as_bytes());
-        self.pending.put_slice(b"--\r\n");
+        self.end();
         self.flush();
         self.segments
     }
@@ -98,14 +113,125 @@ fn safe_content_type(declared: Option<&str>) -> &str {
     }
 }
 
+/// Fields the gateway understands but OpenAI does not take.
+const GATEWAY_ONLY: &[&str] = &[
+    "type",
+    "fallbacks",
+    "fallbacks[]",
+    "seed",
+    "negative_prompt",
+    "num_inference_steps",
+];
+
+/// The upstream head for a multipart body with `boundary` (the body is left empty).
+fn head(target: &Target, request_id: &str, boundary: &str) -> UpstreamRequest {
+    UpstreamRequest {
+        method: http::Method::POST,
+        path: format!("{}/images/edits", target.provider.base_url.path),
+        headers: vec![
+            (
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", target.key().value.expose()),
+            ),
+            (
+                http::header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            ),
+            (http::header::ACCEPT, "application/json".to_string()),
+            (http::header::ACCEPT_ENCODING, "identity".to_string()),
+            (http::HeaderName::from_static("x-request-id"), request_id.to_string()),
+        ],
+        body: Vec::new(),
+    }
+}
+
+/// A new random multipart boundary.
+fn new_boundary() -> String {
+    format!("refract-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The streaming encoder of kind `openai`: parts are forwarded in arrival order; an image keeps
+/// the client's choice of `image` or `image[]` (the count is not known yet), typed from its
+/// magic bytes.
+struct OpenAiEncoder {
+    head: UpstreamRequest,
+    w: MultipartWriter,
+    images: usize,
+}
+
+impl RequestEncoder for OpenAiEncoder {
+    fn head(&self) -> UpstreamRequest {
+        self.head.clone()
+    }
+
+    fn text(&mut self, name: &str, value: &str) -> Option<Bytes> {
+        if GATEWAY_ONLY.contains(&name) {
+            return None;
+        }
+        self.w.text(name, value);
+        Some(self.w.take())
+    }
+
+    fn file_begin(
+        &mut self,
+        field: &str,
+        filename: Option<&str>,
+        kind: Option<ImageKind>,
+        declared: Option<&str>,
+    ) -> Bytes {
+        let (name, filename, content_type) = match kind {
+            Some(kind) if field == "mask" => ("mask".to_string(), format!("mask.{}", kind.extension()), kind.mime()),
+            Some(kind) if is_image_field(field) => {
+                let name = if field == "image" { "image" } else { "image[]" };
+                let filename = if name == "image" && self.images == 0 {
+                    format!("image.{}", kind.extension())
+                } else {
+                    format!("image_{}.{}", self.images, kind.extension())
+                };
+                self.images += 1;
+                (name.to_string(), filename, kind.mime())
+            }
+            Some(kind) => (field.to_string(), filename.unwrap_or("file").to_string(), kind.mime()),
+            None => (
+                field.to_string(),
+                filename.unwrap_or("file").to_string(),
+                safe_content_type(declared),
+            ),
+        };
+        self.w.file_head(&name, &filename, content_type);
+        self.w.take()
+    }
+
+    fn file_end(&mut self) -> Bytes {
+        self.w.pending.put_slice(b"\r\n");
+        self.w.take()
+    }
+
+    fn finish(&mut self) -> Bytes {
+        self.w.end();
+        self.w.take()
+    }
+}
+
 impl ProviderAdapter for OpenAiAdapter {
+    fn request_encoder(&self, target: &Target, request_id: &str) -> Option<Box<dyn RequestEncoder>> {
+        let boundary = new_boundary();
+        let mut w = MultipartWriter::new(boundary.clone());
+        w.text("model", &target.model);
+        Some(Box::new(OpenAiEncoder {
+            head: head(target, request_id, &boundary),
+            w,
+            images: 0,
+        }))
+    }
+
     fn build_request(
         &self,
         form: &EditForm,
         target: &Target,
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let boundary = format!("refract-{}", uuid::Uuid::new_v4().simple());
+        let boundary = new_boundary();
         let mut w = MultipartWriter::new(boundary.clone());
         w.text("model", &target.model);
         if let Some(p) = &form.prompt {
@@ -163,63 +289,68 @@ impl ProviderAdapter for OpenAiAdapter {
             let filename = part.filename.clone().unwrap_or_else(|| "file".to_string());
             w.file(&part.field, &filename, content_type, part);
         }
-        let path = format!("{}/images/edits", target.provider.base_url.path);
-        Ok(UpstreamRequest {
-            method: http::Method::POST,
-            path,
-            headers: vec![
-                (
-                    http::header::AUTHORIZATION,
-                    format!("Bearer {}", target.key().value.expose()),
-                ),
-                (
-                    http::header::CONTENT_TYPE,
-                    format!("multipart/form-data; boundary={boundary}"),
-                ),
-                (http::header::ACCEPT, "application/json".to_string()),
-                (http::header::ACCEPT_ENCODING, "identity".to_string()),
-                (http::HeaderName::from_static("x-request-id"), request_id.to_string()),
-            ],
-            body: w.finish(),
-        })
+        let mut req = head(target, request_id, &boundary);
+        req.body = w.finish();
+        Ok(req)
     }
 
     fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
         if !(200..300).contains(&resp.status) {
             return Err(provider_error(cx.provider, resp));
         }
-        let mut doc: Value = serde_json::from_slice(&resp.body).map_err(|e| GatewayError::UpstreamProtocol {
+        let bad = |detail: String| GatewayError::UpstreamProtocol {
             provider: cx.provider.to_string(),
-            detail: format!("the success body is not JSON ({e})"),
-        })?;
-        let Some(obj) = doc.as_object_mut() else {
-            return Err(GatewayError::UpstreamProtocol {
-                provider: cx.provider.to_string(),
-                detail: "the success body is not a JSON object".into(),
-            });
+            detail,
         };
-        match obj.get_mut("data") {
-            Some(Value::Array(items)) => {
-                for (i, item) in items.iter_mut().enumerate() {
-                    if let Value::Object(o) = item {
-                        o.entry("index").or_insert(json!(i));
+        let doc =
+            RawObject::parse(&resp.body).map_err(|e| bad(format!("the success body is not a JSON object ({e})")))?;
+        let data = doc
+            .get("data")
+            .ok_or_else(|| bad("the success body has no 'data' array".into()))?;
+        let items: Vec<RawObject<'_>> =
+            serde_json::from_str(data.get()).map_err(|_| bad("'data' is not an array of objects".into()))?;
+        let extra = serde_json::to_vec(&extra_fields(cx)).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let images = cx.num_input_images.to_string();
+        let mut out = Vec::with_capacity(resp.body.len() + 256);
+        doc.write(
+            &mut out,
+            &["extra_fields"],
+            &mut |key, value, out| match key {
+                "data" => {
+                    out.push(b'[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        let index = i.to_string();
+                        let add: &[(&str, &[u8])] = if item.get("index").is_some() {
+                            &[]
+                        } else {
+                            &[("index", index.as_bytes())]
+                        };
+                        item.write(out, &[], &mut |_, _, _| Ok(false), add)?;
                     }
+                    out.push(b']');
+                    Ok(true)
                 }
-            }
-            _ => {
-                return Err(GatewayError::UpstreamProtocol {
-                    provider: cx.provider.to_string(),
-                    detail: "the success body has no 'data' array".into(),
-                })
-            }
-        }
-        if let Some(Value::Object(usage)) = obj.get_mut("usage") {
-            usage.entry("num_input_images").or_insert(json!(cx.num_input_images));
-        }
-        obj.insert("extra_fields".into(), extra_fields(cx));
-        serde_json::to_vec(&doc)
-            .map(Bytes::from)
-            .map_err(|e| GatewayError::Internal(e.to_string()))
+                "usage" => match RawObject::parse(value.get().as_bytes()) {
+                    Ok(usage) if usage.get("num_input_images").is_none() => {
+                        usage.write(
+                            out,
+                            &[],
+                            &mut |_, _, _| Ok(false),
+                            &[("num_input_images", images.as_bytes())],
+                        )?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                },
+                _ => Ok(false),
+            },
+            &[("extra_fields", &extra)],
+        )
+        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        Ok(Bytes::from(out))
     }
 }
 

@@ -107,6 +107,11 @@ pub async fn exchange(
             .get_http_session(&peer)
             .await
             .map_err(|e| upstream_error(provider, "connect", &e))?;
+        // The connector does not apply the peer's per-read/write limits to the session (Pingora's
+        // proxy loop sets them itself), so set them here or a stalled provider is only cut off
+        // by the overall limit.
+        session.set_read_timeout(peer.options.read_timeout);
+        session.set_write_timeout(peer.options.write_timeout);
         match attempt(&mut session, target, req, spool).await {
             Ok(resp) => {
                 if session.response_done() {
@@ -247,4 +252,142 @@ async fn read_body(session: &mut HttpSession, provider: &str, status: u16) -> Re
         content_type,
         body: body.freeze(),
     })
+}
+
+/// One piece of a request body streamed upstream while the client is still uploading.
+#[derive(Debug)]
+pub enum Piece {
+    /// Body bytes, in order.
+    Data(Bytes),
+    /// The form was complete and valid: end the body and read the answer.
+    End,
+}
+
+/// How a streamed attempt ended.
+#[derive(Debug)]
+pub enum Streamed {
+    /// The provider answered (possibly early, before the body was complete).
+    Answered(UpstreamResponse),
+    /// Nothing was answered and the body was not complete upstream (a pooled connection had
+    /// been closed, or the client's form turned out invalid): the caller may send the request
+    /// again from the spool.
+    NotSent(GatewayError),
+    /// The attempt failed after the provider may have acted on it.
+    Failed(GatewayError),
+}
+
+/// Sends a request whose body arrives through `pieces` while the client uploads: the head
+/// goes out at once (body chunked), each piece as it comes. Closing `pieces` without
+/// [`Piece::End`] abandons the request, so the provider never sees a complete body. Dropping
+/// the receiver (when this returns early) tells the sender to stop streaming.
+pub async fn exchange_streamed(
+    connector: &Connector,
+    target: &Target,
+    head: UpstreamRequest,
+    mut pieces: tokio::sync::mpsc::Receiver<Piece>,
+) -> Streamed {
+    let provider = target.provider.name.as_str();
+    let addr = match resolve(target).await {
+        Ok(a) => a,
+        Err(e) => return Streamed::Failed(e),
+    };
+    let peer = peer_for(target, addr);
+    let (mut session, reused) = match connector.get_http_session(&peer).await {
+        Ok(s) => s,
+        Err(e) => return Streamed::Failed(upstream_error(provider, "connect", &e)),
+    };
+    session.set_read_timeout(peer.options.read_timeout);
+    session.set_write_timeout(peer.options.write_timeout);
+    // Before an answer: a reused connection may just have been closed by the provider.
+    let not_sent = |e: GatewayError| {
+        if reused {
+            Streamed::NotSent(e)
+        } else {
+            Streamed::Failed(e)
+        }
+    };
+    let mut req = match RequestHeader::build(head.method.clone(), head.path.as_bytes(), None) {
+        Ok(r) => r,
+        Err(e) => return Streamed::Failed(upstream_error(provider, "request head", &e)),
+    };
+    let mut headers_ok = req
+        .insert_header(http::header::HOST, target.provider.base_url.authority())
+        .is_ok()
+        && req.insert_header(http::header::TRANSFER_ENCODING, "chunked").is_ok();
+    for (name, value) in &head.headers {
+        headers_ok &= req.insert_header(name.clone(), value.clone()).is_ok();
+    }
+    if !headers_ok {
+        return Streamed::Failed(GatewayError::Internal("invalid upstream header".into()));
+    }
+    if let Err(e) = session.write_request_header(Box::new(req)).await {
+        session.shutdown().await;
+        return Streamed::NotSent(upstream_error(provider, "send head", &e));
+    }
+    let mut complete = false;
+    while let Some(piece) = pieces.recv().await {
+        let written = match piece {
+            Piece::Data(b) => session.write_request_body(b, false).await,
+            Piece::End => {
+                complete = true;
+                session.finish_request_body().await
+            }
+        };
+        if let Err(e) = written {
+            // An early answer (401, 413…) shows up as a failed write: read it if it is there.
+            drop(pieces);
+            let answered = match read_head(&mut session, provider).await {
+                Ok(status) => read_body(&mut session, provider, status).await.ok(),
+                Err(_) => None,
+            };
+            session.shutdown().await;
+            return match answered {
+                Some(resp) => Streamed::Answered(resp),
+                // The body never reached its end upstream, so the provider did not act on it.
+                None => Streamed::NotSent(upstream_error(provider, "send body", &e)),
+            };
+        }
+        if complete {
+            break;
+        }
+    }
+    drop(pieces);
+    if !complete {
+        session.shutdown().await;
+        return Streamed::NotSent(GatewayError::Internal("request abandoned before its end".into()));
+    }
+    let total = target.provider.read_timeout + target.provider.connect_timeout;
+    let answer = tokio::time::timeout(total, async {
+        let status = read_head(&mut session, provider).await.map_err(|e| match e {
+            GatewayError::UpstreamTimeout { .. } => Streamed::Failed(e),
+            other => not_sent(other),
+        })?;
+        read_body(&mut session, provider, status)
+            .await
+            .map_err(Streamed::Failed)
+    })
+    .await;
+    match answer {
+        Ok(Ok(resp)) => {
+            if session.response_done() {
+                connector
+                    .release_http_session(session, &peer, peer.idle_timeout())
+                    .await;
+            } else {
+                session.shutdown().await;
+            }
+            Streamed::Answered(resp)
+        }
+        Ok(Err(outcome)) => {
+            session.shutdown().await;
+            outcome
+        }
+        Err(_) => {
+            session.shutdown().await;
+            Streamed::Failed(GatewayError::UpstreamTimeout {
+                provider: provider.to_string(),
+                detail: format!("no complete answer within {} ms", total.as_millis()),
+            })
+        }
+    }
 }

@@ -11,12 +11,16 @@
 //! `request_filter`, because Pingora's own proxy loop replays only 64 KiB of body and cannot
 //! retry after a response head (see the README's design notes).
 
-use super::exchange::exchange;
+use super::exchange::{exchange, exchange_streamed, Piece, Streamed};
 use super::AppState;
+use crate::auth::Identity;
 use crate::error::{ErrorContext, GatewayError};
-use crate::form::{parse_edit_form, BodySource};
+use crate::form::{parse_edit_form, BodySource, FormSink};
+use crate::imaging::ImageKind;
 use crate::metrics::RequestRecord;
 use crate::providers::{adapter_for, ResponseContext};
+use crate::providers::{RequestEncoder, UpstreamRequest};
+use crate::route::{Router, Target};
 use crate::spool::Spool;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,6 +30,13 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Body pieces buffered between the upload and the provider while streaming (each at most one
+/// client read): a slow provider slows the client down instead of filling memory.
+const STREAM_AHEAD: usize = 8;
+
+/// Longest pause allowed between two reads of a client's upload.
+const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Per-request state, read by `logging`.
 #[derive(Debug)]
@@ -71,6 +82,101 @@ impl BodySource for SessionBody<'_> {
             Ok(None) => Ok(None),
             Err(e) => Err(std::io::Error::other(e.etype().as_str())),
         }
+    }
+}
+
+/// The translate plugin's streaming side: a [`FormSink`] that checks `model` as soon as it
+/// arrives (unknown provider → 400, not allowed → 403) and, when `model` came before any file
+/// part and the provider's adapter can translate incrementally, starts the upstream request at
+/// once and feeds it each part as it passes validation.
+struct UpstreamFeed<'a> {
+    router: &'a Router,
+    identity: &'a Identity,
+    request_id: &'a str,
+    start: Option<tokio::sync::oneshot::Sender<(Target, UpstreamRequest)>>,
+    pieces: Option<tokio::sync::mpsc::Sender<Piece>>,
+    encoder: Option<Box<dyn RequestEncoder>>,
+    saw_file: bool,
+}
+
+impl UpstreamFeed<'_> {
+    /// Sends body bytes upstream; if the upstream side is gone (it answered early or failed),
+    /// streaming stops and the upload is only spooled.
+    async fn send(&mut self, piece: Piece) {
+        if let Some(tx) = &self.pieces {
+            if tx.send(piece).await.is_err() {
+                self.pieces = None;
+                self.encoder = None;
+            }
+        }
+    }
+
+    /// The form was complete and valid: end the upstream body.
+    async fn finish(&mut self) {
+        if let Some(end) = self.encoder.as_mut().map(|e| e.finish()) {
+            self.send(Piece::Data(end)).await;
+            self.send(Piece::End).await;
+        }
+    }
+}
+
+#[async_trait]
+impl FormSink for UpstreamFeed<'_> {
+    async fn model(&mut self, provider: &str, model: &str) -> std::result::Result<(), GatewayError> {
+        self.router.provider(provider)?;
+        self.identity.check(provider, model)?;
+        if self.saw_file {
+            return Ok(());
+        }
+        let target = self.router.select(provider, model, fastrand::f64())?;
+        if let Some(encoder) = adapter_for(target.provider.kind).request_encoder(&target, self.request_id) {
+            if let Some(start) = self.start.take() {
+                let head = encoder.head();
+                if start.send((target, head)).is_ok() {
+                    self.encoder = Some(encoder);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn text(&mut self, name: &str, value: &str) -> std::result::Result<(), GatewayError> {
+        if let Some(bytes) = self.encoder.as_mut().and_then(|e| e.text(name, value)) {
+            self.send(Piece::Data(bytes)).await;
+        }
+        Ok(())
+    }
+
+    async fn file_begin(
+        &mut self,
+        field: &str,
+        filename: Option<&str>,
+        kind: Option<ImageKind>,
+        declared: Option<&str>,
+    ) -> std::result::Result<(), GatewayError> {
+        self.saw_file = true;
+        if let Some(bytes) = self
+            .encoder
+            .as_mut()
+            .map(|e| e.file_begin(field, filename, kind, declared))
+        {
+            self.send(Piece::Data(bytes)).await;
+        }
+        Ok(())
+    }
+
+    async fn file_data(&mut self, chunk: Bytes) -> std::result::Result<(), GatewayError> {
+        if self.encoder.is_some() {
+            self.send(Piece::Data(chunk)).await;
+        }
+        Ok(())
+    }
+
+    async fn file_end(&mut self) -> std::result::Result<(), GatewayError> {
+        if let Some(bytes) = self.encoder.as_mut().map(|e| e.file_end()) {
+            self.send(Piece::Data(bytes)).await;
+        }
+        Ok(())
     }
 }
 
@@ -124,7 +230,7 @@ fn endpoint(method: &http::Method, path: &str) -> Endpoint {
 
 impl Gateway {
     /// Writes a complete JSON answer.
-    async fn send_json(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16, body: Vec<u8>) -> Result<()> {
+    async fn send_json(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16, body: Bytes) -> Result<()> {
         let mut resp = ResponseHeader::build(status, Some(4))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
@@ -132,7 +238,7 @@ impl Gateway {
         ctx.status = status;
         ctx.response_bytes = body.len() as u64;
         session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(Bytes::from(body)), true).await?;
+        session.write_response_body(Some(body), true).await?;
         Ok(())
     }
 
@@ -151,7 +257,7 @@ impl Gateway {
             provider: ctx.provider.as_deref(),
             model_requested: ctx.model.as_deref(),
         });
-        self.send_json(session, ctx, err.status(), body).await
+        self.send_json(session, ctx, err.status(), Bytes::from(body)).await
     }
 
     /// The image-edit request, from auth to the converted answer.
@@ -199,21 +305,57 @@ impl Gateway {
                 })?;
         }
 
+        // A client that stops sending mid-upload must not hold a request forever.
+        session.as_downstream_mut().set_read_timeout(Some(CLIENT_READ_TIMEOUT));
         let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
         let router = &state.router;
-        let mut on_model = |provider: &str, model: &str| {
-            router.provider(provider)?;
-            identity.check(provider, model)
-        };
+        let (piece_tx, piece_rx) = tokio::sync::mpsc::channel::<Piece>(STREAM_AHEAD);
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<(Target, UpstreamRequest)>();
+        let request_id = ctx.request_id.clone();
         let mut source = SessionBody {
             session,
             bytes: &mut ctx.request_bytes,
         };
-        let parsed = parse_edit_form(&mut source, &boundary, &state.config.limits, &mut spool, &mut on_model).await;
+        let upload = async {
+            let mut feed = UpstreamFeed {
+                router,
+                identity: &identity,
+                request_id: &request_id,
+                start: Some(start_tx),
+                pieces: Some(piece_tx),
+                encoder: None,
+                saw_file: false,
+            };
+            let parsed = parse_edit_form(&mut source, &boundary, &state.config.limits, &mut spool, &mut feed)
+                .await
+                .and_then(|form| {
+                    if form.stream {
+                        return Err(GatewayError::invalid(
+                            "stream",
+                            "stream=true is not supported by this gateway version yet; send stream=false",
+                        ));
+                    }
+                    Ok(form)
+                });
+            if parsed.is_ok() {
+                feed.finish().await;
+            }
+            // Dropping the feed closes the stream: without its end marker, the provider's
+            // request is abandoned.
+            drop(feed);
+            parsed
+        };
+        let upstream_start = Instant::now();
+        let streamed = async {
+            let (target, head) = start_rx.await.ok()?;
+            let outcome = exchange_streamed(&state.connector, &target, head, piece_rx).await;
+            Some((target, outcome))
+        };
+        let (parsed, streamed) = tokio::join!(upload, streamed);
         let form = match parsed {
             Ok(form) => form,
             Err(e) => {
-                // The model hook may have refused: report what was asked for.
+                // The model check may have refused: report what was asked for.
                 if let GatewayError::ProviderBlocked(p) | GatewayError::UnknownProvider(p) = &e {
                     ctx.provider = router.provider(p).ok().map(|_| p.clone());
                 }
@@ -222,24 +364,39 @@ impl Gateway {
         };
         ctx.provider = Some(form.provider.clone());
         ctx.model = Some(form.model.clone());
-        if form.stream {
-            return Err(GatewayError::invalid(
-                "stream",
-                "stream=true is not supported by this gateway version yet; send stream=false",
-            ));
-        }
 
-        let target = router.select(&form.provider, &form.model, fastrand::f64())?;
-        let adapter = adapter_for(target.provider.kind);
-        let request = adapter.build_request(&form, &target, &ctx.request_id)?;
-        let upstream_start = Instant::now();
-        let total = target.provider.read_timeout + target.provider.connect_timeout;
-        let outcome = tokio::time::timeout(total, exchange(&state.connector, &target, &request, &spool)).await;
+        let (target, response) = match streamed {
+            Some((target, Streamed::Answered(resp))) => (target, resp),
+            Some((_, Streamed::Failed(e))) => {
+                ctx.upstream = Some(upstream_start.elapsed());
+                return Err(e);
+            }
+            other => {
+                // Not streamed (model came after the images), or the streamed attempt never
+                // reached the provider whole: send it from the spool.
+                if let Some((_, Streamed::NotSent(e))) = &other {
+                    log::debug!(
+                        "request {}: streamed attempt not sent ({e}); sending from the spool",
+                        ctx.request_id
+                    );
+                }
+                let target = match other {
+                    Some((target, _)) => target,
+                    None => router.select(&form.provider, &form.model, fastrand::f64())?,
+                };
+                let request = adapter_for(target.provider.kind).build_request(&form, &target, &ctx.request_id)?;
+                let total = target.provider.read_timeout + target.provider.connect_timeout;
+                let outcome = tokio::time::timeout(total, exchange(&state.connector, &target, &request, &spool)).await;
+                let response = outcome.map_err(|_| GatewayError::UpstreamTimeout {
+                    provider: target.provider.name.clone(),
+                    detail: format!("no complete answer within {} ms", total.as_millis()),
+                });
+                ctx.upstream = Some(upstream_start.elapsed());
+                (target, response??)
+            }
+        };
         ctx.upstream = Some(upstream_start.elapsed());
-        let response = outcome.map_err(|_| GatewayError::UpstreamTimeout {
-            provider: target.provider.name.clone(),
-            detail: format!("no complete answer within {} ms", total.as_millis()),
-        })??;
+        let adapter = adapter_for(target.provider.kind);
         adapter.convert_response(
             &response,
             &ResponseContext {
@@ -287,13 +444,13 @@ impl ProxyHttp for Gateway {
         let path = session.req_header().uri.path().to_string();
         match endpoint(&method, &path) {
             Endpoint::Health => {
-                self.send_json(session, ctx, 200, br#"{"status":"ok"}"#.to_vec())
+                self.send_json(session, ctx, 200, Bytes::from_static(br#"{"status":"ok"}"#))
                     .await?;
             }
             Endpoint::ImageEdit => match self.image_edit(session, ctx).await {
                 Ok(body) => {
                     drain_epilogue(session, ctx).await;
-                    self.send_json(session, ctx, 200, body.to_vec()).await?;
+                    self.send_json(session, ctx, 200, body).await?;
                 }
                 Err(e) => self.send_error(session, ctx, &e).await?,
             },

@@ -1,0 +1,211 @@
+//! Load benchmark: 64 KB PNG edits at concurrency 1 and 32, measured with wrk in interleaved
+//! rounds against
+//!   * `direct`   — straight to a fixed-answer mock upstream,
+//!   * `hop`      — a bare Pingora pass-through in front of the mock (the baseline),
+//!   * `gateway`  — refract in front of the mock,
+//!   * `sim`      — straight to refract's built-in simulator (which really decodes, edits and
+//!     encodes the PNG),
+//!   * `gw+sim`   — refract in front of its simulator.
+//!
+//! Reports p50/p99 latency and req/s per target (median over rounds), the latency each hop adds
+//! over its direct target, and the gateway's figures as a share of the bare hop's.
+//!
+//! Run: `cargo bench --bench load` (needs `wrk`; `.ci/deps` installs it). Environment:
+//! `ROUNDS` (default 3), `SECS` per run (default 4), `THREADS` per server (default 2).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::process::Command;
+use support::*;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    p50_ms: f64,
+    p99_ms: f64,
+    rps: f64,
+    errors: u64,
+}
+
+fn parse_latency(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn wrk(port: u16, script: &std::path::Path, conns: u32, secs: u32) -> Run {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", "-s"])
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{port}/v1/images/edits"))
+        .output()
+        .expect("wrk is installed (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut run = Run::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("50%") {
+            run.p50_ms = parse_latency(v.trim());
+        } else if let Some(v) = t.strip_prefix("99%") {
+            run.p99_ms = parse_latency(v.trim());
+        } else if let Some(v) = t.strip_prefix("Requests/sec:") {
+            run.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            run.errors += v.trim().parse::<u64>().unwrap_or(0);
+        } else if t.starts_with("Socket errors:") {
+            run.errors += t
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    run
+}
+
+fn script(name: &str, body: &[u8], vk: bool) -> std::path::PathBuf {
+    let body_path = temp_file(&format!("{name}.body"), body);
+    let lua = format!(
+        "local f = io.open(\"{}\", \"rb\")\nwrk.body = f:read(\"*a\")\nf:close()\nwrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"multipart/form-data; boundary={BOUNDARY}\"\n{}",
+        body_path.display(),
+        if vk { "wrk.headers[\"x-bf-vk\"] = \"sk-bf-bench\"\n" } else { "" }
+    );
+    temp_file(&format!("{name}.lua"), lua.as_bytes())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn env_u32(name: &str, default: u32) -> u32 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs bench binaries too: only `cargo bench` measures.
+        println!("benchmark skipped: run it with `cargo bench --bench NAME`");
+        return;
+    }
+    let rounds = env_u32("ROUNDS", 3);
+    let secs = env_u32("SECS", 4);
+    let threads = env_u32("THREADS", 2) as usize;
+
+    let image = noise_png(64 * 1024);
+    let answer = images_response(&image);
+    let mock = start_mock(answer, 1);
+    let hop = start_bare_hop(mock, threads);
+    let gateway = start_gateway(mock, threads, 1 << 20);
+
+    // refract with its simulator as the upstream
+    let sim_port = free_port();
+    let gw_sim_port = free_port();
+    let yaml = format!(
+        "server: {{ threads: {threads}, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}\nlisteners: [{{ address: \"127.0.0.1:{gw_sim_port}\" }}]\nsimulator: {{ address: \"127.0.0.1:{sim_port}\" }}\nproviders:\n  - {{ name: sim, kind: openai, base_url: \"http://127.0.0.1:{sim_port}/v1\", keys: [{{ name: k, value: sim-key }}] }}\nvirtual_keys: [{{ id: bench, key: sk-bf-bench }}]\n"
+    );
+    let cfg = temp_file("gw-sim.yaml", yaml.as_bytes());
+    let mut sim_child = Command::new(env!("CARGO_BIN_EXE_refract"))
+        .arg("-c")
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start refract with simulator");
+    wait_for_port(gw_sim_port);
+    wait_for_port(sim_port);
+
+    let direct_script = script("direct", &edit_body("gpt-image-1", &image, false), false);
+    let gw_script = script("gateway", &edit_body("bench/gpt-image-1", &image, false), true);
+    let sim_direct_script = script("simdirect", &edit_body("sim-image-1", &image, false), true);
+    let gw_sim_script = script("gwsim", &edit_body("sim/sim-image-1", &image, false), true);
+    // the simulator wants a bearer token
+    let bearer = std::fs::read_to_string(&sim_direct_script).unwrap_or_default()
+        + "wrk.headers[\"Authorization\"] = \"Bearer sim-key\"\n";
+    std::fs::write(&sim_direct_script, bearer).expect("script");
+
+    let targets: [(&str, u16, &std::path::Path); 5] = [
+        ("direct", mock, &direct_script),
+        ("hop", hop, &direct_script),
+        ("gateway", gateway.port, &gw_script),
+        ("sim", sim_port, &sim_direct_script),
+        ("gw+sim", gw_sim_port, &gw_sim_script),
+    ];
+    println!(
+        "image {} bytes, body {} bytes, {rounds} interleaved rounds x {secs}s, {threads} server threads, wrk -t1",
+        image.len(),
+        edit_body("bench/gpt-image-1", &image, false).len()
+    );
+    let mut results: Vec<Vec<(Run, Run)>> = vec![Vec::new(); targets.len()];
+    for round in 0..rounds {
+        for (i, (name, port, s)) in targets.iter().enumerate() {
+            let c1 = wrk(*port, s, 1, secs);
+            let c32 = wrk(*port, s, 32, secs);
+            eprintln!(
+                "round {round} {name:8} c1 p50 {:.3} ms p99 {:.3} ms {:.0} req/s | c32 p50 {:.3} ms p99 {:.3} ms {:.0} req/s | errors {}",
+                c1.p50_ms,
+                c1.p99_ms,
+                c1.rps,
+                c32.p50_ms,
+                c32.p99_ms,
+                c32.rps,
+                c1.errors + c32.errors
+            );
+            results[i].push((c1, c32));
+        }
+    }
+    let med = |i: usize, f: &dyn Fn(&(Run, Run)) -> f64| median(results[i].iter().map(f).collect());
+    println!("\n| target | c1 p50 ms | c1 p99 ms | c1 req/s | c32 p50 ms | c32 p99 ms | c32 req/s | errors |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, (name, _, _)) in targets.iter().enumerate() {
+        let errors: u64 = results[i].iter().map(|(a, b)| a.errors + b.errors).sum();
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.0} | {errors} |",
+            med(i, &|r| r.0.p50_ms),
+            med(i, &|r| r.0.p99_ms),
+            med(i, &|r| r.0.rps),
+            med(i, &|r| r.1.p50_ms),
+            med(i, &|r| r.1.p99_ms),
+            med(i, &|r| r.1.rps),
+        );
+    }
+    let p50 = |i: usize| med(i, &|r| r.0.p50_ms);
+    let p99 = |i: usize| med(i, &|r| r.0.p99_ms);
+    let rps32 = |i: usize| med(i, &|r| r.1.rps);
+    let hop_added = p50(1) - p50(0);
+    let gw_added = p50(2) - p50(0);
+    println!(
+        "\nadded c1 p50: hop {:.3} ms, gateway {:.3} ms (gateway/hop {:.2}x)",
+        hop_added,
+        gw_added,
+        gw_added / hop_added
+    );
+    println!(
+        "added c1 p99: hop {:.3} ms, gateway {:.3} ms",
+        p99(1) - p99(0),
+        p99(2) - p99(0)
+    );
+    println!(
+        "c32 throughput: gateway/hop {:.0}%, gateway/direct {:.0}%, hop/direct {:.0}%",
+        100.0 * rps32(2) / rps32(1),
+        100.0 * rps32(2) / rps32(0),
+        100.0 * rps32(1) / rps32(0)
+    );
+    println!(
+        "with the simulator: added c1 p50 {:.3} ms, c32 throughput gw+sim/sim {:.0}%",
+        p50(4) - p50(3),
+        100.0 * rps32(4) / rps32(3)
+    );
+    println!("gateway peak RSS {} KiB", peak_rss_kib(gateway.child.id()));
+    let _ = sim_child.kill();
+    let _ = sim_child.wait();
+}

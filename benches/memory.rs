@@ -1,0 +1,76 @@
+//! Memory benchmark: peak RSS of the gateway process during 16 concurrent 20 MB image edits
+//! with `model` sent last (the order that forces a gateway to keep the whole image before it
+//! can route), against a fixed-answer mock upstream. Target: under 100 MB.
+//!
+//! Run: `cargo bench --bench memory`. Environment: `UPLOADS` (default 16), `MB` (default 20).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+use support::*;
+
+/// Sends one edit over a fresh connection and returns the status line.
+fn upload(port: u16, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let head = format!(
+        "POST /v1/images/edits HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nx-bf-vk: sk-bf-bench\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    for chunk in body.chunks(64 * 1024) {
+        if s.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    String::from_utf8_lossy(&resp)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs bench binaries too: only `cargo bench` measures.
+        println!("benchmark skipped: run it with `cargo bench --bench NAME`");
+        return;
+    }
+    let uploads: usize = std::env::var("UPLOADS").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+    let mb: usize = std::env::var("MB").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let image = noise_png(mb * 1024 * 1024);
+    let small = noise_png(16 * 1024);
+    let mock = start_mock(images_response(&small), 1);
+    for (label, model_last) in [("model last", true), ("model first", false)] {
+        let gateway = start_gateway(mock, 2, 1 << 20);
+        let pid = gateway.child.id();
+        let idle = rss_kib(pid);
+        let body = std::sync::Arc::new(edit_body("bench/gpt-image-1", &image, model_last));
+        let start = Instant::now();
+        let handles: Vec<_> = (0..uploads)
+            .map(|_| {
+                let body = body.clone();
+                let port = gateway.port;
+                std::thread::spawn(move || upload(port, &body))
+            })
+            .collect();
+        let statuses: Vec<String> = handles.into_iter().map(|h| h.join().unwrap_or_default()).collect();
+        let elapsed = start.elapsed();
+        let ok = statuses.iter().filter(|s| s.contains(" 200 ")).count();
+        let peak = peak_rss_kib(pid);
+        println!(
+            "{label}: {uploads} x {:.1} MB concurrent edits, {ok}/{uploads} answered 200, {:.2} s, gateway RSS idle {:.1} MiB, peak {:.1} MiB",
+            body.len() as f64 / 1e6,
+            elapsed.as_secs_f64(),
+            idle as f64 / 1024.0,
+            peak as f64 / 1024.0
+        );
+        if ok != uploads {
+            println!("  statuses: {statuses:?}");
+        }
+    }
+}

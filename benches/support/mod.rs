@@ -1,0 +1,339 @@
+//! Shared pieces of the benchmarks: a fixed-answer mock upstream, a bare Pingora pass-through
+//! hop (the baseline every gateway figure is compared with), body builders and process helpers.
+
+#![allow(dead_code)]
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Waits until something accepts on `port`.
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A PNG of random pixels of about `bytes` bytes (random pixels do not compress).
+pub fn noise_png(bytes: usize) -> Vec<u8> {
+    let side = ((bytes / 4) as f64).sqrt().max(1.0) as u32;
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let pixels: Vec<u8> = (0..side as usize * side as usize * 4)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, side, side);
+        enc.set_color(png::ColorType::Rgba);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Fast);
+        let mut w = enc.write_header().expect("png header");
+        w.write_image_data(&pixels).expect("png data");
+    }
+    out
+}
+
+/// The multipart boundary of the benchmark bodies.
+pub const BOUNDARY: &str = "refractbenchboundary7d1f";
+
+/// An image-edit multipart body; `model_last` puts `model` after the image.
+pub fn edit_body(model: &str, image: &[u8], model_last: bool) -> Vec<u8> {
+    let field = |name: &str, value: &str| {
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").into_bytes()
+    };
+    let mut body = Vec::with_capacity(image.len() + 1024);
+    if !model_last {
+        body.extend(field("model", model));
+    }
+    body.extend(field("prompt", "paint the sky"));
+    body.extend(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
+        )
+        .bytes(),
+    );
+    body.extend_from_slice(image);
+    body.extend_from_slice(b"\r\n");
+    if model_last {
+        body.extend(field("model", model));
+    }
+    body.extend(format!("--{BOUNDARY}--\r\n").bytes());
+    body
+}
+
+/// An OpenAI `ImagesResponse` carrying `image` as base64.
+pub fn images_response(image: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(image);
+    format!(
+        r#"{{"created":1713833628,"data":[{{"b64_json":"{b64}"}}],"background":"opaque","output_format":"png","quality":"auto","size":"1024x1024","usage":{{"input_tokens":10,"input_tokens_details":{{"image_tokens":5,"text_tokens":5}},"output_tokens":10,"total_tokens":20}}}}"#
+    )
+    .into_bytes()
+}
+
+/// Starts a mock upstream on its own thread and runtime: it reads each HTTP/1.1 request
+/// (Content-Length or chunked body, discarded) and answers `answer` as JSON, keep-alive.
+pub fn start_mock(answer: Vec<u8>, threads: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind mock");
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    listener.set_nonblocking(true).expect("nonblocking");
+    let answer = Bytes::from(answer);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let _ = serve_mock_connection(stream, answer).await;
+                });
+            }
+        });
+    });
+    port
+}
+
+async fn serve_mock_connection(mut stream: tokio::net::TcpStream, answer: Bytes) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        answer.len()
+    );
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut filled = 0usize;
+    loop {
+        // read a head
+        let (head_len, body_len, chunked) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf[..filled]) {
+                let mut len = 0usize;
+                let mut chunked = false;
+                let mut expect = false;
+                for h in req.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        len = std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        chunked = true;
+                    } else if h.name.eq_ignore_ascii_case("expect") {
+                        expect = true;
+                    }
+                }
+                if expect {
+                    stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                }
+                break (n, len, chunked);
+            }
+            if filled == buf.len() {
+                return Ok(());
+            }
+            let n = stream.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            filled += n;
+        };
+        // consume the body
+        buf.copy_within(head_len..filled, 0);
+        filled -= head_len;
+        if chunked {
+            // read until the terminating chunk
+            let mut window: Vec<u8> = buf[..filled].to_vec();
+            filled = 0;
+            while !window.ends_with(b"0\r\n\r\n") {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                window.extend_from_slice(&buf[..n]);
+                if window.len() > 16 {
+                    window.drain(..window.len() - 16);
+                }
+            }
+        } else {
+            let mut left = body_len;
+            let have = filled.min(left);
+            left -= have;
+            buf.copy_within(have..filled, 0);
+            filled -= have;
+            while left > 0 {
+                let n = stream.read(&mut buf[..left.min(256 * 1024)]).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                left -= n;
+            }
+        }
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&answer).await?;
+    }
+}
+
+/// The bare Pingora hop: a stock `ProxyHttp` pass-through to one upstream, nothing else.
+pub struct BareHop {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for BareHop {
+    type CTX = ();
+    fn new_ctx(&self) {}
+    async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+struct Never(Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for Never {
+    async fn recv(&self) -> ShutdownSignal {
+        let rx = self.0.lock().ok().and_then(|mut g| g.take());
+        if let Some(rx) = rx {
+            let _ = rx.await;
+        }
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// Starts a bare Pingora hop to `upstream_port` with `threads` worker threads; returns its port.
+/// The server runs until the process exits.
+pub fn start_bare_hop(upstream_port: u16, threads: usize) -> u16 {
+    let port = free_port();
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut svc = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        BareHop {
+            upstream: SocketAddr::from(([127, 0, 0, 1], upstream_port)),
+        },
+    );
+    svc.add_tcp(&format!("127.0.0.1:{port}"));
+    server.add_service(svc);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::mem::forget(tx);
+    std::thread::spawn(move || {
+        server.run(RunArgs {
+            shutdown_signal: Box::new(Never(Mutex::new(Some(rx)))),
+        })
+    });
+    wait_for_port(port);
+    port
+}
+
+/// Writes a temp file and returns its path (kept until the process ends).
+pub fn temp_file(name: &str, contents: &[u8]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("refract-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    let mut f = std::fs::File::create(&path).expect("temp file");
+    f.write_all(contents).expect("write temp file");
+    path
+}
+
+/// A gateway process (the release `refract` binary) on a config pointing at the mock.
+pub struct GatewayProcess {
+    /// The child process.
+    pub child: std::process::Child,
+    /// The gateway's port.
+    pub port: u16,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `refract -c <tmp config>` with one provider `bench` (kind openai) at the mock and the
+/// virtual key `sk-bf-bench`.
+pub fn start_gateway(upstream_port: u16, threads: usize, spool_memory: usize) -> GatewayProcess {
+    let port = free_port();
+    let yaml = format!(
+        r#"
+server: {{ threads: {threads}, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}
+listeners: [{{ address: "127.0.0.1:{port}" }}]
+limits: {{ max_body_bytes: 104857600, max_part_bytes: 52428800 }}
+spool: {{ memory_bytes: {spool_memory} }}
+providers:
+  - name: bench
+    kind: openai
+    base_url: http://127.0.0.1:{upstream_port}/v1
+    keys: [{{ name: k, value: bench-upstream-key }}]
+virtual_keys:
+  - {{ id: bench, key: sk-bf-bench }}
+"#
+    );
+    let path = temp_file(&format!("gateway-{port}.yaml"), yaml.as_bytes());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_refract"))
+        .arg("-c")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start refract");
+    wait_for_port(port);
+    GatewayProcess { child, port }
+}
+
+/// Peak resident set size (VmHWM) of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Current resident set size (VmRSS) of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

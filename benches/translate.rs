@@ -1,0 +1,135 @@
+//! Translation benchmark: multipart parse of a 20 MB image edit (from 64 KiB chunks, as a
+//! socket delivers them) into the spool, the OpenAI re-encode, and a walk over the re-encoded
+//! body as the exchange sends it. Single-threaded, so the figure is MB/s per core.
+//!
+//! Run: `cargo bench --bench translate`. Environment: `MB` (default 20), `ITER` (default 8).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use refract::config::Limits;
+use refract::form::{parse_edit_form, BodySource};
+use refract::providers::{adapter_for, BodySegment};
+use refract::spool::Spool;
+use std::time::Instant;
+use support::*;
+
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+#[async_trait]
+impl BodySource for Chunks {
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        Ok(self.0.pop_front())
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs bench binaries too: only `cargo bench` measures.
+        println!("benchmark skipped: run it with `cargo bench --bench NAME`");
+        return;
+    }
+    let mb: usize = std::env::var("MB").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let iters: usize = std::env::var("ITER").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let image = noise_png(mb * 1024 * 1024);
+    let config = refract::config::from_yaml_str_with_env(
+        "providers:\n  - {name: openai, kind: openai, base_url: 'https://api.openai.com/v1', keys: [{name: k, value: sk-x}]}\n",
+        &|_| None,
+    )
+    .expect("config");
+    let router = refract::route::Router::new(&config);
+    let limits = Limits {
+        max_body_bytes: 1 << 30,
+        max_part_bytes: 1 << 30,
+        ..Limits::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    for (label, model_last, spool_memory) in [
+        ("model first, spool in memory", false, usize::MAX / 2),
+        ("model last, spool in memory", true, usize::MAX / 2),
+        ("model last, spool spills to a temp file after 1 MiB", true, 1 << 20),
+    ] {
+        let body = Bytes::from(edit_body("openai/gpt-image-1", &image, model_last));
+        let mut best = f64::MAX;
+        let mut times = Vec::new();
+        for _ in 0..iters {
+            let chunks = (0..body.len())
+                .step_by(64 * 1024)
+                .map(|i| body.slice(i..(i + 64 * 1024).min(body.len())))
+                .collect();
+            let mut source = Chunks(chunks);
+            let start = Instant::now();
+            let sent = rt.block_on(async {
+                let mut spool = Spool::new(spool_memory, None);
+                let mut ok = refract::form::ModelCheck(|_: &str, _: &str| Ok(()));
+                let form = parse_edit_form(&mut source, BOUNDARY, &limits, &mut spool, &mut ok)
+                    .await
+                    .expect("parse");
+                let target = router.select(&form.provider, &form.model, 0.0).expect("route");
+                let req = adapter_for(target.provider.kind)
+                    .build_request(&form, &target, "bench")
+                    .expect("build");
+                let mut sent = 0usize;
+                for seg in &req.body {
+                    match seg {
+                        BodySegment::Bytes(b) => sent += b.len(),
+                        BodySegment::Spool(r) => {
+                            for c in spool.chunks(*r) {
+                                sent += c.expect("spool read").len();
+                            }
+                        }
+                    }
+                }
+                sent
+            });
+            let t = start.elapsed().as_secs_f64();
+            assert!(sent > image.len());
+            best = best.min(t);
+            times.push(t);
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        let median = times[times.len() / 2];
+        println!(
+            "{label}: {:.1} MB body, median {:.2} ms ({:.0} MB/s), best {:.2} ms ({:.0} MB/s) per core",
+            body.len() as f64 / 1e6,
+            median * 1000.0,
+            body.len() as f64 / 1e6 / median,
+            best * 1000.0,
+            body.len() as f64 / 1e6 / best
+        );
+    }
+
+    // The answer side: OpenAI ImagesResponse -> unified JSON.
+    for kb in [64usize, 20 * 1024] {
+        let answer = refract::providers::UpstreamResponse {
+            status: 200,
+            content_type: Some("application/json".into()),
+            body: Bytes::from(images_response(&noise_png(kb * 1024))),
+        };
+        let cx = refract::providers::ResponseContext {
+            provider: "openai",
+            model_requested: "gpt-image-1",
+            model_deployment: "gpt-image-1",
+            latency_ms: 1,
+            num_input_images: 1,
+        };
+        let adapter = adapter_for(refract::config::ProviderKind::OpenAi);
+        let mut times = Vec::new();
+        for _ in 0..iters.max(20) {
+            let start = Instant::now();
+            let out = adapter.convert_response(&answer, &cx).expect("convert");
+            times.push(start.elapsed().as_secs_f64());
+            assert!(out.len() > answer.body.len());
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        let median = times[times.len() / 2];
+        println!(
+            "answer conversion: {:.2} MB JSON, median {:.3} ms ({:.0} MB/s) per core",
+            answer.body.len() as f64 / 1e6,
+            median * 1000.0,
+            answer.body.len() as f64 / 1e6 / median
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! Zero-copy JSON object rewriting for provider answers.
+//!
+//! Provider answers carry images as base64 strings of megabytes. Parsing them into
+//! `serde_json::Value` copies every string twice and re-escapes it on output; here an object is
+//! read as its keys plus *borrowed* raw values, so an image string is scanned once and copied
+//! once, into the output buffer.
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// Called for each field when writing: writes the value itself and returns true, or returns
+/// false to have the raw value copied.
+pub type Rewrite<'f, 'a> = dyn FnMut(&str, &'a RawValue, &mut Vec<u8>) -> Result<bool, serde_json::Error> + 'f;
+
+/// A JSON object as its fields in order: owned keys, raw values borrowed from the input.
+#[derive(Debug, Default)]
+pub struct RawObject<'a>(pub Vec<(String, &'a RawValue)>);
+
+impl<'a> RawObject<'a> {
+    /// Parses `bytes` as one JSON object.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The raw value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// Writes the object back out, leaving out `skip` keys, calling `rewrite` for every field
+    /// (it writes the value itself and returns true, or returns false to copy the raw value),
+    /// and appending `extra` (already-serialised `"key":value` pairs) before the closing brace.
+    pub fn write(
+        &self,
+        out: &mut Vec<u8>,
+        skip: &[&str],
+        rewrite: &mut Rewrite<'_, 'a>,
+        extra: &[(&str, &[u8])],
+    ) -> Result<(), serde_json::Error> {
+        out.push(b'{');
+        let mut first = true;
+        let mut comma = |out: &mut Vec<u8>| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+        };
+        for (k, v) in &self.0 {
+            if skip.contains(&k.as_str()) {
+                continue;
+            }
+            comma(out);
+            serde_json::to_writer(&mut *out, k)?;
+            out.push(b':');
+            if !rewrite(k, v, out)? {
+                out.extend_from_slice(v.get().as_bytes());
+            }
+        }
+        for (k, v) in extra {
+            comma(out);
+            serde_json::to_writer(&mut *out, k)?;
+            out.push(b':');
+            out.extend_from_slice(v);
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
+                    fields.push((k, v));
+                }
+                Ok(RawObject(fields))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_with_edits() {
+        let input = br#"{"b":1,"a":{"x":"\u00e9"},"s":"q\"uote","drop":true}"#;
+        let obj = RawObject::parse(input).unwrap();
+        assert_eq!(obj.get("s").unwrap().get(), r#""q\"uote""#);
+        let mut out = Vec::new();
+        obj.write(
+            &mut out,
+            &["drop"],
+            &mut |k, _, out| {
+                if k == "b" {
+                    out.extend_from_slice(b"2");
+                    return Ok(true);
+                }
+                Ok(false)
+            },
+            &[("extra", br#"{"z":0}"#)],
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"b":2,"a":{"x":"é"},"s":"q\"uote","extra":{"z":0}})
+        );
+    }
+
+    #[test]
+    fn non_objects_are_errors() {
+        assert!(RawObject::parse(b"[1]").is_err());
+        assert!(RawObject::parse(b"\"x\"").is_err());
+        assert!(RawObject::parse(b"{\"a\":").is_err());
+        assert!(RawObject::parse(b"{} trailing").is_err());
+    }
+}

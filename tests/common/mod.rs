@@ -1,0 +1,937 @@
+//! Shared harness for the end-to-end tests: an in-process gateway on runtime-picked ports, a
+//! scripted mock upstream that records every byte it receives, a raw HTTP/1.1 client that can
+//! send odd bytes, and a multipart form builder.
+//!
+//! Everything here is plain std threads and blocking sockets; nothing touches the internet.
+
+#![allow(dead_code)]
+
+use refract::config::from_yaml_str_with_env;
+use refract::server::RunningServer;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The provider key the gateway's config gives the `openai` provider.
+pub const PROVIDER_KEY: &str = "sk-upstream-PROVIDERKEY-0123456789";
+/// The provider key of the second provider, `other`.
+pub const OTHER_PROVIDER_KEY: &str = "sk-upstream-OTHERKEY-9876543210";
+/// A virtual key allowed everything.
+pub const VK: &str = "sk-bf-team-a-VIRTUALKEY-1";
+/// A virtual key limited to `openai/gpt-image-1`.
+pub const VK_RESTRICTED: &str = "sk-bf-restricted-VIRTUALKEY-2";
+/// A disabled virtual key.
+pub const VK_DISABLED: &str = "sk-bf-disabled-VIRTUALKEY-3";
+
+/// How long any single socket read may block before a test fails instead of hanging.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A free loopback address: bind port 0, read the port, release it.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr")
+}
+
+/// Waits until something accepts connections on `addr`.
+pub fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing listens on {addr} after 15 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway
+// ---------------------------------------------------------------------------------------------
+
+/// What a test gateway's config varies on; everything else is fixed.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// `base_url` of the `openai` and `other` providers.
+    pub upstream: String,
+    /// Extra lines for the `limits:` section (each `  key: value\n`).
+    pub limits: String,
+    /// `spool.memory_bytes`.
+    pub spool_memory_bytes: usize,
+    /// `read_timeout_ms` of the providers.
+    pub read_timeout_ms: u64,
+    /// `auth.allow_anonymous`.
+    pub allow_anonymous: bool,
+    /// Start the built-in simulator and add a provider `demo` pointing at it.
+    pub simulator: bool,
+}
+
+impl Setup {
+    /// Providers pointing at `upstream`, default limits.
+    pub fn new(upstream: &str) -> Self {
+        Setup {
+            upstream: upstream.to_string(),
+            limits: String::new(),
+            spool_memory_bytes: 65_536,
+            read_timeout_ms: 10_000,
+            allow_anonymous: false,
+            simulator: false,
+        }
+    }
+
+    fn yaml(&self, listen: SocketAddr, metrics: SocketAddr, sim: Option<SocketAddr>) -> String {
+        let limits = if self.limits.is_empty() {
+            String::new()
+        } else {
+            format!("limits:\n{}", self.limits)
+        };
+        let (sim_section, sim_provider) = match sim {
+            Some(a) => (
+                format!("simulator:\n  address: {a}\n"),
+                format!(
+                    "  - name: demo\n    kind: openai\n    base_url: http://{a}/v1\n    keys:\n      - {{name: sim, value: sim-key}}\n"
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
+        format!(
+            "server:
+  threads: 2
+  grace_period_seconds: 0
+  graceful_shutdown_timeout_seconds: 0
+listeners:
+  - address: {listen}
+metrics:
+  address: {metrics}
+auth:
+  allow_anonymous: {anon}
+{limits}spool:
+  memory_bytes: {spool}
+{sim_section}providers:
+  - name: openai
+    kind: openai
+    base_url: {up}
+    connect_timeout_ms: 2000
+    read_timeout_ms: {rt}
+    keys:
+      - name: primary
+        value: {PROVIDER_KEY}
+  - name: other
+    kind: openai
+    base_url: {up}
+    read_timeout_ms: {rt}
+    keys:
+      - name: main
+        value: {OTHER_PROVIDER_KEY}
+{sim_provider}virtual_keys:
+  - id: team-a
+    key: {VK}
+  - id: restricted
+    key: {VK_RESTRICTED}
+    providers: [openai]
+    models: [openai/gpt-image-1]
+  - id: off
+    key: {VK_DISABLED}
+    enabled: false
+",
+            anon = self.allow_anonymous,
+            spool = self.spool_memory_bytes,
+            up = self.upstream,
+            rt = self.read_timeout_ms,
+        )
+    }
+}
+
+/// A gateway running in this process; dropping it stops it.
+pub struct Gateway {
+    /// The client listener.
+    pub addr: SocketAddr,
+    /// The metrics listener.
+    pub metrics: SocketAddr,
+    /// The simulator's address, when started.
+    pub simulator: Option<SocketAddr>,
+    /// The config it runs with.
+    pub yaml: String,
+    _server: RunningServer,
+}
+
+impl Gateway {
+    /// Starts a gateway for `setup` and waits until every listener accepts.
+    pub fn start(setup: &Setup) -> Gateway {
+        let (listen, metrics) = (free_addr(), free_addr());
+        let sim = setup.simulator.then(free_addr);
+        let yaml = setup.yaml(listen, metrics, sim);
+        let config = from_yaml_str_with_env(&yaml, &|_| None).unwrap_or_else(|e| panic!("config:\n{e}\n{yaml}"));
+        let server = refract::server::spawn(config).expect("spawn gateway");
+        wait_listening(listen);
+        wait_listening(metrics);
+        if let Some(s) = sim {
+            wait_listening(s);
+        }
+        Gateway {
+            addr: listen,
+            metrics,
+            simulator: sim,
+            yaml,
+            _server: server,
+        }
+    }
+
+    /// A new client connection to the gateway.
+    pub fn connect(&self) -> Conn {
+        Conn::open(self.addr)
+    }
+
+    /// Sends one image-edit request on a new connection and reads the answer.
+    pub fn edit(&self, form: &Form, headers: &[(&str, &str)]) -> Response {
+        let mut c = self.connect();
+        c.send(&post_head("/v1/images/edits", headers, form, None));
+        c.send(&form.body());
+        c.read_response()
+    }
+
+    /// `GET path` on `addr`.
+    pub fn get(addr: SocketAddr, path: &str) -> Response {
+        let mut c = Conn::open(addr);
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes());
+        c.read_response()
+    }
+
+    /// The metrics text.
+    pub fn metrics_text(&self) -> String {
+        let r = Gateway::get(self.metrics, "/metrics");
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).expect("metrics are UTF-8")
+    }
+
+    /// Asserts the gateway still answers a valid request with 200 (on a new connection).
+    pub fn assert_still_serves(&self) {
+        let r = self.edit(&valid_form(), &[("x-bf-vk", VK)]);
+        assert_eq!(r.status, 200, "follow-up request failed: {}", r.text());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mock upstream
+// ---------------------------------------------------------------------------------------------
+
+/// One request the mock received, with every byte of its body.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Request method.
+    pub method: String,
+    /// Request target.
+    pub path: String,
+    /// Headers in arrival order (names lowercased).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body, exactly as received.
+    pub body: Vec<u8>,
+    /// Which connection it came on (0, 1, … in accept order).
+    pub connection: usize,
+}
+
+impl Recorded {
+    /// Every value of header `name`, as text.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+
+    /// The one value of header `name`; panics if it appears more than once.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let all = self.header_all(name);
+        assert!(all.len() <= 1, "header {name} sent {} times", all.len());
+        all.into_iter().next()
+    }
+
+    /// The multipart parts of the body, parsed with `multer`.
+    pub fn parts(&self) -> Vec<Part> {
+        let ct = self
+            .header("content-type")
+            .expect("upstream request has a Content-Type");
+        parse_multipart(&ct, &self.body)
+    }
+}
+
+/// What the mock answers.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A complete answer.
+    Answer {
+        /// Status.
+        status: u16,
+        /// Content-Type.
+        content_type: String,
+        /// Body.
+        body: Vec<u8>,
+    },
+    /// Read the request, then never answer; hold the connection until the peer closes it.
+    Stall,
+}
+
+impl Reply {
+    /// A JSON answer.
+    pub fn json(status: u16, body: &Value) -> Reply {
+        Reply::Answer {
+            status,
+            content_type: "application/json".into(),
+            body: serde_json::to_vec(body).expect("json"),
+        }
+    }
+
+    /// An answer with any content type.
+    pub fn raw(status: u16, content_type: &str, body: &[u8]) -> Reply {
+        Reply::Answer {
+            status,
+            content_type: content_type.into(),
+            body: body.to_vec(),
+        }
+    }
+}
+
+/// The success body the mock sends unless scripted otherwise.
+pub fn default_success() -> Value {
+    serde_json::json!({
+        "created": 1_713_833_628,
+        "data": [{"b64_json": "aW1hZ2UtMA==", "revised_prompt": "r0"}, {"b64_json": "aW1hZ2UtMQ=="}],
+        "background": "opaque",
+        "output_format": "png",
+        "size": "1024x1024",
+        "usage": {"input_tokens": 10, "output_tokens": 20, "total_tokens": 30}
+    })
+}
+
+struct MockState {
+    requests: Mutex<Vec<Recorded>>,
+    replies: Mutex<VecDeque<Reply>>,
+    connections: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// A scripted HTTP/1.1 upstream on a pre-bound loopback port. Each connection is served on its
+/// own thread and may carry several requests (the gateway pools connections).
+pub struct MockUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<MockState>,
+}
+
+impl MockUpstream {
+    /// Starts the mock; it answers [`default_success`] until [`MockUpstream::push`] scripts more.
+    pub fn start() -> MockUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind mock");
+        let addr = listener.local_addr().expect("mock addr");
+        let state = Arc::new(MockState {
+            requests: Mutex::new(Vec::new()),
+            replies: Mutex::new(VecDeque::new()),
+            connections: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if st.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let id = st.connections.fetch_add(1, Ordering::SeqCst);
+                let st = st.clone();
+                std::thread::spawn(move || serve_mock_connection(stream, id, &st));
+            }
+        });
+        MockUpstream { addr, state }
+    }
+
+    /// The provider `base_url` for this mock.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Scripts the answer to the next request (answers are used in order).
+    pub fn push(&self, reply: Reply) {
+        self.state.replies.lock().unwrap().push_back(reply);
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The only request received so far.
+    pub fn only_request(&self) -> Recorded {
+        let all = self.requests();
+        assert_eq!(all.len(), 1, "expected exactly one upstream request, got {}", all.len());
+        all.into_iter().next().unwrap()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let mut buf = Vec::new();
+    loop {
+        let Some(recorded) = read_request(&mut stream, &mut buf, id) else {
+            return;
+        };
+        st.requests.lock().unwrap().push(recorded);
+        let reply = st
+            .replies
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| Reply::json(200, &default_success()));
+        match reply {
+            Reply::Answer {
+                status,
+                content_type,
+                body,
+            } => {
+                let head = format!(
+                    "HTTP/1.1 {status} Scripted\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                if stream.write_all(head.as_bytes()).is_err() || stream.write_all(&body).is_err() {
+                    return;
+                }
+            }
+            Reply::Stall => {
+                // Hold the connection until the gateway gives up and closes it.
+                let mut sink = [0u8; 1024];
+                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+                return;
+            }
+        }
+    }
+}
+
+type Head = (String, String, Vec<(String, Vec<u8>)>);
+
+/// Reads one request (head and body) from `stream`; `None` at a clean end of the connection.
+fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, connection: usize) -> Option<Recorded> {
+    let ((method, path, headers), head_len) = loop {
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut hs);
+        match req.parse(buf).expect("mock: malformed request head") {
+            httparse::Status::Complete(n) => {
+                let head: Head = (
+                    req.method.unwrap_or_default().to_string(),
+                    req.path.unwrap_or_default().to_string(),
+                    req.headers
+                        .iter()
+                        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+                        .collect(),
+                );
+                break (head, n);
+            }
+            httparse::Status::Partial => {
+                if fill(stream, buf) == 0 {
+                    assert!(buf.is_empty(), "mock: connection closed inside a request head");
+                    return None;
+                }
+            }
+        }
+    };
+    buf.drain(..head_len);
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).trim().to_string())
+    };
+    let body = if let Some(len) = find("content-length") {
+        let len: usize = len.parse().expect("mock: bad Content-Length");
+        while buf.len() < len {
+            assert!(fill(stream, buf) > 0, "mock: body shorter than its Content-Length");
+        }
+        buf.drain(..len).collect()
+    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        read_chunked(stream, buf)
+    } else {
+        Vec::new()
+    };
+    Some(Recorded {
+        method,
+        path,
+        headers,
+        body,
+        connection,
+    })
+}
+
+/// Reads more bytes into `buf`; returns how many (0 at end of stream or on error).
+fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
+    let mut tmp = [0u8; 64 * 1024];
+    match stream.read(&mut tmp) {
+        Ok(n) => {
+            buf.extend_from_slice(&tmp[..n]);
+            n
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Decodes a chunked body from `buf`, reading more as needed.
+fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            assert!(fill(stream, buf) > 0, "chunked: connection closed in a size line");
+        };
+        let size_text = String::from_utf8_lossy(&buf[..line_end]).to_string();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or_else(|_| panic!("chunked: bad size line {size_text:?}"));
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            // trailers until an empty line
+            loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    buf.drain(..i + 2);
+                    if i == 0 {
+                        return body;
+                    }
+                } else {
+                    assert!(fill(stream, buf) > 0, "chunked: connection closed in trailers");
+                }
+            }
+        }
+        while buf.len() < size + 2 {
+            assert!(fill(stream, buf) > 0, "chunked: connection closed in a chunk");
+        }
+        body.extend_from_slice(&buf[..size]);
+        assert_eq!(&buf[size..size + 2], b"\r\n", "chunked: chunk not followed by CRLF");
+        buf.drain(..size + 2);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP client
+// ---------------------------------------------------------------------------------------------
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers (names lowercased).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// Header `name` as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The body as JSON; panics with the body text otherwise.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    /// The body as (lossy) text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One client connection that sends raw bytes and reads responses, keeping any bytes read
+/// past a response for the next one.
+pub struct Conn {
+    /// The socket.
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    /// Connects to `addr`.
+    pub fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes all of `bytes`.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send to gateway");
+    }
+
+    /// Closes the sending half (the gateway sees end of stream).
+    pub fn shutdown_write(&self) {
+        self.stream.shutdown(Shutdown::Write).expect("shutdown write");
+    }
+
+    /// Reads one response; panics on error.
+    pub fn read_response(&mut self) -> Response {
+        self.try_read_response().expect("read response")
+    }
+
+    /// Reads one response (an interim 1xx counts as one).
+    pub fn try_read_response(&mut self) -> io::Result<Response> {
+        let (status, headers, head_len) = loop {
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut hs);
+            match resp
+                .parse(&self.buf)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            {
+                httparse::Status::Complete(n) => {
+                    let headers: Vec<(String, Vec<u8>)> = resp
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+                        .collect();
+                    break (resp.code.unwrap_or(0), headers, n);
+                }
+                httparse::Status::Partial => {
+                    if self.fill()? == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed before a response head",
+                        ));
+                    }
+                }
+            }
+        };
+        self.buf.drain(..head_len);
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).trim().to_string())
+        };
+        let body = if (100..200).contains(&status) || status == 204 || status == 304 {
+            Vec::new()
+        } else if let Some(len) = header("content-length") {
+            let len: usize = len
+                .parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad Content-Length"))?;
+            while self.buf.len() < len {
+                if self.fill()? == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short body"));
+                }
+            }
+            self.buf.drain(..len).collect()
+        } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            let mut tmp = std::mem::take(&mut self.buf);
+            let body = read_chunked(&mut self.stream, &mut tmp);
+            self.buf = tmp;
+            body
+        } else {
+            while self.fill()? > 0 {}
+            std::mem::take(&mut self.buf)
+        };
+        Ok(Response { status, headers, body })
+    }
+
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut tmp = [0u8; 64 * 1024];
+        let n = self.stream.read(&mut tmp)?;
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(n)
+    }
+
+    /// True when the gateway has closed the connection (end of stream or reset), waiting up to
+    /// `IO_TIMEOUT`. Panics if more bytes arrive.
+    pub fn is_closed(&mut self) -> bool {
+        assert!(
+            self.buf.is_empty(),
+            "unread bytes left: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+        let mut tmp = [0u8; 256];
+        match self.stream.read(&mut tmp) {
+            Ok(0) => true,
+            Ok(n) => panic!(
+                "unexpected bytes after the response: {:?}",
+                String::from_utf8_lossy(&tmp[..n])
+            ),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => false,
+            Err(_) => true,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests and forms
+// ---------------------------------------------------------------------------------------------
+
+/// A multipart/form-data body under construction.
+#[derive(Debug, Clone)]
+pub struct Form {
+    /// The boundary.
+    pub boundary: String,
+    parts: Vec<Vec<u8>>,
+}
+
+impl Default for Form {
+    fn default() -> Self {
+        Form::new()
+    }
+}
+
+impl Form {
+    /// An empty form with a random boundary.
+    pub fn new() -> Form {
+        Form {
+            boundary: format!("----refractTestBoundary{:016x}", fastrand::u64(..)),
+            parts: Vec::new(),
+        }
+    }
+
+    /// Adds a text field.
+    pub fn text(mut self, name: &str, value: &str) -> Form {
+        self.parts.push(
+            format!(
+                "--{}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n",
+                self.boundary
+            )
+            .into_bytes(),
+        );
+        self
+    }
+
+    /// Adds a file part.
+    pub fn file(mut self, name: &str, filename: &str, content_type: &str, data: &[u8]) -> Form {
+        let mut p = format!(
+            "--{}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n",
+            self.boundary
+        )
+        .into_bytes();
+        p.extend_from_slice(data);
+        p.extend_from_slice(b"\r\n");
+        self.parts.push(p);
+        self
+    }
+
+    /// Adds raw bytes as they are (they must carry their own boundary line).
+    pub fn raw(mut self, bytes: &[u8]) -> Form {
+        self.parts.push(bytes.to_vec());
+        self
+    }
+
+    /// The complete body, closing boundary included.
+    pub fn body(&self) -> Vec<u8> {
+        let mut v = self.parts.concat();
+        v.extend_from_slice(format!("--{}--\r\n", self.boundary).as_bytes());
+        v
+    }
+
+    /// `multipart/form-data; boundary=…`.
+    pub fn content_type(&self) -> String {
+        format!("multipart/form-data; boundary={}", self.boundary)
+    }
+}
+
+/// A POST head for `form` with `Content-Length` (or `Transfer-Encoding: chunked` when
+/// `chunked`), `Host`, the form's Content-Type, and `headers`.
+pub fn post_head(path: &str, headers: &[(&str, &str)], form: &Form, content_length: Option<usize>) -> Vec<u8> {
+    let len = content_length.unwrap_or_else(|| form.body().len());
+    let mut h = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway.test\r\nContent-Type: {}\r\nContent-Length: {len}\r\n",
+        form.content_type()
+    );
+    for (k, v) in headers {
+        h.push_str(&format!("{k}: {v}\r\n"));
+    }
+    h.push_str("\r\n");
+    h.into_bytes()
+}
+
+/// Encodes `body` as HTTP/1.1 chunks of varying sizes.
+pub fn chunked(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 100 + 16);
+    let sizes = [1usize, 7, 100, 4096, 65_536, 333_333];
+    let (mut i, mut k) = (0, 0);
+    while i < body.len() {
+        let n = sizes[k % sizes.len()].min(body.len() - i);
+        out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        out.extend_from_slice(&body[i..i + n]);
+        out.extend_from_slice(b"\r\n");
+        i += n;
+        k += 1;
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// A small real PNG (4×4 opaque).
+pub fn tiny_png() -> Vec<u8> {
+    refract::imaging::encode_png(&refract::imaging::solid(4, 4, [200, 100, 50, 255])).expect("png")
+}
+
+/// `len` bytes that start with the PNG signature and continue with deterministic noise
+/// (enough for the gateway, which only sniffs the type).
+pub fn big_png_like(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 8);
+    v.extend_from_slice(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR");
+    let mut x = seed | 1;
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A JPEG-looking file (signature plus filler).
+pub fn jpeg_like() -> Vec<u8> {
+    let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00, 0x01];
+    v.extend((0..200u32).map(|i| (i * 7) as u8));
+    v
+}
+
+/// The smallest valid edit request: model, prompt, one small PNG.
+pub fn valid_form() -> Form {
+    Form::new()
+        .text("model", "openai/gpt-image-1")
+        .text("prompt", "make it blue")
+        .file("image", "in.png", "image/png", &tiny_png())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multipart parsing (what the upstream saw)
+// ---------------------------------------------------------------------------------------------
+
+/// One part of a multipart body.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// Field name.
+    pub name: String,
+    /// File name, for file parts.
+    pub filename: Option<String>,
+    /// Declared Content-Type.
+    pub content_type: Option<String>,
+    /// Content.
+    pub data: Vec<u8>,
+}
+
+impl Part {
+    /// The content as text.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.data.clone()).expect("text part is UTF-8")
+    }
+}
+
+/// Parses a complete multipart body with `multer`; panics if it is not well formed.
+pub fn parse_multipart(content_type: &str, body: &[u8]) -> Vec<Part> {
+    let boundary = multer::parse_boundary(content_type).expect("boundary in Content-Type");
+    let body = bytes::Bytes::copy_from_slice(body);
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    rt.block_on(async move {
+        let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+        let mut mp = multer::Multipart::new(stream, boundary);
+        let mut out = Vec::new();
+        while let Some(f) = mp.next_field().await.expect("well-formed multipart") {
+            let name = f.name().unwrap_or_default().to_string();
+            let filename = f.file_name().map(str::to_string);
+            let content_type = f.content_type().map(|m| m.to_string());
+            let data = f.bytes().await.expect("part body").to_vec();
+            out.push(Part {
+                name,
+                filename,
+                content_type,
+                data,
+            });
+        }
+        out
+    })
+}
+
+/// The parts named `name`.
+pub fn parts_named<'a>(parts: &'a [Part], name: &str) -> Vec<&'a Part> {
+    parts.iter().filter(|p| p.name == name).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Assertions
+// ---------------------------------------------------------------------------------------------
+
+/// Asserts a gateway (Bifrost-shaped, `is_bifrost_error: true`) error: status, top-level
+/// `type`, `error.type` and `error.param`; returns the body.
+pub fn assert_gateway_error(r: &Response, status: u16, code: &str, error_type: &str, param: Option<&str>) -> Value {
+    let v = r.json();
+    assert_eq!(r.status, status, "{v}");
+    assert_eq!(v["is_bifrost_error"], true, "{v}");
+    assert_eq!(v["status_code"], status, "{v}");
+    assert_eq!(v["type"], code, "{v}");
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert_eq!(v["error"]["type"], error_type, "{v}");
+    match param {
+        Some(p) => assert_eq!(v["error"]["param"], p, "{v}"),
+        None => assert!(v["error"]["param"].is_null(), "{v}"),
+    }
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert_eq!(v["extra_fields"]["request_type"], "image_edit", "{v}");
+    assert_eq!(
+        v["event_id"].as_str(),
+        r.header("x-request-id").as_deref(),
+        "event_id must be the request id: {v}"
+    );
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json"),
+        "error content type"
+    );
+    v
+}
+
+/// Asserts a 400 `invalid_request` naming `param`.
+pub fn assert_invalid(r: &Response, param: &str) -> Value {
+    assert_gateway_error(r, 400, "invalid_request", "invalid_request_error", Some(param))
+}
+
+/// Sends `head` then `body` on a writer thread while reading the answer on this one, so an
+/// answer that comes before the body is sent is seen. Returns the answer and how many body
+/// bytes the writer got into the socket before it stopped (all of them, or fewer if the gateway
+/// closed the connection).
+pub fn send_racing(addr: SocketAddr, head: Vec<u8>, body: Vec<u8>) -> (Response, usize, Conn) {
+    let mut conn = Conn::open(addr);
+    conn.send(&head);
+    let mut writer = conn.stream.try_clone().expect("clone stream");
+    writer.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
+    let total = body.len();
+    let handle = std::thread::spawn(move || {
+        let mut sent = 0;
+        for chunk in body.chunks(64 * 1024) {
+            if writer.write_all(chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        sent
+    });
+    let resp = conn.read_response();
+    let sent = handle.join().expect("writer thread");
+    assert!(sent <= total);
+    (resp, sent, conn)
+}

@@ -1,0 +1,173 @@
+//! The shipped config files validate, the demo config actually serves, and `refract check`
+//! reports every problem of a broken file by YAML path with exit code 1.
+
+mod common;
+
+use common::*;
+use refract::config::from_yaml_str_with_env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn conf_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("conf")
+}
+
+/// The environment conf/refract.yaml documents as required, with fake values.
+fn fake_env(name: &str) -> Option<String> {
+    match name {
+        "OPENAI_API_KEY" => Some("sk-fake-openai-key".into()),
+        "REFRACT_VK_TEAM_A" => Some("sk-bf-fake-team-a".into()),
+        _ => None,
+    }
+}
+
+/// Every file in conf/ loads and validates (with the environment it documents).
+#[test]
+fn every_shipped_config_validates() {
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(conf_dir()).expect("conf/ exists") {
+        let path = entry.expect("dir entry").path();
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let config = from_yaml_str_with_env(&text, &fake_env)
+            .unwrap_or_else(|e| panic!("{} does not validate:\n{e}", path.display()));
+        assert!(!config.providers.is_empty(), "{}", path.display());
+        assert!(!config.listeners.is_empty(), "{}", path.display());
+        checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    checked.sort();
+    assert!(
+        checked.iter().any(|f| f == "demo.yaml") && checked.iter().any(|f| f == "refract.yaml"),
+        "{checked:?}"
+    );
+}
+
+/// conf/refract.yaml names exactly the two environment variables it needs when they are unset.
+#[test]
+fn reference_config_needs_its_two_env_vars() {
+    let text = std::fs::read_to_string(conf_dir().join("refract.yaml")).unwrap();
+    let errors = from_yaml_str_with_env(&text, &|_| None).unwrap_err();
+    let paths: Vec<&str> = errors.0.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["providers[0].keys[0].value", "virtual_keys[0].key"], "{errors}");
+}
+
+/// The demo config, moved to free ports, serves the request its header comment shows.
+#[test]
+fn demo_config_serves_its_documented_request() {
+    let text = std::fs::read_to_string(conf_dir().join("demo.yaml")).unwrap();
+    let (listen, metrics, sim) = (free_addr(), free_addr(), free_addr());
+    let yaml = text
+        .replace("127.0.0.1:8080", &listen.to_string())
+        .replace("127.0.0.1:9091", &metrics.to_string())
+        .replace("127.0.0.1:8090", &sim.to_string());
+    assert!(yaml.contains(&sim.to_string()) && yaml.contains(&listen.to_string()));
+    let config = from_yaml_str_with_env(&yaml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let _server = refract::server::spawn(config).expect("spawn");
+    wait_listening(listen);
+    wait_listening(sim);
+    let mask = refract::imaging::encode_png(&refract::imaging::solid(4, 4, [0, 0, 0, 0])).unwrap();
+    let form = Form::new()
+        .text("model", "demo/sim-image-1")
+        .text("prompt", "paint it")
+        .file("image", "input.png", "image/png", &tiny_png())
+        .file("mask", "mask.png", "image/png", &mask);
+    let mut c = Conn::open(listen);
+    c.send(&post_head(
+        "/v1/images/edits",
+        &[("x-bf-vk", "sk-bf-demo")],
+        &form,
+        None,
+    ));
+    c.send(&form.body());
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["extra_fields"]["provider"], "demo");
+    assert!(v["data"][0]["b64_json"].is_string(), "{v}");
+}
+
+fn refract_check(config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_refract"))
+        .arg("check")
+        .arg("-c")
+        .arg(config)
+        .env_remove("REFRACT_TEST_SURELY_UNSET")
+        .output()
+        .expect("run refract")
+}
+
+/// `refract check` on a broken file exits 1 and lists each problem by YAML path, no secret shown.
+#[test]
+fn check_lists_every_problem_by_path() {
+    let broken = "\
+server:
+  thread: 4
+limits:
+  max_images: many
+providers:
+  - name: openai
+    kind: openai
+    base_url: ftp://api.example.com/v1
+    keys:
+      - name: a
+        value: env.REFRACT_TEST_SURELY_UNSET
+  - name: openai
+    kind: openai
+    base_url: https://api.example.com/v1
+    keys:
+      - name: b
+        value: literal-SECRET-upstream-value
+virtual_keys:
+  - id: v
+    key: sk-bf-SECRET-virtual
+";
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    std::io::Write::write_all(&mut file, broken.as_bytes()).unwrap();
+    let out = refract_check(file.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}: 5 problem(s):", file.path().display())),
+        "{stderr}"
+    );
+    for line in [
+        "  server.thread: unknown key 'thread'",
+        "  limits.max_images: expected an integer, found a string",
+        "  providers[0].base_url: invalid URL: the scheme must be http or https",
+        "  providers[0].keys[0].value: environment variable REFRACT_TEST_SURELY_UNSET is not set",
+        "  providers[1].name: duplicate provider name 'openai' (same as providers[0])",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(line)),
+            "missing {line:?} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("SECRET"), "a secret was printed:\n{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+/// `refract check` on conf/demo.yaml exits 0 and says ok.
+#[test]
+fn check_accepts_the_demo_config() {
+    let out = refract_check(&conf_dir().join("demo.yaml"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.trim_end().ends_with(": ok"), "{stdout}");
+}
+
+/// `refract check` on a file that does not exist exits 1 naming it.
+#[test]
+fn check_reports_a_missing_file() {
+    let missing = std::env::temp_dir().join(format!("refract-no-such-config-{}.yaml", std::process::id()));
+    let out = refract_check(&missing);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("(file): cannot read"), "{stderr}");
+}

@@ -11,7 +11,9 @@
 //! over its direct target, and the gateway's figures as a share of the bare hop's.
 //!
 //! Run: `cargo bench --bench load` (needs `wrk`; `.ci/deps` installs it). Environment:
-//! `ROUNDS` (default 3), `SECS` per run (default 4), `THREADS` per server (default 2).
+//! `ROUNDS` (default 3), `SECS` per run (default 4), `THREADS` per server (default 2),
+//! `MODEL_LAST=1` (send `model` after the image to the gateway), `ONLY=direct,hop,gateway`
+//! (a subset of the targets).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -125,7 +127,10 @@ fn main() {
     wait_for_port(sim_port);
 
     let direct_script = script("direct", &edit_body("gpt-image-1", &image, false), false);
-    let gw_script = script("gateway", &edit_body("bench/gpt-image-1", &image, false), true);
+    // MODEL_LAST=1 sends `model` after the image, so the gateway cannot stream the request
+    // upstream while it arrives and sends it from the spool instead.
+    let model_last = std::env::var("MODEL_LAST").is_ok_and(|v| v == "1");
+    let gw_script = script("gateway", &edit_body("bench/gpt-image-1", &image, model_last), true);
     let sim_direct_script = script("simdirect", &edit_body("sim-image-1", &image, false), true);
     let gw_sim_script = script("gwsim", &edit_body("sim/sim-image-1", &image, false), true);
     // the simulator wants a bearer token
@@ -145,9 +150,14 @@ fn main() {
         image.len(),
         edit_body("bench/gpt-image-1", &image, false).len()
     );
+    let only = std::env::var("ONLY").unwrap_or_default();
     let mut results: Vec<Vec<(Run, Run)>> = vec![Vec::new(); targets.len()];
     for round in 0..rounds {
         for (i, (name, port, s)) in targets.iter().enumerate() {
+            if !only.is_empty() && !only.split(',').any(|o| o == *name) {
+                results[i].push((Run::default(), Run::default()));
+                continue;
+            }
             let c1 = wrk(*port, s, 1, secs);
             let c32 = wrk(*port, s, 32, secs);
             eprintln!(

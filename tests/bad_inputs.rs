@@ -470,15 +470,15 @@ fn quoted_field_names_pass_through_escaped() {
     let rec = mock.only_request();
     let parts = rec.parts();
     let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
-    // `model` came first, so the request was streamed upstream in arrival order.
-    assert_eq!(names, ["model", "we%22ird", "a%22b%22c", "note", "prompt", "image"]);
-    assert_eq!(parts[1].text(), "value-1");
-    assert_eq!(parts[2].text(), "value-2");
-    assert!(parts[1].filename.is_none() && parts[2].filename.is_none());
-    assert!(parts[5].data == tiny_png());
-    assert_eq!(parts[3].filename.as_deref(), Some("my%22file.txt"));
-    assert_eq!(parts[3].content_type.as_deref(), Some("text/plain"));
-    assert_eq!(parts[3].text(), "file-3");
+    // A small body is sent from the spool: small fields first, then images, then other files.
+    assert_eq!(names, ["model", "prompt", "we%22ird", "a%22b%22c", "image", "note"]);
+    assert_eq!(parts[2].text(), "value-1");
+    assert_eq!(parts[3].text(), "value-2");
+    assert!(parts[2].filename.is_none() && parts[3].filename.is_none());
+    assert!(parts[4].data == tiny_png());
+    assert_eq!(parts[5].filename.as_deref(), Some("my%22file.txt"));
+    assert_eq!(parts[5].content_type.as_deref(), Some("text/plain"));
+    assert_eq!(parts[5].text(), "file-3");
     let text = String::from_utf8_lossy(&rec.body);
     assert!(!text.contains("\\\""), "no backslash-escaped quote is forwarded");
     gw.assert_still_serves();

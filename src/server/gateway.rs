@@ -31,6 +31,11 @@ use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Uploads at least this large (or of unknown length) are streamed upstream while they arrive;
+/// smaller ones are read whole and sent from the spool with an exact Content-Length, which costs
+/// less than chunked streaming when there is little upload time to overlap.
+const STREAM_MIN_BYTES: u64 = 256 * 1024;
+
 /// Body pieces buffered between the upload and the provider while streaming (each at most one
 /// client read): a slow provider slows the client down instead of filling memory.
 const STREAM_AHEAD: usize = 8;
@@ -96,13 +101,23 @@ struct UpstreamFeed<'a> {
     start: Option<tokio::sync::oneshot::Sender<(Target, UpstreamRequest)>>,
     pieces: Option<tokio::sync::mpsc::Sender<Piece>>,
     encoder: Option<Box<dyn RequestEncoder>>,
+    /// Whether to stream at all (large or chunked uploads; see [`STREAM_MIN_BYTES`]).
+    stream_upload: bool,
     saw_file: bool,
+    /// Text fields that came before `model`, replayed to the encoder once it exists.
+    early_text: Vec<(String, String)>,
+    /// `(provider, model)` once `model` passed its checks (for metrics on later errors).
+    routed: Option<(String, String)>,
 }
 
 impl UpstreamFeed<'_> {
     /// Sends body bytes upstream; if the upstream side is gone (it answered early or failed),
     /// streaming stops and the upload is only spooled.
     async fn send(&mut self, piece: Piece) {
+        // An empty chunk would end a chunked body early: never send one.
+        if matches!(&piece, Piece::Data(b) if b.is_empty()) {
+            return;
+        }
         if let Some(tx) = &self.pieces {
             if tx.send(piece).await.is_err() {
                 self.pieces = None;
@@ -125,7 +140,8 @@ impl FormSink for UpstreamFeed<'_> {
     async fn model(&mut self, provider: &str, model: &str) -> std::result::Result<(), GatewayError> {
         self.router.provider(provider)?;
         self.identity.check(provider, model)?;
-        if self.saw_file {
+        self.routed = Some((provider.to_string(), model.to_string()));
+        if self.saw_file || !self.stream_upload {
             return Ok(());
         }
         let target = self.router.select(provider, model, fastrand::f64())?;
@@ -134,6 +150,9 @@ impl FormSink for UpstreamFeed<'_> {
                 let head = encoder.head();
                 if start.send((target, head)).is_ok() {
                     self.encoder = Some(encoder);
+                    for (name, value) in std::mem::take(&mut self.early_text) {
+                        self.text(&name, &value).await?;
+                    }
                 }
             }
         }
@@ -141,8 +160,16 @@ impl FormSink for UpstreamFeed<'_> {
     }
 
     async fn text(&mut self, name: &str, value: &str) -> std::result::Result<(), GatewayError> {
-        if let Some(bytes) = self.encoder.as_mut().and_then(|e| e.text(name, value)) {
-            self.send(Piece::Data(bytes)).await;
+        match self.encoder.as_mut() {
+            Some(encoder) => {
+                if let Some(bytes) = encoder.text(name, value) {
+                    self.send(Piece::Data(bytes)).await;
+                }
+            }
+            None if self.routed.is_none() && self.stream_upload && !self.saw_file => {
+                self.early_text.push((name.to_string(), value.to_string()));
+            }
+            None => {}
         }
         Ok(())
     }
@@ -324,7 +351,10 @@ impl Gateway {
                 start: Some(start_tx),
                 pieces: Some(piece_tx),
                 encoder: None,
+                stream_upload: declared_len.is_none_or(|len| len >= STREAM_MIN_BYTES),
                 saw_file: false,
+                early_text: Vec::new(),
+                routed: None,
             };
             let parsed = parse_edit_form(&mut source, &boundary, &state.config.limits, &mut spool, &mut feed)
                 .await
@@ -342,8 +372,9 @@ impl Gateway {
             }
             // Dropping the feed closes the stream: without its end marker, the provider's
             // request is abandoned.
+            let routed = feed.routed.take();
             drop(feed);
-            parsed
+            (parsed, routed)
         };
         let upstream_start = Instant::now();
         let streamed = async {
@@ -351,13 +382,16 @@ impl Gateway {
             let outcome = exchange_streamed(&state.connector, &target, head, piece_rx).await;
             Some((target, outcome))
         };
-        let (parsed, streamed) = tokio::join!(upload, streamed);
+        let ((parsed, routed), streamed) = tokio::join!(upload, streamed);
         let form = match parsed {
             Ok(form) => form,
             Err(e) => {
-                // The model check may have refused: report what was asked for.
-                if let GatewayError::ProviderBlocked(p) | GatewayError::UnknownProvider(p) = &e {
-                    ctx.provider = router.provider(p).ok().map(|_| p.clone());
+                // Report what was asked for, when it got that far.
+                if let Some((provider, model)) = routed {
+                    ctx.provider = Some(provider);
+                    ctx.model = Some(model);
+                } else if let GatewayError::ProviderBlocked(p) = &e {
+                    ctx.provider = Some(p.clone());
                 }
                 return Err(e);
             }

@@ -30,10 +30,20 @@ pub const VK_DISABLED: &str = "sk-bf-disabled-VIRTUALKEY-3";
 /// How long any single socket read may block before a test fails instead of hanging.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A free loopback address: bind port 0, read the port, release it.
+/// A free loopback address: bind port 0, read the port, release it. A port is never handed out
+/// twice in one test process (the kernel may offer a just-released port again, and one gateway
+/// needs several ports at once).
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let addr = l.local_addr().expect("local addr");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// Waits until something accepts connections on `addr`.

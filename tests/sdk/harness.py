@@ -51,10 +51,18 @@ def paint_colour(prompt: str, index: int) -> tuple[int, int, int, int]:
     return ((h >> 24) & 0xFF, (h >> 16) & 0xFF, (h >> 8) & 0xFF, 255)
 
 
+_GIVEN_PORTS: set = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never the same one twice in this process."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 # --- multipart ---------------------------------------------------------------------------------

@@ -165,6 +165,10 @@ pub struct ServerSettings {
     pub pid_file: Option<String>,
     /// Unix socket for zero-downtime upgrades, if any.
     pub upgrade_sock: Option<String>,
+    /// PEM file of the CA certificates trusted for https providers; `None` =
+    /// the system roots. When set it replaces the system roots (it is not
+    /// added to them). Existed when the config was loaded.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ServerSettings {
@@ -175,6 +179,7 @@ impl Default for ServerSettings {
             graceful_shutdown_timeout_seconds: 5,
             pid_file: None,
             upgrade_sock: None,
+            ca_file: None,
         }
     }
 }
@@ -433,7 +438,7 @@ providers:
             (s.threads, s.grace_period_seconds, s.graceful_shutdown_timeout_seconds),
             (2, 5, 5)
         );
-        assert!(s.pid_file.is_none() && s.upgrade_sock.is_none());
+        assert!(s.pid_file.is_none() && s.upgrade_sock.is_none() && s.ca_file.is_none());
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
         assert!(c.listeners[0].tls.is_none());
@@ -512,6 +517,7 @@ providers:
             "graceful_shutdown_timeout_seconds:",
             "pid_file:",
             "upgrade_sock:",
+            "ca_file:",
             "listeners:",
             "address:",
             "tls:",

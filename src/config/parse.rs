@@ -71,6 +71,11 @@ fn server(mut f: Fields<'_>) -> ServerSettings {
         ),
         pid_file: f.opt_str("pid_file").map(str::to_string),
         upgrade_sock: f.opt_str("upgrade_sock").map(str::to_string),
+        ca_file: if f.has("ca_file") {
+            existing_file(&mut f, "ca_file")
+        } else {
+            None
+        },
     };
     f.finish();
     settings
@@ -483,6 +488,35 @@ mod tests {
         assert_eq!(swapped.0.len(), 2, "{swapped}");
         assert!(swapped.0[0].message.ends_with("is not a regular file"), "{swapped}");
         assert!(swapped.0[1].message.ends_with("is not a directory"), "{swapped}");
+    }
+
+    #[test]
+    fn ca_file_is_optional_and_must_exist() {
+        assert!(ok(PROVIDER).server.ca_file.is_none());
+        assert!(ok(&format!("server:\n  ca_file: ~\n{PROVIDER}")).server.ca_file.is_none());
+
+        let ca = std::env::temp_dir().join(format!("refract-config-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let result = load(&format!("server:\n  ca_file: {}\n{PROVIDER}", ca.display()));
+        std::fs::remove_file(&ca).unwrap();
+        let c = result.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.server.ca_file.as_deref(), Some(ca.as_path()));
+
+        one_problem(
+            &format!("server:\n  ca_file: /nonexistent/ca.pem\n{PROVIDER}"),
+            "server.ca_file",
+            "cannot use file /nonexistent/ca.pem",
+        );
+        one_problem(
+            &format!("server:\n  ca_file: {}\n{PROVIDER}", std::env::temp_dir().display()),
+            "server.ca_file",
+            "is not a regular file",
+        );
+        one_problem(
+            &format!("server:\n  ca_file: ''\n{PROVIDER}"),
+            "server.ca_file",
+            "must not be empty",
+        );
     }
 
     #[test]

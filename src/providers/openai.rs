@@ -11,7 +11,7 @@
 //! Response: OpenAI's `ImagesResponse`, kept field for field, with `data[].index` filled in and
 //! Bifrost's `extra_fields` added. Errors keep OpenAI's status and `error` object.
 
-use super::rawjson::RawObject;
+use super::rawjson::{ExpandedObject, RawObject};
 use super::{BodySegment, ProviderAdapter, RequestEncoder, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::{is_image_field, EditForm, FilePart};
@@ -302,37 +302,36 @@ impl ProviderAdapter for OpenAiAdapter {
             provider: cx.provider.to_string(),
             detail,
         };
-        let doc =
-            RawObject::parse(&resp.body).map_err(|e| bad(format!("the success body is not a JSON object ({e})")))?;
-        let data = doc
-            .get("data")
-            .ok_or_else(|| bad("the success body has no 'data' array".into()))?;
-        let items: Vec<RawObject<'_>> =
-            serde_json::from_str(data.get()).map_err(|_| bad("'data' is not an array of objects".into()))?;
+        let doc = ExpandedObject::parse(&resp.body, "data")
+            .map_err(|e| bad(format!("the success body is not an ImagesResponse object ({e})")))?;
+        if doc.position.is_none() {
+            return Err(bad("the success body has no 'data' array".into()));
+        }
         let extra = serde_json::to_vec(&extra_fields(cx)).map_err(|e| GatewayError::Internal(e.to_string()))?;
         let images = cx.num_input_images.to_string();
         let mut out = Vec::with_capacity(resp.body.len() + 256);
         doc.write(
             &mut out,
+            "data",
+            &mut |items, out| {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    let index = i.to_string();
+                    let add: &[(&str, &[u8])] = if item.get("index").is_some() {
+                        &[]
+                    } else {
+                        &[("index", index.as_bytes())]
+                    };
+                    item.write(out, &[], &mut |_, _, _| Ok(false), add)?;
+                }
+                out.push(b']');
+                Ok(())
+            },
             &["extra_fields"],
             &mut |key, value, out| match key {
-                "data" => {
-                    out.push(b'[');
-                    for (i, item) in items.iter().enumerate() {
-                        if i > 0 {
-                            out.push(b',');
-                        }
-                        let index = i.to_string();
-                        let add: &[(&str, &[u8])] = if item.get("index").is_some() {
-                            &[]
-                        } else {
-                            &[("index", index.as_bytes())]
-                        };
-                        item.write(out, &[], &mut |_, _, _| Ok(false), add)?;
-                    }
-                    out.push(b']');
-                    Ok(true)
-                }
                 "usage" => match RawObject::parse(value.get().as_bytes()) {
                     Ok(usage) if usage.get("num_input_images").is_none() => {
                         usage.write(

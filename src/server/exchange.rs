@@ -229,7 +229,14 @@ async fn read_body(session: &mut HttpSession, provider: &str, status: u16) -> Re
         .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let mut body = BytesMut::new();
+    // One allocation of the announced size (bounded), instead of growing and copying.
+    let announced = session
+        .response_header()
+        .and_then(|h| h.headers.get(http::header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = BytesMut::with_capacity(announced.min(MAX_RESPONSE_BYTES));
     while let Some(chunk) = session
         .read_response_body()
         .await
@@ -241,11 +248,7 @@ async fn read_body(session: &mut HttpSession, provider: &str, status: u16) -> Re
                 detail: format!("answer larger than {MAX_RESPONSE_BYTES} bytes"),
             });
         }
-        if body.is_empty() {
-            body = BytesMut::from(&chunk[..]);
-        } else {
-            body.extend_from_slice(&chunk);
-        }
+        body.extend_from_slice(&chunk);
     }
     Ok(UpstreamResponse {
         status,

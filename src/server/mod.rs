@@ -39,6 +39,9 @@ pub enum ServerError {
     /// A listener could not be set up (e.g. TLS files unreadable).
     #[error("listener {0}: {1}")]
     Listener(String, String),
+    /// `server.ca_file` cannot be used as a root store.
+    #[error("server.ca_file {0}: {1}")]
+    CaFile(String, String),
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -58,12 +61,32 @@ fn server_conf(config: &Config) -> ServerConf {
     if let Some(sock) = &s.upgrade_sock {
         conf.upgrade_sock = sock.clone();
     }
+    // Pingora's rustls connector then trusts exactly these CAs instead of the system roots.
+    conf.ca_file = s.ca_file.as_ref().map(|p| p.to_string_lossy().into_owned());
     conf
+}
+
+/// Loads `server.ca_file` the way Pingora's rustls connector will, so that a bad file is a
+/// startup error: Pingora's `Connector::new` unwraps the load (a PEM block other than a
+/// CERTIFICATE, or a certificate rustls rejects, panics), and a file without any certificate
+/// (empty, or not PEM at all) would be accepted and then fail every https connection.
+fn check_ca_file(config: &Config) -> Result<(), ServerError> {
+    let Some(path) = &config.server.ca_file else {
+        return Ok(());
+    };
+    let fail = |msg: String| ServerError::CaFile(path.display().to_string(), msg);
+    let mut store = pingora::tls::RootCertStore::empty();
+    pingora::tls::load_ca_file_into_store(path, &mut store).map_err(|e| fail(e.to_string()))?;
+    if store.is_empty() {
+        return Err(fail("no PEM CERTIFICATE in the file".to_string()));
+    }
+    Ok(())
 }
 
 /// Builds the Pingora server with every service the config asks for. `opt` carries the
 /// command-line flags Pingora itself understands (`--upgrade`, `--daemon`).
 pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -> Result<Server, ServerError> {
+    check_ca_file(&config)?;
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
     let metrics = Arc::new(Metrics::new()?);
@@ -88,8 +111,12 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
             Some(tls) => {
                 let cert = tls.cert.to_string_lossy();
                 let key = tls.key.to_string_lossy();
-                let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key)
-                    .map_err(|e| ServerError::Listener(addr.clone(), e.to_string()))?;
+                let fail = |e: Box<pingora::Error>| ServerError::Listener(addr.clone(), e.to_string());
+                let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key).map_err(fail)?;
+                // With rustls, `intermediate` only stores the paths and the listener panics on a
+                // bad file when it starts; these two check that each file holds what it should.
+                settings.set_certificate_chain_file(&cert).map_err(fail)?;
+                settings.set_private_key_file(&key).map_err(fail)?;
                 settings.enable_h2();
                 gateway.add_tls_with_settings(&addr, None, settings);
             }

@@ -241,6 +241,13 @@ pub struct Recorded {
     pub body: Vec<u8>,
     /// Which connection it came on (0, 1, … in accept order).
     pub connection: usize,
+    /// When the first byte of the request reached the mock.
+    pub first_byte_at: Instant,
+    /// When the request head was complete.
+    pub head_at: Instant,
+    /// Whether the body was read to its end (Content-Length reached, or the terminating chunk);
+    /// false when the connection closed first or the mock answered before reading it.
+    pub complete: bool,
 }
 
 impl Recorded {
@@ -283,6 +290,17 @@ pub enum Reply {
     },
     /// Read the request, then never answer; hold the connection until the peer closes it.
     Stall,
+    /// Answer as soon as the request head has arrived, without reading the body, then close
+    /// the connection (what a provider refusing an upload early does). The request is recorded
+    /// with the body bytes that had arrived with the head and `complete: false`.
+    EarlyAnswer {
+        /// Status.
+        status: u16,
+        /// Content-Type.
+        content_type: String,
+        /// Body.
+        body: Vec<u8>,
+    },
 }
 
 impl Reply {
@@ -319,6 +337,7 @@ pub fn default_success() -> Value {
 
 struct MockState {
     requests: Mutex<Vec<Recorded>>,
+    incomplete: Mutex<Vec<Recorded>>,
     replies: Mutex<VecDeque<Reply>>,
     connections: AtomicUsize,
     stop: AtomicBool,
@@ -339,6 +358,7 @@ impl MockUpstream {
         let addr = listener.local_addr().expect("mock addr");
         let state = Arc::new(MockState {
             requests: Mutex::new(Vec::new()),
+            incomplete: Mutex::new(Vec::new()),
             replies: Mutex::new(VecDeque::new()),
             connections: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -373,6 +393,12 @@ impl MockUpstream {
         self.state.requests.lock().unwrap().clone()
     }
 
+    /// Requests whose connection closed before their body was complete (never answered, and
+    /// not in [`MockUpstream::requests`]).
+    pub fn incomplete(&self) -> Vec<Recorded> {
+        self.state.incomplete.lock().unwrap().clone()
+    }
+
     /// The only request received so far.
     pub fn only_request(&self) -> Recorded {
         let all = self.requests();
@@ -397,9 +423,38 @@ fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let mut buf = Vec::new();
     loop {
-        let Some(recorded) = read_request(&mut stream, &mut buf, id) else {
+        let Some(mut recorded) = read_request_head(&mut stream, &mut buf, id) else {
             return;
         };
+        let early = {
+            let mut replies = st.replies.lock().unwrap();
+            match replies.front() {
+                Some(Reply::EarlyAnswer { .. }) => replies.pop_front(),
+                _ => None,
+            }
+        };
+        if let Some(Reply::EarlyAnswer {
+            status,
+            content_type,
+            body,
+        }) = early
+        {
+            recorded.body = std::mem::take(&mut buf);
+            st.requests.lock().unwrap().push(recorded);
+            let head = format!(
+                "HTTP/1.1 {status} Scripted\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+            let _ = stream.flush();
+            return;
+        }
+        read_request_body(&mut stream, &mut buf, &mut recorded);
+        if !recorded.complete {
+            st.incomplete.lock().unwrap().push(recorded);
+            return;
+        }
         st.requests.lock().unwrap().push(recorded);
         let reply = st
             .replies
@@ -421,6 +476,7 @@ fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
                     return;
                 }
             }
+            Reply::EarlyAnswer { .. } => unreachable!("taken before the body is read"),
             Reply::Stall => {
                 // Hold the connection until the gateway gives up and closes it.
                 let mut sink = [0u8; 1024];
@@ -433,8 +489,10 @@ fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
 
 type Head = (String, String, Vec<(String, Vec<u8>)>);
 
-/// Reads one request (head and body) from `stream`; `None` at a clean end of the connection.
-fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, connection: usize) -> Option<Recorded> {
+/// Reads one request head from `stream`; `None` at a clean end of the connection. The body is
+/// left empty and `complete` false until [`read_request_body`] reads it.
+fn read_request_head(stream: &mut TcpStream, buf: &mut Vec<u8>, connection: usize) -> Option<Recorded> {
+    let mut first_byte_at = (!buf.is_empty()).then(Instant::now);
     let ((method, path, headers), head_len) = loop {
         let mut hs = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut hs);
@@ -455,34 +513,48 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, connection: usize) ->
                     assert!(buf.is_empty(), "mock: connection closed inside a request head");
                     return None;
                 }
+                first_byte_at.get_or_insert_with(Instant::now);
             }
         }
     };
+    let head_at = Instant::now();
     buf.drain(..head_len);
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).trim().to_string())
-    };
-    let body = if let Some(len) = find("content-length") {
-        let len: usize = len.parse().expect("mock: bad Content-Length");
-        while buf.len() < len {
-            assert!(fill(stream, buf) > 0, "mock: body shorter than its Content-Length");
-        }
-        buf.drain(..len).collect()
-    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        read_chunked(stream, buf)
-    } else {
-        Vec::new()
-    };
     Some(Recorded {
         method,
         path,
         headers,
-        body,
+        body: Vec::new(),
         connection,
+        first_byte_at: first_byte_at.unwrap_or(head_at),
+        head_at,
+        complete: false,
     })
+}
+
+/// Reads the body of `rec` (whose head was read) into it; `complete` tells whether it reached
+/// its end before the connection closed.
+fn read_request_body(stream: &mut TcpStream, buf: &mut Vec<u8>, rec: &mut Recorded) {
+    let find = |name: &str| {
+        rec.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).trim().to_string())
+    };
+    let (body, complete) = if let Some(len) = find("content-length") {
+        let len: usize = len.parse().expect("mock: bad Content-Length");
+        while buf.len() < len && fill(stream, buf) > 0 {}
+        if buf.len() < len {
+            (std::mem::take(buf), false)
+        } else {
+            (buf.drain(..len).collect(), true)
+        }
+    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        read_chunked_until_close(stream, buf)
+    } else {
+        (Vec::new(), true)
+    };
+    rec.body = body;
+    rec.complete = complete;
 }
 
 /// Reads more bytes into `buf`; returns how many (0 at end of stream or on error).
@@ -497,15 +569,27 @@ fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
     }
 }
 
-/// Decodes a chunked body from `buf`, reading more as needed.
+/// Decodes a chunked body from `buf`, reading more as needed; panics if the connection closes
+/// before the last chunk.
 fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
+    let (body, complete) = read_chunked_until_close(stream, buf);
+    assert!(complete, "chunked: connection closed before the last chunk");
+    body
+}
+
+/// Decodes a chunked body from `buf`, reading more as needed. Returns the data decoded and
+/// whether the body ended properly (terminating chunk and trailers); a connection that closes
+/// first gives the whole chunks received and `false`.
+fn read_chunked_until_close(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (Vec<u8>, bool) {
     let mut body = Vec::new();
     loop {
         let line_end = loop {
             if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
                 break i;
             }
-            assert!(fill(stream, buf) > 0, "chunked: connection closed in a size line");
+            if fill(stream, buf) == 0 {
+                return (body, false);
+            }
         };
         let size_text = String::from_utf8_lossy(&buf[..line_end]).to_string();
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
@@ -517,15 +601,17 @@ fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
                 if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
                     buf.drain(..i + 2);
                     if i == 0 {
-                        return body;
+                        return (body, true);
                     }
-                } else {
-                    assert!(fill(stream, buf) > 0, "chunked: connection closed in trailers");
+                } else if fill(stream, buf) == 0 {
+                    return (body, false);
                 }
             }
         }
         while buf.len() < size + 2 {
-            assert!(fill(stream, buf) > 0, "chunked: connection closed in a chunk");
+            if fill(stream, buf) == 0 {
+                return (body, false);
+            }
         }
         body.extend_from_slice(&buf[..size]);
         assert_eq!(&buf[size..size + 2], b"\r\n", "chunked: chunk not followed by CRLF");

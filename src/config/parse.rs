@@ -493,7 +493,10 @@ mod tests {
     #[test]
     fn ca_file_is_optional_and_must_exist() {
         assert!(ok(PROVIDER).server.ca_file.is_none());
-        assert!(ok(&format!("server:\n  ca_file: ~\n{PROVIDER}")).server.ca_file.is_none());
+        assert!(ok(&format!("server:\n  ca_file: ~\n{PROVIDER}"))
+            .server
+            .ca_file
+            .is_none());
 
         let ca = std::env::temp_dir().join(format!("refract-config-ca-{}.pem", std::process::id()));
         std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();

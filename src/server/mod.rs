@@ -76,7 +76,7 @@ fn check_ca_file(config: &Config) -> Result<(), ServerError> {
     };
     let fail = |msg: String| ServerError::CaFile(path.display().to_string(), msg);
     let mut store = pingora::tls::RootCertStore::empty();
-    pingora::tls::load_ca_file_into_store(path, &mut store).map_err(|e| fail(e.to_string()))?;
+    pingora::tls::load_ca_file_into_store(path, &mut store).map_err(|e| fail(e.to_string().trim().to_string()))?;
     if store.is_empty() {
         return Err(fail("no PEM CERTIFICATE in the file".to_string()));
     }
@@ -111,7 +111,8 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
             Some(tls) => {
                 let cert = tls.cert.to_string_lossy();
                 let key = tls.key.to_string_lossy();
-                let fail = |e: Box<pingora::Error>| ServerError::Listener(addr.clone(), e.to_string());
+                let fail =
+                    |e: Box<pingora::Error>| ServerError::Listener(addr.clone(), e.to_string().trim().to_string());
                 let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key).map_err(fail)?;
                 // With rustls, `intermediate` only stores the paths and the listener panics on a
                 // bad file when it starts; these two check that each file holds what it should.

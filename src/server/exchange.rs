@@ -90,6 +90,28 @@ enum AttemptError {
     AfterAnswer(GatewayError),
 }
 
+/// A pooled or new connection to `peer`, with the peer's per-read and per-write timeouts set
+/// on it (the connector leaves that to Pingora's proxy loop, which refract does not use).
+/// Returns whether the connection was reused from the pool.
+async fn connect(connector: &Connector, peer: &HttpPeer, provider: &str) -> Result<(HttpSession, bool), GatewayError> {
+    let (mut session, reused) = connector
+        .get_http_session(peer)
+        .await
+        .map_err(|e| upstream_error(provider, "connect", &e))?;
+    session.set_read_timeout(peer.options.read_timeout);
+    session.set_write_timeout(peer.options.write_timeout);
+    Ok((session, reused))
+}
+
+/// Returns a connection whose answer was read to its end to the pool; closes any other.
+async fn release(connector: &Connector, mut session: HttpSession, peer: &HttpPeer) {
+    if session.response_done() {
+        connector.release_http_session(session, peer, peer.idle_timeout()).await;
+    } else {
+        session.shutdown().await;
+    }
+}
+
 /// Sends `req` to `target` and reads the complete answer.
 pub async fn exchange(
     connector: &Connector,
@@ -103,24 +125,10 @@ pub async fn exchange(
     let mut tries = 0;
     loop {
         tries += 1;
-        let (mut session, reused) = connector
-            .get_http_session(&peer)
-            .await
-            .map_err(|e| upstream_error(provider, "connect", &e))?;
-        // The connector does not apply the peer's per-read/write limits to the session (Pingora's
-        // proxy loop sets them itself), so set them here or a stalled provider is only cut off
-        // by the overall limit.
-        session.set_read_timeout(peer.options.read_timeout);
-        session.set_write_timeout(peer.options.write_timeout);
+        let (mut session, reused) = connect(connector, &peer, provider).await?;
         match attempt(&mut session, target, req, spool).await {
             Ok(resp) => {
-                if session.response_done() {
-                    connector
-                        .release_http_session(session, &peer, peer.idle_timeout())
-                        .await;
-                } else {
-                    session.shutdown().await;
-                }
+                release(connector, session, &peer).await;
                 return Ok(resp);
             }
             Err(AttemptError::BeforeAnswer(e)) if reused && tries < 2 => {
@@ -295,12 +303,10 @@ pub async fn exchange_streamed(
         Err(e) => return Streamed::Failed(e),
     };
     let peer = peer_for(target, addr);
-    let (mut session, reused) = match connector.get_http_session(&peer).await {
+    let (mut session, reused) = match connect(connector, &peer, provider).await {
         Ok(s) => s,
-        Err(e) => return Streamed::Failed(upstream_error(provider, "connect", &e)),
+        Err(e) => return Streamed::Failed(e),
     };
-    session.set_read_timeout(peer.options.read_timeout);
-    session.set_write_timeout(peer.options.write_timeout);
     // Before an answer: a reused connection may just have been closed by the provider.
     let not_sent = |e: GatewayError| {
         if reused {
@@ -372,13 +378,7 @@ pub async fn exchange_streamed(
     .await;
     match answer {
         Ok(Ok(resp)) => {
-            if session.response_done() {
-                connector
-                    .release_http_session(session, &peer, peer.idle_timeout())
-                    .await;
-            } else {
-                session.shutdown().await;
-            }
+            release(connector, session, &peer).await;
             Streamed::Answered(resp)
         }
         Ok(Err(outcome)) => {

@@ -15,6 +15,8 @@
 //! `MODEL_LAST=1` (send `model` after the image to the gateway), `ONLY=direct,hop,gateway`
 //! (a subset of the targets).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 #[path = "support/mod.rs"]
 mod support;
 

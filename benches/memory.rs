@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo bench --bench memory`. Environment: `UPLOADS` (default 16), `MB` (default 20).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 #[path = "support/mod.rs"]
 mod support;
 

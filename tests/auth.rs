@@ -1,6 +1,8 @@
 //! End-to-end authentication and permissions: where the virtual key may come from, what is
 //! refused (before the body is read), and that client credentials never reach the provider.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 mod common;
 
 use common::*;

@@ -2,6 +2,8 @@
 //! `error.param` / `error.type` / `is_bifrost_error`, and that the gateway then still serves a
 //! valid request.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 mod common;
 
 use common::*;

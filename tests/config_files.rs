@@ -1,6 +1,8 @@
 //! The shipped config files validate, the demo config actually serves, and `refract check`
 //! reports every problem of a broken file by YAML path with exit code 1.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 mod common;
 
 use common::*;

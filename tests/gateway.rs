@@ -1,6 +1,8 @@
 //! End-to-end happy paths and upstream failures: a real gateway in this process in front of a
 //! scripted mock upstream (or the built-in simulator), driven by a raw HTTP/1.1 client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 mod common;
 
 use base64::Engine;

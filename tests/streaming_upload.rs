@@ -3,6 +3,8 @@
 //! canonical order), that every byte arrives, that an invalid form abandons the upstream
 //! request, and that an early upstream answer is the one the client gets.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 mod common;
 
 use common::*;

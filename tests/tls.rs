@@ -3,6 +3,8 @@
 //! roots when it is not set, and a TLS client listener. The https provider is a small Pingora
 //! server in this process; nothing touches the internet.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 mod common;
 
 use async_trait::async_trait;

@@ -20,6 +20,32 @@ use pingora::{Error, ErrorType};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+/// Where an answer's body goes: collected whole (the default, [`Collect`]), or handed over
+/// chunk by chunk as it arrives (streams).
+#[async_trait::async_trait]
+pub trait AnswerSink: Send {
+    /// The answer's head arrived: `true` to receive the body through [`AnswerSink::chunk`]
+    /// (the returned answer then has an empty body), `false` to have it collected.
+    fn wants_chunks(&mut self, _status: u16, _content_type: Option<&str>) -> bool {
+        false
+    }
+    /// The next chunk of a body being handed over. An error (the client went away, or the
+    /// stream cannot be converted) ends the exchange: the connection is closed, not pooled.
+    async fn chunk(&mut self, _bytes: Bytes) -> Result<(), GatewayError> {
+        Ok(())
+    }
+    /// The body being handed over ended normally.
+    async fn end(&mut self) -> Result<(), GatewayError> {
+        Ok(())
+    }
+}
+
+/// The sink that collects every answer whole.
+#[derive(Debug, Default)]
+pub struct Collect;
+
+impl AnswerSink for Collect {}
+
 /// Largest provider answer read into memory (512 MiB): ten 4K images in base64 fit easily.
 pub const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 
@@ -118,6 +144,7 @@ pub async fn exchange(
     target: &Target,
     req: &UpstreamRequest,
     spool: &Spool,
+    sink: &mut dyn AnswerSink,
 ) -> Result<UpstreamResponse, GatewayError> {
     let addr = resolve(target).await?;
     let peer = peer_for(target, addr);
@@ -126,7 +153,7 @@ pub async fn exchange(
     loop {
         tries += 1;
         let (mut session, reused) = connect(connector, &peer, provider).await?;
-        match attempt(&mut session, target, req, spool).await {
+        match attempt(&mut session, target, req, spool, sink).await {
             Ok(resp) => {
                 release(connector, session, &peer).await;
                 return Ok(resp);
@@ -148,6 +175,7 @@ async fn attempt(
     target: &Target,
     req: &UpstreamRequest,
     spool: &Spool,
+    sink: &mut dyn AnswerSink,
 ) -> Result<UpstreamResponse, AttemptError> {
     let provider = target.provider.name.as_str();
     let before = |stage: &str, e: &Error| AttemptError::BeforeAnswer(upstream_error(provider, stage, e));
@@ -172,7 +200,7 @@ async fn attempt(
     if let Err(send_err) = send_body(session, provider, req, spool).await {
         // The provider may have answered early and closed: read that answer if there is one.
         return match read_head(session, provider).await {
-            Ok(status) => read_body(session, provider, status)
+            Ok(status) => read_body(session, provider, status, sink)
                 .await
                 .map_err(AttemptError::AfterAnswer),
             Err(_) => Err(send_err),
@@ -183,7 +211,7 @@ async fn attempt(
         GatewayError::UpstreamTimeout { .. } => AttemptError::AfterAnswer(e),
         other => AttemptError::BeforeAnswer(other),
     })?;
-    read_body(session, provider, status)
+    read_body(session, provider, status, sink)
         .await
         .map_err(AttemptError::AfterAnswer)
 }
@@ -230,13 +258,35 @@ async fn read_head(session: &mut HttpSession, provider: &str) -> Result<u16, Gat
     }
 }
 
-/// Reads the whole body of an answer whose head has arrived.
-async fn read_body(session: &mut HttpSession, provider: &str, status: u16) -> Result<UpstreamResponse, GatewayError> {
+/// Reads the body of an answer whose head has arrived: whole, or into `sink` chunk by chunk.
+async fn read_body(
+    session: &mut HttpSession,
+    provider: &str,
+    status: u16,
+    sink: &mut dyn AnswerSink,
+) -> Result<UpstreamResponse, GatewayError> {
     let content_type = session
         .response_header()
         .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    if sink.wants_chunks(status, content_type.as_deref()) {
+        while let Some(chunk) = session
+            .read_response_body()
+            .await
+            .map_err(|e| upstream_error(provider, "read body", &e))?
+        {
+            if !chunk.is_empty() {
+                sink.chunk(chunk).await?;
+            }
+        }
+        sink.end().await?;
+        return Ok(UpstreamResponse {
+            status,
+            content_type,
+            body: Bytes::new(),
+        });
+    }
     // One allocation of the announced size (bounded), instead of growing and copying.
     let announced = session
         .response_header()
@@ -296,6 +346,7 @@ pub async fn exchange_streamed(
     target: &Target,
     head: UpstreamRequest,
     mut pieces: tokio::sync::mpsc::Receiver<Piece>,
+    sink: &mut dyn AnswerSink,
 ) -> Streamed {
     let provider = target.provider.name.as_str();
     let addr = match resolve(target).await {
@@ -346,7 +397,7 @@ pub async fn exchange_streamed(
             // An early answer (401, 413…) shows up as a failed write: read it if it is there.
             drop(pieces);
             let answered = match read_head(&mut session, provider).await {
-                Ok(status) => read_body(&mut session, provider, status).await.ok(),
+                Ok(status) => read_body(&mut session, provider, status, sink).await.ok(),
                 Err(_) => None,
             };
             session.shutdown().await;
@@ -371,7 +422,7 @@ pub async fn exchange_streamed(
             GatewayError::UpstreamTimeout { .. } => Streamed::Failed(e),
             other => not_sent(other),
         })?;
-        read_body(&mut session, provider, status)
+        read_body(&mut session, provider, status, sink)
             .await
             .map_err(Streamed::Failed)
     })

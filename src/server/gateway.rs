@@ -11,7 +11,7 @@
 //! `request_filter`, because Pingora's own proxy loop replays only 64 KiB of body and cannot
 //! retry after a response head (see the README's design notes).
 
-use super::exchange::{exchange, exchange_streamed, Piece, Streamed};
+use super::exchange::{exchange, exchange_streamed, Collect, Piece, Streamed};
 use super::AppState;
 use crate::auth::Identity;
 use crate::error::{ErrorContext, GatewayError};
@@ -379,7 +379,7 @@ impl Gateway {
         let upstream_start = Instant::now();
         let streamed = async {
             let (target, head) = start_rx.await.ok()?;
-            let outcome = exchange_streamed(&state.connector, &target, head, piece_rx).await;
+            let outcome = exchange_streamed(&state.connector, &target, head, piece_rx, &mut Collect).await;
             Some((target, outcome))
         };
         let ((parsed, routed), streamed) = tokio::join!(upload, streamed);
@@ -420,7 +420,11 @@ impl Gateway {
                 };
                 let request = adapter_for(target.provider.kind).build_request(&form, &target, &ctx.request_id)?;
                 let total = target.provider.read_timeout + target.provider.connect_timeout;
-                let outcome = tokio::time::timeout(total, exchange(&state.connector, &target, &request, &spool)).await;
+                let outcome = tokio::time::timeout(
+                    total,
+                    exchange(&state.connector, &target, &request, &spool, &mut Collect),
+                )
+                .await;
                 let response = outcome.map_err(|_| GatewayError::UpstreamTimeout {
                     provider: target.provider.name.clone(),
                     detail: format!("no complete answer within {} ms", total.as_millis()),

@@ -107,6 +107,9 @@ pub enum GatewayError {
         /// The provider's `error` object (at least `message`), passed through.
         error: Map<String, Value>,
     },
+    /// The client went away before the answer was complete (499, never sent: for metrics).
+    #[error("the client closed the connection")]
+    ClientClosed,
     /// A gateway fault (500): spool I/O and similar. The detail is logged, not sent.
     #[error("internal gateway error: {0}")]
     Internal(String),
@@ -146,6 +149,7 @@ impl GatewayError {
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
             Provider { status, .. } => *status,
+            ClientClosed => 499,
             Internal(_) => 500,
         }
     }
@@ -172,6 +176,7 @@ impl GatewayError {
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamProtocol { .. } => "upstream_protocol_error",
             Provider { .. } => "provider_error",
+            ClientClosed => "client_closed",
             Internal(_) => "internal_error",
         }
     }

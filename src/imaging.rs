@@ -162,6 +162,65 @@ pub fn encode_png(img: &Rgba) -> Result<Vec<u8>, ImagingError> {
     Ok(out)
 }
 
+/// The CRC-32 table of the PNG chunk checksum (ISO 3309, reflected polynomial `0xEDB88320`).
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut n = 0;
+    while n < 256 {
+        let mut c = n as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            k += 1;
+        }
+        table[n] = c;
+        n += 1;
+    }
+    table
+};
+
+/// The CRC-32 of the concatenation of `parts`, as PNG chunks carry it.
+fn png_crc(parts: &[&[u8]]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for part in parts {
+        for &b in *part {
+            c = CRC_TABLE[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
+        }
+    }
+    c ^ 0xFFFF_FFFF
+}
+
+/// The type of the padding chunk [`pad_png`] adds: ancillary (lowercase first letter, so
+/// decoders skip it), private (lowercase second), safe to copy (lowercase fourth).
+pub const PAD_CHUNK_TYPE: [u8; 4] = *b"rfPd";
+
+/// Pads `png` to at least `target` bytes (at most 11 more) by inserting a zero-filled
+/// [`PAD_CHUNK_TYPE`] chunk right after `IHDR`; the image stays a valid PNG with the same pixels.
+/// A PNG already that large, or one that does not start with a signature and `IHDR`, is
+/// returned unchanged.
+pub fn pad_png(png: Vec<u8>, target: usize) -> Vec<u8> {
+    // signature (8) + IHDR chunk (4 length + 4 type + 13 data + 4 CRC)
+    const AFTER_IHDR: usize = 33;
+    let well_formed = png.starts_with(b"\x89PNG\r\n\x1a\n") && png.get(8..16) == Some(&b"\0\0\0\x0dIHDR"[..]);
+    if png.len() >= target || !well_formed || png.len() < AFTER_IHDR {
+        return png;
+    }
+    let data_len = target.saturating_sub(png.len() + 12);
+    let Ok(len_field) = u32::try_from(data_len) else {
+        return png;
+    };
+    let data = vec![0u8; data_len];
+    let crc = png_crc(&[&PAD_CHUNK_TYPE, &data]);
+    let mut out = Vec::with_capacity(png.len() + 12 + data_len);
+    out.extend_from_slice(&png[..AFTER_IHDR]);
+    out.extend_from_slice(&len_field.to_be_bytes());
+    out.extend_from_slice(&PAD_CHUNK_TYPE);
+    out.extend_from_slice(&data);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out.extend_from_slice(&png[AFTER_IHDR..]);
+    out
+}
+
 /// The paint colour for `prompt` and output image `index`: a stable FNV-1a hash, opaque.
 pub fn paint_colour(prompt: &str, index: u32) -> [u8; 4] {
     let mut h: u32 = 0x811c_9dc5;
@@ -276,6 +335,22 @@ mod tests {
         assert_ne!(a, b);
         let c = paint_colour("p", 0);
         assert_eq!(a.pixel(1, 1), [c[0] / 2, c[1] / 2, c[2] / 2, 255]);
+    }
+
+    #[test]
+    fn padding_keeps_the_png_valid() {
+        let img = solid(5, 3, [9, 8, 7, 255]);
+        let png = encode_png(&img).unwrap();
+        // the CRC matches the one the encoder wrote for IHDR
+        assert_eq!(png_crc(&[&png[12..29]]).to_be_bytes(), png[29..33]);
+        for target in [0, png.len(), png.len() + 5, png.len() + 12, 10_000] {
+            let padded = pad_png(png.clone(), target);
+            assert!(padded.len() >= target && padded.len() < target.max(png.len()) + 12);
+            assert_eq!(decode_png(&padded).unwrap(), img, "target {target}");
+        }
+        let padded = pad_png(png.clone(), 10_000);
+        assert_eq!(&padded[37..41], b"rfPd");
+        assert_eq!(pad_png(b"not a png".to_vec(), 100), b"not a png");
     }
 
     #[test]

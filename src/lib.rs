@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod form;

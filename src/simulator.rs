@@ -3,18 +3,32 @@
 //! the benchmarks need no provider account.
 //!
 //! It speaks OpenAI's wire format: multipart in (`image` or `image[]`, `mask`, `prompt`, `n`,
-//! `size`, `response_format`, …), `ImagesResponse` JSON out, OpenAI's error object on failure.
-//! It requires an `Authorization: Bearer` header (any value) as OpenAI does.
+//! `size`, `response_format`, `stream`, `partial_images`, …), `ImagesResponse` JSON out, OpenAI's
+//! error object on failure. It requires an `Authorization: Bearer` header (any value) as OpenAI
+//! does.
+//!
+//! With `stream=true` the answer is a [`SimStream`]: OpenAI's server-sent events, for each output
+//! image in turn `partial_images` (0..=3) `image_edit.partial_image` events, then one
+//! `image_edit.completed` event whose image is the one the non-streamed answer has at that index.
+//! Partial `k` of `P` is the input with the edit painted over its first `height·(k+1)/(P+1)`
+//! rows. [`SimStream`] only produces the events (no I/O); the listener
+//! (`server::simulator_app`) writes them, waiting [`SimStream::interval`] before each.
 //!
 //! Test hooks, driven by the prompt: `simulate-error:<status>` answers with that status and an
-//! OpenAI error object; `simulate-garbage` answers 200 with a body that is not JSON.
+//! OpenAI error object; `simulate-garbage` answers 200 with a body that is not JSON. With
+//! `stream=true` also: `simulate-stream-error:<K>` sends K events then an `error` event and ends
+//! the stream; `simulate-stream-truncate:<K>` sends K events (at most all but one) then the first
+//! half of the next event's bytes and ends the body; `simulate-stream-unknown` sends an
+//! `image_edit.debug` event before the others.
 
-use crate::imaging::{self, decode_png, encode_png, simulate_edit, solid};
+use crate::config::SimulatorSettings;
+use crate::imaging::{self, decode_png, encode_png, pad_png, simulate_edit, solid, Rgba};
 use base64::Engine;
 use bytes::Bytes;
-use serde_json::json;
+use serde_json::{json, Value};
+use std::time::Duration;
 
-/// The simulator's answer.
+/// The simulator's answer when it is written in one piece.
 #[derive(Debug, Clone)]
 pub struct SimResponse {
     /// HTTP status.
@@ -23,6 +37,33 @@ pub struct SimResponse {
     pub content_type: &'static str,
     /// Body.
     pub body: Vec<u8>,
+}
+
+/// The simulator's answer to one request.
+pub enum SimAnswer {
+    /// A complete response (JSON, or an error).
+    Whole(SimResponse),
+    /// A `200 text/event-stream` answer, written event by event.
+    Stream(Box<SimStream>),
+}
+
+/// How the simulator streams: the `simulator:` settings that matter per request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// Wait before each event (`stream_interval_ms`).
+    pub interval: Duration,
+    /// Pad each partial image's PNG to about this many bytes; 0 = no padding
+    /// (`partial_image_bytes`).
+    pub partial_image_bytes: usize,
+}
+
+impl From<&SimulatorSettings> for StreamSettings {
+    fn from(s: &SimulatorSettings) -> Self {
+        StreamSettings {
+            interval: s.stream_interval,
+            partial_image_bytes: s.partial_image_bytes,
+        }
+    }
 }
 
 fn error(status: u16, kind: &str, code: &str, param: Option<&str>, message: &str) -> SimResponse {
@@ -47,6 +88,9 @@ struct SimForm {
     response_format: Option<String>,
     quality: Option<String>,
     background: Option<String>,
+    stream: bool,
+    /// As sent; checked only when streaming (a non-streamed request ignores it).
+    partial_images: Option<String>,
 }
 
 async fn read_form(content_type: &str, body: Bytes) -> Result<SimForm, SimResponse> {
@@ -83,27 +127,127 @@ async fn read_form(content_type: &str, body: Bytes) -> Result<SimForm, SimRespon
             "response_format" => f.response_format = Some(text()),
             "quality" => f.quality = Some(text()),
             "background" => f.background = Some(text()),
+            "stream" => f.stream = matches!(text().trim().to_ascii_lowercase().as_str(), "true" | "1"),
+            "partial_images" => f.partial_images = Some(text()),
             _ => {}
         }
     }
     Ok(f)
 }
 
-/// Answers one `images/edits` request.
-pub async fn handle(content_type: Option<&str>, authorization: Option<&str>, body: Bytes) -> SimResponse {
+/// A request that passed every check: what both the whole and the streamed answers are made of.
+struct Edit {
+    form: SimForm,
+    prompt: String,
+    image: Rgba,
+    mask: Option<Rgba>,
+}
+
+/// Token counts of one request (the same for both answers).
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    text_tokens: u64,
+    image_tokens: u64,
+    output_tokens: u64,
+}
+
+impl Usage {
+    fn input_tokens(&self) -> u64 {
+        self.text_tokens + self.image_tokens
+    }
+
+    fn total_tokens(&self) -> u64 {
+        self.input_tokens() + self.output_tokens
+    }
+
+    /// As the non-streamed `ImagesResponse` carries it.
+    fn whole_json(&self) -> Value {
+        json!({
+            "input_tokens": self.input_tokens(),
+            "input_tokens_details": {"text_tokens": self.text_tokens, "image_tokens": self.image_tokens},
+            "output_tokens": self.output_tokens,
+            "output_tokens_details": {"text_tokens": 0, "image_tokens": self.output_tokens},
+            "total_tokens": self.total_tokens(),
+        })
+    }
+
+    /// As the `image_edit.completed` event carries it (OpenAI's field order).
+    fn stream_json(&self) -> Value {
+        json!({
+            "total_tokens": self.total_tokens(),
+            "input_tokens": self.input_tokens(),
+            "output_tokens": self.output_tokens,
+            "input_tokens_details": {"text_tokens": self.text_tokens, "image_tokens": self.image_tokens},
+            "output_tokens_details": {"text_tokens": 0, "image_tokens": self.output_tokens},
+        })
+    }
+}
+
+impl Edit {
+    /// Output image `index`, the same for both answers.
+    fn edited(&self, index: u32) -> Result<Rgba, SimResponse> {
+        simulate_edit(&self.image, self.mask.as_ref(), &self.prompt, index).map_err(|e| {
+            error(
+                400,
+                "invalid_request_error",
+                "invalid_value",
+                Some("mask"),
+                &e.to_string(),
+            )
+        })
+    }
+
+    fn usage(&self) -> Usage {
+        let text_tokens = (self.prompt.len() as u64).div_ceil(4);
+        let image_tokens = 65 * self.form.images.len() as u64 + if self.mask.is_some() { 65 } else { 0 };
+        Usage {
+            text_tokens,
+            image_tokens,
+            output_tokens: 272 * self.form.n as u64,
+        }
+    }
+
+    fn size(&self) -> String {
+        self.form
+            .size
+            .clone()
+            .unwrap_or_else(|| format!("{}x{}", self.image.width, self.image.height))
+    }
+
+    fn quality(&self) -> String {
+        self.form.quality.clone().unwrap_or_else(|| "auto".into())
+    }
+
+    fn background(&self) -> String {
+        self.form.background.clone().unwrap_or_else(|| "opaque".into())
+    }
+}
+
+fn png_base64(img: &Rgba, pad_to: usize) -> Result<String, SimResponse> {
+    let png = encode_png(img).map_err(|e| error(500, "server_error", "internal_error", None, &e.to_string()))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(pad_png(png, pad_to)))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Checks the request and decodes its images; `Err` is the answer to send instead (an error, or
+/// a test hook's answer).
+async fn prepare(content_type: Option<&str>, authorization: Option<&str>, body: Bytes) -> Result<Edit, SimResponse> {
     if !authorization.is_some_and(|a| a.starts_with("Bearer ") && a.len() > 7) {
-        return error(
+        return Err(error(
             401,
             "invalid_request_error",
             "invalid_api_key",
             None,
             "missing bearer token",
-        );
+        ));
     }
-    let form = match read_form(content_type.unwrap_or_default(), body).await {
-        Ok(f) => f,
-        Err(resp) => return resp,
-    };
+    let form = read_form(content_type.unwrap_or_default(), body).await?;
     let prompt = form.prompt.clone().unwrap_or_default();
     if let Some(rest) = prompt.strip_prefix("simulate-error:") {
         let status = rest
@@ -111,122 +255,390 @@ pub async fn handle(content_type: Option<&str>, authorization: Option<&str>, bod
             .and_then(|s| s.parse::<u16>().ok())
             .filter(|s| (400..600).contains(s))
             .unwrap_or(500);
-        return error(
+        return Err(error(
             status,
             "simulated_error",
             "simulated",
             None,
             &format!("simulated error {status}"),
-        );
+        ));
     }
     if prompt == "simulate-garbage" {
-        return SimResponse {
+        return Err(SimResponse {
             status: 200,
             content_type: "application/json",
             body: b"{not json".to_vec(),
-        };
+        });
     }
     if form.model.as_deref().is_none_or(str::is_empty) {
-        return error(
+        return Err(error(
             400,
             "invalid_request_error",
             "missing_required_parameter",
             Some("model"),
             "model is required",
-        );
+        ));
     }
     let Some(first) = form.images.first() else {
-        return error(
+        return Err(error(
             400,
             "invalid_request_error",
             "missing_required_parameter",
             Some("image"),
             "image is required",
-        );
+        ));
     };
     let image = if imaging::sniff(first) == Some(imaging::ImageKind::Png) {
-        match decode_png(first) {
-            Ok(img) => img,
-            Err(e) => {
-                return error(
-                    400,
-                    "invalid_request_error",
-                    "invalid_image",
-                    Some("image"),
-                    &e.to_string(),
-                )
-            }
-        }
+        decode_png(first).map_err(|e| {
+            error(
+                400,
+                "invalid_request_error",
+                "invalid_image",
+                Some("image"),
+                &e.to_string(),
+            )
+        })?
     } else {
         // JPEG and WebP are accepted but not decoded: the edit starts from a blank canvas.
         solid(64, 64, [255, 255, 255, 255])
     };
     let mask = match &form.mask {
-        Some(m) => match decode_png(m) {
-            Ok(img) => Some(img),
-            Err(e) => {
-                return error(
-                    400,
-                    "invalid_request_error",
-                    "invalid_image",
-                    Some("mask"),
-                    &e.to_string(),
-                )
-            }
-        },
+        Some(m) => Some(decode_png(m).map_err(|e| {
+            error(
+                400,
+                "invalid_request_error",
+                "invalid_image",
+                Some("mask"),
+                &e.to_string(),
+            )
+        })?),
         None => None,
     };
+    Ok(Edit {
+        form,
+        prompt,
+        image,
+        mask,
+    })
+}
+
+/// Answers one `images/edits` request: a whole JSON answer, or (with `stream=true`) a stream.
+pub async fn handle(
+    content_type: Option<&str>,
+    authorization: Option<&str>,
+    body: Bytes,
+    settings: &StreamSettings,
+) -> SimAnswer {
+    let edit = match prepare(content_type, authorization, body).await {
+        Ok(edit) => edit,
+        Err(resp) => return SimAnswer::Whole(resp),
+    };
+    if !edit.form.stream {
+        return SimAnswer::Whole(whole(&edit).unwrap_or_else(|resp| resp));
+    }
+    match SimStream::new(edit, settings, unix_now()) {
+        Ok(stream) => SimAnswer::Stream(Box::new(stream)),
+        Err(resp) => SimAnswer::Whole(resp),
+    }
+}
+
+/// The non-streamed `ImagesResponse`.
+fn whole(edit: &Edit) -> Result<SimResponse, SimResponse> {
     let mut data = Vec::new();
-    for i in 0..form.n {
-        let edited = match simulate_edit(&image, mask.as_ref(), &prompt, i) {
-            Ok(img) => img,
-            Err(e) => {
-                return error(
-                    400,
-                    "invalid_request_error",
-                    "invalid_value",
-                    Some("mask"),
-                    &e.to_string(),
-                )
-            }
-        };
-        let png = match encode_png(&edited) {
-            Ok(p) => p,
-            Err(e) => return error(500, "server_error", "internal_error", None, &e.to_string()),
-        };
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
-        if form.response_format.as_deref() == Some("url") {
+    for i in 0..edit.form.n {
+        let b64 = png_base64(&edit.edited(i)?, 0)?;
+        if edit.form.response_format.as_deref() == Some("url") {
             data.push(json!({"url": format!("data:image/png;base64,{b64}")}));
         } else {
             data.push(json!({"b64_json": b64}));
         }
     }
-    let text_tokens = (prompt.len() as u64).div_ceil(4);
-    let image_tokens = 65 * form.images.len() as u64 + if mask.is_some() { 65 } else { 0 };
-    let output_tokens = 272 * form.n as u64;
     let body = json!({
-        "created": std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        "created": unix_now(),
         "data": data,
-        "background": form.background.unwrap_or_else(|| "opaque".into()),
+        "background": edit.background(),
         "output_format": "png",
-        "quality": form.quality.unwrap_or_else(|| "auto".into()),
-        "size": form.size.unwrap_or_else(|| format!("{}x{}", image.width, image.height)),
-        "usage": {
-            "input_tokens": text_tokens + image_tokens,
-            "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
-            "output_tokens": output_tokens,
-            "output_tokens_details": {"text_tokens": 0, "image_tokens": output_tokens},
-            "total_tokens": text_tokens + image_tokens + output_tokens,
-        },
+        "quality": edit.quality(),
+        "size": edit.size(),
+        "usage": edit.usage().whole_json(),
     });
-    SimResponse {
+    Ok(SimResponse {
         status: 200,
         content_type: "application/json",
         body: serde_json::to_vec(&body).unwrap_or_default(),
+    })
+}
+
+/// One event of a streamed answer, in the order they are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `image_edit.debug`, a type clients do not know (`simulate-stream-unknown`).
+    Unknown,
+    /// `image_edit.partial_image` number `index` of output image `image`.
+    Partial {
+        /// Output image, 0-based.
+        image: u32,
+        /// `partial_image_index`, 0-based.
+        index: u32,
+    },
+    /// `image_edit.completed` for output image `image`.
+    Completed {
+        /// Output image, 0-based.
+        image: u32,
+    },
+    /// An `error` event (`simulate-stream-error:K`); the stream ends after it.
+    Error,
+}
+
+/// The stream hooks a prompt asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamHook {
+    None,
+    ErrorAfter(usize),
+    TruncateAfter(usize),
+    Unknown,
+}
+
+impl StreamHook {
+    fn from_prompt(prompt: &str) -> StreamHook {
+        let count = |rest: &str| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<usize>().unwrap_or(0)
+        };
+        if let Some(rest) = prompt.strip_prefix("simulate-stream-error:") {
+            StreamHook::ErrorAfter(count(rest))
+        } else if let Some(rest) = prompt.strip_prefix("simulate-stream-truncate:") {
+            StreamHook::TruncateAfter(count(rest))
+        } else if prompt == "simulate-stream-unknown" {
+            StreamHook::Unknown
+        } else {
+            StreamHook::None
+        }
     }
+}
+
+/// The events of a stream, in order, for `n` images with `partial_images` partials each, and
+/// the step whose first half ends the stream (`simulate-stream-truncate`).
+fn plan(n: u32, partial_images: u32, hook: StreamHook) -> (Vec<Step>, Option<Step>) {
+    let mut steps = Vec::with_capacity((n * (partial_images + 1) + 1) as usize);
+    for image in 0..n {
+        steps.extend((0..partial_images).map(|index| Step::Partial { image, index }));
+        steps.push(Step::Completed { image });
+    }
+    match hook {
+        StreamHook::None => (steps, None),
+        StreamHook::Unknown => {
+            steps.insert(0, Step::Unknown);
+            (steps, None)
+        }
+        StreamHook::ErrorAfter(k) => {
+            steps.truncate(k);
+            steps.push(Step::Error);
+            (steps, None)
+        }
+        StreamHook::TruncateAfter(k) => {
+            // there is always at least one step (the last completed event) to cut
+            let k = k.min(steps.len().saturating_sub(1));
+            let cut = steps.get(k).copied();
+            steps.truncate(k);
+            (steps, cut)
+        }
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    /// The `event:` line.
+    pub name: &'static str,
+    /// The `data:` line, a JSON object whose `type` is `name`.
+    pub data: Value,
+}
+
+impl SseEvent {
+    /// `event: NAME\ndata: JSON\n\n`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let data = serde_json::to_string(&self.data).unwrap_or_default();
+        format!("event: {}\ndata: {data}\n\n", self.name).into_bytes()
+    }
+}
+
+/// What to write next on a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A whole event.
+    Event(SseEvent),
+    /// The first half of an event's bytes; write them and end the body (the stream ends
+    /// mid-event).
+    Truncated(Vec<u8>),
+}
+
+/// A streamed answer: produces its events one at a time, rendering each image when its turn
+/// comes; no I/O (the listener writes each [`Frame`] after waiting [`SimStream::interval`]).
+pub struct SimStream {
+    edit: Edit,
+    settings: StreamSettings,
+    created_at: u64,
+    partial_images: u32,
+    steps: std::vec::IntoIter<Step>,
+    truncate: Option<Step>,
+    /// Output image `.0`, edited (each image is needed by all its events).
+    current: Option<(u32, Rgba)>,
+    done: bool,
+}
+
+impl SimStream {
+    /// Checks the streaming fields and renders the first image, so that every request error is
+    /// an HTTP error rather than an event.
+    fn new(edit: Edit, settings: &StreamSettings, created_at: u64) -> Result<SimStream, SimResponse> {
+        let partial_images = match edit.form.partial_images.as_deref().map(str::trim) {
+            None | Some("") => 0,
+            Some(text) => text.parse().ok().filter(|p| *p <= 3).ok_or_else(|| {
+                error(
+                    400,
+                    "invalid_request_error",
+                    "invalid_value",
+                    Some("partial_images"),
+                    "partial_images must be 0..3",
+                )
+            })?,
+        };
+        let (steps, truncate) = plan(edit.form.n, partial_images, StreamHook::from_prompt(&edit.prompt));
+        let first = edit.edited(0)?;
+        Ok(SimStream {
+            edit,
+            settings: *settings,
+            created_at,
+            partial_images,
+            steps: steps.into_iter(),
+            truncate,
+            current: Some((0, first)),
+            done: false,
+        })
+    }
+
+    /// How long to wait before writing each frame.
+    pub fn interval(&self) -> Duration {
+        self.settings.interval
+    }
+
+    /// The next frame to write; `None` when the body should end.
+    pub fn next_frame(&mut self) -> Option<Frame> {
+        if self.done {
+            return None;
+        }
+        if let Some(step) = self.steps.next() {
+            return Some(match self.event(step) {
+                Ok(event) => Frame::Event(event),
+                Err(resp) => {
+                    // cannot happen once the first image rendered; end with an error event
+                    self.done = true;
+                    let message = serde_json::from_slice::<Value>(&resp.body)
+                        .ok()
+                        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    Frame::Event(error_event("image_generation_server_error", "internal_error", &message))
+                }
+            });
+        }
+        self.done = true;
+        let step = self.truncate.take()?;
+        let bytes = self.event(step).ok()?.to_bytes();
+        Some(Frame::Truncated(bytes[..bytes.len() / 2].to_vec()))
+    }
+
+    /// Renders one step.
+    fn event(&mut self, step: Step) -> Result<SseEvent, SimResponse> {
+        let (created_at, size, quality, background) = (
+            self.created_at,
+            self.edit.size(),
+            self.edit.quality(),
+            self.edit.background(),
+        );
+        Ok(match step {
+            Step::Unknown => SseEvent {
+                name: "image_edit.debug",
+                data: json!({"type": "image_edit.debug"}),
+            },
+            Step::Error => error_event(
+                "image_generation_server_error",
+                "simulated",
+                "simulated mid-stream error",
+            ),
+            Step::Partial { image, index } => {
+                let (parts, pad_to) = (self.partial_images, self.settings.partial_image_bytes);
+                let edited = load(&mut self.current, &self.edit, image)?;
+                let partial = partial_image(&self.edit.image, edited, index, parts);
+                SseEvent {
+                    name: "image_edit.partial_image",
+                    data: json!({
+                        "type": "image_edit.partial_image",
+                        "b64_json": png_base64(&partial, pad_to)?,
+                        "partial_image_index": index,
+                        "created_at": created_at,
+                        "size": size,
+                        "quality": quality,
+                        "background": background,
+                        "output_format": "png",
+                    }),
+                }
+            }
+            Step::Completed { image } => {
+                let usage = self.edit.usage().stream_json();
+                SseEvent {
+                    name: "image_edit.completed",
+                    data: json!({
+                        "type": "image_edit.completed",
+                        "b64_json": png_base64(load(&mut self.current, &self.edit, image)?, 0)?,
+                        "created_at": created_at,
+                        "size": size,
+                        "quality": quality,
+                        "background": background,
+                        "output_format": "png",
+                        "usage": usage,
+                    }),
+                }
+            }
+        })
+    }
+}
+
+/// Output image `index` of `edit`, edited, kept in `current` until the next image is needed.
+fn load<'a>(current: &'a mut Option<(u32, Rgba)>, edit: &Edit, index: u32) -> Result<&'a Rgba, SimResponse> {
+    if current.as_ref().is_none_or(|(i, _)| *i != index) {
+        *current = Some((index, edit.edited(index)?));
+    }
+    current
+        .as_ref()
+        .map(|(_, img)| img)
+        .ok_or_else(|| error(500, "server_error", "internal_error", None, "no image"))
+}
+
+fn error_event(kind: &str, code: &str, message: &str) -> SseEvent {
+    SseEvent {
+        name: "error",
+        data: json!({
+            "type": "error",
+            "error": {"type": kind, "code": code, "message": message, "param": null},
+        }),
+    }
+}
+
+/// How many rows (from the top) partial `index` of `parts` takes from the edited image.
+fn partial_rows(height: u32, index: u32, parts: u32) -> u32 {
+    (height as u64 * (index as u64 + 1) / (parts as u64 + 1)) as u32
+}
+
+/// Partial `index` of `parts`: `input` with its first [`partial_rows`] rows taken from `edited`
+/// (the same size).
+fn partial_image(input: &Rgba, edited: &Rgba, index: u32, parts: u32) -> Rgba {
+    let rows = partial_rows(input.height, index, parts);
+    let cut = (rows as usize * input.width as usize * 4).min(edited.pixels.len());
+    let mut out = input.clone();
+    if let (Some(dst), Some(src)) = (out.pixels.get_mut(..cut), edited.pixels.get(..cut)) {
+        dst.copy_from_slice(src);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -251,6 +663,73 @@ mod tests {
         Bytes::from(v)
     }
 
+    fn ct() -> String {
+        format!("multipart/form-data; boundary={B}")
+    }
+
+    async fn handle_with(body: Bytes, settings: &StreamSettings) -> SimAnswer {
+        handle(Some(&ct()), Some("Bearer k"), body, settings).await
+    }
+
+    async fn whole_answer(content_type: &str, authorization: Option<&str>, body: Bytes) -> SimResponse {
+        match handle(Some(content_type), authorization, body, &StreamSettings::default()).await {
+            SimAnswer::Whole(r) => r,
+            SimAnswer::Stream(_) => panic!("expected a whole answer"),
+        }
+    }
+
+    async fn stream_of(body: Bytes, settings: &StreamSettings) -> SimStream {
+        match handle_with(body, settings).await {
+            SimAnswer::Stream(s) => *s,
+            SimAnswer::Whole(r) => panic!(
+                "expected a stream, got {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ),
+        }
+    }
+
+    fn frames(mut s: SimStream) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while let Some(f) = s.next_frame() {
+            out.push(f);
+        }
+        assert!(s.next_frame().is_none(), "a finished stream stays finished");
+        out
+    }
+
+    fn events(s: SimStream) -> Vec<SseEvent> {
+        frames(s)
+            .into_iter()
+            .map(|f| match f {
+                Frame::Event(e) => e,
+                Frame::Truncated(_) => panic!("unexpected truncation"),
+            })
+            .collect()
+    }
+
+    fn decode_b64_png(v: &Value) -> (Vec<u8>, Rgba) {
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v["b64_json"].as_str().unwrap())
+            .unwrap();
+        let img = decode_png(&png).unwrap();
+        (png, img)
+    }
+
+    fn keys(v: &Value) -> Vec<&str> {
+        v.as_object().unwrap().keys().map(String::as_str).collect()
+    }
+
+    /// A 6×5 image with a different colour per row, so partial rows are easy to tell apart.
+    fn striped() -> Rgba {
+        let mut img = solid(6, 5, [0, 0, 0, 255]);
+        for (i, px) in img.pixels.chunks_exact_mut(4).enumerate() {
+            let row = (i / 6) as u8;
+            px.copy_from_slice(&[row * 40, 255 - row * 40, row, 255]);
+        }
+        img
+    }
+
     #[tokio::test]
     async fn paints_the_masked_area() {
         let img = encode_png(&solid(8, 8, [1, 2, 3, 255])).unwrap();
@@ -264,12 +743,7 @@ mod tests {
             ("image", Some("a.png"), &img),
             ("mask", Some("m.png"), &mask),
         ]);
-        let r = handle(
-            Some(&format!("multipart/form-data; boundary={B}")),
-            Some("Bearer k"),
-            body,
-        )
-        .await;
+        let r = whole_answer(&ct(), Some("Bearer k"), body).await;
         assert_eq!(r.status, 200);
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["data"].as_array().unwrap().len(), 2);
@@ -280,23 +754,344 @@ mod tests {
         assert_eq!(out.pixel(0, 0), paint_colour("paint", 1));
         assert_eq!(out.pixel(1, 0), [1, 2, 3, 255]);
         assert_eq!(v["size"], "8x8");
+        assert_eq!(
+            keys(&v),
+            [
+                "created",
+                "data",
+                "background",
+                "output_format",
+                "quality",
+                "size",
+                "usage"
+            ]
+        );
+        assert_eq!(
+            keys(&v["usage"]),
+            [
+                "input_tokens",
+                "input_tokens_details",
+                "output_tokens",
+                "output_tokens_details",
+                "total_tokens"
+            ]
+        );
     }
 
     #[tokio::test]
     async fn auth_and_error_hooks() {
-        let ct = format!("multipart/form-data; boundary={B}");
+        let ct = ct();
         let body = form(&[("model", None, b"sim"), ("prompt", None, b"simulate-error:429")]);
-        assert_eq!(handle(Some(&ct), None, body.clone()).await.status, 401);
-        let r = handle(Some(&ct), Some("Bearer k"), body).await;
+        assert_eq!(whole_answer(&ct, None, body.clone()).await.status, 401);
+        let r = whole_answer(&ct, Some("Bearer k"), body).await;
         assert_eq!(r.status, 429);
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["error"]["code"], "simulated");
-        let r = handle(
-            Some(&ct),
+        let r = whole_answer(
+            &ct,
             Some("Bearer k"),
             form(&[("model", None, b"sim"), ("prompt", None, b"x")]),
         )
         .await;
         assert_eq!(r.status, 400);
+    }
+
+    #[tokio::test]
+    async fn streams_partials_then_completed_per_image() {
+        let input = striped();
+        let png = encode_png(&input).unwrap();
+        let parts = |stream: &'static [u8]| {
+            form(&[
+                ("model", None, b"sim"),
+                ("prompt", None, b"stripes"),
+                ("n", None, b"2"),
+                ("quality", None, b"high"),
+                ("stream", None, stream),
+                ("partial_images", None, b"2"),
+                ("image", Some("a.png"), &png),
+            ])
+        };
+        let settings = StreamSettings {
+            interval: Duration::from_millis(50),
+            partial_image_bytes: 0,
+        };
+        let stream = stream_of(parts(b"true"), &settings).await;
+        assert_eq!(stream.interval(), Duration::from_millis(50));
+        let events = events(stream);
+
+        // The non-streamed answer to the same form (stream=false), for comparison.
+        let r = match handle_with(parts(b"false"), &settings).await {
+            SimAnswer::Whole(r) => r,
+            SimAnswer::Stream(_) => panic!("stream=false must not stream"),
+        };
+        assert_eq!(r.status, 200);
+        let whole: Value = serde_json::from_slice(&r.body).unwrap();
+
+        let names: Vec<&str> = events.iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            [
+                "image_edit.partial_image",
+                "image_edit.partial_image",
+                "image_edit.completed",
+                "image_edit.partial_image",
+                "image_edit.partial_image",
+                "image_edit.completed"
+            ]
+        );
+        for (n, e) in events.iter().enumerate() {
+            let image = (n / 3) as u32;
+            let d = &e.data;
+            assert_eq!(d["type"], e.name);
+            assert_eq!(d["size"], "6x5");
+            assert_eq!(d["quality"], "high");
+            assert_eq!(d["background"], "opaque");
+            assert_eq!(d["output_format"], "png");
+            assert!(d["created_at"].as_u64().unwrap() > 1_600_000_000);
+            let (_, img) = decode_b64_png(d);
+            let fin = simulate_edit(&input, None, "stripes", image).unwrap();
+            if n % 3 < 2 {
+                let k = (n % 3) as u32;
+                assert_eq!(
+                    keys(d),
+                    [
+                        "type",
+                        "b64_json",
+                        "partial_image_index",
+                        "created_at",
+                        "size",
+                        "quality",
+                        "background",
+                        "output_format"
+                    ]
+                );
+                assert_eq!(d["partial_image_index"], k);
+                // partial k of 2 is painted over the first 5·(k+1)/3 rows: 1, then 3
+                let rows = [1, 3][k as usize];
+                for y in 0..5 {
+                    for x in 0..6 {
+                        let want = if y < rows { fin.pixel(x, y) } else { input.pixel(x, y) };
+                        assert_eq!(img.pixel(x, y), want, "image {image} partial {k} at ({x},{y})");
+                    }
+                }
+                assert_ne!(fin.pixel(0, 4), input.pixel(0, 4));
+            } else {
+                assert_eq!(
+                    keys(d),
+                    [
+                        "type",
+                        "b64_json",
+                        "created_at",
+                        "size",
+                        "quality",
+                        "background",
+                        "output_format",
+                        "usage"
+                    ]
+                );
+                assert_eq!(img, fin);
+                let (_, from_whole) = decode_b64_png(&whole["data"][image as usize]);
+                assert_eq!(img, from_whole);
+                assert_eq!(d["b64_json"], whole["data"][image as usize]["b64_json"]);
+                let u = &d["usage"];
+                assert_eq!(
+                    keys(u),
+                    [
+                        "total_tokens",
+                        "input_tokens",
+                        "output_tokens",
+                        "input_tokens_details",
+                        "output_tokens_details"
+                    ]
+                );
+                for key in ["total_tokens", "input_tokens", "output_tokens"] {
+                    assert_eq!(u[key], whole["usage"][key], "{key}");
+                }
+                assert_eq!(u["input_tokens_details"], whole["usage"]["input_tokens_details"]);
+                assert_eq!(u["output_tokens_details"], whole["usage"]["output_tokens_details"]);
+            }
+        }
+        assert!(String::from_utf8(events[0].to_bytes()).unwrap().starts_with(
+            "event: image_edit.partial_image\ndata: {\"type\":\"image_edit.partial_image\",\"b64_json\":\""
+        ));
+    }
+
+    #[tokio::test]
+    async fn without_partials_only_completed_events() {
+        let png = encode_png(&solid(4, 4, [1, 2, 3, 255])).unwrap();
+        let body = form(&[
+            ("model", None, b"sim"),
+            ("prompt", None, b"p"),
+            ("stream", None, b"true"),
+            ("image", Some("a.png"), &png),
+        ]);
+        let events = events(stream_of(body, &StreamSettings::default()).await);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].name, "image_edit.completed");
+        assert_eq!(events[0].data["size"], "4x4");
+    }
+
+    fn hook_form(prompt: &[u8], partials: &[u8], png: &[u8]) -> Bytes {
+        form(&[
+            ("model", None, b"sim"),
+            ("prompt", None, prompt),
+            ("stream", None, b"true"),
+            ("partial_images", None, partials),
+            ("image", Some("a.png"), png),
+        ])
+    }
+
+    #[tokio::test]
+    async fn error_hook_sends_k_events_then_an_error_event() {
+        let png = encode_png(&solid(4, 4, [1, 2, 3, 255])).unwrap();
+        let s = stream_of(
+            hook_form(b"simulate-stream-error:2", b"3", &png),
+            &StreamSettings::default(),
+        )
+        .await;
+        let events = events(s);
+        let names: Vec<&str> = events.iter().map(|e| e.name).collect();
+        assert_eq!(names, ["image_edit.partial_image", "image_edit.partial_image", "error"]);
+        assert_eq!(
+            serde_json::to_string(&events[2].data).unwrap(),
+            r#"{"type":"error","error":{"type":"image_generation_server_error","code":"simulated","message":"simulated mid-stream error","param":null}}"#
+        );
+        assert_eq!(
+            events[2].to_bytes(),
+            b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"image_generation_server_error\",\"code\":\"simulated\",\"message\":\"simulated mid-stream error\",\"param\":null}}\n\n"
+        );
+        // K = 0: the error is the only event; K past the end: every event, then the error.
+        let s = stream_of(
+            hook_form(b"simulate-stream-error:0", b"1", &png),
+            &StreamSettings::default(),
+        )
+        .await;
+        assert_eq!(events_names(s), ["error"]);
+        let s = stream_of(
+            hook_form(b"simulate-stream-error:9", b"1", &png),
+            &StreamSettings::default(),
+        )
+        .await;
+        assert_eq!(
+            events_names(s),
+            ["image_edit.partial_image", "image_edit.completed", "error"]
+        );
+    }
+
+    fn events_names(s: SimStream) -> Vec<&'static str> {
+        events(s).iter().map(|e| e.name).collect()
+    }
+
+    #[tokio::test]
+    async fn unknown_hook_adds_a_debug_event_first() {
+        let png = encode_png(&solid(4, 4, [1, 2, 3, 255])).unwrap();
+        let s = stream_of(
+            hook_form(b"simulate-stream-unknown", b"1", &png),
+            &StreamSettings::default(),
+        )
+        .await;
+        let events = events(s);
+        assert_eq!(
+            events.iter().map(|e| e.name).collect::<Vec<_>>(),
+            ["image_edit.debug", "image_edit.partial_image", "image_edit.completed"]
+        );
+        assert_eq!(
+            events[0].to_bytes(),
+            b"event: image_edit.debug\ndata: {\"type\":\"image_edit.debug\"}\n\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn truncate_hook_ends_mid_event() {
+        let png = encode_png(&solid(4, 4, [1, 2, 3, 255])).unwrap();
+        let s = stream_of(
+            hook_form(b"simulate-stream-truncate:1", b"1", &png),
+            &StreamSettings::default(),
+        )
+        .await;
+        let got = frames(s);
+        assert_eq!(got.len(), 2);
+        assert!(matches!(&got[0], Frame::Event(e) if e.name == "image_edit.partial_image"));
+        let Frame::Truncated(half) = &got[1] else {
+            panic!("expected a truncated frame, got {:?}", got[1]);
+        };
+        let half = String::from_utf8(half.clone()).unwrap();
+        assert!(half.starts_with("event: image_edit.completed\ndata: {\"type\":\"image_edit.completed\""));
+        assert!(!half.contains("\n\n"));
+        // K past the end still leaves one event to cut: the last one.
+        let s = stream_of(
+            hook_form(b"simulate-stream-truncate:7", b"0", &png),
+            &StreamSettings::default(),
+        )
+        .await;
+        let got = frames(s);
+        assert_eq!(got.len(), 1);
+        assert!(matches!(&got[0], Frame::Truncated(b) if b.starts_with(b"event: image_edit.completed\n")));
+    }
+
+    #[tokio::test]
+    async fn padding_grows_partials_only_and_keeps_them_valid() {
+        let input = striped();
+        let png = encode_png(&input).unwrap();
+        let settings = StreamSettings {
+            interval: Duration::ZERO,
+            partial_image_bytes: 20_000,
+        };
+        let events = events(stream_of(hook_form(b"pad", b"3", &png), &settings).await);
+        assert_eq!(events.len(), 4);
+        let fin = simulate_edit(&input, None, "pad", 0).unwrap();
+        for (k, e) in events[..3].iter().enumerate() {
+            let (bytes, img) = decode_b64_png(&e.data);
+            assert!(bytes.len() >= 20_000 && bytes.len() < 20_012, "{}", bytes.len());
+            assert_eq!(&bytes[37..41], b"rfPd");
+            let rows = partial_rows(5, k as u32, 3);
+            assert_eq!(rows, [1, 2, 3][k]);
+            assert_eq!(img.pixel(5, rows - 1), fin.pixel(5, rows - 1));
+            assert_eq!(img.pixel(5, rows), input.pixel(5, rows));
+        }
+        let (bytes, img) = decode_b64_png(&events[3].data);
+        assert!(bytes.len() < 1000);
+        assert_eq!(img, fin);
+    }
+
+    #[tokio::test]
+    async fn stream_request_errors_are_http_errors() {
+        let png = encode_png(&solid(4, 4, [1, 2, 3, 255])).unwrap();
+        let bad_mask = encode_png(&solid(2, 2, [0, 0, 0, 0])).unwrap();
+        let settings = StreamSettings::default();
+        let status = |a: SimAnswer| match a {
+            SimAnswer::Whole(r) => r.status,
+            SimAnswer::Stream(_) => 200,
+        };
+        // partial_images is checked only when streaming
+        assert_eq!(status(handle_with(hook_form(b"p", b"4", &png), &settings).await), 400);
+        let body = form(&[
+            ("model", None, b"sim"),
+            ("prompt", None, b"p"),
+            ("partial_images", None, b"4"),
+            ("image", Some("a.png"), &png),
+        ]);
+        assert_eq!(status(handle_with(body, &settings).await), 200);
+        // a mask of the wrong size is a 400 before any event
+        let body = form(&[
+            ("model", None, b"sim"),
+            ("prompt", None, b"p"),
+            ("stream", None, b"true"),
+            ("image", Some("a.png"), &png),
+            ("mask", Some("m.png"), &bad_mask),
+        ]);
+        match handle_with(body, &settings).await {
+            SimAnswer::Whole(r) => {
+                assert_eq!(r.status, 400);
+                let v: Value = serde_json::from_slice(&r.body).unwrap();
+                assert_eq!(v["error"]["param"], "mask");
+            }
+            SimAnswer::Stream(_) => panic!("expected a 400"),
+        }
+        // the plain error hooks apply before streaming
+        assert_eq!(
+            status(handle_with(hook_form(b"simulate-error:503", b"1", &png), &settings).await),
+            503
+        );
     }
 }

@@ -127,12 +127,6 @@ fn stream_not_a_boolean() {
     rejects_field("stream", "maybe");
 }
 
-/// `stream=true` (not supported yet) is a 400 naming `stream`, not a silent non-stream answer.
-#[test]
-fn stream_true_unsupported() {
-    rejects_field("stream", "true");
-}
-
 /// `n=0` is a 400 naming `n`.
 #[test]
 fn n_zero() {

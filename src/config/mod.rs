@@ -267,6 +267,33 @@ impl Default for SpoolSettings {
 pub struct SimulatorSettings {
     /// The address the simulator listens on.
     pub address: SocketAddr,
+    /// How long a streamed answer (`stream=true`) waits before each event
+    /// (`stream_interval_ms`, 0..=60000 ms, default 0).
+    pub stream_interval: Duration,
+    /// When greater than 0, each partial image of a streamed answer is padded
+    /// to about this many bytes of PNG with an ancillary private chunk
+    /// (`partial_image_bytes`, 0..=64 MiB, default 0 = the plain PNG).
+    pub partial_image_bytes: usize,
+}
+
+impl SimulatorSettings {
+    /// Default of `stream_interval_ms`.
+    pub const DEFAULT_STREAM_INTERVAL_MS: u64 = 0;
+    /// Largest `stream_interval_ms`.
+    pub const MAX_STREAM_INTERVAL_MS: u64 = 60_000;
+    /// Default of `partial_image_bytes` (no padding).
+    pub const DEFAULT_PARTIAL_IMAGE_BYTES: usize = 0;
+    /// Largest `partial_image_bytes`.
+    pub const MAX_PARTIAL_IMAGE_BYTES: u64 = 64 * MIB;
+
+    /// The simulator on `address` with every other setting at its default.
+    pub fn new(address: SocketAddr) -> Self {
+        SimulatorSettings {
+            address,
+            stream_interval: Duration::from_millis(Self::DEFAULT_STREAM_INTERVAL_MS),
+            partial_image_bytes: Self::DEFAULT_PARTIAL_IMAGE_BYTES,
+        }
+    }
 }
 
 macro_rules! provider_kinds {
@@ -535,6 +562,8 @@ providers:
             "memory_bytes:",
             "directory:",
             "simulator:",
+            "stream_interval_ms:",
+            "partial_image_bytes:",
             "providers:",
             "name:",
             "kind:",

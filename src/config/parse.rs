@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_yaml::Value;
 
@@ -35,11 +36,12 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
         };
         let limits = limits(top.section("limits"));
         let spool = spool(top.section("spool"));
-        let simulator = top.opt_obj("simulator").and_then(address_only);
+        let simulator = top.opt_obj("simulator").and_then(simulator);
         let (providers, provider_names) = providers::providers(&mut top, env);
         let virtual_keys = providers::virtual_keys(&mut top, env, provider_names.as_deref());
         top.finish();
-        check_addresses(&listeners, metrics.clone(), simulator.clone(), &problems);
+        let simulator_address = simulator.as_ref().map(|(path, s)| (path.clone(), s.address));
+        check_addresses(&listeners, metrics.clone(), simulator_address, &problems);
         Config {
             server,
             listeners: listeners.into_iter().map(|(_, l)| l).collect(),
@@ -47,7 +49,7 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
             auth,
             limits,
             spool,
-            simulator: simulator.map(|(_, address)| SimulatorSettings { address }),
+            simulator: simulator.map(|(_, settings)| settings),
             providers,
             virtual_keys,
         }
@@ -87,12 +89,37 @@ fn socket_addr(f: &mut Fields<'_>, key: &'static str) -> Option<SocketAddr> {
     parse_socket_addr(text).map_err(|e| f.report(key, e)).ok()
 }
 
-/// A section whose only key is `address` (metrics, simulator): the address
-/// with the path it was written at.
+/// A section whose only key is `address` (metrics): the address with the
+/// path it was written at.
 fn address_only(mut f: Fields<'_>) -> Option<(String, SocketAddr)> {
     let address = socket_addr(&mut f, "address").map(|a| (f.path_of("address"), a));
     f.finish();
     address
+}
+
+/// The `simulator` section, with the path its address was written at.
+fn simulator(mut f: Fields<'_>) -> Option<(String, SimulatorSettings)> {
+    let address = socket_addr(&mut f, "address").map(|a| (f.path_of("address"), a));
+    let stream_interval_ms = f.opt_u64(
+        "stream_interval_ms",
+        SimulatorSettings::DEFAULT_STREAM_INTERVAL_MS,
+        0..=SimulatorSettings::MAX_STREAM_INTERVAL_MS,
+    );
+    let partial_image_bytes = f.opt_usize(
+        "partial_image_bytes",
+        SimulatorSettings::DEFAULT_PARTIAL_IMAGE_BYTES,
+        0..=SimulatorSettings::MAX_PARTIAL_IMAGE_BYTES,
+    );
+    f.finish();
+    let (path, address) = address?;
+    Some((
+        path,
+        SimulatorSettings {
+            stream_interval: Duration::from_millis(stream_interval_ms),
+            partial_image_bytes,
+            ..SimulatorSettings::new(address)
+        },
+    ))
 }
 
 /// Listeners with the path of their address, for the clash check.
@@ -426,6 +453,47 @@ mod tests {
             &format!("simulator:\n  address: 8090\n{PROVIDER}"),
             "simulator.address",
             "expected a string, found an integer",
+        );
+    }
+
+    #[test]
+    fn simulator_stream_keys() {
+        let c = ok(&format!("simulator:\n  address: 127.0.0.1:0\n{PROVIDER}"));
+        let sim = c.simulator.unwrap();
+        assert_eq!(sim.stream_interval, std::time::Duration::ZERO);
+        assert_eq!(sim.partial_image_bytes, 0);
+
+        let c = ok(&format!(
+            "simulator:\n  address: 127.0.0.1:0\n  stream_interval_ms: 60000\n  partial_image_bytes: 1048576\n{PROVIDER}"
+        ));
+        let sim = c.simulator.unwrap();
+        assert_eq!(sim.stream_interval, std::time::Duration::from_millis(60_000));
+        assert_eq!(sim.partial_image_bytes, 1_048_576);
+
+        one_problem(
+            &format!("simulator:\n  address: 127.0.0.1:0\n  stream_interval_ms: 60001\n{PROVIDER}"),
+            "simulator.stream_interval_ms",
+            "must be between 0 and 60000, found 60001",
+        );
+        one_problem(
+            &format!("simulator:\n  address: 127.0.0.1:0\n  stream_interval_ms: -5\n{PROVIDER}"),
+            "simulator.stream_interval_ms",
+            "found -5",
+        );
+        one_problem(
+            &format!("simulator:\n  address: 127.0.0.1:0\n  partial_image_bytes: 67108865\n{PROVIDER}"),
+            "simulator.partial_image_bytes",
+            "must be between 0 and 67108864, found 67108865",
+        );
+        one_problem(
+            &format!("simulator:\n  address: 127.0.0.1:0\n  partial_image_bytes: big\n{PROVIDER}"),
+            "simulator.partial_image_bytes",
+            "expected an integer",
+        );
+        one_problem(
+            &format!("simulator:\n  address: 127.0.0.1:0\n  stream_interval: 5\n{PROVIDER}"),
+            "simulator.stream_interval",
+            "did you mean 'stream_interval_ms'?",
         );
     }
 

@@ -9,6 +9,7 @@
 
 pub mod openai;
 pub mod rawjson;
+pub mod stream;
 
 use crate::config::ProviderKind;
 use crate::error::GatewayError;

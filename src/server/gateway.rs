@@ -11,13 +11,14 @@
 //! `request_filter`, because Pingora's own proxy loop replays only 64 KiB of body and cannot
 //! retry after a response head (see the README's design notes).
 
-use super::exchange::{exchange, exchange_streamed, Collect, Piece, Streamed};
+use super::exchange::{exchange, exchange_streamed, AnswerSink, Piece, Streamed};
 use super::AppState;
 use crate::auth::Identity;
 use crate::error::{ErrorContext, GatewayError};
 use crate::form::{parse_edit_form, BodySource, FormSink};
 use crate::imaging::ImageKind;
 use crate::metrics::RequestRecord;
+use crate::providers::stream::{synthesize_stream, Framing, StreamContext, StreamPipeline};
 use crate::providers::{adapter_for, ResponseContext};
 use crate::providers::{RequestEncoder, UpstreamRequest};
 use crate::route::{Router, Target};
@@ -29,6 +30,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Uploads at least this large (or of unknown length) are streamed upstream while they arrive;
@@ -209,13 +211,14 @@ impl FormSink for UpstreamFeed<'_> {
 
 /// Reads what follows the closing multipart boundary (usually a CRLF, at most 64 KiB) so the
 /// connection can serve the next request; past that, or on a read error, it is closed instead.
-async fn drain_epilogue(session: &mut Session, ctx: &mut RequestCtx) {
+async fn drain_epilogue(session: &mut Session) -> u64 {
     let mut left: u64 = 64 * 1024;
+    let mut read = 0;
     while !session.is_body_done() {
         match session.read_request_body().await {
             Ok(Some(b)) if (b.len() as u64) <= left => {
                 left -= b.len() as u64;
-                ctx.request_bytes += b.len() as u64;
+                read += b.len() as u64;
             }
             Ok(None) => break,
             _ => {
@@ -224,6 +227,7 @@ async fn drain_epilogue(session: &mut Session, ctx: &mut RequestCtx) {
             }
         }
     }
+    read
 }
 
 /// A request id from the client is kept if it is short and printable; otherwise one is made.
@@ -241,7 +245,7 @@ fn request_id(session: &Session) -> String {
 /// What the request asked for, decided from method and path alone.
 enum Endpoint {
     Health,
-    ImageEdit,
+    ImageEdit(Framing),
     WrongMethod,
     Unknown,
 }
@@ -249,8 +253,9 @@ enum Endpoint {
 fn endpoint(method: &http::Method, path: &str) -> Endpoint {
     match path {
         "/health" if method == http::Method::GET || method == http::Method::HEAD => Endpoint::Health,
-        "/v1/images/edits" | "/images/edits" if method == http::Method::POST => Endpoint::ImageEdit,
-        "/health" | "/v1/images/edits" | "/images/edits" => Endpoint::WrongMethod,
+        "/v1/images/edits" | "/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::Bifrost),
+        "/openai/v1/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::OpenAi),
+        "/health" | "/v1/images/edits" | "/images/edits" | "/openai/v1/images/edits" => Endpoint::WrongMethod,
         _ => Endpoint::Unknown,
     }
 }
@@ -292,7 +297,8 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-    ) -> std::result::Result<Bytes, GatewayError> {
+        framing: Framing,
+    ) -> std::result::Result<Reply, GatewayError> {
         let state = &self.state;
         let headers = session.req_header().headers.clone();
         let identity = state.keys.authenticate(&headers)?;
@@ -338,9 +344,17 @@ impl Gateway {
         let router = &state.router;
         let (piece_tx, piece_rx) = tokio::sync::mpsc::channel::<Piece>(STREAM_AHEAD);
         let (start_tx, start_rx) = tokio::sync::oneshot::channel::<(Target, UpstreamRequest)>();
+        let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<Bytes>(STREAM_AHEAD);
+        let stream_config = Arc::new(OnceLock::new());
+        let mut sink = StreamSink {
+            config: stream_config.clone(),
+            pipeline: None,
+            down: Some(down_tx),
+        };
         let request_id = ctx.request_id.clone();
+        let request_start = ctx.start;
         let mut source = SessionBody {
-            session,
+            session: &mut *session,
             bytes: &mut ctx.request_bytes,
         };
         let upload = async {
@@ -356,18 +370,20 @@ impl Gateway {
                 early_text: Vec::new(),
                 routed: None,
             };
-            let parsed = parse_edit_form(&mut source, &boundary, &state.config.limits, &mut spool, &mut feed)
-                .await
-                .and_then(|form| {
-                    if form.stream {
-                        return Err(GatewayError::invalid(
-                            "stream",
-                            "stream=true is not supported by this gateway version yet; send stream=false",
-                        ));
-                    }
-                    Ok(form)
-                });
-            if parsed.is_ok() {
+            let parsed = parse_edit_form(&mut source, &boundary, &state.config.limits, &mut spool, &mut feed).await;
+            if let Ok(form) = &parsed {
+                if form.stream {
+                    // Set before the upstream body ends, so the answer finds it.
+                    let _ = stream_config.set(StreamContext {
+                        provider: form.provider.clone(),
+                        model_requested: form.model.clone(),
+                        model_deployment: form.model.clone(),
+                        request_id: request_id.clone(),
+                        images: form.n.unwrap_or(1),
+                        start: request_start,
+                        framing,
+                    });
+                }
                 feed.finish().await;
             }
             // Dropping the feed closes the stream: without its end marker, the provider's
@@ -377,12 +393,28 @@ impl Gateway {
             (parsed, routed)
         };
         let upstream_start = Instant::now();
-        let streamed = async {
-            let (target, head) = start_rx.await.ok()?;
-            let outcome = exchange_streamed(&state.connector, &target, head, piece_rx, &mut Collect).await;
-            Some((target, outcome))
+        let mut upload = Box::pin(upload);
+        // The streamed attempt borrows the sink and hands it back with its outcome.
+        let sink_ref = &mut sink;
+        let mut streamed = Box::pin(async move {
+            match start_rx.await {
+                Ok((target, head)) => {
+                    let outcome = exchange_streamed(&state.connector, &target, head, piece_rx, &mut *sink_ref).await;
+                    (Some((target, outcome)), sink_ref)
+                }
+                Err(_) => (None, sink_ref),
+            }
+        });
+        // Read the upload to its end while the streamed attempt (if any) runs; the attempt may
+        // finish first (an early answer).
+        let mut streamed_early = None;
+        let (parsed, routed) = loop {
+            tokio::select! {
+                r = &mut upload => break r,
+                r = &mut streamed, if streamed_early.is_none() => streamed_early = Some(r),
+            }
         };
-        let ((parsed, routed), streamed) = tokio::join!(upload, streamed);
+        drop(upload);
         let form = match parsed {
             Ok(form) => form,
             Err(e) => {
@@ -399,53 +431,244 @@ impl Gateway {
         ctx.provider = Some(form.provider.clone());
         ctx.model = Some(form.model.clone());
 
-        let (target, response) = match streamed {
-            Some((target, Streamed::Answered(resp))) => (target, resp),
-            Some((_, Streamed::Failed(e))) => {
-                ctx.upstream = Some(upstream_start.elapsed());
-                return Err(e);
-            }
-            other => {
-                // Not streamed (model came after the images), or the streamed attempt never
-                // reached the provider whole: send it from the spool.
-                if let Some((_, Streamed::NotSent(e))) = &other {
-                    log::debug!(
-                        "request {}: streamed attempt not sent ({e}); sending from the spool",
-                        ctx.request_id
-                    );
+        // The upstream side: the streamed attempt, or the request from the spool; a streamed
+        // answer goes to the downstream writer through `down`, a collected one is returned.
+        let upstream = async {
+            let (first, sink) = match streamed_early {
+                Some(r) => r,
+                None => streamed.await,
+            };
+            let result = match first {
+                Some((target, Streamed::Answered(resp))) => Ok((target, resp)),
+                Some((_, Streamed::Failed(e))) => Err(e),
+                other => {
+                    // Not streamed (small upload, or model after the images), or the streamed
+                    // attempt never reached the provider whole: send it from the spool.
+                    if let Some((_, Streamed::NotSent(e))) = &other {
+                        log::debug!("request {request_id}: streamed attempt not sent ({e}); sending from the spool");
+                    }
+                    async {
+                        let target = match other {
+                            Some((target, _)) => target,
+                            None => router.select(&form.provider, &form.model, fastrand::f64())?,
+                        };
+                        let request = adapter_for(target.provider.kind).build_request(&form, &target, &request_id)?;
+                        let total = target.provider.read_timeout + target.provider.connect_timeout;
+                        let exchanged = tokio::time::timeout(
+                            total,
+                            exchange(&state.connector, &target, &request, &spool, &mut *sink),
+                        )
+                        .await
+                        .map_err(|_| GatewayError::UpstreamTimeout {
+                            provider: target.provider.name.clone(),
+                            detail: format!("no complete answer within {} ms", total.as_millis()),
+                        })?;
+                        Ok((target, exchanged?))
+                    }
+                    .await
                 }
-                let target = match other {
-                    Some((target, _)) => target,
-                    None => router.select(&form.provider, &form.model, fastrand::f64())?,
-                };
-                let request = adapter_for(target.provider.kind).build_request(&form, &target, &ctx.request_id)?;
-                let total = target.provider.read_timeout + target.provider.connect_timeout;
-                let outcome = tokio::time::timeout(
-                    total,
-                    exchange(&state.connector, &target, &request, &spool, &mut Collect),
-                )
-                .await;
-                let response = outcome.map_err(|_| GatewayError::UpstreamTimeout {
-                    provider: target.provider.name.clone(),
-                    detail: format!("no complete answer within {} ms", total.as_millis()),
-                });
-                ctx.upstream = Some(upstream_start.elapsed());
-                (target, response??)
+            };
+            if let Err(e) = &result {
+                // Mid-stream failure: tell the client in-band (no-op if nothing was sent).
+                sink.abort(e).await;
             }
+            // Closing the channel ends the downstream writer.
+            sink.down = None;
+            result
         };
+        let writer = write_event_stream(session, &mut down_rx, &request_id);
+        let (result, written) = tokio::join!(upstream, writer);
         ctx.upstream = Some(upstream_start.elapsed());
+        if let Some(sent) = written.sent {
+            ctx.status = 200;
+            ctx.response_bytes = sent;
+            ctx.reason = match (&result, written.client_gone) {
+                (_, true) => Some(GatewayError::ClientClosed.code()),
+                (Err(e), false) => Some(e.code()),
+                _ => None,
+            };
+            return Ok(Reply::Streamed);
+        }
+        let (target, response) = result?;
         let adapter = adapter_for(target.provider.kind);
-        adapter.convert_response(
-            &response,
-            &ResponseContext {
-                provider: &target.provider.name,
-                model_requested: &form.model,
-                model_deployment: &target.model,
-                latency_ms: ctx.start.elapsed().as_millis() as u64,
-                num_input_images: form.images.len(),
-            },
-        )
+        if form.stream {
+            // The provider answered a stream request with a complete answer (it cannot
+            // stream, or it answered an error): one event per image, or the error.
+            if !(200..300).contains(&response.status) {
+                return Err(super::super::providers::openai::provider_error(
+                    &target.provider.name,
+                    &response,
+                ));
+            }
+            let mut out = Vec::new();
+            let cx = StreamContext {
+                provider: target.provider.name.clone(),
+                model_requested: form.model.clone(),
+                model_deployment: target.model.clone(),
+                request_id: request_id.clone(),
+                images: form.n.unwrap_or(1),
+                start: request_start,
+                framing,
+            };
+            let trailer = framing == Framing::OpenAi;
+            synthesize_stream(&response.body, cx, &mut out)?;
+            if trailer {
+                crate::codec::sse::encode_event_into(&mut out, None, b"[DONE]");
+            }
+            return Ok(Reply::Events(Bytes::from(out)));
+        }
+        adapter
+            .convert_response(
+                &response,
+                &ResponseContext {
+                    provider: &target.provider.name,
+                    model_requested: &form.model,
+                    model_deployment: &target.model,
+                    latency_ms: ctx.start.elapsed().as_millis() as u64,
+                    num_input_images: form.images.len(),
+                },
+            )
+            .map(Reply::Json)
     }
+}
+
+/// What `image_edit` produced.
+enum Reply {
+    /// A JSON body to send.
+    Json(Bytes),
+    /// A complete event stream to send (synthesized from a complete answer).
+    Events(Bytes),
+    /// The answer was already streamed to the client.
+    Streamed,
+}
+
+/// The convert plugin's streaming side, as the exchange's [`AnswerSink`]: a `text/event-stream`
+/// success answer to a `stream=true` request is converted event by event and handed to the
+/// downstream writer; anything else is collected.
+struct StreamSink {
+    /// Set by the upload once the form is valid and asks for a stream.
+    config: Arc<OnceLock<StreamContext>>,
+    pipeline: Option<StreamPipeline>,
+    down: Option<tokio::sync::mpsc::Sender<Bytes>>,
+}
+
+impl StreamSink {
+    async fn send(&mut self, out: Vec<u8>) -> std::result::Result<(), GatewayError> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let down = self.down.as_ref().ok_or(GatewayError::ClientClosed)?;
+        down.send(Bytes::from(out))
+            .await
+            .map_err(|_| GatewayError::ClientClosed)
+    }
+
+    /// After a failure: an in-band error event if the stream had begun.
+    async fn abort(&mut self, err: &GatewayError) {
+        let mut out = Vec::new();
+        match self.pipeline.as_mut() {
+            Some(p) if p.emitted() && !matches!(err, GatewayError::ClientClosed) => p.abort(err, &mut out),
+            _ => return,
+        }
+        let _ = self.send(out).await;
+    }
+}
+
+#[async_trait]
+impl AnswerSink for StreamSink {
+    fn wants_chunks(&mut self, status: u16, content_type: Option<&str>) -> bool {
+        let sse = content_type.is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        match self.config.get() {
+            Some(cx) if (200..300).contains(&status) && sse => {
+                self.pipeline = Some(StreamPipeline::new(cx.clone()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    async fn chunk(&mut self, bytes: Bytes) -> std::result::Result<(), GatewayError> {
+        let mut out = Vec::new();
+        if let Some(p) = self.pipeline.as_mut() {
+            p.feed(&bytes, &mut out)?;
+        }
+        self.send(out).await
+    }
+
+    async fn end(&mut self) -> std::result::Result<(), GatewayError> {
+        let mut out = Vec::new();
+        if let Some(p) = self.pipeline.as_mut() {
+            p.finish(&mut out)?;
+        }
+        self.send(out).await
+    }
+}
+
+/// How the downstream writer ended.
+struct Written {
+    /// Bytes sent, if a stream was started.
+    sent: Option<u64>,
+    /// The client went away mid-stream.
+    client_gone: bool,
+}
+
+/// The downstream writer of streamed answers: sends the `text/event-stream` head with the first
+/// event (so a failure before any event is still an ordinary HTTP error), then each chunk as it
+/// comes; a slow client slows the provider down through the bounded channel. Ends when the
+/// channel closes, or when the client goes away (dropping the receiver cancels the upstream).
+async fn write_event_stream(
+    session: &mut Session,
+    down: &mut tokio::sync::mpsc::Receiver<Bytes>,
+    request_id: &str,
+) -> Written {
+    let mut sent: Option<u64> = None;
+    while let Some(bytes) = down.recv().await {
+        if sent.is_none() {
+            drain_epilogue(session).await;
+            if let Err(e) = write_stream_head(session, request_id).await {
+                log::debug!(
+                    "request {request_id}: client gone before the stream head: {}",
+                    e.etype().as_str()
+                );
+                return Written {
+                    sent: Some(0),
+                    client_gone: true,
+                };
+            }
+            sent = Some(0);
+        }
+        let len = bytes.len() as u64;
+        if session.write_response_body(Some(bytes), false).await.is_err() {
+            down.close();
+            return Written {
+                sent,
+                client_gone: true,
+            };
+        }
+        sent = sent.map(|s| s + len);
+    }
+    if sent.is_some() && session.write_response_body(None, true).await.is_err() {
+        return Written {
+            sent,
+            client_gone: true,
+        };
+    }
+    Written {
+        sent,
+        client_gone: false,
+    }
+}
+
+/// The head of an event stream.
+async fn write_stream_head(session: &mut Session, request_id: &str) -> Result<()> {
+    let mut resp = ResponseHeader::build(200, Some(5))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
+    resp.insert_header("x-request-id", request_id)?;
+    if !session.is_http2() {
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    session.write_response_header(Box::new(resp), false).await
 }
 
 #[async_trait]
@@ -485,11 +708,19 @@ impl ProxyHttp for Gateway {
                 self.send_json(session, ctx, 200, Bytes::from_static(br#"{"status":"ok"}"#))
                     .await?;
             }
-            Endpoint::ImageEdit => match self.image_edit(session, ctx).await {
-                Ok(body) => {
-                    drain_epilogue(session, ctx).await;
+            Endpoint::ImageEdit(framing) => match self.image_edit(session, ctx, framing).await {
+                Ok(Reply::Json(body)) => {
+                    ctx.request_bytes += drain_epilogue(session).await;
                     self.send_json(session, ctx, 200, body).await?;
                 }
+                Ok(Reply::Events(body)) => {
+                    ctx.request_bytes += drain_epilogue(session).await;
+                    write_stream_head(session, &ctx.request_id).await?;
+                    ctx.status = 200;
+                    ctx.response_bytes = body.len() as u64;
+                    session.write_response_body(Some(body), true).await?;
+                }
+                Ok(Reply::Streamed) => {}
                 Err(e) => self.send_error(session, ctx, &e).await?,
             },
             Endpoint::WrongMethod => {
@@ -558,11 +789,11 @@ mod tests {
     fn endpoints_by_method_and_path() {
         assert!(matches!(
             endpoint(&http::Method::POST, "/v1/images/edits"),
-            Endpoint::ImageEdit
+            Endpoint::ImageEdit(Framing::Bifrost)
         ));
         assert!(matches!(
             endpoint(&http::Method::POST, "/images/edits"),
-            Endpoint::ImageEdit
+            Endpoint::ImageEdit(Framing::Bifrost)
         ));
         assert!(matches!(
             endpoint(&http::Method::GET, "/v1/images/edits"),

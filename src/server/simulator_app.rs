@@ -1,7 +1,9 @@
 //! The built-in provider simulator's listener: reads the whole request (it is a test double,
-//! bounded to 256 MiB) and answers with [`crate::simulator::handle`].
+//! bounded to 256 MiB) and answers with [`crate::simulator::handle`]: in one piece, or, for
+//! `stream=true`, as a chunked `text/event-stream` written one event per chunk.
 
-use crate::simulator;
+use crate::config::SimulatorSettings;
+use crate::simulator::{self, Frame, SimAnswer, SimStream, StreamSettings};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
@@ -13,7 +15,18 @@ use pingora::{Error, ErrorType, Result};
 const MAX_SIM_BODY: usize = 256 * 1024 * 1024;
 
 /// The simulator service.
-pub struct SimulatorApp;
+pub struct SimulatorApp {
+    stream: StreamSettings,
+}
+
+impl SimulatorApp {
+    /// The simulator configured by the `simulator:` section.
+    pub fn new(settings: &SimulatorSettings) -> Self {
+        SimulatorApp {
+            stream: StreamSettings::from(settings),
+        }
+    }
+}
 
 async fn respond(session: &mut Session, status: u16, content_type: &str, body: Vec<u8>) -> Result<bool> {
     let mut resp = ResponseHeader::build(status, Some(3))?;
@@ -22,6 +35,49 @@ async fn respond(session: &mut Session, status: u16, content_type: &str, body: V
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(Bytes::from(body)), true).await?;
     Ok(true)
+}
+
+/// Writes a streamed answer: the head, then each frame as its own chunk after the configured
+/// wait. A client that goes away only ends the stream: the first failed write stops it, quietly.
+async fn respond_stream(session: &mut Session, mut stream: SimStream) -> Result<bool> {
+    let mut resp = ResponseHeader::build(200, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
+    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    if let Err(e) = session.write_response_header(Box::new(resp), false).await {
+        return Ok(client_gone(session, &e));
+    }
+    let interval = stream.interval();
+    while let Some(frame) = stream.next_frame() {
+        if !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+        let (bytes, end) = match frame {
+            Frame::Event(event) => (event.to_bytes(), false),
+            Frame::Truncated(half) => {
+                // the truncate hook: half an event, then the end of the body, then close
+                session.set_keepalive(None);
+                (half, true)
+            }
+        };
+        if let Err(e) = session.write_response_body(Some(Bytes::from(bytes)), end).await {
+            return Ok(client_gone(session, &e));
+        }
+        if end {
+            return Ok(true);
+        }
+    }
+    if let Err(e) = session.write_response_body(None, true).await {
+        return Ok(client_gone(session, &e));
+    }
+    Ok(true)
+}
+
+/// A write to the client failed (it went away): stop, and never reuse the connection.
+fn client_gone(session: &mut Session, e: &Error) -> bool {
+    log::debug!("simulator: stream ended early, client gone: {e}");
+    session.set_keepalive(None);
+    true
 }
 
 #[async_trait]
@@ -55,8 +111,17 @@ impl ProxyHttp for SimulatorApp {
             }
             body.extend_from_slice(&chunk);
         }
-        let answer = simulator::handle(content_type.as_deref(), authorization.as_deref(), body.freeze()).await;
-        respond(session, answer.status, answer.content_type, answer.body).await
+        match simulator::handle(
+            content_type.as_deref(),
+            authorization.as_deref(),
+            body.freeze(),
+            &self.stream,
+        )
+        .await
+        {
+            SimAnswer::Whole(answer) => respond(session, answer.status, answer.content_type, answer.body).await,
+            SimAnswer::Stream(stream) => respond_stream(session, *stream).await,
+        }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {

@@ -1,0 +1,3 @@
+//! Wire codecs shared by providers: pure, synchronous, no I/O.
+
+pub mod sse;

@@ -42,6 +42,11 @@ const STREAM_MIN_BYTES: u64 = 256 * 1024;
 /// client read): a slow provider slows the client down instead of filling memory.
 const STREAM_AHEAD: usize = 8;
 
+/// Converted stream chunks buffered for a slow client (each holds at most the events completed
+/// by one upstream read, i.e. about one image): past that the provider is paused, so memory per
+/// stream stays bounded however slowly the client reads.
+const EVENTS_AHEAD: usize = 2;
+
 /// Longest pause allowed between two reads of a client's upload.
 const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -344,7 +349,7 @@ impl Gateway {
         let router = &state.router;
         let (piece_tx, piece_rx) = tokio::sync::mpsc::channel::<Piece>(STREAM_AHEAD);
         let (start_tx, start_rx) = tokio::sync::oneshot::channel::<(Target, UpstreamRequest)>();
-        let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<Bytes>(STREAM_AHEAD);
+        let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<Bytes>(EVENTS_AHEAD);
         let stream_config = Arc::new(OnceLock::new());
         let mut sink = StreamSink {
             config: stream_config.clone(),

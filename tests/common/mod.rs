@@ -77,6 +77,9 @@ pub struct Setup {
     pub allow_anonymous: bool,
     /// Start the built-in simulator and add a provider `demo` pointing at it.
     pub simulator: bool,
+    /// Extra lines for the `simulator:` section (each `  key: value\n`), e.g.
+    /// `  stream_interval_ms: 200\n`; only used with `simulator`.
+    pub simulator_settings: String,
 }
 
 impl Setup {
@@ -89,6 +92,7 @@ impl Setup {
             read_timeout_ms: 10_000,
             allow_anonymous: false,
             simulator: false,
+            simulator_settings: String::new(),
         }
     }
 
@@ -100,7 +104,7 @@ impl Setup {
         };
         let (sim_section, sim_provider) = match sim {
             Some(a) => (
-                format!("simulator:\n  address: {a}\n"),
+                format!("simulator:\n  address: {a}\n{}", self.simulator_settings),
                 format!(
                     "  - name: demo\n    kind: openai\n    base_url: http://{a}/v1\n    keys:\n      - {{name: sim, value: sim-key}}\n"
                 ),
@@ -290,6 +294,21 @@ pub enum Reply {
     },
     /// Read the request, then never answer; hold the connection until the peer closes it.
     Stall,
+    /// A complete answer sent with `Transfer-Encoding: chunked`, `piece` body bytes per HTTP
+    /// chunk, each chunk written (and flushed, with Nagle off) on its own after `pause`: the
+    /// gateway sees the body split at those boundaries (or coarser, never finer).
+    Chunked {
+        /// Status.
+        status: u16,
+        /// Content-Type.
+        content_type: String,
+        /// Body.
+        body: Vec<u8>,
+        /// Body bytes per chunk (at least 1).
+        piece: usize,
+        /// Wait before each chunk.
+        pause: Duration,
+    },
     /// Answer as soon as the request head has arrived, without reading the body, then close
     /// the connection (what a provider refusing an upload early does). The request is recorded
     /// with the body bytes that had arrived with the head and `complete: false`.
@@ -473,6 +492,35 @@ fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
                     body.len()
                 );
                 if stream.write_all(head.as_bytes()).is_err() || stream.write_all(&body).is_err() {
+                    return;
+                }
+            }
+            Reply::Chunked {
+                status,
+                content_type,
+                body,
+                piece,
+                pause,
+            } => {
+                let _ = stream.set_nodelay(true);
+                let head = format!(
+                    "HTTP/1.1 {status} Scripted\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                );
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                for part in body.chunks(piece.max(1)) {
+                    if !pause.is_zero() {
+                        std::thread::sleep(pause);
+                    }
+                    let mut chunk = format!("{:x}\r\n", part.len()).into_bytes();
+                    chunk.extend_from_slice(part);
+                    chunk.extend_from_slice(b"\r\n");
+                    if stream.write_all(&chunk).and_then(|()| stream.flush()).is_err() {
+                        return;
+                    }
+                }
+                if stream.write_all(b"0\r\n\r\n").is_err() {
                     return;
                 }
             }

@@ -82,15 +82,6 @@ fn script(name: &str, body: &[u8], vk: bool) -> std::path::PathBuf {
     temp_file(&format!("{name}.lua"), lua.as_bytes())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
-}
-
 fn env_u32(name: &str, default: u32) -> u32 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -117,14 +108,7 @@ fn main() {
     let yaml = format!(
         "server: {{ threads: {threads}, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}\nlisteners: [{{ address: \"127.0.0.1:{gw_sim_port}\" }}]\nsimulator: {{ address: \"127.0.0.1:{sim_port}\" }}\nproviders:\n  - {{ name: sim, kind: openai, base_url: \"http://127.0.0.1:{sim_port}/v1\", keys: [{{ name: k, value: sim-key }}] }}\nvirtual_keys: [{{ id: bench, key: sk-bf-bench }}]\n"
     );
-    let cfg = temp_file("gw-sim.yaml", yaml.as_bytes());
-    let mut sim_child = Command::new(env!("CARGO_BIN_EXE_refract"))
-        .arg("-c")
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start refract with simulator");
+    let sim_process = spawn_refract(&yaml, "gw-sim.yaml", gw_sim_port);
     wait_for_port(gw_sim_port);
     wait_for_port(sim_port);
 
@@ -218,6 +202,5 @@ fn main() {
         100.0 * rps32(4) / rps32(3)
     );
     println!("gateway peak RSS {} KiB", peak_rss_kib(gateway.child.id()));
-    let _ = sim_child.kill();
-    let _ = sim_child.wait();
+    drop(sim_process);
 }

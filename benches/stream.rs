@@ -16,31 +16,8 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(yaml: &str, name: &str) -> Proc {
-    let path = temp_file(name, yaml.as_bytes());
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_refract"))
-            .arg("-c")
-            .arg(&path)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start refract"),
-    )
-}
 
 fn stream_body(model: &str, image: &[u8]) -> Vec<u8> {
     let field = |name: &str, value: &str| {
@@ -117,15 +94,6 @@ fn run_level(port: u16, body: &[u8], headers: &str, conc: usize, requests: usize
     handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("benchmark skipped: run it with `cargo bench --bench NAME`");
@@ -146,18 +114,20 @@ fn main() {
 
     let sim_port = free_port();
     let sim_gw_port = free_port();
-    let _sim = spawn(
+    let _sim = spawn_refract(
         &format!(
             "server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}\nlisteners: [{{ address: \"127.0.0.1:{sim_gw_port}\" }}]\nsimulator: {{ address: \"127.0.0.1:{sim_port}\", stream_interval_ms: {pacing}, partial_image_bytes: {partial} }}\nproviders: [{{ name: sim, kind: openai, base_url: \"http://127.0.0.1:{sim_port}/v1\", keys: [{{ name: k, value: sim-key }}] }}]\nauth: {{ allow_anonymous: true }}\n"
         ),
         "stream-sim.yaml",
+        sim_port,
     );
     let gw_port = free_port();
-    let gw = spawn(
+    let gw = spawn_refract(
         &format!(
             "server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}\nlisteners: [{{ address: \"127.0.0.1:{gw_port}\" }}]\nproviders: [{{ name: sim, kind: openai, base_url: \"http://127.0.0.1:{sim_port}/v1\", keys: [{{ name: k, value: sim-key }}] }}]\nvirtual_keys: [{{ id: bench, key: sk-bf-bench }}]\n"
         ),
         "stream-gw.yaml",
+        gw_port,
     );
     wait_for_port(sim_port);
     wait_for_port(gw_port);
@@ -229,11 +199,12 @@ fn main() {
     drop(gw);
     for (label, pause) in [("slow readers (64 KiB / 20 ms)", 20u64), ("fast readers", 0)] {
         let port = free_port();
-        let gw = spawn(
+        let gw = spawn_refract(
             &format!(
                 "server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}\nlisteners: [{{ address: \"127.0.0.1:{port}\" }}]\nproviders: [{{ name: sim, kind: openai, base_url: \"http://127.0.0.1:{sim_port}/v1\", keys: [{{ name: k, value: sim-key }}] }}]\nvirtual_keys: [{{ id: bench, key: sk-bf-bench }}]\n"
             ),
             &format!("stream-gw-{port}.yaml"),
+            port,
         );
         wait_for_port(port);
         readers(&gw, port, &gw_body, gw_headers, label, Duration::from_millis(pause));
@@ -242,8 +213,8 @@ fn main() {
 
 /// 32 concurrent streams through the gateway `gw`, each client reading 64 KiB at a time with
 /// `pause` between reads; prints completeness, time and the gateway's peak RSS.
-fn readers(gw: &Proc, gw_port: u16, gw_body: &[u8], gw_headers: &'static str, label: &str, pause: Duration) {
-    let pid = gw.0.id();
+fn readers(gw: &GatewayProcess, gw_port: u16, gw_body: &[u8], gw_headers: &'static str, label: &str, pause: Duration) {
+    let pid = gw.child.id();
     let before = peak_rss_kib(pid);
     let start = Instant::now();
     let handles: Vec<_> = (0..32)

@@ -303,7 +303,15 @@ virtual_keys:
   - {{ id: bench, key: sk-bf-bench }}
 "#
     );
-    let path = temp_file(&format!("gateway-{port}.yaml"), yaml.as_bytes());
+    let process = spawn_refract(&yaml, &format!("gateway-{port}.yaml"), port);
+    wait_for_port(port);
+    process
+}
+
+/// Starts the release `refract` binary on `yaml` (written to a temp file called `name`);
+/// `port` is the listener the caller will use. The process is killed on drop.
+pub fn spawn_refract(yaml: &str, name: &str, port: u16) -> GatewayProcess {
+    let path = temp_file(name, yaml.as_bytes());
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_refract"))
         .arg("-c")
         .arg(&path)
@@ -312,10 +320,18 @@ virtual_keys:
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start refract");
-    wait_for_port(port);
     GatewayProcess { child, port }
 }
 
+/// The median of some figures (NaN when there are none).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
 /// Peak resident set size (VmHWM) of a process, in KiB.
 pub fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -467,6 +467,13 @@ fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
             let _ = stream.write_all(head.as_bytes());
             let _ = stream.write_all(&body);
             let _ = stream.flush();
+            // Close like a well-behaved server (lingering close): stop writing, then drain what
+            // the gateway still sends for a while, so the kernel does not answer the unread
+            // upload with a reset that could destroy the answer before the gateway reads it.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut sink = [0u8; 64 * 1024];
+            while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
             return;
         }
         read_request_body(&mut stream, &mut buf, &mut recorded);

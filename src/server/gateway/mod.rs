@@ -11,17 +11,15 @@
 //! `request_filter`, because Pingora's own proxy loop replays only 64 KiB of body and cannot
 //! retry after a response head (see the README's design notes).
 
-use super::exchange::{exchange, exchange_streamed, AnswerSink, Piece, Streamed};
+use super::exchange::{exchange, exchange_streamed, Piece, Streamed};
 use super::AppState;
-use crate::auth::Identity;
 use crate::error::{ErrorContext, GatewayError};
-use crate::form::{parse_edit_form, BodySource, FormSink};
-use crate::imaging::ImageKind;
+use crate::form::parse_edit_form;
 use crate::metrics::RequestRecord;
-use crate::providers::stream::{synthesize_stream, Framing, StreamContext, StreamPipeline};
+use crate::providers::stream::{synthesize_stream, Framing, StreamContext};
+use crate::providers::UpstreamRequest;
 use crate::providers::{adapter_for, ResponseContext};
-use crate::providers::{RequestEncoder, UpstreamRequest};
-use crate::route::{Router, Target};
+use crate::route::Target;
 use crate::spool::Spool;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -33,22 +31,11 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Uploads at least this large (or of unknown length) are streamed upstream while they arrive;
-/// smaller ones are read whole and sent from the spool with an exact Content-Length, which costs
-/// less than chunked streaming when there is little upload time to overlap.
-const STREAM_MIN_BYTES: u64 = 256 * 1024;
+mod answer;
+mod upload;
 
-/// Body pieces buffered between the upload and the provider while streaming (each at most one
-/// client read): a slow provider slows the client down instead of filling memory.
-const STREAM_AHEAD: usize = 8;
-
-/// Converted stream chunks buffered for a slow client (each holds at most the events completed
-/// by one upstream read, i.e. about one image): past that the provider is paused, so memory per
-/// stream stays bounded however slowly the client reads.
-const EVENTS_AHEAD: usize = 2;
-
-/// Longest pause allowed between two reads of a client's upload.
-const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+use answer::{write_event_stream, write_stream_head, StreamSink, EVENTS_AHEAD};
+use upload::{drain_epilogue, SessionBody, UpstreamFeed, CLIENT_READ_TIMEOUT, STREAM_AHEAD, STREAM_MIN_BYTES};
 
 /// Per-request state, read by `logging`.
 #[derive(Debug)]
@@ -75,164 +62,6 @@ impl Gateway {
     pub fn new(state: Arc<AppState>) -> Self {
         Gateway { state }
     }
-}
-
-/// The downstream request body as a [`BodySource`], counting bytes.
-struct SessionBody<'a> {
-    session: &'a mut Session,
-    bytes: &'a mut u64,
-}
-
-#[async_trait]
-impl BodySource for SessionBody<'_> {
-    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
-        match self.session.read_request_body().await {
-            Ok(Some(b)) => {
-                *self.bytes += b.len() as u64;
-                Ok(Some(b))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => Err(std::io::Error::other(e.etype().as_str())),
-        }
-    }
-}
-
-/// The translate plugin's streaming side: a [`FormSink`] that checks `model` as soon as it
-/// arrives (unknown provider → 400, not allowed → 403) and, when `model` came before any file
-/// part and the provider's adapter can translate incrementally, starts the upstream request at
-/// once and feeds it each part as it passes validation.
-struct UpstreamFeed<'a> {
-    router: &'a Router,
-    identity: &'a Identity,
-    request_id: &'a str,
-    start: Option<tokio::sync::oneshot::Sender<(Target, UpstreamRequest)>>,
-    pieces: Option<tokio::sync::mpsc::Sender<Piece>>,
-    encoder: Option<Box<dyn RequestEncoder>>,
-    /// Whether to stream at all (large or chunked uploads; see [`STREAM_MIN_BYTES`]).
-    stream_upload: bool,
-    saw_file: bool,
-    /// Text fields that came before `model`, replayed to the encoder once it exists.
-    early_text: Vec<(String, String)>,
-    /// `(provider, model)` once `model` passed its checks (for metrics on later errors).
-    routed: Option<(String, String)>,
-}
-
-impl UpstreamFeed<'_> {
-    /// Sends body bytes upstream; if the upstream side is gone (it answered early or failed),
-    /// streaming stops and the upload is only spooled.
-    async fn send(&mut self, piece: Piece) {
-        // An empty chunk would end a chunked body early: never send one.
-        if matches!(&piece, Piece::Data(b) if b.is_empty()) {
-            return;
-        }
-        if let Some(tx) = &self.pieces {
-            if tx.send(piece).await.is_err() {
-                self.pieces = None;
-                self.encoder = None;
-            }
-        }
-    }
-
-    /// The form was complete and valid: end the upstream body.
-    async fn finish(&mut self) {
-        if let Some(end) = self.encoder.as_mut().map(|e| e.finish()) {
-            self.send(Piece::Data(end)).await;
-            self.send(Piece::End).await;
-        }
-    }
-}
-
-#[async_trait]
-impl FormSink for UpstreamFeed<'_> {
-    async fn model(&mut self, provider: &str, model: &str) -> std::result::Result<(), GatewayError> {
-        self.router.provider(provider)?;
-        self.identity.check(provider, model)?;
-        self.routed = Some((provider.to_string(), model.to_string()));
-        if self.saw_file || !self.stream_upload {
-            return Ok(());
-        }
-        let target = self.router.select(provider, model, fastrand::f64())?;
-        if let Some(encoder) = adapter_for(target.provider.kind).request_encoder(&target, self.request_id) {
-            if let Some(start) = self.start.take() {
-                let head = encoder.head();
-                if start.send((target, head)).is_ok() {
-                    self.encoder = Some(encoder);
-                    for (name, value) in std::mem::take(&mut self.early_text) {
-                        self.text(&name, &value).await?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn text(&mut self, name: &str, value: &str) -> std::result::Result<(), GatewayError> {
-        match self.encoder.as_mut() {
-            Some(encoder) => {
-                if let Some(bytes) = encoder.text(name, value) {
-                    self.send(Piece::Data(bytes)).await;
-                }
-            }
-            None if self.routed.is_none() && self.stream_upload && !self.saw_file => {
-                self.early_text.push((name.to_string(), value.to_string()));
-            }
-            None => {}
-        }
-        Ok(())
-    }
-
-    async fn file_begin(
-        &mut self,
-        field: &str,
-        filename: Option<&str>,
-        kind: Option<ImageKind>,
-        declared: Option<&str>,
-    ) -> std::result::Result<(), GatewayError> {
-        self.saw_file = true;
-        if let Some(bytes) = self
-            .encoder
-            .as_mut()
-            .map(|e| e.file_begin(field, filename, kind, declared))
-        {
-            self.send(Piece::Data(bytes)).await;
-        }
-        Ok(())
-    }
-
-    async fn file_data(&mut self, chunk: Bytes) -> std::result::Result<(), GatewayError> {
-        if self.encoder.is_some() {
-            self.send(Piece::Data(chunk)).await;
-        }
-        Ok(())
-    }
-
-    async fn file_end(&mut self) -> std::result::Result<(), GatewayError> {
-        if let Some(bytes) = self.encoder.as_mut().map(|e| e.file_end()) {
-            self.send(Piece::Data(bytes)).await;
-        }
-        Ok(())
-    }
-}
-
-/// Reads what follows the closing multipart boundary (usually a CRLF, at most 64 KiB) so the
-/// connection can serve the next request; past that, or on a read error, it is closed instead.
-async fn drain_epilogue(session: &mut Session) -> u64 {
-    let mut left: u64 = 64 * 1024;
-    let mut read = 0;
-    while !session.is_body_done() {
-        match session.read_request_body().await {
-            Ok(Some(b)) if (b.len() as u64) <= left => {
-                left -= b.len() as u64;
-                read += b.len() as u64;
-            }
-            Ok(None) => break,
-            _ => {
-                session.set_keepalive(None);
-                break;
-            }
-        }
-    }
-    read
 }
 
 /// A request id from the client is kept if it is short and printable; otherwise one is made.
@@ -545,135 +374,6 @@ enum Reply {
     Events(Bytes),
     /// The answer was already streamed to the client.
     Streamed,
-}
-
-/// The convert plugin's streaming side, as the exchange's [`AnswerSink`]: a `text/event-stream`
-/// success answer to a `stream=true` request is converted event by event and handed to the
-/// downstream writer; anything else is collected.
-struct StreamSink {
-    /// Set by the upload once the form is valid and asks for a stream.
-    config: Arc<OnceLock<StreamContext>>,
-    pipeline: Option<StreamPipeline>,
-    down: Option<tokio::sync::mpsc::Sender<Bytes>>,
-}
-
-impl StreamSink {
-    async fn send(&mut self, out: Vec<u8>) -> std::result::Result<(), GatewayError> {
-        if out.is_empty() {
-            return Ok(());
-        }
-        let down = self.down.as_ref().ok_or(GatewayError::ClientClosed)?;
-        down.send(Bytes::from(out))
-            .await
-            .map_err(|_| GatewayError::ClientClosed)
-    }
-
-    /// After a failure: an in-band error event if the stream had begun.
-    async fn abort(&mut self, err: &GatewayError) {
-        let mut out = Vec::new();
-        match self.pipeline.as_mut() {
-            Some(p) if p.emitted() && !matches!(err, GatewayError::ClientClosed) => p.abort(err, &mut out),
-            _ => return,
-        }
-        let _ = self.send(out).await;
-    }
-}
-
-#[async_trait]
-impl AnswerSink for StreamSink {
-    fn wants_chunks(&mut self, status: u16, content_type: Option<&str>) -> bool {
-        let sse = content_type.is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
-        match self.config.get() {
-            Some(cx) if (200..300).contains(&status) && sse => {
-                self.pipeline = Some(StreamPipeline::new(cx.clone()));
-                true
-            }
-            _ => false,
-        }
-    }
-
-    async fn chunk(&mut self, bytes: Bytes) -> std::result::Result<(), GatewayError> {
-        let mut out = Vec::new();
-        if let Some(p) = self.pipeline.as_mut() {
-            p.feed(&bytes, &mut out)?;
-        }
-        self.send(out).await
-    }
-
-    async fn end(&mut self) -> std::result::Result<(), GatewayError> {
-        let mut out = Vec::new();
-        if let Some(p) = self.pipeline.as_mut() {
-            p.finish(&mut out)?;
-        }
-        self.send(out).await
-    }
-}
-
-/// How the downstream writer ended.
-struct Written {
-    /// Bytes sent, if a stream was started.
-    sent: Option<u64>,
-    /// The client went away mid-stream.
-    client_gone: bool,
-}
-
-/// The downstream writer of streamed answers: sends the `text/event-stream` head with the first
-/// event (so a failure before any event is still an ordinary HTTP error), then each chunk as it
-/// comes; a slow client slows the provider down through the bounded channel. Ends when the
-/// channel closes, or when the client goes away (dropping the receiver cancels the upstream).
-async fn write_event_stream(
-    session: &mut Session,
-    down: &mut tokio::sync::mpsc::Receiver<Bytes>,
-    request_id: &str,
-) -> Written {
-    let mut sent: Option<u64> = None;
-    while let Some(bytes) = down.recv().await {
-        if sent.is_none() {
-            drain_epilogue(session).await;
-            if let Err(e) = write_stream_head(session, request_id).await {
-                log::debug!(
-                    "request {request_id}: client gone before the stream head: {}",
-                    e.etype().as_str()
-                );
-                return Written {
-                    sent: Some(0),
-                    client_gone: true,
-                };
-            }
-            sent = Some(0);
-        }
-        let len = bytes.len() as u64;
-        if session.write_response_body(Some(bytes), false).await.is_err() {
-            down.close();
-            return Written {
-                sent,
-                client_gone: true,
-            };
-        }
-        sent = sent.map(|s| s + len);
-    }
-    if sent.is_some() && session.write_response_body(None, true).await.is_err() {
-        return Written {
-            sent,
-            client_gone: true,
-        };
-    }
-    Written {
-        sent,
-        client_gone: false,
-    }
-}
-
-/// The head of an event stream.
-async fn write_stream_head(session: &mut Session, request_id: &str) -> Result<()> {
-    let mut resp = ResponseHeader::build(200, Some(5))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
-    resp.insert_header("x-request-id", request_id)?;
-    if !session.is_http2() {
-        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-    }
-    session.write_response_header(Box::new(resp), false).await
 }
 
 #[async_trait]

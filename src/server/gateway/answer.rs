@@ -1,0 +1,147 @@
+//! The answer side of a streamed request: the convert plugin's [`AnswerSink`] that turns a
+//! provider's event stream into the client's, and the downstream writer that sends it.
+
+use super::super::exchange::AnswerSink;
+use super::upload::drain_epilogue;
+use crate::error::GatewayError;
+use crate::providers::stream::{StreamContext, StreamPipeline};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use std::sync::{Arc, OnceLock};
+
+/// Converted stream chunks buffered for a slow client (each holds at most the events completed
+/// by one upstream read, i.e. about one image): past that the provider is paused, so memory per
+/// stream stays bounded however slowly the client reads.
+pub(super) const EVENTS_AHEAD: usize = 2;
+
+/// The convert plugin's streaming side, as the exchange's [`AnswerSink`]: a `text/event-stream`
+/// success answer to a `stream=true` request is converted event by event and handed to the
+/// downstream writer; anything else is collected.
+pub(super) struct StreamSink {
+    /// Set by the upload once the form is valid and asks for a stream.
+    pub(super) config: Arc<OnceLock<StreamContext>>,
+    pub(super) pipeline: Option<StreamPipeline>,
+    pub(super) down: Option<tokio::sync::mpsc::Sender<Bytes>>,
+}
+
+impl StreamSink {
+    pub(super) async fn send(&mut self, out: Vec<u8>) -> std::result::Result<(), GatewayError> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let down = self.down.as_ref().ok_or(GatewayError::ClientClosed)?;
+        down.send(Bytes::from(out))
+            .await
+            .map_err(|_| GatewayError::ClientClosed)
+    }
+
+    /// After a failure: an in-band error event if the stream had begun.
+    pub(super) async fn abort(&mut self, err: &GatewayError) {
+        let mut out = Vec::new();
+        match self.pipeline.as_mut() {
+            Some(p) if p.emitted() && !matches!(err, GatewayError::ClientClosed) => p.abort(err, &mut out),
+            _ => return,
+        }
+        let _ = self.send(out).await;
+    }
+}
+
+#[async_trait]
+impl AnswerSink for StreamSink {
+    fn wants_chunks(&mut self, status: u16, content_type: Option<&str>) -> bool {
+        let sse = content_type.is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        match self.config.get() {
+            Some(cx) if (200..300).contains(&status) && sse => {
+                self.pipeline = Some(StreamPipeline::new(cx.clone()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    async fn chunk(&mut self, bytes: Bytes) -> std::result::Result<(), GatewayError> {
+        let mut out = Vec::new();
+        if let Some(p) = self.pipeline.as_mut() {
+            p.feed(&bytes, &mut out)?;
+        }
+        self.send(out).await
+    }
+
+    async fn end(&mut self) -> std::result::Result<(), GatewayError> {
+        let mut out = Vec::new();
+        if let Some(p) = self.pipeline.as_mut() {
+            p.finish(&mut out)?;
+        }
+        self.send(out).await
+    }
+}
+
+/// How the downstream writer ended.
+pub(super) struct Written {
+    /// Bytes sent, if a stream was started.
+    pub(super) sent: Option<u64>,
+    /// The client went away mid-stream.
+    pub(super) client_gone: bool,
+}
+
+/// The downstream writer of streamed answers: sends the `text/event-stream` head with the first
+/// event (so a failure before any event is still an ordinary HTTP error), then each chunk as it
+/// comes; a slow client slows the provider down through the bounded channel. Ends when the
+/// channel closes, or when the client goes away (dropping the receiver cancels the upstream).
+pub(super) async fn write_event_stream(
+    session: &mut Session,
+    down: &mut tokio::sync::mpsc::Receiver<Bytes>,
+    request_id: &str,
+) -> Written {
+    let mut sent: Option<u64> = None;
+    while let Some(bytes) = down.recv().await {
+        if sent.is_none() {
+            drain_epilogue(session).await;
+            if let Err(e) = write_stream_head(session, request_id).await {
+                log::debug!(
+                    "request {request_id}: client gone before the stream head: {}",
+                    e.etype().as_str()
+                );
+                return Written {
+                    sent: Some(0),
+                    client_gone: true,
+                };
+            }
+            sent = Some(0);
+        }
+        let len = bytes.len() as u64;
+        if session.write_response_body(Some(bytes), false).await.is_err() {
+            down.close();
+            return Written {
+                sent,
+                client_gone: true,
+            };
+        }
+        sent = sent.map(|s| s + len);
+    }
+    if sent.is_some() && session.write_response_body(None, true).await.is_err() {
+        return Written {
+            sent,
+            client_gone: true,
+        };
+    }
+    Written {
+        sent,
+        client_gone: false,
+    }
+}
+
+/// The head of an event stream.
+pub(super) async fn write_stream_head(session: &mut Session, request_id: &str) -> Result<()> {
+    let mut resp = ResponseHeader::build(200, Some(5))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
+    resp.insert_header("x-request-id", request_id)?;
+    if !session.is_http2() {
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    session.write_response_header(Box::new(resp), false).await
+}

@@ -1,0 +1,185 @@
+//! The upload side of a request: the downstream body as a [`BodySource`], the translate
+//! plugin's streaming [`FormSink`] that starts the provider request while the client is still
+//! uploading, and the epilogue drain that keeps connections reusable.
+
+use super::super::exchange::Piece;
+use crate::auth::Identity;
+use crate::error::GatewayError;
+use crate::form::{BodySource, FormSink};
+use crate::imaging::ImageKind;
+use crate::providers::{adapter_for, RequestEncoder, UpstreamRequest};
+use crate::route::{Router, Target};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::proxy::Session;
+use std::time::Duration;
+
+/// Uploads at least this large (or of unknown length) are streamed upstream while they arrive;
+/// smaller ones are read whole and sent from the spool with an exact Content-Length, which costs
+/// less than chunked streaming when there is little upload time to overlap.
+pub(super) const STREAM_MIN_BYTES: u64 = 256 * 1024;
+
+/// Body pieces buffered between the upload and the provider while streaming (each at most one
+/// client read): a slow provider slows the client down instead of filling memory.
+pub(super) const STREAM_AHEAD: usize = 8;
+
+/// Longest pause allowed between two reads of a client's upload.
+pub(super) const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The downstream request body as a [`BodySource`], counting bytes.
+pub(super) struct SessionBody<'a> {
+    pub(super) session: &'a mut Session,
+    pub(super) bytes: &'a mut u64,
+}
+
+#[async_trait]
+impl BodySource for SessionBody<'_> {
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        match self.session.read_request_body().await {
+            Ok(Some(b)) => {
+                *self.bytes += b.len() as u64;
+                Ok(Some(b))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(std::io::Error::other(e.etype().as_str())),
+        }
+    }
+}
+
+/// The translate plugin's streaming side: a [`FormSink`] that checks `model` as soon as it
+/// arrives (unknown provider → 400, not allowed → 403) and, when `model` came before any file
+/// part and the provider's adapter can translate incrementally, starts the upstream request at
+/// once and feeds it each part as it passes validation.
+pub(super) struct UpstreamFeed<'a> {
+    pub(super) router: &'a Router,
+    pub(super) identity: &'a Identity,
+    pub(super) request_id: &'a str,
+    pub(super) start: Option<tokio::sync::oneshot::Sender<(Target, UpstreamRequest)>>,
+    pub(super) pieces: Option<tokio::sync::mpsc::Sender<Piece>>,
+    pub(super) encoder: Option<Box<dyn RequestEncoder>>,
+    /// Whether to stream at all (large or chunked uploads; see [`STREAM_MIN_BYTES`]).
+    pub(super) stream_upload: bool,
+    pub(super) saw_file: bool,
+    /// Text fields that came before `model`, replayed to the encoder once it exists.
+    pub(super) early_text: Vec<(String, String)>,
+    /// `(provider, model)` once `model` passed its checks (for metrics on later errors).
+    pub(super) routed: Option<(String, String)>,
+}
+
+impl UpstreamFeed<'_> {
+    /// Sends body bytes upstream; if the upstream side is gone (it answered early or failed),
+    /// streaming stops and the upload is only spooled.
+    pub(super) async fn send(&mut self, piece: Piece) {
+        // An empty chunk would end a chunked body early: never send one.
+        if matches!(&piece, Piece::Data(b) if b.is_empty()) {
+            return;
+        }
+        if let Some(tx) = &self.pieces {
+            if tx.send(piece).await.is_err() {
+                self.pieces = None;
+                self.encoder = None;
+            }
+        }
+    }
+
+    /// The form was complete and valid: end the upstream body.
+    pub(super) async fn finish(&mut self) {
+        if let Some(end) = self.encoder.as_mut().map(|e| e.finish()) {
+            self.send(Piece::Data(end)).await;
+            self.send(Piece::End).await;
+        }
+    }
+}
+
+#[async_trait]
+impl FormSink for UpstreamFeed<'_> {
+    async fn model(&mut self, provider: &str, model: &str) -> std::result::Result<(), GatewayError> {
+        self.router.provider(provider)?;
+        self.identity.check(provider, model)?;
+        self.routed = Some((provider.to_string(), model.to_string()));
+        if self.saw_file || !self.stream_upload {
+            return Ok(());
+        }
+        let target = self.router.select(provider, model, fastrand::f64())?;
+        if let Some(encoder) = adapter_for(target.provider.kind).request_encoder(&target, self.request_id) {
+            if let Some(start) = self.start.take() {
+                let head = encoder.head();
+                if start.send((target, head)).is_ok() {
+                    self.encoder = Some(encoder);
+                    for (name, value) in std::mem::take(&mut self.early_text) {
+                        self.text(&name, &value).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn text(&mut self, name: &str, value: &str) -> std::result::Result<(), GatewayError> {
+        match self.encoder.as_mut() {
+            Some(encoder) => {
+                if let Some(bytes) = encoder.text(name, value) {
+                    self.send(Piece::Data(bytes)).await;
+                }
+            }
+            None if self.routed.is_none() && self.stream_upload && !self.saw_file => {
+                self.early_text.push((name.to_string(), value.to_string()));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn file_begin(
+        &mut self,
+        field: &str,
+        filename: Option<&str>,
+        kind: Option<ImageKind>,
+        declared: Option<&str>,
+    ) -> std::result::Result<(), GatewayError> {
+        self.saw_file = true;
+        if let Some(bytes) = self
+            .encoder
+            .as_mut()
+            .map(|e| e.file_begin(field, filename, kind, declared))
+        {
+            self.send(Piece::Data(bytes)).await;
+        }
+        Ok(())
+    }
+
+    async fn file_data(&mut self, chunk: Bytes) -> std::result::Result<(), GatewayError> {
+        if self.encoder.is_some() {
+            self.send(Piece::Data(chunk)).await;
+        }
+        Ok(())
+    }
+
+    async fn file_end(&mut self) -> std::result::Result<(), GatewayError> {
+        if let Some(bytes) = self.encoder.as_mut().map(|e| e.file_end()) {
+            self.send(Piece::Data(bytes)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Reads what follows the closing multipart boundary (usually a CRLF, at most 64 KiB) so the
+/// connection can serve the next request; past that, or on a read error, it is closed instead.
+pub(super) async fn drain_epilogue(session: &mut Session) -> u64 {
+    let mut left: u64 = 64 * 1024;
+    let mut read = 0;
+    while !session.is_body_done() {
+        match session.read_request_body().await {
+            Ok(Some(b)) if (b.len() as u64) <= left => {
+                left -= b.len() as u64;
+                read += b.len() as u64;
+            }
+            Ok(None) => break,
+            _ => {
+                session.set_keepalive(None);
+                break;
+            }
+        }
+    }
+    read
+}

@@ -134,4 +134,41 @@ fn main() {
             answer.body.len() as f64 / 1e6 / median
         );
     }
+
+    // Stream conversion: one partial-image event carrying a ~1 MB PNG, fed in 64 KiB chunks.
+    {
+        use base64::Engine;
+        let png = noise_png(1 << 20);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+        let event = format!(
+            "event: image_edit.partial_image\ndata: {{\"type\":\"image_edit.partial_image\",\"b64_json\":\"{b64}\",\"partial_image_index\":0,\"created_at\":1,\"size\":\"1024x1024\",\"quality\":\"high\",\"background\":\"opaque\",\"output_format\":\"png\"}}\n\n"
+        );
+        let mut times = Vec::new();
+        for _ in 0..iters.max(20) {
+            let mut pipeline =
+                refract::providers::stream::StreamPipeline::new(refract::providers::stream::StreamContext {
+                    provider: "openai".into(),
+                    model_requested: "gpt-image-1".into(),
+                    model_deployment: "gpt-image-1".into(),
+                    request_id: "bench".into(),
+                    images: 1,
+                    start: Instant::now(),
+                    framing: refract::providers::stream::Framing::Bifrost,
+                });
+            let mut out = Vec::new();
+            let start = Instant::now();
+            for chunk in event.as_bytes().chunks(64 * 1024) {
+                pipeline.feed(chunk, &mut out).expect("feed");
+            }
+            times.push(start.elapsed().as_secs_f64());
+            assert!(out.len() > b64.len());
+        }
+        let m = median(times);
+        println!(
+            "stream event conversion: {:.2} MB event, median {:.3} ms ({:.0} MB/s) per core",
+            event.len() as f64 / 1e6,
+            m * 1000.0,
+            event.len() as f64 / 1e6 / m
+        );
+    }
 }

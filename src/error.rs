@@ -124,6 +124,8 @@ pub struct ErrorContext<'a> {
     pub provider: Option<&'a str>,
     /// Bare model name as requested, once known.
     pub model_requested: Option<&'a str>,
+    /// `extra_fields.request_type`: `image_edit` when `None`, `image_edit_stream` in streams.
+    pub request_type: Option<&'a str>,
 }
 
 impl GatewayError {
@@ -242,7 +244,7 @@ impl GatewayError {
             }),
         };
         let mut extra = Map::new();
-        extra.insert("request_type".into(), json!("image_edit"));
+        extra.insert("request_type".into(), json!(cx.request_type.unwrap_or("image_edit")));
         if let Some(p) = cx.provider {
             extra.insert("provider".into(), json!(p));
         }
@@ -278,6 +280,7 @@ mod tests {
             request_id: Some("req-1"),
             provider: Some("openai"),
             model_requested: Some("gpt-image-1"),
+            request_type: None,
         });
         assert_eq!(e.status(), 400);
         assert_eq!(v["event_id"], "req-1");

@@ -137,6 +137,7 @@ impl OpenAiStreamConverter {
             request_id: Some(&self.cx.request_id),
             provider: Some(&self.cx.provider),
             model_requested: Some(&self.cx.model_requested),
+            request_type: Some("image_edit_stream"),
         });
         match self.cx.framing {
             Framing::Bifrost => encode_event_into(out, Some("error"), &body),
@@ -542,6 +543,7 @@ mod tests {
         assert_eq!(v["is_bifrost_error"], false);
         assert_eq!(v["error"]["message"], "boom");
         assert_eq!(v["status_code"], 502);
+        assert_eq!(v["extra_fields"]["request_type"], "image_edit_stream");
         // OpenAI framing: data-only error then [DONE]
         let evs = client_events(&run(&input, 10, cx(1, Framing::OpenAi)).unwrap());
         assert_eq!(evs[1].0, None);

@@ -122,6 +122,7 @@ impl Gateway {
             request_id: Some(&ctx.request_id),
             provider: ctx.provider.as_deref(),
             model_requested: ctx.model.as_deref(),
+            request_type: None,
         });
         self.send_json(session, ctx, err.status(), Bytes::from(body)).await
     }

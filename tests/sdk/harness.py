@@ -377,3 +377,18 @@ virtual_keys:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def decode_png(b64: str):
+    """Decodes a base64 PNG answer with Pillow, asserting it really is a PNG."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    raw = base64.b64decode(b64)
+    assert raw.startswith(b"\x89PNG\r\n\x1a\n"), "the answer is not a PNG"
+    img = Image.open(io.BytesIO(raw))
+    img.load()
+    assert img.format == "PNG"
+    return img

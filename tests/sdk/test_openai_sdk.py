@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 
@@ -15,16 +14,10 @@ import pytest
 from openai import OpenAI
 from PIL import Image
 
-from harness import MOCK_PROVIDER_KEY, SIM_PROVIDER_KEY, VIRTUAL_KEY, paint_colour
+from harness import MOCK_PROVIDER_KEY, SIM_PROVIDER_KEY, VIRTUAL_KEY, decode_png, paint_colour
 
 
-def decode(b64: str) -> Image.Image:
-    raw = base64.b64decode(b64)
-    assert raw.startswith(b"\x89PNG\r\n\x1a\n"), "the answer is not a PNG"
-    img = Image.open(io.BytesIO(raw))
-    img.load()
-    assert img.format == "PNG"
-    return img
+decode = decode_png
 
 
 def assert_bifrost_error(e: openai.APIStatusError, status: int, *, is_bifrost: bool, param: str | None = None) -> dict:

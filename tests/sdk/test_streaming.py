@@ -7,15 +7,12 @@ JSON, a final `data: [DONE]`). The SDK's stream iterator must work unchanged on 
 
 from __future__ import annotations
 
-import base64
-import io
 
 import openai
 import pytest
 from openai import OpenAI
-from PIL import Image
 
-from harness import VIRTUAL_KEY
+from harness import VIRTUAL_KEY, decode_png
 
 MODEL = "demo/sim-image-1"
 
@@ -27,13 +24,7 @@ def stream_client(request, gateway):
         yield c
 
 
-def png(b64: str) -> Image.Image:
-    raw = base64.b64decode(b64)
-    assert raw.startswith(b"\x89PNG\r\n\x1a\n"), "not a PNG"
-    img = Image.open(io.BytesIO(raw))
-    img.load()
-    assert img.format == "PNG"
-    return img
+png = decode_png
 
 
 def test_partials_then_completed(stream_client: OpenAI, files, input_image):

@@ -30,19 +30,34 @@ pub const VK_DISABLED: &str = "sk-bf-disabled-VIRTUALKEY-3";
 /// How long any single socket read may block before a test fails instead of hanging.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A free loopback address: bind port 0, read the port, release it. A port is never handed out
-/// twice in one test process (the kernel may offer a just-released port again, and one gateway
-/// needs several ports at once).
+/// A free loopback address for a server the test starts by address (the gateway binds it
+/// itself, later). It is taken below the kernel's ephemeral range, so a mock that binds port 0
+/// in the meantime can never be handed the same port; and never twice in one test process.
 pub fn free_addr() -> SocketAddr {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|v| v.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12000 {
+        (10000u16, ephemeral_low)
+    } else {
+        (0, 0)
+    };
     loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-        let addr = l.local_addr().expect("local addr");
+        let addr = if high > low {
+            SocketAddr::from(([127, 0, 0, 1], low + fastrand::u16(..high - low)))
+        } else {
+            // An unusual ephemeral range: fall back to a kernel-chosen port.
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+            l.local_addr().expect("local addr")
+        };
         let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&addr.port()) {
-            given.push(addr.port());
-            return addr;
+        if given.contains(&addr.port()) || TcpListener::bind(addr).is_err() {
+            continue;
         }
+        given.push(addr.port());
+        return addr;
     }
 }
 

@@ -54,15 +54,37 @@ def paint_colour(prompt: str, index: int) -> tuple[int, int, int, int]:
 _GIVEN_PORTS: set = set()
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A free loopback port, never the same one twice in this process."""
+    """A free loopback port for a server started by address (the gateway binds it later): taken
+    below the kernel's ephemeral range, so a mock binding port 0 meanwhile can never get the
+    same one, and never the same one twice in this process."""
+    import random
+
+    low, high = 10000, _ephemeral_low()
     while True:
+        if high > low + 2000:
+            port = random.randrange(low, high)
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        if port in _GIVEN_PORTS:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN_PORTS.add(port)
+        return port
 
 
 # --- multipart ---------------------------------------------------------------------------------

@@ -355,6 +355,22 @@ fn plain_json_answer_becomes_completed_events() {
     assert_eq!(parts_named(&parts, "stream")[0].text(), "true");
 }
 
+/// On the OpenAI route, a stream synthesized from a plain JSON answer ends with exactly one
+/// `data: [DONE]`.
+#[test]
+fn plain_json_answer_on_the_openai_route_ends_with_one_done() {
+    let mock = MockUpstream::start();
+    let gw = Gateway::start(&Setup::new(&mock.base_url()));
+    mock.push(Reply::json(200, &default_success()));
+    let form = valid_form().text("stream", "true").text("n", "2");
+    let r = post(&gw, OPENAI_PATH, &form);
+    let evs = events(&r);
+    assert_eq!(evs.len(), 3, "two completed events and one [DONE]");
+    assert_eq!(evs[0].0.as_deref(), Some(COMPLETED));
+    assert_eq!(evs[1].0.as_deref(), Some(COMPLETED));
+    assert_eq!(evs[2], (None, "[DONE]".to_string()));
+}
+
 /// The gateway's events do not depend on how the upstream stream was split into chunks.
 #[test]
 fn events_do_not_depend_on_upstream_chunking() {

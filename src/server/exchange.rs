@@ -138,8 +138,37 @@ async fn release(connector: &Connector, mut session: HttpSession, peer: &HttpPee
     }
 }
 
-/// Sends `req` to `target` and reads the complete answer.
+/// The longest an exchange may take to produce its complete answer (connect plus read
+/// timeout), on top of the per-read and per-write limits.
+fn answer_deadline(target: &Target) -> Duration {
+    target.provider.read_timeout + target.provider.connect_timeout
+}
+
+/// The error for an exchange that passed [`answer_deadline`].
+fn deadline_passed(target: &Target) -> GatewayError {
+    GatewayError::UpstreamTimeout {
+        provider: target.provider.name.clone(),
+        detail: format!("no complete answer within {} ms", answer_deadline(target).as_millis()),
+    }
+}
+
+/// Sends `req` to `target` and reads the complete answer, within [`answer_deadline`].
 pub async fn exchange(
+    connector: &Connector,
+    target: &Target,
+    req: &UpstreamRequest,
+    spool: &Spool,
+    sink: &mut dyn AnswerSink,
+) -> Result<UpstreamResponse, GatewayError> {
+    tokio::time::timeout(
+        answer_deadline(target),
+        exchange_untimed(connector, target, req, spool, sink),
+    )
+    .await
+    .map_err(|_| deadline_passed(target))?
+}
+
+async fn exchange_untimed(
     connector: &Connector,
     target: &Target,
     req: &UpstreamRequest,
@@ -416,8 +445,7 @@ pub async fn exchange_streamed(
         session.shutdown().await;
         return Streamed::NotSent(GatewayError::Internal("request abandoned before its end".into()));
     }
-    let total = target.provider.read_timeout + target.provider.connect_timeout;
-    let answer = tokio::time::timeout(total, async {
+    let answer = tokio::time::timeout(answer_deadline(target), async {
         let status = read_head(&mut session, provider).await.map_err(|e| match e {
             GatewayError::UpstreamTimeout { .. } => Streamed::Failed(e),
             other => not_sent(other),
@@ -438,10 +466,7 @@ pub async fn exchange_streamed(
         }
         Err(_) => {
             session.shutdown().await;
-            Streamed::Failed(GatewayError::UpstreamTimeout {
-                provider: provider.to_string(),
-                detail: format!("no complete answer within {} ms", total.as_millis()),
-            })
+            Streamed::Failed(deadline_passed(target))
         }
     }
 }

@@ -288,17 +288,8 @@ impl Gateway {
                             None => router.select(&form.provider, &form.model, fastrand::f64())?,
                         };
                         let request = adapter_for(target.provider.kind).build_request(&form, &target, &request_id)?;
-                        let total = target.provider.read_timeout + target.provider.connect_timeout;
-                        let exchanged = tokio::time::timeout(
-                            total,
-                            exchange(&state.connector, &target, &request, &spool, &mut *sink),
-                        )
-                        .await
-                        .map_err(|_| GatewayError::UpstreamTimeout {
-                            provider: target.provider.name.clone(),
-                            detail: format!("no complete answer within {} ms", total.as_millis()),
-                        })?;
-                        Ok((target, exchanged?))
+                        let exchanged = exchange(&state.connector, &target, &request, &spool, &mut *sink).await?;
+                        Ok((target, exchanged))
                     }
                     .await
                 }
@@ -326,44 +317,29 @@ impl Gateway {
         }
         let (target, response) = result?;
         let adapter = adapter_for(target.provider.kind);
-        if form.stream {
-            // The provider answered a stream request with a complete answer (it cannot
-            // stream, or it answered an error): one event per image, or the error.
-            if !(200..300).contains(&response.status) {
-                return Err(super::super::providers::openai::provider_error(
-                    &target.provider.name,
+        match stream_config.get() {
+            // A stream request answered with a complete success (the provider cannot stream):
+            // one `completed` event per image, in the client's framing.
+            Some(cx) if (200..300).contains(&response.status) => {
+                let mut out = Vec::new();
+                synthesize_stream(&response.body, cx.clone(), &mut out)?;
+                Ok(Reply::Events(Bytes::from(out)))
+            }
+            // Otherwise the adapter converts: a success into JSON, an error status (stream
+            // request or not) into the provider's error.
+            _ => adapter
+                .convert_response(
                     &response,
-                ));
-            }
-            let mut out = Vec::new();
-            let cx = StreamContext {
-                provider: target.provider.name.clone(),
-                model_requested: form.model.clone(),
-                model_deployment: target.model.clone(),
-                request_id: request_id.clone(),
-                images: form.n.unwrap_or(1),
-                start: request_start,
-                framing,
-            };
-            let trailer = framing == Framing::OpenAi;
-            synthesize_stream(&response.body, cx, &mut out)?;
-            if trailer {
-                crate::codec::sse::encode_event_into(&mut out, None, b"[DONE]");
-            }
-            return Ok(Reply::Events(Bytes::from(out)));
+                    &ResponseContext {
+                        provider: &target.provider.name,
+                        model_requested: &form.model,
+                        model_deployment: &target.model,
+                        latency_ms: ctx.start.elapsed().as_millis() as u64,
+                        num_input_images: form.images.len(),
+                    },
+                )
+                .map(Reply::Json),
         }
-        adapter
-            .convert_response(
-                &response,
-                &ResponseContext {
-                    provider: &target.provider.name,
-                    model_requested: &form.model,
-                    model_deployment: &target.model,
-                    latency_ms: ctx.start.elapsed().as_millis() as u64,
-                    num_input_images: form.images.len(),
-                },
-            )
-            .map(Reply::Json)
     }
 }
 

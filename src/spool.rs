@@ -103,34 +103,14 @@ impl Spool {
         }
     }
 
-    /// Calls `visit` on each chunk of `range` in order; stops at the first error.
-    pub fn for_each_chunk<E>(&self, range: SpoolRange, mut visit: impl FnMut(Bytes) -> Result<(), E>) -> Result<(), E>
-    where
-        E: From<io::Error>,
-    {
-        for chunk in self.chunks(range) {
-            visit(chunk?)?;
-        }
-        Ok(())
-    }
-
-    /// Reads the first `n` bytes of `range` (or fewer if the range is shorter) into a vector.
-    pub fn read_prefix(&self, range: SpoolRange, n: usize) -> io::Result<Vec<u8>> {
-        let take = SpoolRange {
-            start: range.start,
-            len: range.len.min(n as u64),
-        };
-        let mut out = Vec::with_capacity(take.len as usize);
-        self.for_each_chunk(take, |b| {
-            out.extend_from_slice(&b);
-            Ok::<(), io::Error>(())
-        })?;
-        Ok(out)
-    }
-
-    /// Reads a whole range into one vector (tests, the simulator; not the proxy hot path).
+    /// Reads a whole range into one vector (tests; not the proxy hot path, which streams
+    /// [`Spool::chunks`]).
     pub fn read_all(&self, range: SpoolRange) -> io::Result<Vec<u8>> {
-        self.read_prefix(range, range.len as usize)
+        let mut out = Vec::with_capacity(range.len as usize);
+        for chunk in self.chunks(range) {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
     }
 }
 
@@ -214,12 +194,10 @@ mod tests {
     fn file_chunks_are_bounded() {
         let mut s = Spool::new(0, None);
         s.append(Bytes::from(vec![7u8; 3 * READ_CHUNK + 5])).unwrap();
-        let mut sizes = Vec::new();
-        s.for_each_chunk(SpoolRange { start: 0, len: s.len() }, |b| {
-            sizes.push(b.len());
-            Ok::<(), io::Error>(())
-        })
-        .unwrap();
+        let sizes: Vec<usize> = s
+            .chunks(SpoolRange { start: 0, len: s.len() })
+            .map(|b| b.unwrap().len())
+            .collect();
         assert_eq!(sizes, vec![READ_CHUNK, READ_CHUNK, READ_CHUNK, 5]);
     }
 

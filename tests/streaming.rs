@@ -273,6 +273,47 @@ fn truncated_upstream_stream_ends_with_an_error_event() {
     assert_serves(&gw);
 }
 
+/// A stream cut inside a large event that is already being forwarded (passed through while it
+/// arrives) cannot be ended cleanly: the response is aborted (no final chunk, connection
+/// closed), so an SSE client never dispatches the half event, and the gateway serves on.
+#[test]
+fn truncated_upstream_inside_a_forwarded_event_aborts_the_response() {
+    let gw = sim_gateway("  partial_image_bytes: 400000\n");
+    let mut s = send_stream_request(
+        &gw,
+        &sim_form("simulate-stream-truncate:1", 1, Some(2), &gradient(8, 8)),
+    );
+    let (status, head, mut raw) = read_head(&mut s);
+    assert_eq!(status, 200, "{head}");
+    let mut tmp = vec![0u8; 64 * 1024];
+    loop {
+        let n = s
+            .read(&mut tmp)
+            .expect("the gateway closes the connection, it does not stall");
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&tmp[..n]);
+    }
+    assert!(dechunk(&raw).is_none(), "the body must not end with its final chunk");
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(
+        text.matches("event: image_edit.partial_image").count(),
+        2,
+        "the first event whole, the second begun"
+    );
+    assert!(
+        raw.len() > 600_000,
+        "both events were forwarded as they came: {} bytes",
+        raw.len()
+    );
+    assert!(
+        !text.contains("event: error"),
+        "no error event can follow a half-sent event"
+    );
+    assert_serves(&gw);
+}
+
 /// An upstream event of an unknown type is dropped; the rest arrive intact and numbered.
 #[test]
 fn unknown_upstream_event_is_dropped() {

@@ -29,6 +29,14 @@
 //! - Errors are sticky: after `feed` returns an error, every later `feed` returns it again, until
 //!   [`SseDecoder::finish`] resets the decoder.
 //!
+//! **Pass-through of one large event.** A caller that wants the bytes of a big event before its
+//! blank line (to forward a multi-MB image while it arrives) calls
+//! [`SseDecoder::pending_data`] between feeds, then [`SseDecoder::pass_through_data`]: from then
+//! on that event's `data` bytes (with the `\n` joining its lines) are handed to the `fragment`
+//! of [`SseDecoder::feed_split`] instead of being buffered, and its dispatch is reported by
+//! `feed_split`'s return value instead of as an [`SseEvent`]. It always precedes any event
+//! dispatched by the same call, so the order of the stream is kept.
+//!
 //! Cost: every input byte is looked at once (line ends are found with `memchr`, and the scan never
 //! restarts from the beginning of a pending line), and `data` bytes are copied once, straight from
 //! the input chunk into the buffer that becomes [`SseEvent::data`] (no intermediate line buffer).
@@ -137,6 +145,10 @@ pub struct SseDecoder {
     last_event_id: String,
     retry: Option<u64>,
     error: Option<SseError>,
+    /// The pending event's data is being passed through (see the module docs).
+    passing: bool,
+    /// The passed-through event was dispatched during this `feed_split`.
+    passed_end: bool,
 }
 
 impl Default for SseDecoder {
@@ -174,6 +186,8 @@ impl SseDecoder {
             last_event_id: String::new(),
             retry: None,
             error: None,
+            passing: false,
+            passed_end: false,
         }
     }
 
@@ -193,6 +207,48 @@ impl SseDecoder {
     /// On error, the events completed before the faulty one are still on `out`, and the decoder
     /// refuses further input until [`SseDecoder::finish`].
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        let mut unused = Vec::new();
+        self.feed_split(chunk, out, &mut unused).map(|_| ())
+    }
+
+    /// The pending event, while the decoder is inside one of its `data` lines and it is not
+    /// passed through yet: its event type so far (`None` if none) and its data so far.
+    pub fn pending_data(&self) -> Option<(Option<&str>, &[u8])> {
+        let in_data = self.line == LineState::Value && self.field == Field::Data;
+        (in_data && self.has_data && !self.passing && self.error.is_none()).then(|| {
+            (
+                (!self.event_type.is_empty()).then_some(self.event_type.as_str()),
+                &self.data[..],
+            )
+        })
+    }
+
+    /// Starts passing the pending event's data through: returns the data buffered so far; the
+    /// rest goes to the `fragment` of [`SseDecoder::feed_split`]. Does nothing (returns an empty
+    /// buffer) unless [`SseDecoder::pending_data`] is `Some`.
+    pub fn pass_through_data(&mut self) -> Vec<u8> {
+        if self.pending_data().is_none() {
+            return Vec::new();
+        }
+        self.passing = true;
+        std::mem::take(&mut self.data)
+    }
+
+    /// [`SseDecoder::feed`], with the data of a passed-through event appended to `fragment`.
+    /// Returns `true` when that event's blank line came in this chunk (its `fragment` bytes are
+    /// then complete, and any events pushed onto `out` follow it in the stream).
+    pub fn feed_split(
+        &mut self,
+        chunk: &[u8],
+        out: &mut Vec<SseEvent>,
+        fragment: &mut Vec<u8>,
+    ) -> Result<bool, SseError> {
+        self.passed_end = false;
+        self.feed_inner(chunk, out, fragment)?;
+        Ok(std::mem::take(&mut self.passed_end))
+    }
+
+    fn feed_inner(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>, fragment: &mut Vec<u8>) -> Result<(), SseError> {
         if let Some(err) = self.error {
             return Err(err);
         }
@@ -212,7 +268,7 @@ impl SseDecoder {
                     self.bom_pending = false;
                     let held = self.bom_len;
                     self.bom_len = 0;
-                    self.process(&BOM[..held], out)?;
+                    self.process(&BOM[..held], out, fragment)?;
                     break;
                 }
             }
@@ -220,7 +276,7 @@ impl SseDecoder {
                 return Ok(());
             }
         }
-        self.process(input, out)
+        self.process(input, out, fragment)
     }
 
     /// End of stream: an event left without its terminating blank line is NOT dispatched (per
@@ -243,15 +299,15 @@ impl SseDecoder {
         pending
     }
 
-    fn process(&mut self, input: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
-        let result = self.process_inner(input, out);
+    fn process(&mut self, input: &[u8], out: &mut Vec<SseEvent>, fragment: &mut Vec<u8>) -> Result<(), SseError> {
+        let result = self.process_inner(input, out, fragment);
         if let Err(err) = result {
             self.error = Some(err);
         }
         result
     }
 
-    fn process_inner(&mut self, input: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+    fn process_inner(&mut self, input: &[u8], out: &mut Vec<SseEvent>, fragment: &mut Vec<u8>) -> Result<(), SseError> {
         let mut i = 0;
         while i < input.len() {
             if self.skip_lf {
@@ -312,7 +368,7 @@ impl SseDecoder {
                         i += end + 1;
                     } else {
                         // A line without a colon: the whole line is the name, the value is empty.
-                        self.begin_value()?;
+                        self.begin_value(fragment)?;
                         self.end_value()?;
                         self.end_field_line();
                         i = self.line_end(input, i + end);
@@ -323,7 +379,7 @@ impl SseDecoder {
                         self.line_bytes += 1;
                         i += 1;
                     }
-                    self.begin_value()?;
+                    self.begin_value(fragment)?;
                     self.line = LineState::Value;
                 }
                 LineState::Value => {
@@ -331,6 +387,7 @@ impl SseDecoder {
                     let end = memchr::memchr2(b'\r', b'\n', rest);
                     let part = &rest[..end.unwrap_or(rest.len())];
                     match self.field {
+                        Field::Data if self.passing => fragment.extend_from_slice(part),
                         Field::Data => {
                             self.check_room(part.len())?;
                             self.data.extend_from_slice(part);
@@ -391,9 +448,11 @@ impl SseDecoder {
 
     /// Start of a field's value (after the colon and optional space, or at the end of a line
     /// without a colon).
-    fn begin_value(&mut self) -> Result<(), SseError> {
+    fn begin_value(&mut self, fragment: &mut Vec<u8>) -> Result<(), SseError> {
         self.value.clear();
-        if self.field == Field::Data && self.has_data {
+        if self.field == Field::Data && self.has_data && self.passing {
+            fragment.push(b'\n');
+        } else if self.field == Field::Data && self.has_data {
             self.check_room(1)?;
             self.data.push(b'\n');
         }
@@ -448,6 +507,12 @@ impl SseDecoder {
         self.line_bytes = 0;
         let retry = self.retry_field.take();
         let has_data = std::mem::replace(&mut self.has_data, false);
+        if std::mem::replace(&mut self.passing, false) {
+            self.passed_end = true;
+            self.data.clear();
+            self.event_type.clear();
+            return Ok(());
+        }
         if !has_data && self.event_type.is_empty() {
             self.data.clear();
             return Ok(());
@@ -893,5 +958,38 @@ mod tests {
             "server-sent event field is not valid UTF-8"
         );
         let _: &dyn std::error::Error = &SseError::InvalidUtf8;
+    }
+
+    #[test]
+    fn pass_through_hands_over_the_rest_of_one_event() {
+        let mut d = SseDecoder::with_max_event_bytes(16);
+        let mut evs = Vec::new();
+        let mut frag = Vec::new();
+        assert!(!d.feed_split(b"event: big\ndata: abc", &mut evs, &mut frag).unwrap());
+        assert_eq!(d.pending_data(), Some((Some("big"), &b"abc"[..])));
+        assert_eq!(d.pass_through_data(), b"abc");
+        assert_eq!(d.pending_data(), None, "already passing");
+        // More than the size limit: passed-through data is not buffered, so not limited.
+        let ended = d
+            .feed_split(b"defghijklmnopqrstuvwxyz\r\ndata: 2nd\r", &mut evs, &mut frag)
+            .unwrap();
+        assert!(!ended);
+        assert_eq!(frag, b"defghijklmnopqrstuvwxyz\n2nd");
+        frag.clear();
+        let ended = d.feed_split(b"\n\ndata: next\n\n", &mut evs, &mut frag).unwrap();
+        assert!(ended, "the blank line ends the passed-through event");
+        assert!(frag.is_empty());
+        assert_eq!(evs, vec![ev(None, "next")], "later events are dispatched as usual");
+        assert_eq!(d.finish(), 0);
+        // Outside a data line there is nothing to pass through.
+        let mut d = SseDecoder::new();
+        d.feed(b"event: x\n", &mut evs).unwrap();
+        assert_eq!(d.pending_data(), None);
+        assert!(d.pass_through_data().is_empty());
+        // A stream cut while passing through counts as truncated.
+        d.feed(b"data: abc", &mut evs).unwrap();
+        d.pass_through_data();
+        d.feed_split(b"def", &mut evs, &mut frag).unwrap();
+        assert!(d.finish() > 0);
     }
 }

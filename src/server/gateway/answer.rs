@@ -17,6 +17,14 @@ use std::sync::{Arc, OnceLock};
 /// stream stays bounded however slowly the client reads.
 pub(super) const EVENTS_AHEAD: usize = 2;
 
+/// What the convert plugin hands the downstream writer.
+pub(super) enum Down {
+    /// Client bytes to send.
+    Bytes(Bytes),
+    /// The stream broke inside a half-sent event: abort the response instead of ending it.
+    Abort,
+}
+
 /// The convert plugin's streaming side, as the exchange's [`AnswerSink`]: a `text/event-stream`
 /// success answer to a `stream=true` request is converted event by event and handed to the
 /// downstream writer; anything else is collected.
@@ -24,7 +32,7 @@ pub(super) struct StreamSink {
     /// Set by the upload once the form is valid and asks for a stream.
     pub(super) config: Arc<OnceLock<StreamContext>>,
     pub(super) pipeline: Option<StreamPipeline>,
-    pub(super) down: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    pub(super) down: Option<tokio::sync::mpsc::Sender<Down>>,
 }
 
 impl StreamSink {
@@ -32,17 +40,25 @@ impl StreamSink {
         if out.is_empty() {
             return Ok(());
         }
-        let down = self.down.as_ref().ok_or(GatewayError::ClientClosed)?;
-        down.send(Bytes::from(out))
-            .await
-            .map_err(|_| GatewayError::ClientClosed)
+        self.send_down(Down::Bytes(Bytes::from(out))).await
     }
 
-    /// After a failure: an in-band error event if the stream had begun.
+    async fn send_down(&mut self, item: Down) -> std::result::Result<(), GatewayError> {
+        let down = self.down.as_ref().ok_or(GatewayError::ClientClosed)?;
+        down.send(item).await.map_err(|_| GatewayError::ClientClosed)
+    }
+
+    /// After a failure: an in-band error event if the stream had begun, or the abort of the
+    /// response if it broke inside a half-sent event.
     pub(super) async fn abort(&mut self, err: &GatewayError) {
         let mut out = Vec::new();
         match self.pipeline.as_mut() {
-            Some(p) if p.emitted() && !matches!(err, GatewayError::ClientClosed) => p.abort(err, &mut out),
+            _ if matches!(err, GatewayError::ClientClosed) => return,
+            Some(p) if p.broken() => {
+                let _ = self.send_down(Down::Abort).await;
+                return;
+            }
+            Some(p) if p.emitted() => p.abort(err, &mut out),
             _ => return,
         }
         let _ = self.send(out).await;
@@ -63,7 +79,8 @@ impl AnswerSink for StreamSink {
     }
 
     async fn chunk(&mut self, bytes: Bytes) -> std::result::Result<(), GatewayError> {
-        let mut out = Vec::new();
+        // Converted events are about as long as the upstream's, plus a few hundred bytes.
+        let mut out = Vec::with_capacity(bytes.len() + 1024);
         if let Some(p) = self.pipeline.as_mut() {
             p.feed(&bytes, &mut out)?;
         }
@@ -85,6 +102,8 @@ pub(super) struct Written {
     pub(super) sent: Option<u64>,
     /// The client went away mid-stream.
     pub(super) client_gone: bool,
+    /// The stream broke inside a half-sent event; the response must be aborted.
+    pub(super) broken: bool,
 }
 
 /// The downstream writer of streamed answers: sends the `text/event-stream` head with the first
@@ -93,11 +112,22 @@ pub(super) struct Written {
 /// channel closes, or when the client goes away (dropping the receiver cancels the upstream).
 pub(super) async fn write_event_stream(
     session: &mut Session,
-    down: &mut tokio::sync::mpsc::Receiver<Bytes>,
+    down: &mut tokio::sync::mpsc::Receiver<Down>,
     request_id: &str,
 ) -> Written {
     let mut sent: Option<u64> = None;
-    while let Some(bytes) = down.recv().await {
+    while let Some(item) = down.recv().await {
+        let bytes = match item {
+            Down::Bytes(bytes) => bytes,
+            Down::Abort => {
+                down.close();
+                return Written {
+                    sent,
+                    client_gone: false,
+                    broken: true,
+                };
+            }
+        };
         if sent.is_none() {
             drain_epilogue(session).await;
             if let Err(e) = write_stream_head(session, request_id).await {
@@ -108,6 +138,7 @@ pub(super) async fn write_event_stream(
                 return Written {
                     sent: Some(0),
                     client_gone: true,
+                    broken: false,
                 };
             }
             sent = Some(0);
@@ -118,6 +149,7 @@ pub(super) async fn write_event_stream(
             return Written {
                 sent,
                 client_gone: true,
+                broken: false,
             };
         }
         sent = sent.map(|s| s + len);
@@ -126,11 +158,13 @@ pub(super) async fn write_event_stream(
         return Written {
             sent,
             client_gone: true,
+            broken: false,
         };
     }
     Written {
         sent,
         client_gone: false,
+        broken: false,
     }
 }
 

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 mod answer;
 mod upload;
 
-use answer::{write_event_stream, write_stream_head, StreamSink, EVENTS_AHEAD};
+use answer::{write_event_stream, write_stream_head, Down, StreamSink, EVENTS_AHEAD};
 use upload::{drain_epilogue, SessionBody, UpstreamFeed, CLIENT_READ_TIMEOUT, STREAM_AHEAD, STREAM_MIN_BYTES};
 
 /// Per-request state, read by `logging`.
@@ -179,7 +179,7 @@ impl Gateway {
         let router = &state.router;
         let (piece_tx, piece_rx) = tokio::sync::mpsc::channel::<Piece>(STREAM_AHEAD);
         let (start_tx, start_rx) = tokio::sync::oneshot::channel::<(Target, UpstreamRequest)>();
-        let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<Bytes>(EVENTS_AHEAD);
+        let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<Down>(EVENTS_AHEAD);
         let stream_config = Arc::new(OnceLock::new());
         let mut sink = StreamSink {
             config: stream_config.clone(),
@@ -313,7 +313,11 @@ impl Gateway {
                 (Err(e), false) => Some(e.code()),
                 _ => None,
             };
-            return Ok(Reply::Streamed);
+            return Ok(if written.broken {
+                Reply::Aborted
+            } else {
+                Reply::Streamed
+            });
         }
         let (target, response) = result?;
         let adapter = adapter_for(target.provider.kind);
@@ -351,6 +355,8 @@ enum Reply {
     Events(Bytes),
     /// The answer was already streamed to the client.
     Streamed,
+    /// The stream broke inside a half-sent event: the response must be aborted, not ended.
+    Aborted,
 }
 
 #[async_trait]
@@ -403,6 +409,16 @@ impl ProxyHttp for Gateway {
                     session.write_response_body(Some(body), true).await?;
                 }
                 Ok(Reply::Streamed) => {}
+                // Returning an error after the head was sent makes Pingora drop the connection
+                // (HTTP/1.1) or reset the stream (HTTP/2) without ending the body.
+                Ok(Reply::Aborted) => {
+                    return Err(Error::create(
+                        ErrorType::ConnectionClosed,
+                        ErrorSource::Downstream,
+                        Some("upstream stream broke inside a half-sent event; response aborted".into()),
+                        None,
+                    ))
+                }
                 Err(e) => self.send_error(session, ctx, &e).await?,
             },
             Endpoint::WrongMethod => {

@@ -12,14 +12,21 @@
 //! `extra_fields` (`request_type: "image_edit_stream"`, provider, models, latency, chunk_index).
 //! With n > 1 every image gets its `completed` event (Bifrost stops at the first).
 //!
+//! An image event larger than [`passthrough::PASS_THROUGH_BYTES`] is forwarded while it arrives
+//! (see [`passthrough`] for how, and for the one failure it cannot report in band: the stream
+//! is then [`OpenAiStreamConverter::broken`] and the client's response is aborted).
+//!
 //! Unknown upstream events are dropped (policy: the unified stream carries only the spec's
 //! event types; each drop is logged at debug level). An upstream `error` event ends the
 //! stream: before anything was sent it becomes an ordinary HTTP error, after it an `error`
 //! event. A stream that ends before its last image completed is an error too.
 
+pub mod passthrough;
+
 use super::rawjson::RawObject;
 use crate::codec::sse::{encode_event_into, SseDecoder, SseEvent};
 use crate::error::{ErrorContext, GatewayError};
+use passthrough::{PassThrough, PASS_THROUGH_BYTES};
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 
@@ -61,6 +68,18 @@ pub enum Progress {
     Done,
 }
 
+/// The unified name of an upstream image event, `None` for every other event.
+fn image_event_kind(name: &str) -> Option<&'static str> {
+    match name {
+        "image_edit.partial_image" | "image_generation.partial_image" => Some(PARTIAL_IMAGE),
+        "image_edit.completed" | "image_generation.completed" => Some(COMPLETED),
+        _ => None,
+    }
+}
+
+const PARTIAL_IMAGE: &str = "image_edit.partial_image";
+const COMPLETED: &str = "image_edit.completed";
+
 /// The state machine converting an OpenAI-compatible image-edit stream.
 #[derive(Debug)]
 pub struct OpenAiStreamConverter {
@@ -70,6 +89,10 @@ pub struct OpenAiStreamConverter {
     emitted: bool,
     done: bool,
     dropped: u64,
+    /// The event being passed through, if any.
+    passing: Option<PassThrough>,
+    /// A passed-through event failed half-sent: the client's stream must be aborted.
+    broken: bool,
 }
 
 impl OpenAiStreamConverter {
@@ -82,7 +105,74 @@ impl OpenAiStreamConverter {
             emitted: false,
             done: false,
             dropped: 0,
+            passing: None,
+            broken: false,
         }
+    }
+
+    /// Whether the stream broke inside a half-sent event (it cannot be ended cleanly: the
+    /// caller aborts the client's response instead).
+    pub fn broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Starts passing through the pending event (type `event`, data so far `head`) if it
+    /// qualifies (see [`passthrough`]); returns whether it did.
+    pub fn begin_pass_through(&mut self, event: Option<&str>, head: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.done || self.passing.is_some() {
+            return false;
+        }
+        self.passing = PassThrough::begin(event, head, image_event_kind, out);
+        self.emitted |= self.passing.is_some();
+        self.passing.is_some()
+    }
+
+    /// More data of the passed-through event.
+    pub fn pass_fragment(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        match self.passing.as_mut().map(|p| p.fragment(bytes, out)) {
+            Some(Err(why)) => Err(self.break_stream(why)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The passed-through event's blank line.
+    pub fn end_pass_through(&mut self, out: &mut Vec<u8>) -> Result<Progress, GatewayError> {
+        let Some(pass) = self.passing.take() else {
+            return Ok(Progress::More);
+        };
+        let kind = pass.kind();
+        let sequence = self.sequence.to_string();
+        let extra = self.extra_fields();
+        if let Err(why) = pass.end(
+            &[("sequence_number", sequence.as_bytes()), ("extra_fields", &extra)],
+            out,
+        ) {
+            return Err(self.break_stream(why));
+        }
+        self.sequence += 1;
+        self.image_done(kind, out)
+    }
+
+    /// Marks the stream broken inside a half-sent event; the error says why.
+    fn break_stream(&mut self, why: String) -> GatewayError {
+        self.broken = true;
+        self.done = true;
+        self.passing = None;
+        GatewayError::UpstreamProtocol {
+            provider: self.cx.provider.clone(),
+            detail: format!("the stream broke inside an event already being forwarded: {why}"),
+        }
+    }
+
+    /// After an image event of `kind`: the stream ends with the last `completed` image.
+    fn image_done(&mut self, kind: &str, out: &mut Vec<u8>) -> Result<Progress, GatewayError> {
+        if kind == COMPLETED {
+            self.completed += 1;
+            if self.completed >= self.cx.images.max(1) {
+                return self.end(out);
+            }
+        }
+        Ok(Progress::More)
     }
 
     /// Whether any event was emitted (after that, errors must be sent in-band).
@@ -184,19 +274,11 @@ impl OpenAiStreamConverter {
             .or(ev.event.as_deref())
             .unwrap_or_default()
             .to_string();
+        if let Some(kind) = image_event_kind(&kind) {
+            self.image_event(kind, &fields, out)?;
+            return self.image_done(kind, out);
+        }
         match kind.as_str() {
-            "image_edit.partial_image" | "image_generation.partial_image" => {
-                self.image_event("image_edit.partial_image", &fields, out)?;
-                Ok(Progress::More)
-            }
-            "image_edit.completed" | "image_generation.completed" => {
-                self.image_event("image_edit.completed", &fields, out)?;
-                self.completed += 1;
-                if self.completed >= self.cx.images.max(1) {
-                    return self.end(out);
-                }
-                Ok(Progress::More)
-            }
             "error" => {
                 let error = match fields.get("error").map(|e| serde_json::from_str::<Value>(e.get())) {
                     Some(Ok(Value::Object(o))) => o,
@@ -228,6 +310,11 @@ impl OpenAiStreamConverter {
     pub fn finish(&mut self, truncated: usize, out: &mut Vec<u8>) -> Result<Progress, GatewayError> {
         if self.done {
             return Ok(Progress::Done);
+        }
+        if self.passing.is_some() {
+            return Err(self.break_stream(format!(
+                "the stream was cut off ({truncated} bytes of the event pending)"
+            )));
         }
         if truncated > 0 || self.completed < self.cx.images.max(1) {
             let detail = if truncated > 0 {
@@ -284,6 +371,8 @@ pub struct StreamPipeline {
     decoder: SseDecoder,
     converter: OpenAiStreamConverter,
     events: Vec<SseEvent>,
+    /// Data of a passed-through event from one read (reused).
+    fragment: Vec<u8>,
 }
 
 impl StreamPipeline {
@@ -293,7 +382,13 @@ impl StreamPipeline {
             decoder: SseDecoder::new(),
             converter: OpenAiStreamConverter::new(cx),
             events: Vec::new(),
+            fragment: Vec::new(),
         }
+    }
+
+    /// Whether the stream broke inside a half-sent event (see [`OpenAiStreamConverter::broken`]).
+    pub fn broken(&self) -> bool {
+        self.converter.broken()
     }
 
     /// Whether anything was emitted yet.
@@ -303,23 +398,43 @@ impl StreamPipeline {
 
     /// Upstream bytes in, client bytes appended to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<Progress, GatewayError> {
-        let provider = self.converter.cx.provider.clone();
-        if let Err(e) = self.decoder.feed(chunk, &mut self.events) {
-            let err = GatewayError::UpstreamProtocol {
-                provider,
-                detail: format!("unreadable stream: {e}"),
-            };
-            self.events.clear();
-            return self.converter.fail(err, out);
+        if self.converter.done {
+            return Ok(Progress::Done);
         }
-        let mut progress = Progress::More;
+        self.fragment.clear();
+        let decoded = self.decoder.feed_split(chunk, &mut self.events, &mut self.fragment);
+        if !self.fragment.is_empty() {
+            self.converter.pass_fragment(&self.fragment, out)?;
+        }
+        let passed_end = match decoded {
+            Ok(ended) => ended,
+            Err(e) if self.converter.passing.is_some() => return Err(self.converter.break_stream(e.to_string())),
+            Err(e) => {
+                let err = GatewayError::UpstreamProtocol {
+                    provider: self.converter.cx.provider.clone(),
+                    detail: format!("unreadable stream: {e}"),
+                };
+                self.events.clear();
+                return self.converter.fail(err, out);
+            }
+        };
+        if passed_end && self.converter.end_pass_through(out)? == Progress::Done {
+            self.events.clear();
+            return Ok(Progress::Done);
+        }
         for ev in std::mem::take(&mut self.events) {
-            progress = self.converter.on_event(&ev, out)?;
-            if progress == Progress::Done {
-                break;
+            if self.converter.on_event(&ev, out)? == Progress::Done {
+                return Ok(Progress::Done);
             }
         }
-        Ok(progress)
+        // A large image event still arriving: forward what is here and the rest as it comes.
+        if let Some((event, head)) = self.decoder.pending_data() {
+            if head.len() >= PASS_THROUGH_BYTES && self.converter.begin_pass_through(event, head, out) {
+                // The buffered head was written; its allocation serves the fragments.
+                self.fragment = self.decoder.pass_through_data();
+            }
+        }
+        Ok(Progress::More)
     }
 
     /// The upstream body ended.
@@ -576,5 +691,101 @@ mod tests {
         let first: Value = serde_json::from_str(&evs[0].1).unwrap();
         assert_eq!(first["usage"]["total_tokens"], 0);
         assert!(synthesize_stream(b"{\"data\":[]}", cx(1, Framing::Bifrost), &mut out).is_err());
+    }
+
+    /// An image event with a `len`-byte base64 string.
+    fn big(kind: &str, len: usize) -> String {
+        let b64 = "QUJD".repeat(len / 4);
+        format!(
+            r#"{{"type":"{kind}","b64_json":"{b64}","created_at":1,"size":"1024x1024","usage":{{"total_tokens":3}}}}"#
+        )
+    }
+
+    /// Client events without `extra_fields` (its latency differs between runs).
+    fn stripped(out: &[u8]) -> Vec<(Option<String>, Value)> {
+        client_events(out)
+            .into_iter()
+            .map(|(n, d)| {
+                let mut v: Value = serde_json::from_str(&d).unwrap_or(Value::String(d));
+                if let Some(o) = v.as_object_mut() {
+                    assert!(o.remove("extra_fields").is_some() || n.as_deref() == Some("error"));
+                }
+                (n, v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn large_events_are_forwarded_while_they_arrive() {
+        let partial = big("image_edit.partial_image", 200_000);
+        let completed = big("image_edit.completed", 150_000);
+        let input = upstream(&[
+            ("image_edit.partial_image", &partial),
+            ("image_edit.completed", &completed),
+        ]);
+        // In one read every event is whole: converted the ordinary way.
+        let whole = stripped(&run(&input, input.len(), cx(1, Framing::OpenAi)).unwrap());
+        assert_eq!(whole.len(), 3);
+        assert_eq!(whole[0].1["b64_json"].as_str().unwrap().len(), 200_000);
+        for step in [777, 4096, 65_536, 65_537, 131_072, 199_999] {
+            let mut p = StreamPipeline::new(cx(1, Framing::OpenAi));
+            let mut out = Vec::new();
+            let mut fed = 0;
+            for chunk in input.chunks(step) {
+                fed += chunk.len();
+                let before = out.len();
+                let progress = p.feed(chunk, &mut out).unwrap();
+                if fed >= 2 * PASS_THROUGH_BYTES + step && fed < partial.len() {
+                    assert!(
+                        out.len() > before,
+                        "step {step}: the partial image is forwarded as it arrives"
+                    );
+                }
+                if progress == Progress::Done {
+                    break;
+                }
+            }
+            assert_eq!(stripped(&out), whole, "step {step}");
+            assert!(!p.broken());
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_inside_a_forwarded_event_is_broken() {
+        let partial = big("image_edit.partial_image", 200_000);
+        let input = upstream(&[("image_edit.partial_image", &partial)]);
+        let mut p = StreamPipeline::new(cx(1, Framing::Bifrost));
+        let mut out = Vec::new();
+        assert_eq!(p.feed(&input[..150_000], &mut out).unwrap(), Progress::More);
+        assert!(out.len() > 100_000, "forwarding began");
+        assert!(p.emitted());
+        let e = p.finish(&mut out).unwrap_err();
+        assert!(p.broken());
+        assert!(e.to_string().contains("already being forwarded"), "{e}");
+        // Bad bytes inside the forwarded string break it too.
+        let mut p = StreamPipeline::new(cx(1, Framing::Bifrost));
+        p.feed(&input[..150_000], &mut out).unwrap();
+        assert!(p.feed(b"A\\x", &mut out).is_err());
+        assert!(p.broken());
+        assert_eq!(p.feed(b"more", &mut out).unwrap(), Progress::Done, "nothing after");
+    }
+
+    #[test]
+    fn large_events_that_are_not_images_are_converted_whole() {
+        let message = "x".repeat(100_000);
+        let error = format!(r#"{{"type":"error","error":{{"type":"server_error","message":"{message}"}}}}"#);
+        let input = upstream(&[("image_edit.partial_image", PARTIAL), ("error", &error)]);
+        let mut p = StreamPipeline::new(cx(1, Framing::Bifrost));
+        let mut out = Vec::new();
+        for chunk in input.chunks(10_000) {
+            if p.feed(chunk, &mut out).unwrap() == Progress::Done {
+                break;
+            }
+        }
+        let evs = stripped(&out);
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[1].0.as_deref(), Some("error"));
+        assert_eq!(evs[1].1["error"]["message"].as_str().unwrap().len(), 100_000);
+        assert!(!p.broken());
     }
 }

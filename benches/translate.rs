@@ -82,6 +82,18 @@ fn main() {
                                 sent += c.expect("spool read").len();
                             }
                         }
+                        BodySegment::Base64(r) => {
+                            let mut enc = refract::codec::base64::Base64Stream::new();
+                            let mut out = Vec::new();
+                            for c in spool.chunks(*r) {
+                                out.clear();
+                                enc.push(&c.expect("spool read"), &mut out);
+                                sent += out.len();
+                            }
+                            out.clear();
+                            enc.finish(&mut out);
+                            sent += out.len();
+                        }
                     }
                 }
                 sent
@@ -154,6 +166,7 @@ fn main() {
                     images: 1,
                     start: Instant::now(),
                     framing: refract::providers::stream::Framing::Bifrost,
+                    kind: refract::config::ProviderKind::OpenAi,
                 });
             let mut out = Vec::new();
             let start = Instant::now();

@@ -20,6 +20,17 @@ pub enum GatewayError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The request asks for something the chosen provider or model cannot do (400), found
+    /// from its capability declaration before any upstream call.
+    #[error("provider '{provider}' does not support {message}")]
+    Unsupported {
+        /// Provider name.
+        provider: String,
+        /// The form field at fault.
+        param: String,
+        /// What is not supported.
+        message: String,
+    },
     /// The body is not a well-formed `multipart/form-data` body (400).
     #[error("malformed multipart body: {0}")]
     MalformedMultipart(String),
@@ -141,7 +152,11 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         use GatewayError::*;
         match self {
-            InvalidRequest { .. } | MalformedMultipart(_) | UnknownProvider(_) | NoKeyForModel { .. } => 400,
+            InvalidRequest { .. }
+            | Unsupported { .. }
+            | MalformedMultipart(_)
+            | UnknownProvider(_)
+            | NoKeyForModel { .. } => 400,
             UnsupportedMediaType(_) => 415,
             PayloadTooLarge { .. } => 413,
             VirtualKeyRequired | VirtualKeyNotFound | VirtualKeyBlocked => 401,
@@ -162,6 +177,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             InvalidRequest { .. } => "invalid_request",
+            Unsupported { .. } => "unsupported_parameter",
             MalformedMultipart(_) => "malformed_multipart",
             UnsupportedMediaType(_) => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
@@ -204,6 +220,7 @@ impl GatewayError {
             GatewayError::InvalidRequest { param, .. } | GatewayError::PayloadTooLarge { param, .. } => {
                 param.as_deref()
             }
+            GatewayError::Unsupported { param, .. } => Some(param),
             GatewayError::UnknownProvider(_) | GatewayError::NoKeyForModel { .. } | GatewayError::ModelBlocked(_) => {
                 Some("model")
             }

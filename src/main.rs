@@ -35,10 +35,17 @@ enum Command {
     /// Validate the config file: prints every problem with its YAML path and exits 1 if there
     /// is any, or prints "ok" and exits 0.
     Check,
+    /// Print what each provider kind and model family supports, as a Markdown table (the
+    /// README's table is this output). Needs no config.
+    Providers,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Providers) = cli.command {
+        print!("{}", refract::providers::capabilities::markdown_table());
+        return ExitCode::SUCCESS;
+    }
     let Some(path) = cli.config else {
         eprintln!("refract: a config file is required: refract -c FILE (see conf/refract.yaml), or refract --help");
         return ExitCode::from(2);

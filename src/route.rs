@@ -18,9 +18,27 @@ pub struct Target {
     pub key_index: usize,
     /// The bare model name sent upstream.
     pub model: String,
+    /// An access token obtained for this attempt (service-account keys), set by the server
+    /// before the request is built.
+    pub access_token: Option<Arc<str>>,
 }
 
 impl Target {
+    /// The secret to send: the access token obtained for this attempt, else the key's static
+    /// value. A service-account key without a token is an internal error (the server fetches
+    /// one first).
+    pub fn credential(&self) -> Result<&str, GatewayError> {
+        match (&self.access_token, self.key().secret()) {
+            (Some(token), _) => Ok(token),
+            (None, Some(secret)) => Ok(secret),
+            (None, None) => Err(GatewayError::Internal(format!(
+                "no access token for key '{}' of provider '{}'",
+                self.key().name,
+                self.provider.name
+            ))),
+        }
+    }
+
     /// The chosen provider key.
     pub fn key(&self) -> &ProviderKey {
         // key_index always comes from `select`, which only returns valid indices.
@@ -75,6 +93,7 @@ impl Router {
             provider: p.clone(),
             key_index: chosen,
             model: model.to_string(),
+            access_token: None,
         })
     }
 }

@@ -173,3 +173,23 @@ fn check_reports_a_missing_file() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("(file): cannot read"), "{stderr}");
 }
+
+/// The README's capability table is exactly what `refract providers` prints.
+#[test]
+fn readme_provider_table_is_generated() {
+    let out = Command::new(env!("CARGO_BIN_EXE_refract"))
+        .arg("providers")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).unwrap();
+    assert!(generated.starts_with("| kind | models |"), "{generated}");
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let begin = readme.find("<!-- providers:begin -->\n").expect("begin marker") + "<!-- providers:begin -->\n".len();
+    let end = readme.find("<!-- providers:end -->").expect("end marker");
+    assert_eq!(
+        &readme[begin..end],
+        generated,
+        "README.md's provider table is stale: paste the output of `cargo run -- providers` between the markers"
+    );
+}

@@ -1,3 +1,4 @@
 //! Wire codecs shared by providers: pure, synchronous, no I/O.
 
+pub mod base64;
 pub mod sse;

@@ -372,6 +372,29 @@ impl<'a> Fields<'a> {
         Some(strings)
     }
 
+    /// An optional mapping of strings to non-empty strings, in file order.
+    pub(super) fn opt_str_map(&mut self, key: &'static str) -> Option<Vec<(String, String)>> {
+        let value = self.get(key)?;
+        let Value::Mapping(map) = value else {
+            self.report(key, type_error("a mapping", value));
+            return None;
+        };
+        let mut pairs = Vec::new();
+        for (k, v) in map {
+            let Some(k) = k.as_str() else {
+                self.report(key, "keys must be strings");
+                continue;
+            };
+            match v {
+                Value::String(s) if !s.is_empty() => pairs.push((k.to_string(), s.clone())),
+                other => self
+                    .problems
+                    .add(&child(&self.path_of(key), k), type_error("a non-empty string", other)),
+            }
+        }
+        Some(pairs)
+    }
+
     /// An optional nested mapping, `None` when absent or null.
     pub(super) fn opt_obj(&mut self, key: &'static str) -> Option<Fields<'a>> {
         let value = self.get(key)?;

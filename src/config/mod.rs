@@ -27,6 +27,7 @@ mod url;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Reads the YAML file at `path` and builds the [`Config`], resolving
@@ -322,6 +323,12 @@ macro_rules! provider_kinds {
 provider_kinds! {
     /// An OpenAI-compatible HTTP API (`openai`).
     OpenAi => "openai",
+    /// Azure OpenAI: deployments API or the `/openai/v1` API (`azure`).
+    Azure => "azure",
+    /// The Gemini Developer API: `generateContent`, and `:predict` for Imagen (`gemini`).
+    Gemini => "gemini",
+    /// Vertex AI: Imagen `:predict` and Gemini `generateContent` (`vertex`).
+    Vertex => "vertex",
 }
 
 impl ProviderKind {
@@ -352,6 +359,31 @@ pub struct ProviderConfig {
     pub read_timeout: Duration,
     /// Upstream API keys; never empty, names unique.
     pub keys: Vec<ProviderKey>,
+    /// Settings only some kinds use.
+    pub options: ProviderOptions,
+}
+
+/// Provider settings that only some kinds use (the config check rejects them elsewhere).
+#[derive(Debug, Clone, Default)]
+pub struct ProviderOptions {
+    /// Azure: `api-version` of the deployments API (`api_version`).
+    pub api_version: Option<String>,
+    /// Azure: model → deployment name (`deployments`); a model not listed is its own deployment.
+    pub deployments: Vec<(String, String)>,
+    /// Vertex: Google Cloud project (`project`).
+    pub project: Option<String>,
+    /// Vertex: region such as `us-central1`, or `global` (`location`).
+    pub location: Option<String>,
+}
+
+impl ProviderOptions {
+    /// Azure: the deployment serving `model`.
+    pub fn deployment<'m>(&'m self, model: &'m str) -> &'m str {
+        self.deployments
+            .iter()
+            .find(|(m, _)| m == model)
+            .map_or(model, |(_, d)| d.as_str())
+    }
 }
 
 /// A provider base URL, split into the parts a proxy needs.
@@ -405,15 +437,65 @@ impl fmt::Display for BaseUrl {
 pub struct ProviderKey {
     /// Name, unique within the provider (for logs and metrics).
     pub name: String,
-    /// The key sent upstream.
-    pub value: Secret,
+    /// What authenticates requests made with this key.
+    pub credential: Credential,
+    /// How it is sent (`auth`; the kind's default when not given).
+    pub auth: KeyAuth,
     /// Relative share of traffic among the keys serving a model; > 0.
     pub weight: f64,
     /// Model names this key may serve; `"*"` means any.
     pub models: Vec<String>,
 }
 
+/// What authenticates upstream requests.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A key or token used as is (`value`).
+    Static(Secret),
+    /// A Google service account (`service_account_file`): exchanged for OAuth access tokens.
+    ServiceAccount(Arc<ServiceAccountKey>),
+}
+
+/// A Google service-account key file, checked when the config is loaded.
+#[derive(Clone)]
+pub struct ServiceAccountKey {
+    /// `client_email`: the JWT's issuer.
+    pub client_email: String,
+    /// `private_key_id`: the JWT header's `kid`, if given.
+    pub private_key_id: Option<String>,
+    /// `private_key` as PKCS#8 DER (an RSA key).
+    pub private_key_der: Vec<u8>,
+    /// `token_uri`: where the signed JWT is exchanged for an access token.
+    pub token_uri: String,
+}
+
+impl fmt::Debug for ServiceAccountKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceAccountKey")
+            .field("client_email", &self.client_email)
+            .field("token_uri", &self.token_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a key is sent upstream (`auth:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAuth {
+    /// `Authorization: Bearer` (OpenAI; Azure Entra tokens; Vertex OAuth tokens).
+    Bearer,
+    /// The provider's API-key header (`api-key` on Azure, `x-goog-api-key` on Google).
+    ApiKey,
+}
+
 impl ProviderKey {
+    /// The static key or token, if this key has one.
+    pub fn secret(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::Static(s) => Some(s.expose()),
+            Credential::ServiceAccount(_) => None,
+        }
+    }
+
     /// Whether this key may serve `model`.
     pub fn serves(&self, model: &str) -> bool {
         self.models.iter().any(|m| m == "*" || m == model)
@@ -486,7 +568,7 @@ providers:
         assert_eq!(p.read_timeout, Duration::from_millis(120_000));
         let k = &p.keys[0];
         assert_eq!(
-            (k.name.as_str(), k.value.expose(), k.weight),
+            (k.name.as_str(), k.secret().unwrap(), k.weight),
             ("primary", "sk-upstream-SECRET-1", 1.0)
         );
         assert_eq!(k.models, ["*"]);
@@ -513,7 +595,7 @@ providers:
         let c = from_yaml_str_with_env(text, &env).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.providers.len(), 1);
         assert_eq!(c.providers[0].kind, ProviderKind::OpenAi);
-        assert_eq!(c.providers[0].keys[0].value.expose(), "sk-upstream-SECRET-1");
+        assert_eq!(c.providers[0].keys[0].secret().unwrap(), "sk-upstream-SECRET-1");
         assert!(c.metrics.is_some() && c.simulator.is_some());
         assert_eq!(c.virtual_keys.len(), 2);
         let team_a = c.virtual_keys.iter().find(|v| v.id == "team-a").unwrap();
@@ -638,7 +720,7 @@ virtual_keys:
         std::fs::write(&path, MINIMAL.replace("env.OPENAI_API_KEY", "sk-literal")).unwrap();
         let loaded = load_path(&path);
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(loaded.unwrap().providers[0].keys[0].value.expose(), "sk-literal");
+        assert_eq!(loaded.unwrap().providers[0].keys[0].secret().unwrap(), "sk-literal");
     }
 
     #[test]
@@ -671,7 +753,8 @@ virtual_keys:
     fn provider_key_serves_listed_models_only() {
         let key = ProviderKey {
             name: "k".into(),
-            value: Secret::new("s"),
+            credential: Credential::Static(Secret::new("s")),
+            auth: KeyAuth::Bearer,
             weight: 1.0,
             models: vec!["gpt-image-1".into(), "dall-e-2".into()],
         };

@@ -244,7 +244,7 @@ mod tests {
         one_problem(
             &format!("{PROVIDER}    colour: red\n"),
             "providers[0].colour",
-            "unknown key 'colour' (known keys: name, kind, base_url,",
+            "unknown key 'colour' (known keys: name, kind, api_version, deployments, project, location, base_url,",
         );
         one_problem(
             &format!("{PROVIDER}virtual_key: []\n"),
@@ -624,7 +624,7 @@ virtual_keys:
             "listeners[0].address: invalid socket address 'nowhere'",
             "limits.max_images: expected an integer, found a string",
             "providers[1].name: duplicate provider name 'openai' (same as providers[0])",
-            "providers[0].kind: unknown provider kind 'grpc' (allowed: openai)",
+            "providers[0].kind: unknown provider kind 'grpc' (allowed: openai, azure, gemini, vertex)",
             "providers[0].base_url: invalid URL: a fragment",
             "providers[0].keys[0].value: environment variable MISSING is not set",
             "providers[0].keys[0].weight: must be a finite number greater than 0, found -2",
@@ -681,7 +681,6 @@ virtual_keys:
             [
                 "providers[0].name: missing required key",
                 "providers[0].kind: missing required key",
-                "providers[0].base_url: missing required key",
                 "providers[0].keys: missing required key",
             ]
         );
@@ -755,7 +754,7 @@ providers:
         assert_eq!((p.connect_timeout.as_millis(), p.read_timeout.as_millis()), (1, 2));
         assert_eq!(p.keys.len(), 2);
         let k = &p.keys[1];
-        assert_eq!((k.name.as_str(), k.value.expose(), k.weight), ("second", "v2", 3.0));
+        assert_eq!((k.name.as_str(), k.secret().unwrap(), k.weight), ("second", "v2", 3.0));
         assert!(k.serves("gpt-image-1") && !k.serves("dall-e-2"));
     }
 }

@@ -10,7 +10,12 @@ use sha2::{Digest, Sha256};
 use super::fields::{did_you_mean, Fields, Problems};
 use super::parse::Env;
 use super::url::parse_base_url;
-use super::{ProviderConfig, ProviderKey, ProviderKind, VirtualKeyConfig};
+use super::{
+    Credential, KeyAuth, ProviderConfig, ProviderKey, ProviderKind, ProviderOptions, ServiceAccountKey,
+    VirtualKeyConfig,
+};
+use base64::Engine;
+use std::sync::Arc;
 
 /// SHA-256 of a virtual key, as stored in [`VirtualKeyConfig::key_sha256`].
 pub(super) fn sha256(key: &str) -> [u8; 32] {
@@ -73,9 +78,18 @@ fn provider(mut f: Fields<'_>, env: Env<'_>) -> Option<ProviderConfig> {
         }
         kind
     });
-    let base_url = f
-        .req_str("base_url")
-        .and_then(|text| parse_base_url(text).map_err(|e| f.report("base_url", e)).ok());
+    let options = options(&mut f, kind);
+    let base_url = match (f.opt_str("base_url"), kind) {
+        (Some(text), _) => parse_base_url(text).map_err(|e| f.report("base_url", e)).ok(),
+        (None, Some(kind)) => match default_base_url(kind, &options) {
+            Some(text) => parse_base_url(&text).map_err(|e| f.report("base_url", e)).ok(),
+            None => {
+                f.missing("base_url");
+                None
+            }
+        },
+        (None, None) => None,
+    };
     let connect_ms = f.opt_u64("connect_timeout_ms", 5000, 1..=600_000);
     let read_ms = f.opt_u64("read_timeout_ms", 120_000, 1..=3_600_000);
     let problems = f.problems();
@@ -87,10 +101,11 @@ fn provider(mut f: Fields<'_>, env: Env<'_>) -> Option<ProviderConfig> {
     check_unique(problems, "key name", "name", &key_names);
     let keys: Vec<ProviderKey> = items
         .into_iter()
-        .filter_map(|(path, value)| provider_key(Fields::new(value, path, problems), env))
+        .filter_map(|(path, value)| provider_key(Fields::new(value, path, problems), env, kind))
         .collect();
     f.finish();
     Some(ProviderConfig {
+        options,
         name: name?.to_string(),
         kind: kind?,
         base_url: base_url?,
@@ -100,9 +115,102 @@ fn provider(mut f: Fields<'_>, env: Env<'_>) -> Option<ProviderConfig> {
     })
 }
 
-fn provider_key(mut f: Fields<'_>, env: Env<'_>) -> Option<ProviderKey> {
+/// The provider's URL when `base_url` is not given (`None`: it is required for this kind).
+fn default_base_url(kind: ProviderKind, options: &ProviderOptions) -> Option<String> {
+    match kind {
+        ProviderKind::OpenAi => Some("https://api.openai.com/v1".into()),
+        ProviderKind::Azure => None,
+        ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta".into()),
+        ProviderKind::Vertex => match options.location.as_deref() {
+            Some("global") | None => Some("https://aiplatform.googleapis.com/v1".into()),
+            Some(region) => Some(format!("https://{region}-aiplatform.googleapis.com/v1")),
+        },
+    }
+}
+
+/// The kind-specific settings; each is refused on kinds that do not use it.
+fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> ProviderOptions {
+    let only = |f: &mut Fields<'_>, key: &'static str, wanted: ProviderKind| -> bool {
+        match kind {
+            Some(k) if k != wanted && f.has(key) => {
+                f.report(key, format!("only used by kind {wanted}, not {k}"));
+                false
+            }
+            _ => true,
+        }
+    };
+    let mut o = ProviderOptions::default();
+    if only(f, "api_version", ProviderKind::Azure) {
+        o.api_version = f.opt_str("api_version").map(str::to_string);
+    }
+    if only(f, "deployments", ProviderKind::Azure) {
+        o.deployments = f.opt_str_map("deployments").unwrap_or_default();
+    }
+    let token = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
+    if only(f, "project", ProviderKind::Vertex) {
+        o.project = f.opt_str("project").map(str::to_string);
+        if kind == Some(ProviderKind::Vertex) && o.project.is_none() {
+            f.missing("project");
+        }
+    }
+    if only(f, "location", ProviderKind::Vertex) {
+        o.location = f.opt_str("location").map(str::to_string);
+        if kind == Some(ProviderKind::Vertex) && o.location.is_none() {
+            f.missing("location");
+        }
+    }
+    for (key, value) in [
+        ("project", &o.project),
+        ("location", &o.location),
+        ("api_version", &o.api_version),
+    ] {
+        if value.as_deref().is_some_and(|v| !v.chars().all(token)) {
+            f.report(key, "use only letters, digits, '-', '_' and '.'");
+        }
+    }
+    o
+}
+
+fn provider_key(mut f: Fields<'_>, env: Env<'_>, kind: Option<ProviderKind>) -> Option<ProviderKey> {
     let name = f.req_str("name");
-    let value = f.req_secret("value", env);
+    let credential = if f.has("service_account_file") {
+        if f.has("value") {
+            f.report("value", "give either value or service_account_file, not both");
+        }
+        if let Some(k) = kind.filter(|k| *k != ProviderKind::Vertex) {
+            f.report("service_account_file", format!("only used by kind vertex, not {k}"));
+        }
+        f.opt_str("service_account_file").and_then(|path| {
+            service_account(path)
+                .map_err(|e| f.report("service_account_file", e))
+                .ok()
+                .map(|k| Credential::ServiceAccount(Arc::new(k)))
+        })
+    } else {
+        f.req_secret("value", env).map(Credential::Static)
+    };
+    let auth = match (f.opt_str("auth"), kind) {
+        (None, Some(ProviderKind::Azure | ProviderKind::Gemini)) => Some(KeyAuth::ApiKey),
+        (None, _) => Some(KeyAuth::Bearer),
+        (Some("bearer"), Some(ProviderKind::Gemini)) => {
+            f.report("auth", "kind gemini takes only api_key");
+            None
+        }
+        (Some("api_key"), Some(ProviderKind::OpenAi)) => {
+            f.report("auth", "kind openai takes only bearer");
+            None
+        }
+        (Some("api_key"), _) if matches!(credential, Some(Credential::ServiceAccount(_))) => {
+            f.report("auth", "a service account authenticates with bearer tokens");
+            None
+        }
+        (Some("bearer"), _) => Some(KeyAuth::Bearer),
+        (Some("api_key"), _) => Some(KeyAuth::ApiKey),
+        (Some(other), _) => {
+            f.report("auth", format!("unknown auth '{other}' (allowed: bearer, api_key)"));
+            None
+        }
+    };
     let weight = f.opt_positive_f64("weight", 1.0);
     let models = match f.opt_str_list("models", "model") {
         Some(list) => list.into_iter().map(|(_, m)| m).collect(),
@@ -111,9 +219,50 @@ fn provider_key(mut f: Fields<'_>, env: Env<'_>) -> Option<ProviderKey> {
     f.finish();
     Some(ProviderKey {
         name: name?.to_string(),
-        value: value?,
+        credential: credential?,
+        auth: auth?,
         weight,
         models,
+    })
+}
+
+/// Reads and checks a Google service-account key file (JSON with `client_email`,
+/// `private_key` as an RSA PKCS#8 PEM, `token_uri`). Messages never contain the key.
+fn service_account(path: &str) -> Result<ServiceAccountKey, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{path} is not JSON (line {})", e.line()))?;
+    let field = |name: &str| -> Result<String, String> {
+        json.get(name)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| format!("{path}: missing string field {name}"))
+    };
+    let pem = field("private_key")?;
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| *l != "-----BEGIN PRIVATE KEY-----")
+        .skip(1)
+        .take_while(|l| *l != "-----END PRIVATE KEY-----")
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .ok()
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| format!("{path}: private_key is not a PKCS#8 PEM ('BEGIN PRIVATE KEY')"))?;
+    ring::signature::RsaKeyPair::from_pkcs8(&der)
+        .map_err(|e| format!("{path}: private_key is not a usable RSA key ({e})"))?;
+    let token_uri = field("token_uri")?;
+    if !(token_uri.starts_with("https://") || token_uri.starts_with("http://")) {
+        return Err(format!("{path}: token_uri must be an http(s) URL"));
+    }
+    Ok(ServiceAccountKey {
+        client_email: field("client_email")?,
+        private_key_id: field("private_key_id").ok(),
+        private_key_der: der,
+        token_uri,
     })
 }
 
@@ -232,6 +381,7 @@ fn virtual_key(
 #[cfg(test)]
 mod tests {
     use super::super::test_util::*;
+    use crate::config::{Credential, KeyAuth};
 
     #[test]
     fn bad_urls() {
@@ -269,11 +419,11 @@ mod tests {
     #[test]
     fn environment_variables_resolve() {
         let c = ok(&format!("{PROVIDER}virtual_keys:\n  - id: a\n    key: env.VK_1\n"));
-        assert_eq!(c.providers[0].keys[0].value.expose(), "sk-a-SECRET");
+        assert_eq!(c.providers[0].keys[0].secret().unwrap(), "sk-a-SECRET");
         assert_eq!(c.virtual_keys[0].key_sha256, super::sha256("vk-1-SECRET"));
         // Without the env. prefix the value is the literal secret.
         let c = ok(&PROVIDER.replace("env.KEY_A", "sk-literal"));
-        assert_eq!(c.providers[0].keys[0].value.expose(), "sk-literal");
+        assert_eq!(c.providers[0].keys[0].secret().unwrap(), "sk-literal");
     }
 
     #[test]
@@ -334,7 +484,7 @@ mod tests {
         one_problem(
             &PROVIDER.replace("kind: openai", "kind: opnai"),
             "providers[0].kind",
-            "unknown provider kind 'opnai' (allowed: openai); did you mean 'openai'?",
+            "unknown provider kind 'opnai' (allowed: openai, azure, gemini, vertex); did you mean 'openai'?",
         );
         one_problem(
             &PROVIDER.replace("name: openai", "name: Open AI"),
@@ -382,5 +532,161 @@ mod tests {
         assert!(!v.enabled);
         assert_eq!(v.providers.as_deref(), Some(&["local".to_string()][..]));
         assert_eq!(v.models.as_ref().unwrap(), &["local/*", "local/m"]);
+    }
+
+    fn with(kind_lines: &str, key_lines: &str) -> String {
+        format!("providers:\n  - name: p\n{kind_lines}    keys:\n      - name: k\n{key_lines}")
+    }
+
+    #[test]
+    fn kind_specific_settings_and_defaults() {
+        let c = ok(&with(
+            "    kind: azure\n    base_url: https://res.openai.azure.com\n    api_version: 2024-02-01\n    deployments: { gpt-image-1: prod-image }\n",
+            "        value: env.KEY_A\n",
+        ));
+        let p = &c.providers[0];
+        assert_eq!(p.options.api_version.as_deref(), Some("2024-02-01"));
+        assert_eq!(p.options.deployment("gpt-image-1"), "prod-image");
+        assert_eq!(p.options.deployment("other"), "other");
+        assert_eq!(p.keys[0].auth, KeyAuth::ApiKey, "azure keys go in api-key by default");
+        // Google kinds default their base URL; vertex's follows the location.
+        let c = ok(&with("    kind: gemini\n", "        value: env.KEY_A\n"));
+        assert_eq!(
+            c.providers[0].base_url.to_string(),
+            "https://generativelanguage.googleapis.com/v1beta"
+        );
+        assert_eq!(c.providers[0].keys[0].auth, KeyAuth::ApiKey);
+        let c = ok(&with(
+            "    kind: vertex\n    project: my-proj\n    location: europe-west4\n",
+            "        value: env.KEY_A\n",
+        ));
+        assert_eq!(
+            c.providers[0].base_url.to_string(),
+            "https://europe-west4-aiplatform.googleapis.com/v1"
+        );
+        assert_eq!(c.providers[0].options.project.as_deref(), Some("my-proj"));
+        assert_eq!(c.providers[0].keys[0].auth, KeyAuth::Bearer);
+        let c = ok(&with(
+            "    kind: vertex\n    project: p\n    location: global\n",
+            "        value: x\n        auth: api_key\n",
+        ));
+        assert_eq!(
+            c.providers[0].base_url.to_string(),
+            "https://aiplatform.googleapis.com/v1"
+        );
+        assert_eq!(c.providers[0].keys[0].auth, KeyAuth::ApiKey);
+    }
+
+    #[test]
+    fn kind_specific_settings_are_checked() {
+        one_problem(
+            &with("    kind: azure\n", "        value: x\n"),
+            "providers[0].base_url",
+            "missing required key",
+        );
+        one_problem(
+            &with("    kind: openai\n    project: p\n", "        value: x\n"),
+            "providers[0].project",
+            "only used by kind vertex, not openai",
+        );
+        one_problem(
+            &with("    kind: gemini\n    deployments: { a: b }\n", "        value: x\n"),
+            "providers[0].deployments",
+            "only used by kind azure",
+        );
+        one_problem(
+            &with("    kind: vertex\n    location: us-central1\n", "        value: x\n"),
+            "providers[0].project",
+            "missing",
+        );
+        one_problem(
+            &with("    kind: vertex\n    project: p\n", "        value: x\n"),
+            "providers[0].location",
+            "missing",
+        );
+        one_problem(
+            &with(
+                "    kind: vertex\n    project: a/b\n    location: l\n",
+                "        value: x\n",
+            ),
+            "providers[0].project",
+            "use only letters",
+        );
+        one_problem(
+            &with(
+                "    kind: azure\n    base_url: https://a.example\n    deployments: { a: 3 }\n",
+                "        value: x\n",
+            ),
+            "providers[0].deployments.a",
+            "a non-empty string",
+        );
+        one_problem(
+            &with("    kind: gemini\n", "        value: x\n        auth: bearer\n"),
+            "providers[0].keys[0].auth",
+            "only api_key",
+        );
+        one_problem(
+            &with("    kind: openai\n", "        value: x\n        auth: api_key\n"),
+            "providers[0].keys[0].auth",
+            "only bearer",
+        );
+        one_problem(
+            &with("    kind: openai\n", "        value: x\n        auth: basic\n"),
+            "providers[0].keys[0].auth",
+            "unknown auth",
+        );
+    }
+
+    #[test]
+    fn service_account_keys() {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/service-account.json");
+        let vertex = "    kind: vertex\n    project: p\n    location: l\n";
+        let c = ok(&with(vertex, &format!("        service_account_file: {file}\n")));
+        let Credential::ServiceAccount(sa) = &c.providers[0].keys[0].credential else {
+            panic!("expected a service account")
+        };
+        assert_eq!(sa.client_email, "refract-test@refract-test.iam.gserviceaccount.com");
+        assert_eq!(sa.private_key_id.as_deref(), Some("test-key-1"));
+        assert!(!format!("{sa:?}").contains("PRIVATE"), "Debug does not show the key");
+        assert_eq!(c.providers[0].keys[0].secret(), None);
+        one_problem(
+            &with(vertex, "        service_account_file: /nonexistent/key.json\n"),
+            "providers[0].keys[0].service_account_file",
+            "cannot read /nonexistent/key.json",
+        );
+        one_problem(
+            &with("    kind: gemini\n", &format!("        service_account_file: {file}\n")),
+            "providers[0].keys[0].service_account_file",
+            "only used by kind vertex",
+        );
+        one_problem(
+            &with(
+                vertex,
+                &format!("        service_account_file: {file}\n        value: x\n"),
+            ),
+            "providers[0].keys[0].value",
+            "not both",
+        );
+        one_problem(
+            &with(
+                vertex,
+                &format!("        service_account_file: {file}\n        auth: api_key\n"),
+            ),
+            "providers[0].keys[0].auth",
+            "bearer tokens",
+        );
+        // A key file whose private key is not an RSA PKCS#8 key.
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.json");
+        let mut doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        doc["private_key"] = serde_json::json!("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+        std::fs::write(&bad, doc.to_string()).unwrap();
+        let problems = problems(&with(
+            vertex,
+            &format!("        service_account_file: {}\n", bad.display()),
+        ));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("not a usable RSA key"), "{problems:?}");
+        assert!(!problems[0].contains("AAAA"), "never the key itself");
     }
 }

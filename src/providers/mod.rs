@@ -7,17 +7,23 @@
 //! calls [`ProviderAdapter::convert_response`] on the provider's complete answer. Neither does
 //! I/O; `server::exchange` does.
 
+pub mod azure;
+pub mod capabilities;
+pub mod gemini;
 pub mod openai;
 pub mod rawjson;
 pub mod stream;
+pub mod vertex;
 
-use crate::config::ProviderKind;
+use crate::codec::sse::SseEvent;
+use crate::config::{KeyAuth, ProviderKind};
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::imaging::ImageKind;
 use crate::route::Target;
 use crate::spool::SpoolRange;
 use bytes::Bytes;
+pub use capabilities::{Capabilities, ModelFamily};
 
 /// One piece of an upstream request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +32,9 @@ pub enum BodySegment {
     Bytes(Bytes),
     /// A range of the request spool (an uploaded file's content), sent as is.
     Spool(SpoolRange),
+    /// A range of the request spool sent as padded standard base64 (an image inlined in a
+    /// JSON body), encoded on the fly.
+    Base64(SpoolRange),
 }
 
 impl BodySegment {
@@ -34,6 +43,7 @@ impl BodySegment {
         match self {
             BodySegment::Bytes(b) => b.len() as u64,
             BodySegment::Spool(r) => r.len,
+            BodySegment::Base64(r) => crate::codec::base64::encoded_len(r.len),
         }
     }
 
@@ -60,6 +70,20 @@ impl UpstreamRequest {
     /// Exact body length.
     pub fn content_length(&self) -> u64 {
         self.body.iter().map(BodySegment::len).sum()
+    }
+
+    /// The whole body in one buffer, as the exchange sends it (tests and fixtures; the proxy
+    /// streams the segments instead).
+    pub fn render(&self, spool: &crate::spool::Spool) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::with_capacity(self.content_length() as usize);
+        for seg in &self.body {
+            match seg {
+                BodySegment::Bytes(b) => body.extend_from_slice(b),
+                BodySegment::Spool(r) => body.extend(spool.read_all(*r)?),
+                BodySegment::Base64(r) => crate::codec::base64::encode_append(&spool.read_all(*r)?, &mut body),
+            }
+        }
+        Ok(body)
     }
 }
 
@@ -112,8 +136,38 @@ pub trait RequestEncoder: Send {
     fn finish(&mut self) -> Bytes;
 }
 
+/// Turns one provider's stream events into OpenAI-shaped image events (`type`,
+/// `b64_json`, `created_at`, `size`, …, `usage`), which the unified stream converter numbers
+/// and frames. One per request; pure.
+pub trait StreamTranslator: Send {
+    /// One upstream event in, OpenAI-shaped events (maybe none) out; `Err` when the provider
+    /// reported an error or sent something unreadable.
+    fn event(&mut self, ev: &SseEvent, out: &mut Vec<SseEvent>) -> Result<(), GatewayError>;
+}
+
 /// Translation for one provider kind. Implementations are stateless and pure.
 pub trait ProviderAdapter: Send + Sync {
+    /// What each model family of this kind supports; the first family whose `matches` accepts
+    /// a model applies to it. Checked before any upstream call, and printed by
+    /// `refract providers`.
+    fn families(&self) -> &'static [ModelFamily];
+
+    /// The capabilities that apply to `model`.
+    fn capabilities(&self, model: &str) -> &'static Capabilities {
+        let families = self.families();
+        families
+            .iter()
+            .find(|f| (f.matches)(model))
+            .or(families.last())
+            .map_or(&capabilities::NOTHING, |f| &f.capabilities)
+    }
+
+    /// A translator for the provider's `text/event-stream` answers, or `None` when they are
+    /// OpenAI image-edit events already.
+    fn stream_translator(&self, _cx: &stream::StreamContext) -> Option<Box<dyn StreamTranslator>> {
+        None
+    }
+
     /// An encoder that translates the form part by part while it arrives, for providers whose
     /// format allows it; `None` means the request is built from the complete form instead.
     fn request_encoder(&self, _target: &Target, _request_id: &str) -> Option<Box<dyn RequestEncoder>> {
@@ -138,5 +192,18 @@ pub trait ProviderAdapter: Send + Sync {
 pub fn adapter_for(kind: ProviderKind) -> &'static dyn ProviderAdapter {
     match kind {
         ProviderKind::OpenAi => &openai::OpenAiAdapter,
+        ProviderKind::Azure => &azure::AzureAdapter,
+        ProviderKind::Gemini => &gemini::GeminiAdapter,
+        ProviderKind::Vertex => &vertex::VertexAdapter,
     }
+}
+
+/// The credential header for `target`'s key: `Authorization: Bearer …`, or the provider's
+/// API-key header (`api_key_header`) when the key is configured with `auth: api_key`.
+pub fn auth_header(target: &Target, api_key_header: &'static str) -> Result<(http::HeaderName, String), GatewayError> {
+    let secret = target.credential()?;
+    Ok(match target.key().auth {
+        KeyAuth::Bearer => (http::header::AUTHORIZATION, format!("Bearer {secret}")),
+        KeyAuth::ApiKey => (http::HeaderName::from_static(api_key_header), secret.to_string()),
+    })
 }

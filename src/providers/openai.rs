@@ -11,10 +11,13 @@
 //! Response: OpenAI's `ImagesResponse`, kept field for field, with `data[].index` filled in and
 //! Bifrost's `extra_fields` added. Errors keep OpenAI's status and `error` object.
 
+use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
 use super::rawjson::{ExpandedObject, RawObject};
-use super::{BodySegment, ProviderAdapter, RequestEncoder, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::{
+    auth_header, BodySegment, ProviderAdapter, RequestEncoder, ResponseContext, UpstreamRequest, UpstreamResponse,
+};
 use crate::error::GatewayError;
-use crate::form::{is_image_field, EditForm, FilePart};
+use crate::form::{is_image_field, EditForm, EditType, FilePart};
 use crate::imaging::ImageKind;
 use crate::route::Target;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -123,16 +126,19 @@ const GATEWAY_ONLY: &[&str] = &[
     "num_inference_steps",
 ];
 
-/// The upstream head for a multipart body with `boundary` (the body is left empty).
-fn head(target: &Target, request_id: &str, boundary: &str) -> UpstreamRequest {
+/// The upstream head for a multipart body with `boundary`, sent to `path` with the credential
+/// header `auth` (the body is left empty).
+pub(super) fn multipart_head(
+    path: String,
+    auth: (http::HeaderName, String),
+    request_id: &str,
+    boundary: &str,
+) -> UpstreamRequest {
     UpstreamRequest {
         method: http::Method::POST,
-        path: format!("{}/images/edits", target.provider.base_url.path),
+        path,
         headers: vec![
-            (
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", target.key().value.expose()),
-            ),
+            auth,
             (
                 http::header::CONTENT_TYPE,
                 format!("multipart/form-data; boundary={boundary}"),
@@ -145,8 +151,18 @@ fn head(target: &Target, request_id: &str, boundary: &str) -> UpstreamRequest {
     }
 }
 
+/// OpenAI's head: `{base}/images/edits` with a Bearer key.
+fn head(target: &Target, request_id: &str, boundary: &str) -> Result<UpstreamRequest, GatewayError> {
+    Ok(multipart_head(
+        format!("{}/images/edits", target.provider.base_url.path),
+        auth_header(target, "authorization")?,
+        request_id,
+        boundary,
+    ))
+}
+
 /// A new random multipart boundary.
-fn new_boundary() -> String {
+pub(super) fn new_boundary() -> String {
     format!("refract-{}", uuid::Uuid::new_v4().simple())
 }
 
@@ -213,16 +229,44 @@ impl RequestEncoder for OpenAiEncoder {
     }
 }
 
+/// The streaming encoder for an OpenAI multipart body under `head` (made with `boundary`),
+/// `model` being what the provider receives in the `model` part.
+pub(super) fn multipart_encoder(head: UpstreamRequest, boundary: String, model: &str) -> Box<dyn RequestEncoder> {
+    let mut w = MultipartWriter::new(boundary);
+    w.text("model", model);
+    Box::new(OpenAiEncoder { head, w, images: 0 })
+}
+
+/// What OpenAI's image edits support (also Azure's: the same API).
+pub(super) static OPENAI_CAPABILITIES: Capabilities = Capabilities {
+    mask: true,
+    max_n: 10,
+    max_images: 16,
+    max_image_bytes: 50_000_000,
+    // A mask is OpenAI's inpainting; it has no outpainting or background-removal mode.
+    edit_types: &[EditType::Inpainting],
+    url_output: true,
+    sizes: "`WxH` as the model allows, `auto`",
+    streaming: Streaming::Native,
+    extra_fields:
+        "quality, background, input_fidelity, output_format, output_compression, partial_images, user, unknown fields",
+};
+
+static FAMILIES: [ModelFamily; 1] = [ModelFamily {
+    name: "any (gpt-image-*, dall-e-2, compatible servers)",
+    matches: any_model,
+    capabilities: OPENAI_CAPABILITIES,
+}];
+
 impl ProviderAdapter for OpenAiAdapter {
+    fn families(&self) -> &'static [ModelFamily] {
+        &FAMILIES
+    }
+
     fn request_encoder(&self, target: &Target, request_id: &str) -> Option<Box<dyn RequestEncoder>> {
         let boundary = new_boundary();
-        let mut w = MultipartWriter::new(boundary.clone());
-        w.text("model", &target.model);
-        Some(Box::new(OpenAiEncoder {
-            head: head(target, request_id, &boundary),
-            w,
-            images: 0,
-        }))
+        let head = head(target, request_id, &boundary).ok()?;
+        Some(multipart_encoder(head, boundary, &target.model))
     }
 
     fn build_request(
@@ -232,125 +276,145 @@ impl ProviderAdapter for OpenAiAdapter {
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
         let boundary = new_boundary();
-        let mut w = MultipartWriter::new(boundary.clone());
-        w.text("model", &target.model);
-        if let Some(p) = &form.prompt {
-            w.text("prompt", p);
-        }
-        let n = form.n.map(|v| v.to_string());
-        let partial = form.partial_images.map(|v| v.to_string());
-        let compression = form.output_compression.map(|v| v.to_string());
-        let fields: [(&str, Option<&str>); 10] = [
-            ("n", n.as_deref()),
-            ("size", form.size.as_deref()),
-            ("response_format", form.response_format.as_deref()),
-            ("quality", form.quality.as_deref()),
-            ("background", form.background.as_deref()),
-            ("input_fidelity", form.input_fidelity.as_deref()),
-            ("output_format", form.output_format.as_deref()),
-            ("output_compression", compression.as_deref()),
-            ("partial_images", partial.as_deref()),
-            ("user", form.user.as_deref()),
-        ];
-        for (name, value) in fields {
-            if let Some(v) = value {
-                w.text(name, v);
-            }
-        }
-        if form.stream {
-            w.text("stream", "true");
-        }
-        for (name, value) in &form.extra_text {
-            w.text(name, value);
-        }
-        let image_field = if form.images.len() == 1 { "image" } else { "image[]" };
-        for (i, img) in form.images.iter().enumerate() {
-            let kind = img
-                .kind
-                .ok_or_else(|| GatewayError::Internal("image part without a detected type".into()))?;
-            let filename = if form.images.len() == 1 {
-                format!("image.{}", kind.extension())
-            } else {
-                format!("image_{i}.{}", kind.extension())
-            };
-            w.file(image_field, &filename, kind.mime(), img);
-        }
-        if let Some(mask) = &form.mask {
-            let kind = mask
-                .kind
-                .ok_or_else(|| GatewayError::Internal("mask part without a detected type".into()))?;
-            w.file("mask", &format!("mask.{}", kind.extension()), kind.mime(), mask);
-        }
-        for part in &form.extra_files {
-            let content_type = match part.kind {
-                Some(kind) => kind.mime(),
-                None => safe_content_type(part.declared_type.as_deref()),
-            };
-            let filename = part.filename.clone().unwrap_or_else(|| "file".to_string());
-            w.file(&part.field, &filename, content_type, part);
-        }
-        let mut req = head(target, request_id, &boundary);
-        req.body = w.finish();
-        Ok(req)
+        let head = head(target, request_id, &boundary)?;
+        build_multipart(form, head, boundary, &target.model)
     }
 
     fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
-        if !(200..300).contains(&resp.status) {
-            return Err(provider_error(cx.provider, resp));
+        convert_images_response(resp, cx)
+    }
+}
+
+/// The OpenAI multipart body for `form` under `head` (made with `boundary`), `model` being
+/// what the provider receives in the `model` part.
+pub(super) fn build_multipart(
+    form: &EditForm,
+    head: UpstreamRequest,
+    boundary: String,
+    model: &str,
+) -> Result<UpstreamRequest, GatewayError> {
+    let mut w = MultipartWriter::new(boundary);
+    w.text("model", model);
+    if let Some(p) = &form.prompt {
+        w.text("prompt", p);
+    }
+    let n = form.n.map(|v| v.to_string());
+    let partial = form.partial_images.map(|v| v.to_string());
+    let compression = form.output_compression.map(|v| v.to_string());
+    let fields: [(&str, Option<&str>); 10] = [
+        ("n", n.as_deref()),
+        ("size", form.size.as_deref()),
+        ("response_format", form.response_format.as_deref()),
+        ("quality", form.quality.as_deref()),
+        ("background", form.background.as_deref()),
+        ("input_fidelity", form.input_fidelity.as_deref()),
+        ("output_format", form.output_format.as_deref()),
+        ("output_compression", compression.as_deref()),
+        ("partial_images", partial.as_deref()),
+        ("user", form.user.as_deref()),
+    ];
+    for (name, value) in fields {
+        if let Some(v) = value {
+            w.text(name, v);
         }
-        let bad = |detail: String| GatewayError::UpstreamProtocol {
-            provider: cx.provider.to_string(),
-            detail,
+    }
+    if form.stream {
+        w.text("stream", "true");
+    }
+    for (name, value) in &form.extra_text {
+        w.text(name, value);
+    }
+    let image_field = if form.images.len() == 1 { "image" } else { "image[]" };
+    for (i, img) in form.images.iter().enumerate() {
+        let kind = img
+            .kind
+            .ok_or_else(|| GatewayError::Internal("image part without a detected type".into()))?;
+        let filename = if form.images.len() == 1 {
+            format!("image.{}", kind.extension())
+        } else {
+            format!("image_{i}.{}", kind.extension())
         };
-        let doc = ExpandedObject::parse(&resp.body, "data")
-            .map_err(|e| bad(format!("the success body is not an ImagesResponse object ({e})")))?;
-        if doc.position.is_none() {
-            return Err(bad("the success body has no 'data' array".into()));
-        }
-        let extra = serde_json::to_vec(&extra_fields(cx)).map_err(|e| GatewayError::Internal(e.to_string()))?;
-        let images = cx.num_input_images.to_string();
-        let mut out = Vec::with_capacity(resp.body.len() + 256);
-        doc.write(
-            &mut out,
-            "data",
-            &mut |items, out| {
-                out.push(b'[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    let index = i.to_string();
-                    let add: &[(&str, &[u8])] = if item.get("index").is_some() {
-                        &[]
-                    } else {
-                        &[("index", index.as_bytes())]
-                    };
-                    item.write(out, &[], &mut |_, _, _| Ok(false), add)?;
+        w.file(image_field, &filename, kind.mime(), img);
+    }
+    if let Some(mask) = &form.mask {
+        let kind = mask
+            .kind
+            .ok_or_else(|| GatewayError::Internal("mask part without a detected type".into()))?;
+        w.file("mask", &format!("mask.{}", kind.extension()), kind.mime(), mask);
+    }
+    for part in &form.extra_files {
+        let content_type = match part.kind {
+            Some(kind) => kind.mime(),
+            None => safe_content_type(part.declared_type.as_deref()),
+        };
+        let filename = part.filename.clone().unwrap_or_else(|| "file".to_string());
+        w.file(&part.field, &filename, content_type, part);
+    }
+    let mut req = head;
+    req.body = w.finish();
+    Ok(req)
+}
+
+/// Converts an OpenAI `ImagesResponse` (or error) into the unified answer.
+pub(super) fn convert_images_response(
+    resp: &UpstreamResponse,
+    cx: &ResponseContext<'_>,
+) -> Result<Bytes, GatewayError> {
+    if !(200..300).contains(&resp.status) {
+        return Err(provider_error(cx.provider, resp));
+    }
+    let bad = |detail: String| GatewayError::UpstreamProtocol {
+        provider: cx.provider.to_string(),
+        detail,
+    };
+    let doc = ExpandedObject::parse(&resp.body, "data")
+        .map_err(|e| bad(format!("the success body is not an ImagesResponse object ({e})")))?;
+    if doc.position.is_none() {
+        return Err(bad("the success body has no 'data' array".into()));
+    }
+    let extra = serde_json::to_vec(&extra_fields(cx)).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let images = cx.num_input_images.to_string();
+    let mut out = Vec::with_capacity(resp.body.len() + 256);
+    doc.write(
+        &mut out,
+        "data",
+        &mut |items, out| {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
                 }
-                out.push(b']');
-                Ok(())
-            },
-            &["extra_fields"],
-            &mut |key, value, out| match key {
-                "usage" => match RawObject::parse(value.get().as_bytes()) {
-                    Ok(usage) if usage.get("num_input_images").is_none() => {
-                        usage.write(
-                            out,
-                            &[],
-                            &mut |_, _, _| Ok(false),
-                            &[("num_input_images", images.as_bytes())],
-                        )?;
-                        Ok(true)
-                    }
-                    _ => Ok(false),
-                },
+                let index = i.to_string();
+                let add: &[(&str, &[u8])] = if item.get("index").is_some() {
+                    &[]
+                } else {
+                    &[("index", index.as_bytes())]
+                };
+                item.write(out, &[], &mut |_, _, _| Ok(false), add)?;
+            }
+            out.push(b']');
+            Ok(())
+        },
+        &["extra_fields"],
+        &mut |key, value, out| match key {
+            "usage" => match RawObject::parse(value.get().as_bytes()) {
+                Ok(usage) if usage.get("num_input_images").is_none() => {
+                    usage.write(
+                        out,
+                        &[],
+                        &mut |_, _, _| Ok(false),
+                        &[("num_input_images", images.as_bytes())],
+                    )?;
+                    Ok(true)
+                }
                 _ => Ok(false),
             },
-            &[("extra_fields", &extra)],
-        )
-        .map_err(|e| GatewayError::Internal(e.to_string()))?;
-        Ok(Bytes::from(out))
-    }
+            _ => Ok(false),
+        },
+        &[("extra_fields", &extra)],
+    )
+    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    Ok(Bytes::from(out))
 }
 
 /// Bifrost's `extra_fields` for a successful image edit.
@@ -436,14 +500,7 @@ mod tests {
 
     /// Renders the body plan against a spool, and parses it back with multer.
     async fn render(req: &UpstreamRequest, spool: &Spool) -> Vec<(String, Option<String>, Option<String>, Vec<u8>)> {
-        let mut body = Vec::new();
-        for seg in &req.body {
-            match seg {
-                BodySegment::Bytes(b) => body.extend_from_slice(b),
-                BodySegment::Spool(r) => body.extend(spool.read_all(*r).unwrap()),
-            }
-        }
-        assert_eq!(body.len() as u64, req.content_length());
+        let body = req.render(spool).unwrap();
         let ct = req
             .headers
             .iter()

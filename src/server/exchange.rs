@@ -7,6 +7,7 @@
 //! had closed is retried once on a fresh one, since nothing was answered yet. An upstream that
 //! answers early (401, 413) while the body is still being sent is read as that answer.
 
+use crate::codec::base64::Base64Stream;
 use crate::error::GatewayError;
 use crate::providers::{BodySegment, UpstreamRequest, UpstreamResponse};
 use crate::route::Target;
@@ -258,6 +259,29 @@ async fn send_body(
                 .write_request_body(b.clone(), false)
                 .await
                 .map_err(|e| send_err(&e))?,
+            BodySegment::Base64(range) => {
+                let mut encoder = Base64Stream::new();
+                let mut chunks = spool.chunks(*range);
+                loop {
+                    let chunk = chunks.next().transpose().map_err(|e| {
+                        AttemptError::AfterAnswer(GatewayError::Internal(format!("spool read failed: {e}")))
+                    })?;
+                    let mut out = Vec::with_capacity(chunk.as_ref().map_or(4, |c| c.len() / 3 * 4 + 8));
+                    match &chunk {
+                        Some(c) => encoder.push(c, &mut out),
+                        None => encoder.finish(&mut out),
+                    }
+                    if !out.is_empty() {
+                        session
+                            .write_request_body(Bytes::from(out), false)
+                            .await
+                            .map_err(|e| send_err(&e))?;
+                    }
+                    if chunk.is_none() {
+                        break;
+                    }
+                }
+            }
             BodySegment::Spool(range) => {
                 for chunk in spool.chunks(*range) {
                     let chunk: Bytes = chunk.map_err(|e| {

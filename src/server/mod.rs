@@ -2,6 +2,7 @@
 //! listeners, the metrics listener, the built-in simulator) and runs it, either for good
 //! (`refract -c FILE`) or on a thread that a test can stop ([`spawn`]).
 
+pub mod credentials;
 pub mod exchange;
 pub mod gateway;
 mod metrics_app;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Pooled upstream connections.
     pub connector: Connector,
+    /// Access tokens for service-account keys.
+    pub credentials: credentials::Credentials,
 }
 
 /// Why the server could not be built.
@@ -96,6 +99,7 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
         router: Router::new(&config),
         metrics: metrics.clone(),
         connector,
+        credentials: credentials::Credentials::new(),
         config,
     });
 

@@ -3,7 +3,7 @@
 //! `stream=true`, as a chunked `text/event-stream` written one event per chunk.
 
 use crate::config::SimulatorSettings;
-use crate::simulator::{self, Frame, SimAnswer, SimStream, StreamSettings};
+use crate::simulator::{self, Frame, SimAnswer, SimRequest, SimStream, StreamSettings};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
@@ -73,6 +73,29 @@ async fn respond_stream(session: &mut Session, mut stream: SimStream) -> Result<
     Ok(true)
 }
 
+/// Writes a `text/event-stream` answer given as chunks, one per stream interval.
+async fn respond_chunks(session: &mut Session, chunks: Vec<Bytes>, interval: std::time::Duration) -> Result<bool> {
+    let mut resp = ResponseHeader::build(200, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
+    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    if let Err(e) = session.write_response_header(Box::new(resp), false).await {
+        return Ok(client_gone(session, &e));
+    }
+    for chunk in chunks {
+        if !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+        if let Err(e) = session.write_response_body(Some(chunk), false).await {
+            return Ok(client_gone(session, &e));
+        }
+    }
+    if let Err(e) = session.write_response_body(None, true).await {
+        return Ok(client_gone(session, &e));
+    }
+    Ok(true)
+}
+
 /// A write to the client failed (it went away): stop, and never reuse the connection.
 fn client_gone(session: &mut Session, e: &Error) -> bool {
     log::debug!("simulator: stream ended early, client gone: {e}");
@@ -86,10 +109,11 @@ impl ProxyHttp for SimulatorApp {
 
     fn new_ctx(&self) {}
 
-    /// Answers every request: `POST …/images/edits` with an edit, anything else with a 404.
+    /// Answers every request: a `POST` the simulator knows ([`simulator::route`]), anything
+    /// else with a 404.
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
         let req = session.req_header();
-        if req.method != http::Method::POST || !req.uri.path().ends_with("/images/edits") {
+        if req.method != http::Method::POST {
             session.set_keepalive(None);
             return respond(
                 session,
@@ -100,9 +124,9 @@ impl ProxyHttp for SimulatorApp {
             )
             .await;
         }
-        let header = |name: http::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let content_type = header(http::header::CONTENT_TYPE);
-        let authorization = header(http::header::AUTHORIZATION);
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        let headers = req.headers.clone();
         let mut body = BytesMut::new();
         while let Some(chunk) = session.read_request_body().await? {
             if body.len() + chunk.len() > MAX_SIM_BODY {
@@ -111,16 +135,16 @@ impl ProxyHttp for SimulatorApp {
             }
             body.extend_from_slice(&chunk);
         }
-        match simulator::handle(
-            content_type.as_deref(),
-            authorization.as_deref(),
-            body.freeze(),
-            &self.stream,
-        )
-        .await
-        {
+        let request = SimRequest {
+            path,
+            query,
+            headers,
+            body: body.freeze(),
+        };
+        match simulator::route(request, &self.stream).await {
             SimAnswer::Whole(answer) => respond(session, answer.status, answer.content_type, answer.body).await,
             SimAnswer::Stream(stream) => respond_stream(session, *stream).await,
+            SimAnswer::Chunks(chunks) => respond_chunks(session, chunks, self.stream.interval).await,
         }
     }
 

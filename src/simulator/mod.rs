@@ -21,6 +21,9 @@
 //! half of the next event's bytes and ends the body; `simulate-stream-unknown` sends an
 //! `image_edit.debug` event before the others.
 
+mod gemini;
+mod vertex;
+
 use crate::config::SimulatorSettings;
 use crate::imaging::{self, decode_png, encode_png, pad_png, simulate_edit, solid, Rgba};
 use base64::Engine;
@@ -45,6 +48,60 @@ pub enum SimAnswer {
     Whole(SimResponse),
     /// A `200 text/event-stream` answer, written event by event.
     Stream(Box<SimStream>),
+    /// A `200 text/event-stream` answer given as its chunks, written one per stream interval
+    /// (providers whose streams are not OpenAI's).
+    Chunks(Vec<Bytes>),
+}
+
+/// One request to the simulator, as the listener read it.
+#[derive(Debug, Clone)]
+pub struct SimRequest {
+    /// Path without the query.
+    pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// Request headers.
+    pub headers: http::HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl SimRequest {
+    /// A header's value, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Answers one `POST`: OpenAI and Azure `…/images/edits` (multipart), Gemini
+/// `…:generateContent` / `…:streamGenerateContent`, Imagen `…:predict`, and the fake OAuth
+/// token endpoint `/token`; anything else is a 404.
+pub async fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
+    if req.path.ends_with("/images/edits") {
+        // Azure sends its key in `api-key`; the simulator takes it as OpenAI's Bearer.
+        let authorization = match (req.header("authorization"), req.header("api-key")) {
+            (Some(a), _) => Some(a.to_string()),
+            (None, Some(key)) => Some(format!("Bearer {key}")),
+            (None, None) => None,
+        };
+        return handle(
+            req.header("content-type"),
+            authorization.as_deref(),
+            req.body.clone(),
+            settings,
+        )
+        .await;
+    }
+    if req.path.ends_with(":generateContent") || req.path.ends_with(":streamGenerateContent") {
+        return gemini::handle(&req, settings);
+    }
+    if req.path.ends_with(":predict") {
+        return vertex::handle(&req);
+    }
+    if req.path == "/token" {
+        return vertex::token(&req);
+    }
+    SimAnswer::Whole(error(404, "invalid_request_error", "not_found", None, "not found"))
 }
 
 /// How the simulator streams: the `simulator:` settings that matter per request.
@@ -406,13 +463,14 @@ mod tests {
     async fn whole_answer(content_type: &str, authorization: Option<&str>, body: Bytes) -> SimResponse {
         match handle(Some(content_type), authorization, body, &StreamSettings::default()).await {
             SimAnswer::Whole(r) => r,
-            SimAnswer::Stream(_) => panic!("expected a whole answer"),
+            SimAnswer::Stream(_) | SimAnswer::Chunks(_) => panic!("expected a whole answer"),
         }
     }
 
     async fn stream_of(body: Bytes, settings: &StreamSettings) -> SimStream {
         match handle_with(body, settings).await {
             SimAnswer::Stream(s) => *s,
+            SimAnswer::Chunks(_) => panic!("expected an OpenAI stream"),
             SimAnswer::Whole(r) => panic!(
                 "expected a stream, got {} {}",
                 r.status,
@@ -554,7 +612,7 @@ mod tests {
         // The non-streamed answer to the same form (stream=false), for comparison.
         let r = match handle_with(parts(b"false"), &settings).await {
             SimAnswer::Whole(r) => r,
-            SimAnswer::Stream(_) => panic!("stream=false must not stream"),
+            SimAnswer::Stream(_) | SimAnswer::Chunks(_) => panic!("stream=false must not stream"),
         };
         assert_eq!(r.status, 200);
         let whole: Value = serde_json::from_slice(&r.body).unwrap();
@@ -793,7 +851,7 @@ mod tests {
         let settings = StreamSettings::default();
         let status = |a: SimAnswer| match a {
             SimAnswer::Whole(r) => r.status,
-            SimAnswer::Stream(_) => 200,
+            SimAnswer::Stream(_) | SimAnswer::Chunks(_) => 200,
         };
         // partial_images is checked only when streaming
         assert_eq!(status(handle_with(hook_form(b"p", b"4", &png), &settings).await), 400);
@@ -818,7 +876,7 @@ mod tests {
                 let v: Value = serde_json::from_slice(&r.body).unwrap();
                 assert_eq!(v["error"]["param"], "mask");
             }
-            SimAnswer::Stream(_) => panic!("expected a 400"),
+            SimAnswer::Stream(_) | SimAnswer::Chunks(_) => panic!("expected a 400"),
         }
         // the plain error hooks apply before streaming
         assert_eq!(

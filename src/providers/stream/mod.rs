@@ -24,7 +24,9 @@
 pub mod passthrough;
 
 use super::rawjson::RawObject;
+use super::{adapter_for, StreamTranslator};
 use crate::codec::sse::{encode_event_into, SseDecoder, SseEvent};
+use crate::config::ProviderKind;
 use crate::error::{ErrorContext, GatewayError};
 use passthrough::{PassThrough, PASS_THROUGH_BYTES};
 use serde_json::{json, Map, Value};
@@ -57,6 +59,8 @@ pub struct StreamContext {
     pub start: Instant,
     /// The client's framing.
     pub framing: Framing,
+    /// The provider's kind (whose stream events are converted).
+    pub kind: ProviderKind,
 }
 
 /// What the converter made of one upstream event.
@@ -373,12 +377,24 @@ pub struct StreamPipeline {
     events: Vec<SseEvent>,
     /// Data of a passed-through event from one read (reused).
     fragment: Vec<u8>,
+    /// The provider's events → OpenAI-shaped ones, for providers that speak another dialect.
+    translator: Option<Box<dyn StreamTranslator>>,
+    /// Translated events (reused).
+    translated: Vec<SseEvent>,
+}
+
+impl std::fmt::Debug for dyn StreamTranslator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamTranslator")
+    }
 }
 
 impl StreamPipeline {
     /// A pipeline for one request.
     pub fn new(cx: StreamContext) -> Self {
         StreamPipeline {
+            translator: adapter_for(cx.kind).stream_translator(&cx),
+            translated: Vec::new(),
             decoder: SseDecoder::new(),
             converter: OpenAiStreamConverter::new(cx),
             events: Vec::new(),
@@ -423,12 +439,25 @@ impl StreamPipeline {
             return Ok(Progress::Done);
         }
         for ev in std::mem::take(&mut self.events) {
-            if self.converter.on_event(&ev, out)? == Progress::Done {
-                return Ok(Progress::Done);
+            let Some(translator) = self.translator.as_mut() else {
+                if self.converter.on_event(&ev, out)? == Progress::Done {
+                    return Ok(Progress::Done);
+                }
+                continue;
+            };
+            self.translated.clear();
+            if let Err(e) = translator.event(&ev, &mut self.translated) {
+                return self.converter.fail(e, out);
+            }
+            for ev in std::mem::take(&mut self.translated) {
+                if self.converter.on_event(&ev, out)? == Progress::Done {
+                    return Ok(Progress::Done);
+                }
             }
         }
-        // A large image event still arriving: forward what is here and the rest as it comes.
-        if let Some((event, head)) = self.decoder.pending_data() {
+        // A large image event still arriving: forward what is here and the rest as it comes
+        // (OpenAI-shaped events only: translated ones are converted whole).
+        if let Some((event, head)) = self.decoder.pending_data().filter(|_| self.translator.is_none()) {
             if head.len() >= PASS_THROUGH_BYTES && self.converter.begin_pass_through(event, head, out) {
                 // The buffered head was written; its allocation serves the fragments.
                 self.fragment = self.decoder.pass_through_data();
@@ -515,6 +544,7 @@ mod tests {
             images,
             start: Instant::now(),
             framing,
+            kind: ProviderKind::OpenAi,
         }
     }
 

@@ -18,7 +18,7 @@ use crate::form::parse_edit_form;
 use crate::metrics::RequestRecord;
 use crate::providers::stream::{synthesize_stream, Framing, StreamContext};
 use crate::providers::UpstreamRequest;
-use crate::providers::{adapter_for, ResponseContext};
+use crate::providers::{adapter_for, capabilities, ResponseContext};
 use crate::route::Target;
 use crate::spool::Spool;
 use async_trait::async_trait;
@@ -205,8 +205,15 @@ impl Gateway {
                 early_text: Vec::new(),
                 routed: None,
             };
-            let parsed = parse_edit_form(&mut source, &boundary, &state.config.limits, &mut spool, &mut feed).await;
-            if let Ok(form) = &parsed {
+            let parsed = parse_edit_form(&mut source, &boundary, &state.config.limits, &mut spool, &mut feed)
+                .await
+                .and_then(|form| {
+                    // What the model cannot do is refused before the upstream body is complete.
+                    let kind = router.provider(&form.provider)?.kind;
+                    capabilities::check(&form, adapter_for(kind).capabilities(&form.model), &form.provider)?;
+                    Ok((form, kind))
+                });
+            let parsed = parsed.map(|(form, kind)| {
                 if form.stream {
                     // Set before the upstream body ends, so the answer finds it.
                     let _ = stream_config.set(StreamContext {
@@ -217,8 +224,12 @@ impl Gateway {
                         images: form.n.unwrap_or(1),
                         start: request_start,
                         framing,
+                        kind,
                     });
                 }
+                form
+            });
+            if parsed.is_ok() {
                 feed.finish().await;
             }
             // Dropping the feed closes the stream: without its end marker, the provider's
@@ -287,6 +298,7 @@ impl Gateway {
                             Some((target, _)) => target,
                             None => router.select(&form.provider, &form.model, fastrand::f64())?,
                         };
+                        let target = state.credentials.prepare(target).await?;
                         let request = adapter_for(target.provider.kind).build_request(&form, &target, &request_id)?;
                         let exchanged = exchange(&state.connector, &target, &request, &spool, &mut *sink).await?;
                         Ok((target, exchanged))
@@ -320,29 +332,27 @@ impl Gateway {
             });
         }
         let (target, response) = result?;
-        let adapter = adapter_for(target.provider.kind);
+        // The adapter converts: a success into the unified JSON, an error status (stream
+        // request or not) into the provider's error.
+        let unified = adapter_for(target.provider.kind).convert_response(
+            &response,
+            &ResponseContext {
+                provider: &target.provider.name,
+                model_requested: &form.model,
+                model_deployment: &target.model,
+                latency_ms: ctx.start.elapsed().as_millis() as u64,
+                num_input_images: form.images.len(),
+            },
+        )?;
         match stream_config.get() {
             // A stream request answered with a complete success (the provider cannot stream):
             // one `completed` event per image, in the client's framing.
-            Some(cx) if (200..300).contains(&response.status) => {
+            Some(cx) => {
                 let mut out = Vec::new();
-                synthesize_stream(&response.body, cx.clone(), &mut out)?;
+                synthesize_stream(&unified, cx.clone(), &mut out)?;
                 Ok(Reply::Events(Bytes::from(out)))
             }
-            // Otherwise the adapter converts: a success into JSON, an error status (stream
-            // request or not) into the provider's error.
-            _ => adapter
-                .convert_response(
-                    &response,
-                    &ResponseContext {
-                        provider: &target.provider.name,
-                        model_requested: &form.model,
-                        model_deployment: &target.model,
-                        latency_ms: ctx.start.elapsed().as_millis() as u64,
-                        num_input_images: form.images.len(),
-                    },
-                )
-                .map(Reply::Json),
+            None => Ok(Reply::Json(unified)),
         }
     }
 }

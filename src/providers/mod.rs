@@ -10,6 +10,7 @@
 pub mod azure;
 pub mod capabilities;
 pub mod gemini;
+pub mod google;
 pub mod openai;
 pub mod rawjson;
 pub mod stream;

@@ -334,10 +334,18 @@ providers:
       - name: mockkey
         value: {MOCK_PROVIDER_KEY}
         models: ["*"]
+  - name: sim-azure
+    kind: azure
+    base_url: http://127.0.0.1:{self.sim_port}
+    deployments:
+      sim-image-1: sim-image-deploy
+    keys:
+      - name: azkey
+        value: {SIM_PROVIDER_KEY}
 virtual_keys:
   - id: test
     key: {VIRTUAL_KEY}
-    providers: [demo, mock]
+    providers: [demo, mock, sim-azure]
 """
 
     @property

@@ -381,6 +381,9 @@ pub struct StreamPipeline {
     translator: Option<Box<dyn StreamTranslator>>,
     /// Translated events (reused).
     translated: Vec<SseEvent>,
+    /// The pending event was found not to qualify for pass-through (it is not looked at again
+    /// until it is dispatched, so a large event is scanned once, not once per read).
+    declined: bool,
 }
 
 impl std::fmt::Debug for dyn StreamTranslator {
@@ -395,6 +398,7 @@ impl StreamPipeline {
         StreamPipeline {
             translator: adapter_for(cx.kind).stream_translator(&cx),
             translated: Vec::new(),
+            declined: false,
             decoder: SseDecoder::new(),
             converter: OpenAiStreamConverter::new(cx),
             events: Vec::new(),
@@ -434,6 +438,10 @@ impl StreamPipeline {
                 return self.converter.fail(err, out);
             }
         };
+        if passed_end || !self.events.is_empty() {
+            // The pending event (if any) is a new one.
+            self.declined = false;
+        }
         if passed_end && self.converter.end_pass_through(out)? == Progress::Done {
             self.events.clear();
             return Ok(Progress::Done);
@@ -458,9 +466,13 @@ impl StreamPipeline {
         // A large image event still arriving: forward what is here and the rest as it comes
         // (OpenAI-shaped events only: translated ones are converted whole).
         if let Some((event, head)) = self.decoder.pending_data().filter(|_| self.translator.is_none()) {
-            if head.len() >= PASS_THROUGH_BYTES && self.converter.begin_pass_through(event, head, out) {
-                // The buffered head was written; its allocation serves the fragments.
-                self.fragment = self.decoder.pass_through_data();
+            if head.len() >= PASS_THROUGH_BYTES && !self.declined {
+                if self.converter.begin_pass_through(event, head, out) {
+                    // The buffered head was written; its allocation serves the fragments.
+                    self.fragment = self.decoder.pass_through_data();
+                } else {
+                    self.declined = true;
+                }
             }
         }
         Ok(Progress::More)

@@ -95,6 +95,9 @@ pub struct Setup {
     /// Extra lines for the `simulator:` section (each `  key: value\n`), e.g.
     /// `  stream_interval_ms: 200\n`; only used with `simulator`.
     pub simulator_settings: String,
+    /// More entries for the `providers:` list (YAML lines starting `  - name: …`), e.g. a
+    /// provider of another kind.
+    pub extra_providers: String,
 }
 
 impl Setup {
@@ -108,6 +111,7 @@ impl Setup {
             allow_anonymous: false,
             simulator: false,
             simulator_settings: String::new(),
+            extra_providers: String::new(),
         }
     }
 
@@ -155,7 +159,7 @@ auth:
     keys:
       - name: main
         value: {OTHER_PROVIDER_KEY}
-{sim_provider}virtual_keys:
+{sim_provider}{extra}virtual_keys:
   - id: team-a
     key: {VK}
   - id: restricted
@@ -170,6 +174,7 @@ auth:
             spool = self.spool_memory_bytes,
             up = self.upstream,
             rt = self.read_timeout_ms,
+            extra = self.extra_providers,
         )
     }
 }

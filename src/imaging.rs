@@ -80,6 +80,9 @@ pub enum ImagingError {
     /// The image is larger than the decoder's pixel budget.
     #[error("image too large to decode ({0} pixels)")]
     TooLarge(u64),
+    /// A unified mask without an alpha channel: it cannot say which pixels to edit.
+    #[error("the mask has no alpha channel: use a PNG whose fully transparent pixels (alpha 0) mark the area to edit")]
+    MaskWithoutAlpha,
 }
 
 /// A decoded 8-bit RGBA image.
@@ -221,6 +224,84 @@ pub fn pad_png(png: Vec<u8>, target: usize) -> Vec<u8> {
     out
 }
 
+/// PNG colour information read from the header chunks only (no pixel decoding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PngInfo {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// True when the image carries transparency: an alpha channel or a `tRNS` chunk.
+    pub alpha: bool,
+}
+
+/// Reads a PNG's dimensions and whether it has transparency, without decoding pixels.
+pub fn png_info(bytes: &[u8]) -> Result<PngInfo, ImagingError> {
+    let reader = png::Decoder::new(Cursor::new(bytes))
+        .read_info()
+        .map_err(|e| ImagingError::Decode(e.to_string()))?;
+    let info = reader.info();
+    Ok(PngInfo {
+        width: info.width,
+        height: info.height,
+        alpha: matches!(info.color_type, png::ColorType::Rgba | png::ColorType::GrayscaleAlpha) || info.trns.is_some(),
+    })
+}
+
+/// The dimensions in a PNG's `IHDR` chunk, from the file's first 24 bytes; `None` when `head`
+/// does not start like a PNG.
+pub fn png_dimensions(head: &[u8]) -> Option<(u32, u32)> {
+    if !head.starts_with(b"\x89PNG\r\n\x1a\n") || head.get(12..16) != Some(&b"IHDR"[..]) {
+        return None;
+    }
+    let be = |at: usize| Some(u32::from_be_bytes(head.get(at..at + 4)?.try_into().ok()?));
+    Some((be(16)?, be(20)?))
+}
+
+/// A mask converted from the unified convention, as an 8-bit grayscale PNG.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertedMask {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// The encoded grayscale PNG.
+    pub png: Vec<u8>,
+}
+
+/// Converts a unified mask (OpenAI's convention: a PNG whose fully transparent pixels,
+/// alpha 0, are edited) into a provider's opaque 8-bit grayscale mask PNG: each alpha-0 pixel
+/// becomes `edit`, every other pixel `keep` (Imagen, Stability, BFL: `edit` 255, white; Titan
+/// inpainting: `edit` 0, black). Runs in the gateway while a request is translated. Errors:
+/// not a decodable PNG, or a PNG without transparency ([`ImagingError::MaskWithoutAlpha`]).
+pub fn convert_mask(png: &[u8], edit: u8, keep: u8) -> Result<ConvertedMask, ImagingError> {
+    if !png_info(png)?.alpha {
+        return Err(ImagingError::MaskWithoutAlpha);
+    }
+    let rgba = decode_png(png)?;
+    let gray: Vec<u8> = rgba
+        .pixels
+        .chunks_exact(4)
+        .map(|px| if px[3] == 0 { edit } else { keep })
+        .collect();
+    let mut out = Vec::with_capacity(gray.len() / 8 + 128);
+    {
+        let mut enc = png::Encoder::new(&mut out, rgba.width, rgba.height);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().map_err(|e| ImagingError::Encode(e.to_string()))?;
+        writer
+            .write_image_data(&gray)
+            .map_err(|e| ImagingError::Encode(e.to_string()))?;
+        writer.finish().map_err(|e| ImagingError::Encode(e.to_string()))?;
+    }
+    Ok(ConvertedMask {
+        width: rgba.width,
+        height: rgba.height,
+        png: out,
+    })
+}
+
 /// The paint colour for `prompt` and output image `index`: a stable FNV-1a hash, opaque.
 pub fn paint_colour(prompt: &str, index: u32) -> [u8; 4] {
     let mut h: u32 = 0x811c_9dc5;
@@ -351,6 +432,33 @@ mod tests {
         let padded = pad_png(png.clone(), 10_000);
         assert_eq!(&padded[37..41], b"rfPd");
         assert_eq!(pad_png(b"not a png".to_vec(), 100), b"not a png");
+    }
+
+    #[test]
+    fn unified_mask_becomes_white_on_black_grayscale() {
+        let mut mask = solid(3, 2, [9, 9, 9, 255]);
+        mask.pixels[3] = 0; // (0,0) transparent: edit
+        mask.pixels[5 * 4 + 3] = 0; // (2,1)
+        mask.pixels[4 + 3] = 128; // (1,0) half transparent: kept
+        let png = encode_png(&mask).unwrap();
+        let m = convert_mask(&png, 255, 0).unwrap();
+        assert_eq!((m.width, m.height), (3, 2));
+        let info = png_info(&m.png).unwrap();
+        assert!(!info.alpha);
+        assert_eq!(png_dimensions(&m.png), Some((3, 2)));
+        let back = decode_png(&m.png).unwrap();
+        let grey: Vec<u8> = back.pixels.chunks_exact(4).map(|p| p[0]).collect();
+        assert_eq!(grey, [255, 0, 0, 0, 0, 255]);
+        assert!(back.pixels.chunks_exact(4).all(|p| p[3] == 255));
+        // The other convention, and a mask without alpha.
+        let black = convert_mask(&png, 0, 255).unwrap();
+        assert_eq!(decode_png(&black.png).unwrap().pixel(0, 0), [0, 0, 0, 255]);
+        assert!(matches!(
+            convert_mask(&m.png, 255, 0),
+            Err(ImagingError::MaskWithoutAlpha)
+        ));
+        assert!(convert_mask(b"nope", 255, 0).is_err());
+        assert_eq!(png_dimensions(b"\x89PNG\r\n"), None);
     }
 
     #[test]

@@ -19,6 +19,7 @@ fn fake_env(name: &str) -> Option<String> {
     match name {
         "OPENAI_API_KEY" => Some("sk-fake-openai-key".into()),
         "REFRACT_VK_TEAM_A" => Some("sk-bf-fake-team-a".into()),
+        "VERTEX_ACCESS_TOKEN" => Some("ya29.fake-vertex-token".into()),
         _ => None,
     }
 }
@@ -46,13 +47,21 @@ fn every_shipped_config_validates() {
     );
 }
 
-/// conf/refract.yaml names exactly the two environment variables it needs when they are unset.
+/// conf/refract.yaml names exactly the environment variables it needs when they are unset.
 #[test]
-fn reference_config_needs_its_two_env_vars() {
+fn reference_config_needs_its_env_vars() {
     let text = std::fs::read_to_string(conf_dir().join("refract.yaml")).unwrap();
     let errors = from_yaml_str_with_env(&text, &|_| None).unwrap_err();
     let paths: Vec<&str> = errors.0.iter().map(|p| p.path.as_str()).collect();
-    assert_eq!(paths, ["providers[0].keys[0].value", "virtual_keys[0].key"], "{errors}");
+    assert_eq!(
+        paths,
+        [
+            "providers[0].keys[0].value",
+            "providers[1].keys[0].value",
+            "virtual_keys[0].key"
+        ],
+        "{errors}"
+    );
 }
 
 /// The demo config, moved to free ports, serves the request its header comment shows.

@@ -255,9 +255,7 @@ fn service_account(path: &str) -> Result<ServiceAccountKey, String> {
     ring::signature::RsaKeyPair::from_pkcs8(&der)
         .map_err(|e| format!("{path}: private_key is not a usable RSA key ({e})"))?;
     let token_uri = field("token_uri")?;
-    if !(token_uri.starts_with("https://") || token_uri.starts_with("http://")) {
-        return Err(format!("{path}: token_uri must be an http(s) URL"));
-    }
+    parse_base_url(&token_uri).map_err(|e| format!("{path}: token_uri: {e}"))?;
     Ok(ServiceAccountKey {
         client_email: field("client_email")?,
         private_key_id: field("private_key_id").ok(),

@@ -10,7 +10,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use super::BaseUrl;
 
 /// Parses a provider base URL; the error is a message for a config problem.
-pub(super) fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
+pub(crate) fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
     let bad = |why: &str| Err(format!("invalid URL: {why}"));
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return bad("must not contain spaces or control characters");

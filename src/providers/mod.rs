@@ -184,6 +184,20 @@ pub trait ProviderAdapter: Send + Sync {
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError>;
 
+    /// Builds the upstream request like [`ProviderAdapter::build_request`], for adapters that
+    /// must read uploaded content while translating (Vertex Imagen converts the mask to its
+    /// own convention); `spool` holds the form's file parts. The gateway calls this one when it
+    /// builds a request from the complete form; the default ignores the spool.
+    fn build_request_from_spool(
+        &self,
+        form: &EditForm,
+        _spool: &crate::spool::Spool,
+        target: &Target,
+        request_id: &str,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        self.build_request(form, target, request_id)
+    }
+
     /// Converts the provider's answer: a success into the unified JSON body, an error status into
     /// a [`GatewayError::Provider`] that keeps the provider's status and message.
     fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError>;

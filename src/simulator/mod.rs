@@ -292,6 +292,18 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The status a `simulate-error:NNN` prompt asks for (500 when NNN is not a 4xx/5xx status);
+/// `None` for any other prompt.
+fn simulated_error(prompt: &str) -> Option<u16> {
+    let rest = prompt.strip_prefix("simulate-error:")?;
+    Some(
+        rest.get(..3)
+            .and_then(|s| s.parse::<u16>().ok())
+            .filter(|s| (400..600).contains(s))
+            .unwrap_or(500),
+    )
+}
+
 /// Checks the request and decodes its images; `Err` is the answer to send instead (an error, or
 /// a test hook's answer).
 async fn prepare(content_type: Option<&str>, authorization: Option<&str>, body: Bytes) -> Result<Edit, SimResponse> {
@@ -306,12 +318,7 @@ async fn prepare(content_type: Option<&str>, authorization: Option<&str>, body: 
     }
     let form = read_form(content_type.unwrap_or_default(), body).await?;
     let prompt = form.prompt.clone().unwrap_or_default();
-    if let Some(rest) = prompt.strip_prefix("simulate-error:") {
-        let status = rest
-            .get(..3)
-            .and_then(|s| s.parse::<u16>().ok())
-            .filter(|s| (400..600).contains(s))
-            .unwrap_or(500);
+    if let Some(status) = simulated_error(&prompt) {
         return Err(error(
             status,
             "simulated_error",

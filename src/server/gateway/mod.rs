@@ -298,8 +298,13 @@ impl Gateway {
                             Some((target, _)) => target,
                             None => router.select(&form.provider, &form.model, fastrand::f64())?,
                         };
-                        let target = state.credentials.prepare(target).await?;
-                        let request = adapter_for(target.provider.kind).build_request(&form, &target, &request_id)?;
+                        let target = state.credentials.prepare(&state.connector, target).await?;
+                        let request = adapter_for(target.provider.kind).build_request_from_spool(
+                            &form,
+                            &spool,
+                            &target,
+                            &request_id,
+                        )?;
                         let exchanged = exchange(&state.connector, &target, &request, &spool, &mut *sink).await?;
                         Ok((target, exchanged))
                     }

@@ -1,0 +1,273 @@
+//! The Imagen `:predict` edit request, as google-genai's `edit_image` sends it
+//! (providers.md §5.2):
+//!
+//! ```json
+//! {"instances":[{"prompt":"…","referenceImages":[
+//!   {"referenceType":"REFERENCE_TYPE_RAW","referenceId":1,
+//!    "referenceImage":{"bytesBase64Encoded":"<image 1>","mimeType":"image/png"}}, …,
+//!   {"referenceType":"REFERENCE_TYPE_MASK","referenceId":n+1,
+//!    "referenceImage":{"bytesBase64Encoded":"<mask>","mimeType":"image/png"},
+//!    "maskImageConfig":{"maskMode":"MASK_MODE_USER_PROVIDED","dilation":0.01}}]}],
+//!  "parameters":{"editMode":"…","sampleCount":n,"includeRaiReason":true,"seed":…,
+//!   "negativePrompt":"…","editConfig":{"baseSteps":…},
+//!   "outputOptions":{"mimeType":"image/jpeg","compressionQuality":…}}}
+//! ```
+//!
+//! Each input image is a spool range sent as base64 encoded on the fly; only the mask, which
+//! is converted, is held in memory.
+//!
+//! `type` → `editMode`: `inpainting` → `EDIT_MODE_INPAINT_INSERTION`, `outpainting` →
+//! `EDIT_MODE_OUTPAINT` (both need a mask); `background_removal` → `EDIT_MODE_BGSWAP` with
+//! Imagen's automatic background mask (`MASK_MODE_BACKGROUND`, no mask image) or the client's
+//! mask when one is sent. Imagen cannot return transparency, so "removal" replaces the
+//! background with what the prompt describes, [`BACKGROUND_PROMPT`] when there is no prompt.
+//! No `type`: `EDIT_MODE_INPAINT_INSERTION` with a mask, `EDIT_MODE_DEFAULT` (mask-free,
+//! prompt-driven) without.
+//!
+//! The mask: the unified mask follows OpenAI (a PNG whose fully transparent pixels are
+//! edited); Imagen wants an opaque image whose white pixels are edited. It is decoded and
+//! re-encoded as an 8-bit grayscale PNG, alpha 0 → 255, anything else → 0. A mask that is not
+//! a PNG with transparency is refused (400, `mask`), and so is a mask whose size differs from
+//! the first image's when that image is a PNG (OpenAI's rule; JPEG and WebP sizes are not
+//! read, so those pairs go to Imagen as they are).
+
+use crate::error::GatewayError;
+use crate::form::{EditForm, EditType};
+use crate::imaging::{self, ImageKind};
+use crate::providers::BodySegment;
+use crate::spool::{Spool, SpoolRange};
+use bytes::{BufMut, BytesMut};
+use serde::Serialize;
+
+/// The prompt of a `background_removal` request that has none: the new background.
+pub const BACKGROUND_PROMPT: &str = "a plain white background";
+
+/// `maskImageConfig.dilation` of a client's mask (google-genai's captured value).
+pub const USER_MASK_DILATION: f64 = 0.01;
+
+/// A mask converted to Imagen's convention (opaque 8-bit grayscale PNG, white = edit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagenMask {
+    /// The PNG file.
+    pub png: Vec<u8>,
+}
+
+fn invalid_mask(message: String) -> GatewayError {
+    GatewayError::InvalidRequest {
+        param: Some("mask".into()),
+        message,
+    }
+}
+
+fn spool_error(e: std::io::Error) -> GatewayError {
+    GatewayError::Internal(format!("spool read failed: {e}"))
+}
+
+/// Reads the form's mask from the spool and converts it (see the module docs); `None` when
+/// the form has no mask. Runs once per upstream attempt, before the request is sent.
+pub fn convert_mask(form: &EditForm, spool: &Spool) -> Result<Option<ImagenMask>, GatewayError> {
+    let Some(part) = &form.mask else {
+        return Ok(None);
+    };
+    if part.kind != Some(ImageKind::Png) {
+        return Err(invalid_mask(
+            "the mask must be a PNG with an alpha channel whose fully transparent pixels (alpha 0) mark the area to edit".into(),
+        ));
+    }
+    let bytes = spool.read_all(part.range).map_err(spool_error)?;
+    let converted = imaging::convert_mask(&bytes, 255, 0).map_err(|e| invalid_mask(e.to_string()))?;
+    if let Some(first) = form.images.first().filter(|i| i.kind == Some(ImageKind::Png)) {
+        let head = spool
+            .read_all(SpoolRange {
+                start: first.range.start,
+                len: first.range.len.min(24),
+            })
+            .map_err(spool_error)?;
+        if let Some((w, h)) = imaging::png_dimensions(&head) {
+            if (w, h) != (converted.width, converted.height) {
+                return Err(invalid_mask(format!(
+                    "the mask is {}x{} but the first image is {w}x{h}; they must match",
+                    converted.width, converted.height
+                )));
+            }
+        }
+    }
+    Ok(Some(ImagenMask { png: converted.png }))
+}
+
+/// The mask reference a request carries.
+enum MaskReference<'a> {
+    /// The client's mask, converted.
+    User(&'a ImagenMask),
+    /// Imagen computes the background mask itself.
+    Background,
+}
+
+/// `editMode` and the mask reference for the form's `type` and mask.
+fn edit_mode<'a>(
+    edit_type: Option<EditType>,
+    mask: Option<&'a ImagenMask>,
+) -> Result<(&'static str, Option<MaskReference<'a>>), GatewayError> {
+    use MaskReference::{Background, User};
+    Ok(match (edit_type, mask) {
+        (Some(EditType::Inpainting) | None, Some(m)) => ("EDIT_MODE_INPAINT_INSERTION", Some(User(m))),
+        (Some(EditType::Outpainting), Some(m)) => ("EDIT_MODE_OUTPAINT", Some(User(m))),
+        (Some(t @ (EditType::Inpainting | EditType::Outpainting)), None) => {
+            return Err(invalid_mask(format!(
+                "type={} with an Imagen model needs a mask (fully transparent pixels mark the area to edit)",
+                crate::providers::capabilities::edit_type_name(t)
+            )))
+        }
+        (Some(EditType::BackgroundRemoval), Some(m)) => ("EDIT_MODE_BGSWAP", Some(User(m))),
+        (Some(EditType::BackgroundRemoval), None) => ("EDIT_MODE_BGSWAP", Some(Background)),
+        (None, None) => ("EDIT_MODE_DEFAULT", None),
+    })
+}
+
+/// `outputOptions.mimeType` for `output_format` (Imagen writes PNG and JPEG only).
+fn output_mime(form: &EditForm, provider: &str) -> Result<Option<&'static str>, GatewayError> {
+    match form.output_format.as_deref() {
+        None => Ok(None),
+        Some("png") => Ok(Some("image/png")),
+        Some("jpeg") => Ok(Some("image/jpeg")),
+        Some(other) => Err(GatewayError::Unsupported {
+            provider: provider.to_string(),
+            param: "output_format".into(),
+            message: format!("output_format={other} with Imagen (png or jpeg)"),
+        }),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Parameters<'a> {
+    edit_mode: &'static str,
+    sample_count: u32,
+    include_rai_reason: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    negative_prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edit_config: Option<EditConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_options: Option<OutputOptions>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EditConfig {
+    base_steps: u32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutputOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mime_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compression_quality: Option<u32>,
+}
+
+/// Literal JSON pieces and base64-encoded spool ranges, in order.
+struct JsonWriter {
+    segments: Vec<BodySegment>,
+    pending: BytesMut,
+}
+
+impl JsonWriter {
+    fn raw(&mut self, s: &str) {
+        self.pending.put_slice(s.as_bytes());
+    }
+
+    fn json<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), GatewayError> {
+        serde_json::to_writer((&mut self.pending).writer(), value).map_err(|e| GatewayError::Internal(e.to_string()))
+    }
+
+    fn base64_of_bytes(&mut self, bytes: &[u8]) {
+        let mut encoded = Vec::with_capacity(bytes.len() * 4 / 3 + 4);
+        crate::codec::base64::encode_append(bytes, &mut encoded);
+        self.pending.put_slice(&encoded);
+    }
+
+    fn base64_of_spool(&mut self, range: SpoolRange) {
+        if !self.pending.is_empty() {
+            self.segments.push(BodySegment::Bytes(self.pending.split().freeze()));
+        }
+        self.segments.push(BodySegment::Base64(range));
+    }
+
+    fn finish(mut self) -> Vec<BodySegment> {
+        if !self.pending.is_empty() {
+            self.segments.push(BodySegment::Bytes(self.pending.freeze()));
+        }
+        self.segments
+    }
+}
+
+/// The `:predict` body for `form` (see the module docs); `mask` is the converted mask, if the
+/// form has one. Fails (before any upstream call) on a combination Imagen cannot serve.
+pub fn body(form: &EditForm, mask: Option<&ImagenMask>, provider: &str) -> Result<Vec<BodySegment>, GatewayError> {
+    let (mode, mask_ref) = edit_mode(form.edit_type, mask)?;
+    let mime = output_mime(form, provider)?;
+    let prompt = match form.prompt.as_deref() {
+        Some(p) if !p.trim().is_empty() => p,
+        _ => BACKGROUND_PROMPT,
+    };
+    let mut w = JsonWriter {
+        segments: Vec::with_capacity(2 * form.images.len() + 2),
+        pending: BytesMut::with_capacity(512 + mask.map_or(0, |m| m.png.len() * 4 / 3 + 4)),
+    };
+    w.raw("{\"instances\":[{\"prompt\":");
+    w.json(prompt)?;
+    w.raw(",\"referenceImages\":[");
+    let mut id = 0u32;
+    for image in &form.images {
+        id += 1;
+        if id > 1 {
+            w.raw(",");
+        }
+        w.raw(&format!(
+            "{{\"referenceType\":\"REFERENCE_TYPE_RAW\",\"referenceId\":{id},\"referenceImage\":{{\"bytesBase64Encoded\":\""
+        ));
+        w.base64_of_spool(image.range);
+        w.raw("\",\"mimeType\":");
+        w.json(image.kind.unwrap_or(ImageKind::Png).mime())?;
+        w.raw("}}");
+    }
+    if let Some(reference) = mask_ref {
+        id += 1;
+        if id > 1 {
+            w.raw(",");
+        }
+        w.raw(&format!(
+            "{{\"referenceType\":\"REFERENCE_TYPE_MASK\",\"referenceId\":{id},"
+        ));
+        match reference {
+            MaskReference::User(m) => {
+                w.raw("\"referenceImage\":{\"bytesBase64Encoded\":\"");
+                w.base64_of_bytes(&m.png);
+                w.raw(&format!(
+                    "\",\"mimeType\":\"image/png\"}},\"maskImageConfig\":{{\"maskMode\":\"MASK_MODE_USER_PROVIDED\",\"dilation\":{USER_MASK_DILATION}}}}}"
+                ));
+            }
+            MaskReference::Background => w.raw("\"maskImageConfig\":{\"maskMode\":\"MASK_MODE_BACKGROUND\"}}"),
+        }
+    }
+    w.raw("]}],\"parameters\":");
+    let output_options = (mime.is_some() || form.output_compression.is_some()).then_some(OutputOptions {
+        mime_type: mime,
+        compression_quality: form.output_compression,
+    });
+    w.json(&Parameters {
+        edit_mode: mode,
+        sample_count: form.n.unwrap_or(1),
+        include_rai_reason: true,
+        seed: form.seed,
+        negative_prompt: form.negative_prompt.as_deref(),
+        edit_config: form.num_inference_steps.map(|base_steps| EditConfig { base_steps }),
+        output_options,
+    })?;
+    w.raw("}");
+    Ok(w.finish())
+}

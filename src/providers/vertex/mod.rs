@@ -1,0 +1,201 @@
+//! Kind `vertex`: Vertex AI. Imagen editing (`imagen-*` capability models) through
+//! `:predict`; the request body is built in [`imagen`].
+//!
+//! - Path: `POST {base}/projects/{project}/locations/{location}/publishers/google/models/{model}:predict`
+//!   with `Authorization: Bearer <token>`: a static OAuth token (`value`, `auth: bearer`, the
+//!   default) or one obtained for a service account (`service_account_file`, see
+//!   `server::credentials`). With `auth: api_key` (Vertex "express mode") the key goes in
+//!   `x-goog-api-key` and the path is `{base}/publishers/google/models/{model}:predict`.
+//! - Answer: `{"predictions":[{"bytesBase64Encoded","mimeType"}…]}` → `data[i].b64_json`, the
+//!   base64 copied once from the provider's JSON. Filtered images are dropped by Vertex (or
+//!   replaced by `{"raiFilteredReason"}` items, which refract asks for); an answer without any
+//!   image is a 400 `moderation_blocked` carrying the reason. Errors come in Google's envelope
+//!   ([`super::google::google_error`]).
+//! - No streaming: `stream=true` is synthesized by the gateway from the complete answer.
+
+pub mod imagen;
+
+use super::capabilities::{Capabilities, ModelFamily, Streaming};
+use super::google::{google_error, no_image_error, unix_now, write_images_response, AnswerImage};
+use super::{auth_header, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use crate::config::KeyAuth;
+use crate::error::GatewayError;
+use crate::form::{EditForm, EditType};
+use crate::route::Target;
+use crate::spool::Spool;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// The adapter for kind `vertex`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VertexAdapter;
+
+/// Whether `model` is an Imagen model.
+fn is_imagen(model: &str) -> bool {
+    model.starts_with("imagen-")
+}
+
+/// Imagen capability models (`imagen-3.0-capability-001`). Limits: `sampleCount` 1–4 and four
+/// RAW references (google-genai's documented ranges); 10 MB per image is a conservative bound
+/// (providers.md gives no Imagen figure; Vertex's inline request budget is about 20 MB).
+static FAMILIES: [ModelFamily; 1] = [ModelFamily {
+    name: "Imagen (imagen-*, e.g. imagen-3.0-capability-001)",
+    matches: is_imagen,
+    capabilities: Capabilities {
+        mask: true,
+        max_n: 4,
+        max_images: 4,
+        max_image_bytes: 10_000_000,
+        edit_types: &[EditType::Inpainting, EditType::Outpainting, EditType::BackgroundRemoval],
+        url_output: false,
+        sizes: "ignored (edits keep the input size)",
+        streaming: Streaming::Synthesized,
+        extra_fields: "seed, negative_prompt, num_inference_steps, output_format (png, jpeg), output_compression",
+    },
+}];
+
+/// The `:predict` path for `target`: regional (project and location from the config), or the
+/// express-mode path for API keys.
+fn predict_path(target: &Target) -> Result<String, GatewayError> {
+    let base = &target.provider.base_url.path;
+    let model = &target.model;
+    if target.key().auth == KeyAuth::ApiKey {
+        return Ok(format!("{base}/publishers/google/models/{model}:predict"));
+    }
+    let options = &target.provider.options;
+    match (&options.project, &options.location) {
+        (Some(project), Some(location)) => Ok(format!(
+            "{base}/projects/{project}/locations/{location}/publishers/google/models/{model}:predict"
+        )),
+        _ => Err(GatewayError::Internal(format!(
+            "provider '{}' has no project or location",
+            target.provider.name
+        ))),
+    }
+}
+
+/// Builds the request; `mask` is the mask already converted to Imagen's convention (`None`
+/// when the form has none).
+fn build(
+    form: &EditForm,
+    mask: Option<&imagen::ImagenMask>,
+    target: &Target,
+    request_id: &str,
+) -> Result<UpstreamRequest, GatewayError> {
+    if !is_imagen(&target.model) {
+        return Err(GatewayError::Unsupported {
+            provider: target.provider.name.clone(),
+            param: "model".into(),
+            message: format!("model '{}': kind vertex serves Imagen models (imagen-*)", target.model),
+        });
+    }
+    let body = imagen::body(form, mask, &target.provider.name)?;
+    Ok(UpstreamRequest {
+        method: http::Method::POST,
+        path: predict_path(target)?,
+        headers: vec![
+            auth_header(target, "x-goog-api-key")?,
+            (http::header::CONTENT_TYPE, "application/json".to_string()),
+            (http::header::ACCEPT, "application/json".to_string()),
+            (http::header::ACCEPT_ENCODING, "identity".to_string()),
+            (http::HeaderName::from_static("x-request-id"), request_id.to_string()),
+        ],
+        body,
+    })
+}
+
+impl ProviderAdapter for VertexAdapter {
+    fn families(&self) -> &'static [ModelFamily] {
+        &FAMILIES
+    }
+
+    /// Without the spool the mask cannot be converted: a form with a mask is refused (the
+    /// gateway always calls [`ProviderAdapter::build_request_from_spool`]).
+    fn build_request(
+        &self,
+        form: &EditForm,
+        target: &Target,
+        request_id: &str,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        if form.mask.is_some() {
+            return Err(GatewayError::Internal(
+                "kind vertex needs the spool to convert the mask".into(),
+            ));
+        }
+        build(form, None, target, request_id)
+    }
+
+    fn build_request_from_spool(
+        &self,
+        form: &EditForm,
+        spool: &Spool,
+        target: &Target,
+        request_id: &str,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        let mask = imagen::convert_mask(form, spool)?;
+        build(form, mask.as_ref(), target, request_id)
+    }
+
+    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+        if !(200..300).contains(&resp.status) {
+            return Err(google_error(cx.provider, resp));
+        }
+        convert_predictions(&resp.body, cx)
+    }
+}
+
+/// Imagen's answer, borrowed from the body (the base64 is never copied into a `String`).
+#[derive(Deserialize)]
+struct PredictResponse<'a> {
+    #[serde(borrow, default)]
+    predictions: Option<Vec<Prediction<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Prediction<'a> {
+    #[serde(borrow, rename = "bytesBase64Encoded")]
+    b64: Option<&'a RawValue>,
+    #[serde(borrow, rename = "mimeType")]
+    mime: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "raiFilteredReason")]
+    filtered: Option<Cow<'a, str>>,
+}
+
+/// A 2xx `:predict` answer → the unified answer, or `moderation_blocked` when every image was
+/// filtered, or 502 when the body is not Imagen's JSON.
+fn convert_predictions(body: &[u8], cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+    let protocol = |detail: String| GatewayError::UpstreamProtocol {
+        provider: cx.provider.to_string(),
+        detail,
+    };
+    let parsed: PredictResponse<'_> =
+        serde_json::from_slice(body).map_err(|e| protocol(format!("not an Imagen :predict answer: {e}")))?;
+    let predictions = parsed.predictions.unwrap_or_default();
+    let mut images = Vec::with_capacity(predictions.len());
+    for p in &predictions {
+        if let Some(b64) = p.b64 {
+            if !b64.get().starts_with('"') {
+                return Err(protocol("bytesBase64Encoded is not a string".into()));
+            }
+            images.push(AnswerImage {
+                b64,
+                mime: p.mime.as_deref(),
+            });
+        }
+    }
+    if images.is_empty() {
+        let reasons: Vec<&str> = predictions.iter().filter_map(|p| p.filtered.as_deref()).collect();
+        let why = if reasons.is_empty() {
+            "every image was filtered (no predictions)".to_string()
+        } else {
+            reasons.join("; ")
+        };
+        return Err(no_image_error(cx.provider, &why));
+    }
+    write_images_response(&images, None, unix_now(), cx)
+}
+
+#[cfg(test)]
+mod tests;

@@ -95,6 +95,9 @@ pub struct Setup {
     /// Extra lines for the `simulator:` section (each `  key: value\n`), e.g.
     /// `  stream_interval_ms: 200\n`; only used with `simulator`.
     pub simulator_settings: String,
+    /// More entries for the `providers:` list (each starting `  - name: …`); `{simulator}` is
+    /// replaced by the simulator's address.
+    pub providers: String,
 }
 
 impl Setup {
@@ -108,6 +111,7 @@ impl Setup {
             allow_anonymous: false,
             simulator: false,
             simulator_settings: String::new(),
+            providers: String::new(),
         }
     }
 
@@ -126,6 +130,10 @@ impl Setup {
             ),
             None => (String::new(), String::new()),
         };
+        let sim_provider = sim_provider
+            + &self
+                .providers
+                .replace("{simulator}", &sim.map(|a| a.to_string()).unwrap_or_default());
         format!(
             "server:
   threads: 2

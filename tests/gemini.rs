@@ -26,8 +26,12 @@ fn gateway(mock: &MockUpstream) -> Gateway {
     Gateway::start(&setup)
 }
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+/// A form editing `png` with `prompt` on `provider`'s Gemini model.
+fn one_image_form(provider: &str, prompt: &str, png: &[u8]) -> Form {
+    Form::new()
+        .text("model", &format!("{provider}/{MODEL}"))
+        .text("prompt", prompt)
+        .file("image", "a.png", "image/png", png)
 }
 
 /// A GenerateContentResponse with one candidate per image.
@@ -177,12 +181,7 @@ fn stream_true_gives_completed_events() {
 fn mask_and_type_are_refused_before_any_upstream_request() {
     let mock = MockUpstream::start();
     let gw = gateway(&mock);
-    let base = || {
-        Form::new()
-            .text("model", &format!("gem/{MODEL}"))
-            .text("prompt", "p")
-            .file("image", "a.png", "image/png", &tiny_png())
-    };
+    let base = || one_image_form("gem", "p", &tiny_png());
     let r = gw.edit(
         &base().file("mask", "m.png", "image/png", &tiny_png()),
         &[("x-bf-vk", VK)],
@@ -202,12 +201,7 @@ fn mask_and_type_are_refused_before_any_upstream_request() {
 fn image_safety_and_google_errors() {
     let mock = MockUpstream::start();
     let gw = gateway(&mock);
-    let form = || {
-        Form::new()
-            .text("model", &format!("gem/{MODEL}"))
-            .text("prompt", "p")
-            .file("image", "a.png", "image/png", &tiny_png())
-    };
+    let form = || one_image_form("gem", "p", &tiny_png());
     mock.push(Reply::json(
         200,
         &json!({"candidates":[{"finishReason":"IMAGE_SAFETY","index":0}],"usageMetadata":{"promptTokenCount":10}}),
@@ -304,20 +298,12 @@ fn simulator_edits_through_the_gateway() {
     }
     // The safety hook, whole and streamed; an error hook.
     for stream in ["false", "true"] {
-        let f = Form::new()
-            .text("model", &format!("gsim/{MODEL}"))
-            .text("prompt", "simulate-image-safety")
-            .text("stream", stream)
-            .file("image", "a.png", "image/png", &png);
+        let f = one_image_form("gsim", "simulate-image-safety", &png).text("stream", stream);
         let r = gw.edit(&f, &[("x-bf-vk", VK)]);
         assert_eq!(r.status, 400, "stream={stream}: {}", r.text());
         assert_eq!(r.json()["error"]["code"], "moderation_blocked");
     }
-    let f = Form::new()
-        .text("model", &format!("gsim/{MODEL}"))
-        .text("prompt", "simulate-error:503")
-        .file("image", "a.png", "image/png", &png);
-    let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+    let r = gw.edit(&one_image_form("gsim", "simulate-error:503", &png), &[("x-bf-vk", VK)]);
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "UNAVAILABLE");
 }

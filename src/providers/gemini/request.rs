@@ -208,13 +208,6 @@ mod tests {
         Router::new(&cfg).select("gem", model, 0.0).unwrap()
     }
 
-    fn header<'a>(req: &'a UpstreamRequest, name: &str) -> Option<&'a str> {
-        req.headers
-            .iter()
-            .find(|(n, _)| n.as_str() == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     fn part(kind: ImageKind, start: u64, len: u64) -> FilePart {
         FilePart {
             field: "image[]".into(),
@@ -288,10 +281,10 @@ mod tests {
             .unwrap();
         assert_eq!(req.method, http::Method::POST);
         assert_eq!(req.path, "/v1beta/models/gemini-2.5-flash-image:generateContent");
-        assert_eq!(header(&req, "x-goog-api-key"), Some("gm-key"));
-        assert_eq!(header(&req, "authorization"), None);
-        assert_eq!(header(&req, "content-type"), Some("application/json"));
-        assert_eq!(header(&req, "x-request-id"), Some("rid-9"));
+        assert_eq!(req.header("x-goog-api-key"), Some("gm-key"));
+        assert_eq!(req.header("authorization"), None);
+        assert_eq!(req.header("content-type"), Some("application/json"));
+        assert_eq!(req.header("x-request-id"), Some("rid-9"));
         assert!(
             req.body.iter().filter(|s| matches!(s, BodySegment::Base64(_))).count() == 2,
             "images go out as Base64 segments"

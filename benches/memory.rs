@@ -1,6 +1,8 @@
 //! Memory benchmark: peak RSS of the gateway process during 16 concurrent 20 MB image edits
 //! with `model` sent last (the order that forces a gateway to keep the whole image before it
-//! can route), against a fixed-answer mock upstream. Target: under 100 MB.
+//! can route), against a fixed-answer mock upstream; then the same with a provider of kind
+//! gemini (the image re-sent as base64 inside JSON) against a mock answering a small Gemini
+//! response. Target: under 100 MB.
 //!
 //! Run: `cargo bench --bench memory`. Environment: `UPLOADS` (default 16), `MB` (default 20).
 
@@ -47,11 +49,23 @@ fn main() {
     let image = noise_png(mb * 1024 * 1024);
     let small = noise_png(16 * 1024);
     let mock = start_mock(images_response(&small), 1);
-    for (label, model_last) in [("model last", true), ("model first", false)] {
-        let gateway = start_gateway(mock, 2, 1 << 20);
+    let gemini_mock = start_mock(gemini_response(&small), 1);
+    for (label, model_last, gemini) in [
+        ("model last", true, false),
+        ("model first", false, false),
+        ("gemini (JSON + base64 from the spool), model last", true, true),
+    ] {
+        let (gateway, model) = if gemini {
+            (
+                start_gateway_of_kind(gemini_mock, 2, 1 << 20, "gemini", "/v1beta"),
+                "bench/gemini-2.5-flash-image",
+            )
+        } else {
+            (start_gateway(mock, 2, 1 << 20), "bench/gpt-image-1")
+        };
         let pid = gateway.child.id();
         let idle = rss_kib(pid);
-        let body = std::sync::Arc::new(edit_body("bench/gpt-image-1", &image, model_last));
+        let body = std::sync::Arc::new(edit_body(model, &image, model_last));
         let start = Instant::now();
         let handles: Vec<_> = (0..uploads)
             .map(|_| {

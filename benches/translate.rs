@@ -1,6 +1,8 @@
 //! Translation benchmark: multipart parse of a 20 MB image edit (from 64 KiB chunks, as a
-//! socket delivers them) into the spool, the OpenAI re-encode, and a walk over the re-encoded
-//! body as the exchange sends it. Single-threaded, so the figure is MB/s per core.
+//! socket delivers them) into the spool, the OpenAI multipart re-encode or the Gemini
+//! `generateContent` JSON (the image base64-encoded from the spool as the exchange does it,
+//! with `Base64Stream`), and a walk over the body as the exchange sends it. Single-threaded, so
+//! the figure is MB/s (of the client's body) per core.
 //!
 //! Run: `cargo bench --bench translate`. Environment: `MB` (default 20), `ITER` (default 8).
 
@@ -37,7 +39,7 @@ fn main() {
     let iters: usize = std::env::var("ITER").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     let image = noise_png(mb * 1024 * 1024);
     let config = refract::config::from_yaml_str_with_env(
-        "providers:\n  - {name: openai, kind: openai, base_url: 'https://api.openai.com/v1', keys: [{name: k, value: sk-x}]}\n",
+        "providers:\n  - {name: openai, kind: openai, base_url: 'https://api.openai.com/v1', keys: [{name: k, value: sk-x}]}\n  - {name: gemini, kind: gemini, keys: [{name: k, value: gm-x}]}\n",
         &|_| None,
     )
     .expect("config");
@@ -48,14 +50,43 @@ fn main() {
         ..Limits::default()
     };
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-    for (label, model_last, spool_memory) in [
-        ("model first, spool in memory", false, usize::MAX / 2),
-        ("model last, spool in memory", true, usize::MAX / 2),
-        ("model last, spool spills to a temp file after 1 MiB", true, 1 << 20),
+    for (label, model, model_last, spool_memory) in [
+        (
+            "model first, spool in memory",
+            "openai/gpt-image-1",
+            false,
+            usize::MAX / 2,
+        ),
+        (
+            "model last, spool in memory",
+            "openai/gpt-image-1",
+            true,
+            usize::MAX / 2,
+        ),
+        (
+            "model last, spool spills to a temp file after 1 MiB",
+            "openai/gpt-image-1",
+            true,
+            1 << 20,
+        ),
+        // multipart -> Gemini JSON: the image goes out as base64 encoded from the spool.
+        (
+            "gemini generateContent JSON, spool in memory",
+            "gemini/gemini-2.5-flash-image",
+            true,
+            usize::MAX / 2,
+        ),
+        (
+            "gemini generateContent JSON, spool spills after 1 MiB",
+            "gemini/gemini-2.5-flash-image",
+            true,
+            1 << 20,
+        ),
     ] {
-        let body = Bytes::from(edit_body("openai/gpt-image-1", &image, model_last));
+        let body = Bytes::from(edit_body(model, &image, model_last));
         let mut best = f64::MAX;
         let mut times = Vec::new();
+        let mut sent_len = 0usize;
         for _ in 0..iters {
             let chunks = (0..body.len())
                 .step_by(64 * 1024)
@@ -100,14 +131,16 @@ fn main() {
             });
             let t = start.elapsed().as_secs_f64();
             assert!(sent > image.len());
+            sent_len = sent;
             best = best.min(t);
             times.push(t);
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         let median = times[times.len() / 2];
         println!(
-            "{label}: {:.1} MB body, median {:.2} ms ({:.0} MB/s), best {:.2} ms ({:.0} MB/s) per core",
+            "{label}: {:.1} MB body in, {:.1} MB out, median {:.2} ms ({:.0} MB/s), best {:.2} ms ({:.0} MB/s) per core",
             body.len() as f64 / 1e6,
+            sent_len as f64 / 1e6,
             median * 1000.0,
             body.len() as f64 / 1e6 / median,
             best * 1000.0,
@@ -115,32 +148,51 @@ fn main() {
         );
     }
 
-    // The answer side: OpenAI ImagesResponse -> unified JSON.
-    for kb in [64usize, 20 * 1024] {
+    // The answer side: OpenAI ImagesResponse / Gemini GenerateContentResponse -> unified JSON.
+    use refract::config::ProviderKind;
+    for (label, kind, model, body) in [
+        (
+            "answer conversion",
+            ProviderKind::OpenAi,
+            "gpt-image-1",
+            images_response(&noise_png(64 * 1024)),
+        ),
+        (
+            "answer conversion",
+            ProviderKind::OpenAi,
+            "gpt-image-1",
+            images_response(&noise_png(20 << 20)),
+        ),
+        (
+            "gemini answer conversion",
+            ProviderKind::Gemini,
+            "gemini-2.5-flash-image",
+            gemini_response(&noise_png(20 << 20)),
+        ),
+    ] {
         let answer = refract::providers::UpstreamResponse {
             status: 200,
             content_type: Some("application/json".into()),
-            body: Bytes::from(images_response(&noise_png(kb * 1024))),
+            body: Bytes::from(body),
         };
         let cx = refract::providers::ResponseContext {
-            provider: "openai",
-            model_requested: "gpt-image-1",
-            model_deployment: "gpt-image-1",
+            provider: kind.as_str(),
+            model_requested: model,
+            model_deployment: model,
             latency_ms: 1,
             num_input_images: 1,
         };
-        let adapter = adapter_for(refract::config::ProviderKind::OpenAi);
+        let adapter = adapter_for(kind);
         let mut times = Vec::new();
         for _ in 0..iters.max(20) {
             let start = Instant::now();
             let out = adapter.convert_response(&answer, &cx).expect("convert");
             times.push(start.elapsed().as_secs_f64());
-            assert!(out.len() > answer.body.len());
+            assert!(out.len() > answer.body.len() / 2);
         }
-        times.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        let median = times[times.len() / 2];
+        let median = median(times);
         println!(
-            "answer conversion: {:.2} MB JSON, median {:.3} ms ({:.0} MB/s) per core",
+            "{label}: {:.2} MB JSON, median {:.3} ms ({:.0} MB/s) per core",
             answer.body.len() as f64 / 1e6,
             median * 1000.0,
             answer.body.len() as f64 / 1e6 / median

@@ -107,6 +107,16 @@ pub fn images_response(image: &[u8]) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A Gemini `GenerateContentResponse` carrying `image` as its one inlineData part.
+pub fn gemini_response(image: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(image);
+    format!(
+        r#"{{"candidates":[{{"content":{{"role":"model","parts":[{{"inlineData":{{"mimeType":"image/png","data":"{b64}"}}}}]}},"finishReason":"STOP","index":0}}],"usageMetadata":{{"promptTokenCount":265,"candidatesTokenCount":1290,"totalTokenCount":1555}}}}"#
+    )
+    .into_bytes()
+}
+
 /// Starts a mock upstream on its own thread and runtime: it reads each HTTP/1.1 request
 /// (Content-Length or chunked body, discarded) and answers `answer` as JSON, keep-alive.
 pub fn start_mock(answer: Vec<u8>, threads: usize) -> u16 {
@@ -301,6 +311,17 @@ impl Drop for GatewayProcess {
 /// Starts `refract -c <tmp config>` with one provider `bench` (kind openai) at the mock and the
 /// virtual key `sk-bf-bench`.
 pub fn start_gateway(upstream_port: u16, threads: usize, spool_memory: usize) -> GatewayProcess {
+    start_gateway_of_kind(upstream_port, threads, spool_memory, "openai", "/v1")
+}
+
+/// As [`start_gateway`], with provider `bench` of `kind` at the mock's `base_path`.
+pub fn start_gateway_of_kind(
+    upstream_port: u16,
+    threads: usize,
+    spool_memory: usize,
+    kind: &str,
+    base_path: &str,
+) -> GatewayProcess {
     let port = free_port();
     let yaml = format!(
         r#"
@@ -310,8 +331,8 @@ limits: {{ max_body_bytes: 104857600, max_part_bytes: 52428800 }}
 spool: {{ memory_bytes: {spool_memory} }}
 providers:
   - name: bench
-    kind: openai
-    base_url: http://127.0.0.1:{upstream_port}/v1
+    kind: {kind}
+    base_url: http://127.0.0.1:{upstream_port}{base_path}
     keys: [{{ name: k, value: bench-upstream-key }}]
 virtual_keys:
   - {{ id: bench, key: sk-bf-bench }}

@@ -69,7 +69,7 @@ fn head(target: &Target, request_id: &str, boundary: &str) -> Result<UpstreamReq
 }
 
 /// Percent-encodes a path segment (deployment names are `[A-Za-z0-9._-]` in practice).
-fn percent_encode_segment(segment: &str) -> String {
+pub(super) fn percent_encode_segment(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -2,7 +2,7 @@
 //! unified answer written from images that arrive as base64 strings inside Google's JSON.
 
 use super::openai::{extra_fields, provider_error};
-use super::{ResponseContext, UpstreamResponse};
+use super::{BodySegment, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -42,6 +42,29 @@ pub fn google_error(provider: &str, resp: &UpstreamResponse) -> GatewayError {
         provider: provider.to_string(),
         status: resp.status,
         error,
+    }
+}
+
+/// A JSON `POST` to a Google endpoint: `path`, the credential header `auth`, the answer type
+/// `accept` (`application/json`, or `text/event-stream` for streams), and the body plan.
+pub fn json_post(
+    path: String,
+    auth: (http::HeaderName, String),
+    accept: &str,
+    request_id: &str,
+    body: Vec<BodySegment>,
+) -> UpstreamRequest {
+    UpstreamRequest {
+        method: http::Method::POST,
+        path,
+        headers: vec![
+            auth,
+            (http::header::CONTENT_TYPE, "application/json".to_string()),
+            (http::header::ACCEPT, accept.to_string()),
+            (http::header::ACCEPT_ENCODING, "identity".to_string()),
+            (http::HeaderName::from_static("x-request-id"), request_id.to_string()),
+        ],
+        body,
     }
 }
 

@@ -73,6 +73,15 @@ impl UpstreamRequest {
         self.body.iter().map(BodySegment::len).sum()
     }
 
+    /// The value of header `name` (tests and fixtures).
+    #[cfg(test)]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The whole body in one buffer, as the exchange sends it (tests and fixtures; the proxy
     /// streams the segments instead).
     pub fn render(&self, spool: &crate::spool::Spool) -> std::io::Result<Vec<u8>> {

@@ -280,21 +280,31 @@ impl Edit {
     }
 }
 
-fn png_base64(img: &Rgba, pad_to: usize) -> Result<String, SimResponse> {
+pub(super) fn png_base64(img: &Rgba, pad_to: usize) -> Result<String, SimResponse> {
     let png = encode_png(img).map_err(|e| error(500, "server_error", "internal_error", None, &e.to_string()))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(pad_png(png, pad_to)))
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-/// The status a `simulate-error:NNN` prompt asks for (500 when NNN is not a 4xx/5xx status);
+/// The image an edit starts from: a PNG decoded; JPEG and WebP are accepted but not decoded
+/// (the edit starts from a blank 64×64 canvas).
+pub(super) fn starting_image(bytes: &[u8]) -> Result<Rgba, imaging::ImagingError> {
+    if imaging::sniff(bytes) == Some(imaging::ImageKind::Png) {
+        decode_png(bytes)
+    } else {
+        Ok(solid(64, 64, [255, 255, 255, 255]))
+    }
+}
+
+/// The status a `simulate-error:<status>` prompt asks for (500 when it names no error status),
 /// `None` for any other prompt.
-fn simulated_error(prompt: &str) -> Option<u16> {
+pub(super) fn simulated_error_status(prompt: &str) -> Option<u16> {
     let rest = prompt.strip_prefix("simulate-error:")?;
     Some(
         rest.get(..3)
@@ -318,7 +328,7 @@ async fn prepare(content_type: Option<&str>, authorization: Option<&str>, body: 
     }
     let form = read_form(content_type.unwrap_or_default(), body).await?;
     let prompt = form.prompt.clone().unwrap_or_default();
-    if let Some(status) = simulated_error(&prompt) {
+    if let Some(status) = simulated_error_status(&prompt) {
         return Err(error(
             status,
             "simulated_error",
@@ -352,20 +362,15 @@ async fn prepare(content_type: Option<&str>, authorization: Option<&str>, body: 
             "image is required",
         ));
     };
-    let image = if imaging::sniff(first) == Some(imaging::ImageKind::Png) {
-        decode_png(first).map_err(|e| {
-            error(
-                400,
-                "invalid_request_error",
-                "invalid_image",
-                Some("image"),
-                &e.to_string(),
-            )
-        })?
-    } else {
-        // JPEG and WebP are accepted but not decoded: the edit starts from a blank canvas.
-        solid(64, 64, [255, 255, 255, 255])
-    };
+    let image = starting_image(first).map_err(|e| {
+        error(
+            400,
+            "invalid_request_error",
+            "invalid_image",
+            Some("image"),
+            &e.to_string(),
+        )
+    })?;
     let mask = match &form.mask {
         Some(m) => Some(decode_png(m).map_err(|e| {
             error(

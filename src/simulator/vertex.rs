@@ -102,7 +102,7 @@ fn predict(req: &SimRequest) -> Result<SimResponse, SimResponse> {
         .and_then(Value::as_str)
         .ok_or_else(|| bad("instances[0].prompt is required"))?;
     let parameters = body.get("parameters").cloned().unwrap_or(json!({}));
-    if let Some(status) = super::simulated_error(prompt) {
+    if let Some(status) = super::simulated_error_status(prompt) {
         return Err(google_error(status, &format!("simulated error {status}")));
     }
     if prompt == "simulate-filtered" {

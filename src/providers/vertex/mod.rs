@@ -1,7 +1,11 @@
 //! Kind `vertex`: Vertex AI. Imagen editing (`imagen-*` capability models) through
-//! `:predict`; the request body is built in [`imagen`].
+//! `:predict` (the request body is built in [`imagen`]), and Gemini image models through
+//! `generateContent` (the Gemini API's body, [`super::gemini::generate_content_request`], with
+//! Vertex's `imageConfig.outputMimeType`/`outputCompressionQuality`; answers and streams as on
+//! the Gemini API).
 //!
 //! - Path: `POST {base}/projects/{project}/locations/{location}/publishers/google/models/{model}:predict`
+//!   (`:generateContent`, `:streamGenerateContent?alt=sse` for Gemini models)
 //!   with `Authorization: Bearer <token>`: a static OAuth token (`value`, `auth: bearer`, the
 //!   default) or one obtained for a service account (`service_account_file`, see
 //!   `server::credentials`). With `auth: api_key` (Vertex "express mode") the key goes in
@@ -15,9 +19,15 @@
 
 pub mod imagen;
 
+use super::azure::percent_encode_segment;
 use super::capabilities::{Capabilities, ModelFamily, Streaming};
-use super::google::{google_error, no_image_error, unix_now, write_images_response, AnswerImage};
-use super::{auth_header, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::gemini::{
+    convert_generate_content, generate_content_request, is_generate_content_model, GenerateContentStream,
+    GEMINI_IMAGE_CAPABILITIES,
+};
+use super::google::{google_error, json_post, no_image_error, unix_now, write_images_response, AnswerImage};
+use super::stream::StreamContext;
+use super::{auth_header, ProviderAdapter, ResponseContext, StreamTranslator, UpstreamRequest, UpstreamResponse};
 use crate::config::KeyAuth;
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
@@ -33,41 +43,50 @@ use std::borrow::Cow;
 pub struct VertexAdapter;
 
 /// Whether `model` is an Imagen model.
-fn is_imagen(model: &str) -> bool {
+pub fn is_imagen(model: &str) -> bool {
     model.starts_with("imagen-")
 }
 
 /// Imagen capability models (`imagen-3.0-capability-001`). Limits: `sampleCount` 1–4 and four
 /// RAW references (google-genai's documented ranges); 10 MB per image is a conservative bound
 /// (providers.md gives no Imagen figure; Vertex's inline request budget is about 20 MB).
-static FAMILIES: [ModelFamily; 1] = [ModelFamily {
-    name: "Imagen (imagen-*, e.g. imagen-3.0-capability-001)",
-    matches: is_imagen,
-    capabilities: Capabilities {
-        mask: true,
-        max_n: 4,
-        max_images: 4,
-        max_image_bytes: 10_000_000,
-        edit_types: &[EditType::Inpainting, EditType::Outpainting, EditType::BackgroundRemoval],
-        url_output: false,
-        sizes: "ignored (edits keep the input size)",
-        streaming: Streaming::Synthesized,
-        extra_fields: "seed, negative_prompt, num_inference_steps, output_format (png, jpeg), output_compression",
-    },
-}];
+pub static IMAGEN_CAPABILITIES: Capabilities = Capabilities {
+    mask: true,
+    max_n: 4,
+    max_images: 4,
+    max_image_bytes: 10_000_000,
+    edit_types: &[EditType::Inpainting, EditType::Outpainting, EditType::BackgroundRemoval],
+    url_output: false,
+    sizes: "ignored (edits keep the input size)",
+    streaming: Streaming::Synthesized,
+    extra_fields: "seed, negative_prompt, num_inference_steps, output_format (png, jpeg), output_compression",
+};
 
-/// The `:predict` path for `target`: regional (project and location from the config), or the
-/// express-mode path for API keys.
-fn predict_path(target: &Target) -> Result<String, GatewayError> {
+static FAMILIES: [ModelFamily; 2] = [
+    ModelFamily {
+        name: "Imagen (imagen-*, e.g. imagen-3.0-capability-001)",
+        matches: is_imagen,
+        capabilities: IMAGEN_CAPABILITIES,
+    },
+    ModelFamily {
+        name: "Gemini image models (gemini-2.5-flash-image, …) through generateContent",
+        matches: is_generate_content_model,
+        capabilities: GEMINI_IMAGE_CAPABILITIES,
+    },
+];
+
+/// The model's path for `target` (the method, e.g. `:predict`, is appended): regional
+/// (project and location from the config), or the express-mode path for API keys.
+fn model_path(target: &Target) -> Result<String, GatewayError> {
     let base = &target.provider.base_url.path;
-    let model = &target.model;
+    let model = percent_encode_segment(&target.model);
     if target.key().auth == KeyAuth::ApiKey {
-        return Ok(format!("{base}/publishers/google/models/{model}:predict"));
+        return Ok(format!("{base}/publishers/google/models/{model}"));
     }
     let options = &target.provider.options;
     match (&options.project, &options.location) {
         (Some(project), Some(location)) => Ok(format!(
-            "{base}/projects/{project}/locations/{location}/publishers/google/models/{model}:predict"
+            "{base}/projects/{project}/locations/{location}/publishers/google/models/{model}"
         )),
         _ => Err(GatewayError::Internal(format!(
             "provider '{}' has no project or location",
@@ -84,31 +103,28 @@ fn build(
     target: &Target,
     request_id: &str,
 ) -> Result<UpstreamRequest, GatewayError> {
+    let auth = auth_header(target, "x-goog-api-key")?;
     if !is_imagen(&target.model) {
-        return Err(GatewayError::Unsupported {
-            provider: target.provider.name.clone(),
-            param: "model".into(),
-            message: format!("model '{}': kind vertex serves Imagen models (imagen-*)", target.model),
-        });
+        return generate_content_request(form, model_path(target)?, auth, request_id, true);
     }
     let body = imagen::body(form, mask, &target.provider.name)?;
-    Ok(UpstreamRequest {
-        method: http::Method::POST,
-        path: predict_path(target)?,
-        headers: vec![
-            auth_header(target, "x-goog-api-key")?,
-            (http::header::CONTENT_TYPE, "application/json".to_string()),
-            (http::header::ACCEPT, "application/json".to_string()),
-            (http::header::ACCEPT_ENCODING, "identity".to_string()),
-            (http::HeaderName::from_static("x-request-id"), request_id.to_string()),
-        ],
+    Ok(json_post(
+        format!("{}:predict", model_path(target)?),
+        auth,
+        "application/json",
+        request_id,
         body,
-    })
+    ))
 }
 
 impl ProviderAdapter for VertexAdapter {
     fn families(&self) -> &'static [ModelFamily] {
         &FAMILIES
+    }
+
+    fn stream_translator(&self, cx: &StreamContext) -> Option<Box<dyn StreamTranslator>> {
+        (!is_imagen(&cx.model_deployment))
+            .then(|| Box::new(GenerateContentStream::new(cx)) as Box<dyn StreamTranslator>)
     }
 
     /// Without the spool the mask cannot be converted: a form with a mask is refused (the
@@ -119,7 +135,7 @@ impl ProviderAdapter for VertexAdapter {
         target: &Target,
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
-        if form.mask.is_some() {
+        if form.mask.is_some() && is_imagen(&target.model) {
             return Err(GatewayError::Internal(
                 "kind vertex needs the spool to convert the mask".into(),
             ));
@@ -139,6 +155,9 @@ impl ProviderAdapter for VertexAdapter {
     }
 
     fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+        if !is_imagen(cx.model_deployment) {
+            return convert_generate_content(resp, cx);
+        }
         if !(200..300).contains(&resp.status) {
             return Err(google_error(cx.provider, resp));
         }
@@ -165,7 +184,7 @@ struct Prediction<'a> {
 
 /// A 2xx `:predict` answer → the unified answer, or `moderation_blocked` when every image was
 /// filtered, or 502 when the body is not Imagen's JSON.
-fn convert_predictions(body: &[u8], cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+pub fn convert_predictions(body: &[u8], cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
     let protocol = |detail: String| GatewayError::UpstreamProtocol {
         provider: cx.provider.to_string(),
         detail,

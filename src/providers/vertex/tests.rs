@@ -312,15 +312,53 @@ fn express_mode_path_and_api_key_header() {
 }
 
 #[test]
-fn unsupported_model_and_output_format_are_refused() {
-    let form = base_form(Vec::new(), None);
-    let e = VertexAdapter
-        .build_request(&form, &bearer("gemini-2.5-flash-image"), "r")
-        .unwrap_err();
-    assert_eq!(
-        (e.status(), e.code(), e.param()),
-        (400, "unsupported_parameter", Some("model"))
+fn gemini_models_go_to_generate_content_with_vertex_options() {
+    let png = encode_png(&solid(2, 2, [9, 8, 7, 255])).unwrap();
+    let (spool, parts) = spool_with(&[("image", ImageKind::Png, png.clone())]);
+    let form = EditForm {
+        output_format: Some("jpeg".into()),
+        output_compression: Some(80),
+        ..base_form(parts, None)
+    };
+    let t = bearer("gemini-2.5-flash-image");
+    let req = VertexAdapter.build_request_from_spool(&form, &spool, &t, "r").unwrap();
+    assert!(
+        req.path.ends_with("/publishers/google/models/gemini-2.5-flash-image:generateContent"),
+        "{}",
+        req.path
     );
+    assert!(req.path.contains("/projects/"), "{}", req.path);
+    assert_eq!(header(&req, "authorization").map(|a| a.starts_with("Bearer ")), Some(true));
+    let body: serde_json::Value = serde_json::from_slice(&req.render(&spool).unwrap()).unwrap();
+    let inline = &body["contents"][0]["parts"][0]["inlineData"];
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(inline["data"].as_str().unwrap())
+            .unwrap(),
+        png
+    );
+    assert_eq!(body["generationConfig"]["imageConfig"]["outputMimeType"], "image/jpeg");
+    assert_eq!(body["generationConfig"]["imageConfig"]["outputCompressionQuality"], 80);
+    assert!(VertexAdapter.stream_translator(&stream_cx("gemini-2.5-flash-image")).is_some());
+    assert!(VertexAdapter.stream_translator(&stream_cx("imagen-3.0-capability-001")).is_none());
+}
+
+fn stream_cx(model: &str) -> crate::providers::stream::StreamContext {
+    crate::providers::stream::StreamContext {
+        provider: "vx".into(),
+        model_requested: model.into(),
+        model_deployment: model.into(),
+        request_id: "r".into(),
+        images: 1,
+        start: std::time::Instant::now(),
+        framing: crate::providers::stream::Framing::Bifrost,
+        kind: crate::config::ProviderKind::Vertex,
+    }
+}
+
+#[test]
+fn unsupported_output_format_is_refused() {
+    let form = base_form(Vec::new(), None);
     let form = EditForm {
         output_format: Some("webp".into()),
         ..form

@@ -1,8 +1,9 @@
 //! The simulator's Gemini API: `POST …/models/{model}:generateContent` and
 //! `…:streamGenerateContent?alt=sse`, strict like Gemini.
 //!
-//! - Auth: an `x-goog-api-key` header or a `key=` query parameter (any non-empty value), else
-//!   403 `PERMISSION_DENIED`. Errors use Google's envelope
+//! - Auth: an `x-goog-api-key` header or a `key=` query parameter (any non-empty value), or,
+//!   on Vertex AI's paths (`…/projects/{p}/locations/{l}/publishers/google/models/…`), an
+//!   `Authorization: Bearer` token; else 403 `PERMISSION_DENIED`. Errors use Google's envelope
 //!   (`{"error":{"code","message","status"}}`).
 //! - Body: a JSON `GenerateContentRequest`. Both spellings of the keys (`inlineData` /
 //!   `inline_data`, `mimeType` / `mime_type`) and both base64 alphabets (standard, URL-safe;
@@ -113,7 +114,12 @@ fn read_request(req: &SimRequest) -> Result<Request, SimResponse> {
         .split('&')
         .any(|p| p.strip_prefix("key=").is_some_and(|k| !k.is_empty()));
     let header_key = req.header("x-goog-api-key").is_some_and(|k| !k.trim().is_empty());
-    if !header_key && !query_key {
+    let vertex_token = req.path.contains("/projects/")
+        && req
+            .header("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .is_some_and(|t| !t.trim().is_empty());
+    if !header_key && !query_key && !vertex_token {
         return Err(google_error(
             403,
             "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
@@ -442,6 +448,13 @@ mod tests {
         assert_eq!(r.status, 403);
         let v: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
+        // A Bearer token counts on Vertex's paths only.
+        let vertex_path = "/v1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash-image:generateContent";
+        for (path, status) in [(PATH, 403), (vertex_path, 200)] {
+            let mut r = request(path, None, None, &good);
+            r.headers.insert("authorization", "Bearer tok".parse().unwrap());
+            assert_eq!(whole(handle(&r, &StreamSettings::default())).status, status, "{path}");
+        }
         let bad_bodies = [
             json!({}),
             json!({"contents": []}),

@@ -342,11 +342,34 @@ providers:
     keys:
       - name: azkey
         value: {SIM_PROVIDER_KEY}
+  - name: sim-gemini
+    kind: gemini
+    base_url: http://127.0.0.1:{self.sim_port}/v1beta
+    keys:
+      - name: gkey
+        value: {SIM_PROVIDER_KEY}
+  - name: sim-vertex
+    kind: vertex
+    project: refract-test
+    location: us-central1
+    base_url: http://127.0.0.1:{self.sim_port}/v1
+    keys:
+      - name: sa
+        service_account_file: {self.service_account_file()}
 virtual_keys:
   - id: test
     key: {VIRTUAL_KEY}
-    providers: [demo, mock, sim-azure]
+    providers: [demo, mock, sim-azure, sim-gemini, sim-vertex]
 """
+
+    def service_account_file(self) -> Path:
+        """The test service account (tests/fixtures) with its token_uri pointed at the
+        simulator's fake OAuth endpoint."""
+        key = json.loads((REPO / "tests/fixtures/service-account.json").read_text())
+        key["token_uri"] = f"http://127.0.0.1:{self.sim_port}/token"
+        path = self.workdir / "service-account.json"
+        path.write_text(json.dumps(key))
+        return path
 
     @property
     def base_url(self) -> str:

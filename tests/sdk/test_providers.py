@@ -2,7 +2,8 @@
 `model` prefix changes, and the answer is the same shape whichever provider serves it.
 
 Each provider points at the built-in simulator speaking that provider's wire format (Azure's
-deployment paths and `api-key` header; …), which checks what it receives and really edits
+deployment paths and `api-key` header; Gemini's `generateContent` JSON with inline base64 and
+its `alt=sse` stream; Imagen's `:predict`; Vertex's OAuth token from a service account), which checks what it receives and really edits
 the image, so the pixels can be compared with the OpenAI-dialect answer for the same prompt.
 """
 
@@ -16,6 +17,10 @@ from harness import VIRTUAL_KEY, decode_png
 # (model, streams partial images natively)
 PROVIDER_MODELS = [
     ("sim-azure/sim-image-1", True),
+    ("sim-gemini/gemini-2.5-flash-image", False),
+    ("sim-gemini/imagen-3.0-capability-001", False),
+    ("sim-vertex/imagen-3.0-capability-001", False),
+    ("sim-vertex/gemini-2.5-flash-image", False),
 ]
 
 

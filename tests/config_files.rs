@@ -20,6 +20,8 @@ fn fake_env(name: &str) -> Option<String> {
         "OPENAI_API_KEY" => Some("sk-fake-openai-key".into()),
         "REFRACT_VK_TEAM_A" => Some("sk-bf-fake-team-a".into()),
         "VERTEX_ACCESS_TOKEN" => Some("ya29.fake-vertex-token".into()),
+        "AZURE_OPENAI_API_KEY" => Some("fake-azure-key".into()),
+        "GEMINI_API_KEY" => Some("fake-gemini-key".into()),
         _ => None,
     }
 }
@@ -58,6 +60,8 @@ fn reference_config_needs_its_env_vars() {
         [
             "providers[0].keys[0].value",
             "providers[1].keys[0].value",
+            "providers[2].keys[0].value",
+            "providers[3].keys[0].value",
             "virtual_keys[0].key"
         ],
         "{errors}"
@@ -79,24 +83,39 @@ fn demo_config_serves_its_documented_request() {
     wait_listening(listen);
     wait_listening(sim);
     let mask = refract::imaging::encode_png(&refract::imaging::solid(4, 4, [0, 0, 0, 0])).unwrap();
-    let form = Form::new()
-        .text("model", "demo/sim-image-1")
-        .text("prompt", "paint it")
-        .file("image", "input.png", "image/png", &tiny_png())
-        .file("mask", "mask.png", "image/png", &mask);
-    let mut c = Conn::open(listen);
-    c.send(&post_head(
-        "/v1/images/edits",
-        &[("x-bf-vk", "sk-bf-demo")],
-        &form,
-        None,
-    ));
-    c.send(&form.body());
-    let r = c.read_response();
-    assert_eq!(r.status, 200, "{}", r.text());
-    let v = r.json();
-    assert_eq!(v["extra_fields"]["provider"], "demo");
-    assert!(v["data"][0]["b64_json"].is_string(), "{v}");
+    // Every model the header comment names (Gemini takes no mask).
+    for (model, with_mask) in [
+        ("demo/sim-image-1", true),
+        ("demo-azure/sim-image-1", true),
+        ("demo-gemini/gemini-2.5-flash-image", false),
+        ("demo-gemini/imagen-3.0-capability-001", true),
+        ("demo-vertex/imagen-3.0-capability-001", true),
+        ("demo-vertex/gemini-2.5-flash-image", false),
+    ] {
+        assert!(text.contains(model), "demo.yaml's comment names {model}");
+        let mut form = Form::new().text("model", model).text("prompt", "paint it").file(
+            "image",
+            "input.png",
+            "image/png",
+            &tiny_png(),
+        );
+        if with_mask {
+            form = form.file("mask", "mask.png", "image/png", &mask);
+        }
+        let mut c = Conn::open(listen);
+        c.send(&post_head(
+            "/v1/images/edits",
+            &[("x-bf-vk", "sk-bf-demo")],
+            &form,
+            None,
+        ));
+        c.send(&form.body());
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        let v = r.json();
+        assert_eq!(v["extra_fields"]["provider"], model.split('/').next().unwrap());
+        assert!(v["data"][0]["b64_json"].is_string(), "{v}");
+    }
 }
 
 fn refract_check(config: &Path) -> std::process::Output {

@@ -528,6 +528,8 @@ mod tests {
             "OPENAI_API_KEY" => Some("sk-upstream-SECRET-1".to_string()),
             "REFRACT_VK_TEAM_A" => Some("vk-team-a-SECRET-2".to_string()),
             "VERTEX_ACCESS_TOKEN" => Some("ya29.vertex-SECRET-3".to_string()),
+            "AZURE_OPENAI_API_KEY" => Some("azure-SECRET-4".to_string()),
+            "GEMINI_API_KEY" => Some("gemini-SECRET-5".to_string()),
             _ => None,
         }
     }
@@ -596,21 +598,28 @@ providers:
     fn reference_config_loads_with_every_section() {
         let text = include_str!("../../conf/refract.yaml");
         let c = from_yaml_str_with_env(text, &env).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.providers.len(), 2);
-        assert_eq!(c.providers[0].kind, ProviderKind::OpenAi);
+        let kinds: Vec<ProviderKind> = c.providers.iter().map(|p| p.kind).collect();
+        assert_eq!(kinds, ProviderKind::ALL, "one documented provider per kind, in order");
         assert_eq!(c.providers[0].keys[0].secret().unwrap(), "sk-upstream-SECRET-1");
-        assert_eq!(c.providers[1].kind, ProviderKind::Vertex);
-        assert_eq!(c.providers[1].keys[0].secret().unwrap(), "ya29.vertex-SECRET-3");
+        assert_eq!(
+            c.providers[1].options.deployment("gpt-image-1"),
+            "my-gpt-image-deployment"
+        );
+        assert_eq!(
+            c.providers[2].base_url.to_string(),
+            "https://generativelanguage.googleapis.com/v1beta"
+        );
+        assert_eq!(c.providers[3].keys[0].secret().unwrap(), "ya29.vertex-SECRET-3");
         assert!(c.metrics.is_some() && c.simulator.is_some());
         assert_eq!(c.virtual_keys.len(), 2);
         let team_a = c.virtual_keys.iter().find(|v| v.id == "team-a").unwrap();
         assert_eq!(team_a.key_sha256, providers::sha256("vk-team-a-SECRET-2"));
         assert!(c.listeners.iter().all(|l| l.tls.is_none()));
 
-        // Without the environment variables it names exactly those three.
+        // Without the environment variables it names exactly those five.
         let errors = from_yaml_str_with_env(text, &|_| None).unwrap_err();
         let shown = errors.to_string();
-        assert_eq!(errors.0.len(), 3, "{shown}");
+        assert_eq!(errors.0.len(), 5, "{shown}");
         assert!(
             shown.contains("environment variable VERTEX_ACCESS_TOKEN is not set"),
             "{shown}"

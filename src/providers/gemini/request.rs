@@ -403,7 +403,10 @@ mod tests {
         assert!(imagen.mask);
         // The request: Vertex's Imagen body on the Gemini API's path, with the API key.
         let (spool, files, parts) = spool();
-        let t = target("https://generativelanguage.googleapis.com/v1beta", "imagen-3.0-capability-001");
+        let t = target(
+            "https://generativelanguage.googleapis.com/v1beta",
+            "imagen-3.0-capability-001",
+        );
         let req = GeminiAdapter
             .build_request_from_spool(&form(parts), &spool, &t, "r")
             .unwrap();

@@ -323,12 +323,16 @@ fn gemini_models_go_to_generate_content_with_vertex_options() {
     let t = bearer("gemini-2.5-flash-image");
     let req = VertexAdapter.build_request_from_spool(&form, &spool, &t, "r").unwrap();
     assert!(
-        req.path.ends_with("/publishers/google/models/gemini-2.5-flash-image:generateContent"),
+        req.path
+            .ends_with("/publishers/google/models/gemini-2.5-flash-image:generateContent"),
         "{}",
         req.path
     );
     assert!(req.path.contains("/projects/"), "{}", req.path);
-    assert_eq!(header(&req, "authorization").map(|a| a.starts_with("Bearer ")), Some(true));
+    assert_eq!(
+        header(&req, "authorization").map(|a| a.starts_with("Bearer ")),
+        Some(true)
+    );
     let body: serde_json::Value = serde_json::from_slice(&req.render(&spool).unwrap()).unwrap();
     let inline = &body["contents"][0]["parts"][0]["inlineData"];
     assert_eq!(
@@ -339,8 +343,12 @@ fn gemini_models_go_to_generate_content_with_vertex_options() {
     );
     assert_eq!(body["generationConfig"]["imageConfig"]["outputMimeType"], "image/jpeg");
     assert_eq!(body["generationConfig"]["imageConfig"]["outputCompressionQuality"], 80);
-    assert!(VertexAdapter.stream_translator(&stream_cx("gemini-2.5-flash-image")).is_some());
-    assert!(VertexAdapter.stream_translator(&stream_cx("imagen-3.0-capability-001")).is_none());
+    assert!(VertexAdapter
+        .stream_translator(&stream_cx("gemini-2.5-flash-image"))
+        .is_some());
+    assert!(VertexAdapter
+        .stream_translator(&stream_cx("imagen-3.0-capability-001"))
+        .is_none());
 }
 
 fn stream_cx(model: &str) -> crate::providers::stream::StreamContext {

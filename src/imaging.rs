@@ -41,6 +41,15 @@ impl ImageKind {
             ImageKind::Webp => "webp",
         }
     }
+
+    /// The format's name as configs and `output_format` spell it: `png`, `jpeg`, `webp`.
+    pub fn extension_name(self) -> &'static str {
+        match self {
+            ImageKind::Png => "png",
+            ImageKind::Jpeg => "jpeg",
+            ImageKind::Webp => "webp",
+        }
+    }
 }
 
 /// Detects PNG, JPEG or WebP from the first bytes of a file; `None` for anything else.

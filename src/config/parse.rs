@@ -244,7 +244,7 @@ mod tests {
         one_problem(
             &format!("{PROVIDER}    colour: red\n"),
             "providers[0].colour",
-            "unknown key 'colour' (known keys: name, kind, api_version, deployments, project, location, base_url,",
+            "unknown key 'colour' (known keys: name, kind, api_version, deployments, project, location, region, model_rules, base_url,",
         );
         one_problem(
             &format!("{PROVIDER}virtual_key: []\n"),
@@ -624,7 +624,7 @@ virtual_keys:
             "listeners[0].address: invalid socket address 'nowhere'",
             "limits.max_images: expected an integer, found a string",
             "providers[1].name: duplicate provider name 'openai' (same as providers[0])",
-            "providers[0].kind: unknown provider kind 'grpc' (allowed: openai, azure, gemini, vertex)",
+            "providers[0].kind: unknown provider kind 'grpc' (allowed: openai, azure, gemini, vertex, bedrock, stability, bfl, fireworks, replicate, huggingface, xai)",
             "providers[0].base_url: invalid URL: a fragment",
             "providers[0].keys[0].value: environment variable MISSING is not set",
             "providers[0].keys[0].weight: must be a finite number greater than 0, found -2",

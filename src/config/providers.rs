@@ -11,8 +11,8 @@ use super::fields::{did_you_mean, Fields, Problems};
 use super::parse::Env;
 use super::url::parse_base_url;
 use super::{
-    Credential, KeyAuth, ProviderConfig, ProviderKey, ProviderKind, ProviderOptions, ServiceAccountKey,
-    VirtualKeyConfig,
+    AwsCredentials, Credential, KeyAuth, ModelRules, ProviderConfig, ProviderKey, ProviderKind, ProviderOptions,
+    ServiceAccountKey, VirtualKeyConfig,
 };
 use base64::Engine;
 use std::sync::Arc;
@@ -125,6 +125,16 @@ fn default_base_url(kind: ProviderKind, options: &ProviderOptions) -> Option<Str
             Some("global") | None => Some("https://aiplatform.googleapis.com/v1".into()),
             Some(region) => Some(format!("https://{region}-aiplatform.googleapis.com/v1")),
         },
+        ProviderKind::Bedrock => Some(format!(
+            "https://bedrock-runtime.{}.amazonaws.com",
+            options.region.as_deref().unwrap_or("us-east-1")
+        )),
+        ProviderKind::Stability => Some("https://api.stability.ai".into()),
+        ProviderKind::Bfl => Some("https://api.bfl.ai/v1".into()),
+        ProviderKind::Fireworks => Some("https://api.fireworks.ai/inference/v1".into()),
+        ProviderKind::Replicate => Some("https://api.replicate.com/v1".into()),
+        ProviderKind::HuggingFace => Some("https://router.huggingface.co".into()),
+        ProviderKind::Xai => Some("https://api.x.ai/v1".into()),
     }
 }
 
@@ -159,10 +169,18 @@ fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> ProviderOptions {
             f.missing("location");
         }
     }
+    if only(f, "region", ProviderKind::Bedrock) {
+        o.region = f.opt_str("region").map(str::to_string);
+        if kind == Some(ProviderKind::Bedrock) && o.region.is_none() {
+            f.missing("region");
+        }
+    }
+    o.models = model_rules(f, kind);
     for (key, value) in [
         ("project", &o.project),
         ("location", &o.location),
         ("api_version", &o.api_version),
+        ("region", &o.region),
     ] {
         if value.as_deref().is_some_and(|v| !v.chars().all(token)) {
             f.report(key, "use only letters, digits, '-', '_' and '.'");
@@ -171,9 +189,101 @@ fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> ProviderOptions {
     o
 }
 
+/// `model_rules`: per-model limits and settings.
+fn model_rules(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> Vec<ModelRules> {
+    let problems = f.problems();
+    let Some(items) = f.opt_list("model_rules") else {
+        return Vec::new();
+    };
+    let mut rules = Vec::new();
+    for (path, value) in items {
+        let mut r = Fields::new(value, path, problems);
+        let pattern = r.req_str("match").map(str::to_string);
+        let mut rule = ModelRules {
+            pattern: pattern.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        if r.has("max_images") {
+            rule.max_images = Some(r.opt_usize("max_images", 1, 1..=64));
+        }
+        if r.has("max_image_bytes") {
+            rule.max_image_bytes = Some(r.opt_u64("max_image_bytes", 1, 1..=1 << 40));
+        }
+        if r.has("max_prompt_chars") {
+            rule.max_prompt_chars = Some(r.opt_usize("max_prompt_chars", 1, 1..=1_000_000));
+        }
+        rule.sizes = r
+            .opt_str_list("sizes", "size")
+            .map(|l| l.into_iter().map(|(_, s)| s).collect());
+        if let Some(sizes) = &rule.sizes {
+            for bad in sizes.iter().filter(|s| !is_size(s)) {
+                r.report("sizes", format!("'{bad}' is not WxH (e.g. 1024x1024)"));
+            }
+        }
+        rule.formats = r
+            .opt_str_list("formats", "format")
+            .map(|l| l.into_iter().map(|(_, s)| s).collect());
+        if let Some(formats) = &rule.formats {
+            for bad in formats
+                .iter()
+                .filter(|s| !["png", "jpeg", "webp"].contains(&s.as_str()))
+            {
+                r.report("formats", format!("unknown format '{bad}' (allowed: png, jpeg, webp)"));
+            }
+        }
+        if r.has("image_key") {
+            match kind {
+                Some(k) if k != ProviderKind::Replicate => {
+                    r.report("image_key", format!("only used by kind replicate, not {k}"));
+                }
+                _ => rule.image_key = r.opt_str("image_key").map(str::to_string),
+            }
+        }
+        r.finish();
+        if pattern.is_some() {
+            rules.push(rule);
+        }
+    }
+    rules
+}
+
+/// `WxH` with positive integers.
+fn is_size(s: &str) -> bool {
+    s.split_once('x').is_some_and(|(w, h)| {
+        [w, h]
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && n.parse::<u32>().is_ok_and(|n| n > 0))
+    })
+}
+
 fn provider_key(mut f: Fields<'_>, env: Env<'_>, kind: Option<ProviderKind>) -> Option<ProviderKey> {
     let name = f.req_str("name");
-    let credential = if f.has("service_account_file") {
+    let credential = if f.has("aws_access_key_id") || f.has("aws_secret_access_key") {
+        if f.has("value") {
+            f.report(
+                "value",
+                "give either value (a Bedrock API key) or AWS credentials, not both",
+            );
+        }
+        if let Some(k) = kind.filter(|k| *k != ProviderKind::Bedrock) {
+            f.report("aws_access_key_id", format!("only used by kind bedrock, not {k}"));
+        }
+        let id = f.req_secret("aws_access_key_id", env);
+        let secret = f.req_secret("aws_secret_access_key", env);
+        let token = if f.has("aws_session_token") {
+            f.req_secret("aws_session_token", env)
+        } else {
+            None
+        };
+        match (id, secret) {
+            (Some(access_key_id), Some(secret_access_key)) => Some(Credential::Aws(Arc::new(AwsCredentials {
+                access_key_id,
+                secret_access_key,
+                session_token: token,
+            }))),
+            _ => None,
+        }
+    } else if f.has("service_account_file") {
         if f.has("value") {
             f.report("value", "give either value or service_account_file, not both");
         }
@@ -202,6 +312,10 @@ fn provider_key(mut f: Fields<'_>, env: Env<'_>, kind: Option<ProviderKind>) -> 
         }
         (Some("api_key"), _) if matches!(credential, Some(Credential::ServiceAccount(_))) => {
             f.report("auth", "a service account authenticates with bearer tokens");
+            None
+        }
+        (Some(_), _) if matches!(credential, Some(Credential::Aws(_))) => {
+            f.report("auth", "AWS credentials sign requests with SigV4; auth does not apply");
             None
         }
         (Some("bearer"), _) => Some(KeyAuth::Bearer),
@@ -482,7 +596,7 @@ mod tests {
         one_problem(
             &PROVIDER.replace("kind: openai", "kind: opnai"),
             "providers[0].kind",
-            "unknown provider kind 'opnai' (allowed: openai, azure, gemini, vertex); did you mean 'openai'?",
+            "unknown provider kind 'opnai' (allowed: openai, azure, gemini, vertex, bedrock, stability, bfl, fireworks, replicate, huggingface, xai); did you mean 'openai'?",
         );
         one_problem(
             &PROVIDER.replace("name: openai", "name: Open AI"),
@@ -686,5 +800,132 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("not a usable RSA key"), "{problems:?}");
         assert!(!problems[0].contains("AAAA"), "never the key itself");
+    }
+
+    #[test]
+    fn bedrock_credentials_region_and_model_rules() {
+        let c = ok(&with(
+            "    kind: bedrock\n    region: eu-west-1\n    model_rules:\n      - match: amazon.nova-canvas-*\n        max_images: 1\n        max_image_bytes: 5000000\n        max_prompt_chars: 1024\n        sizes: [1024x1024, 512x512]\n        formats: [png, jpeg]\n",
+            "        aws_access_key_id: AKIDEXAMPLE\n        aws_secret_access_key: env.KEY_A\n        aws_session_token: tok\n",
+        ));
+        let p = &c.providers[0];
+        assert_eq!(
+            p.base_url.to_string(),
+            "https://bedrock-runtime.eu-west-1.amazonaws.com"
+        );
+        let Credential::Aws(aws) = &p.keys[0].credential else {
+            panic!("expected AWS credentials")
+        };
+        assert_eq!(aws.access_key_id.expose(), "AKIDEXAMPLE");
+        assert_eq!(aws.secret_access_key.expose(), "sk-a-SECRET");
+        assert_eq!(aws.session_token.as_ref().map(|t| t.expose()), Some("tok"));
+        assert!(!format!("{:?}", p.keys[0]).contains("SECRET"));
+        let rules = p.options.rules_for("amazon.nova-canvas-v1:0").unwrap();
+        assert_eq!(rules.max_images, Some(1));
+        assert_eq!(rules.max_image_bytes, Some(5_000_000));
+        assert_eq!(rules.max_prompt_chars, Some(1024));
+        assert_eq!(
+            rules.sizes.as_deref(),
+            Some(&["1024x1024".to_string(), "512x512".to_string()][..])
+        );
+        assert!(p.options.rules_for("amazon.titan-image-generator-v2:0").is_none());
+        // A Bedrock API key instead (Bearer).
+        let c = ok(&with(
+            "    kind: bedrock\n    region: us-east-1\n",
+            "        value: env.KEY_A\n",
+        ));
+        assert_eq!(c.providers[0].keys[0].auth, KeyAuth::Bearer);
+        // Replicate's per-model image key.
+        let c = ok(&with(
+            "    kind: replicate\n    model_rules:\n      - { match: \"black-forest-labs/flux-kontext-*\", image_key: input_image }\n",
+            "        value: x\n",
+        ));
+        assert_eq!(
+            c.providers[0]
+                .options
+                .rules_for("black-forest-labs/flux-kontext-pro")
+                .unwrap()
+                .image_key
+                .as_deref(),
+            Some("input_image")
+        );
+    }
+
+    #[test]
+    fn bedrock_and_model_rules_are_checked() {
+        one_problem(
+            &with("    kind: bedrock\n", "        value: x\n"),
+            "providers[0].region",
+            "missing",
+        );
+        one_problem(
+            &with(
+                "    kind: bedrock\n    region: us-east-1\n",
+                "        aws_access_key_id: A\n",
+            ),
+            "providers[0].keys[0].aws_secret_access_key",
+            "missing",
+        );
+        one_problem(
+            &with(
+                "    kind: openai\n",
+                "        aws_access_key_id: A\n        aws_secret_access_key: B\n",
+            ),
+            "providers[0].keys[0].aws_access_key_id",
+            "only used by kind bedrock",
+        );
+        one_problem(
+            &with(
+                "    kind: bedrock\n    region: r\n",
+                "        aws_access_key_id: A\n        aws_secret_access_key: B\n        auth: bearer\n",
+            ),
+            "providers[0].keys[0].auth",
+            "SigV4",
+        );
+        one_problem(
+            &with("    kind: openai\n    region: r\n", "        value: x\n"),
+            "providers[0].region",
+            "only used by kind bedrock",
+        );
+        one_problem(
+            &with(
+                "    kind: openai\n    model_rules:\n      - { match: m, sizes: [big] }\n",
+                "        value: x\n",
+            ),
+            "providers[0].model_rules[0].sizes",
+            "not WxH",
+        );
+        one_problem(
+            &with(
+                "    kind: openai\n    model_rules:\n      - { match: m, formats: [gif] }\n",
+                "        value: x\n",
+            ),
+            "providers[0].model_rules[0].formats",
+            "unknown format 'gif'",
+        );
+        one_problem(
+            &with(
+                "    kind: openai\n    model_rules:\n      - { match: m, image_key: image }\n",
+                "        value: x\n",
+            ),
+            "providers[0].model_rules[0].image_key",
+            "only used by kind replicate",
+        );
+        one_problem(
+            &with(
+                "    kind: openai\n    model_rules:\n      - { max_images: 2 }\n",
+                "        value: x\n",
+            ),
+            "providers[0].model_rules[0].match",
+            "missing",
+        );
+        one_problem(
+            &with(
+                "    kind: openai\n    model_rules:\n      - { match: m, colour: red }\n",
+                "        value: x\n",
+            ),
+            "providers[0].model_rules[0].colour",
+            "unknown key",
+        );
     }
 }

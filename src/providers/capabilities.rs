@@ -5,9 +5,10 @@
 //! ([`markdown_table`]).
 
 use super::adapter_for;
-use crate::config::ProviderKind;
+use crate::config::{ModelRules, ProviderKind};
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
+use crate::imaging::ImageKind;
 
 /// How `stream=true` is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,13 @@ pub struct Capabilities {
     /// Fields the provider receives besides prompt, images, mask, n and size (for the table;
     /// others are dropped).
     pub extra_fields: &'static str,
+    /// Longest prompt, in characters (`None`: no limit known).
+    pub max_prompt_chars: Option<usize>,
+    /// Accepted input image formats (empty: any the gateway detects).
+    pub input_formats: &'static [ImageKind],
+    /// Accepted `size` values besides `auto` (empty: any `WxH`; the adapter may still map or
+    /// refuse it).
+    pub allowed_sizes: &'static [&'static str],
 }
 
 /// A set of models of one provider kind that share capabilities.
@@ -66,6 +74,9 @@ pub static NOTHING: Capabilities = Capabilities {
     sizes: "",
     streaming: Streaming::Synthesized,
     extra_fields: "",
+    max_prompt_chars: None,
+    input_formats: &[],
+    allowed_sizes: &[],
 };
 
 /// Every model matches.
@@ -73,9 +84,14 @@ pub fn any_model(_: &str) -> bool {
     true
 }
 
-/// Refuses `form` if `caps` (of `provider`) cannot serve it. `image_len` gives a file part's
-/// size in bytes.
-pub fn check(form: &EditForm, caps: &Capabilities, provider: &str) -> Result<(), GatewayError> {
+/// Refuses `form` if `caps` (of `provider`), narrowed or widened by the config's `rules` for
+/// the model, cannot serve it.
+pub fn check(
+    form: &EditForm,
+    caps: &Capabilities,
+    rules: Option<&ModelRules>,
+    provider: &str,
+) -> Result<(), GatewayError> {
     let refuse = |param: &str, message: String| {
         Err(GatewayError::Unsupported {
             provider: provider.to_string(),
@@ -93,24 +109,68 @@ pub fn check(form: &EditForm, caps: &Capabilities, provider: &str) -> Result<(),
             format!("n={n} with model '{}' (at most {})", form.model, caps.max_n),
         );
     }
-    if form.images.len() > caps.max_images {
+    let max_images = rules.and_then(|r| r.max_images).unwrap_or(caps.max_images);
+    if form.images.len() > max_images {
         return refuse(
             "image",
             format!(
-                "{} input images with model '{}' (at most {})",
+                "{} input images with model '{}' (at most {max_images})",
                 form.images.len(),
                 form.model,
-                caps.max_images
             ),
         );
     }
+    let max_bytes = rules.and_then(|r| r.max_image_bytes).unwrap_or(caps.max_image_bytes);
+    let formats: Vec<&str> = match rules.and_then(|r| r.formats.as_ref()) {
+        Some(list) => list.iter().map(String::as_str).collect(),
+        None => caps.input_formats.iter().map(|k| k.extension_name()).collect(),
+    };
     for part in form.images.iter().chain(form.mask.iter()) {
-        if part.range.len > caps.max_image_bytes {
+        if part.range.len > max_bytes {
             return refuse(
                 &part.field,
                 format!(
-                    "a {}-byte image with model '{}' (at most {} bytes)",
-                    part.range.len, form.model, caps.max_image_bytes
+                    "a {}-byte image with model '{}' (at most {max_bytes} bytes)",
+                    part.range.len, form.model
+                ),
+            );
+        }
+        if let Some(kind) = part.kind.filter(|_| !formats.is_empty()) {
+            if !formats.contains(&kind.extension_name()) {
+                return refuse(
+                    &part.field,
+                    format!(
+                        "{} images with model '{}' (accepted: {})",
+                        kind.extension_name(),
+                        form.model,
+                        formats.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    let max_prompt = rules.and_then(|r| r.max_prompt_chars).or(caps.max_prompt_chars);
+    if let (Some(max), Some(prompt)) = (max_prompt, &form.prompt) {
+        let chars = prompt.chars().count();
+        if chars > max {
+            return refuse(
+                "prompt",
+                format!("a {chars}-character prompt with model '{}' (at most {max})", form.model),
+            );
+        }
+    }
+    if let Some(size) = form.size.as_deref().filter(|s| *s != "auto") {
+        let allowed: Vec<&str> = match rules.and_then(|r| r.sizes.as_ref()) {
+            Some(list) => list.iter().map(String::as_str).collect(),
+            None => caps.allowed_sizes.to_vec(),
+        };
+        if !allowed.is_empty() && !allowed.contains(&size) {
+            return refuse(
+                "size",
+                format!(
+                    "size={size} with model '{}' (accepted: auto, {})",
+                    form.model,
+                    allowed.join(", ")
                 ),
             );
         }
@@ -198,6 +258,9 @@ mod tests {
         sizes: "any",
         streaming: Streaming::Synthesized,
         extra_fields: "",
+        max_prompt_chars: Some(10),
+        input_formats: &[ImageKind::Png],
+        allowed_sizes: &["1024x1024"],
     };
 
     fn image(field: &str, len: u64) -> FilePart {
@@ -217,7 +280,7 @@ mod tests {
             images: vec![image("image", 10)],
             ..Default::default()
         };
-        assert!(check(&ok, &CAPS, "p").is_ok());
+        assert!(check(&ok, &CAPS, None, "p").is_ok());
         let cases: Vec<(EditForm, &str)> = vec![
             (
                 EditForm {
@@ -262,13 +325,84 @@ mod tests {
                 "response_format",
             ),
         ];
+        let cases = cases.into_iter().chain([
+            (
+                EditForm {
+                    prompt: Some("eleven chars".into()),
+                    ..ok.clone()
+                },
+                "prompt",
+            ),
+            (
+                EditForm {
+                    size: Some("512x512".into()),
+                    ..ok.clone()
+                },
+                "size",
+            ),
+            (
+                EditForm {
+                    images: vec![FilePart {
+                        kind: Some(ImageKind::Jpeg),
+                        ..image("image", 10)
+                    }],
+                    ..ok.clone()
+                },
+                "image",
+            ),
+        ]);
         for (form, param) in cases {
-            let e = check(&form, &CAPS, "p").unwrap_err();
+            let e = check(&form, &CAPS, None, "p").unwrap_err();
             assert_eq!(e.status(), 400);
             assert_eq!(e.code(), "unsupported_parameter");
             assert_eq!(e.param(), Some(param), "{e}");
             assert!(e.to_string().starts_with("provider 'p' does not support"), "{e}");
         }
+    }
+
+    #[test]
+    fn config_rules_override_the_declaration() {
+        let form = EditForm {
+            model: "m".into(),
+            prompt: Some("eleven chars".into()),
+            size: Some("512x512".into()),
+            images: vec![FilePart {
+                kind: Some(ImageKind::Jpeg),
+                ..image("image", 150)
+            }],
+            ..Default::default()
+        };
+        assert!(check(&form, &CAPS, None, "p").is_err());
+        let wide = ModelRules {
+            pattern: "m".into(),
+            max_images: Some(3),
+            max_image_bytes: Some(200),
+            max_prompt_chars: Some(100),
+            sizes: Some(vec!["512x512".into()]),
+            formats: Some(vec!["jpeg".into()]),
+            image_key: None,
+        };
+        assert!(check(&form, &CAPS, Some(&wide), "p").is_ok());
+        let narrow = ModelRules {
+            max_images: Some(0),
+            ..wide.clone()
+        };
+        assert_eq!(
+            check(&form, &CAPS, Some(&narrow), "p").unwrap_err().param(),
+            Some("image")
+        );
+        let auto = EditForm {
+            size: Some("auto".into()),
+            ..form
+        };
+        let sizes_only = ModelRules {
+            sizes: Some(vec!["1x1".into()]),
+            ..wide
+        };
+        assert!(
+            check(&auto, &CAPS, Some(&sizes_only), "p").is_ok(),
+            "auto is always accepted"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod capabilities;
 pub mod gemini;
 pub mod google;
 pub mod openai;
+pub mod pending;
 pub mod rawjson;
 pub mod stream;
 pub mod vertex;
@@ -219,6 +220,13 @@ pub fn adapter_for(kind: ProviderKind) -> &'static dyn ProviderAdapter {
         ProviderKind::Azure => &azure::AzureAdapter,
         ProviderKind::Gemini => &gemini::GeminiAdapter,
         ProviderKind::Vertex => &vertex::VertexAdapter,
+        ProviderKind::Bedrock => &pending::Pending("bedrock"),
+        ProviderKind::Stability => &pending::Pending("stability"),
+        ProviderKind::Bfl => &pending::Pending("bfl"),
+        ProviderKind::Fireworks => &pending::Pending("fireworks"),
+        ProviderKind::Replicate => &pending::Pending("replicate"),
+        ProviderKind::HuggingFace => &pending::Pending("huggingface"),
+        ProviderKind::Xai => &pending::Pending("xai"),
     }
 }
 

@@ -250,6 +250,9 @@ pub(super) static OPENAI_CAPABILITIES: Capabilities = Capabilities {
     streaming: Streaming::Native,
     extra_fields:
         "quality, background, input_fidelity, output_format, output_compression, partial_images, user, unknown fields",
+    max_prompt_chars: None,
+    input_formats: &[],
+    allowed_sizes: &[],
 };
 
 static FAMILIES: [ModelFamily; 1] = [ModelFamily {

@@ -108,7 +108,7 @@ impl Credentials {
     /// naming the provider.
     pub async fn prepare(&self, connector: &Connector, mut target: Target) -> Result<Target, GatewayError> {
         let key = match &target.key().credential {
-            Credential::Static(_) => return Ok(target),
+            Credential::Static(_) | Credential::Aws(_) => return Ok(target),
             Credential::ServiceAccount(key) => key.clone(),
         };
         let slot = self.slot(&key);
@@ -331,7 +331,7 @@ mod tests {
         let cfg = crate::config::from_yaml_str_with_env(&yaml, &|_| None).unwrap();
         match &cfg.providers[0].keys[0].credential {
             Credential::ServiceAccount(k) => (**k).clone(),
-            Credential::Static(_) => panic!("expected a service account"),
+            Credential::Static(_) | Credential::Aws(_) => panic!("expected a service account"),
         }
     }
 

@@ -64,6 +64,9 @@ pub static GEMINI_IMAGE_CAPABILITIES: Capabilities = Capabilities {
     sizes: "`WxH` → nearest `aspectRatio` + `imageSize` 1K/2K/4K, `auto`",
     streaming: Streaming::NativeCompletedOnly,
     extra_fields: "seed",
+    max_prompt_chars: None,
+    input_formats: &[],
+    allowed_sizes: &[],
 };
 
 /// Whether `model` is served by `generateContent` (every model but Imagen's).

@@ -60,6 +60,9 @@ pub static IMAGEN_CAPABILITIES: Capabilities = Capabilities {
     sizes: "ignored (edits keep the input size)",
     streaming: Streaming::Synthesized,
     extra_fields: "seed, negative_prompt, num_inference_steps, output_format (png, jpeg), output_compression",
+    max_prompt_chars: None,
+    input_formats: &[],
+    allowed_sizes: &[],
 };
 
 static FAMILIES: [ModelFamily; 2] = [

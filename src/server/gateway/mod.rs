@@ -209,8 +209,14 @@ impl Gateway {
                 .await
                 .and_then(|form| {
                     // What the model cannot do is refused before the upstream body is complete.
-                    let kind = router.provider(&form.provider)?.kind;
-                    capabilities::check(&form, adapter_for(kind).capabilities(&form.model), &form.provider)?;
+                    let provider = router.provider(&form.provider)?;
+                    let kind = provider.kind;
+                    capabilities::check(
+                        &form,
+                        adapter_for(kind).capabilities(&form.model),
+                        provider.options.rules_for(&form.model),
+                        &form.provider,
+                    )?;
                     Ok((form, kind))
                 });
             let parsed = parsed.map(|(form, kind)| {

@@ -263,25 +263,6 @@ impl Fixture {
     }
 }
 
-/// A 6×4 opaque PNG with distinct pixels.
-fn gradient() -> Vec<u8> {
-    let mut img = solid(6, 4, [0, 0, 0, 255]);
-    for (i, px) in img.pixels.chunks_exact_mut(4).enumerate() {
-        px[0] = (i * 10) as u8;
-        px[1] = (255 - i * 10) as u8;
-    }
-    encode_png(&img).unwrap()
-}
-
-/// A 6×4 unified mask: the top two rows fully transparent (edit), the rest half opaque.
-fn unified_mask() -> Vec<u8> {
-    let mut m = solid(6, 4, [0, 0, 0, 128]);
-    for i in 0..12 {
-        m.pixels[i * 4 + 3] = 0;
-    }
-    encode_png(&m).unwrap()
-}
-
 /// The answer the mock gives: `n` distinct small PNGs.
 fn predictions(n: usize) -> (Value, Vec<Vec<u8>>) {
     let pngs: Vec<Vec<u8>> = (0..n)
@@ -298,7 +279,7 @@ fn vertex_form(prompt: &str) -> Form {
     Form::new()
         .text("model", &format!("vertex/{MODEL}"))
         .text("prompt", prompt)
-        .file("image", "in.png", "image/png", &gradient())
+        .file("image", "in.png", "image/png", &gradient_png())
 }
 
 /// The parts of a recorded `:predict` request every test checks: path, bearer token, JSON.
@@ -320,7 +301,7 @@ fn service_account_token_is_fetched_once_and_reused_and_the_body_is_imagens() {
         mock.push(Reply::json(200, &answer));
         let form = vertex_form("a \"paper\" hat")
             .file("image[]", "second.png", "image/png", &second)
-            .file("mask", "mask.png", "image/png", &unified_mask())
+            .file("mask", "mask.png", "image/png", &unified_mask_png())
             .text("n", "2")
             .text("seed", "7")
             .text("negative_prompt", "blurry")
@@ -349,7 +330,7 @@ fn service_account_token_is_fetched_once_and_reused_and_the_body_is_imagens() {
             (refs[0]["referenceType"].as_str(), refs[0]["referenceId"].as_u64()),
             (Some("REFERENCE_TYPE_RAW"), Some(1))
         );
-        assert_eq!(unb64(&refs[0]["referenceImage"]["bytesBase64Encoded"]), gradient());
+        assert_eq!(unb64(&refs[0]["referenceImage"]["bytesBase64Encoded"]), gradient_png());
         assert_eq!(refs[0]["referenceImage"]["mimeType"], "image/png");
         assert_eq!(refs[1]["referenceId"], 2);
         assert_eq!(unb64(&refs[1]["referenceImage"]["bytesBase64Encoded"]), second);
@@ -489,7 +470,7 @@ fn type_selects_the_edit_mode() {
             form = form.text("type", edit_type);
         }
         if *with_mask {
-            form = form.file("mask", "m.png", "image/png", &unified_mask());
+            form = form.file("mask", "m.png", "image/png", &unified_mask_png());
         }
         let r = gw.edit(&form, &[("x-bf-vk", VK)]);
         assert_eq!(r.status, 200, "{edit_type}: {}", r.text());
@@ -505,7 +486,7 @@ fn type_selects_the_edit_mode() {
     // A mask without alpha (e.g. one already in Imagen's convention) is refused before any
     // upstream call.
     let before = mock.requests().len();
-    let gray = refract::imaging::convert_mask(&unified_mask(), 255, 0).unwrap().png;
+    let gray = refract::imaging::convert_mask(&unified_mask_png(), 255, 0).unwrap().png;
     let form = vertex_form("hat").file("mask", "m.png", "image/png", &gray);
     let r = gw.edit(&form, &[("x-bf-vk", VK)]);
     assert_invalid(&r, "mask");
@@ -546,7 +527,7 @@ fn unsupported_requests_never_reach_vertex() {
     assert_gateway_error(&r, 400, "unsupported_parameter", "invalid_request_error", Some("n"));
     let mut five = vertex_form("hat");
     for _ in 0..4 {
-        five = five.file("image[]", "x.png", "image/png", &gradient());
+        five = five.file("image[]", "x.png", "image/png", &gradient_png());
     }
     let r = gw.edit(&five, &[("x-bf-vk", VK)]);
     assert_gateway_error(&r, 400, "unsupported_parameter", "invalid_request_error", Some("image"));

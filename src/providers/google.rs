@@ -45,7 +45,7 @@ pub fn google_error(provider: &str, resp: &UpstreamResponse) -> GatewayError {
     }
 }
 
-/// A JSON `POST` to a Google endpoint: `path`, the credential header `auth`, the answer type
+/// A JSON `POST` (Google endpoints, and the other JSON providers): `path`, the credential header `auth`, the answer type
 /// `accept` (`application/json`, or `text/event-stream` for streams), and the body plan.
 pub fn json_post(
     path: String,
@@ -106,20 +106,66 @@ pub fn write_images_response(
     created: u64,
     cx: &ResponseContext<'_>,
 ) -> Result<Bytes, GatewayError> {
-    let internal = |e: serde_json::Error| GatewayError::Internal(e.to_string());
     let size: usize = images.iter().map(|i| i.b64.get().len() + 32).sum();
+    write_answer(
+        size,
+        images.len(),
+        |i, out| out.extend_from_slice(images[i].b64.get().as_bytes()),
+        images.first().and_then(|i| i.mime),
+        usage,
+        created,
+        cx,
+    )
+}
+
+/// Writes the unified answer for one image the provider sent as raw bytes (Hugging Face):
+/// the bytes are base64-encoded once, straight into the answer. `mime` gives `output_format`.
+pub fn write_raw_image_response(
+    image: &[u8],
+    mime: Option<&str>,
+    created: u64,
+    cx: &ResponseContext<'_>,
+) -> Result<Bytes, GatewayError> {
+    let size = crate::codec::base64::encoded_len(image.len() as u64) as usize + 2;
+    write_answer(
+        size,
+        1,
+        |_, out| {
+            out.push(b'"');
+            crate::codec::base64::encode_append(image, out);
+            out.push(b'"');
+        },
+        mime,
+        None,
+        created,
+        cx,
+    )
+}
+
+/// The unified answer with `count` images, `write_b64(i, out)` appending image `i`'s base64
+/// as a JSON string; `size` is about how many bytes those strings take.
+fn write_answer(
+    size: usize,
+    count: usize,
+    mut write_b64: impl FnMut(usize, &mut Vec<u8>),
+    mime: Option<&str>,
+    usage: Option<Value>,
+    created: u64,
+    cx: &ResponseContext<'_>,
+) -> Result<Bytes, GatewayError> {
+    let internal = |e: serde_json::Error| GatewayError::Internal(e.to_string());
     let mut out = Vec::with_capacity(size + 512);
     out.extend_from_slice(format!("{{\"created\":{created},\"data\":[").as_bytes());
-    for (i, image) in images.iter().enumerate() {
+    for i in 0..count {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"b64_json\":");
-        out.extend_from_slice(image.b64.get().as_bytes());
+        write_b64(i, &mut out);
         out.extend_from_slice(format!(",\"index\":{i}}}").as_bytes());
     }
     out.extend_from_slice(b"]");
-    if let Some(format) = images.first().and_then(|i| i.mime).and_then(output_format) {
+    if let Some(format) = mime.and_then(output_format) {
         out.extend_from_slice(format!(",\"output_format\":\"{format}\"").as_bytes());
     }
     out.extend_from_slice(b",\"usage\":");

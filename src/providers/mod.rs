@@ -11,11 +11,14 @@ pub mod azure;
 pub mod capabilities;
 pub mod gemini;
 pub mod google;
+pub mod huggingface;
 pub mod openai;
 pub mod pending;
 pub mod rawjson;
+pub mod stability;
 pub mod stream;
 pub mod vertex;
+pub mod xai;
 
 use crate::codec::sse::SseEvent;
 use crate::config::{KeyAuth, ProviderKind};
@@ -221,13 +224,21 @@ pub fn adapter_for(kind: ProviderKind) -> &'static dyn ProviderAdapter {
         ProviderKind::Gemini => &gemini::GeminiAdapter,
         ProviderKind::Vertex => &vertex::VertexAdapter,
         ProviderKind::Bedrock => &pending::Pending("bedrock"),
-        ProviderKind::Stability => &pending::Pending("stability"),
+        ProviderKind::Stability => &stability::StabilityAdapter,
         ProviderKind::Bfl => &pending::Pending("bfl"),
         ProviderKind::Fireworks => &pending::Pending("fireworks"),
         ProviderKind::Replicate => &pending::Pending("replicate"),
-        ProviderKind::HuggingFace => &pending::Pending("huggingface"),
-        ProviderKind::Xai => &pending::Pending("xai"),
+        ProviderKind::HuggingFace => &huggingface::HuggingFaceAdapter,
+        ProviderKind::Xai => &xai::XaiAdapter,
     }
+}
+
+/// `size` as `(width, height)` when it is `WxH` (`None` for `auto` or no size). The form has
+/// validated it already; adapters call this when they map the size to their own fields.
+pub fn size_wxh(size: Option<&str>) -> Option<(u32, u32)> {
+    size.and_then(|s| s.split_once('x'))
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .filter(|(w, h)| *w > 0 && *h > 0)
 }
 
 /// The credential header for `target`'s key: `Authorization: Bearer …`, or the provider's

@@ -34,14 +34,15 @@ fn escape_name(name: &str) -> String {
 }
 
 /// Builds a multipart body as a list of segments: literal bytes, and spool ranges for files.
-struct MultipartWriter {
+pub(super) struct MultipartWriter {
     boundary: String,
     segments: Vec<BodySegment>,
     pending: BytesMut,
 }
 
 impl MultipartWriter {
-    fn new(boundary: String) -> Self {
+    /// A writer for a body delimited by `boundary`.
+    pub(super) fn new(boundary: String) -> Self {
         MultipartWriter {
             boundary,
             segments: Vec::new(),
@@ -49,7 +50,8 @@ impl MultipartWriter {
         }
     }
 
-    fn text(&mut self, name: &str, value: &str) {
+    /// A text part.
+    pub(super) fn text(&mut self, name: &str, value: &str) {
         self.pending.put_slice(b"--");
         self.pending.put_slice(self.boundary.as_bytes());
         self.pending.put_slice(b"\r\nContent-Disposition: form-data; name=\"");
@@ -59,10 +61,19 @@ impl MultipartWriter {
         self.pending.put_slice(b"\r\n");
     }
 
-    fn file(&mut self, name: &str, filename: &str, content_type: &str, part: &FilePart) {
+    /// A file part whose content is the upload `part`, streamed from the spool.
+    pub(super) fn file(&mut self, name: &str, filename: &str, content_type: &str, part: &FilePart) {
         self.file_head(name, filename, content_type);
         self.flush();
         self.segments.push(BodySegment::Spool(part.range));
+        self.pending.put_slice(b"\r\n");
+    }
+
+    /// A file part whose content the adapter made (e.g. a converted mask).
+    pub(super) fn file_bytes(&mut self, name: &str, filename: &str, content_type: &str, content: Bytes) {
+        self.file_head(name, filename, content_type);
+        self.flush();
+        self.segments.push(BodySegment::Bytes(content));
         self.pending.put_slice(b"\r\n");
     }
 
@@ -95,7 +106,8 @@ impl MultipartWriter {
         }
     }
 
-    fn finish(mut self) -> Vec<BodySegment> {
+    /// Ends the body; its segments in order.
+    pub(super) fn finish(mut self) -> Vec<BodySegment> {
         self.end();
         self.flush();
         self.segments
@@ -477,7 +489,7 @@ pub fn provider_error(provider: &str, resp: &UpstreamResponse) -> GatewayError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::from_yaml_str_with_env;
     use crate::form::EditType;
@@ -501,8 +513,12 @@ mod tests {
         }
     }
 
-    /// Renders the body plan against a spool, and parses it back with multer.
-    async fn render(req: &UpstreamRequest, spool: &Spool) -> Vec<(String, Option<String>, Option<String>, Vec<u8>)> {
+    /// Renders the body plan against a spool, and parses it back with multer: (name, filename,
+    /// content type, bytes) per part.
+    pub(crate) async fn render(
+        req: &UpstreamRequest,
+        spool: &Spool,
+    ) -> Vec<(String, Option<String>, Option<String>, Vec<u8>)> {
         let body = req.render(spool).unwrap();
         let ct = req
             .headers

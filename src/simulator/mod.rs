@@ -22,7 +22,10 @@
 //! `image_edit.debug` event before the others.
 
 mod gemini;
+mod huggingface;
+mod stability;
 mod vertex;
+mod xai;
 
 use crate::config::SimulatorSettings;
 use crate::imaging::{self, decode_png, encode_png, pad_png, simulate_edit, solid, Rgba};
@@ -73,10 +76,23 @@ impl SimRequest {
     }
 }
 
-/// Answers one `POST`: OpenAI and Azure `…/images/edits` (multipart), Gemini
+/// Answers one `POST`: OpenAI and Azure `…/images/edits` (multipart), xAI `…/images/edits`
+/// (JSON), Stability `…/v2beta/stable-image/edit/…`, Hugging Face `…/hf-inference/models/…`, Gemini
 /// `…:generateContent` / `…:streamGenerateContent`, Imagen `…:predict`, and the fake OAuth
 /// token endpoint `/token`; anything else is a 404.
 pub async fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
+    let json_body = req
+        .header("content-type")
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if req.path.ends_with("/images/edits") && json_body {
+        return xai::handle(&req);
+    }
+    if req.path.contains("/v2beta/stable-image/edit/") {
+        return stability::handle(&req).await;
+    }
+    if req.path.contains("/hf-inference/models/") {
+        return huggingface::handle(&req);
+    }
     if req.path.ends_with("/images/edits") {
         // Azure sends its key in `api-key`; the simulator takes it as OpenAI's Bearer.
         let authorization = match (req.header("authorization"), req.header("api-key")) {
@@ -150,19 +166,46 @@ struct SimForm {
     partial_images: Option<String>,
 }
 
-async fn read_form(content_type: &str, body: Bytes) -> Result<SimForm, SimResponse> {
-    let bad = |m: String| error(400, "invalid_request_error", "invalid_multipart", None, &m);
-    let boundary =
-        multer::parse_boundary(content_type).map_err(|e| bad(format!("expected multipart/form-data: {e}")))?;
+/// Every part of a multipart body as (name, content), in order; `Err` says why the body is
+/// not `multipart/form-data`.
+pub(super) async fn multipart_parts(content_type: &str, body: Bytes) -> Result<Vec<(String, Bytes)>, String> {
+    let boundary = multer::parse_boundary(content_type).map_err(|e| format!("expected multipart/form-data: {e}"))?;
     let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
     let mut mp = multer::Multipart::new(stream, boundary);
+    let mut parts = Vec::new();
+    while let Some(field) = mp.next_field().await.map_err(|e| e.to_string())? {
+        let name = field.name().unwrap_or_default().to_string();
+        parts.push((name, field.bytes().await.map_err(|e| e.to_string())?));
+    }
+    Ok(parts)
+}
+
+/// A provider-native mask (an opaque image: white = edit when `white_edits`, else black =
+/// edit) as the simulator's RGBA mask (alpha 0 = edit). A mask with transparency is refused:
+/// an unconverted OpenAI mask would edit the wrong pixels.
+pub(super) fn opaque_mask(bytes: &[u8], white_edits: bool) -> Result<Rgba, String> {
+    let info = imaging::png_info(bytes).map_err(|e| format!("mask: {e}"))?;
+    if info.alpha {
+        return Err(format!(
+            "mask must be an opaque image whose {} pixels mark the area to edit (it has transparency)",
+            if white_edits { "white" } else { "black" }
+        ));
+    }
+    let mut mask = decode_png(bytes).map_err(|e| format!("mask: {e}"))?;
+    for px in mask.pixels.chunks_exact_mut(4) {
+        px[3] = if (px[0] >= 128) == white_edits { 0 } else { 255 };
+    }
+    Ok(mask)
+}
+
+async fn read_form(content_type: &str, body: Bytes) -> Result<SimForm, SimResponse> {
+    let bad = |m: String| error(400, "invalid_request_error", "invalid_multipart", None, &m);
+    let parts = multipart_parts(content_type, body).await.map_err(bad)?;
     let mut f = SimForm {
         n: 1,
         ..Default::default()
     };
-    while let Some(field) = mp.next_field().await.map_err(|e| bad(e.to_string()))? {
-        let name = field.name().unwrap_or_default().to_string();
-        let data = field.bytes().await.map_err(|e| bad(e.to_string()))?;
+    for (name, data) in parts {
         let text = || String::from_utf8_lossy(&data).into_owned();
         match name.as_str() {
             "model" => f.model = Some(text()),

@@ -69,17 +69,7 @@ fn reference_bytes(reference: &Value) -> Result<Vec<u8>, SimResponse> {
 
 /// Imagen's mask (opaque, white = edit) as the simulator's RGBA mask (alpha 0 = edit).
 fn imagen_mask(bytes: &[u8]) -> Result<Rgba, SimResponse> {
-    let info = imaging::png_info(bytes).map_err(|e| bad(&format!("mask: {e}")))?;
-    if info.alpha {
-        return Err(bad(
-            "mask must be an opaque image whose white pixels mark the area to edit (it has transparency)",
-        ));
-    }
-    let mut mask = decode_png(bytes).map_err(|e| bad(&format!("mask: {e}")))?;
-    for px in mask.pixels.chunks_exact_mut(4) {
-        px[3] = if px[0] >= 128 { 0 } else { 255 };
-    }
-    Ok(mask)
+    super::opaque_mask(bytes, true).map_err(|e| bad(&e))
 }
 
 fn predict(req: &SimRequest) -> Result<SimResponse, SimResponse> {

@@ -976,6 +976,26 @@ pub fn big_png_like(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// A 6×4 opaque PNG with distinct pixels.
+pub fn gradient_png() -> Vec<u8> {
+    let mut img = refract::imaging::solid(6, 4, [0, 0, 0, 255]);
+    for (i, px) in img.pixels.chunks_exact_mut(4).enumerate() {
+        px[0] = (i * 10) as u8;
+        px[1] = (255 - i * 10) as u8;
+    }
+    refract::imaging::encode_png(&img).expect("png")
+}
+
+/// A 6×4 unified (OpenAI) mask: the top two rows fully transparent (edit), the rest half
+/// opaque.
+pub fn unified_mask_png() -> Vec<u8> {
+    let mut m = refract::imaging::solid(6, 4, [0, 0, 0, 128]);
+    for i in 0..12 {
+        m.pixels[i * 4 + 3] = 0;
+    }
+    refract::imaging::encode_png(&m).expect("png")
+}
+
 /// A JPEG-looking file (signature plus filler).
 pub fn jpeg_like() -> Vec<u8> {
     let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00, 0x01];

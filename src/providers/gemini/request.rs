@@ -53,11 +53,7 @@ pub fn image_config_for_size(
         .filter(|(w, h)| *w > 0 && *h > 0)
         .ok_or_else(|| refuse("expected WxH or auto"))?;
     let ratio = f64::from(w) / f64::from(h);
-    let (name, nearest) = ASPECT_RATIOS
-        .iter()
-        .copied()
-        .min_by(|a, b| (ratio / a.1).ln().abs().total_cmp(&(ratio / b.1).ln().abs()))
-        .unwrap_or(("1:1", 1.0));
+    let (name, nearest) = nearest_ratio(ratio, &ASPECT_RATIOS);
     if (ratio / nearest).ln().abs() > RATIO_TOLERANCE.ln_1p() {
         let names: Vec<&str> = ASPECT_RATIOS.iter().map(|r| r.0).collect();
         return Err(refuse(&format!(
@@ -72,6 +68,16 @@ pub fn image_config_for_size(
         _ => "4K",
     };
     Ok(Some((name, image_size)))
+}
+
+/// The entry of `table` (name, width/height) nearest to `ratio` on a log scale (`1:1` when the
+/// table is empty).
+pub fn nearest_ratio(ratio: f64, table: &[(&'static str, f64)]) -> (&'static str, f64) {
+    table
+        .iter()
+        .copied()
+        .min_by(|a, b| (ratio / a.1).ln().abs().total_cmp(&(ratio / b.1).ln().abs()))
+        .unwrap_or(("1:1", 1.0))
 }
 
 /// The MIME type Vertex's `imageConfig.outputMimeType` takes for an `output_format`.

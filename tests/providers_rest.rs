@@ -1,0 +1,516 @@
+//! Kinds `stability`, `huggingface` and `xai` end to end: a real gateway in front of strict
+//! mocks (path, auth, accept, body shape, every image byte for byte, Stability's converted mask
+//! pixel by pixel), synthesized streams, refusals before any upstream call, provider errors,
+//! and each kind in front of the built-in simulator (checking the edited pixels).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use refract::codec::sse::SseDecoder;
+use refract::imaging::{decode_png, encode_png, paint_colour, solid, Rgba};
+use serde_json::{json, Value};
+
+const STABILITY_KEY: &str = "sk-stability-upstream-1";
+const HF_KEY: &str = "hf_upstream_token_2";
+const XAI_KEY: &str = "xai-upstream-key-3";
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+/// Providers `stab`, `hf` and `xai` at `base` (`{sim}` for the simulator).
+fn providers(base: &str) -> String {
+    format!(
+        "  - name: stab\n    kind: stability\n    base_url: http://{base}\n    keys:\n      - {{name: s, value: {STABILITY_KEY}}}\n\
+         \x20 - name: hf\n    kind: huggingface\n    base_url: http://{base}\n    keys:\n      - {{name: h, value: {HF_KEY}}}\n\
+         \x20 - name: xai\n    kind: xai\n    base_url: http://{base}/v1\n    keys:\n      - {{name: x, value: {XAI_KEY}}}\n"
+    )
+}
+
+fn gateway(mock: &MockUpstream) -> Gateway {
+    let mut setup = Setup::new(&mock.base_url());
+    setup.extra_providers = providers(&mock.addr.to_string());
+    Gateway::start(&setup)
+}
+
+fn form(model: &str, prompt: Option<&str>, image: &[u8]) -> Form {
+    let f = Form::new().text("model", model);
+    let f = match prompt {
+        Some(p) => f.text("prompt", p),
+        None => f,
+    };
+    f.file("image", "in.png", "image/png", image)
+}
+
+/// The `image_edit.completed` events of a streamed answer.
+fn completed_events(r: &Response) -> Vec<Value> {
+    let mut d = SseDecoder::new();
+    let mut evs = Vec::new();
+    d.feed(&r.body, &mut evs).unwrap();
+    evs.iter()
+        .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+        .filter(|v| v["type"] == "image_edit.completed")
+        .collect()
+}
+
+fn stability_answer(png: &[u8]) -> Value {
+    json!({"image": b64(png), "finish_reason": "SUCCESS", "seed": 42})
+}
+
+fn text_part(parts: &[Part], name: &str) -> String {
+    let p = parts_named(parts, name);
+    assert_eq!(p.len(), 1, "part {name}");
+    p[0].text()
+}
+
+/// What Stability requires of every request; returns the parts.
+fn check_stability(rec: &Recorded, service: &str) -> Vec<Part> {
+    assert_eq!(rec.method, "POST");
+    assert_eq!(rec.path, format!("/v2beta/stable-image/edit/{service}"));
+    assert_eq!(rec.header("authorization"), Some(format!("Bearer {STABILITY_KEY}")));
+    assert_eq!(rec.header("accept").as_deref(), Some("application/json"));
+    assert!(rec
+        .header("content-type")
+        .unwrap()
+        .starts_with("multipart/form-data; boundary="));
+    let parts = rec.parts();
+    let image = parts_named(&parts, "image");
+    assert_eq!(image.len(), 1);
+    assert_eq!(image[0].data, gradient_png(), "the image byte for byte");
+    parts
+}
+
+#[test]
+fn stability_serves_every_edit_type() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock);
+    let out = encode_png(&solid(2, 2, [7, 8, 9, 255])).unwrap();
+
+    // Inpainting: the mask converted to white = edit, opaque grayscale.
+    mock.push(Reply::json(200, &stability_answer(&out)));
+    let f = form("stab/sd3", Some("a red ball"), &gradient_png())
+        .text("type", "inpainting")
+        .text("seed", "42")
+        .text("negative_prompt", "blurry")
+        .text("output_format", "png")
+        .text("quality", "high")
+        .file("mask", "m.png", "image/png", &unified_mask_png());
+    let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(unb64(v["data"][0]["b64_json"].as_str().unwrap()), out);
+    assert_eq!(v["output_format"], "png");
+    assert_eq!(v["extra_fields"]["provider"], "stab");
+    let rec = mock.only_request();
+    let parts = check_stability(&rec, "inpaint");
+    let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["image", "mask", "prompt", "negative_prompt", "seed", "output_format"]
+    );
+    let mask_png = &parts_named(&parts, "mask")[0].data;
+    assert!(!refract::imaging::png_info(mask_png).unwrap().alpha);
+    let mask: Rgba = decode_png(mask_png).unwrap();
+    for y in 0..4 {
+        for x in 0..6 {
+            let want = if y < 2 { 255 } else { 0 };
+            assert_eq!(mask.pixel(x, y), [want, want, want, 255], "mask pixel ({x},{y})");
+        }
+    }
+    assert_eq!(text_part(&parts, "prompt"), "a red ball");
+    assert_eq!(text_part(&parts, "seed"), "42");
+
+    // Outpainting: the border from size.
+    mock.push(Reply::json(200, &stability_answer(&out)));
+    let f = form("stab/sd3", Some("more sky"), &gradient_png())
+        .text("type", "outpainting")
+        .text("size", "16x16");
+    let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let parts = check_stability(&mock.requests()[1], "outpaint");
+    let sides: Vec<String> = ["left", "right", "up", "down"]
+        .iter()
+        .map(|s| text_part(&parts, s))
+        .collect();
+    assert_eq!(sides, ["5", "5", "6", "6"]);
+
+    // Background removal: no prompt needed, only image and output_format sent.
+    mock.push(Reply::json(200, &stability_answer(&out)));
+    let f = form("stab/sd3", None, &gradient_png())
+        .text("type", "background_removal")
+        .text("output_format", "webp");
+    let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let parts = check_stability(&mock.requests()[2], "remove-background");
+    let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["image", "output_format"]);
+
+    // stream=true: one synthesized completed event.
+    mock.push(Reply::json(200, &stability_answer(&out)));
+    let f = form("stab/sd3", Some("a red ball"), &gradient_png())
+        .file("mask", "m.png", "image/png", &unified_mask_png())
+        .text("stream", "true");
+    let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type").as_deref(), Some("text/event-stream"));
+    let completed = completed_events(&r);
+    assert_eq!(completed.len(), 1, "{}", r.text());
+    assert_eq!(unb64(completed[0]["b64_json"].as_str().unwrap()), out);
+    let parts = check_stability(&mock.requests()[3], "inpaint");
+    assert!(parts_named(&parts, "stream").is_empty());
+    assert_eq!(mock.requests().len(), 4);
+}
+
+#[test]
+fn stability_filters_and_errors() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock);
+    let f = || {
+        form("stab/sd3", Some("p"), &gradient_png())
+            .text("type", "inpainting")
+            .file("mask", "m.png", "image/png", &unified_mask_png())
+    };
+    mock.push(Reply::json(
+        200,
+        &json!({"image": b64(&gradient_png()), "finish_reason": "CONTENT_FILTERED", "seed": 1}),
+    ));
+    let r = gw.edit(&f(), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "moderation_blocked");
+    mock.push(Reply::json(
+        403,
+        &json!({"id": "x1", "name": "content_moderation", "errors": ["Your request was flagged"]}),
+    ));
+    let r = gw.edit(&f(), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 403, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["message"], "Your request was flagged");
+    assert_eq!(v["error"]["code"], "content_moderation");
+    assert_eq!(v["is_bifrost_error"], false);
+    assert!(!r.text().contains(STABILITY_KEY));
+}
+
+#[test]
+fn requests_beyond_the_capabilities_never_reach_the_provider() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock);
+    let png = gradient_png();
+    let unsupported = |r: &Response, param: &str| {
+        assert_gateway_error(r, 400, "unsupported_parameter", "invalid_request_error", Some(param));
+    };
+    // Stability: n > 1; no type and no mask; outpainting without size; a mask with removal.
+    let r = gw.edit(
+        &form("stab/sd3", Some("p"), &png)
+            .text("type", "inpainting")
+            .text("n", "2"),
+        &[("x-bf-vk", VK)],
+    );
+    unsupported(&r, "n");
+    let r = gw.edit(&form("stab/sd3", Some("p"), &png), &[("x-bf-vk", VK)]);
+    assert_invalid(&r, "type");
+    let r = gw.edit(
+        &form("stab/sd3", Some("p"), &png).text("type", "outpainting"),
+        &[("x-bf-vk", VK)],
+    );
+    assert_invalid(&r, "size");
+    let r = gw.edit(
+        &form("stab/sd3", None, &png).text("type", "background_removal").file(
+            "mask",
+            "m.png",
+            "image/png",
+            &unified_mask_png(),
+        ),
+        &[("x-bf-vk", VK)],
+    );
+    assert_invalid(&r, "mask");
+    // A mask without an alpha channel (e.g. already white = edit) cannot follow the unified
+    // convention.
+    let native = refract::imaging::convert_mask(&unified_mask_png(), 255, 0).unwrap().png;
+    let r = gw.edit(
+        &form("stab/sd3", Some("p"), &png).file("mask", "m.png", "image/png", &native),
+        &[("x-bf-vk", VK)],
+    );
+    assert_invalid(&r, "mask");
+    // xAI: a mask; four images; a type.
+    let r = gw.edit(
+        &form("xai/grok-imagine-image", Some("p"), &png).file("mask", "m.png", "image/png", &unified_mask_png()),
+        &[("x-bf-vk", VK)],
+    );
+    unsupported(&r, "mask");
+    let mut four = form("xai/grok-imagine-image", Some("p"), &png);
+    for _ in 0..3 {
+        four = four.file("image[]", "x.png", "image/png", &png);
+    }
+    let r = gw.edit(&four, &[("x-bf-vk", VK)]);
+    unsupported(&r, "image");
+    let r = gw.edit(
+        &form("xai/grok-imagine-image", Some("p"), &png).text("type", "inpainting"),
+        &[("x-bf-vk", VK)],
+    );
+    unsupported(&r, "type");
+    // Hugging Face: a 3 MB image (the router caps bodies at 2 MB); two images; url output.
+    let big = big_png_like(3_000_000, 7);
+    let r = gw.edit(&form("hf/owner/model", Some("p"), &big), &[("x-bf-vk", VK)]);
+    unsupported(&r, "image");
+    let r = gw.edit(
+        &form("hf/owner/model", Some("p"), &png).file("image[]", "b.png", "image/png", &png),
+        &[("x-bf-vk", VK)],
+    );
+    unsupported(&r, "image");
+    let r = gw.edit(
+        &form("hf/owner/model", Some("p"), &png).text("response_format", "url"),
+        &[("x-bf-vk", VK)],
+    );
+    unsupported(&r, "response_format");
+    assert!(mock.requests().is_empty(), "the mock saw nothing");
+    assert!(mock.incomplete().is_empty(), "the mock saw nothing");
+}
+
+#[test]
+fn huggingface_sends_json_and_answers_raw_bytes() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock);
+    let out = encode_png(&solid(3, 3, [1, 2, 3, 255])).unwrap();
+    mock.push(Reply::raw(200, "image/png", &out));
+    let f = form("hf/timbrooks/instruct-pix2pix", Some("make it blue"), &gradient_png())
+        .text("negative_prompt", "blurry")
+        .text("num_inference_steps", "20")
+        .text("size", "512x256")
+        .text("seed", "3");
+    let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(unb64(v["data"][0]["b64_json"].as_str().unwrap()), out);
+    assert_eq!(v["output_format"], "png");
+    let rec = mock.only_request();
+    assert_eq!(rec.path, "/hf-inference/models/timbrooks/instruct-pix2pix");
+    assert_eq!(rec.header("authorization"), Some(format!("Bearer {HF_KEY}")));
+    assert_eq!(rec.header("accept").as_deref(), Some("image/png"));
+    assert_eq!(rec.header("content-type").as_deref(), Some("application/json"));
+    let body: Value = serde_json::from_slice(&rec.body).unwrap();
+    assert_eq!(unb64(body["inputs"].as_str().unwrap()), gradient_png());
+    assert_eq!(
+        body["parameters"],
+        json!({"prompt": "make it blue", "negative_prompt": "blurry", "num_inference_steps": 20,
+            "target_size": {"width": 512, "height": 256}})
+    );
+
+    // stream=true: synthesized.
+    mock.push(Reply::raw(200, "image/png", &out));
+    let r = gw.edit(
+        &form("hf/o/m", Some("p"), &gradient_png()).text("stream", "true"),
+        &[("x-bf-vk", VK)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let completed = completed_events(&r);
+    assert_eq!(completed.len(), 1, "{}", r.text());
+    assert_eq!(unb64(completed[0]["b64_json"].as_str().unwrap()), out);
+
+    // A loading model: 503 kept, with the wait.
+    mock.push(Reply::json(
+        503,
+        &json!({"error": "Model o/m is currently loading", "estimated_time": 42.0}),
+    ));
+    let r = gw.edit(&form("hf/o/m", Some("p"), &gradient_png()), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    let v = r.json();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("currently loading"),
+        "{v}"
+    );
+    assert_eq!(v["error"]["estimated_time"], 42.0);
+}
+
+#[test]
+fn xai_sends_data_urls_in_json() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock);
+    let second = encode_png(&solid(2, 2, [5, 5, 5, 255])).unwrap();
+    let jpeg = jpeg_like();
+    mock.push(Reply::json(
+        200,
+        &json!({"data": [{"b64_json": "aW1hZ2UtMA=="}, {"b64_json": "aW1hZ2UtMQ=="}]}),
+    ));
+    let f = form("xai/grok-imagine-image", Some("make the car red"), &gradient_png())
+        .file("image[]", "b.png", "image/png", &second)
+        .file("image[]", "c.jpg", "image/jpeg", &jpeg)
+        .text("n", "2")
+        .text("size", "1024x576")
+        .text("seed", "5")
+        .text("quality", "high");
+    let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["data"][1]["b64_json"], "aW1hZ2UtMQ==");
+    assert_eq!(v["data"][1]["index"], 1);
+    let rec = mock.only_request();
+    assert_eq!(rec.path, "/v1/images/edits");
+    assert_eq!(rec.header("authorization"), Some(format!("Bearer {XAI_KEY}")));
+    assert_eq!(rec.header("content-type").as_deref(), Some("application/json"));
+    let body: Value = serde_json::from_slice(&rec.body).unwrap();
+    let images = body["images"].as_array().unwrap();
+    let expect = [
+        ("image/png", gradient_png()),
+        ("image/png", second.clone()),
+        ("image/jpeg", jpeg.clone()),
+    ];
+    for (img, (mime, bytes)) in images.iter().zip(&expect) {
+        let url = img["url"].as_str().unwrap();
+        let data = url
+            .strip_prefix(&format!("data:{mime};base64,"))
+            .unwrap_or_else(|| panic!("{}", &url[..40]));
+        assert_eq!(&unb64(data), bytes);
+    }
+    assert_eq!(images.len(), 3);
+    let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "aspect_ratio",
+            "images",
+            "model",
+            "n",
+            "prompt",
+            "resolution",
+            "response_format"
+        ]
+    );
+    assert_eq!(body["model"], "grok-imagine-image");
+    assert_eq!(body["n"], 2);
+    assert_eq!(body["response_format"], "b64_json");
+    assert_eq!(
+        (body["aspect_ratio"].as_str(), body["resolution"].as_str()),
+        (Some("16:9"), Some("1k"))
+    );
+
+    // One image → `image`; url output passes through; errors keep the status.
+    mock.push(Reply::json(
+        200,
+        &json!({"data": [{"url": "https://imgen.x.ai/tmp/1.png"}]}),
+    ));
+    let r = gw.edit(
+        &form("xai/grok-imagine-image", Some("p"), &gradient_png()).text("response_format", "url"),
+        &[("x-bf-vk", VK)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"][0]["url"], "https://imgen.x.ai/tmp/1.png");
+    let body: Value = serde_json::from_slice(&mock.requests()[1].body).unwrap();
+    assert!(body.get("images").is_none());
+    assert!(body["image"]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("data:image/png;base64,"));
+    assert_eq!(body["response_format"], "url");
+    mock.push(Reply::json(
+        429,
+        &json!({"code": "Some resource has been exhausted", "error": "rate limited"}),
+    ));
+    let r = gw.edit(
+        &form("xai/grok-imagine-image", Some("p"), &gradient_png()),
+        &[("x-bf-vk", VK)],
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["message"], "rate limited");
+}
+
+/// The simulator's edit without a mask: each channel averaged with the paint colour.
+fn blended(input: [u8; 4], prompt: &str, index: u32) -> [u8; 4] {
+    let c = paint_colour(prompt, index);
+    let mix = |k: usize| ((u16::from(input[k]) + u16::from(c[k])) / 2) as u8;
+    [mix(0), mix(1), mix(2), input[3]]
+}
+
+fn image_of(v: &Value) -> Rgba {
+    decode_png(&unb64(v["b64_json"].as_str().unwrap())).unwrap()
+}
+
+#[test]
+fn each_kind_edits_through_the_simulator() {
+    let mut setup = Setup::new("http://127.0.0.1:9/v1");
+    setup.simulator = true;
+    setup.extra_providers = providers("{sim}");
+    let gw = Gateway::start(&setup);
+    let input = [200, 100, 50, 255];
+    let png = encode_png(&solid(6, 4, input)).unwrap();
+
+    // Stability inpainting: the top two rows (transparent in the unified mask) painted.
+    let f = form("stab/sd3", Some("red ball"), &png).file("mask", "m.png", "image/png", &unified_mask_png());
+    let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let img = image_of(&r.json()["data"][0]);
+    for y in 0..4 {
+        let want = if y < 2 { paint_colour("red ball", 0) } else { input };
+        assert_eq!(img.pixel(3, y), want, "row {y}");
+    }
+    // Outpainting grows the canvas to `size`; background removal clears the corner colour.
+    let r = gw.edit(
+        &form("stab/sd3", Some("sky"), &png)
+            .text("type", "outpainting")
+            .text("size", "16x16"),
+        &[("x-bf-vk", VK)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let img = image_of(&r.json()["data"][0]);
+    assert_eq!((img.width, img.height), (16, 16));
+    assert_eq!(img.pixel(0, 0), paint_colour("sky", 0));
+    assert_eq!(img.pixel(5, 6), input);
+    let r = gw.edit(
+        &form("stab/sd3", None, &png).text("type", "background_removal"),
+        &[("x-bf-vk", VK)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(image_of(&r.json()["data"][0]).pixel(1, 1), [0, 0, 0, 0]);
+    // The filtered and error hooks.
+    let hook = |prompt: &str| {
+        form("stab/sd3", Some(prompt), &png).text("type", "inpainting").file(
+            "mask",
+            "m.png",
+            "image/png",
+            &unified_mask_png(),
+        )
+    };
+    let r = gw.edit(&hook("simulate-filtered"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "moderation_blocked");
+    let r = gw.edit(&hook("simulate-error:429"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 429, "{}", r.text());
+
+    // Hugging Face: raw PNG back, blended.
+    let r = gw.edit(&form("hf/owner/model", Some("blue"), &png), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let img = image_of(&r.json()["data"][0]);
+    assert_eq!(img.pixel(5, 3), blended(input, "blue", 0));
+    let r = gw.edit(
+        &form("hf/owner/model", Some("simulate-error:503"), &png),
+        &[("x-bf-vk", VK)],
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+
+    // xAI: two images in, two out, streamed too.
+    let f = form("xai/grok-imagine-image", Some("green"), &png)
+        .file("image[]", "b.png", "image/png", &tiny_png())
+        .text("n", "2")
+        .text("size", "1024x1024");
+    let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    for i in 0..2 {
+        assert_eq!(image_of(&v["data"][i]).pixel(0, 0), blended(input, "green", i as u32));
+    }
+    let r = gw.edit(&f.text("stream", "true"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let completed = completed_events(&r);
+    assert_eq!(completed.len(), 2, "{}", r.text());
+    assert_eq!(image_of(&completed[1]).pixel(0, 0), blended(input, "green", 1));
+    // The OpenAI simulator route still answers multipart on the same path.
+    let r = gw.edit(&form("demo/sim", Some("p"), &png), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+}

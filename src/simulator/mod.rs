@@ -22,6 +22,7 @@
 //! `image_edit.debug` event before the others.
 
 mod gemini;
+mod polling;
 mod vertex;
 
 use crate::config::SimulatorSettings;
@@ -74,8 +75,9 @@ impl SimRequest {
 }
 
 /// Answers one `POST`: OpenAI and Azure `…/images/edits` (multipart), Gemini
-/// `…:generateContent` / `…:streamGenerateContent`, Imagen `…:predict`, and the fake OAuth
-/// token endpoint `/token`; anything else is a 404.
+/// `…:generateContent` / `…:streamGenerateContent`, Imagen `…:predict`, the fake OAuth
+/// token endpoint `/token`, and the asynchronous providers (BFL, Fireworks, Replicate: submit,
+/// polls and result `GET`s, see `polling`); anything else is a 404.
 pub async fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
     if req.path.ends_with("/images/edits") {
         // Azure sends its key in `api-key`; the simulator takes it as OpenAI's Bearer.
@@ -100,6 +102,9 @@ pub async fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
     }
     if req.path == "/token" {
         return vertex::token(&req);
+    }
+    if let Some(answer) = polling::handle(&req) {
+        return answer;
     }
     SimAnswer::Whole(error(404, "invalid_request_error", "not_found", None, "not found"))
 }

@@ -58,10 +58,8 @@ pub(super) async fn run(
     // Only a request whose body was read to its end can be watched without eating its bytes.
     let watch_client = session.is_body_done();
     let gone = async {
-        if watch_client {
-            if session.as_downstream_mut().read_body_or_idle(true).await.is_err() {
-                return;
-            }
+        if watch_client && session.as_downstream_mut().read_body_or_idle(true).await.is_err() {
+            return;
         }
         std::future::pending::<()>().await
     };

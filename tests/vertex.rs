@@ -10,7 +10,6 @@ mod common;
 
 use base64::Engine;
 use common::*;
-use refract::codec::sse::SseDecoder;
 use refract::imaging::{decode_png, encode_png, solid, Rgba};
 use ring::signature::{KeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use serde_json::{json, Value};
@@ -503,15 +502,8 @@ fn stream_true_is_synthesized_from_the_complete_answer() {
     let r = gw.edit(&form, &[("x-bf-vk", VK)]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-type").as_deref(), Some("text/event-stream"));
-    let mut d = SseDecoder::new();
-    let mut evs = Vec::new();
-    d.feed(&r.body, &mut evs).unwrap();
-    let completed: Vec<Value> = evs
-        .iter()
-        .filter(|e| e.event.as_deref() == Some("image_edit.completed"))
-        .map(|e| serde_json::from_str(&e.data).unwrap())
-        .collect();
-    assert_eq!(completed.len(), 2, "{evs:?}");
+    let completed = completed_events(&r.body);
+    assert_eq!(completed.len(), 2, "{}", r.text());
     for (ev, png) in completed.iter().zip(&pngs) {
         assert_eq!(ev["type"], "image_edit.completed");
         assert_eq!(&unb64(&ev["b64_json"]), png);

@@ -395,6 +395,12 @@ pub struct ProviderOptions {
     /// Limits and settings per model pattern (`model_rules`), first match wins; they override the
     /// adapter's declared capabilities for the models they match.
     pub models: Vec<ModelRules>,
+    /// Asynchronous kinds (bfl, fireworks, replicate): wait between polls (`poll_interval_ms`,
+    /// default 500 ms); zero for other kinds.
+    pub poll_interval: Duration,
+    /// Asynchronous kinds: the longest a job may take from its submission to the final answer
+    /// (`poll_timeout_ms`, default 120 s); past it the request fails with 504.
+    pub poll_timeout: Duration,
 }
 
 /// Rules for the models matching a pattern (`providers[].models[]`): limits checked before any

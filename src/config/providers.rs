@@ -176,6 +176,16 @@ fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> ProviderOptions {
         }
     }
     o.models = model_rules(f, kind);
+    let polled = [ProviderKind::Bfl, ProviderKind::Fireworks, ProviderKind::Replicate];
+    for key in ["poll_interval_ms", "poll_timeout_ms"] {
+        if let Some(k) = kind.filter(|k| !polled.contains(k) && f.has(key)) {
+            f.report(key, format!("only used by kinds bfl, fireworks and replicate, not {k}"));
+        }
+    }
+    if kind.is_some_and(|k| polled.contains(&k)) {
+        o.poll_interval = Duration::from_millis(f.opt_u64("poll_interval_ms", 500, 1..=60_000));
+        o.poll_timeout = Duration::from_millis(f.opt_u64("poll_timeout_ms", 120_000, 1..=3_600_000));
+    }
     for (key, value) in [
         ("project", &o.project),
         ("location", &o.location),
@@ -926,6 +936,36 @@ mod tests {
             ),
             "providers[0].model_rules[0].colour",
             "unknown key",
+        );
+    }
+
+    #[test]
+    fn poll_settings_for_asynchronous_kinds() {
+        use std::time::Duration;
+        let c = ok(&with("    kind: bfl\n", "        value: x\n"));
+        assert_eq!(c.providers[0].options.poll_interval, Duration::from_millis(500));
+        assert_eq!(c.providers[0].options.poll_timeout, Duration::from_secs(120));
+        assert_eq!(c.providers[0].base_url.to_string(), "https://api.bfl.ai/v1");
+        let c = ok(&with(
+            "    kind: replicate\n    poll_interval_ms: 50\n    poll_timeout_ms: 9000\n",
+            "        value: x\n",
+        ));
+        assert_eq!(c.providers[0].options.poll_interval, Duration::from_millis(50));
+        assert_eq!(c.providers[0].options.poll_timeout, Duration::from_millis(9000));
+        let c = ok(&with(
+            "    kind: fireworks\n    poll_timeout_ms: 1\n",
+            "        value: x\n",
+        ));
+        assert_eq!(c.providers[0].options.poll_timeout, Duration::from_millis(1));
+        one_problem(
+            &with("    kind: openai\n    poll_interval_ms: 10\n", "        value: x\n"),
+            "providers[0].poll_interval_ms",
+            "only used by kinds bfl, fireworks and replicate",
+        );
+        one_problem(
+            &with("    kind: bfl\n    poll_timeout_ms: 0\n", "        value: x\n"),
+            "providers[0].poll_timeout_ms",
+            "",
         );
     }
 }

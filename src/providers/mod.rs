@@ -8,13 +8,17 @@
 //! I/O; `server::exchange` does.
 
 pub mod azure;
+pub mod bfl;
 pub mod capabilities;
+pub mod fireworks;
 pub mod gemini;
 pub mod google;
 pub mod huggingface;
 pub mod openai;
 pub mod pending;
+pub mod polling;
 pub mod rawjson;
+pub mod replicate;
 pub mod stability;
 pub mod stream;
 pub mod vertex;
@@ -214,6 +218,25 @@ pub trait ProviderAdapter: Send + Sync {
     /// Converts the provider's answer: a success into the unified JSON body, an error status into
     /// a [`GatewayError::Provider`] that keeps the provider's status and message.
     fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError>;
+
+    /// Called by the server after every upstream answer, before converting it: what happens
+    /// next ([`polling::FollowUp`]: convert it, send another request such as a poll or a result
+    /// download, or the assembled answer). `state` persists across the steps of one request.
+    /// Pure; the default converts every answer (synchronous providers).
+    fn follow_up(
+        &self,
+        _resp: &UpstreamResponse,
+        _state: &mut polling::FollowState,
+        _cx: &polling::FollowContext<'_>,
+    ) -> Result<polling::FollowUp, GatewayError> {
+        Ok(polling::FollowUp::Done)
+    }
+
+    /// Host suffixes (such as `.bfl.ai`) that follow-up URLs may point to besides the
+    /// provider's own `base_url` host (the server's SSRF guard); empty for synchronous kinds.
+    fn follow_domains(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// The adapter for a provider kind (an exhaustive match: a new kind does not compile until wired).
@@ -225,9 +248,9 @@ pub fn adapter_for(kind: ProviderKind) -> &'static dyn ProviderAdapter {
         ProviderKind::Vertex => &vertex::VertexAdapter,
         ProviderKind::Bedrock => &pending::Pending("bedrock"),
         ProviderKind::Stability => &stability::StabilityAdapter,
-        ProviderKind::Bfl => &pending::Pending("bfl"),
-        ProviderKind::Fireworks => &pending::Pending("fireworks"),
-        ProviderKind::Replicate => &pending::Pending("replicate"),
+        ProviderKind::Bfl => &bfl::BflAdapter,
+        ProviderKind::Fireworks => &fireworks::FireworksAdapter,
+        ProviderKind::Replicate => &replicate::ReplicateAdapter,
         ProviderKind::HuggingFace => &huggingface::HuggingFaceAdapter,
         ProviderKind::Xai => &xai::XaiAdapter,
     }

@@ -109,11 +109,11 @@ impl ProxyHttp for SimulatorApp {
 
     fn new_ctx(&self) {}
 
-    /// Answers every request: a `POST` the simulator knows ([`simulator::route`]), anything
-    /// else with a 404.
+    /// Answers every request: a `POST` or `GET` (polls, result images) the simulator knows
+    /// ([`simulator::route`]), anything else with a 404.
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
         let req = session.req_header();
-        if req.method != http::Method::POST {
+        if req.method != http::Method::POST && req.method != http::Method::GET {
             session.set_keepalive(None);
             return respond(
                 session,

@@ -23,6 +23,7 @@
 
 mod gemini;
 mod huggingface;
+mod polling;
 mod stability;
 mod vertex;
 mod xai;
@@ -76,10 +77,11 @@ impl SimRequest {
     }
 }
 
-/// Answers one `POST`: OpenAI and Azure `…/images/edits` (multipart), xAI `…/images/edits`
-/// (JSON), Stability `…/v2beta/stable-image/edit/…`, Hugging Face `…/hf-inference/models/…`, Gemini
-/// `…:generateContent` / `…:streamGenerateContent`, Imagen `…:predict`, and the fake OAuth
-/// token endpoint `/token`; anything else is a 404.
+/// Answers one request: OpenAI and Azure `…/images/edits` (multipart), xAI `…/images/edits`
+/// (JSON), Stability `…/v2beta/stable-image/edit/…`, Hugging Face `…/hf-inference/models/…`,
+/// Gemini `…:generateContent` / `…:streamGenerateContent`, Imagen `…:predict`, the fake OAuth
+/// token endpoint `/token`, and the asynchronous providers (BFL, Fireworks, Replicate: submit,
+/// polls and result `GET`s, see `polling`); anything else is a 404.
 pub async fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
     let json_body = req
         .header("content-type")
@@ -116,6 +118,9 @@ pub async fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
     }
     if req.path == "/token" {
         return vertex::token(&req);
+    }
+    if let Some(answer) = polling::handle(&req) {
+        return answer;
     }
     SimAnswer::Whole(error(404, "invalid_request_error", "not_found", None, "not found"))
 }

@@ -68,7 +68,7 @@ fn reference_bytes(reference: &Value) -> Result<Vec<u8>, SimResponse> {
 }
 
 /// Imagen's mask (opaque, white = edit) as the simulator's RGBA mask (alpha 0 = edit).
-fn imagen_mask(bytes: &[u8]) -> Result<Rgba, SimResponse> {
+pub(super) fn imagen_mask(bytes: &[u8]) -> Result<Rgba, SimResponse> {
     super::opaque_mask(bytes, true).map_err(|e| bad(&e))
 }
 

@@ -1128,3 +1128,14 @@ pub fn send_racing(addr: SocketAddr, head: Vec<u8>, body: Vec<u8>) -> (Response,
     assert!(sent <= total);
     (resp, sent, conn)
 }
+
+/// The data of every `image_edit.completed` event of an event-stream body, parsed.
+pub fn completed_events(body: &[u8]) -> Vec<Value> {
+    let mut d = refract::codec::sse::SseDecoder::new();
+    let mut evs = Vec::new();
+    d.feed(body, &mut evs).expect("a valid event stream");
+    evs.iter()
+        .filter(|e| e.event.as_deref() == Some("image_edit.completed"))
+        .map(|e| serde_json::from_str(&e.data).expect("event data is JSON"))
+        .collect()
+}

@@ -32,6 +32,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod answer;
+mod follow;
 mod upload;
 
 use answer::{write_event_stream, write_stream_head, Down, StreamSink, EVENTS_AHEAD};
@@ -343,18 +344,42 @@ impl Gateway {
             });
         }
         let (target, response) = result?;
+        let adapter = adapter_for(target.provider.kind);
+        let response_cx = ResponseContext {
+            provider: &target.provider.name,
+            model_requested: &form.model,
+            model_deployment: &target.model,
+            latency_ms: ctx.start.elapsed().as_millis() as u64,
+            num_input_images: form.images.len(),
+        };
+        // Asynchronous providers: poll and download until the adapter has the answer.
+        let followed = follow::run(
+            adapter,
+            follow::Request {
+                connector: &state.connector,
+                target: &target,
+                spool: &spool,
+                request_id: &request_id,
+                want_url: form.response_format.as_deref() == Some("url") && !form.stream,
+                response: response_cx.clone(),
+                start: ctx.start,
+            },
+            response,
+            session,
+        )
+        .await?;
         // The adapter converts: a success into the unified JSON, an error status (stream
         // request or not) into the provider's error.
-        let unified = adapter_for(target.provider.kind).convert_response(
-            &response,
-            &ResponseContext {
-                provider: &target.provider.name,
-                model_requested: &form.model,
-                model_deployment: &target.model,
-                latency_ms: ctx.start.elapsed().as_millis() as u64,
-                num_input_images: form.images.len(),
-            },
-        )?;
+        let unified = match followed {
+            follow::Followed::Answer(unified) => unified,
+            follow::Followed::Convert(response) => adapter.convert_response(
+                &response,
+                &ResponseContext {
+                    latency_ms: ctx.start.elapsed().as_millis() as u64,
+                    ..response_cx
+                },
+            )?,
+        };
         match stream_config.get() {
             // A stream request answered with a complete success (the provider cannot stream):
             // one `completed` event per image, in the client's framing.

@@ -1,0 +1,274 @@
+//! Kind `bfl`: Black Forest Labs' API (`api.bfl.ai`), asynchronous.
+//!
+//! Submit: `POST {base_url}/{model}` (`flux-kontext-pro`, `flux-kontext-max`,
+//! `flux-pro-1.0-fill`, `flux-pro-1.0-expand`, `flux-2-*`, …) with the key in `x-key` and a
+//! JSON body: `prompt`, the first image as bare base64 (`input_image`; `image` for fill and
+//! expand models; encoded on the fly from the spool), `seed`, `aspect_ratio` (from `size`, the
+//! nearest common ratio), `output_format` (`png`/`jpeg`; `webp` → `png`). Fill models
+//! (`*-fill*`) also take `mask`, converted from the unified convention (transparent = edit) to
+//! BFL's (white = edit), and `steps` from `num_inference_steps`; expand models take `top`,
+//! `bottom`, `left`, `right` (pixels) from same-named extra form fields. Dropped: `n` (one
+//! image; the capability check refuses more), `quality`, `background`, `negative_prompt`.
+//!
+//! Answer `{"id","polling_url"}` → follow-ups ([`super::polling`]): `GET polling_url` with
+//! `x-key` every `poll_interval_ms` (the URL may be on another `*.bfl.ai` host), until `status`:
+//! `Ready` → `result.sample` (a signed URL, e.g. on `delivery-eu1.bfl.ai`) is downloaded into
+//! `b64_json`, or returned as `data[].url` for `response_format=url`; `Pending` → poll again;
+//! `Content Moderated` / `Request Moderated` → 400 `moderation_blocked`; `Error`, `Failed`,
+//! `Task not found` → 502. Error statuses keep BFL's status and `detail` message.
+
+use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
+use super::google::{json_post, no_image_error};
+use super::polling::{self, detail_error, Field, FollowContext, FollowState, FollowUp, Stage};
+use super::{ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use crate::error::GatewayError;
+use crate::form::EditForm;
+use crate::route::Target;
+use crate::spool::Spool;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+/// The adapter for kind `bfl`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BflAdapter;
+
+/// Where BFL's polling and delivery URLs live.
+pub const BFL_DOMAINS: &[&str] = &[".bfl.ai"];
+
+const FLUX: Capabilities = Capabilities {
+    mask: false,
+    max_n: 1,
+    max_images: 1,
+    max_image_bytes: 20 * 1024 * 1024,
+    edit_types: &[],
+    url_output: true,
+    sizes: "`WxH` → nearest `aspect_ratio`, `auto`",
+    streaming: Streaming::Synthesized,
+    extra_fields: "seed, output_format",
+    max_prompt_chars: None,
+    input_formats: &[],
+    allowed_sizes: &[],
+};
+
+/// Whether `model` is a fill (inpainting) model, which takes a mask.
+pub fn is_fill(model: &str) -> bool {
+    model.contains("-fill")
+}
+
+fn is_expand(model: &str) -> bool {
+    model.contains("-expand")
+}
+
+static FAMILIES: [ModelFamily; 2] = [
+    ModelFamily {
+        name: "FLUX.1 Fill (flux-pro-1.0-fill*)",
+        matches: is_fill,
+        capabilities: Capabilities {
+            mask: true,
+            extra_fields: "seed, output_format, num_inference_steps → steps",
+            ..FLUX
+        },
+    },
+    ModelFamily {
+        name: "FLUX Kontext, Expand, FLUX.2 (flux-kontext-*, flux-pro-1.0-expand, …)",
+        matches: any_model,
+        capabilities: FLUX,
+    },
+];
+
+/// The JSON fields of a submit, in order; `mask` is the converted mask's PNG (fill models).
+fn build(
+    form: &EditForm,
+    mask: Option<&[u8]>,
+    target: &Target,
+    request_id: &str,
+) -> Result<UpstreamRequest, GatewayError> {
+    let provider = target.provider.name.as_str();
+    let image_key = if is_fill(&target.model) || is_expand(&target.model) {
+        "image"
+    } else {
+        "input_image"
+    };
+    let mut fields = Vec::new();
+    if let Some(prompt) = &form.prompt {
+        fields.push(("prompt", Field::Json(json!(prompt))));
+    }
+    fields.push((image_key, polling::first_image(form, provider, false)?));
+    if let Some(mask) = mask {
+        fields.push((
+            "mask",
+            Field::Json(json!(base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                mask
+            ))),
+        ));
+    }
+    if is_fill(&target.model) {
+        if let Some(steps) = form.num_inference_steps {
+            fields.push(("steps", Field::Json(json!(steps))));
+        }
+    }
+    if is_expand(&target.model) {
+        for side in ["top", "bottom", "left", "right"] {
+            if let Some(px) = form
+                .extra_text
+                .iter()
+                .find(|(k, _)| k == side)
+                .and_then(|(_, v)| v.trim().parse::<u32>().ok())
+            {
+                fields.push((side, Field::Json(json!(px))));
+            }
+        }
+    }
+    fields.extend(polling::common_fields(form, provider, "jpeg")?);
+    let path = format!(
+        "{}/{}",
+        target.provider.base_url.path,
+        super::azure::percent_encode_segment(&target.model)
+    );
+    let key = (http::HeaderName::from_static("x-key"), target.credential()?.to_string());
+    Ok(json_post(
+        path,
+        key,
+        "application/json",
+        request_id,
+        polling::json_body(&fields)?,
+    ))
+}
+
+impl ProviderAdapter for BflAdapter {
+    fn families(&self) -> &'static [ModelFamily] {
+        &FAMILIES
+    }
+
+    /// Requests without a mask (a mask needs the spool: it is converted).
+    fn build_request(
+        &self,
+        form: &EditForm,
+        target: &Target,
+        request_id: &str,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        if form.mask.is_some() {
+            return Err(GatewayError::Internal("a BFL mask is converted from the spool".into()));
+        }
+        build(form, None, target, request_id)
+    }
+
+    fn build_request_from_spool(
+        &self,
+        form: &EditForm,
+        spool: &Spool,
+        target: &Target,
+        request_id: &str,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        let mask = super::vertex::imagen::convert_mask(form, spool)?;
+        build(form, mask.as_ref().map(|m| m.png.as_slice()), target, request_id)
+    }
+
+    /// Reached for error statuses only (successes are followed up).
+    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+        if !(200..300).contains(&resp.status) {
+            return Err(detail_error(cx.provider, resp));
+        }
+        Err(GatewayError::UpstreamProtocol {
+            provider: cx.provider.to_string(),
+            detail: "the answer carries no result".into(),
+        })
+    }
+
+    fn follow_up(
+        &self,
+        resp: &UpstreamResponse,
+        state: &mut FollowState,
+        cx: &FollowContext<'_>,
+    ) -> Result<FollowUp, GatewayError> {
+        if state.stage == Stage::Downloading {
+            return polling::downloaded(resp, state, cx);
+        }
+        if !(200..300).contains(&resp.status) {
+            return Ok(FollowUp::Done);
+        }
+        let body: Value =
+            serde_json::from_slice(&resp.body).map_err(|_| polling::protocol(cx, "the answer is not JSON"))?;
+        if state.stage == Stage::Submitted {
+            let url = body
+                .get("polling_url")
+                .and_then(Value::as_str)
+                .ok_or_else(|| polling::protocol(cx, "the submit answer has no polling_url"))?;
+            state.poll_url = Some(url.to_string());
+            state.stage = Stage::Polling;
+            return poll(state, cx);
+        }
+        match job_status(&body, cx.target.provider.name.as_str())? {
+            Job::Pending => poll(state, cx),
+            Job::Ready(samples) => polling::results(samples, state, cx),
+        }
+    }
+
+    fn follow_domains(&self) -> &'static [&'static str] {
+        BFL_DOMAINS
+    }
+}
+
+/// The next `GET polling_url`, after the poll interval.
+fn poll(state: &mut FollowState, cx: &FollowContext<'_>) -> Result<FollowUp, GatewayError> {
+    let url = state
+        .poll_url
+        .as_deref()
+        .ok_or_else(|| polling::protocol(cx, "no polling_url"))?;
+    state.polls += 1;
+    let key = (
+        http::HeaderName::from_static("x-key"),
+        cx.target.credential()?.to_string(),
+    );
+    Ok(polling::get(
+        url,
+        vec![key, (http::header::ACCEPT, "application/json".to_string())],
+        cx.poll_interval,
+    ))
+}
+
+/// A BFL-style job status (also Fireworks'), read from a poll answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Job {
+    /// Not finished: poll again.
+    Pending,
+    /// Finished: the `result.sample` values (URLs or base64).
+    Ready(Vec<String>),
+}
+
+/// Reads `{"status", "result": {"sample"}}`: `Ready`, `Pending` (and `Queued`/`Processing`),
+/// or the error for a moderated (400 `moderation_blocked`) or failed (502) job.
+pub fn job_status(body: &Value, provider: &str) -> Result<Job, GatewayError> {
+    let status = body.get("status").and_then(Value::as_str).unwrap_or_default();
+    match status {
+        "Ready" => {
+            let sample = body.pointer("/result/sample");
+            let samples: Vec<String> = match sample {
+                Some(Value::String(s)) => vec![s.clone()],
+                Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+                _ => Vec::new(),
+            };
+            Ok(Job::Ready(samples))
+        }
+        "Pending" | "Queued" | "Processing" | "Running" => Ok(Job::Pending),
+        "Content Moderated" | "Request Moderated" => Err(no_image_error(provider, status)),
+        other => {
+            let why = body
+                .get("details")
+                .or_else(|| body.get("error"))
+                .map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_string));
+            Err(polling::job_failed(
+                provider,
+                &match why {
+                    Some(why) => format!("{other}: {why}"),
+                    None if other.is_empty() => "no status in the answer".to_string(),
+                    None => other.to_string(),
+                },
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! Kind `fireworks`: FLUX Kontext on Fireworks (`api.fireworks.ai/inference/v1`), asynchronous.
+//!
+//! Submit: `POST {base_url}/workflows/accounts/fireworks/models/{model}` for a short model
+//! name (`flux-kontext-pro`, `flux-kontext-max`); a model given in full
+//! (`accounts/{account}/models/{name}`) is used as is after `workflows/`. Bearer key; JSON body
+//! as BFL Kontext's: `prompt`, `input_image` as a `data:` URL (encoded on the fly), `seed`,
+//! `aspect_ratio` from `size`, `output_format` (`png`/`jpeg`). No mask; `n` 1.
+//!
+//! Answer `{"request_id"}` → follow-ups ([`super::polling`]): `POST {model path}/get_result`
+//! with `{"id"}` every `poll_interval_ms` until `status` is `Ready` (statuses as BFL's:
+//! [`super::bfl::job_status`]); `result.sample` is a URL (downloaded, or returned for
+//! `response_format=url`) or raw base64 (used as is). Sample URLs may be on
+//! `*.fireworks.ai`, on Fireworks' storage hosts (`*.fireworksusercontent.com`) or on BFL's
+//! delivery hosts (`*.bfl.ai`, the model being BFL's); others are refused (SSRF guard).
+//! Error statuses keep the status and the message (`detail`, `error` or `message`).
+
+use super::auth_header;
+use super::bfl::{job_status, Job};
+use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
+use super::google::json_post;
+use super::polling::{self, detail_error, Field, FollowContext, FollowState, FollowUp, Stage};
+use super::{BodySegment, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use crate::error::GatewayError;
+use crate::form::EditForm;
+use crate::route::Target;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+/// The adapter for kind `fireworks`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FireworksAdapter;
+
+/// Hosts Fireworks' result samples may come from (see the module docs).
+pub const FIREWORKS_DOMAINS: &[&str] = &[".fireworks.ai", ".fireworksusercontent.com", ".bfl.ai"];
+
+static FAMILIES: [ModelFamily; 1] = [ModelFamily {
+    name: "FLUX Kontext (flux-kontext-pro, flux-kontext-max)",
+    matches: any_model,
+    capabilities: Capabilities {
+        mask: false,
+        max_n: 1,
+        max_images: 1,
+        max_image_bytes: 20 * 1024 * 1024,
+        edit_types: &[],
+        url_output: true,
+        sizes: "`WxH` → nearest `aspect_ratio`, `auto`",
+        streaming: Streaming::Synthesized,
+        extra_fields: "seed, output_format",
+        max_prompt_chars: None,
+        input_formats: &[],
+        allowed_sizes: &[],
+    },
+}];
+
+/// The workflow path of the target's model.
+fn model_path(target: &Target) -> String {
+    let model = if target.model.starts_with("accounts/") {
+        target
+            .model
+            .split('/')
+            .map(super::azure::percent_encode_segment)
+            .collect::<Vec<_>>()
+            .join("/")
+    } else {
+        format!(
+            "accounts/fireworks/models/{}",
+            super::azure::percent_encode_segment(&target.model)
+        )
+    };
+    format!("{}/workflows/{model}", target.provider.base_url.path)
+}
+
+impl ProviderAdapter for FireworksAdapter {
+    fn families(&self) -> &'static [ModelFamily] {
+        &FAMILIES
+    }
+
+    fn build_request(
+        &self,
+        form: &EditForm,
+        target: &Target,
+        request_id: &str,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        let provider = target.provider.name.as_str();
+        let mut fields = Vec::new();
+        if let Some(prompt) = &form.prompt {
+            fields.push(("prompt", Field::Json(json!(prompt))));
+        }
+        fields.push(("input_image", polling::first_image(form, provider, true)?));
+        fields.extend(polling::common_fields(form, provider, "jpeg")?);
+        Ok(json_post(
+            model_path(target),
+            auth_header(target, "x-api-key")?,
+            "application/json",
+            request_id,
+            polling::json_body(&fields)?,
+        ))
+    }
+
+    /// Reached for error statuses only (successes are followed up).
+    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+        if !(200..300).contains(&resp.status) {
+            return Err(detail_error(cx.provider, resp));
+        }
+        Err(GatewayError::UpstreamProtocol {
+            provider: cx.provider.to_string(),
+            detail: "the answer carries no result".into(),
+        })
+    }
+
+    fn follow_up(
+        &self,
+        resp: &UpstreamResponse,
+        state: &mut FollowState,
+        cx: &FollowContext<'_>,
+    ) -> Result<FollowUp, GatewayError> {
+        if state.stage == Stage::Downloading {
+            return polling::downloaded(resp, state, cx);
+        }
+        if !(200..300).contains(&resp.status) {
+            return Ok(FollowUp::Done);
+        }
+        let body: Value =
+            serde_json::from_slice(&resp.body).map_err(|_| polling::protocol(cx, "the answer is not JSON"))?;
+        if state.stage == Stage::Submitted {
+            let id = body
+                .get("request_id")
+                .or_else(|| body.get("id"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| polling::protocol(cx, "the submit answer has no request_id"))?;
+            state.poll_url = Some(id.to_string());
+            state.stage = Stage::Polling;
+            return poll(state, cx);
+        }
+        match job_status(&body, cx.target.provider.name.as_str())? {
+            Job::Pending => poll(state, cx),
+            Job::Ready(samples) => polling::results(samples, state, cx),
+        }
+    }
+
+    fn follow_domains(&self) -> &'static [&'static str] {
+        FIREWORKS_DOMAINS
+    }
+}
+
+/// The next `POST …/get_result` `{"id"}`, after the poll interval (`poll_url` holds the id).
+fn poll(state: &mut FollowState, cx: &FollowContext<'_>) -> Result<FollowUp, GatewayError> {
+    let id = state
+        .poll_url
+        .as_deref()
+        .ok_or_else(|| polling::protocol(cx, "no request id"))?;
+    state.polls += 1;
+    let body = serde_json::to_vec(&json!({ "id": id })).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    Ok(FollowUp::Request {
+        request: json_post(
+            format!("{}/get_result", model_path(cx.target)),
+            auth_header(cx.target, "x-api-key")?,
+            "application/json",
+            cx.request_id,
+            vec![BodySegment::Bytes(Bytes::from(body))],
+        ),
+        to: None,
+        after: cx.poll_interval,
+    })
+}
+
+#[cfg(test)]
+mod tests;

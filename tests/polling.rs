@@ -1,0 +1,321 @@
+//! The asynchronous kinds (`bfl`, `fireworks`, `replicate`) end to end: a real gateway and a
+//! strict mock upstream per provider that makes the gateway poll (Pending, Pending, Ready) and
+//! serves the result image itself; URL output, synthesized streams, moderation, the poll
+//! deadline, the SSRF guard; and one request per kind through the built-in simulator.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use refract::imaging::{decode_png, encode_png, simulate_edit, solid};
+use serde_json::{json, Value};
+
+fn unb64(v: &Value) -> Vec<u8> {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a string: {v}"));
+    let s = s.split_once(";base64,").map_or(s, |(_, b)| b);
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+/// The image the mock serves as the result.
+fn result_png() -> Vec<u8> {
+    encode_png(&solid(3, 2, [10, 200, 30, 255])).unwrap()
+}
+
+fn providers(base: &str, extra: &str) -> String {
+    format!(
+        "  - name: bfl\n    kind: bfl\n    base_url: {base}\n    poll_interval_ms: 20\n{extra}    keys:\n      - {{name: k, value: bfl-SECRET}}\n\
+         \x20 - name: fw\n    kind: fireworks\n    base_url: {base}\n    poll_interval_ms: 20\n{extra}    keys:\n      - {{name: k, value: fw-SECRET}}\n\
+         \x20 - name: rep\n    kind: replicate\n    base_url: {base}\n    poll_interval_ms: 20\n{extra}    keys:\n      - {{name: k, value: r8-SECRET}}\n"
+    )
+}
+
+fn gateway(mock: &MockUpstream, extra: &str) -> Gateway {
+    let mut setup = Setup::new(&mock.base_url());
+    setup.extra_providers = providers(&mock.base_url(), extra);
+    Gateway::start(&setup)
+}
+
+fn edit_form(model: &str) -> Form {
+    Form::new()
+        .text("model", model)
+        .text("prompt", "make it green")
+        .text("seed", "42")
+        .file("image", "in.png", "image/png", &tiny_png())
+}
+
+fn image_reply(png: &[u8]) -> Reply {
+    Reply::raw(200, "image/png", png)
+}
+
+/// Scripts a BFL job: submit, Pending ×2, Ready, the image.
+fn script_bfl(mock: &MockUpstream) -> String {
+    let base = mock.base_url();
+    let sample = format!("{base}/results/j1.png?sig=abc");
+    mock.push(Reply::json(
+        200,
+        &json!({"id": "j1", "polling_url": format!("{base}/get_result?id=j1")}),
+    ));
+    mock.push(Reply::json(
+        200,
+        &json!({"id": "j1", "status": "Pending", "result": null}),
+    ));
+    mock.push(Reply::json(
+        200,
+        &json!({"id": "j1", "status": "Pending", "result": null}),
+    ));
+    mock.push(Reply::json(
+        200,
+        &json!({"id": "j1", "status": "Ready", "result": {"sample": sample, "seed": 42}}),
+    ));
+    mock.push(image_reply(&result_png()));
+    sample
+}
+
+#[test]
+fn bfl_submits_polls_twice_and_downloads_the_sample() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock, "");
+    script_bfl(&mock);
+    let r = gw.edit(&edit_form("bfl/flux-kontext-pro"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(unb64(&v["data"][0]["b64_json"]), result_png());
+    assert_eq!(v["extra_fields"]["provider"], "bfl");
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 5, "{reqs:?}");
+    let submit = &reqs[0];
+    assert_eq!(
+        (submit.method.as_str(), submit.path.as_str()),
+        ("POST", "/v1/flux-kontext-pro")
+    );
+    assert_eq!(submit.header("x-key").as_deref(), Some("bfl-SECRET"));
+    assert_eq!(submit.header("authorization"), None);
+    let body: Value = serde_json::from_slice(&submit.body).unwrap();
+    assert_eq!(unb64(&body["input_image"]), tiny_png());
+    assert_eq!(
+        (body["prompt"].clone(), body["seed"].clone()),
+        (json!("make it green"), json!(42))
+    );
+    for poll in &reqs[1..4] {
+        assert_eq!(
+            (poll.method.as_str(), poll.path.as_str()),
+            ("GET", "/v1/get_result?id=j1")
+        );
+        assert_eq!(poll.header("x-key").as_deref(), Some("bfl-SECRET"));
+    }
+    assert_eq!(
+        (reqs[4].method.as_str(), reqs[4].path.as_str()),
+        ("GET", "/v1/results/j1.png?sig=abc")
+    );
+    assert_eq!(reqs[4].header("x-key"), None, "the key never goes to the result URL");
+}
+
+#[test]
+fn bfl_url_output_and_synthesized_stream() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock, "");
+    let sample = script_bfl(&mock);
+    let r = gw.edit(
+        &edit_form("bfl/flux-kontext-pro").text("response_format", "url"),
+        &[("x-bf-vk", VK)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"][0]["url"], sample.as_str());
+    assert_eq!(mock.requests().len(), 4, "no download for URL output");
+    // The unused image reply is still queued: consume it so the next script starts clean.
+    let _ = Gateway::get(mock.addr, "/v1/drain");
+
+    script_bfl(&mock);
+    let r = gw.edit(
+        &edit_form("bfl/flux-kontext-pro").text("stream", "true"),
+        &[("x-bf-vk", VK)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
+    let completed = completed_events(&r.body);
+    assert_eq!(completed.len(), 1, "{}", r.text());
+    assert_eq!(unb64(&completed[0]["b64_json"]), result_png());
+}
+
+#[test]
+fn fireworks_polls_get_result_and_downloads() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock, "");
+    let sample = format!("{}/results/f1.png", mock.base_url());
+    mock.push(Reply::json(200, &json!({"request_id": "f1"})));
+    mock.push(Reply::json(
+        200,
+        &json!({"id": "f1", "status": "Pending", "result": null}),
+    ));
+    mock.push(Reply::json(
+        200,
+        &json!({"id": "f1", "status": "Pending", "result": null}),
+    ));
+    mock.push(Reply::json(
+        200,
+        &json!({"id": "f1", "status": "Ready", "result": {"sample": sample}}),
+    ));
+    mock.push(image_reply(&result_png()));
+    let r = gw.edit(&edit_form("fw/flux-kontext-pro"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(unb64(&r.json()["data"][0]["b64_json"]), result_png());
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 5);
+    let model_path = "/v1/workflows/accounts/fireworks/models/flux-kontext-pro";
+    assert_eq!(reqs[0].path, model_path);
+    assert_eq!(reqs[0].header("authorization").as_deref(), Some("Bearer fw-SECRET"));
+    let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+    assert!(body["input_image"]
+        .as_str()
+        .unwrap()
+        .starts_with("data:image/png;base64,"));
+    assert_eq!(unb64(&body["input_image"]), tiny_png());
+    for poll in &reqs[1..4] {
+        assert_eq!(
+            (poll.method.as_str(), poll.path.clone()),
+            ("POST", format!("{model_path}/get_result"))
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&poll.body).unwrap(),
+            json!({"id": "f1"})
+        );
+        assert_eq!(poll.header("authorization").as_deref(), Some("Bearer fw-SECRET"));
+    }
+    assert_eq!(reqs[4].path, "/v1/results/f1.png");
+}
+
+#[test]
+fn replicate_polls_urls_get_and_downloads() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock, "");
+    let base = mock.base_url();
+    let get = format!("{base}/predictions/p1");
+    let out = format!("{base}/files/out.png");
+    mock.push(Reply::json(
+        201,
+        &json!({"id": "p1", "status": "starting", "urls": {"get": get}}),
+    ));
+    mock.push(Reply::json(
+        200,
+        &json!({"id": "p1", "status": "processing", "urls": {"get": get}}),
+    ));
+    mock.push(Reply::json(
+        200,
+        &json!({"id": "p1", "status": "processing", "urls": {"get": get}}),
+    ));
+    mock.push(Reply::json(
+        200,
+        &json!({"id": "p1", "status": "succeeded", "output": [out], "urls": {"get": get}}),
+    ));
+    mock.push(image_reply(&result_png()));
+    let r = gw.edit(&edit_form("rep/black-forest-labs/flux-kontext-pro"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(unb64(&r.json()["data"][0]["b64_json"]), result_png());
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 5);
+    assert_eq!(
+        reqs[0].path,
+        "/v1/models/black-forest-labs/flux-kontext-pro/predictions"
+    );
+    assert_eq!(reqs[0].header("prefer").as_deref(), Some("wait=60"));
+    assert_eq!(reqs[0].header("authorization").as_deref(), Some("Bearer r8-SECRET"));
+    let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+    assert_eq!(unb64(&body["input"]["input_image"]), tiny_png());
+    for poll in &reqs[1..4] {
+        assert_eq!(
+            (poll.method.as_str(), poll.path.as_str()),
+            ("GET", "/v1/predictions/p1")
+        );
+        assert_eq!(poll.header("authorization").as_deref(), Some("Bearer r8-SECRET"));
+    }
+    assert_eq!(reqs[4].path, "/v1/files/out.png");
+}
+
+#[test]
+fn moderation_is_400_and_failures_502() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock, "");
+    mock.push(Reply::json(
+        200,
+        &json!({"id": "j", "polling_url": format!("{}/get_result?id=j", mock.base_url())}),
+    ));
+    mock.push(Reply::json(200, &json!({"id": "j", "status": "Content Moderated"})));
+    let r = gw.edit(&edit_form("bfl/flux-kontext-pro"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "moderation_blocked");
+    mock.push(Reply::json(
+        201,
+        &json!({"id": "p", "status": "failed", "error": "NSFW content detected"}),
+    ));
+    let r = gw.edit(&edit_form("rep/a/b"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    mock.push(Reply::json(402, &json!({"detail": "Insufficient credits"})));
+    let r = gw.edit(&edit_form("bfl/flux-kontext-pro"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 402, "{}", r.text());
+    assert_eq!(r.json()["error"]["message"], "Insufficient credits");
+    assert!(!r.text().contains("bfl-SECRET"));
+}
+
+#[test]
+fn a_job_that_never_finishes_is_504_after_poll_timeout() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock, "    poll_timeout_ms: 300\n");
+    mock.push(Reply::json(200, &json!({"request_id": "slow"})));
+    for _ in 0..100 {
+        mock.push(Reply::json(200, &json!({"id": "slow", "status": "Pending"})));
+    }
+    let started = std::time::Instant::now();
+    let r = gw.edit(&edit_form("fw/flux-kontext-pro"), &[("x-bf-vk", VK)]);
+    let v = assert_gateway_error(&r, 504, "upstream_timeout", "upstream_error", None);
+    assert!(v["error"]["message"].as_str().unwrap().contains("fw"), "{v}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(mock.requests().len() >= 3, "it polled before giving up");
+}
+
+#[test]
+fn a_polling_url_on_another_host_is_refused_unfollowed() {
+    let mock = MockUpstream::start();
+    let other = MockUpstream::start();
+    let gw = gateway(&mock, "");
+    mock.push(Reply::json(
+        200,
+        &json!({"id": "j", "polling_url": format!("{}/get_result?id=j", other.base_url())}),
+    ));
+    let r = gw.edit(&edit_form("bfl/flux-kontext-pro"), &[("x-bf-vk", VK)]);
+    assert_gateway_error(&r, 502, "upstream_protocol_error", "upstream_error", None);
+    assert_eq!(other.requests().len(), 0, "no request to the disallowed host");
+    assert_eq!(mock.requests().len(), 1);
+}
+
+#[test]
+fn each_kind_through_the_simulator() {
+    let mut setup = Setup::new("http://127.0.0.1:9/v1");
+    setup.simulator = true;
+    setup.extra_providers = "  - name: sbfl\n    kind: bfl\n    base_url: http://{sim}/v1\n    poll_interval_ms: 10\n    keys:\n      - {name: k, value: x}\n\
+        \x20 - name: sfw\n    kind: fireworks\n    base_url: http://{sim}/inference/v1\n    poll_interval_ms: 10\n    keys:\n      - {name: k, value: x}\n\
+        \x20 - name: srep\n    kind: replicate\n    base_url: http://{sim}/v1\n    poll_interval_ms: 10\n    keys:\n      - {name: k, value: x}\n"
+        .to_string();
+    let gw = Gateway::start(&setup);
+    let input = refract::imaging::decode_png(&tiny_png()).unwrap();
+    let want = simulate_edit(&input, None, "make it green", 0).unwrap();
+    for model in [
+        "sbfl/flux-kontext-pro",
+        "sfw/flux-kontext-pro",
+        "srep/black-forest-labs/flux-kontext-pro",
+    ] {
+        let r = gw.edit(&edit_form(model), &[("x-bf-vk", VK)]);
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        let png = decode_png(&unb64(&r.json()["data"][0]["b64_json"])).unwrap();
+        assert_eq!(png.pixels, want.pixels, "{model}");
+    }
+    // Moderation through the simulator.
+    let form = Form::new()
+        .text("model", "sbfl/flux-kontext-pro")
+        .text("prompt", "simulate-moderated")
+        .file("image", "in.png", "image/png", &tiny_png());
+    let r = gw.edit(&form, &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "moderation_blocked");
+}

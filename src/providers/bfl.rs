@@ -22,7 +22,7 @@ use super::google::{json_post, no_image_error};
 use super::polling::{self, detail_error, Field, FollowContext, FollowState, FollowUp, Stage};
 use super::{ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
-use crate::form::EditForm;
+use crate::form::{EditForm, EditType};
 use crate::route::Target;
 use crate::spool::Spool;
 use bytes::Bytes;
@@ -65,6 +65,8 @@ static FAMILIES: [ModelFamily; 2] = [
         matches: is_fill,
         capabilities: Capabilities {
             mask: true,
+            // A fill model inpaints the mask's area.
+            edit_types: &[EditType::Inpainting],
             extra_fields: "seed, output_format, num_inference_steps → steps",
             ..FLUX
         },

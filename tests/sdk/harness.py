@@ -356,10 +356,37 @@ providers:
     keys:
       - name: sa
         service_account_file: {self.service_account_file()}
+  - name: sim-stability
+    kind: stability
+    base_url: http://127.0.0.1:{self.sim_port}
+    keys: [{{name: k, value: {SIM_PROVIDER_KEY}}}]
+  - name: sim-hf
+    kind: huggingface
+    base_url: http://127.0.0.1:{self.sim_port}
+    keys: [{{name: k, value: {SIM_PROVIDER_KEY}}}]
+  - name: sim-xai
+    kind: xai
+    base_url: http://127.0.0.1:{self.sim_port}/v1
+    keys: [{{name: k, value: {SIM_PROVIDER_KEY}}}]
+  - name: sim-bfl
+    kind: bfl
+    base_url: http://127.0.0.1:{self.sim_port}/v1
+    poll_interval_ms: 20
+    keys: [{{name: k, value: {SIM_PROVIDER_KEY}}}]
+  - name: sim-fireworks
+    kind: fireworks
+    base_url: http://127.0.0.1:{self.sim_port}/inference/v1
+    poll_interval_ms: 20
+    keys: [{{name: k, value: {SIM_PROVIDER_KEY}}}]
+  - name: sim-replicate
+    kind: replicate
+    base_url: http://127.0.0.1:{self.sim_port}/v1
+    poll_interval_ms: 20
+    keys: [{{name: k, value: {SIM_PROVIDER_KEY}}}]
 virtual_keys:
   - id: test
     key: {VIRTUAL_KEY}
-    providers: [demo, mock, sim-azure, sim-gemini, sim-vertex]
+    providers: [demo, mock, sim-azure, sim-gemini, sim-vertex, sim-stability, sim-hf, sim-xai, sim-bfl, sim-fireworks, sim-replicate]
 """
 
     def service_account_file(self) -> Path:

@@ -21,6 +21,11 @@ PROVIDER_MODELS = [
     ("sim-gemini/imagen-3.0-capability-001", False),
     ("sim-vertex/imagen-3.0-capability-001", False),
     ("sim-vertex/gemini-2.5-flash-image", False),
+    ("sim-hf/timbrooks/instruct-pix2pix", False),
+    ("sim-xai/grok-imagine-image", False),
+    ("sim-bfl/flux-kontext-pro", False),
+    ("sim-fireworks/flux-kontext-pro", False),
+    ("sim-replicate/black-forest-labs/flux-kontext-pro", False),
 ]
 
 
@@ -60,3 +65,25 @@ def test_stream_ends_with_the_completed_image(any_route_client: OpenAI, files, i
     for i, e in enumerate(events):
         assert e.model_extra["sequence_number"] == i
     assert decode_png(events[-1].b64_json).size == input_image.size
+
+
+# Models that take a mask (the unified one: transparent = edit, converted for each provider).
+MASK_MODELS = [
+    "sim-azure/sim-image-1",
+    "sim-gemini/imagen-3.0-capability-001",
+    "sim-vertex/imagen-3.0-capability-001",
+    "sim-stability/stable-image-inpaint",
+    "sim-bfl/flux-pro-1.0-fill",
+]
+
+
+@pytest.mark.parametrize("model", MASK_MODELS)
+def test_masked_edit_matches_the_openai_dialect(client: OpenAI, files, model):
+    """An inpainting edit with the OpenAI-convention mask: each provider receives the mask in
+    its own convention, and the edited pixels equal the OpenAI dialect's."""
+    prompt = f"masked via {model}"
+    with open(files["input"], "rb") as f, open(files["mask"], "rb") as m:
+        got = client.images.edit(model=model, image=f, mask=m, prompt=prompt, extra_body={"type": "inpainting"})
+    with open(files["input"], "rb") as f, open(files["mask"], "rb") as m:
+        reference = client.images.edit(model="demo/sim-image-1", image=f, mask=m, prompt=prompt)
+    assert rgba(got.data[0].b64_json) == rgba(reference.data[0].b64_json)

@@ -8,9 +8,11 @@
 //! I/O; `server::exchange` does.
 
 pub mod azure;
+pub mod bedrock;
 pub mod capabilities;
 pub mod gemini;
 pub mod google;
+pub mod jsonbody;
 pub mod openai;
 pub mod pending;
 pub mod rawjson;
@@ -220,7 +222,7 @@ pub fn adapter_for(kind: ProviderKind) -> &'static dyn ProviderAdapter {
         ProviderKind::Azure => &azure::AzureAdapter,
         ProviderKind::Gemini => &gemini::GeminiAdapter,
         ProviderKind::Vertex => &vertex::VertexAdapter,
-        ProviderKind::Bedrock => &pending::Pending("bedrock"),
+        ProviderKind::Bedrock => &bedrock::BedrockAdapter,
         ProviderKind::Stability => &pending::Pending("stability"),
         ProviderKind::Bfl => &pending::Pending("bfl"),
         ProviderKind::Fireworks => &pending::Pending("fireworks"),

@@ -21,6 +21,7 @@
 //! half of the next event's bytes and ends the body; `simulate-stream-unknown` sends an
 //! `image_edit.debug` event before the others.
 
+mod bedrock;
 mod gemini;
 mod vertex;
 
@@ -74,7 +75,8 @@ impl SimRequest {
 }
 
 /// Answers one `POST`: OpenAI and Azure `…/images/edits` (multipart), Gemini
-/// `…:generateContent` / `…:streamGenerateContent`, Imagen `…:predict`, and the fake OAuth
+/// `…:generateContent` / `…:streamGenerateContent`, Imagen `…:predict`, Bedrock
+/// `…/model/{id}/invoke`, and the fake OAuth
 /// token endpoint `/token`; anything else is a 404.
 pub async fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
     if req.path.ends_with("/images/edits") {
@@ -97,6 +99,9 @@ pub async fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
     }
     if req.path.ends_with(":predict") {
         return vertex::handle(&req);
+    }
+    if req.path.ends_with("/invoke") && req.path.contains("/model/") {
+        return bedrock::handle(&req);
     }
     if req.path == "/token" {
         return vertex::token(&req);

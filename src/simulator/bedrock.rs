@@ -18,7 +18,7 @@
 //! message (Titan/Nova) or a `Filter reason` finish reason (Stability).
 
 use super::{png_base64, starting_image, SimAnswer, SimRequest, SimResponse};
-use crate::imaging::{self, decode_png, simulate_edit, Rgba};
+use crate::imaging::{decode_png, simulate_edit, Rgba};
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -69,8 +69,7 @@ fn sigv4_shaped(authorization: &str, amz_date: Option<&str>) -> bool {
         let names: Vec<&str> = h.split(';').collect();
         names.contains(&"host") && names.contains(&"x-amz-date")
     });
-    let signature_ok =
-        field("Signature").is_some_and(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+    let signature_ok = field("Signature").is_some_and(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
     scope_ok && signed_ok && signature_ok && amz_date.is_some_and(|d| d.len() == 16 && d.ends_with('Z'))
 }
 
@@ -89,7 +88,9 @@ fn bedrock_mask(bytes: &[u8], edit: u8) -> Result<Rgba, SimResponse> {
     let mut mask = decode_png(bytes).map_err(|e| bad(&format!("maskImage: {e}")))?;
     for px in mask.pixels.chunks_exact_mut(4) {
         if px[3] != 255 {
-            return Err(bad("maskImage must be an opaque black and white image (it has transparency)"));
+            return Err(bad(
+                "maskImage must be an opaque black and white image (it has transparency)",
+            ));
         }
         if !(px[0] == px[1] && px[1] == px[2] && (px[0] == 0 || px[0] == 255)) {
             return Err(bad("maskImage must contain only pure black and white pixels"));
@@ -131,7 +132,10 @@ fn invoke(req: &SimRequest) -> Result<SimResponse, SimResponse> {
         return stability(&body);
     }
     if !model.contains("amazon.titan-image") && !model.contains("amazon.nova-canvas") {
-        return Err(error(404, &format!("The provided model identifier is invalid: {model}")));
+        return Err(error(
+            404,
+            &format!("The provided model identifier is invalid: {model}"),
+        ));
     }
     titan(&body)
 }
@@ -217,7 +221,7 @@ fn stability(body: &Value) -> Result<SimResponse, SimResponse> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imaging::{encode_png, solid};
+    use crate::imaging::{self, encode_png, solid};
     use bytes::Bytes;
 
     fn b64(bytes: &[u8]) -> String {
@@ -288,7 +292,10 @@ mod tests {
     fn unsigned_unconverted_and_hooked_requests() {
         let image = encode_png(&solid(2, 1, [9, 9, 9, 255])).unwrap();
         let body = json!({"taskType": "BACKGROUND_REMOVAL", "backgroundRemovalParams": {"image": b64(&image)}});
-        assert_eq!(run(&request("AWS4-HMAC-SHA256 junk", "amazon.nova-canvas-v1%3A0", &body)).0, 403);
+        assert_eq!(
+            run(&request("AWS4-HMAC-SHA256 junk", "amazon.nova-canvas-v1%3A0", &body)).0,
+            403
+        );
         assert_eq!(run(&request(SIGNED, "amazon.nova-canvas-v1%3A0", &body)).0, 200);
         assert_eq!(run(&request(SIGNED, "meta.llama", &body)).0, 404);
         let mut openai_mask = solid(2, 1, [0, 0, 0, 255]);
@@ -298,14 +305,21 @@ mod tests {
         let (status, v) = run(&request(SIGNED, "amazon.nova-canvas-v1%3A0", &body));
         assert_eq!(status, 400);
         assert!(v["message"].as_str().unwrap().contains("transparency"));
-        let hooked = |text: &str| {
-            json!({"taskType": "IMAGE_VARIATION", "imageVariationParams": {"images": [b64(&image)], "text": text}})
-        };
+        let hooked = |text: &str| json!({"taskType": "IMAGE_VARIATION", "imageVariationParams": {"images": [b64(&image)], "text": text}});
         assert_eq!(
-            run(&request(SIGNED, "amazon.nova-canvas-v1%3A0", &hooked("simulate-error:429"))).0,
+            run(&request(
+                SIGNED,
+                "amazon.nova-canvas-v1%3A0",
+                &hooked("simulate-error:429")
+            ))
+            .0,
             429
         );
-        let (status, v) = run(&request(SIGNED, "amazon.nova-canvas-v1%3A0", &hooked("simulate-filtered")));
+        let (status, v) = run(&request(
+            SIGNED,
+            "amazon.nova-canvas-v1%3A0",
+            &hooked("simulate-filtered"),
+        ));
         assert_eq!((status, v["message"].as_str()), (400, Some(FILTER_MESSAGE)));
         let stab = json!({"image": b64(&image), "mask": b64(&mask(255)), "prompt": "p", "seed": 4});
         let (status, v) = run(&request(SIGNED, "stability.stable-image-inpaint-v1%3A0", &stab));

@@ -8,14 +8,15 @@
 //! I/O; `server::exchange` does.
 
 pub mod azure;
+pub mod bedrock;
 pub mod bfl;
 pub mod capabilities;
 pub mod fireworks;
 pub mod gemini;
 pub mod google;
 pub mod huggingface;
+pub mod jsonbody;
 pub mod openai;
-pub mod pending;
 pub mod polling;
 pub mod rawjson;
 pub mod replicate;
@@ -246,7 +247,7 @@ pub fn adapter_for(kind: ProviderKind) -> &'static dyn ProviderAdapter {
         ProviderKind::Azure => &azure::AzureAdapter,
         ProviderKind::Gemini => &gemini::GeminiAdapter,
         ProviderKind::Vertex => &vertex::VertexAdapter,
-        ProviderKind::Bedrock => &pending::Pending("bedrock"),
+        ProviderKind::Bedrock => &bedrock::BedrockAdapter,
         ProviderKind::Stability => &stability::StabilityAdapter,
         ProviderKind::Bfl => &bfl::BflAdapter,
         ProviderKind::Fireworks => &fireworks::FireworksAdapter,

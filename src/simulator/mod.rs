@@ -21,6 +21,7 @@
 //! half of the next event's bytes and ends the body; `simulate-stream-unknown` sends an
 //! `image_edit.debug` event before the others.
 
+mod bedrock;
 mod gemini;
 mod huggingface;
 mod polling;
@@ -79,9 +80,10 @@ impl SimRequest {
 
 /// Answers one request: OpenAI and Azure `…/images/edits` (multipart), xAI `…/images/edits`
 /// (JSON), Stability `…/v2beta/stable-image/edit/…`, Hugging Face `…/hf-inference/models/…`,
-/// Gemini `…:generateContent` / `…:streamGenerateContent`, Imagen `…:predict`, the fake OAuth
-/// token endpoint `/token`, and the asynchronous providers (BFL, Fireworks, Replicate: submit,
-/// polls and result `GET`s, see `polling`); anything else is a 404.
+/// Gemini `…:generateContent` / `…:streamGenerateContent`, Imagen `…:predict`, Bedrock
+/// `…/model/{id}/invoke`, the fake OAuth token endpoint `/token`, and the asynchronous
+/// providers (BFL, Fireworks, Replicate: submit, polls and result `GET`s, see `polling`);
+/// anything else is a 404.
 pub async fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
     let json_body = req
         .header("content-type")
@@ -115,6 +117,9 @@ pub async fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
     }
     if req.path.ends_with(":predict") {
         return vertex::handle(&req);
+    }
+    if req.path.ends_with("/invoke") && req.path.contains("/model/") {
+        return bedrock::handle(&req);
     }
     if req.path == "/token" {
         return vertex::token(&req);

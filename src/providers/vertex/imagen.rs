@@ -34,9 +34,9 @@
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
 use crate::imaging::{self, ImageKind};
+use crate::providers::jsonbody::JsonWriter;
 use crate::providers::BodySegment;
 use crate::spool::{Spool, SpoolRange};
-use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 
 /// The prompt of a `background_removal` request that has none: the new background.
@@ -169,42 +169,6 @@ struct OutputOptions {
     compression_quality: Option<u32>,
 }
 
-/// Literal JSON pieces and base64-encoded spool ranges, in order.
-struct JsonWriter {
-    segments: Vec<BodySegment>,
-    pending: BytesMut,
-}
-
-impl JsonWriter {
-    fn raw(&mut self, s: &str) {
-        self.pending.put_slice(s.as_bytes());
-    }
-
-    fn json<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), GatewayError> {
-        serde_json::to_writer((&mut self.pending).writer(), value).map_err(|e| GatewayError::Internal(e.to_string()))
-    }
-
-    fn base64_of_bytes(&mut self, bytes: &[u8]) {
-        let mut encoded = Vec::with_capacity(bytes.len() * 4 / 3 + 4);
-        crate::codec::base64::encode_append(bytes, &mut encoded);
-        self.pending.put_slice(&encoded);
-    }
-
-    fn base64_of_spool(&mut self, range: SpoolRange) {
-        if !self.pending.is_empty() {
-            self.segments.push(BodySegment::Bytes(self.pending.split().freeze()));
-        }
-        self.segments.push(BodySegment::Base64(range));
-    }
-
-    fn finish(mut self) -> Vec<BodySegment> {
-        if !self.pending.is_empty() {
-            self.segments.push(BodySegment::Bytes(self.pending.freeze()));
-        }
-        self.segments
-    }
-}
-
 /// The `:predict` body for `form` (see the module docs); `mask` is the converted mask, if the
 /// form has one. Fails (before any upstream call) on a combination Imagen cannot serve.
 pub fn body(form: &EditForm, mask: Option<&ImagenMask>, provider: &str) -> Result<Vec<BodySegment>, GatewayError> {
@@ -214,10 +178,10 @@ pub fn body(form: &EditForm, mask: Option<&ImagenMask>, provider: &str) -> Resul
         Some(p) if !p.trim().is_empty() => p,
         _ => BACKGROUND_PROMPT,
     };
-    let mut w = JsonWriter {
-        segments: Vec::with_capacity(2 * form.images.len() + 2),
-        pending: BytesMut::with_capacity(512 + mask.map_or(0, |m| m.png.len() * 4 / 3 + 4)),
-    };
+    let mut w = JsonWriter::with_capacity(
+        2 * form.images.len() + 2,
+        512 + mask.map_or(0, |m| m.png.len() * 4 / 3 + 4),
+    );
     w.raw("{\"instances\":[{\"prompt\":");
     w.json(prompt)?;
     w.raw(",\"referenceImages\":[");

@@ -383,10 +383,18 @@ providers:
     base_url: http://127.0.0.1:{self.sim_port}/v1
     poll_interval_ms: 20
     keys: [{{name: k, value: {SIM_PROVIDER_KEY}}}]
+  - name: sim-bedrock
+    kind: bedrock
+    region: us-east-1
+    base_url: http://127.0.0.1:{self.sim_port}
+    keys:
+      - name: iam
+        aws_access_key_id: AKIDSIMULATOR
+        aws_secret_access_key: {SIM_PROVIDER_KEY}
 virtual_keys:
   - id: test
     key: {VIRTUAL_KEY}
-    providers: [demo, mock, sim-azure, sim-gemini, sim-vertex, sim-stability, sim-hf, sim-xai, sim-bfl, sim-fireworks, sim-replicate]
+    providers: [demo, mock, sim-azure, sim-gemini, sim-vertex, sim-stability, sim-hf, sim-xai, sim-bfl, sim-fireworks, sim-replicate, sim-bedrock]
 """
 
     def service_account_file(self) -> Path:

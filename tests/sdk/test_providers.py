@@ -26,6 +26,8 @@ PROVIDER_MODELS = [
     ("sim-bfl/flux-kontext-pro", False),
     ("sim-fireworks/flux-kontext-pro", False),
     ("sim-replicate/black-forest-labs/flux-kontext-pro", False),
+    ("sim-bedrock/amazon.nova-canvas-v1:0", False),
+    ("sim-bedrock/amazon.titan-image-generator-v2:0", False),
 ]
 
 
@@ -74,6 +76,8 @@ MASK_MODELS = [
     "sim-vertex/imagen-3.0-capability-001",
     "sim-stability/stable-image-inpaint",
     "sim-bfl/flux-pro-1.0-fill",
+    "sim-bedrock/amazon.nova-canvas-v1:0",
+    "sim-bedrock/stability.stable-image-inpaint-v1:0",
 ]
 
 

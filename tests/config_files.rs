@@ -103,6 +103,13 @@ fn demo_config_serves_its_documented_request() {
         ("demo-gemini/imagen-3.0-capability-001", true),
         ("demo-vertex/imagen-3.0-capability-001", true),
         ("demo-vertex/gemini-2.5-flash-image", false),
+        ("demo-bedrock/amazon.nova-canvas-v1:0", true),
+        ("demo-stability/stable-image-inpaint", true),
+        ("demo-xai/grok-imagine-image", false),
+        ("demo-huggingface/timbrooks/instruct-pix2pix", false),
+        ("demo-bfl/flux-pro-1.0-fill", true),
+        ("demo-fireworks/flux-kontext-pro", false),
+        ("demo-replicate/black-forest-labs/flux-kontext-pro", false),
     ] {
         assert!(text.contains(model), "demo.yaml's comment names {model}");
         let mut form = Form::new().text("model", model).text("prompt", "paint it").file(

@@ -25,6 +25,7 @@ pub struct Metrics {
     response_bytes: IntCounterVec,
     in_flight: IntGauge,
     rejected: IntCounterVec,
+    fallbacks: IntCounterVec,
     models: Mutex<HashSet<String>>,
 }
 
@@ -99,7 +100,15 @@ impl Metrics {
         registry.register(Box::new(request_bytes.clone()))?;
         registry.register(Box::new(response_bytes.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "refract_fallbacks_total",
+                "Attempts moved from a failed candidate to the next one, by configured provider names.",
+            ),
+            &["from", "to"],
+        )?;
         registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(fallbacks.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -109,8 +118,15 @@ impl Metrics {
             response_bytes,
             in_flight,
             rejected,
+            fallbacks,
             models: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// A request moved on to a fallback candidate, counted when that candidate's attempt
+    /// starts. Both names are configured provider names (bounded labels).
+    pub fn fallback(&self, from: &str, to: &str) {
+        self.fallbacks.with_label_values(&[from, to]).inc();
     }
 
     /// A request started.

@@ -195,7 +195,12 @@ pub struct FormBuilder<'l> {
     model_raw: Option<String>,
     stream_seen: bool,
     open: Option<OpenFile>,
+    /// `fallbacks[][provider]`-style entries being assembled: (index, provider, model).
+    fallback_parts: Vec<(Option<String>, Option<String>, Option<String>)>,
 }
+
+/// Most fallback candidates one request may name (each may cost an upstream attempt).
+pub const MAX_FALLBACKS: usize = 10;
 
 impl<'l> FormBuilder<'l> {
     /// A builder enforcing `limits`.
@@ -206,6 +211,7 @@ impl<'l> FormBuilder<'l> {
             model_raw: None,
             stream_seen: false,
             open: None,
+            fallback_parts: Vec::new(),
         }
     }
 
@@ -267,6 +273,7 @@ impl<'l> FormBuilder<'l> {
                 let mut more = parse_fallbacks(&value)?;
                 f.fallbacks.append(&mut more);
             }
+            _ if name.starts_with("fallbacks[") => self.fallback_part(name, value)?,
             _ if is_image_field(name) || name == "mask" => {
                 return Err(GatewayError::invalid(
                     name,
@@ -398,9 +405,103 @@ impl<'l> FormBuilder<'l> {
         Ok(part)
     }
 
+    /// A `fallbacks[...]` part, as the SDKs encode lists and dicts: `fallbacks[0]` =
+    /// `provider/model` (indexed list), `fallbacks[0][provider]` / `fallbacks[0][model]`
+    /// (indexed list of dicts), `fallbacks[][provider]` / `fallbacks[][model]` (a dict's fields
+    /// in order, each pair one candidate). The pairs are checked in [`FormBuilder::finish`].
+    fn fallback_part(&mut self, name: &str, value: String) -> Result<(), GatewayError> {
+        let bad = || {
+            GatewayError::invalid(
+                "fallbacks",
+                format!(
+                    "invalid field '{}': expected fallbacks, fallbacks[], fallbacks[N], fallbacks[N][provider|model] or fallbacks[][provider|model]",
+                    clip(name)
+                ),
+            )
+        };
+        let rest = name.strip_prefix("fallbacks[").ok_or_else(bad)?;
+        let (index, rest) = rest.split_once(']').ok_or_else(bad)?;
+        let index_ok = index.is_empty() || (index.len() <= 3 && index.bytes().all(|b| b.is_ascii_digit()));
+        if !index_ok {
+            return Err(bad());
+        }
+        if rest.is_empty() && !index.is_empty() {
+            let mut more = parse_fallbacks(&value)?;
+            self.form.fallbacks.append(&mut more);
+            return Ok(());
+        }
+        let is_provider = match rest {
+            "[provider]" => true,
+            "[model]" => false,
+            _ => return Err(bad()),
+        };
+        let value = value.trim().to_string();
+        if value.is_empty() {
+            return Err(bad());
+        }
+        let key = (!index.is_empty()).then(|| index.to_string());
+        let slot_free = |e: &(Option<String>, Option<String>, Option<String>)| {
+            if is_provider {
+                e.1.is_none()
+            } else {
+                e.2.is_none()
+            }
+        };
+        let found = match &key {
+            Some(k) => self.fallback_parts.iter().position(|e| e.0.as_ref() == Some(k)),
+            // Unindexed: the last entry still missing this field, else a new one.
+            None => self
+                .fallback_parts
+                .last()
+                .filter(|e| e.0.is_none() && slot_free(e))
+                .map(|_| self.fallback_parts.len() - 1),
+        };
+        let at = match found {
+            Some(at) => at,
+            None => {
+                if self.fallback_parts.len() >= MAX_FALLBACKS {
+                    return Err(GatewayError::invalid(
+                        "fallbacks",
+                        format!("too many fallbacks (at most {MAX_FALLBACKS})"),
+                    ));
+                }
+                self.fallback_parts.push((key, None, None));
+                self.fallback_parts.len() - 1
+            }
+        };
+        let entry = &mut self.fallback_parts[at];
+        if !slot_free(entry) {
+            return Err(GatewayError::invalid(
+                "fallbacks",
+                format!("field '{}' was sent more than once", clip(name)),
+            ));
+        }
+        if is_provider {
+            entry.1 = Some(value);
+        } else {
+            entry.2 = Some(value);
+        }
+        Ok(())
+    }
+
     /// All parts arrived: cross-field checks, then the validated form.
     pub fn finish(self) -> Result<EditForm, GatewayError> {
-        let form = self.form;
+        let mut form = self.form;
+        for (_, provider, model) in self.fallback_parts {
+            match (provider, model) {
+                (Some(provider), Some(model)) => form.fallbacks.push(Fallback { provider, model }),
+                _ => return Err(GatewayError::invalid(
+                    "fallbacks",
+                    "a fallback given as fallbacks[..][provider] needs its fallbacks[..][model] too (and the reverse)",
+                )),
+            }
+        }
+        if form.fallbacks.len() > MAX_FALLBACKS {
+            return Err(GatewayError::invalid(
+                "fallbacks",
+                format!("too many fallbacks (at most {MAX_FALLBACKS})"),
+            ));
+        }
         if self.model_raw.is_none() {
             return Err(GatewayError::invalid("model", "model is required (provider/model)"));
         }

@@ -444,6 +444,61 @@ mod tests {
         assert_eq!(f.extra_text, vec![("safety_identifier".to_string(), "s1".to_string())]);
     }
 
+    #[tokio::test]
+    async fn fallbacks_in_every_sdk_encoding() {
+        let b = body(&[
+            text("model", "openai/gpt-image-1"),
+            text("prompt", "p"),
+            text("fallbacks[0]", "a/one"),
+            text("fallbacks[][provider]", "b"),
+            text("fallbacks[][model]", "two"),
+            text("fallbacks[][model]", "three"),
+            text("fallbacks[][provider]", "c"),
+            text("fallbacks[5][model]", "four"),
+            text("fallbacks[5][provider]", "d"),
+            file("image", "a.png", "image/png", PNG),
+        ]);
+        let f = parse_with(b, 13, &limits()).await.0.unwrap();
+        let got: Vec<(&str, &str)> = f
+            .fallbacks
+            .iter()
+            .map(|fb| (fb.provider.as_str(), fb.model.as_str()))
+            .collect();
+        assert_eq!(got, [("a", "one"), ("b", "two"), ("c", "three"), ("d", "four")]);
+        let too_many: Vec<Vec<u8>> = [text("model", "openai/m"), text("prompt", "p")]
+            .into_iter()
+            .chain((0..=super::fields::MAX_FALLBACKS).map(|i| text("fallbacks", &format!("p/m{i}"))))
+            .chain([file("image", "a.png", "image/png", PNG)])
+            .collect();
+        expect_err(&too_many, 400, Some("fallbacks")).await;
+        for (name, value) in [
+            ("fallbacks[x]", "a/b"),
+            ("fallbacks[0][name]", "a"),
+            ("fallbacks[][provider]", "a"),
+            ("fallbacks[0]", "nope"),
+        ] {
+            let parts = [
+                text("model", "openai/m"),
+                text("prompt", "p"),
+                text(name, value),
+                file("image", "a.png", "image/png", PNG),
+            ];
+            expect_err(&parts, 400, Some("fallbacks")).await;
+        }
+        expect_err(
+            &[
+                text("model", "openai/m"),
+                text("prompt", "p"),
+                text("fallbacks[1][model]", "m"),
+                text("fallbacks[1][model]", "m"),
+                file("image", "a.png", "image/png", PNG),
+            ],
+            400,
+            Some("fallbacks"),
+        )
+        .await;
+    }
+
     async fn expect_err(parts: &[Vec<u8>], status: u16, param: Option<&str>) {
         let (r, _) = parse_with(body(parts), 50, &limits()).await;
         let e = r.expect_err("should fail");

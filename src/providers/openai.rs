@@ -193,7 +193,8 @@ impl RequestEncoder for OpenAiEncoder {
     }
 
     fn text(&mut self, name: &str, value: &str) -> Option<Bytes> {
-        if GATEWAY_ONLY.contains(&name) {
+        // `fallbacks[0]`, `fallbacks[][provider]`…: the SDKs' list and dict encodings.
+        if GATEWAY_ONLY.contains(&name) || name.starts_with("fallbacks[") {
             return None;
         }
         self.w.text(name, value);

@@ -32,6 +32,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod answer;
+mod fallback;
 mod follow;
 mod upload;
 
@@ -51,6 +52,8 @@ pub struct RequestCtx {
     upstream: Option<Duration>,
     request_bytes: u64,
     response_bytes: u64,
+    /// The failed fallback candidates, listed in the error answer when every candidate failed.
+    fallback_errors: Vec<serde_json::Value>,
 }
 
 /// The gateway service.
@@ -119,12 +122,17 @@ impl Gateway {
             session.set_keepalive(None);
         }
         ctx.reason = Some(err.code());
-        let body = err.to_body(&ErrorContext {
+        let mut body = err.to_json(&ErrorContext {
             request_id: Some(&ctx.request_id),
             provider: ctx.provider.as_deref(),
             model_requested: ctx.model.as_deref(),
             request_type: None,
         });
+        if !ctx.fallback_errors.is_empty() {
+            body["extra_fields"]["fallback_errors"] =
+                serde_json::Value::Array(std::mem::take(&mut ctx.fallback_errors));
+        }
+        let body = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
         self.send_json(session, ctx, err.status(), Bytes::from(body)).await
     }
 
@@ -329,21 +337,50 @@ impl Gateway {
         let writer = write_event_stream(session, &mut down_rx, &request_id);
         let (result, written) = tokio::join!(upstream, writer);
         ctx.upstream = Some(upstream_start.elapsed());
-        if let Some(sent) = written.sent {
-            ctx.status = 200;
-            ctx.response_bytes = sent;
-            ctx.reason = match (&result, written.client_gone) {
-                (_, true) => Some(GatewayError::ClientClosed.code()),
-                (Err(e), false) => Some(e.code()),
-                _ => None,
-            };
-            return Ok(if written.broken {
-                Reply::Aborted
-            } else {
-                Reply::Streamed
-            });
+        if let Some(reply) = streamed_reply(ctx, result.as_ref().err(), &written) {
+            return Ok(reply);
         }
-        let (target, response) = result?;
+        let primary = match result {
+            Ok((target, response)) => {
+                self.finish(session, ctx, &form, &spool, &target, response, stream_config.get())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if form.fallbacks.is_empty() {
+            return primary;
+        }
+        fallback::run(
+            self,
+            fallback::Attempt {
+                session,
+                ctx,
+                form: &form,
+                spool: &spool,
+                framing,
+                identity: &identity,
+            },
+            primary,
+        )
+        .await
+    }
+
+    /// The end of an attempt whose provider answered: follow-ups (asynchronous providers), then
+    /// the conversion into the unified answer (or, for a stream request the provider answered
+    /// whole, the synthesized event stream). `form` is the attempt's own (its provider/model).
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        form: &crate::form::EditForm,
+        spool: &Spool,
+        target: &Target,
+        response: crate::providers::UpstreamResponse,
+        stream_cx: Option<&StreamContext>,
+    ) -> std::result::Result<Reply, GatewayError> {
+        let state = &self.state;
+        let request_id = ctx.request_id.clone();
         let adapter = adapter_for(target.provider.kind);
         let response_cx = ResponseContext {
             provider: &target.provider.name,
@@ -357,8 +394,8 @@ impl Gateway {
             adapter,
             follow::Request {
                 connector: &state.connector,
-                target: &target,
-                spool: &spool,
+                target,
+                spool,
                 request_id: &request_id,
                 want_url: form.response_format.as_deref() == Some("url") && !form.stream,
                 response: response_cx.clone(),
@@ -380,7 +417,7 @@ impl Gateway {
                 },
             )?,
         };
-        match stream_config.get() {
+        match stream_cx {
             // A stream request answered with a complete success (the provider cannot stream):
             // one `completed` event per image, in the client's framing.
             Some(cx) => {
@@ -391,6 +428,25 @@ impl Gateway {
             None => Ok(Reply::Json(unified)),
         }
     }
+}
+
+/// After an attempt's upstream side and downstream writer ended: when a stream was started
+/// downstream (`written.sent`), records it in `ctx` (with `err`, the attempt's failure, as the
+/// reason) and returns the reply that ends the request; `None` when nothing was sent.
+fn streamed_reply(ctx: &mut RequestCtx, err: Option<&GatewayError>, written: &answer::Written) -> Option<Reply> {
+    let sent = written.sent?;
+    ctx.status = 200;
+    ctx.response_bytes = sent;
+    ctx.reason = match (err, written.client_gone) {
+        (_, true) => Some(GatewayError::ClientClosed.code()),
+        (Some(e), false) => Some(e.code()),
+        _ => None,
+    };
+    Some(if written.broken {
+        Reply::Aborted
+    } else {
+        Reply::Streamed
+    })
 }
 
 /// What `image_edit` produced.
@@ -421,6 +477,7 @@ impl ProxyHttp for Gateway {
             upstream: None,
             request_bytes: 0,
             response_bytes: 0,
+            fallback_errors: Vec::new(),
         }
     }
 

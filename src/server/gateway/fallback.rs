@@ -1,0 +1,284 @@
+//! Fallbacks: runs in `image_edit` after the primary attempt failed, trying the form's
+//! `fallbacks` candidates (`provider/model`) in order until one answers.
+//!
+//! Each candidate is a request of its own, built from the spooled upload for ITS provider (never
+//! re-sent to the primary, Bifrost's bug): its own virtual-key check, key selection,
+//! credentials and capability check. A candidate the caller's key may not use, that is not
+//! configured, has no key for the model, or whose capabilities refuse the request is skipped
+//! and listed as a failure.
+//!
+//! What moves on to the next candidate ([`may_fall_back`]): connect errors, timeouts, garbage
+//! answers, and provider answers 408, 429, 5xx, and 401/403 (the gateway's provider key was
+//! rejected: the provider's side, not the client's). Any other provider 4xx (400, 404, 413,
+//! 422…) is caused by the request itself and is returned at once. A stream falls back only
+//! while nothing has been sent downstream: once the first event went out, a failure is told
+//! in-band as before.
+//!
+//! The answer reports its server: `extra_fields.provider` / `model_requested` are the serving
+//! candidate's, plus `fallback_index` (0 = primary) and `attempts` (candidates tried, skipped
+//! ones included). When every candidate fails, the primary's error is returned (its status and
+//! body) with `extra_fields.fallback_errors: [{provider, model, status, type, message}]`.
+
+use super::answer::{write_event_stream, StreamSink, EVENTS_AHEAD};
+use super::{streamed_reply, Gateway, Reply, RequestCtx};
+use crate::auth::Identity;
+use crate::error::GatewayError;
+use crate::form::EditForm;
+use crate::providers::stream::{Framing, StreamContext};
+use crate::providers::{adapter_for, capabilities};
+use crate::server::exchange::exchange;
+use crate::spool::Spool;
+use bytes::Bytes;
+use pingora::proxy::Session;
+use serde_json::{json, Value};
+use std::sync::{Arc, OnceLock};
+
+/// What a fallback attempt needs from the request.
+pub(super) struct Attempt<'a> {
+    pub(super) session: &'a mut Session,
+    pub(super) ctx: &'a mut RequestCtx,
+    /// The client's form (the primary's provider/model).
+    pub(super) form: &'a EditForm,
+    pub(super) spool: &'a Spool,
+    pub(super) framing: Framing,
+    pub(super) identity: &'a Identity,
+}
+
+/// True when `e`, from a candidate that sent nothing downstream, lets the next candidate try.
+pub(super) fn may_fall_back(e: &GatewayError) -> bool {
+    match e {
+        GatewayError::UpstreamConnect { .. }
+        | GatewayError::UpstreamTimeout { .. }
+        | GatewayError::UpstreamProtocol { .. } => true,
+        GatewayError::Provider { status, .. } => matches!(*status, 401 | 403 | 408 | 429) || *status >= 500,
+        _ => false,
+    }
+}
+
+/// True when `e` means the candidate was not tried at all (skipped): the next one may try.
+fn skipped(e: &GatewayError) -> bool {
+    matches!(
+        e,
+        GatewayError::Unsupported { .. }
+            | GatewayError::UnknownProvider(_)
+            | GatewayError::NoKeyForModel { .. }
+            | GatewayError::ProviderBlocked(_)
+            | GatewayError::ModelBlocked(_)
+    )
+}
+
+/// One failed candidate, as listed in `extra_fields.fallback_errors`.
+fn describe(provider: &str, model: &str, e: &GatewayError) -> Value {
+    let body = e.to_json(&Default::default());
+    json!({
+        "provider": provider,
+        "model": model,
+        "status": e.status(),
+        "type": e.code(),
+        "message": body["error"]["message"],
+    })
+}
+
+/// Runs after the primary attempt (whose outcome is `primary`, nothing of it sent downstream
+/// unless it is a streamed reply): returns the primary's success, the primary's error when it
+/// may not fall back, else the first candidate's success or the primary's error with every
+/// failure listed in `ctx.fallback_errors`.
+pub(super) async fn run(
+    gw: &Gateway,
+    a: Attempt<'_>,
+    primary: Result<Reply, GatewayError>,
+) -> Result<Reply, GatewayError> {
+    let Attempt {
+        session,
+        ctx,
+        form,
+        spool,
+        framing,
+        identity,
+    } = a;
+    let primary_err = match primary {
+        Ok(reply) => return Ok(annotate(reply, 0, 1)),
+        Err(e) if !may_fall_back(&e) => return Err(e),
+        Err(e) => e,
+    };
+    let mut failures = Vec::new();
+    let mut from = form.provider.clone();
+    for (i, fb) in form.fallbacks.iter().enumerate() {
+        let index = i + 1;
+        let mut candidate = form.clone();
+        candidate.provider = fb.provider.clone();
+        candidate.model = fb.model.clone();
+        log::debug!(
+            "request {}: falling back to candidate {index} (provider {})",
+            ctx.request_id,
+            gw.state
+                .router
+                .provider(&fb.provider)
+                .map_or("unknown", |p| p.name.as_str())
+        );
+        match attempt(gw, session, ctx, &candidate, spool, framing, identity, &mut from).await {
+            Ok(reply) => {
+                ctx.provider = Some(candidate.provider);
+                ctx.model = Some(candidate.model);
+                ctx.fallback_errors.clear();
+                return Ok(annotate(reply, index, index + 1));
+            }
+            Err(e) => {
+                failures.push(describe(&fb.provider, &fb.model, &e));
+                if !may_fall_back(&e) && !skipped(&e) {
+                    // The request itself is at fault (or the client left): stop here.
+                    break;
+                }
+            }
+        }
+    }
+    ctx.fallback_errors = failures;
+    Err(primary_err)
+}
+
+/// One fallback candidate, from the spool: checks, key, credentials, translation for its own
+/// provider, exchange (a stream answer goes downstream as it comes), then follow-ups and
+/// conversion. An error means nothing was sent downstream.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    form: &EditForm,
+    spool: &Spool,
+    framing: Framing,
+    identity: &Identity,
+    from: &mut String,
+) -> Result<Reply, GatewayError> {
+    let state = &gw.state;
+    identity.check(&form.provider, &form.model)?;
+    let provider = state.router.provider(&form.provider)?;
+    let kind = provider.kind;
+    capabilities::check(
+        form,
+        adapter_for(kind).capabilities(&form.model),
+        provider.options.rules_for(&form.model),
+        &form.provider,
+    )?;
+    let target = state.router.select(&form.provider, &form.model, fastrand::f64())?;
+    state.metrics.fallback(from, &provider.name);
+    *from = provider.name.clone();
+    let request_id = ctx.request_id.clone();
+    let stream_cx = form.stream.then(|| StreamContext {
+        provider: form.provider.clone(),
+        model_requested: form.model.clone(),
+        model_deployment: form.model.clone(),
+        request_id: request_id.clone(),
+        images: form.n.unwrap_or(1),
+        start: ctx.start,
+        framing,
+        kind,
+    });
+    let config = Arc::new(OnceLock::new());
+    if let Some(cx) = &stream_cx {
+        let _ = config.set(cx.clone());
+    }
+    let (down_tx, mut down_rx) = tokio::sync::mpsc::channel(EVENTS_AHEAD);
+    let mut sink = StreamSink {
+        config,
+        pipeline: None,
+        down: Some(down_tx),
+    };
+    let sink_ref = &mut sink;
+    let upstream = async move {
+        let result = async {
+            let target = state.credentials.prepare(&state.connector, target).await?;
+            let request = adapter_for(kind).build_request_from_spool(form, spool, &target, &request_id)?;
+            let exchanged = exchange(&state.connector, &target, &request, spool, &mut *sink_ref).await?;
+            Ok((target, exchanged))
+        }
+        .await;
+        if let Err(e) = &result {
+            // Mid-stream failure: tell the client in-band (no-op if nothing was sent).
+            sink_ref.abort(e).await;
+        }
+        // Closing the channel ends the downstream writer.
+        sink_ref.down = None;
+        result
+    };
+    let writer = write_event_stream(session, &mut down_rx, &ctx.request_id);
+    let (result, written): (Result<_, GatewayError>, _) = tokio::join!(upstream, writer);
+    if let Some(reply) = streamed_reply(ctx, result.as_ref().err(), &written) {
+        ctx.provider = Some(form.provider.clone());
+        ctx.model = Some(form.model.clone());
+        return Ok(reply);
+    }
+    let (target, response) = result?;
+    gw.finish(session, ctx, form, spool, &target, response, stream_cx.as_ref())
+        .await
+}
+
+/// Adds `fallback_index` and `attempts` to the top-level `extra_fields` of a JSON answer
+/// (other replies are left as they are: stream events name their provider already).
+fn annotate(reply: Reply, index: usize, attempts: usize) -> Reply {
+    match reply {
+        Reply::Json(body) => Reply::Json(with_fallback_fields(body, index, attempts)),
+        other => other,
+    }
+}
+
+/// Inserts the fields right after the last `"extra_fields":{` of compact JSON. In valid JSON
+/// that text can only be the key (a `"` inside a string is escaped), and the unified answer
+/// writes its top-level `extra_fields` after `data`. A body without it is returned unchanged.
+fn with_fallback_fields(body: Bytes, index: usize, attempts: usize) -> Bytes {
+    const KEY: &[u8] = b"\"extra_fields\":{";
+    let Some(at) = body.windows(KEY.len()).rposition(|w| w == KEY) else {
+        return body;
+    };
+    let cut = at + KEY.len();
+    let insert = format!("\"fallback_index\":{index},\"attempts\":{attempts}");
+    let closes_at_once = body.get(cut) == Some(&b'}');
+    let mut out = Vec::with_capacity(body.len() + insert.len() + 1);
+    out.extend_from_slice(&body[..cut]);
+    out.extend_from_slice(insert.as_bytes());
+    if !closes_at_once {
+        out.push(b',');
+    }
+    out.extend_from_slice(&body[cut..]);
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_added_to_the_top_level_extra_fields() {
+        let body = Bytes::from_static(br#"{"data":[{"b64_json":"QQ=="}],"extra_fields":{"provider":"p"}}"#);
+        let out = with_fallback_fields(body, 1, 2);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["extra_fields"]["fallback_index"], 1);
+        assert_eq!(v["extra_fields"]["attempts"], 2);
+        assert_eq!(v["extra_fields"]["provider"], "p");
+        let empty = with_fallback_fields(Bytes::from_static(br#"{"extra_fields":{}}"#), 0, 1);
+        let v: Value = serde_json::from_slice(&empty).unwrap();
+        assert_eq!(v["extra_fields"]["fallback_index"], 0);
+        let none = with_fallback_fields(Bytes::from_static(br#"{"a":1}"#), 0, 1);
+        assert_eq!(&none[..], br#"{"a":1}"#);
+    }
+
+    #[test]
+    fn request_faults_never_fall_back() {
+        let provider = |status| GatewayError::Provider {
+            provider: "p".into(),
+            status,
+            error: Default::default(),
+        };
+        for s in [429, 500, 502, 503, 401, 403, 408] {
+            assert!(may_fall_back(&provider(s)), "{s}");
+        }
+        for s in [400, 404, 413, 422] {
+            assert!(!may_fall_back(&provider(s)), "{s}");
+        }
+        assert!(!may_fall_back(&GatewayError::ClientClosed));
+        assert!(may_fall_back(&GatewayError::UpstreamConnect {
+            provider: "p".into(),
+            detail: "d".into()
+        }));
+    }
+}

@@ -299,6 +299,8 @@ class Gateway:
         self.port = free_port()
         self.metrics_port = free_port()
         self.sim_port = free_port()
+        # Nothing listens here: a provider that is down (connections refused).
+        self.down_port = free_port()
         self.config_path = workdir / "refract-test.yaml"
         self.log_path = workdir / "refract.log"
         self.config_path.write_text(self.config_yaml())
@@ -391,10 +393,15 @@ providers:
       - name: iam
         aws_access_key_id: AKIDSIMULATOR
         aws_secret_access_key: {SIM_PROVIDER_KEY}
+  - name: down
+    kind: openai
+    base_url: http://127.0.0.1:{self.down_port}/v1
+    connect_timeout_ms: 1000
+    keys: [{{name: k, value: {SIM_PROVIDER_KEY}}}]
 virtual_keys:
   - id: test
     key: {VIRTUAL_KEY}
-    providers: [demo, mock, sim-azure, sim-gemini, sim-vertex, sim-stability, sim-hf, sim-xai, sim-bfl, sim-fireworks, sim-replicate, sim-bedrock]
+    providers: [down, demo, mock, sim-azure, sim-gemini, sim-vertex, sim-stability, sim-hf, sim-xai, sim-bfl, sim-fireworks, sim-replicate, sim-bedrock]
 """
 
     def service_account_file(self) -> Path:

@@ -91,3 +91,22 @@ def test_masked_edit_matches_the_openai_dialect(client: OpenAI, files, model):
     with open(files["input"], "rb") as f, open(files["mask"], "rb") as m:
         reference = client.images.edit(model="demo/sim-image-1", image=f, mask=m, prompt=prompt)
     assert rgba(got.data[0].b64_json) == rgba(reference.data[0].b64_json)
+
+
+@pytest.mark.parametrize(
+    "fallbacks",
+    [
+        ["demo/sim-image-1"],  # the SDK sends a list of strings as repeated fallbacks[] parts
+        [{"provider": "demo", "model": "sim-image-1"}],  # and dicts as fallbacks[][provider] parts
+    ],
+    ids=["strings", "objects"],
+)
+def test_fallback_serves_when_the_primary_is_down(client: OpenAI, files, fallbacks):
+    """The primary refuses connections: the fallback from `extra_body` serves, and the answer
+    says so."""
+    with open(files["input"], "rb") as f:
+        got = client.images.edit(model="down/gpt-image-1", image=f, prompt="fall back", extra_body={"fallbacks": fallbacks})
+    extra = got.model_extra["extra_fields"]
+    assert extra["provider"] == "demo"
+    assert extra["fallback_index"] == 1
+    assert decode_png(got.data[0].b64_json).size[0] > 0

@@ -73,6 +73,13 @@ pub enum GatewayError {
         /// Bare model name.
         model: String,
     },
+    /// Every key of the provider that serves the model has an open circuit (503): the request
+    /// moves on to its fallbacks, if any.
+    #[error("provider '{provider}' keys are temporarily disabled after repeated failures; try again later")]
+    KeysDisabled {
+        /// Provider name.
+        provider: String,
+    },
     /// Unknown path (404).
     #[error("no route for {method} {path}")]
     NotFound {
@@ -165,6 +172,7 @@ impl GatewayError {
             MethodNotAllowed(_) => 405,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
+            KeysDisabled { .. } => 503,
             Provider { status, .. } => *status,
             ClientClosed => 499,
             Internal(_) => 500,
@@ -193,6 +201,7 @@ impl GatewayError {
             UpstreamConnect { .. } => "upstream_connect_error",
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamProtocol { .. } => "upstream_protocol_error",
+            KeysDisabled { .. } => "provider_keys_disabled",
             Provider { .. } => "provider_error",
             ClientClosed => "client_closed",
             Internal(_) => "internal_error",
@@ -207,7 +216,9 @@ impl GatewayError {
             403 => "permission_error",
             404 => "not_found_error",
             _ => match self {
-                UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => "upstream_error",
+                UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } | KeysDisabled { .. } => {
+                    "upstream_error"
+                }
                 Internal(_) => "server_error",
                 _ => "invalid_request_error",
             },

@@ -6,7 +6,9 @@
 //! `other`), since clients choose model names freely; `status` is an HTTP status; `reason` is
 //! an error code from [`crate::error::GatewayError::code`]. Keys never appear.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -26,6 +28,8 @@ pub struct Metrics {
     in_flight: IntGauge,
     rejected: IntCounterVec,
     fallbacks: IntCounterVec,
+    retries: IntCounterVec,
+    circuit_open: IntGaugeVec,
     models: Mutex<HashSet<String>>,
 }
 
@@ -109,6 +113,22 @@ impl Metrics {
         )?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(fallbacks.clone()))?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "refract_retries_total",
+                "Retries of the same candidate, by configured provider name and reason.",
+            ),
+            &["provider", "reason"],
+        )?;
+        let circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "refract_circuit_open",
+                "1 while a provider key's circuit is open (skipped), 0 when closed; by key name.",
+            ),
+            &["provider", "key"],
+        )?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(circuit_open.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -119,6 +139,8 @@ impl Metrics {
             in_flight,
             rejected,
             fallbacks,
+            retries,
+            circuit_open,
             models: Mutex::new(HashSet::new()),
         })
     }
@@ -127,6 +149,20 @@ impl Metrics {
     /// starts. Both names are configured provider names (bounded labels).
     pub fn fallback(&self, from: &str, to: &str) {
         self.fallbacks.with_label_values(&[from, to]).inc();
+    }
+
+    /// A candidate is retried, counted before the backoff wait. `reason` is one of
+    /// [`crate::server::gateway::retry_reason`]'s fixed values.
+    pub fn retry(&self, provider: &str, reason: &str) {
+        self.retries.with_label_values(&[provider, reason]).inc();
+    }
+
+    /// A provider key's circuit opened (`true`) or closed; also called at start (closed) for
+    /// every key of a provider with a circuit breaker. `key` is the key's configured NAME.
+    pub fn circuit(&self, provider: &str, key: &str, open: bool) {
+        self.circuit_open
+            .with_label_values(&[provider, key])
+            .set(i64::from(open));
     }
 
     /// A request started.

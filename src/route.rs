@@ -71,9 +71,28 @@ impl Router {
     /// Picks a key of `provider` that serves `model`, at random by weight; `roll` is a uniform
     /// number in `[0, 1)` (injected so tests are deterministic).
     pub fn select(&self, provider: &str, model: &str, roll: f64) -> Result<Target, GatewayError> {
+        self.select_where(provider, model, roll, |_| true)
+    }
+
+    /// [`Router::select`] among the keys for which `usable(key_index)` holds (the circuit
+    /// breaker's verdict, or "not the key that was just refused"). When keys serve the model
+    /// but none is usable: 503 `provider_keys_disabled`.
+    pub fn select_where(
+        &self,
+        provider: &str,
+        model: &str,
+        roll: f64,
+        usable: impl Fn(usize) -> bool,
+    ) -> Result<Target, GatewayError> {
         let p = self.provider(provider)?;
-        let candidates: Vec<usize> = (0..p.keys.len()).filter(|&i| p.keys[i].serves(model)).collect();
+        let serving: Vec<usize> = (0..p.keys.len()).filter(|&i| p.keys[i].serves(model)).collect();
+        let candidates: Vec<usize> = serving.iter().copied().filter(|&i| usable(i)).collect();
         let total: f64 = candidates.iter().map(|&i| p.keys[i].weight).sum();
+        if candidates.is_empty() && serving.iter().any(|&i| p.keys[i].weight > 0.0) {
+            return Err(GatewayError::KeysDisabled {
+                provider: provider.to_string(),
+            });
+        }
         if candidates.is_empty() || total <= 0.0 {
             return Err(GatewayError::NoKeyForModel {
                 provider: provider.to_string(),
@@ -136,6 +155,15 @@ providers:
             counts[t.key_index] += 1;
         }
         assert_eq!(counts, [250, 750, 0]);
+    }
+
+    #[test]
+    fn unusable_keys_are_skipped() {
+        let r = router();
+        let t = r.select_where("openai", "gpt-image-1", 0.0, |i| i != 0).unwrap();
+        assert_eq!(t.key().name, "b");
+        let e = r.select_where("openai", "gpt-image-1", 0.0, |_| false).unwrap_err();
+        assert_eq!((e.status(), e.code()), (503, "provider_keys_disabled"));
     }
 
     #[test]

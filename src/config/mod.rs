@@ -401,6 +401,23 @@ pub struct ProviderOptions {
     /// Asynchronous kinds: the longest a job may take from its submission to the final answer
     /// (`poll_timeout_ms`, default 120 s); past it the request fails with 504.
     pub poll_timeout: Duration,
+    /// Extra attempts at the same candidate after a retryable failure (`retries`, default 0,
+    /// at most 5), before the request moves on to its fallbacks.
+    pub retries: u32,
+    /// Base of the exponential backoff between retries (`retry_backoff_ms`, default 200 ms):
+    /// retry n waits a uniform random time in `[0, base × 2^n]`, capped at 5 s.
+    pub retry_backoff: Duration,
+    /// The circuit breaker per provider key (`circuit_breaker`); `None` (absent) disables it.
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// A provider's circuit breaker settings (`circuit_breaker: {failures, open_ms}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreaker {
+    /// Consecutive failures of one key that open its circuit (`failures`, default 5).
+    pub failures: u32,
+    /// How long an open circuit skips the key before one probe may go (`open_ms`, default 30 s).
+    pub open: Duration,
 }
 
 /// Rules for the models matching a pattern (`providers[].models[]`): limits checked before any

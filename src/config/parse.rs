@@ -244,7 +244,7 @@ mod tests {
         one_problem(
             &format!("{PROVIDER}    colour: red\n"),
             "providers[0].colour",
-            "unknown key 'colour' (known keys: name, kind, api_version, deployments, project, location, region, model_rules, poll_interval_ms, poll_timeout_ms, base_url,",
+            "unknown key 'colour' (known keys: name, kind, api_version, deployments, project, location, region, model_rules, poll_interval_ms, poll_timeout_ms, retries, retry_backoff_ms, circuit_breaker, base_url,",
         );
         one_problem(
             &format!("{PROVIDER}virtual_key: []\n"),

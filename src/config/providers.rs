@@ -11,8 +11,8 @@ use super::fields::{did_you_mean, Fields, Problems};
 use super::parse::Env;
 use super::url::parse_base_url;
 use super::{
-    AwsCredentials, Credential, KeyAuth, ModelRules, ProviderConfig, ProviderKey, ProviderKind, ProviderOptions,
-    ServiceAccountKey, VirtualKeyConfig,
+    AwsCredentials, CircuitBreaker, Credential, KeyAuth, ModelRules, ProviderConfig, ProviderKey, ProviderKind,
+    ProviderOptions, ServiceAccountKey, VirtualKeyConfig,
 };
 use base64::Engine;
 use std::sync::Arc;
@@ -138,6 +138,9 @@ fn default_base_url(kind: ProviderKind, options: &ProviderOptions) -> Option<Str
     }
 }
 
+/// Most `retries` per candidate a provider may configure.
+const MAX_RETRIES: u64 = 5;
+
 /// The kind-specific settings; each is refused on kinds that do not use it.
 fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> ProviderOptions {
     let only = |f: &mut Fields<'_>, key: &'static str, wanted: ProviderKind| -> bool {
@@ -186,6 +189,16 @@ fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> ProviderOptions {
         o.poll_interval = Duration::from_millis(f.opt_u64("poll_interval_ms", 500, 1..=60_000));
         o.poll_timeout = Duration::from_millis(f.opt_u64("poll_timeout_ms", 120_000, 1..=3_600_000));
     }
+    o.retries = f.opt_u64("retries", 0, 0..=MAX_RETRIES) as u32;
+    o.retry_backoff = Duration::from_millis(f.opt_u64("retry_backoff_ms", 200, 1..=60_000));
+    o.circuit_breaker = f.opt_obj("circuit_breaker").map(|mut b| {
+        let cb = CircuitBreaker {
+            failures: b.opt_u64("failures", 5, 1..=1000) as u32,
+            open: Duration::from_millis(b.opt_u64("open_ms", 30_000, 1..=3_600_000)),
+        };
+        b.finish();
+        cb
+    });
     for (key, value) in [
         ("project", &o.project),
         ("location", &o.location),
@@ -935,6 +948,66 @@ mod tests {
                 "        value: x\n",
             ),
             "providers[0].model_rules[0].colour",
+            "unknown key",
+        );
+    }
+
+    #[test]
+    fn retry_and_circuit_breaker_settings() {
+        use crate::config::CircuitBreaker;
+        use std::time::Duration;
+        let c = ok(&with("    kind: openai\n", "        value: x\n"));
+        let o = &c.providers[0].options;
+        assert_eq!((o.retries, o.retry_backoff), (0, Duration::from_millis(200)));
+        assert_eq!(o.circuit_breaker, None);
+        let c = ok(&with(
+            "    kind: openai\n    retries: 3\n    retry_backoff_ms: 50\n    circuit_breaker: {}\n",
+            "        value: x\n",
+        ));
+        let o = &c.providers[0].options;
+        assert_eq!((o.retries, o.retry_backoff), (3, Duration::from_millis(50)));
+        assert_eq!(
+            o.circuit_breaker,
+            Some(CircuitBreaker {
+                failures: 5,
+                open: Duration::from_secs(30)
+            })
+        );
+        let c = ok(&with(
+            "    kind: bfl\n    circuit_breaker: {failures: 2, open_ms: 100}\n",
+            "        value: x\n",
+        ));
+        assert_eq!(
+            c.providers[0].options.circuit_breaker,
+            Some(CircuitBreaker {
+                failures: 2,
+                open: Duration::from_millis(100)
+            })
+        );
+        one_problem(
+            &with("    kind: openai\n    retries: 6\n", "        value: x\n"),
+            "providers[0].retries",
+            "",
+        );
+        one_problem(
+            &with("    kind: openai\n    retry_backoff_ms: 0\n", "        value: x\n"),
+            "providers[0].retry_backoff_ms",
+            "",
+        );
+        one_problem(
+            &with(
+                "    kind: openai\n    circuit_breaker: {failures: 0}\n",
+                "        value: x\n",
+            ),
+            "providers[0].circuit_breaker.failures",
+            "",
+        );
+        one_problem(
+            &with(
+                "    kind: openai\n    circuit_breaker: {open: 5}\n",
+                "        value: x\n",
+            ),
+            "providers[0].circuit_breaker.open",
             "unknown key",
         );
     }

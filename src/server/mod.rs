@@ -2,6 +2,7 @@
 //! listeners, the metrics listener, the built-in simulator) and runs it, either for good
 //! (`refract -c FILE`) or on a thread that a test can stop ([`spawn`]).
 
+pub mod breaker;
 pub mod credentials;
 pub mod exchange;
 pub mod gateway;
@@ -10,14 +11,16 @@ mod simulator_app;
 
 use crate::auth::KeyStore;
 use crate::config::Config;
+use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::route::Router;
+use crate::route::{Router, Target};
 use async_trait::async_trait;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use thiserror::Error;
 
 /// Everything a request needs, shared by all requests.
@@ -34,6 +37,56 @@ pub struct AppState {
     pub connector: Connector,
     /// Access tokens for service-account keys.
     pub credentials: credentials::Credentials,
+    /// The circuit breaker of every key of the providers that configure one.
+    pub breakers: breaker::Breakers,
+}
+
+impl AppState {
+    /// Picks the key for one attempt at `provider`/`model`, when the attempt starts: by weight
+    /// among the keys serving the model whose circuit is not open, preferring any key other
+    /// than `avoid` (the key a 401/403/429 just refused) when there is one. A half-open key
+    /// picked here carries the probe.
+    pub fn pick(&self, provider: &str, model: &str, avoid: Option<usize>) -> Result<Target, GatewayError> {
+        let now = Instant::now();
+        let usable = |i: usize| self.breakers.usable(provider, i, now);
+        let roll = fastrand::f64();
+        let target = match avoid {
+            Some(a) => self
+                .router
+                .select_where(provider, model, roll, |i| i != a && usable(i))
+                .or_else(|_| self.router.select_where(provider, model, roll, usable)),
+            None => self.router.select_where(provider, model, roll, usable),
+        }?;
+        self.breakers.begin(provider, target.key_index, now);
+        Ok(target)
+    }
+
+    /// Tells the breaker of key `key` of `provider` how an attempt with it ended (`result`,
+    /// after the provider's answer was converted), and updates the circuit gauge.
+    pub fn record(&self, provider: &str, key: usize, result: Result<(), &GatewayError>) {
+        let Ok(p) = self.router.provider(provider) else {
+            return;
+        };
+        let Some(settings) = &p.options.circuit_breaker else {
+            return;
+        };
+        let outcome = match result {
+            Ok(_) => breaker::Outcome::Success,
+            Err(e) if gateway::retry_reason(e).is_some() => breaker::Outcome::Failure,
+            Err(GatewayError::Provider { .. }) => breaker::Outcome::Success,
+            Err(_) => breaker::Outcome::Neutral,
+        };
+        if let Some(open) = self.breakers.record(provider, key, outcome, settings, Instant::now()) {
+            if let Some(k) = p.keys.get(key) {
+                if open {
+                    log::warn!("provider {} key {}: circuit opened", p.name, k.name);
+                } else {
+                    log::info!("provider {} key {}: circuit closed", p.name, k.name);
+                }
+                self.metrics.circuit(&p.name, &k.name, open);
+            }
+        }
+    }
 }
 
 /// Why the server could not be built.
@@ -100,8 +153,25 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
         metrics: metrics.clone(),
         connector,
         credentials: credentials::Credentials::new(),
+        breakers: breaker::Breakers::new(
+            config
+                .providers
+                .iter()
+                .filter(|p| p.options.circuit_breaker.is_some())
+                .map(|p| (p.name.as_str(), p.keys.len())),
+        ),
         config,
     });
+    for p in state
+        .config
+        .providers
+        .iter()
+        .filter(|p| p.options.circuit_breaker.is_some())
+    {
+        for k in &p.keys {
+            state.metrics.circuit(&p.name, &k.name, false);
+        }
+    }
 
     let mut gateway = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

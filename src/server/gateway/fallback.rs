@@ -9,7 +9,9 @@
 //!
 //! What moves on to the next candidate ([`may_fall_back`]): connect errors, timeouts, garbage
 //! answers, and provider answers 408, 429, 5xx, and 401/403 (the gateway's provider key was
-//! rejected: the provider's side, not the client's). Any other provider 4xx (400, 404, 413,
+//! rejected: the provider's side, not the client's), and a provider whose keys' circuits are all
+//! open (`provider_keys_disabled`). Before moving on, a candidate is retried up to its
+//! provider's `retries` ([`retry`]). Any other provider 4xx (400, 404, 413,
 //! 422…) is caused by the request itself and is returned at once. A stream falls back only
 //! while nothing has been sent downstream: once the first event went out, a failure is told
 //! in-band as before.
@@ -26,6 +28,7 @@ use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::providers::stream::{Framing, StreamContext};
 use crate::providers::{adapter_for, capabilities};
+use crate::server::breaker::backoff;
 use crate::server::exchange::exchange;
 use crate::spool::Spool;
 use bytes::Bytes;
@@ -46,12 +49,28 @@ pub(super) struct Attempt<'a> {
 
 /// True when `e`, from a candidate that sent nothing downstream, lets the next candidate try.
 pub(super) fn may_fall_back(e: &GatewayError) -> bool {
+    retry_reason(e).is_some() || matches!(e, GatewayError::KeysDisabled { .. })
+}
+
+/// Why a failed attempt (`e`, nothing of it sent downstream) may be retried at the same
+/// candidate, as the `reason` label of `refract_retries_total`: `connect_error`, `timeout`
+/// (also provider 408), `protocol_error`, `rate_limited` (429), `auth` (401/403: the next
+/// attempt uses another key when there is one), `server_error` (5xx). `None`: not retryable
+/// (the request's own fault, the client left, or every key's circuit is open). Also decides
+/// what counts as a failure for the circuit breaker.
+pub fn retry_reason(e: &GatewayError) -> Option<&'static str> {
     match e {
-        GatewayError::UpstreamConnect { .. }
-        | GatewayError::UpstreamTimeout { .. }
-        | GatewayError::UpstreamProtocol { .. } => true,
-        GatewayError::Provider { status, .. } => matches!(*status, 401 | 403 | 408 | 429) || *status >= 500,
-        _ => false,
+        GatewayError::UpstreamConnect { .. } => Some("connect_error"),
+        GatewayError::UpstreamTimeout { .. } => Some("timeout"),
+        GatewayError::UpstreamProtocol { .. } => Some("protocol_error"),
+        GatewayError::Provider { status, .. } => match *status {
+            401 | 403 => Some("auth"),
+            408 => Some("timeout"),
+            429 => Some("rate_limited"),
+            s if s >= 500 => Some("server_error"),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -116,7 +135,22 @@ pub(super) async fn run(
                 .provider(&fb.provider)
                 .map_or("unknown", |p| p.name.as_str())
         );
-        match attempt(gw, session, ctx, &candidate, spool, framing, identity, &mut from).await {
+        let mut key = None;
+        let first = attempt(
+            gw,
+            session,
+            ctx,
+            &candidate,
+            spool,
+            framing,
+            identity,
+            Some(&mut from),
+            None,
+            &mut key,
+        )
+        .await;
+        let retried = retry(gw, session, ctx, &candidate, spool, framing, identity, first, key).await;
+        match retried {
             Ok(reply) => {
                 ctx.provider = Some(candidate.provider);
                 ctx.model = Some(candidate.model);
@@ -136,9 +170,62 @@ pub(super) async fn run(
     Err(primary_err)
 }
 
-/// One fallback candidate, from the spool: checks, key, credentials, translation for its own
-/// provider, exchange (a stream answer goes downstream as it comes), then follow-ups and
-/// conversion. An error means nothing was sent downstream.
+/// Retries a candidate (the primary or a fallback) whose attempt ended in `result`, made with
+/// key `key`: while the failure is retryable ([`retry_reason`]) and the provider's `retries`
+/// are not used up, waits the jittered exponential backoff and tries again from the spool
+/// (an attempt that streamed anything downstream succeeded and is never retried). After a
+/// 401/403/429 the next attempt avoids the refused key when another key serves the model.
+/// A client that went away ends in `client_closed`, which is not retried. The provider's
+/// `Retry-After` is not read: provider answers reach the gateway without their headers.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn retry(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    form: &EditForm,
+    spool: &Spool,
+    framing: Framing,
+    identity: &Identity,
+    mut result: Result<Reply, GatewayError>,
+    mut key: Option<usize>,
+) -> Result<Reply, GatewayError> {
+    let Ok(provider) = gw.state.router.provider(&form.provider) else {
+        return result;
+    };
+    let (retries, base) = (provider.options.retries, provider.options.retry_backoff);
+    for n in 0..retries {
+        let reason = match &result {
+            Err(e) => match retry_reason(e) {
+                Some(reason) => reason,
+                None => return result,
+            },
+            Ok(_) => return result,
+        };
+        gw.state.metrics.retry(&provider.name, reason);
+        let wait = backoff(base, n, fastrand::f64());
+        log::debug!(
+            "request {}: retry {} of {} for provider {} ({reason}) in {} ms",
+            ctx.request_id,
+            n + 1,
+            retries,
+            provider.name,
+            wait.as_millis()
+        );
+        tokio::time::sleep(wait).await;
+        let avoid = if matches!(reason, "auth" | "rate_limited") {
+            key
+        } else {
+            None
+        };
+        let mut used = None;
+        result = attempt(gw, session, ctx, form, spool, framing, identity, None, avoid, &mut used).await;
+        key = used;
+    }
+    result
+}
+
+/// One attempt at a candidate (see [`attempt_once`]); its outcome is told to the circuit
+/// breaker of the key it used, which it leaves in `used`.
 #[allow(clippy::too_many_arguments)]
 async fn attempt(
     gw: &Gateway,
@@ -148,7 +235,34 @@ async fn attempt(
     spool: &Spool,
     framing: Framing,
     identity: &Identity,
-    from: &mut String,
+    from: Option<&mut String>,
+    avoid: Option<usize>,
+    used: &mut Option<usize>,
+) -> Result<Reply, GatewayError> {
+    let result = attempt_once(gw, session, ctx, form, spool, framing, identity, from, avoid, used).await;
+    if let Some(key) = *used {
+        gw.state.record(&form.provider, key, result.as_ref().map(|_| ()));
+    }
+    result
+}
+
+/// One attempt at a candidate, from the spool: checks, key (avoiding `avoid` if possible),
+/// credentials, translation for its own provider, exchange (a stream answer goes downstream as
+/// it comes), then follow-ups and conversion. `from` is set for a fallback's first attempt
+/// (the provider it falls back from, counted in the fallback metric). An error means nothing
+/// was sent downstream.
+#[allow(clippy::too_many_arguments)]
+async fn attempt_once(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    form: &EditForm,
+    spool: &Spool,
+    framing: Framing,
+    identity: &Identity,
+    from: Option<&mut String>,
+    avoid: Option<usize>,
+    used: &mut Option<usize>,
 ) -> Result<Reply, GatewayError> {
     let state = &gw.state;
     identity.check(&form.provider, &form.model)?;
@@ -160,9 +274,12 @@ async fn attempt(
         provider.options.rules_for(&form.model),
         &form.provider,
     )?;
-    let target = state.router.select(&form.provider, &form.model, fastrand::f64())?;
-    state.metrics.fallback(from, &provider.name);
-    *from = provider.name.clone();
+    let target = state.pick(&form.provider, &form.model, avoid)?;
+    *used = Some(target.key_index);
+    if let Some(from) = from {
+        state.metrics.fallback(from, &provider.name);
+        *from = provider.name.clone();
+    }
     let request_id = ctx.request_id.clone();
     let stream_cx = form.stream.then(|| StreamContext {
         provider: form.provider.clone(),
@@ -276,6 +393,12 @@ mod tests {
             assert!(!may_fall_back(&provider(s)), "{s}");
         }
         assert!(!may_fall_back(&GatewayError::ClientClosed));
+        assert!(may_fall_back(&GatewayError::KeysDisabled { provider: "p".into() }));
+        assert_eq!(retry_reason(&GatewayError::KeysDisabled { provider: "p".into() }), None);
+        assert_eq!(retry_reason(&provider(429)), Some("rate_limited"));
+        assert_eq!(retry_reason(&provider(401)), Some("auth"));
+        assert_eq!(retry_reason(&provider(408)), Some("timeout"));
+        assert_eq!(retry_reason(&provider(502)), Some("server_error"));
         assert!(may_fall_back(&GatewayError::UpstreamConnect {
             provider: "p".into(),
             detail: "d".into()

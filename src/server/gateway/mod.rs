@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 mod answer;
 mod fallback;
+pub use fallback::retry_reason;
 mod follow;
 mod upload;
 
@@ -204,6 +205,7 @@ impl Gateway {
         let upload = async {
             let mut feed = UpstreamFeed {
                 router,
+                state,
                 identity: &identity,
                 request_id: &request_id,
                 start: Some(start_tx),
@@ -294,11 +296,17 @@ impl Gateway {
 
         // The upstream side: the streamed attempt, or the request from the spool; a streamed
         // answer goes to the downstream writer through `down`, a collected one is returned.
+        // The key of the primary attempt, for its circuit breaker and retries.
+        let mut used_key = None;
+        let used_key_ref = &mut used_key;
         let upstream = async {
             let (first, sink) = match streamed_early {
                 Some(r) => r,
                 None => streamed.await,
             };
+            if let Some((target, _)) = &first {
+                *used_key_ref = Some(target.key_index);
+            }
             let result = match first {
                 Some((target, Streamed::Answered(resp))) => Ok((target, resp)),
                 Some((_, Streamed::Failed(e))) => Err(e),
@@ -311,8 +319,9 @@ impl Gateway {
                     async {
                         let target = match other {
                             Some((target, _)) => target,
-                            None => router.select(&form.provider, &form.model, fastrand::f64())?,
+                            None => state.pick(&form.provider, &form.model, None)?,
                         };
+                        *used_key_ref = Some(target.key_index);
                         let target = state.credentials.prepare(&state.connector, target).await?;
                         let request = adapter_for(target.provider.kind).build_request_from_spool(
                             &form,
@@ -338,6 +347,9 @@ impl Gateway {
         let (result, written) = tokio::join!(upstream, writer);
         ctx.upstream = Some(upstream_start.elapsed());
         if let Some(reply) = streamed_reply(ctx, result.as_ref().err(), &written) {
+            if let Some(key) = used_key {
+                state.record(&form.provider, key, result.as_ref().map(|_| ()));
+            }
             return Ok(reply);
         }
         let primary = match result {
@@ -347,6 +359,10 @@ impl Gateway {
             }
             Err(e) => Err(e),
         };
+        if let Some(key) = used_key {
+            state.record(&form.provider, key, primary.as_ref().map(|_| ()));
+        }
+        let primary = fallback::retry(self, session, ctx, &form, &spool, framing, &identity, primary, used_key).await;
         if form.fallbacks.is_empty() {
             return primary;
         }

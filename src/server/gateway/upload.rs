@@ -52,6 +52,8 @@ impl BodySource for SessionBody<'_> {
 /// once and feeds it each part as it passes validation.
 pub(super) struct UpstreamFeed<'a> {
     pub(super) router: &'a Router,
+    /// For key selection through the circuit breaker.
+    pub(super) state: &'a crate::server::AppState,
     pub(super) identity: &'a Identity,
     pub(super) request_id: &'a str,
     pub(super) start: Option<tokio::sync::oneshot::Sender<(Target, UpstreamRequest)>>,
@@ -100,7 +102,13 @@ impl FormSink for UpstreamFeed<'_> {
         if self.saw_file || !self.stream_upload {
             return Ok(());
         }
-        let target = self.router.select(provider, model, fastrand::f64())?;
+        let target = match self.state.pick(provider, model, None) {
+            Ok(target) => target,
+            // Every key's circuit is open: the request is not streamed, and the attempt from
+            // the spool reports it (so that fallbacks may answer).
+            Err(GatewayError::KeysDisabled { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         if let Some(encoder) = adapter_for(target.provider.kind).request_encoder(&target, self.request_id) {
             if let Some(start) = self.start.take() {
                 let head = encoder.head();

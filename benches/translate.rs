@@ -171,6 +171,7 @@ fn main() {
         ),
     ] {
         let answer = refract::providers::UpstreamResponse {
+            retry_after: None,
             status: 200,
             content_type: Some("application/json".into()),
             body: Bytes::from(body),

@@ -167,3 +167,39 @@ fn a_failed_probe_opens_the_circuit_again() {
     assert_eq!(gw.edit(&form(), &[("x-bf-vk", VK)]).status, 503, "open again");
     assert_eq!(mock.requests().len(), 2);
 }
+
+/// A scripted 429 carrying `Retry-After: value` (the mock writes the content type as given, so
+/// the header rides on it).
+fn retry_after(value: &str) -> Reply {
+    Reply::raw(
+        429,
+        &format!("application/json\r\nRetry-After: {value}"),
+        br#"{"error":{"message":"slow down","type":"rate_limit"}}"#,
+    )
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let mock = MockUpstream::start();
+    mock.push(retry_after("1"));
+    let gw = gateway(&mock, 1, &[("one", KEY_ONE)], "");
+    let start = std::time::Instant::now();
+    let r = gw.edit(&form(), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(start.elapsed() >= Duration::from_secs(1), "{:?}", start.elapsed());
+    assert_eq!(mock.requests().len(), 2);
+}
+
+#[test]
+fn a_long_retry_after_fails_over_without_waiting() {
+    let mock = MockUpstream::start();
+    mock.push(retry_after("120"));
+    let gw = gateway(&mock, 3, &[("one", KEY_ONE)], "");
+    let start = std::time::Instant::now();
+    let r = gw.edit(&form().text("fallbacks", "other/gpt-image-1"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["extra_fields"]["provider"], "other");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(mock.requests().len(), 2);
+    assert!(!gw.metrics_text().contains("refract_retries_total{"));
+}

@@ -185,6 +185,7 @@ mod tests {
     fn content_filter_details_are_kept_in_errors() {
         let body = br#"{"error":{"code":"contentFilter","message":"blocked","param":"prompt","type":null,"inner_error":{"code":"ResponsibleAIPolicyViolation","content_filter_results":{"violence":{"filtered":true,"severity":"high"}}}}}"#;
         let resp = UpstreamResponse {
+            retry_after: None,
             status: 400,
             content_type: Some("application/json".into()),
             body: Bytes::from_static(body),

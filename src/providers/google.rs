@@ -204,6 +204,7 @@ mod tests {
 
     fn resp(status: u16, body: &'static str) -> UpstreamResponse {
         UpstreamResponse {
+            retry_after: None,
             status,
             content_type: Some("application/json".into()),
             body: Bytes::from_static(body.as_bytes()),

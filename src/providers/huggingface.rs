@@ -208,6 +208,7 @@ mod tests {
 
     fn resp(status: u16, ct: &str, body: &[u8]) -> UpstreamResponse {
         UpstreamResponse {
+            retry_after: None,
             status,
             content_type: Some(ct.into()),
             body: Bytes::copy_from_slice(body),

@@ -115,6 +115,9 @@ pub struct UpstreamResponse {
     pub content_type: Option<String>,
     /// The whole body.
     pub body: Bytes,
+    /// The provider's `Retry-After` (delta seconds, or an HTTP date turned into the time
+    /// left), read by the exchange; honoured between retries of the same candidate.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// Facts about the request that the converted response reports in `extra_fields`.

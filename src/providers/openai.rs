@@ -633,6 +633,7 @@ pub(super) mod tests {
     #[test]
     fn success_gets_index_and_extra_fields() {
         let resp = UpstreamResponse {
+            retry_after: None,
             status: 200,
             content_type: Some("application/json".into()),
             body: Bytes::from_static(
@@ -652,6 +653,7 @@ pub(super) mod tests {
     #[test]
     fn errors_keep_status_and_object() {
         let resp = UpstreamResponse {
+            retry_after: None,
             status: 400,
             content_type: Some("application/json".into()),
             body: Bytes::from_static(
@@ -666,6 +668,7 @@ pub(super) mod tests {
         assert_eq!(v["error"]["code"], "invalid_value");
 
         let html = UpstreamResponse {
+            retry_after: None,
             status: 503,
             content_type: Some("text/html".into()),
             body: Bytes::from_static(b"<html>\nService Unavailable\n</html>"),
@@ -682,6 +685,7 @@ pub(super) mod tests {
     fn malformed_success_is_502() {
         for body in [&b"not json"[..], b"[1,2]", b"{\"created\":1}"] {
             let resp = UpstreamResponse {
+                retry_after: None,
                 status: 200,
                 content_type: None,
                 body: Bytes::copy_from_slice(body),

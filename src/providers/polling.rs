@@ -395,6 +395,7 @@ mod tests {
     #[test]
     fn detail_errors_keep_status_and_detail() {
         let resp = |status, body: &'static str| UpstreamResponse {
+            retry_after: None,
             status,
             content_type: Some("application/json".into()),
             body: Bytes::from_static(body.as_bytes()),
@@ -511,6 +512,7 @@ pub mod fixtures {
     /// A JSON answer.
     pub fn answer(status: u16, body: Value) -> UpstreamResponse {
         UpstreamResponse {
+            retry_after: None,
             status,
             content_type: Some("application/json".into()),
             body: Bytes::from(serde_json::to_vec(&body).unwrap()),
@@ -520,6 +522,7 @@ pub mod fixtures {
     /// An image answer.
     pub fn image(bytes: &[u8]) -> UpstreamResponse {
         UpstreamResponse {
+            retry_after: None,
             status: 200,
             content_type: Some("image/png".into()),
             body: Bytes::from(bytes.to_vec()),

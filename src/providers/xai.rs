@@ -283,6 +283,7 @@ mod tests {
     #[test]
     fn answers_and_errors() {
         let ok = UpstreamResponse {
+            retry_after: None,
             status: 200,
             content_type: Some("application/json".into()),
             body: Bytes::from_static(br#"{"data":[{"url":"https://x.ai/tmp/1.png","revised_prompt":"r"}]}"#),
@@ -292,6 +293,7 @@ mod tests {
         assert_eq!(v["data"][0]["index"], 0);
         assert_eq!(v["extra_fields"]["provider"], "xai");
         let err = UpstreamResponse {
+            retry_after: None,
             status: 400,
             content_type: Some("application/json".into()),
             body: Bytes::from_static(br#"{"code":"Client specified an invalid argument","error":"Too many images"}"#),

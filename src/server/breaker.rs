@@ -11,10 +11,24 @@
 use crate::config::CircuitBreaker;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Longest wait between two retries, whatever the base and the attempt number.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Longest `Retry-After` a retry waits for; a provider asking for more is failed over at once.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The wait a `Retry-After` value asks for, read when a provider's answer arrives: delta
+/// seconds, or an HTTP date (the time left until it, zero if past). `None` when unreadable.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
 
 /// The wait before retry number `retry` (0 for the first retry): "full jitter", a uniform time
 /// in `[0, min(base × 2^retry, MAX_BACKOFF)]`; `roll` is a uniform number in `[0, 1)`.
@@ -157,6 +171,18 @@ mod tests {
             let wait = backoff(base, i % 6, roll);
             assert!(wait <= (base * (1 << (i % 6))).min(MAX_BACKOFF), "{wait:?}");
         }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(12));
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(12)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(12));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
     }
 
     #[test]

@@ -323,6 +323,11 @@ async fn read_body(
         .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let retry_after = session
+        .response_header()
+        .and_then(|h| h.headers.get(http::header::RETRY_AFTER))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::server::breaker::parse_retry_after(v, std::time::SystemTime::now()));
     if sink.wants_chunks(status, content_type.as_deref()) {
         while let Some(chunk) = session
             .read_response_body()
@@ -335,6 +340,7 @@ async fn read_body(
         }
         sink.end().await?;
         return Ok(UpstreamResponse {
+            retry_after,
             status,
             content_type,
             body: Bytes::new(),
@@ -362,6 +368,7 @@ async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(UpstreamResponse {
+        retry_after,
         status,
         content_type,
         body: body.freeze(),

@@ -409,6 +409,7 @@ fn session_tokens_are_sent_and_signed() {
 
 fn resp(status: u16, body: &str) -> UpstreamResponse {
     UpstreamResponse {
+        retry_after: None,
         status,
         content_type: Some("application/json".into()),
         body: Bytes::from(body.to_string()),

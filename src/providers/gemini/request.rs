@@ -428,6 +428,7 @@ mod tests {
         }
         // Imagen answers are converted as on Vertex.
         let answer = crate::providers::UpstreamResponse {
+            retry_after: None,
             status: 200,
             content_type: Some("application/json".into()),
             body: Bytes::from_static(br#"{"predictions":[{"bytesBase64Encoded":"QUJD","mimeType":"image/png"}]}"#),

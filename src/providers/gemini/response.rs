@@ -181,6 +181,7 @@ fn embedded_error(provider: &str, body: &str, error: &RawValue) -> GatewayError 
     google_error(
         provider,
         &UpstreamResponse {
+            retry_after: None,
             status,
             content_type: Some("application/json".into()),
             body: Bytes::copy_from_slice(body.as_bytes()),
@@ -322,6 +323,7 @@ mod tests {
 
     fn resp(status: u16, body: &str) -> UpstreamResponse {
         UpstreamResponse {
+            retry_after: None,
             status,
             content_type: Some("application/json".into()),
             body: Bytes::from(body.to_string()),

@@ -388,6 +388,7 @@ fn capabilities_are_declared() {
 
 fn resp(status: u16, body: &str) -> UpstreamResponse {
     UpstreamResponse {
+        retry_after: None,
         status,
         content_type: Some("application/json".into()),
         body: Bytes::from(body.to_string()),

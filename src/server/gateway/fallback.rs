@@ -28,7 +28,7 @@ use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::providers::stream::{Framing, StreamContext};
 use crate::providers::{adapter_for, capabilities};
-use crate::server::breaker::backoff;
+use crate::server::breaker::{backoff, MAX_RETRY_AFTER};
 use crate::server::exchange::exchange;
 use crate::spool::Spool;
 use bytes::Bytes;
@@ -136,6 +136,7 @@ pub(super) async fn run(
                 .map_or("unknown", |p| p.name.as_str())
         );
         let mut key = None;
+        ctx.retry_after = None;
         let first = attempt(
             gw,
             session,
@@ -175,8 +176,9 @@ pub(super) async fn run(
 /// are not used up, waits the jittered exponential backoff and tries again from the spool
 /// (an attempt that streamed anything downstream succeeded and is never retried). After a
 /// 401/403/429 the next attempt avoids the refused key when another key serves the model.
-/// A client that went away ends in `client_closed`, which is not retried. The provider's
-/// `Retry-After` is not read: provider answers reach the gateway without their headers.
+/// A client that went away ends in `client_closed`, which is not retried. A provider's
+/// `Retry-After` lengthens the wait to what it asks; past [`MAX_RETRY_AFTER`] the candidate
+/// is not retried (the next fallback, if any, answers instead).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn retry(
     gw: &Gateway,
@@ -201,8 +203,20 @@ pub(super) async fn retry(
             },
             Ok(_) => return result,
         };
+        let mut wait = backoff(base, n, fastrand::f64());
+        if let Some(asked) = ctx.retry_after.take() {
+            if asked > MAX_RETRY_AFTER {
+                log::debug!(
+                    "request {}: provider {} asks to retry after {} s: not retried",
+                    ctx.request_id,
+                    provider.name,
+                    asked.as_secs()
+                );
+                return result;
+            }
+            wait = wait.max(asked);
+        }
         gw.state.metrics.retry(&provider.name, reason);
-        let wait = backoff(base, n, fastrand::f64());
         log::debug!(
             "request {}: retry {} of {} for provider {} ({reason}) in {} ms",
             ctx.request_id,

@@ -55,6 +55,9 @@ pub struct RequestCtx {
     response_bytes: u64,
     /// The failed fallback candidates, listed in the error answer when every candidate failed.
     fallback_errors: Vec<serde_json::Value>,
+    /// The `Retry-After` of the latest provider answer that reached `finish`, taken by the
+    /// retry loop after a failed attempt.
+    retry_after: Option<Duration>,
 }
 
 /// The gateway service.
@@ -396,6 +399,7 @@ impl Gateway {
         stream_cx: Option<&StreamContext>,
     ) -> std::result::Result<Reply, GatewayError> {
         let state = &self.state;
+        ctx.retry_after = response.retry_after;
         let request_id = ctx.request_id.clone();
         let adapter = adapter_for(target.provider.kind);
         let response_cx = ResponseContext {
@@ -494,6 +498,7 @@ impl ProxyHttp for Gateway {
             request_bytes: 0,
             response_bytes: 0,
             fallback_errors: Vec::new(),
+            retry_after: None,
         }
     }
 

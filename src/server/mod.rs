@@ -47,6 +47,15 @@ impl AppState {
     /// than `avoid` (the key a 401/403/429 just refused) when there is one. A half-open key
     /// picked here carries the probe.
     pub fn pick(&self, provider: &str, model: &str, avoid: Option<usize>) -> Result<Target, GatewayError> {
+        let target = self.choose(provider, model, avoid)?;
+        self.breakers.begin(provider, target.key_index, Instant::now());
+        Ok(target)
+    }
+
+    /// [`AppState::pick`] without starting a probe: for a target that may never be used (the
+    /// streamed upload's, started only when the adapter can stream); whoever sends with it
+    /// calls `breakers.begin` then.
+    pub fn choose(&self, provider: &str, model: &str, avoid: Option<usize>) -> Result<Target, GatewayError> {
         let now = Instant::now();
         let usable = |i: usize| self.breakers.usable(provider, i, now);
         let roll = fastrand::f64();
@@ -57,7 +66,6 @@ impl AppState {
                 .or_else(|_| self.router.select_where(provider, model, roll, usable)),
             None => self.router.select_where(provider, model, roll, usable),
         }?;
-        self.breakers.begin(provider, target.key_index, now);
         Ok(target)
     }
 

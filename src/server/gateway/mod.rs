@@ -309,6 +309,7 @@ impl Gateway {
             };
             if let Some((target, _)) = &first {
                 *used_key_ref = Some(target.key_index);
+                state.breakers.begin(&form.provider, target.key_index, Instant::now());
             }
             let result = match first {
                 Some((target, Streamed::Answered(resp))) => Ok((target, resp)),

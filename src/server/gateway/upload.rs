@@ -102,7 +102,7 @@ impl FormSink for UpstreamFeed<'_> {
         if self.saw_file || !self.stream_upload {
             return Ok(());
         }
-        let target = match self.state.pick(provider, model, None) {
+        let target = match self.state.choose(provider, model, None) {
             Ok(target) => target,
             // Every key's circuit is open: the request is not streamed, and the attempt from
             // the spool reports it (so that fallbacks may answer).

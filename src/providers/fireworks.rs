@@ -18,7 +18,7 @@ use super::auth_header;
 use super::bfl::{job_status, Job};
 use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
 use super::google::json_post;
-use super::polling::{self, detail_error, Field, FollowContext, FollowState, FollowUp, Stage};
+use super::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
 use super::{BodySegment, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::EditForm;
@@ -99,13 +99,7 @@ impl ProviderAdapter for FireworksAdapter {
 
     /// Reached for error statuses only (successes are followed up).
     fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
-        if !(200..300).contains(&resp.status) {
-            return Err(detail_error(cx.provider, resp));
-        }
-        Err(GatewayError::UpstreamProtocol {
-            provider: cx.provider.to_string(),
-            detail: "the answer carries no result".into(),
-        })
+        polling::unfollowed_answer(resp, cx)
     }
 
     fn follow_up(
@@ -114,14 +108,10 @@ impl ProviderAdapter for FireworksAdapter {
         state: &mut FollowState,
         cx: &FollowContext<'_>,
     ) -> Result<FollowUp, GatewayError> {
-        if state.stage == Stage::Downloading {
-            return polling::downloaded(resp, state, cx);
-        }
-        if !(200..300).contains(&resp.status) {
-            return Ok(FollowUp::Done);
-        }
-        let body: Value =
-            serde_json::from_slice(&resp.body).map_err(|_| polling::protocol(cx, "the answer is not JSON"))?;
+        let body = match polling::follow_json(resp, state, cx)? {
+            polling::Answer::Decided(next) => return Ok(next),
+            polling::Answer::Json(v) => v,
+        };
         if state.stage == Stage::Submitted {
             let id = body
                 .get("request_id")

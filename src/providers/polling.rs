@@ -197,6 +197,45 @@ pub fn url_answer(urls: &[String], cx: &ResponseContext<'_>) -> Result<Bytes, Ga
         .map_err(|e| GatewayError::Internal(e.to_string()))
 }
 
+/// The answer of an asynchronous provider's first exchange as `convert_response` sees it:
+/// successes are followed up, so only an error status (or a success without a result) lands
+/// here.
+pub fn unfollowed_answer(resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+    if !(200..300).contains(&resp.status) {
+        return Err(detail_error(cx.provider, resp));
+    }
+    Err(GatewayError::UpstreamProtocol {
+        provider: cx.provider.to_string(),
+        detail: "the answer carries no result".into(),
+    })
+}
+
+/// Where an asynchronous adapter's `follow_up` goes after the steps they all share.
+pub enum Answer {
+    /// Decided already: a download finished, or an error status is left to `convert_response`.
+    Decided(FollowUp),
+    /// A success body, parsed: the adapter reads its status.
+    Json(Value),
+}
+
+/// The common start of `follow_up`: the answer to a result download becomes the final answer,
+/// an error status is `Done` (converted as an error), and a success body must be JSON.
+pub fn follow_json(
+    resp: &UpstreamResponse,
+    state: &mut FollowState,
+    cx: &FollowContext<'_>,
+) -> Result<Answer, GatewayError> {
+    if state.stage == Stage::Downloading {
+        return downloaded(resp, state, cx).map(Answer::Decided);
+    }
+    if !(200..300).contains(&resp.status) {
+        return Ok(Answer::Decided(FollowUp::Done));
+    }
+    serde_json::from_slice(&resp.body)
+        .map(Answer::Json)
+        .map_err(|_| protocol(cx, "the answer is not JSON"))
+}
+
 /// A 502 `upstream_protocol_error` naming the provider.
 pub fn protocol(cx: &FollowContext<'_>, detail: &str) -> GatewayError {
     GatewayError::UpstreamProtocol {

@@ -37,9 +37,9 @@ pub mod request;
 pub mod response;
 
 use super::capabilities::{Capabilities, ModelFamily, Streaming};
-use super::google::{google_error, json_post};
+use super::google::json_post;
 use super::stream::StreamContext;
-use super::vertex::{convert_predictions, imagen, is_imagen, IMAGEN_CAPABILITIES};
+use super::vertex::{convert_google_answer, google_stream_translator, imagen, is_imagen, IMAGEN_CAPABILITIES};
 use super::{auth_header, ProviderAdapter, ResponseContext, StreamTranslator, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::EditForm;
@@ -102,8 +102,7 @@ impl ProviderAdapter for GeminiAdapter {
     }
 
     fn stream_translator(&self, cx: &StreamContext) -> Option<Box<dyn StreamTranslator>> {
-        (!is_imagen(&cx.model_deployment))
-            .then(|| Box::new(GenerateContentStream::new(cx)) as Box<dyn StreamTranslator>)
+        google_stream_translator(cx)
     }
 
     /// Gemini models only: an Imagen request needs the spool (its mask is converted).
@@ -140,13 +139,7 @@ impl ProviderAdapter for GeminiAdapter {
     }
 
     fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
-        if !is_imagen(cx.model_deployment) {
-            return convert_generate_content(resp, cx);
-        }
-        if !(200..300).contains(&resp.status) {
-            return Err(google_error(cx.provider, resp));
-        }
-        convert_predictions(&resp.body, cx)
+        convert_google_answer(resp, cx)
     }
 }
 

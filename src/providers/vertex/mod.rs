@@ -126,8 +126,7 @@ impl ProviderAdapter for VertexAdapter {
     }
 
     fn stream_translator(&self, cx: &StreamContext) -> Option<Box<dyn StreamTranslator>> {
-        (!is_imagen(&cx.model_deployment))
-            .then(|| Box::new(GenerateContentStream::new(cx)) as Box<dyn StreamTranslator>)
+        google_stream_translator(cx)
     }
 
     /// Without the spool the mask cannot be converted: a form with a mask is refused (the
@@ -158,14 +157,26 @@ impl ProviderAdapter for VertexAdapter {
     }
 
     fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
-        if !is_imagen(cx.model_deployment) {
-            return convert_generate_content(resp, cx);
-        }
-        if !(200..300).contains(&resp.status) {
-            return Err(google_error(cx.provider, resp));
-        }
-        convert_predictions(&resp.body, cx)
+        convert_google_answer(resp, cx)
     }
+}
+
+/// A Google answer of either dialect, by model: Imagen `:predict` predictions, or a Gemini
+/// `generateContent` answer (both kinds `gemini` and `vertex` serve both).
+pub fn convert_google_answer(resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+    if !is_imagen(cx.model_deployment) {
+        return convert_generate_content(resp, cx);
+    }
+    if !(200..300).contains(&resp.status) {
+        return Err(google_error(cx.provider, resp));
+    }
+    convert_predictions(&resp.body, cx)
+}
+
+/// The stream translator for a Google model: Gemini models stream `generateContent` chunks;
+/// Imagen cannot stream (`None`: the gateway synthesizes the stream).
+pub fn google_stream_translator(cx: &StreamContext) -> Option<Box<dyn StreamTranslator>> {
+    (!is_imagen(&cx.model_deployment)).then(|| Box::new(GenerateContentStream::new(cx)) as Box<dyn StreamTranslator>)
 }
 
 /// Imagen's answer, borrowed from the body (the base64 is never copied into a `String`).

@@ -231,4 +231,4 @@ pub fn convert_predictions(body: &[u8], cx: &ResponseContext<'_>) -> Result<Byte
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

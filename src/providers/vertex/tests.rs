@@ -4,9 +4,9 @@ use super::*;
 use crate::config::from_yaml_str_with_env;
 use crate::form::FilePart;
 use crate::imaging::{decode_png, encode_png, solid, ImageKind};
+use crate::providers::polling::fixtures::spool_with;
 use crate::providers::BodySegment;
 use crate::route::Router;
-use crate::spool::SpoolRange;
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -29,28 +29,8 @@ fn header<'a>(req: &'a UpstreamRequest, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// A spool holding `files` one after the other, and their parts.
-fn spool_with(files: &[(&str, ImageKind, Vec<u8>)]) -> (Spool, Vec<FilePart>) {
-    let mut spool = Spool::new(1 << 20, None);
-    let mut parts = Vec::new();
-    for (field, kind, bytes) in files {
-        let start = spool.append(Bytes::from(bytes.clone())).unwrap();
-        parts.push(FilePart {
-            field: field.to_string(),
-            filename: None,
-            kind: Some(*kind),
-            declared_type: None,
-            range: SpoolRange {
-                start,
-                len: bytes.len() as u64,
-            },
-        });
-    }
-    (spool, parts)
-}
-
 /// A 4×3 unified mask whose left column is fully transparent (edit).
-fn unified_mask() -> Vec<u8> {
+pub(crate) fn unified_mask() -> Vec<u8> {
     let mut m = solid(4, 3, [0, 0, 0, 255]);
     for y in 0..3 {
         m.pixels[(y * 4 * 4 + 3) as usize] = 0;

@@ -100,11 +100,13 @@ pub enum GatewayError {
         detail: String,
     },
     /// The provider did not answer in time (504).
-    #[error("provider '{provider}' timed out: {detail}")]
+    #[error("provider '{provider}' timed out ({}): {detail}", kind.as_str())]
     UpstreamTimeout {
         /// Provider name.
         provider: String,
         /// Which wait timed out.
+        kind: TimeoutKind,
+        /// What was being waited for, and the limit.
         detail: String,
     },
     /// The provider's answer could not be read or understood (502).
@@ -131,6 +133,44 @@ pub enum GatewayError {
     /// A gateway fault (500): spool I/O and similar. The detail is logged, not sent.
     #[error("internal gateway error: {0}")]
     Internal(String),
+}
+
+/// Which limit an upstream wait passed ([`GatewayError::UpstreamTimeout`]); the `kind` label
+/// of `refract_upstream_timeouts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// Connecting (TCP and TLS): `connect_timeout_ms`.
+    Connect,
+    /// Waiting for the answer's head after the request was sent: `first_byte_timeout_ms`.
+    FirstByte,
+    /// A pause between two reads of the answer (or writes of the request): `idle_timeout_ms`.
+    Idle,
+    /// The whole attempt: `total_timeout_ms`.
+    Total,
+    /// An asynchronous provider's job did not finish: `poll_timeout_ms`.
+    Poll,
+}
+
+impl TimeoutKind {
+    /// Every kind, for metrics that list them all.
+    pub const ALL: [TimeoutKind; 5] = [
+        TimeoutKind::Connect,
+        TimeoutKind::FirstByte,
+        TimeoutKind::Idle,
+        TimeoutKind::Total,
+        TimeoutKind::Poll,
+    ];
+
+    /// The label value: `connect`, `first_byte`, `idle`, `total`, `poll`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutKind::Connect => "connect",
+            TimeoutKind::FirstByte => "first_byte",
+            TimeoutKind::Idle => "idle",
+            TimeoutKind::Total => "total",
+            TimeoutKind::Poll => "poll",
+        }
+    }
 }
 
 /// Request-level facts that appear in `extra_fields` of an error body.
@@ -366,6 +406,7 @@ mod tests {
         assert_eq!(
             GatewayError::UpstreamTimeout {
                 provider: "p".into(),
+                kind: TimeoutKind::Idle,
                 detail: "d".into()
             }
             .status(),

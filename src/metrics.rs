@@ -6,6 +6,7 @@
 //! `other`), since clients choose model names freely; `status` is an HTTP status; `reason` is
 //! an error code from [`crate::error::GatewayError::code`]. Keys never appear.
 
+use crate::error::TimeoutKind;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -30,7 +31,34 @@ pub struct Metrics {
     fallbacks: IntCounterVec,
     retries: IntCounterVec,
     circuit_open: IntGaugeVec,
+    timeouts: IntCounterVec,
+    client_disconnects: IntCounterVec,
     models: Mutex<HashSet<String>>,
+}
+
+/// When a client went away (the `phase` label of `refract_client_disconnects_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientPhase {
+    /// While sending its request body: the streamed upstream request is abandoned unfinished.
+    Upload,
+    /// After its request, while the gateway waited for the provider: the exchange is dropped.
+    Wait,
+    /// While its answer was being streamed: the provider's stream is closed.
+    Stream,
+}
+
+impl ClientPhase {
+    /// Every phase.
+    pub const ALL: [ClientPhase; 3] = [ClientPhase::Upload, ClientPhase::Wait, ClientPhase::Stream];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientPhase::Upload => "upload",
+            ClientPhase::Wait => "wait",
+            ClientPhase::Stream => "stream",
+        }
+    }
 }
 
 /// What one finished request reports.
@@ -129,6 +157,25 @@ impl Metrics {
         )?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(circuit_open.clone()))?;
+        let timeouts = IntCounterVec::new(
+            Opts::new(
+                "refract_upstream_timeouts_total",
+                "Upstream attempts that passed a timeout, by configured provider name and kind (connect, first_byte, idle, total, poll).",
+            ),
+            &["provider", "kind"],
+        )?;
+        let client_disconnects = IntCounterVec::new(
+            Opts::new(
+                "refract_client_disconnects_total",
+                "Clients that went away before their answer was complete, by phase (upload, wait, stream); the upstream work is cancelled.",
+            ),
+            &["phase"],
+        )?;
+        for phase in ClientPhase::ALL {
+            client_disconnects.with_label_values(&[phase.as_str()]);
+        }
+        registry.register(Box::new(timeouts.clone()))?;
+        registry.register(Box::new(client_disconnects.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -141,6 +188,8 @@ impl Metrics {
             fallbacks,
             retries,
             circuit_open,
+            timeouts,
+            client_disconnects,
             models: Mutex::new(HashSet::new()),
         })
     }
@@ -163,6 +212,16 @@ impl Metrics {
         self.circuit_open
             .with_label_values(&[provider, key])
             .set(i64::from(open));
+    }
+
+    /// An upstream attempt at `provider` (a configured name) passed a timeout of `kind`.
+    pub fn timeout(&self, provider: &str, kind: TimeoutKind) {
+        self.timeouts.with_label_values(&[provider, kind.as_str()]).inc();
+    }
+
+    /// A client went away in `phase`, before its answer was complete.
+    pub fn client_disconnect(&self, phase: ClientPhase) {
+        self.client_disconnects.with_label_values(&[phase.as_str()]).inc();
     }
 
     /// A request started.

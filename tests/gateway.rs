@@ -495,12 +495,13 @@ fn upstream_down_is_502() {
     assert!(!r.text().contains(PROVIDER_KEY));
 }
 
-/// An upstream that stalls past `read_timeout_ms` gives a 504, sent once, promptly.
+/// An upstream that stalls past `first_byte_timeout_ms` gives a 504 naming that timeout, sent
+/// once, promptly.
 #[test]
 fn upstream_stall_is_504() {
     let mock = MockUpstream::start();
     let mut setup = Setup::new(&mock.base_url());
-    setup.read_timeout_ms = 300;
+    setup.timeouts = "    first_byte_timeout_ms: 300\n    total_timeout_ms: 60000\n".into();
     let gw = Gateway::start(&setup);
     mock.push(Reply::Stall);
     let start = Instant::now();
@@ -508,11 +509,16 @@ fn upstream_stall_is_504() {
     let elapsed = start.elapsed();
     let v = assert_gateway_error(&r, 504, "upstream_timeout", "upstream_error", None);
     assert_eq!(v["extra_fields"]["provider"], "openai");
-    // per-read limit (300 ms), well before read + connect limits (2.3 s) would cut it off
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("(first_byte)") && message.contains("first_byte_timeout_ms (300 ms)"),
+        "{message}"
+    );
+    // the first-byte limit (300 ms), well before the total limit (60 s) would cut it off
     assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
     assert!(
         elapsed < Duration::from_millis(1500),
-        "read_timeout_ms not applied: {elapsed:?}"
+        "first_byte_timeout_ms not applied: {elapsed:?}"
     );
     assert_eq!(mock.requests().len(), 1, "a timed-out request must not be sent twice");
     gw.assert_still_serves();

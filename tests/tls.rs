@@ -273,7 +273,7 @@ fn gateway_yaml(listener: &str, ca_file: Option<&Path>, providers: &[(&str, &str
     for (name, url) in providers {
         yaml.push_str(&format!(
             "  - name: {name}\n    kind: openai\n    base_url: {url}\n    connect_timeout_ms: 2000\n    \
-             read_timeout_ms: 10000\n    keys:\n      - {{name: primary, value: {PROVIDER_KEY}}}\n"
+             first_byte_timeout_ms: 10000\n    keys:\n      - {{name: primary, value: {PROVIDER_KEY}}}\n"
         ));
     }
     yaml

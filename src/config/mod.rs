@@ -369,14 +369,42 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     /// Where requests are sent.
     pub base_url: BaseUrl,
-    /// Limit for establishing a connection (TCP and TLS).
-    pub connect_timeout: Duration,
-    /// Limit for each read from the provider.
-    pub read_timeout: Duration,
+    /// How long each wait on the provider may take.
+    pub timeouts: Timeouts,
     /// Upstream API keys; never empty, names unique.
     pub keys: Vec<ProviderKey>,
     /// Settings only some kinds use.
     pub options: ProviderOptions,
+}
+
+/// How long each wait on a provider may take; each passed limit fails the attempt with a 504
+/// `upstream_timeout` naming the kind of timeout (and counts in `refract_upstream_timeouts_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing a connection, TCP and TLS (`connect_timeout_ms`, default 5 s).
+    pub connect: Duration,
+    /// From the request's last byte sent to the answer's head (`first_byte_timeout_ms`,
+    /// default 180 s: image models answer only when the image is done).
+    pub first_byte: Duration,
+    /// The longest pause between two reads of the answer after its head (for a stream: between
+    /// events or keep-alive bytes) and between two writes of the request body
+    /// (`idle_timeout_ms`, default 60 s).
+    pub idle: Duration,
+    /// One attempt from its connection to the answer's last byte, streams included
+    /// (`total_timeout_ms`, default 600 s). For an upload streamed upstream while the client
+    /// sends it, the clock starts when the upload is complete.
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(180),
+            idle: Duration::from_secs(60),
+            total: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Provider settings that only some kinds use (the config check rejects them elsewhere).
@@ -702,8 +730,8 @@ providers:
         assert_eq!((p.name.as_str(), p.kind), ("openai", ProviderKind::OpenAi));
         assert_eq!(p.base_url.path, "/v1");
         assert_eq!(p.base_url.to_string(), "https://api.openai.com/v1");
-        assert_eq!(p.connect_timeout, Duration::from_millis(5000));
-        assert_eq!(p.read_timeout, Duration::from_millis(120_000));
+        assert_eq!(p.timeouts, Timeouts::default());
+        assert_eq!(p.timeouts.connect, Duration::from_millis(5000));
         let k = &p.keys[0];
         assert_eq!(
             (k.name.as_str(), k.secret().unwrap(), k.weight),
@@ -802,7 +830,9 @@ providers:
             "kind:",
             "base_url:",
             "connect_timeout_ms:",
-            "read_timeout_ms:",
+            "first_byte_timeout_ms:",
+            "idle_timeout_ms:",
+            "total_timeout_ms:",
             "keys:",
             "value:",
             "weight:",

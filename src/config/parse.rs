@@ -398,9 +398,19 @@ mod tests {
             "between 1 and 600000",
         );
         one_problem(
-            &format!("{PROVIDER}    read_timeout_ms: 3600001\n"),
-            "providers[0].read_timeout_ms",
+            &format!("{PROVIDER}    first_byte_timeout_ms: 3600001\n"),
+            "providers[0].first_byte_timeout_ms",
             "between 1 and 3600000",
+        );
+        one_problem(
+            &format!("{PROVIDER}    total_timeout_ms: 0\n"),
+            "providers[0].total_timeout_ms",
+            "between 1 and 21600000",
+        );
+        one_problem(
+            &format!("{PROVIDER}    read_timeout_ms: 3000\n"),
+            "providers[0].read_timeout_ms",
+            "unknown key 'read_timeout_ms'",
         );
         one_problem(
             &format!("{PROVIDER}        weight: 0\n"),
@@ -721,7 +731,9 @@ providers:
     kind: openai
     base_url: http://10.0.0.1:8000/
     connect_timeout_ms: 1
-    read_timeout_ms: 2
+    first_byte_timeout_ms: 2
+    idle_timeout_ms: 3
+    total_timeout_ms: 4
     keys:
       - {name: first, value: env.KEY_A}
       - {name: second, value: v2, weight: 3, models: [gpt-image-1]}
@@ -751,7 +763,11 @@ providers:
         let p = &c.providers[0];
         assert_eq!(p.base_url.authority(), "10.0.0.1:8000");
         assert_eq!(p.base_url.path, "");
-        assert_eq!((p.connect_timeout.as_millis(), p.read_timeout.as_millis()), (1, 2));
+        let t = &p.timeouts;
+        assert_eq!(
+            [t.connect, t.first_byte, t.idle, t.total].map(|d| d.as_millis()),
+            [1, 2, 3, 4]
+        );
         assert_eq!(p.keys.len(), 2);
         let k = &p.keys[1];
         assert_eq!((k.name.as_str(), k.secret().unwrap(), k.weight), ("second", "v2", 3.0));

@@ -12,7 +12,7 @@ use super::parse::Env;
 use super::url::parse_base_url;
 use super::{
     AwsCredentials, CircuitBreaker, Credential, KeyAuth, ModelRules, ProviderConfig, ProviderKey, ProviderKind,
-    ProviderOptions, ServiceAccountKey, VirtualKeyConfig,
+    ProviderOptions, ServiceAccountKey, Timeouts, VirtualKeyConfig,
 };
 use base64::Engine;
 use std::sync::Arc;
@@ -90,8 +90,7 @@ fn provider(mut f: Fields<'_>, env: Env<'_>) -> Option<ProviderConfig> {
         },
         (None, None) => None,
     };
-    let connect_ms = f.opt_u64("connect_timeout_ms", 5000, 1..=600_000);
-    let read_ms = f.opt_u64("read_timeout_ms", 120_000, 1..=3_600_000);
+    let timeouts = timeouts(&mut f);
     let problems = f.problems();
     let items = f.req_list("keys").unwrap_or_default();
     let key_names: Vec<(String, String)> = items
@@ -109,10 +108,25 @@ fn provider(mut f: Fields<'_>, env: Env<'_>) -> Option<ProviderConfig> {
         name: name?.to_string(),
         kind: kind?,
         base_url: base_url?,
-        connect_timeout: Duration::from_millis(connect_ms),
-        read_timeout: Duration::from_millis(read_ms),
+        timeouts,
         keys,
     })
+}
+
+/// The four upstream timeouts (`connect_timeout_ms`, `first_byte_timeout_ms`, `idle_timeout_ms`,
+/// `total_timeout_ms`), each defaulting to [`Timeouts::default`].
+fn timeouts(f: &mut Fields<'_>) -> Timeouts {
+    let d = Timeouts::default();
+    let ms = |f: &mut Fields<'_>, key: &'static str, default: Duration, max: u64| {
+        let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(f.opt_u64(key, default, 1..=max))
+    };
+    Timeouts {
+        connect: ms(f, "connect_timeout_ms", d.connect, 600_000),
+        first_byte: ms(f, "first_byte_timeout_ms", d.first_byte, 3_600_000),
+        idle: ms(f, "idle_timeout_ms", d.idle, 3_600_000),
+        total: ms(f, "total_timeout_ms", d.total, 21_600_000),
+    }
 }
 
 /// The provider's URL when `base_url` is not given (`None`: it is required for this kind).

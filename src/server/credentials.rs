@@ -182,7 +182,13 @@ async fn fetch(connector: &Connector, target: &Target, key: &ServiceAccountKey) 
     };
     let mut provider = (*target.provider).clone();
     provider.base_url = base_url;
-    provider.read_timeout = provider.read_timeout.min(TOKEN_READ_TIMEOUT);
+    for limit in [
+        &mut provider.timeouts.first_byte,
+        &mut provider.timeouts.idle,
+        &mut provider.timeouts.total,
+    ] {
+        *limit = (*limit).min(TOKEN_READ_TIMEOUT);
+    }
     let token_target = Target {
         provider: Arc::new(provider),
         key_index: target.key_index,

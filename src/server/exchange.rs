@@ -8,7 +8,7 @@
 //! answers early (401, 413) while the body is still being sent is read as that answer.
 
 use crate::codec::base64::Base64Stream;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, TimeoutKind};
 use crate::providers::{BodySegment, UpstreamRequest, UpstreamResponse};
 use crate::route::Target;
 use crate::spool::Spool;
@@ -75,38 +75,80 @@ async fn resolve(target: &Target) -> Result<SocketAddr, GatewayError> {
 fn peer_for(target: &Target, addr: SocketAddr) -> HttpPeer {
     let p = &target.provider;
     let mut peer = HttpPeer::new(addr, p.base_url.https, p.base_url.host.clone());
-    peer.options.connection_timeout = Some(p.connect_timeout);
-    peer.options.total_connection_timeout = Some(p.connect_timeout);
-    peer.options.read_timeout = Some(p.read_timeout);
-    peer.options.write_timeout = Some(p.read_timeout);
+    peer.options.connection_timeout = Some(p.timeouts.connect);
+    peer.options.total_connection_timeout = Some(p.timeouts.connect);
+    peer.options.read_timeout = Some(p.timeouts.first_byte);
+    peer.options.write_timeout = Some(p.timeouts.idle);
     peer.options.idle_timeout = Some(POOL_IDLE);
     peer
 }
 
-/// Maps a Pingora error to the gateway's, naming the provider and never a key.
-fn upstream_error(provider: &str, stage: &str, e: &Error) -> GatewayError {
-    let detail = format!("{stage}: {}", e.etype().as_str());
-    match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            GatewayError::UpstreamTimeout {
-                provider: provider.to_string(),
-                detail,
-            }
+/// What an exchange was doing when it failed: decides which timeout a timed-out wait passed.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Connecting (TCP, TLS).
+    Connect,
+    /// Building or sending the request.
+    Send,
+    /// Waiting for the answer's head.
+    Head,
+    /// Reading the answer's body.
+    Body,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Send => "send",
+            Stage::Head => "read head",
+            Stage::Body => "read body",
         }
-        ErrorType::ConnectRefused
-        | ErrorType::ConnectNoRoute
-        | ErrorType::ConnectError
-        | ErrorType::TLSHandshakeFailure
-        | ErrorType::TLSHandshakeTimedout
-        | ErrorType::InvalidCert
-        | ErrorType::HandshakeError => GatewayError::UpstreamConnect {
-            provider: provider.to_string(),
-            detail,
-        },
-        _ => GatewayError::UpstreamProtocol {
-            provider: provider.to_string(),
-            detail,
-        },
+    }
+}
+
+/// Maps a Pingora error to the gateway's, naming the provider and never a key.
+fn upstream_error(target: &Target, stage: Stage, e: &Error) -> GatewayError {
+    let provider = target.provider.name.clone();
+    let detail = format!("{}: {}", stage.as_str(), e.etype().as_str());
+    let timeouts = &target.provider.timeouts;
+    let timed_out = |kind: TimeoutKind, what: &str, key: &str, limit: Duration| GatewayError::UpstreamTimeout {
+        provider: provider.clone(),
+        kind,
+        detail: format!("{what} within {key} ({} ms)", limit.as_millis()),
+    };
+    match (e.etype(), stage) {
+        (ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout, _) => timed_out(
+            TimeoutKind::Connect,
+            "no connection",
+            "connect_timeout_ms",
+            timeouts.connect,
+        ),
+        (ErrorType::ReadTimedout, Stage::Head) => timed_out(
+            TimeoutKind::FirstByte,
+            "no answer head",
+            "first_byte_timeout_ms",
+            timeouts.first_byte,
+        ),
+        (ErrorType::ReadTimedout, Stage::Body) => {
+            timed_out(TimeoutKind::Idle, "no answer bytes", "idle_timeout_ms", timeouts.idle)
+        }
+        (ErrorType::ReadTimedout | ErrorType::WriteTimedout, _) => timed_out(
+            TimeoutKind::Idle,
+            "the request body could not be sent",
+            "idle_timeout_ms",
+            timeouts.idle,
+        ),
+        (
+            ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError,
+            _,
+        ) => GatewayError::UpstreamConnect { provider, detail },
+        _ => GatewayError::UpstreamProtocol { provider, detail },
     }
 }
 
@@ -120,11 +162,11 @@ enum AttemptError {
 /// A pooled or new connection to `peer`, with the peer's per-read and per-write timeouts set
 /// on it (the connector leaves that to Pingora's proxy loop, which refract does not use).
 /// Returns whether the connection was reused from the pool.
-async fn connect(connector: &Connector, peer: &HttpPeer, provider: &str) -> Result<(HttpSession, bool), GatewayError> {
+async fn connect(connector: &Connector, peer: &HttpPeer, target: &Target) -> Result<(HttpSession, bool), GatewayError> {
     let (mut session, reused) = connector
         .get_http_session(peer)
         .await
-        .map_err(|e| upstream_error(provider, "connect", &e))?;
+        .map_err(|e| upstream_error(target, Stage::Connect, &e))?;
     session.set_read_timeout(peer.options.read_timeout);
     session.set_write_timeout(peer.options.write_timeout);
     Ok((session, reused))
@@ -139,21 +181,20 @@ async fn release(connector: &Connector, mut session: HttpSession, peer: &HttpPee
     }
 }
 
-/// The longest an exchange may take to produce its complete answer (connect plus read
-/// timeout), on top of the per-read and per-write limits.
-fn answer_deadline(target: &Target) -> Duration {
-    target.provider.read_timeout + target.provider.connect_timeout
-}
-
-/// The error for an exchange that passed [`answer_deadline`].
+/// The error for an exchange that passed its provider's `total_timeout_ms`.
 fn deadline_passed(target: &Target) -> GatewayError {
     GatewayError::UpstreamTimeout {
         provider: target.provider.name.clone(),
-        detail: format!("no complete answer within {} ms", answer_deadline(target).as_millis()),
+        kind: TimeoutKind::Total,
+        detail: format!(
+            "no complete answer within total_timeout_ms ({} ms)",
+            target.provider.timeouts.total.as_millis()
+        ),
     }
 }
 
-/// Sends `req` to `target` and reads the complete answer, within [`answer_deadline`].
+/// Sends `req` to `target` and reads the complete answer, within the provider's total timeout
+/// (each wait also within its connect, first-byte or idle timeout).
 pub async fn exchange(
     connector: &Connector,
     target: &Target,
@@ -162,7 +203,7 @@ pub async fn exchange(
     sink: &mut dyn AnswerSink,
 ) -> Result<UpstreamResponse, GatewayError> {
     tokio::time::timeout(
-        answer_deadline(target),
+        target.provider.timeouts.total,
         exchange_untimed(connector, target, req, spool, sink),
     )
     .await
@@ -182,7 +223,7 @@ async fn exchange_untimed(
     let mut tries = 0;
     loop {
         tries += 1;
-        let (mut session, reused) = connect(connector, &peer, provider).await?;
+        let (mut session, reused) = connect(connector, &peer, target).await?;
         match attempt(&mut session, target, req, spool, sink).await {
             Ok(resp) => {
                 release(connector, session, &peer).await;
@@ -207,12 +248,10 @@ async fn attempt(
     spool: &Spool,
     sink: &mut dyn AnswerSink,
 ) -> Result<UpstreamResponse, AttemptError> {
-    let provider = target.provider.name.as_str();
-    let before = |stage: &str, e: &Error| AttemptError::BeforeAnswer(upstream_error(provider, stage, e));
-    let mut head =
-        RequestHeader::build(req.method.clone(), req.path.as_bytes(), None).map_err(|e| before("request head", &e))?;
+    let before = |e: &Error| AttemptError::BeforeAnswer(upstream_error(target, Stage::Send, e));
+    let mut head = RequestHeader::build(req.method.clone(), req.path.as_bytes(), None).map_err(|e| before(&e))?;
     let set = |head: &mut RequestHeader, name: http::HeaderName, value: String| {
-        head.insert_header(name, value).map_err(|e| before("request head", &e))
+        head.insert_header(name, value).map_err(|e| before(&e))
     };
     set(&mut head, http::header::HOST, target.provider.base_url.authority())?;
     set(
@@ -226,33 +265,33 @@ async fn attempt(
     session
         .write_request_header(Box::new(head))
         .await
-        .map_err(|e| before("send head", &e))?;
-    if let Err(send_err) = send_body(session, provider, req, spool).await {
+        .map_err(|e| before(&e))?;
+    if let Err(send_err) = send_body(session, target, req, spool).await {
         // The provider may have answered early and closed: read that answer if there is one.
-        return match read_head(session, provider).await {
-            Ok(status) => read_body(session, provider, status, sink)
+        return match read_head(session, target).await {
+            Ok(status) => read_body(session, target, status, sink)
                 .await
                 .map_err(AttemptError::AfterAnswer),
             Err(_) => Err(send_err),
         };
     }
-    let status = read_head(session, provider).await.map_err(|e| match e {
+    let status = read_head(session, target).await.map_err(|e| match e {
         // A timeout means the provider may be working on it: never send it twice.
         GatewayError::UpstreamTimeout { .. } => AttemptError::AfterAnswer(e),
         other => AttemptError::BeforeAnswer(other),
     })?;
-    read_body(session, provider, status, sink)
+    read_body(session, target, status, sink)
         .await
         .map_err(AttemptError::AfterAnswer)
 }
 
 async fn send_body(
     session: &mut HttpSession,
-    provider: &str,
+    target: &Target,
     req: &UpstreamRequest,
     spool: &Spool,
 ) -> Result<(), AttemptError> {
-    let send_err = |e: &Error| AttemptError::BeforeAnswer(upstream_error(provider, "send body", e));
+    let send_err = |e: &Error| AttemptError::BeforeAnswer(upstream_error(target, Stage::Send, e));
     for segment in &req.body {
         match segment {
             BodySegment::Bytes(b) => session
@@ -298,26 +337,31 @@ async fn send_body(
     session.finish_request_body().await.map_err(|e| send_err(&e))
 }
 
-/// Reads the answer's head, skipping informational (1xx) heads; returns the status.
-async fn read_head(session: &mut HttpSession, provider: &str) -> Result<u16, GatewayError> {
+/// Reads the answer's head (each read within `first_byte_timeout_ms`), skipping informational
+/// (1xx) heads; returns the status.
+async fn read_head(session: &mut HttpSession, target: &Target) -> Result<u16, GatewayError> {
+    session.set_read_timeout(Some(target.provider.timeouts.first_byte));
     loop {
         match session.response_header().map(|h| h.status.as_u16()) {
             Some(s) if s >= 200 => return Ok(s),
             _ => session
                 .read_response_header()
                 .await
-                .map_err(|e| upstream_error(provider, "read head", &e))?,
+                .map_err(|e| upstream_error(target, Stage::Head, &e))?,
         }
     }
 }
 
-/// Reads the body of an answer whose head has arrived: whole, or into `sink` chunk by chunk.
+/// Reads the body of an answer whose head has arrived (each read within `idle_timeout_ms`):
+/// whole, or into `sink` chunk by chunk.
 async fn read_body(
     session: &mut HttpSession,
-    provider: &str,
+    target: &Target,
     status: u16,
     sink: &mut dyn AnswerSink,
 ) -> Result<UpstreamResponse, GatewayError> {
+    session.set_read_timeout(Some(target.provider.timeouts.idle));
+    let provider = target.provider.name.as_str();
     let content_type = session
         .response_header()
         .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
@@ -332,7 +376,7 @@ async fn read_body(
         while let Some(chunk) = session
             .read_response_body()
             .await
-            .map_err(|e| upstream_error(provider, "read body", &e))?
+            .map_err(|e| upstream_error(target, Stage::Body, &e))?
         {
             if !chunk.is_empty() {
                 sink.chunk(chunk).await?;
@@ -357,7 +401,7 @@ async fn read_body(
     while let Some(chunk) = session
         .read_response_body()
         .await
-        .map_err(|e| upstream_error(provider, "read body", &e))?
+        .map_err(|e| upstream_error(target, Stage::Body, &e))?
     {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(GatewayError::UpstreamProtocol {
@@ -408,13 +452,12 @@ pub async fn exchange_streamed(
     mut pieces: tokio::sync::mpsc::Receiver<Piece>,
     sink: &mut dyn AnswerSink,
 ) -> Streamed {
-    let provider = target.provider.name.as_str();
     let addr = match resolve(target).await {
         Ok(a) => a,
         Err(e) => return Streamed::Failed(e),
     };
     let peer = peer_for(target, addr);
-    let (mut session, reused) = match connect(connector, &peer, provider).await {
+    let (mut session, reused) = match connect(connector, &peer, target).await {
         Ok(s) => s,
         Err(e) => return Streamed::Failed(e),
     };
@@ -428,7 +471,7 @@ pub async fn exchange_streamed(
     };
     let mut req = match RequestHeader::build(head.method.clone(), head.path.as_bytes(), None) {
         Ok(r) => r,
-        Err(e) => return Streamed::Failed(upstream_error(provider, "request head", &e)),
+        Err(e) => return Streamed::Failed(upstream_error(target, Stage::Send, &e)),
     };
     let mut headers_ok = req
         .insert_header(http::header::HOST, target.provider.base_url.authority())
@@ -442,7 +485,7 @@ pub async fn exchange_streamed(
     }
     if let Err(e) = session.write_request_header(Box::new(req)).await {
         session.shutdown().await;
-        return Streamed::NotSent(upstream_error(provider, "send head", &e));
+        return Streamed::NotSent(upstream_error(target, Stage::Send, &e));
     }
     let mut complete = false;
     while let Some(piece) = pieces.recv().await {
@@ -456,15 +499,15 @@ pub async fn exchange_streamed(
         if let Err(e) = written {
             // An early answer (401, 413…) shows up as a failed write: read it if it is there.
             drop(pieces);
-            let answered = match read_head(&mut session, provider).await {
-                Ok(status) => read_body(&mut session, provider, status, sink).await.ok(),
+            let answered = match read_head(&mut session, target).await {
+                Ok(status) => read_body(&mut session, target, status, sink).await.ok(),
                 Err(_) => None,
             };
             session.shutdown().await;
             return match answered {
                 Some(resp) => Streamed::Answered(resp),
                 // The body never reached its end upstream, so the provider did not act on it.
-                None => Streamed::NotSent(upstream_error(provider, "send body", &e)),
+                None => Streamed::NotSent(upstream_error(target, Stage::Send, &e)),
             };
         }
         if complete {
@@ -476,12 +519,12 @@ pub async fn exchange_streamed(
         session.shutdown().await;
         return Streamed::NotSent(GatewayError::Internal("request abandoned before its end".into()));
     }
-    let answer = tokio::time::timeout(answer_deadline(target), async {
-        let status = read_head(&mut session, provider).await.map_err(|e| match e {
+    let answer = tokio::time::timeout(target.provider.timeouts.total, async {
+        let status = read_head(&mut session, target).await.map_err(|e| match e {
             GatewayError::UpstreamTimeout { .. } => Streamed::Failed(e),
             other => not_sent(other),
         })?;
-        read_body(&mut session, provider, status, sink)
+        read_body(&mut session, target, status, sink)
             .await
             .map_err(Streamed::Failed)
     })

@@ -69,12 +69,16 @@ impl AppState {
         Ok(target)
     }
 
-    /// Tells the breaker of key `key` of `provider` how an attempt with it ended (`result`,
-    /// after the provider's answer was converted), and updates the circuit gauge.
+    /// Runs after every attempt that picked a key: tells the breaker of key `key` of `provider`
+    /// how the attempt ended (`result`, after the provider's answer was converted), updates the
+    /// circuit gauge, and counts a timeout by its kind.
     pub fn record(&self, provider: &str, key: usize, result: Result<(), &GatewayError>) {
         let Ok(p) = self.router.provider(provider) else {
             return;
         };
+        if let Err(GatewayError::UpstreamTimeout { kind, .. }) = result {
+            self.metrics.timeout(&p.name, *kind);
+        }
         let Some(settings) = &p.options.circuit_breaker else {
             return;
         };

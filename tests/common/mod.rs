@@ -86,8 +86,8 @@ pub struct Setup {
     pub limits: String,
     /// `spool.memory_bytes`.
     pub spool_memory_bytes: usize,
-    /// `read_timeout_ms` of the providers.
-    pub read_timeout_ms: u64,
+    /// Timeout lines of the `openai` and `other` providers (each `    key: value\n`).
+    pub timeouts: String,
     /// `auth.allow_anonymous`.
     pub allow_anonymous: bool,
     /// Start the built-in simulator and add a provider `demo` pointing at it.
@@ -107,7 +107,7 @@ impl Setup {
             upstream: upstream.to_string(),
             limits: String::new(),
             spool_memory_bytes: 65_536,
-            read_timeout_ms: 10_000,
+            timeouts: "    first_byte_timeout_ms: 10000\n    idle_timeout_ms: 10000\n".into(),
             allow_anonymous: false,
             simulator: false,
             simulator_settings: String::new(),
@@ -148,15 +148,13 @@ auth:
     kind: openai
     base_url: {up}
     connect_timeout_ms: 2000
-    read_timeout_ms: {rt}
-    keys:
+{rt}    keys:
       - name: primary
         value: {PROVIDER_KEY}
   - name: other
     kind: openai
     base_url: {up}
-    read_timeout_ms: {rt}
-    keys:
+{rt}    keys:
       - name: main
         value: {OTHER_PROVIDER_KEY}
 {sim_provider}{extra}virtual_keys:
@@ -173,7 +171,7 @@ auth:
             anon = self.allow_anonymous,
             spool = self.spool_memory_bytes,
             up = self.upstream,
-            rt = self.read_timeout_ms,
+            rt = self.timeouts,
             extra = self
                 .extra_providers
                 .replace("{sim}", &sim.map(|a| a.to_string()).unwrap_or_default()),

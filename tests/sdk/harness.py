@@ -331,7 +331,7 @@ providers:
   - name: mock
     kind: openai
     base_url: http://127.0.0.1:{self.mock.port}/v1
-    read_timeout_ms: 10000
+    first_byte_timeout_ms: 10000
     keys:
       - name: mockkey
         value: {MOCK_PROVIDER_KEY}

@@ -4,12 +4,14 @@
 use super::super::exchange::AnswerSink;
 use super::upload::drain_epilogue;
 use crate::error::GatewayError;
+use crate::metrics::{ClientPhase, Metrics};
 use crate::providers::stream::{StreamContext, StreamPipeline};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 /// Converted stream chunks buffered for a slow client (each holds at most the events completed
@@ -110,13 +112,32 @@ pub(super) struct Written {
 /// event (so a failure before any event is still an ordinary HTTP error), then each chunk as it
 /// comes; a slow client slows the provider down through the bounded channel. Ends when the
 /// channel closes, or when the client goes away (dropping the receiver cancels the upstream).
+/// Until something is sent it also watches the client, and ends with `client_gone` (and
+/// nothing sent) as soon as the client closes its connection or stream.
 pub(super) async fn write_event_stream(
     session: &mut Session,
     down: &mut tokio::sync::mpsc::Receiver<Down>,
     request_id: &str,
 ) -> Written {
     let mut sent: Option<u64> = None;
-    while let Some(item) = down.recv().await {
+    loop {
+        let item = if sent.is_none() {
+            tokio::select! {
+                item = down.recv() => item,
+                () = client_left(session) => {
+                    log::debug!("request {request_id}: client gone while waiting for the provider");
+                    down.close();
+                    return Written {
+                        sent: None,
+                        client_gone: true,
+                        broken: false,
+                    };
+                }
+            }
+        } else {
+            down.recv().await
+        };
+        let Some(item) = item else { break };
         let bytes = match item {
             Down::Bytes(bytes) => bytes,
             Down::Abort => {
@@ -166,6 +187,59 @@ pub(super) async fn write_event_stream(
         client_gone: false,
         broken: false,
     }
+}
+
+/// Resolves when the client has closed its connection (HTTP/1.1: FIN or reset after its
+/// request) or reset its stream (h2); pending otherwise, for as long as it stays. Reads only
+/// what is left of the request body (the multipart epilogue), never a next request.
+async fn client_left(session: &mut Session) {
+    if !session.is_body_done() {
+        drain_epilogue(session).await;
+    }
+    if !session.is_body_done() {
+        // The epilogue was too long to drain: the answer will close the connection anyway.
+        return std::future::pending().await;
+    }
+    match session.as_downstream_mut().read_body_or_idle(true).await {
+        Err(e)
+            if matches!(
+                e.etype(),
+                pingora::ErrorType::ConnectionClosed | pingora::ErrorType::ReadError | pingora::ErrorType::H2Error
+            ) => {}
+        // Anything else (bytes of a pipelined request): the client is still there.
+        _ => std::future::pending().await,
+    }
+}
+
+/// Runs an attempt's upstream side and its downstream writer ([`write_event_stream`]) to their
+/// ends. A client that leaves before anything was sent ends the attempt at once: the upstream
+/// side is dropped (its connection closed, never pooled) and the result is `ClientClosed`.
+/// Every departure is counted in `refract_client_disconnects_total` (`wait` or `stream`).
+pub(super) async fn run_with_writer<T>(
+    metrics: &Metrics,
+    upstream: impl Future<Output = std::result::Result<T, GatewayError>>,
+    writer: impl Future<Output = Written>,
+) -> (std::result::Result<T, GatewayError>, Written) {
+    tokio::pin!(upstream);
+    tokio::pin!(writer);
+    let (result, written) = tokio::select! {
+        biased;
+        result = &mut upstream => (result, writer.await),
+        written = &mut writer => {
+            if written.client_gone && written.sent.is_none() {
+                (Err(GatewayError::ClientClosed), written)
+            } else {
+                (upstream.await, written)
+            }
+        }
+    };
+    if written.client_gone {
+        metrics.client_disconnect(match written.sent {
+            Some(_) => ClientPhase::Stream,
+            None => ClientPhase::Wait,
+        });
+    }
+    (result, written)
 }
 
 /// The head of an event stream.

@@ -21,7 +21,7 @@
 //! ones included). When every candidate fails, the primary's error is returned (its status and
 //! body) with `extra_fields.fallback_errors: [{provider, model, status, type, message}]`.
 
-use super::answer::{write_event_stream, StreamSink, EVENTS_AHEAD};
+use super::answer::{run_with_writer, write_event_stream, StreamSink, EVENTS_AHEAD};
 use super::{streamed_reply, Gateway, Reply, RequestCtx};
 use crate::auth::Identity;
 use crate::error::GatewayError;
@@ -333,7 +333,7 @@ async fn attempt_once(
         result
     };
     let writer = write_event_stream(session, &mut down_rx, &ctx.request_id);
-    let (result, written): (Result<_, GatewayError>, _) = tokio::join!(upstream, writer);
+    let (result, written): (Result<_, GatewayError>, _) = run_with_writer(&state.metrics, upstream, writer).await;
     if let Some(reply) = streamed_reply(ctx, result.as_ref().err(), &written) {
         ctx.provider = Some(form.provider.clone());
         ctx.model = Some(form.model.clone());

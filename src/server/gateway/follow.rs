@@ -81,6 +81,7 @@ async fn follow(
     let deadline = Instant::now() + provider.options.poll_timeout;
     let timeout = || GatewayError::UpstreamTimeout {
         provider: provider.name.clone(),
+        kind: crate::error::TimeoutKind::Poll,
         detail: format!(
             "the job did not finish within poll_timeout_ms ({} ms)",
             provider.options.poll_timeout.as_millis()

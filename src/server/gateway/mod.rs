@@ -15,7 +15,7 @@ use super::exchange::{exchange, exchange_streamed, Piece, Streamed};
 use super::AppState;
 use crate::error::{ErrorContext, GatewayError};
 use crate::form::parse_edit_form;
-use crate::metrics::RequestRecord;
+use crate::metrics::{ClientPhase, RequestRecord};
 use crate::providers::stream::{synthesize_stream, Framing, StreamContext};
 use crate::providers::UpstreamRequest;
 use crate::providers::{adapter_for, capabilities, ResponseContext};
@@ -37,7 +37,7 @@ pub use fallback::retry_reason;
 mod follow;
 mod upload;
 
-use answer::{write_event_stream, write_stream_head, Down, StreamSink, EVENTS_AHEAD};
+use answer::{run_with_writer, write_event_stream, write_stream_head, Down, StreamSink, EVENTS_AHEAD};
 use upload::{drain_epilogue, SessionBody, UpstreamFeed, CLIENT_READ_TIMEOUT, STREAM_AHEAD, STREAM_MIN_BYTES};
 
 /// Per-request state, read by `logging`.
@@ -204,6 +204,7 @@ impl Gateway {
         let mut source = SessionBody {
             session: &mut *session,
             bytes: &mut ctx.request_bytes,
+            client_gone: false,
         };
         let upload = async {
             let mut feed = UpstreamFeed {
@@ -281,6 +282,9 @@ impl Gateway {
             }
         };
         drop(upload);
+        if source.client_gone {
+            state.metrics.client_disconnect(ClientPhase::Upload);
+        }
         let form = match parsed {
             Ok(form) => form,
             Err(e) => {
@@ -348,7 +352,7 @@ impl Gateway {
             result
         };
         let writer = write_event_stream(session, &mut down_rx, &request_id);
-        let (result, written) = tokio::join!(upstream, writer);
+        let (result, written) = run_with_writer(&state.metrics, upstream, writer).await;
         ctx.upstream = Some(upstream_start.elapsed());
         if let Some(reply) = streamed_reply(ctx, result.as_ref().err(), &written) {
             if let Some(key) = used_key {

@@ -30,6 +30,9 @@ pub(super) const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) struct SessionBody<'a> {
     pub(super) session: &'a mut Session,
     pub(super) bytes: &'a mut u64,
+    /// Set when a read failed because the client closed or reset its connection (or stream)
+    /// mid-upload; a read timeout (a client that stalls) does not set it.
+    pub(super) client_gone: bool,
 }
 
 #[async_trait]
@@ -41,7 +44,13 @@ impl BodySource for SessionBody<'_> {
                 Ok(Some(b))
             }
             Ok(None) => Ok(None),
-            Err(e) => Err(std::io::Error::other(e.etype().as_str())),
+            Err(e) => {
+                self.client_gone |= matches!(
+                    e.etype(),
+                    pingora::ErrorType::ConnectionClosed | pingora::ErrorType::ReadError | pingora::ErrorType::H2Error
+                );
+                Err(std::io::Error::other(e.etype().as_str()))
+            }
         }
     }
 }

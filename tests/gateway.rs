@@ -501,7 +501,7 @@ fn upstream_down_is_502() {
 fn upstream_stall_is_504() {
     let mock = MockUpstream::start();
     let mut setup = Setup::new(&mock.base_url());
-    setup.timeouts = "    first_byte_timeout_ms: 300\n    total_timeout_ms: 60000\n".into();
+    setup.provider_settings = "    first_byte_timeout_ms: 300\n    total_timeout_ms: 60000\n".into();
     let gw = Gateway::start(&setup);
     mock.push(Reply::Stall);
     let start = Instant::now();

@@ -466,6 +466,9 @@ pub struct ModelRules {
     pub formats: Option<Vec<String>>,
     /// Replicate: the model's input key for images (`image_key`), e.g. `input_image`.
     pub image_key: Option<String>,
+    /// The fallback chain of the matching models (`fallbacks`, `provider/model` entries), used
+    /// when a request names no `fallbacks` of its own.
+    pub fallbacks: Vec<crate::form::Fallback>,
 }
 
 impl ModelRules {

@@ -14,6 +14,7 @@ use super::{
     AwsCredentials, CircuitBreaker, Credential, KeyAuth, ModelRules, ProviderConfig, ProviderKey, ProviderKind,
     ProviderOptions, ServiceAccountKey, Timeouts, VirtualKeyConfig,
 };
+use crate::form::Fallback;
 use base64::Engine;
 use std::sync::Arc;
 
@@ -48,14 +49,16 @@ pub(super) fn providers(top: &mut Fields<'_>, env: Env<'_>) -> (Vec<ProviderConf
         .filter_map(|(path, v)| Some((path.clone(), v.get("name")?.as_str()?.to_string())))
         .collect();
     check_unique(problems, "provider name", "name", &names);
+    let names: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
     let built = items
         .into_iter()
-        .filter_map(|(path, value)| provider(Fields::new(value, path, problems), env))
+        .filter_map(|(path, value)| provider(Fields::new(value, path, problems), env, &names))
         .collect();
-    (built, Some(names.into_iter().map(|(_, n)| n).collect()))
+    (built, Some(names))
 }
 
-fn provider(mut f: Fields<'_>, env: Env<'_>) -> Option<ProviderConfig> {
+/// One provider entry; `names` are every provider's names, for references to them.
+fn provider(mut f: Fields<'_>, env: Env<'_>, names: &[String]) -> Option<ProviderConfig> {
     let name = f.req_str("name");
     if let Some(name) = name {
         let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
@@ -78,7 +81,7 @@ fn provider(mut f: Fields<'_>, env: Env<'_>) -> Option<ProviderConfig> {
         }
         kind
     });
-    let options = options(&mut f, kind);
+    let options = options(&mut f, kind, names);
     let base_url = match (f.opt_str("base_url"), kind) {
         (Some(text), _) => parse_base_url(text).map_err(|e| f.report("base_url", e)).ok(),
         (None, Some(kind)) => match default_base_url(kind, &options) {
@@ -156,7 +159,7 @@ fn default_base_url(kind: ProviderKind, options: &ProviderOptions) -> Option<Str
 const MAX_RETRIES: u64 = 5;
 
 /// The kind-specific settings; each is refused on kinds that do not use it.
-fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> ProviderOptions {
+fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>, names: &[String]) -> ProviderOptions {
     let only = |f: &mut Fields<'_>, key: &'static str, wanted: ProviderKind| -> bool {
         match kind {
             Some(k) if k != wanted && f.has(key) => {
@@ -192,7 +195,7 @@ fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> ProviderOptions {
             f.missing("region");
         }
     }
-    o.models = model_rules(f, kind);
+    o.models = model_rules(f, kind, names);
     let polled = [ProviderKind::Bfl, ProviderKind::Fireworks, ProviderKind::Replicate];
     for key in ["poll_interval_ms", "poll_timeout_ms"] {
         if let Some(k) = kind.filter(|k| !polled.contains(k) && f.has(key)) {
@@ -226,8 +229,9 @@ fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> ProviderOptions {
     o
 }
 
-/// `model_rules`: per-model limits and settings.
-fn model_rules(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> Vec<ModelRules> {
+/// `model_rules`: per-model limits and settings; `names` are the configured provider names
+/// that `fallbacks` entries may refer to.
+fn model_rules(f: &mut Fields<'_>, kind: Option<ProviderKind>, names: &[String]) -> Vec<ModelRules> {
     let problems = f.problems();
     let Some(items) = f.opt_list("model_rules") else {
         return Vec::new();
@@ -266,6 +270,24 @@ fn model_rules(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> Vec<ModelRules
                 .filter(|s| !["png", "jpeg", "webp"].contains(&s.as_str()))
             {
                 r.report("formats", format!("unknown format '{bad}' (allowed: png, jpeg, webp)"));
+            }
+        }
+        for (path, entry) in r.opt_str_list("fallbacks", "fallback").unwrap_or_default() {
+            match entry.split_once('/') {
+                Some((provider, model)) if !provider.is_empty() && !model.is_empty() => {
+                    if !names.iter().any(|n| n == provider) {
+                        let hint = did_you_mean(provider, names.iter().map(String::as_str));
+                        problems.add(&path, format!("unknown provider '{provider}'{hint}"));
+                    }
+                    rule.fallbacks.push(Fallback {
+                        provider: provider.to_string(),
+                        model: model.to_string(),
+                    });
+                }
+                _ => problems.add(
+                    &path,
+                    format!("'{entry}' is not provider/model (e.g. openai/gpt-image-1)"),
+                ),
             }
         }
         if r.has("image_key") {
@@ -963,6 +985,49 @@ mod tests {
             ),
             "providers[0].model_rules[0].colour",
             "unknown key",
+        );
+    }
+
+    #[test]
+    fn model_fallback_chains() {
+        let yaml = with(
+            "    kind: openai\n    model_rules:\n      - { match: \"gpt-image-*\", fallbacks: [p/dall-e-2, p/gpt-image-1-mini] }\n",
+            "        value: x\n",
+        );
+        let c = ok(&yaml);
+        let rules = c.providers[0].options.rules_for("gpt-image-1").unwrap();
+        let chain: Vec<(&str, &str)> = rules
+            .fallbacks
+            .iter()
+            .map(|f| (f.provider.as_str(), f.model.as_str()))
+            .collect();
+        assert_eq!(chain, [("p", "dall-e-2"), ("p", "gpt-image-1-mini")]);
+        assert!(c.providers[0].options.rules_for("dall-e-2").is_none());
+        one_problem(
+            &with(
+                "    kind: openai\n    model_rules:\n      - { match: m, fallbacks: [q/m] }\n",
+                "        value: x\n",
+            ),
+            "providers[0].model_rules[0].fallbacks[0]",
+            "unknown provider 'q'",
+        );
+        for bad in ["m", "p/", "/m"] {
+            one_problem(
+                &with(
+                    &format!("    kind: openai\n    model_rules:\n      - {{ match: m, fallbacks: [\"{bad}\"] }}\n"),
+                    "        value: x\n",
+                ),
+                "providers[0].model_rules[0].fallbacks[0]",
+                "is not provider/model",
+            );
+        }
+        one_problem(
+            &with(
+                "    kind: openai\n    model_rules:\n      - { match: m, fallbacks: [] }\n",
+                "        value: x\n",
+            ),
+            "providers[0].model_rules[0].fallbacks",
+            "must not be empty",
         );
     }
 

@@ -381,6 +381,7 @@ mod tests {
             sizes: Some(vec!["512x512".into()]),
             formats: Some(vec!["jpeg".into()]),
             image_key: None,
+            fallbacks: Vec::new(),
         };
         assert!(check(&form, &CAPS, Some(&wide), "p").is_ok());
         let narrow = ModelRules {

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
+
 use refract::config::from_yaml_str_with_env;
 use refract::server::RunningServer;
 use serde_json::Value;
@@ -86,8 +88,11 @@ pub struct Setup {
     pub limits: String,
     /// `spool.memory_bytes`.
     pub spool_memory_bytes: usize,
-    /// Timeout lines of the `openai` and `other` providers (each `    key: value\n`).
-    pub timeouts: String,
+    /// `spool.directory` (absent: the system's temporary directory).
+    pub spool_directory: Option<std::path::PathBuf>,
+    /// More lines for the `openai` and `other` providers (each `    key: value\n`): timeouts by
+    /// default.
+    pub provider_settings: String,
     /// `auth.allow_anonymous`.
     pub allow_anonymous: bool,
     /// Start the built-in simulator and add a provider `demo` pointing at it.
@@ -107,7 +112,8 @@ impl Setup {
             upstream: upstream.to_string(),
             limits: String::new(),
             spool_memory_bytes: 65_536,
-            timeouts: "    first_byte_timeout_ms: 10000\n    idle_timeout_ms: 10000\n".into(),
+            spool_directory: None,
+            provider_settings: "    first_byte_timeout_ms: 10000\n    idle_timeout_ms: 10000\n".into(),
             allow_anonymous: false,
             simulator: false,
             simulator_settings: String::new(),
@@ -143,7 +149,7 @@ auth:
   allow_anonymous: {anon}
 {limits}spool:
   memory_bytes: {spool}
-{sim_section}providers:
+{spool_dir}{sim_section}providers:
   - name: openai
     kind: openai
     base_url: {up}
@@ -170,8 +176,13 @@ auth:
 ",
             anon = self.allow_anonymous,
             spool = self.spool_memory_bytes,
+            spool_dir = self
+                .spool_directory
+                .as_ref()
+                .map(|d| format!("  directory: {}\n", d.display()))
+                .unwrap_or_default(),
             up = self.upstream,
-            rt = self.timeouts,
+            rt = self.provider_settings,
             extra = self
                 .extra_providers
                 .replace("{sim}", &sim.map(|a| a.to_string()).unwrap_or_default()),
@@ -239,6 +250,16 @@ impl Gateway {
         let r = Gateway::get(self.metrics, "/metrics");
         assert_eq!(r.status, 200);
         String::from_utf8(r.body).expect("metrics are UTF-8")
+    }
+
+    /// The value of one series of the metrics text, e.g.
+    /// `refract_fallbacks_total{from="openai",to="backup"}` (labels in alphabetical order, as
+    /// Prometheus prints them); 0 when the series is absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().expect("a metric value"))
     }
 
     /// Asserts the gateway still answers a valid request with 200 (on a new connection).
@@ -329,6 +350,21 @@ pub enum Reply {
         /// Wait before each chunk.
         pause: Duration,
     },
+    /// Raw bytes, written exactly as given (the test writes the HTTP framing): each piece after
+    /// its pause, flushed on its own with Nagle off; then the connection ends as `end` says.
+    Raw {
+        /// (pause before, bytes) in order.
+        pieces: Vec<(Duration, Vec<u8>)>,
+        /// What happens after the last piece.
+        end: RawEnd,
+    },
+    /// Read the request head and at least `after` body bytes, then reset the connection (RST)
+    /// while the gateway is still sending. The request is recorded in
+    /// [`MockUpstream::incomplete`].
+    ResetDuringBody {
+        /// Body bytes to read first.
+        after: usize,
+    },
     /// Answer as soon as the request head has arrived, without reading the body, then close
     /// the connection (what a provider refusing an upload early does). The request is recorded
     /// with the body bytes that had arrived with the head and `complete: false`.
@@ -340,6 +376,25 @@ pub enum Reply {
         /// Body.
         body: Vec<u8>,
     },
+}
+
+/// How a [`Reply::Raw`] answer ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawEnd {
+    /// The answer was complete: serve the next request on the connection.
+    KeepAlive,
+    /// Close the connection (FIN).
+    Close,
+    /// Reset the connection (RST).
+    Reset,
+    /// Send nothing more and hold the connection until the peer closes it.
+    Hold,
+}
+
+/// Resets `stream`: with a zero linger time, closing sends RST instead of FIN.
+fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
 }
 
 impl Reply {
@@ -378,8 +433,29 @@ struct MockState {
     requests: Mutex<Vec<Recorded>>,
     incomplete: Mutex<Vec<Recorded>>,
     replies: Mutex<VecDeque<Reply>>,
+    /// The answer once `replies` is empty ([`default_success`] when `None`).
+    fallback_reply: Mutex<Option<Reply>>,
     connections: AtomicUsize,
+    closed: AtomicUsize,
+    /// Whether requests are recorded, or only counted (see [`MockUpstream::count_only`]).
+    keep_records: AtomicBool,
+    /// Complete requests received.
+    received: AtomicUsize,
     stop: AtomicBool,
+}
+
+impl MockState {
+    /// Records a complete request (`complete`) or one cut off while it was sent.
+    fn record(&self, rec: Recorded, complete: bool) {
+        if complete {
+            self.received.fetch_add(1, Ordering::SeqCst);
+        }
+        if !self.keep_records.load(Ordering::SeqCst) {
+            return;
+        }
+        let list = if complete { &self.requests } else { &self.incomplete };
+        list.lock().unwrap().push(rec);
+    }
 }
 
 /// A scripted HTTP/1.1 upstream on a pre-bound loopback port. Each connection is served on its
@@ -399,7 +475,11 @@ impl MockUpstream {
             requests: Mutex::new(Vec::new()),
             incomplete: Mutex::new(Vec::new()),
             replies: Mutex::new(VecDeque::new()),
+            fallback_reply: Mutex::new(None),
             connections: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
+            keep_records: AtomicBool::new(true),
+            received: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
         let st = state.clone();
@@ -411,7 +491,10 @@ impl MockUpstream {
                 let Ok(stream) = stream else { continue };
                 let id = st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
-                std::thread::spawn(move || serve_mock_connection(stream, id, &st));
+                std::thread::spawn(move || {
+                    serve_mock_connection(stream, id, &st);
+                    st.closed.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         MockUpstream { addr, state }
@@ -425,6 +508,40 @@ impl MockUpstream {
     /// Scripts the answer to the next request (answers are used in order).
     pub fn push(&self, reply: Reply) {
         self.state.replies.lock().unwrap().push_back(reply);
+    }
+
+    /// Answers every request with `reply` once the scripted answers are used up (instead of
+    /// [`default_success`]): a provider that keeps failing.
+    pub fn always(&self, reply: Reply) {
+        *self.state.fallback_reply.lock().unwrap() = Some(reply);
+    }
+
+    /// Only counts requests from now on ([`MockUpstream::received`]), recording none, so a
+    /// long run's memory is the gateway's, not the mock's.
+    pub fn count_only(&self) {
+        self.state.keep_records.store(false, Ordering::SeqCst);
+    }
+
+    /// Complete requests received so far, recorded or only counted.
+    pub fn received(&self) -> usize {
+        self.state.received.load(Ordering::SeqCst)
+    }
+
+    /// Connections that ended (closed by either side, or reset) so far.
+    pub fn closed(&self) -> usize {
+        self.state.closed.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `limit` until at least `n` connections have ended; returns whether they did.
+    pub fn wait_closed(&self, n: usize, limit: Duration) -> bool {
+        let start = Instant::now();
+        while self.closed() < n {
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 
     /// Every request received so far.
@@ -460,6 +577,9 @@ impl Drop for MockUpstream {
 
 fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    // Head and body go out in separate writes: without this, Nagle's algorithm holds the body
+    // until the gateway's delayed ACK (40 ms on Linux).
+    let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     loop {
         let Some(mut recorded) = read_request_head(&mut stream, &mut buf, id) else {
@@ -468,10 +588,21 @@ fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
         let early = {
             let mut replies = st.replies.lock().unwrap();
             match replies.front() {
-                Some(Reply::EarlyAnswer { .. }) => replies.pop_front(),
+                Some(Reply::EarlyAnswer { .. } | Reply::ResetDuringBody { .. }) => replies.pop_front(),
+                None => match &*st.fallback_reply.lock().unwrap() {
+                    Some(r @ (Reply::EarlyAnswer { .. } | Reply::ResetDuringBody { .. })) => Some(r.clone()),
+                    _ => None,
+                },
                 _ => None,
             }
         };
+        if let Some(Reply::ResetDuringBody { after }) = early {
+            while buf.len() < after && fill(&mut stream, &mut buf) > 0 {}
+            recorded.body = std::mem::take(&mut buf);
+            st.record(recorded, false);
+            reset(stream);
+            return;
+        }
         if let Some(Reply::EarlyAnswer {
             status,
             content_type,
@@ -479,7 +610,7 @@ fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
         }) = early
         {
             recorded.body = std::mem::take(&mut buf);
-            st.requests.lock().unwrap().push(recorded);
+            st.record(recorded, true);
             let head = format!(
                 "HTTP/1.1 {status} Scripted\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
@@ -498,15 +629,13 @@ fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
         }
         read_request_body(&mut stream, &mut buf, &mut recorded);
         if !recorded.complete {
-            st.incomplete.lock().unwrap().push(recorded);
+            st.record(recorded, false);
             return;
         }
-        st.requests.lock().unwrap().push(recorded);
-        let reply = st
-            .replies
-            .lock()
-            .unwrap()
-            .pop_front()
+        st.record(recorded, true);
+        let reply = st.replies.lock().unwrap().pop_front();
+        let reply = reply
+            .or_else(|| st.fallback_reply.lock().unwrap().clone())
             .unwrap_or_else(|| Reply::json(200, &default_success()));
         match reply {
             Reply::Answer {
@@ -551,7 +680,31 @@ fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
                     return;
                 }
             }
-            Reply::EarlyAnswer { .. } => unreachable!("taken before the body is read"),
+            Reply::Raw { pieces, end } => {
+                let _ = stream.set_nodelay(true);
+                for (pause, bytes) in pieces {
+                    if !pause.is_zero() {
+                        std::thread::sleep(pause);
+                    }
+                    if stream.write_all(&bytes).and_then(|()| stream.flush()).is_err() {
+                        return;
+                    }
+                }
+                match end {
+                    RawEnd::KeepAlive => {}
+                    RawEnd::Close => return,
+                    RawEnd::Reset => {
+                        reset(stream);
+                        return;
+                    }
+                    RawEnd::Hold => {
+                        let mut sink = [0u8; 1024];
+                        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+                        return;
+                    }
+                }
+            }
+            Reply::EarlyAnswer { .. } | Reply::ResetDuringBody { .. } => unreachable!("taken before the body is read"),
             Reply::Stall => {
                 // Hold the connection until the gateway gives up and closes it.
                 let mut sink = [0u8; 1024];

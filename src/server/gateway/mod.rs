@@ -285,7 +285,7 @@ impl Gateway {
         if source.client_gone {
             state.metrics.client_disconnect(ClientPhase::Upload);
         }
-        let form = match parsed {
+        let mut form = match parsed {
             Ok(form) => form,
             Err(e) => {
                 // Report what was asked for, when it got that far.
@@ -300,6 +300,12 @@ impl Gateway {
         };
         ctx.provider = Some(form.provider.clone());
         ctx.model = Some(form.model.clone());
+        if form.fallbacks.is_empty() {
+            // The model's configured fallback chain, when the request names none.
+            if let Some(rules) = router.provider(&form.provider)?.options.rules_for(&form.model) {
+                form.fallbacks.clone_from(&rules.fallbacks);
+            }
+        }
 
         // The upstream side: the streamed attempt, or the request from the spool; a streamed
         // answer goes to the downstream writer through `down`, a collected one is returned.

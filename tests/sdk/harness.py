@@ -397,6 +397,8 @@ providers:
     kind: openai
     base_url: http://127.0.0.1:{self.down_port}/v1
     connect_timeout_ms: 1000
+    model_rules:
+      - {{match: chained-*, fallbacks: [demo/sim-image-1]}}
     keys: [{{name: k, value: {SIM_PROVIDER_KEY}}}]
 virtual_keys:
   - id: test

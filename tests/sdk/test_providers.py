@@ -10,7 +10,7 @@ the image, so the pixels can be compared with the OpenAI-dialect answer for the 
 from __future__ import annotations
 
 import pytest
-from openai import OpenAI
+from openai import APIStatusError, OpenAI
 
 from harness import VIRTUAL_KEY, decode_png
 
@@ -110,3 +110,19 @@ def test_fallback_serves_when_the_primary_is_down(client: OpenAI, files, fallbac
     assert extra["provider"] == "demo"
     assert extra["fallback_index"] == 1
     assert decode_png(got.data[0].b64_json).size[0] > 0
+
+
+def test_configured_chain_serves_an_unmodified_request_when_the_primary_is_down(client: OpenAI, files):
+    """The primary refuses connections and the request names no fallbacks: the model's chain
+    from the config (`model_rules[].fallbacks`) serves it; a model without a chain gets the
+    connect error."""
+    with open(files["input"], "rb") as f:
+        got = client.images.edit(model="down/chained-image-1", image=f, prompt="fall back")
+    extra = got.model_extra["extra_fields"]
+    assert extra["provider"] == "demo"
+    assert extra["fallback_index"] == 1
+    assert decode_png(got.data[0].b64_json).size[0] > 0
+    with open(files["input"], "rb") as f, pytest.raises(APIStatusError) as err:
+        client.images.edit(model="down/gpt-image-1", image=f, prompt="no chain")
+    assert err.value.status_code == 502
+    assert err.value.code == "upstream_connect_error"

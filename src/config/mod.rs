@@ -394,6 +394,9 @@ pub struct Timeouts {
     /// (`total_timeout_ms`, default 600 s). For an upload streamed upstream while the client
     /// sends it, the clock starts when the upload is complete.
     pub total: Duration,
+    /// How long a connection to the provider is kept idle in the pool for the next request
+    /// (`pool_idle_timeout_ms`, default 60 s).
+    pub pool_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -403,6 +406,7 @@ impl Default for Timeouts {
             first_byte: Duration::from_secs(180),
             idle: Duration::from_secs(60),
             total: Duration::from_secs(600),
+            pool_idle: Duration::from_secs(60),
         }
     }
 }
@@ -836,6 +840,7 @@ providers:
             "first_byte_timeout_ms:",
             "idle_timeout_ms:",
             "total_timeout_ms:",
+            "pool_idle_timeout_ms:",
             "keys:",
             "value:",
             "weight:",

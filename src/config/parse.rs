@@ -734,6 +734,7 @@ providers:
     first_byte_timeout_ms: 2
     idle_timeout_ms: 3
     total_timeout_ms: 4
+    pool_idle_timeout_ms: 5
     keys:
       - {name: first, value: env.KEY_A}
       - {name: second, value: v2, weight: 3, models: [gpt-image-1]}
@@ -765,8 +766,8 @@ providers:
         assert_eq!(p.base_url.path, "");
         let t = &p.timeouts;
         assert_eq!(
-            [t.connect, t.first_byte, t.idle, t.total].map(|d| d.as_millis()),
-            [1, 2, 3, 4]
+            [t.connect, t.first_byte, t.idle, t.total, t.pool_idle].map(|d| d.as_millis()),
+            [1, 2, 3, 4, 5]
         );
         assert_eq!(p.keys.len(), 2);
         let k = &p.keys[1];

@@ -116,8 +116,8 @@ fn provider(mut f: Fields<'_>, env: Env<'_>, names: &[String]) -> Option<Provide
     })
 }
 
-/// The four upstream timeouts (`connect_timeout_ms`, `first_byte_timeout_ms`, `idle_timeout_ms`,
-/// `total_timeout_ms`), each defaulting to [`Timeouts::default`].
+/// The upstream timeouts (`connect_timeout_ms`, `first_byte_timeout_ms`, `idle_timeout_ms`,
+/// `total_timeout_ms`, `pool_idle_timeout_ms`), each defaulting to [`Timeouts::default`].
 fn timeouts(f: &mut Fields<'_>) -> Timeouts {
     let d = Timeouts::default();
     let ms = |f: &mut Fields<'_>, key: &'static str, default: Duration, max: u64| {
@@ -129,6 +129,7 @@ fn timeouts(f: &mut Fields<'_>) -> Timeouts {
         first_byte: ms(f, "first_byte_timeout_ms", d.first_byte, 3_600_000),
         idle: ms(f, "idle_timeout_ms", d.idle, 3_600_000),
         total: ms(f, "total_timeout_ms", d.total, 21_600_000),
+        pool_idle: ms(f, "pool_idle_timeout_ms", d.pool_idle, 3_600_000),
     }
 }
 

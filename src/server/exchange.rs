@@ -50,9 +50,6 @@ impl AnswerSink for Collect {}
 /// Largest provider answer read into memory (512 MiB): ten 4K images in base64 fit easily.
 pub const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 
-/// How long an idle pooled connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(60);
-
 /// Resolves the provider's address without blocking the worker (Pingora's `HttpPeer::new`
 /// would resolve synchronously and panic on failure).
 async fn resolve(target: &Target) -> Result<SocketAddr, GatewayError> {
@@ -79,7 +76,7 @@ fn peer_for(target: &Target, addr: SocketAddr) -> HttpPeer {
     peer.options.total_connection_timeout = Some(p.timeouts.connect);
     peer.options.read_timeout = Some(p.timeouts.first_byte);
     peer.options.write_timeout = Some(p.timeouts.idle);
-    peer.options.idle_timeout = Some(POOL_IDLE);
+    peer.options.idle_timeout = Some(p.timeouts.pool_idle);
     peer
 }
 

@@ -176,12 +176,12 @@ impl Rig {
         let mut setup = Setup::new(&url);
         setup.spool_directory = Some(spool.path().to_path_buf());
         setup.provider_settings = format!(
-            "    first_byte_timeout_ms: {timeout_ms}\n    idle_timeout_ms: {timeout_ms}\n    total_timeout_ms: 20000\n{settings}"
+            "    first_byte_timeout_ms: {timeout_ms}\n    idle_timeout_ms: {timeout_ms}\n    total_timeout_ms: 20000\n    pool_idle_timeout_ms: 1000\n{settings}"
         );
         // `dead`: nothing listens there (the soak's connection refusals).
         // Healthy providers answer at once; short limits keep Pingora's timer buckets (held
         // until their deadline passes) from piling up over the soak.
-        let limits = "    connect_timeout_ms: 1000\n    first_byte_timeout_ms: 1000\n    idle_timeout_ms: 1000\n";
+        let limits = "    connect_timeout_ms: 2000\n    first_byte_timeout_ms: 3000\n    idle_timeout_ms: 3000\n    pool_idle_timeout_ms: 1000\n";
         let provider = |name: &str, url: &str| {
             format!("  - name: {name}\n    kind: openai\n    base_url: {url}\n{limits}    keys:\n      - {{name: k, value: sk-{name}-key}}\n")
         };

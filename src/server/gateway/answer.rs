@@ -2,7 +2,7 @@
 //! provider's event stream into the client's, and the downstream writer that sends it.
 
 use super::super::exchange::AnswerSink;
-use super::upload::drain_epilogue;
+use super::upload::{client_went_away, drain_epilogue};
 use crate::error::GatewayError;
 use crate::metrics::{ClientPhase, Metrics};
 use crate::providers::stream::{StreamContext, StreamPipeline};
@@ -201,11 +201,7 @@ async fn client_left(session: &mut Session) {
         return std::future::pending().await;
     }
     match session.as_downstream_mut().read_body_or_idle(true).await {
-        Err(e)
-            if matches!(
-                e.etype(),
-                pingora::ErrorType::ConnectionClosed | pingora::ErrorType::ReadError | pingora::ErrorType::H2Error
-            ) => {}
+        Err(e) if client_went_away(&e) => {}
         // Anything else (bytes of a pipelined request): the client is still there.
         _ => std::future::pending().await,
     }

@@ -26,6 +26,15 @@ pub(super) const STREAM_AHEAD: usize = 8;
 /// Longest pause allowed between two reads of a client's upload.
 pub(super) const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Whether a downstream read failed because the client closed or reset its connection (or its
+/// h2 stream), rather than stalling or sending something invalid.
+pub(super) fn client_went_away(e: &pingora::Error) -> bool {
+    matches!(
+        e.etype(),
+        pingora::ErrorType::ConnectionClosed | pingora::ErrorType::ReadError | pingora::ErrorType::H2Error
+    )
+}
+
 /// The downstream request body as a [`BodySource`], counting bytes.
 pub(super) struct SessionBody<'a> {
     pub(super) session: &'a mut Session,
@@ -45,10 +54,7 @@ impl BodySource for SessionBody<'_> {
             }
             Ok(None) => Ok(None),
             Err(e) => {
-                self.client_gone |= matches!(
-                    e.etype(),
-                    pingora::ErrorType::ConnectionClosed | pingora::ErrorType::ReadError | pingora::ErrorType::H2Error
-                );
+                self.client_gone |= client_went_away(&e);
                 Err(std::io::Error::other(e.etype().as_str()))
             }
         }

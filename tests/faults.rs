@@ -16,7 +16,7 @@ use common::faults::*;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `fault` is absorbed by the fallback the request names: the backup answers with the same
 /// upload, the answer names it, the move is counted, the spool is left empty.
@@ -282,11 +282,7 @@ fn client_leaving_during_the_upload_abandons_the_upstream_request() {
         .unwrap();
     c.write_all(&body[..1 << 20]).unwrap();
     // The upload is streamed upstream as it arrives: wait until the provider sees it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while rig.primary.connections() == 0 {
-        assert!(Instant::now() < deadline, "the upload was not streamed upstream");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the upload streamed upstream", || rig.primary.connections() > 0);
     drop(c);
     assert!(
         rig.primary.wait_closed(1, Duration::from_secs(5)),
@@ -294,11 +290,9 @@ fn client_leaving_during_the_upload_abandons_the_upstream_request() {
     );
     assert!(rig.primary.requests().is_empty(), "the provider got a complete request");
     assert_eq!(rig.primary.incomplete().len(), 1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while rig.gw.metric(r#"refract_client_disconnects_total{phase="upload"}"#) < 1.0 {
-        assert!(Instant::now() < deadline, "{}", rig.gw.metrics_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("a client disconnect counted in phase upload", || {
+        rig.gw.metric(r#"refract_client_disconnects_total{phase="upload"}"#) >= 1.0
+    });
     rig.assert_clean_and_serving();
 }
 
@@ -314,21 +308,17 @@ fn client_leaving_during_the_wait_cancels_the_upstream_exchange() {
     c.write_all(&post_head("/v1/images/edits", &[("x-bf-vk", VK)], &form, None))
         .unwrap();
     c.write_all(&form.body()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while rig.primary.requests().is_empty() {
-        assert!(Instant::now() < deadline, "the request never reached the provider");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the request reaching the provider", || {
+        !rig.primary.requests().is_empty()
+    });
     drop(c);
     assert!(
         rig.primary.wait_closed(1, Duration::from_secs(5)),
         "the upstream exchange went on after the client left"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while rig.gw.metric(r#"refract_client_disconnects_total{phase="wait"}"#) < 1.0 {
-        assert!(Instant::now() < deadline, "{}", rig.gw.metrics_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("a client disconnect counted in phase wait", || {
+        rig.gw.metric(r#"refract_client_disconnects_total{phase="wait"}"#) >= 1.0
+    });
     assert_eq!(
         rig.gw
             .metric(r#"refract_rejected_requests_total{reason="client_closed"}"#),
@@ -373,10 +363,8 @@ fn client_leaving_during_the_stream_closes_the_provider_stream() {
         rig.primary.wait_closed(1, Duration::from_secs(5)),
         "the provider's stream went on after the client left"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while rig.gw.metric(r#"refract_client_disconnects_total{phase="stream"}"#) < 1.0 {
-        assert!(Instant::now() < deadline, "{}", rig.gw.metrics_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("a client disconnect counted in phase stream", || {
+        rig.gw.metric(r#"refract_client_disconnects_total{phase="stream"}"#) >= 1.0
+    });
     rig.assert_clean_and_serving();
 }

@@ -63,6 +63,15 @@ pub fn free_addr() -> SocketAddr {
     }
 }
 
+/// Waits up to 5 s until `done` holds; fails the test with `what` otherwise.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 5 s: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits until something accepts connections on `addr`.
 pub fn wait_listening(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(15);

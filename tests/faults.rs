@@ -312,6 +312,11 @@ fn client_leaving_during_the_wait_cancels_the_upstream_exchange() {
     wait_until("the request reaching the provider", || {
         !rig.primary.requests().is_empty()
     });
+    assert_eq!(
+        spool_files_open(rig.spool.path()),
+        1,
+        "the upload is not in the spool directory"
+    );
     drop(c);
     assert!(
         rig.primary.wait_closed(1, Duration::from_secs(5)),

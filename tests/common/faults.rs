@@ -5,7 +5,7 @@
 use super::*;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const PARTIAL: &str = "image_edit.partial_image";
 
@@ -175,6 +175,8 @@ impl Rig {
         };
         let mut setup = Setup::new(&url);
         setup.spool_directory = Some(spool.path().to_path_buf());
+        // Every upload goes to a spool file, so every fault shows whether its file is freed.
+        setup.spool_memory_bytes = 0;
         setup.provider_settings = format!(
             "    first_byte_timeout_ms: {timeout_ms}\n    idle_timeout_ms: {timeout_ms}\n    total_timeout_ms: 20000\n    pool_idle_timeout_ms: 1000\n{settings}"
         );
@@ -234,18 +236,23 @@ pub fn edit_form(model: &str, fault: Fault, fallbacks: Option<&str>) -> Form {
     form
 }
 
-/// Waits (up to 5 s: files are removed when the request's last reference goes) until `dir`
-/// holds no file.
+/// Spool files this process holds open in `dir`. The spool's files are anonymous (unlinked
+/// from the start, so none can be left behind in the directory); what a leak would leave is an
+/// open one, seen as a descriptor whose target lies in `dir`.
+pub fn spool_files_open(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+/// Waits (up to 5 s: a spool is freed when the request's last reference goes) until no spool
+/// file in `dir` is open and the directory holds no file.
 pub fn assert_spool_empty(dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        if left.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "files left in the spool directory: {left:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("every spool file closed", || spool_files_open(dir) == 0);
+    let left: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "files left in the spool directory: {left:?}");
 }
 
 /// Asserts an answer served by `provider` (JSON, or an event stream whose completed events

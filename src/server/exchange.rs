@@ -6,6 +6,11 @@
 //! to the pool only when the answer was read to its end. A pooled connection that the provider
 //! had closed is retried once on a fresh one, since nothing was answered yet. An upstream that
 //! answers early (401, 413) while the body is still being sent is read as that answer.
+//!
+//! Every wait has its provider's limit: connecting (`connect_timeout_ms`), the answer's head
+//! after the request (`first_byte_timeout_ms`), each further read and each body write
+//! (`idle_timeout_ms`), and the whole exchange (`total_timeout_ms`); a passed one is an
+//! [`GatewayError::UpstreamTimeout`] naming its [`TimeoutKind`].
 
 use crate::codec::base64::Base64Stream;
 use crate::error::{GatewayError, TimeoutKind};

@@ -11,7 +11,7 @@
 //! `output_compression` are dropped.
 //!
 //! Answer: OpenAI-like (`{"data":[{"b64_json"|"url"}…]}`), converted like OpenAI's
-//! ([`super::openai::convert_images_response`]); errors keep xAI's status, and its message
+//! (`openai::convert_images_response`); errors keep xAI's status, and its message
 //! (`{"code","error":"…"}` or OpenAI's `error` object).
 
 use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
@@ -47,7 +47,7 @@ pub const ASPECT_RATIOS: [(&str, f64); 13] = [
     ("9:20", 9.0 / 20.0),
 ];
 
-/// xAI image edits [doc]: up to 3 input images, `n` up to 10, URL or base64 output. 10 MB per
+/// xAI image edits (per its docs): up to 3 input images, `n` up to 10, URL or base64 output. 10 MB per
 /// image is an assumption (no documented figure); tighten per model with `model_rules`.
 pub static XAI_CAPABILITIES: Capabilities = Capabilities {
     mask: false,

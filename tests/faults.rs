@@ -220,16 +220,7 @@ fn connect_timeout_is_a_504_that_falls_back() {
     let gw = Gateway::start(&setup);
     let form = |fallbacks| edit_form("slow/gpt-image-1", Fault::Refused, fallbacks);
     let r = gw.edit(&form(None), &[("x-bf-vk", VK)]);
-    let v = assert_gateway_error(&r, 504, "upstream_timeout", "upstream_error", None);
-    let message = v["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("(connect)") && message.contains("connect_timeout_ms (200 ms)"),
-        "{message}"
-    );
-    assert_eq!(
-        gw.metric(r#"refract_upstream_timeouts_total{kind="connect",provider="slow"}"#),
-        1.0
-    );
+    assert_timeout(&gw, &r, "slow", "connect", "connect_timeout_ms", 200);
     let r = gw.edit(&form(Some("openai/gpt-image-1")), &[("x-bf-vk", VK)]);
     assert_served_by(&r, "openai", false);
 }
@@ -250,22 +241,21 @@ fn total_timeout_cuts_a_trickling_answer() {
     setup.provider_settings = "    idle_timeout_ms: 2000\n    total_timeout_ms: 400\n".into();
     let gw = Gateway::start(&setup);
     let r = gw.edit(&valid_form(), &[("x-bf-vk", VK)]);
-    let v = assert_gateway_error(&r, 504, "upstream_timeout", "upstream_error", None);
-    let message = v["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("(total)") && message.contains("total_timeout_ms (400 ms)"),
-        "{message}"
-    );
-    assert_eq!(
-        gw.metric(r#"refract_upstream_timeouts_total{kind="total",provider="openai"}"#),
-        1.0
-    );
+    assert_timeout(&gw, &r, "openai", "total", "total_timeout_ms", 400);
     gw.assert_still_serves();
 }
 
 // ---------------------------------------------------------------------------------------------
 // Client faults
 // ---------------------------------------------------------------------------------------------
+
+/// Asserts the primary's connection closed (within 5 s: `what` failed otherwise) and the
+/// client's departure counted in `phase`.
+fn assert_cancelled(rig: &Rig, phase: &str, what: &str) {
+    assert!(rig.primary.wait_closed(1, Duration::from_secs(5)), "{what}");
+    let series = format!(r#"refract_client_disconnects_total{{phase="{phase}"}}"#);
+    wait_until(&series, || rig.gw.metric(&series) >= 1.0);
+}
 
 /// A client that disconnects mid-upload: the provider request streamed while it arrived is
 /// abandoned before its end (the provider never sees a complete request), the spool is
@@ -285,15 +275,9 @@ fn client_leaving_during_the_upload_abandons_the_upstream_request() {
     // The upload is streamed upstream as it arrives: wait until the provider sees it.
     wait_until("the upload streamed upstream", || rig.primary.connections() > 0);
     drop(c);
-    assert!(
-        rig.primary.wait_closed(1, Duration::from_secs(5)),
-        "the upstream request was not abandoned"
-    );
+    assert_cancelled(&rig, "upload", "the upstream request was not abandoned");
     assert!(rig.primary.requests().is_empty(), "the provider got a complete request");
     assert_eq!(rig.primary.incomplete().len(), 1);
-    wait_until("a client disconnect counted in phase upload", || {
-        rig.gw.metric(r#"refract_client_disconnects_total{phase="upload"}"#) >= 1.0
-    });
     rig.assert_clean_and_serving();
 }
 
@@ -318,13 +302,7 @@ fn client_leaving_during_the_wait_cancels_the_upstream_exchange() {
         "the upload is not in the spool directory"
     );
     drop(c);
-    assert!(
-        rig.primary.wait_closed(1, Duration::from_secs(5)),
-        "the upstream exchange went on after the client left"
-    );
-    wait_until("a client disconnect counted in phase wait", || {
-        rig.gw.metric(r#"refract_client_disconnects_total{phase="wait"}"#) >= 1.0
-    });
+    assert_cancelled(&rig, "wait", "the upstream exchange went on after the client left");
     assert_eq!(
         rig.gw
             .metric(r#"refract_rejected_requests_total{reason="client_closed"}"#),
@@ -365,12 +343,6 @@ fn client_leaving_during_the_stream_closes_the_provider_stream() {
     }
     drop(c);
     // The whole stream would take 10 s.
-    assert!(
-        rig.primary.wait_closed(1, Duration::from_secs(5)),
-        "the provider's stream went on after the client left"
-    );
-    wait_until("a client disconnect counted in phase stream", || {
-        rig.gw.metric(r#"refract_client_disconnects_total{phase="stream"}"#) >= 1.0
-    });
+    assert_cancelled(&rig, "stream", "the provider's stream went on after the client left");
     rig.assert_clean_and_serving();
 }

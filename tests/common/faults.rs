@@ -274,3 +274,17 @@ pub fn assert_served_by(r: &Response, provider: &str, stream: bool) -> Value {
 pub fn attempts(mock: &MockUpstream) -> usize {
     mock.requests().len() + mock.incomplete().len()
 }
+
+/// Asserts `r` is the 504 of a `kind` timeout at `provider` whose message names `key` and its
+/// limit `ms`, counted once in `refract_upstream_timeouts_total`.
+pub fn assert_timeout(gw: &Gateway, r: &Response, provider: &str, kind: &str, key: &str, ms: u64) {
+    let v = assert_gateway_error(r, 504, "upstream_timeout", "upstream_error", None);
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("({kind})")) && message.contains(&format!("{key} ({ms} ms)")),
+        "{message}"
+    );
+    assert_eq!(v["extra_fields"]["provider"], provider, "{v}");
+    let series = format!(r#"refract_upstream_timeouts_total{{kind="{kind}",provider="{provider}"}}"#);
+    assert_eq!(gw.metric(&series), 1.0, "{series}");
+}

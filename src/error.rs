@@ -152,15 +152,6 @@ pub enum TimeoutKind {
 }
 
 impl TimeoutKind {
-    /// Every kind, for metrics that list them all.
-    pub const ALL: [TimeoutKind; 5] = [
-        TimeoutKind::Connect,
-        TimeoutKind::FirstByte,
-        TimeoutKind::Idle,
-        TimeoutKind::Total,
-        TimeoutKind::Poll,
-    ];
-
     /// The label value: `connect`, `first_byte`, `idle`, `total`, `poll`.
     pub fn as_str(self) -> &'static str {
         match self {

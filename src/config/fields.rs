@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::ops::RangeInclusive;
+use std::time::Duration;
 
 use serde_yaml::{Mapping, Value};
 
@@ -296,6 +297,14 @@ impl<'a> Fields<'a> {
     pub(super) fn opt_usize(&mut self, key: &'static str, default: usize, range: RangeInclusive<u64>) -> usize {
         let fallback = u64::try_from(default).unwrap_or(u64::MAX);
         usize::try_from(self.opt_u64(key, fallback, range)).unwrap_or(default)
+    }
+
+    /// [`Fields::opt_u64`] for a `…_ms` key held as a [`Duration`]; `range` is in milliseconds.
+    pub(super) fn opt_millis(&mut self, key: &'static str, default: Duration, range: RangeInclusive<u64>) -> Duration {
+        match self.get(key) {
+            None => default,
+            Some(v) => self.int_in(key, v, &range).map_or(default, Duration::from_millis),
+        }
     }
 
     /// An optional number that is finite and greater than zero (integers are

@@ -120,16 +120,12 @@ fn provider(mut f: Fields<'_>, env: Env<'_>, names: &[String]) -> Option<Provide
 /// `total_timeout_ms`, `pool_idle_timeout_ms`), each defaulting to [`Timeouts::default`].
 fn timeouts(f: &mut Fields<'_>) -> Timeouts {
     let d = Timeouts::default();
-    let ms = |f: &mut Fields<'_>, key: &'static str, default: Duration, max: u64| {
-        let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(f.opt_u64(key, default, 1..=max))
-    };
     Timeouts {
-        connect: ms(f, "connect_timeout_ms", d.connect, 600_000),
-        first_byte: ms(f, "first_byte_timeout_ms", d.first_byte, 3_600_000),
-        idle: ms(f, "idle_timeout_ms", d.idle, 3_600_000),
-        total: ms(f, "total_timeout_ms", d.total, 21_600_000),
-        pool_idle: ms(f, "pool_idle_timeout_ms", d.pool_idle, 3_600_000),
+        connect: f.opt_millis("connect_timeout_ms", d.connect, 1..=600_000),
+        first_byte: f.opt_millis("first_byte_timeout_ms", d.first_byte, 1..=3_600_000),
+        idle: f.opt_millis("idle_timeout_ms", d.idle, 1..=3_600_000),
+        total: f.opt_millis("total_timeout_ms", d.total, 1..=21_600_000),
+        pool_idle: f.opt_millis("pool_idle_timeout_ms", d.pool_idle, 1..=3_600_000),
     }
 }
 
@@ -204,15 +200,15 @@ fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>, names: &[String]) -> 
         }
     }
     if kind.is_some_and(|k| polled.contains(&k)) {
-        o.poll_interval = Duration::from_millis(f.opt_u64("poll_interval_ms", 500, 1..=60_000));
-        o.poll_timeout = Duration::from_millis(f.opt_u64("poll_timeout_ms", 120_000, 1..=3_600_000));
+        o.poll_interval = f.opt_millis("poll_interval_ms", Duration::from_millis(500), 1..=60_000);
+        o.poll_timeout = f.opt_millis("poll_timeout_ms", Duration::from_secs(120), 1..=3_600_000);
     }
     o.retries = f.opt_u64("retries", 0, 0..=MAX_RETRIES) as u32;
-    o.retry_backoff = Duration::from_millis(f.opt_u64("retry_backoff_ms", 200, 1..=60_000));
+    o.retry_backoff = f.opt_millis("retry_backoff_ms", Duration::from_millis(200), 1..=60_000);
     o.circuit_breaker = f.opt_obj("circuit_breaker").map(|mut b| {
         let cb = CircuitBreaker {
             failures: b.opt_u64("failures", 5, 1..=1000) as u32,
-            open: Duration::from_millis(b.opt_u64("open_ms", 30_000, 1..=3_600_000)),
+            open: b.opt_millis("open_ms", Duration::from_secs(30), 1..=3_600_000),
         };
         b.finish();
         cb

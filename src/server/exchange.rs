@@ -161,15 +161,15 @@ enum AttemptError {
     AfterAnswer(GatewayError),
 }
 
-/// A pooled or new connection to `peer`, with the peer's per-read and per-write timeouts set
-/// on it (the connector leaves that to Pingora's proxy loop, which refract does not use).
+/// A pooled or new connection to `peer`, with the peer's per-write timeout set on it (the
+/// connector leaves that to Pingora's proxy loop, which refract does not use); reads get theirs
+/// in [`read_head`] and [`read_body`].
 /// Returns whether the connection was reused from the pool.
 async fn connect(connector: &Connector, peer: &HttpPeer, target: &Target) -> Result<(HttpSession, bool), GatewayError> {
     let (mut session, reused) = connector
         .get_http_session(peer)
         .await
         .map_err(|e| upstream_error(target, Stage::Connect, &e))?;
-    session.set_read_timeout(peer.options.read_timeout);
     session.set_write_timeout(peer.options.write_timeout);
     Ok((session, reused))
 }

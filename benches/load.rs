@@ -13,7 +13,8 @@
 //! Run: `cargo bench --bench load` (needs `wrk`; `.ci/deps` installs it). Environment:
 //! `ROUNDS` (default 3), `SECS` per run (default 4), `THREADS` per server (default 2),
 //! `MODEL_LAST=1` (send `model` after the image to the gateway), `ONLY=direct,hop,gateway`
-//! (a subset of the targets).
+//! (a subset of the targets), `COMPARE_BIN=path/to/refract` (another build as one more target,
+//! `gateway-b`, measured in the same interleaved rounds: an A/B run).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -124,13 +125,18 @@ fn main() {
         + "wrk.headers[\"Authorization\"] = \"Bearer sim-key\"\n";
     std::fs::write(&sim_direct_script, bearer).expect("script");
 
-    let targets: [(&str, u16, &std::path::Path); 5] = [
+    let compare = std::env::var_os("COMPARE_BIN")
+        .map(|bin| start_gateway_binary(std::path::Path::new(&bin), mock, threads, 1 << 20));
+    let mut targets: Vec<(&str, u16, &std::path::Path)> = vec![
         ("direct", mock, &direct_script),
         ("hop", hop, &direct_script),
         ("gateway", gateway.port, &gw_script),
         ("sim", sim_port, &sim_direct_script),
         ("gw+sim", gw_sim_port, &gw_sim_script),
     ];
+    if let Some(b) = &compare {
+        targets.push(("gateway-b", b.port, &gw_script));
+    }
     println!(
         "image {} bytes, body {} bytes, {rounds} interleaved rounds x {secs}s, {threads} server threads, wrk -t1",
         image.len(),
@@ -140,7 +146,7 @@ fn main() {
     let mut results: Vec<Vec<(Run, Run)>> = vec![Vec::new(); targets.len()];
     for round in 0..rounds {
         for (i, (name, port, s)) in targets.iter().enumerate() {
-            if !only.is_empty() && !only.split(',').any(|o| o == *name) {
+            if !only.is_empty() && *name != "gateway-b" && !only.split(',').any(|o| o == *name) {
                 results[i].push((Run::default(), Run::default()));
                 continue;
             }
@@ -201,6 +207,17 @@ fn main() {
         p50(4) - p50(3),
         100.0 * rps32(4) / rps32(3)
     );
+    if let Some(b) = &compare {
+        let b_added = p50(5) - p50(0);
+        println!(
+            "gateway-b ({}): added c1 p50 {:.3} ms (gateway-b/hop {:.2}x), c32 throughput gateway-b/hop {:.0}%, peak RSS {} KiB",
+            std::env::var("COMPARE_BIN").unwrap_or_default(),
+            b_added,
+            b_added / hop_added,
+            100.0 * rps32(5) / rps32(1),
+            peak_rss_kib(b.child.id())
+        );
+    }
     println!("gateway peak RSS {} KiB", peak_rss_kib(gateway.child.id()));
     drop(sim_process);
 }

@@ -314,16 +314,18 @@ pub fn start_gateway(upstream_port: u16, threads: usize, spool_memory: usize) ->
     start_gateway_of_kind(upstream_port, threads, spool_memory, "openai", "/v1")
 }
 
-/// As [`start_gateway`], with provider `bench` of `kind` at the mock's `base_path`.
-pub fn start_gateway_of_kind(
-    upstream_port: u16,
-    threads: usize,
-    spool_memory: usize,
-    kind: &str,
-    base_path: &str,
-) -> GatewayProcess {
+/// As [`start_gateway`], running the `refract` binary at `bin` (another build, for A/B runs).
+pub fn start_gateway_binary(bin: &std::path::Path, upstream_port: u16, threads: usize, spool_memory: usize) -> GatewayProcess {
     let port = free_port();
-    let yaml = format!(
+    let yaml = gateway_yaml(port, upstream_port, threads, spool_memory, "openai", "/v1");
+    let process = spawn_refract_binary(bin, &yaml, &format!("gateway-{port}.yaml"), port);
+    wait_for_port(port);
+    process
+}
+
+/// The configuration of [`start_gateway_of_kind`].
+fn gateway_yaml(port: u16, upstream_port: u16, threads: usize, spool_memory: usize, kind: &str, base_path: &str) -> String {
+    format!(
         r#"
 server: {{ threads: {threads}, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}
 listeners: [{{ address: "127.0.0.1:{port}" }}]
@@ -337,7 +339,19 @@ providers:
 virtual_keys:
   - {{ id: bench, key: sk-bf-bench }}
 "#
-    );
+    )
+}
+
+/// As [`start_gateway`], with provider `bench` of `kind` at the mock's `base_path`.
+pub fn start_gateway_of_kind(
+    upstream_port: u16,
+    threads: usize,
+    spool_memory: usize,
+    kind: &str,
+    base_path: &str,
+) -> GatewayProcess {
+    let port = free_port();
+    let yaml = gateway_yaml(port, upstream_port, threads, spool_memory, kind, base_path);
     let process = spawn_refract(&yaml, &format!("gateway-{port}.yaml"), port);
     wait_for_port(port);
     process
@@ -346,8 +360,13 @@ virtual_keys:
 /// Starts the release `refract` binary on `yaml` (written to a temp file called `name`);
 /// `port` is the listener the caller will use. The process is killed on drop.
 pub fn spawn_refract(yaml: &str, name: &str, port: u16) -> GatewayProcess {
+    spawn_refract_binary(std::path::Path::new(env!("CARGO_BIN_EXE_refract")), yaml, name, port)
+}
+
+/// As [`spawn_refract`], running the binary at `bin`.
+pub fn spawn_refract_binary(bin: &std::path::Path, yaml: &str, name: &str, port: u16) -> GatewayProcess {
     let path = temp_file(name, yaml.as_bytes());
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_refract"))
+    let child = std::process::Command::new(bin)
         .arg("-c")
         .arg(&path)
         .env("RUST_LOG", "warn")

@@ -8,7 +8,8 @@
 //!   * `gw+sim`   — refract in front of its simulator.
 //!
 //! Reports p50/p99 latency and req/s per target (median over rounds), the latency each hop adds
-//! over its direct target, and the gateway's figures as a share of the bare hop's.
+//! over its direct target, the gateway's figures as a share of the bare hop's, and the CPU time
+//! the gateway process spends per request (steadier from run to run than loopback latency).
 //!
 //! Run: `cargo bench --bench load` (needs `wrk`; `.ci/deps` installs it). Environment:
 //! `ROUNDS` (default 3), `SECS` per run (default 4), `THREADS` per server (default 2),
@@ -30,6 +31,9 @@ struct Run {
     p99_ms: f64,
     rps: f64,
     errors: u64,
+    /// CPU time the server process used per request (user + system), when it is a process
+    /// of its own.
+    cpu_us: f64,
 }
 
 fn parse_latency(v: &str) -> f64 {
@@ -150,34 +154,51 @@ fn main() {
                 results[i].push((Run::default(), Run::default()));
                 continue;
             }
-            let c1 = wrk(*port, s, 1, secs);
-            let c32 = wrk(*port, s, 32, secs);
+            let pid = match *name {
+                "gateway" => Some(gateway.child.id()),
+                "gateway-b" => compare.as_ref().map(|b| b.child.id()),
+                _ => None,
+            };
+            let measured = |conns: u32| {
+                let before = pid.map(cpu_seconds);
+                let mut run = wrk(*port, s, conns, secs);
+                if let (Some(pid), Some(before)) = (pid, before) {
+                    let requests = run.rps * f64::from(secs);
+                    run.cpu_us = (cpu_seconds(pid) - before) * 1e6 / requests.max(1.0);
+                }
+                run
+            };
+            let c1 = measured(1);
+            let c32 = measured(32);
             eprintln!(
-                "round {round} {name:8} c1 p50 {:.3} ms p99 {:.3} ms {:.0} req/s | c32 p50 {:.3} ms p99 {:.3} ms {:.0} req/s | errors {}",
+                "round {round} {name:8} c1 p50 {:.3} ms p99 {:.3} ms {:.0} req/s {:.0} us cpu/req | c32 p50 {:.3} ms p99 {:.3} ms {:.0} req/s {:.0} us cpu/req | errors {}",
                 c1.p50_ms,
                 c1.p99_ms,
                 c1.rps,
+                c1.cpu_us,
                 c32.p50_ms,
                 c32.p99_ms,
                 c32.rps,
+                c32.cpu_us,
                 c1.errors + c32.errors
             );
             results[i].push((c1, c32));
         }
     }
     let med = |i: usize, f: &dyn Fn(&(Run, Run)) -> f64| median(results[i].iter().map(f).collect());
-    println!("\n| target | c1 p50 ms | c1 p99 ms | c1 req/s | c32 p50 ms | c32 p99 ms | c32 req/s | errors |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("\n| target | c1 p50 ms | c1 p99 ms | c1 req/s | c32 p50 ms | c32 p99 ms | c32 req/s | c32 cpu us/req | errors |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (i, (name, _, _)) in targets.iter().enumerate() {
         let errors: u64 = results[i].iter().map(|(a, b)| a.errors + b.errors).sum();
         println!(
-            "| {name} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.0} | {errors} |",
+            "| {name} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.0} | {:.0} | {errors} |",
             med(i, &|r| r.0.p50_ms),
             med(i, &|r| r.0.p99_ms),
             med(i, &|r| r.0.rps),
             med(i, &|r| r.1.p50_ms),
             med(i, &|r| r.1.p99_ms),
             med(i, &|r| r.1.rps),
+            med(i, &|r| r.1.cpu_us),
         );
     }
     let p50 = |i: usize| med(i, &|r| r.0.p50_ms);
@@ -216,6 +237,15 @@ fn main() {
             b_added / hop_added,
             100.0 * rps32(5) / rps32(1),
             peak_rss_kib(b.child.id())
+        );
+    }
+    let cpu = |i: usize| (med(i, &|r| r.0.cpu_us), med(i, &|r| r.1.cpu_us));
+    println!("gateway CPU per request: c1 {:.0} us, c32 {:.0} us", cpu(2).0, cpu(2).1);
+    if compare.is_some() {
+        println!(
+            "gateway-b CPU per request: c1 {:.0} us, c32 {:.0} us",
+            cpu(5).0,
+            cpu(5).1
         );
     }
     println!("gateway peak RSS {} KiB", peak_rss_kib(gateway.child.id()));

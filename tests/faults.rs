@@ -245,6 +245,23 @@ fn total_timeout_cuts_a_trickling_answer() {
     gw.assert_still_serves();
 }
 
+/// The total also cuts the other waits: a provider that never answers is given up at the
+/// total when that is shorter than the first-byte limit, and the error names the total.
+#[test]
+fn total_timeout_cuts_the_wait_for_the_head() {
+    let mock = MockUpstream::start();
+    mock.push(Reply::Stall);
+    let mut setup = Setup::new(&mock.base_url());
+    setup.provider_settings = "    first_byte_timeout_ms: 20000\n    total_timeout_ms: 300\n".into();
+    let gw = Gateway::start(&setup);
+    let started = std::time::Instant::now();
+    let r = gw.edit(&valid_form(), &[("x-bf-vk", VK)]);
+    assert_timeout(&gw, &r, "openai", "total", "total_timeout_ms", 300);
+    // Given up at the total, long before the first-byte limit.
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    gw.assert_still_serves();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Client faults
 // ---------------------------------------------------------------------------------------------

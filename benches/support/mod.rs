@@ -315,7 +315,12 @@ pub fn start_gateway(upstream_port: u16, threads: usize, spool_memory: usize) ->
 }
 
 /// As [`start_gateway`], running the `refract` binary at `bin` (another build, for A/B runs).
-pub fn start_gateway_binary(bin: &std::path::Path, upstream_port: u16, threads: usize, spool_memory: usize) -> GatewayProcess {
+pub fn start_gateway_binary(
+    bin: &std::path::Path,
+    upstream_port: u16,
+    threads: usize,
+    spool_memory: usize,
+) -> GatewayProcess {
     let port = free_port();
     let yaml = gateway_yaml(port, upstream_port, threads, spool_memory, "openai", "/v1");
     let process = spawn_refract_binary(bin, &yaml, &format!("gateway-{port}.yaml"), port);
@@ -324,7 +329,14 @@ pub fn start_gateway_binary(bin: &std::path::Path, upstream_port: u16, threads: 
 }
 
 /// The configuration of [`start_gateway_of_kind`].
-fn gateway_yaml(port: u16, upstream_port: u16, threads: usize, spool_memory: usize, kind: &str, base_path: &str) -> String {
+fn gateway_yaml(
+    port: u16,
+    upstream_port: u16,
+    threads: usize,
+    spool_memory: usize,
+    kind: &str,
+    base_path: &str,
+) -> String {
     format!(
         r#"
 server: {{ threads: {threads}, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}
@@ -395,6 +407,32 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the first, utime the 12th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// Current resident set size (VmRSS) of a process, in KiB.

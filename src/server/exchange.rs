@@ -10,7 +10,10 @@
 //! Every wait has its provider's limit: connecting (`connect_timeout_ms`), the answer's head
 //! after the request (`first_byte_timeout_ms`), each further read and each body write
 //! (`idle_timeout_ms`), and the whole exchange (`total_timeout_ms`); a passed one is an
-//! [`GatewayError::UpstreamTimeout`] naming its [`TimeoutKind`].
+//! [`GatewayError::UpstreamTimeout`] naming its [`TimeoutKind`]. The total has no timer of its
+//! own: each wait's limit is cut to what is left of it ([`Clock`]), so it is enforced by the
+//! timers Pingora already arms for each read and write (a tokio timer per exchange would wake a
+//! parked worker thread on every request).
 
 use crate::codec::base64::Base64Stream;
 use crate::error::{GatewayError, TimeoutKind};
@@ -24,7 +27,7 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where an answer's body goes: collected whole (the default, [`Collect`]), or handed over
 /// chunk by chunk as it arrives (streams).
@@ -55,30 +58,74 @@ impl AnswerSink for Collect {}
 /// Largest provider answer read into memory (512 MiB): ten 4K images in base64 fit easily.
 pub const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 
+/// The clock of one exchange, started when it starts: ends at `total_timeout_ms`.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// `None` when the total is too far away to be represented (never reached).
+    deadline: Option<Instant>,
+}
+
+/// The limit of one wait, and whether the total (rather than the wait's own limit) set it.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    wait: Duration,
+    by_total: bool,
+}
+
+impl Clock {
+    fn start(target: &Target) -> Clock {
+        Clock {
+            deadline: Instant::now().checked_add(target.provider.timeouts.total),
+        }
+    }
+
+    /// A clock without a total: each wait has only its own limit.
+    fn unbounded() -> Clock {
+        Clock { deadline: None }
+    }
+
+    /// `own`, or what is left of the total when that is shorter.
+    fn limit(&self, own: Duration) -> Limit {
+        match self.deadline.map(|d| d.saturating_duration_since(Instant::now())) {
+            Some(left) if left < own => Limit {
+                wait: left,
+                by_total: true,
+            },
+            _ => Limit {
+                wait: own,
+                by_total: false,
+            },
+        }
+    }
+}
+
 /// Resolves the provider's address without blocking the worker (Pingora's `HttpPeer::new`
-/// would resolve synchronously and panic on failure).
-async fn resolve(target: &Target) -> Result<SocketAddr, GatewayError> {
+/// would resolve synchronously and panic on failure), within the connect limit.
+async fn resolve(target: &Target, limit: Limit) -> Result<SocketAddr, GatewayError> {
     let url = &target.provider.base_url;
     if let Ok(ip) = url.host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, url.port));
     }
-    let mut addrs = tokio::net::lookup_host((url.host.as_str(), url.port))
+    let lookup = pingora::prelude::timeout(limit.wait, tokio::net::lookup_host((url.host.as_str(), url.port)))
         .await
-        .map_err(|e| GatewayError::UpstreamConnect {
-            provider: target.provider.name.clone(),
-            detail: format!("cannot resolve {}: {e}", url.host),
-        })?;
+        .map_err(|_| timed_out(target, Stage::Connect, limit))?;
+    let mut addrs = lookup.map_err(|e| GatewayError::UpstreamConnect {
+        provider: target.provider.name.clone(),
+        detail: format!("cannot resolve {}: {e}", url.host),
+    })?;
     addrs.next().ok_or_else(|| GatewayError::UpstreamConnect {
         provider: target.provider.name.clone(),
         detail: format!("{} resolves to no address", url.host),
     })
 }
 
-fn peer_for(target: &Target, addr: SocketAddr) -> HttpPeer {
+/// The peer for `target` at `addr`, connecting within `connect` (the connect limit, cut by the
+/// total).
+fn peer_for(target: &Target, addr: SocketAddr, connect: Duration) -> HttpPeer {
     let p = &target.provider;
     let mut peer = HttpPeer::new(addr, p.base_url.https, p.base_url.host.clone());
-    peer.options.connection_timeout = Some(p.timeouts.connect);
-    peer.options.total_connection_timeout = Some(p.timeouts.connect);
+    peer.options.connection_timeout = Some(connect);
+    peer.options.total_connection_timeout = Some(connect);
     peer.options.read_timeout = Some(p.timeouts.first_byte);
     peer.options.write_timeout = Some(p.timeouts.idle);
     peer.options.idle_timeout = Some(p.timeouts.pool_idle);
@@ -109,47 +156,57 @@ impl Stage {
     }
 }
 
-/// Maps a Pingora error to the gateway's, naming the provider and never a key.
-fn upstream_error(target: &Target, stage: Stage, e: &Error) -> GatewayError {
-    let provider = target.provider.name.clone();
-    let detail = format!("{}: {}", stage.as_str(), e.etype().as_str());
+/// The error for a wait of `stage` that passed `limit`: the total's, when the total set it;
+/// otherwise the stage's own (connect, first byte, or idle).
+fn timed_out(target: &Target, stage: Stage, limit: Limit) -> GatewayError {
+    if limit.by_total {
+        return deadline_passed(target);
+    }
     let timeouts = &target.provider.timeouts;
-    let timed_out = |kind: TimeoutKind, what: &str, key: &str, limit: Duration| GatewayError::UpstreamTimeout {
-        provider: provider.clone(),
-        kind,
-        detail: format!("{what} within {key} ({} ms)", limit.as_millis()),
-    };
-    match (e.etype(), stage) {
-        (ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout, _) => timed_out(
+    let (kind, what, key, own) = match stage {
+        Stage::Connect => (
             TimeoutKind::Connect,
             "no connection",
             "connect_timeout_ms",
             timeouts.connect,
         ),
-        (ErrorType::ReadTimedout, Stage::Head) => timed_out(
+        Stage::Head => (
             TimeoutKind::FirstByte,
             "no answer head",
             "first_byte_timeout_ms",
             timeouts.first_byte,
         ),
-        (ErrorType::ReadTimedout, Stage::Body) => {
-            timed_out(TimeoutKind::Idle, "no answer bytes", "idle_timeout_ms", timeouts.idle)
-        }
-        (ErrorType::ReadTimedout | ErrorType::WriteTimedout, _) => timed_out(
+        Stage::Body => (TimeoutKind::Idle, "no answer bytes", "idle_timeout_ms", timeouts.idle),
+        Stage::Send => (
             TimeoutKind::Idle,
             "the request body could not be sent",
             "idle_timeout_ms",
             timeouts.idle,
         ),
-        (
-            ErrorType::ConnectRefused
-            | ErrorType::ConnectNoRoute
-            | ErrorType::ConnectError
-            | ErrorType::TLSHandshakeFailure
-            | ErrorType::InvalidCert
-            | ErrorType::HandshakeError,
-            _,
-        ) => GatewayError::UpstreamConnect { provider, detail },
+    };
+    GatewayError::UpstreamTimeout {
+        provider: target.provider.name.clone(),
+        kind,
+        detail: format!("{what} within {key} ({} ms)", own.as_millis()),
+    }
+}
+
+/// Maps a Pingora error of a wait of `stage` under `limit` to the gateway's, naming the
+/// provider and never a key.
+fn upstream_error(target: &Target, stage: Stage, limit: Limit, e: &Error) -> GatewayError {
+    let provider = target.provider.name.clone();
+    let detail = format!("{}: {}", stage.as_str(), e.etype().as_str());
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => timed_out(target, Stage::Connect, limit),
+        // A read that timed out while sending is the provider not taking the body.
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => timed_out(target, stage, limit),
+
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => GatewayError::UpstreamConnect { provider, detail },
         _ => GatewayError::UpstreamProtocol { provider, detail },
     }
 }
@@ -161,17 +218,25 @@ enum AttemptError {
     AfterAnswer(GatewayError),
 }
 
-/// A pooled or new connection to `peer`, with the peer's per-write timeout set on it (the
-/// connector leaves that to Pingora's proxy loop, which refract does not use); reads get theirs
-/// in [`read_head`] and [`read_body`].
-/// Returns whether the connection was reused from the pool.
-async fn connect(connector: &Connector, peer: &HttpPeer, target: &Target) -> Result<(HttpSession, bool), GatewayError> {
-    let (mut session, reused) = connector
+/// A pooled or new connection to `peer` (connecting within the connect limit `limit`, which
+/// the peer carries). Returns whether the connection was reused from the pool.
+async fn connect(
+    connector: &Connector,
+    peer: &HttpPeer,
+    target: &Target,
+    limit: Limit,
+) -> Result<(HttpSession, bool), GatewayError> {
+    connector
         .get_http_session(peer)
         .await
-        .map_err(|e| upstream_error(target, Stage::Connect, &e))?;
-    session.set_write_timeout(peer.options.write_timeout);
-    Ok((session, reused))
+        .map_err(|e| upstream_error(target, Stage::Connect, limit, &e))
+}
+
+/// Arms the next write to the provider: within `idle_timeout_ms`, cut by the total.
+fn arm_write(session: &mut HttpSession, target: &Target, clock: &Clock) -> Limit {
+    let limit = clock.limit(target.provider.timeouts.idle);
+    session.set_write_timeout(Some(limit.wait));
+    limit
 }
 
 /// Returns a connection whose answer was read to its end to the pool; closes any other.
@@ -204,29 +269,16 @@ pub async fn exchange(
     spool: &Spool,
     sink: &mut dyn AnswerSink,
 ) -> Result<UpstreamResponse, GatewayError> {
-    tokio::time::timeout(
-        target.provider.timeouts.total,
-        exchange_untimed(connector, target, req, spool, sink),
-    )
-    .await
-    .map_err(|_| deadline_passed(target))?
-}
-
-async fn exchange_untimed(
-    connector: &Connector,
-    target: &Target,
-    req: &UpstreamRequest,
-    spool: &Spool,
-    sink: &mut dyn AnswerSink,
-) -> Result<UpstreamResponse, GatewayError> {
-    let addr = resolve(target).await?;
-    let peer = peer_for(target, addr);
+    let clock = Clock::start(target);
+    let addr = resolve(target, clock.limit(target.provider.timeouts.connect)).await?;
     let provider = target.provider.name.as_str();
     let mut tries = 0;
     loop {
         tries += 1;
-        let (mut session, reused) = connect(connector, &peer, target).await?;
-        match attempt(&mut session, target, req, spool, sink).await {
+        let limit = clock.limit(target.provider.timeouts.connect);
+        let peer = peer_for(target, addr, limit.wait);
+        let (mut session, reused) = connect(connector, &peer, target, limit).await?;
+        match attempt(&mut session, target, &clock, req, spool, sink).await {
             Ok(resp) => {
                 release(connector, session, &peer).await;
                 return Ok(resp);
@@ -246,14 +298,18 @@ async fn exchange_untimed(
 async fn attempt(
     session: &mut HttpSession,
     target: &Target,
+    clock: &Clock,
     req: &UpstreamRequest,
     spool: &Spool,
     sink: &mut dyn AnswerSink,
 ) -> Result<UpstreamResponse, AttemptError> {
-    let before = |e: &Error| AttemptError::BeforeAnswer(upstream_error(target, Stage::Send, e));
-    let mut head = RequestHeader::build(req.method.clone(), req.path.as_bytes(), None).map_err(|e| before(&e))?;
+    let invalid = |e: &Error| {
+        let limit = clock.limit(target.provider.timeouts.idle);
+        AttemptError::BeforeAnswer(upstream_error(target, Stage::Send, limit, e))
+    };
+    let mut head = RequestHeader::build(req.method.clone(), req.path.as_bytes(), None).map_err(|e| invalid(&e))?;
     let set = |head: &mut RequestHeader, name: http::HeaderName, value: String| {
-        head.insert_header(name, value).map_err(|e| before(&e))
+        head.insert_header(name, value).map_err(|e| invalid(&e))
     };
     set(&mut head, http::header::HOST, target.provider.base_url.authority())?;
     set(
@@ -264,59 +320,66 @@ async fn attempt(
     for (name, value) in &req.headers {
         set(&mut head, name.clone(), value.clone())?;
     }
+    let limit = arm_write(session, target, clock);
     session
         .write_request_header(Box::new(head))
         .await
-        .map_err(|e| before(&e))?;
-    if let Err(send_err) = send_body(session, target, req, spool).await {
+        .map_err(|e| AttemptError::BeforeAnswer(upstream_error(target, Stage::Send, limit, &e)))?;
+    if let Err(send_err) = send_body(session, target, clock, req, spool).await {
         // The provider may have answered early and closed: read that answer if there is one.
-        return match read_head(session, target).await {
-            Ok(status) => read_body(session, target, status, sink)
+        return match read_head(session, target, clock).await {
+            Ok(status) => read_body(session, target, clock, status, sink)
                 .await
                 .map_err(AttemptError::AfterAnswer),
             Err(_) => Err(send_err),
         };
     }
-    let status = read_head(session, target).await.map_err(|e| match e {
+    let status = read_head(session, target, clock).await.map_err(|e| match e {
         // A timeout means the provider may be working on it: never send it twice.
         GatewayError::UpstreamTimeout { .. } => AttemptError::AfterAnswer(e),
         other => AttemptError::BeforeAnswer(other),
     })?;
-    read_body(session, target, status, sink)
+    read_body(session, target, clock, status, sink)
         .await
         .map_err(AttemptError::AfterAnswer)
 }
 
+/// Writes the body plan, each write armed by [`arm_write`].
 async fn send_body(
     session: &mut HttpSession,
     target: &Target,
+    clock: &Clock,
     req: &UpstreamRequest,
     spool: &Spool,
 ) -> Result<(), AttemptError> {
-    let send_err = |e: &Error| AttemptError::BeforeAnswer(upstream_error(target, Stage::Send, e));
+    let send_err = |limit: Limit, e: &Error| AttemptError::BeforeAnswer(upstream_error(target, Stage::Send, limit, e));
+    let spool_err =
+        |e: std::io::Error| AttemptError::AfterAnswer(GatewayError::Internal(format!("spool read failed: {e}")));
     for segment in &req.body {
         match segment {
-            BodySegment::Bytes(b) => session
-                .write_request_body(b.clone(), false)
-                .await
-                .map_err(|e| send_err(&e))?,
+            BodySegment::Bytes(b) => {
+                let limit = arm_write(session, target, clock);
+                session
+                    .write_request_body(b.clone(), false)
+                    .await
+                    .map_err(|e| send_err(limit, &e))?
+            }
             BodySegment::Base64(range) => {
                 let mut encoder = Base64Stream::new();
                 let mut chunks = spool.chunks(*range);
                 loop {
-                    let chunk = chunks.next().transpose().map_err(|e| {
-                        AttemptError::AfterAnswer(GatewayError::Internal(format!("spool read failed: {e}")))
-                    })?;
+                    let chunk = chunks.next().transpose().map_err(spool_err)?;
                     let mut out = Vec::with_capacity(chunk.as_ref().map_or(4, |c| c.len() / 3 * 4 + 8));
                     match &chunk {
                         Some(c) => encoder.push(c, &mut out),
                         None => encoder.finish(&mut out),
                     }
                     if !out.is_empty() {
+                        let limit = arm_write(session, target, clock);
                         session
                             .write_request_body(Bytes::from(out), false)
                             .await
-                            .map_err(|e| send_err(&e))?;
+                            .map_err(|e| send_err(limit, &e))?;
                     }
                     if chunk.is_none() {
                         break;
@@ -325,44 +388,58 @@ async fn send_body(
             }
             BodySegment::Spool(range) => {
                 for chunk in spool.chunks(*range) {
-                    let chunk: Bytes = chunk.map_err(|e| {
-                        AttemptError::AfterAnswer(GatewayError::Internal(format!("spool read failed: {e}")))
-                    })?;
+                    let chunk: Bytes = chunk.map_err(spool_err)?;
+                    let limit = arm_write(session, target, clock);
                     session
                         .write_request_body(chunk, false)
                         .await
-                        .map_err(|e| send_err(&e))?;
+                        .map_err(|e| send_err(limit, &e))?;
                 }
             }
         }
     }
-    session.finish_request_body().await.map_err(|e| send_err(&e))
+    let limit = arm_write(session, target, clock);
+    session.finish_request_body().await.map_err(|e| send_err(limit, &e))
 }
 
-/// Reads the answer's head (each read within `first_byte_timeout_ms`), skipping informational
-/// (1xx) heads; returns the status.
-async fn read_head(session: &mut HttpSession, target: &Target) -> Result<u16, GatewayError> {
-    session.set_read_timeout(Some(target.provider.timeouts.first_byte));
+/// Reads the answer's head (each read within `first_byte_timeout_ms`, cut by the total),
+/// skipping informational (1xx) heads; returns the status.
+async fn read_head(session: &mut HttpSession, target: &Target, clock: &Clock) -> Result<u16, GatewayError> {
     loop {
         match session.response_header().map(|h| h.status.as_u16()) {
             Some(s) if s >= 200 => return Ok(s),
-            _ => session
-                .read_response_header()
-                .await
-                .map_err(|e| upstream_error(target, Stage::Head, &e))?,
+            _ => {
+                let limit = clock.limit(target.provider.timeouts.first_byte);
+                session.set_read_timeout(Some(limit.wait));
+                session
+                    .read_response_header()
+                    .await
+                    .map_err(|e| upstream_error(target, Stage::Head, limit, &e))?
+            }
         }
     }
 }
 
-/// Reads the body of an answer whose head has arrived (each read within `idle_timeout_ms`):
-/// whole, or into `sink` chunk by chunk.
+/// Reads the next chunk of the answer's body (within `idle_timeout_ms`, cut by the total);
+/// `None` at its end.
+async fn read_chunk(session: &mut HttpSession, target: &Target, clock: &Clock) -> Result<Option<Bytes>, GatewayError> {
+    let limit = clock.limit(target.provider.timeouts.idle);
+    session.set_read_timeout(Some(limit.wait));
+    session
+        .read_response_body()
+        .await
+        .map_err(|e| upstream_error(target, Stage::Body, limit, &e))
+}
+
+/// Reads the body of an answer whose head has arrived: whole, or into `sink` chunk by chunk
+/// (a chunk the sink cannot take before the total passes is the total's timeout).
 async fn read_body(
     session: &mut HttpSession,
     target: &Target,
+    clock: &Clock,
     status: u16,
     sink: &mut dyn AnswerSink,
 ) -> Result<UpstreamResponse, GatewayError> {
-    session.set_read_timeout(Some(target.provider.timeouts.idle));
     let provider = target.provider.name.as_str();
     let content_type = session
         .response_header()
@@ -375,13 +452,12 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| crate::server::breaker::parse_retry_after(v, std::time::SystemTime::now()));
     if sink.wants_chunks(status, content_type.as_deref()) {
-        while let Some(chunk) = session
-            .read_response_body()
-            .await
-            .map_err(|e| upstream_error(target, Stage::Body, &e))?
-        {
+        while let Some(chunk) = read_chunk(session, target, clock).await? {
             if !chunk.is_empty() {
-                sink.chunk(chunk).await?;
+                let limit = clock.limit(target.provider.timeouts.total);
+                pingora::prelude::timeout(limit.wait, sink.chunk(chunk))
+                    .await
+                    .map_err(|_| deadline_passed(target))??;
             }
         }
         sink.end().await?;
@@ -400,11 +476,7 @@ async fn read_body(
         .and_then(|v| v.trim().parse::<usize>().ok())
         .unwrap_or(0);
     let mut body = BytesMut::with_capacity(announced.min(MAX_RESPONSE_BYTES));
-    while let Some(chunk) = session
-        .read_response_body()
-        .await
-        .map_err(|e| upstream_error(target, Stage::Body, &e))?
-    {
+    while let Some(chunk) = read_chunk(session, target, clock).await? {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(GatewayError::UpstreamProtocol {
                 provider: provider.to_string(),
@@ -454,12 +526,15 @@ pub async fn exchange_streamed(
     mut pieces: tokio::sync::mpsc::Receiver<Piece>,
     sink: &mut dyn AnswerSink,
 ) -> Streamed {
-    let addr = match resolve(target).await {
+    // The upload is paced by the client: the total starts when it is complete.
+    let uploading = Clock::unbounded();
+    let connect_limit = uploading.limit(target.provider.timeouts.connect);
+    let addr = match resolve(target, connect_limit).await {
         Ok(a) => a,
         Err(e) => return Streamed::Failed(e),
     };
-    let peer = peer_for(target, addr);
-    let (mut session, reused) = match connect(connector, &peer, target).await {
+    let peer = peer_for(target, addr, connect_limit.wait);
+    let (mut session, reused) = match connect(connector, &peer, target, connect_limit).await {
         Ok(s) => s,
         Err(e) => return Streamed::Failed(e),
     };
@@ -473,7 +548,7 @@ pub async fn exchange_streamed(
     };
     let mut req = match RequestHeader::build(head.method.clone(), head.path.as_bytes(), None) {
         Ok(r) => r,
-        Err(e) => return Streamed::Failed(upstream_error(target, Stage::Send, &e)),
+        Err(_) => return Streamed::Failed(GatewayError::Internal("invalid upstream request line".into())),
     };
     let mut headers_ok = req
         .insert_header(http::header::HOST, target.provider.base_url.authority())
@@ -485,12 +560,14 @@ pub async fn exchange_streamed(
     if !headers_ok {
         return Streamed::Failed(GatewayError::Internal("invalid upstream header".into()));
     }
+    let limit = arm_write(&mut session, target, &uploading);
     if let Err(e) = session.write_request_header(Box::new(req)).await {
         session.shutdown().await;
-        return Streamed::NotSent(upstream_error(target, Stage::Send, &e));
+        return Streamed::NotSent(upstream_error(target, Stage::Send, limit, &e));
     }
     let mut complete = false;
     while let Some(piece) = pieces.recv().await {
+        let limit = arm_write(&mut session, target, &uploading);
         let written = match piece {
             Piece::Data(b) => session.write_request_body(b, false).await,
             Piece::End => {
@@ -501,15 +578,16 @@ pub async fn exchange_streamed(
         if let Err(e) = written {
             // An early answer (401, 413…) shows up as a failed write: read it if it is there.
             drop(pieces);
-            let answered = match read_head(&mut session, target).await {
-                Ok(status) => read_body(&mut session, target, status, sink).await.ok(),
+            let answering = Clock::start(target);
+            let answered = match read_head(&mut session, target, &answering).await {
+                Ok(status) => read_body(&mut session, target, &answering, status, sink).await.ok(),
                 Err(_) => None,
             };
             session.shutdown().await;
             return match answered {
                 Some(resp) => Streamed::Answered(resp),
                 // The body never reached its end upstream, so the provider did not act on it.
-                None => Streamed::NotSent(upstream_error(target, Stage::Send, &e)),
+                None => Streamed::NotSent(upstream_error(target, Stage::Send, limit, &e)),
             };
         }
         if complete {
@@ -521,28 +599,54 @@ pub async fn exchange_streamed(
         session.shutdown().await;
         return Streamed::NotSent(GatewayError::Internal("request abandoned before its end".into()));
     }
-    let answer = tokio::time::timeout(target.provider.timeouts.total, async {
-        let status = read_head(&mut session, target).await.map_err(|e| match e {
+    let answering = Clock::start(target);
+    let answer = async {
+        let status = read_head(&mut session, target, &answering).await.map_err(|e| match e {
             GatewayError::UpstreamTimeout { .. } => Streamed::Failed(e),
             other => not_sent(other),
         })?;
-        read_body(&mut session, target, status, sink)
+        read_body(&mut session, target, &answering, status, sink)
             .await
             .map_err(Streamed::Failed)
-    })
+    }
     .await;
     match answer {
-        Ok(Ok(resp)) => {
+        Ok(resp) => {
             release(connector, session, &peer).await;
             Streamed::Answered(resp)
         }
-        Ok(Err(outcome)) => {
+        Err(outcome) => {
             session.shutdown().await;
             outcome
         }
-        Err(_) => {
-            session.shutdown().await;
-            Streamed::Failed(deadline_passed(target))
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_gets_its_own_limit_until_the_total_is_nearer() {
+        let far = Clock {
+            deadline: Some(Instant::now() + Duration::from_secs(600)),
+        };
+        let own = far.limit(Duration::from_secs(60));
+        assert_eq!((own.wait, own.by_total), (Duration::from_secs(60), false));
+
+        let near = Clock {
+            deadline: Some(Instant::now() + Duration::from_millis(300)),
+        };
+        let cut = near.limit(Duration::from_secs(60));
+        assert!(cut.by_total && cut.wait <= Duration::from_millis(300), "{cut:?}");
+
+        let passed = Clock {
+            deadline: Some(Instant::now() - Duration::from_millis(1)),
+        };
+        let none_left = passed.limit(Duration::from_secs(60));
+        assert_eq!((none_left.wait, none_left.by_total), (Duration::ZERO, true));
+
+        let unbounded = Clock::unbounded().limit(Duration::from_secs(60));
+        assert_eq!((unbounded.wait, unbounded.by_total), (Duration::from_secs(60), false));
     }
 }

@@ -16,7 +16,7 @@
 //! final chunk; HTTP/2: the stream is reset). Conforming SSE clients never dispatch the partial
 //! event, and HTTP clients see the response fail instead of ending cleanly.
 
-use super::super::rawjson::RawObject;
+use super::super::rawjson::{has_control_character, RawObject};
 
 /// Buffered data size from which an image event is passed through (smaller events, and every
 /// error event, are converted whole).
@@ -213,14 +213,6 @@ fn check_utf8(carry: &mut Vec<u8>, mut text: &[u8], closed: bool) -> Result<(), 
         }
         Err(_) => Err(bad()),
     }
-}
-
-/// Whether `bytes` holds a byte below 0x20 (not allowed raw in a JSON string). Blocks of 64
-/// are folded without an early exit, so the compiler vectorises the scan.
-fn has_control_character(bytes: &[u8]) -> bool {
-    bytes
-        .chunks(64)
-        .any(|block| block.iter().fold(0u8, |seen, &b| seen | u8::from(b < 0x20)) != 0)
 }
 
 /// Length of the UTF-8 sequence a leading byte starts.

@@ -596,3 +596,21 @@ fn metrics_after_requests() {
     // anything but GET /metrics is a 404 on the metrics listener
     assert_eq!(Gateway::get(gw.metrics, "/other").status, 404);
 }
+
+/// A provider named by host name: the gateway resolves it (once, then from its address cache),
+/// sends the name in `Host`, and serves request after request over the pooled connection.
+#[test]
+fn a_provider_named_by_host_name_is_resolved_and_served() {
+    use std::net::ToSocketAddrs;
+    // Listen where `localhost` resolves to first, which is where the gateway connects.
+    let first = ("localhost", 0).to_socket_addrs().unwrap().next().unwrap().ip();
+    let mock = MockUpstream::start_on(first);
+    let gw = Gateway::start(&Setup::new(&format!("http://localhost:{}/v1", mock.addr.port())));
+    for _ in 0..3 {
+        let r = gw.edit(&valid_form(), &[("x-bf-vk", VK)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let hosts: Vec<String> = mock.requests().iter().map(|r| r.header("host").unwrap()).collect();
+    assert_eq!(hosts, vec![format!("localhost:{}", mock.addr.port()); 3]);
+    assert_eq!(mock.connections(), 1);
+}

@@ -19,6 +19,7 @@ use crate::codec::base64::Base64Stream;
 use crate::error::{GatewayError, TimeoutKind};
 use crate::providers::{BodySegment, UpstreamRequest, UpstreamResponse};
 use crate::route::Target;
+use crate::server::resolver::Resolver;
 use crate::spool::Spool;
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
@@ -100,23 +101,21 @@ impl Clock {
 }
 
 /// Resolves the provider's address without blocking the worker (Pingora's `HttpPeer::new`
-/// would resolve synchronously and panic on failure), within the connect limit.
+/// would resolve synchronously and panic on failure), within the connect limit, through the
+/// process's address cache ([`Resolver`]).
 async fn resolve(target: &Target, limit: Limit) -> Result<SocketAddr, GatewayError> {
     let url = &target.provider.base_url;
     if let Ok(ip) = url.host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, url.port));
     }
-    let lookup = pingora::prelude::timeout(limit.wait, tokio::net::lookup_host((url.host.as_str(), url.port)))
+    static RESOLVER: std::sync::LazyLock<Resolver> = std::sync::LazyLock::new(Resolver::system);
+    pingora::prelude::timeout(limit.wait, RESOLVER.resolve(&url.host, url.port))
         .await
-        .map_err(|_| timed_out(target, Stage::Connect, limit))?;
-    let mut addrs = lookup.map_err(|e| GatewayError::UpstreamConnect {
-        provider: target.provider.name.clone(),
-        detail: format!("cannot resolve {}: {e}", url.host),
-    })?;
-    addrs.next().ok_or_else(|| GatewayError::UpstreamConnect {
-        provider: target.provider.name.clone(),
-        detail: format!("{} resolves to no address", url.host),
-    })
+        .map_err(|_| timed_out(target, Stage::Connect, limit))?
+        .map_err(|e| GatewayError::UpstreamConnect {
+            provider: target.provider.name.clone(),
+            detail: format!("cannot resolve {}: {e}", url.host),
+        })
 }
 
 /// The peer for `target` at `addr`, connecting within `connect` (the connect limit, cut by the

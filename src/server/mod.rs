@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod exchange;
 pub mod gateway;
 mod metrics_app;
+pub mod resolver;
 mod simulator_app;
 
 use crate::auth::KeyStore;

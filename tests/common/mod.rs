@@ -478,7 +478,12 @@ pub struct MockUpstream {
 impl MockUpstream {
     /// Starts the mock; it answers [`default_success`] until [`MockUpstream::push`] scripts more.
     pub fn start() -> MockUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind mock");
+        MockUpstream::start_on(std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// As [`MockUpstream::start`], listening on `ip` (an ephemeral port).
+    pub fn start_on(ip: std::net::IpAddr) -> MockUpstream {
+        let listener = TcpListener::bind((ip, 0)).expect("bind mock");
         let addr = listener.local_addr().expect("mock addr");
         let state = Arc::new(MockState {
             requests: Mutex::new(Vec::new()),

@@ -11,11 +11,15 @@
 //! over its direct target, the gateway's figures as a share of the bare hop's, and the CPU time
 //! the gateway process spends per request (steadier from run to run than loopback latency).
 //!
+//! The hop runs in a process of its own, as the gateway does (in-process it would share the
+//! mock's address space and pay cheaper thread switches than the gateway).
+//!
 //! Run: `cargo bench --bench load` (needs `wrk`; `.ci/deps` installs it). Environment:
 //! `ROUNDS` (default 3), `SECS` per run (default 4), `THREADS` per server (default 2),
 //! `MODEL_LAST=1` (send `model` after the image to the gateway), `ONLY=direct,hop,gateway`
 //! (a subset of the targets), `COMPARE_BIN=path/to/refract` (another build as one more target,
-//! `gateway-b`, measured in the same interleaved rounds: an A/B run).
+//! `gateway-b`, measured in the same interleaved rounds: an A/B run), `IN_PROCESS_HOP=1` (the
+//! hop as a thread of the bench process, as before 2026-12-04).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -92,6 +96,7 @@ fn env_u32(name: &str, default: u32) -> u32 {
 }
 
 fn main() {
+    serve_hop_role();
     if !std::env::args().any(|a| a == "--bench") {
         // `cargo test --all-targets` runs bench binaries too: only `cargo bench` measures.
         println!("benchmark skipped: run it with `cargo bench --bench NAME`");
@@ -104,7 +109,13 @@ fn main() {
     let image = noise_png(64 * 1024);
     let answer = images_response(&image);
     let mock = start_mock(answer, 1);
-    let hop = start_bare_hop(mock, threads);
+    // In a process of its own, like the gateway (`IN_PROCESS_HOP=1`: a thread of this one).
+    let hop_process =
+        (!std::env::var("IN_PROCESS_HOP").is_ok_and(|v| v == "1")).then(|| spawn_bare_hop_process(mock, threads));
+    let hop = match &hop_process {
+        Some(p) => p.port,
+        None => start_bare_hop(mock, threads),
+    };
     let gateway = start_gateway(mock, threads, 1 << 20);
 
     // refract with its simulator as the upstream
@@ -156,6 +167,7 @@ fn main() {
             }
             let pid = match *name {
                 "gateway" => Some(gateway.child.id()),
+                "hop" => hop_process.as_ref().map(|h| h.child.id()),
                 "gateway-b" => compare.as_ref().map(|b| b.child.id()),
                 _ => None,
             };
@@ -241,6 +253,9 @@ fn main() {
     }
     let cpu = |i: usize| (med(i, &|r| r.0.cpu_us), med(i, &|r| r.1.cpu_us));
     println!("gateway CPU per request: c1 {:.0} us, c32 {:.0} us", cpu(2).0, cpu(2).1);
+    if hop_process.is_some() {
+        println!("hop CPU per request: c1 {:.0} us, c32 {:.0} us", cpu(1).0, cpu(1).1);
+    }
     if compare.is_some() {
         println!(
             "gateway-b CPU per request: c1 {:.0} us, c32 {:.0} us",

@@ -252,10 +252,9 @@ impl ShutdownSignalWatch for Never {
     }
 }
 
-/// Starts a bare Pingora hop to `upstream_port` with `threads` worker threads; returns its port.
-/// The server runs until the process exits.
-pub fn start_bare_hop(upstream_port: u16, threads: usize) -> u16 {
-    let port = free_port();
+/// Runs a bare Pingora hop on `port` to `upstream_port` with `threads` worker threads, until
+/// the process exits (blocks).
+fn run_bare_hop(upstream_port: u16, port: u16, threads: usize) {
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(0),
@@ -274,13 +273,50 @@ pub fn start_bare_hop(upstream_port: u16, threads: usize) -> u16 {
     server.add_service(svc);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     std::mem::forget(tx);
-    std::thread::spawn(move || {
-        server.run(RunArgs {
-            shutdown_signal: Box::new(Never(Mutex::new(Some(rx)))),
-        })
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Never(Mutex::new(Some(rx)))),
     });
+}
+
+/// Starts a bare Pingora hop to `upstream_port` with `threads` worker threads in this process;
+/// returns its port. The server runs until the process exits.
+pub fn start_bare_hop(upstream_port: u16, threads: usize) -> u16 {
+    let port = free_port();
+    std::thread::spawn(move || run_bare_hop(upstream_port, port, threads));
     wait_for_port(port);
     port
+}
+
+/// Set in a bench binary's environment (`upstream_port,port,threads`) to make it serve the bare
+/// hop instead of benchmarking: see [`spawn_bare_hop_process`].
+pub const HOP_ROLE: &str = "REFRACT_BENCH_HOP";
+
+/// Serves the bare hop forever when this process was started as one ([`HOP_ROLE`]); returns at
+/// once otherwise. Call it first in a bench's `main`.
+pub fn serve_hop_role() {
+    let Ok(spec) = std::env::var(HOP_ROLE) else { return };
+    let n: Vec<u16> = spec.split(',').filter_map(|v| v.parse().ok()).collect();
+    let [upstream_port, port, threads] = n[..] else {
+        panic!("{HOP_ROLE}={spec}: expected upstream_port,port,threads");
+    };
+    run_bare_hop(upstream_port, port, usize::from(threads));
+    std::process::exit(0);
+}
+
+/// Starts a bare Pingora hop to `upstream_port` in a process of its own (this bench binary
+/// again, in the [`HOP_ROLE`]), as the gateway runs in one: the baseline then pays the same
+/// cross-process switches as the gateway. Killed on drop.
+pub fn spawn_bare_hop_process(upstream_port: u16, threads: usize) -> GatewayProcess {
+    let port = free_port();
+    let child = std::process::Command::new(std::env::current_exe().expect("bench binary"))
+        .env(HOP_ROLE, format!("{upstream_port},{port},{threads}"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the hop process");
+    wait_for_port(port);
+    GatewayProcess { child, port }
 }
 
 /// Writes a temp file and returns its path (kept until the process ends).

@@ -35,6 +35,8 @@ pub(super) struct StreamSink {
     pub(super) config: Arc<OnceLock<StreamContext>>,
     pub(super) pipeline: Option<StreamPipeline>,
     pub(super) down: Option<tokio::sync::mpsc::Sender<Down>>,
+    /// Whether anything was sent down the channel.
+    pub(super) used: bool,
 }
 
 impl StreamSink {
@@ -47,7 +49,23 @@ impl StreamSink {
 
     async fn send_down(&mut self, item: Down) -> std::result::Result<(), GatewayError> {
         let down = self.down.as_ref().ok_or(GatewayError::ClientClosed)?;
+        self.used = true;
         down.send(item).await.map_err(|_| GatewayError::ClientClosed)
+    }
+
+    /// Ends the sink once the upstream side is done. When anything went down, the channel is
+    /// closed, which ends the downstream writer after its last item. When nothing did, the
+    /// writer is not needed and the sender is handed back unclosed, for [`close_quietly`] once
+    /// the writer is dropped: closing it now would wake this very task (the writer's receiver
+    /// holds its waker), and tokio answers a task waking itself with a yield that rouses a
+    /// parked worker thread, a cross-thread hand-off on every request.
+    pub(super) fn finish(&mut self) -> Option<tokio::sync::mpsc::Sender<Down>> {
+        let down = self.down.take();
+        if self.used {
+            None
+        } else {
+            down
+        }
     }
 
     /// After a failure: an in-band error event if the stream had begun, or the abort of the
@@ -98,7 +116,8 @@ impl AnswerSink for StreamSink {
     }
 }
 
-/// How the downstream writer ended.
+/// How the downstream writer ended (the default: it was not needed, nothing was sent).
+#[derive(Debug, Default)]
 pub(super) struct Written {
     /// Bytes sent, if a stream was started.
     pub(super) sent: Option<u64>,
@@ -208,24 +227,31 @@ async fn client_left(session: &mut Session) {
 }
 
 /// Runs an attempt's upstream side and its downstream writer ([`write_event_stream`]) to their
-/// ends. A client that leaves before anything was sent ends the attempt at once: the upstream
-/// side is dropped (its connection closed, never pooled) and the result is `ClientClosed`.
-/// Every departure is counted in `refract_client_disconnects_total` (`wait` or `stream`).
+/// ends. The upstream side ends with its result and what [`StreamSink::finish`] returned: an
+/// unclosed sender means the writer is not needed, so it is dropped rather than awaited, and
+/// the sender is returned for [`close_quietly`]. A client that leaves before anything was sent
+/// ends the attempt at once: the upstream side is dropped (its connection closed, never pooled)
+/// and the result is `ClientClosed`. Every departure is counted in
+/// `refract_client_disconnects_total` (`wait` or `stream`).
 pub(super) async fn run_with_writer<T>(
     metrics: &Metrics,
-    upstream: impl Future<Output = std::result::Result<T, GatewayError>>,
+    upstream: impl Future<Output = (std::result::Result<T, GatewayError>, Option<DownSender>)>,
     writer: impl Future<Output = Written>,
-) -> (std::result::Result<T, GatewayError>, Written) {
+) -> (std::result::Result<T, GatewayError>, Written, Option<DownSender>) {
     tokio::pin!(upstream);
     tokio::pin!(writer);
-    let (result, written) = tokio::select! {
+    let (result, written, idle) = tokio::select! {
         biased;
-        result = &mut upstream => (result, writer.await),
+        (result, idle) = &mut upstream => match idle {
+            Some(idle) => (result, Written::default(), Some(idle)),
+            None => (result, writer.await, None),
+        },
         written = &mut writer => {
             if written.client_gone && written.sent.is_none() {
-                (Err(GatewayError::ClientClosed), written)
+                (Err(GatewayError::ClientClosed), written, None)
             } else {
-                (upstream.await, written)
+                let (result, idle) = upstream.await;
+                (result, written, idle)
             }
         }
     };
@@ -235,7 +261,21 @@ pub(super) async fn run_with_writer<T>(
             None => ClientPhase::Wait,
         });
     }
-    (result, written)
+    (result, written, idle)
+}
+
+/// The sender of the downstream channel.
+pub(super) type DownSender = tokio::sync::mpsc::Sender<Down>;
+
+/// Drops the unclosed sender [`run_with_writer`] returned, once the writer is gone, without
+/// waking this task: the receiver is first polled with a no-op waker, which replaces the
+/// task's own waker it still holds.
+pub(super) fn close_quietly(down: &mut tokio::sync::mpsc::Receiver<Down>, idle: Option<DownSender>) {
+    if let Some(sender) = idle {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let _ = down.poll_recv(&mut cx);
+        drop(sender);
+    }
 }
 
 /// The head of an event stream.

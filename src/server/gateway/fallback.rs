@@ -21,7 +21,7 @@
 //! ones included). When every candidate fails, the primary's error is returned (its status and
 //! body) with `extra_fields.fallback_errors: [{provider, model, status, type, message}]`.
 
-use super::answer::{run_with_writer, write_event_stream, StreamSink, EVENTS_AHEAD};
+use super::answer::{close_quietly, run_with_writer, write_event_stream, StreamSink, EVENTS_AHEAD};
 use super::{streamed_reply, Gateway, Reply, RequestCtx};
 use crate::auth::Identity;
 use crate::error::GatewayError;
@@ -314,6 +314,7 @@ async fn attempt_once(
         config,
         pipeline: None,
         down: Some(down_tx),
+        used: false,
     };
     let sink_ref = &mut sink;
     let upstream = async move {
@@ -328,12 +329,13 @@ async fn attempt_once(
             // Mid-stream failure: tell the client in-band (no-op if nothing was sent).
             sink_ref.abort(e).await;
         }
-        // Closing the channel ends the downstream writer.
-        sink_ref.down = None;
-        result
+        let idle = sink_ref.finish();
+        (result, idle)
     };
     let writer = write_event_stream(session, &mut down_rx, &ctx.request_id);
-    let (result, written): (Result<_, GatewayError>, _) = run_with_writer(&state.metrics, upstream, writer).await;
+    let (result, written, idle): (Result<_, GatewayError>, _, _) =
+        run_with_writer(&state.metrics, upstream, writer).await;
+    close_quietly(&mut down_rx, idle);
     if let Some(reply) = streamed_reply(ctx, result.as_ref().err(), &written) {
         ctx.provider = Some(form.provider.clone());
         ctx.model = Some(form.model.clone());

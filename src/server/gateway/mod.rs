@@ -37,7 +37,7 @@ pub use fallback::retry_reason;
 mod follow;
 mod upload;
 
-use answer::{run_with_writer, write_event_stream, write_stream_head, Down, StreamSink, EVENTS_AHEAD};
+use answer::{close_quietly, run_with_writer, write_event_stream, write_stream_head, Down, StreamSink, EVENTS_AHEAD};
 use upload::{drain_epilogue, SessionBody, UpstreamFeed, CLIENT_READ_TIMEOUT, STREAM_AHEAD, STREAM_MIN_BYTES};
 
 /// Per-request state, read by `logging`.
@@ -198,6 +198,7 @@ impl Gateway {
             config: stream_config.clone(),
             pipeline: None,
             down: Some(down_tx),
+            used: false,
         };
         let request_id = ctx.request_id.clone();
         let request_start = ctx.start;
@@ -206,6 +207,8 @@ impl Gateway {
             bytes: &mut ctx.request_bytes,
             client_gone: false,
         };
+        // Small uploads are sent from the spool once complete; larger or chunked ones stream.
+        let stream_upload = declared_len.is_none_or(|len| len >= STREAM_MIN_BYTES);
         let upload = async {
             let mut feed = UpstreamFeed {
                 router,
@@ -215,7 +218,7 @@ impl Gateway {
                 start: Some(start_tx),
                 pieces: Some(piece_tx),
                 encoder: None,
-                stream_upload: declared_len.is_none_or(|len| len >= STREAM_MIN_BYTES),
+                stream_upload,
                 saw_file: false,
                 early_text: Vec::new(),
                 routed: None,
@@ -273,12 +276,14 @@ impl Gateway {
             }
         });
         // Read the upload to its end while the streamed attempt (if any) runs; the attempt may
-        // finish first (an early answer).
+        // finish first (an early answer). An upload that cannot stream never starts one, and
+        // leaving the attempt unpolled spares the task a wake-up of its own when the upload
+        // ends (tokio answers a task waking itself with a yield that rouses a parked worker).
         let mut streamed_early = None;
         let (parsed, routed) = loop {
             tokio::select! {
                 r = &mut upload => break r,
-                r = &mut streamed, if streamed_early.is_none() => streamed_early = Some(r),
+                r = &mut streamed, if stream_upload && streamed_early.is_none() => streamed_early = Some(r),
             }
         };
         drop(upload);
@@ -353,12 +358,12 @@ impl Gateway {
                 // Mid-stream failure: tell the client in-band (no-op if nothing was sent).
                 sink.abort(e).await;
             }
-            // Closing the channel ends the downstream writer.
-            sink.down = None;
-            result
+            let idle = sink.finish();
+            (result, idle)
         };
         let writer = write_event_stream(session, &mut down_rx, &request_id);
-        let (result, written) = run_with_writer(&state.metrics, upstream, writer).await;
+        let (result, written, idle) = run_with_writer(&state.metrics, upstream, writer).await;
+        close_quietly(&mut down_rx, idle);
         ctx.upstream = Some(upstream_start.elapsed());
         if let Some(reply) = streamed_reply(ctx, result.as_ref().err(), &written) {
             if let Some(key) = used_key {

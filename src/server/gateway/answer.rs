@@ -34,7 +34,7 @@ pub(super) struct StreamSink {
     /// Set by the upload once the form is valid and asks for a stream.
     pub(super) config: Arc<OnceLock<StreamContext>>,
     pub(super) pipeline: Option<StreamPipeline>,
-    pub(super) down: Option<tokio::sync::mpsc::Sender<Down>>,
+    pub(super) down: Option<DownSender>,
     /// Whether anything was sent down the channel.
     pub(super) used: bool,
 }
@@ -59,7 +59,7 @@ impl StreamSink {
     /// the writer is dropped: closing it now would wake this very task (the writer's receiver
     /// holds its waker), and tokio answers a task waking itself with a yield that rouses a
     /// parked worker thread, a cross-thread hand-off on every request.
-    pub(super) fn finish(&mut self) -> Option<tokio::sync::mpsc::Sender<Down>> {
+    pub(super) fn finish(&mut self) -> Option<DownSender> {
         let down = self.down.take();
         if self.used {
             None

@@ -60,14 +60,9 @@ impl<'a> RawObject<'a> {
     /// Parses `bytes` as one JSON object.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, JsonError> {
         let mut scan = Scanner::new(bytes)?;
-        let mut fields = Vec::new();
-        scan.object(|scan, key| {
-            let value = scan.value()?;
-            fields.push((key, value));
-            Ok(())
-        })?;
+        let object = scan.raw_object()?;
         scan.end()?;
-        Ok(RawObject(fields))
+        Ok(object)
     }
 
     /// The raw value of `key`, if present.
@@ -270,6 +265,17 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Scans `{…}` into its members, raw.
+    fn raw_object(&mut self) -> Result<RawObject<'a>, JsonError> {
+        let mut fields = Vec::new();
+        self.object(|scan, key| {
+            let value = scan.value()?;
+            fields.push((key, value));
+            Ok(())
+        })?;
+        Ok(RawObject(fields))
+    }
+
     /// Scans `[{…}, …]` into raw objects.
     fn array_of_objects(&mut self) -> Result<Vec<RawObject<'a>>, JsonError> {
         self.expect(b'[', "expected an array of objects")?;
@@ -280,13 +286,7 @@ impl<'a> Scanner<'a> {
             return Ok(items);
         }
         loop {
-            let mut fields = Vec::new();
-            self.object(|scan, key| {
-                let value = scan.value()?;
-                fields.push((key, value));
-                Ok(())
-            })?;
-            items.push(RawObject(fields));
+            items.push(self.raw_object()?);
             self.skip_whitespace();
             match self.peek() {
                 Some(b',') => self.at += 1,

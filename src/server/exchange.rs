@@ -100,6 +100,18 @@ impl Clock {
     }
 }
 
+/// The process's cache of provider addresses.
+static RESOLVER: std::sync::LazyLock<Resolver> = std::sync::LazyLock::new(Resolver::system);
+
+/// After a failed connection to a provider named by host name: its address is looked up again
+/// by the next request (the host may have moved).
+async fn forget_address(target: &Target) {
+    let url = &target.provider.base_url;
+    if url.host.parse::<IpAddr>().is_err() {
+        RESOLVER.forget(&url.host, url.port).await;
+    }
+}
+
 /// Resolves the provider's address without blocking the worker (Pingora's `HttpPeer::new`
 /// would resolve synchronously and panic on failure), within the connect limit, through the
 /// process's address cache ([`Resolver`]).
@@ -108,7 +120,6 @@ async fn resolve(target: &Target, limit: Limit) -> Result<SocketAddr, GatewayErr
     if let Ok(ip) = url.host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, url.port));
     }
-    static RESOLVER: std::sync::LazyLock<Resolver> = std::sync::LazyLock::new(Resolver::system);
     pingora::prelude::timeout(limit.wait, RESOLVER.resolve(&url.host, url.port))
         .await
         .map_err(|_| timed_out(target, Stage::Connect, limit))?
@@ -276,7 +287,13 @@ pub async fn exchange(
         tries += 1;
         let limit = clock.limit(target.provider.timeouts.connect);
         let peer = peer_for(target, addr, limit.wait);
-        let (mut session, reused) = connect(connector, &peer, target, limit).await?;
+        let (mut session, reused) = match connect(connector, &peer, target, limit).await {
+            Ok(connected) => connected,
+            Err(e) => {
+                forget_address(target).await;
+                return Err(e);
+            }
+        };
         match attempt(&mut session, target, &clock, req, spool, sink).await {
             Ok(resp) => {
                 release(connector, session, &peer).await;
@@ -535,7 +552,10 @@ pub async fn exchange_streamed(
     let peer = peer_for(target, addr, connect_limit.wait);
     let (mut session, reused) = match connect(connector, &peer, target, connect_limit).await {
         Ok(s) => s,
-        Err(e) => return Streamed::Failed(e),
+        Err(e) => {
+            forget_address(target).await;
+            return Streamed::Failed(e);
+        }
     };
     // Before an answer: a reused connection may just have been closed by the provider.
     let not_sent = |e: GatewayError| {

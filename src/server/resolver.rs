@@ -3,8 +3,8 @@
 //! Runs before each upstream connection to a provider named by host name (an IP address needs
 //! no lookup). Pingora's pool is keyed by address, so every attempt needs one; resolving on
 //! every request would run `getaddrinfo` on the blocking pool each time (a resolver round trip
-//! of milliseconds on a real network). Instead an address is reused for [`FRESH`]; the first
-//! request after that resolves again, while the others for that host wait for the same lookup
+//! of milliseconds on a real network). Instead an address is reused for [`FRESH`], or until a
+//! connection to it fails ([`Resolver::forget`]); the first request after that resolves again, while the others for that host wait for the same lookup
 //! (one lookup per host at a time). A lookup that fails falls back to the last address for up
 //! to [`STALE`] (trying again every [`RETRY`]), so a resolver outage does not take the
 //! providers down with it.
@@ -77,6 +77,16 @@ impl Resolver {
         let slot = Slot::default();
         hosts.entry(host.to_string()).or_default().push((port, slot.clone()));
         slot
+    }
+
+    /// Marks the address of `host`:`port` as due for a lookup (after a connection to it
+    /// failed: the host may have moved). It still stands in if that lookup fails.
+    pub async fn forget(&self, host: &str, port: u16) {
+        let slot = self.slot(host, port);
+        let mut last = slot.lock().await;
+        if let Some(r) = last.as_mut() {
+            r.next_lookup = Instant::now();
+        }
     }
 
     /// The address to connect to for `host`:`port` (its first address): cached while fresh,
@@ -180,6 +190,18 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(resolver.resolve("api.example", 443).await.unwrap(), addr(1));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_address_is_looked_up_again() {
+        let (resolver, calls) = counting(|n| Ok(vec![addr(n as u8 + 1)]));
+        assert_eq!(resolver.resolve("api.example", 443).await.unwrap(), addr(1));
+        resolver.forget("api.example", 443).await;
+        assert_eq!(resolver.resolve("api.example", 443).await.unwrap(), addr(2));
+        assert_eq!(resolver.resolve("api.example", 443).await.unwrap(), addr(2));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Forgetting a host never resolved is harmless.
+        resolver.forget("never.example", 443).await;
     }
 
     #[tokio::test]

@@ -26,6 +26,10 @@ pub const STALE: Duration = Duration::from_secs(600);
 /// How long a standing-in address is used before the next lookup is tried.
 pub const RETRY: Duration = Duration::from_secs(5);
 
+/// Most host names kept. Providers are few, but result downloads of asynchronous providers go
+/// to hosts the provider names; past this many the cache starts over rather than grow.
+pub const MAX_HOSTS: usize = 1024;
+
 /// The lookup a [`Resolver`] runs: every address of `host`:`port`.
 pub type Lookup =
     Box<dyn Fn(String, u16) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>> + Send + Sync>;
@@ -73,6 +77,9 @@ impl Resolver {
         let mut hosts = self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(slot) = hosts.get(host).and_then(|ports| ports.iter().find(|(p, _)| *p == port)) {
             return slot.1.clone();
+        }
+        if hosts.len() >= MAX_HOSTS && !hosts.contains_key(host) {
+            hosts.clear();
         }
         let slot = Slot::default();
         hosts.entry(host.to_string()).or_default().push((port, slot.clone()));
@@ -202,6 +209,20 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         // Forgetting a host never resolved is harmless.
         resolver.forget("never.example", 443).await;
+    }
+
+    #[tokio::test]
+    async fn the_cache_starts_over_rather_than_grow_past_its_limit() {
+        let (resolver, calls) = counting(|_| Ok(vec![addr(1)]));
+        for i in 0..=MAX_HOSTS {
+            resolver.slot(&format!("h{i}.example"), 443);
+        }
+        let kept = resolver.hosts.lock().unwrap().len();
+        assert!((1..=MAX_HOSTS).contains(&kept), "{kept}");
+        // Still answers, and caches again.
+        assert_eq!(resolver.resolve("api.example", 443).await.unwrap(), addr(1));
+        assert_eq!(resolver.resolve("api.example", 443).await.unwrap(), addr(1));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

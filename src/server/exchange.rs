@@ -136,8 +136,6 @@ fn peer_for(target: &Target, addr: SocketAddr, connect: Duration) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, p.base_url.https, p.base_url.host.clone());
     peer.options.connection_timeout = Some(connect);
     peer.options.total_connection_timeout = Some(connect);
-    peer.options.read_timeout = Some(p.timeouts.first_byte);
-    peer.options.write_timeout = Some(p.timeouts.idle);
     peer.options.idle_timeout = Some(p.timeouts.pool_idle);
     peer
 }
@@ -210,7 +208,6 @@ fn upstream_error(target: &Target, stage: Stage, limit: Limit, e: &Error) -> Gat
         ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => timed_out(target, Stage::Connect, limit),
         // A read that timed out while sending is the provider not taking the body.
         ErrorType::ReadTimedout | ErrorType::WriteTimedout => timed_out(target, stage, limit),
-
         ErrorType::ConnectRefused
         | ErrorType::ConnectNoRoute
         | ErrorType::ConnectError
@@ -229,17 +226,21 @@ enum AttemptError {
 }
 
 /// A pooled or new connection to `peer` (connecting within the connect limit `limit`, which
-/// the peer carries). Returns whether the connection was reused from the pool.
+/// the peer carries). Returns whether the connection was reused from the pool. A failed
+/// connection has the provider's address looked up again by the next request.
 async fn connect(
     connector: &Connector,
     peer: &HttpPeer,
     target: &Target,
     limit: Limit,
 ) -> Result<(HttpSession, bool), GatewayError> {
-    connector
-        .get_http_session(peer)
-        .await
-        .map_err(|e| upstream_error(target, Stage::Connect, limit, &e))
+    match connector.get_http_session(peer).await {
+        Ok(connected) => Ok(connected),
+        Err(e) => {
+            forget_address(target).await;
+            Err(upstream_error(target, Stage::Connect, limit, &e))
+        }
+    }
 }
 
 /// Arms the next write to the provider: within `idle_timeout_ms`, cut by the total.
@@ -287,13 +288,7 @@ pub async fn exchange(
         tries += 1;
         let limit = clock.limit(target.provider.timeouts.connect);
         let peer = peer_for(target, addr, limit.wait);
-        let (mut session, reused) = match connect(connector, &peer, target, limit).await {
-            Ok(connected) => connected,
-            Err(e) => {
-                forget_address(target).await;
-                return Err(e);
-            }
-        };
+        let (mut session, reused) = connect(connector, &peer, target, limit).await?;
         match attempt(&mut session, target, &clock, req, spool, sink).await {
             Ok(resp) => {
                 release(connector, session, &peer).await;
@@ -552,10 +547,7 @@ pub async fn exchange_streamed(
     let peer = peer_for(target, addr, connect_limit.wait);
     let (mut session, reused) = match connect(connector, &peer, target, connect_limit).await {
         Ok(s) => s,
-        Err(e) => {
-            forget_address(target).await;
-            return Streamed::Failed(e);
-        }
+        Err(e) => return Streamed::Failed(e),
     };
     // Before an answer: a reused connection may just have been closed by the provider.
     let not_sent = |e: GatewayError| {

@@ -450,14 +450,7 @@ fn respond_by_seed(mock: &MockUpstream, pause: std::time::Duration, fail: Option
                 json!({"images": [b64(&seed_png(seed))], "seeds": [seed], "finish_reasons": [null]}),
             )
         };
-        let body = serde_json::to_vec(&body).unwrap();
-        Reply::Chunked {
-            status,
-            content_type: "application/json".into(),
-            piece: body.len(),
-            body,
-            pause,
-        }
+        Reply::json_after(pause, status, &body)
     });
 }
 
@@ -530,7 +523,7 @@ fn stability_on_bedrock_n_is_served_by_n_signed_calls() {
 fn stability_on_bedrock_calls_default_to_four_at_once() {
     let mock = MockUpstream::start();
     let gw = gateway(&mock);
-    respond_by_seed(&mock, std::time::Duration::from_millis(300), None);
+    respond_by_seed(&mock, std::time::Duration::from_secs(1), None);
     let r = gw.edit(&stability_form(6, 30), &[("x-bf-vk", VK)]);
     assert_eq!(r.status, 200, "{}", r.text());
     let want: Vec<Vec<u8>> = (30..36).map(seed_png).collect();

@@ -115,15 +115,7 @@ fn stability_serves_every_edit_type() {
         names,
         ["image", "mask", "prompt", "negative_prompt", "seed", "output_format"]
     );
-    let mask_png = &parts_named(&parts, "mask")[0].data;
-    assert!(!refract::imaging::png_info(mask_png).unwrap().alpha);
-    let mask: Rgba = decode_png(mask_png).unwrap();
-    for y in 0..4 {
-        for x in 0..6 {
-            let want = if y < 2 { 255 } else { 0 };
-            assert_eq!(mask.pixel(x, y), [want, want, want, 255], "mask pixel ({x},{y})");
-        }
-    }
+    assert_stability_mask(&parts_named(&parts, "mask")[0].data);
     assert_eq!(text_part(&parts, "prompt"), "a red ball");
     assert_eq!(text_part(&parts, "seed"), "42");
 
@@ -229,14 +221,7 @@ fn respond_by_seed(mock: &MockUpstream, pause: std::time::Duration, fail: Option
         } else {
             (200, stability_answer(&seed_png(seed)))
         };
-        let body = serde_json::to_vec(&body).unwrap();
-        Reply::Chunked {
-            status,
-            content_type: "application/json".into(),
-            piece: body.len(),
-            body,
-            pause,
-        }
+        Reply::json_after(pause, status, &body)
     });
 }
 
@@ -252,8 +237,8 @@ fn assert_stability_mask(png: &[u8]) {
     }
 }
 
-fn inpaint_form(n: u32) -> Form {
-    form("stab/sd3", Some("a red ball"), &gradient_png())
+fn inpaint_form(model: &str, n: u32) -> Form {
+    form(model, Some("a red ball"), &gradient_png())
         .text("type", "inpainting")
         .text("n", &n.to_string())
         .file("mask", "m.png", "image/png", &unified_mask_png())
@@ -264,7 +249,7 @@ fn stability_n_is_served_by_n_calls_with_seeds_seed_plus_i() {
     let mock = MockUpstream::start();
     let gw = gateway(&mock);
     respond_by_seed(&mock, std::time::Duration::ZERO, None);
-    let r = gw.edit(&inpaint_form(3).text("seed", "42"), &[("x-bf-vk", VK)]);
+    let r = gw.edit(&inpaint_form("stab/sd3", 3).text("seed", "42"), &[("x-bf-vk", VK)]);
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     let data = v["data"].as_array().unwrap();
@@ -302,8 +287,8 @@ fn stability_n_is_served_by_n_calls_with_seeds_seed_plus_i() {
     for (seed, sent) in [(None, None), (Some("0"), Some(0))] {
         let before = mock.requests().len();
         let f = match seed {
-            Some(s) => inpaint_form(2).text("seed", s),
-            None => inpaint_form(2),
+            Some(s) => inpaint_form("stab/sd3", 2).text("seed", s),
+            None => inpaint_form("stab/sd3", 2),
         };
         let r = gw.edit(&f, &[("x-bf-vk", VK)]);
         assert_eq!(r.status, 200, "{}", r.text());
@@ -314,7 +299,7 @@ fn stability_n_is_served_by_n_calls_with_seeds_seed_plus_i() {
 
     // stream=true: the merged answer as one `completed` event per image.
     let r = gw.edit(
-        &inpaint_form(2).text("seed", "7").text("stream", "true"),
+        &inpaint_form("stab/sd3", 2).text("seed", "7").text("stream", "true"),
         &[("x-bf-vk", VK)],
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -337,14 +322,9 @@ fn stability_calls_run_at_most_repeat_concurrency_at_once() {
         mock.addr
     );
     let gw = Gateway::start(&setup);
-    // Each answer takes a while, so calls that may overlap do.
-    respond_by_seed(&mock, std::time::Duration::from_millis(300), None);
-    let f = form("stab2/sd3", Some("p"), &gradient_png())
-        .text("type", "inpainting")
-        .text("n", "5")
-        .text("seed", "100")
-        .file("mask", "m.png", "image/png", &unified_mask_png());
-    let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+    // Each answer takes a second, so calls that may overlap do.
+    respond_by_seed(&mock, std::time::Duration::from_secs(1), None);
+    let r = gw.edit(&inpaint_form("stab2/sd3", 5).text("seed", "100"), &[("x-bf-vk", VK)]);
     assert_eq!(r.status, 200, "{}", r.text());
     let data = r.json()["data"].as_array().unwrap().clone();
     let images: Vec<Vec<u8>> = data.iter().map(|d| unb64(d["b64_json"].as_str().unwrap())).collect();
@@ -363,7 +343,7 @@ fn one_failing_stability_call_fails_the_attempt_and_the_fallback_serves_it_whole
     let mock = MockUpstream::start();
     let gw = gateway(&mock);
     respond_by_seed(&mock, std::time::Duration::ZERO, Some(43));
-    let r = gw.edit(&inpaint_form(3).text("seed", "42"), &[("x-bf-vk", VK)]);
+    let r = gw.edit(&inpaint_form("stab/sd3", 3).text("seed", "42"), &[("x-bf-vk", VK)]);
     assert_eq!(r.status, 500, "{}", r.text());
     let v = r.json();
     assert_eq!(v["error"]["message"], "seed 43 failed");
@@ -375,7 +355,7 @@ fn one_failing_stability_call_fails_the_attempt_and_the_fallback_serves_it_whole
 
     // With a fallback, the fallback serves the whole request (all three images).
     let r = gw.edit(
-        &inpaint_form(3)
+        &inpaint_form("stab/sd3", 3)
             .text("seed", "42")
             .text("fallbacks", "openai/gpt-image-1"),
         &[("x-bf-vk", VK)],

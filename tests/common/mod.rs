@@ -416,6 +416,19 @@ impl Reply {
         }
     }
 
+    /// A JSON answer whose body is sent (in one chunk) after `pause`: a provider that takes
+    /// a while.
+    pub fn json_after(pause: Duration, status: u16, body: &Value) -> Reply {
+        let body = serde_json::to_vec(body).expect("json");
+        Reply::Chunked {
+            status,
+            content_type: "application/json".into(),
+            piece: body.len(),
+            body,
+            pause,
+        }
+    }
+
     /// An answer with any content type.
     pub fn raw(status: u16, content_type: &str, body: &[u8]) -> Reply {
         Reply::Answer {

@@ -441,7 +441,15 @@ pub struct ProviderOptions {
     pub retry_backoff: Duration,
     /// The circuit breaker per provider key (`circuit_breaker`); `None` (absent) disables it.
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Kinds that make one image per call (stability, bedrock's Stability models, bfl,
+    /// fireworks): how many of the n calls that serve `n > 1` run at once
+    /// (`repeat_concurrency`, default [`DEFAULT_REPEAT_CONCURRENCY`], 1..=10).
+    pub repeat_concurrency: usize,
 }
+
+/// Default `repeat_concurrency`: calls of one request in flight at once to a provider that makes
+/// one image per call.
+pub const DEFAULT_REPEAT_CONCURRENCY: usize = 4;
 
 /// A provider's circuit breaker settings (`circuit_breaker: {failures, open_ms}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

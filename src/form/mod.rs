@@ -69,6 +69,9 @@ pub struct Fallback {
     pub model: String,
 }
 
+/// Largest `n` a request may ask for (the spec's bound).
+pub const MAX_N: u32 = 10;
+
 /// A validated image-edit request: every field of the spec, typed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EditForm {
@@ -84,7 +87,7 @@ pub struct EditForm {
     pub mask: Option<FilePart>,
     /// `type`.
     pub edit_type: Option<EditType>,
-    /// `n`, 1..=10.
+    /// `n`, 1..=[`MAX_N`].
     pub n: Option<u32>,
     /// `size`, `WxH` or `auto`.
     pub size: Option<String>,

@@ -16,6 +16,7 @@ pub mod gemini;
 pub mod google;
 pub mod huggingface;
 pub mod jsonbody;
+pub mod merge;
 pub mod openai;
 pub mod polling;
 pub mod rawjson;

@@ -27,7 +27,7 @@ pub mod stability;
 pub mod titan;
 
 use super::azure::percent_encode_segment;
-use super::capabilities::{Capabilities, ModelFamily, Streaming};
+use super::capabilities::{Capabilities, ModelFamily, NByCalls, Streaming};
 use super::google::{json_post, no_image_error, unix_now, write_images_response, AnswerImage};
 use super::vertex::imagen;
 use super::{ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
@@ -96,6 +96,7 @@ fn is_other_model(_: &str) -> bool {
 pub static TITAN_NOVA_CAPABILITIES: Capabilities = Capabilities {
     mask: true,
     max_n: 5,
+    n_by_calls: None,
     max_images: 5,
     max_image_bytes: 10_000_000,
     edit_types: &[EditType::Inpainting, EditType::Outpainting, EditType::BackgroundRemoval],
@@ -108,10 +109,16 @@ pub static TITAN_NOVA_CAPABILITIES: Capabilities = Capabilities {
     allowed_sizes: &[],
 };
 
+/// A Stability service on Bedrock: one image in and out per call, so `n > 1` is served by n
+/// calls (providers.md §6.3: "loop for `n`"), call i with `seed + i` within 1–4294967294 (0
+/// means random and stays 0).
 const fn stability_capabilities(mask: bool, edit_types: &'static [EditType], extra: &'static str) -> Capabilities {
     Capabilities {
         mask,
         max_n: 1,
+        n_by_calls: Some(NByCalls {
+            seeds: (1, stability::MAX_SEED),
+        }),
         max_images: 1,
         max_image_bytes: 10_000_000,
         edit_types,
@@ -153,7 +160,10 @@ static FAMILIES: [ModelFamily; 5] = [
     ModelFamily {
         name: "other models (other Stability services need fields the unified request lacks: refused)",
         matches: is_other_model,
-        capabilities: stability_capabilities(false, &[], ""),
+        capabilities: Capabilities {
+            n_by_calls: None,
+            ..stability_capabilities(false, &[], "")
+        },
     },
 ];
 

@@ -57,6 +57,7 @@ pub struct GeminiAdapter;
 pub static GEMINI_IMAGE_CAPABILITIES: Capabilities = Capabilities {
     mask: false,
     max_n: 4,
+    n_by_calls: None,
     max_images: 14,
     max_image_bytes: 20 * 1024 * 1024,
     edit_types: &[],

@@ -25,7 +25,8 @@
 //!   `search_prompt` the unified request cannot carry), so the client must say what it wants.
 //!
 //! `seed` must be 0–4294967294 (0: random) and `output_format` png, jpeg or webp, else 400.
-//! `n` is 1 (one image per call; the capability says so). `size` outside outpainting,
+//! One image per call: the capability ([`N_BY_CALLS`]) has the gateway make n calls for `n > 1`,
+//! call i with `seed + i` (a seed of 0, random, stays 0). `size` outside outpainting,
 //! `quality`, `background`, `num_inference_steps`, `output_compression` are dropped.
 //!
 //! Answer: `{"image":"<b64>","finish_reason":"SUCCESS"|"CONTENT_FILTERED","seed":…}` → the
@@ -33,7 +34,7 @@
 //! `CONTENT_FILTERED` → 400 `moderation_blocked`. Errors `{"id","name","errors":[…]}` keep the
 //! provider's status; the message is the `errors` joined, `type` and `code` the `name`.
 
-use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
+use super::capabilities::{any_model, Capabilities, ModelFamily, NByCalls, Streaming};
 use super::google::{no_image_error, unix_now, write_images_response, AnswerImage};
 use super::openai::{multipart_head, new_boundary, provider_error, MultipartWriter};
 use super::vertex::imagen;
@@ -59,11 +60,18 @@ pub const MAX_SEED: i64 = 4_294_967_294;
 /// Largest border per side for outpainting, in pixels.
 pub const MAX_BORDER: u32 = 2000;
 
-/// Stability's edit services. Limits [doc/unverified]: one image per call, a request of about
-/// 10 MiB (so 10 MB per image), `output_format` png/jpeg/webp.
+/// `n > 1` with Stability (REST, and its services on Bedrock): n calls of one image, as the
+/// references say (providers.md §6.3, §7.4: "loop for `n`"); call i sends `seed + i` within
+/// 1–[`MAX_SEED`] (0 means random and stays 0).
+pub const N_BY_CALLS: NByCalls = NByCalls { seeds: (1, MAX_SEED) };
+
+/// Stability's edit services. Limits [doc/unverified]: one image per call (more by
+/// [`N_BY_CALLS`]), a request of about 10 MiB (so 10 MB per image), `output_format`
+/// png/jpeg/webp.
 pub static STABILITY_CAPABILITIES: Capabilities = Capabilities {
     mask: true,
     max_n: 1,
+    n_by_calls: Some(N_BY_CALLS),
     max_images: 1,
     max_image_bytes: 10_000_000,
     edit_types: &[EditType::Inpainting, EditType::Outpainting, EditType::BackgroundRemoval],

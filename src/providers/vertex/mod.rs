@@ -53,6 +53,7 @@ pub fn is_imagen(model: &str) -> bool {
 pub static IMAGEN_CAPABILITIES: Capabilities = Capabilities {
     mask: true,
     max_n: 4,
+    n_by_calls: None,
     max_images: 4,
     max_image_bytes: 10_000_000,
     edit_types: &[EditType::Inpainting, EditType::Outpainting, EditType::BackgroundRemoval],

@@ -11,7 +11,7 @@
 //! `request_filter`, because Pingora's own proxy loop replays only 64 KiB of body and cannot
 //! retry after a response head (see the README's design notes).
 
-use super::exchange::{exchange, exchange_streamed, Piece, Streamed};
+use super::exchange::{exchange_streamed, Piece, Streamed};
 use super::AppState;
 use crate::error::{ErrorContext, GatewayError};
 use crate::form::parse_edit_form;
@@ -35,6 +35,7 @@ mod answer;
 mod fallback;
 pub use fallback::retry_reason;
 mod follow;
+mod repeat;
 mod upload;
 
 use answer::{close_quietly, run_with_writer, write_event_stream, write_stream_head, Down, StreamSink, EVENTS_AHEAD};
@@ -327,7 +328,7 @@ impl Gateway {
                 state.breakers.begin(&form.provider, target.key_index, Instant::now());
             }
             let result = match first {
-                Some((target, Streamed::Answered(resp))) => Ok((target, resp)),
+                Some((target, Streamed::Answered(resp))) => Ok((target, repeat::Answered::One(resp))),
                 Some((_, Streamed::Failed(e))) => Err(e),
                 other => {
                     // Not streamed (small upload, or model after the images), or the streamed
@@ -342,14 +343,16 @@ impl Gateway {
                         };
                         *used_key_ref = Some(target.key_index);
                         let target = state.credentials.prepare(&state.connector, target).await?;
-                        let request = adapter_for(target.provider.kind).build_request_from_spool(
-                            &form,
-                            &spool,
-                            &target,
-                            &request_id,
-                        )?;
-                        let exchanged = exchange(&state.connector, &target, &request, &spool, &mut *sink).await?;
-                        Ok((target, exchanged))
+                        let call = repeat::Call {
+                            connector: &state.connector,
+                            target: &target,
+                            form: &form,
+                            spool: &spool,
+                            request_id: &request_id,
+                            start: request_start,
+                        };
+                        let answered = repeat::send(&call, &mut *sink).await?;
+                        Ok((target, answered))
                     }
                     .await
                 }
@@ -403,6 +406,7 @@ impl Gateway {
     /// The end of an attempt whose provider answered: follow-ups (asynchronous providers), then
     /// the conversion into the unified answer (or, for a stream request the provider answered
     /// whole, the synthesized event stream). `form` is the attempt's own (its provider/model).
+    /// The n calls of a repeated attempt come followed up, converted and merged already.
     #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
@@ -411,10 +415,17 @@ impl Gateway {
         form: &crate::form::EditForm,
         spool: &Spool,
         target: &Target,
-        response: crate::providers::UpstreamResponse,
+        answered: repeat::Answered,
         stream_cx: Option<&StreamContext>,
     ) -> std::result::Result<Reply, GatewayError> {
         let state = &self.state;
+        let response = match answered {
+            repeat::Answered::One(response) => response,
+            repeat::Answered::Merged { result, retry_after } => {
+                ctx.retry_after = retry_after;
+                return reply(result?, stream_cx);
+            }
+        };
         ctx.retry_after = response.retry_after;
         let request_id = ctx.request_id.clone();
         let adapter = adapter_for(target.provider.kind);
@@ -425,8 +436,10 @@ impl Gateway {
             latency_ms: ctx.start.elapsed().as_millis() as u64,
             num_input_images: form.images.len(),
         };
-        // Asynchronous providers: poll and download until the adapter has the answer.
-        let followed = follow::run(
+        // Asynchronous providers: poll and download until the adapter has the answer; the
+        // adapter converts it: a success into the unified JSON, an error status (stream
+        // request or not) into the provider's error.
+        let unified = follow::run(
             adapter,
             follow::Request {
                 connector: &state.connector,
@@ -434,35 +447,27 @@ impl Gateway {
                 spool,
                 request_id: &request_id,
                 want_url: form.response_format.as_deref() == Some("url") && !form.stream,
-                response: response_cx.clone(),
+                response: response_cx,
                 start: ctx.start,
             },
             response,
             session,
         )
         .await?;
-        // The adapter converts: a success into the unified JSON, an error status (stream
-        // request or not) into the provider's error.
-        let unified = match followed {
-            follow::Followed::Answer(unified) => unified,
-            follow::Followed::Convert(response) => adapter.convert_response(
-                &response,
-                &ResponseContext {
-                    latency_ms: ctx.start.elapsed().as_millis() as u64,
-                    ..response_cx
-                },
-            )?,
-        };
-        match stream_cx {
-            // A stream request answered with a complete success (the provider cannot stream):
-            // one `completed` event per image, in the client's framing.
-            Some(cx) => {
-                let mut out = Vec::new();
-                synthesize_stream(&unified, cx.clone(), &mut out)?;
-                Ok(Reply::Events(Bytes::from(out)))
-            }
-            None => Ok(Reply::Json(unified)),
+        reply(unified, stream_cx)
+    }
+}
+
+/// The reply for a unified answer: the JSON, or for a stream request (the provider cannot
+/// stream, or answered whole) one `completed` event per image, in the client's framing.
+fn reply(unified: Bytes, stream_cx: Option<&StreamContext>) -> std::result::Result<Reply, GatewayError> {
+    match stream_cx {
+        Some(cx) => {
+            let mut out = Vec::new();
+            synthesize_stream(&unified, cx.clone(), &mut out)?;
+            Ok(Reply::Events(Bytes::from(out)))
         }
+        None => Ok(Reply::Json(unified)),
     }
 }
 

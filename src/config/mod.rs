@@ -231,15 +231,34 @@ pub struct Limits {
     pub max_part_bytes: u64,
     /// Largest single text field, in bytes.
     pub max_field_bytes: usize,
+    /// After an answer sent before the request body was read to its end (401, 413…): the most
+    /// bytes of the rest of the body read and discarded so that the client, still sending, gets
+    /// the answer (`linger_bytes`; default `max_body_bytes` + 16 MiB, so that a body refused
+    /// for being just over the limit, all of it still to come, gets its 413). A longer rest
+    /// closes the connection at once.
+    pub linger_bytes: u64,
+    /// The longest time spent reading and discarding that rest (`linger_timeout_ms`, default
+    /// 5 s); then the connection is closed.
+    pub linger_timeout: Duration,
+}
+
+impl Limits {
+    /// How far past `max_body_bytes` the default `linger_bytes` reaches.
+    pub const LINGER_BEYOND_MAX_BODY: u64 = 16 * MIB;
+    /// Default of `linger_timeout_ms`.
+    pub const DEFAULT_LINGER_TIMEOUT_MS: u64 = 5000;
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let max_body_bytes = 100 * MIB;
         Limits {
-            max_body_bytes: 100 * MIB,
+            max_body_bytes,
             max_images: 16,
             max_part_bytes: 50 * MIB,
             max_field_bytes: 64 * 1024,
+            linger_bytes: max_body_bytes + Self::LINGER_BEYOND_MAX_BODY,
+            linger_timeout: Duration::from_millis(Self::DEFAULT_LINGER_TIMEOUT_MS),
         }
     }
 }
@@ -739,6 +758,10 @@ providers:
             (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
             (104_857_600, 16, 52_428_800, 65_536)
         );
+        assert_eq!(
+            (l.linger_bytes, l.linger_timeout),
+            (121_634_816, Duration::from_millis(5000))
+        );
         assert_eq!(c.spool.memory_bytes, 1_048_576);
         assert!(c.spool.directory.is_none());
         let p = &c.providers[0];
@@ -765,6 +788,7 @@ providers:
             (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
             (d.max_body_bytes, d.max_images, d.max_part_bytes, d.max_field_bytes)
         );
+        assert_eq!((l.linger_bytes, l.linger_timeout), (d.linger_bytes, d.linger_timeout));
         assert_eq!(c.server.threads, ServerSettings::default().threads);
         assert_eq!(c.spool.memory_bytes, SpoolSettings::default().memory_bytes);
         assert_eq!(c.auth.allow_anonymous, AuthSettings::default().allow_anonymous);
@@ -834,6 +858,8 @@ providers:
             "max_images:",
             "max_part_bytes:",
             "max_field_bytes:",
+            "linger_bytes:",
+            "linger_timeout_ms:",
             "spool:",
             "memory_bytes:",
             "directory:",

@@ -35,10 +35,12 @@ mod answer;
 mod fallback;
 pub use fallback::retry_reason;
 mod follow;
+mod linger;
 mod repeat;
 mod upload;
 
 use answer::{close_quietly, run_with_writer, write_event_stream, write_stream_head, Down, StreamSink, EVENTS_AHEAD};
+use linger::{discard_rest, BodyRest};
 use upload::{drain_epilogue, SessionBody, UpstreamFeed, CLIENT_READ_TIMEOUT, STREAM_AHEAD, STREAM_MIN_BYTES};
 
 /// Per-request state, read by `logging`.
@@ -59,6 +61,9 @@ pub struct RequestCtx {
     /// The `Retry-After` of the latest provider answer that reached `finish`, taken by the
     /// retry loop after a failed attempt.
     retry_after: Option<Duration>,
+    /// When the request goes on after its answer was complete (lingering after an early
+    /// answer): the time to the answer, reported as the request's duration.
+    answered_after: Option<Duration>,
 }
 
 /// The gateway service.
@@ -118,14 +123,14 @@ impl Gateway {
     }
 
     /// Writes a gateway or provider error in Bifrost's shape. If the request body was not read
-    /// to its end the connection is closed after the answer, rather than drained.
+    /// to its end, the answer says `Connection: close` and the rest of the body is then read and
+    /// discarded within `limits.linger_*` (see [`linger`]), so that a client still sending
+    /// gets the answer; a body that could not be read closes the connection at once.
     async fn send_error(&self, session: &mut Session, ctx: &mut RequestCtx, err: &GatewayError) -> Result<()> {
         if let GatewayError::Internal(detail) = err {
             log::error!("request {}: {detail}", ctx.request_id);
         }
-        if !session.is_body_done() {
-            session.set_keepalive(None);
-        }
+        let rest = BodyRest::decide(session, err);
         ctx.reason = Some(err.code());
         let mut body = err.to_json(&ErrorContext {
             request_id: Some(&ctx.request_id),
@@ -138,7 +143,14 @@ impl Gateway {
                 serde_json::Value::Array(std::mem::take(&mut ctx.fallback_errors));
         }
         let body = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
-        self.send_json(session, ctx, err.status(), Bytes::from(body)).await
+        self.send_json(session, ctx, err.status(), Bytes::from(body)).await?;
+        if rest == BodyRest::Linger {
+            ctx.answered_after = Some(ctx.start.elapsed());
+            let lingered = discard_rest(session, &self.state.config.limits).await;
+            ctx.request_bytes += lingered.bytes;
+            self.state.metrics.linger(lingered.outcome);
+        }
+        Ok(())
     }
 
     /// The image-edit request, from auth to the converted answer.
@@ -520,6 +532,7 @@ impl ProxyHttp for Gateway {
             response_bytes: 0,
             fallback_errors: Vec::new(),
             retry_after: None,
+            answered_after: None,
         }
     }
 
@@ -597,12 +610,13 @@ impl ProxyHttp for Gateway {
         if ctx.status == 0 && e.is_some() {
             ctx.reason = Some("client_error");
         }
+        let duration = ctx.answered_after.unwrap_or_else(|| ctx.start.elapsed());
         self.state.metrics.request_finished(&RequestRecord {
             provider: ctx.provider.as_deref(),
             model: ctx.model.as_deref(),
             status: ctx.status,
             reason: ctx.reason,
-            duration: ctx.start.elapsed(),
+            duration,
             upstream: ctx.upstream,
             request_bytes: ctx.request_bytes,
             response_bytes: ctx.response_bytes,
@@ -619,7 +633,7 @@ impl ProxyHttp for Gateway {
                 .map(|m| m.chars().take(64).flat_map(char::escape_default).collect::<String>())
                 .unwrap_or_else(|| "-".into()),
             ctx.reason.unwrap_or("-"),
-            ctx.start.elapsed().as_secs_f64() * 1000.0,
+            duration.as_secs_f64() * 1000.0,
         );
     }
 }

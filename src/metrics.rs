@@ -8,7 +8,7 @@
 
 use crate::error::TimeoutKind;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -33,6 +33,7 @@ pub struct Metrics {
     circuit_open: IntGaugeVec,
     timeouts: IntCounterVec,
     client_disconnects: IntCounterVec,
+    image_decodes: IntCounter,
     models: Mutex<HashSet<String>>,
 }
 
@@ -176,6 +177,11 @@ impl Metrics {
         }
         registry.register(Box::new(timeouts.clone()))?;
         registry.register(Box::new(client_disconnects.clone()))?;
+        let image_decodes = IntCounter::new(
+            "refract_image_decodes_total",
+            "Images the gateway decoded: mask conversions, at most one per request and provider mask convention (retries and fallbacks reuse it).",
+        )?;
+        registry.register(Box::new(image_decodes.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -190,6 +196,7 @@ impl Metrics {
             circuit_open,
             timeouts,
             client_disconnects,
+            image_decodes,
             models: Mutex::new(HashSet::new()),
         })
     }
@@ -222,6 +229,11 @@ impl Metrics {
     /// A client went away in `phase`, before its answer was complete.
     pub fn client_disconnect(&self, phase: ClientPhase) {
         self.client_disconnects.with_label_values(&[phase.as_str()]).inc();
+    }
+
+    /// The gateway decoded an image (converted a mask), on its decode pool.
+    pub fn image_decoded(&self) {
+        self.image_decodes.inc();
     }
 
     /// A request started.

@@ -34,6 +34,9 @@ pub struct Spool {
     file: Option<File>,
     file_len: u64,
     directory: Option<PathBuf>,
+    /// The masks converted from this spool's mask part, once per convention for the whole
+    /// request (see [`Spool::converted_masks`]).
+    masks: crate::imaging::ConvertedMasks,
 }
 
 /// Size of the chunks handed out when reading file-backed ranges.
@@ -50,6 +53,7 @@ impl Spool {
             file: None,
             file_len: 0,
             directory,
+            masks: Default::default(),
         }
     }
 
@@ -66,6 +70,13 @@ impl Spool {
     /// True once the spool has spilled to a temp file.
     pub fn spilled(&self) -> bool {
         self.file.is_some()
+    }
+
+    /// The request's masks converted for providers, kept next to the upload they come from:
+    /// every attempt of the request (retries, fallbacks) is rebuilt from this spool and
+    /// reuses a conversion made for an earlier one.
+    pub fn converted_masks(&self) -> &crate::imaging::ConvertedMasks {
+        &self.masks
     }
 
     /// Appends one chunk; returns the offset it was stored at.

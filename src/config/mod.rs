@@ -231,6 +231,18 @@ pub struct Limits {
     pub max_part_bytes: u64,
     /// Largest single text field, in bytes.
     pub max_field_bytes: usize,
+    /// Most pixels (width × height, from the header) of an image the gateway or the simulator
+    /// decodes (a mask it converts, an image the simulator edits); larger ones are refused
+    /// before any decoding.
+    pub max_image_pixels: u64,
+    /// Most image decodes and mask conversions running at once (on blocking threads); the
+    /// others wait their turn.
+    pub decode_concurrency: usize,
+}
+
+/// The default of `limits.decode_concurrency`: the number of CPU cores.
+pub fn default_decode_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
 }
 
 impl Default for Limits {
@@ -240,6 +252,8 @@ impl Default for Limits {
             max_images: 16,
             max_part_bytes: 50 * MIB,
             max_field_bytes: 64 * 1024,
+            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
+            decode_concurrency: default_decode_concurrency(),
         }
     }
 }
@@ -731,6 +745,10 @@ providers:
             (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
             (104_857_600, 16, 52_428_800, 65_536)
         );
+        assert_eq!(
+            (l.max_image_pixels, l.decode_concurrency),
+            (16_777_216, default_decode_concurrency())
+        );
         assert_eq!(c.spool.memory_bytes, 1_048_576);
         assert!(c.spool.directory.is_none());
         let p = &c.providers[0];
@@ -826,6 +844,8 @@ providers:
             "max_images:",
             "max_part_bytes:",
             "max_field_bytes:",
+            "max_image_pixels:",
+            "decode_concurrency:",
             "spool:",
             "memory_bytes:",
             "directory:",

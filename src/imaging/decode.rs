@@ -40,7 +40,9 @@ fn header(kind: ImageKind, width: u32, height: u32, max_pixels: u64) -> Result<(
 pub(super) fn png_reader<R: Read>(r: R, max_pixels: u64) -> Result<png::Reader<R>, ImagingError> {
     let mut decoder = png::Decoder::new_with_limits(r, png::Limits { bytes: 64 << 20 });
     decoder.set_transformations(png::Transformations::normalize_to_color8());
-    let reader = decoder.read_info().map_err(|e| ImagingError::decode(ImageKind::Png, e))?;
+    let reader = decoder
+        .read_info()
+        .map_err(|e| ImagingError::decode(ImageKind::Png, e))?;
     header(ImageKind::Png, reader.info().width, reader.info().height, max_pixels)?;
     Ok(reader)
 }

@@ -70,9 +70,7 @@ pub fn dimensions(kind: ImageKind, r: impl BufRead + Seek) -> Result<ImageHeader
                 .set_max_height(JPEG_MAX_SIDE);
             let mut decoder = zune_jpeg::JpegDecoder::new_with_options(r, options);
             decoder.decode_headers().map_err(|e| decode(&format!("{e:?}")))?;
-            let (w, h) = decoder
-                .dimensions()
-                .ok_or_else(|| decode(&"no frame header"))?;
+            let (w, h) = decoder.dimensions().ok_or_else(|| decode(&"no frame header"))?;
             Ok(ImageHeader {
                 kind,
                 width: w as u32,
@@ -159,7 +157,10 @@ pub(crate) mod tests {
             alpha,
         };
         assert_eq!(dimensions_of(&png).unwrap().unwrap(), want(ImageKind::Png, true));
-        assert_eq!(dimensions_of(&jpeg(&img)).unwrap().unwrap(), want(ImageKind::Jpeg, false));
+        assert_eq!(
+            dimensions_of(&jpeg(&img)).unwrap().unwrap(),
+            want(ImageKind::Jpeg, false)
+        );
         let w = dimensions_of(&webp(&img)).unwrap().unwrap();
         assert_eq!((w.kind, w.width, w.height), (ImageKind::Webp, 37, 21));
         assert!(dimensions_of(b"GIF89a......").is_none());

@@ -66,6 +66,30 @@ pub struct ConvertedMask {
     pub png: Vec<u8>,
 }
 
+/// A request's converted masks, at most one per convention, made on first use and reused by
+/// every later attempt of the request (retries, fallbacks); kept with the request's spool.
+#[derive(Debug, Default)]
+pub struct ConvertedMasks {
+    slots: [tokio::sync::OnceCell<std::sync::Arc<ConvertedMask>>; 3],
+}
+
+impl ConvertedMasks {
+    /// The mask converted to `convention`: the one made earlier in this request, or the one
+    /// `convert` makes now (concurrent callers wait for it). An error is not kept: the request
+    /// ends with it.
+    pub async fn get_or_convert<E, F, Fut>(
+        &self,
+        convention: MaskConvention,
+        convert: F,
+    ) -> Result<std::sync::Arc<ConvertedMask>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<std::sync::Arc<ConvertedMask>, E>>,
+    {
+        self.slots[convention.index()].get_or_try_init(convert).await.cloned()
+    }
+}
+
 /// Converts the unified mask PNG read from `r` to `convention`: each alpha-0 pixel becomes the
 /// edit colour, every other pixel the keep colour. Errors: not a decodable PNG, more than
 /// `max_pixels` pixels ([`ImagingError::TooLarge`], checked on the decoder's header before
@@ -102,8 +126,8 @@ fn convert(
     let mut reader = png_reader(r, max_pixels)?;
     let info = reader.info();
     let (width, height) = (info.width, info.height);
-    let has_alpha = matches!(info.color_type, png::ColorType::Rgba | png::ColorType::GrayscaleAlpha)
-        || info.trns.is_some();
+    let has_alpha =
+        matches!(info.color_type, png::ColorType::Rgba | png::ColorType::GrayscaleAlpha) || info.trns.is_some();
     if !has_alpha {
         return Err(ImagingError::MaskWithoutAlpha);
     }
@@ -194,7 +218,11 @@ mod tests {
         ));
         let bomb = png_declaring(8192, 8192);
         assert!(matches!(
-            convert_mask_from(Cursor::new(&bomb), MaskConvention::GrayWhiteEdit, crate::imaging::DEFAULT_MAX_PIXELS),
+            convert_mask_from(
+                Cursor::new(&bomb),
+                MaskConvention::GrayWhiteEdit,
+                crate::imaging::DEFAULT_MAX_PIXELS
+            ),
             Err(ImagingError::TooLarge { .. })
         ));
         assert!(matches!(

@@ -15,7 +15,7 @@ pub mod pool;
 
 pub use decode::{decode, decode_png};
 pub use header::{dimensions, ImageHeader};
-pub use mask::{convert_mask, ConvertedMask, MaskConvention};
+pub use mask::{convert_mask, ConvertedMask, ConvertedMasks, MaskConvention};
 pub use pool::DecodePool;
 
 use std::io::Cursor;

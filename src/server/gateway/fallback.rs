@@ -320,7 +320,7 @@ async fn attempt_once(
     let upstream = async move {
         let result = async {
             let target = state.credentials.prepare(&state.connector, target).await?;
-            let request = adapter_for(kind).build_request_from_spool(form, spool, &target, &request_id)?;
+            let request = super::prepare::build_request(state, form, spool, &target, &request_id).await?;
             let exchanged = exchange(&state.connector, &target, &request, spool, &mut *sink_ref).await?;
             Ok((target, exchanged))
         }

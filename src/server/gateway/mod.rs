@@ -35,6 +35,7 @@ mod answer;
 mod fallback;
 pub use fallback::retry_reason;
 mod follow;
+mod prepare;
 mod upload;
 
 use answer::{close_quietly, run_with_writer, write_event_stream, write_stream_head, Down, StreamSink, EVENTS_AHEAD};
@@ -342,12 +343,7 @@ impl Gateway {
                         };
                         *used_key_ref = Some(target.key_index);
                         let target = state.credentials.prepare(&state.connector, target).await?;
-                        let request = adapter_for(target.provider.kind).build_request_from_spool(
-                            &form,
-                            &spool,
-                            &target,
-                            &request_id,
-                        )?;
+                        let request = prepare::build_request(state, &form, &spool, &target, &request_id).await?;
                         let exchanged = exchange(&state.connector, &target, &request, &spool, &mut *sink).await?;
                         Ok((target, exchanged))
                     }

@@ -35,6 +35,7 @@ pub struct Metrics {
     client_disconnects: IntCounterVec,
     /// `refract_linger_total`, one counter per [`LingerOutcome`] (resolved once).
     lingers: [IntCounter; LingerOutcome::ALL.len()],
+    image_decodes: IntCounter,
     models: Mutex<HashSet<String>>,
 }
 
@@ -225,6 +226,11 @@ impl Metrics {
         )?;
         registry.register(Box::new(linger.clone()))?;
         let lingers = LingerOutcome::ALL.map(|o| linger.with_label_values(&[o.as_str()]));
+        let image_decodes = IntCounter::new(
+            "refract_image_decodes_total",
+            "Images the gateway decoded: mask conversions, at most one per request and provider mask convention (retries and fallbacks reuse it).",
+        )?;
+        registry.register(Box::new(image_decodes.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -240,6 +246,7 @@ impl Metrics {
             timeouts,
             client_disconnects,
             lingers,
+            image_decodes,
             models: Mutex::new(HashSet::new()),
         })
     }
@@ -279,6 +286,11 @@ impl Metrics {
         if let Some(counter) = self.lingers.get(outcome as usize) {
             counter.inc();
         }
+    }
+
+    /// The gateway decoded an image (converted a mask), on its decode pool.
+    pub fn image_decoded(&self) {
+        self.image_decodes.inc();
     }
 
     /// A request started.

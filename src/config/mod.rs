@@ -240,6 +240,18 @@ pub struct Limits {
     /// The longest time spent reading and discarding that rest (`linger_timeout_ms`, default
     /// 5 s); then the connection is closed.
     pub linger_timeout: Duration,
+    /// Most pixels (width × height, from the header) of an image the gateway or the simulator
+    /// decodes (a mask it converts, an image the simulator edits); larger ones are refused
+    /// before any decoding.
+    pub max_image_pixels: u64,
+    /// Most image decodes and mask conversions running at once (on blocking threads); the
+    /// others wait their turn.
+    pub decode_concurrency: usize,
+}
+
+/// The default of `limits.decode_concurrency`: the number of CPU cores.
+pub fn default_decode_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
 }
 
 impl Limits {
@@ -259,6 +271,8 @@ impl Default for Limits {
             max_field_bytes: 64 * 1024,
             linger_bytes: max_body_bytes + Self::LINGER_BEYOND_MAX_BODY,
             linger_timeout: Duration::from_millis(Self::DEFAULT_LINGER_TIMEOUT_MS),
+            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
+            decode_concurrency: default_decode_concurrency(),
         }
     }
 }
@@ -762,6 +776,10 @@ providers:
             (l.linger_bytes, l.linger_timeout),
             (121_634_816, Duration::from_millis(5000))
         );
+        assert_eq!(
+            (l.max_image_pixels, l.decode_concurrency),
+            (16_777_216, default_decode_concurrency())
+        );
         assert_eq!(c.spool.memory_bytes, 1_048_576);
         assert!(c.spool.directory.is_none());
         let p = &c.providers[0];
@@ -860,6 +878,8 @@ providers:
             "max_field_bytes:",
             "linger_bytes:",
             "linger_timeout_ms:",
+            "max_image_pixels:",
+            "decode_concurrency:",
             "spool:",
             "memory_bytes:",
             "directory:",

@@ -189,6 +189,8 @@ fn limits(mut f: Fields<'_>) -> Limits {
             0..=1 << 41,
         ),
         linger_timeout: f.opt_millis("linger_timeout_ms", d.linger_timeout, 0..=60_000),
+        max_image_pixels: f.opt_u64("max_image_pixels", d.max_image_pixels, 1..=1 << 28),
+        decode_concurrency: f.opt_usize("decode_concurrency", d.decode_concurrency, 1..=256),
     };
     f.finish();
     limits
@@ -392,6 +394,16 @@ mod tests {
             &format!("limits:\n  max_field_bytes: 16777217\n{PROVIDER}"),
             "limits.max_field_bytes",
             "between 1 and 16777216",
+        );
+        one_problem(
+            &format!("limits:\n  max_image_pixels: 0\n{PROVIDER}"),
+            "limits.max_image_pixels",
+            "between 1 and 268435456",
+        );
+        one_problem(
+            &format!("limits:\n  decode_concurrency: 257\n{PROVIDER}"),
+            "limits.decode_concurrency",
+            "between 1 and 256",
         );
         one_problem(
             &format!("spool:\n  memory_bytes: 1073741825\n{PROVIDER}"),

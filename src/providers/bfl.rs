@@ -21,11 +21,11 @@
 use super::capabilities::{any_model, Capabilities, ModelFamily, NByCalls, Streaming};
 use super::google::{json_post, no_image_error};
 use super::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
-use super::{ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::{Prepared, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
+use crate::imaging::MaskConvention;
 use crate::route::Target;
-use crate::spool::Spool;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
@@ -163,15 +163,22 @@ impl ProviderAdapter for BflAdapter {
         build(form, None, target, request_id)
     }
 
-    fn build_request_from_spool(
+    /// The mask as FLUX Fill takes it: opaque greyscale, white = edit.
+    fn mask_convention(&self, form: &EditForm, _model: &str) -> Option<MaskConvention> {
+        form.mask.is_some().then_some(MaskConvention::GrayWhiteEdit)
+    }
+
+    fn build_prepared(
         &self,
         form: &EditForm,
-        spool: &Spool,
+        inputs: &Prepared<'_>,
         target: &Target,
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let mask = super::vertex::imagen::convert_mask(form, spool)?;
-        build(form, mask.as_ref().map(|m| m.png.as_slice()), target, request_id)
+        if inputs.mask.is_none() {
+            return self.build_request(form, target, request_id);
+        }
+        build(form, inputs.mask.map(|m| m.png.as_slice()), target, request_id)
     }
 
     /// Reached for error statuses only (successes are followed up).

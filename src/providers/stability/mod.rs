@@ -9,8 +9,9 @@
 //! `type` → service:
 //! - `inpainting` → `edit/inpaint`. The mask is **converted** from the unified convention
 //!   (alpha 0 = edit) to Stability's (an opaque 8-bit grayscale PNG, white = edit), as for
-//!   Imagen ([`super::vertex::imagen::convert_mask`]: a mask without transparency, or of
-//!   another size than a PNG first image, is a 400 on `mask`). Without a mask the image is sent
+//!   Imagen (by the gateway before the build, [`crate::providers::masks`]: a mask without
+//!   transparency, of another size than the first image, or over the pixel budget is a 400 on
+//!   `mask`). Without a mask the image is sent
 //!   alone and Stability takes its alpha channel as the mask.
 //! - `outpainting` → `edit/outpaint`. The border to add is `left`/`right`/`up`/`down` pixels:
 //!   taken from those form fields when the client sends any of them (extra form fields, e.g. the
@@ -37,11 +38,10 @@
 use super::capabilities::{any_model, Capabilities, ModelFamily, NByCalls, Streaming};
 use super::google::{no_image_error, unix_now, write_images_response, AnswerImage};
 use super::openai::{multipart_head, new_boundary, provider_error, MultipartWriter};
-use super::vertex::imagen;
-use super::{auth_header, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::{auth_header, Prepared, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
-use crate::imaging::{self, ImageKind};
+use crate::imaging::{self, ImageKind, MaskConvention};
 use crate::route::Target;
 use crate::spool::{Spool, SpoolRange};
 use base64::Engine;
@@ -254,9 +254,8 @@ impl ProviderAdapter for StabilityAdapter {
         &FAMILIES
     }
 
-    /// Without the spool the mask cannot be converted nor the input size read: forms that
-    /// need them are refused (the gateway always calls
-    /// [`ProviderAdapter::build_request_from_spool`]).
+    /// Without the converted mask and the spool (for the input size): forms that need them
+    /// are refused (the gateway always calls [`ProviderAdapter::build_prepared`]).
     fn build_request(
         &self,
         form: &EditForm,
@@ -271,18 +270,28 @@ impl ProviderAdapter for StabilityAdapter {
         build(form, None, None, target, request_id)
     }
 
-    fn build_request_from_spool(
+    /// Inpainting takes an opaque greyscale mask, white = edit; a type that takes no mask
+    /// asks for none (the build refuses it, before anything is decoded).
+    fn mask_convention(&self, form: &EditForm, _model: &str) -> Option<MaskConvention> {
+        (form.mask.is_some() && service(form).is_ok_and(|s| s == "inpaint")).then_some(MaskConvention::GrayWhiteEdit)
+    }
+
+    fn build_prepared(
         &self,
         form: &EditForm,
-        spool: &Spool,
+        inputs: &Prepared<'_>,
         target: &Target,
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
-        // Refuse a bad type/mask combination before decoding anything.
         service(form)?;
-        let mask = imagen::convert_mask(form, spool)?.map(|m| m.png);
+        if form.mask.is_some() && inputs.mask.is_none() {
+            return Err(GatewayError::Internal(
+                "kind stability needs the mask converted by the gateway".into(),
+            ));
+        }
+        let mask = inputs.mask.map(|m| m.png.clone());
         let input = if form.edit_type == Some(EditType::Outpainting) {
-            png_size(form, spool)?
+            png_size(form, inputs.spool)?
         } else {
             None
         };

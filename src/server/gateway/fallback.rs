@@ -321,7 +321,7 @@ async fn attempt_once(
         let result = async {
             let target = state.credentials.prepare(&state.connector, target).await?;
             let call = repeat::Call {
-                connector: &state.connector,
+                state,
                 target: &target,
                 form,
                 spool,

@@ -36,6 +36,7 @@ mod fallback;
 pub use fallback::retry_reason;
 mod follow;
 mod linger;
+mod prepare;
 mod repeat;
 mod upload;
 
@@ -356,7 +357,7 @@ impl Gateway {
                         *used_key_ref = Some(target.key_index);
                         let target = state.credentials.prepare(&state.connector, target).await?;
                         let call = repeat::Call {
-                            connector: &state.connector,
+                            state,
                             target: &target,
                             form: &form,
                             spool: &spool,

@@ -21,10 +21,10 @@ use crate::providers::merge::merge_answers;
 use crate::providers::{adapter_for, ResponseContext, UpstreamResponse};
 use crate::route::Target;
 use crate::server::exchange::{exchange, AnswerSink, Collect};
+use crate::server::AppState;
 use crate::spool::Spool;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
-use pingora::connectors::http::Connector;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,8 @@ pub(super) enum Answered {
 /// What an attempt's calls need: the candidate's form, target (key chosen, credentials
 /// prepared) and the request's spool.
 pub(super) struct Call<'a> {
-    pub(super) connector: &'a Connector,
+    /// The gateway's state: the pooled connector, the decode pool (masks).
+    pub(super) state: &'a AppState,
     pub(super) target: &'a Target,
     /// The candidate's form (its provider and model).
     pub(super) form: &'a EditForm,
@@ -65,8 +66,9 @@ pub(super) async fn send(call: &Call<'_>, sink: &mut dyn AnswerSink) -> Result<A
     if let Some(by_calls) = by_calls.filter(|_| n > 1) {
         return Ok(repeat(call, n, by_calls).await);
     }
-    let request = adapter.build_request_from_spool(call.form, call.spool, call.target, call.request_id)?;
-    let response = exchange(call.connector, call.target, &request, call.spool, sink).await?;
+    let request =
+        super::prepare::build_request(call.state, call.form, call.spool, call.target, call.request_id).await?;
+    let response = exchange(&call.state.connector, call.target, &request, call.spool, sink).await?;
     Ok(Answered::One(response))
 }
 
@@ -114,11 +116,11 @@ async fn one(call: &Call<'_>, i: u32, by_calls: NByCalls) -> Result<Bytes, Faile
     };
     let target = call.target;
     let adapter = adapter_for(target.provider.kind);
-    let request = adapter.build_request_from_spool(&form, call.spool, target, call.request_id)?;
-    let response = exchange(call.connector, target, &request, call.spool, &mut Collect).await?;
+    let request = super::prepare::build_request(call.state, &form, call.spool, target, call.request_id).await?;
+    let response = exchange(&call.state.connector, target, &request, call.spool, &mut Collect).await?;
     let retry_after = response.retry_after;
     let followed = follow::Request {
-        connector: call.connector,
+        connector: &call.state.connector,
         target,
         spool: call.spool,
         request_id: call.request_id,

@@ -1,7 +1,7 @@
 //! Image helpers: type detection from magic bytes (used on every uploaded file part),
 //! header-only dimensions ([`header`]), decoding within a pixel budget ([`decode`]), mask
 //! conversion ([`mask`]), the bounded pool that runs decodes off the async threads ([`pool`]),
-//! and the PNG encoding and deterministic "edit" the provider simulator performs.
+//! images read and PNGs written row by row ([`rows`]), and the PNG encoding and deterministic "edit" the provider simulator performs.
 //!
 //! The simulator's edit is real and checkable: with a mask, every pixel where the mask is fully
 //! transparent (the OpenAI convention: alpha 0 = edit) is painted with a colour derived from the
@@ -12,11 +12,13 @@ pub mod decode;
 pub mod header;
 pub mod mask;
 pub mod pool;
+pub mod rows;
 
 pub use decode::{decode, decode_png};
 pub use header::{dimensions, ImageHeader};
 pub use mask::{convert_mask, ConvertedMask, ConvertedMasks, MaskConvention};
 pub use pool::DecodePool;
+pub use rows::{encode_png_rows, RowReader};
 
 use std::io::Cursor;
 use thiserror::Error;

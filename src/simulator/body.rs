@@ -342,6 +342,18 @@ impl std::fmt::Display for SourceStop {
 
 impl std::error::Error for SourceStop {}
 
+/// Appends a part's chunk to the spool. A chunk the spool keeps in memory is copied first: the
+/// parser's chunks are slices of its read buffer, and a slice kept would keep all of that
+/// buffer allocated (many times the bytes it holds).
+fn keep(spool: &mut Spool, chunk: Bytes) -> Result<(), BodyError> {
+    let chunk = if spool.spilled() {
+        chunk
+    } else {
+        Bytes::copy_from_slice(&chunk)
+    };
+    spool.append(chunk).map(|_| ()).map_err(BodyError::Io)
+}
+
 /// Parses a multipart body on the fly: `Ok(Err(message))` when it is not valid multipart.
 async fn read_form(
     source: &mut dyn BodySource,
@@ -349,7 +361,11 @@ async fn read_form(
     spool: &mut Spool,
     seen: &mut u64,
 ) -> Result<Result<Vec<(String, Stored)>, String>, BodyError> {
+    // One read at a time: `multer` reads its stream until it would block, so each read first
+    // yields once, and the parser takes every chunk before the next is read (a fast upload is
+    // not buffered whole ahead of it).
     let chunks = stream::unfold((source, seen), |(src, seen)| async move {
+        tokio::task::yield_now().await;
         match next(src, seen).await {
             Ok(Some(chunk)) => Some((Ok(chunk), (src, seen))),
             Ok(None) => None,
@@ -391,11 +407,11 @@ async fn read_form(
             if !to_spool && held_len > INLINE_PART_BYTES {
                 to_spool = true;
                 for c in held.drain(..) {
-                    spool.append(c).map_err(BodyError::Io)?;
+                    keep(spool, c)?;
                 }
             }
             if to_spool {
-                spool.append(chunk).map_err(BodyError::Io)?;
+                keep(spool, chunk)?;
             } else {
                 held.push(chunk);
             }

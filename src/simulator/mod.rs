@@ -114,7 +114,7 @@ impl SimRequest {
     /// header says, read by [`read_body`] from memory; the default pixel budget; spools that keep
     /// 1000 bytes in memory.
     pub(crate) fn for_test(path: String, query: Option<String>, headers: http::HeaderMap, body: bytes::Bytes) -> Self {
-        use futures_util::FutureExt;
+        use std::future::Future;
         struct Whole(Option<bytes::Bytes>);
         #[async_trait::async_trait]
         impl crate::form::BodySource for Whole {
@@ -133,10 +133,14 @@ impl SimRequest {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = read_body(&mut Whole(Some(body)), content_type.as_deref(), &place.spool)
-            .now_or_never()
-            .expect("an in-memory body is read at once")
-            .expect("a readable body");
+        // An in-memory body is read without waiting: polled until it is.
+        let mut read = std::pin::pin!(read_body(&mut Whole(Some(body)), content_type.as_deref(), &place.spool));
+        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+        let body = loop {
+            if let std::task::Poll::Ready(body) = read.as_mut().poll(&mut cx) {
+                break body.expect("a readable body");
+            }
+        };
         SimRequest {
             path,
             query,

@@ -293,7 +293,9 @@ pub fn paint_colour(prompt: &str, index: u32) -> [u8; 4] {
 }
 
 /// The simulator's deterministic edit of `image` (decoded), guided by an optional `mask`
-/// (decoded, same size): see the module docs for what it does to each pixel.
+/// (decoded, same size): see the module docs for what it does to each pixel. The simulator
+/// renders the same edit row by row from its uploads (`simulator::render`); this whole-image
+/// form is its reference in tests.
 pub fn simulate_edit(image: &Rgba, mask: Option<&Rgba>, prompt: &str, index: u32) -> Result<Rgba, ImagingError> {
     if let Some(m) = mask {
         if (m.width, m.height) != (image.width, image.height) {
@@ -324,7 +326,7 @@ pub fn simulate_edit(image: &Rgba, mask: Option<&Rgba>, prompt: &str, index: u32
     Ok(out)
 }
 
-/// A solid-colour RGBA image (fixtures, and the simulator's answer for non-PNG inputs).
+/// A solid-colour RGBA image (fixtures).
 pub fn solid(width: u32, height: u32, colour: [u8; 4]) -> Rgba {
     let mut pixels = Vec::with_capacity(width as usize * height as usize * 4);
     for _ in 0..(width as usize * height as usize) {

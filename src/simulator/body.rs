@@ -291,7 +291,16 @@ pub async fn read_body(
         .filter(|ct| ct.trim_start().to_ascii_lowercase().starts_with("multipart/"))
         .map(multer::parse_boundary);
     let content = match boundary {
-        Some(Ok(boundary)) => Content::Form(read_form(source, &boundary, &mut spool, &mut seen).await?),
+        Some(Ok(boundary)) => {
+            let form = read_form(source, &boundary, &mut spool, &mut seen).await?;
+            if form.is_ok() {
+                // The parser stops at the closing boundary: what follows (an epilogue, the end
+                // of a chunked body) is read too, so the connection can be reused (a close
+                // with unread bytes would reset it, and the answer with it).
+                while next(source, &mut seen).await?.is_some() {}
+            }
+            Content::Form(form)
+        }
         Some(Err(e)) => Content::Form(Err(format!("expected multipart/form-data: {e}"))),
         None if is_json(content_type) => {
             let mut splitter = JsonSplitter::default();
@@ -744,13 +753,17 @@ mod tests {
             ("note", None, &long_text),
             ("mask", Some("m.png"), b"tiny"),
         ]);
+        // What follows the closing boundary is read too (the connection stays usable).
+        let mut with_epilogue = body.clone();
+        with_epilogue.extend_from_slice(&[b'e'; 100_000]);
         let b = read_body(
-            &mut chunks(&body, 7000),
+            &mut chunks(&with_epilogue, 7000),
             Some("multipart/form-data; boundary=B"),
             &place(),
         )
         .await
         .unwrap();
+        assert_eq!(b.len, with_epilogue.len() as u64);
         let parts = b.parts().unwrap();
         let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["prompt", "image", "note", "mask"]);

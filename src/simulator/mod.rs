@@ -134,11 +134,14 @@ impl SimRequest {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         // An in-memory body is read without waiting: polled until it is.
-        let mut read = std::pin::pin!(read_body(&mut Whole(Some(body)), content_type.as_deref(), &place.spool));
-        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
-        let body = loop {
-            if let std::task::Poll::Ready(body) = read.as_mut().poll(&mut cx) {
-                break body.expect("a readable body");
+        let mut source = Whole(Some(body));
+        let body = {
+            let mut read = std::pin::pin!(read_body(&mut source, content_type.as_deref(), &place.spool));
+            let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+            loop {
+                if let std::task::Poll::Ready(body) = read.as_mut().poll(&mut cx) {
+                    break body.expect("a readable body");
+                }
             }
         };
         SimRequest {

@@ -24,6 +24,20 @@ use support::*;
 
 /// Sends one edit over a fresh connection and returns the status line.
 fn upload(port: u16, body: &[u8]) -> String {
+    status_line(&exchange(port, body))
+}
+
+/// The first line of an HTTP answer.
+fn status_line(resp: &[u8]) -> String {
+    String::from_utf8_lossy(&resp[..resp.len().min(64)])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Sends one edit over a fresh connection and returns the whole answer.
+fn exchange(port: u16, body: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let head = format!(
         "POST /v1/images/edits HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nx-bf-vk: sk-bf-bench\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
@@ -37,11 +51,7 @@ fn upload(port: u16, body: &[u8]) -> String {
     }
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
-    String::from_utf8_lossy(&resp)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    resp
 }
 
 fn main() {
@@ -180,25 +190,8 @@ virtual_keys:
 /// Sends one edit over a fresh connection; returns the status line and the size of the
 /// answer's first image (`data[0].b64_json`; its PNG header), if it has one.
 fn edit_answer(port: u16, body: &[u8]) -> (String, Option<(u32, u32)>) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let head = format!(
-        "POST /v1/images/edits HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nx-bf-vk: sk-bf-bench\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).expect("head");
-    for chunk in body.chunks(64 * 1024) {
-        if s.write_all(chunk).is_err() {
-            break;
-        }
-    }
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let status = String::from_utf8_lossy(&resp[..resp.len().min(64)])
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    (status, first_image_size(&resp))
+    let resp = exchange(port, body);
+    (status_line(&resp), first_image_size(&resp))
 }
 
 /// The size in the IHDR of the first `b64_json` image of an HTTP/1.1 answer (any framing: the

@@ -23,7 +23,10 @@ pub struct RowReader<R: Read> {
 enum Rows<R: Read> {
     /// A non-interlaced PNG: each row decoded when asked for; `channels` per pixel after the
     /// reader's normalisation (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA).
-    Png { reader: png::Reader<R>, channels: usize },
+    Png {
+        reader: Box<png::Reader<R>>,
+        channels: usize,
+    },
     /// An interlaced PNG, its normalised frame decoded whole.
     Frame {
         buf: Vec<u8>,
@@ -68,7 +71,10 @@ impl<R: Read> RowReader<R> {
                 channels,
             }
         } else {
-            Rows::Png { reader, channels }
+            Rows::Png {
+                reader: Box::new(reader),
+                channels,
+            }
         };
         Ok(RowReader {
             width,

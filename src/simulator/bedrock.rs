@@ -143,14 +143,9 @@ fn edited_images(
     let pictures: Vec<Picture> = (0..n)
         .map(|i| Picture::edit(image.clone(), marks.clone(), prompt, i))
         .collect();
-    let body = render::json_body(&doc, &pictures, place).map_err(|f| match f {
+    SimResponse::rendered(&doc, &pictures, place).map_err(|f| match f {
         Fault::Output(_) => error(500, "encoding failed"),
         other => bad(&fault_message(&other)),
-    })?;
-    Ok(SimResponse {
-        status: 200,
-        content_type: "application/json",
-        body,
     })
 }
 

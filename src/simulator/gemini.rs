@@ -318,14 +318,7 @@ fn answer(request: &Request, settings: &StreamSettings) -> SimAnswer {
             }));
         }
         let doc = request.response(candidates, request.usage(request.candidates));
-        return SimAnswer::Whole(match render::json_body(&doc, &pictures, &request.place) {
-            Ok(body) => SimResponse {
-                status: 200,
-                content_type: "application/json",
-                body,
-            },
-            Err(fault) => fault_response(fault),
-        });
+        return SimAnswer::Whole(SimResponse::rendered(&doc, &pictures, &request.place).unwrap_or_else(fault_response));
     }
     let mut frames = vec![PendingFrame::gemini(
         request.response(

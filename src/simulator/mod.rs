@@ -65,6 +65,16 @@ impl SimResponse {
             body: serde_json::to_vec(value).unwrap_or_default().into(),
         }
     }
+
+    /// A 200 JSON answer of `doc`, its image slots rendered from `pictures` into a spooled body
+    /// ([`render::json_body`]).
+    pub(crate) fn rendered(doc: &Value, pictures: &[Picture], place: &RenderPlace) -> Result<SimResponse, Fault> {
+        Ok(SimResponse {
+            status: 200,
+            content_type: "application/json",
+            body: render::json_body(doc, pictures, place)?,
+        })
+    }
 }
 
 /// The simulator's answer to one request.
@@ -501,11 +511,7 @@ fn whole(edit: &Edit) -> Result<SimResponse, Fault> {
         "size": edit.size(),
         "usage": edit.usage().whole_json(),
     });
-    Ok(SimResponse {
-        status: 200,
-        content_type: "application/json",
-        body: render::json_body(&doc, &pictures, &edit.place)?,
-    })
+    SimResponse::rendered(&doc, &pictures, &edit.place)
 }
 
 mod stream;

@@ -144,15 +144,10 @@ fn edit(req: &SimRequest) -> Result<SimResponse, SimResponse> {
         "finish_reason": if filtered { "CONTENT_FILTERED" } else { "SUCCESS" },
         "seed": if seed == 0 { 42 } else { seed },
     });
-    let body = render::json_body(&doc, &[picture], &req.place).map_err(|f| match f {
+    SimResponse::rendered(&doc, &[picture], &req.place).map_err(|f| match f {
         Fault::Output(_) => stability_error(500, "internal_error", "encoding failed"),
         Fault::Image(e) => bad(&format!("image: {e}")),
         other => bad(&mask_message(&other)),
-    })?;
-    Ok(SimResponse {
-        status: 200,
-        content_type: "application/json",
-        body,
     })
 }
 

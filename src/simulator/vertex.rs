@@ -169,15 +169,10 @@ fn predict(req: &SimRequest) -> Result<SimResponse, SimResponse> {
     let predictions: Vec<Value> = (0..pictures.len())
         .map(|i| json!({"bytesBase64Encoded": render::slot(i), "mimeType": "image/png"}))
         .collect();
-    let body = render::json_body(&json!({"predictions": predictions}), &pictures, &req.place).map_err(|f| match f {
+    SimResponse::rendered(&json!({ "predictions": predictions }), &pictures, &req.place).map_err(|f| match f {
         Fault::Output(e) => google_error(500, &e),
         Fault::Image(e) => bad(&format!("reference image: {e}")),
         other => bad(&mask_message(&other)),
-    })?;
-    Ok(SimResponse {
-        status: 200,
-        content_type: "application/json",
-        body,
     })
 }
 
@@ -311,6 +306,32 @@ mod tests {
     }
 
     const PATH: &str = "/v1/projects/p/locations/l/publishers/google/models/imagen-3.0-capability-001:predict";
+
+    /// An opaque greyscale PNG of `side`² black pixels.
+    fn grey_png(side: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, side, side);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().unwrap();
+        w.write_image_data(&vec![0u8; (side * side) as usize]).unwrap();
+        w.finish().unwrap();
+        out
+    }
+
+    /// A provider-format mask is read within the configured pixel budget, not the default one:
+    /// a 2000×2000 mask (within the default) is refused from its header under a budget of 8,
+    /// before any of it is decoded.
+    #[test]
+    fn a_mask_over_the_configured_budget_is_refused_from_its_header() {
+        let body = predict_body("p", Some(&grey_png(2000)), "EDIT_MODE_INPAINT_INSERTION", 1);
+        let mut req = request(PATH, Some("Bearer t"), body);
+        req.place.max_image_pixels = 8; // the 4×2 image fits
+        let (status, v) = answer(handle(&req));
+        assert_eq!(status, 400, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("over the limit of 8 pixels"), "{message}");
+    }
 
     #[test]
     fn paints_the_white_area_of_an_imagen_mask() {

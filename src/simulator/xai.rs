@@ -125,14 +125,9 @@ fn edit(req: &SimRequest) -> Result<SimResponse, SimResponse> {
         });
         pictures.push(Picture::edit(first.clone(), Marks::Blend, prompt, i));
     }
-    let body = render::json_body(&json!({ "data": data }), &pictures, &req.place).map_err(|f| match f {
+    SimResponse::rendered(&json!({ "data": data }), &pictures, &req.place).map_err(|f| match f {
         Fault::Output(_) => xai_error(500, "encoding failed"),
         other => bad(&other.to_string()),
-    })?;
-    Ok(SimResponse {
-        status: 200,
-        content_type: "application/json",
-        body,
     })
 }
 

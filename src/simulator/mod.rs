@@ -31,6 +31,7 @@ mod bedrock;
 pub mod body;
 mod gemini;
 mod huggingface;
+mod json_split;
 mod polling;
 pub mod render;
 mod stability;

@@ -212,10 +212,6 @@ impl ProxyHttp for SimulatorApp {
                 };
             }
         };
-        if matches!(body.content, simulator::body::Content::Form(Err(_))) {
-            // the parser stopped before the body's end
-            session.set_keepalive(None);
-        }
         let request = SimRequest {
             path,
             query,

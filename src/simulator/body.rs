@@ -292,12 +292,11 @@ pub async fn read_body(
     let content = match boundary {
         Some(Ok(boundary)) => {
             let form = read_form(source, &boundary, &mut spool, &mut seen).await?;
-            if form.is_ok() {
-                // The parser stops at the closing boundary: what follows (an epilogue, the end
-                // of a chunked body) is read too, so the connection can be reused (a close
-                // with unread bytes would reset it, and the answer with it).
-                while next(source, &mut seen).await?.is_some() {}
-            }
+            // The parser stops at the closing boundary, or at what it cannot parse: the rest (an
+            // epilogue, the end of a chunked body) is read and dropped, so the answer is
+            // delivered and the connection can be reused (a close with unread bytes would reset
+            // it, and the answer with it).
+            while next(source, &mut seen).await?.is_some() {}
             Content::Form(form)
         }
         Some(Err(e)) => Content::Form(Err(format!("expected multipart/form-data: {e}"))),
@@ -583,15 +582,18 @@ mod tests {
         assert_eq!(read_blob(&parts[2].data), long_text);
         assert_eq!(read_blob(&parts[3].data), b"tiny");
         assert!(b.spool.spilled());
-        // Not multipart: the parser's message, for the handler to answer.
+        // Not multipart: the parser's message, for the handler to answer; the body is read to
+        // its end all the same.
+        let garbage = vec![b'g'; 50_000];
         let b = read_body(
-            &mut chunks(b"garbage", 3),
+            &mut chunks(&garbage, 3000),
             Some("multipart/form-data; boundary=B"),
             &place(),
         )
         .await
         .unwrap();
         assert!(b.parts().is_err());
+        assert_eq!(b.len, garbage.len() as u64);
         let b = read_body(&mut chunks(b"x", 3), Some("multipart/form-data"), &place())
             .await
             .unwrap();

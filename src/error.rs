@@ -127,6 +127,20 @@ pub enum GatewayError {
         /// The provider's `error` object (at least `message`), passed through.
         error: Map<String, Value>,
     },
+    /// An HTTP/1.x request head (request line and headers) crossed `limits.max_head_bytes`
+    /// before its end (431); the connection is closed after the answer.
+    #[error("the request head exceeds the limit of {limit} bytes")]
+    HeadTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Every client connection slot is taken by a busy connection (503); the new connection
+    /// is closed after the answer.
+    #[error("the gateway has reached its limit of {limit} open client connections; try again shortly")]
+    TooManyConnections {
+        /// The connection cap.
+        limit: usize,
+    },
     /// The client went away before the answer was complete (499, never sent: for metrics).
     #[error("the client closed the connection")]
     ClientClosed,
@@ -203,7 +217,8 @@ impl GatewayError {
             MethodNotAllowed(_) => 405,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
-            KeysDisabled { .. } => 503,
+            KeysDisabled { .. } | TooManyConnections { .. } => 503,
+            HeadTooLarge { .. } => 431,
             Provider { status, .. } => *status,
             ClientClosed => 499,
             Internal(_) => 500,
@@ -234,6 +249,8 @@ impl GatewayError {
             UpstreamProtocol { .. } => "upstream_protocol_error",
             KeysDisabled { .. } => "provider_keys_disabled",
             Provider { .. } => "provider_error",
+            HeadTooLarge { .. } => "request_header_too_large",
+            TooManyConnections { .. } => "too_many_connections",
             ClientClosed => "client_closed",
             Internal(_) => "internal_error",
         }
@@ -250,7 +267,7 @@ impl GatewayError {
                 UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } | KeysDisabled { .. } => {
                     "upstream_error"
                 }
-                Internal(_) => "server_error",
+                Internal(_) | TooManyConnections { .. } => "server_error",
                 _ => "invalid_request_error",
             },
         }
@@ -404,5 +421,10 @@ mod tests {
             504
         );
         assert_eq!(GatewayError::UnsupportedMediaType("x".into()).status(), 415);
+        let head = GatewayError::HeadTooLarge { limit: 65536 };
+        assert_eq!((head.status(), head.code()), (431, "request_header_too_large"));
+        let full = GatewayError::TooManyConnections { limit: 20 };
+        assert_eq!((full.status(), full.code()), (503, "too_many_connections"));
+        assert_eq!(full.to_json(&ErrorContext::default())["error"]["type"], "server_error");
     }
 }

@@ -231,6 +231,18 @@ pub struct Limits {
     pub max_part_bytes: u64,
     /// Largest single text field, in bytes.
     pub max_field_bytes: usize,
+    /// The longest a client may take to send a request head (HTTP/1.x), from its first byte
+    /// to the blank line that ends it (`head_timeout_ms`); past it the connection is closed.
+    pub head_timeout: Duration,
+    /// Largest request head (HTTP/1.x request line and headers), in bytes
+    /// (`max_head_bytes`); past it the client gets a 431 and the connection is closed.
+    pub max_head_bytes: usize,
+    /// How long a client connection may wait for its next request (its first one included)
+    /// before it is closed (`keepalive_timeout_ms`); also the idle timeout of h2 connections.
+    pub keepalive_timeout: Duration,
+    /// Most open client connections (`max_connections`); `None` = derived from the process's
+    /// descriptor limit when the server starts.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Limits {
@@ -240,9 +252,16 @@ impl Default for Limits {
             max_images: 16,
             max_part_bytes: 50 * MIB,
             max_field_bytes: 64 * 1024,
+            head_timeout: Duration::from_secs(10),
+            max_head_bytes: 64 * 1024,
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: None,
         }
     }
 }
+
+/// The largest `limits.max_head_bytes`: Pingora's own bound on a request head.
+pub const MAX_HEAD_BYTES_LIMIT: u64 = 1_048_575;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -731,6 +750,10 @@ providers:
             (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
             (104_857_600, 16, 52_428_800, 65_536)
         );
+        assert_eq!(
+            (l.head_timeout, l.max_head_bytes, l.keepalive_timeout, l.max_connections),
+            (Duration::from_secs(10), 65_536, Duration::from_secs(60), None)
+        );
         assert_eq!(c.spool.memory_bytes, 1_048_576);
         assert!(c.spool.directory.is_none());
         let p = &c.providers[0];
@@ -756,6 +779,10 @@ providers:
         assert_eq!(
             (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
             (d.max_body_bytes, d.max_images, d.max_part_bytes, d.max_field_bytes)
+        );
+        assert_eq!(
+            (l.head_timeout, l.max_head_bytes, l.keepalive_timeout, l.max_connections),
+            (d.head_timeout, d.max_head_bytes, d.keepalive_timeout, d.max_connections)
         );
         assert_eq!(c.server.threads, ServerSettings::default().threads);
         assert_eq!(c.spool.memory_bytes, SpoolSettings::default().memory_bytes);
@@ -826,6 +853,10 @@ providers:
             "max_images:",
             "max_part_bytes:",
             "max_field_bytes:",
+            "head_timeout_ms:",
+            "max_head_bytes:",
+            "keepalive_timeout_ms:",
+            "max_connections:",
             "spool:",
             "memory_bytes:",
             "directory:",

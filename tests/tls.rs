@@ -292,6 +292,23 @@ fn start_plain(ca_file: Option<&Path>, providers: &[(&str, &str)]) -> (SocketAdd
     (addr, server)
 }
 
+/// Starts a gateway with a TLS listener (certificate for localhost from `pki`), provider
+/// `openai` at a new mock, and `more_yaml` appended to its config.
+fn start_tls(pki: &Pki, more_yaml: &str) -> (SocketAddr, MockUpstream, RunningServer) {
+    let (cert, key) = pki.localhost();
+    let mock = MockUpstream::start();
+    let addr = free_addr();
+    let listener = format!(
+        "{{address: '{addr}', tls: {{cert: {}, key: {}}}}}",
+        cert.display(),
+        key.display()
+    );
+    let yaml = gateway_yaml(&listener, None, &[("openai", &mock.base_url())]) + more_yaml;
+    let server = spawn(&yaml).expect("spawn gateway");
+    wait_listening(addr);
+    (addr, mock, server)
+}
+
 /// An edit for `model` with `image` as its only image.
 fn edit_form(model: &str, image: &[u8]) -> Form {
     Form::new()
@@ -530,16 +547,7 @@ fn unusable_ca_file_is_a_startup_error() {
 #[test]
 fn tls_listener_serves_health_and_edits() {
     let pki = Pki::new();
-    let (cert, key) = pki.localhost();
-    let mock = MockUpstream::start();
-    let addr = free_addr();
-    let listener = format!(
-        "{{address: '{addr}', tls: {{cert: {}, key: {}}}}}",
-        cert.display(),
-        key.display()
-    );
-    let _server = spawn(&gateway_yaml(&listener, None, &[("openai", &mock.base_url())])).expect("spawn gateway");
-    wait_listening(addr);
+    let (addr, mock, _server) = start_tls(&pki, "");
 
     let r = tls_exchange(
         &pki,
@@ -593,4 +601,85 @@ fn unusable_tls_listener_files_are_a_startup_error() {
             Err(e) => assert!(e.to_string().starts_with(&format!("listener {addr}: ")), "{why}: {e}"),
         }
     }
+}
+
+/// One HTTP/2 frame as read off the wire.
+struct H2Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads one frame; `None` when the connection ends.
+fn read_h2_frame(r: &mut impl Read) -> Option<H2Frame> {
+    let mut head = [0u8; 9];
+    r.read_exact(&mut head).ok()?;
+    let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).ok()?;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some(H2Frame {
+        kind: head[3],
+        flags: head[4],
+        stream,
+        payload,
+    })
+}
+
+/// h2 clients (TLS with ALPN h2) go through the client-connection layer to Pingora's h2 server:
+/// a request is served, and a connection with no stream open is closed after
+/// `limits.keepalive_timeout_ms`.
+#[test]
+fn h2_is_served_and_an_idle_h2_connection_is_closed() {
+    let pki = Pki::new();
+    let (addr, _mock, _server) = start_tls(&pki, "limits:\n  keepalive_timeout_ms: 1000\n");
+
+    let mut tls = tls_connect(&pki, addr, &[b"h2"]);
+    // The preface, empty SETTINGS, then GET /health on stream 1 (HPACK: :method GET, :scheme
+    // https, :path and :authority as literals without indexing).
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    let mut block = vec![0x82, 0x87, 0x04, 7];
+    block.extend_from_slice(b"/health");
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"localhost");
+    out.extend(h2_frame(0x1, 0x4 | 0x1, 1, &block));
+    tls.write_all(&out).expect("send h2 request");
+    tls.flush().expect("flush");
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let mut body = Vec::new();
+    loop {
+        let f = read_h2_frame(&mut tls).expect("the answer before the connection ends");
+        if f.kind == 0x4 && f.flags & 0x1 == 0 {
+            tls.write_all(&h2_frame(0x4, 0x1, 0, &[])).expect("SETTINGS ack");
+        }
+        if f.kind == 0x0 && f.stream == 1 {
+            body.extend_from_slice(&f.payload);
+            if f.flags & 0x1 != 0 {
+                break;
+            }
+        }
+    }
+    assert_eq!(body, br#"{"status":"ok"}"#);
+
+    // Idle now: closed within a few seconds of the 1 s timeout.
+    let idle_since = std::time::Instant::now();
+    while let Some(f) = read_h2_frame(&mut tls) {
+        assert!(f.kind != 0x0 && f.kind != 0x1, "nothing more is answered");
+        assert!(idle_since.elapsed() < IO_TIMEOUT, "still open");
+    }
+    let waited = idle_since.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(500) && waited < std::time::Duration::from_secs(15),
+        "an idle h2 connection is closed after keepalive_timeout_ms, here after {waited:?}"
+    );
 }

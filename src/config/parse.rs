@@ -791,7 +791,12 @@ providers:
             (1000, 1, 10, 20)
         );
         assert_eq!(
-            (l.head_timeout.as_millis(), l.max_head_bytes, l.keepalive_timeout.as_millis(), l.max_connections),
+            (
+                l.head_timeout.as_millis(),
+                l.max_head_bytes,
+                l.keepalive_timeout.as_millis(),
+                l.max_connections
+            ),
             (500, 2048, 700, Some(30))
         );
         assert_eq!(c.spool.memory_bytes, 0);

@@ -3,6 +3,7 @@
 //! (`refract -c FILE`) or on a thread that a test can stop ([`spawn`]).
 
 pub mod breaker;
+pub mod connections;
 pub mod credentials;
 pub mod exchange;
 pub mod gateway;
@@ -186,11 +187,8 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
         }
     }
 
-    let mut gateway = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway::Gateway::new(state.clone()),
-        "refract gateway",
-    );
+    let mut gateway =
+        pingora::services::listening::Service::new("refract gateway".to_string(), client_connections(&server, &state));
     for l in &state.config.listeners {
         let addr = l.address.to_string();
         match &l.tls {
@@ -230,6 +228,27 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
         server.add_service(svc);
     }
     Ok(server)
+}
+
+/// The gateway listeners' app: the gateway's Pingora HTTP app behind the client-connection
+/// limits of `limits` (head deadline and size, keep-alive timeout, connection cap; see
+/// [`connections`]). Runs once, when the server is built.
+fn client_connections(
+    server: &Server,
+    state: &Arc<AppState>,
+) -> connections::ClientConnections<pingora::proxy::HttpProxy<gateway::Gateway>> {
+    let l = &state.config.limits;
+    let limits = connections::ConnectionLimits {
+        head_timeout: l.head_timeout,
+        max_head_bytes: l.max_head_bytes,
+        keepalive_timeout: l.keepalive_timeout,
+        max_connections: connections::connection_cap(l.max_connections),
+    };
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway::Gateway::new(state.clone()));
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(l.keepalive_timeout);
+    proxy.server_options = Some(options);
+    connections::ClientConnections::new(Arc::new(proxy), limits, state.metrics.clone())
 }
 
 /// Runs the server until a signal stops it (SIGTERM graceful, SIGQUIT graceful upgrade,

@@ -34,59 +34,37 @@ enum Ending {
 /// Sends one byte of `filler` every `every` on `stream` until the gateway closes the
 /// connection or `limit` passes; collects whatever the gateway sends meanwhile.
 fn trickle_until_closed(stream: &mut TcpStream, filler: u8, every: Duration, limit: Duration) -> Ending {
+    watch_until_closed(stream, Some(filler), every, limit)
+}
+
+/// Waits up to `limit` for the gateway to close `stream`, sending nothing.
+fn wait_closed(stream: &mut TcpStream, limit: Duration) -> Ending {
+    watch_until_closed(stream, None, Duration::from_millis(200), limit)
+}
+
+/// Reads `stream` in steps of `every` (sending one byte of `filler` before each, when given)
+/// until the gateway closes it or `limit` passes.
+fn watch_until_closed(stream: &mut TcpStream, filler: Option<u8>, every: Duration, limit: Duration) -> Ending {
     let start = Instant::now();
     let mut answered = Vec::new();
     stream.set_read_timeout(Some(every)).unwrap();
     while start.elapsed() < limit {
-        if stream.write_all(&[filler]).is_err() {
+        let sent = filler.is_none_or(|b| stream.write_all(&[b]).is_ok());
+        let mut buf = [0u8; 4096];
+        let closed = !sent
+            || match stream.read(&mut buf) {
+                Ok(0) => true,
+                Ok(n) => {
+                    answered.extend_from_slice(&buf[..n]);
+                    false
+                }
+                Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            };
+        if closed {
             return Ending::Closed {
                 after: start.elapsed(),
                 answered,
             };
-        }
-        let mut buf = [0u8; 4096];
-        match stream.read(&mut buf) {
-            Ok(0) => {
-                return Ending::Closed {
-                    after: start.elapsed(),
-                    answered,
-                }
-            }
-            Ok(n) => answered.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => {
-                return Ending::Closed {
-                    after: start.elapsed(),
-                    answered,
-                }
-            }
-        }
-    }
-    Ending::StillOpen { answered }
-}
-
-/// Waits up to `limit` for the gateway to close `stream` without sending anything more.
-fn wait_closed(stream: &mut TcpStream, limit: Duration) -> Ending {
-    let start = Instant::now();
-    let mut answered = Vec::new();
-    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    while start.elapsed() < limit {
-        let mut buf = [0u8; 4096];
-        match stream.read(&mut buf) {
-            Ok(0) => {
-                return Ending::Closed {
-                    after: start.elapsed(),
-                    answered,
-                }
-            }
-            Ok(n) => answered.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => {
-                return Ending::Closed {
-                    after: start.elapsed(),
-                    answered,
-                }
-            }
         }
     }
     Ending::StillOpen { answered }
@@ -101,7 +79,10 @@ fn assert_closed_silently(ending: Ending, not_before: Duration, what: &str) {
                 "{what}: closed, but after sending {:?}",
                 String::from_utf8_lossy(&answered)
             );
-            assert!(after >= not_before, "{what}: closed after {after:?}, before {not_before:?}");
+            assert!(
+                after >= not_before,
+                "{what}: closed after {after:?}, before {not_before:?}"
+            );
         }
         Ending::StillOpen { answered } => panic!(
             "{what}: connection still open after {WITHIN:?} (sent {:?})",
@@ -122,7 +103,9 @@ fn health_request() -> &'static [u8] {
 }
 
 fn closed_metric(gw: &Gateway, reason: &str) -> f64 {
-    gw.metric(&format!(r#"refract_client_connections_closed_total{{reason="{reason}"}}"#))
+    gw.metric(&format!(
+        r#"refract_client_connections_closed_total{{reason="{reason}"}}"#
+    ))
 }
 
 #[test]
@@ -146,13 +129,7 @@ fn a_head_over_max_head_bytes_gets_a_431_then_a_close() {
     head.extend_from_slice(b"\r\n\r\n");
     c.send(&head);
     let r = c.read_response();
-    assert_gateway_error(
-        &r,
-        431,
-        "request_header_too_large",
-        "invalid_request_error",
-        None,
-    );
+    assert_gateway_error(&r, 431, "request_header_too_large", "invalid_request_error", None);
     assert_eq!(r.header("connection").as_deref(), Some("close"));
     assert!(c.is_closed(), "the connection is closed after the 431");
 
@@ -237,6 +214,9 @@ fn at_the_cap_the_longest_idle_connection_makes_room_for_a_new_client() {
     let mut oldest = gw.connect();
     oldest.send(health_request());
     assert_eq!(oldest.read_response().status, 200);
+    // The gateway goes back to waiting on `oldest` just after the answer is out; let it, so
+    // that `oldest` is idle before any of the others (an ordering, not a timing assertion).
+    std::thread::sleep(Duration::from_millis(500));
     let mut idle: Vec<TcpStream> = (2..=20).map(|n| open_counted(&gw, f64::from(n))).collect();
     assert_eq!(gw.metric("refract_client_connections_max"), 20.0);
 
@@ -278,8 +258,13 @@ fn with_every_slot_busy_a_new_connection_gets_a_503_and_a_close() {
     let body = form.body();
     for n in 11..=20 {
         let mut s = open_counted(&gw, f64::from(n));
-        s.write_all(&post_head("/v1/images/edits", &[("x-bf-vk", VK)], &form, Some(body.len() + 1000)))
-            .unwrap();
+        s.write_all(&post_head(
+            "/v1/images/edits",
+            &[("x-bf-vk", VK)],
+            &form,
+            Some(body.len() + 1000),
+        ))
+        .unwrap();
         s.write_all(&body[..body.len() / 2]).unwrap();
         busy.push(s);
     }
@@ -345,11 +330,7 @@ impl GatewayProcess {
             .spawn()
             .expect("start refract");
         wait_listening(addr);
-        GatewayProcess {
-            child,
-            addr,
-            _dir: dir,
-        }
+        GatewayProcess { child, addr, _dir: dir }
     }
 
     fn rss_kib(&self) -> u64 {
@@ -362,7 +343,9 @@ impl GatewayProcess {
     }
 
     fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap().count()
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
     }
 
     fn health(&self) -> u16 {
@@ -426,14 +409,20 @@ fn many_trickled_heads_hold_bounded_memory_and_are_all_closed() {
         rss_peak.saturating_sub(rss_idle),
         rss_peak.saturating_sub(rss_idle) / CONNECTIONS as u64,
     );
-    assert!(fds_peak >= fds_idle + CONNECTIONS / 2, "the connections were open at once");
+    assert!(
+        fds_peak >= fds_idle + CONNECTIONS / 2,
+        "the connections were open at once"
+    );
     assert_eq!(still_open, 0, "every trickled head is closed at its deadline");
     // 60 KiB of head each, held in a buffer of at most twice max_head_bytes: generous bound.
     assert!(
         rss_peak - rss_idle < (CONNECTIONS * 3 * HEAD / 1024) as u64,
         "memory per trickled head is bounded"
     );
-    assert!(fds_end <= fds_idle + 5, "descriptors back near idle: {fds_idle} -> {fds_end}");
+    assert!(
+        fds_end <= fds_idle + 5,
+        "descriptors back near idle: {fds_idle} -> {fds_end}"
+    );
     assert_eq!(gw.health(), 200);
     drop(conns);
 }

@@ -6,5 +6,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod early_answers;
+mod images;
 
 mod connections;

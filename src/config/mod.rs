@@ -231,6 +231,12 @@ pub struct Limits {
     pub max_part_bytes: u64,
     /// Largest single text field, in bytes.
     pub max_field_bytes: usize,
+    /// The longest pause between two reads of a client's request body
+    /// (`body_read_timeout_ms`, default 60 s); past it the request is a 408.
+    pub body_read_timeout: Duration,
+    /// The whole upload, from the request head to the body's end (`upload_timeout_ms`,
+    /// default 300 s); past it the request is a 408, however steadily the body trickles.
+    pub upload_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -240,6 +246,8 @@ impl Default for Limits {
             max_images: 16,
             max_part_bytes: 50 * MIB,
             max_field_bytes: 64 * 1024,
+            body_read_timeout: Duration::from_secs(60),
+            upload_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -441,6 +449,30 @@ pub struct ProviderOptions {
     pub retry_backoff: Duration,
     /// The circuit breaker per provider key (`circuit_breaker`); `None` (absent) disables it.
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// How many upstream exchanges may be in flight to the provider at once, and how long a
+    /// request waits for one to end (`max_connections`, `queue_timeout_ms`).
+    pub connections: ConnectionLimit,
+}
+
+/// A provider's bound on upstream exchanges in flight at once (streamed uploads, polls and
+/// result downloads included). A request that finds every slot taken waits up to
+/// `queue_timeout`, then fails with 503 `provider_busy` (which falls back like a 5xx).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimit {
+    /// The most exchanges in flight at once (`max_connections`, default 256, 1..=65536).
+    pub max: usize,
+    /// How long a request waits for a free slot (`queue_timeout_ms`, default 1 s, 0 = not at
+    /// all).
+    pub queue_timeout: Duration,
+}
+
+impl Default for ConnectionLimit {
+    fn default() -> Self {
+        ConnectionLimit {
+            max: 256,
+            queue_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// A provider's circuit breaker settings (`circuit_breaker: {failures, open_ms}`).
@@ -826,6 +858,8 @@ providers:
             "max_images:",
             "max_part_bytes:",
             "max_field_bytes:",
+            "body_read_timeout_ms:",
+            "upload_timeout_ms:",
             "spool:",
             "memory_bytes:",
             "directory:",
@@ -841,6 +875,8 @@ providers:
             "idle_timeout_ms:",
             "total_timeout_ms:",
             "pool_idle_timeout_ms:",
+            "max_connections:",
+            "queue_timeout_ms:",
             "keys:",
             "value:",
             "weight:",

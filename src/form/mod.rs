@@ -356,6 +356,7 @@ mod tests {
             max_images: 3,
             max_part_bytes: 1 << 16,
             max_field_bytes: 1024,
+            ..Limits::default()
         }
     }
 

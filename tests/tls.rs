@@ -279,6 +279,19 @@ fn gateway_yaml(listener: &str, ca_file: Option<&Path>, providers: &[(&str, &str
     yaml
 }
 
+/// A free address and the YAML mapping of a TLS listener on it, with `pki`'s localhost
+/// certificate.
+fn tls_listener(pki: &Pki) -> (SocketAddr, String) {
+    let (cert, key) = pki.localhost();
+    let addr = free_addr();
+    let listener = format!(
+        "{{address: '{addr}', tls: {{cert: {}, key: {}}}}}",
+        cert.display(),
+        key.display()
+    );
+    (addr, listener)
+}
+
 fn spawn(yaml: &str) -> Result<RunningServer, refract::server::ServerError> {
     let config = from_yaml_str_with_env(yaml, &|_| None).unwrap_or_else(|e| panic!("config:\n{e}\n{yaml}"));
     refract::server::spawn(config)
@@ -530,14 +543,8 @@ fn unusable_ca_file_is_a_startup_error() {
 #[test]
 fn tls_listener_serves_health_and_edits() {
     let pki = Pki::new();
-    let (cert, key) = pki.localhost();
     let mock = MockUpstream::start();
-    let addr = free_addr();
-    let listener = format!(
-        "{{address: '{addr}', tls: {{cert: {}, key: {}}}}}",
-        cert.display(),
-        key.display()
-    );
+    let (addr, listener) = tls_listener(&pki);
     let _server = spawn(&gateway_yaml(&listener, None, &[("openai", &mock.base_url())])).expect("spawn gateway");
     wait_listening(addr);
 
@@ -601,14 +608,8 @@ fn unusable_tls_listener_files_are_a_startup_error() {
 #[test]
 fn an_h2_upload_that_stops_is_cut_off_at_the_body_read_timeout() {
     let pki = Pki::new();
-    let (cert, key) = pki.localhost();
     let mock = MockUpstream::start();
-    let addr = free_addr();
-    let listener = format!(
-        "{{address: '{addr}', tls: {{cert: {}, key: {}}}}}",
-        cert.display(),
-        key.display()
-    );
+    let (addr, listener) = tls_listener(&pki);
     let yaml =
         gateway_yaml(&listener, None, &[("openai", &mock.base_url())]) + "limits:\n  body_read_timeout_ms: 500\n";
     let _server = spawn(&yaml).expect("spawn gateway");

@@ -43,7 +43,7 @@ impl ProviderSlots {
     fn held<'a>(&'a self, slot: SemaphorePermit<'a>, stream: Option<SemaphorePermit<'a>>) -> Slot<'a> {
         self.in_flight.inc();
         Slot {
-            held: Some(Held {
+            _held: Some(Held {
                 _slot: slot,
                 _stream: stream,
                 in_flight: &self.in_flight,
@@ -70,7 +70,7 @@ pub struct Slots {
 #[must_use = "the slot is freed when dropped: hold it for the whole exchange"]
 pub struct Slot<'a> {
     /// `None` for a provider without slots (not configured; never the case for a request's).
-    held: Option<Held<'a>>,
+    _held: Option<Held<'a>>,
 }
 
 struct Held<'a> {
@@ -89,7 +89,7 @@ impl Drop for Held<'_> {
 impl Slot<'_> {
     /// Whether this slot counts against a provider's `max_connections`.
     fn is_bounded(&self) -> bool {
-        self.held.is_some()
+        self._held.is_some()
     }
 }
 
@@ -125,7 +125,7 @@ impl Slots {
     /// (counted).
     pub async fn acquire(&self, provider: &str) -> Result<Slot<'_>, GatewayError> {
         let Some(p) = self.of(provider) else {
-            return Ok(Slot { held: None });
+            return Ok(Slot { _held: None });
         };
         if let Ok(slot) = p.slots.try_acquire() {
             return Ok(p.held(slot, None));
@@ -143,12 +143,12 @@ impl Slots {
     /// long as it takes: the caller's deadline bounds the wait.
     pub async fn wait(&self, provider: &str) -> Slot<'_> {
         let Some(p) = self.of(provider) else {
-            return Slot { held: None };
+            return Slot { _held: None };
         };
         match p.slots.acquire().await {
             Ok(slot) => p.held(slot, None),
             // The semaphore is never closed.
-            Err(_) => Slot { held: None },
+            Err(_) => Slot { _held: None },
         }
     }
 
@@ -157,7 +157,7 @@ impl Slots {
     /// uploads; `None` otherwise (the upload is then sent from the spool once complete).
     pub fn try_stream(&self, provider: &str) -> Option<Slot<'_>> {
         let Some(p) = self.of(provider) else {
-            return Some(Slot { held: None });
+            return Some(Slot { _held: None });
         };
         let stream = p.streams.try_acquire().ok()?;
         let slot = p.slots.try_acquire().ok()?;

@@ -5,6 +5,7 @@
 //! `queue_timeout_ms`, then refuses it with a 503 a fallback may absorb), and uploads still
 //! arriving never hold more than half of a provider's slots.
 
+use crate::common::faults::{assert_spool_empty, spool_files_open};
 use crate::common::*;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,8 +48,27 @@ fn trickle(c: &Conn, rest: Vec<u8>, stop: Arc<AtomicBool>) -> std::thread::JoinH
     })
 }
 
-/// Asserts the 408 naming `key`, the close, the abandoned upstream request and the count.
-fn assert_upload_cut(gw: &Gateway, mock: &MockUpstream, c: &mut Conn, r: &Response, key: &str) {
+/// A gateway in front of `mock` with `limits` (lines of the `limits:` section), every upload in
+/// a spool file of its own directory (so that freeing it shows).
+fn slow_upload_gateway(mock: &MockUpstream, limits: &str) -> (Gateway, tempfile::TempDir) {
+    let spool = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(&mock.base_url());
+    setup.limits = limits.into();
+    setup.spool_memory_bytes = 0;
+    setup.spool_directory = Some(spool.path().to_path_buf());
+    (Gateway::start(&setup), spool)
+}
+
+/// Asserts the 408 naming `key`, the close, the abandoned upstream request, the freed spool and
+/// the count.
+fn assert_upload_cut(
+    gw: &Gateway,
+    mock: &MockUpstream,
+    spool: &tempfile::TempDir,
+    c: &mut Conn,
+    r: &Response,
+    key: &str,
+) {
     let v = assert_gateway_error(r, 408, "request_timeout", "invalid_request_error", None);
     let message = v["error"]["message"].as_str().unwrap();
     assert!(message.contains(&format!("limits.{key}")), "{message}");
@@ -62,6 +82,7 @@ fn assert_upload_cut(gw: &Gateway, mock: &MockUpstream, c: &mut Conn, r: &Respon
     );
     assert!(mock.requests().is_empty(), "the provider got a complete request");
     assert_eq!(mock.incomplete().len(), 1);
+    assert_spool_empty(spool.path());
     wait_until("the 408 counted", || {
         gw.metric(r#"refract_rejected_requests_total{reason="request_timeout"}"#) == 1.0
     });
@@ -73,11 +94,10 @@ fn assert_upload_cut(gw: &Gateway, mock: &MockUpstream, c: &mut Conn, r: &Respon
 #[test]
 fn a_trickled_upload_is_cut_off_at_the_upload_timeout() {
     let mock = MockUpstream::start();
-    let mut setup = Setup::new(&mock.base_url());
-    setup.limits = "  upload_timeout_ms: 1500\n  body_read_timeout_ms: 30000\n".into();
-    let gw = Gateway::start(&setup);
+    let (gw, spool) = slow_upload_gateway(&mock, "  upload_timeout_ms: 1500\n  body_read_timeout_ms: 30000\n");
     let (mut c, rest) = start_upload(&gw, &streamed_form());
     wait_until("the upload streamed upstream", || mock.connections() > 0);
+    wait_until("the upload spooled", || spool_files_open(spool.path()) == 1);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = trickle(&c, rest, stop.clone());
     let started = Instant::now();
@@ -87,22 +107,20 @@ fn a_trickled_upload_is_cut_off_at_the_upload_timeout() {
     assert!(trickled > 0, "nothing was trickled");
     // Within bounds: the 1.5 s limit, not the 30 s pause limit (nor the test's 20 s read limit).
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
-    assert_upload_cut(&gw, &mock, &mut c, &r, "upload_timeout_ms");
+    assert_upload_cut(&gw, &mock, &spool, &mut c, &r, "upload_timeout_ms");
 }
 
 /// A body that stops arriving is cut off at `body_read_timeout_ms`.
 #[test]
 fn a_paused_upload_is_cut_off_at_the_body_read_timeout() {
     let mock = MockUpstream::start();
-    let mut setup = Setup::new(&mock.base_url());
-    setup.limits = "  body_read_timeout_ms: 500\n  upload_timeout_ms: 60000\n".into();
-    let gw = Gateway::start(&setup);
+    let (gw, spool) = slow_upload_gateway(&mock, "  body_read_timeout_ms: 500\n  upload_timeout_ms: 60000\n");
     let (mut c, _rest) = start_upload(&gw, &streamed_form());
     wait_until("the upload streamed upstream", || mock.connections() > 0);
     let started = Instant::now();
     let r = c.read_response();
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
-    assert_upload_cut(&gw, &mock, &mut c, &r, "body_read_timeout_ms");
+    assert_upload_cut(&gw, &mock, &spool, &mut c, &r, "body_read_timeout_ms");
 }
 
 const IN_FLIGHT: &str = r#"refract_upstream_in_flight{provider="openai"}"#;

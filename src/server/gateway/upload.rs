@@ -126,8 +126,10 @@ impl BodySource for SessionBody<'_> {
 /// The translate plugin's streaming side: a [`FormSink`] that checks `model` as soon as it
 /// arrives (unknown provider → 400, not allowed → 403) and, when `model` came before any file
 /// part and the provider's adapter can translate incrementally, starts the upstream request at
-/// once and feeds it each part as it passes validation.
-/// `'s` is the shared state's borrow, which the upstream slot of the streamed attempt keeps.
+/// once and feeds it each part as it passes validation, holding one of the provider's upstream
+/// slots, taken only when free at once ([`crate::server::slots::Slots::try_stream`]).
+///
+/// `'s` is the shared state's borrow, which that slot keeps.
 pub(super) struct UpstreamFeed<'a, 's> {
     pub(super) router: &'a Router,
     /// For key selection through the circuit breaker, and the upstream slots.

@@ -2,9 +2,13 @@
 //! with `model` sent last (the order that forces a gateway to keep the whole image before it
 //! can route), against a fixed-answer mock upstream; then the same with a provider of kind
 //! gemini (the image re-sent as base64 inside JSON) against a mock answering a small Gemini
-//! response. Target: under 100 MB.
+//! response. Target: under 100 MB. Last, the demo's process (`cargo run --release -- -c
+//! conf/demo.yaml` runs the gateway and the built-in simulator in one process) with the same
+//! uploads to `demo/sim-image-1`: the simulator really edits each image and answers it whole.
+//! Target: under 150 MB.
 //!
-//! Run: `cargo bench --bench memory`. Environment: `UPLOADS` (default 16), `MB` (default 20).
+//! Run: `cargo bench --bench memory`. Environment: `UPLOADS` (default 16), `MB` (default 20),
+//! `ONLY=demo` (the demo case alone).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -50,11 +54,17 @@ fn main() {
     let small = noise_png(16 * 1024);
     let mock = start_mock(images_response(&small), 1);
     let gemini_mock = start_mock(gemini_response(&small), 1);
-    for (label, model_last, gemini) in [
-        ("model last", true, false),
-        ("model first", false, false),
-        ("gemini (JSON + base64 from the spool), model last", true, true),
-    ] {
+    let only_demo = std::env::var("ONLY").is_ok_and(|v| v == "demo");
+    let cases = if only_demo {
+        Vec::new()
+    } else {
+        vec![
+            ("model last", true, false),
+            ("model first", false, false),
+            ("gemini (JSON + base64 from the spool), model last", true, true),
+        ]
+    };
+    for (label, model_last, gemini) in cases {
         let (gateway, model) = if gemini {
             (
                 start_gateway_of_kind(gemini_mock, 2, 1 << 20, "gemini", "/v1beta"),
@@ -88,5 +98,51 @@ fn main() {
         if ok != uploads {
             println!("  statuses: {statuses:?}");
         }
+    }
+    demo(uploads, &image);
+}
+
+/// The demo's process: the gateway and the simulator in one process, as `conf/demo.yaml`
+/// runs them (default spool, limits and decode pool), provider `demo` at the simulator.
+fn demo(uploads: usize, image: &[u8]) {
+    let (port, sim) = (free_port(), free_port());
+    let yaml = format!(
+        r#"
+server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}
+listeners: [{{ address: "127.0.0.1:{port}" }}]
+simulator: {{ address: "127.0.0.1:{sim}" }}
+providers:
+  - name: demo
+    kind: openai
+    base_url: http://127.0.0.1:{sim}/v1
+    keys: [{{ name: simulator, value: sim-key-not-secret }}]
+virtual_keys:
+  - {{ id: bench, key: sk-bf-bench }}
+"#
+    );
+    let process = spawn_refract(&yaml, &format!("demo-{port}.yaml"), port);
+    wait_for_port(port);
+    wait_for_port(sim);
+    let pid = process.child.id();
+    let idle = rss_kib(pid);
+    let body = std::sync::Arc::new(edit_body("demo/sim-image-1", image, false));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..uploads)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || upload(port, &body))
+        })
+        .collect();
+    let statuses: Vec<String> = handles.into_iter().map(|h| h.join().unwrap_or_default()).collect();
+    let ok = statuses.iter().filter(|s| s.contains(" 200 ")).count();
+    println!(
+        "demo (gateway + simulator, one process): {uploads} x {:.1} MB concurrent edits, {ok}/{uploads} answered 200, {:.2} s, RSS idle {:.1} MiB, peak {:.1} MiB",
+        body.len() as f64 / 1e6,
+        start.elapsed().as_secs_f64(),
+        idle as f64 / 1024.0,
+        peak_rss_kib(pid) as f64 / 1024.0
+    );
+    if ok != uploads {
+        println!("  statuses: {statuses:?}");
     }
 }

@@ -34,6 +34,12 @@ pub enum GatewayError {
     /// The body is not a well-formed `multipart/form-data` body (400).
     #[error("malformed multipart body: {0}")]
     MalformedMultipart(String),
+    /// Reading the request body failed (400, code `malformed_multipart` like a malformed body):
+    /// its framing is broken (an invalid chunk size, a chunk longer than its size), the client
+    /// stalled past the read timeout, or it went away. Where the body ends can no longer be
+    /// known, so the connection closes after the answer, without reading any more of it.
+    #[error("malformed multipart body: the body could not be read: {0}")]
+    BodyUnreadable(String),
     /// The request is not `multipart/form-data` (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -216,6 +222,7 @@ impl GatewayError {
             InvalidRequest { .. }
             | Unsupported { .. }
             | MalformedMultipart(_)
+            | BodyUnreadable(_)
             | UnknownProvider(_)
             | NoKeyForModel { .. } => 400,
             UnsupportedMediaType(_) => 415,
@@ -241,7 +248,7 @@ impl GatewayError {
         match self {
             InvalidRequest { .. } => "invalid_request",
             Unsupported { .. } => "unsupported_parameter",
-            MalformedMultipart(_) => "malformed_multipart",
+            MalformedMultipart(_) | BodyUnreadable(_) => "malformed_multipart",
             UnsupportedMediaType(_) => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
             VirtualKeyRequired => "virtual_key_required",

@@ -35,7 +35,48 @@ pub struct Metrics {
     client_disconnects: IntCounterVec,
     upstream_in_flight: IntGaugeVec,
     queue_rejected: IntCounterVec,
+    /// `refract_linger_total`, one counter per [`LingerOutcome`] (resolved once).
+    lingers: [IntCounter; LingerOutcome::ALL.len()],
+    image_decodes: IntCounter,
     models: Mutex<HashSet<String>>,
+}
+
+/// How reading and discarding the rest of a request body after an early answer ended (the
+/// `outcome` label of `refract_linger_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LingerOutcome {
+    /// The body's end was reached: the connection closes cleanly and the client reads the answer.
+    Drained,
+    /// More than `limits.linger_bytes` was left (known from `Content-Length`, or read): closed.
+    BytesLimit,
+    /// `limits.linger_timeout_ms` passed first, or a read stalled: closed.
+    Timeout,
+    /// The client closed or reset its side first.
+    ClientClosed,
+    /// The body's framing broke while it was being discarded (an invalid chunk): closed.
+    FramingError,
+}
+
+impl LingerOutcome {
+    /// Every outcome, in the order of their counters.
+    pub const ALL: [LingerOutcome; 5] = [
+        LingerOutcome::Drained,
+        LingerOutcome::BytesLimit,
+        LingerOutcome::Timeout,
+        LingerOutcome::ClientClosed,
+        LingerOutcome::FramingError,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LingerOutcome::Drained => "drained",
+            LingerOutcome::BytesLimit => "bytes_limit",
+            LingerOutcome::Timeout => "timeout",
+            LingerOutcome::ClientClosed => "client_closed",
+            LingerOutcome::FramingError => "framing_error",
+        }
+    }
 }
 
 /// When a client went away (the `phase` label of `refract_client_disconnects_total`).
@@ -194,6 +235,20 @@ impl Metrics {
         )?;
         registry.register(Box::new(upstream_in_flight.clone()))?;
         registry.register(Box::new(queue_rejected.clone()))?;
+        let linger = IntCounterVec::new(
+            Opts::new(
+                "refract_linger_total",
+                "Request bodies read and discarded after an early answer (401, 413…) so that the client gets it, by outcome (drained, bytes_limit, timeout, client_closed, framing_error).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(linger.clone()))?;
+        let lingers = LingerOutcome::ALL.map(|o| linger.with_label_values(&[o.as_str()]));
+        let image_decodes = IntCounter::new(
+            "refract_image_decodes_total",
+            "Images the gateway decoded: mask conversions, at most one per request and provider mask convention (retries and fallbacks reuse it).",
+        )?;
+        registry.register(Box::new(image_decodes.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -210,6 +265,8 @@ impl Metrics {
             client_disconnects,
             upstream_in_flight,
             queue_rejected,
+            lingers,
+            image_decodes,
             models: Mutex::new(HashSet::new()),
         })
     }
@@ -252,6 +309,18 @@ impl Metrics {
             self.upstream_in_flight.with_label_values(&[provider]),
             self.queue_rejected.with_label_values(&[provider]),
         )
+    }
+
+    /// Lingering after an early answer ended with `outcome`.
+    pub fn linger(&self, outcome: LingerOutcome) {
+        if let Some(counter) = self.lingers.get(outcome as usize) {
+            counter.inc();
+        }
+    }
+
+    /// The gateway decoded an image (converted a mask), on its decode pool.
+    pub fn image_decoded(&self) {
+        self.image_decodes.inc();
     }
 
     /// A request started.
@@ -315,6 +384,27 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linger_outcomes_are_all_listed_and_counted_apart() {
+        let m = Metrics::new().unwrap();
+        m.linger(LingerOutcome::Drained);
+        m.linger(LingerOutcome::Drained);
+        m.linger(LingerOutcome::FramingError);
+        let text = String::from_utf8(m.encode()).unwrap();
+        for (outcome, n) in [
+            ("drained", 2),
+            ("bytes_limit", 0),
+            ("timeout", 0),
+            ("client_closed", 0),
+            ("framing_error", 1),
+        ] {
+            assert!(
+                text.contains(&format!("refract_linger_total{{outcome=\"{outcome}\"}} {n}\n")),
+                "{outcome}: {text}"
+            );
+        }
+    }
 
     #[test]
     fn records_and_encodes() {

@@ -12,7 +12,7 @@
 
 use bytes::{Bytes, BytesMut};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
@@ -34,6 +34,9 @@ pub struct Spool {
     file: Option<File>,
     file_len: u64,
     directory: Option<PathBuf>,
+    /// The masks converted from this spool's mask part, once per convention for the whole
+    /// request (see [`Spool::converted_masks`]).
+    masks: crate::imaging::ConvertedMasks,
 }
 
 /// Size of the chunks handed out when reading file-backed ranges.
@@ -50,6 +53,7 @@ impl Spool {
             file: None,
             file_len: 0,
             directory,
+            masks: Default::default(),
         }
     }
 
@@ -66,6 +70,13 @@ impl Spool {
     /// True once the spool has spilled to a temp file.
     pub fn spilled(&self) -> bool {
         self.file.is_some()
+    }
+
+    /// The request's masks converted for providers, kept next to the upload they come from:
+    /// every attempt of the request (retries, fallbacks) is rebuilt from this spool and
+    /// reuses a conversion made for an earlier one.
+    pub fn converted_masks(&self) -> &crate::imaging::ConvertedMasks {
+        &self.masks
     }
 
     /// Appends one chunk; returns the offset it was stored at.
@@ -101,6 +112,30 @@ impl Spool {
             pos: range.start,
             end: range.start + range.len,
         }
+    }
+
+    /// An owned reader over `range` (memory chunks shared, the temp file's descriptor
+    /// duplicated): it outlives the borrow of the spool, so a decoder on the blocking pool reads
+    /// the upload in place instead of a copy of it.
+    pub fn reader(&self, range: SpoolRange) -> io::Result<SpoolReader> {
+        let end = range.start + range.len;
+        let memory = self
+            .memory
+            .iter()
+            .filter(|(off, b)| *off < end && off + b.len() as u64 > range.start)
+            .cloned()
+            .collect();
+        let file = match (&self.file, end > self.memory_len) {
+            (Some(f), true) => Some(f.try_clone()?),
+            _ => None,
+        };
+        Ok(SpoolReader {
+            memory,
+            memory_len: self.memory_len,
+            file,
+            range,
+            pos: 0,
+        })
     }
 
     /// Reads a whole range into one vector (tests; not the proxy hot path, which streams
@@ -153,6 +188,64 @@ impl Iterator for SpoolChunks<'_> {
         }
         self.pos += want as u64;
         Some(Ok(buf.freeze()))
+    }
+}
+
+/// A reader over one range of a spool, owning what it reads from; see [`Spool::reader`].
+/// Positions are relative to the range's start.
+#[derive(Debug)]
+pub struct SpoolReader {
+    memory: Vec<(u64, Bytes)>,
+    memory_len: u64,
+    file: Option<File>,
+    range: SpoolRange,
+    pos: u64,
+}
+
+impl Read for SpoolReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.range.len.saturating_sub(self.pos);
+        if left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let at = self.range.start + self.pos;
+        let want = (left.min(buf.len() as u64)) as usize;
+        let n = if at < self.memory_len {
+            let i = self.memory.partition_point(|(off, b)| off + b.len() as u64 <= at);
+            let (off, bytes) = self
+                .memory
+                .get(i)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "range beyond the spool"))?;
+            let from = (at - off) as usize;
+            let n = want.min(bytes.len() - from);
+            buf[..n].copy_from_slice(&bytes[from..from + n]);
+            n
+        } else {
+            use std::os::unix::fs::FileExt;
+            let file = self
+                .file
+                .as_ref()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "range beyond the spool"))?;
+            let n = file.read_at(&mut buf[..want], at - self.memory_len)?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "range beyond the spool"));
+            }
+            n
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for SpoolReader {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.range.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        Ok(self.pos)
     }
 }
 
@@ -210,6 +303,34 @@ mod tests {
             assert!(s.spilled());
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn readers_read_and_seek_across_memory_and_file() {
+        let mut s = Spool::new(100, None);
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+        for chunk in data.chunks(33) {
+            s.append(Bytes::copy_from_slice(chunk)).unwrap();
+        }
+        assert!(s.spilled());
+        for (start, len) in [(0u64, 5000u64), (50, 100), (120, 30), (4990, 10)] {
+            let mut r = s.reader(SpoolRange { start, len }).unwrap();
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).unwrap();
+            assert_eq!(got, &data[start as usize..(start + len) as usize]);
+            r.seek(SeekFrom::Start(len / 2)).unwrap();
+            let mut rest = Vec::new();
+            r.read_to_end(&mut rest).unwrap();
+            assert_eq!(rest, &data[(start + len / 2) as usize..(start + len) as usize]);
+            assert_eq!(r.seek(SeekFrom::End(-1)).unwrap(), len - 1);
+            assert!(r.seek(SeekFrom::Current(-(len as i64) - 1)).is_err());
+        }
+        // The reader outlives the spool.
+        let mut r = s.reader(SpoolRange { start: 90, len: 40 }).unwrap();
+        drop(s);
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert_eq!(got, &data[90..130]);
     }
 
     #[test]

@@ -66,11 +66,15 @@ fn refused_before_body(gw: &Gateway, headers: &[(&str, &str)], code: &str) {
     );
 }
 
-/// Missing, unknown and disabled keys get a 401 without the 20 MB body being read.
+/// Missing, unknown and disabled keys get a 401 without the 20 MB body being read. (With
+/// `limits.linger_bytes` under the body's size: by default the gateway would read and discard
+/// the upload after the 401 so that the client gets it, see tests/hostile/early_answers.rs.)
 #[test]
 fn missing_unknown_disabled_key_is_401_before_the_body() {
     let mock = MockUpstream::start();
-    let gw = Gateway::start(&Setup::new(&mock.base_url()));
+    let mut setup = Setup::new(&mock.base_url());
+    setup.limits = "  linger_bytes: 1048576\n".into();
+    let gw = Gateway::start(&setup);
     refused_before_body(&gw, &[], "virtual_key_required");
     refused_before_body(&gw, &[("x-bf-vk", "sk-bf-nobody-knows-me")], "virtual_key_not_found");
     refused_before_body(

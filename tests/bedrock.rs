@@ -425,6 +425,133 @@ fn errors_filters_and_streams() {
     }
 }
 
+/// A 2×2 PNG that says which seed it answers.
+fn seed_png(seed: u64) -> Vec<u8> {
+    encode_png(&solid(2, 2, [(seed % 251) as u8, 3, 9, 255])).unwrap()
+}
+
+const STABILITY_INPAINT_PATH: &str = "/br/model/stability.stable-image-inpaint-v1%3A0/invoke";
+
+/// Bedrock answering each Stability inpaint call with [`seed_png`] of its seed after `pause`
+/// (a 500 for seed `fail`), and OpenAI-compatible edits (a fallback) with three images.
+fn respond_by_seed(mock: &MockUpstream, pause: std::time::Duration, fail: Option<u64>) {
+    mock.respond_with(move |rec| {
+        if rec.path == "/v1/images/edits" {
+            let data: Vec<Value> = (0..3).map(|i| json!({"b64_json": b64(&seed_png(200 + i))})).collect();
+            return Reply::json(200, &json!({"created": 1, "data": data}));
+        }
+        assert_eq!(rec.path, STABILITY_INPAINT_PATH);
+        let seed = body_json(rec)["seed"].as_u64().unwrap_or(0);
+        let (status, body) = if Some(seed) == fail {
+            (500, json!({"message": format!("seed {seed} failed")}))
+        } else {
+            (
+                200,
+                json!({"images": [b64(&seed_png(seed))], "seeds": [seed], "finish_reasons": [null]}),
+            )
+        };
+        Reply::json_after(pause, status, &body)
+    });
+}
+
+fn stability_form(n: u32, seed: u64) -> Form {
+    form("bedrock/stability.stable-image-inpaint-v1:0", "cat")
+        .file("mask", "m.png", "image/png", &unified_mask())
+        .text("n", &n.to_string())
+        .text("seed", &seed.to_string())
+}
+
+/// The images of a unified answer, checking `index` runs 0..n.
+fn answer_images(v: &Value) -> Vec<Vec<u8>> {
+    let data = v["data"].as_array().unwrap_or_else(|| panic!("no data: {v}"));
+    data.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            assert_eq!(d["index"], i, "{d}");
+            unb64(&d["b64_json"])
+        })
+        .collect()
+}
+
+#[test]
+fn stability_on_bedrock_n_is_served_by_n_signed_calls() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock);
+    respond_by_seed(&mock, std::time::Duration::ZERO, None);
+    let r = gw.edit(&stability_form(3, 9), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(answer_images(&v), [seed_png(9), seed_png(10), seed_png(11)]);
+    assert_eq!(v["extra_fields"]["provider"], "bedrock");
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 3);
+    let mut seeds = Vec::new();
+    for rec in &requests {
+        verify_sigv4(rec, SECRET, "us-east-1");
+        let v = body_json(rec);
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["image", "mask", "output_format", "prompt", "seed"],
+            "one image asked"
+        );
+        assert_eq!(unb64(&v["image"]), gradient());
+        assert_mask(&unb64(&v["mask"]), 255);
+        assert_eq!(
+            (v["prompt"].as_str(), v["output_format"].as_str()),
+            (Some("cat"), Some("png"))
+        );
+        seeds.push(v["seed"].as_u64().unwrap());
+    }
+    seeds.sort_unstable();
+    assert_eq!(seeds, [9, 10, 11]);
+
+    // stream=true, n=2: two `completed` events, the merged answer's images.
+    let r = gw.edit(&stability_form(2, 20).text("stream", "true"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type").as_deref(), Some("text/event-stream"));
+    let completed = completed_events(&r.body);
+    assert_eq!(completed.len(), 2, "{}", r.text());
+    for (i, ev) in completed.iter().enumerate() {
+        assert_eq!(unb64(&ev["b64_json"]), seed_png(20 + i as u64));
+    }
+    assert_eq!(mock.requests().len(), 5);
+}
+
+#[test]
+fn stability_on_bedrock_calls_default_to_four_at_once() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock);
+    respond_by_seed(&mock, std::time::Duration::from_secs(1), None);
+    let r = gw.edit(&stability_form(6, 30), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let want: Vec<Vec<u8>> = (30..36).map(seed_png).collect();
+    assert_eq!(answer_images(&r.json()), want);
+    assert_eq!(mock.requests().len(), 6);
+    assert_eq!(mock.most_concurrent(), 4, "repeat_concurrency defaults to 4");
+}
+
+#[test]
+fn a_failing_stability_call_on_bedrock_fails_the_attempt_and_falls_back() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock);
+    respond_by_seed(&mock, std::time::Duration::ZERO, Some(10));
+    let r = gw.edit(&stability_form(3, 9), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 500, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["message"], "seed 10 failed");
+    assert!(v.get("data").is_none(), "no half answer");
+    let r = gw.edit(
+        &stability_form(3, 9).text("fallbacks", "openai/gpt-image-1"),
+        &[("x-bf-vk", VK)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["extra_fields"]["provider"], "openai");
+    assert_eq!(answer_images(&v), (200..203).map(seed_png).collect::<Vec<_>>());
+}
+
 #[test]
 fn requests_beyond_the_capabilities_never_reach_bedrock() {
     let mock = MockUpstream::start();

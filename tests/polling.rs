@@ -139,6 +139,89 @@ fn bfl_url_output_and_synthesized_stream() {
     assert_eq!(unb64(&completed[0]["b64_json"]), result_png());
 }
 
+/// A PNG that says which seed it answers.
+fn seed_png(seed: u64) -> Vec<u8> {
+    encode_png(&solid(2, 2, [(seed % 251) as u8, 5, 9, 255])).unwrap()
+}
+
+/// A BFL and Fireworks double whose jobs are named after their seed: submit `{"seed":S}` →
+/// job `jS`, its poll → Ready with sample `…/results/jS.png`, the sample → [`seed_png`]`(S)`.
+/// Stateless, so calls in flight together get their own answers.
+fn respond_by_seed(mock: &MockUpstream) {
+    let base = mock.base_url();
+    mock.respond_with(move |rec| {
+        let job = |rec: &Recorded| -> String {
+            let body: Value = serde_json::from_slice(&rec.body).unwrap();
+            match body.get("seed") {
+                Some(seed) => format!("j{seed}"),
+                None => body["id"].as_str().unwrap().to_string(),
+            }
+        };
+        let ready = |job: &str| json!({"id": job, "status": "Ready", "result": {"sample": format!("{base}/results/{job}.png")}});
+        match (rec.method.as_str(), rec.path.as_str()) {
+            ("POST", "/v1/flux-kontext-pro") => {
+                let job = job(rec);
+                Reply::json(200, &json!({"id": job, "polling_url": format!("{base}/get_result?id={job}")}))
+            }
+            ("POST", "/v1/workflows/accounts/fireworks/models/flux-kontext-pro") => {
+                Reply::json(200, &json!({"request_id": job(rec)}))
+            }
+            ("POST", "/v1/workflows/accounts/fireworks/models/flux-kontext-pro/get_result") => {
+                Reply::json(200, &ready(&job(rec)))
+            }
+            ("GET", path) if path.starts_with("/v1/get_result?id=") => {
+                Reply::json(200, &ready(path.trim_start_matches("/v1/get_result?id=")))
+            }
+            ("GET", path) if path.starts_with("/v1/results/j") => {
+                let seed = path.trim_start_matches("/v1/results/j").trim_end_matches(".png");
+                image_reply(&seed_png(seed.parse().unwrap()))
+            }
+            other => Reply::json(404, &json!({"detail": format!("unexpected {other:?}")})),
+        }
+    });
+}
+
+/// n > 1 on FLUX (BFL, Fireworks): n jobs of one image, job i with seed + i, each submitted,
+/// polled and downloaded; the images in job order.
+#[test]
+fn flux_n_is_served_by_n_jobs_with_seeds_seed_plus_i() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock, "");
+    respond_by_seed(&mock);
+    for (model, submit) in [
+        ("bfl/flux-kontext-pro", "/v1/flux-kontext-pro"),
+        (
+            "fw/flux-kontext-pro",
+            "/v1/workflows/accounts/fireworks/models/flux-kontext-pro",
+        ),
+    ] {
+        let before = mock.requests().len();
+        let r = gw.edit(&edit_form(model).text("n", "3"), &[("x-bf-vk", VK)]);
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        let v = r.json();
+        let data = v["data"].as_array().unwrap();
+        assert_eq!(data.len(), 3, "{model}: {v}");
+        for (i, d) in data.iter().enumerate() {
+            assert_eq!(d["index"], i);
+            assert_eq!(unb64(&d["b64_json"]), seed_png(42 + i as u64), "{model}: image {i}");
+        }
+        let requests = &mock.requests()[before..];
+        assert_eq!(requests.len(), 9, "{model}: submit, poll, download per job");
+        let mut seeds: Vec<i64> = requests
+            .iter()
+            .filter(|r| r.path == submit)
+            .map(|r| {
+                let body: Value = serde_json::from_slice(&r.body).unwrap();
+                assert_eq!(unb64(&body["input_image"]), tiny_png());
+                assert!(body.get("n").is_none() && body.get("num_images").is_none());
+                body["seed"].as_i64().unwrap()
+            })
+            .collect();
+        seeds.sort_unstable();
+        assert_eq!(seeds, [42, 43, 44], "{model}");
+    }
+}
+
 #[test]
 fn fireworks_polls_get_result_and_downloads() {
     let mock = MockUpstream::start();

@@ -115,15 +115,7 @@ fn stability_serves_every_edit_type() {
         names,
         ["image", "mask", "prompt", "negative_prompt", "seed", "output_format"]
     );
-    let mask_png = &parts_named(&parts, "mask")[0].data;
-    assert!(!refract::imaging::png_info(mask_png).unwrap().alpha);
-    let mask: Rgba = decode_png(mask_png).unwrap();
-    for y in 0..4 {
-        for x in 0..6 {
-            let want = if y < 2 { 255 } else { 0 };
-            assert_eq!(mask.pixel(x, y), [want, want, want, 255], "mask pixel ({x},{y})");
-        }
-    }
+    assert_stability_mask(&parts_named(&parts, "mask")[0].data);
     assert_eq!(text_part(&parts, "prompt"), "a red ball");
     assert_eq!(text_part(&parts, "seed"), "42");
 
@@ -197,6 +189,197 @@ fn stability_filters_and_errors() {
     assert!(!r.text().contains(STABILITY_KEY));
 }
 
+// ---------------------------------------------------------------------------------------------
+// n > 1 on Stability: n calls of one image each
+// ---------------------------------------------------------------------------------------------
+
+/// A 2×2 PNG that says which seed it answers.
+fn seed_png(seed: u64) -> Vec<u8> {
+    encode_png(&solid(2, 2, [(seed % 251) as u8, (seed / 251 % 251) as u8, 9, 255])).unwrap()
+}
+
+/// The `seed` part of a recorded Stability request.
+fn seed_of(rec: &Recorded) -> Option<u64> {
+    let parts = rec.parts();
+    parts_named(&parts, "seed").first().map(|p| p.text().parse().unwrap())
+}
+
+/// A Stability mock answering each edit with [`seed_png`] of its seed (after `pause`), or a
+/// 500 for seed `fail`; OpenAI-compatible edits (a fallback) get three images.
+fn respond_by_seed(mock: &MockUpstream, pause: std::time::Duration, fail: Option<u64>) {
+    mock.respond_with(move |rec| {
+        if rec.path == "/v1/images/edits" {
+            let data: Vec<Value> = (0..3).map(|i| json!({"b64_json": b64(&seed_png(900 + i))})).collect();
+            return Reply::json(200, &json!({"created": 1, "data": data}));
+        }
+        let seed = seed_of(rec).unwrap_or(0);
+        let (status, body) = if Some(seed) == fail {
+            (
+                500,
+                json!({"id": "e1", "name": "internal_error", "errors": [format!("seed {seed} failed")]}),
+            )
+        } else {
+            (200, stability_answer(&seed_png(seed)))
+        };
+        Reply::json_after(pause, status, &body)
+    });
+}
+
+/// The unified mask converted for Stability: opaque grayscale, the top two rows white (edit).
+fn assert_stability_mask(png: &[u8]) {
+    assert!(!refract::imaging::png_info(png).unwrap().alpha);
+    let mask: Rgba = decode_png(png).unwrap();
+    for y in 0..4 {
+        for x in 0..6 {
+            let want = if y < 2 { 255 } else { 0 };
+            assert_eq!(mask.pixel(x, y), [want, want, want, 255], "mask pixel ({x},{y})");
+        }
+    }
+}
+
+fn inpaint_form(model: &str, n: u32) -> Form {
+    form(model, Some("a red ball"), &gradient_png())
+        .text("type", "inpainting")
+        .text("n", &n.to_string())
+        .file("mask", "m.png", "image/png", &unified_mask_png())
+}
+
+#[test]
+fn stability_n_is_served_by_n_calls_with_seeds_seed_plus_i() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock);
+    respond_by_seed(&mock, std::time::Duration::ZERO, None);
+    let r = gw.edit(&inpaint_form("stab/sd3", 3).text("seed", "42"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3, "{v}");
+    for (i, item) in data.iter().enumerate() {
+        assert_eq!(item["index"], i, "{item}");
+        let png = unb64(item["b64_json"].as_str().unwrap());
+        assert_eq!(
+            png,
+            seed_png(42 + i as u64),
+            "image {i} answers call {i} (seed 42 + {i})"
+        );
+        assert_eq!(decode_png(&png).unwrap().width, 2);
+    }
+    assert_eq!(v["output_format"], "png");
+    assert_eq!(v["extra_fields"]["provider"], "stab");
+    assert!(v["created"].as_u64().unwrap() > 0);
+    assert_eq!(r.text().matches("\"extra_fields\"").count(), 1);
+    // Exactly three upstream calls, each a valid single-image Stability request.
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 3);
+    let mut seeds = Vec::new();
+    for rec in &requests {
+        let parts = check_stability(rec, "inpaint");
+        let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["image", "mask", "prompt", "seed"]);
+        assert_stability_mask(&parts_named(&parts, "mask")[0].data);
+        assert_eq!(text_part(&parts, "prompt"), "a red ball");
+        seeds.push(seed_of(rec).unwrap());
+    }
+    seeds.sort_unstable();
+    assert_eq!(seeds, [42, 43, 44]);
+
+    // Without a seed, and with 0 (random for Stability), every call sends the same.
+    for (seed, sent) in [(None, None), (Some("0"), Some(0))] {
+        let before = mock.requests().len();
+        let f = match seed {
+            Some(s) => inpaint_form("stab/sd3", 2).text("seed", s),
+            None => inpaint_form("stab/sd3", 2),
+        };
+        let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["data"].as_array().unwrap().len(), 2);
+        let sent_seeds: Vec<Option<u64>> = mock.requests()[before..].iter().map(seed_of).collect();
+        assert_eq!(sent_seeds, [sent, sent]);
+    }
+
+    // stream=true: the merged answer as one `completed` event per image.
+    let r = gw.edit(
+        &inpaint_form("stab/sd3", 2).text("seed", "7").text("stream", "true"),
+        &[("x-bf-vk", VK)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type").as_deref(), Some("text/event-stream"));
+    let completed = completed_events(&r);
+    assert_eq!(completed.len(), 2, "{}", r.text());
+    for (i, ev) in completed.iter().enumerate() {
+        assert_eq!(unb64(ev["b64_json"].as_str().unwrap()), seed_png(7 + i as u64));
+    }
+    assert_eq!(mock.requests().len(), 3 + 4 + 2);
+}
+
+#[test]
+fn stability_calls_run_at_most_repeat_concurrency_at_once() {
+    let mock = MockUpstream::start();
+    let mut setup = Setup::new(&mock.base_url());
+    setup.extra_providers = format!(
+        "{}  - name: stab2\n    kind: stability\n    base_url: http://{}\n    repeat_concurrency: 2\n    keys:\n      - {{name: s, value: {STABILITY_KEY}}}\n",
+        providers(&mock.addr.to_string()),
+        mock.addr
+    );
+    let gw = Gateway::start(&setup);
+    // Each answer takes a second, so calls that may overlap do.
+    respond_by_seed(&mock, std::time::Duration::from_secs(1), None);
+    let r = gw.edit(&inpaint_form("stab2/sd3", 5).text("seed", "100"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let data = r.json()["data"].as_array().unwrap().clone();
+    let images: Vec<Vec<u8>> = data.iter().map(|d| unb64(d["b64_json"].as_str().unwrap())).collect();
+    let want: Vec<Vec<u8>> = (100..105).map(seed_png).collect();
+    assert_eq!(images, want, "in call order");
+    assert_eq!(mock.requests().len(), 5);
+    assert_eq!(
+        mock.most_concurrent(),
+        2,
+        "at most repeat_concurrency calls at once, and that many"
+    );
+}
+
+#[test]
+fn one_failing_stability_call_fails_the_attempt_and_the_fallback_serves_it_whole() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock);
+    respond_by_seed(&mock, std::time::Duration::ZERO, Some(43));
+    let r = gw.edit(&inpaint_form("stab/sd3", 3).text("seed", "42"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 500, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["message"], "seed 43 failed");
+    assert_eq!(v["is_bifrost_error"], false);
+    assert!(v.get("data").is_none(), "no half answer");
+    let calls = mock.requests();
+    assert!((1..=3).contains(&calls.len()), "{} calls", calls.len());
+    assert!(calls.iter().any(|c| seed_of(c) == Some(43)));
+
+    // With a fallback, the fallback serves the whole request (all three images).
+    let r = gw.edit(
+        &inpaint_form("stab/sd3", 3)
+            .text("seed", "42")
+            .text("fallbacks", "openai/gpt-image-1"),
+        &[("x-bf-vk", VK)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["extra_fields"]["provider"], "openai");
+    assert_eq!(v["extra_fields"]["fallback_index"], 1);
+    let images: Vec<Vec<u8>> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| unb64(d["b64_json"].as_str().unwrap()))
+        .collect();
+    assert_eq!(images, (900..903).map(seed_png).collect::<Vec<_>>());
+    let openai: Vec<Recorded> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/images/edits")
+        .collect();
+    assert_eq!(openai.len(), 1);
+    assert_eq!(text_part(&openai[0].parts(), "n"), "3");
+}
+
 #[test]
 fn requests_beyond_the_capabilities_never_reach_the_provider() {
     let mock = MockUpstream::start();
@@ -205,14 +388,8 @@ fn requests_beyond_the_capabilities_never_reach_the_provider() {
     let unsupported = |r: &Response, param: &str| {
         assert_gateway_error(r, 400, "unsupported_parameter", "invalid_request_error", Some(param));
     };
-    // Stability: n > 1; no type and no mask; outpainting without size; a mask with removal.
-    let r = gw.edit(
-        &form("stab/sd3", Some("p"), &png)
-            .text("type", "inpainting")
-            .text("n", "2"),
-        &[("x-bf-vk", VK)],
-    );
-    unsupported(&r, "n");
+    // Stability: no type and no mask; outpainting without size; a mask with removal. (n > 1
+    // is served by n calls: `stability_n_is_served_by_n_calls_with_seeds_seed_plus_i`.)
     let r = gw.edit(&form("stab/sd3", Some("p"), &png), &[("x-bf-vk", VK)]);
     assert_invalid(&r, "type");
     let r = gw.edit(

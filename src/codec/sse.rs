@@ -68,6 +68,9 @@ pub enum SseError {
     },
     /// A `data`, `event` or `id` value is not valid UTF-8.
     InvalidUtf8,
+    /// An `event` field gave an event whose data is being passed through a type other than the
+    /// one it was passed through as (see [`SseDecoder::pass_through_data`]).
+    PassedEventRetyped,
 }
 
 impl fmt::Display for SseError {
@@ -75,6 +78,7 @@ impl fmt::Display for SseError {
         match self {
             Self::EventTooLarge { limit } => write!(f, "server-sent event larger than {limit} bytes"),
             Self::InvalidUtf8 => f.write_str("server-sent event field is not valid UTF-8"),
+            Self::PassedEventRetyped => f.write_str("server-sent event changed its type after its data was passed on"),
         }
     }
 }
@@ -225,7 +229,9 @@ impl SseDecoder {
 
     /// Starts passing the pending event's data through: returns the data buffered so far; the
     /// rest goes to the `fragment` of [`SseDecoder::feed_split`]. Does nothing (returns an empty
-    /// buffer) unless [`SseDecoder::pending_data`] is `Some`.
+    /// buffer) unless [`SseDecoder::pending_data`] is `Some`. The event keeps the type it has
+    /// now: a later `event` field of that event naming another type is
+    /// [`SseError::PassedEventRetyped`] (the same type again is allowed).
     pub fn pass_through_data(&mut self) -> Vec<u8> {
         if self.pending_data().is_none() {
             return Vec::new();
@@ -468,6 +474,10 @@ impl SseDecoder {
             Field::Data | Field::Unknown => {}
             Field::Event => {
                 let value = std::str::from_utf8(&self.value).map_err(|_| SseError::InvalidUtf8)?;
+                // The caller forwarded the data under the type known when passing began.
+                if self.passing && value != self.event_type {
+                    return Err(SseError::PassedEventRetyped);
+                }
                 self.event_type.clear();
                 self.event_type.push_str(value);
             }
@@ -986,7 +996,25 @@ mod tests {
         d.feed(b"event: x\n", &mut evs).unwrap();
         assert_eq!(d.pending_data(), None);
         assert!(d.pass_through_data().is_empty());
+        // An event whose type changes after its data was passed on is an error (found by the
+        // sse_decoder fuzz target); repeating the same type is not.
+        let mut d = SseDecoder::new();
+        d.feed(b"event: big\ndata: abc", &mut evs).unwrap();
+        d.pass_through_data();
+        d.feed_split(b"\nevent: big\ndata: d", &mut evs, &mut frag).unwrap();
+        assert_eq!(
+            d.feed_split(b"\nevent: error\n", &mut evs, &mut frag),
+            Err(SseError::PassedEventRetyped)
+        );
+        let mut d = SseDecoder::new();
+        d.feed(b"data: abc", &mut evs).unwrap();
+        d.pass_through_data();
+        assert_eq!(
+            d.feed_split(b"\nevent: x\n\n", &mut evs, &mut frag),
+            Err(SseError::PassedEventRetyped)
+        );
         // A stream cut while passing through counts as truncated.
+        let mut d = SseDecoder::new();
         d.feed(b"data: abc", &mut evs).unwrap();
         d.pass_through_data();
         d.feed_split(b"def", &mut evs, &mut frag).unwrap();

@@ -237,17 +237,50 @@ pub struct Limits {
     /// The whole upload, from the request head to the body's end (`upload_timeout_ms`,
     /// default 300 s); past it the request is a 408, however steadily the body trickles.
     pub upload_timeout: Duration,
+    /// After an answer sent before the request body was read to its end (401, 413…): the most
+    /// bytes of the rest of the body read and discarded so that the client, still sending, gets
+    /// the answer (`linger_bytes`; default `max_body_bytes` + 16 MiB, so that a body refused
+    /// for being just over the limit, all of it still to come, gets its 413). A longer rest
+    /// closes the connection at once.
+    pub linger_bytes: u64,
+    /// The longest time spent reading and discarding that rest (`linger_timeout_ms`, default
+    /// 5 s); then the connection is closed.
+    pub linger_timeout: Duration,
+    /// Most pixels (width × height, from the header) of an image the gateway or the simulator
+    /// decodes (a mask it converts, an image the simulator edits); larger ones are refused
+    /// before any decoding.
+    pub max_image_pixels: u64,
+    /// Most image decodes and mask conversions running at once (on blocking threads); the
+    /// others wait their turn.
+    pub decode_concurrency: usize,
+}
+
+/// The default of `limits.decode_concurrency`: the number of CPU cores.
+pub fn default_decode_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
+impl Limits {
+    /// How far past `max_body_bytes` the default `linger_bytes` reaches.
+    pub const LINGER_BEYOND_MAX_BODY: u64 = 16 * MIB;
+    /// Default of `linger_timeout_ms`.
+    pub const DEFAULT_LINGER_TIMEOUT_MS: u64 = 5000;
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let max_body_bytes = 100 * MIB;
         Limits {
-            max_body_bytes: 100 * MIB,
+            max_body_bytes,
             max_images: 16,
             max_part_bytes: 50 * MIB,
             max_field_bytes: 64 * 1024,
             body_read_timeout: Duration::from_secs(60),
             upload_timeout: Duration::from_secs(300),
+            linger_bytes: max_body_bytes + Self::LINGER_BEYOND_MAX_BODY,
+            linger_timeout: Duration::from_millis(Self::DEFAULT_LINGER_TIMEOUT_MS),
+            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
+            decode_concurrency: default_decode_concurrency(),
         }
     }
 }
@@ -449,6 +482,10 @@ pub struct ProviderOptions {
     pub retry_backoff: Duration,
     /// The circuit breaker per provider key (`circuit_breaker`); `None` (absent) disables it.
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Kinds that make one image per call (stability, bedrock's Stability models, bfl,
+    /// fireworks): how many of the n calls that serve `n > 1` run at once
+    /// (`repeat_concurrency`, default [`DEFAULT_REPEAT_CONCURRENCY`], 1..=10).
+    pub repeat_concurrency: usize,
     /// How many upstream exchanges may be in flight to the provider at once, and how long a
     /// request waits for one to end (`max_connections`, `queue_timeout_ms`).
     pub connections: ConnectionLimit,
@@ -474,6 +511,10 @@ impl Default for ConnectionLimit {
         }
     }
 }
+
+/// Default `repeat_concurrency`: calls of one request in flight at once to a provider that makes
+/// one image per call.
+pub const DEFAULT_REPEAT_CONCURRENCY: usize = 4;
 
 /// A provider's circuit breaker settings (`circuit_breaker: {failures, open_ms}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -763,6 +804,14 @@ providers:
             (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
             (104_857_600, 16, 52_428_800, 65_536)
         );
+        assert_eq!(
+            (l.linger_bytes, l.linger_timeout),
+            (121_634_816, Duration::from_millis(5000))
+        );
+        assert_eq!(
+            (l.max_image_pixels, l.decode_concurrency),
+            (16_777_216, default_decode_concurrency())
+        );
         assert_eq!(c.spool.memory_bytes, 1_048_576);
         assert!(c.spool.directory.is_none());
         let p = &c.providers[0];
@@ -789,6 +838,7 @@ providers:
             (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
             (d.max_body_bytes, d.max_images, d.max_part_bytes, d.max_field_bytes)
         );
+        assert_eq!((l.linger_bytes, l.linger_timeout), (d.linger_bytes, d.linger_timeout));
         assert_eq!(c.server.threads, ServerSettings::default().threads);
         assert_eq!(c.spool.memory_bytes, SpoolSettings::default().memory_bytes);
         assert_eq!(c.auth.allow_anonymous, AuthSettings::default().allow_anonymous);
@@ -860,6 +910,10 @@ providers:
             "max_field_bytes:",
             "body_read_timeout_ms:",
             "upload_timeout_ms:",
+            "linger_bytes:",
+            "linger_timeout_ms:",
+            "max_image_pixels:",
+            "decode_concurrency:",
             "spool:",
             "memory_bytes:",
             "directory:",

@@ -185,6 +185,14 @@ fn limits(mut f: Fields<'_>) -> Limits {
         max_field_bytes: f.opt_usize("max_field_bytes", d.max_field_bytes, 1..=16 * MIB),
         body_read_timeout: f.opt_millis("body_read_timeout_ms", d.body_read_timeout, 1..=3_600_000),
         upload_timeout: f.opt_millis("upload_timeout_ms", d.upload_timeout, 1..=21_600_000),
+        linger_bytes: f.opt_u64(
+            "linger_bytes",
+            max_body_bytes.saturating_add(Limits::LINGER_BEYOND_MAX_BODY),
+            0..=1 << 41,
+        ),
+        linger_timeout: f.opt_millis("linger_timeout_ms", d.linger_timeout, 0..=60_000),
+        max_image_pixels: f.opt_u64("max_image_pixels", d.max_image_pixels, 1..=1 << 28),
+        decode_concurrency: f.opt_usize("decode_concurrency", d.decode_concurrency, 1..=256),
     };
     f.finish();
     limits
@@ -390,6 +398,16 @@ mod tests {
             "between 1 and 16777216",
         );
         one_problem(
+            &format!("limits:\n  max_image_pixels: 0\n{PROVIDER}"),
+            "limits.max_image_pixels",
+            "between 1 and 268435456",
+        );
+        one_problem(
+            &format!("limits:\n  decode_concurrency: 257\n{PROVIDER}"),
+            "limits.decode_concurrency",
+            "between 1 and 256",
+        );
+        one_problem(
             &format!("spool:\n  memory_bytes: 1073741825\n{PROVIDER}"),
             "spool.memory_bytes",
             "between 0 and 1073741824",
@@ -423,6 +441,29 @@ mod tests {
             &format!("{PROVIDER}        weight: .nan\n"),
             "providers[0].keys[0].weight",
             "finite number",
+        );
+    }
+
+    #[test]
+    fn linger_limits_follow_the_body_limit_unless_given() {
+        let c = ok(&format!("limits:\n  max_body_bytes: 1000\n{PROVIDER}"));
+        assert_eq!(c.limits.linger_bytes, 1000 + 16 * 1024 * 1024);
+        let c = ok(&format!(
+            "limits:\n  linger_bytes: 0\n  linger_timeout_ms: 250\n{PROVIDER}"
+        ));
+        assert_eq!(
+            (c.limits.linger_bytes, c.limits.linger_timeout),
+            (0, std::time::Duration::from_millis(250))
+        );
+        one_problem(
+            &format!("limits:\n  linger_timeout_ms: 60001\n{PROVIDER}"),
+            "limits.linger_timeout_ms",
+            "60000",
+        );
+        one_problem(
+            &format!("limits:\n  linger_bytes: -1\n{PROVIDER}"),
+            "limits.linger_bytes",
+            "",
         );
     }
 

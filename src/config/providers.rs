@@ -12,7 +12,7 @@ use super::parse::Env;
 use super::url::parse_base_url;
 use super::{
     AwsCredentials, CircuitBreaker, ConnectionLimit, Credential, KeyAuth, ModelRules, ProviderConfig, ProviderKey,
-    ProviderKind, ProviderOptions, ServiceAccountKey, Timeouts, VirtualKeyConfig,
+    ProviderKind, ProviderOptions, ServiceAccountKey, Timeouts, VirtualKeyConfig, DEFAULT_REPEAT_CONCURRENCY,
 };
 use crate::form::Fallback;
 use base64::Engine;
@@ -95,6 +95,7 @@ fn provider(mut f: Fields<'_>, env: Env<'_>, names: &[String]) -> Option<Provide
     };
     let timeouts = timeouts(&mut f);
     options.connections = connection_limit(&mut f);
+    options.repeat_concurrency = repeat_concurrency(&mut f, kind);
     let problems = f.problems();
     let items = f.req_list("keys").unwrap_or_default();
     let key_names: Vec<(String, String)> = items
@@ -138,6 +139,27 @@ fn connection_limit(f: &mut Fields<'_>) -> ConnectionLimit {
         max: f.opt_usize("max_connections", d.max, 1..=65_536),
         queue_timeout: f.opt_millis("queue_timeout_ms", d.queue_timeout, 0..=600_000),
     }
+}
+
+/// Kinds whose models make one image per call, so that `n > 1` is served by n calls.
+const REPEATING: [ProviderKind; 4] = [
+    ProviderKind::Stability,
+    ProviderKind::Bedrock,
+    ProviderKind::Bfl,
+    ProviderKind::Fireworks,
+];
+
+/// `repeat_concurrency` (default [`DEFAULT_REPEAT_CONCURRENCY`], up to the largest `n`):
+/// refused on kinds that never repeat a call.
+fn repeat_concurrency(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> usize {
+    const KEY: &str = "repeat_concurrency";
+    if let Some(k) = kind.filter(|k| !REPEATING.contains(k) && f.has(KEY)) {
+        f.report(
+            KEY,
+            format!("only used by kinds stability, bedrock, bfl and fireworks (one image per call), not {k}"),
+        );
+    }
+    f.opt_usize(KEY, DEFAULT_REPEAT_CONCURRENCY, 1..=u64::from(crate::form::MAX_N))
 }
 
 /// The provider's URL when `base_url` is not given (`None`: it is required for this kind).
@@ -1134,6 +1156,34 @@ mod tests {
                 "",
             );
         }
+    }
+
+    #[test]
+    fn repeat_concurrency_for_kinds_that_make_one_image_per_call() {
+        for kind in ["stability", "bfl", "fireworks"] {
+            let c = ok(&with(&format!("    kind: {kind}\n"), "        value: x\n"));
+            assert_eq!(c.providers[0].options.repeat_concurrency, 4, "{kind}");
+        }
+        let c = ok(&with(
+            "    kind: stability\n    repeat_concurrency: 1\n",
+            "        value: x\n",
+        ));
+        assert_eq!(c.providers[0].options.repeat_concurrency, 1);
+        for bad in ["0", "11"] {
+            one_problem(
+                &with(
+                    &format!("    kind: stability\n    repeat_concurrency: {bad}\n"),
+                    "        value: x\n",
+                ),
+                "providers[0].repeat_concurrency",
+                "",
+            );
+        }
+        one_problem(
+            &with("    kind: openai\n    repeat_concurrency: 2\n", "        value: x\n"),
+            "providers[0].repeat_concurrency",
+            "only used by kinds stability, bedrock, bfl and fireworks",
+        );
     }
 
     #[test]

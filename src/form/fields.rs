@@ -1,7 +1,7 @@
 //! Field-level validation of the image-edit form: the spec's enums, ranges and required fields,
 //! and [`FormBuilder`], the pure state machine that receives parts in arrival order.
 
-use super::{EditForm, EditType, Fallback, FilePart};
+use super::{EditForm, EditType, Fallback, FilePart, MAX_N};
 use crate::config::Limits;
 use crate::error::GatewayError;
 use crate::imaging::{sniff, ImageKind};
@@ -241,7 +241,7 @@ impl<'l> FormBuilder<'l> {
                 };
                 set_once(&mut f.edit_type, name, t)?
             }
-            "n" => set_once(&mut f.n, name, int_in(name, &value, 1, 10)? as u32)?,
+            "n" => set_once(&mut f.n, name, int_in(name, &value, 1, MAX_N.into())? as u32)?,
             "size" => set_once(&mut f.size, name, parse_size(value.trim())?)?,
             "response_format" => set_once(
                 &mut f.response_format,

@@ -69,6 +69,9 @@ pub struct Fallback {
     pub model: String,
 }
 
+/// Largest `n` a request may ask for (the spec's bound).
+pub const MAX_N: u32 = 10;
+
 /// A validated image-edit request: every field of the spec, typed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EditForm {
@@ -84,7 +87,7 @@ pub struct EditForm {
     pub mask: Option<FilePart>,
     /// `type`.
     pub edit_type: Option<EditType>,
-    /// `n`, 1..=10.
+    /// `n`, 1..=[`MAX_N`].
     pub n: Option<u32>,
     /// `size`, `WxH` or `auto`.
     pub size: Option<String>,
@@ -163,7 +166,7 @@ fn from_multer(e: multer::Error, max_body: u64) -> GatewayError {
                     what: "request body".into(),
                     limit: max_body,
                 },
-                SourceError::Io(io) => GatewayError::MalformedMultipart(format!("the body could not be read: {io}")),
+                SourceError::Io(io) => GatewayError::BodyUnreadable(io.to_string()),
             };
         }
     }
@@ -373,6 +376,42 @@ mod tests {
         let mut v: Vec<u8> = parts.concat();
         v.extend(end());
         v
+    }
+
+    /// A body source whose read fails after its chunks (a broken chunked framing, a stall).
+    struct FailsAfter(std::collections::VecDeque<Bytes>);
+
+    #[async_trait]
+    impl BodySource for FailsAfter {
+        async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+            match self.0.pop_front() {
+                Some(b) => Ok(Some(b)),
+                None => Err(std::io::Error::other("InvalidChunk")),
+            }
+        }
+    }
+
+    /// A failed read is its own error (the connection must close), whatever part it cut, and
+    /// keeps the client-visible shape of a malformed body.
+    #[tokio::test]
+    async fn a_failed_read_is_an_unreadable_body() {
+        let whole = body(&[
+            text("model", "openai/gpt-image-1"),
+            file("image", "a.png", "image/png", PNG),
+        ]);
+        for cut in [0, 10, whole.len() - 30, whole.len() - 1] {
+            let mut src = FailsAfter([Bytes::copy_from_slice(&whole[..cut])].into_iter().collect());
+            let mut spool = Spool::new(64, None);
+            let mut ok = ModelCheck(|_: &str, _: &str| Ok(()));
+            let e = parse_edit_form(&mut src, B, &limits(), &mut spool, &mut ok)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&e, GatewayError::BodyUnreadable(m) if m == "InvalidChunk"),
+                "cut {cut}: {e:?}"
+            );
+            assert_eq!((e.status(), e.code()), (400, "malformed_multipart"));
+        }
     }
 
     #[tokio::test]

@@ -7,8 +7,9 @@
 //! nearest common ratio), `output_format` (`png`/`jpeg`; `webp` → `png`). Fill models
 //! (`*-fill*`) also take `mask`, converted from the unified convention (transparent = edit) to
 //! BFL's (white = edit), and `steps` from `num_inference_steps`; expand models take `top`,
-//! `bottom`, `left`, `right` (pixels) from same-named extra form fields. Dropped: `n` (one
-//! image; the capability check refuses more), `quality`, `background`, `negative_prompt`.
+//! `bottom`, `left`, `right` (pixels) from same-named extra form fields. One image per job:
+//! `n > 1` is served by n jobs ([`FLUX_N_BY_CALLS`], providers.md §8.4: "`n` → loop"), job i
+//! with `seed + i`. Dropped: `quality`, `background`, `negative_prompt`.
 //!
 //! Answer `{"id","polling_url"}` → follow-ups ([`super::polling`]): `GET polling_url` with
 //! `x-key` every `poll_interval_ms` (the URL may be on another `*.bfl.ai` host), until `status`:
@@ -17,14 +18,14 @@
 //! `Content Moderated` / `Request Moderated` → 400 `moderation_blocked`; `Error`, `Failed`,
 //! `Task not found` → 502. Error statuses keep BFL's status and `detail` message.
 
-use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
+use super::capabilities::{any_model, Capabilities, ModelFamily, NByCalls, Streaming};
 use super::google::{json_post, no_image_error};
 use super::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
-use super::{ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::{Prepared, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
+use crate::imaging::MaskConvention;
 use crate::route::Target;
-use crate::spool::Spool;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
@@ -35,9 +36,15 @@ pub struct BflAdapter;
 /// Where BFL's polling and delivery URLs live.
 pub const BFL_DOMAINS: &[&str] = &[".bfl.ai"];
 
+/// `n > 1` on FLUX (BFL, and Fireworks' FLUX Kontext): n jobs of one image, job i with
+/// `seed + i`. BFL documents no seed range [unverified]: non-negative seeds are offset, others
+/// sent unchanged.
+pub const FLUX_N_BY_CALLS: NByCalls = NByCalls { seeds: (0, i64::MAX) };
+
 const FLUX: Capabilities = Capabilities {
     mask: false,
     max_n: 1,
+    n_by_calls: Some(FLUX_N_BY_CALLS),
     max_images: 1,
     max_image_bytes: 20 * 1024 * 1024,
     edit_types: &[],
@@ -156,15 +163,22 @@ impl ProviderAdapter for BflAdapter {
         build(form, None, target, request_id)
     }
 
-    fn build_request_from_spool(
+    /// The mask as FLUX Fill takes it: opaque greyscale, white = edit.
+    fn mask_convention(&self, form: &EditForm, _model: &str) -> Option<MaskConvention> {
+        form.mask.is_some().then_some(MaskConvention::GrayWhiteEdit)
+    }
+
+    fn build_prepared(
         &self,
         form: &EditForm,
-        spool: &Spool,
+        inputs: &Prepared<'_>,
         target: &Target,
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let mask = super::vertex::imagen::convert_mask(form, spool)?;
-        build(form, mask.as_ref().map(|m| m.png.as_slice()), target, request_id)
+        if inputs.mask.is_none() {
+            return self.build_request(form, target, request_id);
+        }
+        build(form, inputs.mask.map(|m| m.png.as_slice()), target, request_id)
     }
 
     /// Reached for error statuses only (successes are followed up).

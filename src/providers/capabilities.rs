@@ -21,13 +21,43 @@ pub enum Streaming {
     Synthesized,
 }
 
+/// How a provider that makes one image per call serves `n > 1`: the gateway makes n calls,
+/// each asking for one image, and merges their answers (`server::gateway::repeat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NByCalls {
+    /// The seeds that may be offset, as an inclusive range: when the request's `seed` is in it,
+    /// call i sends `seed + i`, wrapped within the range, so the n images differ (as a user
+    /// looping over the provider's API would do). A seed outside it is sent unchanged by every
+    /// call: a provider's "random" value (Stability's 0) stays random, and a seed the provider
+    /// refuses is refused as for one call.
+    pub seeds: (i64, i64),
+}
+
+impl NByCalls {
+    /// The seed call `call` (from 0) sends for the request's `seed`.
+    pub fn seed(&self, seed: Option<i64>, call: u32) -> Option<i64> {
+        let (low, high) = self.seeds;
+        let seed = seed?;
+        if !(low..=high).contains(&seed) {
+            return Some(seed);
+        }
+        // In i128, so neither the sum nor the span can overflow.
+        let span = i128::from(high) - i128::from(low) + 1;
+        let offset = (i128::from(seed) - i128::from(low) + i128::from(call)) % span;
+        i64::try_from(i128::from(low) + offset).ok()
+    }
+}
+
 /// What a model family supports.
 #[derive(Debug, Clone, Copy)]
 pub struct Capabilities {
     /// Accepts `mask` (the OpenAI convention; converted where the provider's differs).
     pub mask: bool,
-    /// Largest `n`.
+    /// Largest `n` one upstream call serves.
     pub max_n: u32,
+    /// `Some`: any `n` the request may ask for (up to [`crate::form::MAX_N`]) is served by n
+    /// calls of one image each (`max_n` is then 1).
+    pub n_by_calls: Option<NByCalls>,
     /// Most input images.
     pub max_images: usize,
     /// Largest input image (and mask), in bytes.
@@ -67,6 +97,7 @@ pub struct ModelFamily {
 pub static NOTHING: Capabilities = Capabilities {
     mask: false,
     max_n: 0,
+    n_by_calls: None,
     max_images: 0,
     max_image_bytes: 0,
     edit_types: &[],
@@ -103,7 +134,7 @@ pub fn check(
         return refuse("mask", format!("a mask with model '{}'", form.model));
     }
     let n = form.n.unwrap_or(1);
-    if n > caps.max_n {
+    if n > caps.max_n && caps.n_by_calls.is_none() {
         return refuse(
             "n",
             format!("n={n} with model '{}' (at most {})", form.model, caps.max_n),
@@ -212,11 +243,14 @@ pub fn markdown_table() -> String {
             let c = &family.capabilities;
             let types: Vec<&str> = c.edit_types.iter().map(|t| edit_type_name(*t)).collect();
             out.push_str(&format!(
-                "| `{}` | {} | {} | 1–{} | ≤ {} | ≤ {} MB | {} | {} | {} | {} | {} |\n",
+                "| `{}` | {} | {} | {} | ≤ {} | ≤ {} MB | {} | {} | {} | {} | {} |\n",
                 kind.as_str(),
                 family.name,
                 if c.mask { "yes" } else { "no" },
-                c.max_n,
+                match c.n_by_calls {
+                    Some(_) => format!("1–{}, by n calls of one image", crate::form::MAX_N),
+                    None => format!("1–{}", c.max_n),
+                },
                 c.max_images,
                 c.max_image_bytes / 1_000_000,
                 if types.is_empty() {
@@ -251,6 +285,7 @@ mod tests {
     const CAPS: Capabilities = Capabilities {
         mask: false,
         max_n: 2,
+        n_by_calls: None,
         max_images: 1,
         max_image_bytes: 100,
         edit_types: &[EditType::Inpainting],
@@ -358,6 +393,39 @@ mod tests {
             assert_eq!(e.param(), Some(param), "{e}");
             assert!(e.to_string().starts_with("provider 'p' does not support"), "{e}");
         }
+    }
+
+    #[test]
+    fn n_by_calls_serves_any_n_with_offset_seeds() {
+        let form = EditForm {
+            model: "m".into(),
+            n: Some(10),
+            images: vec![image("image", 10)],
+            ..Default::default()
+        };
+        assert_eq!(check(&form, &CAPS, None, "p").unwrap_err().param(), Some("n"));
+        let looped = Capabilities {
+            n_by_calls: Some(NByCalls {
+                seeds: (1, 4_294_967_294),
+            }),
+            ..CAPS
+        };
+        assert!(check(&form, &looped, None, "p").is_ok());
+        let by_calls = looped.n_by_calls.unwrap();
+        let seeds: Vec<_> = (0..3).map(|i| by_calls.seed(Some(42), i)).collect();
+        assert_eq!(seeds, [Some(42), Some(43), Some(44)]);
+        // Wrapped within the range, never onto the provider's "random" 0.
+        let seeds: Vec<_> = (0..3).map(|i| by_calls.seed(Some(4_294_967_293), i)).collect();
+        assert_eq!(seeds, [Some(4_294_967_293), Some(4_294_967_294), Some(1)]);
+        // Outside the range (random, or refused by the adapter): unchanged for every call.
+        for seed in [0, -5, 4_294_967_295] {
+            assert_eq!(by_calls.seed(Some(seed), 2), Some(seed));
+        }
+        assert_eq!(by_calls.seed(None, 2), None);
+        let whole = NByCalls {
+            seeds: (i64::MIN, i64::MAX),
+        };
+        assert_eq!(whole.seed(Some(i64::MAX), 1), Some(i64::MIN));
     }
 
     #[test]

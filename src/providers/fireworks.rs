@@ -4,7 +4,9 @@
 //! name (`flux-kontext-pro`, `flux-kontext-max`); a model given in full
 //! (`accounts/{account}/models/{name}`) is used as is after `workflows/`. Bearer key; JSON body
 //! as BFL Kontext's: `prompt`, `input_image` as a `data:` URL (encoded on the fly), `seed`,
-//! `aspect_ratio` from `size`, `output_format` (`png`/`jpeg`). No mask; `n` 1.
+//! `aspect_ratio` from `size`, `output_format` (`png`/`jpeg`). No mask. One image per job:
+//! `n > 1` is served by n jobs, job i with `seed + i`, as for BFL
+//! ([`super::bfl::FLUX_N_BY_CALLS`]; providers.md §9.3: mapping as BFL Kontext).
 //!
 //! Answer `{"request_id"}` → follow-ups ([`super::polling`]): `POST {model path}/get_result`
 //! with `{"id"}` every `poll_interval_ms` until `status` is `Ready` (statuses as BFL's:
@@ -39,6 +41,7 @@ static FAMILIES: [ModelFamily; 1] = [ModelFamily {
     capabilities: Capabilities {
         mask: false,
         max_n: 1,
+        n_by_calls: Some(super::bfl::FLUX_N_BY_CALLS),
         max_images: 1,
         max_image_bytes: 20 * 1024 * 1024,
         edit_types: &[],

@@ -45,6 +45,7 @@ pub const MAX_IMAGE_BYTES: u64 = 1_400_000;
 pub static HUGGINGFACE_CAPABILITIES: Capabilities = Capabilities {
     mask: false,
     max_n: 1,
+    n_by_calls: None,
     max_images: 1,
     max_image_bytes: MAX_IMAGE_BYTES,
     edit_types: &[],

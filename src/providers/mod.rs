@@ -16,6 +16,8 @@ pub mod gemini;
 pub mod google;
 pub mod huggingface;
 pub mod jsonbody;
+pub mod masks;
+pub mod merge;
 pub mod openai;
 pub mod polling;
 pub mod rawjson;
@@ -29,9 +31,9 @@ use crate::codec::sse::SseEvent;
 use crate::config::{KeyAuth, ProviderKind};
 use crate::error::GatewayError;
 use crate::form::EditForm;
-use crate::imaging::ImageKind;
+use crate::imaging::{ConvertedMask, ImageKind, MaskConvention};
 use crate::route::Target;
-use crate::spool::SpoolRange;
+use crate::spool::{Spool, SpoolRange};
 use bytes::Bytes;
 pub use capabilities::{Capabilities, ModelFamily};
 
@@ -93,7 +95,7 @@ impl UpstreamRequest {
 
     /// The whole body in one buffer, as the exchange sends it (tests and fixtures; the proxy
     /// streams the segments instead).
-    pub fn render(&self, spool: &crate::spool::Spool) -> std::io::Result<Vec<u8>> {
+    pub fn render(&self, spool: &Spool) -> std::io::Result<Vec<u8>> {
         let mut body = Vec::with_capacity(self.content_length() as usize);
         for seg in &self.body {
             match seg {
@@ -104,6 +106,18 @@ impl UpstreamRequest {
         }
         Ok(body)
     }
+}
+
+/// What an adapter builds a request from besides the form: the request's spool, and what the
+/// gateway prepared from it off the async threads (the mask converted to the adapter's
+/// [`ProviderAdapter::mask_convention`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared<'a> {
+    /// The form's file parts.
+    pub spool: &'a Spool,
+    /// The mask in the adapter's convention; `None` when the form has no mask or the adapter
+    /// asked for none.
+    pub mask: Option<&'a ConvertedMask>,
 }
 
 /// The provider's complete answer.
@@ -205,18 +219,46 @@ pub trait ProviderAdapter: Send + Sync {
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError>;
 
-    /// Builds the upstream request like [`ProviderAdapter::build_request`], for adapters that
-    /// must read uploaded content while translating (Vertex Imagen converts the mask to its
-    /// own convention); `spool` holds the form's file parts. The gateway calls this one when it
-    /// builds a request from the complete form; the default ignores the spool.
-    fn build_request_from_spool(
+    /// The convention the adapter wants the form's mask converted to for `model`, or `None`
+    /// when it sends the mask as uploaded (or the request cannot use one: the build then
+    /// refuses it). The gateway converts the mask once per request and convention, on its
+    /// decode pool, and hands it to [`ProviderAdapter::build_prepared`].
+    fn mask_convention(&self, _form: &EditForm, _model: &str) -> Option<MaskConvention> {
+        None
+    }
+
+    /// Builds the upstream request like [`ProviderAdapter::build_request`], from the form and
+    /// what the gateway prepared for it (`inputs`: the spool, the converted mask). The gateway
+    /// calls this one for every attempt built from the complete form; the default ignores
+    /// `inputs`.
+    fn build_prepared(
         &self,
         form: &EditForm,
-        _spool: &crate::spool::Spool,
+        _inputs: &Prepared<'_>,
         target: &Target,
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
         self.build_request(form, target, request_id)
+    }
+
+    /// [`ProviderAdapter::build_prepared`] with the mask converted here, on the calling thread
+    /// (tests and tools; CPU-heavy for a large mask, so the gateway never calls it).
+    fn build_request_from_spool(
+        &self,
+        form: &EditForm,
+        spool: &Spool,
+        target: &Target,
+        request_id: &str,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        let mask = match self.mask_convention(form, &target.model) {
+            Some(convention) => masks::convert_now(form, spool, convention)?,
+            None => None,
+        };
+        let inputs = Prepared {
+            spool,
+            mask: mask.as_ref(),
+        };
+        self.build_prepared(form, &inputs, target, request_id)
     }
 
     /// Converts the provider's answer: a success into the unified JSON body, an error status into

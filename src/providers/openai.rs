@@ -254,6 +254,7 @@ pub(super) fn multipart_encoder(head: UpstreamRequest, boundary: String, model: 
 pub(super) static OPENAI_CAPABILITIES: Capabilities = Capabilities {
     mask: true,
     max_n: 10,
+    n_by_calls: None,
     max_images: 16,
     max_image_bytes: 50_000_000,
     // A mask is OpenAI's inpainting; it has no outpainting or background-removal mode.

@@ -45,6 +45,7 @@ static FAMILIES: [ModelFamily; 1] = [ModelFamily {
     capabilities: Capabilities {
         mask: false,
         max_n: 1,
+        n_by_calls: None,
         max_images: 1,
         max_image_bytes: 20 * 1024 * 1024,
         edit_types: &[],

@@ -52,6 +52,7 @@ pub const ASPECT_RATIOS: [(&str, f64); 13] = [
 pub static XAI_CAPABILITIES: Capabilities = Capabilities {
     mask: false,
     max_n: 10,
+    n_by_calls: None,
     max_images: 3,
     max_image_bytes: 10_000_000,
     edit_types: &[],

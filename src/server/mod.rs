@@ -43,6 +43,10 @@ pub struct AppState {
     pub breakers: breaker::Breakers,
     /// Every provider's bound on upstream exchanges in flight (`max_connections`).
     pub slots: slots::Slots,
+    /// Where masks are decoded and converted: blocking threads, at most
+    /// `limits.decode_concurrency` at once, within `limits.max_image_pixels` (shared with the
+    /// simulator).
+    pub decoder: crate::imaging::DecodePool,
 }
 
 impl AppState {
@@ -163,7 +167,9 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
     server.bootstrap();
     let metrics = Arc::new(Metrics::new()?);
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration)));
+    let decoder = crate::imaging::DecodePool::new(config.limits.decode_concurrency, config.limits.max_image_pixels);
     let state = Arc::new(AppState {
+        decoder,
         keys: KeyStore::from_config(&config),
         router: Router::new(&config),
         metrics: metrics.clone(),
@@ -227,7 +233,7 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
     if let Some(sim) = &state.config.simulator {
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
-            simulator_app::SimulatorApp::new(sim),
+            simulator_app::SimulatorApp::new(sim, state.decoder.clone()),
             "refract simulator",
         );
         svc.add_tcp(&sim.address.to_string());

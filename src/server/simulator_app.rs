@@ -1,8 +1,13 @@
 //! The built-in provider simulator's listener: reads the whole request (it is a test double,
-//! bounded to 256 MiB) and answers with [`crate::simulator::handle`]: in one piece, or, for
+//! bounded to 256 MiB) and answers with [`crate::simulator::route`]: in one piece, or, for
 //! `stream=true`, as a chunked `text/event-stream` written one event per chunk.
+//!
+//! The answer is made on the gateway's decode pool (blocking threads, at most
+//! `limits.decode_concurrency` at once, images within `limits.max_image_pixels`): decoding and
+//! editing images never runs on the threads that serve connections.
 
 use crate::config::SimulatorSettings;
+use crate::imaging::DecodePool;
 use crate::simulator::{self, Frame, SimAnswer, SimRequest, SimStream, StreamSettings};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -17,13 +22,15 @@ const MAX_SIM_BODY: usize = 256 * 1024 * 1024;
 /// The simulator service.
 pub struct SimulatorApp {
     stream: StreamSettings,
+    decoder: DecodePool,
 }
 
 impl SimulatorApp {
-    /// The simulator configured by the `simulator:` section.
-    pub fn new(settings: &SimulatorSettings) -> Self {
+    /// The simulator configured by the `simulator:` section, decoding on `decoder`.
+    pub fn new(settings: &SimulatorSettings, decoder: DecodePool) -> Self {
         SimulatorApp {
             stream: StreamSettings::from(settings),
+            decoder,
         }
     }
 }
@@ -140,8 +147,22 @@ impl ProxyHttp for SimulatorApp {
             query,
             headers,
             body: body.freeze(),
+            max_image_pixels: self.decoder.max_pixels(),
         };
-        match simulator::route(request, &self.stream).await {
+        let settings = self.stream;
+        let runtime = tokio::runtime::Handle::current();
+        let answer = self
+            .decoder
+            .run(move || runtime.block_on(simulator::route(request, &settings)))
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                log::error!("simulator: {e}");
+                return respond(session, 500, "application/json", br#"{"error":{"message":"the simulator failed","type":"server_error","param":null,"code":"internal_error"}}"#.to_vec()).await;
+            }
+        };
+        match answer {
             SimAnswer::Whole(answer) => respond(session, answer.status, answer.content_type, answer.body).await,
             SimAnswer::Stream(stream) => respond_stream(session, *stream).await,
             SimAnswer::Chunks(chunks) => respond_chunks(session, chunks, self.stream.interval).await,

@@ -129,7 +129,7 @@ fn invoke(req: &SimRequest) -> Result<SimResponse, SimResponse> {
     let model = model_id(&req.path).ok_or_else(|| error(404, "unknown operation"))?;
     let body: Value = serde_json::from_slice(&req.body).map_err(|e| bad(&format!("Malformed input request: {e}")))?;
     if model.contains("stability.") {
-        return stability(&body);
+        return stability(&body, req.max_image_pixels);
     }
     if !model.contains("amazon.titan-image") && !model.contains("amazon.nova-canvas") {
         return Err(error(
@@ -137,7 +137,7 @@ fn invoke(req: &SimRequest) -> Result<SimResponse, SimResponse> {
             &format!("The provided model identifier is invalid: {model}"),
         ));
     }
-    titan(&body)
+    titan(&body, req.max_image_pixels)
 }
 
 fn edited_images(image: &Rgba, mask: Option<&Rgba>, prompt: &str, n: u32) -> Result<Vec<String>, SimResponse> {
@@ -149,7 +149,7 @@ fn edited_images(image: &Rgba, mask: Option<&Rgba>, prompt: &str, n: u32) -> Res
         .collect()
 }
 
-fn titan(body: &Value) -> Result<SimResponse, SimResponse> {
+fn titan(body: &Value, max_pixels: u64) -> Result<SimResponse, SimResponse> {
     let task = body.get("taskType").and_then(Value::as_str).unwrap_or("");
     let (params, mask_edit) = match task {
         "INPAINTING" => ("inPaintingParams", Some(0)),
@@ -177,7 +177,7 @@ fn titan(body: &Value) -> Result<SimResponse, SimResponse> {
     } else {
         decode_b64(p.get("image"), &format!("{params}.image"))?
     };
-    let image = starting_image(&first).map_err(|e| bad(&format!("image: {e}")))?;
+    let image = starting_image(&first, max_pixels).map_err(|e| bad(&format!("image: {e}")))?;
     let mask = match mask_edit {
         Some(edit) => Some(bedrock_mask(&decode_b64(p.get("maskImage"), "maskImage")?, edit)?),
         None if task == "BACKGROUND_REMOVAL" => Some(everything(&image)),
@@ -194,7 +194,7 @@ fn titan(body: &Value) -> Result<SimResponse, SimResponse> {
     Ok(answer(200, &json!({"images": images, "error": null})))
 }
 
-fn stability(body: &Value) -> Result<SimResponse, SimResponse> {
+fn stability(body: &Value, max_pixels: u64) -> Result<SimResponse, SimResponse> {
     let prompt = body.get("prompt").and_then(Value::as_str).unwrap_or("");
     if let Some(status) = super::simulated_error_status(prompt) {
         return Err(error(status, &format!("simulated error {status}")));
@@ -205,7 +205,8 @@ fn stability(body: &Value) -> Result<SimResponse, SimResponse> {
             &json!({"images": [], "seeds": [0], "finish_reasons": ["Filter reason: prompt"]}),
         ));
     }
-    let image = starting_image(&decode_b64(body.get("image"), "image")?).map_err(|e| bad(&format!("image: {e}")))?;
+    let image = starting_image(&decode_b64(body.get("image"), "image")?, max_pixels)
+        .map_err(|e| bad(&format!("image: {e}")))?;
     let mask = match body.get("mask") {
         Some(m) => Some(bedrock_mask(&decode_b64(Some(m), "mask")?, 255)?),
         None => None,
@@ -236,6 +237,7 @@ mod tests {
         headers.insert("x-amz-date", "20261124T022054Z".parse().unwrap());
         headers.insert("content-type", "application/json".parse().unwrap());
         SimRequest {
+            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
             path: format!("/model/{model}/invoke"),
             query: None,
             headers,

@@ -187,7 +187,8 @@ fn read_request(req: &SimRequest) -> Result<Request, SimResponse> {
     let first = images
         .first()
         .ok_or_else(|| invalid("the simulator needs an image to edit"))?;
-    let image = starting_image(first).map_err(|e| invalid(&format!("Unable to process input image: {e}")))?;
+    let image = starting_image(first, req.max_image_pixels)
+        .map_err(|e| invalid(&format!("Unable to process input image: {e}")))?;
     let config = body.get("generationConfig").cloned().unwrap_or(Value::Null);
     let candidates = match config.get("candidateCount") {
         None => 1,
@@ -355,6 +356,7 @@ mod tests {
             headers.insert("x-goog-api-key", k.parse().unwrap());
         }
         SimRequest {
+            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
             path: path.into(),
             query: query.map(str::to_string),
             headers,

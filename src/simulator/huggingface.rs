@@ -84,7 +84,7 @@ fn image_to_image(req: &SimRequest) -> Result<SimResponse, SimResponse> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(inputs)
         .map_err(|e| bad(&format!("inputs is not base64: {e}")))?;
-    let image = starting_image(&bytes).map_err(|e| bad(&format!("inputs: {e}")))?;
+    let image = starting_image(&bytes, req.max_image_pixels).map_err(|e| bad(&format!("inputs: {e}")))?;
     let edited = simulate_edit(&image, None, prompt, 0).map_err(|e| bad(&e.to_string()))?;
     let png = encode_png(&edited).map_err(|e| hf_error(500, &e.to_string()))?;
     Ok(SimResponse {
@@ -105,6 +105,7 @@ mod tests {
         headers.insert("authorization", "Bearer hf_x".parse().unwrap());
         headers.insert("content-type", "application/json".parse().unwrap());
         SimRequest {
+            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
             path: "/hf-inference/models/o/m".into(),
             query: None,
             headers,

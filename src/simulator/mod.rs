@@ -30,7 +30,7 @@ mod vertex;
 mod xai;
 
 use crate::config::SimulatorSettings;
-use crate::imaging::{self, decode_png, encode_png, pad_png, simulate_edit, solid, Rgba};
+use crate::imaging::{self, decode_png, encode_png, pad_png, simulate_edit, Rgba};
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -69,6 +69,9 @@ pub struct SimRequest {
     pub headers: http::HeaderMap,
     /// The whole body.
     pub body: Bytes,
+    /// The pixel budget of every image the request's edit decodes
+    /// (`limits.max_image_pixels`).
+    pub max_image_pixels: u64,
 }
 
 impl SimRequest {
@@ -109,6 +112,7 @@ pub async fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
             authorization.as_deref(),
             req.body.clone(),
             settings,
+            req.max_image_pixels,
         )
         .await;
     }
@@ -345,14 +349,14 @@ pub(super) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The image an edit starts from: a PNG decoded; JPEG and WebP are accepted but not decoded
-/// (the edit starts from a blank 64×64 canvas).
-pub(super) fn starting_image(bytes: &[u8]) -> Result<Rgba, imaging::ImagingError> {
-    if imaging::sniff(bytes) == Some(imaging::ImageKind::Png) {
-        decode_png(bytes)
-    } else {
-        Ok(solid(64, 64, [255, 255, 255, 255]))
-    }
+/// The image an edit starts from: a PNG, JPEG or WebP decoded to RGBA, refused when it has
+/// more than `max_pixels` pixels (from its header, before decoding) or is none of the three.
+pub(super) fn starting_image(bytes: &[u8], max_pixels: u64) -> Result<Rgba, imaging::ImagingError> {
+    let kind = imaging::sniff(bytes).ok_or_else(|| imaging::ImagingError::Decode {
+        format: "image",
+        detail: "not a PNG, JPEG or WebP".into(),
+    })?;
+    imaging::decode(kind, std::io::Cursor::new(bytes), max_pixels)
 }
 
 /// The status a `simulate-error:<status>` prompt asks for (500 when it names no error status),
@@ -369,7 +373,12 @@ pub(super) fn simulated_error_status(prompt: &str) -> Option<u16> {
 
 /// Checks the request and decodes its images; `Err` is the answer to send instead (an error, or
 /// a test hook's answer).
-async fn prepare(content_type: Option<&str>, authorization: Option<&str>, body: Bytes) -> Result<Edit, SimResponse> {
+async fn prepare(
+    content_type: Option<&str>,
+    authorization: Option<&str>,
+    body: Bytes,
+    max_pixels: u64,
+) -> Result<Edit, SimResponse> {
     if !authorization.is_some_and(|a| a.starts_with("Bearer ") && a.len() > 7) {
         return Err(error(
             401,
@@ -415,7 +424,7 @@ async fn prepare(content_type: Option<&str>, authorization: Option<&str>, body: 
             "image is required",
         ));
     };
-    let image = starting_image(first).map_err(|e| {
+    let image = starting_image(first, max_pixels).map_err(|e| {
         error(
             400,
             "invalid_request_error",
@@ -425,15 +434,17 @@ async fn prepare(content_type: Option<&str>, authorization: Option<&str>, body: 
         )
     })?;
     let mask = match &form.mask {
-        Some(m) => Some(decode_png(m).map_err(|e| {
-            error(
-                400,
-                "invalid_request_error",
-                "invalid_image",
-                Some("mask"),
-                &e.to_string(),
-            )
-        })?),
+        Some(m) => Some(
+            imaging::decode(imaging::ImageKind::Png, std::io::Cursor::new(m), max_pixels).map_err(|e| {
+                error(
+                    400,
+                    "invalid_request_error",
+                    "invalid_image",
+                    Some("mask"),
+                    &e.to_string(),
+                )
+            })?,
+        ),
         None => None,
     };
     Ok(Edit {
@@ -445,13 +456,15 @@ async fn prepare(content_type: Option<&str>, authorization: Option<&str>, body: 
 }
 
 /// Answers one `images/edits` request: a whole JSON answer, or (with `stream=true`) a stream.
+/// Images are decoded within `max_pixels` (`limits.max_image_pixels`).
 pub async fn handle(
     content_type: Option<&str>,
     authorization: Option<&str>,
     body: Bytes,
     settings: &StreamSettings,
+    max_pixels: u64,
 ) -> SimAnswer {
-    let edit = match prepare(content_type, authorization, body).await {
+    let edit = match prepare(content_type, authorization, body, max_pixels).await {
         Ok(edit) => edit,
         Err(resp) => return SimAnswer::Whole(resp),
     };
@@ -498,7 +511,7 @@ pub use stream::*;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imaging::{paint_colour, Rgba};
+    use crate::imaging::{paint_colour, solid, Rgba};
 
     const B: &str = "simb";
 
@@ -522,11 +535,26 @@ mod tests {
     }
 
     async fn handle_with(body: Bytes, settings: &StreamSettings) -> SimAnswer {
-        handle(Some(&ct()), Some("Bearer k"), body, settings).await
+        handle(
+            Some(&ct()),
+            Some("Bearer k"),
+            body,
+            settings,
+            imaging::DEFAULT_MAX_PIXELS,
+        )
+        .await
     }
 
     async fn whole_answer(content_type: &str, authorization: Option<&str>, body: Bytes) -> SimResponse {
-        match handle(Some(content_type), authorization, body, &StreamSettings::default()).await {
+        match handle(
+            Some(content_type),
+            authorization,
+            body,
+            &StreamSettings::default(),
+            imaging::DEFAULT_MAX_PIXELS,
+        )
+        .await
+        {
             SimAnswer::Whole(r) => r,
             SimAnswer::Stream(_) | SimAnswer::Chunks(_) => panic!("expected a whole answer"),
         }
@@ -583,6 +611,82 @@ mod tests {
             px.copy_from_slice(&[row * 40, 255 - row * 40, row, 255]);
         }
         img
+    }
+
+    #[tokio::test]
+    async fn edits_jpeg_and_webp_inputs_at_their_size() {
+        use crate::imaging::header::tests::{jpeg, webp};
+        let mut input = solid(96, 64, [0, 0, 0, 255]);
+        for (i, px) in input.pixels.chunks_exact_mut(4).enumerate() {
+            px[0] = (i % 96) as u8 * 2;
+            px[2] = 200;
+        }
+        let mut m = solid(96, 64, [0, 0, 0, 255]);
+        for y in 0..8 {
+            for x in 0..8 {
+                m.pixels[((y * 96 + x) * 4 + 3) as usize] = 0; // top-left 8×8 edited
+            }
+        }
+        let mask = encode_png(&m).unwrap();
+        for (name, file) in [("a.jpg", jpeg(&input)), ("a.webp", webp(&input))] {
+            let body = form(&[
+                ("model", None, b"sim"),
+                ("prompt", None, b"paint"),
+                ("image", Some(name), &file),
+                ("mask", Some("m.png"), &mask),
+            ]);
+            let r = whole_answer(&ct(), Some("Bearer k"), body).await;
+            assert_eq!(r.status, 200, "{name}: {}", String::from_utf8_lossy(&r.body));
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(v["data"][0]["b64_json"].as_str().unwrap())
+                .unwrap();
+            let out = decode_png(&png).unwrap();
+            assert_eq!((out.width, out.height), (96, 64), "{name}");
+            assert_eq!(v["size"], "96x64", "{name}");
+            let colour = paint_colour("paint", 0);
+            assert_eq!(out.pixel(3, 3), colour, "{name}: the masked area is painted");
+            // Outside the mask the input's pixels (up to JPEG's loss).
+            let kept = out.pixel(50, 40);
+            assert!(
+                kept[0].abs_diff(100) < 30 && kept[2].abs_diff(200) < 30,
+                "{name}: {kept:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_image_over_the_budget_is_refused_before_decoding() {
+        use crate::imaging::header::tests::png_declaring;
+        let bomb = png_declaring(8192, 8192);
+        let body = form(&[
+            ("model", None, b"sim"),
+            ("prompt", None, b"paint"),
+            ("n", None, b"10"),
+            ("image", Some("a.png"), &bomb),
+            ("mask", Some("m.png"), &bomb),
+        ]);
+        let r = whole_answer(&ct(), Some("Bearer k"), body).await;
+        assert_eq!(r.status, 400);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"]["param"], "image", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("8192x8192") && message.contains("over the limit"),
+            "{message}"
+        );
+        // A smaller budget refuses a real image the same way.
+        let img = encode_png(&solid(100, 100, [1, 2, 3, 255])).unwrap();
+        let body = form(&[
+            ("model", None, b"sim"),
+            ("prompt", None, b"p"),
+            ("image", Some("a.png"), &img),
+        ]);
+        let r = handle(Some(&ct()), Some("Bearer k"), body, &StreamSettings::default(), 9_999).await;
+        let SimAnswer::Whole(r) = r else {
+            panic!("expected a whole answer")
+        };
+        assert_eq!(r.status, 400);
     }
 
     #[tokio::test]

@@ -145,7 +145,7 @@ fn submit(req: &SimRequest, kind: Kind) -> Result<SimResponse, SimResponse> {
         .find_map(|k| input.get(*k))
         .ok_or_else(|| detail(422, "an input image is required", kind))?;
     let bytes = image_bytes(image).ok_or_else(|| detail(422, "the input image is not base64", kind))?;
-    let start = starting_image(&bytes).map_err(|e| detail(422, &e.to_string(), kind))?;
+    let start = starting_image(&bytes, req.max_image_pixels).map_err(|e| detail(422, &e.to_string(), kind))?;
     let mask = match input.get("mask").and_then(image_bytes) {
         Some(m) => Some(
             super::vertex::imagen_mask(&m).map_err(|_| detail(422, "the mask must be opaque, white = edit", kind))?,
@@ -261,6 +261,7 @@ mod tests {
             );
         }
         SimRequest {
+            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
             path: path.into(),
             query: query.map(str::to_string),
             headers: map,

@@ -126,7 +126,7 @@ async fn edit(req: &SimRequest) -> Result<SimResponse, SimResponse> {
             .ok_or_else(|| bad("seed: must be an integer from 0 to 4294967294"))?,
     };
     let image = image.ok_or_else(|| bad("image: required"))?;
-    let image = starting_image(&image).map_err(|e| bad(&format!("image: {e}")))?;
+    let image = starting_image(&image, req.max_image_pixels).map_err(|e| bad(&format!("image: {e}")))?;
     let out = match service {
         "inpaint" => {
             if prompt.trim().is_empty() {
@@ -220,6 +220,7 @@ mod tests {
         headers.insert("accept", accept.parse().unwrap());
         headers.insert("content-type", "multipart/form-data; boundary=b".parse().unwrap());
         SimRequest {
+            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
             path: format!("/v2beta/stable-image/edit/{service}"),
             query: None,
             headers,

@@ -17,7 +17,7 @@
 //! `{"access_token":"sim-token-…","expires_in":3600,"token_type":"Bearer"}`.
 
 use super::{png_base64, SimAnswer, SimRequest, SimResponse};
-use crate::imaging::{self, decode_png, simulate_edit, solid, Rgba};
+use crate::imaging::{simulate_edit, Rgba};
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -122,12 +122,7 @@ fn predict(req: &SimRequest) -> Result<SimResponse, SimResponse> {
     };
     let raw = of_type("REFERENCE_TYPE_RAW").ok_or_else(|| bad("a REFERENCE_TYPE_RAW reference image is required"))?;
     let raw = reference_bytes(raw)?;
-    let image = if imaging::sniff(&raw) == Some(imaging::ImageKind::Png) {
-        decode_png(&raw).map_err(|e| bad(&format!("reference image: {e}")))?
-    } else {
-        // JPEG and WebP are accepted but not decoded: the edit starts from a blank canvas.
-        solid(64, 64, [255, 255, 255, 255])
-    };
+    let image = super::starting_image(&raw, req.max_image_pixels).map_err(|e| bad(&format!("reference image: {e}")))?;
     let mask_ref = of_type("REFERENCE_TYPE_MASK");
     let mask_mode = mask_ref
         .and_then(|m| m.pointer("/maskImageConfig/maskMode"))
@@ -258,7 +253,7 @@ pub(super) fn token(req: &SimRequest) -> SimAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imaging::{encode_png, paint_colour};
+    use crate::imaging::{decode_png, encode_png, paint_colour, solid};
     use bytes::Bytes;
 
     fn request(path: &str, auth: Option<&str>, body: Vec<u8>) -> SimRequest {
@@ -267,6 +262,7 @@ mod tests {
             headers.insert("authorization", a.parse().unwrap());
         }
         SimRequest {
+            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
             path: path.into(),
             query: None,
             headers,

@@ -113,7 +113,7 @@ fn edit(req: &SimRequest) -> Result<SimResponse, SimResponse> {
         }
     }
     let first = images.first().ok_or_else(|| bad("an image is required"))?;
-    let image = starting_image(first).map_err(|e| bad(&e.to_string()))?;
+    let image = starting_image(first, req.max_image_pixels).map_err(|e| bad(&e.to_string()))?;
     let mut data = Vec::new();
     for i in 0..n as u32 {
         let edited = simulate_edit(&image, None, prompt, i).map_err(|e| bad(&e.to_string()))?;
@@ -142,6 +142,7 @@ mod tests {
         headers.insert("authorization", "Bearer xai-k".parse().unwrap());
         headers.insert("content-type", "application/json".parse().unwrap());
         SimRequest {
+            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
             path: "/v1/images/edits".into(),
             query: None,
             headers,

@@ -416,6 +416,19 @@ impl Reply {
         }
     }
 
+    /// A JSON answer whose body is sent (in one chunk) after `pause`: a provider that takes
+    /// a while.
+    pub fn json_after(pause: Duration, status: u16, body: &Value) -> Reply {
+        let body = serde_json::to_vec(body).expect("json");
+        Reply::Chunked {
+            status,
+            content_type: "application/json".into(),
+            piece: body.len(),
+            body,
+            pause,
+        }
+    }
+
     /// An answer with any content type.
     pub fn raw(status: u16, content_type: &str, body: &[u8]) -> Reply {
         Reply::Answer {
@@ -438,10 +451,36 @@ pub fn default_success() -> Value {
     })
 }
 
+/// Computes the answer to a request from the request itself (see [`MockUpstream::respond_with`]).
+pub type Responder = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+/// Counts a request as being answered from the moment it is complete until its answer is
+/// written (or its connection ends), keeping the most at once.
+struct Answering<'a>(&'a MockState);
+
+impl<'a> Answering<'a> {
+    fn start(st: &'a MockState) -> Self {
+        let now = st.answering.fetch_add(1, Ordering::SeqCst) + 1;
+        st.most_answering.fetch_max(now, Ordering::SeqCst);
+        Answering(st)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.answering.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 struct MockState {
     requests: Mutex<Vec<Recorded>>,
     incomplete: Mutex<Vec<Recorded>>,
     replies: Mutex<VecDeque<Reply>>,
+    /// The answer computed from each request once `replies` is empty, before `fallback_reply`.
+    responder: Mutex<Option<Responder>>,
+    /// Requests being answered now, and the most at once.
+    answering: AtomicUsize,
+    most_answering: AtomicUsize,
     /// The answer once `replies` is empty ([`default_success`] when `None`).
     fallback_reply: Mutex<Option<Reply>>,
     connections: AtomicUsize,
@@ -489,6 +528,9 @@ impl MockUpstream {
             requests: Mutex::new(Vec::new()),
             incomplete: Mutex::new(Vec::new()),
             replies: Mutex::new(VecDeque::new()),
+            responder: Mutex::new(None),
+            answering: AtomicUsize::new(0),
+            most_answering: AtomicUsize::new(0),
             fallback_reply: Mutex::new(None),
             connections: AtomicUsize::new(0),
             closed: AtomicUsize::new(0),
@@ -528,6 +570,18 @@ impl MockUpstream {
     /// [`default_success`]): a provider that keeps failing.
     pub fn always(&self, reply: Reply) {
         *self.state.fallback_reply.lock().unwrap() = Some(reply);
+    }
+
+    /// Answers each request with `respond(request)` once the scripted answers are used up
+    /// (before [`MockUpstream::always`]): an answer that depends on what was asked.
+    pub fn respond_with(&self, respond: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) {
+        *self.state.responder.lock().unwrap() = Some(Arc::new(respond));
+    }
+
+    /// The most requests that were being answered at once (each counted from its last byte
+    /// until its answer was written): how many the gateway had in flight together.
+    pub fn most_concurrent(&self) -> usize {
+        self.state.most_answering.load(Ordering::SeqCst)
     }
 
     /// Only counts requests from now on ([`MockUpstream::received`]), recording none, so a
@@ -646,11 +700,14 @@ fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
             st.record(recorded, false);
             return;
         }
-        st.record(recorded, true);
+        let _answering = Answering::start(st);
         let reply = st.replies.lock().unwrap().pop_front();
+        let responder = st.responder.lock().unwrap().clone();
         let reply = reply
+            .or_else(|| responder.map(|respond| respond(&recorded)))
             .or_else(|| st.fallback_reply.lock().unwrap().clone())
             .unwrap_or_else(|| Reply::json(200, &default_success()));
+        st.record(recorded, true);
         match reply {
             Reply::Answer {
                 status,

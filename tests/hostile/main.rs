@@ -6,5 +6,6 @@
 
 #[path = "../common/mod.rs"]
 mod common;
-
+mod early_answers;
+mod images;
 mod uploads;

@@ -6,7 +6,8 @@
   an `ImagesResponse` with `n` tiny PNGs.
 - Gateway: writes a temp YAML config (listener, metrics, simulator on free ports; provider
   `demo` -> the built-in simulator, provider `mock` -> a MockUpstream; virtual key
-  `sk-bf-test`), starts `$REFRACT_BIN -c <config>`, waits for /health, stops it with SIGINT.
+  `sk-bf-test`; optional `limits`), starts `$REFRACT_BIN -c <config>`, waits for /health, stops
+  it with SIGINT.
 - paint_colour(): the simulator's FNV-1a paint colour (src/imaging.rs), in Python.
 """
 
@@ -289,7 +290,9 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 class Gateway:
     """A refract process on free ports, with the simulator and a mock upstream behind it."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, limits: dict[str, int] | None = None) -> None:
+        # Keys of the config's `limits:` section (absent: the defaults).
+        self.limits = limits or {}
         self._tmp = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="refract-sdk-")
@@ -318,7 +321,7 @@ listeners:
   - address: 127.0.0.1:{self.port}
 metrics:
   address: 127.0.0.1:{self.metrics_port}
-simulator:
+{self.limits_yaml()}simulator:
   address: 127.0.0.1:{self.sim_port}
 providers:
   - name: demo
@@ -405,6 +408,11 @@ virtual_keys:
     key: {VIRTUAL_KEY}
     providers: [down, demo, mock, sim-azure, sim-gemini, sim-vertex, sim-stability, sim-hf, sim-xai, sim-bfl, sim-fireworks, sim-replicate, sim-bedrock]
 """
+
+    def limits_yaml(self) -> str:
+        if not self.limits:
+            return ""
+        return "limits:\n" + "".join(f"  {k}: {v}\n" for k, v in self.limits.items())
 
     def service_account_file(self) -> Path:
         """The test service account (tests/fixtures) with its token_uri pointed at the

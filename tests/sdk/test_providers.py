@@ -93,6 +93,36 @@ def test_masked_edit_matches_the_openai_dialect(client: OpenAI, files, model):
     assert rgba(got.data[0].b64_json) == rgba(reference.data[0].b64_json)
 
 
+# Providers that make one image per call: n > 1 is served by n calls, merged in call order.
+N_BY_CALLS_MODELS = [
+    ("sim-stability/stable-image-inpaint", True),
+    ("sim-bedrock/stability.stable-image-inpaint-v1:0", True),
+    ("sim-bfl/flux-kontext-pro", False),
+    ("sim-fireworks/flux-kontext-pro", False),
+]
+
+
+@pytest.mark.parametrize("model,masked", N_BY_CALLS_MODELS)
+def test_n_from_a_provider_that_makes_one_image_per_call(client: OpenAI, files, input_image, model, masked):
+    """n=2 where the provider makes one image per call: two calls (seeds 7 and 8), two images
+    numbered 0 and 1, each the edit the OpenAI dialect makes (the simulator's edit does not
+    depend on the seed)."""
+    prompt = f"two via {model}"
+    extra = {"seed": 7, "type": "inpainting"} if masked else {"seed": 7}
+    with open(files["input"], "rb") as f, open(files["mask"], "rb") as m:
+        mask = {"mask": m} if masked else {}
+        got = client.images.edit(model=model, image=f, prompt=prompt, n=2, extra_body=extra, **mask)
+    with open(files["input"], "rb") as f, open(files["mask"], "rb") as m:
+        mask = {"mask": m} if masked else {}
+        reference = client.images.edit(model="demo/sim-image-1", image=f, prompt=prompt, **mask)
+    assert len(got.data) == 2
+    for i, image in enumerate(got.data):
+        assert image.model_extra["index"] == i
+        assert decode_png(image.b64_json).size == input_image.size
+        assert rgba(image.b64_json) == rgba(reference.data[0].b64_json)
+    assert got.model_extra["extra_fields"]["provider"] == model.split("/")[0]
+
+
 @pytest.mark.parametrize(
     "fallbacks",
     [

@@ -27,16 +27,14 @@ pub mod stability;
 pub mod titan;
 
 use super::azure::percent_encode_segment;
-use super::capabilities::{Capabilities, ModelFamily, Streaming};
+use super::capabilities::{Capabilities, ModelFamily, NByCalls, Streaming};
 use super::google::{json_post, no_image_error, unix_now, write_images_response, AnswerImage};
-use super::vertex::imagen;
-use super::{ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::{Prepared, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::config::Credential;
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
-use crate::imaging::ImageKind;
+use crate::imaging::{ImageKind, MaskConvention};
 use crate::route::Target;
-use crate::spool::Spool;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -96,6 +94,7 @@ fn is_other_model(_: &str) -> bool {
 pub static TITAN_NOVA_CAPABILITIES: Capabilities = Capabilities {
     mask: true,
     max_n: 5,
+    n_by_calls: None,
     max_images: 5,
     max_image_bytes: 10_000_000,
     edit_types: &[EditType::Inpainting, EditType::Outpainting, EditType::BackgroundRemoval],
@@ -108,10 +107,16 @@ pub static TITAN_NOVA_CAPABILITIES: Capabilities = Capabilities {
     allowed_sizes: &[],
 };
 
+/// A Stability service on Bedrock: one image in and out per call, so `n > 1` is served by n
+/// calls (providers.md §6.3: "loop for `n`"), call i with `seed + i` within 1–4294967294 (0
+/// means random and stays 0).
 const fn stability_capabilities(mask: bool, edit_types: &'static [EditType], extra: &'static str) -> Capabilities {
     Capabilities {
         mask,
         max_n: 1,
+        n_by_calls: Some(NByCalls {
+            seeds: (1, stability::MAX_SEED),
+        }),
         max_images: 1,
         max_image_bytes: 10_000_000,
         edit_types,
@@ -153,27 +158,39 @@ static FAMILIES: [ModelFamily; 5] = [
     ModelFamily {
         name: "other models (other Stability services need fields the unified request lacks: refused)",
         matches: is_other_model,
-        capabilities: stability_capabilities(false, &[], ""),
+        capabilities: Capabilities {
+            n_by_calls: None,
+            ..stability_capabilities(false, &[], "")
+        },
     },
 ];
 
-/// The body plan for `form` sent to `target`'s model (mask converted from the spool).
-fn body(form: &EditForm, spool: &Spool, target: &Target) -> Result<Vec<super::BodySegment>, GatewayError> {
+/// The mask convention `model` takes for `form`: Titan/Nova's task decides (inpainting black
+/// = edit, outpainting white = edit, RGB); the Stability services take greyscale, white = edit.
+fn mask_convention(form: &EditForm, model: &str) -> Option<MaskConvention> {
+    form.mask.as_ref()?;
+    if is_titan_nova(model) {
+        return Some(titan::Task::of(form).mask_convention());
+    }
+    stability::service(base_model(model)).map(|_| MaskConvention::GrayWhiteEdit)
+}
+
+/// The body plan for `form` sent to `target`'s model (the mask converted by the gateway, in
+/// `inputs`).
+fn body(form: &EditForm, inputs: &Prepared<'_>, target: &Target) -> Result<Vec<super::BodySegment>, GatewayError> {
     let provider = &target.provider.name;
-    // The unified mask validated and converted to opaque grayscale, white = edit.
-    let white_is_edit = imagen::convert_mask(form, spool)?.map(|m| m.png);
+    let mask = inputs.mask.map(|m| m.png.as_slice());
+    if form.mask.is_some() && mask.is_none() && mask_convention(form, &target.model).is_some() {
+        return Err(GatewayError::Internal(
+            "kind bedrock needs the mask converted by the gateway".into(),
+        ));
+    }
     let base = base_model(&target.model);
     if is_titan_nova(&target.model) {
-        let task = titan::Task::of(form);
-        let mask = match (&white_is_edit, task) {
-            (Some(m), titan::Task::Inpainting | titan::Task::Outpainting) => Some(titan::task_mask(m, task)?),
-            (Some(m), _) => Some(m.clone()),
-            (None, _) => None,
-        };
-        return titan::body(form, task, mask.as_deref(), provider);
+        return titan::body(form, titan::Task::of(form), mask, provider);
     }
     match stability::service(base) {
-        Some(service) => stability::body(form, service, white_is_edit.as_deref(), provider),
+        Some(service) => stability::body(form, service, mask, provider),
         None => Err(GatewayError::Unsupported {
             provider: provider.to_string(),
             param: "model".into(),
@@ -187,8 +204,13 @@ fn body(form: &EditForm, spool: &Spool, target: &Target) -> Result<Vec<super::Bo
 
 /// The request for `form` to `target`: path, body, and SigV4 or Bearer auth (see the module
 /// docs). Runs once per attempt, just before it is sent (a signature is valid for minutes).
-fn build(form: &EditForm, spool: &Spool, target: &Target, request_id: &str) -> Result<UpstreamRequest, GatewayError> {
-    let body = body(form, spool, target)?;
+fn build(
+    form: &EditForm,
+    inputs: &Prepared<'_>,
+    target: &Target,
+    request_id: &str,
+) -> Result<UpstreamRequest, GatewayError> {
+    let body = body(form, inputs, target)?;
     let length: u64 = body.iter().map(super::BodySegment::len).sum();
     if length > MAX_BODY_BYTES {
         return Err(GatewayError::Unsupported {
@@ -216,8 +238,8 @@ fn build(form: &EditForm, spool: &Spool, target: &Target, request_id: &str) -> R
         .region
         .as_deref()
         .ok_or_else(|| GatewayError::Internal(format!("provider '{}' has no region", target.provider.name)))?;
-    let payload =
-        sigv4::payload_sha256(&body, spool).map_err(|e| GatewayError::Internal(format!("spool read failed: {e}")))?;
+    let payload = sigv4::payload_sha256(&body, inputs.spool)
+        .map_err(|e| GatewayError::Internal(format!("spool read failed: {e}")))?;
     let host = base_url.authority();
     let signed = sigv4::sign(&sigv4::SigningInput {
         access_key_id: creds.access_key_id.expose(),
@@ -255,9 +277,8 @@ impl ProviderAdapter for BedrockAdapter {
         &FAMILIES
     }
 
-    /// Without the spool neither the mask can be converted nor the body hashed for SigV4:
-    /// always an internal error (the gateway calls
-    /// [`ProviderAdapter::build_request_from_spool`]).
+    /// Without the spool the body cannot be hashed for SigV4: always an internal error (the
+    /// gateway calls [`ProviderAdapter::build_prepared`]).
     fn build_request(
         &self,
         _form: &EditForm,
@@ -269,14 +290,18 @@ impl ProviderAdapter for BedrockAdapter {
         ))
     }
 
-    fn build_request_from_spool(
+    fn mask_convention(&self, form: &EditForm, model: &str) -> Option<MaskConvention> {
+        mask_convention(form, model)
+    }
+
+    fn build_prepared(
         &self,
         form: &EditForm,
-        spool: &Spool,
+        inputs: &Prepared<'_>,
         target: &Target,
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
-        build(form, spool, target, request_id)
+        build(form, inputs, target, request_id)
     }
 
     fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {

@@ -1,5 +1,6 @@
 //! Stability AI image services on Bedrock (providers.md §6.3): a flat JSON body, one image in
-//! and one out, the service chosen by the model id.
+//! and one out, the service chosen by the model id. `n > 1` is served by the gateway as n calls
+//! (the families' `n_by_calls`), call i with `seed + i`.
 //!
 //! ```json
 //! {"image":"<b64>","prompt":"…","mask":"<b64 white = edit>","negative_prompt":"…","seed":42,"output_format":"png"}

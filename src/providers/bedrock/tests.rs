@@ -8,6 +8,7 @@ use crate::providers::polling::fixtures::spool_with;
 use crate::providers::vertex::tests::unified_mask;
 use crate::providers::BodySegment;
 use crate::route::Router;
+use crate::spool::Spool;
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};

@@ -23,7 +23,7 @@
 
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
-use crate::imaging;
+use crate::imaging::MaskConvention;
 use crate::providers::capabilities::edit_type_name;
 use crate::providers::jsonbody::JsonWriter;
 use crate::providers::BodySegment;
@@ -63,13 +63,14 @@ impl Task {
         }
     }
 
-    /// The mask's pixel value for the area to edit (black for inpainting, white for
-    /// outpainting).
-    fn edit_value(self) -> u8 {
-        if self == Task::Inpainting {
-            0
-        } else {
-            255
+    /// The mask the task takes: an 8-bit RGB PNG, pure black and white, black = edit for
+    /// inpainting and white = edit for outpainting (greyscale white = edit otherwise, where
+    /// the mask is refused anyway).
+    pub fn mask_convention(self) -> MaskConvention {
+        match self {
+            Task::Inpainting => MaskConvention::RgbBlackEdit,
+            Task::Outpainting => MaskConvention::RgbWhiteEdit,
+            Task::BackgroundRemoval | Task::ImageVariation => MaskConvention::GrayWhiteEdit,
         }
     }
 }
@@ -153,33 +154,8 @@ fn cfg_scale(form: &EditForm) -> Result<Option<f64>, GatewayError> {
         })
 }
 
-/// The unified mask, already converted by the caller to an opaque grayscale PNG whose white
-/// pixels are edited, as the task wants it: an 8-bit RGB PNG, pure black and white, black =
-/// edit for inpainting.
-pub fn task_mask(white_is_edit: &[u8], task: Task) -> Result<Vec<u8>, GatewayError> {
-    let gray = imaging::decode_png(white_is_edit).map_err(|e| GatewayError::Internal(format!("mask: {e}")))?;
-    let (edit, keep) = (task.edit_value(), 255 - task.edit_value());
-    let rgb: Vec<u8> = gray
-        .pixels
-        .chunks_exact(4)
-        .flat_map(|px| {
-            let v = if px[0] >= 128 { edit } else { keep };
-            [v, v, v]
-        })
-        .collect();
-    let mut out = Vec::with_capacity(rgb.len() / 16 + 128);
-    let mut enc = png::Encoder::new(&mut out, gray.width, gray.height);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let encode = |e: png::EncodingError| GatewayError::Internal(format!("mask: {e}"));
-    let mut writer = enc.write_header().map_err(encode)?;
-    writer.write_image_data(&rgb).map_err(encode)?;
-    writer.finish().map_err(encode)?;
-    Ok(out)
-}
-
 /// The body for `form` and `task` (see the module docs); `mask` is the converted mask
-/// ([`task_mask`]) when the form has one. Fails, before any upstream call, on a combination
+/// ([`Task::mask_convention`]) when the form has one. Fails, before any upstream call, on a combination
 /// the task cannot serve.
 pub fn body(
     form: &EditForm,

@@ -40,11 +40,13 @@ use super::capabilities::{Capabilities, ModelFamily, Streaming};
 use super::google::json_post;
 use super::stream::StreamContext;
 use super::vertex::{convert_google_answer, google_stream_translator, imagen, is_imagen, IMAGEN_CAPABILITIES};
-use super::{auth_header, ProviderAdapter, ResponseContext, StreamTranslator, UpstreamRequest, UpstreamResponse};
+use super::{
+    auth_header, Prepared, ProviderAdapter, ResponseContext, StreamTranslator, UpstreamRequest, UpstreamResponse,
+};
 use crate::error::GatewayError;
 use crate::form::EditForm;
+use crate::imaging::{ConvertedMask, MaskConvention};
 use crate::route::Target;
-use crate::spool::Spool;
 use bytes::Bytes;
 pub use request::generate_content_request;
 pub use response::{convert_generate_content, GenerateContentStream};
@@ -57,6 +59,7 @@ pub struct GeminiAdapter;
 pub static GEMINI_IMAGE_CAPABILITIES: Capabilities = Capabilities {
     mask: false,
     max_n: 4,
+    n_by_calls: None,
     max_images: 14,
     max_image_bytes: 20 * 1024 * 1024,
     edit_types: &[],
@@ -124,18 +127,22 @@ impl ProviderAdapter for GeminiAdapter {
         )
     }
 
-    fn build_request_from_spool(
+    /// Imagen takes an opaque greyscale mask, white = edit.
+    fn mask_convention(&self, form: &EditForm, model: &str) -> Option<MaskConvention> {
+        (form.mask.is_some() && is_imagen(model)).then_some(MaskConvention::GrayWhiteEdit)
+    }
+
+    fn build_prepared(
         &self,
         form: &EditForm,
-        spool: &Spool,
+        inputs: &Prepared<'_>,
         target: &Target,
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
         if !is_imagen(&target.model) {
             return self.build_request(form, target, request_id);
         }
-        let mask = imagen::convert_mask(form, spool)?;
-        imagen_request(form, mask.as_ref(), target, request_id)
+        imagen_request(form, inputs.mask, target, request_id)
     }
 
     fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
@@ -144,10 +151,10 @@ impl ProviderAdapter for GeminiAdapter {
 }
 
 /// An Imagen `:predict` request on the Gemini API's paths; `mask` is the converted mask (a
-/// form with a mask and no converted mask is an internal error: the spool path converts it).
+/// form with a mask and no converted mask is an internal error: the gateway converts it).
 fn imagen_request(
     form: &EditForm,
-    mask: Option<&imagen::ImagenMask>,
+    mask: Option<&ConvertedMask>,
     target: &Target,
     request_id: &str,
 ) -> Result<UpstreamRequest, GatewayError> {

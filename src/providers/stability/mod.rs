@@ -9,8 +9,9 @@
 //! `type` → service:
 //! - `inpainting` → `edit/inpaint`. The mask is **converted** from the unified convention
 //!   (alpha 0 = edit) to Stability's (an opaque 8-bit grayscale PNG, white = edit), as for
-//!   Imagen ([`super::vertex::imagen::convert_mask`]: a mask without transparency, or of
-//!   another size than a PNG first image, is a 400 on `mask`). Without a mask the image is sent
+//!   Imagen (by the gateway before the build, [`crate::providers::masks`]: a mask without
+//!   transparency, of another size than the first image, or over the pixel budget is a 400 on
+//!   `mask`). Without a mask the image is sent
 //!   alone and Stability takes its alpha channel as the mask.
 //! - `outpainting` → `edit/outpaint`. The border to add is `left`/`right`/`up`/`down` pixels:
 //!   taken from those form fields when the client sends any of them (extra form fields, e.g. the
@@ -25,7 +26,8 @@
 //!   `search_prompt` the unified request cannot carry), so the client must say what it wants.
 //!
 //! `seed` must be 0–4294967294 (0: random) and `output_format` png, jpeg or webp, else 400.
-//! `n` is 1 (one image per call; the capability says so). `size` outside outpainting,
+//! One image per call: the capability ([`N_BY_CALLS`]) has the gateway make n calls for `n > 1`,
+//! call i with `seed + i` (a seed of 0, random, stays 0). `size` outside outpainting,
 //! `quality`, `background`, `num_inference_steps`, `output_compression` are dropped.
 //!
 //! Answer: `{"image":"<b64>","finish_reason":"SUCCESS"|"CONTENT_FILTERED","seed":…}` → the
@@ -33,14 +35,13 @@
 //! `CONTENT_FILTERED` → 400 `moderation_blocked`. Errors `{"id","name","errors":[…]}` keep the
 //! provider's status; the message is the `errors` joined, `type` and `code` the `name`.
 
-use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
+use super::capabilities::{any_model, Capabilities, ModelFamily, NByCalls, Streaming};
 use super::google::{no_image_error, unix_now, write_images_response, AnswerImage};
 use super::openai::{multipart_head, new_boundary, provider_error, MultipartWriter};
-use super::vertex::imagen;
-use super::{auth_header, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::{auth_header, Prepared, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
-use crate::imaging::{self, ImageKind};
+use crate::imaging::{self, ImageKind, MaskConvention};
 use crate::route::Target;
 use crate::spool::{Spool, SpoolRange};
 use base64::Engine;
@@ -59,11 +60,18 @@ pub const MAX_SEED: i64 = 4_294_967_294;
 /// Largest border per side for outpainting, in pixels.
 pub const MAX_BORDER: u32 = 2000;
 
-/// Stability's edit services. Limits [doc/unverified]: one image per call, a request of about
-/// 10 MiB (so 10 MB per image), `output_format` png/jpeg/webp.
+/// `n > 1` with Stability (REST, and its services on Bedrock): n calls of one image, as the
+/// references say (providers.md §6.3, §7.4: "loop for `n`"); call i sends `seed + i` within
+/// 1–[`MAX_SEED`] (0 means random and stays 0).
+pub const N_BY_CALLS: NByCalls = NByCalls { seeds: (1, MAX_SEED) };
+
+/// Stability's edit services. Limits [doc/unverified]: one image per call (more by
+/// [`N_BY_CALLS`]), a request of about 10 MiB (so 10 MB per image), `output_format`
+/// png/jpeg/webp.
 pub static STABILITY_CAPABILITIES: Capabilities = Capabilities {
     mask: true,
     max_n: 1,
+    n_by_calls: Some(N_BY_CALLS),
     max_images: 1,
     max_image_bytes: 10_000_000,
     edit_types: &[EditType::Inpainting, EditType::Outpainting, EditType::BackgroundRemoval],
@@ -246,9 +254,8 @@ impl ProviderAdapter for StabilityAdapter {
         &FAMILIES
     }
 
-    /// Without the spool the mask cannot be converted nor the input size read: forms that
-    /// need them are refused (the gateway always calls
-    /// [`ProviderAdapter::build_request_from_spool`]).
+    /// Without the converted mask and the spool (for the input size): forms that need them
+    /// are refused (the gateway always calls [`ProviderAdapter::build_prepared`]).
     fn build_request(
         &self,
         form: &EditForm,
@@ -263,18 +270,28 @@ impl ProviderAdapter for StabilityAdapter {
         build(form, None, None, target, request_id)
     }
 
-    fn build_request_from_spool(
+    /// Inpainting takes an opaque greyscale mask, white = edit; a type that takes no mask
+    /// asks for none (the build refuses it, before anything is decoded).
+    fn mask_convention(&self, form: &EditForm, _model: &str) -> Option<MaskConvention> {
+        (form.mask.is_some() && service(form).is_ok_and(|s| s == "inpaint")).then_some(MaskConvention::GrayWhiteEdit)
+    }
+
+    fn build_prepared(
         &self,
         form: &EditForm,
-        spool: &Spool,
+        inputs: &Prepared<'_>,
         target: &Target,
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
-        // Refuse a bad type/mask combination before decoding anything.
         service(form)?;
-        let mask = imagen::convert_mask(form, spool)?.map(|m| m.png);
+        if form.mask.is_some() && inputs.mask.is_none() {
+            return Err(GatewayError::Internal(
+                "kind stability needs the mask converted by the gateway".into(),
+            ));
+        }
+        let mask = inputs.mask.map(|m| m.png.clone());
         let input = if form.edit_type == Some(EditType::Outpainting) {
-            png_size(form, spool)?
+            png_size(form, inputs.spool)?
         } else {
             None
         };

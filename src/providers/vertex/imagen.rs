@@ -25,18 +25,16 @@
 //! prompt-driven) without.
 //!
 //! The mask: the unified mask follows OpenAI (a PNG whose fully transparent pixels are
-//! edited); Imagen wants an opaque image whose white pixels are edited. It is decoded and
-//! re-encoded as an 8-bit grayscale PNG, alpha 0 → 255, anything else → 0. A mask that is not
-//! a PNG with transparency is refused (400, `mask`), and so is a mask whose size differs from
-//! the first image's when that image is a PNG (OpenAI's rule; JPEG and WebP sizes are not
-//! read, so those pairs go to Imagen as they are).
+//! edited); Imagen wants an opaque image whose white pixels are edited. The gateway converts it
+//! before the build ([`crate::imaging::MaskConvention::GrayWhiteEdit`], see
+//! [`crate::providers::masks`]: a mask that is not a PNG with transparency, of another size
+//! than the first image, or over the pixel budget is refused with a 400 on `mask`).
 
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
-use crate::imaging::{self, ImageKind};
+use crate::imaging::{ConvertedMask, ImageKind};
 use crate::providers::jsonbody::JsonWriter;
 use crate::providers::BodySegment;
-use crate::spool::{Spool, SpoolRange};
 use serde::Serialize;
 
 /// The prompt of a `background_removal` request that has none: the new background.
@@ -45,13 +43,6 @@ pub const BACKGROUND_PROMPT: &str = "a plain white background";
 /// `maskImageConfig.dilation` of a client's mask (google-genai's captured value).
 pub const USER_MASK_DILATION: f64 = 0.01;
 
-/// A mask converted to Imagen's convention (opaque 8-bit grayscale PNG, white = edit).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImagenMask {
-    /// The PNG file.
-    pub png: Vec<u8>,
-}
-
 fn invalid_mask(message: String) -> GatewayError {
     GatewayError::InvalidRequest {
         param: Some("mask".into()),
@@ -59,46 +50,10 @@ fn invalid_mask(message: String) -> GatewayError {
     }
 }
 
-fn spool_error(e: std::io::Error) -> GatewayError {
-    GatewayError::Internal(format!("spool read failed: {e}"))
-}
-
-/// Reads the form's mask from the spool and converts it (see the module docs); `None` when
-/// the form has no mask. Runs once per upstream attempt, before the request is sent.
-pub fn convert_mask(form: &EditForm, spool: &Spool) -> Result<Option<ImagenMask>, GatewayError> {
-    let Some(part) = &form.mask else {
-        return Ok(None);
-    };
-    if part.kind != Some(ImageKind::Png) {
-        return Err(invalid_mask(
-            "the mask must be a PNG with an alpha channel whose fully transparent pixels (alpha 0) mark the area to edit".into(),
-        ));
-    }
-    let bytes = spool.read_all(part.range).map_err(spool_error)?;
-    let converted = imaging::convert_mask(&bytes, 255, 0).map_err(|e| invalid_mask(e.to_string()))?;
-    if let Some(first) = form.images.first().filter(|i| i.kind == Some(ImageKind::Png)) {
-        let head = spool
-            .read_all(SpoolRange {
-                start: first.range.start,
-                len: first.range.len.min(24),
-            })
-            .map_err(spool_error)?;
-        if let Some((w, h)) = imaging::png_dimensions(&head) {
-            if (w, h) != (converted.width, converted.height) {
-                return Err(invalid_mask(format!(
-                    "the mask is {}x{} but the first image is {w}x{h}; they must match",
-                    converted.width, converted.height
-                )));
-            }
-        }
-    }
-    Ok(Some(ImagenMask { png: converted.png }))
-}
-
 /// The mask reference a request carries.
 enum MaskReference<'a> {
     /// The client's mask, converted.
-    User(&'a ImagenMask),
+    User(&'a ConvertedMask),
     /// Imagen computes the background mask itself.
     Background,
 }
@@ -106,7 +61,7 @@ enum MaskReference<'a> {
 /// `editMode` and the mask reference for the form's `type` and mask.
 fn edit_mode<'a>(
     edit_type: Option<EditType>,
-    mask: Option<&'a ImagenMask>,
+    mask: Option<&'a ConvertedMask>,
 ) -> Result<(&'static str, Option<MaskReference<'a>>), GatewayError> {
     use MaskReference::{Background, User};
     Ok(match (edit_type, mask) {
@@ -171,7 +126,7 @@ struct OutputOptions {
 
 /// The `:predict` body for `form` (see the module docs); `mask` is the converted mask, if the
 /// form has one. Fails (before any upstream call) on a combination Imagen cannot serve.
-pub fn body(form: &EditForm, mask: Option<&ImagenMask>, provider: &str) -> Result<Vec<BodySegment>, GatewayError> {
+pub fn body(form: &EditForm, mask: Option<&ConvertedMask>, provider: &str) -> Result<Vec<BodySegment>, GatewayError> {
     let (mode, mask_ref) = edit_mode(form.edit_type, mask)?;
     let mime = output_mime(form, provider)?;
     let prompt = match form.prompt.as_deref() {

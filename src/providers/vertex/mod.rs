@@ -27,12 +27,14 @@ use super::gemini::{
 };
 use super::google::{google_error, json_post, no_image_error, unix_now, write_images_response, AnswerImage};
 use super::stream::StreamContext;
-use super::{auth_header, ProviderAdapter, ResponseContext, StreamTranslator, UpstreamRequest, UpstreamResponse};
+use super::{
+    auth_header, Prepared, ProviderAdapter, ResponseContext, StreamTranslator, UpstreamRequest, UpstreamResponse,
+};
 use crate::config::KeyAuth;
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
+use crate::imaging::{ConvertedMask, MaskConvention};
 use crate::route::Target;
-use crate::spool::Spool;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -53,6 +55,7 @@ pub fn is_imagen(model: &str) -> bool {
 pub static IMAGEN_CAPABILITIES: Capabilities = Capabilities {
     mask: true,
     max_n: 4,
+    n_by_calls: None,
     max_images: 4,
     max_image_bytes: 10_000_000,
     edit_types: &[EditType::Inpainting, EditType::Outpainting, EditType::BackgroundRemoval],
@@ -102,7 +105,7 @@ fn model_path(target: &Target) -> Result<String, GatewayError> {
 /// when the form has none).
 fn build(
     form: &EditForm,
-    mask: Option<&imagen::ImagenMask>,
+    mask: Option<&ConvertedMask>,
     target: &Target,
     request_id: &str,
 ) -> Result<UpstreamRequest, GatewayError> {
@@ -129,8 +132,8 @@ impl ProviderAdapter for VertexAdapter {
         google_stream_translator(cx)
     }
 
-    /// Without the spool the mask cannot be converted: a form with a mask is refused (the
-    /// gateway always calls [`ProviderAdapter::build_request_from_spool`]).
+    /// Without the converted mask: a form with a mask is refused (the gateway always calls
+    /// [`ProviderAdapter::build_prepared`]).
     fn build_request(
         &self,
         form: &EditForm,
@@ -145,15 +148,22 @@ impl ProviderAdapter for VertexAdapter {
         build(form, None, target, request_id)
     }
 
-    fn build_request_from_spool(
+    /// Imagen takes an opaque greyscale mask, white = edit.
+    fn mask_convention(&self, form: &EditForm, model: &str) -> Option<MaskConvention> {
+        (form.mask.is_some() && is_imagen(model)).then_some(MaskConvention::GrayWhiteEdit)
+    }
+
+    fn build_prepared(
         &self,
         form: &EditForm,
-        spool: &Spool,
+        inputs: &Prepared<'_>,
         target: &Target,
         request_id: &str,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let mask = imagen::convert_mask(form, spool)?;
-        build(form, mask.as_ref(), target, request_id)
+        if inputs.mask.is_none() {
+            return self.build_request(form, target, request_id);
+        }
+        build(form, inputs.mask, target, request_id)
     }
 
     fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {

@@ -7,6 +7,7 @@ use crate::imaging::{decode_png, encode_png, solid, ImageKind};
 use crate::providers::polling::fixtures::spool_with;
 use crate::providers::BodySegment;
 use crate::route::Router;
+use crate::spool::Spool;
 use base64::Engine;
 use serde_json::{json, Value};
 

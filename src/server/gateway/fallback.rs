@@ -23,14 +23,13 @@
 //! body) with `extra_fields.fallback_errors: [{provider, model, status, type, message}]`.
 
 use super::answer::{close_quietly, run_with_writer, write_event_stream, StreamSink, EVENTS_AHEAD};
-use super::{streamed_reply, Gateway, Reply, RequestCtx};
+use super::{repeat, streamed_reply, Gateway, Reply, RequestCtx};
 use crate::auth::Identity;
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::providers::stream::{Framing, StreamContext};
 use crate::providers::{adapter_for, capabilities};
 use crate::server::breaker::{backoff, MAX_RETRY_AFTER};
-use crate::server::exchange::exchange;
 use crate::spool::Spool;
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -307,6 +306,7 @@ async fn attempt_once(
         framing,
         kind,
     });
+    let start = ctx.start;
     let config = Arc::new(OnceLock::new());
     if let Some(cx) = &stream_cx {
         let _ = config.set(cx.clone());
@@ -322,10 +322,16 @@ async fn attempt_once(
     let upstream = async move {
         let result = async {
             let target = state.credentials.prepare(&state.connector, target).await?;
-            let request = adapter_for(kind).build_request_from_spool(form, spool, &target, &request_id)?;
-            let _slot = state.slots.acquire(&target.provider.name).await?;
-            let exchanged = exchange(&state.connector, &target, &request, spool, &mut *sink_ref).await?;
-            Ok((target, exchanged))
+            let call = repeat::Call {
+                state,
+                target: &target,
+                form,
+                spool,
+                request_id: &request_id,
+                start,
+            };
+            let answered = repeat::send(&call, &mut *sink_ref).await?;
+            Ok((target, answered))
         }
         .await;
         if let Err(e) = &result {

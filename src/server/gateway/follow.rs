@@ -1,7 +1,8 @@
-//! Follow-up exchanges (asynchronous providers): runs after the first upstream answer, in
-//! `image_edit`, asking the adapter ([`ProviderAdapter::follow_up`]) what comes next and doing
-//! it: wait, poll, download the result images, until the adapter has a final answer or wants
-//! the last answer converted as usual.
+//! Follow-up exchanges (asynchronous providers), then the conversion: runs after the first
+//! upstream answer, in `image_edit` (and for each call of a repeated one, `super::repeat`),
+//! asking the adapter ([`ProviderAdapter::follow_up`]) what comes next and doing it: wait,
+//! poll, download the result images, until the adapter has a final answer or wants the last
+//! answer converted as usual ([`ProviderAdapter::convert_response`]).
 //!
 //! The server owns the clock: every wait and request counts against the provider's
 //! `poll_timeout_ms`, and passing it is a 504 naming the provider. A client that closes its
@@ -27,7 +28,7 @@ use std::time::Instant;
 const MAX_STEPS: u32 = 10_000;
 
 /// How a follow-up run ended.
-pub(super) enum Followed {
+enum Followed {
     /// The last answer, to convert with the adapter's `convert_response`.
     Convert(UpstreamResponse),
     /// The unified answer, already assembled by the adapter.
@@ -49,15 +50,14 @@ pub(super) struct Request<'a> {
     pub(super) start: Instant,
 }
 
-/// Runs the follow-ups of `first` (the answer to the submitted request) until the adapter is
-/// done; watches `session` for a client that goes away.
+/// [`unified`], watching `session` for a client that goes away.
 pub(super) async fn run(
     adapter: &dyn ProviderAdapter,
     req: Request<'_>,
     first: UpstreamResponse,
     session: &mut Session,
-) -> Result<Followed, GatewayError> {
-    let work = follow(adapter, &req, first);
+) -> Result<Bytes, GatewayError> {
+    let work = unified(adapter, &req, first);
     // Only a request whose body was read to its end can be watched without eating its bytes.
     let watch_client = session.is_body_done();
     let gone = async {
@@ -72,6 +72,26 @@ pub(super) async fn run(
             log::debug!("request {}: client gone while polling {}", req.request_id, req.target.provider.name);
             Err(GatewayError::ClientClosed)
         }
+    }
+}
+
+/// Runs the follow-ups of `first` (the answer to the submitted request) until the adapter is
+/// done, and returns the unified answer: the adapter's, or the last answer converted (an error
+/// status into the provider's error).
+pub(super) async fn unified(
+    adapter: &dyn ProviderAdapter,
+    req: &Request<'_>,
+    first: UpstreamResponse,
+) -> Result<Bytes, GatewayError> {
+    match follow(adapter, req, first).await? {
+        Followed::Answer(unified) => Ok(unified),
+        Followed::Convert(response) => adapter.convert_response(
+            &response,
+            &ResponseContext {
+                latency_ms: req.start.elapsed().as_millis() as u64,
+                ..req.response.clone()
+            },
+        ),
     }
 }
 

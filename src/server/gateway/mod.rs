@@ -11,7 +11,7 @@
 //! `request_filter`, because Pingora's own proxy loop replays only 64 KiB of body and cannot
 //! retry after a response head (see the README's design notes).
 
-use super::exchange::{exchange, exchange_streamed, Piece, Streamed};
+use super::exchange::{exchange_streamed, Piece, Streamed};
 use super::AppState;
 use crate::error::{ErrorContext, GatewayError};
 use crate::form::parse_edit_form;
@@ -35,11 +35,15 @@ mod answer;
 mod fallback;
 pub use fallback::retry_reason;
 mod follow;
+mod linger;
+mod prepare;
+mod repeat;
 mod upload;
 
 use super::exchange::Clock;
 use super::slots::Slot;
 use answer::{close_quietly, run_with_writer, write_event_stream, write_stream_head, Down, StreamSink, EVENTS_AHEAD};
+use linger::{discard_rest, BodyRest};
 use upload::{drain_epilogue, SessionBody, UpstreamFeed, STREAM_AHEAD, STREAM_MIN_BYTES};
 
 /// Per-request state, read by `logging`.
@@ -60,6 +64,9 @@ pub struct RequestCtx {
     /// The `Retry-After` of the latest provider answer that reached `finish`, taken by the
     /// retry loop after a failed attempt.
     retry_after: Option<Duration>,
+    /// When the request goes on after its answer was complete (lingering after an early
+    /// answer): the time to the answer, reported as the request's duration.
+    answered_after: Option<Duration>,
 }
 
 /// The gateway service.
@@ -119,14 +126,14 @@ impl Gateway {
     }
 
     /// Writes a gateway or provider error in Bifrost's shape. If the request body was not read
-    /// to its end the connection is closed after the answer, rather than drained.
+    /// to its end, the answer says `Connection: close` and the rest of the body is then read and
+    /// discarded within `limits.linger_*` (see [`linger`]), so that a client still sending
+    /// gets the answer; a body that could not be read closes the connection at once.
     async fn send_error(&self, session: &mut Session, ctx: &mut RequestCtx, err: &GatewayError) -> Result<()> {
         if let GatewayError::Internal(detail) = err {
             log::error!("request {}: {detail}", ctx.request_id);
         }
-        if !session.is_body_done() {
-            session.set_keepalive(None);
-        }
+        let rest = BodyRest::decide(session, err);
         ctx.reason = Some(err.code());
         let mut body = err.to_json(&ErrorContext {
             request_id: Some(&ctx.request_id),
@@ -139,7 +146,14 @@ impl Gateway {
                 serde_json::Value::Array(std::mem::take(&mut ctx.fallback_errors));
         }
         let body = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
-        self.send_json(session, ctx, err.status(), Bytes::from(body)).await
+        self.send_json(session, ctx, err.status(), Bytes::from(body)).await?;
+        if rest == BodyRest::Linger {
+            ctx.answered_after = Some(ctx.start.elapsed());
+            let lingered = discard_rest(session, &self.state.config.limits).await;
+            ctx.request_bytes += lingered.bytes;
+            self.state.metrics.linger(lingered.outcome);
+        }
+        Ok(())
     }
 
     /// The image-edit request, from auth to the converted answer.
@@ -339,7 +353,7 @@ impl Gateway {
                 state.breakers.begin(&form.provider, target.key_index, Instant::now());
             }
             let result = match first {
-                Some((target, Streamed::Answered(resp))) => Ok((target, resp)),
+                Some((target, Streamed::Answered(resp))) => Ok((target, repeat::Answered::One(resp))),
                 Some((_, Streamed::Failed(e))) => Err(e),
                 other => {
                     // Not streamed (small upload, or model after the images), or the streamed
@@ -354,15 +368,16 @@ impl Gateway {
                         };
                         *used_key_ref = Some(target.key_index);
                         let target = state.credentials.prepare(&state.connector, target).await?;
-                        let request = adapter_for(target.provider.kind).build_request_from_spool(
-                            &form,
-                            &spool,
-                            &target,
-                            &request_id,
-                        )?;
-                        let _slot = state.slots.acquire(&target.provider.name).await?;
-                        let exchanged = exchange(&state.connector, &target, &request, &spool, &mut *sink).await?;
-                        Ok((target, exchanged))
+                        let call = repeat::Call {
+                            state,
+                            target: &target,
+                            form: &form,
+                            spool: &spool,
+                            request_id: &request_id,
+                            start: request_start,
+                        };
+                        let answered = repeat::send(&call, &mut *sink).await?;
+                        Ok((target, answered))
                     }
                     .await
                 }
@@ -416,6 +431,7 @@ impl Gateway {
     /// The end of an attempt whose provider answered: follow-ups (asynchronous providers), then
     /// the conversion into the unified answer (or, for a stream request the provider answered
     /// whole, the synthesized event stream). `form` is the attempt's own (its provider/model).
+    /// The n calls of a repeated attempt come followed up, converted and merged already.
     #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
@@ -424,10 +440,17 @@ impl Gateway {
         form: &crate::form::EditForm,
         spool: &Spool,
         target: &Target,
-        response: crate::providers::UpstreamResponse,
+        answered: repeat::Answered,
         stream_cx: Option<&StreamContext>,
     ) -> std::result::Result<Reply, GatewayError> {
         let state = &self.state;
+        let response = match answered {
+            repeat::Answered::One(response) => response,
+            repeat::Answered::Merged { result, retry_after } => {
+                ctx.retry_after = retry_after;
+                return reply(result?, stream_cx);
+            }
+        };
         ctx.retry_after = response.retry_after;
         let request_id = ctx.request_id.clone();
         let adapter = adapter_for(target.provider.kind);
@@ -438,8 +461,10 @@ impl Gateway {
             latency_ms: ctx.start.elapsed().as_millis() as u64,
             num_input_images: form.images.len(),
         };
-        // Asynchronous providers: poll and download until the adapter has the answer.
-        let followed = follow::run(
+        // Asynchronous providers: poll and download until the adapter has the answer; the
+        // adapter converts it: a success into the unified JSON, an error status (stream
+        // request or not) into the provider's error.
+        let unified = follow::run(
             adapter,
             follow::Request {
                 connector: &state.connector,
@@ -448,35 +473,27 @@ impl Gateway {
                 spool,
                 request_id: &request_id,
                 want_url: form.response_format.as_deref() == Some("url") && !form.stream,
-                response: response_cx.clone(),
+                response: response_cx,
                 start: ctx.start,
             },
             response,
             session,
         )
         .await?;
-        // The adapter converts: a success into the unified JSON, an error status (stream
-        // request or not) into the provider's error.
-        let unified = match followed {
-            follow::Followed::Answer(unified) => unified,
-            follow::Followed::Convert(response) => adapter.convert_response(
-                &response,
-                &ResponseContext {
-                    latency_ms: ctx.start.elapsed().as_millis() as u64,
-                    ..response_cx
-                },
-            )?,
-        };
-        match stream_cx {
-            // A stream request answered with a complete success (the provider cannot stream):
-            // one `completed` event per image, in the client's framing.
-            Some(cx) => {
-                let mut out = Vec::new();
-                synthesize_stream(&unified, cx.clone(), &mut out)?;
-                Ok(Reply::Events(Bytes::from(out)))
-            }
-            None => Ok(Reply::Json(unified)),
+        reply(unified, stream_cx)
+    }
+}
+
+/// The reply for a unified answer: the JSON, or for a stream request (the provider cannot
+/// stream, or answered whole) one `completed` event per image, in the client's framing.
+fn reply(unified: Bytes, stream_cx: Option<&StreamContext>) -> std::result::Result<Reply, GatewayError> {
+    match stream_cx {
+        Some(cx) => {
+            let mut out = Vec::new();
+            synthesize_stream(&unified, cx.clone(), &mut out)?;
+            Ok(Reply::Events(Bytes::from(out)))
         }
+        None => Ok(Reply::Json(unified)),
     }
 }
 
@@ -529,6 +546,7 @@ impl ProxyHttp for Gateway {
             response_bytes: 0,
             fallback_errors: Vec::new(),
             retry_after: None,
+            answered_after: None,
         }
     }
 
@@ -606,12 +624,13 @@ impl ProxyHttp for Gateway {
         if ctx.status == 0 && e.is_some() {
             ctx.reason = Some("client_error");
         }
+        let duration = ctx.answered_after.unwrap_or_else(|| ctx.start.elapsed());
         self.state.metrics.request_finished(&RequestRecord {
             provider: ctx.provider.as_deref(),
             model: ctx.model.as_deref(),
             status: ctx.status,
             reason: ctx.reason,
-            duration: ctx.start.elapsed(),
+            duration,
             upstream: ctx.upstream,
             request_bytes: ctx.request_bytes,
             response_bytes: ctx.response_bytes,
@@ -628,7 +647,7 @@ impl ProxyHttp for Gateway {
                 .map(|m| m.chars().take(64).flat_map(char::escape_default).collect::<String>())
                 .unwrap_or_else(|| "-".into()),
             ctx.reason.unwrap_or("-"),
-            ctx.start.elapsed().as_secs_f64() * 1000.0,
+            duration.as_secs_f64() * 1000.0,
         );
     }
 }

@@ -1,13 +1,31 @@
-//! Image helpers: type detection from magic bytes (used on every uploaded file part), and the
-//! PNG decode/encode and deterministic "edit" the provider simulator performs.
+//! Image helpers: type detection from magic bytes (used on every uploaded file part),
+//! header-only dimensions ([`header`]), decoding within a pixel budget ([`decode`]), mask
+//! conversion ([`mask`]), the bounded pool that runs decodes off the async threads ([`pool`]),
+//! and the PNG encoding and deterministic "edit" the provider simulator performs.
 //!
 //! The simulator's edit is real and checkable: with a mask, every pixel where the mask is fully
 //! transparent (the OpenAI convention: alpha 0 = edit) is painted with a colour derived from the
 //! prompt and the image index; every other pixel is the input pixel unchanged. Without a mask the
 //! whole image is blended half-way towards that colour.
 
+pub mod decode;
+pub mod header;
+pub mod mask;
+pub mod pool;
+
+pub use decode::{decode, decode_png};
+pub use header::{dimensions, ImageHeader};
+pub use mask::{convert_mask, ConvertedMask, ConvertedMasks, MaskConvention};
+pub use pool::DecodePool;
+
 use std::io::Cursor;
 use thiserror::Error;
+
+/// The default pixel budget (`limits.max_image_pixels`): 4096 × 4096, the largest input any
+/// supported provider documents (Imagen, Titan and Nova Canvas take at most 4096 px a side;
+/// Stability about 9.4 Mpixel; gpt-image edits at most 3840 px), decoded as at most 64 MiB of
+/// RGBA.
+pub const DEFAULT_MAX_PIXELS: u64 = 4096 * 4096;
 
 /// An image type the gateway accepts, detected from the first bytes of a file part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +60,15 @@ impl ImageKind {
         }
     }
 
+    /// The format's name in messages: `PNG`, `JPEG`, `WebP`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageKind::Png => "PNG",
+            ImageKind::Jpeg => "JPEG",
+            ImageKind::Webp => "WebP",
+        }
+    }
+
     /// The format's name as configs and `output_format` spell it: `png`, `jpeg`, `webp`.
     pub fn extension_name(self) -> &'static str {
         match self {
@@ -65,17 +92,22 @@ pub fn sniff(head: &[u8]) -> Option<ImageKind> {
     }
 }
 
-/// Why an image could not be decoded or edited.
+/// Why an image could not be read, decoded, converted or edited.
 #[derive(Debug, Error)]
 pub enum ImagingError {
-    /// Not a PNG the decoder accepts.
-    #[error("cannot decode PNG: {0}")]
-    Decode(String),
+    /// Not a file of its format the decoder accepts (or its header is unreadable).
+    #[error("cannot decode {format}: {detail}")]
+    Decode {
+        /// `PNG`, `JPEG` or `WebP`.
+        format: &'static str,
+        /// The decoder's reason.
+        detail: String,
+    },
     /// Encoding the result failed.
     #[error("cannot encode PNG: {0}")]
     Encode(String),
     /// The mask's dimensions differ from the image's.
-    #[error("mask is {mw}x{mh} but the image is {w}x{h}; they must match")]
+    #[error("the mask is {mw}x{mh} but the first image is {w}x{h}; they must match")]
     MaskSize {
         /// Mask width.
         mw: u32,
@@ -86,12 +118,32 @@ pub enum ImagingError {
         /// Image height.
         h: u32,
     },
-    /// The image is larger than the decoder's pixel budget.
-    #[error("image too large to decode ({0} pixels)")]
-    TooLarge(u64),
+    /// The image is larger than the pixel budget: refused before any pixel is decoded.
+    #[error("the image is {width}x{height} ({} pixels), over the limit of {limit} pixels", *width as u64 * *height as u64)]
+    TooLarge {
+        /// Width in pixels, from the header.
+        width: u32,
+        /// Height in pixels, from the header.
+        height: u32,
+        /// The budget (`limits.max_image_pixels`).
+        limit: u64,
+    },
     /// A unified mask without an alpha channel: it cannot say which pixels to edit.
     #[error("the mask has no alpha channel: use a PNG whose fully transparent pixels (alpha 0) mark the area to edit")]
     MaskWithoutAlpha,
+    /// The blocking task that decoded went away (it panicked, or the runtime is shutting down).
+    #[error("the decoder task failed: {0}")]
+    Worker(String),
+}
+
+impl ImagingError {
+    /// A decoder error of `kind`'s format.
+    pub fn decode(kind: ImageKind, detail: impl std::fmt::Display) -> Self {
+        ImagingError::Decode {
+            format: kind.name(),
+            detail: detail.to_string(),
+        }
+    }
 }
 
 /// A decoded 8-bit RGBA image.
@@ -116,45 +168,6 @@ impl Rgba {
             self.pixels[i + 3],
         ]
     }
-}
-
-/// Largest image the simulator decodes (64 Mpixel, 256 MiB of RGBA).
-const MAX_PIXELS: u64 = 64 * 1024 * 1024;
-
-/// Decodes any PNG (palette, grey, 16-bit, with or without alpha) to 8-bit RGBA.
-pub fn decode_png(bytes: &[u8]) -> Result<Rgba, ImagingError> {
-    let mut decoder = png::Decoder::new(Cursor::new(bytes));
-    decoder.set_transformations(png::Transformations::normalize_to_color8());
-    let mut reader = decoder.read_info().map_err(|e| ImagingError::Decode(e.to_string()))?;
-    let (width, height) = (reader.info().width, reader.info().height);
-    let pixels_count = width as u64 * height as u64;
-    if pixels_count > MAX_PIXELS {
-        return Err(ImagingError::TooLarge(pixels_count));
-    }
-    let mut buf = vec![0u8; reader.output_buffer_size()];
-    let frame = reader
-        .next_frame(&mut buf)
-        .map_err(|e| ImagingError::Decode(e.to_string()))?;
-    buf.truncate(frame.buffer_size());
-    let channels = match frame.color_type {
-        png::ColorType::Grayscale => 1,
-        png::ColorType::GrayscaleAlpha => 2,
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        png::ColorType::Indexed => {
-            return Err(ImagingError::Decode("indexed colour after expansion".into()));
-        }
-    };
-    let mut pixels = Vec::with_capacity(pixels_count as usize * 4);
-    for px in buf.chunks_exact(channels) {
-        match channels {
-            1 => pixels.extend_from_slice(&[px[0], px[0], px[0], 255]),
-            2 => pixels.extend_from_slice(&[px[0], px[0], px[0], px[1]]),
-            3 => pixels.extend_from_slice(&[px[0], px[1], px[2], 255]),
-            _ => pixels.extend_from_slice(px),
-        }
-    }
-    Ok(Rgba { width, height, pixels })
 }
 
 /// Encodes 8-bit RGBA pixels as a PNG.
@@ -248,7 +261,7 @@ pub struct PngInfo {
 pub fn png_info(bytes: &[u8]) -> Result<PngInfo, ImagingError> {
     let reader = png::Decoder::new(Cursor::new(bytes))
         .read_info()
-        .map_err(|e| ImagingError::Decode(e.to_string()))?;
+        .map_err(|e| ImagingError::decode(ImageKind::Png, e))?;
     let info = reader.info();
     Ok(PngInfo {
         width: info.width,
@@ -265,50 +278,6 @@ pub fn png_dimensions(head: &[u8]) -> Option<(u32, u32)> {
     }
     let be = |at: usize| Some(u32::from_be_bytes(head.get(at..at + 4)?.try_into().ok()?));
     Some((be(16)?, be(20)?))
-}
-
-/// A mask converted from the unified convention, as an 8-bit grayscale PNG.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConvertedMask {
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
-    /// The encoded grayscale PNG.
-    pub png: Vec<u8>,
-}
-
-/// Converts a unified mask (OpenAI's convention: a PNG whose fully transparent pixels,
-/// alpha 0, are edited) into a provider's opaque 8-bit grayscale mask PNG: each alpha-0 pixel
-/// becomes `edit`, every other pixel `keep` (Imagen, Stability, BFL: `edit` 255, white; Titan
-/// inpainting: `edit` 0, black). Runs in the gateway while a request is translated. Errors:
-/// not a decodable PNG, or a PNG without transparency ([`ImagingError::MaskWithoutAlpha`]).
-pub fn convert_mask(png: &[u8], edit: u8, keep: u8) -> Result<ConvertedMask, ImagingError> {
-    if !png_info(png)?.alpha {
-        return Err(ImagingError::MaskWithoutAlpha);
-    }
-    let rgba = decode_png(png)?;
-    let gray: Vec<u8> = rgba
-        .pixels
-        .chunks_exact(4)
-        .map(|px| if px[3] == 0 { edit } else { keep })
-        .collect();
-    let mut out = Vec::with_capacity(gray.len() / 8 + 128);
-    {
-        let mut enc = png::Encoder::new(&mut out, rgba.width, rgba.height);
-        enc.set_color(png::ColorType::Grayscale);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header().map_err(|e| ImagingError::Encode(e.to_string()))?;
-        writer
-            .write_image_data(&gray)
-            .map_err(|e| ImagingError::Encode(e.to_string()))?;
-        writer.finish().map_err(|e| ImagingError::Encode(e.to_string()))?;
-    }
-    Ok(ConvertedMask {
-        width: rgba.width,
-        height: rgba.height,
-        png: out,
-    })
 }
 
 /// The paint colour for `prompt` and output image `index`: a stable FNV-1a hash, opaque.

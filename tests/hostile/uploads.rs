@@ -94,7 +94,11 @@ fn assert_upload_cut(
 #[test]
 fn a_trickled_upload_is_cut_off_at_the_upload_timeout() {
     let mock = MockUpstream::start();
-    let (gw, spool) = slow_upload_gateway(&mock, "  upload_timeout_ms: 1500\n  body_read_timeout_ms: 30000\n");
+    // A long linger: a 408 for a body still trickling must close at once, not read the rest.
+    let (gw, spool) = slow_upload_gateway(
+        &mock,
+        "  upload_timeout_ms: 1500\n  body_read_timeout_ms: 30000\n  linger_timeout_ms: 60000\n",
+    );
     let (mut c, rest) = start_upload(&gw, &streamed_form());
     wait_until("the upload streamed upstream", || mock.connections() > 0);
     wait_until("the upload spooled", || spool_files_open(spool.path()) == 1);
@@ -102,19 +106,24 @@ fn a_trickled_upload_is_cut_off_at_the_upload_timeout() {
     let writer = trickle(&c, rest, stop.clone());
     let started = Instant::now();
     let r = c.read_response();
+    // Within bounds: the 1.5 s limit, not the 30 s pause limit (nor the test's 20 s read limit).
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    // The trickle goes on while the close is checked.
+    assert_upload_cut(&gw, &mock, &spool, &mut c, &r, "upload_timeout_ms");
     stop.store(true, Ordering::SeqCst);
     let trickled = writer.join().unwrap();
     assert!(trickled > 0, "nothing was trickled");
-    // Within bounds: the 1.5 s limit, not the 30 s pause limit (nor the test's 20 s read limit).
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
-    assert_upload_cut(&gw, &mock, &spool, &mut c, &r, "upload_timeout_ms");
 }
 
 /// A body that stops arriving is cut off at `body_read_timeout_ms`.
 #[test]
 fn a_paused_upload_is_cut_off_at_the_body_read_timeout() {
     let mock = MockUpstream::start();
-    let (gw, spool) = slow_upload_gateway(&mock, "  body_read_timeout_ms: 500\n  upload_timeout_ms: 60000\n");
+    // A long linger: a 408 for a slow body must close at once, not wait for the rest of it.
+    let (gw, spool) = slow_upload_gateway(
+        &mock,
+        "  body_read_timeout_ms: 500\n  upload_timeout_ms: 60000\n  linger_timeout_ms: 60000\n",
+    );
     let (mut c, _rest) = start_upload(&gw, &streamed_form());
     wait_until("the upload streamed upstream", || mock.connections() > 0);
     let started = Instant::now();

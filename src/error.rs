@@ -86,6 +86,29 @@ pub enum GatewayError {
         /// Provider name.
         provider: String,
     },
+    /// Every upstream slot of the provider (`max_connections`) stayed taken for its
+    /// `queue_timeout_ms` (503): the request moves on to its fallbacks, if any.
+    #[error("provider '{provider}' is busy: all max_connections ({max_connections}) upstream connections are in use and none freed within queue_timeout_ms ({queue_timeout_ms} ms)")]
+    ProviderBusy {
+        /// Provider name.
+        provider: String,
+        /// Its `max_connections`.
+        max_connections: usize,
+        /// Its `queue_timeout_ms`.
+        queue_timeout_ms: u64,
+    },
+    /// The client's upload passed a limit (408): a pause between two reads of the body longer
+    /// than `limits.body_read_timeout_ms`, or the whole upload longer than
+    /// `limits.upload_timeout_ms`. The connection is closed.
+    #[error("{what} within limits.{key} ({limit_ms} ms)")]
+    RequestTimeout {
+        /// What did not happen in time.
+        what: &'static str,
+        /// The config key of the limit (under `limits`).
+        key: &'static str,
+        /// The limit.
+        limit_ms: u64,
+    },
     /// Unknown path (404).
     #[error("no route for {method} {path}")]
     NotFound {
@@ -210,7 +233,8 @@ impl GatewayError {
             MethodNotAllowed(_) => 405,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
-            KeysDisabled { .. } => 503,
+            KeysDisabled { .. } | ProviderBusy { .. } => 503,
+            RequestTimeout { .. } => 408,
             Provider { status, .. } => *status,
             ClientClosed => 499,
             Internal(_) => 500,
@@ -240,6 +264,8 @@ impl GatewayError {
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamProtocol { .. } => "upstream_protocol_error",
             KeysDisabled { .. } => "provider_keys_disabled",
+            ProviderBusy { .. } => "provider_busy",
+            RequestTimeout { .. } => "request_timeout",
             Provider { .. } => "provider_error",
             ClientClosed => "client_closed",
             Internal(_) => "internal_error",
@@ -254,9 +280,11 @@ impl GatewayError {
             403 => "permission_error",
             404 => "not_found_error",
             _ => match self {
-                UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } | KeysDisabled { .. } => {
-                    "upstream_error"
-                }
+                UpstreamConnect { .. }
+                | UpstreamTimeout { .. }
+                | UpstreamProtocol { .. }
+                | KeysDisabled { .. }
+                | ProviderBusy { .. } => "upstream_error",
                 Internal(_) => "server_error",
                 _ => "invalid_request_error",
             },
@@ -411,5 +439,37 @@ mod tests {
             504
         );
         assert_eq!(GatewayError::UnsupportedMediaType("x".into()).status(), 415);
+    }
+
+    #[test]
+    fn upload_and_queue_limits_name_their_keys() {
+        let slow = GatewayError::RequestTimeout {
+            what: "the request body was not complete",
+            key: "upload_timeout_ms",
+            limit_ms: 1500,
+        };
+        let v = slow.to_json(&ErrorContext::default());
+        assert_eq!(
+            (v["status_code"].clone(), v["type"].clone()),
+            (json!(408), json!("request_timeout"))
+        );
+        assert_eq!(
+            v["error"]["message"],
+            "the request body was not complete within limits.upload_timeout_ms (1500 ms)"
+        );
+        let busy = GatewayError::ProviderBusy {
+            provider: "openai".into(),
+            max_connections: 2,
+            queue_timeout_ms: 800,
+        };
+        let v = busy.to_json(&ErrorContext::default());
+        assert_eq!((busy.status(), busy.code()), (503, "provider_busy"));
+        assert_eq!(v["error"]["type"], "upstream_error");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("'openai'") && message.contains("max_connections (2)"),
+            "{message}"
+        );
+        assert!(message.contains("queue_timeout_ms (800 ms)"), "{message}");
     }
 }

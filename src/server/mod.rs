@@ -9,6 +9,7 @@ pub mod gateway;
 mod metrics_app;
 pub mod resolver;
 mod simulator_app;
+pub mod slots;
 
 use crate::auth::KeyStore;
 use crate::config::Config;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub credentials: credentials::Credentials,
     /// The circuit breaker of every key of the providers that configure one.
     pub breakers: breaker::Breakers,
+    /// Every provider's bound on upstream exchanges in flight (`max_connections`).
+    pub slots: slots::Slots,
     /// Where masks are decoded and converted: blocking threads, at most
     /// `limits.decode_concurrency` at once, within `limits.max_image_pixels` (shared with the
     /// simulator).
@@ -179,6 +182,7 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
                 .filter(|p| p.options.circuit_breaker.is_some())
                 .map(|p| (p.name.as_str(), p.keys.len())),
         ),
+        slots: slots::Slots::new(&config.providers, &metrics),
         config,
     });
     for p in state

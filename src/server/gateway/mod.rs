@@ -40,9 +40,11 @@ mod prepare;
 mod repeat;
 mod upload;
 
+use super::exchange::Clock;
+use super::slots::Slot;
 use answer::{close_quietly, run_with_writer, write_event_stream, write_stream_head, Down, StreamSink, EVENTS_AHEAD};
 use linger::{discard_rest, BodyRest};
-use upload::{drain_epilogue, SessionBody, UpstreamFeed, CLIENT_READ_TIMEOUT, STREAM_AHEAD, STREAM_MIN_BYTES};
+use upload::{drain_epilogue, SessionBody, UpstreamFeed, STREAM_AHEAD, STREAM_MIN_BYTES};
 
 /// Per-request state, read by `logging`.
 #[derive(Debug)]
@@ -200,12 +202,10 @@ impl Gateway {
                 })?;
         }
 
-        // A client that stops sending mid-upload must not hold a request forever.
-        session.as_downstream_mut().set_read_timeout(Some(CLIENT_READ_TIMEOUT));
         let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
         let router = &state.router;
         let (piece_tx, piece_rx) = tokio::sync::mpsc::channel::<Piece>(STREAM_AHEAD);
-        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<(Target, UpstreamRequest)>();
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<(Target, UpstreamRequest, Slot<'_>)>();
         let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<Down>(EVENTS_AHEAD);
         let stream_config = Arc::new(OnceLock::new());
         let mut sink = StreamSink {
@@ -216,10 +216,17 @@ impl Gateway {
         };
         let request_id = ctx.request_id.clone();
         let request_start = ctx.start;
+        // A client that stops sending, or trickles, must not hold a request (and an upstream
+        // slot) for long: each read within body_read_timeout_ms, the whole upload within
+        // upload_timeout_ms of the head.
+        let limits = &state.config.limits;
         let mut source = SessionBody {
             session: &mut *session,
             bytes: &mut ctx.request_bytes,
             client_gone: false,
+            pause: limits.body_read_timeout,
+            upload: Clock::ending(request_start, limits.upload_timeout),
+            timed_out: None,
         };
         // Small uploads are sent from the spool once complete; larger or chunked ones stream.
         let stream_upload = declared_len.is_none_or(|len| len >= STREAM_MIN_BYTES);
@@ -282,8 +289,10 @@ impl Gateway {
         let sink_ref = &mut sink;
         let mut streamed = Box::pin(async move {
             match start_rx.await {
-                Ok((target, head)) => {
+                Ok((target, head, slot)) => {
                     let outcome = exchange_streamed(&state.connector, &target, head, piece_rx, &mut *sink_ref).await;
+                    // The exchange is over (answered, or abandoned): its slot is free.
+                    drop(slot);
                     (Some((target, outcome)), sink_ref)
                 }
                 Err(_) => (None, sink_ref),
@@ -307,6 +316,9 @@ impl Gateway {
         let mut form = match parsed {
             Ok(form) => form,
             Err(e) => {
+                // A read that passed an upload limit: the 408 (the streamed request, if any, is
+                // abandoned unfinished when `streamed` is dropped).
+                let e = source.timed_out.map_or(e, |limit| limit.error(limits));
                 // Report what was asked for, when it got that far.
                 if let Some((provider, model)) = routed {
                     ctx.provider = Some(provider);
@@ -456,6 +468,7 @@ impl Gateway {
             adapter,
             follow::Request {
                 connector: &state.connector,
+                slots: &state.slots,
                 target,
                 spool,
                 request_id: &request_id,

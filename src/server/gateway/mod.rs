@@ -243,6 +243,8 @@ impl Gateway {
                     // What the model cannot do is refused before the upstream body is complete.
                     let provider = router.provider(&form.provider)?;
                     let kind = provider.kind;
+                    // No fallback may reach a provider with an id outside its grammar.
+                    router.check_fallbacks(&form)?;
                     capabilities::check(
                         &form,
                         adapter_for(kind).capabilities(&form.model),

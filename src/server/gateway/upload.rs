@@ -62,7 +62,7 @@ impl BodySource for SessionBody<'_> {
 }
 
 /// The translate plugin's streaming side: a [`FormSink`] that checks `model` as soon as it
-/// arrives (unknown provider → 400, not allowed → 403) and, when `model` came before any file
+/// arrives (unknown provider or an id outside the kind's grammar → 400, not allowed → 403) and, when `model` came before any file
 /// part and the provider's adapter can translate incrementally, starts the upstream request at
 /// once and feeds it each part as it passes validation.
 pub(super) struct UpstreamFeed<'a> {
@@ -111,7 +111,7 @@ impl UpstreamFeed<'_> {
 #[async_trait]
 impl FormSink for UpstreamFeed<'_> {
     async fn model(&mut self, provider: &str, model: &str) -> std::result::Result<(), GatewayError> {
-        self.router.provider(provider)?;
+        self.router.candidate(provider, model, "model")?;
         self.identity.check(provider, model)?;
         self.routed = Some((provider.to_string(), model.to_string()));
         if self.saw_file || !self.stream_upload {

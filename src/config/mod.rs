@@ -231,6 +231,9 @@ pub struct Limits {
     pub max_part_bytes: u64,
     /// Largest single text field, in bytes.
     pub max_field_bytes: usize,
+    /// Largest header block of one multipart part (its `Content-Disposition` and other
+    /// header lines, with the boundary line before it), in bytes; enforced while it arrives.
+    pub max_part_header_bytes: usize,
     /// After an answer sent before the request body was read to its end (401, 413…): the most
     /// bytes of the rest of the body read and discarded so that the client, still sending, gets
     /// the answer (`linger_bytes`; default `max_body_bytes` + 16 MiB, so that a body refused
@@ -269,6 +272,7 @@ impl Default for Limits {
             max_images: 16,
             max_part_bytes: 50 * MIB,
             max_field_bytes: 64 * 1024,
+            max_part_header_bytes: 16 * 1024,
             linger_bytes: max_body_bytes + Self::LINGER_BEYOND_MAX_BODY,
             linger_timeout: Duration::from_millis(Self::DEFAULT_LINGER_TIMEOUT_MS),
             max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
@@ -772,6 +776,7 @@ providers:
             (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
             (104_857_600, 16, 52_428_800, 65_536)
         );
+        assert_eq!(l.max_part_header_bytes, 16_384);
         assert_eq!(
             (l.linger_bytes, l.linger_timeout),
             (121_634_816, Duration::from_millis(5000))
@@ -876,6 +881,7 @@ providers:
             "max_images:",
             "max_part_bytes:",
             "max_field_bytes:",
+            "max_part_header_bytes:",
             "linger_bytes:",
             "linger_timeout_ms:",
             "max_image_pixels:",

@@ -95,7 +95,8 @@ fn request_id(session: &Session) -> String {
 enum Endpoint {
     Health,
     ImageEdit(Framing),
-    WrongMethod,
+    /// A known path, a method it does not take; the methods it takes, for `Allow`.
+    WrongMethod(&'static str),
     Unknown,
 }
 
@@ -104,7 +105,8 @@ fn endpoint(method: &http::Method, path: &str) -> Endpoint {
         "/health" if method == http::Method::GET || method == http::Method::HEAD => Endpoint::Health,
         "/v1/images/edits" | "/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::Bifrost),
         "/openai/v1/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::OpenAi),
-        "/health" | "/v1/images/edits" | "/images/edits" | "/openai/v1/images/edits" => Endpoint::WrongMethod,
+        "/health" => Endpoint::WrongMethod("GET, HEAD"),
+        "/v1/images/edits" | "/images/edits" | "/openai/v1/images/edits" => Endpoint::WrongMethod("POST"),
         _ => Endpoint::Unknown,
     }
 }
@@ -112,10 +114,25 @@ fn endpoint(method: &http::Method, path: &str) -> Endpoint {
 impl Gateway {
     /// Writes a complete JSON answer.
     async fn send_json(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16, body: Bytes) -> Result<()> {
-        let mut resp = ResponseHeader::build(status, Some(4))?;
+        self.send_json_allow(session, ctx, status, body, None).await
+    }
+
+    /// [`Gateway::send_json`], with an `Allow` header when `allow` is set (a 405).
+    async fn send_json_allow(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+        body: Bytes,
+        allow: Option<&'static str>,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(status, Some(5))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(allow) = allow {
+            resp.insert_header(http::header::ALLOW, allow)?;
+        }
         ctx.status = status;
         ctx.response_bytes = body.len() as u64;
         session.write_response_header(Box::new(resp), false).await?;
@@ -144,7 +161,12 @@ impl Gateway {
                 serde_json::Value::Array(std::mem::take(&mut ctx.fallback_errors));
         }
         let body = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
-        self.send_json(session, ctx, err.status(), Bytes::from(body)).await?;
+        let allow = match err {
+            GatewayError::MethodNotAllowed { allow, .. } => Some(*allow),
+            _ => None,
+        };
+        self.send_json_allow(session, ctx, err.status(), Bytes::from(body), allow)
+            .await?;
         if rest == BodyRest::Linger {
             ctx.answered_after = Some(ctx.start.elapsed());
             let lingered = discard_rest(session, &self.state.config.limits).await;
@@ -582,9 +604,12 @@ impl ProxyHttp for Gateway {
                 }
                 Err(e) => self.send_error(session, ctx, &e).await?,
             },
-            Endpoint::WrongMethod => {
-                self.send_error(session, ctx, &GatewayError::MethodNotAllowed(method.to_string()))
-                    .await?;
+            Endpoint::WrongMethod(allow) => {
+                let e = GatewayError::MethodNotAllowed {
+                    method: method.to_string(),
+                    allow,
+                };
+                self.send_error(session, ctx, &e).await?;
             }
             Endpoint::Unknown => {
                 let e = GatewayError::NotFound {
@@ -657,7 +682,11 @@ mod tests {
         ));
         assert!(matches!(
             endpoint(&http::Method::GET, "/v1/images/edits"),
-            Endpoint::WrongMethod
+            Endpoint::WrongMethod("POST")
+        ));
+        assert!(matches!(
+            endpoint(&http::Method::POST, "/health"),
+            Endpoint::WrongMethod("GET, HEAD")
         ));
         assert!(matches!(endpoint(&http::Method::GET, "/health"), Endpoint::Health));
         assert!(matches!(endpoint(&http::Method::POST, "/v1/chat"), Endpoint::Unknown));

@@ -57,6 +57,8 @@ pub struct RequestCtx {
     upstream: Option<Duration>,
     request_bytes: u64,
     response_bytes: u64,
+    /// An event stream was sent (its status line said 200 whatever `status` records).
+    streamed: bool,
     /// The failed fallback candidates, listed in the error answer when every candidate failed.
     fallback_errors: Vec<serde_json::Value>,
     /// The `Retry-After` of the latest provider answer that reached `finish`, taken by the
@@ -235,6 +237,7 @@ impl Gateway {
             pipeline: None,
             down: Some(down_tx),
             used: false,
+            failure_told: false,
         };
         let request_id = ctx.request_id.clone();
         let request_start = ctx.start;
@@ -509,16 +512,25 @@ fn reply(unified: Bytes, stream_cx: Option<&StreamContext>) -> std::result::Resu
 }
 
 /// After an attempt's upstream side and downstream writer ended: when a stream was started
-/// downstream (`written.sent`), records it in `ctx` (with `err`, the attempt's failure, as the
-/// reason) and returns the reply that ends the request; `None` when nothing was sent.
+/// downstream (`written.sent`), records it in `ctx` and returns the reply that ends the
+/// request; `None` when nothing was sent. The status line said 200, but a stream that ended in
+/// an `error` event or was aborted (`err`, the attempt's failure, or the failure the stream
+/// reported) is accounted with that error's status and code, and one the client left with 499
+/// `client_closed`; only a complete stream counts as a 200.
 fn streamed_reply(ctx: &mut RequestCtx, err: Option<&GatewayError>, written: &answer::Written) -> Option<Reply> {
     let sent = written.sent?;
-    ctx.status = 200;
     ctx.response_bytes = sent;
-    ctx.reason = match (err, written.client_gone) {
-        (_, true) => Some(GatewayError::ClientClosed.code()),
-        (Some(e), false) => Some(e.code()),
-        _ => None,
+    ctx.streamed = true;
+    let failure = err
+        .map(|e| (e.status(), e.code()))
+        .or(written.failure.map(|f| (f.status, f.reason)));
+    (ctx.status, ctx.reason) = match (written.client_gone, failure) {
+        (true, _) => (
+            GatewayError::ClientClosed.status(),
+            Some(GatewayError::ClientClosed.code()),
+        ),
+        (false, Some((status, reason))) => (status, Some(reason)),
+        (false, None) => (200, None),
     };
     Some(if written.broken {
         Reply::Aborted
@@ -555,6 +567,7 @@ impl ProxyHttp for Gateway {
             upstream: None,
             request_bytes: 0,
             response_bytes: 0,
+            streamed: false,
             fallback_errors: Vec::new(),
             retry_after: None,
             answered_after: None,
@@ -588,6 +601,7 @@ impl ProxyHttp for Gateway {
                     ctx.request_bytes += drain_epilogue(session).await;
                     write_stream_head(session, &ctx.request_id).await?;
                     ctx.status = 200;
+                    ctx.streamed = true;
                     ctx.response_bytes = body.len() as u64;
                     session.write_response_body(Some(body), true).await?;
                 }
@@ -649,8 +663,15 @@ impl ProxyHttp for Gateway {
             request_bytes: ctx.request_bytes,
             response_bytes: ctx.response_bytes,
         });
+        // A stream that failed after its head: `status` is the failure's, `stream=failed`
+        // says the status line was a 200.
+        let stream = match (ctx.streamed, ctx.status) {
+            (false, _) => "-",
+            (true, 200) => "complete",
+            (true, _) => "failed",
+        };
         log::info!(
-            "request_id={} method={} path={} status={} provider={} model={} reason={} ms={:.2}",
+            "request_id={} method={} path={} status={} stream={stream} provider={} model={} reason={} ms={:.2}",
             ctx.request_id,
             session.req_header().method,
             session.req_header().uri.path(),

@@ -8,3 +8,4 @@
 mod common;
 mod early_answers;
 mod images;
+mod parser;

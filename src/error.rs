@@ -21,8 +21,9 @@ pub enum GatewayError {
         message: String,
     },
     /// The request asks for something the chosen provider or model cannot do (400), found
-    /// from its capability declaration before any upstream call.
-    #[error("provider '{provider}' does not support {message}")]
+    /// from its capability declaration before any upstream call. Code `unsupported_operation`,
+    /// and the message says "not supported", as Bifrost's clients look for.
+    #[error("{message} is not supported by provider '{provider}'")]
     Unsupported {
         /// Provider name.
         provider: String,
@@ -117,9 +118,14 @@ pub enum GatewayError {
         /// Request path.
         path: String,
     },
-    /// Known path, wrong method (405).
-    #[error("method {0} is not allowed here; use POST")]
-    MethodNotAllowed(String),
+    /// Known path, wrong method (405); the answer carries `Allow: {allow}`.
+    #[error("method {method} is not allowed here; use {allow}")]
+    MethodNotAllowed {
+        /// The request's method.
+        method: String,
+        /// The methods the path takes, as the `Allow` header lists them (`POST`, `GET, HEAD`).
+        allow: &'static str,
+    },
     /// The provider could not be reached (502).
     #[error("could not connect to provider '{provider}': {detail}")]
     UpstreamConnect {
@@ -230,7 +236,7 @@ impl GatewayError {
             VirtualKeyRequired | VirtualKeyNotFound | VirtualKeyBlocked => 401,
             ProviderBlocked(_) | ModelBlocked(_) => 403,
             NotFound { .. } => 404,
-            MethodNotAllowed(_) => 405,
+            MethodNotAllowed { .. } => 405,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
             KeysDisabled { .. } | ProviderBusy { .. } => 503,
@@ -247,7 +253,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             InvalidRequest { .. } => "invalid_request",
-            Unsupported { .. } => "unsupported_parameter",
+            Unsupported { .. } => "unsupported_operation",
             MalformedMultipart(_) | BodyUnreadable(_) => "malformed_multipart",
             UnsupportedMediaType(_) => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
@@ -259,7 +265,7 @@ impl GatewayError {
             UnknownProvider(_) => "unknown_provider",
             NoKeyForModel { .. } => "no_key_for_model",
             NotFound { .. } => "not_found",
-            MethodNotAllowed(_) => "method_not_allowed",
+            MethodNotAllowed { .. } => "method_not_allowed",
             UpstreamConnect { .. } => "upstream_connect_error",
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamProtocol { .. } => "upstream_protocol_error",
@@ -312,6 +318,9 @@ impl GatewayError {
 
     /// The Bifrost-shaped error body:
     /// `{event_id, type, is_bifrost_error, status_code, error{type, code, message, param}, extra_fields}`.
+    /// `param` is present only when there is one (the schema types it as a string, never
+    /// null); a provider's error object keeps its members, less the `type`, `code` and `param`
+    /// that are null.
     pub fn to_json(&self, cx: &ErrorContext<'_>) -> Value {
         let status = self.status();
         let error = match self {
@@ -319,23 +328,29 @@ impl GatewayError {
                 let mut e = error.clone();
                 e.entry("message")
                     .or_insert_with(|| json!(format!("provider answered {status}")));
-                e.entry("type").or_insert(Value::Null);
-                e.entry("code").or_insert(Value::Null);
-                e.entry("param").or_insert(Value::Null);
+                for key in ["type", "code", "param"] {
+                    if e.get(key).is_some_and(Value::is_null) {
+                        e.shift_remove(key);
+                    }
+                }
                 Value::Object(e)
             }
             GatewayError::Internal(_) => json!({
                 "type": self.error_type(),
                 "code": self.code(),
                 "message": "internal gateway error; see the gateway log for this request id",
-                "param": null,
             }),
-            _ => json!({
-                "type": self.error_type(),
-                "code": self.code(),
-                "message": self.to_string(),
-                "param": self.param(),
-            }),
+            _ => {
+                let mut e = json!({
+                    "type": self.error_type(),
+                    "code": self.code(),
+                    "message": self.to_string(),
+                });
+                if let Some(param) = self.param() {
+                    e["param"] = json!(param);
+                }
+                e
+            }
         };
         let mut extra = Map::new();
         extra.insert("request_type".into(), json!(cx.request_type.unwrap_or("image_edit")));
@@ -406,6 +421,63 @@ mod tests {
         assert_eq!(v["error"]["message"], "Invalid value for 'size'");
         assert_eq!(v["error"]["code"], "invalid_value");
         assert!(v.get("event_id").is_none());
+    }
+
+    #[test]
+    fn param_is_omitted_when_there_is_none() {
+        let no_param = [
+            GatewayError::VirtualKeyRequired,
+            GatewayError::MalformedMultipart("x".into()),
+            GatewayError::Internal("x".into()),
+            GatewayError::MethodNotAllowed {
+                method: "GET".into(),
+                allow: "POST",
+            },
+            GatewayError::PayloadTooLarge {
+                param: None,
+                what: "request body".into(),
+                limit: 1,
+            },
+        ];
+        for e in no_param {
+            let v = e.to_json(&ErrorContext::default());
+            assert!(v["error"].get("param").is_none(), "{v}");
+        }
+        let mut obj = Map::new();
+        obj.insert("message".into(), json!("boom"));
+        obj.insert("type".into(), Value::Null);
+        obj.insert("param".into(), Value::Null);
+        obj.insert("code".into(), Value::Null);
+        obj.insert("inner".into(), json!(1));
+        let e = GatewayError::Provider {
+            provider: "p".into(),
+            status: 500,
+            error: obj,
+        };
+        let v = e.to_json(&ErrorContext::default());
+        assert_eq!(v["error"], json!({"message": "boom", "inner": 1}));
+    }
+
+    #[test]
+    fn unsupported_is_an_unsupported_operation_naming_the_field() {
+        let e = GatewayError::Unsupported {
+            provider: "gem".into(),
+            param: "mask".into(),
+            message: "a mask with model 'g'".into(),
+        };
+        let v = e.to_json(&ErrorContext::default());
+        assert_eq!((e.status(), v["type"].as_str()), (400, Some("unsupported_operation")));
+        assert_eq!(v["error"]["code"], "unsupported_operation");
+        assert_eq!(v["error"]["param"], "mask");
+        assert_eq!(
+            v["error"]["message"],
+            "a mask with model 'g' is not supported by provider 'gem'"
+        );
+        let e = GatewayError::MethodNotAllowed {
+            method: "POST".into(),
+            allow: "GET, HEAD",
+        };
+        assert_eq!(e.to_string(), "method POST is not allowed here; use GET, HEAD");
     }
 
     #[test]

@@ -111,7 +111,8 @@ pub struct RequestRecord<'a> {
     pub provider: Option<&'a str>,
     /// Requested bare model name, if known.
     pub model: Option<&'a str>,
-    /// Status sent to the client (0 if none was sent).
+    /// Status sent to the client (0 if none was sent); for a stream that failed after its 200
+    /// head (an in-band `error` event, an abort), the failure's status instead.
     pub status: u16,
     /// Error code when the request failed.
     pub reason: Option<&'static str>,

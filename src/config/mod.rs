@@ -237,6 +237,9 @@ pub struct Limits {
     /// The whole upload, from the request head to the body's end (`upload_timeout_ms`,
     /// default 300 s); past it the request is a 408, however steadily the body trickles.
     pub upload_timeout: Duration,
+    /// Largest header block of one multipart part (its `Content-Disposition` and other
+    /// header lines, with the boundary line before it), in bytes; enforced while it arrives.
+    pub max_part_header_bytes: usize,
     /// After an answer sent before the request body was read to its end (401, 413…): the most
     /// bytes of the rest of the body read and discarded so that the client, still sending, gets
     /// the answer (`linger_bytes`; default `max_body_bytes` + 16 MiB, so that a body refused
@@ -277,6 +280,7 @@ impl Default for Limits {
             max_field_bytes: 64 * 1024,
             body_read_timeout: Duration::from_secs(60),
             upload_timeout: Duration::from_secs(300),
+            max_part_header_bytes: 16 * 1024,
             linger_bytes: max_body_bytes + Self::LINGER_BEYOND_MAX_BODY,
             linger_timeout: Duration::from_millis(Self::DEFAULT_LINGER_TIMEOUT_MS),
             max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
@@ -804,6 +808,7 @@ providers:
             (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
             (104_857_600, 16, 52_428_800, 65_536)
         );
+        assert_eq!(l.max_part_header_bytes, 16_384);
         assert_eq!(
             (l.linger_bytes, l.linger_timeout),
             (121_634_816, Duration::from_millis(5000))
@@ -910,6 +915,7 @@ providers:
             "max_field_bytes:",
             "body_read_timeout_ms:",
             "upload_timeout_ms:",
+            "max_part_header_bytes:",
             "linger_bytes:",
             "linger_timeout_ms:",
             "max_image_pixels:",

@@ -185,6 +185,7 @@ fn limits(mut f: Fields<'_>) -> Limits {
         max_field_bytes: f.opt_usize("max_field_bytes", d.max_field_bytes, 1..=16 * MIB),
         body_read_timeout: f.opt_millis("body_read_timeout_ms", d.body_read_timeout, 1..=3_600_000),
         upload_timeout: f.opt_millis("upload_timeout_ms", d.upload_timeout, 1..=21_600_000),
+        max_part_header_bytes: f.opt_usize("max_part_header_bytes", d.max_part_header_bytes, 1024..=MIB),
         linger_bytes: f.opt_u64(
             "linger_bytes",
             max_body_bytes.saturating_add(Limits::LINGER_BEYOND_MAX_BODY),
@@ -391,6 +392,11 @@ mod tests {
             &format!("limits:\n  max_body_bytes: 1099511627777\n{PROVIDER}"),
             "limits.max_body_bytes",
             "between 1 and 1099511627776",
+        );
+        one_problem(
+            &format!("limits:\n  max_part_header_bytes: 100\n{PROVIDER}"),
+            "limits.max_part_header_bytes",
+            "between 1024 and 1048576",
         );
         one_problem(
             &format!("limits:\n  max_field_bytes: 16777217\n{PROVIDER}"),

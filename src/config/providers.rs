@@ -309,6 +309,9 @@ fn model_rules(f: &mut Fields<'_>, kind: Option<ProviderKind>, names: &[String])
                         let hint = did_you_mean(provider, names.iter().map(String::as_str));
                         problems.add(&path, format!("unknown provider '{provider}'{hint}"));
                     }
+                    if let Err(why) = crate::providers::model_id::check_common(model) {
+                        problems.add(&path, format!("'{entry}': invalid model id ({why})"));
+                    }
                     rule.fallbacks.push(Fallback {
                         provider: provider.to_string(),
                         model: model.to_string(),
@@ -1049,6 +1052,16 @@ mod tests {
                 ),
                 "providers[0].model_rules[0].fallbacks[0]",
                 "is not provider/model",
+            );
+        }
+        for bad in ["p/../../x", "p/a b", "p/x%2e"] {
+            one_problem(
+                &with(
+                    &format!("    kind: openai\n    model_rules:\n      - {{ match: m, fallbacks: [\"{bad}\"] }}\n"),
+                    "        value: x\n",
+                ),
+                "providers[0].model_rules[0].fallbacks[0]",
+                "invalid model id",
             );
         }
         one_problem(

@@ -64,6 +64,9 @@ impl AppState {
     /// streamed upload's, started only when the adapter can stream); whoever sends with it
     /// calls `breakers.begin` then.
     pub fn choose(&self, provider: &str, model: &str, avoid: Option<usize>) -> Result<Target, GatewayError> {
+        // Every attempt's target comes from here: no request is built for an id outside its
+        // kind's grammar, whatever path the candidate took.
+        self.router.candidate(provider, model, "model")?;
         let now = Instant::now();
         let usable = |i: usize| self.breakers.usable(provider, i, now);
         let roll = fastrand::f64();

@@ -8,4 +8,5 @@
 mod common;
 mod early_answers;
 mod images;
+mod parser;
 mod uploads;

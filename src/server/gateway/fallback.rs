@@ -317,6 +317,7 @@ async fn attempt_once(
         pipeline: None,
         down: Some(down_tx),
         used: false,
+        failure_told: false,
     };
     let sink_ref = &mut sink;
     let upstream = async move {

@@ -124,7 +124,7 @@ impl BodySource for SessionBody<'_> {
 }
 
 /// The translate plugin's streaming side: a [`FormSink`] that checks `model` as soon as it
-/// arrives (unknown provider → 400, not allowed → 403) and, when `model` came before any file
+/// arrives (unknown provider or an id outside the kind's grammar → 400, not allowed → 403) and, when `model` came before any file
 /// part and the provider's adapter can translate incrementally, starts the upstream request at
 /// once and feeds it each part as it passes validation, holding one of the provider's upstream
 /// slots, taken only when free at once ([`crate::server::slots::Slots::try_stream`]).
@@ -178,7 +178,7 @@ impl UpstreamFeed<'_, '_> {
 #[async_trait]
 impl FormSink for UpstreamFeed<'_, '_> {
     async fn model(&mut self, provider: &str, model: &str) -> std::result::Result<(), GatewayError> {
-        self.router.provider(provider)?;
+        self.router.candidate(provider, model, "model")?;
         self.identity.check(provider, model)?;
         self.routed = Some((provider.to_string(), model.to_string()));
         if self.saw_file || !self.stream_upload {

@@ -41,7 +41,8 @@ pub enum GatewayError {
     /// known, so the connection closes after the answer, without reading any more of it.
     #[error("malformed multipart body: the body could not be read: {0}")]
     BodyUnreadable(String),
-    /// The request is not `multipart/form-data` (415).
+    /// The request is not `multipart/form-data` (400, as Bifrost answers it and the seed spec
+    /// documents; code `unsupported_media_type`).
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// A body or a part crossed its configured limit (413). `param` names the part.
@@ -231,7 +232,7 @@ impl GatewayError {
             | BodyUnreadable(_)
             | UnknownProvider(_)
             | NoKeyForModel { .. } => 400,
-            UnsupportedMediaType(_) => 415,
+            UnsupportedMediaType(_) => 400,
             PayloadTooLarge { .. } => 413,
             VirtualKeyRequired | VirtualKeyNotFound | VirtualKeyBlocked => 401,
             ProviderBlocked(_) | ModelBlocked(_) => 403,
@@ -510,7 +511,7 @@ mod tests {
             .status(),
             504
         );
-        assert_eq!(GatewayError::UnsupportedMediaType("x".into()).status(), 415);
+        assert_eq!(GatewayError::UnsupportedMediaType("x".into()).status(), 400);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Metrics {
     circuit_open: IntGaugeVec,
     timeouts: IntCounterVec,
     client_disconnects: IntCounterVec,
+    upstream_in_flight: IntGaugeVec,
+    queue_rejected: IntCounterVec,
     /// `refract_linger_total`, one counter per [`LingerOutcome`] (resolved once).
     lingers: [IntCounter; LingerOutcome::ALL.len()],
     image_decodes: IntCounter,
@@ -111,7 +113,8 @@ pub struct RequestRecord<'a> {
     pub provider: Option<&'a str>,
     /// Requested bare model name, if known.
     pub model: Option<&'a str>,
-    /// Status sent to the client (0 if none was sent).
+    /// Status sent to the client (0 if none was sent); for a stream that failed after its 200
+    /// head (an in-band `error` event, an abort), the failure's status instead.
     pub status: u16,
     /// Error code when the request failed.
     pub reason: Option<&'static str>,
@@ -219,6 +222,22 @@ impl Metrics {
         }
         registry.register(Box::new(timeouts.clone()))?;
         registry.register(Box::new(client_disconnects.clone()))?;
+        let upstream_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "refract_upstream_in_flight",
+                "Upstream exchanges in flight (slots of max_connections in use), by configured provider name.",
+            ),
+            &["provider"],
+        )?;
+        let queue_rejected = IntCounterVec::new(
+            Opts::new(
+                "refract_upstream_queue_rejected_total",
+                "Requests refused (503 provider_busy) because every slot of the provider stayed taken for queue_timeout_ms, by configured provider name.",
+            ),
+            &["provider"],
+        )?;
+        registry.register(Box::new(upstream_in_flight.clone()))?;
+        registry.register(Box::new(queue_rejected.clone()))?;
         let linger = IntCounterVec::new(
             Opts::new(
                 "refract_linger_total",
@@ -249,6 +268,8 @@ impl Metrics {
             circuit_open,
             timeouts,
             client_disconnects,
+            upstream_in_flight,
+            queue_rejected,
             lingers,
             image_decodes,
             models: Mutex::new(HashSet::new()),
@@ -283,6 +304,16 @@ impl Metrics {
     /// A client went away in `phase`, before its answer was complete.
     pub fn client_disconnect(&self, phase: ClientPhase) {
         self.client_disconnects.with_label_values(&[phase.as_str()]).inc();
+    }
+
+    /// The gauge of upstream exchanges in flight to `provider` (a configured name) and the
+    /// counter of its requests refused for a full queue, both created at zero: called at
+    /// startup for every provider, so the series exist before the first event.
+    pub fn upstream_slots(&self, provider: &str) -> (IntGauge, IntCounter) {
+        (
+            self.upstream_in_flight.with_label_values(&[provider]),
+            self.queue_rejected.with_label_values(&[provider]),
+        )
     }
 
     /// Lingering after an early answer ended with `outcome`.

@@ -279,6 +279,19 @@ fn gateway_yaml(listener: &str, ca_file: Option<&Path>, providers: &[(&str, &str
     yaml
 }
 
+/// A free address and the YAML mapping of a TLS listener on it, with `pki`'s localhost
+/// certificate.
+fn tls_listener(pki: &Pki) -> (SocketAddr, String) {
+    let (cert, key) = pki.localhost();
+    let addr = free_addr();
+    let listener = format!(
+        "{{address: '{addr}', tls: {{cert: {}, key: {}}}}}",
+        cert.display(),
+        key.display()
+    );
+    (addr, listener)
+}
+
 fn spawn(yaml: &str) -> Result<RunningServer, refract::server::ServerError> {
     let config = from_yaml_str_with_env(yaml, &|_| None).unwrap_or_else(|e| panic!("config:\n{e}\n{yaml}"));
     refract::server::spawn(config)
@@ -290,23 +303,6 @@ fn start_plain(ca_file: Option<&Path>, providers: &[(&str, &str)]) -> (SocketAdd
     let server = spawn(&gateway_yaml(&format!("address: {addr}"), ca_file, providers)).expect("spawn gateway");
     wait_listening(addr);
     (addr, server)
-}
-
-/// Starts a gateway with a TLS listener (certificate for localhost from `pki`), provider
-/// `openai` at a new mock, and `more_yaml` appended to its config.
-fn start_tls(pki: &Pki, more_yaml: &str) -> (SocketAddr, MockUpstream, RunningServer) {
-    let (cert, key) = pki.localhost();
-    let mock = MockUpstream::start();
-    let addr = free_addr();
-    let listener = format!(
-        "{{address: '{addr}', tls: {{cert: {}, key: {}}}}}",
-        cert.display(),
-        key.display()
-    );
-    let yaml = gateway_yaml(&listener, None, &[("openai", &mock.base_url())]) + more_yaml;
-    let server = spawn(&yaml).expect("spawn gateway");
-    wait_listening(addr);
-    (addr, mock, server)
 }
 
 /// An edit for `model` with `image` as its only image.
@@ -547,7 +543,10 @@ fn unusable_ca_file_is_a_startup_error() {
 #[test]
 fn tls_listener_serves_health_and_edits() {
     let pki = Pki::new();
-    let (addr, mock, _server) = start_tls(&pki, "");
+    let mock = MockUpstream::start();
+    let (addr, listener) = tls_listener(&pki);
+    let _server = spawn(&gateway_yaml(&listener, None, &[("openai", &mock.base_url())])).expect("spawn gateway");
+    wait_listening(addr);
 
     let r = tls_exchange(
         &pki,
@@ -603,83 +602,118 @@ fn unusable_tls_listener_files_are_a_startup_error() {
     }
 }
 
-/// One HTTP/2 frame as read off the wire.
-struct H2Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// Reads one frame; `None` when the connection ends.
-fn read_h2_frame(r: &mut impl Read) -> Option<H2Frame> {
-    let mut head = [0u8; 9];
-    r.read_exact(&mut head).ok()?;
-    let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).ok()?;
-    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-    Some(H2Frame {
-        kind: head[3],
-        flags: head[4],
-        stream,
-        payload,
-    })
+/// Over h2 too (Pingora reads an h2 request body without a timer of its own), an upload that
+/// stops arriving is cut off at `limits.body_read_timeout_ms` with a 408, and the provider
+/// request streamed while it arrived is abandoned unfinished.
+#[test]
+fn an_h2_upload_that_stops_is_cut_off_at_the_body_read_timeout() {
+    let pki = Pki::new();
+    let mock = MockUpstream::start();
+    let (addr, listener) = tls_listener(&pki);
+    let yaml =
+        gateway_yaml(&listener, None, &[("openai", &mock.base_url())]) + "limits:\n  body_read_timeout_ms: 500\n";
+    let _server = spawn(&yaml).expect("spawn gateway");
+    wait_listening(addr);
+    let form = edit_form("openai/gpt-image-1", &big_png_like(512 * 1024, 9));
+    let body = Bytes::from(form.body());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, answer) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_config(&pki, &[b"h2"]));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = http::Request::post(format!("https://localhost:{}/v1/images/edits", addr.port()))
+            .header("content-type", form.content_type())
+            .body(())
+            .unwrap();
+        let (response, mut upload) = client.send_request(request, false).unwrap();
+        // The fields and the start of the image (within the initial flow-control window), then
+        // nothing more.
+        upload.send_data(body.slice(..32 * 1024), false).unwrap();
+        let response = tokio::time::timeout(std::time::Duration::from_secs(15), response)
+            .await
+            .expect("no answer within 15 s")
+            .expect("an answer");
+        let status = response.status().as_u16();
+        let mut answer = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(Ok(chunk)) = answer.data().await {
+            let _ = answer.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        (status, bytes)
+    });
+    let v: serde_json::Value = serde_json::from_slice(&answer).expect("a JSON answer");
+    assert_eq!(status, 408, "{v}");
+    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("limits.body_read_timeout_ms (500 ms)"), "{message}");
+    assert!(
+        mock.wait_closed(1, std::time::Duration::from_secs(5)),
+        "the upstream request was not abandoned"
+    );
+    assert!(mock.requests().is_empty(), "the provider got a complete request");
+    assert_eq!(mock.incomplete().len(), 1);
 }
 
 /// h2 clients (TLS with ALPN h2) go through the client-connection layer to Pingora's h2 server:
-/// a request is served, and a connection with no stream open is closed after
+/// a request is served, and a connection with no stream open is closed by the gateway after
 /// `limits.keepalive_timeout_ms`.
 #[test]
 fn h2_is_served_and_an_idle_h2_connection_is_closed() {
     let pki = Pki::new();
-    let (addr, _mock, _server) = start_tls(&pki, "limits:\n  keepalive_timeout_ms: 1000\n");
-
-    let mut tls = tls_connect(&pki, addr, &[b"h2"]);
-    // The preface, empty SETTINGS, then GET /health on stream 1 (HPACK: :method GET, :scheme
-    // https, :path and :authority as literals without indexing).
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(h2_frame(0x4, 0, 0, &[]));
-    let mut block = vec![0x82, 0x87, 0x04, 7];
-    block.extend_from_slice(b"/health");
-    block.extend_from_slice(&[0x01, 9]);
-    block.extend_from_slice(b"localhost");
-    out.extend(h2_frame(0x1, 0x4 | 0x1, 1, &block));
-    tls.write_all(&out).expect("send h2 request");
-    tls.flush().expect("flush");
-    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
-    let mut body = Vec::new();
-    loop {
-        let f = read_h2_frame(&mut tls).expect("the answer before the connection ends");
-        if f.kind == 0x4 && f.flags & 0x1 == 0 {
-            tls.write_all(&h2_frame(0x4, 0x1, 0, &[])).expect("SETTINGS ack");
+    let mock = MockUpstream::start();
+    let (addr, listener) = tls_listener(&pki);
+    let yaml =
+        gateway_yaml(&listener, None, &[("openai", &mock.base_url())]) + "limits:\n  keepalive_timeout_ms: 1000\n";
+    let _server = spawn(&yaml).expect("spawn gateway");
+    wait_listening(addr);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, answer, idle) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_config(&pki, &[b"h2"]));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+        // Ends when the connection does (the client keeps `client`, so it is the gateway that
+        // closes it).
+        let ended = tokio::spawn(async move {
+            let _ = connection.await;
+            std::time::Instant::now()
+        });
+        let request = http::Request::get(format!("https://localhost:{}/health", addr.port()))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = response.await.expect("an answer");
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut answer = Vec::new();
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            answer.extend_from_slice(&chunk);
         }
-        if f.kind == 0x0 && f.stream == 1 {
-            body.extend_from_slice(&f.payload);
-            if f.flags & 0x1 != 0 {
-                break;
-            }
-        }
-    }
-    assert_eq!(body, br#"{"status":"ok"}"#);
-
-    // Idle now: closed within a few seconds of the 1 s timeout.
-    let idle_since = std::time::Instant::now();
-    while let Some(f) = read_h2_frame(&mut tls) {
-        assert!(f.kind != 0x0 && f.kind != 0x1, "nothing more is answered");
-        assert!(idle_since.elapsed() < IO_TIMEOUT, "still open");
-    }
-    let waited = idle_since.elapsed();
+        let idle_since = std::time::Instant::now();
+        let closed_at = tokio::time::timeout(std::time::Duration::from_secs(15), ended)
+            .await
+            .expect("an idle h2 connection is closed within 15 s")
+            .unwrap();
+        drop(client);
+        (status, answer, closed_at.duration_since(idle_since))
+    });
+    assert_eq!((status, answer.as_slice()), (200, &br#"{"status":"ok"}"#[..]));
     assert!(
-        waited >= std::time::Duration::from_millis(500) && waited < std::time::Duration::from_secs(15),
-        "an idle h2 connection is closed after keepalive_timeout_ms, here after {waited:?}"
+        idle >= std::time::Duration::from_millis(500),
+        "closed after keepalive_timeout_ms, not before: {idle:?}"
     );
 }

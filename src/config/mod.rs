@@ -231,6 +231,15 @@ pub struct Limits {
     pub max_part_bytes: u64,
     /// Largest single text field, in bytes.
     pub max_field_bytes: usize,
+    /// The longest pause between two reads of a client's request body
+    /// (`body_read_timeout_ms`, default 60 s); past it the request is a 408.
+    pub body_read_timeout: Duration,
+    /// The whole upload, from the request head to the body's end (`upload_timeout_ms`,
+    /// default 300 s); past it the request is a 408, however steadily the body trickles.
+    pub upload_timeout: Duration,
+    /// Largest header block of one multipart part (its `Content-Disposition` and other
+    /// header lines, with the boundary line before it), in bytes; enforced while it arrives.
+    pub max_part_header_bytes: usize,
     /// After an answer sent before the request body was read to its end (401, 413…): the most
     /// bytes of the rest of the body read and discarded so that the client, still sending, gets
     /// the answer (`linger_bytes`; default `max_body_bytes` + 16 MiB, so that a body refused
@@ -281,6 +290,9 @@ impl Default for Limits {
             max_images: 16,
             max_part_bytes: 50 * MIB,
             max_field_bytes: 64 * 1024,
+            body_read_timeout: Duration::from_secs(60),
+            upload_timeout: Duration::from_secs(300),
+            max_part_header_bytes: 16 * 1024,
             linger_bytes: max_body_bytes + Self::LINGER_BEYOND_MAX_BODY,
             linger_timeout: Duration::from_millis(Self::DEFAULT_LINGER_TIMEOUT_MS),
             max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
@@ -497,6 +509,30 @@ pub struct ProviderOptions {
     /// fireworks): how many of the n calls that serve `n > 1` run at once
     /// (`repeat_concurrency`, default [`DEFAULT_REPEAT_CONCURRENCY`], 1..=10).
     pub repeat_concurrency: usize,
+    /// How many upstream exchanges may be in flight to the provider at once, and how long a
+    /// request waits for one to end (`max_connections`, `queue_timeout_ms`).
+    pub connections: ConnectionLimit,
+}
+
+/// A provider's bound on upstream exchanges in flight at once (streamed uploads, polls and
+/// result downloads included). A request that finds every slot taken waits up to
+/// `queue_timeout`, then fails with 503 `provider_busy` (which falls back like a 5xx).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimit {
+    /// The most exchanges in flight at once (`max_connections`, default 256, 1..=65536).
+    pub max: usize,
+    /// How long a request waits for a free slot (`queue_timeout_ms`, default 1 s, 0 = not at
+    /// all).
+    pub queue_timeout: Duration,
+}
+
+impl Default for ConnectionLimit {
+    fn default() -> Self {
+        ConnectionLimit {
+            max: 256,
+            queue_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Default `repeat_concurrency`: calls of one request in flight at once to a provider that makes
@@ -791,6 +827,7 @@ providers:
             (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
             (104_857_600, 16, 52_428_800, 65_536)
         );
+        assert_eq!(l.max_part_header_bytes, 16_384);
         assert_eq!(
             (l.linger_bytes, l.linger_timeout),
             (121_634_816, Duration::from_millis(5000))
@@ -903,6 +940,9 @@ providers:
             "max_images:",
             "max_part_bytes:",
             "max_field_bytes:",
+            "body_read_timeout_ms:",
+            "upload_timeout_ms:",
+            "max_part_header_bytes:",
             "linger_bytes:",
             "linger_timeout_ms:",
             "max_image_pixels:",
@@ -926,6 +966,8 @@ providers:
             "idle_timeout_ms:",
             "total_timeout_ms:",
             "pool_idle_timeout_ms:",
+            "max_connections:",
+            "queue_timeout_ms:",
             "keys:",
             "value:",
             "weight:",

@@ -186,6 +186,9 @@ fn limits(mut f: Fields<'_>) -> Limits {
         max_images: f.opt_usize("max_images", d.max_images, 1..=64),
         max_part_bytes,
         max_field_bytes: f.opt_usize("max_field_bytes", d.max_field_bytes, 1..=16 * MIB),
+        body_read_timeout: f.opt_millis("body_read_timeout_ms", d.body_read_timeout, 1..=3_600_000),
+        upload_timeout: f.opt_millis("upload_timeout_ms", d.upload_timeout, 1..=21_600_000),
+        max_part_header_bytes: f.opt_usize("max_part_header_bytes", d.max_part_header_bytes, 1024..=MIB),
         linger_bytes: f.opt_u64(
             "linger_bytes",
             max_body_bytes.saturating_add(Limits::LINGER_BEYOND_MAX_BODY),
@@ -401,6 +404,11 @@ mod tests {
             "between 1 and 1099511627776",
         );
         one_problem(
+            &format!("limits:\n  max_part_header_bytes: 100\n{PROVIDER}"),
+            "limits.max_part_header_bytes",
+            "between 1024 and 1048576",
+        );
+        one_problem(
             &format!("limits:\n  max_field_bytes: 16777217\n{PROVIDER}"),
             "limits.max_field_bytes",
             "between 1 and 16777216",
@@ -510,6 +518,35 @@ mod tests {
             &format!("limits:\n  max_body_bytes: x\n  max_part_bytes: 2000000000\n{PROVIDER}"),
             "limits.max_body_bytes",
             "expected an integer",
+        );
+    }
+
+    #[test]
+    fn upload_limits() {
+        let c = ok(&format!(
+            "limits:\n  body_read_timeout_ms: 500\n  upload_timeout_ms: 9000\n{PROVIDER}"
+        ));
+        assert_eq!(
+            (c.limits.body_read_timeout, c.limits.upload_timeout),
+            (
+                std::time::Duration::from_millis(500),
+                std::time::Duration::from_millis(9000)
+            )
+        );
+        let d = ok(PROVIDER).limits;
+        assert_eq!(
+            (d.body_read_timeout, d.upload_timeout),
+            (std::time::Duration::from_secs(60), std::time::Duration::from_secs(300))
+        );
+        one_problem(
+            &format!("limits:\n  body_read_timeout_ms: 0\n{PROVIDER}"),
+            "limits.body_read_timeout_ms",
+            "",
+        );
+        one_problem(
+            &format!("limits:\n  upload_timeout_ms: 21600001\n{PROVIDER}"),
+            "limits.upload_timeout_ms",
+            "",
         );
     }
 

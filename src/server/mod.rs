@@ -10,6 +10,7 @@ pub mod gateway;
 mod metrics_app;
 pub mod resolver;
 mod simulator_app;
+pub mod slots;
 
 use crate::auth::KeyStore;
 use crate::config::Config;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub credentials: credentials::Credentials,
     /// The circuit breaker of every key of the providers that configure one.
     pub breakers: breaker::Breakers,
+    /// Every provider's bound on upstream exchanges in flight (`max_connections`).
+    pub slots: slots::Slots,
     /// Where masks are decoded and converted: blocking threads, at most
     /// `limits.decode_concurrency` at once, within `limits.max_image_pixels` (shared with the
     /// simulator).
@@ -62,6 +65,9 @@ impl AppState {
     /// streamed upload's, started only when the adapter can stream); whoever sends with it
     /// calls `breakers.begin` then.
     pub fn choose(&self, provider: &str, model: &str, avoid: Option<usize>) -> Result<Target, GatewayError> {
+        // Every attempt's target comes from here: no request is built for an id outside its
+        // kind's grammar, whatever path the candidate took.
+        self.router.candidate(provider, model, "model")?;
         let now = Instant::now();
         let usable = |i: usize| self.breakers.usable(provider, i, now);
         let roll = fastrand::f64();
@@ -180,6 +186,7 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
                 .filter(|p| p.options.circuit_breaker.is_some())
                 .map(|p| (p.name.as_str(), p.keys.len())),
         ),
+        slots: slots::Slots::new(&config.providers, &metrics),
         config,
     });
     for p in state

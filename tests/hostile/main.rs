@@ -6,7 +6,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod connections;
 mod early_answers;
 mod images;
-
-mod connections;
+mod parser;
+mod uploads;

@@ -163,6 +163,20 @@ pub enum GatewayError {
         /// The provider's `error` object (at least `message`), passed through.
         error: Map<String, Value>,
     },
+    /// An HTTP/1.x request head (request line and headers) crossed `limits.max_head_bytes`
+    /// before its end (431); the connection is closed after the answer.
+    #[error("the request head exceeds the limit of {limit} bytes")]
+    HeadTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Every client connection slot is taken by a busy connection (503); the new connection
+    /// is closed after the answer.
+    #[error("the gateway has reached its limit of {limit} open client connections; try again shortly")]
+    TooManyConnections {
+        /// The connection cap.
+        limit: usize,
+    },
     /// The client went away before the answer was complete (499, never sent: for metrics).
     #[error("the client closed the connection")]
     ClientClosed,
@@ -240,8 +254,9 @@ impl GatewayError {
             MethodNotAllowed { .. } => 405,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
-            KeysDisabled { .. } | ProviderBusy { .. } => 503,
+            KeysDisabled { .. } | ProviderBusy { .. } | TooManyConnections { .. } => 503,
             RequestTimeout { .. } => 408,
+            HeadTooLarge { .. } => 431,
             Provider { status, .. } => *status,
             ClientClosed => 499,
             Internal(_) => 500,
@@ -274,6 +289,8 @@ impl GatewayError {
             ProviderBusy { .. } => "provider_busy",
             RequestTimeout { .. } => "request_timeout",
             Provider { .. } => "provider_error",
+            HeadTooLarge { .. } => "request_header_too_large",
+            TooManyConnections { .. } => "too_many_connections",
             ClientClosed => "client_closed",
             Internal(_) => "internal_error",
         }
@@ -292,7 +309,7 @@ impl GatewayError {
                 | UpstreamProtocol { .. }
                 | KeysDisabled { .. }
                 | ProviderBusy { .. } => "upstream_error",
-                Internal(_) => "server_error",
+                Internal(_) | TooManyConnections { .. } => "server_error",
                 _ => "invalid_request_error",
             },
         }
@@ -512,6 +529,11 @@ mod tests {
             504
         );
         assert_eq!(GatewayError::UnsupportedMediaType("x".into()).status(), 400);
+        let head = GatewayError::HeadTooLarge { limit: 65536 };
+        assert_eq!((head.status(), head.code()), (431, "request_header_too_large"));
+        let full = GatewayError::TooManyConnections { limit: 20 };
+        assert_eq!((full.status(), full.code()), (503, "too_many_connections"));
+        assert_eq!(full.to_json(&ErrorContext::default())["error"]["type"], "server_error");
     }
 
     #[test]

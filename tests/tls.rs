@@ -662,3 +662,58 @@ fn an_h2_upload_that_stops_is_cut_off_at_the_body_read_timeout() {
     assert!(mock.requests().is_empty(), "the provider got a complete request");
     assert_eq!(mock.incomplete().len(), 1);
 }
+
+/// h2 clients (TLS with ALPN h2) go through the client-connection layer to Pingora's h2 server:
+/// a request is served, and a connection with no stream open is closed by the gateway after
+/// `limits.keepalive_timeout_ms`.
+#[test]
+fn h2_is_served_and_an_idle_h2_connection_is_closed() {
+    let pki = Pki::new();
+    let mock = MockUpstream::start();
+    let (addr, listener) = tls_listener(&pki);
+    let yaml =
+        gateway_yaml(&listener, None, &[("openai", &mock.base_url())]) + "limits:\n  keepalive_timeout_ms: 1000\n";
+    let _server = spawn(&yaml).expect("spawn gateway");
+    wait_listening(addr);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, answer, idle) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_config(&pki, &[b"h2"]));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+        // Ends when the connection does (the client keeps `client`, so it is the gateway that
+        // closes it).
+        let ended = tokio::spawn(async move {
+            let _ = connection.await;
+            std::time::Instant::now()
+        });
+        let request = http::Request::get(format!("https://localhost:{}/health", addr.port()))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = response.await.expect("an answer");
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut answer = Vec::new();
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            answer.extend_from_slice(&chunk);
+        }
+        let idle_since = std::time::Instant::now();
+        let closed_at = tokio::time::timeout(std::time::Duration::from_secs(15), ended)
+            .await
+            .expect("an idle h2 connection is closed within 15 s")
+            .unwrap();
+        drop(client);
+        (status, answer, closed_at.duration_since(idle_since))
+    });
+    assert_eq!((status, answer.as_slice()), (200, &br#"{"status":"ok"}"#[..]));
+    assert!(
+        idle >= std::time::Duration::from_millis(500),
+        "closed after keepalive_timeout_ms, not before: {idle:?}"
+    );
+}

@@ -256,6 +256,18 @@ pub struct Limits {
     /// Most image decodes and mask conversions running at once (on blocking threads); the
     /// others wait their turn.
     pub decode_concurrency: usize,
+    /// The longest a client may take to send a request head (HTTP/1.x), from its first byte
+    /// to the blank line that ends it (`head_timeout_ms`); past it the connection is closed.
+    pub head_timeout: Duration,
+    /// Largest request head (HTTP/1.x request line and headers), in bytes
+    /// (`max_head_bytes`); past it the client gets a 431 and the connection is closed.
+    pub max_head_bytes: usize,
+    /// How long a client connection may wait for its next request (its first one included)
+    /// before it is closed (`keepalive_timeout_ms`); also the idle timeout of h2 connections.
+    pub keepalive_timeout: Duration,
+    /// Most open client connections (`max_connections`); `None` = derived from the process's
+    /// descriptor limit when the server starts.
+    pub max_connections: Option<usize>,
 }
 
 /// The default of `limits.decode_concurrency`: the number of CPU cores.
@@ -285,9 +297,16 @@ impl Default for Limits {
             linger_timeout: Duration::from_millis(Self::DEFAULT_LINGER_TIMEOUT_MS),
             max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
             decode_concurrency: default_decode_concurrency(),
+            head_timeout: Duration::from_secs(10),
+            max_head_bytes: 64 * 1024,
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: None,
         }
     }
 }
+
+/// The largest `limits.max_head_bytes`: Pingora's own bound on a request head.
+pub const MAX_HEAD_BYTES_LIMIT: u64 = 1_048_575;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -817,6 +836,10 @@ providers:
             (l.max_image_pixels, l.decode_concurrency),
             (16_777_216, default_decode_concurrency())
         );
+        assert_eq!(
+            (l.head_timeout, l.max_head_bytes, l.keepalive_timeout, l.max_connections),
+            (Duration::from_secs(10), 65_536, Duration::from_secs(60), None)
+        );
         assert_eq!(c.spool.memory_bytes, 1_048_576);
         assert!(c.spool.directory.is_none());
         let p = &c.providers[0];
@@ -844,6 +867,10 @@ providers:
             (d.max_body_bytes, d.max_images, d.max_part_bytes, d.max_field_bytes)
         );
         assert_eq!((l.linger_bytes, l.linger_timeout), (d.linger_bytes, d.linger_timeout));
+        assert_eq!(
+            (l.head_timeout, l.max_head_bytes, l.keepalive_timeout, l.max_connections),
+            (d.head_timeout, d.max_head_bytes, d.keepalive_timeout, d.max_connections)
+        );
         assert_eq!(c.server.threads, ServerSettings::default().threads);
         assert_eq!(c.spool.memory_bytes, SpoolSettings::default().memory_bytes);
         assert_eq!(c.auth.allow_anonymous, AuthSettings::default().allow_anonymous);
@@ -920,6 +947,10 @@ providers:
             "linger_timeout_ms:",
             "max_image_pixels:",
             "decode_concurrency:",
+            "head_timeout_ms:",
+            "max_head_bytes:",
+            "keepalive_timeout_ms:",
+            "max_connections:",
             "spool:",
             "memory_bytes:",
             "directory:",

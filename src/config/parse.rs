@@ -17,7 +17,7 @@ use super::fields::{Fields, Problems};
 use super::url::parse_socket_addr;
 use super::{
     providers, AuthSettings, Config, ConfigProblem, Limits, Listener, MetricsSettings, ServerSettings,
-    SimulatorSettings, SpoolSettings, TlsFiles, MIB,
+    SimulatorSettings, SpoolSettings, TlsFiles, MAX_HEAD_BYTES_LIMIT, MIB,
 };
 
 /// Resolves an environment variable (`None` = not set).
@@ -164,6 +164,9 @@ fn existing_file(f: &mut Fields<'_>, key: &'static str) -> Option<PathBuf> {
     None
 }
 
+/// The largest `limits.max_connections`.
+const MAX_CONNECTIONS_LIMIT: u64 = 16_777_216;
+
 fn limits(mut f: Fields<'_>) -> Limits {
     let d = Limits::default();
     let problems = f.problems();
@@ -194,6 +197,13 @@ fn limits(mut f: Fields<'_>) -> Limits {
         linger_timeout: f.opt_millis("linger_timeout_ms", d.linger_timeout, 0..=60_000),
         max_image_pixels: f.opt_u64("max_image_pixels", d.max_image_pixels, 1..=1 << 28),
         decode_concurrency: f.opt_usize("decode_concurrency", d.decode_concurrency, 1..=256),
+        head_timeout: f.opt_millis("head_timeout_ms", d.head_timeout, 100..=600_000),
+        max_head_bytes: f.opt_usize("max_head_bytes", d.max_head_bytes, 1024..=MAX_HEAD_BYTES_LIMIT),
+        keepalive_timeout: f.opt_millis("keepalive_timeout_ms", d.keepalive_timeout, 100..=3_600_000),
+        max_connections: f
+            .get("max_connections")
+            .and_then(|v| f.int_in("max_connections", v, &(1..=MAX_CONNECTIONS_LIMIT)))
+            .and_then(|n| usize::try_from(n).ok()),
     };
     f.finish();
     limits
@@ -412,6 +422,26 @@ mod tests {
             &format!("limits:\n  decode_concurrency: 257\n{PROVIDER}"),
             "limits.decode_concurrency",
             "between 1 and 256",
+        );
+        one_problem(
+            &format!("limits:\n  head_timeout_ms: 99\n{PROVIDER}"),
+            "limits.head_timeout_ms",
+            "between 100 and 600000",
+        );
+        one_problem(
+            &format!("limits:\n  max_head_bytes: 1048576\n{PROVIDER}"),
+            "limits.max_head_bytes",
+            "between 1024 and 1048575",
+        );
+        one_problem(
+            &format!("limits:\n  keepalive_timeout_ms: 3600001\n{PROVIDER}"),
+            "limits.keepalive_timeout_ms",
+            "between 100 and 3600000",
+        );
+        one_problem(
+            &format!("limits:\n  max_connections: 0\n{PROVIDER}"),
+            "limits.max_connections",
+            "between 1 and 16777216",
         );
         one_problem(
             &format!("spool:\n  memory_bytes: 1073741825\n{PROVIDER}"),
@@ -801,7 +831,8 @@ server: {threads: 8, grace_period_seconds: 0, graceful_shutdown_timeout_seconds:
 listeners: [{address: '[::1]:80'}, {address: 127.0.0.1:81}]
 metrics: {address: 127.0.0.1:9091}
 auth: {allow_anonymous: true}
-limits: {max_body_bytes: 1000, max_images: 1, max_part_bytes: 10, max_field_bytes: 20}
+limits: {max_body_bytes: 1000, max_images: 1, max_part_bytes: 10, max_field_bytes: 20, head_timeout_ms: 500,
+  max_head_bytes: 2048, keepalive_timeout_ms: 700, max_connections: 30}
 spool: {memory_bytes: 0}
 simulator: {address: 127.0.0.1:8090}
 providers:
@@ -836,6 +867,15 @@ providers:
         assert_eq!(
             (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
             (1000, 1, 10, 20)
+        );
+        assert_eq!(
+            (
+                l.head_timeout.as_millis(),
+                l.max_head_bytes,
+                l.keepalive_timeout.as_millis(),
+                l.max_connections
+            ),
+            (500, 2048, 700, Some(30))
         );
         assert_eq!(c.spool.memory_bytes, 0);
         assert_eq!(c.simulator.unwrap().address.port(), 8090);

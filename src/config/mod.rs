@@ -240,6 +240,8 @@ pub struct Limits {
     /// Largest header block of one multipart part (its `Content-Disposition` and other
     /// header lines, with the boundary line before it), in bytes; enforced while it arrives.
     pub max_part_header_bytes: usize,
+    /// Longest multipart field name, in bytes; a longer one is a 400 (never forwarded).
+    pub max_field_name_bytes: usize,
     /// After an answer sent before the request body was read to its end (401, 413…): the most
     /// bytes of the rest of the body read and discarded so that the client, still sending, gets
     /// the answer (`linger_bytes`; default `max_body_bytes` + 16 MiB, so that a body refused
@@ -293,6 +295,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(60),
             upload_timeout: Duration::from_secs(300),
             max_part_header_bytes: 16 * 1024,
+            max_field_name_bytes: crate::form::MAX_FIELD_NAME_BYTES,
             linger_bytes: max_body_bytes + Self::LINGER_BEYOND_MAX_BODY,
             linger_timeout: Duration::from_millis(Self::DEFAULT_LINGER_TIMEOUT_MS),
             max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
@@ -828,6 +831,7 @@ providers:
             (104_857_600, 16, 52_428_800, 65_536)
         );
         assert_eq!(l.max_part_header_bytes, 16_384);
+        assert_eq!(l.max_field_name_bytes, 256);
         assert_eq!(
             (l.linger_bytes, l.linger_timeout),
             (121_634_816, Duration::from_millis(5000))
@@ -943,6 +947,7 @@ providers:
             "body_read_timeout_ms:",
             "upload_timeout_ms:",
             "max_part_header_bytes:",
+            "max_field_name_bytes:",
             "linger_bytes:",
             "linger_timeout_ms:",
             "max_image_pixels:",

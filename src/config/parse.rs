@@ -189,6 +189,7 @@ fn limits(mut f: Fields<'_>) -> Limits {
         body_read_timeout: f.opt_millis("body_read_timeout_ms", d.body_read_timeout, 1..=3_600_000),
         upload_timeout: f.opt_millis("upload_timeout_ms", d.upload_timeout, 1..=21_600_000),
         max_part_header_bytes: f.opt_usize("max_part_header_bytes", d.max_part_header_bytes, 1024..=MIB),
+        max_field_name_bytes: f.opt_usize("max_field_name_bytes", d.max_field_name_bytes, 16..=16 * 1024),
         linger_bytes: f.opt_u64(
             "linger_bytes",
             max_body_bytes.saturating_add(Limits::LINGER_BEYOND_MAX_BODY),

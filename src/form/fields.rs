@@ -18,8 +18,8 @@ const QUALITIES: &[&str] = &["auto", "high", "medium", "low", "standard"];
 const OUTPUT_FORMATS: &[&str] = &["png", "webp", "jpeg"];
 const EDIT_TYPES: &[&str] = &["inpainting", "outpainting", "background_removal"];
 
-/// The longest field name accepted, in bytes: longer is a 400 (no field of the spec, nor any
-/// SDK encoding of one, comes near it).
+/// The default of `limits.max_field_name_bytes`, the longest field name accepted: longer is a
+/// 400 (no field of the spec, nor any SDK encoding of one, comes near it).
 pub const MAX_FIELD_NAME_BYTES: usize = 256;
 
 /// What the parser does with a text field that passed validation.
@@ -34,13 +34,15 @@ pub enum Accepted {
     Ignored,
 }
 
-/// Refuses a field name longer than [`MAX_FIELD_NAME_BYTES`] (the name is not quoted back).
-pub fn check_field_name(name: &str) -> Result<(), GatewayError> {
-    if name.len() > MAX_FIELD_NAME_BYTES {
+/// Refuses a field name longer than `limits.max_field_name_bytes` (the name is not quoted
+/// back).
+pub fn check_field_name(name: &str, limits: &Limits) -> Result<(), GatewayError> {
+    let max = limits.max_field_name_bytes;
+    if name.len() > max {
         return Err(GatewayError::InvalidRequest {
             param: None,
             message: format!(
-                "a field name is {} bytes long; at most {MAX_FIELD_NAME_BYTES} are allowed",
+                "a field name is {} bytes long; at most {max} are allowed (limits.max_field_name_bytes)",
                 name.len()
             ),
         });
@@ -49,10 +51,10 @@ pub fn check_field_name(name: &str) -> Result<(), GatewayError> {
 }
 
 /// Whether an unknown field's name may be forwarded to a provider: a plain ASCII token of
-/// letters, digits, `_`, `-`, `.`, and the `[`/`]` of the SDKs' list and dict encodings.
+/// letters, digits, `_`, `-`, `.`, and the `[`/`]` of the SDKs' list and dict encodings (its
+/// length was checked by [`check_field_name`]).
 pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= MAX_FIELD_NAME_BYTES
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'[' | b']'))
@@ -339,7 +341,7 @@ impl<'l> FormBuilder<'l> {
     /// (as Bifrost treats it); an empty `model` is refused here, an empty `prompt` in
     /// [`FormBuilder::finish`] when the edit needs one.
     pub fn text(&mut self, name: &str, value: String) -> Result<Accepted, GatewayError> {
-        check_field_name(name)?;
+        check_field_name(name, self.limits)?;
         if name != "model" && value.trim().is_empty() {
             return Ok(Accepted::Ignored);
         }
@@ -421,7 +423,7 @@ impl<'l> FormBuilder<'l> {
         declared_type: Option<&str>,
         offset: u64,
     ) -> Result<bool, GatewayError> {
-        check_field_name(name)?;
+        check_field_name(name, self.limits)?;
         let is_image = is_image_field(name);
         if !is_image && name != "mask" && !is_plain_name(name) {
             log::debug!("ignoring unknown file part with a name that is not a plain token");
@@ -651,4 +653,23 @@ impl<'l> FormBuilder<'l> {
 #[cfg(test)]
 pub(super) fn parse_fallbacks_for_test(value: &str, room: usize) -> Result<Vec<Fallback>, GatewayError> {
     parse_fallbacks(value, room)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_are_bounded_by_the_configured_limit() {
+        let limits = Limits {
+            max_field_name_bytes: 16,
+            ..Limits::default()
+        };
+        assert!(check_field_name(&"n".repeat(16), &limits).is_ok());
+        let e = check_field_name(&"n".repeat(17), &limits).unwrap_err();
+        assert_eq!((e.status(), e.param()), (400, None));
+        assert!(e.to_string().contains("at most 16"), "{e}");
+        assert!(check_field_name(&"n".repeat(256), &Limits::default()).is_ok());
+        assert!(check_field_name(&"n".repeat(257), &Limits::default()).is_err());
+    }
 }

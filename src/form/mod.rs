@@ -407,7 +407,7 @@ pub async fn parse_edit_form(
             sink.file_end().await?;
         } else {
             let mut text = Vec::new();
-            fields::check_field_name(&name)?;
+            fields::check_field_name(&name, limits)?;
             while let Some(chunk) = field.chunk().await.map_err(|e| from_multer(e, max_body))? {
                 if text.len() + chunk.len() > limits.max_field_bytes {
                     return Err(GatewayError::PayloadTooLarge {

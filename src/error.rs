@@ -21,8 +21,9 @@ pub enum GatewayError {
         message: String,
     },
     /// The request asks for something the chosen provider or model cannot do (400), found
-    /// from its capability declaration before any upstream call.
-    #[error("provider '{provider}' does not support {message}")]
+    /// from its capability declaration before any upstream call. Code `unsupported_operation`,
+    /// and the message says "not supported", as Bifrost's clients look for.
+    #[error("{message} is not supported by provider '{provider}'")]
     Unsupported {
         /// Provider name.
         provider: String,
@@ -40,7 +41,8 @@ pub enum GatewayError {
     /// known, so the connection closes after the answer, without reading any more of it.
     #[error("malformed multipart body: the body could not be read: {0}")]
     BodyUnreadable(String),
-    /// The request is not `multipart/form-data` (415).
+    /// The request is not `multipart/form-data` (400, as Bifrost answers it and the seed spec
+    /// documents; code `unsupported_media_type`).
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// A body or a part crossed its configured limit (413). `param` names the part.
@@ -86,6 +88,29 @@ pub enum GatewayError {
         /// Provider name.
         provider: String,
     },
+    /// Every upstream slot of the provider (`max_connections`) stayed taken for its
+    /// `queue_timeout_ms` (503): the request moves on to its fallbacks, if any.
+    #[error("provider '{provider}' is busy: all max_connections ({max_connections}) upstream connections are in use and none freed within queue_timeout_ms ({queue_timeout_ms} ms)")]
+    ProviderBusy {
+        /// Provider name.
+        provider: String,
+        /// Its `max_connections`.
+        max_connections: usize,
+        /// Its `queue_timeout_ms`.
+        queue_timeout_ms: u64,
+    },
+    /// The client's upload passed a limit (408): a pause between two reads of the body longer
+    /// than `limits.body_read_timeout_ms`, or the whole upload longer than
+    /// `limits.upload_timeout_ms`. The connection is closed.
+    #[error("{what} within limits.{key} ({limit_ms} ms)")]
+    RequestTimeout {
+        /// What did not happen in time.
+        what: &'static str,
+        /// The config key of the limit (under `limits`).
+        key: &'static str,
+        /// The limit.
+        limit_ms: u64,
+    },
     /// Unknown path (404).
     #[error("no route for {method} {path}")]
     NotFound {
@@ -94,9 +119,14 @@ pub enum GatewayError {
         /// Request path.
         path: String,
     },
-    /// Known path, wrong method (405).
-    #[error("method {0} is not allowed here; use POST")]
-    MethodNotAllowed(String),
+    /// Known path, wrong method (405); the answer carries `Allow: {allow}`.
+    #[error("method {method} is not allowed here; use {allow}")]
+    MethodNotAllowed {
+        /// The request's method.
+        method: String,
+        /// The methods the path takes, as the `Allow` header lists them (`POST`, `GET, HEAD`).
+        allow: &'static str,
+    },
     /// The provider could not be reached (502).
     #[error("could not connect to provider '{provider}': {detail}")]
     UpstreamConnect {
@@ -132,6 +162,20 @@ pub enum GatewayError {
         status: u16,
         /// The provider's `error` object (at least `message`), passed through.
         error: Map<String, Value>,
+    },
+    /// An HTTP/1.x request head (request line and headers) crossed `limits.max_head_bytes`
+    /// before its end (431); the connection is closed after the answer.
+    #[error("the request head exceeds the limit of {limit} bytes")]
+    HeadTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Every client connection slot is taken by a busy connection (503); the new connection
+    /// is closed after the answer.
+    #[error("the gateway has reached its limit of {limit} open client connections; try again shortly")]
+    TooManyConnections {
+        /// The connection cap.
+        limit: usize,
     },
     /// The client went away before the answer was complete (499, never sent: for metrics).
     #[error("the client closed the connection")]
@@ -202,15 +246,17 @@ impl GatewayError {
             | BodyUnreadable(_)
             | UnknownProvider(_)
             | NoKeyForModel { .. } => 400,
-            UnsupportedMediaType(_) => 415,
+            UnsupportedMediaType(_) => 400,
             PayloadTooLarge { .. } => 413,
             VirtualKeyRequired | VirtualKeyNotFound | VirtualKeyBlocked => 401,
             ProviderBlocked(_) | ModelBlocked(_) => 403,
             NotFound { .. } => 404,
-            MethodNotAllowed(_) => 405,
+            MethodNotAllowed { .. } => 405,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
-            KeysDisabled { .. } => 503,
+            KeysDisabled { .. } | ProviderBusy { .. } | TooManyConnections { .. } => 503,
+            RequestTimeout { .. } => 408,
+            HeadTooLarge { .. } => 431,
             Provider { status, .. } => *status,
             ClientClosed => 499,
             Internal(_) => 500,
@@ -223,7 +269,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             InvalidRequest { .. } => "invalid_request",
-            Unsupported { .. } => "unsupported_parameter",
+            Unsupported { .. } => "unsupported_operation",
             MalformedMultipart(_) | BodyUnreadable(_) => "malformed_multipart",
             UnsupportedMediaType(_) => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
@@ -235,12 +281,16 @@ impl GatewayError {
             UnknownProvider(_) => "unknown_provider",
             NoKeyForModel { .. } => "no_key_for_model",
             NotFound { .. } => "not_found",
-            MethodNotAllowed(_) => "method_not_allowed",
+            MethodNotAllowed { .. } => "method_not_allowed",
             UpstreamConnect { .. } => "upstream_connect_error",
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamProtocol { .. } => "upstream_protocol_error",
             KeysDisabled { .. } => "provider_keys_disabled",
+            ProviderBusy { .. } => "provider_busy",
+            RequestTimeout { .. } => "request_timeout",
             Provider { .. } => "provider_error",
+            HeadTooLarge { .. } => "request_header_too_large",
+            TooManyConnections { .. } => "too_many_connections",
             ClientClosed => "client_closed",
             Internal(_) => "internal_error",
         }
@@ -254,10 +304,12 @@ impl GatewayError {
             403 => "permission_error",
             404 => "not_found_error",
             _ => match self {
-                UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } | KeysDisabled { .. } => {
-                    "upstream_error"
-                }
-                Internal(_) => "server_error",
+                UpstreamConnect { .. }
+                | UpstreamTimeout { .. }
+                | UpstreamProtocol { .. }
+                | KeysDisabled { .. }
+                | ProviderBusy { .. } => "upstream_error",
+                Internal(_) | TooManyConnections { .. } => "server_error",
                 _ => "invalid_request_error",
             },
         }
@@ -284,6 +336,9 @@ impl GatewayError {
 
     /// The Bifrost-shaped error body:
     /// `{event_id, type, is_bifrost_error, status_code, error{type, code, message, param}, extra_fields}`.
+    /// `param` is present only when there is one (the schema types it as a string, never
+    /// null); a provider's error object keeps its members, less the `type`, `code` and `param`
+    /// that are null.
     pub fn to_json(&self, cx: &ErrorContext<'_>) -> Value {
         let status = self.status();
         let error = match self {
@@ -291,23 +346,29 @@ impl GatewayError {
                 let mut e = error.clone();
                 e.entry("message")
                     .or_insert_with(|| json!(format!("provider answered {status}")));
-                e.entry("type").or_insert(Value::Null);
-                e.entry("code").or_insert(Value::Null);
-                e.entry("param").or_insert(Value::Null);
+                for key in ["type", "code", "param"] {
+                    if e.get(key).is_some_and(Value::is_null) {
+                        e.shift_remove(key);
+                    }
+                }
                 Value::Object(e)
             }
             GatewayError::Internal(_) => json!({
                 "type": self.error_type(),
                 "code": self.code(),
                 "message": "internal gateway error; see the gateway log for this request id",
-                "param": null,
             }),
-            _ => json!({
-                "type": self.error_type(),
-                "code": self.code(),
-                "message": self.to_string(),
-                "param": self.param(),
-            }),
+            _ => {
+                let mut e = json!({
+                    "type": self.error_type(),
+                    "code": self.code(),
+                    "message": self.to_string(),
+                });
+                if let Some(param) = self.param() {
+                    e["param"] = json!(param);
+                }
+                e
+            }
         };
         let mut extra = Map::new();
         extra.insert("request_type".into(), json!(cx.request_type.unwrap_or("image_edit")));
@@ -381,6 +442,63 @@ mod tests {
     }
 
     #[test]
+    fn param_is_omitted_when_there_is_none() {
+        let no_param = [
+            GatewayError::VirtualKeyRequired,
+            GatewayError::MalformedMultipart("x".into()),
+            GatewayError::Internal("x".into()),
+            GatewayError::MethodNotAllowed {
+                method: "GET".into(),
+                allow: "POST",
+            },
+            GatewayError::PayloadTooLarge {
+                param: None,
+                what: "request body".into(),
+                limit: 1,
+            },
+        ];
+        for e in no_param {
+            let v = e.to_json(&ErrorContext::default());
+            assert!(v["error"].get("param").is_none(), "{v}");
+        }
+        let mut obj = Map::new();
+        obj.insert("message".into(), json!("boom"));
+        obj.insert("type".into(), Value::Null);
+        obj.insert("param".into(), Value::Null);
+        obj.insert("code".into(), Value::Null);
+        obj.insert("inner".into(), json!(1));
+        let e = GatewayError::Provider {
+            provider: "p".into(),
+            status: 500,
+            error: obj,
+        };
+        let v = e.to_json(&ErrorContext::default());
+        assert_eq!(v["error"], json!({"message": "boom", "inner": 1}));
+    }
+
+    #[test]
+    fn unsupported_is_an_unsupported_operation_naming_the_field() {
+        let e = GatewayError::Unsupported {
+            provider: "gem".into(),
+            param: "mask".into(),
+            message: "a mask with model 'g'".into(),
+        };
+        let v = e.to_json(&ErrorContext::default());
+        assert_eq!((e.status(), v["type"].as_str()), (400, Some("unsupported_operation")));
+        assert_eq!(v["error"]["code"], "unsupported_operation");
+        assert_eq!(v["error"]["param"], "mask");
+        assert_eq!(
+            v["error"]["message"],
+            "a mask with model 'g' is not supported by provider 'gem'"
+        );
+        let e = GatewayError::MethodNotAllowed {
+            method: "POST".into(),
+            allow: "GET, HEAD",
+        };
+        assert_eq!(e.to_string(), "method POST is not allowed here; use GET, HEAD");
+    }
+
+    #[test]
     fn internal_error_hides_detail() {
         let e = GatewayError::Internal("spool write failed: /tmp/secret-path".into());
         let body = String::from_utf8(e.to_body(&ErrorContext::default())).unwrap();
@@ -410,6 +528,43 @@ mod tests {
             .status(),
             504
         );
-        assert_eq!(GatewayError::UnsupportedMediaType("x".into()).status(), 415);
+        assert_eq!(GatewayError::UnsupportedMediaType("x".into()).status(), 400);
+        let head = GatewayError::HeadTooLarge { limit: 65536 };
+        assert_eq!((head.status(), head.code()), (431, "request_header_too_large"));
+        let full = GatewayError::TooManyConnections { limit: 20 };
+        assert_eq!((full.status(), full.code()), (503, "too_many_connections"));
+        assert_eq!(full.to_json(&ErrorContext::default())["error"]["type"], "server_error");
+    }
+
+    #[test]
+    fn upload_and_queue_limits_name_their_keys() {
+        let slow = GatewayError::RequestTimeout {
+            what: "the request body was not complete",
+            key: "upload_timeout_ms",
+            limit_ms: 1500,
+        };
+        let v = slow.to_json(&ErrorContext::default());
+        assert_eq!(
+            (v["status_code"].clone(), v["type"].clone()),
+            (json!(408), json!("request_timeout"))
+        );
+        assert_eq!(
+            v["error"]["message"],
+            "the request body was not complete within limits.upload_timeout_ms (1500 ms)"
+        );
+        let busy = GatewayError::ProviderBusy {
+            provider: "openai".into(),
+            max_connections: 2,
+            queue_timeout_ms: 800,
+        };
+        let v = busy.to_json(&ErrorContext::default());
+        assert_eq!((busy.status(), busy.code()), (503, "provider_busy"));
+        assert_eq!(v["error"]["type"], "upstream_error");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("'openai'") && message.contains("max_connections (2)"),
+            "{message}"
+        );
+        assert!(message.contains("queue_timeout_ms (800 ms)"), "{message}");
     }
 }

@@ -33,10 +33,14 @@ pub struct Metrics {
     circuit_open: IntGaugeVec,
     timeouts: IntCounterVec,
     client_disconnects: IntCounterVec,
+    upstream_in_flight: IntGaugeVec,
+    queue_rejected: IntCounterVec,
     /// `refract_linger_total`, one counter per [`LingerOutcome`] (resolved once).
     lingers: [IntCounter; LingerOutcome::ALL.len()],
     image_decodes: IntCounter,
     models: Mutex<HashSet<String>>,
+    /// Client connections: open, refused, closed by the gateway.
+    pub connections: ConnectionMetrics,
 }
 
 /// How reading and discarding the rest of a request body after an early answer ended (the
@@ -109,7 +113,8 @@ pub struct RequestRecord<'a> {
     pub provider: Option<&'a str>,
     /// Requested bare model name, if known.
     pub model: Option<&'a str>,
-    /// Status sent to the client (0 if none was sent).
+    /// Status sent to the client (0 if none was sent); for a stream that failed after its 200
+    /// head (an in-band `error` event, an abort), the failure's status instead.
     pub status: u16,
     /// Error code when the request failed.
     pub reason: Option<&'static str>,
@@ -217,6 +222,22 @@ impl Metrics {
         }
         registry.register(Box::new(timeouts.clone()))?;
         registry.register(Box::new(client_disconnects.clone()))?;
+        let upstream_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "refract_upstream_in_flight",
+                "Upstream exchanges in flight (slots of max_connections in use), by configured provider name.",
+            ),
+            &["provider"],
+        )?;
+        let queue_rejected = IntCounterVec::new(
+            Opts::new(
+                "refract_upstream_queue_rejected_total",
+                "Requests refused (503 provider_busy) because every slot of the provider stayed taken for queue_timeout_ms, by configured provider name.",
+            ),
+            &["provider"],
+        )?;
+        registry.register(Box::new(upstream_in_flight.clone()))?;
+        registry.register(Box::new(queue_rejected.clone()))?;
         let linger = IntCounterVec::new(
             Opts::new(
                 "refract_linger_total",
@@ -231,7 +252,9 @@ impl Metrics {
             "Images the gateway decoded: mask conversions, at most one per request and provider mask convention (retries and fallbacks reuse it).",
         )?;
         registry.register(Box::new(image_decodes.clone()))?;
+        let connections = ConnectionMetrics::register(&registry)?;
         Ok(Metrics {
+            connections,
             registry,
             requests,
             duration,
@@ -245,6 +268,8 @@ impl Metrics {
             circuit_open,
             timeouts,
             client_disconnects,
+            upstream_in_flight,
+            queue_rejected,
             lingers,
             image_decodes,
             models: Mutex::new(HashSet::new()),
@@ -279,6 +304,16 @@ impl Metrics {
     /// A client went away in `phase`, before its answer was complete.
     pub fn client_disconnect(&self, phase: ClientPhase) {
         self.client_disconnects.with_label_values(&[phase.as_str()]).inc();
+    }
+
+    /// The gauge of upstream exchanges in flight to `provider` (a configured name) and the
+    /// counter of its requests refused for a full queue, both created at zero: called at
+    /// startup for every provider, so the series exist before the first event.
+    pub fn upstream_slots(&self, provider: &str) -> (IntGauge, IntCounter) {
+        (
+            self.upstream_in_flight.with_label_values(&[provider]),
+            self.queue_rejected.with_label_values(&[provider]),
+        )
     }
 
     /// Lingering after an early answer ended with `outcome`.
@@ -351,6 +386,109 @@ impl Metrics {
     }
 }
 
+/// Why the gateway closed a client connection: the `reason` label of
+/// `refract_client_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionClose {
+    /// No request began within `limits.keepalive_timeout_ms` (the first one or the next one).
+    IdleTimeout,
+    /// A request head was not complete within `limits.head_timeout_ms` of its first byte.
+    HeadTimeout,
+    /// A request head crossed `limits.max_head_bytes` (answered 431).
+    HeadTooLarge,
+    /// Closed while idle to make room for a new connection at the connection cap.
+    Evicted,
+}
+
+impl ConnectionClose {
+    /// Every reason, in the order of [`ConnectionMetrics`]' counters.
+    pub const ALL: [ConnectionClose; 4] = [
+        ConnectionClose::IdleTimeout,
+        ConnectionClose::HeadTimeout,
+        ConnectionClose::HeadTooLarge,
+        ConnectionClose::Evicted,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionClose::IdleTimeout => "idle_timeout",
+            ConnectionClose::HeadTimeout => "head_timeout",
+            ConnectionClose::HeadTooLarge => "head_too_large",
+            ConnectionClose::Evicted => "evicted",
+        }
+    }
+}
+
+/// The client-connection metrics. Each is a plain atomic behind a handle resolved once, so
+/// counting costs no label lookup and no allocation.
+pub struct ConnectionMetrics {
+    open: IntGauge,
+    max: IntGauge,
+    refused: IntCounter,
+    closed: [IntCounter; 4],
+}
+
+impl ConnectionMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let open = IntGauge::new(
+            "refract_client_connections",
+            "Open client connections (HTTP/1.x and h2), each holding one of limits.max_connections slots.",
+        )?;
+        let max = IntGauge::new(
+            "refract_client_connections_max",
+            "The cap on open client connections (limits.max_connections, or derived from the descriptor limit).",
+        )?;
+        let refused = IntCounter::new(
+            "refract_client_connections_refused_total",
+            "Client connections refused (503, then closed) because every slot was held by a busy connection.",
+        )?;
+        let closed_vec = IntCounterVec::new(
+            Opts::new(
+                "refract_client_connections_closed_total",
+                "Client connections the gateway closed, by reason (idle_timeout, head_timeout, head_too_large, evicted).",
+            ),
+            &["reason"],
+        )?;
+        let closed = ConnectionClose::ALL.map(|r| closed_vec.with_label_values(&[r.as_str()]));
+        registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(max.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(closed_vec))?;
+        Ok(ConnectionMetrics {
+            open,
+            max,
+            refused,
+            closed,
+        })
+    }
+
+    /// The connection cap, set once when the server starts.
+    pub fn set_max(&self, max: usize) {
+        self.max.set(i64::try_from(max).unwrap_or(i64::MAX));
+    }
+
+    /// A client connection took a slot.
+    pub fn opened(&self) {
+        self.open.inc();
+    }
+
+    /// A client connection gave its slot back.
+    pub fn released(&self) {
+        self.open.dec();
+    }
+
+    /// A new client connection was refused at the cap.
+    pub fn refused(&self) {
+        self.refused.inc();
+    }
+
+    /// The gateway closed a client connection for `reason`.
+    pub fn closed(&self, reason: ConnectionClose) {
+        self.closed[reason as usize].inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,6 +542,32 @@ mod tests {
         assert!(text.contains(r#"refract_rejected_requests_total{reason="virtual_key_required"} 1"#));
         assert!(text.contains("refract_requests_in_flight 0"));
         assert!(text.contains(r#"refract_request_bytes_total{provider="openai"} 100"#));
+    }
+
+    #[test]
+    fn connection_metrics_count_without_labels_lookups() {
+        let m = Metrics::new().unwrap();
+        let c = &m.connections;
+        c.set_max(20);
+        c.opened();
+        c.opened();
+        c.released();
+        c.refused();
+        c.closed(ConnectionClose::HeadTooLarge);
+        c.closed(ConnectionClose::Evicted);
+        c.closed(ConnectionClose::Evicted);
+        let text = String::from_utf8(m.encode()).unwrap();
+        for line in [
+            "refract_client_connections 1",
+            "refract_client_connections_max 20",
+            "refract_client_connections_refused_total 1",
+            r#"refract_client_connections_closed_total{reason="head_too_large"} 1"#,
+            r#"refract_client_connections_closed_total{reason="evicted"} 2"#,
+            r#"refract_client_connections_closed_total{reason="idle_timeout"} 0"#,
+            r#"refract_client_connections_closed_total{reason="head_timeout"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
     }
 
     #[test]

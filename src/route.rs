@@ -3,10 +3,14 @@
 //!
 //! It runs twice per request: the provider check as soon as `model` has been parsed (so an
 //! unknown provider is refused before the images are read), and key selection once the whole
-//! form is valid.
+//! form is valid. Each time, the model id is checked against the provider kind's grammar
+//! ([`crate::providers::model_id`]), for the primary and for every fallback, before any
+//! request is built with it.
 
 use crate::config::{Config, ProviderConfig, ProviderKey};
 use crate::error::GatewayError;
+use crate::form::EditForm;
+use crate::providers::model_id;
 use std::sync::Arc;
 
 /// Where one upstream attempt goes.
@@ -68,6 +72,46 @@ impl Router {
             .ok_or_else(|| GatewayError::UnknownProvider(name.chars().take(64).collect()))
     }
 
+    /// The provider called `provider` (else 400 `unknown_provider`), once `model` passed its
+    /// kind's model-id grammar (else a 400 naming `param`, the field it came in).
+    pub fn candidate(&self, provider: &str, model: &str, param: &str) -> Result<&Arc<ProviderConfig>, GatewayError> {
+        let p = self.provider(provider)?;
+        model_id::check(p.kind, model, param)?;
+        Ok(p)
+    }
+
+    /// Checks every fallback candidate of a parsed `form` (its own `fallbacks`, or the chain
+    /// its primary's `model_rules` configure when it names none) against its kind's model-id
+    /// grammar, as field `fallbacks`. A candidate whose provider is not configured (it will be
+    /// skipped) gets the rules every kind shares.
+    pub fn check_fallbacks(&self, form: &EditForm) -> Result<(), GatewayError> {
+        let configured = || {
+            self.provider(&form.provider)
+                .ok()
+                .and_then(|p| p.options.rules_for(&form.model))
+                .map_or(&[][..], |r| r.fallbacks.as_slice())
+        };
+        let candidates = if form.fallbacks.is_empty() {
+            configured()
+        } else {
+            &form.fallbacks
+        };
+        for fb in candidates {
+            match self.provider(&fb.provider) {
+                Ok(p) => model_id::check(p.kind, &fb.model, "fallbacks")?,
+                Err(_) => {
+                    if let Err(why) = model_id::check_common(&fb.model) {
+                        return Err(GatewayError::invalid(
+                            "fallbacks",
+                            format!("invalid model id in fallback to '{}': {why}", clip(&fb.provider)),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Picks a key of `provider` that serves `model`, at random by weight; `roll` is a uniform
     /// number in `[0, 1)` (injected so tests are deterministic).
     pub fn select(&self, provider: &str, model: &str, roll: f64) -> Result<Target, GatewayError> {
@@ -115,6 +159,11 @@ impl Router {
             access_token: None,
         })
     }
+}
+
+/// A provider name as quoted in a message (client text: clipped).
+fn clip(name: &str) -> String {
+    name.chars().take(64).flat_map(char::escape_default).collect()
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ fn unsupported_type_is_refused_before_any_upstream_call() {
     let r = gw.edit(&form, &[("x-bf-vk", VK)]);
     assert_eq!(r.status, 400, "{}", r.text());
     let v = r.json();
-    assert_eq!(v["type"], "unsupported_parameter");
+    assert_eq!(v["type"], "unsupported_operation");
     assert_eq!(v["error"]["param"], "type");
     assert!(mock.requests().is_empty(), "the provider must not be called");
 }

@@ -368,16 +368,17 @@ fn duplicate_model() {
     gw.assert_still_serves();
 }
 
-/// A JSON body (not multipart) is a 415.
+/// A JSON body (not multipart) is a 400 `unsupported_media_type`: Bifrost answers it with a
+/// 400, and the seed spec documents no 415 (schemathesis ST103).
 #[test]
-fn not_multipart_is_415() {
+fn not_multipart_is_a_400() {
     let (_mock, gw) = start();
     let r = send_raw(
         &gw,
         "application/json",
         br#"{"model":"openai/gpt-image-1","prompt":"p"}"#,
     );
-    assert_gateway_error(&r, 415, "unsupported_media_type", "invalid_request_error", None);
+    assert_gateway_error(&r, 400, "unsupported_media_type", "invalid_request_error", None);
     gw.assert_still_serves();
 }
 
@@ -443,7 +444,9 @@ fn non_utf8_virtual_key_is_401() {
     gw.assert_still_serves();
 }
 
-/// Field and file names with escaped quotes pass through percent-encoded; upstream parses all parts.
+/// Unknown fields whose names carry escaped quotes are not forwarded (only plain ASCII token
+/// names are: issue 12, finding 8); a file name with quotes passes through percent-encoded;
+/// upstream parses all parts.
 #[test]
 fn quoted_field_names_pass_through_escaped() {
     let (mock, gw) = start();
@@ -467,14 +470,11 @@ fn quoted_field_names_pass_through_escaped() {
     let parts = rec.parts();
     let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
     // A small body is sent from the spool: small fields first, then images, then other files.
-    assert_eq!(names, ["model", "prompt", "we%22ird", "a%22b%22c", "image", "note"]);
-    assert_eq!(parts[2].text(), "value-1");
-    assert_eq!(parts[3].text(), "value-2");
-    assert!(parts[2].filename.is_none() && parts[3].filename.is_none());
-    assert!(parts[4].data == tiny_png());
-    assert_eq!(parts[5].filename.as_deref(), Some("my%22file.txt"));
-    assert_eq!(parts[5].content_type.as_deref(), Some("text/plain"));
-    assert_eq!(parts[5].text(), "file-3");
+    assert_eq!(names, ["model", "prompt", "image", "note"]);
+    assert!(parts[2].data == tiny_png());
+    assert_eq!(parts[3].filename.as_deref(), Some("my%22file.txt"));
+    assert_eq!(parts[3].content_type.as_deref(), Some("text/plain"));
+    assert_eq!(parts[3].text(), "file-3");
     let text = String::from_utf8_lossy(&rec.body);
     assert!(!text.contains("\\\""), "no backslash-escaped quote is forwarded");
     gw.assert_still_serves();

@@ -561,14 +561,14 @@ fn requests_beyond_the_capabilities_never_reach_bedrock() {
         .file("image[]", "b.png", "image/png", &gradient())
         .file("mask", "m.png", "image/png", &unified_mask());
     let r = gw.edit(&two, &[("x-bf-vk", VK)]);
-    assert_gateway_error(&r, 400, "unsupported_parameter", "invalid_request_error", Some("image"));
+    assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("image"));
     let r = gw.edit(&form(&nova, "x").text("n", "6"), &[("x-bf-vk", VK)]);
-    assert_gateway_error(&r, 400, "unsupported_parameter", "invalid_request_error", Some("n"));
+    assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("n"));
     let r = gw.edit(&form(&nova, &"p".repeat(1025)), &[("x-bf-vk", VK)]);
     assert_gateway_error(
         &r,
         400,
-        "unsupported_parameter",
+        "unsupported_operation",
         "invalid_request_error",
         Some("prompt"),
     );
@@ -576,7 +576,7 @@ fn requests_beyond_the_capabilities_never_reach_bedrock() {
         &form("bedrock/stability.stable-image-remove-background-v1:0", "x").text("type", "inpainting"),
         &[("x-bf-vk", VK)],
     );
-    assert_gateway_error(&r, 400, "unsupported_parameter", "invalid_request_error", Some("type"));
+    assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("type"));
     let r = gw.edit(&form(&nova, "x").text("type", "outpainting"), &[("x-bf-vk", VK)]);
     assert_invalid(&r, "mask");
     assert!(mock.requests().is_empty(), "no upstream call");

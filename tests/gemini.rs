@@ -186,13 +186,13 @@ fn mask_and_type_are_refused_before_any_upstream_request() {
         &base().file("mask", "m.png", "image/png", &tiny_png()),
         &[("x-bf-vk", VK)],
     );
-    assert_gateway_error(&r, 400, "unsupported_parameter", "invalid_request_error", Some("mask"));
+    assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("mask"));
     let r = gw.edit(&base().text("type", "inpainting"), &[("x-bf-vk", VK)]);
-    assert_gateway_error(&r, 400, "unsupported_parameter", "invalid_request_error", Some("type"));
+    assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("type"));
     let r = gw.edit(&base().text("n", "5"), &[("x-bf-vk", VK)]);
-    assert_gateway_error(&r, 400, "unsupported_parameter", "invalid_request_error", Some("n"));
+    assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("n"));
     let r = gw.edit(&base().text("size", "1024x1664"), &[("x-bf-vk", VK)]);
-    assert_gateway_error(&r, 400, "unsupported_parameter", "invalid_request_error", Some("size"));
+    assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("size"));
     assert!(mock.requests().is_empty(), "the mock saw nothing");
     assert!(mock.incomplete().is_empty(), "the mock saw nothing");
 }

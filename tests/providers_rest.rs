@@ -386,7 +386,7 @@ fn requests_beyond_the_capabilities_never_reach_the_provider() {
     let gw = gateway(&mock);
     let png = gradient_png();
     let unsupported = |r: &Response, param: &str| {
-        assert_gateway_error(r, 400, "unsupported_parameter", "invalid_request_error", Some(param));
+        assert_gateway_error(r, 400, "unsupported_operation", "invalid_request_error", Some(param));
     };
     // Stability: no type and no mask; outpainting without size; a mask with removal. (n > 1
     // is served by n calls: `stability_n_is_served_by_n_calls_with_seeds_seed_plus_i`.)

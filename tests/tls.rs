@@ -279,6 +279,19 @@ fn gateway_yaml(listener: &str, ca_file: Option<&Path>, providers: &[(&str, &str
     yaml
 }
 
+/// A free address and the YAML mapping of a TLS listener on it, with `pki`'s localhost
+/// certificate.
+fn tls_listener(pki: &Pki) -> (SocketAddr, String) {
+    let (cert, key) = pki.localhost();
+    let addr = free_addr();
+    let listener = format!(
+        "{{address: '{addr}', tls: {{cert: {}, key: {}}}}}",
+        cert.display(),
+        key.display()
+    );
+    (addr, listener)
+}
+
 fn spawn(yaml: &str) -> Result<RunningServer, refract::server::ServerError> {
     let config = from_yaml_str_with_env(yaml, &|_| None).unwrap_or_else(|e| panic!("config:\n{e}\n{yaml}"));
     refract::server::spawn(config)
@@ -530,14 +543,8 @@ fn unusable_ca_file_is_a_startup_error() {
 #[test]
 fn tls_listener_serves_health_and_edits() {
     let pki = Pki::new();
-    let (cert, key) = pki.localhost();
     let mock = MockUpstream::start();
-    let addr = free_addr();
-    let listener = format!(
-        "{{address: '{addr}', tls: {{cert: {}, key: {}}}}}",
-        cert.display(),
-        key.display()
-    );
+    let (addr, listener) = tls_listener(&pki);
     let _server = spawn(&gateway_yaml(&listener, None, &[("openai", &mock.base_url())])).expect("spawn gateway");
     wait_listening(addr);
 
@@ -593,4 +600,120 @@ fn unusable_tls_listener_files_are_a_startup_error() {
             Err(e) => assert!(e.to_string().starts_with(&format!("listener {addr}: ")), "{why}: {e}"),
         }
     }
+}
+
+/// Over h2 too (Pingora reads an h2 request body without a timer of its own), an upload that
+/// stops arriving is cut off at `limits.body_read_timeout_ms` with a 408, and the provider
+/// request streamed while it arrived is abandoned unfinished.
+#[test]
+fn an_h2_upload_that_stops_is_cut_off_at_the_body_read_timeout() {
+    let pki = Pki::new();
+    let mock = MockUpstream::start();
+    let (addr, listener) = tls_listener(&pki);
+    let yaml =
+        gateway_yaml(&listener, None, &[("openai", &mock.base_url())]) + "limits:\n  body_read_timeout_ms: 500\n";
+    let _server = spawn(&yaml).expect("spawn gateway");
+    wait_listening(addr);
+    let form = edit_form("openai/gpt-image-1", &big_png_like(512 * 1024, 9));
+    let body = Bytes::from(form.body());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, answer) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_config(&pki, &[b"h2"]));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = http::Request::post(format!("https://localhost:{}/v1/images/edits", addr.port()))
+            .header("content-type", form.content_type())
+            .body(())
+            .unwrap();
+        let (response, mut upload) = client.send_request(request, false).unwrap();
+        // The fields and the start of the image (within the initial flow-control window), then
+        // nothing more.
+        upload.send_data(body.slice(..32 * 1024), false).unwrap();
+        let response = tokio::time::timeout(std::time::Duration::from_secs(15), response)
+            .await
+            .expect("no answer within 15 s")
+            .expect("an answer");
+        let status = response.status().as_u16();
+        let mut answer = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(Ok(chunk)) = answer.data().await {
+            let _ = answer.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        (status, bytes)
+    });
+    let v: serde_json::Value = serde_json::from_slice(&answer).expect("a JSON answer");
+    assert_eq!(status, 408, "{v}");
+    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("limits.body_read_timeout_ms (500 ms)"), "{message}");
+    assert!(
+        mock.wait_closed(1, std::time::Duration::from_secs(5)),
+        "the upstream request was not abandoned"
+    );
+    assert!(mock.requests().is_empty(), "the provider got a complete request");
+    assert_eq!(mock.incomplete().len(), 1);
+}
+
+/// h2 clients (TLS with ALPN h2) go through the client-connection layer to Pingora's h2 server:
+/// a request is served, and a connection with no stream open is closed by the gateway after
+/// `limits.keepalive_timeout_ms`.
+#[test]
+fn h2_is_served_and_an_idle_h2_connection_is_closed() {
+    let pki = Pki::new();
+    let mock = MockUpstream::start();
+    let (addr, listener) = tls_listener(&pki);
+    let yaml =
+        gateway_yaml(&listener, None, &[("openai", &mock.base_url())]) + "limits:\n  keepalive_timeout_ms: 1000\n";
+    let _server = spawn(&yaml).expect("spawn gateway");
+    wait_listening(addr);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, answer, idle) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_config(&pki, &[b"h2"]));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+        // Ends when the connection does (the client keeps `client`, so it is the gateway that
+        // closes it).
+        let ended = tokio::spawn(async move {
+            let _ = connection.await;
+            std::time::Instant::now()
+        });
+        let request = http::Request::get(format!("https://localhost:{}/health", addr.port()))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = response.await.expect("an answer");
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut answer = Vec::new();
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            answer.extend_from_slice(&chunk);
+        }
+        let idle_since = std::time::Instant::now();
+        let closed_at = tokio::time::timeout(std::time::Duration::from_secs(15), ended)
+            .await
+            .expect("an idle h2 connection is closed within 15 s")
+            .unwrap();
+        drop(client);
+        (status, answer, closed_at.duration_since(idle_since))
+    });
+    assert_eq!((status, answer.as_slice()), (200, &br#"{"status":"ok"}"#[..]));
+    assert!(
+        idle >= std::time::Duration::from_millis(500),
+        "closed after keepalive_timeout_ms, not before: {idle:?}"
+    );
 }

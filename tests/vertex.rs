@@ -516,18 +516,18 @@ fn stream_true_is_synthesized_from_the_complete_answer() {
 fn unsupported_requests_never_reach_vertex() {
     let Fixture { tokens, mock, gw, .. } = Fixture::start(TokenReply::Token { expires_in: 3600 });
     let r = gw.edit(&vertex_form("hat").text("n", "5"), &[("x-bf-vk", VK)]);
-    assert_gateway_error(&r, 400, "unsupported_parameter", "invalid_request_error", Some("n"));
+    assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("n"));
     let mut five = vertex_form("hat");
     for _ in 0..4 {
         five = five.file("image[]", "x.png", "image/png", &gradient_png());
     }
     let r = gw.edit(&five, &[("x-bf-vk", VK)]);
-    assert_gateway_error(&r, 400, "unsupported_parameter", "invalid_request_error", Some("image"));
+    assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("image"));
     let r = gw.edit(&vertex_form("hat").text("response_format", "url"), &[("x-bf-vk", VK)]);
     assert_gateway_error(
         &r,
         400,
-        "unsupported_parameter",
+        "unsupported_operation",
         "invalid_request_error",
         Some("response_format"),
     );

@@ -231,6 +231,17 @@ pub struct Limits {
     pub max_part_bytes: u64,
     /// Largest single text field, in bytes.
     pub max_field_bytes: usize,
+    /// The longest pause between two reads of a client's request body
+    /// (`body_read_timeout_ms`, default 60 s); past it the request is a 408.
+    pub body_read_timeout: Duration,
+    /// The whole upload, from the request head to the body's end (`upload_timeout_ms`,
+    /// default 300 s); past it the request is a 408, however steadily the body trickles.
+    pub upload_timeout: Duration,
+    /// Largest header block of one multipart part (its `Content-Disposition` and other
+    /// header lines, with the boundary line before it), in bytes; enforced while it arrives.
+    pub max_part_header_bytes: usize,
+    /// Longest multipart field name, in bytes; a longer one is a 400 (never forwarded).
+    pub max_field_name_bytes: usize,
     /// After an answer sent before the request body was read to its end (401, 413…): the most
     /// bytes of the rest of the body read and discarded so that the client, still sending, gets
     /// the answer (`linger_bytes`; default `max_body_bytes` + 16 MiB, so that a body refused
@@ -247,6 +258,18 @@ pub struct Limits {
     /// Most image decodes and mask conversions running at once (on blocking threads); the
     /// others wait their turn.
     pub decode_concurrency: usize,
+    /// The longest a client may take to send a request head (HTTP/1.x), from its first byte
+    /// to the blank line that ends it (`head_timeout_ms`); past it the connection is closed.
+    pub head_timeout: Duration,
+    /// Largest request head (HTTP/1.x request line and headers), in bytes
+    /// (`max_head_bytes`); past it the client gets a 431 and the connection is closed.
+    pub max_head_bytes: usize,
+    /// How long a client connection may wait for its next request (its first one included)
+    /// before it is closed (`keepalive_timeout_ms`); also the idle timeout of h2 connections.
+    pub keepalive_timeout: Duration,
+    /// Most open client connections (`max_connections`); `None` = derived from the process's
+    /// descriptor limit when the server starts.
+    pub max_connections: Option<usize>,
 }
 
 /// The default of `limits.decode_concurrency`: the number of CPU cores.
@@ -269,13 +292,24 @@ impl Default for Limits {
             max_images: 16,
             max_part_bytes: 50 * MIB,
             max_field_bytes: 64 * 1024,
+            body_read_timeout: Duration::from_secs(60),
+            upload_timeout: Duration::from_secs(300),
+            max_part_header_bytes: 16 * 1024,
+            max_field_name_bytes: crate::form::MAX_FIELD_NAME_BYTES,
             linger_bytes: max_body_bytes + Self::LINGER_BEYOND_MAX_BODY,
             linger_timeout: Duration::from_millis(Self::DEFAULT_LINGER_TIMEOUT_MS),
             max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
             decode_concurrency: default_decode_concurrency(),
+            head_timeout: Duration::from_secs(10),
+            max_head_bytes: 64 * 1024,
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: None,
         }
     }
 }
+
+/// The largest `limits.max_head_bytes`: Pingora's own bound on a request head.
+pub const MAX_HEAD_BYTES_LIMIT: u64 = 1_048_575;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -478,6 +512,30 @@ pub struct ProviderOptions {
     /// fireworks): how many of the n calls that serve `n > 1` run at once
     /// (`repeat_concurrency`, default [`DEFAULT_REPEAT_CONCURRENCY`], 1..=10).
     pub repeat_concurrency: usize,
+    /// How many upstream exchanges may be in flight to the provider at once, and how long a
+    /// request waits for one to end (`max_connections`, `queue_timeout_ms`).
+    pub connections: ConnectionLimit,
+}
+
+/// A provider's bound on upstream exchanges in flight at once (streamed uploads, polls and
+/// result downloads included). A request that finds every slot taken waits up to
+/// `queue_timeout`, then fails with 503 `provider_busy` (which falls back like a 5xx).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimit {
+    /// The most exchanges in flight at once (`max_connections`, default 256, 1..=65536).
+    pub max: usize,
+    /// How long a request waits for a free slot (`queue_timeout_ms`, default 1 s, 0 = not at
+    /// all).
+    pub queue_timeout: Duration,
+}
+
+impl Default for ConnectionLimit {
+    fn default() -> Self {
+        ConnectionLimit {
+            max: 256,
+            queue_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Default `repeat_concurrency`: calls of one request in flight at once to a provider that makes
@@ -772,6 +830,8 @@ providers:
             (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
             (104_857_600, 16, 52_428_800, 65_536)
         );
+        assert_eq!(l.max_part_header_bytes, 16_384);
+        assert_eq!(l.max_field_name_bytes, 256);
         assert_eq!(
             (l.linger_bytes, l.linger_timeout),
             (121_634_816, Duration::from_millis(5000))
@@ -779,6 +839,10 @@ providers:
         assert_eq!(
             (l.max_image_pixels, l.decode_concurrency),
             (16_777_216, default_decode_concurrency())
+        );
+        assert_eq!(
+            (l.head_timeout, l.max_head_bytes, l.keepalive_timeout, l.max_connections),
+            (Duration::from_secs(10), 65_536, Duration::from_secs(60), None)
         );
         assert_eq!(c.spool.memory_bytes, 1_048_576);
         assert!(c.spool.directory.is_none());
@@ -807,6 +871,10 @@ providers:
             (d.max_body_bytes, d.max_images, d.max_part_bytes, d.max_field_bytes)
         );
         assert_eq!((l.linger_bytes, l.linger_timeout), (d.linger_bytes, d.linger_timeout));
+        assert_eq!(
+            (l.head_timeout, l.max_head_bytes, l.keepalive_timeout, l.max_connections),
+            (d.head_timeout, d.max_head_bytes, d.keepalive_timeout, d.max_connections)
+        );
         assert_eq!(c.server.threads, ServerSettings::default().threads);
         assert_eq!(c.spool.memory_bytes, SpoolSettings::default().memory_bytes);
         assert_eq!(c.auth.allow_anonymous, AuthSettings::default().allow_anonymous);
@@ -876,10 +944,18 @@ providers:
             "max_images:",
             "max_part_bytes:",
             "max_field_bytes:",
+            "body_read_timeout_ms:",
+            "upload_timeout_ms:",
+            "max_part_header_bytes:",
+            "max_field_name_bytes:",
             "linger_bytes:",
             "linger_timeout_ms:",
             "max_image_pixels:",
             "decode_concurrency:",
+            "head_timeout_ms:",
+            "max_head_bytes:",
+            "keepalive_timeout_ms:",
+            "max_connections:",
             "spool:",
             "memory_bytes:",
             "directory:",
@@ -895,6 +971,8 @@ providers:
             "idle_timeout_ms:",
             "total_timeout_ms:",
             "pool_idle_timeout_ms:",
+            "max_connections:",
+            "queue_timeout_ms:",
             "keys:",
             "value:",
             "weight:",

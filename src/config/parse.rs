@@ -17,7 +17,7 @@ use super::fields::{Fields, Problems};
 use super::url::parse_socket_addr;
 use super::{
     providers, AuthSettings, Config, ConfigProblem, Limits, Listener, MetricsSettings, ServerSettings,
-    SimulatorSettings, SpoolSettings, TlsFiles, MIB,
+    SimulatorSettings, SpoolSettings, TlsFiles, MAX_HEAD_BYTES_LIMIT, MIB,
 };
 
 /// Resolves an environment variable (`None` = not set).
@@ -164,6 +164,9 @@ fn existing_file(f: &mut Fields<'_>, key: &'static str) -> Option<PathBuf> {
     None
 }
 
+/// The largest `limits.max_connections`.
+const MAX_CONNECTIONS_LIMIT: u64 = 16_777_216;
+
 fn limits(mut f: Fields<'_>) -> Limits {
     let d = Limits::default();
     let problems = f.problems();
@@ -183,6 +186,10 @@ fn limits(mut f: Fields<'_>) -> Limits {
         max_images: f.opt_usize("max_images", d.max_images, 1..=64),
         max_part_bytes,
         max_field_bytes: f.opt_usize("max_field_bytes", d.max_field_bytes, 1..=16 * MIB),
+        body_read_timeout: f.opt_millis("body_read_timeout_ms", d.body_read_timeout, 1..=3_600_000),
+        upload_timeout: f.opt_millis("upload_timeout_ms", d.upload_timeout, 1..=21_600_000),
+        max_part_header_bytes: f.opt_usize("max_part_header_bytes", d.max_part_header_bytes, 1024..=MIB),
+        max_field_name_bytes: f.opt_usize("max_field_name_bytes", d.max_field_name_bytes, 16..=16 * 1024),
         linger_bytes: f.opt_u64(
             "linger_bytes",
             max_body_bytes.saturating_add(Limits::LINGER_BEYOND_MAX_BODY),
@@ -191,6 +198,13 @@ fn limits(mut f: Fields<'_>) -> Limits {
         linger_timeout: f.opt_millis("linger_timeout_ms", d.linger_timeout, 0..=60_000),
         max_image_pixels: f.opt_u64("max_image_pixels", d.max_image_pixels, 1..=1 << 28),
         decode_concurrency: f.opt_usize("decode_concurrency", d.decode_concurrency, 1..=256),
+        head_timeout: f.opt_millis("head_timeout_ms", d.head_timeout, 100..=600_000),
+        max_head_bytes: f.opt_usize("max_head_bytes", d.max_head_bytes, 1024..=MAX_HEAD_BYTES_LIMIT),
+        keepalive_timeout: f.opt_millis("keepalive_timeout_ms", d.keepalive_timeout, 100..=3_600_000),
+        max_connections: f
+            .get("max_connections")
+            .and_then(|v| f.int_in("max_connections", v, &(1..=MAX_CONNECTIONS_LIMIT)))
+            .and_then(|n| usize::try_from(n).ok()),
     };
     f.finish();
     limits
@@ -391,6 +405,11 @@ mod tests {
             "between 1 and 1099511627776",
         );
         one_problem(
+            &format!("limits:\n  max_part_header_bytes: 100\n{PROVIDER}"),
+            "limits.max_part_header_bytes",
+            "between 1024 and 1048576",
+        );
+        one_problem(
             &format!("limits:\n  max_field_bytes: 16777217\n{PROVIDER}"),
             "limits.max_field_bytes",
             "between 1 and 16777216",
@@ -404,6 +423,26 @@ mod tests {
             &format!("limits:\n  decode_concurrency: 257\n{PROVIDER}"),
             "limits.decode_concurrency",
             "between 1 and 256",
+        );
+        one_problem(
+            &format!("limits:\n  head_timeout_ms: 99\n{PROVIDER}"),
+            "limits.head_timeout_ms",
+            "between 100 and 600000",
+        );
+        one_problem(
+            &format!("limits:\n  max_head_bytes: 1048576\n{PROVIDER}"),
+            "limits.max_head_bytes",
+            "between 1024 and 1048575",
+        );
+        one_problem(
+            &format!("limits:\n  keepalive_timeout_ms: 3600001\n{PROVIDER}"),
+            "limits.keepalive_timeout_ms",
+            "between 100 and 3600000",
+        );
+        one_problem(
+            &format!("limits:\n  max_connections: 0\n{PROVIDER}"),
+            "limits.max_connections",
+            "between 1 and 16777216",
         );
         one_problem(
             &format!("spool:\n  memory_bytes: 1073741825\n{PROVIDER}"),
@@ -480,6 +519,35 @@ mod tests {
             &format!("limits:\n  max_body_bytes: x\n  max_part_bytes: 2000000000\n{PROVIDER}"),
             "limits.max_body_bytes",
             "expected an integer",
+        );
+    }
+
+    #[test]
+    fn upload_limits() {
+        let c = ok(&format!(
+            "limits:\n  body_read_timeout_ms: 500\n  upload_timeout_ms: 9000\n{PROVIDER}"
+        ));
+        assert_eq!(
+            (c.limits.body_read_timeout, c.limits.upload_timeout),
+            (
+                std::time::Duration::from_millis(500),
+                std::time::Duration::from_millis(9000)
+            )
+        );
+        let d = ok(PROVIDER).limits;
+        assert_eq!(
+            (d.body_read_timeout, d.upload_timeout),
+            (std::time::Duration::from_secs(60), std::time::Duration::from_secs(300))
+        );
+        one_problem(
+            &format!("limits:\n  body_read_timeout_ms: 0\n{PROVIDER}"),
+            "limits.body_read_timeout_ms",
+            "",
+        );
+        one_problem(
+            &format!("limits:\n  upload_timeout_ms: 21600001\n{PROVIDER}"),
+            "limits.upload_timeout_ms",
+            "",
         );
     }
 
@@ -764,7 +832,8 @@ server: {threads: 8, grace_period_seconds: 0, graceful_shutdown_timeout_seconds:
 listeners: [{address: '[::1]:80'}, {address: 127.0.0.1:81}]
 metrics: {address: 127.0.0.1:9091}
 auth: {allow_anonymous: true}
-limits: {max_body_bytes: 1000, max_images: 1, max_part_bytes: 10, max_field_bytes: 20}
+limits: {max_body_bytes: 1000, max_images: 1, max_part_bytes: 10, max_field_bytes: 20, head_timeout_ms: 500,
+  max_head_bytes: 2048, keepalive_timeout_ms: 700, max_connections: 30}
 spool: {memory_bytes: 0}
 simulator: {address: 127.0.0.1:8090}
 providers:
@@ -799,6 +868,15 @@ providers:
         assert_eq!(
             (l.max_body_bytes, l.max_images, l.max_part_bytes, l.max_field_bytes),
             (1000, 1, 10, 20)
+        );
+        assert_eq!(
+            (
+                l.head_timeout.as_millis(),
+                l.max_head_bytes,
+                l.keepalive_timeout.as_millis(),
+                l.max_connections
+            ),
+            (500, 2048, 700, Some(30))
         );
         assert_eq!(c.spool.memory_bytes, 0);
         assert_eq!(c.simulator.unwrap().address.port(), 8090);

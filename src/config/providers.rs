@@ -11,8 +11,8 @@ use super::fields::{did_you_mean, Fields, Problems};
 use super::parse::Env;
 use super::url::parse_base_url;
 use super::{
-    AwsCredentials, CircuitBreaker, Credential, KeyAuth, ModelRules, ProviderConfig, ProviderKey, ProviderKind,
-    ProviderOptions, ServiceAccountKey, Timeouts, VirtualKeyConfig, DEFAULT_REPEAT_CONCURRENCY,
+    AwsCredentials, CircuitBreaker, ConnectionLimit, Credential, KeyAuth, ModelRules, ProviderConfig, ProviderKey,
+    ProviderKind, ProviderOptions, ServiceAccountKey, Timeouts, VirtualKeyConfig, DEFAULT_REPEAT_CONCURRENCY,
 };
 use crate::form::Fallback;
 use base64::Engine;
@@ -94,6 +94,7 @@ fn provider(mut f: Fields<'_>, env: Env<'_>, names: &[String]) -> Option<Provide
         (None, None) => None,
     };
     let timeouts = timeouts(&mut f);
+    options.connections = connection_limit(&mut f);
     options.repeat_concurrency = repeat_concurrency(&mut f, kind);
     let problems = f.problems();
     let items = f.req_list("keys").unwrap_or_default();
@@ -127,6 +128,16 @@ fn timeouts(f: &mut Fields<'_>) -> Timeouts {
         idle: f.opt_millis("idle_timeout_ms", d.idle, 1..=3_600_000),
         total: f.opt_millis("total_timeout_ms", d.total, 1..=21_600_000),
         pool_idle: f.opt_millis("pool_idle_timeout_ms", d.pool_idle, 1..=3_600_000),
+    }
+}
+
+/// The bound on upstream exchanges in flight (`max_connections`, `queue_timeout_ms`), each
+/// defaulting to [`ConnectionLimit::default`].
+fn connection_limit(f: &mut Fields<'_>) -> ConnectionLimit {
+    let d = ConnectionLimit::default();
+    ConnectionLimit {
+        max: f.opt_usize("max_connections", d.max, 1..=65_536),
+        queue_timeout: f.opt_millis("queue_timeout_ms", d.queue_timeout, 0..=600_000),
     }
 }
 
@@ -297,6 +308,9 @@ fn model_rules(f: &mut Fields<'_>, kind: Option<ProviderKind>, names: &[String])
                     if !names.iter().any(|n| n == provider) {
                         let hint = did_you_mean(provider, names.iter().map(String::as_str));
                         problems.add(&path, format!("unknown provider '{provider}'{hint}"));
+                    }
+                    if let Err(why) = crate::providers::model_id::check_common(model) {
+                        problems.add(&path, format!("'{entry}': invalid model id ({why})"));
                     }
                     rule.fallbacks.push(Fallback {
                         provider: provider.to_string(),
@@ -1040,6 +1054,16 @@ mod tests {
                 "is not provider/model",
             );
         }
+        for bad in ["p/../../x", "p/a b", "p/x%2e"] {
+            one_problem(
+                &with(
+                    &format!("    kind: openai\n    model_rules:\n      - {{ match: m, fallbacks: [\"{bad}\"] }}\n"),
+                    "        value: x\n",
+                ),
+                "providers[0].model_rules[0].fallbacks[0]",
+                "invalid model id",
+            );
+        }
         one_problem(
             &with(
                 "    kind: openai\n    model_rules:\n      - { match: m, fallbacks: [] }\n",
@@ -1108,6 +1132,43 @@ mod tests {
             "providers[0].circuit_breaker.open",
             "unknown key",
         );
+    }
+
+    #[test]
+    fn connection_limit_settings() {
+        use crate::config::ConnectionLimit;
+        use std::time::Duration;
+        let c = ok(&with("    kind: openai\n", "        value: x\n"));
+        assert_eq!(
+            c.providers[0].options.connections,
+            ConnectionLimit {
+                max: 256,
+                queue_timeout: Duration::from_secs(1)
+            }
+        );
+        let c = ok(&with(
+            "    kind: bfl\n    max_connections: 2\n    queue_timeout_ms: 0\n",
+            "        value: x\n",
+        ));
+        assert_eq!(
+            c.providers[0].options.connections,
+            ConnectionLimit {
+                max: 2,
+                queue_timeout: Duration::ZERO
+            }
+        );
+        for (line, path) in [
+            ("max_connections: 0", "providers[0].max_connections"),
+            ("max_connections: 65537", "providers[0].max_connections"),
+            ("queue_timeout_ms: 600001", "providers[0].queue_timeout_ms"),
+            ("queue_timeout_ms: -1", "providers[0].queue_timeout_ms"),
+        ] {
+            one_problem(
+                &with(&format!("    kind: openai\n    {line}\n"), "        value: x\n"),
+                path,
+                "",
+            );
+        }
     }
 
     #[test]

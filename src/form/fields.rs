@@ -6,6 +6,9 @@ use crate::config::Limits;
 use crate::error::GatewayError;
 use crate::imaging::{sniff, ImageKind};
 use crate::spool::SpoolRange;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::cell::Cell;
 
 const SIZES: &[&str] = &["256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "auto"];
 const RESPONSE_FORMATS: &[&str] = &["url", "b64_json"];
@@ -14,6 +17,48 @@ const INPUT_FIDELITIES: &[&str] = &["low", "high"];
 const QUALITIES: &[&str] = &["auto", "high", "medium", "low", "standard"];
 const OUTPUT_FORMATS: &[&str] = &["png", "webp", "jpeg"];
 const EDIT_TYPES: &[&str] = &["inpainting", "outpainting", "background_removal"];
+
+/// The default of `limits.max_field_name_bytes`, the longest field name accepted: longer is a
+/// 400 (no field of the spec, nor any SDK encoding of one, comes near it).
+pub const MAX_FIELD_NAME_BYTES: usize = 256;
+
+/// What the parser does with a text field that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// It was `model`: the `(provider, model)` pair, to check before reading on.
+    Model(String, String),
+    /// Hand it on (to the request streamed upstream).
+    Field,
+    /// Treated as absent: an empty optional field, or an unknown field whose name is not a
+    /// plain token (never forwarded).
+    Ignored,
+}
+
+/// Refuses a field name longer than `limits.max_field_name_bytes` (the name is not quoted
+/// back).
+pub fn check_field_name(name: &str, limits: &Limits) -> Result<(), GatewayError> {
+    let max = limits.max_field_name_bytes;
+    if name.len() > max {
+        return Err(GatewayError::InvalidRequest {
+            param: None,
+            message: format!(
+                "a field name is {} bytes long; at most {max} are allowed (limits.max_field_name_bytes)",
+                name.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Whether an unknown field's name may be forwarded to a provider: a plain ASCII token of
+/// letters, digits, `_`, `-`, `.`, and the `[`/`]` of the SDKs' list and dict encodings (its
+/// length was checked by [`check_field_name`]).
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'[' | b']'))
+}
 
 /// Whether a field name is an image part: `image`, `image[]` or `image[N]`.
 pub fn is_image_field(name: &str) -> bool {
@@ -116,8 +161,66 @@ fn parse_size(value: &str) -> Result<String, GatewayError> {
     }
 }
 
-/// `fallbacks`: `provider/model`, a JSON object `{provider, model}`, or a JSON array of either.
-fn parse_fallbacks(value: &str) -> Result<Vec<Fallback>, GatewayError> {
+/// One candidate of a `fallbacks` JSON value: `"provider/model"` or `{"provider","model"}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FallbackItem {
+    Name(String),
+    Pair { provider: String, model: String },
+}
+
+/// Deserializes a `fallbacks` JSON value (an array, or one object), stopping with an error as
+/// soon as it holds more than `room` candidates (and setting `overflow`), so a field of
+/// thousands of candidates is refused without building them.
+struct BoundedFallbacks<'a> {
+    room: usize,
+    overflow: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for BoundedFallbacks<'_> {
+    type Value = Vec<FallbackItem>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedFallbacks<'_> {
+    type Value = Vec<FallbackItem>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a fallback or an array of fallbacks")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(item) = seq.next_element::<FallbackItem>()? {
+            if out.len() >= self.room {
+                self.overflow.set(true);
+                return Err(de::Error::custom("too many fallbacks"));
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let item = FallbackItem::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        if self.room == 0 {
+            self.overflow.set(true);
+            return Err(de::Error::custom("too many fallbacks"));
+        }
+        Ok(vec![item])
+    }
+}
+
+/// The error for more than [`MAX_FALLBACKS`] candidates.
+fn too_many_fallbacks() -> GatewayError {
+    GatewayError::invalid("fallbacks", format!("too many fallbacks (at most {MAX_FALLBACKS})"))
+}
+
+/// `fallbacks`: `provider/model`, a JSON object `{provider, model}`, or a JSON array of either;
+/// at most `room` candidates (more is refused as soon as the parse passes them).
+fn parse_fallbacks(value: &str, room: usize) -> Result<Vec<Fallback>, GatewayError> {
     let bad = || {
         GatewayError::invalid(
             "fallbacks",
@@ -128,32 +231,31 @@ fn parse_fallbacks(value: &str) -> Result<Vec<Fallback>, GatewayError> {
         )
     };
     let v = value.trim();
-    let one = |item: &serde_json::Value| -> Result<Fallback, GatewayError> {
+    let one = |item: FallbackItem| -> Result<Fallback, GatewayError> {
         match item {
-            serde_json::Value::String(s) => {
-                let (provider, model) = split_model(s).map_err(|_| bad())?;
+            FallbackItem::Name(s) => {
+                let (provider, model) = split_model(&s).map_err(|_| bad())?;
                 Ok(Fallback { provider, model })
             }
-            serde_json::Value::Object(o) => match (o.get("provider"), o.get("model")) {
-                (Some(serde_json::Value::String(p)), Some(serde_json::Value::String(m)))
-                    if !p.is_empty() && !m.is_empty() =>
-                {
-                    Ok(Fallback {
-                        provider: p.clone(),
-                        model: m.clone(),
-                    })
-                }
-                _ => Err(bad()),
-            },
-            _ => Err(bad()),
+            FallbackItem::Pair { provider, model } if !provider.is_empty() && !model.is_empty() => {
+                Ok(Fallback { provider, model })
+            }
+            FallbackItem::Pair { .. } => Err(bad()),
         }
     };
     if v.starts_with('[') || v.starts_with('{') {
-        let parsed: serde_json::Value = serde_json::from_str(v).map_err(|_| bad())?;
-        match &parsed {
-            serde_json::Value::Array(items) => items.iter().map(one).collect(),
-            other => Ok(vec![one(other)?]),
+        let overflow = Cell::new(false);
+        let mut de = serde_json::Deserializer::from_str(v);
+        let items = BoundedFallbacks {
+            room,
+            overflow: &overflow,
         }
+        .deserialize(&mut de)
+        .and_then(|items| de.end().map(|()| items))
+        .map_err(|_| if overflow.get() { too_many_fallbacks() } else { bad() })?;
+        items.into_iter().map(one).collect()
+    } else if room == 0 {
+        Err(too_many_fallbacks())
     } else {
         let (provider, model) = split_model(v).map_err(|_| bad())?;
         Ok(vec![Fallback { provider, model }])
@@ -220,9 +322,29 @@ impl<'l> FormBuilder<'l> {
         filename.is_some() || is_image_field(name) || name == "mask"
     }
 
-    /// A complete text field. Returns the `(provider, model)` pair when this field was `model`,
-    /// so the caller can check it before reading on.
-    pub fn text(&mut self, name: &str, value: String) -> Result<Option<(String, String)>, GatewayError> {
+    /// Fallback candidates that may still be added: [`MAX_FALLBACKS`] less those received
+    /// (complete, and being assembled from `fallbacks[..][provider|model]` parts).
+    fn fallback_room(&self) -> usize {
+        MAX_FALLBACKS.saturating_sub(self.form.fallbacks.len() + self.fallback_parts.len())
+    }
+
+    /// Adds the candidates of one `fallbacks` value, refusing the field that passes
+    /// [`MAX_FALLBACKS`] as it arrives.
+    fn add_fallbacks(&mut self, value: &str) -> Result<(), GatewayError> {
+        let mut more = parse_fallbacks(value, self.fallback_room())?;
+        self.form.fallbacks.append(&mut more);
+        Ok(())
+    }
+
+    /// A complete text field: what to do with it ([`Accepted`]; `Model` when it was `model`,
+    /// so the caller can check the pair before reading on). An empty optional field is absent
+    /// (as Bifrost treats it); an empty `model` is refused here, an empty `prompt` in
+    /// [`FormBuilder::finish`] when the edit needs one.
+    pub fn text(&mut self, name: &str, value: String) -> Result<Accepted, GatewayError> {
+        check_field_name(name, self.limits)?;
+        if name != "model" && value.trim().is_empty() {
+            return Ok(Accepted::Ignored);
+        }
         let f = &mut self.form;
         match name {
             "model" => {
@@ -230,7 +352,7 @@ impl<'l> FormBuilder<'l> {
                 set_once(&mut self.model_raw, name, value)?;
                 f.provider = p.clone();
                 f.model = m.clone();
-                return Ok(Some((p, m)));
+                return Ok(Accepted::Model(p, m));
             }
             "prompt" => set_once(&mut f.prompt, name, value)?,
             "type" => {
@@ -269,16 +391,17 @@ impl<'l> FormBuilder<'l> {
             "output_compression" => set_once(&mut f.output_compression, name, int_in(name, &value, 0, 100)? as u32)?,
             "negative_prompt" => set_once(&mut f.negative_prompt, name, value)?,
             "user" => set_once(&mut f.user, name, value)?,
-            "fallbacks" | "fallbacks[]" => {
-                let mut more = parse_fallbacks(&value)?;
-                f.fallbacks.append(&mut more);
-            }
+            "fallbacks" | "fallbacks[]" => self.add_fallbacks(&value)?,
             _ if name.starts_with("fallbacks[") => self.fallback_part(name, value)?,
             _ if is_image_field(name) || name == "mask" => {
                 return Err(GatewayError::invalid(
                     name,
                     format!("'{name}' must be a file part (PNG, JPEG or WebP), not a text field"),
                 ));
+            }
+            _ if !is_plain_name(name) => {
+                log::debug!("ignoring unknown field with a name that is not a plain token");
+                return Ok(Accepted::Ignored);
             }
             _ => {
                 if self.form.extra_text.len() >= 64 {
@@ -287,18 +410,25 @@ impl<'l> FormBuilder<'l> {
                 self.form.extra_text.push((name.to_string(), value));
             }
         }
-        Ok(None)
+        Ok(Accepted::Field)
     }
 
-    /// A file part begins. `offset` is where its content will start in the spool.
+    /// A file part begins. `offset` is where its content will start in the spool. Returns
+    /// whether the part is kept: an unknown part whose name is not a plain token is not (the
+    /// caller reads it without storing or forwarding it, within `max_part_bytes`).
     pub fn file_start(
         &mut self,
         name: &str,
         filename: Option<&str>,
         declared_type: Option<&str>,
         offset: u64,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<bool, GatewayError> {
+        check_field_name(name, self.limits)?;
         let is_image = is_image_field(name);
+        if !is_image && name != "mask" && !is_plain_name(name) {
+            log::debug!("ignoring unknown file part with a name that is not a plain token");
+            return Ok(false);
+        }
         if is_image && self.form.images.len() >= self.limits.max_images {
             return Err(GatewayError::invalid(
                 "image",
@@ -321,7 +451,7 @@ impl<'l> FormBuilder<'l> {
             must_be_image: is_image || name == "mask",
             kind: None,
         });
-        Ok(())
+        Ok(true)
     }
 
     /// A chunk of the open file part arrived (the caller stores it in the spool after this
@@ -371,16 +501,14 @@ impl<'l> FormBuilder<'l> {
             .map(|o| o.kind)
     }
 
-    /// The open file part ended; returns it as stored.
-    pub fn file_end(&mut self) -> Result<FilePart, GatewayError> {
+    /// The open file part ended; returns it as stored, or `None` when it was empty (a form
+    /// builder's empty file field): absent, like an empty text field.
+    pub fn file_end(&mut self) -> Result<Option<FilePart>, GatewayError> {
         let Some(mut open) = self.open.take() else {
             return Err(GatewayError::Internal("file end without an open part".into()));
         };
         if open.len == 0 {
-            return Err(GatewayError::invalid(
-                open.field.clone(),
-                format!("'{}' is an empty file", open.field),
-            ));
+            return Ok(None);
         }
         if open.head.len() < ImageKind::SNIFF_LEN {
             Self::check_kind(&mut open)?;
@@ -402,7 +530,7 @@ impl<'l> FormBuilder<'l> {
         } else {
             self.form.extra_files.push(part.clone());
         }
-        Ok(part)
+        Ok(Some(part))
     }
 
     /// A `fallbacks[...]` part, as the SDKs encode lists and dicts: `fallbacks[0]` =
@@ -426,9 +554,7 @@ impl<'l> FormBuilder<'l> {
             return Err(bad());
         }
         if rest.is_empty() && !index.is_empty() {
-            let mut more = parse_fallbacks(&value)?;
-            self.form.fallbacks.append(&mut more);
-            return Ok(());
+            return self.add_fallbacks(&value);
         }
         let is_provider = match rest {
             "[provider]" => true,
@@ -459,11 +585,8 @@ impl<'l> FormBuilder<'l> {
         let at = match found {
             Some(at) => at,
             None => {
-                if self.fallback_parts.len() >= MAX_FALLBACKS {
-                    return Err(GatewayError::invalid(
-                        "fallbacks",
-                        format!("too many fallbacks (at most {MAX_FALLBACKS})"),
-                    ));
+                if self.fallback_room() == 0 {
+                    return Err(too_many_fallbacks());
                 }
                 self.fallback_parts.push((key, None, None));
                 self.fallback_parts.len() - 1
@@ -497,10 +620,7 @@ impl<'l> FormBuilder<'l> {
             }
         }
         if form.fallbacks.len() > MAX_FALLBACKS {
-            return Err(GatewayError::invalid(
-                "fallbacks",
-                format!("too many fallbacks (at most {MAX_FALLBACKS})"),
-            ));
+            return Err(too_many_fallbacks());
         }
         if self.model_raw.is_none() {
             return Err(GatewayError::invalid("model", "model is required (provider/model)"));
@@ -526,5 +646,30 @@ impl<'l> FormBuilder<'l> {
             ));
         }
         Ok(form)
+    }
+}
+
+/// [`parse_fallbacks`] for the parser's tests.
+#[cfg(test)]
+pub(super) fn parse_fallbacks_for_test(value: &str, room: usize) -> Result<Vec<Fallback>, GatewayError> {
+    parse_fallbacks(value, room)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_are_bounded_by_the_configured_limit() {
+        let limits = Limits {
+            max_field_name_bytes: 16,
+            ..Limits::default()
+        };
+        assert!(check_field_name(&"n".repeat(16), &limits).is_ok());
+        let e = check_field_name(&"n".repeat(17), &limits).unwrap_err();
+        assert_eq!((e.status(), e.param()), (400, None));
+        assert!(e.to_string().contains("at most 16"), "{e}");
+        assert!(check_field_name(&"n".repeat(256), &Limits::default()).is_ok());
+        assert!(check_field_name(&"n".repeat(257), &Limits::default()).is_err());
     }
 }

@@ -20,11 +20,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 mod fields;
 
-pub use fields::{is_image_field, split_model, FormBuilder};
+pub use fields::{is_image_field, is_plain_name, split_model, Accepted, FormBuilder, MAX_FIELD_NAME_BYTES};
 
 /// Where the request body comes from: the server hands the downstream session in, tests hand
 /// a list of chunks.
@@ -155,6 +157,74 @@ impl<S: Stream + Unpin> Stream for OneChunkAhead<S> {
     }
 }
 
+/// The header gate: while `multer` looks for the end of the next part's header block, the
+/// body stream feeds it at most `budget` bytes (a chunk that would pass it is split, its rest
+/// kept for later). `multer` re-scans its whole buffer for the header end on every chunk, so an
+/// endless header line costs time quadratic in its length, and memory: bounding what it is fed
+/// while it is between parts bounds both without forking it. The driving loop opens the gate
+/// ([`HeaderGate::between_parts`]) before asking for the next part and closes it once the part
+/// is there; a poll that finds the budget spent leaves the gate `starved`, and if `multer`
+/// then still wants more, the header block is too large.
+#[derive(Debug, Default)]
+struct HeaderGate {
+    /// Whether `multer` is between parts (looking for a boundary and a header block).
+    between: AtomicBool,
+    /// Bytes it may still be fed while between parts.
+    left: AtomicUsize,
+    /// Set when the stream was polled between parts with the budget spent.
+    starved: AtomicBool,
+}
+
+impl HeaderGate {
+    /// `multer` is about to look for the next part: it may be fed `budget` bytes.
+    fn between_parts(&self, budget: usize) {
+        self.left.store(budget, Ordering::Relaxed);
+        self.starved.store(false, Ordering::Relaxed);
+        self.between.store(true, Ordering::Relaxed);
+    }
+
+    /// A part's header block was found: its content streams ungated.
+    fn in_part(&self) {
+        self.between.store(false, Ordering::Relaxed);
+        self.starved.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The body stream seen through a [`HeaderGate`].
+struct Gated<S> {
+    inner: S,
+    gate: Arc<HeaderGate>,
+    /// Bytes held back from `multer` until it is in a part again.
+    held: Option<Bytes>,
+}
+
+impl<S: Stream<Item = Result<Bytes, SourceError>> + Unpin> Stream for Gated<S> {
+    type Item = Result<Bytes, SourceError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let between = self.gate.between.load(Ordering::Relaxed);
+        let left = self.gate.left.load(Ordering::Relaxed);
+        if between && left == 0 {
+            // No waker: the driving loop answers at once (see `HeaderGate`).
+            self.gate.starved.store(true, Ordering::Relaxed);
+            return Poll::Pending;
+        }
+        let mut chunk = match self.held.take() {
+            Some(held) => held,
+            None => match self.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => chunk,
+                other => return other,
+            },
+        };
+        if between {
+            if chunk.len() > left {
+                self.held = Some(chunk.split_off(left));
+            }
+            self.gate.left.store(left - chunk.len(), Ordering::Relaxed);
+        }
+        Poll::Ready(Some(Ok(chunk)))
+    }
+}
+
 /// Maps a multer error to the gateway's: a limit hit in the body source becomes a 413, the rest
 /// a malformed-multipart 400.
 fn from_multer(e: multer::Error, max_body: u64) -> GatewayError {
@@ -245,14 +315,36 @@ pub async fn parse_edit_form(
             Err(e) => Some((Err(SourceError::Io(e)), (src, seen, true))),
         }
     });
+    let gate = Arc::new(HeaderGate::default());
     let body = OneChunkAhead {
-        inner: Box::pin(body),
+        inner: Gated {
+            inner: Box::pin(body),
+            gate: gate.clone(),
+            held: None,
+        },
         just_yielded: false,
     };
     let mut multipart = multer::Multipart::new(body, boundary);
     let mut builder = FormBuilder::new(limits);
     let mut fields = 0usize;
-    while let Some(mut field) = multipart.next_field().await.map_err(|e| from_multer(e, max_body))? {
+    // Between parts: the boundary line (with its CRLFs and some transport padding) and the
+    // header block.
+    let header_budget = limits.max_part_header_bytes + boundary.len() + 16;
+    loop {
+        gate.between_parts(header_budget);
+        let next = std::future::poll_fn(|cx| match multipart.poll_next_field(cx) {
+            Poll::Pending if gate.starved.load(Ordering::Relaxed) => {
+                Poll::Ready(Err(GatewayError::MalformedMultipart(format!(
+                    "a part's header block exceeds limits.max_part_header_bytes ({} bytes)",
+                    limits.max_part_header_bytes
+                ))))
+            }
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => Poll::Ready(r.map_err(|e| from_multer(e, max_body))),
+        })
+        .await?;
+        gate.in_part();
+        let Some(mut field) = next else { break };
         fields += 1;
         if fields > 256 {
             return Err(GatewayError::MalformedMultipart("too many parts (at most 256)".into()));
@@ -264,7 +356,21 @@ pub async fn parse_edit_form(
         let filename = field.file_name().map(str::to_string);
         if FormBuilder::is_file_part(&name, filename.as_deref()) {
             let declared = field.content_type().map(|m| m.essence_str().to_string());
-            builder.file_start(&name, filename.as_deref(), declared.as_deref(), spool.len())?;
+            if !builder.file_start(&name, filename.as_deref(), declared.as_deref(), spool.len())? {
+                // Not kept: read past it, within the part limit.
+                let mut len = 0u64;
+                while let Some(chunk) = field.chunk().await.map_err(|e| from_multer(e, max_body))? {
+                    len += chunk.len() as u64;
+                    if len > limits.max_part_bytes {
+                        return Err(GatewayError::PayloadTooLarge {
+                            param: None,
+                            what: "a file part".into(),
+                            limit: limits.max_part_bytes,
+                        });
+                    }
+                }
+                continue;
+            }
             // Chunks wait here until the part's type is known from its first bytes.
             let mut held: Vec<Bytes> = Vec::new();
             let mut begun = false;
@@ -287,7 +393,10 @@ pub async fn parse_edit_form(
                     held.push(chunk);
                 }
             }
-            let part = builder.file_end()?;
+            let Some(part) = builder.file_end()? else {
+                // Empty: absent, and nothing of it was handed on.
+                continue;
+            };
             if !begun {
                 sink.file_begin(&name, filename.as_deref(), part.kind, declared.as_deref())
                     .await?;
@@ -298,6 +407,7 @@ pub async fn parse_edit_form(
             sink.file_end().await?;
         } else {
             let mut text = Vec::new();
+            fields::check_field_name(&name, limits)?;
             while let Some(chunk) = field.chunk().await.map_err(|e| from_multer(e, max_body))? {
                 if text.len() + chunk.len() > limits.max_field_bytes {
                     return Err(GatewayError::PayloadTooLarge {
@@ -311,8 +421,9 @@ pub async fn parse_edit_form(
             let text = String::from_utf8(text)
                 .map_err(|_| GatewayError::invalid(name.clone(), format!("field '{name}' is not valid UTF-8")))?;
             match builder.text(&name, text.clone())? {
-                Some((provider, model)) => sink.model(&provider, &model).await?,
-                None => sink.text(&name, &text).await?,
+                Accepted::Model(provider, model) => sink.model(&provider, &model).await?,
+                Accepted::Field => sink.text(&name, &text).await?,
+                Accepted::Ignored => {}
             }
         }
     }
@@ -736,6 +847,298 @@ mod tests {
         assert!(matches!(r, Err(GatewayError::UnknownProvider(_))));
         assert!(!src.0.is_empty(), "the image must not have been read");
         assert!(spool.is_empty());
+    }
+
+    /// A sink that records what it was handed.
+    #[derive(Default)]
+    struct Recorder {
+        texts: Vec<String>,
+        files: Vec<String>,
+    }
+
+    #[async_trait]
+    impl FormSink for Recorder {
+        async fn model(&mut self, _: &str, _: &str) -> Result<(), GatewayError> {
+            Ok(())
+        }
+        async fn text(&mut self, name: &str, _: &str) -> Result<(), GatewayError> {
+            self.texts.push(name.to_string());
+            Ok(())
+        }
+        async fn file_begin(
+            &mut self,
+            field: &str,
+            _: Option<&str>,
+            _: Option<ImageKind>,
+            _: Option<&str>,
+        ) -> Result<(), GatewayError> {
+            self.files.push(field.to_string());
+            Ok(())
+        }
+    }
+
+    async fn parse_recorded(body: Vec<u8>, chunk: usize) -> (Result<EditForm, GatewayError>, Recorder) {
+        let mut src = Chunks(body.chunks(chunk).map(Bytes::copy_from_slice).collect());
+        let mut spool = Spool::new(64, None);
+        let mut rec = Recorder::default();
+        let r = parse_edit_form(&mut src, B, &limits(), &mut spool, &mut rec).await;
+        (r, rec)
+    }
+
+    #[tokio::test]
+    async fn empty_optional_fields_are_absent_and_not_handed_on() {
+        let mut parts = vec![text("model", "openai/m"), text("prompt", "p")];
+        for name in [
+            "type",
+            "n",
+            "size",
+            "response_format",
+            "stream",
+            "background",
+            "input_fidelity",
+            "partial_images",
+            "quality",
+            "output_format",
+            "num_inference_steps",
+            "seed",
+            "output_compression",
+            "negative_prompt",
+            "user",
+            "fallbacks",
+            "fallbacks[0]",
+            "fallbacks[][model]",
+            "safety_identifier",
+        ] {
+            parts.push(text(name, ""));
+            parts.push(text(name, "  "));
+        }
+        parts.push(file("mask", "", "application/octet-stream", b""));
+        parts.push(file("extra", "", "application/octet-stream", b""));
+        parts.push(file("image", "a.png", "image/png", PNG));
+        for chunk in [7, 4096] {
+            let (form, rec) = parse_recorded(body(&parts), chunk).await;
+            let form = form.unwrap();
+            assert_eq!(
+                form,
+                EditForm {
+                    provider: "openai".into(),
+                    model: "m".into(),
+                    prompt: Some("p".into()),
+                    images: form.images.clone(),
+                    ..EditForm::default()
+                }
+            );
+            assert_eq!(rec.texts, ["prompt"]);
+            assert_eq!(rec.files, ["image"]);
+        }
+        // An empty model is still refused at once, an empty prompt when the edit needs one.
+        expect_err(
+            &[text("model", ""), file("image", "a.png", "image/png", PNG)],
+            400,
+            Some("model"),
+        )
+        .await;
+        expect_err(
+            &[
+                text("model", "openai/m"),
+                text("prompt", " "),
+                file("image", "a.png", "image/png", PNG),
+            ],
+            400,
+            Some("prompt"),
+        )
+        .await;
+        // No image left once an empty one is absent.
+        expect_err(
+            &[
+                text("model", "openai/m"),
+                text("prompt", "p"),
+                file("image", "a.png", "image/png", b""),
+            ],
+            400,
+            Some("image"),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn fallbacks_past_the_limit_are_refused_when_they_arrive() {
+        // The 11th one-candidate field is refused; what follows it is never read.
+        let mut parts = vec![text("model", "openai/m"), text("prompt", "p")];
+        for i in 0..50 {
+            parts.push(text("fallbacks", &format!("p/m{i}")));
+        }
+        parts.push(file("image", "a.png", "image/png", PNG));
+        let b = body(&parts);
+        let eleventh_end = parts[..13].concat().len();
+        let mut src = Chunks(b.chunks(16).map(Bytes::copy_from_slice).collect());
+        let mut spool = Spool::new(64, None);
+        let mut ok = ModelCheck(|_: &str, _: &str| Ok(()));
+        let e = parse_edit_form(&mut src, B, &limits(), &mut spool, &mut ok)
+            .await
+            .unwrap_err();
+        assert_eq!((e.status(), e.param()), (400, Some("fallbacks")), "{e}");
+        let unread: usize = src.0.iter().map(Bytes::len).sum();
+        assert!(
+            b.len() - unread <= eleventh_end + 64,
+            "read {} of {}",
+            b.len() - unread,
+            b.len()
+        );
+        // Every encoding counts towards the same ten.
+        let mixed = [
+            text("model", "openai/m"),
+            text("prompt", "p"),
+            text("fallbacks", &serde_json::to_string(&vec!["p/m"; 8]).unwrap()),
+            text("fallbacks[0][provider]", "p"),
+            text("fallbacks[1][model]", "m"),
+            text("fallbacks[2]", "p/m"),
+            file("image", "a.png", "image/png", PNG),
+        ];
+        expect_err(&mixed, 400, Some("fallbacks")).await;
+        let ten = [
+            text("model", "openai/m"),
+            text("prompt", "p"),
+            text("fallbacks", &serde_json::to_string(&vec!["p/m"; 8]).unwrap()),
+            text("fallbacks[0][provider]", "p"),
+            text("fallbacks[0][model]", "m"),
+            text("fallbacks[]", r#"{"provider":"q","model":"n"}"#),
+            file("image", "a.png", "image/png", PNG),
+        ];
+        assert_eq!(
+            parse_with(body(&ten), 13, &limits()).await.0.unwrap().fallbacks.len(),
+            10
+        );
+    }
+
+    #[test]
+    fn a_json_array_of_fallbacks_stops_at_its_room() {
+        let many = serde_json::to_string(&vec!["p/m"; 5000]).unwrap();
+        for room in [0, 3, 10] {
+            let e = fields::parse_fallbacks_for_test(&many, room).unwrap_err();
+            assert!(e.to_string().contains("too many fallbacks"), "{e}");
+        }
+        let e = fields::parse_fallbacks_for_test(r#"{"provider":"p","model":"m"}"#, 0).unwrap_err();
+        assert!(e.to_string().contains("too many fallbacks"), "{e}");
+        let three =
+            fields::parse_fallbacks_for_test(r#"["a/b", {"provider":"c","model":"d","x":1}, "e/f"]"#, 3).unwrap();
+        assert_eq!(three.len(), 3);
+        assert_eq!(
+            three[1],
+            Fallback {
+                provider: "c".into(),
+                model: "d".into()
+            }
+        );
+        for bad in [
+            r#"["a/b", 1]"#,
+            r#"[{"provider":"","model":"m"}]"#,
+            r#"["a/b"] x"#,
+            "[",
+            r#"{"provider":"p"}"#,
+        ] {
+            let e = fields::parse_fallbacks_for_test(bad, 10).unwrap_err();
+            assert!(e.to_string().starts_with("invalid fallback"), "{bad}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn field_names_are_bounded_and_odd_ones_not_handed_on() {
+        let long = "n".repeat(MAX_FIELD_NAME_BYTES + 1);
+        let wide = Limits {
+            max_part_header_bytes: 4096,
+            ..limits()
+        };
+        let parts = [
+            text("model", "openai/m"),
+            text("prompt", "p"),
+            text(&long, "v"),
+            file("image", "a.png", "image/png", PNG),
+        ];
+        let e = parse_with(body(&parts), 100, &wide).await.0.unwrap_err();
+        assert_eq!((e.status(), e.param()), (400, None), "{e}");
+        assert!(!e.to_string().contains(&long), "{e}");
+        let parts = [
+            text("model", "openai/m"),
+            text("prompt", "p"),
+            file(&long, "f.bin", "text/plain", b"data"),
+            file("image", "a.png", "image/png", PNG),
+        ];
+        let e = parse_with(body(&parts), 100, &wide).await.0.unwrap_err();
+        assert_eq!((e.status(), e.param()), (400, None), "{e}");
+        let parts = [
+            text("model", "openai/m"),
+            text("prompt", "p"),
+            text("na me", "odd"),
+            text("n\u{e4}me", "odd"),
+            text("meta[key]", "plain"),
+            file("odd file", "f.bin", "text/plain", b"data"),
+            file("extra_file", "f.bin", "text/plain", b"data"),
+            file("image", "a.png", "image/png", PNG),
+        ];
+        let (form, rec) = parse_recorded(body(&parts), 11).await;
+        let form = form.unwrap();
+        assert_eq!(form.extra_text, vec![("meta[key]".to_string(), "plain".to_string())]);
+        assert_eq!(form.extra_files.len(), 1);
+        assert_eq!(form.extra_files[0].field, "extra_file");
+        assert_eq!(rec.texts, ["prompt", "meta[key]"]);
+        assert_eq!(rec.files, ["extra_file", "image"]);
+        for (name, plain) in [
+            ("a", true),
+            ("fallbacks[0][model]", true),
+            ("a b", false),
+            ("a\"b", false),
+            ("", false),
+        ] {
+            assert_eq!(is_plain_name(name), plain, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_part_header_past_its_limit_is_refused_as_it_arrives() {
+        let limits = Limits {
+            max_body_bytes: 64 << 20,
+            max_part_header_bytes: 1024,
+            ..limits()
+        };
+        // 8 MB of one header line, in 16 KiB chunks: refused after about the limit.
+        let mut b = text("model", "openai/m");
+        b.extend(format!("--{B}\r\nContent-Disposition: form-data; name=\"prompt\"\r\nX-Pad: ").into_bytes());
+        b.extend(std::iter::repeat_n(b'a', 8 << 20));
+        b.extend(b"\r\n\r\np\r\n");
+        b.extend(file("image", "a.png", "image/png", PNG));
+        b.extend(end());
+        let total = b.len();
+        let mut src = Chunks(b.chunks(16 << 10).map(Bytes::copy_from_slice).collect());
+        let mut spool = Spool::new(64, None);
+        let mut ok = ModelCheck(|_: &str, _: &str| Ok(()));
+        let e = parse_edit_form(&mut src, B, &limits, &mut spool, &mut ok)
+            .await
+            .unwrap_err();
+        assert_eq!((e.status(), e.code()), (400, "malformed_multipart"), "{e}");
+        assert!(e.to_string().contains("max_part_header_bytes (1024 bytes)"), "{e}");
+        let read = total - src.0.iter().map(Bytes::len).sum::<usize>();
+        assert!(read <= 3 * (16 << 10), "read {read} bytes");
+        // A preamble is bounded the same way.
+        let mut b = vec![b'x'; 1 << 20];
+        b.extend(body(&[text("model", "openai/m")]));
+        let (r, _) = parse_with(b, 4096, &limits).await;
+        assert_eq!(r.unwrap_err().code(), "malformed_multipart");
+        // Headers within the limit pass at any chunking; a chunk larger than the budget is
+        // split (its rest is fed once the part is found).
+        let long_header = format!(
+            "--{B}\r\nContent-Disposition: form-data; name=\"prompt\"\r\nX-Pad: {}\r\n\r\np\r\n",
+            "a".repeat(900)
+        );
+        let parts = [
+            text("model", "openai/m"),
+            long_header.into_bytes(),
+            file("image", "a.png", "image/png", PNG),
+        ];
+        for chunk in [1, 13, 1000, 1 << 20] {
+            let (r, _) = parse_with(body(&parts), chunk, &limits).await;
+            assert_eq!(r.unwrap().prompt.as_deref(), Some("p"), "chunk {chunk}");
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! `flux-pro-1.0-fill`, `flux-pro-1.0-expand`, `flux-2-*`, …) with the key in `x-key` and a
 //! JSON body: `prompt`, the first image as bare base64 (`input_image`; `image` for fill and
 //! expand models; encoded on the fly from the spool), `seed`, `aspect_ratio` (from `size`, the
-//! nearest common ratio), `output_format` (`png`/`jpeg`; `webp` → `png`). Fill models
+//! nearest common ratio; Kontext and FLUX.2 only: Fill and Expand keep the input's size and
+//! their schemas have no such field), `output_format` (`png`/`jpeg`; `webp` → `png`). Fill models
 //! (`*-fill*`) also take `mask`, converted from the unified convention (transparent = edit) to
 //! BFL's (white = edit), and `steps` from `num_inference_steps`; expand models take `top`,
 //! `bottom`, `left`, `right` (pixels) from same-named extra form fields. One image per job:
@@ -66,7 +67,13 @@ fn is_expand(model: &str) -> bool {
     model.contains("-expand")
 }
 
-static FAMILIES: [ModelFamily; 2] = [
+/// Whether the model's endpoint takes `aspect_ratio` (Kontext and FLUX.2 do; Fill and Expand,
+/// whose output keeps the input's size, do not).
+fn takes_aspect_ratio(model: &str) -> bool {
+    !is_fill(model) && !is_expand(model)
+}
+
+static FAMILIES: [ModelFamily; 3] = [
     ModelFamily {
         name: "FLUX.1 Fill (flux-pro-1.0-fill*)",
         matches: is_fill,
@@ -74,12 +81,22 @@ static FAMILIES: [ModelFamily; 2] = [
             mask: true,
             // A fill model inpaints the mask's area.
             edit_types: &[EditType::Inpainting],
+            sizes: "ignored (the output keeps the input's size)",
             extra_fields: "seed, output_format, num_inference_steps → steps",
             ..FLUX
         },
     },
     ModelFamily {
-        name: "FLUX Kontext, Expand, FLUX.2 (flux-kontext-*, flux-pro-1.0-expand, …)",
+        name: "FLUX.1 Expand (flux-pro-1.0-expand*)",
+        matches: is_expand,
+        capabilities: Capabilities {
+            sizes: "ignored (the output is the input plus the top, bottom, left, right borders)",
+            extra_fields: "seed, output_format; top, bottom, left, right",
+            ..FLUX
+        },
+    },
+    ModelFamily {
+        name: "FLUX Kontext, FLUX.2 (flux-kontext-*, flux-2-*, …)",
         matches: any_model,
         capabilities: FLUX,
     },
@@ -129,7 +146,13 @@ fn build(
             }
         }
     }
-    fields.extend(polling::common_fields(form, provider, "jpeg")?);
+    if takes_aspect_ratio(&target.model) {
+        fields.extend(polling::common_fields(form, provider, "jpeg")?);
+    } else {
+        // Fill and Expand keep the input's size (Expand adds its borders): their published
+        // schemas have no aspect_ratio, and `size` is ignored.
+        fields.extend(polling::common_fields_keeping_size(form, "jpeg"));
+    }
     let path = format!(
         "{}/{}",
         target.provider.base_url.path,

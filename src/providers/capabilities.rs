@@ -389,9 +389,9 @@ mod tests {
         for (form, param) in cases {
             let e = check(&form, &CAPS, None, "p").unwrap_err();
             assert_eq!(e.status(), 400);
-            assert_eq!(e.code(), "unsupported_parameter");
+            assert_eq!(e.code(), "unsupported_operation");
             assert_eq!(e.param(), Some(param), "{e}");
-            assert!(e.to_string().starts_with("provider 'p' does not support"), "{e}");
+            assert!(e.to_string().ends_with("is not supported by provider 'p'"), "{e}");
         }
     }
 

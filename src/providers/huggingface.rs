@@ -10,7 +10,7 @@
 //!
 //! The router caps request bodies at 2 MB: the capability allows images up to
 //! [`MAX_IMAGE_BYTES`] (their base64 plus the parameters stay under the cap), so a larger image
-//! is a 400 `unsupported_parameter` on `image` before any upstream call; a body still over
+//! is a 400 `unsupported_operation` on `image` before any upstream call; a body still over
 //! [`ROUTER_MAX_BODY`] (a huge prompt) is a 413 when the request is built.
 //!
 //! Answer: the raw image bytes; they are base64-encoded (SIMD, straight into the answer) into

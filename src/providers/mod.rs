@@ -18,6 +18,7 @@ pub mod huggingface;
 pub mod jsonbody;
 pub mod masks;
 pub mod merge;
+pub mod model_id;
 pub mod openai;
 pub mod polling;
 pub mod rawjson;

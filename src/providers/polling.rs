@@ -386,18 +386,26 @@ pub fn common_fields(
     provider: &str,
     jpeg_name: &'static str,
 ) -> Result<Vec<(&'static str, Field)>, GatewayError> {
+    let mut fields = common_fields_keeping_size(form, jpeg_name);
+    if let Some(ratio) = aspect_ratio(form, provider)? {
+        let at = usize::from(form.seed.is_some());
+        fields.insert(at, ("aspect_ratio", Field::Json(json!(ratio))));
+    }
+    Ok(fields)
+}
+
+/// [`common_fields`] for an endpoint whose output keeps the input's size (no `aspect_ratio`;
+/// `size` is ignored, never refused): `seed`, `output_format`.
+pub fn common_fields_keeping_size(form: &EditForm, jpeg_name: &'static str) -> Vec<(&'static str, Field)> {
     let mut fields = Vec::new();
     if let Some(seed) = form.seed {
         fields.push(("seed", Field::Json(json!(seed))));
-    }
-    if let Some(ratio) = aspect_ratio(form, provider)? {
-        fields.push(("aspect_ratio", Field::Json(json!(ratio))));
     }
     if let Some(format) = form.output_format.as_deref() {
         let format = if format == "jpeg" { jpeg_name } else { "png" };
         fields.push(("output_format", Field::Json(json!(format))));
     }
-    Ok(fields)
+    fields
 }
 
 #[cfg(test)]

@@ -59,24 +59,30 @@ impl AnswerSink for Collect {}
 /// Largest provider answer read into memory (512 MiB): ten 4K images in base64 fit easily.
 pub const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 
-/// The clock of one exchange, started when it starts: ends at `total_timeout_ms`.
+/// The clock of one exchange, started when it starts: ends at `total_timeout_ms`. Also the
+/// clock of a client's upload (`limits.upload_timeout_ms`), whose reads it limits the same way.
 #[derive(Debug, Clone, Copy)]
-struct Clock {
+pub(crate) struct Clock {
     /// `None` when the total is too far away to be represented (never reached).
     deadline: Option<Instant>,
 }
 
 /// The limit of one wait, and whether the total (rather than the wait's own limit) set it.
 #[derive(Debug, Clone, Copy)]
-struct Limit {
-    wait: Duration,
-    by_total: bool,
+pub(crate) struct Limit {
+    pub(crate) wait: Duration,
+    pub(crate) by_total: bool,
 }
 
 impl Clock {
     fn start(target: &Target) -> Clock {
+        Clock::ending(Instant::now(), target.provider.timeouts.total)
+    }
+
+    /// A clock whose total ends `total` after `start`.
+    pub(crate) fn ending(start: Instant, total: Duration) -> Clock {
         Clock {
-            deadline: Instant::now().checked_add(target.provider.timeouts.total),
+            deadline: start.checked_add(total),
         }
     }
 
@@ -86,7 +92,7 @@ impl Clock {
     }
 
     /// `own`, or what is left of the total when that is shorter.
-    fn limit(&self, own: Duration) -> Limit {
+    pub(crate) fn limit(&self, own: Duration) -> Limit {
         match self.deadline.map(|d| d.saturating_duration_since(Instant::now())) {
             Some(left) if left < own => Limit {
                 wait: left,

@@ -6,6 +6,9 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod connections;
 mod early_answers;
 mod images;
+mod parser;
 mod simulator;
+mod uploads;

@@ -219,7 +219,7 @@ fn refusals_before_any_call() {
         (
             form(NOVA, parts[..2].to_vec(), Some(parts[2].clone())),
             "image",
-            "unsupported_parameter",
+            "unsupported_operation",
         ),
         (
             EditForm {
@@ -235,7 +235,7 @@ fn refusals_before_any_call() {
                 ..form(NOVA, parts[..1].to_vec(), Some(parts[2].clone()))
             },
             "mask",
-            "unsupported_parameter",
+            "unsupported_operation",
         ),
         (
             EditForm {
@@ -243,7 +243,7 @@ fn refusals_before_any_call() {
                 ..form(NOVA, parts[..1].to_vec(), None)
             },
             "quality",
-            "unsupported_parameter",
+            "unsupported_operation",
         ),
         (
             EditForm {

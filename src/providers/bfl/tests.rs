@@ -51,10 +51,17 @@ fn fill_request_converts_the_mask_pixel_by_pixel() {
     ]);
     let mut f = form("flux-pro-1.0-fill", vec![parts[0].clone()], Some(parts[1].clone()));
     f.num_inference_steps = Some(30);
+    f.size = Some("1536x1024".into());
+    f.seed = Some(7);
     let req = BflAdapter.build_request_from_spool(&f, &spool, &t, "rid").unwrap();
     let body = rendered(&req, &spool);
     assert_eq!(unb64(&body["image"]), png());
     assert_eq!(body["steps"], 30);
+    assert_eq!(body["seed"], 7);
+    assert!(
+        body.get("aspect_ratio").is_none(),
+        "Fill's schema has no aspect_ratio: {body}"
+    );
     let converted = decode_png(&unb64(&body["mask"])).unwrap();
     for y in 0..3 {
         for x in 0..4 {
@@ -147,4 +154,36 @@ fn follow_ups_for_every_status() {
             .code(),
         "upstream_protocol_error"
     );
+}
+
+#[test]
+fn expand_keeps_the_input_size_and_takes_its_borders() {
+    let t = target("bfl", "flux-pro-1.0-expand", "");
+    let (spool, parts) = spool_with(&[("image", ImageKind::Png, png())]);
+    let mut f = form("flux-pro-1.0-expand", parts, None);
+    f.size = Some("1536x1024".into());
+    f.extra_text = vec![("top".into(), "64".into())];
+    let req = BflAdapter.build_request_from_spool(&f, &spool, &t, "rid").unwrap();
+    let body = rendered(&req, &spool);
+    assert_eq!(body["top"], 64);
+    assert!(
+        body.get("aspect_ratio").is_none(),
+        "Expand's schema has no aspect_ratio: {body}"
+    );
+    // A size no ratio fits is not refused where size is ignored.
+    f.size = Some("3840x16".into());
+    assert!(BflAdapter.build_request_from_spool(&f, &spool, &t, "rid").is_ok());
+    let kontext = target("bfl", "flux-kontext-pro", "");
+    f.model = "flux-kontext-pro".into();
+    let e = BflAdapter
+        .build_request_from_spool(&f, &spool, &kontext, "rid")
+        .unwrap_err();
+    assert_eq!(e.param(), Some("size"));
+    // What size does, per family, in `refract providers`.
+    let table = crate::providers::capabilities::markdown_table();
+    assert!(
+        table.contains("| `bfl` | FLUX.1 Fill (flux-pro-1.0-fill*) |"),
+        "{table}"
+    );
+    assert!(table.contains("ignored (the output keeps the input's size)"), "{table}");
 }

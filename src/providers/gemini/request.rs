@@ -378,7 +378,7 @@ mod tests {
         for bad in ["1008x608", "1024x1664", "512x3072", "3840x16"] {
             let e = image_config_for_size(Some(bad), "g").unwrap_err();
             assert_eq!(e.status(), 400, "{bad}");
-            assert_eq!(e.code(), "unsupported_parameter");
+            assert_eq!(e.code(), "unsupported_operation");
             assert_eq!(e.param(), Some("size"));
         }
     }

@@ -72,6 +72,26 @@ pub enum Progress {
     Done,
 }
 
+/// How a stream that had begun failed: the status and error code its in-band `error` event
+/// carried (or of the break that aborted it). The client's status line said 200; the access
+/// log and `refract_requests_total` report this instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamFailure {
+    /// The error's HTTP status (`status_code` of the error event).
+    pub status: u16,
+    /// The error's code ([`GatewayError::code`]).
+    pub reason: &'static str,
+}
+
+impl StreamFailure {
+    fn of(err: &GatewayError) -> Self {
+        StreamFailure {
+            status: err.status(),
+            reason: err.code(),
+        }
+    }
+}
+
 /// The unified name of an upstream image event, `None` for every other event.
 fn image_event_kind(name: &str) -> Option<&'static str> {
     match name {
@@ -97,6 +117,8 @@ pub struct OpenAiStreamConverter {
     passing: Option<PassThrough>,
     /// A passed-through event failed half-sent: the client's stream must be aborted.
     broken: bool,
+    /// Set when the stream ended in an `error` event, or broke.
+    failure: Option<StreamFailure>,
 }
 
 impl OpenAiStreamConverter {
@@ -111,7 +133,13 @@ impl OpenAiStreamConverter {
             dropped: 0,
             passing: None,
             broken: false,
+            failure: None,
         }
+    }
+
+    /// How the stream failed, once it ended in an `error` event or broke; `None` otherwise.
+    pub fn failure(&self) -> Option<StreamFailure> {
+        self.failure
     }
 
     /// Whether the stream broke inside a half-sent event (it cannot be ended cleanly: the
@@ -162,10 +190,12 @@ impl OpenAiStreamConverter {
         self.broken = true;
         self.done = true;
         self.passing = None;
-        GatewayError::UpstreamProtocol {
+        let err = GatewayError::UpstreamProtocol {
             provider: self.cx.provider.clone(),
             detail: format!("the stream broke inside an event already being forwarded: {why}"),
-        }
+        };
+        self.failure = Some(StreamFailure::of(&err));
+        err
     }
 
     /// After an image event of `kind`: the stream ends with the last `completed` image.
@@ -239,6 +269,7 @@ impl OpenAiStreamConverter {
         }
         self.emitted = true;
         self.done = true;
+        self.failure = Some(StreamFailure::of(err));
     }
 
     /// The end-of-stream marker of the framing, if any.
@@ -414,6 +445,11 @@ impl StreamPipeline {
     /// Whether anything was emitted yet.
     pub fn emitted(&self) -> bool {
         self.converter.emitted()
+    }
+
+    /// How the stream failed, if it ended in an `error` event or broke.
+    pub fn failure(&self) -> Option<StreamFailure> {
+        self.converter.failure()
     }
 
     /// Upstream bytes in, client bytes appended to `out`.
@@ -705,6 +741,45 @@ mod tests {
         let evs = client_events(&run(&input, 10, cx(1, Framing::OpenAi)).unwrap());
         assert_eq!(evs[1].0, None);
         assert_eq!(evs[2].1, "[DONE]");
+    }
+
+    #[test]
+    fn a_stream_that_ends_in_an_error_reports_its_failure() {
+        let feed_all = |input: &[u8]| {
+            let mut p = StreamPipeline::new(cx(1, Framing::Bifrost));
+            let mut out = Vec::new();
+            if p.feed(input, &mut out).unwrap() == Progress::More {
+                p.finish(&mut out).unwrap();
+            }
+            p.failure()
+        };
+        let ok = upstream(&[
+            ("image_edit.partial_image", PARTIAL),
+            ("image_edit.completed", COMPLETED),
+        ]);
+        assert_eq!(feed_all(&ok), None);
+        let provider_error = upstream(&[
+            ("image_edit.partial_image", PARTIAL),
+            (
+                "error",
+                r#"{"type":"error","error":{"type":"image_generation_server_error","message":"boom"}}"#,
+            ),
+        ]);
+        assert_eq!(
+            feed_all(&provider_error),
+            Some(StreamFailure {
+                status: 502,
+                reason: "provider_error"
+            })
+        );
+        let short = upstream(&[("image_edit.partial_image", PARTIAL)]);
+        assert_eq!(
+            feed_all(&short),
+            Some(StreamFailure {
+                status: 502,
+                reason: "upstream_protocol_error"
+            })
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::super::exchange::AnswerSink;
 use super::upload::{client_went_away, drain_epilogue};
 use crate::error::GatewayError;
 use crate::metrics::{ClientPhase, Metrics};
-use crate::providers::stream::{StreamContext, StreamPipeline};
+use crate::providers::stream::{StreamContext, StreamFailure, StreamPipeline};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -25,6 +25,9 @@ pub(super) enum Down {
     Bytes(Bytes),
     /// The stream broke inside a half-sent event: abort the response instead of ending it.
     Abort,
+    /// The stream ended in an `error` event (sent just before): the request is accounted as
+    /// this failure, not as the 200 of its status line.
+    Failed(StreamFailure),
 }
 
 /// The convert plugin's streaming side, as the exchange's [`AnswerSink`]: a `text/event-stream`
@@ -37,14 +40,29 @@ pub(super) struct StreamSink {
     pub(super) down: Option<DownSender>,
     /// Whether anything was sent down the channel.
     pub(super) used: bool,
+    /// Whether the stream's failure was handed to the writer.
+    pub(super) failure_told: bool,
 }
 
 impl StreamSink {
     pub(super) async fn send(&mut self, out: Vec<u8>) -> std::result::Result<(), GatewayError> {
-        if out.is_empty() {
-            return Ok(());
+        if !out.is_empty() {
+            self.send_down(Down::Bytes(Bytes::from(out))).await?;
         }
-        self.send_down(Down::Bytes(Bytes::from(out))).await
+        self.tell_failure().await
+    }
+
+    /// Once the converted stream has ended in an `error` event (or broke), tells the writer
+    /// how it failed, once, for the request's accounting.
+    async fn tell_failure(&mut self) -> std::result::Result<(), GatewayError> {
+        let failure = self.pipeline.as_ref().and_then(StreamPipeline::failure);
+        match failure {
+            Some(f) if !self.failure_told && self.used => {
+                self.failure_told = true;
+                self.send_down(Down::Failed(f)).await
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn send_down(&mut self, item: Down) -> std::result::Result<(), GatewayError> {
@@ -75,6 +93,7 @@ impl StreamSink {
         match self.pipeline.as_mut() {
             _ if matches!(err, GatewayError::ClientClosed) => return,
             Some(p) if p.broken() => {
+                let _ = self.tell_failure().await;
                 let _ = self.send_down(Down::Abort).await;
                 return;
             }
@@ -125,6 +144,8 @@ pub(super) struct Written {
     pub(super) client_gone: bool,
     /// The stream broke inside a half-sent event; the response must be aborted.
     pub(super) broken: bool,
+    /// How the stream failed, when it ended in an `error` event or broke.
+    pub(super) failure: Option<StreamFailure>,
 }
 
 /// The downstream writer of streamed answers: sends the `text/event-stream` head with the first
@@ -139,6 +160,7 @@ pub(super) async fn write_event_stream(
     request_id: &str,
 ) -> Written {
     let mut sent: Option<u64> = None;
+    let mut failure = None;
     loop {
         let item = if sent.is_none() {
             tokio::select! {
@@ -149,7 +171,7 @@ pub(super) async fn write_event_stream(
                     return Written {
                         sent: None,
                         client_gone: true,
-                        broken: false,
+                        ..Written::default()
                     };
                 }
             }
@@ -159,12 +181,17 @@ pub(super) async fn write_event_stream(
         let Some(item) = item else { break };
         let bytes = match item {
             Down::Bytes(bytes) => bytes,
+            Down::Failed(f) => {
+                failure = Some(f);
+                continue;
+            }
             Down::Abort => {
                 down.close();
                 return Written {
                     sent,
-                    client_gone: false,
                     broken: true,
+                    failure,
+                    ..Written::default()
                 };
             }
         };
@@ -178,7 +205,8 @@ pub(super) async fn write_event_stream(
                 return Written {
                     sent: Some(0),
                     client_gone: true,
-                    broken: false,
+                    failure,
+                    ..Written::default()
                 };
             }
             sent = Some(0);
@@ -189,7 +217,8 @@ pub(super) async fn write_event_stream(
             return Written {
                 sent,
                 client_gone: true,
-                broken: false,
+                failure,
+                ..Written::default()
             };
         }
         sent = sent.map(|s| s + len);
@@ -198,13 +227,14 @@ pub(super) async fn write_event_stream(
         return Written {
             sent,
             client_gone: true,
-            broken: false,
+            failure,
+            ..Written::default()
         };
     }
     Written {
         sent,
-        client_gone: false,
-        broken: false,
+        failure,
+        ..Written::default()
     }
 }
 

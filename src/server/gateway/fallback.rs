@@ -9,12 +9,13 @@
 //!
 //! What moves on to the next candidate ([`may_fall_back`]): connect errors, timeouts, garbage
 //! answers, and provider answers 408, 429, 5xx, and 401/403 (the gateway's provider key was
-//! rejected: the provider's side, not the client's), and a provider whose keys' circuits are all
-//! open (`provider_keys_disabled`). Before moving on, a candidate is retried up to its
-//! provider's `retries` ([`retry`]). Any other provider 4xx (400, 404, 413,
-//! 422…) is caused by the request itself and is returned at once. A stream falls back only
-//! while nothing has been sent downstream: once the first event went out, a failure is told
-//! in-band as before.
+//! rejected: the provider's side, not the client's), a provider whose keys' circuits are all
+//! open (`provider_keys_disabled`), and a provider whose upstream slots stayed full for its
+//! `queue_timeout_ms` (`provider_busy`; the queue wait was its wait: not retried). Before
+//! moving on, a candidate is retried up to its provider's `retries` ([`retry`]). Any other
+//! provider 4xx (400, 404, 413, 422…) is caused by the request itself and is returned at once.
+//! A stream falls back only while nothing has been sent downstream: once the first event went
+//! out, a failure is told in-band as before.
 //!
 //! The answer reports its server: `extra_fields.provider` / `model_requested` are the serving
 //! candidate's, plus `fallback_index` (0 = primary) and `attempts` (candidates tried, skipped
@@ -48,14 +49,15 @@ pub(super) struct Attempt<'a> {
 
 /// True when `e`, from a candidate that sent nothing downstream, lets the next candidate try.
 pub(super) fn may_fall_back(e: &GatewayError) -> bool {
-    retry_reason(e).is_some() || matches!(e, GatewayError::KeysDisabled { .. })
+    retry_reason(e).is_some() || matches!(e, GatewayError::KeysDisabled { .. } | GatewayError::ProviderBusy { .. })
 }
 
 /// Why a failed attempt (`e`, nothing of it sent downstream) may be retried at the same
 /// candidate, as the `reason` label of `refract_retries_total`: `connect_error`, `timeout`
 /// (also provider 408), `protocol_error`, `rate_limited` (429), `auth` (401/403: the next
 /// attempt uses another key when there is one), `server_error` (5xx). `None`: not retryable
-/// (the request's own fault, the client left, or every key's circuit is open). Also decides
+/// (the request's own fault, the client left, every key's circuit is open, or the provider's
+/// slots stayed full for its queue timeout, already a wait of its own). Also decides
 /// what counts as a failure for the circuit breaker.
 pub fn retry_reason(e: &GatewayError) -> Option<&'static str> {
     match e {
@@ -315,6 +317,7 @@ async fn attempt_once(
         pipeline: None,
         down: Some(down_tx),
         used: false,
+        failure_told: false,
     };
     let sink_ref = &mut sink;
     let upstream = async move {
@@ -418,6 +421,13 @@ mod tests {
         assert!(!may_fall_back(&GatewayError::ClientClosed));
         assert!(may_fall_back(&GatewayError::KeysDisabled { provider: "p".into() }));
         assert_eq!(retry_reason(&GatewayError::KeysDisabled { provider: "p".into() }), None);
+        let busy = GatewayError::ProviderBusy {
+            provider: "p".into(),
+            max_connections: 1,
+            queue_timeout_ms: 1,
+        };
+        assert!(may_fall_back(&busy));
+        assert_eq!(retry_reason(&busy), None);
         assert_eq!(retry_reason(&provider(429)), Some("rate_limited"));
         assert_eq!(retry_reason(&provider(401)), Some("auth"));
         assert_eq!(retry_reason(&provider(408)), Some("timeout"));

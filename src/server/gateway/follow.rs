@@ -15,6 +15,7 @@ use crate::providers::polling::{FollowContext, FollowState, FollowUp};
 use crate::providers::{ProviderAdapter, ResponseContext, UpstreamResponse};
 use crate::route::Target;
 use crate::server::exchange::{exchange, Collect};
+use crate::server::slots::Slots;
 use crate::spool::Spool;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
@@ -37,6 +38,8 @@ enum Followed {
 /// What the loop needs from the request.
 pub(super) struct Request<'a> {
     pub(super) connector: &'a Connector,
+    /// The providers' upstream slots: each follow-up exchange holds one.
+    pub(super) slots: &'a Slots,
     pub(super) target: &'a Target,
     pub(super) spool: &'a Spool,
     pub(super) request_id: &'a str,
@@ -138,12 +141,12 @@ async fn follow(
         }
         tokio::time::sleep(after).await;
         let left = deadline.saturating_duration_since(Instant::now());
-        resp = tokio::time::timeout(
-            left,
-            exchange(req.connector, &target, &request, req.spool, &mut Collect),
-        )
-        .await
-        .map_err(|_| timeout())??;
+        // The wait for a slot counts against the job's deadline, like the exchange.
+        let exchanged = async {
+            let _slot = req.slots.wait(&target.provider.name).await;
+            exchange(req.connector, &target, &request, req.spool, &mut Collect).await
+        };
+        resp = tokio::time::timeout(left, exchanged).await.map_err(|_| timeout())??;
     }
     Err(timeout())
 }

@@ -27,16 +27,20 @@ pub(super) enum BodyRest {
     /// and discarded ([`discard_rest`]) before the connection closes.
     Linger,
     /// The body could not be read ([`GatewayError::BodyUnreadable`]: broken framing, a stalled
-    /// or departed client), or the rest cannot be discarded here (h2): the connection closes
-    /// after the answer without reading any more. Where a broken body ends is unknown, so
-    /// nothing after it may be parsed as a new request.
+    /// or departed client; [`GatewayError::RequestTimeout`]: a client too slow to wait for any
+    /// longer), or the rest cannot be discarded here (h2): the connection closes after the
+    /// answer without reading any more. Where a broken body ends is unknown, so nothing after
+    /// it may be parsed as a new request.
     Close,
 }
 
 impl BodyRest {
     /// Decides for `err`, answered on `session`, and turns keep-alive off unless `Done`.
     pub(super) fn decide(session: &mut Session, err: &GatewayError) -> BodyRest {
-        let rest = if matches!(err, GatewayError::BodyUnreadable(_)) {
+        let rest = if matches!(
+            err,
+            GatewayError::BodyUnreadable(_) | GatewayError::RequestTimeout { .. }
+        ) {
             BodyRest::Close
         } else if session.is_body_done() {
             BodyRest::Done

@@ -40,9 +40,11 @@ mod prepare;
 mod repeat;
 mod upload;
 
+use super::exchange::Clock;
+use super::slots::Slot;
 use answer::{close_quietly, run_with_writer, write_event_stream, write_stream_head, Down, StreamSink, EVENTS_AHEAD};
 use linger::{discard_rest, BodyRest};
-use upload::{drain_epilogue, SessionBody, UpstreamFeed, CLIENT_READ_TIMEOUT, STREAM_AHEAD, STREAM_MIN_BYTES};
+use upload::{drain_epilogue, SessionBody, UpstreamFeed, STREAM_AHEAD, STREAM_MIN_BYTES};
 
 /// Per-request state, read by `logging`.
 #[derive(Debug)]
@@ -57,6 +59,8 @@ pub struct RequestCtx {
     upstream: Option<Duration>,
     request_bytes: u64,
     response_bytes: u64,
+    /// An event stream was sent (its status line said 200 whatever `status` records).
+    streamed: bool,
     /// The failed fallback candidates, listed in the error answer when every candidate failed.
     fallback_errors: Vec<serde_json::Value>,
     /// The `Retry-After` of the latest provider answer that reached `finish`, taken by the
@@ -95,7 +99,8 @@ fn request_id(session: &Session) -> String {
 enum Endpoint {
     Health,
     ImageEdit(Framing),
-    WrongMethod,
+    /// A known path, a method it does not take; the methods it takes, for `Allow`.
+    WrongMethod(&'static str),
     Unknown,
 }
 
@@ -104,7 +109,8 @@ fn endpoint(method: &http::Method, path: &str) -> Endpoint {
         "/health" if method == http::Method::GET || method == http::Method::HEAD => Endpoint::Health,
         "/v1/images/edits" | "/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::Bifrost),
         "/openai/v1/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::OpenAi),
-        "/health" | "/v1/images/edits" | "/images/edits" | "/openai/v1/images/edits" => Endpoint::WrongMethod,
+        "/health" => Endpoint::WrongMethod("GET, HEAD"),
+        "/v1/images/edits" | "/images/edits" | "/openai/v1/images/edits" => Endpoint::WrongMethod("POST"),
         _ => Endpoint::Unknown,
     }
 }
@@ -112,10 +118,25 @@ fn endpoint(method: &http::Method, path: &str) -> Endpoint {
 impl Gateway {
     /// Writes a complete JSON answer.
     async fn send_json(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16, body: Bytes) -> Result<()> {
-        let mut resp = ResponseHeader::build(status, Some(4))?;
+        self.send_json_allow(session, ctx, status, body, None).await
+    }
+
+    /// [`Gateway::send_json`], with an `Allow` header when `allow` is set (a 405).
+    async fn send_json_allow(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+        body: Bytes,
+        allow: Option<&'static str>,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(status, Some(5))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(allow) = allow {
+            resp.insert_header(http::header::ALLOW, allow)?;
+        }
         ctx.status = status;
         ctx.response_bytes = body.len() as u64;
         session.write_response_header(Box::new(resp), false).await?;
@@ -144,7 +165,12 @@ impl Gateway {
                 serde_json::Value::Array(std::mem::take(&mut ctx.fallback_errors));
         }
         let body = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
-        self.send_json(session, ctx, err.status(), Bytes::from(body)).await?;
+        let allow = match err {
+            GatewayError::MethodNotAllowed { allow, .. } => Some(*allow),
+            _ => None,
+        };
+        self.send_json_allow(session, ctx, err.status(), Bytes::from(body), allow)
+            .await?;
         if rest == BodyRest::Linger {
             ctx.answered_after = Some(ctx.start.elapsed());
             let lingered = discard_rest(session, &self.state.config.limits).await;
@@ -200,12 +226,10 @@ impl Gateway {
                 })?;
         }
 
-        // A client that stops sending mid-upload must not hold a request forever.
-        session.as_downstream_mut().set_read_timeout(Some(CLIENT_READ_TIMEOUT));
         let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
         let router = &state.router;
         let (piece_tx, piece_rx) = tokio::sync::mpsc::channel::<Piece>(STREAM_AHEAD);
-        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<(Target, UpstreamRequest)>();
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<(Target, UpstreamRequest, Slot<'_>)>();
         let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<Down>(EVENTS_AHEAD);
         let stream_config = Arc::new(OnceLock::new());
         let mut sink = StreamSink {
@@ -213,13 +237,21 @@ impl Gateway {
             pipeline: None,
             down: Some(down_tx),
             used: false,
+            failure_told: false,
         };
         let request_id = ctx.request_id.clone();
         let request_start = ctx.start;
+        // A client that stops sending, or trickles, must not hold a request (and an upstream
+        // slot) for long: each read within body_read_timeout_ms, the whole upload within
+        // upload_timeout_ms of the head.
+        let limits = &state.config.limits;
         let mut source = SessionBody {
             session: &mut *session,
             bytes: &mut ctx.request_bytes,
             client_gone: false,
+            pause: limits.body_read_timeout,
+            upload: Clock::ending(request_start, limits.upload_timeout),
+            timed_out: None,
         };
         // Small uploads are sent from the spool once complete; larger or chunked ones stream.
         let stream_upload = declared_len.is_none_or(|len| len >= STREAM_MIN_BYTES);
@@ -243,6 +275,8 @@ impl Gateway {
                     // What the model cannot do is refused before the upstream body is complete.
                     let provider = router.provider(&form.provider)?;
                     let kind = provider.kind;
+                    // No fallback may reach a provider with an id outside its grammar.
+                    router.check_fallbacks(&form)?;
                     capabilities::check(
                         &form,
                         adapter_for(kind).capabilities(&form.model),
@@ -282,8 +316,10 @@ impl Gateway {
         let sink_ref = &mut sink;
         let mut streamed = Box::pin(async move {
             match start_rx.await {
-                Ok((target, head)) => {
+                Ok((target, head, slot)) => {
                     let outcome = exchange_streamed(&state.connector, &target, head, piece_rx, &mut *sink_ref).await;
+                    // The exchange is over (answered, or abandoned): its slot is free.
+                    drop(slot);
                     (Some((target, outcome)), sink_ref)
                 }
                 Err(_) => (None, sink_ref),
@@ -307,6 +343,9 @@ impl Gateway {
         let mut form = match parsed {
             Ok(form) => form,
             Err(e) => {
+                // A read that passed an upload limit: the 408 (the streamed request, if any, is
+                // abandoned unfinished when `streamed` is dropped).
+                let e = source.timed_out.map_or(e, |limit| limit.error(limits));
                 // Report what was asked for, when it got that far.
                 if let Some((provider, model)) = routed {
                     ctx.provider = Some(provider);
@@ -456,6 +495,7 @@ impl Gateway {
             adapter,
             follow::Request {
                 connector: &state.connector,
+                slots: &state.slots,
                 target,
                 spool,
                 request_id: &request_id,
@@ -485,16 +525,25 @@ fn reply(unified: Bytes, stream_cx: Option<&StreamContext>) -> std::result::Resu
 }
 
 /// After an attempt's upstream side and downstream writer ended: when a stream was started
-/// downstream (`written.sent`), records it in `ctx` (with `err`, the attempt's failure, as the
-/// reason) and returns the reply that ends the request; `None` when nothing was sent.
+/// downstream (`written.sent`), records it in `ctx` and returns the reply that ends the
+/// request; `None` when nothing was sent. The status line said 200, but a stream that ended in
+/// an `error` event or was aborted (`err`, the attempt's failure, or the failure the stream
+/// reported) is accounted with that error's status and code, and one the client left with 499
+/// `client_closed`; only a complete stream counts as a 200.
 fn streamed_reply(ctx: &mut RequestCtx, err: Option<&GatewayError>, written: &answer::Written) -> Option<Reply> {
     let sent = written.sent?;
-    ctx.status = 200;
     ctx.response_bytes = sent;
-    ctx.reason = match (err, written.client_gone) {
-        (_, true) => Some(GatewayError::ClientClosed.code()),
-        (Some(e), false) => Some(e.code()),
-        _ => None,
+    ctx.streamed = true;
+    let failure = err
+        .map(|e| (e.status(), e.code()))
+        .or(written.failure.map(|f| (f.status, f.reason)));
+    (ctx.status, ctx.reason) = match (written.client_gone, failure) {
+        (true, _) => (
+            GatewayError::ClientClosed.status(),
+            Some(GatewayError::ClientClosed.code()),
+        ),
+        (false, Some((status, reason))) => (status, Some(reason)),
+        (false, None) => (200, None),
     };
     Some(if written.broken {
         Reply::Aborted
@@ -531,6 +580,7 @@ impl ProxyHttp for Gateway {
             upstream: None,
             request_bytes: 0,
             response_bytes: 0,
+            streamed: false,
             fallback_errors: Vec::new(),
             retry_after: None,
             answered_after: None,
@@ -564,6 +614,7 @@ impl ProxyHttp for Gateway {
                     ctx.request_bytes += drain_epilogue(session).await;
                     write_stream_head(session, &ctx.request_id).await?;
                     ctx.status = 200;
+                    ctx.streamed = true;
                     ctx.response_bytes = body.len() as u64;
                     session.write_response_body(Some(body), true).await?;
                 }
@@ -580,9 +631,12 @@ impl ProxyHttp for Gateway {
                 }
                 Err(e) => self.send_error(session, ctx, &e).await?,
             },
-            Endpoint::WrongMethod => {
-                self.send_error(session, ctx, &GatewayError::MethodNotAllowed(method.to_string()))
-                    .await?;
+            Endpoint::WrongMethod(allow) => {
+                let e = GatewayError::MethodNotAllowed {
+                    method: method.to_string(),
+                    allow,
+                };
+                self.send_error(session, ctx, &e).await?;
             }
             Endpoint::Unknown => {
                 let e = GatewayError::NotFound {
@@ -622,8 +676,15 @@ impl ProxyHttp for Gateway {
             request_bytes: ctx.request_bytes,
             response_bytes: ctx.response_bytes,
         });
+        // A stream that failed after its head: `status` is the failure's, `stream=failed`
+        // says the status line was a 200.
+        let stream = match (ctx.streamed, ctx.status) {
+            (false, _) => "-",
+            (true, 200) => "complete",
+            (true, _) => "failed",
+        };
         log::info!(
-            "request_id={} method={} path={} status={} provider={} model={} reason={} ms={:.2}",
+            "request_id={} method={} path={} status={} stream={stream} provider={} model={} reason={} ms={:.2}",
             ctx.request_id,
             session.req_header().method,
             session.req_header().uri.path(),
@@ -655,7 +716,11 @@ mod tests {
         ));
         assert!(matches!(
             endpoint(&http::Method::GET, "/v1/images/edits"),
-            Endpoint::WrongMethod
+            Endpoint::WrongMethod("POST")
+        ));
+        assert!(matches!(
+            endpoint(&http::Method::POST, "/health"),
+            Endpoint::WrongMethod("GET, HEAD")
         ));
         assert!(matches!(endpoint(&http::Method::GET, "/health"), Endpoint::Health));
         assert!(matches!(endpoint(&http::Method::POST, "/v1/chat"), Endpoint::Unknown));

@@ -68,6 +68,7 @@ pub(super) async fn send(call: &Call<'_>, sink: &mut dyn AnswerSink) -> Result<A
     }
     let request =
         super::prepare::build_request(call.state, call.form, call.spool, call.target, call.request_id).await?;
+    let _slot = call.state.slots.acquire(&call.target.provider.name).await?;
     let response = exchange(&call.state.connector, call.target, &request, call.spool, sink).await?;
     Ok(Answered::One(response))
 }
@@ -117,10 +118,14 @@ async fn one(call: &Call<'_>, i: u32, by_calls: NByCalls) -> Result<Bytes, Faile
     let target = call.target;
     let adapter = adapter_for(target.provider.kind);
     let request = super::prepare::build_request(call.state, &form, call.spool, target, call.request_id).await?;
+    let slot = call.state.slots.acquire(&target.provider.name).await?;
     let response = exchange(&call.state.connector, target, &request, call.spool, &mut Collect).await?;
+    // The call's follow-ups take slots of their own.
+    drop(slot);
     let retry_after = response.retry_after;
     let followed = follow::Request {
         connector: &call.state.connector,
+        slots: &call.state.slots,
         target,
         spool: call.spool,
         request_id: call.request_id,

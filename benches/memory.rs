@@ -4,11 +4,13 @@
 //! gemini (the image re-sent as base64 inside JSON) against a mock answering a small Gemini
 //! response. Target: under 100 MB. Last, the demo's process (`cargo run --release -- -c
 //! conf/demo.yaml` runs the gateway and the built-in simulator in one process) with the same
-//! uploads to `demo/sim-image-1`: the simulator really edits each image and answers it whole.
-//! Target: under 150 MB.
+//! uploads to `demo/sim-image-1` (OpenAI's multipart wire) and to
+//! `demo-gemini/gemini-2.5-flash-image` (Gemini's JSON wire, the image as base64): the
+//! simulator really edits each image and answers it whole, as large as its input. Each answer
+//! is checked (a 200 whose edited image has the input's size). Target: under 150 MB.
 //!
 //! Run: `cargo bench --bench memory`. Environment: `UPLOADS` (default 16), `MB` (default 20),
-//! `ONLY=demo` (the demo case alone).
+//! `ONLY=demo` (the demo cases alone), `DEMO=demo` or `DEMO=demo-gemini` (one demo case).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -22,6 +24,20 @@ use support::*;
 
 /// Sends one edit over a fresh connection and returns the status line.
 fn upload(port: u16, body: &[u8]) -> String {
+    status_line(&exchange(port, body))
+}
+
+/// The first line of an HTTP answer.
+fn status_line(resp: &[u8]) -> String {
+    String::from_utf8_lossy(&resp[..resp.len().min(64)])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Sends one edit over a fresh connection and returns the whole answer.
+fn exchange(port: u16, body: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let head = format!(
         "POST /v1/images/edits HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nx-bf-vk: sk-bf-bench\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
@@ -35,11 +51,7 @@ fn upload(port: u16, body: &[u8]) -> String {
     }
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
-    String::from_utf8_lossy(&resp)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    resp
 }
 
 fn main() {
@@ -103,11 +115,29 @@ fn main() {
 }
 
 /// The demo's process: the gateway and the simulator in one process, as `conf/demo.yaml`
-/// runs them (default spool, limits and decode pool), provider `demo` at the simulator.
+/// runs them (default spool, limits and decode pool), one provider per wire at the simulator.
 fn demo(uploads: usize, image: &[u8]) {
-    let (port, sim) = (free_port(), free_port());
-    let yaml = format!(
-        r#"
+    let only = std::env::var("DEMO").ok();
+    let cases = [
+        (
+            "demo (gateway + simulator, one process), OpenAI multipart wire",
+            "demo",
+            "demo/sim-image-1",
+        ),
+        (
+            "demo (gateway + simulator, one process), Gemini JSON wire",
+            "demo-gemini",
+            "demo-gemini/gemini-2.5-flash-image",
+        ),
+    ];
+    let (width, height) = refract::imaging::png_dimensions(image).expect("a PNG");
+    for (label, provider, model) in cases {
+        if only.as_deref().is_some_and(|o| o != provider) {
+            continue;
+        }
+        let (port, sim) = (free_port(), free_port());
+        let yaml = format!(
+            r#"
 server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}
 listeners: [{{ address: "127.0.0.1:{port}" }}]
 simulator: {{ address: "127.0.0.1:{sim}" }}
@@ -116,33 +146,62 @@ providers:
     kind: openai
     base_url: http://127.0.0.1:{sim}/v1
     keys: [{{ name: simulator, value: sim-key-not-secret }}]
+  - name: demo-gemini
+    kind: gemini
+    base_url: http://127.0.0.1:{sim}/v1beta
+    keys: [{{ name: simulator, value: sim-key-not-secret }}]
 virtual_keys:
   - {{ id: bench, key: sk-bf-bench }}
 "#
-    );
-    let process = spawn_refract(&yaml, &format!("demo-{port}.yaml"), port);
-    wait_for_port(port);
-    wait_for_port(sim);
-    let pid = process.child.id();
-    let idle = rss_kib(pid);
-    let body = std::sync::Arc::new(edit_body("demo/sim-image-1", image, false));
-    let start = Instant::now();
-    let handles: Vec<_> = (0..uploads)
-        .map(|_| {
-            let body = body.clone();
-            std::thread::spawn(move || upload(port, &body))
-        })
-        .collect();
-    let statuses: Vec<String> = handles.into_iter().map(|h| h.join().unwrap_or_default()).collect();
-    let ok = statuses.iter().filter(|s| s.contains(" 200 ")).count();
-    println!(
-        "demo (gateway + simulator, one process): {uploads} x {:.1} MB concurrent edits, {ok}/{uploads} answered 200, {:.2} s, RSS idle {:.1} MiB, peak {:.1} MiB",
-        body.len() as f64 / 1e6,
-        start.elapsed().as_secs_f64(),
-        idle as f64 / 1024.0,
-        peak_rss_kib(pid) as f64 / 1024.0
-    );
-    if ok != uploads {
-        println!("  statuses: {statuses:?}");
+        );
+        let process = spawn_refract(&yaml, &format!("demo-{port}.yaml"), port);
+        wait_for_port(port);
+        wait_for_port(sim);
+        let pid = process.child.id();
+        let idle = rss_kib(pid);
+        let body = std::sync::Arc::new(edit_body(model, image, false));
+        let start = Instant::now();
+        let handles: Vec<_> = (0..uploads)
+            .map(|_| {
+                let body = body.clone();
+                std::thread::spawn(move || edit_answer(port, &body))
+            })
+            .collect();
+        let answers: Vec<(String, Option<(u32, u32)>)> =
+            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect();
+        let ok = answers
+            .iter()
+            .filter(|(status, size)| status.contains(" 200 ") && *size == Some((width, height)))
+            .count();
+        println!(
+            "{label}: {uploads} x {:.1} MB concurrent edits, {ok}/{uploads} answered 200 with a {width}x{height} image, {:.2} s, RSS idle {:.1} MiB, peak {:.1} MiB",
+            body.len() as f64 / 1e6,
+            start.elapsed().as_secs_f64(),
+            idle as f64 / 1024.0,
+            peak_rss_kib(pid) as f64 / 1024.0
+        );
+        if ok != uploads {
+            let statuses: Vec<&str> = answers.iter().map(|(s, _)| s.as_str()).collect();
+            println!("  statuses: {statuses:?}");
+        }
     }
+}
+
+/// Sends one edit over a fresh connection; returns the status line and the size of the
+/// answer's first image (`data[0].b64_json`; its PNG header), if it has one.
+fn edit_answer(port: u16, body: &[u8]) -> (String, Option<(u32, u32)>) {
+    let resp = exchange(port, body);
+    (status_line(&resp), first_image_size(&resp))
+}
+
+/// The size in the IHDR of the first `b64_json` image of an HTTP/1.1 answer (any framing: the
+/// base64 of the PNG's first 24 bytes is found after the key).
+fn first_image_size(resp: &[u8]) -> Option<(u32, u32)> {
+    use base64::Engine;
+    let key = b"\"b64_json\":\"";
+    let at = resp.windows(key.len()).position(|w| w == key)? + key.len();
+    let head = base64::engine::general_purpose::STANDARD
+        .decode(resp.get(at..at + 32)?)
+        .ok()?;
+    refract::imaging::png_dimensions(&head)
 }

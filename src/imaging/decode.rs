@@ -70,21 +70,11 @@ pub(super) fn png_rows<R: Read>(
 }
 
 fn decode_png_from(r: impl Read, max_pixels: u64) -> Result<Rgba, ImagingError> {
-    let mut reader = png_reader(r, max_pixels)?;
-    let (width, height) = (reader.info().width, reader.info().height);
-    let mut pixels = Vec::with_capacity(width as usize * height as usize * 4);
-    png_rows(&mut reader, |line, channels| {
-        for px in line.chunks_exact(channels) {
-            match channels {
-                1 => pixels.extend_from_slice(&[px[0], px[0], px[0], 255]),
-                2 => pixels.extend_from_slice(&[px[0], px[0], px[0], px[1]]),
-                3 => pixels.extend_from_slice(&[px[0], px[1], px[2], 255]),
-                _ => pixels.extend_from_slice(px),
-            }
-        }
-    })?;
-    if pixels.len() != width as usize * height as usize * 4 {
-        return Err(ImagingError::decode(ImageKind::Png, "the pixel data ends early"));
+    let mut rows = super::rows::RowReader::png(r, max_pixels)?;
+    let (width, height) = (rows.width(), rows.height());
+    let mut pixels = vec![0u8; width as usize * height as usize * 4];
+    for row in pixels.chunks_exact_mut((width as usize * 4).max(1)) {
+        rows.read_row(row)?;
     }
     Ok(Rgba { width, height, pixels })
 }

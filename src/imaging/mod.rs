@@ -1,7 +1,7 @@
 //! Image helpers: type detection from magic bytes (used on every uploaded file part),
 //! header-only dimensions ([`header`]), decoding within a pixel budget ([`decode`]), mask
 //! conversion ([`mask`]), the bounded pool that runs decodes off the async threads ([`pool`]),
-//! and the PNG encoding and deterministic "edit" the provider simulator performs.
+//! images read and PNGs written row by row ([`rows`]), and the PNG encoding and deterministic "edit" the provider simulator performs.
 //!
 //! The simulator's edit is real and checkable: with a mask, every pixel where the mask is fully
 //! transparent (the OpenAI convention: alpha 0 = edit) is painted with a colour derived from the
@@ -12,11 +12,13 @@ pub mod decode;
 pub mod header;
 pub mod mask;
 pub mod pool;
+pub mod rows;
 
 pub use decode::{decode, decode_png};
 pub use header::{dimensions, ImageHeader};
 pub use mask::{convert_mask, ConvertedMask, ConvertedMasks, MaskConvention};
 pub use pool::DecodePool;
+pub use rows::{encode_png_rows, RowReader};
 
 use std::io::Cursor;
 use thiserror::Error;
@@ -291,7 +293,9 @@ pub fn paint_colour(prompt: &str, index: u32) -> [u8; 4] {
 }
 
 /// The simulator's deterministic edit of `image` (decoded), guided by an optional `mask`
-/// (decoded, same size): see the module docs for what it does to each pixel.
+/// (decoded, same size): see the module docs for what it does to each pixel. The simulator
+/// renders the same edit row by row from its uploads (`simulator::render`); this whole-image
+/// form is its reference in tests.
 pub fn simulate_edit(image: &Rgba, mask: Option<&Rgba>, prompt: &str, index: u32) -> Result<Rgba, ImagingError> {
     if let Some(m) = mask {
         if (m.width, m.height) != (image.width, image.height) {
@@ -322,7 +326,7 @@ pub fn simulate_edit(image: &Rgba, mask: Option<&Rgba>, prompt: &str, index: u32
     Ok(out)
 }
 
-/// A solid-colour RGBA image (fixtures, and the simulator's answer for non-PNG inputs).
+/// A solid-colour RGBA image (fixtures).
 pub fn solid(width: u32, height: u32, colour: [u8; 4]) -> Rgba {
     let mut pixels = Vec::with_capacity(width as usize * height as usize * 4);
     for _ in 0..(width as usize * height as usize) {

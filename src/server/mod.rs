@@ -244,7 +244,7 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
     if let Some(sim) = &state.config.simulator {
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
-            simulator_app::SimulatorApp::new(sim, state.decoder.clone()),
+            simulator_app::SimulatorApp::new(sim, state.decoder.clone(), &state.config.spool),
             "refract simulator",
         );
         svc.add_tcp(&sim.address.to_string());

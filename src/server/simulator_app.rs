@@ -1,52 +1,114 @@
-//! The built-in provider simulator's listener: reads the whole request (it is a test double,
-//! bounded to 256 MiB) and answers with [`crate::simulator::route`]: in one piece, or, for
-//! `stream=true`, as a chunked `text/event-stream` written one event per chunk.
+//! The built-in provider simulator's listener: reads each request body as it arrives into a
+//! spool ([`simulator::read_body`]: files and base64 images go to the spool, at most
+//! `spool.memory_bytes` of them in memory, the whole body at most 256 MiB), answers it with
+//! [`simulator::route`], and writes the answer from its spool in 64 KiB chunks: in one piece
+//! with its `Content-Length`, or, for streams, one frame after another.
 //!
-//! The answer is made on the gateway's decode pool (blocking threads, at most
-//! `limits.decode_concurrency` at once, images within `limits.max_image_pixels`): decoding and
-//! editing images never runs on the threads that serve connections.
+//! The async side only moves bytes. The CPU work (reading the images, editing, encoding,
+//! base64) runs on the gateway's decode pool (blocking threads, at most
+//! `limits.decode_concurrency` jobs at once, images within `limits.max_image_pixels`): a whole
+//! answer is one job, a stream one job per frame, so a slow reader of a stream holds no place
+//! in the pool between frames.
 
-use crate::config::SimulatorSettings;
+use crate::config::{SimulatorSettings, SpoolSettings};
+use crate::form::BodySource;
 use crate::imaging::DecodePool;
-use crate::simulator::{self, Frame, SimAnswer, SimRequest, SimStream, StreamSettings};
+use crate::simulator::{self, Body, BodyError, Frame, RenderPlace, SimAnswer, SimRequest, SimStream, StreamSettings};
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
-/// Largest request the simulator reads.
-const MAX_SIM_BODY: usize = 256 * 1024 * 1024;
-
 /// The simulator service.
 pub struct SimulatorApp {
     stream: StreamSettings,
     decoder: DecodePool,
+    place: RenderPlace,
 }
 
 impl SimulatorApp {
-    /// The simulator configured by the `simulator:` section, decoding on `decoder`.
-    pub fn new(settings: &SimulatorSettings, decoder: DecodePool) -> Self {
+    /// The simulator configured by the `simulator:` section, decoding on `decoder` (within its
+    /// pixel budget), spooling uploads and answers as `spool:` says.
+    pub fn new(settings: &SimulatorSettings, decoder: DecodePool, spool: &SpoolSettings) -> Self {
         SimulatorApp {
             stream: StreamSettings::from(settings),
+            place: RenderPlace {
+                max_image_pixels: decoder.max_pixels(),
+                spool: spool.into(),
+            },
             decoder,
         }
     }
 }
 
-async fn respond(session: &mut Session, status: u16, content_type: &str, body: Vec<u8>) -> Result<bool> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
-    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await?;
+/// The request body as a [`BodySource`], keeping Pingora's error of a failed read.
+struct SessionBody<'a> {
+    session: &'a mut Session,
+    error: Option<Box<Error>>,
+}
+
+#[async_trait]
+impl BodySource for SessionBody<'_> {
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        self.session.read_request_body().await.map_err(|e| {
+            let io = std::io::Error::other(e.etype().as_str());
+            self.error = Some(e);
+            io
+        })
+    }
+}
+
+/// An OpenAI-shaped error answer, in memory.
+fn small_error(status: u16, code: &str, message: &str) -> simulator::SimResponse {
+    simulator::SimResponse::json(
+        status,
+        &serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}}),
+    )
+}
+
+/// Writes a whole answer: its head with the body's length, then the body from its spool.
+async fn respond(session: &mut Session, answer: simulator::SimResponse) -> Result<bool> {
+    let mut resp = ResponseHeader::build(answer.status, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, answer.content_type)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len().to_string())?;
+    if let Err(e) = session.write_response_header(Box::new(resp), false).await {
+        return Ok(client_gone(session, &e));
+    }
+    if !write_body(session, &answer.body, u64::MAX).await {
+        return Ok(true);
+    }
+    if let Err(e) = session.write_response_body(None, true).await {
+        return Ok(client_gone(session, &e));
+    }
     Ok(true)
 }
 
-/// Writes a streamed answer: the head, then each frame as its own chunk after the configured
-/// wait. A client that goes away only ends the stream: the first failed write stops it, quietly.
-async fn respond_stream(session: &mut Session, mut stream: SimStream) -> Result<bool> {
+/// Writes the first `limit` bytes of `body`, 64 KiB at a time; `false` when the client went
+/// away or the spool could not be read (the connection is then not reused).
+async fn write_body(session: &mut Session, body: &Body, limit: u64) -> bool {
+    for chunk in body.chunks(limit) {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                log::error!("simulator: cannot read an answer's spool: {e}");
+                session.set_keepalive(None);
+                return false;
+            }
+        };
+        if let Err(e) = session.write_response_body(Some(chunk), false).await {
+            client_gone(session, &e);
+            return false;
+        }
+    }
+    true
+}
+
+/// Writes a streamed answer: the head, then each frame, rendered on the decode pool, after the
+/// configured wait. A client that goes away only ends the stream: the first failed write stops
+/// it, quietly.
+async fn respond_stream(session: &mut Session, mut stream: Box<SimStream>, decoder: &DecodePool) -> Result<bool> {
     let mut resp = ResponseHeader::build(200, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
@@ -55,46 +117,41 @@ async fn respond_stream(session: &mut Session, mut stream: SimStream) -> Result<
         return Ok(client_gone(session, &e));
     }
     let interval = stream.interval();
-    while let Some(frame) = stream.next_frame() {
-        if !interval.is_zero() {
-            tokio::time::sleep(interval).await;
-        }
-        let (bytes, end) = match frame {
-            Frame::Event(event) => (event.to_bytes(), false),
-            Frame::Truncated(half) => {
-                // the truncate hook: half an event, then the end of the body, then close
+    loop {
+        let rendered = decoder
+            .run(move || {
+                let frame = stream.next_frame();
+                (stream, frame)
+            })
+            .await;
+        let frame = match rendered {
+            Ok((back, Some(frame))) => {
+                stream = back;
+                frame
+            }
+            Ok((_, None)) => break,
+            Err(e) => {
+                log::error!("simulator: {e}");
                 session.set_keepalive(None);
-                (half, true)
+                return Ok(true);
             }
         };
-        if let Err(e) = session.write_response_body(Some(Bytes::from(bytes)), end).await {
-            return Ok(client_gone(session, &e));
-        }
-        if end {
-            return Ok(true);
-        }
-    }
-    if let Err(e) = session.write_response_body(None, true).await {
-        return Ok(client_gone(session, &e));
-    }
-    Ok(true)
-}
-
-/// Writes a `text/event-stream` answer given as chunks, one per stream interval.
-async fn respond_chunks(session: &mut Session, chunks: Vec<Bytes>, interval: std::time::Duration) -> Result<bool> {
-    let mut resp = ResponseHeader::build(200, Some(4))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
-    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-    if let Err(e) = session.write_response_header(Box::new(resp), false).await {
-        return Ok(client_gone(session, &e));
-    }
-    for chunk in chunks {
         if !interval.is_zero() {
             tokio::time::sleep(interval).await;
         }
-        if let Err(e) = session.write_response_body(Some(chunk), false).await {
-            return Ok(client_gone(session, &e));
+        let (body, limit, end) = match frame {
+            Frame::Event(body) => (body, u64::MAX, false),
+            Frame::Truncated(body, half) => {
+                // the truncate hook: half an event, then the end of the body, then close
+                session.set_keepalive(None);
+                (body, half, true)
+            }
+        };
+        if !write_body(session, &body, limit).await {
+            return Ok(true);
+        }
+        if end {
+            break;
         }
     }
     if let Err(e) = session.write_response_body(None, true).await {
@@ -105,7 +162,7 @@ async fn respond_chunks(session: &mut Session, chunks: Vec<Bytes>, interval: std
 
 /// A write to the client failed (it went away): stop, and never reuse the connection.
 fn client_gone(session: &mut Session, e: &Error) -> bool {
-    log::debug!("simulator: stream ended early, client gone: {e}");
+    log::debug!("simulator: answer ended early, client gone: {e}");
     session.set_keepalive(None);
     true
 }
@@ -122,50 +179,61 @@ impl ProxyHttp for SimulatorApp {
         let req = session.req_header();
         if req.method != http::Method::POST && req.method != http::Method::GET {
             session.set_keepalive(None);
-            return respond(
-                session,
-                404,
-                "application/json",
-                br#"{"error":{"message":"not found","type":"invalid_request_error","param":null,"code":"not_found"}}"#
-                    .to_vec(),
-            )
-            .await;
+            return respond(session, small_error(404, "not_found", "not found")).await;
         }
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
         let headers = req.headers.clone();
-        let mut body = BytesMut::new();
-        while let Some(chunk) = session.read_request_body().await? {
-            if body.len() + chunk.len() > MAX_SIM_BODY {
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut source = SessionBody { session, error: None };
+        let read = simulator::read_body(&mut source, content_type.as_deref(), &self.place.spool).await;
+        let failed_read = source.error.take();
+        let body = match read {
+            Ok(body) => body,
+            Err(BodyError::TooLarge(what)) => {
                 session.set_keepalive(None);
-                return respond(session, 413, "application/json", br#"{"error":{"message":"request too large","type":"invalid_request_error","param":null,"code":"too_large"}}"#.to_vec()).await;
+                return respond(
+                    session,
+                    small_error(413, "too_large", &format!("request {what} too large")),
+                )
+                .await;
             }
-            body.extend_from_slice(&chunk);
-        }
+            Err(BodyError::Io(e)) => {
+                session.set_keepalive(None);
+                return match failed_read {
+                    Some(read_error) => Err(read_error),
+                    None => Err(Error::explain(
+                        ErrorType::InternalError,
+                        format!("simulator spool: {e}"),
+                    )),
+                };
+            }
+        };
         let request = SimRequest {
             path,
             query,
             headers,
-            body: body.freeze(),
-            max_image_pixels: self.decoder.max_pixels(),
+            body,
+            place: self.place.clone(),
         };
         let settings = self.stream;
-        let runtime = tokio::runtime::Handle::current();
-        let answer = self
-            .decoder
-            .run(move || runtime.block_on(simulator::route(request, &settings)))
-            .await;
-        let answer = match answer {
+        let answer = match self.decoder.run(move || simulator::route(request, &settings)).await {
             Ok(answer) => answer,
             Err(e) => {
                 log::error!("simulator: {e}");
-                return respond(session, 500, "application/json", br#"{"error":{"message":"the simulator failed","type":"server_error","param":null,"code":"internal_error"}}"#.to_vec()).await;
+                let failed = simulator::SimResponse::json(
+                    500,
+                    &serde_json::json!({"error": {"message": "the simulator failed", "type": "server_error", "param": null, "code": "internal_error"}}),
+                );
+                return respond(session, failed).await;
             }
         };
         match answer {
-            SimAnswer::Whole(answer) => respond(session, answer.status, answer.content_type, answer.body).await,
-            SimAnswer::Stream(stream) => respond_stream(session, *stream).await,
-            SimAnswer::Chunks(chunks) => respond_chunks(session, chunks, self.stream.interval).await,
+            SimAnswer::Whole(answer) => respond(session, answer).await,
+            SimAnswer::Stream(stream) => respond_stream(session, stream, &self.decoder).await,
         }
     }
 

@@ -17,8 +17,8 @@
 //! status; `simulate-filtered` answers 400 with the content-filter `ValidationException`
 //! message (Titan/Nova) or a `Filter reason` finish reason (Stability).
 
-use super::{png_base64, starting_image, SimAnswer, SimRequest, SimResponse};
-use crate::imaging::{decode_png, simulate_edit, Rgba};
+use super::render::{self, Fault, Marks, MaskRule, Picture, RenderPlace};
+use super::{Blob, SimAnswer, SimRequest, SimResponse};
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -26,11 +26,7 @@ use serde_json::{json, Value};
 pub const FILTER_MESSAGE: &str = "This request has been blocked by our content filters.";
 
 fn answer(status: u16, body: &Value) -> SimResponse {
-    SimResponse {
-        status,
-        content_type: "application/json",
-        body: serde_json::to_vec(body).unwrap_or_default(),
-    }
+    SimResponse::json(status, body)
 }
 
 fn error(status: u16, message: &str) -> SimResponse {
@@ -73,40 +69,35 @@ fn sigv4_shaped(authorization: &str, amz_date: Option<&str>) -> bool {
     scope_ok && signed_ok && signature_ok && amz_date.is_some_and(|d| d.len() == 16 && d.ends_with('Z'))
 }
 
-fn decode_b64(v: Option<&Value>, what: &str) -> Result<Vec<u8>, SimResponse> {
+fn decode_b64(req: &SimRequest, v: Option<&Value>, what: &str) -> Result<Blob, SimResponse> {
     let s = v
         .and_then(Value::as_str)
         .ok_or_else(|| bad(&format!("{what} is required")))?;
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(|e| bad(&format!("{what} is not base64: {e}")))
+    req.base64_blob(s, |s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .ok_or_else(|| bad(&format!("{what} is not base64")))
 }
 
-/// A Bedrock mask (opaque; `edit` is the value of pixels to edit) as the simulator's RGBA mask
-/// (alpha 0 = edit). Anything but pure black and white is refused, as Titan does.
-fn bedrock_mask(bytes: &[u8], edit: u8) -> Result<Rgba, SimResponse> {
-    let mut mask = decode_png(bytes).map_err(|e| bad(&format!("maskImage: {e}")))?;
-    for px in mask.pixels.chunks_exact_mut(4) {
-        if px[3] != 255 {
-            return Err(bad(
-                "maskImage must be an opaque black and white image (it has transparency)",
-            ));
-        }
-        if !(px[0] == px[1] && px[1] == px[2] && (px[0] == 0 || px[0] == 255)) {
-            return Err(bad("maskImage must contain only pure black and white pixels"));
-        }
-        px[3] = if px[0] == edit { 0 } else { 255 };
-    }
-    Ok(mask)
+/// A Bedrock mask, checked from its header against the image: opaque pure black and white,
+/// `edit` the value of pixels to edit (the pixels themselves are checked while rendering).
+fn bedrock_mask(
+    mask: Blob,
+    edit: u8,
+    image: &crate::imaging::ImageHeader,
+    max_pixels: u64,
+) -> Result<Marks, SimResponse> {
+    let rule = MaskRule::BlackWhite { edit };
+    render::inspect_mask(&mask, rule, image, max_pixels).map_err(|f| bad(&fault_message(&f)))?;
+    Ok(Marks::Mask(mask, rule))
 }
 
-/// Every pixel marked for editing (background removal).
-fn everything(image: &Rgba) -> Rgba {
-    let mut m = image.clone();
-    for px in m.pixels.chunks_exact_mut(4) {
-        px[3] = 0;
+/// A rendering fault in Bedrock's words.
+fn fault_message(fault: &Fault) -> String {
+    match fault {
+        Fault::Image(e) => format!("image: {e}"),
+        Fault::Mask(e @ crate::imaging::ImagingError::MaskSize { .. }) => e.to_string(),
+        Fault::Mask(e) => format!("maskImage: {e}"),
+        other => other.to_string(),
     }
-    m
 }
 
 /// The model id as it appears in the path (percent-encoded; family names survive encoding).
@@ -127,9 +118,10 @@ fn invoke(req: &SimRequest) -> Result<SimResponse, SimResponse> {
         return Err(bad("Content-Type must be application/json"));
     }
     let model = model_id(&req.path).ok_or_else(|| error(404, "unknown operation"))?;
-    let body: Value = serde_json::from_slice(&req.body).map_err(|e| bad(&format!("Malformed input request: {e}")))?;
+    let body: Value =
+        serde_json::from_slice(req.body.bytes()).map_err(|e| bad(&format!("Malformed input request: {e}")))?;
     if model.contains("stability.") {
-        return stability(&body, req.max_image_pixels);
+        return stability(req, &body);
     }
     if !model.contains("amazon.titan-image") && !model.contains("amazon.nova-canvas") {
         return Err(error(
@@ -137,19 +129,33 @@ fn invoke(req: &SimRequest) -> Result<SimResponse, SimResponse> {
             &format!("The provided model identifier is invalid: {model}"),
         ));
     }
-    titan(&body, req.max_image_pixels)
+    titan(req, &body)
 }
 
-fn edited_images(image: &Rgba, mask: Option<&Rgba>, prompt: &str, n: u32) -> Result<Vec<String>, SimResponse> {
-    (0..n)
-        .map(|i| {
-            let edited = simulate_edit(image, mask, prompt, i).map_err(|e| bad(&e.to_string()))?;
-            png_base64(&edited, 0).map_err(|_| error(500, "encoding failed"))
-        })
-        .collect()
+/// `doc` with its `images` slots filled with the `n` edits of `image` (one picture each).
+fn edited_images(
+    (image, marks): (&Blob, &Marks),
+    prompt: &str,
+    n: u32,
+    doc: Value,
+    place: &RenderPlace,
+) -> Result<SimResponse, SimResponse> {
+    let pictures: Vec<Picture> = (0..n)
+        .map(|i| Picture::edit(image.clone(), marks.clone(), prompt, i))
+        .collect();
+    SimResponse::rendered(&doc, &pictures, place).map_err(|f| match f {
+        Fault::Output(_) => error(500, "encoding failed"),
+        other => bad(&fault_message(&other)),
+    })
 }
 
-fn titan(body: &Value, max_pixels: u64) -> Result<SimResponse, SimResponse> {
+/// `n` image slots.
+fn slots(n: u32) -> Vec<String> {
+    (0..n as usize).map(render::slot).collect()
+}
+
+fn titan(req: &SimRequest, body: &Value) -> Result<SimResponse, SimResponse> {
+    let max_pixels = req.place.max_image_pixels;
     let task = body.get("taskType").and_then(Value::as_str).unwrap_or("");
     let (params, mask_edit) = match task {
         "INPAINTING" => ("inPaintingParams", Some(0)),
@@ -173,15 +179,20 @@ fn titan(body: &Value, max_pixels: u64) -> Result<SimResponse, SimResponse> {
         if !(1..=5).contains(&images.len()) {
             return Err(bad("imageVariationParams.images must hold 1 to 5 images"));
         }
-        decode_b64(images.first(), "images[0]")?
+        decode_b64(req, images.first(), "images[0]")?
     } else {
-        decode_b64(p.get("image"), &format!("{params}.image"))?
+        decode_b64(req, p.get("image"), &format!("{params}.image"))?
     };
-    let image = starting_image(&first, max_pixels).map_err(|e| bad(&format!("image: {e}")))?;
-    let mask = match mask_edit {
-        Some(edit) => Some(bedrock_mask(&decode_b64(p.get("maskImage"), "maskImage")?, edit)?),
-        None if task == "BACKGROUND_REMOVAL" => Some(everything(&image)),
-        None => None,
+    let header = render::inspect(&first, max_pixels).map_err(|e| bad(&format!("image: {e}")))?;
+    let marks = match mask_edit {
+        Some(edit) => bedrock_mask(
+            decode_b64(req, p.get("maskImage"), "maskImage")?,
+            edit,
+            &header,
+            max_pixels,
+        )?,
+        None if task == "BACKGROUND_REMOVAL" => Marks::Everything,
+        None => Marks::Blend,
     };
     let n = match body.pointer("/imageGenerationConfig/numberOfImages") {
         None => 1,
@@ -190,11 +201,12 @@ fn titan(body: &Value, max_pixels: u64) -> Result<SimResponse, SimResponse> {
             .filter(|n| (1..=5).contains(n))
             .ok_or_else(|| bad("numberOfImages must be an integer from 1 to 5"))? as u32,
     };
-    let images = edited_images(&image, mask.as_ref(), text, n)?;
-    Ok(answer(200, &json!({"images": images, "error": null})))
+    let doc = json!({"images": slots(n), "error": null});
+    edited_images((&first, &marks), text, n, doc, &req.place)
 }
 
-fn stability(body: &Value, max_pixels: u64) -> Result<SimResponse, SimResponse> {
+fn stability(req: &SimRequest, body: &Value) -> Result<SimResponse, SimResponse> {
+    let max_pixels = req.place.max_image_pixels;
     let prompt = body.get("prompt").and_then(Value::as_str).unwrap_or("");
     if let Some(status) = super::simulated_error_status(prompt) {
         return Err(error(status, &format!("simulated error {status}")));
@@ -205,24 +217,21 @@ fn stability(body: &Value, max_pixels: u64) -> Result<SimResponse, SimResponse> 
             &json!({"images": [], "seeds": [0], "finish_reasons": ["Filter reason: prompt"]}),
         ));
     }
-    let image = starting_image(&decode_b64(body.get("image"), "image")?, max_pixels)
-        .map_err(|e| bad(&format!("image: {e}")))?;
-    let mask = match body.get("mask") {
-        Some(m) => Some(bedrock_mask(&decode_b64(Some(m), "mask")?, 255)?),
-        None => None,
+    let image = decode_b64(req, body.get("image"), "image")?;
+    let header = render::inspect(&image, max_pixels).map_err(|e| bad(&format!("image: {e}")))?;
+    let marks = match body.get("mask") {
+        Some(m) => bedrock_mask(decode_b64(req, Some(m), "mask")?, 255, &header, max_pixels)?,
+        None => Marks::Blend,
     };
-    let images = edited_images(&image, mask.as_ref(), prompt, 1)?;
     let seed = body.get("seed").and_then(Value::as_u64).unwrap_or(0);
-    Ok(answer(
-        200,
-        &json!({"images": images, "seeds": [seed], "finish_reasons": [null]}),
-    ))
+    let doc = json!({"images": slots(1), "seeds": [seed], "finish_reasons": [null]});
+    edited_images((&image, &marks), prompt, 1, doc, &req.place)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imaging::{self, encode_png, solid};
+    use crate::imaging::{self, decode_png, encode_png, solid, Rgba};
     use bytes::Bytes;
 
     fn b64(bytes: &[u8]) -> String {
@@ -236,20 +245,19 @@ mod tests {
         headers.insert("authorization", auth.parse().unwrap());
         headers.insert("x-amz-date", "20261124T022054Z".parse().unwrap());
         headers.insert("content-type", "application/json".parse().unwrap());
-        SimRequest {
-            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
-            path: format!("/model/{model}/invoke"),
-            query: None,
+        SimRequest::for_test(
+            format!("/model/{model}/invoke"),
+            None,
             headers,
-            body: Bytes::from(serde_json::to_vec(body).unwrap()),
-        }
+            Bytes::from(serde_json::to_vec(body).unwrap()),
+        )
     }
 
     fn run(req: &SimRequest) -> (u16, Value) {
         let SimAnswer::Whole(r) = handle(req) else {
             panic!("not a whole answer")
         };
-        (r.status, serde_json::from_slice(&r.body).unwrap())
+        (r.status, serde_json::from_slice(&r.body.to_vec()).unwrap())
     }
 
     /// A 2×1 opaque RGB mask: left pixel `left`, right pixel `255 - left`.

@@ -24,14 +24,13 @@
 //! Prompt hooks: `simulate-error:<status>` answers that status with Google's envelope;
 //! `simulate-image-safety` answers 200 with `finishReason: IMAGE_SAFETY` and no image.
 
-use super::{
-    png_base64, simulated_error_status, starting_image, unix_now, SimAnswer, SimRequest, SimResponse, StreamSettings,
-};
-use crate::imaging::{simulate_edit, sniff, Rgba};
+use super::render::{self, Fault, Marks, Paint, Picture, RenderPlace};
+use super::stream::PendingFrame;
+use super::{simulated_error_status, unix_now, Blob, SimAnswer, SimRequest, SimResponse, SimStream, StreamSettings};
+use crate::imaging::{sniff, ImageKind};
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
-use bytes::Bytes;
 use serde_json::{json, Value};
 
 /// Aspect ratios and image sizes Gemini's `imageConfig` accepts.
@@ -64,14 +63,12 @@ fn status_name(status: u16) -> &'static str {
 
 /// An answer in Google's error envelope.
 fn google_error(status: u16, message: &str) -> SimResponse {
-    SimResponse {
-        status,
-        content_type: "application/json",
-        body: serde_json::to_vec(&json!({
-            "error": {"code": status, "message": message, "status": status_name(status)}
-        }))
-        .unwrap_or_default(),
-    }
+    SimResponse::json(status, &error_json(status, message))
+}
+
+/// Google's error envelope.
+fn error_json(status: u16, message: &str) -> Value {
+    json!({"error": {"code": status, "message": message, "status": status_name(status)}})
 }
 
 /// A 400 `INVALID_ARGUMENT`.
@@ -83,10 +80,12 @@ fn invalid(message: &str) -> SimResponse {
 struct Request {
     model: String,
     prompt: String,
-    image: Rgba,
+    /// The first image (its header was read).
+    image: Blob,
     input_images: u64,
     candidates: u32,
     stream: bool,
+    place: RenderPlace,
 }
 
 /// Decodes base64 in either alphabet, padded or not.
@@ -145,8 +144,8 @@ fn read_request(req: &SimRequest) -> Result<Request, SimResponse> {
     {
         return Err(invalid("the simulator streams only with alt=sse"));
     }
-    let body: Value =
-        serde_json::from_slice(&req.body).map_err(|e| invalid(&format!("Invalid JSON payload received. {e}")))?;
+    let body: Value = serde_json::from_slice(req.body.bytes())
+        .map_err(|e| invalid(&format!("Invalid JSON payload received. {e}")))?;
     let parts: Vec<&Value> = body
         .get("contents")
         .and_then(Value::as_array)
@@ -170,13 +169,13 @@ fn read_request(req: &SimRequest) -> Result<Request, SimResponse> {
             let data = blob
                 .get("data")
                 .and_then(Value::as_str)
-                .and_then(decode_base64)
+                .and_then(|text| req.base64_blob(text, decode_base64))
                 .ok_or_else(|| {
                     invalid(
                         "Invalid value at 'contents[0].parts[0].inline_data.data' (TYPE_BYTES), Base64 decoding failed",
                     )
                 })?;
-            if sniff(&data).is_none() {
+            if sniff(&data.head(ImageKind::SNIFF_LEN)).is_none() {
                 return Err(invalid("Unable to process input image: not a PNG, JPEG or WebP image"));
             }
             images.push(data);
@@ -184,11 +183,11 @@ fn read_request(req: &SimRequest) -> Result<Request, SimResponse> {
             return Err(invalid("a part has neither text nor inlineData"));
         }
     }
-    let first = images
+    let image = images
         .first()
+        .cloned()
         .ok_or_else(|| invalid("the simulator needs an image to edit"))?;
-    let image = starting_image(first, req.max_image_pixels)
-        .map_err(|e| invalid(&format!("Unable to process input image: {e}")))?;
+    render::inspect(&image, req.place.max_image_pixels).map_err(|e| fault_response(Fault::Image(e)))?;
     let config = body.get("generationConfig").cloned().unwrap_or(Value::Null);
     let candidates = match config.get("candidateCount") {
         None => 1,
@@ -221,7 +220,16 @@ fn read_request(req: &SimRequest) -> Result<Request, SimResponse> {
         input_images: images.len() as u64,
         candidates,
         stream,
+        place: req.place.clone(),
     })
+}
+
+/// Google's answer to an image that cannot be edited (or an answer that cannot be written).
+fn fault_response(fault: Fault) -> SimResponse {
+    match fault {
+        Fault::Image(e) => invalid(&format!("Unable to process input image: {e}")),
+        other => google_error(500, &other.to_string()),
+    }
 }
 
 impl Request {
@@ -243,18 +251,20 @@ impl Request {
     }
 
     /// The parts of candidate `index`: a thought image first for Gemini 3 models, then the
-    /// edited image.
-    fn parts(&self, index: u32) -> Result<Vec<Value>, SimResponse> {
-        let internal = |e: String| google_error(500, &e);
+    /// edited image; their pictures are added to `pictures` (the parts hold their slots).
+    fn parts(&self, index: u32, pictures: &mut Vec<Picture>) -> Vec<Value> {
         let mut parts = Vec::new();
         if self.model.starts_with("gemini-3") {
-            let thought = png_base64(&self.image, 0).map_err(|_| internal("encoding failed".into()))?;
-            parts.push(json!({"inlineData": {"mimeType": "image/png", "data": thought}, "thought": true}));
+            let mut thought = Picture::edit(self.image.clone(), Marks::Blend, &self.prompt, index);
+            thought.paint = Paint::Input;
+            parts.push(
+                json!({"inlineData": {"mimeType": "image/png", "data": render::slot(pictures.len())}, "thought": true}),
+            );
+            pictures.push(thought);
         }
-        let edited = simulate_edit(&self.image, None, &self.prompt, index).map_err(|e| internal(e.to_string()))?;
-        let data = png_base64(&edited, 0).map_err(|_| internal("encoding failed".into()))?;
-        parts.push(json!({"inlineData": {"mimeType": "image/png", "data": data}}));
-        Ok(parts)
+        parts.push(json!({"inlineData": {"mimeType": "image/png", "data": render::slot(pictures.len())}}));
+        pictures.push(Picture::edit(self.image.clone(), Marks::Blend, &self.prompt, index));
+        parts
     }
 
     /// A `GenerateContentResponse` around `candidates` and `usage`.
@@ -268,25 +278,8 @@ impl Request {
     }
 }
 
-/// A 200 JSON answer.
-fn ok_json(body: &Value) -> SimResponse {
-    SimResponse {
-        status: 200,
-        content_type: "application/json",
-        body: serde_json::to_vec(body).unwrap_or_default(),
-    }
-}
-
-/// One SSE chunk as Google frames it.
-fn frame(body: &Value) -> Bytes {
-    let mut out = b"data: ".to_vec();
-    out.extend(serde_json::to_vec(body).unwrap_or_default());
-    out.extend_from_slice(b"\r\n\r\n");
-    Bytes::from(out)
-}
-
 /// Answers `…/models/{model}:generateContent` and `…:streamGenerateContent?alt=sse`.
-pub(super) fn handle(req: &SimRequest, _settings: &StreamSettings) -> SimAnswer {
+pub(super) fn handle(req: &SimRequest, settings: &StreamSettings) -> SimAnswer {
     let request = match read_request(req) {
         Ok(r) => r,
         Err(resp) => return SimAnswer::Whole(resp),
@@ -300,68 +293,90 @@ pub(super) fn handle(req: &SimRequest, _settings: &StreamSettings) -> SimAnswer 
             request.usage(0),
         );
         return if request.stream {
-            SimAnswer::Chunks(vec![frame(&blocked)])
+            request.stream_of(vec![PendingFrame::gemini(blocked, Vec::new())], settings)
         } else {
-            SimAnswer::Whole(ok_json(&blocked))
+            SimAnswer::Whole(SimResponse::json(200, &blocked))
         };
     }
-    match answer(&request) {
-        Ok(answer) => answer,
-        Err(resp) => SimAnswer::Whole(resp),
-    }
+    answer(&request, settings)
 }
 
-/// The edited images, whole or as chunks.
-fn answer(request: &Request) -> Result<SimAnswer, SimResponse> {
+/// The edited images, whole (rendered into the body) or as a stream of chunks (each rendered
+/// when its turn comes).
+fn answer(request: &Request, settings: &StreamSettings) -> SimAnswer {
     let text = json!({"text": "Here is the edited image."});
     if !request.stream {
+        let mut pictures = Vec::new();
         let mut candidates = Vec::new();
         for i in 0..request.candidates {
             let mut parts = vec![text.clone()];
-            parts.extend(request.parts(i)?);
+            parts.extend(request.parts(i, &mut pictures));
             candidates.push(json!({
                 "content": {"role": "model", "parts": parts},
                 "finishReason": "STOP",
                 "index": i,
             }));
         }
-        return Ok(SimAnswer::Whole(ok_json(
-            &request.response(candidates, request.usage(request.candidates)),
-        )));
+        let doc = request.response(candidates, request.usage(request.candidates));
+        return SimAnswer::Whole(SimResponse::rendered(&doc, &pictures, &request.place).unwrap_or_else(fault_response));
     }
-    let mut chunks = vec![frame(&request.response(
-        vec![json!({"content": {"role": "model", "parts": [text]}, "index": 0})],
-        request.usage(0),
-    ))];
+    let mut frames = vec![PendingFrame::gemini(
+        request.response(
+            vec![json!({"content": {"role": "model", "parts": [text]}, "index": 0})],
+            request.usage(0),
+        ),
+        Vec::new(),
+    )];
     for i in 0..request.candidates {
+        let mut pictures = Vec::new();
         let candidate = json!({
-            "content": {"role": "model", "parts": request.parts(i)?},
+            "content": {"role": "model", "parts": request.parts(i, &mut pictures)},
             "finishReason": "STOP",
             "index": i,
         });
-        chunks.push(frame(&request.response(vec![candidate], request.usage(i + 1))));
+        frames.push(PendingFrame::gemini(
+            request.response(vec![candidate], request.usage(i + 1)),
+            pictures,
+        ));
     }
-    Ok(SimAnswer::Chunks(chunks))
+    request.stream_of(frames, settings)
+}
+
+impl Request {
+    /// A stream of `frames`; one that fails to render ends it with Google's error chunk.
+    fn stream_of(&self, frames: Vec<PendingFrame>, settings: &StreamSettings) -> SimAnswer {
+        SimAnswer::Stream(Box::new(SimStream::new(
+            (frames, None),
+            settings.interval,
+            self.place.clone(),
+            |message| {
+                let mut out = b"data: ".to_vec();
+                out.extend(serde_json::to_vec(&error_json(500, message)).unwrap_or_default());
+                out.extend_from_slice(b"\r\n\r\n");
+                out
+            },
+        )))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::sse::SseDecoder;
-    use crate::imaging::{decode_png, encode_png, paint_colour, solid};
+    use crate::imaging::{decode_png, encode_png, paint_colour, solid, Rgba};
+    use bytes::Bytes;
 
     fn request(path: &str, query: Option<&str>, key: Option<&str>, body: &Value) -> SimRequest {
         let mut headers = http::HeaderMap::new();
         if let Some(k) = key {
             headers.insert("x-goog-api-key", k.parse().unwrap());
         }
-        SimRequest {
-            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
-            path: path.into(),
-            query: query.map(str::to_string),
+        SimRequest::for_test(
+            path.into(),
+            query.map(str::to_string),
             headers,
-            body: Bytes::from(serde_json::to_vec(body).unwrap()),
-        }
+            Bytes::from(serde_json::to_vec(body).unwrap()),
+        )
     }
 
     fn png() -> Vec<u8> {
@@ -401,8 +416,8 @@ mod tests {
             json!({"candidateCount": 2, "responseModalities": ["TEXT","IMAGE"], "imageConfig": {"aspectRatio": "4:3", "imageSize": "1K"}}),
         );
         let r = whole(handle(&request(PATH, None, Some("k"), &b), &StreamSettings::default()));
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body.to_vec()));
+        let v: Value = serde_json::from_slice(&r.body.to_vec()).unwrap();
         let candidates = v["candidates"].as_array().unwrap();
         assert_eq!(candidates.len(), 2);
         for (i, c) in candidates.iter().enumerate() {
@@ -434,8 +449,8 @@ mod tests {
             &request(path, Some("key=abc"), None, &b),
             &StreamSettings::default(),
         ));
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body.to_vec()));
+        let v: Value = serde_json::from_slice(&r.body.to_vec()).unwrap();
         let parts = v["candidates"][0]["content"]["parts"].as_array().unwrap();
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[1]["thought"], true);
@@ -448,7 +463,7 @@ mod tests {
         let good = body("p", &std_b64(&png()), json!({}));
         let r = whole(handle(&request(PATH, None, None, &good), &StreamSettings::default()));
         assert_eq!(r.status, 403);
-        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        let v: Value = serde_json::from_slice(&r.body.to_vec()).unwrap();
         assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
         // A Bearer token counts on Vertex's paths only.
         let vertex_path = "/v1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash-image:generateContent";
@@ -472,12 +487,17 @@ mod tests {
         for b in bad_bodies {
             let r = whole(handle(&request(PATH, None, Some("k"), &b), &StreamSettings::default()));
             assert_eq!(r.status, 400, "{b}");
-            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            let v: Value = serde_json::from_slice(&r.body.to_vec()).unwrap();
             assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{b}");
             assert_eq!(v["error"]["code"], 400);
         }
         let mut not_json = request(PATH, None, Some("k"), &good);
-        not_json.body = Bytes::from_static(b"{nope");
+        not_json.body = crate::simulator::SimBody::from_bytes(
+            Some("application/json"),
+            Bytes::from_static(b"{nope"),
+            &not_json.place.spool,
+        )
+        .unwrap();
         assert_eq!(whole(handle(&not_json, &StreamSettings::default())).status, 400);
         // A stream without alt=sse.
         let stream_path = PATH.replace(":generateContent", ":streamGenerateContent");
@@ -493,12 +513,12 @@ mod tests {
         let b = body("simulate-error:429", &std_b64(&png()), json!({}));
         let r = whole(handle(&request(PATH, None, Some("k"), &b), &StreamSettings::default()));
         assert_eq!(r.status, 429);
-        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        let v: Value = serde_json::from_slice(&r.body.to_vec()).unwrap();
         assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED");
         let b = body("simulate-image-safety", &std_b64(&png()), json!({}));
         let r = whole(handle(&request(PATH, None, Some("k"), &b), &StreamSettings::default()));
         assert_eq!(r.status, 200);
-        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        let v: Value = serde_json::from_slice(&r.body.to_vec()).unwrap();
         assert_eq!(v["candidates"][0]["finishReason"], "IMAGE_SAFETY");
         assert!(v["candidates"][0].get("content").is_none());
     }
@@ -511,7 +531,16 @@ mod tests {
             &request(&path, Some("alt=sse"), Some("k"), &b),
             &StreamSettings::default(),
         ) {
-            SimAnswer::Chunks(c) => c,
+            SimAnswer::Stream(mut s) => {
+                let mut chunks = Vec::new();
+                while let Some(frame) = s.next_frame() {
+                    match frame {
+                        crate::simulator::Frame::Event(body) => chunks.push(body.to_vec()),
+                        crate::simulator::Frame::Truncated(..) => panic!("no truncation"),
+                    }
+                }
+                chunks
+            }
             _ => panic!("expected chunks"),
         };
         assert_eq!(chunks.len(), 3);

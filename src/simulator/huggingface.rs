@@ -9,8 +9,8 @@
 //! is checked, not applied. Errors are `{"error":"…"}`. Hook in the prompt:
 //! `simulate-error:NNN` answers that status (503 adds `estimated_time`, as a loading model).
 
-use super::{starting_image, SimAnswer, SimRequest, SimResponse};
-use crate::imaging::{encode_png, simulate_edit};
+use super::render::{self, Fault, Marks, Picture};
+use super::{SimAnswer, SimRequest, SimResponse};
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -22,11 +22,7 @@ fn hf_error(status: u16, message: &str) -> SimResponse {
     if status == 503 {
         body["estimated_time"] = json!(20.0);
     }
-    SimResponse {
-        status,
-        content_type: "application/json",
-        body: serde_json::to_vec(&body).unwrap_or_default(),
-    }
+    SimResponse::json(status, &body)
 }
 
 /// Answers one image-to-image request.
@@ -42,7 +38,7 @@ fn image_to_image(req: &SimRequest) -> Result<SimResponse, SimResponse> {
     {
         return Err(hf_error(401, "Invalid credentials in Authorization header"));
     }
-    if req.body.len() > MAX_BODY {
+    if req.body.len > MAX_BODY as u64 {
         return Err(hf_error(413, "Request body too large"));
     }
     if !req
@@ -51,7 +47,7 @@ fn image_to_image(req: &SimRequest) -> Result<SimResponse, SimResponse> {
     {
         return Err(bad("expected a JSON body"));
     }
-    let body: Value = serde_json::from_slice(&req.body).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
+    let body: Value = serde_json::from_slice(req.body.bytes()).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
     let inputs = body
         .get("inputs")
         .and_then(Value::as_str)
@@ -81,12 +77,15 @@ fn image_to_image(req: &SimRequest) -> Result<SimResponse, SimResponse> {
     if let Some(status) = super::simulated_error_status(prompt) {
         return Err(hf_error(status, &format!("simulated error {status}")));
     }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(inputs)
-        .map_err(|e| bad(&format!("inputs is not base64: {e}")))?;
-    let image = starting_image(&bytes, req.max_image_pixels).map_err(|e| bad(&format!("inputs: {e}")))?;
-    let edited = simulate_edit(&image, None, prompt, 0).map_err(|e| bad(&e.to_string()))?;
-    let png = encode_png(&edited).map_err(|e| hf_error(500, &e.to_string()))?;
+    let image = req
+        .base64_blob(inputs, |s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .ok_or_else(|| bad("inputs is not base64"))?;
+    render::inspect(&image, req.place.max_image_pixels).map_err(|e| bad(&format!("inputs: {e}")))?;
+    let picture = Picture::edit(image, Marks::Blend, prompt, 0);
+    let png = render::png_body(&picture, &req.place).map_err(|f| match f {
+        Fault::Image(e) => bad(&format!("inputs: {e}")),
+        other => hf_error(500, &other.to_string()),
+    })?;
     Ok(SimResponse {
         status: 200,
         content_type: "image/png",
@@ -97,20 +96,19 @@ fn image_to_image(req: &SimRequest) -> Result<SimResponse, SimResponse> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imaging::{decode_png, paint_colour, solid};
+    use crate::imaging::{decode_png, encode_png, paint_colour, solid};
     use bytes::Bytes;
 
     fn request(body: &Value) -> SimRequest {
         let mut headers = http::HeaderMap::new();
         headers.insert("authorization", "Bearer hf_x".parse().unwrap());
         headers.insert("content-type", "application/json".parse().unwrap());
-        SimRequest {
-            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
-            path: "/hf-inference/models/o/m".into(),
-            query: None,
+        SimRequest::for_test(
+            "/hf-inference/models/o/m".into(),
+            None,
             headers,
-            body: Bytes::from(serde_json::to_vec(body).unwrap()),
-        }
+            Bytes::from(serde_json::to_vec(body).unwrap()),
+        )
     }
 
     fn whole(a: SimAnswer) -> SimResponse {
@@ -128,7 +126,7 @@ mod tests {
             &json!({"inputs": b64, "parameters": {"prompt": "blue", "target_size": {"width": 3, "height": 2}}}),
         )));
         assert_eq!((r.status, r.content_type), (200, "image/png"));
-        let out = decode_png(&r.body).unwrap();
+        let out = decode_png(&r.body.to_vec()).unwrap();
         let c = paint_colour("blue", 0);
         assert_eq!(out.pixel(2, 1), [c[0] / 2, c[1] / 2, c[2] / 2, 255]);
         let r = whole(handle(&request(&json!({"inputs": b64, "parameters": {"seed": 1}}))));
@@ -137,7 +135,7 @@ mod tests {
             &json!({"inputs": b64, "parameters": {"prompt": "simulate-error:503"}}),
         )));
         assert_eq!(r.status, 503);
-        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        let v: Value = serde_json::from_slice(&r.body.to_vec()).unwrap();
         assert_eq!(v["estimated_time"], 20.0);
         let mut big = request(&json!({"inputs": "A".repeat(MAX_BODY)}));
         assert_eq!(whole(handle(&big)).status, 413);

@@ -7,12 +7,18 @@
 //! error object on failure. It requires an `Authorization: Bearer` header (any value) as OpenAI
 //! does.
 //!
+//! Memory is bounded whatever the images' size: the listener reads each body as it arrives into
+//! a spool ([`body`]: files and base64 images go to the spool, decoded), and every answer is
+//! rendered row by row from the spool into another one ([`render`]). The handlers here are pure
+//! CPU work with no I/O but the spools': the listener runs [`route`] on the decode pool.
+//!
 //! With `stream=true` the answer is a [`SimStream`]: OpenAI's server-sent events, for each output
 //! image in turn `partial_images` (0..=3) `image_edit.partial_image` events, then one
 //! `image_edit.completed` event whose image is the one the non-streamed answer has at that index.
 //! Partial `k` of `P` is the input with the edit painted over its first `height·(k+1)/(P+1)`
-//! rows. [`SimStream`] only produces the events (no I/O); the listener
-//! (`server::simulator_app`) writes them, waiting [`SimStream::interval`] before each.
+//! rows. [`SimStream`] only renders the events, one per call (no I/O); the listener
+//! (`server::simulator_app`) renders each on the decode pool and writes it, waiting
+//! [`SimStream::interval`] before each.
 //!
 //! Test hooks, driven by the prompt: `simulate-error:<status>` answers with that status and an
 //! OpenAI error object; `simulate-garbage` answers 200 with a body that is not JSON. With
@@ -22,17 +28,21 @@
 //! `image_edit.debug` event before the others.
 
 mod bedrock;
+pub mod body;
 mod gemini;
 mod huggingface;
+mod json_split;
 mod polling;
+pub mod render;
 mod stability;
 mod vertex;
 mod xai;
 
 use crate::config::SimulatorSettings;
-use crate::imaging::{self, decode_png, encode_png, pad_png, simulate_edit, Rgba};
-use base64::Engine;
-use bytes::Bytes;
+use crate::imaging::{ImageHeader, ImagingError};
+pub use body::{read_body, Blob, BodyError, SimBody, SpoolPlace};
+pub use render::{Body, RenderPlace};
+use render::{Fault, Marks, MaskRule, Picture};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -44,18 +54,36 @@ pub struct SimResponse {
     /// `content-type`.
     pub content_type: &'static str,
     /// Body.
-    pub body: Vec<u8>,
+    pub body: Body,
+}
+
+impl SimResponse {
+    /// A JSON answer of `value`.
+    pub fn json(status: u16, value: &Value) -> SimResponse {
+        SimResponse {
+            status,
+            content_type: "application/json",
+            body: serde_json::to_vec(value).unwrap_or_default().into(),
+        }
+    }
+
+    /// A 200 JSON answer of `doc`, its image slots rendered from `pictures` into a spooled body
+    /// ([`render::json_body`]).
+    pub(crate) fn rendered(doc: &Value, pictures: &[Picture], place: &RenderPlace) -> Result<SimResponse, Fault> {
+        Ok(SimResponse {
+            status: 200,
+            content_type: "application/json",
+            body: render::json_body(doc, pictures, place)?,
+        })
+    }
 }
 
 /// The simulator's answer to one request.
 pub enum SimAnswer {
-    /// A complete response (JSON, or an error).
+    /// A complete response (JSON, an image, or an error).
     Whole(SimResponse),
-    /// A `200 text/event-stream` answer, written event by event.
+    /// A `200 text/event-stream` answer, rendered and written frame by frame.
     Stream(Box<SimStream>),
-    /// A `200 text/event-stream` answer given as its chunks, written one per stream interval
-    /// (providers whose streams are not OpenAI's).
-    Chunks(Vec<Bytes>),
 }
 
 /// One request to the simulator, as the listener read it.
@@ -67,17 +95,73 @@ pub struct SimRequest {
     pub query: Option<String>,
     /// Request headers.
     pub headers: http::HeaderMap,
-    /// The whole body.
-    pub body: Bytes,
-    /// The pixel budget of every image the request's edit decodes
-    /// (`limits.max_image_pixels`).
-    pub max_image_pixels: u64,
+    /// The body, as read ([`read_body`]).
+    pub body: SimBody,
+    /// The pixel budget of every image the answer decodes (`limits.max_image_pixels`), and
+    /// where answers are spooled.
+    pub place: RenderPlace,
 }
 
 impl SimRequest {
     /// A header's value, if present and text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The image a base64 JSON string holds: a long one the listener decoded into the spool, or
+    /// a short one decoded by `inline` (each provider's own base64 rules); `None` when it is not
+    /// base64.
+    pub fn base64_blob(&self, text: &str, inline: impl FnOnce(&str) -> Option<Vec<u8>>) -> Option<Blob> {
+        match self.body.spooled(text) {
+            Some(blob) => blob.ok(),
+            None => inline(text).map(|bytes| Blob::Inline(bytes.into())),
+        }
+    }
+}
+
+#[cfg(test)]
+impl SimRequest {
+    /// A request as the listener reads it (tests): its body, of the type its `content-type`
+    /// header says, read by [`read_body`] from memory; the default pixel budget; spools that keep
+    /// 1000 bytes in memory.
+    pub(crate) fn for_test(path: String, query: Option<String>, headers: http::HeaderMap, body: bytes::Bytes) -> Self {
+        use std::future::Future;
+        struct Whole(Option<bytes::Bytes>);
+        #[async_trait::async_trait]
+        impl crate::form::BodySource for Whole {
+            async fn next_chunk(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
+                Ok(self.0.take())
+            }
+        }
+        let place = RenderPlace {
+            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
+            spool: SpoolPlace {
+                memory_bytes: 1000,
+                directory: None,
+            },
+        };
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        // An in-memory body is read without waiting: polled until it is.
+        let mut source = Whole(Some(body));
+        let body = {
+            let mut read = std::pin::pin!(read_body(&mut source, content_type.as_deref(), &place.spool));
+            let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+            loop {
+                if let std::task::Poll::Ready(body) = read.as_mut().poll(&mut cx) {
+                    break body.expect("a readable body");
+                }
+            }
+        };
+        SimRequest {
+            path,
+            query,
+            headers,
+            body,
+            place,
+        }
     }
 }
 
@@ -86,8 +170,9 @@ impl SimRequest {
 /// Gemini `…:generateContent` / `…:streamGenerateContent`, Imagen `…:predict`, Bedrock
 /// `…/model/{id}/invoke`, the fake OAuth token endpoint `/token`, and the asynchronous
 /// providers (BFL, Fireworks, Replicate: submit, polls and result `GET`s, see `polling`);
-/// anything else is a 404.
-pub async fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
+/// anything else is a 404. CPU work (images are rendered here): the listener runs it on the
+/// decode pool.
+pub fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
     let json_body = req
         .header("content-type")
         .is_some_and(|ct| ct.starts_with("application/json"));
@@ -95,26 +180,13 @@ pub async fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {
         return xai::handle(&req);
     }
     if req.path.contains("/v2beta/stable-image/edit/") {
-        return stability::handle(&req).await;
+        return stability::handle(&req);
     }
     if req.path.contains("/hf-inference/models/") {
         return huggingface::handle(&req);
     }
     if req.path.ends_with("/images/edits") {
-        // Azure sends its key in `api-key`; the simulator takes it as OpenAI's Bearer.
-        let authorization = match (req.header("authorization"), req.header("api-key")) {
-            (Some(a), _) => Some(a.to_string()),
-            (None, Some(key)) => Some(format!("Bearer {key}")),
-            (None, None) => None,
-        };
-        return handle(
-            req.header("content-type"),
-            authorization.as_deref(),
-            req.body.clone(),
-            settings,
-            req.max_image_pixels,
-        )
-        .await;
+        return handle(&req, settings);
     }
     if req.path.ends_with(":generateContent") || req.path.ends_with(":streamGenerateContent") {
         return gemini::handle(&req, settings);
@@ -154,22 +226,20 @@ impl From<&SimulatorSettings> for StreamSettings {
 }
 
 fn error(status: u16, kind: &str, code: &str, param: Option<&str>, message: &str) -> SimResponse {
-    SimResponse {
+    SimResponse::json(
         status,
-        content_type: "application/json",
-        body: serde_json::to_vec(&json!({
+        &json!({
             "error": {"message": message, "type": kind, "param": param, "code": code}
-        }))
-        .unwrap_or_default(),
-    }
+        }),
+    )
 }
 
 #[derive(Default)]
 struct SimForm {
     model: Option<String>,
     prompt: Option<String>,
-    images: Vec<Bytes>,
-    mask: Option<Bytes>,
+    images: Vec<Blob>,
+    mask: Option<Blob>,
     n: u32,
     size: Option<String>,
     response_format: Option<String>,
@@ -180,52 +250,20 @@ struct SimForm {
     partial_images: Option<String>,
 }
 
-/// Every part of a multipart body as (name, content), in order; `Err` says why the body is
-/// not `multipart/form-data`.
-pub(super) async fn multipart_parts(content_type: &str, body: Bytes) -> Result<Vec<(String, Bytes)>, String> {
-    let boundary = multer::parse_boundary(content_type).map_err(|e| format!("expected multipart/form-data: {e}"))?;
-    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
-    let mut mp = multer::Multipart::new(stream, boundary);
-    let mut parts = Vec::new();
-    while let Some(field) = mp.next_field().await.map_err(|e| e.to_string())? {
-        let name = field.name().unwrap_or_default().to_string();
-        parts.push((name, field.bytes().await.map_err(|e| e.to_string())?));
-    }
-    Ok(parts)
-}
-
-/// A provider-native mask (an opaque image: white = edit when `white_edits`, else black =
-/// edit) as the simulator's RGBA mask (alpha 0 = edit). A mask with transparency is refused:
-/// an unconverted OpenAI mask would edit the wrong pixels.
-pub(super) fn opaque_mask(bytes: &[u8], white_edits: bool) -> Result<Rgba, String> {
-    let info = imaging::png_info(bytes).map_err(|e| format!("mask: {e}"))?;
-    if info.alpha {
-        return Err(format!(
-            "mask must be an opaque image whose {} pixels mark the area to edit (it has transparency)",
-            if white_edits { "white" } else { "black" }
-        ));
-    }
-    let mut mask = decode_png(bytes).map_err(|e| format!("mask: {e}"))?;
-    for px in mask.pixels.chunks_exact_mut(4) {
-        px[3] = if (px[0] >= 128) == white_edits { 0 } else { 255 };
-    }
-    Ok(mask)
-}
-
-async fn read_form(content_type: &str, body: Bytes) -> Result<SimForm, SimResponse> {
+fn read_form(req: &SimRequest) -> Result<SimForm, SimResponse> {
     let bad = |m: String| error(400, "invalid_request_error", "invalid_multipart", None, &m);
-    let parts = multipart_parts(content_type, body).await.map_err(bad)?;
+    let parts = req.body.parts().map_err(bad)?;
     let mut f = SimForm {
         n: 1,
         ..Default::default()
     };
-    for (name, data) in parts {
-        let text = || String::from_utf8_lossy(&data).into_owned();
-        match name.as_str() {
+    for part in parts {
+        let text = || part.data.text().unwrap_or_default();
+        match part.name.as_str() {
             "model" => f.model = Some(text()),
             "prompt" => f.prompt = Some(text()),
-            "image" | "image[]" => f.images.push(data.clone()),
-            "mask" => f.mask = Some(data.clone()),
+            "image" | "image[]" => f.images.push(part.data.clone()),
+            "mask" => f.mask = Some(part.data.clone()),
             "n" => {
                 f.n = text().parse().ok().filter(|n| (1..=10).contains(n)).ok_or_else(|| {
                     error(
@@ -253,8 +291,11 @@ async fn read_form(content_type: &str, body: Bytes) -> Result<SimForm, SimRespon
 struct Edit {
     form: SimForm,
     prompt: String,
-    image: Rgba,
-    mask: Option<Rgba>,
+    /// The first image, and its header.
+    image: Blob,
+    header: ImageHeader,
+    mask: Option<Blob>,
+    place: RenderPlace,
 }
 
 /// Token counts of one request (the same for both answers).
@@ -299,16 +340,12 @@ impl Usage {
 
 impl Edit {
     /// Output image `index`, the same for both answers.
-    fn edited(&self, index: u32) -> Result<Rgba, SimResponse> {
-        simulate_edit(&self.image, self.mask.as_ref(), &self.prompt, index).map_err(|e| {
-            error(
-                400,
-                "invalid_request_error",
-                "invalid_value",
-                Some("mask"),
-                &e.to_string(),
-            )
-        })
+    fn picture(&self, index: u32) -> Picture {
+        let marks = match &self.mask {
+            Some(m) => Marks::Mask(m.clone(), MaskRule::Alpha),
+            None => Marks::Blend,
+        };
+        Picture::edit(self.image.clone(), marks, &self.prompt, index)
     }
 
     fn usage(&self) -> Usage {
@@ -325,7 +362,7 @@ impl Edit {
         self.form
             .size
             .clone()
-            .unwrap_or_else(|| format!("{}x{}", self.image.width, self.image.height))
+            .unwrap_or_else(|| format!("{}x{}", self.header.width, self.header.height))
     }
 
     fn quality(&self) -> String {
@@ -337,9 +374,17 @@ impl Edit {
     }
 }
 
-pub(super) fn png_base64(img: &Rgba, pad_to: usize) -> Result<String, SimResponse> {
-    let png = encode_png(img).map_err(|e| error(500, "server_error", "internal_error", None, &e.to_string()))?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(pad_png(png, pad_to)))
+/// OpenAI's answer to an image or mask that cannot be edited.
+fn fault_response(fault: Fault) -> SimResponse {
+    let message = fault.to_string();
+    match fault {
+        Fault::Image(_) => error(400, "invalid_request_error", "invalid_image", Some("image"), &message),
+        Fault::Mask(ImagingError::MaskSize { .. }) | Fault::MaskContent(_) => {
+            error(400, "invalid_request_error", "invalid_value", Some("mask"), &message)
+        }
+        Fault::Mask(_) => error(400, "invalid_request_error", "invalid_image", Some("mask"), &message),
+        Fault::Output(_) => error(500, "server_error", "internal_error", None, &message),
+    }
 }
 
 pub(super) fn unix_now() -> u64 {
@@ -347,16 +392,6 @@ pub(super) fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// The image an edit starts from: a PNG, JPEG or WebP decoded to RGBA, refused when it has
-/// more than `max_pixels` pixels (from its header, before decoding) or is none of the three.
-pub(super) fn starting_image(bytes: &[u8], max_pixels: u64) -> Result<Rgba, imaging::ImagingError> {
-    let kind = imaging::sniff(bytes).ok_or_else(|| imaging::ImagingError::Decode {
-        format: "image",
-        detail: "not a PNG, JPEG or WebP".into(),
-    })?;
-    imaging::decode(kind, std::io::Cursor::new(bytes), max_pixels)
 }
 
 /// The status a `simulate-error:<status>` prompt asks for (500 when it names no error status),
@@ -371,14 +406,9 @@ pub(super) fn simulated_error_status(prompt: &str) -> Option<u16> {
     )
 }
 
-/// Checks the request and decodes its images; `Err` is the answer to send instead (an error, or
-/// a test hook's answer).
-async fn prepare(
-    content_type: Option<&str>,
-    authorization: Option<&str>,
-    body: Bytes,
-    max_pixels: u64,
-) -> Result<Edit, SimResponse> {
+/// Checks the request and reads its images' headers; `Err` is the answer to send instead (an
+/// error, or a test hook's answer).
+fn prepare(req: &SimRequest, authorization: Option<&str>) -> Result<Edit, SimResponse> {
     if !authorization.is_some_and(|a| a.starts_with("Bearer ") && a.len() > 7) {
         return Err(error(
             401,
@@ -388,7 +418,7 @@ async fn prepare(
             "missing bearer token",
         ));
     }
-    let form = read_form(content_type.unwrap_or_default(), body).await?;
+    let form = read_form(req)?;
     let prompt = form.prompt.clone().unwrap_or_default();
     if let Some(status) = simulated_error_status(&prompt) {
         return Err(error(
@@ -403,7 +433,7 @@ async fn prepare(
         return Err(SimResponse {
             status: 200,
             content_type: "application/json",
-            body: b"{not json".to_vec(),
+            body: Body::from(&b"{not json"[..]),
         });
     }
     if form.model.as_deref().is_none_or(str::is_empty) {
@@ -415,7 +445,7 @@ async fn prepare(
             "model is required",
         ));
     }
-    let Some(first) = form.images.first() else {
+    let Some(image) = form.images.first().cloned() else {
         return Err(error(
             400,
             "invalid_request_error",
@@ -424,71 +454,56 @@ async fn prepare(
             "image is required",
         ));
     };
-    let image = starting_image(first, max_pixels).map_err(|e| {
-        error(
-            400,
-            "invalid_request_error",
-            "invalid_image",
-            Some("image"),
-            &e.to_string(),
-        )
-    })?;
-    let mask = match &form.mask {
-        Some(m) => Some(
-            imaging::decode(imaging::ImageKind::Png, std::io::Cursor::new(m), max_pixels).map_err(|e| {
-                error(
-                    400,
-                    "invalid_request_error",
-                    "invalid_image",
-                    Some("mask"),
-                    &e.to_string(),
-                )
-            })?,
-        ),
-        None => None,
-    };
+    let max_pixels = req.place.max_image_pixels;
+    let header = render::inspect(&image, max_pixels).map_err(|e| fault_response(Fault::Image(e)))?;
+    if let Some(mask) = &form.mask {
+        render::inspect_mask(mask, MaskRule::Alpha, &header, max_pixels).map_err(fault_response)?;
+    }
     Ok(Edit {
+        mask: form.mask.clone(),
         form,
         prompt,
         image,
-        mask,
+        header,
+        place: req.place.clone(),
     })
 }
 
 /// Answers one `images/edits` request: a whole JSON answer, or (with `stream=true`) a stream.
-/// Images are decoded within `max_pixels` (`limits.max_image_pixels`).
-pub async fn handle(
-    content_type: Option<&str>,
-    authorization: Option<&str>,
-    body: Bytes,
-    settings: &StreamSettings,
-    max_pixels: u64,
-) -> SimAnswer {
-    let edit = match prepare(content_type, authorization, body, max_pixels).await {
+/// Azure sends its key in `api-key`; the simulator takes it as OpenAI's Bearer.
+fn handle(req: &SimRequest, settings: &StreamSettings) -> SimAnswer {
+    let authorization = match (req.header("authorization"), req.header("api-key")) {
+        (Some(a), _) => Some(a.to_string()),
+        (None, Some(key)) => Some(format!("Bearer {key}")),
+        (None, None) => None,
+    };
+    let edit = match prepare(req, authorization.as_deref()) {
         Ok(edit) => edit,
         Err(resp) => return SimAnswer::Whole(resp),
     };
     if !edit.form.stream {
-        return SimAnswer::Whole(whole(&edit).unwrap_or_else(|resp| resp));
+        return SimAnswer::Whole(whole(&edit).unwrap_or_else(fault_response));
     }
-    match SimStream::new(edit, settings, unix_now()) {
+    match SimStream::openai(edit, settings, unix_now()) {
         Ok(stream) => SimAnswer::Stream(Box::new(stream)),
         Err(resp) => SimAnswer::Whole(resp),
     }
 }
 
-/// The non-streamed `ImagesResponse`.
-fn whole(edit: &Edit) -> Result<SimResponse, SimResponse> {
-    let mut data = Vec::new();
-    for i in 0..edit.form.n {
-        let b64 = png_base64(&edit.edited(i)?, 0)?;
-        if edit.form.response_format.as_deref() == Some("url") {
-            data.push(json!({"url": format!("data:image/png;base64,{b64}")}));
-        } else {
-            data.push(json!({"b64_json": b64}));
-        }
-    }
-    let body = json!({
+/// The non-streamed `ImagesResponse`, its images rendered straight into the body.
+fn whole(edit: &Edit) -> Result<SimResponse, Fault> {
+    let url = edit.form.response_format.as_deref() == Some("url");
+    let data: Vec<Value> = (0..edit.form.n as usize)
+        .map(|i| {
+            if url {
+                json!({"url": format!("data:image/png;base64,{}", render::slot(i))})
+            } else {
+                json!({"b64_json": render::slot(i)})
+            }
+        })
+        .collect();
+    let pictures: Vec<Picture> = (0..edit.form.n).map(|i| edit.picture(i)).collect();
+    let doc = json!({
         "created": unix_now(),
         "data": data,
         "background": edit.background(),
@@ -497,11 +512,7 @@ fn whole(edit: &Edit) -> Result<SimResponse, SimResponse> {
         "size": edit.size(),
         "usage": edit.usage().whole_json(),
     });
-    Ok(SimResponse {
-        status: 200,
-        content_type: "application/json",
-        body: serde_json::to_vec(&body).unwrap_or_default(),
-    })
+    SimResponse::rendered(&doc, &pictures, &edit.place)
 }
 
 mod stream;
@@ -511,7 +522,9 @@ pub use stream::*;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imaging::{paint_colour, solid, Rgba};
+    use crate::imaging::{self, decode_png, encode_png, paint_colour, simulate_edit, solid, Rgba};
+    use base64::Engine;
+    use bytes::Bytes;
 
     const B: &str = "simb";
 
@@ -534,8 +547,28 @@ mod tests {
         format!("multipart/form-data; boundary={B}")
     }
 
+    /// Answers `body` as the listener would: read, then routed.
+    async fn handle_full(
+        content_type: Option<&str>,
+        authorization: Option<&str>,
+        body: Bytes,
+        settings: &StreamSettings,
+        max_pixels: u64,
+    ) -> SimAnswer {
+        let mut headers = http::HeaderMap::new();
+        if let Some(ct) = content_type {
+            headers.insert("content-type", ct.parse().unwrap());
+        }
+        if let Some(a) = authorization {
+            headers.insert("authorization", a.parse().unwrap());
+        }
+        let mut req = SimRequest::for_test("/v1/images/edits".into(), None, headers, body);
+        req.place.max_image_pixels = max_pixels;
+        route(req, settings)
+    }
+
     async fn handle_with(body: Bytes, settings: &StreamSettings) -> SimAnswer {
-        handle(
+        handle_full(
             Some(&ct()),
             Some("Bearer k"),
             body,
@@ -546,7 +579,7 @@ mod tests {
     }
 
     async fn whole_answer(content_type: &str, authorization: Option<&str>, body: Bytes) -> SimResponse {
-        match handle(
+        match handle_full(
             Some(content_type),
             authorization,
             body,
@@ -556,18 +589,17 @@ mod tests {
         .await
         {
             SimAnswer::Whole(r) => r,
-            SimAnswer::Stream(_) | SimAnswer::Chunks(_) => panic!("expected a whole answer"),
+            SimAnswer::Stream(_) => panic!("expected a whole answer"),
         }
     }
 
     async fn stream_of(body: Bytes, settings: &StreamSettings) -> SimStream {
         match handle_with(body, settings).await {
             SimAnswer::Stream(s) => *s,
-            SimAnswer::Chunks(_) => panic!("expected an OpenAI stream"),
             SimAnswer::Whole(r) => panic!(
                 "expected a stream, got {} {}",
                 r.status,
-                String::from_utf8_lossy(&r.body)
+                String::from_utf8_lossy(&r.body.to_vec())
             ),
         }
     }
@@ -581,12 +613,38 @@ mod tests {
         out
     }
 
+    /// One server-sent event as written: its name, its data, its bytes.
+    #[derive(Debug)]
+    struct SseEvent {
+        name: String,
+        data: Value,
+        bytes: Vec<u8>,
+    }
+
+    impl SseEvent {
+        fn parse(bytes: Vec<u8>) -> SseEvent {
+            let text = String::from_utf8(bytes.clone()).unwrap();
+            let rest = text.strip_prefix("event: ").unwrap();
+            let (name, rest) = rest.split_once("\ndata: ").unwrap();
+            let data = rest.strip_suffix("\n\n").unwrap();
+            SseEvent {
+                name: name.to_string(),
+                data: serde_json::from_str(data).unwrap(),
+                bytes,
+            }
+        }
+
+        fn to_bytes(&self) -> Vec<u8> {
+            self.bytes.clone()
+        }
+    }
+
     fn events(s: SimStream) -> Vec<SseEvent> {
         frames(s)
             .into_iter()
             .map(|f| match f {
-                Frame::Event(e) => e,
-                Frame::Truncated(_) => panic!("unexpected truncation"),
+                Frame::Event(e) => SseEvent::parse(e.to_vec()),
+                Frame::Truncated(..) => panic!("unexpected truncation"),
             })
             .collect()
     }
@@ -636,8 +694,8 @@ mod tests {
                 ("mask", Some("m.png"), &mask),
             ]);
             let r = whole_answer(&ct(), Some("Bearer k"), body).await;
-            assert_eq!(r.status, 200, "{name}: {}", String::from_utf8_lossy(&r.body));
-            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(r.status, 200, "{name}: {}", String::from_utf8_lossy(&r.body.to_vec()));
+            let v: Value = serde_json::from_slice(&r.body.to_vec()).unwrap();
             let png = base64::engine::general_purpose::STANDARD
                 .decode(v["data"][0]["b64_json"].as_str().unwrap())
                 .unwrap();
@@ -668,7 +726,7 @@ mod tests {
         ]);
         let r = whole_answer(&ct(), Some("Bearer k"), body).await;
         assert_eq!(r.status, 400);
-        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        let v: Value = serde_json::from_slice(&r.body.to_vec()).unwrap();
         assert_eq!(v["error"]["param"], "image", "{v}");
         let message = v["error"]["message"].as_str().unwrap();
         assert!(
@@ -682,7 +740,7 @@ mod tests {
             ("prompt", None, b"p"),
             ("image", Some("a.png"), &img),
         ]);
-        let r = handle(Some(&ct()), Some("Bearer k"), body, &StreamSettings::default(), 9_999).await;
+        let r = handle_full(Some(&ct()), Some("Bearer k"), body, &StreamSettings::default(), 9_999).await;
         let SimAnswer::Whole(r) = r else {
             panic!("expected a whole answer")
         };
@@ -704,7 +762,7 @@ mod tests {
         ]);
         let r = whole_answer(&ct(), Some("Bearer k"), body).await;
         assert_eq!(r.status, 200);
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body.to_vec()).unwrap();
         assert_eq!(v["data"].as_array().unwrap().len(), 2);
         let png = base64::engine::general_purpose::STANDARD
             .decode(v["data"][1]["b64_json"].as_str().unwrap())
@@ -744,7 +802,7 @@ mod tests {
         assert_eq!(whole_answer(&ct, None, body.clone()).await.status, 401);
         let r = whole_answer(&ct, Some("Bearer k"), body).await;
         assert_eq!(r.status, 429);
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body.to_vec()).unwrap();
         assert_eq!(v["error"]["code"], "simulated");
         let r = whole_answer(
             &ct,
@@ -781,12 +839,12 @@ mod tests {
         // The non-streamed answer to the same form (stream=false), for comparison.
         let r = match handle_with(parts(b"false"), &settings).await {
             SimAnswer::Whole(r) => r,
-            SimAnswer::Stream(_) | SimAnswer::Chunks(_) => panic!("stream=false must not stream"),
+            SimAnswer::Stream(_) => panic!("stream=false must not stream"),
         };
         assert_eq!(r.status, 200);
-        let whole: Value = serde_json::from_slice(&r.body).unwrap();
+        let whole: Value = serde_json::from_slice(&r.body.to_vec()).unwrap();
 
-        let names: Vec<&str> = events.iter().map(|e| e.name).collect();
+        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -909,7 +967,7 @@ mod tests {
         )
         .await;
         let events = events(s);
-        let names: Vec<&str> = events.iter().map(|e| e.name).collect();
+        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["image_edit.partial_image", "image_edit.partial_image", "error"]);
         assert_eq!(
             serde_json::to_string(&events[2].data).unwrap(),
@@ -937,8 +995,8 @@ mod tests {
         );
     }
 
-    fn events_names(s: SimStream) -> Vec<&'static str> {
-        events(s).iter().map(|e| e.name).collect()
+    fn events_names(s: SimStream) -> Vec<String> {
+        events(s).into_iter().map(|e| e.name).collect()
     }
 
     #[tokio::test]
@@ -951,7 +1009,7 @@ mod tests {
         .await;
         let events = events(s);
         assert_eq!(
-            events.iter().map(|e| e.name).collect::<Vec<_>>(),
+            events.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
             ["image_edit.debug", "image_edit.partial_image", "image_edit.completed"]
         );
         assert_eq!(
@@ -970,11 +1028,13 @@ mod tests {
         .await;
         let got = frames(s);
         assert_eq!(got.len(), 2);
-        assert!(matches!(&got[0], Frame::Event(e) if e.name == "image_edit.partial_image"));
-        let Frame::Truncated(half) = &got[1] else {
+        assert!(matches!(&got[0], Frame::Event(e) if e.to_vec().starts_with(b"event: image_edit.partial_image\n")));
+        let Frame::Truncated(event, len) = &got[1] else {
             panic!("expected a truncated frame, got {:?}", got[1]);
         };
-        let half = String::from_utf8(half.clone()).unwrap();
+        assert_eq!(*len, event.len() / 2);
+        let half: Vec<u8> = event.chunks(*len).flat_map(|c| c.unwrap().to_vec()).collect();
+        let half = String::from_utf8(half).unwrap();
         assert!(half.starts_with("event: image_edit.completed\ndata: {\"type\":\"image_edit.completed\""));
         assert!(!half.contains("\n\n"));
         // K past the end still leaves one event to cut: the last one.
@@ -985,7 +1045,7 @@ mod tests {
         .await;
         let got = frames(s);
         assert_eq!(got.len(), 1);
-        assert!(matches!(&got[0], Frame::Truncated(b) if b.starts_with(b"event: image_edit.completed\n")));
+        assert!(matches!(&got[0], Frame::Truncated(b, _) if b.to_vec().starts_with(b"event: image_edit.completed\n")));
     }
 
     #[tokio::test]
@@ -1020,7 +1080,7 @@ mod tests {
         let settings = StreamSettings::default();
         let status = |a: SimAnswer| match a {
             SimAnswer::Whole(r) => r.status,
-            SimAnswer::Stream(_) | SimAnswer::Chunks(_) => 200,
+            SimAnswer::Stream(_) => 200,
         };
         // partial_images is checked only when streaming
         assert_eq!(status(handle_with(hook_form(b"p", b"4", &png), &settings).await), 400);
@@ -1042,10 +1102,10 @@ mod tests {
         match handle_with(body, &settings).await {
             SimAnswer::Whole(r) => {
                 assert_eq!(r.status, 400);
-                let v: Value = serde_json::from_slice(&r.body).unwrap();
+                let v: Value = serde_json::from_slice(&r.body.to_vec()).unwrap();
                 assert_eq!(v["error"]["param"], "mask");
             }
-            SimAnswer::Stream(_) | SimAnswer::Chunks(_) => panic!("expected a 400"),
+            SimAnswer::Stream(_) => panic!("expected a 400"),
         }
         // the plain error hooks apply before streaming
         assert_eq!(

@@ -16,8 +16,9 @@
 //! (`{"detail"}`, Replicate's problem+json); `simulate-moderated` ends the job moderated (BFL,
 //! Fireworks: `Content Moderated`; Replicate: `failed` with an NSFW error).
 
-use super::{simulated_error_status, starting_image, SimAnswer, SimRequest, SimResponse};
-use crate::imaging::{encode_png, simulate_edit};
+use super::render::{self, Fault, Marks, Picture};
+use super::vertex::IMAGEN_MASK;
+use super::{simulated_error_status, Blob, Body, SimAnswer, SimRequest, SimResponse};
 use base64::Engine;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -37,18 +38,15 @@ struct Job {
     id: String,
     kind: Kind,
     polls: u32,
-    /// The edited PNG, or `None` when the job ends moderated.
-    image: Option<Vec<u8>>,
+    /// The edited PNG (in a spool: memory up to `spool.memory_bytes`, then a temp file), or
+    /// `None` when the job ends moderated.
+    image: Option<Body>,
 }
 
 static JOBS: Mutex<VecDeque<Job>> = Mutex::new(VecDeque::new());
 
 fn json_answer(status: u16, body: &Value) -> SimResponse {
-    SimResponse {
-        status,
-        content_type: "application/json",
-        body: serde_json::to_vec(body).unwrap_or_default(),
-    }
+    SimResponse::json(status, body)
 }
 
 fn detail(status: u16, message: &str, kind: Kind) -> SimResponse {
@@ -78,7 +76,7 @@ pub(super) fn handle(req: &SimRequest) -> Option<SimAnswer> {
     } else if path.contains("/workflows/") && path.ends_with("/get_result") {
         authorized(req, Kind::Fireworks).and_then(|()| {
             let body: Value =
-                serde_json::from_slice(&req.body).map_err(|_| detail(400, "expected JSON", Kind::Fireworks))?;
+                serde_json::from_slice(req.body.bytes()).map_err(|_| detail(400, "expected JSON", Kind::Fireworks))?;
             let id = body.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
             poll(req, &id, Kind::Fireworks)
         })
@@ -114,17 +112,18 @@ fn base(req: &SimRequest) -> String {
 }
 
 /// Decodes bare base64 or a `data:…;base64,` URL.
-fn image_bytes(value: &Value) -> Option<Vec<u8>> {
+fn image_bytes(req: &SimRequest, value: &Value) -> Option<Blob> {
     let text = value.as_str().or_else(|| value.get(0).and_then(Value::as_str))?;
     let b64 = match text.strip_prefix("data:") {
         Some(rest) => rest.split_once(";base64,")?.1,
         None => text,
     };
-    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+    req.base64_blob(b64, |s| base64::engine::general_purpose::STANDARD.decode(s).ok())
 }
 
 fn submit(req: &SimRequest, kind: Kind) -> Result<SimResponse, SimResponse> {
-    let body: Value = serde_json::from_slice(&req.body).map_err(|_| detail(400, "expected a JSON body", kind))?;
+    let body: Value =
+        serde_json::from_slice(req.body.bytes()).map_err(|_| detail(400, "expected a JSON body", kind))?;
     let input = if kind == Kind::Replicate {
         body.get("input")
             .cloned()
@@ -144,19 +143,28 @@ fn submit(req: &SimRequest, kind: Kind) -> Result<SimResponse, SimResponse> {
         .iter()
         .find_map(|k| input.get(*k))
         .ok_or_else(|| detail(422, "an input image is required", kind))?;
-    let bytes = image_bytes(image).ok_or_else(|| detail(422, "the input image is not base64", kind))?;
-    let start = starting_image(&bytes, req.max_image_pixels).map_err(|e| detail(422, &e.to_string(), kind))?;
-    let mask = match input.get("mask").and_then(image_bytes) {
-        Some(m) => Some(
-            super::vertex::imagen_mask(&m).map_err(|_| detail(422, "the mask must be opaque, white = edit", kind))?,
-        ),
-        None => None,
+    let start = image_bytes(req, image).ok_or_else(|| detail(422, "the input image is not base64", kind))?;
+    let max_pixels = req.place.max_image_pixels;
+    let header = render::inspect(&start, max_pixels).map_err(|e| detail(422, &e.to_string(), kind))?;
+    let mask_refused = || detail(422, "the mask must be opaque, white = edit", kind);
+    let marks = match input.get("mask").and_then(|m| image_bytes(req, m)) {
+        Some(m) => {
+            render::inspect_mask(&m, IMAGEN_MASK, &header, max_pixels).map_err(|f| match f {
+                Fault::Mask(e @ crate::imaging::ImagingError::MaskSize { .. }) => detail(422, &e.to_string(), kind),
+                _ => mask_refused(),
+            })?;
+            Marks::Mask(m, IMAGEN_MASK)
+        }
+        None => Marks::Blend,
     };
     let image = if prompt == "simulate-moderated" {
         None
     } else {
-        let edited = simulate_edit(&start, mask.as_ref(), &prompt, 0).map_err(|e| detail(422, &e.to_string(), kind))?;
-        Some(encode_png(&edited).map_err(|e| detail(500, &e.to_string(), kind))?)
+        let picture = Picture::edit(start, marks, &prompt, 0);
+        Some(render::png_body(&picture, &req.place).map_err(|f| match f {
+            Fault::Output(e) => detail(500, &e, kind),
+            other => detail(422, &other.to_string(), kind),
+        })?)
     };
     let id = uuid::Uuid::new_v4().to_string();
     remember(
@@ -249,7 +257,7 @@ fn result(rest: &str) -> Result<SimResponse, SimResponse> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::imaging::{decode_png, solid};
+    use crate::imaging::{decode_png, encode_png, simulate_edit, solid};
 
     fn request(path: &str, query: Option<&str>, headers: &[(&str, &str)], body: &Value) -> SimRequest {
         let mut map = http::HeaderMap::new();
@@ -260,13 +268,12 @@ mod tests {
                 http::HeaderValue::from_str(v).unwrap(),
             );
         }
-        SimRequest {
-            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
-            path: path.into(),
-            query: query.map(str::to_string),
-            headers: map,
-            body: serde_json::to_vec(body).unwrap().into(),
-        }
+        SimRequest::for_test(
+            path.into(),
+            query.map(str::to_string),
+            map,
+            serde_json::to_vec(body).unwrap().into(),
+        )
     }
 
     fn answer(req: &SimRequest) -> SimResponse {
@@ -277,7 +284,7 @@ mod tests {
     }
 
     fn json(r: &SimResponse) -> Value {
-        serde_json::from_slice(&r.body).unwrap()
+        serde_json::from_slice(&r.body.to_vec()).unwrap()
     }
 
     fn png_b64() -> String {
@@ -288,7 +295,7 @@ mod tests {
         let path = url.strip_prefix("http://sim.test:1").unwrap();
         let r = answer(&request(path, None, &[], &json!({})));
         assert_eq!((r.status, r.content_type), (200, "image/png"));
-        r.body
+        r.body.to_vec()
     }
 
     #[test]

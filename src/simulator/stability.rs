@@ -17,18 +17,15 @@
 //! `{"id","name","errors":[…]}`. Hooks in the prompt: `simulate-error:NNN` answers that
 //! status; `simulate-filtered` answers `finish_reason: CONTENT_FILTERED`.
 
-use super::{multipart_parts, opaque_mask, png_base64, starting_image, SimAnswer, SimRequest, SimResponse};
-use crate::imaging::{paint_colour, simulate_edit, solid, Rgba};
-use bytes::Bytes;
+use super::render::{self, Fault, Marks, Paint, Picture};
+use super::vertex::{mask_message, IMAGEN_MASK};
+use super::{Blob, SimAnswer, SimRequest, SimResponse};
+use crate::imaging::paint_colour;
 use serde_json::json;
 
 /// A Stability error answer.
 fn stability_error(status: u16, name: &str, message: &str) -> SimResponse {
-    SimResponse {
-        status,
-        content_type: "application/json",
-        body: serde_json::to_vec(&json!({"id": "sim-request", "name": name, "errors": [message]})).unwrap_or_default(),
-    }
+    SimResponse::json(status, &json!({"id": "sim-request", "name": name, "errors": [message]}))
 }
 
 fn bad(message: &str) -> SimResponse {
@@ -36,8 +33,8 @@ fn bad(message: &str) -> SimResponse {
 }
 
 /// Answers one edit request.
-pub(super) async fn handle(req: &SimRequest) -> SimAnswer {
-    SimAnswer::Whole(edit(req).await.unwrap_or_else(|answer| answer))
+pub(super) fn handle(req: &SimRequest) -> SimAnswer {
+    SimAnswer::Whole(edit(req).unwrap_or_else(|answer| answer))
 }
 
 /// The fields each service takes.
@@ -70,7 +67,7 @@ fn allowed(service: &str) -> Option<&'static [&'static str]> {
     }
 }
 
-async fn edit(req: &SimRequest) -> Result<SimResponse, SimResponse> {
+fn edit(req: &SimRequest) -> Result<SimResponse, SimResponse> {
     let service = req.path.rsplit('/').next().unwrap_or_default();
     let fields = allowed(service).ok_or_else(|| stability_error(404, "not_found", "unknown edit service"))?;
     if !req
@@ -86,21 +83,20 @@ async fn edit(req: &SimRequest) -> Result<SimResponse, SimResponse> {
     if req.header("accept") != Some("application/json") {
         return Err(bad("the simulator answers Accept: application/json only"));
     }
-    let parts = multipart_parts(req.header("content-type").unwrap_or_default(), req.body.clone())
-        .await
-        .map_err(|e| bad(&e))?;
-    let mut image: Option<Bytes> = None;
-    let mut mask: Option<Bytes> = None;
+    let parts = req.body.parts().map_err(|e| bad(&e))?;
+    let mut image: Option<Blob> = None;
+    let mut mask: Option<Blob> = None;
     let mut text = std::collections::HashMap::new();
-    for (name, data) in parts {
+    for part in parts {
+        let name = part.name;
         if !fields.contains(&name.as_str()) {
             return Err(bad(&format!("{name}: unknown field for {service}")));
         }
         match name.as_str() {
-            "image" => image = Some(data),
-            "mask" => mask = Some(data),
+            "image" => image = Some(part.data),
+            "mask" => mask = Some(part.data),
             _ => {
-                text.insert(name, String::from_utf8_lossy(&data).into_owned());
+                text.insert(name, part.data.text().unwrap_or_default());
             }
         }
     }
@@ -126,37 +122,37 @@ async fn edit(req: &SimRequest) -> Result<SimResponse, SimResponse> {
             .ok_or_else(|| bad("seed: must be an integer from 0 to 4294967294"))?,
     };
     let image = image.ok_or_else(|| bad("image: required"))?;
-    let image = starting_image(&image, req.max_image_pixels).map_err(|e| bad(&format!("image: {e}")))?;
-    let out = match service {
+    let max_pixels = req.place.max_image_pixels;
+    let header = render::inspect(&image, max_pixels).map_err(|e| bad(&format!("image: {e}")))?;
+    let mut picture = Picture::edit(image, Marks::OwnAlpha, &prompt, 0);
+    match service {
         "inpaint" => {
             if prompt.trim().is_empty() {
                 return Err(bad("prompt: required"));
             }
-            let mask = match &mask {
-                Some(m) => opaque_mask(m, true).map_err(|e| bad(&e))?,
-                None => image.clone(),
-            };
-            simulate_edit(&image, Some(&mask), &prompt, 0).map_err(|e| bad(&e.to_string()))?
+            if let Some(m) = mask {
+                render::inspect_mask(&m, IMAGEN_MASK, &header, max_pixels).map_err(|f| bad(&mask_message(&f)))?;
+                picture.marks = Marks::Mask(m, IMAGEN_MASK);
+            }
         }
-        "outpaint" => outpaint(&image, &text, &prompt)?,
-        _ => remove_background(image),
-    };
+        "outpaint" => picture.paint = outpaint(&text, &prompt)?,
+        _ => picture.paint = Paint::RemoveBackground,
+    }
     let filtered = prompt == "simulate-filtered";
-    let b64 = png_base64(&out, 0).map_err(|_| stability_error(500, "internal_error", "encoding failed"))?;
-    Ok(SimResponse {
-        status: 200,
-        content_type: "application/json",
-        body: serde_json::to_vec(&json!({
-            "image": b64,
-            "finish_reason": if filtered { "CONTENT_FILTERED" } else { "SUCCESS" },
-            "seed": if seed == 0 { 42 } else { seed },
-        }))
-        .unwrap_or_default(),
+    let doc = json!({
+        "image": render::slot(0),
+        "finish_reason": if filtered { "CONTENT_FILTERED" } else { "SUCCESS" },
+        "seed": if seed == 0 { 42 } else { seed },
+    });
+    SimResponse::rendered(&doc, &[picture], &req.place).map_err(|f| match f {
+        Fault::Output(_) => stability_error(500, "internal_error", "encoding failed"),
+        Fault::Image(e) => bad(&format!("image: {e}")),
+        other => bad(&mask_message(&other)),
     })
 }
 
-/// The outpainted canvas (see the module docs).
-fn outpaint(image: &Rgba, text: &std::collections::HashMap<String, String>, prompt: &str) -> Result<Rgba, SimResponse> {
+/// The outpainting (see the module docs): the sides from the form.
+fn outpaint(text: &std::collections::HashMap<String, String>, prompt: &str) -> Result<Paint, SimResponse> {
     let mut sides = [0u32; 4];
     for (i, name) in ["left", "right", "up", "down"].iter().enumerate() {
         if let Some(v) = text.get(*name) {
@@ -170,37 +166,18 @@ fn outpaint(image: &Rgba, text: &std::collections::HashMap<String, String>, prom
     if sides.iter().all(|s| *s == 0) {
         return Err(bad("at least one of left, right, up, down must be greater than 0"));
     }
-    let [left, right, up, down] = sides;
-    let mut out = solid(
-        image.width + left + right,
-        image.height + up + down,
-        paint_colour(prompt, 0),
-    );
-    for y in 0..image.height {
-        let src = (y * image.width * 4) as usize;
-        let dst = (((y + up) * out.width + left) * 4) as usize;
-        let row = (image.width * 4) as usize;
-        out.pixels[dst..dst + row].copy_from_slice(&image.pixels[src..src + row]);
-    }
-    Ok(out)
-}
-
-/// Every pixel of the top-left pixel's colour made transparent.
-fn remove_background(mut image: Rgba) -> Rgba {
-    let background = image.pixel(0, 0);
-    for px in image.pixels.chunks_exact_mut(4) {
-        if px == background {
-            px.copy_from_slice(&[0, 0, 0, 0]);
-        }
-    }
-    image
+    Ok(Paint::Outpaint {
+        sides,
+        colour: paint_colour(prompt, 0),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imaging::{decode_png, encode_png};
+    use crate::imaging::{decode_png, encode_png, solid, Rgba};
     use base64::Engine;
+    use bytes::Bytes;
     use serde_json::Value;
 
     fn request(service: &str, parts: &[(&str, &[u8])], accept: &str) -> SimRequest {
@@ -219,18 +196,17 @@ mod tests {
         headers.insert("authorization", "Bearer k".parse().unwrap());
         headers.insert("accept", accept.parse().unwrap());
         headers.insert("content-type", "multipart/form-data; boundary=b".parse().unwrap());
-        SimRequest {
-            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
-            path: format!("/v2beta/stable-image/edit/{service}"),
-            query: None,
+        SimRequest::for_test(
+            format!("/v2beta/stable-image/edit/{service}"),
+            None,
             headers,
-            body: Bytes::from(body),
-        }
+            Bytes::from(body),
+        )
     }
 
     async fn answer(req: SimRequest) -> (u16, Value) {
-        match handle(&req).await {
-            SimAnswer::Whole(r) => (r.status, serde_json::from_slice(&r.body).unwrap()),
+        match handle(&req) {
+            SimAnswer::Whole(r) => (r.status, serde_json::from_slice(&r.body.to_vec()).unwrap()),
             _ => panic!("expected a whole answer"),
         }
     }

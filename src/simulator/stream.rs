@@ -1,5 +1,6 @@
-//! The simulator's streaming answer (`stream=true`): the plan of events, the partial images,
-//! and [`SimStream`], which renders each event when its turn comes (no I/O).
+//! The simulator's streamed answers: [`SimStream`], frames described up front and each rendered
+//! when its turn comes (no I/O), and OpenAI's plan of events (`stream=true`): the partial
+//! images, the completed ones, the hooks.
 
 use super::*;
 
@@ -80,51 +81,90 @@ pub(super) fn plan(n: u32, partial_images: u32, hook: StreamHook) -> (Vec<Step>,
     }
 }
 
-/// One server-sent event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SseEvent {
-    /// The `event:` line.
-    pub name: &'static str,
-    /// The `data:` line, a JSON object whose `type` is `name`.
-    pub data: Value,
+/// One frame of a streamed answer, described: rendered when its turn comes.
+#[derive(Debug, Clone)]
+pub struct PendingFrame {
+    /// What goes before the JSON (`event: NAME\ndata: `, or Gemini's `data: `).
+    prefix: Vec<u8>,
+    /// What goes after it (`\n\n`, or Gemini's `\r\n\r\n`).
+    suffix: &'static [u8],
+    /// The JSON, its images as [`render::slot`]s.
+    doc: Value,
+    /// The slots' images.
+    pictures: Vec<Picture>,
 }
 
-impl SseEvent {
-    /// `event: NAME\ndata: JSON\n\n`.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let data = serde_json::to_vec(&self.data).unwrap_or_default();
-        crate::codec::sse::encode_event(Some(self.name), &data).to_vec()
+impl PendingFrame {
+    /// An OpenAI event: `event: NAME` and `data: JSON`.
+    pub(super) fn event(name: &str, doc: Value, pictures: Vec<Picture>) -> Self {
+        PendingFrame {
+            prefix: format!("event: {name}\ndata: ").into_bytes(),
+            suffix: b"\n\n",
+            doc,
+            pictures,
+        }
+    }
+
+    /// A Gemini chunk: `data: JSON` and a CRLF blank line.
+    pub(super) fn gemini(doc: Value, pictures: Vec<Picture>) -> Self {
+        PendingFrame {
+            prefix: b"data: ".to_vec(),
+            suffix: b"\r\n\r\n",
+            doc,
+            pictures,
+        }
+    }
+
+    fn render(&self, place: &RenderPlace) -> Result<Body, Fault> {
+        render::framed_json_body((&self.prefix, self.suffix), &self.doc, &self.pictures, place)
     }
 }
 
 /// What to write next on a stream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Frame {
-    /// A whole event.
-    Event(SseEvent),
-    /// The first half of an event's bytes; write them and end the body (the stream ends
-    /// mid-event).
-    Truncated(Vec<u8>),
+    /// A whole frame (one event).
+    Event(Body),
+    /// An event of which only the first `.1` bytes are written; then the body ends (the
+    /// stream ends mid-event).
+    Truncated(Body, u64),
 }
 
-/// A streamed answer: produces its events one at a time, rendering each image when its turn
-/// comes; no I/O (the listener writes each [`Frame`] after waiting [`SimStream::interval`]).
+/// A streamed answer: its frames described up front, each rendered when its turn comes (no
+/// I/O: the listener writes each [`Frame`] after waiting [`SimStream::interval`]).
 pub struct SimStream {
-    edit: Edit,
-    settings: StreamSettings,
-    created_at: u64,
-    partial_images: u32,
-    steps: std::vec::IntoIter<Step>,
-    truncate: Option<Step>,
-    /// Output image `.0`, edited (each image is needed by all its events).
-    current: Option<(u32, Rgba)>,
+    frames: std::vec::IntoIter<PendingFrame>,
+    /// The frame whose first half ends the stream (`simulate-stream-truncate`).
+    truncate: Option<PendingFrame>,
+    interval: Duration,
+    place: RenderPlace,
+    /// The last frame after one failed to render (its message).
+    on_fault: fn(&str) -> Vec<u8>,
     done: bool,
 }
 
 impl SimStream {
-    /// Checks the streaming fields and renders the first image, so that every request error is
-    /// an HTTP error rather than an event.
-    pub(super) fn new(edit: Edit, settings: &StreamSettings, created_at: u64) -> Result<SimStream, SimResponse> {
+    /// A stream of `frames` (then the first half of `truncate`), one every `interval`; a frame
+    /// that fails to render ends the stream with `on_fault`'s frame.
+    pub(super) fn new(
+        (frames, truncate): (Vec<PendingFrame>, Option<PendingFrame>),
+        interval: Duration,
+        place: RenderPlace,
+        on_fault: fn(&str) -> Vec<u8>,
+    ) -> Self {
+        SimStream {
+            frames: frames.into_iter(),
+            truncate,
+            interval,
+            place,
+            on_fault,
+            done: false,
+        }
+    }
+
+    /// OpenAI's stream of `edit` (see the module docs), after checking the streaming fields so
+    /// that every request error is an HTTP error rather than an event.
+    pub(super) fn openai(edit: Edit, settings: &StreamSettings, created_at: u64) -> Result<SimStream, SimResponse> {
         let partial_images = match edit.form.partial_images.as_deref().map(str::trim) {
             None | Some("") => 0,
             Some(text) => text.parse().ok().filter(|p| *p <= 3).ok_or_else(|| {
@@ -138,76 +178,94 @@ impl SimStream {
             })?,
         };
         let (steps, truncate) = plan(edit.form.n, partial_images, StreamHook::from_prompt(&edit.prompt));
-        let first = edit.edited(0)?;
-        Ok(SimStream {
-            edit,
-            settings: *settings,
+        let events = OpenAiEvents {
+            edit: &edit,
+            settings,
             created_at,
             partial_images,
-            steps: steps.into_iter(),
-            truncate,
-            current: Some((0, first)),
-            done: false,
-        })
+        };
+        let frames = steps.into_iter().map(|s| events.frame(s)).collect();
+        let truncate = truncate.map(|s| events.frame(s));
+        Ok(SimStream::new(
+            (frames, truncate),
+            settings.interval,
+            edit.place.clone(),
+            |message| {
+                let doc = error_event_json("image_generation_server_error", "internal_error", message);
+                let mut out = b"event: error\ndata: ".to_vec();
+                out.extend(serde_json::to_vec(&doc).unwrap_or_default());
+                out.extend_from_slice(b"\n\n");
+                out
+            },
+        ))
     }
 
     /// How long to wait before writing each frame.
     pub fn interval(&self) -> Duration {
-        self.settings.interval
+        self.interval
     }
 
-    /// The next frame to write; `None` when the body should end.
+    /// Renders the next frame to write (CPU work: run it on the decode pool); `None` when the
+    /// body should end.
     pub fn next_frame(&mut self) -> Option<Frame> {
         if self.done {
             return None;
         }
-        if let Some(step) = self.steps.next() {
-            return Some(match self.event(step) {
-                Ok(event) => Frame::Event(event),
-                Err(resp) => {
-                    // cannot happen once the first image rendered; end with an error event
+        if let Some(frame) = self.frames.next() {
+            return Some(match frame.render(&self.place) {
+                Ok(body) => Frame::Event(body),
+                Err(fault) => {
+                    // the images' headers were checked before the stream began: corrupt data
                     self.done = true;
-                    let message = serde_json::from_slice::<Value>(&resp.body)
-                        .ok()
-                        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    Frame::Event(error_event("image_generation_server_error", "internal_error", &message))
+                    Frame::Event(Body::from((self.on_fault)(&fault.to_string())))
                 }
             });
         }
         self.done = true;
-        let step = self.truncate.take()?;
-        let bytes = self.event(step).ok()?.to_bytes();
-        Some(Frame::Truncated(bytes[..bytes.len() / 2].to_vec()))
+        let body = self.truncate.take()?.render(&self.place).ok()?;
+        let half = body.len() / 2;
+        Some(Frame::Truncated(body, half))
     }
+}
 
-    /// Renders one step.
-    fn event(&mut self, step: Step) -> Result<SseEvent, SimResponse> {
-        let (created_at, size, quality, background) = (
-            self.created_at,
-            self.edit.size(),
-            self.edit.quality(),
-            self.edit.background(),
-        );
-        Ok(match step {
-            Step::Unknown => SseEvent {
-                name: "image_edit.debug",
-                data: json!({"type": "image_edit.debug"}),
-            },
-            Step::Error => error_event(
-                "image_generation_server_error",
-                "simulated",
-                "simulated mid-stream error",
+/// OpenAI's events of one stream.
+struct OpenAiEvents<'e> {
+    edit: &'e Edit,
+    settings: &'e StreamSettings,
+    created_at: u64,
+    partial_images: u32,
+}
+
+impl OpenAiEvents<'_> {
+    /// The frame of one step.
+    fn frame(&self, step: Step) -> PendingFrame {
+        let edit = self.edit;
+        let (created_at, size, quality, background) = (self.created_at, edit.size(), edit.quality(), edit.background());
+        match step {
+            Step::Unknown => PendingFrame::event("image_edit.debug", json!({"type": "image_edit.debug"}), Vec::new()),
+            Step::Error => PendingFrame::event(
+                "error",
+                error_event_json(
+                    "image_generation_server_error",
+                    "simulated",
+                    "simulated mid-stream error",
+                ),
+                Vec::new(),
             ),
             Step::Partial { image, index } => {
-                let (parts, pad_to) = (self.partial_images, self.settings.partial_image_bytes);
-                let edited = load(&mut self.current, &self.edit, image)?;
-                let partial = partial_image(&self.edit.image, edited, index, parts);
-                SseEvent {
-                    name: "image_edit.partial_image",
-                    data: json!({
+                let mut picture = edit.picture(image);
+                if let render::Paint::Edit { colour, .. } = picture.paint {
+                    picture.paint = render::Paint::Edit {
+                        colour,
+                        rows: partial_rows(edit.header.height, index, self.partial_images),
+                    };
+                }
+                picture.pad_to = self.settings.partial_image_bytes;
+                PendingFrame::event(
+                    "image_edit.partial_image",
+                    json!({
                         "type": "image_edit.partial_image",
-                        "b64_json": png_base64(&partial, pad_to)?,
+                        "b64_json": render::slot(0),
                         "partial_image_index": index,
                         "created_at": created_at,
                         "size": size,
@@ -215,62 +273,36 @@ impl SimStream {
                         "background": background,
                         "output_format": "png",
                     }),
-                }
+                    vec![picture],
+                )
             }
-            Step::Completed { image } => {
-                let usage = self.edit.usage().stream_json();
-                SseEvent {
-                    name: "image_edit.completed",
-                    data: json!({
-                        "type": "image_edit.completed",
-                        "b64_json": png_base64(load(&mut self.current, &self.edit, image)?, 0)?,
-                        "created_at": created_at,
-                        "size": size,
-                        "quality": quality,
-                        "background": background,
-                        "output_format": "png",
-                        "usage": usage,
-                    }),
-                }
-            }
-        })
+            Step::Completed { image } => PendingFrame::event(
+                "image_edit.completed",
+                json!({
+                    "type": "image_edit.completed",
+                    "b64_json": render::slot(0),
+                    "created_at": created_at,
+                    "size": size,
+                    "quality": quality,
+                    "background": background,
+                    "output_format": "png",
+                    "usage": edit.usage().stream_json(),
+                }),
+                vec![edit.picture(image)],
+            ),
+        }
     }
 }
 
-/// Output image `index` of `edit`, edited, kept in `current` until the next image is needed.
-pub(super) fn load<'a>(current: &'a mut Option<(u32, Rgba)>, edit: &Edit, index: u32) -> Result<&'a Rgba, SimResponse> {
-    if current.as_ref().is_none_or(|(i, _)| *i != index) {
-        *current = Some((index, edit.edited(index)?));
-    }
-    current
-        .as_ref()
-        .map(|(_, img)| img)
-        .ok_or_else(|| error(500, "server_error", "internal_error", None, "no image"))
-}
-
-pub(super) fn error_event(kind: &str, code: &str, message: &str) -> SseEvent {
-    SseEvent {
-        name: "error",
-        data: json!({
-            "type": "error",
-            "error": {"type": kind, "code": code, "message": message, "param": null},
-        }),
-    }
+/// The data of an OpenAI `error` event.
+pub(super) fn error_event_json(kind: &str, code: &str, message: &str) -> Value {
+    json!({
+        "type": "error",
+        "error": {"type": kind, "code": code, "message": message, "param": null},
+    })
 }
 
 /// How many rows (from the top) partial `index` of `parts` takes from the edited image.
 pub(super) fn partial_rows(height: u32, index: u32, parts: u32) -> u32 {
     (height as u64 * (index as u64 + 1) / (parts as u64 + 1)) as u32
-}
-
-/// Partial `index` of `parts`: `input` with its first [`partial_rows`] rows taken from `edited`
-/// (the same size).
-pub(super) fn partial_image(input: &Rgba, edited: &Rgba, index: u32, parts: u32) -> Rgba {
-    let rows = partial_rows(input.height, index, parts);
-    let cut = (rows as usize * input.width as usize * 4).min(edited.pixels.len());
-    let mut out = input.clone();
-    if let (Some(dst), Some(src)) = (out.pixels.get_mut(..cut), edited.pixels.get(..cut)) {
-        dst.copy_from_slice(src);
-    }
-    out
 }

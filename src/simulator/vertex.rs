@@ -16,8 +16,8 @@
 //! not its signature (it cannot know the key), and answers
 //! `{"access_token":"sim-token-…","expires_in":3600,"token_type":"Bearer"}`.
 
-use super::{png_base64, SimAnswer, SimRequest, SimResponse};
-use crate::imaging::{simulate_edit, Rgba};
+use super::render::{self, Fault, Marks, MaskRule, Picture};
+use super::{Blob, SimAnswer, SimRequest, SimResponse};
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -40,11 +40,7 @@ pub(super) fn google_error(code: u16, message: &str) -> SimResponse {
 }
 
 fn json_answer(status: u16, body: &Value) -> SimResponse {
-    SimResponse {
-        status,
-        content_type: "application/json",
-        body: serde_json::to_vec(body).unwrap_or_default(),
-    }
+    SimResponse::json(status, body)
 }
 
 /// Answers `…/models/{model}:predict`.
@@ -57,19 +53,25 @@ fn bad(message: &str) -> SimResponse {
 }
 
 /// A reference image's bytes (`referenceImage.bytesBase64Encoded`).
-fn reference_bytes(reference: &Value) -> Result<Vec<u8>, SimResponse> {
+fn reference_bytes(req: &SimRequest, reference: &Value) -> Result<Blob, SimResponse> {
     let b64 = reference
         .pointer("/referenceImage/bytesBase64Encoded")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("referenceImage.bytesBase64Encoded is required"))?;
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|e| bad(&format!("bytesBase64Encoded is not base64: {e}")))
+    req.base64_blob(b64, |s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .ok_or_else(|| bad("bytesBase64Encoded is not base64"))
 }
 
-/// Imagen's mask (opaque, white = edit) as the simulator's RGBA mask (alpha 0 = edit).
-pub(super) fn imagen_mask(bytes: &[u8]) -> Result<Rgba, SimResponse> {
-    super::opaque_mask(bytes, true).map_err(|e| bad(&e))
+/// Imagen's mask rule: an opaque image whose white pixels are edited.
+pub(super) const IMAGEN_MASK: MaskRule = MaskRule::Opaque { white_edits: true };
+
+/// A mask fault in the simulator's words (`mask: …`).
+pub(super) fn mask_message(fault: &Fault) -> String {
+    match fault {
+        Fault::Mask(e @ crate::imaging::ImagingError::MaskSize { .. }) => e.to_string(),
+        Fault::Mask(e) => format!("mask: {e}"),
+        other => other.to_string(),
+    }
 }
 
 fn predict(req: &SimRequest) -> Result<SimResponse, SimResponse> {
@@ -83,7 +85,8 @@ fn predict(req: &SimRequest) -> Result<SimResponse, SimResponse> {
             "Request is missing required authentication credential. Expected OAuth 2 access token.",
         ));
     }
-    let body: Value = serde_json::from_slice(&req.body).map_err(|e| bad(&format!("Invalid JSON payload: {e}")))?;
+    let body: Value =
+        serde_json::from_slice(req.body.bytes()).map_err(|e| bad(&format!("Invalid JSON payload: {e}")))?;
     let instance = body
         .pointer("/instances/0")
         .ok_or_else(|| bad("instances[0] is required"))?;
@@ -121,14 +124,19 @@ fn predict(req: &SimRequest) -> Result<SimResponse, SimResponse> {
             .find(|r| r.get("referenceType").and_then(Value::as_str) == Some(t))
     };
     let raw = of_type("REFERENCE_TYPE_RAW").ok_or_else(|| bad("a REFERENCE_TYPE_RAW reference image is required"))?;
-    let raw = reference_bytes(raw)?;
-    let image = super::starting_image(&raw, req.max_image_pixels).map_err(|e| bad(&format!("reference image: {e}")))?;
+    let image = reference_bytes(req, raw)?;
+    let max_pixels = req.place.max_image_pixels;
+    let header = render::inspect(&image, max_pixels).map_err(|e| bad(&format!("reference image: {e}")))?;
     let mask_ref = of_type("REFERENCE_TYPE_MASK");
     let mask_mode = mask_ref
         .and_then(|m| m.pointer("/maskImageConfig/maskMode"))
         .and_then(Value::as_str);
     let mask = match (mask_ref, mask_mode) {
-        (Some(m), Some("MASK_MODE_USER_PROVIDED")) => Some(imagen_mask(&reference_bytes(m)?)?),
+        (Some(m), Some("MASK_MODE_USER_PROVIDED")) => {
+            let mask = reference_bytes(req, m)?;
+            render::inspect_mask(&mask, IMAGEN_MASK, &header, max_pixels).map_err(|f| bad(&mask_message(&f)))?;
+            Some(mask)
+        }
         (Some(_), Some("MASK_MODE_BACKGROUND" | "MASK_MODE_FOREGROUND")) => None,
         (Some(_), other) => return Err(bad(&format!("unsupported maskMode {other:?}"))),
         (None, _) => None,
@@ -151,13 +159,21 @@ fn predict(req: &SimRequest) -> Result<SimResponse, SimResponse> {
         | "EDIT_MODE_BGSWAP" => {}
         other => return Err(bad(&format!("unsupported editMode {other}"))),
     }
-    let mut predictions = Vec::new();
-    for i in 0..samples as u32 {
-        let edited = simulate_edit(&image, mask.as_ref(), prompt, i).map_err(|e| bad(&e.to_string()))?;
-        let b64 = png_base64(&edited, 0).map_err(|_| google_error(500, "encoding failed"))?;
-        predictions.push(json!({"bytesBase64Encoded": b64, "mimeType": "image/png"}));
-    }
-    Ok(json_answer(200, &json!({"predictions": predictions})))
+    let marks = match mask {
+        Some(m) => Marks::Mask(m, IMAGEN_MASK),
+        None => Marks::Blend,
+    };
+    let pictures: Vec<Picture> = (0..samples as u32)
+        .map(|i| Picture::edit(image.clone(), marks.clone(), prompt, i))
+        .collect();
+    let predictions: Vec<Value> = (0..pictures.len())
+        .map(|i| json!({"bytesBase64Encoded": render::slot(i), "mimeType": "image/png"}))
+        .collect();
+    SimResponse::rendered(&json!({ "predictions": predictions }), &pictures, &req.place).map_err(|f| match f {
+        Fault::Output(e) => google_error(500, &e),
+        Fault::Image(e) => bad(&format!("reference image: {e}")),
+        other => bad(&mask_message(&other)),
+    })
 }
 
 /// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte).
@@ -224,7 +240,7 @@ pub(super) fn token(req: &SimRequest) -> SimAnswer {
             &json!({"error": error, "error_description": description}),
         ))
     };
-    let body = String::from_utf8_lossy(&req.body);
+    let body = String::from_utf8_lossy(req.body.bytes());
     let field = |name: &str| {
         body.split('&')
             .filter_map(|pair| pair.split_once('='))
@@ -261,18 +277,12 @@ mod tests {
         if let Some(a) = auth {
             headers.insert("authorization", a.parse().unwrap());
         }
-        SimRequest {
-            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
-            path: path.into(),
-            query: None,
-            headers,
-            body: Bytes::from(body),
-        }
+        SimRequest::for_test(path.into(), None, headers, Bytes::from(body))
     }
 
     fn answer(a: SimAnswer) -> (u16, Value) {
         match a {
-            SimAnswer::Whole(r) => (r.status, serde_json::from_slice(&r.body).unwrap()),
+            SimAnswer::Whole(r) => (r.status, serde_json::from_slice(&r.body.to_vec()).unwrap()),
             _ => panic!("expected a whole answer"),
         }
     }
@@ -296,6 +306,32 @@ mod tests {
     }
 
     const PATH: &str = "/v1/projects/p/locations/l/publishers/google/models/imagen-3.0-capability-001:predict";
+
+    /// An opaque greyscale PNG of `side`² black pixels.
+    fn grey_png(side: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, side, side);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().unwrap();
+        w.write_image_data(&vec![0u8; (side * side) as usize]).unwrap();
+        w.finish().unwrap();
+        out
+    }
+
+    /// A provider-format mask is read within the configured pixel budget, not the default one:
+    /// a 2000×2000 mask (within the default) is refused from its header under a budget of 8,
+    /// before any of it is decoded.
+    #[test]
+    fn a_mask_over_the_configured_budget_is_refused_from_its_header() {
+        let body = predict_body("p", Some(&grey_png(2000)), "EDIT_MODE_INPAINT_INSERTION", 1);
+        let mut req = request(PATH, Some("Bearer t"), body);
+        req.place.max_image_pixels = 8; // the 4×2 image fits
+        let (status, v) = answer(handle(&req));
+        assert_eq!(status, 400, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("over the limit of 8 pixels"), "{message}");
+    }
 
     #[test]
     fn paints_the_white_area_of_an_imagen_mask() {

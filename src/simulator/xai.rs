@@ -8,19 +8,17 @@
 //! the answer is `{"data":[{"b64_json"}…]}` or, for `url`, `data:` URLs. Errors are
 //! `{"code","error"}`. Hook in the prompt: `simulate-error:NNN` answers that status.
 
-use super::{png_base64, starting_image, SimAnswer, SimRequest, SimResponse};
-use crate::imaging::simulate_edit;
+use super::render::{self, Fault, Marks, Picture};
+use super::{Blob, SimAnswer, SimRequest, SimResponse};
 use crate::providers::xai::ASPECT_RATIOS;
 use base64::Engine;
 use serde_json::{json, Value};
 
 fn xai_error(status: u16, message: &str) -> SimResponse {
-    SimResponse {
+    SimResponse::json(
         status,
-        content_type: "application/json",
-        body: serde_json::to_vec(&json!({"code": "Client specified an invalid argument", "error": message}))
-            .unwrap_or_default(),
-    }
+        &json!({"code": "Client specified an invalid argument", "error": message}),
+    )
 }
 
 /// Answers one edit request.
@@ -29,7 +27,7 @@ pub(super) fn handle(req: &SimRequest) -> SimAnswer {
 }
 
 /// The bytes of a `{"url":"data:<mime>;base64,…"}` image reference.
-fn data_url(reference: &Value) -> Result<Vec<u8>, SimResponse> {
+fn data_url(req: &SimRequest, reference: &Value) -> Result<Blob, SimResponse> {
     let url = reference
         .get("url")
         .and_then(Value::as_str)
@@ -41,9 +39,8 @@ fn data_url(reference: &Value) -> Result<Vec<u8>, SimResponse> {
     if !["png", "jpeg", "webp"].contains(&head) {
         return Err(xai_error(400, &format!("unsupported image type image/{head}")));
     }
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|e| xai_error(400, &format!("image data is not base64: {e}")))
+    req.base64_blob(b64, |s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .ok_or_else(|| xai_error(400, "image data is not base64"))
 }
 
 fn edit(req: &SimRequest) -> Result<SimResponse, SimResponse> {
@@ -54,7 +51,7 @@ fn edit(req: &SimRequest) -> Result<SimResponse, SimResponse> {
     {
         return Err(xai_error(401, "Incorrect API key provided"));
     }
-    let body: Value = serde_json::from_slice(&req.body).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
+    let body: Value = serde_json::from_slice(req.body.bytes()).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
     let obj = body.as_object().ok_or_else(|| bad("the body must be an object"))?;
     for key in obj.keys() {
         let known = [
@@ -89,7 +86,10 @@ fn edit(req: &SimRequest) -> Result<SimResponse, SimResponse> {
         (None, Some(_)) => return Err(bad("images takes 1 to 3 references")),
         _ => return Err(bad("exactly one of image and images is required")),
     };
-    let images = references.into_iter().map(data_url).collect::<Result<Vec<_>, _>>()?;
+    let images = references
+        .into_iter()
+        .map(|r| data_url(req, r))
+        .collect::<Result<Vec<_>, _>>()?;
     let n = match obj.get("n") {
         None => 1,
         Some(v) => v
@@ -113,21 +113,21 @@ fn edit(req: &SimRequest) -> Result<SimResponse, SimResponse> {
         }
     }
     let first = images.first().ok_or_else(|| bad("an image is required"))?;
-    let image = starting_image(first, req.max_image_pixels).map_err(|e| bad(&e.to_string()))?;
+    render::inspect(first, req.place.max_image_pixels).map_err(|e| bad(&e.to_string()))?;
     let mut data = Vec::new();
+    let mut pictures = Vec::new();
     for i in 0..n as u32 {
-        let edited = simulate_edit(&image, None, prompt, i).map_err(|e| bad(&e.to_string()))?;
-        let b64 = png_base64(&edited, 0).map_err(|_| xai_error(500, "encoding failed"))?;
+        let slot = render::slot(pictures.len());
         data.push(if url {
-            json!({"url": format!("data:image/png;base64,{b64}")})
+            json!({"url": format!("data:image/png;base64,{slot}")})
         } else {
-            json!({"b64_json": b64})
+            json!({ "b64_json": slot })
         });
+        pictures.push(Picture::edit(first.clone(), Marks::Blend, prompt, i));
     }
-    Ok(SimResponse {
-        status: 200,
-        content_type: "application/json",
-        body: serde_json::to_vec(&json!({"data": data})).unwrap_or_default(),
+    SimResponse::rendered(&json!({ "data": data }), &pictures, &req.place).map_err(|f| match f {
+        Fault::Output(_) => xai_error(500, "encoding failed"),
+        other => bad(&other.to_string()),
     })
 }
 
@@ -141,18 +141,17 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert("authorization", "Bearer xai-k".parse().unwrap());
         headers.insert("content-type", "application/json".parse().unwrap());
-        SimRequest {
-            max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
-            path: "/v1/images/edits".into(),
-            query: None,
+        SimRequest::for_test(
+            "/v1/images/edits".into(),
+            None,
             headers,
-            body: Bytes::from(serde_json::to_vec(body).unwrap()),
-        }
+            Bytes::from(serde_json::to_vec(body).unwrap()),
+        )
     }
 
     fn answer(req: &SimRequest) -> (u16, Value) {
         match handle(req) {
-            SimAnswer::Whole(r) => (r.status, serde_json::from_slice(&r.body).unwrap()),
+            SimAnswer::Whole(r) => (r.status, serde_json::from_slice(&r.body.to_vec()).unwrap()),
             _ => panic!("expected a whole answer"),
         }
     }

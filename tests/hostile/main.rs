@@ -10,4 +10,5 @@ mod connections;
 mod early_answers;
 mod images;
 mod parser;
+mod simulator;
 mod uploads;

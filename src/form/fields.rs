@@ -52,7 +52,7 @@ pub fn check_field_name(name: &str, limits: &Limits) -> Result<(), GatewayError>
 
 /// Whether an unknown field's name may be forwarded to a provider: a plain ASCII token of
 /// letters, digits, `_`, `-`, `.`, and the `[`/`]` of the SDKs' list and dict encodings (its
-/// length was checked by [`check_field_name`]).
+/// length was checked by `check_field_name`).
 pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty()
         && name

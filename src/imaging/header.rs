@@ -6,7 +6,7 @@
 //!
 //! A header can lie (a file that declares 8192×8192 in 8 KB of data): the dimensions decide
 //! whether a decode is attempted at all, and every decode checks its own decoder's header
-//! against the same budget again ([`super::decode`]).
+//! against the same budget again ([`mod@super::decode`]).
 
 use super::{ImageKind, ImagingError};
 use std::io::{BufRead, Seek};

@@ -1,5 +1,5 @@
 //! Image helpers: type detection from magic bytes (used on every uploaded file part),
-//! header-only dimensions ([`header`]), decoding within a pixel budget ([`decode`]), mask
+//! header-only dimensions ([`header`]), decoding within a pixel budget ([`mod@decode`]), mask
 //! conversion ([`mask`]), the bounded pool that runs decodes off the async threads ([`pool`]),
 //! images read and PNGs written row by row ([`rows`]), and the PNG encoding and deterministic "edit" the provider simulator performs.
 //!

@@ -38,7 +38,7 @@ pub struct BflAdapter;
 pub const BFL_DOMAINS: &[&str] = &[".bfl.ai"];
 
 /// `n > 1` on FLUX (BFL, and Fireworks' FLUX Kontext): n jobs of one image, job i with
-/// `seed + i`. BFL documents no seed range [unverified]: non-negative seeds are offset, others
+/// `seed + i`. BFL documents no seed range (unverified): non-negative seeds are offset, others
 /// sent unchanged.
 pub const FLUX_N_BY_CALLS: NByCalls = NByCalls { seeds: (0, i64::MAX) };
 

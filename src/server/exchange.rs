@@ -11,7 +11,7 @@
 //! after the request (`first_byte_timeout_ms`), each further read and each body write
 //! (`idle_timeout_ms`), and the whole exchange (`total_timeout_ms`); a passed one is an
 //! [`GatewayError::UpstreamTimeout`] naming its [`TimeoutKind`]. The total has no timer of its
-//! own: each wait's limit is cut to what is left of it ([`Clock`]), so it is enforced by the
+//! own: each wait's limit is cut to what is left of it (`Clock`), so it is enforced by the
 //! timers Pingora already arms for each read and write (a tokio timer per exchange would wake a
 //! parked worker thread on every request).
 

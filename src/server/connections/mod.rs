@@ -42,11 +42,16 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
+
+mod head;
+mod registry;
+
+use head::{read_head, Head};
+use registry::{Slots, TrackedSlot};
 
 /// The first read of a request head goes into a buffer of this size (as Pingora's own), grown
 /// by doubling up to `max_head_bytes`.
@@ -85,8 +90,9 @@ pub struct ConnectionLimits {
 }
 
 /// The connection cap derived from the process's descriptor limit `nofile`: what is left after
-/// [`RESERVED_DESCRIPTORS`], halved (each client connection's request may open about one
-/// descriptor more: an upstream connection or a spool file), at least [`MIN_DEFAULT_CAP`].
+/// 128 (listeners, log files, the runtime's descriptors), halved (each client connection's
+/// request may open about one descriptor more: an upstream connection or a spool file), at
+/// least 16.
 pub fn default_cap(nofile: u64) -> usize {
     let half = nofile.min(MAX_DESCRIPTORS).saturating_sub(RESERVED_DESCRIPTORS) / 2;
     usize::try_from(half).unwrap_or(usize::MAX).max(MIN_DEFAULT_CAP)
@@ -214,19 +220,6 @@ enum Waited {
     Shutdown,
 }
 
-/// How reading a head ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Head {
-    /// Complete (or at least its end seen): Pingora parses it.
-    Complete,
-    /// `max_head_bytes` read without an end.
-    TooLarge,
-    /// Not complete within `head_timeout` of its first byte.
-    TimedOut,
-    /// The client closed the connection, or reading failed.
-    Gone,
-}
-
 impl<A> ClientConnections<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
@@ -335,85 +328,6 @@ async fn shutdown_started(watch: &mut ShutdownWatch) {
     }
 }
 
-/// Reads the rest of a request head whose first bytes are in `buf`, until its end, within
-/// `head_timeout` (from now) and `max_head_bytes` in all. Only the bytes read since the last
-/// look are scanned; the deadline's timer is only armed when the first bytes were not the
-/// whole head.
-async fn read_head(stream: &mut Stream, buf: &mut BytesMut, limits: &ConnectionLimits) -> Head {
-    let mut scan = HeadScan::default();
-    let mut deadline = None;
-    loop {
-        if scan.feed(buf).is_some() {
-            return Head::Complete;
-        }
-        let room = limits.max_head_bytes.saturating_sub(buf.len());
-        if room == 0 {
-            return Head::TooLarge;
-        }
-        let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.head_timeout);
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Head::TimedOut;
-        }
-        if buf.len() == buf.capacity() {
-            buf.reserve(buf.capacity().max(INITIAL_HEAD_BUFFER).min(room));
-        }
-        let mut limited = (&mut *stream).take(room as u64);
-        match pingora::time::timeout(left, limited.read_buf(buf)).await {
-            Err(_) => return Head::TimedOut,
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => return Head::Gone,
-        }
-    }
-}
-
-/// Finds the end of an HTTP/1.x request head as bytes arrive, looking at each byte about once:
-/// a line feed followed by an empty line (`\n\n` or `\n\r\n`, as httparse accepts both), after
-/// the empty lines a client may send before the request line (httparse skips those).
-#[derive(Debug, Default)]
-struct HeadScan {
-    /// Where the next look starts.
-    resume: usize,
-    /// Whether the request line has begun.
-    started: bool,
-}
-
-impl HeadScan {
-    /// Looks at the bytes of `buf` past the last look; returns the head's length (through its
-    /// final line feed) once its end is there. A line feed followed by `\r` and any other byte
-    /// counts as the end too: the head is malformed there, and Pingora's parser says so.
-    fn feed(&mut self, buf: &[u8]) -> Option<usize> {
-        if !self.started {
-            let rest = buf.get(self.resume..).unwrap_or_default();
-            match rest.iter().position(|&b| b != b'\r' && b != b'\n') {
-                Some(p) => {
-                    self.resume += p;
-                    self.started = true;
-                }
-                None => {
-                    self.resume = buf.len();
-                    return None;
-                }
-            }
-        }
-        let from = self.resume;
-        for i in memchr::memchr_iter(b'\n', buf.get(from..).unwrap_or_default()) {
-            let at = from + i;
-            match (buf.get(at + 1), buf.get(at + 2)) {
-                (Some(b'\n'), _) => return Some(at + 2),
-                (Some(b'\r'), Some(_)) => return Some(at + 3),
-                (Some(b'\r'), None) | (None, _) => {
-                    self.resume = at;
-                    return None;
-                }
-                _ => {}
-            }
-        }
-        self.resume = buf.len();
-        None
-    }
-}
-
 /// Writes `err` as a complete HTTP/1.1 answer in Bifrost's shape with `Connection: close`
 /// (and `Retry-After` for a 503), shuts the write side, then, when `linger`, reads and drops
 /// what the client still sends (at most [`LINGER_TIME`] and [`LINGER_BYTES`]) before the
@@ -468,287 +382,9 @@ fn error_answer(err: &GatewayError, request_id: &str) -> Vec<u8> {
     out
 }
 
-// ---------------------------------------------------------------------------------------------
-// Slots
-// ---------------------------------------------------------------------------------------------
-
-/// `IdleState` value of a connection that is reading or answering a request.
-const BUSY: u64 = 0;
-/// `IdleState` value of a connection closed to make room for a new one.
-const EVICTED: u64 = u64::MAX;
-
-/// The connection slots: how many are taken, the HTTP/1.x connections among them (to find the
-/// longest-idle one), and the refusal log.
-struct Slots {
-    cap: usize,
-    open: AtomicUsize,
-    /// Hands out the order in which connections become idle (1, 2, …).
-    idle_order: AtomicU64,
-    /// Every open HTTP/1.x connection; each knows its index ([`Tracked::index`]).
-    h1: Mutex<Vec<Arc<Tracked>>>,
-    /// Refused connections lingering after their answer.
-    lingering: AtomicUsize,
-    refusals: RefusalLog,
-    metrics: Arc<Metrics>,
-}
-
-/// One HTTP/1.x connection as the slots see it.
-struct Tracked {
-    /// [`BUSY`], [`EVICTED`], or the order in which it became idle.
-    state: AtomicU64,
-    /// Its index in [`Slots::h1`] (changed under that lock).
-    index: AtomicUsize,
-    /// Woken when the connection is evicted.
-    evict: Notify,
-}
-
-/// A taken slot; gives it back when dropped.
-struct Slot<'a> {
-    slots: &'a Slots,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.slots.release();
-    }
-}
-
-/// A taken slot of an HTTP/1.x connection, registered so that it can be evicted while idle.
-/// Dropped: unregistered, and the slot given back unless it was evicted (its slot then went
-/// to the new connection).
-struct TrackedSlot<'a> {
-    slots: &'a Slots,
-    tracked: Arc<Tracked>,
-}
-
-impl<'a> Slot<'a> {
-    /// Registers this slot's connection as an HTTP/1.x one.
-    fn track(self) -> TrackedSlot<'a> {
-        let slots = self.slots;
-        // The slot now belongs to the tracked one, which gives it back.
-        std::mem::forget(self);
-        let tracked = Arc::new(Tracked {
-            state: AtomicU64::new(BUSY),
-            index: AtomicUsize::new(0),
-            evict: Notify::new(),
-        });
-        let mut list = slots.h1.lock().unwrap_or_else(|e| e.into_inner());
-        tracked.index.store(list.len(), Ordering::Relaxed);
-        list.push(tracked.clone());
-        drop(list);
-        TrackedSlot { slots, tracked }
-    }
-}
-
-impl TrackedSlot<'_> {
-    /// Marks the connection idle (waiting for a request); returns the mark for
-    /// [`TrackedSlot::leave_idle`].
-    fn enter_idle(&self) -> u64 {
-        let order = self.slots.idle_order.fetch_add(1, Ordering::Relaxed) + 1;
-        let _ = self
-            .tracked
-            .state
-            .compare_exchange(BUSY, order, Ordering::AcqRel, Ordering::Relaxed);
-        order
-    }
-
-    /// Marks the connection busy again; false when it was evicted meanwhile.
-    fn leave_idle(&self, order: u64) -> bool {
-        self.tracked
-            .state
-            .compare_exchange(order, BUSY, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-    }
-
-    /// Resolves when the connection is evicted.
-    async fn evicted(&self) {
-        self.tracked.evict.notified().await;
-    }
-}
-
-impl Drop for TrackedSlot<'_> {
-    fn drop(&mut self) {
-        let mut list = self.slots.h1.lock().unwrap_or_else(|e| e.into_inner());
-        let i = self.tracked.index.load(Ordering::Relaxed);
-        if list.get(i).is_some_and(|t| Arc::ptr_eq(t, &self.tracked)) {
-            list.swap_remove(i);
-            if let Some(moved) = list.get(i) {
-                moved.index.store(i, Ordering::Relaxed);
-            }
-        }
-        drop(list);
-        if self.tracked.state.load(Ordering::Acquire) != EVICTED {
-            self.slots.release();
-        }
-    }
-}
-
-impl Slots {
-    fn new(cap: usize, metrics: Arc<Metrics>) -> Self {
-        Slots {
-            cap,
-            open: AtomicUsize::new(0),
-            idle_order: AtomicU64::new(0),
-            h1: Mutex::new(Vec::new()),
-            lingering: AtomicUsize::new(0),
-            refusals: RefusalLog::new(),
-            metrics,
-        }
-    }
-
-    /// Takes a slot for a new connection: a free one, else the one of the longest-idle
-    /// HTTP/1.x connection (which is evicted); `None` when every slot is busy.
-    fn acquire(&self) -> Option<Slot<'_>> {
-        let mut open = self.open.load(Ordering::Relaxed);
-        while open < self.cap {
-            match self
-                .open
-                .compare_exchange_weak(open, open + 1, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    self.metrics.connections.opened();
-                    return Some(Slot { slots: self });
-                }
-                Err(now) => open = now,
-            }
-        }
-        self.evict_longest_idle().then(|| Slot { slots: self })
-    }
-
-    /// Evicts the HTTP/1.x connection idle the longest, if any: its slot goes to the caller.
-    fn evict_longest_idle(&self) -> bool {
-        let list = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        // A candidate that turns busy while it is picked is skipped; a few tries suffice.
-        for _ in 0..8 {
-            let oldest = list
-                .iter()
-                .filter_map(|t| {
-                    let state = t.state.load(Ordering::Acquire);
-                    (state != BUSY && state != EVICTED).then_some((state, t))
-                })
-                .min_by_key(|(state, _)| *state);
-            let Some((state, tracked)) = oldest else {
-                return false;
-            };
-            if tracked
-                .state
-                .compare_exchange(state, EVICTED, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                tracked.evict.notify_one();
-                self.metrics.connections.closed(ConnectionClose::Evicted);
-                return true;
-            }
-        }
-        false
-    }
-
-    fn release(&self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.connections.released();
-    }
-
-    /// Counts and (rate-limited) logs a refused connection.
-    fn refused(&self) {
-        self.metrics.connections.refused();
-        if let Some(count) = self.refusals.note(Instant::now()) {
-            log::warn!(
-                "refused {count} client connection(s) since the last such line: all {} connection slots \
-                 (limits.max_connections) are held by busy connections",
-                self.cap
-            );
-        }
-    }
-}
-
-/// Rate-limits the refusal log line to one a second, carrying the count of the refusals since
-/// the last line.
-struct RefusalLog {
-    epoch: Instant,
-    /// Milliseconds after `epoch` of the last line, plus one (0 = none yet).
-    last: AtomicU64,
-    pending: AtomicU64,
-}
-
-impl RefusalLog {
-    fn new() -> Self {
-        RefusalLog {
-            epoch: Instant::now(),
-            last: AtomicU64::new(0),
-            pending: AtomicU64::new(0),
-        }
-    }
-
-    /// Notes one refusal at `now`; returns the count to log when a line is due.
-    fn note(&self, now: Instant) -> Option<u64> {
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        let ms = u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX - 1) + 1;
-        let last = self.last.load(Ordering::Relaxed);
-        if last != 0 && ms < last.saturating_add(1000) {
-            return None;
-        }
-        self.last
-            .compare_exchange(last, ms, Ordering::AcqRel, Ordering::Relaxed)
-            .ok()
-            .map(|_| self.pending.swap(0, Ordering::AcqRel))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scan_in_pieces(pieces: &[&[u8]]) -> Option<usize> {
-        let mut scan = HeadScan::default();
-        let mut buf = Vec::new();
-        for p in pieces {
-            buf.extend_from_slice(p);
-            if let Some(n) = scan.feed(&buf) {
-                return Some(n);
-            }
-        }
-        None
-    }
-
-    #[test]
-    fn head_end_is_found_whatever_the_split() {
-        let head = b"GET /health HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\nbody bytes";
-        let end = head.len() - "body bytes".len();
-        for i in 0..head.len() {
-            for j in i..head.len() {
-                let got = scan_in_pieces(&[&head[..i], &head[i..j], &head[j..]]);
-                assert_eq!(got, Some(end), "split at {i} and {j}");
-            }
-        }
-        // One byte at a time.
-        let bytes: Vec<&[u8]> = head.chunks(1).collect();
-        assert_eq!(scan_in_pieces(&bytes), Some(end));
-    }
-
-    #[test]
-    fn bare_line_feeds_and_leading_empty_lines_as_httparse_takes_them() {
-        assert_eq!(scan_in_pieces(&[b"GET / HTTP/1.1\nHost: a\n\n"]), Some(24));
-        assert_eq!(scan_in_pieces(&[b"GET / HTTP/1.1\nHost: a\n\r\n"]), Some(25));
-        // Empty lines before the request line are not an end.
-        assert_eq!(scan_in_pieces(&[b"\r\n\r\n", b"\n", b"GET / HTTP/1.1\r\n"]), None);
-        assert_eq!(scan_in_pieces(&[b"\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n"]), Some(4 + 18));
-        // Unfinished.
-        assert_eq!(scan_in_pieces(&[b"GET / HTTP/1.1\r\nHost: a\r\n"]), None);
-        assert_eq!(scan_in_pieces(&[b"GET / HTTP/1.1\r\nX: a\r"]), None);
-        // A line feed, a carriage return and something else: malformed, handed to the parser.
-        assert_eq!(scan_in_pieces(&[b"GET / HTTP/1.1\n\rX"]), Some(17));
-    }
-
-    #[test]
-    fn each_byte_is_scanned_about_once() {
-        let mut scan = HeadScan::default();
-        let mut buf = b"POST / HTTP/1.1\r\nX-Padding: ".to_vec();
-        for _ in 0..10_000 {
-            buf.push(b'a');
-            assert_eq!(scan.feed(&buf), None);
-            assert!(scan.resume + 2 >= buf.len(), "resumes at the new bytes");
-        }
-    }
 
     #[test]
     fn default_cap_follows_the_descriptor_limit() {
@@ -789,72 +425,5 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("Retry-After"), "{text}");
-    }
-
-    fn slots(cap: usize) -> Slots {
-        Slots::new(cap, Arc::new(Metrics::new().unwrap()))
-    }
-
-    #[test]
-    fn slots_evict_the_longest_idle_connection_then_refuse() {
-        let s = slots(3);
-        let a = s.acquire().unwrap().track();
-        let b = s.acquire().unwrap().track();
-        let c = s.acquire().unwrap().track();
-        // All busy: refused.
-        assert!(s.acquire().is_none());
-        let b_idle = b.enter_idle();
-        let a_idle = a.enter_idle();
-        // b has been idle longest: it goes.
-        let d = s.acquire().unwrap().track();
-        assert!(!b.leave_idle(b_idle), "b was evicted");
-        assert_eq!(b.tracked.state.load(Ordering::Relaxed), EVICTED);
-        assert_eq!(s.open.load(Ordering::Relaxed), 3, "the slot was handed over");
-        drop(b);
-        assert_eq!(
-            s.open.load(Ordering::Relaxed),
-            3,
-            "an evicted connection gives nothing back"
-        );
-        // a is busy again before anyone needs its slot: nothing to evict.
-        assert!(a.leave_idle(a_idle));
-        assert!(s.acquire().is_none());
-        drop(c);
-        assert_eq!(s.open.load(Ordering::Relaxed), 2);
-        let e = s.acquire().unwrap();
-        assert_eq!(s.open.load(Ordering::Relaxed), 3);
-        drop((a, d, e));
-        assert_eq!(s.open.load(Ordering::Relaxed), 0);
-        assert!(s.h1.lock().unwrap().is_empty());
-        let text = String::from_utf8(s.metrics.encode()).unwrap();
-        assert!(text.contains(r#"refract_client_connections_closed_total{reason="evicted"} 1"#));
-        assert!(text.lines().any(|l| l == "refract_client_connections 0"), "{text}");
-    }
-
-    #[test]
-    fn registry_indexes_stay_right_after_removals() {
-        let s = slots(100);
-        let mut held: Vec<_> = (0..10).map(|_| s.acquire().unwrap().track()).collect();
-        for i in [3, 0, 5, 1] {
-            held.remove(i);
-        }
-        let list = s.h1.lock().unwrap();
-        assert_eq!(list.len(), 6);
-        for (i, t) in list.iter().enumerate() {
-            assert_eq!(t.index.load(Ordering::Relaxed), i);
-        }
-    }
-
-    #[test]
-    fn refusal_log_says_at_most_one_line_a_second_with_the_count() {
-        let log = RefusalLog::new();
-        let t0 = log.epoch;
-        assert_eq!(log.note(t0), Some(1));
-        for ms in [1, 200, 999] {
-            assert_eq!(log.note(t0 + Duration::from_millis(ms)), None);
-        }
-        assert_eq!(log.note(t0 + Duration::from_millis(1001)), Some(4));
-        assert_eq!(log.note(t0 + Duration::from_millis(1500)), None);
-        assert_eq!(log.note(t0 + Duration::from_millis(5000)), Some(2));
     }
 }

@@ -717,3 +717,81 @@ fn h2_is_served_and_an_idle_h2_connection_is_closed() {
         "closed after keepalive_timeout_ms, not before: {idle:?}"
     );
 }
+
+/// A converted answer is sent in pieces (its large images straight from the provider's answer
+/// buffer, literals around them): over TLS, with HTTP/1.1 and with h2, it arrives whole, byte
+/// for byte what the provider's images were, with a `Content-Length` that matches.
+#[test]
+fn a_spliced_answer_arrives_whole_over_tls_and_h2() {
+    use base64::Engine;
+    let pki = Pki::new();
+    let mock = MockUpstream::start();
+    let b64: Vec<String> = [300_000, 40_000]
+        .iter()
+        .enumerate()
+        .map(|(i, len)| base64::engine::general_purpose::STANDARD.encode(big_png_like(*len, i as u64)))
+        .collect();
+    mock.always(Reply::json(
+        200,
+        &serde_json::json!({"created": 1, "data": [{"b64_json": b64[0]}, {"b64_json": b64[1], "revised_prompt": "r"}]}),
+    ));
+    let (addr, listener) = tls_listener(&pki);
+    let _server = spawn(&gateway_yaml(&listener, None, &[("openai", &mock.base_url())])).expect("spawn gateway");
+    wait_listening(addr);
+    let form = edit_form("openai/gpt-image-1", &tiny_png());
+    let check = |status: u16, length: Option<usize>, body: &[u8]| {
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(body));
+        assert_eq!(length, Some(body.len()), "Content-Length");
+        let v: serde_json::Value = serde_json::from_slice(body).expect("a JSON answer");
+        assert_eq!(v["data"][0]["b64_json"].as_str(), Some(b64[0].as_str()));
+        assert_eq!(v["data"][1]["b64_json"].as_str(), Some(b64[1].as_str()));
+        assert_eq!(v["data"][1]["index"], 1);
+        assert_eq!(v["extra_fields"]["provider"], "openai");
+    };
+
+    let mut request = post_head("/v1/images/edits", &[("Connection", "close")], &form, None);
+    request.extend_from_slice(&form.body());
+    let r = tls_exchange(&pki, addr, &request);
+    check(r.status, r.header("content-length").and_then(|v| v.parse().ok()), &r.body);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, length, answer) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_config(&pki, &[b"h2"]));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = http::Request::post(format!("https://localhost:{}/v1/images/edits", addr.port()))
+            .header("content-type", form.content_type())
+            .header("x-request-id", "h2-spliced")
+            .body(())
+            .unwrap();
+        let (response, mut upload) = client.send_request(request, false).unwrap();
+        upload.send_data(Bytes::from(form.body()), true).unwrap();
+        let response = tokio::time::timeout(std::time::Duration::from_secs(15), response)
+            .await
+            .expect("an answer within 15 s")
+            .expect("an answer");
+        let status = response.status().as_u16();
+        let length = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let mut body = response.into_body();
+        let mut answer = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("the answer's data");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            answer.extend_from_slice(&chunk);
+        }
+        (status, length, answer)
+    });
+    check(status, length, &answer);
+}

@@ -361,12 +361,7 @@ mod tests {
         };
         for _ in 0..200 {
             let (body, _) = crate::providers::openai::tests::random_images_response(&mut rng);
-            let resp = crate::providers::UpstreamResponse {
-                retry_after: None,
-                status: 200,
-                content_type: None,
-                body: Bytes::from(body),
-            };
+            let resp = crate::providers::openai::tests::success(body);
             let mut answer = crate::providers::openai::tests::convert(&resp, &cx);
             let before = answer.to_bytes();
             let members = "\"fallback_index\":1,\"attempts\":2";

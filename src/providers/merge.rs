@@ -173,15 +173,9 @@ mod tests {
         let big = |c: &str| c.repeat(min + 3);
         let (b0, b1) = (big("QQ"), big("Qg"));
         let spliced = |b64: &str, created: u64| {
-            let body = Bytes::from(format!(
+            let resp = crate::providers::openai::tests::success(format!(
                 r#"{{"created":{created},"data":[{{"b64_json":"{b64}"}}],"usage":{{"total_tokens":1}}}}"#
             ));
-            let resp = crate::providers::UpstreamResponse {
-                retry_after: None,
-                status: 200,
-                content_type: None,
-                body,
-            };
             let cx = crate::providers::ResponseContext {
                 provider: "stab",
                 model_requested: "m",

@@ -645,6 +645,16 @@ pub(super) mod tests {
         assert_eq!(escape_name("a\"\r\nb"), "a%22%0D%0Ab");
     }
 
+    /// A 200 answer with `body`.
+    pub(crate) fn success(body: String) -> UpstreamResponse {
+        UpstreamResponse {
+            retry_after: None,
+            status: 200,
+            content_type: None,
+            body: Bytes::from(body),
+        }
+    }
+
     /// [`convert_images_response`] (for other modules' tests).
     pub(crate) fn convert(resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> UnifiedAnswer {
         convert_images_response(resp, cx).unwrap()
@@ -689,12 +699,7 @@ pub(super) mod tests {
         let body = format!(
             r#"{{"created":1,"extra_fields":{{"old":true}},"data":[{{"b64_json":{image},"revised_prompt":"a \"cat\""}},{{"url":"u","index":7}}],"usage":{{"total_tokens":3}},"z":[1, 2]}}"#
         );
-        let resp = UpstreamResponse {
-            retry_after: None,
-            status: 200,
-            content_type: None,
-            body: Bytes::from(body),
-        };
+        let resp = success(body);
         let answer = OpenAiAdapter.convert_response(&resp, &cx()).unwrap();
         let extra = serde_json::to_string(&extra_fields(&cx())).unwrap();
         let expected = format!(
@@ -785,12 +790,7 @@ pub(super) mod tests {
         let mut shared_seen = 0;
         for _ in 0..300 {
             let (body, shared) = random_images_response(&mut rng);
-            let resp = UpstreamResponse {
-                retry_after: None,
-                status: 200,
-                content_type: None,
-                body: Bytes::from(body),
-            };
+            let resp = success(body);
             let answer = OpenAiAdapter.convert_response(&resp, &cx()).unwrap();
             let doc = parse_images_response(&resp.body, &cx()).unwrap();
             let mut copied = Vec::new();

@@ -339,3 +339,22 @@ pub fn spawn(config: Config) -> Result<RunningServer, ServerError> {
         thread: Some(thread),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The switch reaches the kernel's per-process flag both ways (a kernel without the flag
+    /// is the only excuse).
+    #[test]
+    fn transparent_huge_pages_switch_off_and_on() {
+        let Ok(before) = nix::sys::prctl::get_thp_disable() else {
+            return;
+        };
+        transparent_huge_pages(false);
+        assert!(nix::sys::prctl::get_thp_disable().unwrap());
+        transparent_huge_pages(true);
+        assert!(!nix::sys::prctl::get_thp_disable().unwrap());
+        transparent_huge_pages(!before);
+    }
+}

@@ -10,7 +10,9 @@
 //! is checked (a 200 whose edited image has the input's size). Target: under 150 MB.
 //!
 //! Run: `cargo bench --bench memory`. Environment: `UPLOADS` (default 16), `MB` (default 20),
-//! `ONLY=demo` (the demo cases alone), `DEMO=demo` or `DEMO=demo-gemini` (one demo case).
+//! `ONLY=demo` (the demo cases alone), `DEMO=demo` or `DEMO=demo-gemini` (one demo case),
+//! `SPLIT=1` (the demo's gateway and simulator in two processes, each peak reported), `SPOOL=N`
+//! (the demo's `spool.memory_bytes`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -136,11 +138,40 @@ fn demo(uploads: usize, image: &[u8]) {
             continue;
         }
         let (port, sim) = (free_port(), free_port());
+        // SPLIT: the simulator in a process of its own (its gateway listener unused), so the
+        // two parts' peaks are measured apart.
+        let split = std::env::var("SPLIT").is_ok_and(|v| v == "1");
+        // SPOOL=N: `spool.memory_bytes` of both parts (default: the config's default).
+        let spool = std::env::var("SPOOL")
+            .ok()
+            .map(|n| format!("spool: {{ memory_bytes: {n} }}"))
+            .unwrap_or_default();
+        let sim_process = split.then(|| {
+            let unused = free_port();
+            let yaml = format!(
+                r#"
+server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}
+listeners: [{{ address: "127.0.0.1:{unused}" }}]
+simulator: {{ address: "127.0.0.1:{sim}" }}
+{spool}
+providers: [{{ name: none, kind: openai, base_url: "http://127.0.0.1:{sim}/v1", keys: [{{ name: k, value: k }}] }}]
+"#
+            );
+            let process = spawn_refract(&yaml, &format!("demo-sim-{sim}.yaml"), unused);
+            wait_for_port(sim);
+            process
+        });
+        let simulator_section = if split {
+            String::new()
+        } else {
+            format!("simulator: {{ address: \"127.0.0.1:{sim}\" }}")
+        };
         let yaml = format!(
             r#"
 server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}
 listeners: [{{ address: "127.0.0.1:{port}" }}]
-simulator: {{ address: "127.0.0.1:{sim}" }}
+{simulator_section}
+{spool}
 providers:
   - name: demo
     kind: openai
@@ -173,6 +204,11 @@ virtual_keys:
             .iter()
             .filter(|(status, size)| status.contains(" 200 ") && *size == Some((width, height)))
             .count();
+        let label = if split {
+            format!("{label}, SPLIT: gateway process")
+        } else {
+            label.to_string()
+        };
         println!(
             "{label}: {uploads} x {:.1} MB concurrent edits, {ok}/{uploads} answered 200 with a {width}x{height} image, {:.2} s, RSS idle {:.1} MiB, peak {:.1} MiB",
             body.len() as f64 / 1e6,
@@ -180,6 +216,12 @@ virtual_keys:
             idle as f64 / 1024.0,
             peak_rss_kib(pid) as f64 / 1024.0
         );
+        if let Some(sim) = &sim_process {
+            println!(
+                "  simulator process: RSS peak {:.1} MiB",
+                peak_rss_kib(sim.child.id()) as f64 / 1024.0
+            );
+        }
         if ok != uploads {
             let statuses: Vec<&str> = answers.iter().map(|(s, _)| s.as_str()).collect();
             println!("  statuses: {statuses:?}");

@@ -41,6 +41,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Off until the config says whether the simulator runs here (see the function's docs).
+    refract::server::transparent_huge_pages(false);
     let cli = Cli::parse();
     if let Some(Command::Providers) = cli.command {
         print!("{}", refract::providers::capabilities::markdown_table());
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         println!("{}: ok", path.display());
         return ExitCode::SUCCESS;
     }
+    refract::server::transparent_huge_pages(config.simulator.is_none());
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let opt = pingora::server::configuration::Opt {
         upgrade: cli.upgrade,

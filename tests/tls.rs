@@ -353,6 +353,32 @@ fn tls_connect(
     rustls::StreamOwned::new(conn, sock)
 }
 
+/// An h2 client over TLS (ALPN h2) to the gateway at `addr`: the request sender, and the
+/// connection for the caller to drive.
+async fn h2_client(
+    pki: &Pki,
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    h2::client::Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Bytes>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(pki, &[b"h2"]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    h2::client::handshake(tls).await.unwrap()
+}
+
+/// An h2 answer's body, read to its end (or to its first error).
+async fn h2_body(mut body: h2::RecvStream) -> Vec<u8> {
+    let mut answer = Vec::new();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        answer.extend_from_slice(&chunk);
+    }
+    answer
+}
+
 /// Sends `request` (which must ask for `Connection: close`) over TLS and reads the response to
 /// the end of the connection.
 fn tls_exchange(pki: &Pki, addr: SocketAddr, request: &[u8]) -> Response {
@@ -621,11 +647,7 @@ fn an_h2_upload_that_stops_is_cut_off_at_the_body_read_timeout() {
         .build()
         .unwrap();
     let (status, answer) = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(client_config(&pki, &[b"h2"]));
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
-        let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+        let (mut client, connection) = h2_client(&pki, addr).await;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -642,13 +664,7 @@ fn an_h2_upload_that_stops_is_cut_off_at_the_body_read_timeout() {
             .expect("no answer within 15 s")
             .expect("an answer");
         let status = response.status().as_u16();
-        let mut answer = response.into_body();
-        let mut bytes = Vec::new();
-        while let Some(Ok(chunk)) = answer.data().await {
-            let _ = answer.flow_control().release_capacity(chunk.len());
-            bytes.extend_from_slice(&chunk);
-        }
-        (status, bytes)
+        (status, h2_body(response.into_body()).await)
     });
     let v: serde_json::Value = serde_json::from_slice(&answer).expect("a JSON answer");
     assert_eq!(status, 408, "{v}");
@@ -680,11 +696,7 @@ fn h2_is_served_and_an_idle_h2_connection_is_closed() {
         .build()
         .unwrap();
     let (status, answer, idle) = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(client_config(&pki, &[b"h2"]));
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
-        let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+        let (mut client, connection) = h2_client(&pki, addr).await;
         // Ends when the connection does (the client keeps `client`, so it is the gateway that
         // closes it).
         let ended = tokio::spawn(async move {
@@ -697,12 +709,7 @@ fn h2_is_served_and_an_idle_h2_connection_is_closed() {
         let (response, _) = client.send_request(request, true).unwrap();
         let response = response.await.expect("an answer");
         let status = response.status().as_u16();
-        let mut body = response.into_body();
-        let mut answer = Vec::new();
-        while let Some(Ok(chunk)) = body.data().await {
-            let _ = body.flow_control().release_capacity(chunk.len());
-            answer.extend_from_slice(&chunk);
-        }
+        let answer = h2_body(response.into_body()).await;
         let idle_since = std::time::Instant::now();
         let closed_at = tokio::time::timeout(std::time::Duration::from_secs(15), ended)
             .await
@@ -716,4 +723,75 @@ fn h2_is_served_and_an_idle_h2_connection_is_closed() {
         idle >= std::time::Duration::from_millis(500),
         "closed after keepalive_timeout_ms, not before: {idle:?}"
     );
+}
+
+/// A converted answer is sent in pieces (its large images straight from the provider's answer
+/// buffer, literals around them): over TLS, with HTTP/1.1 and with h2, it arrives whole, byte
+/// for byte what the provider's images were, with a `Content-Length` that matches.
+#[test]
+fn a_spliced_answer_arrives_whole_over_tls_and_h2() {
+    use base64::Engine;
+    let pki = Pki::new();
+    let mock = MockUpstream::start();
+    let b64: Vec<String> = [300_000, 40_000]
+        .iter()
+        .enumerate()
+        .map(|(i, len)| base64::engine::general_purpose::STANDARD.encode(big_png_like(*len, i as u64)))
+        .collect();
+    mock.always(Reply::json(
+        200,
+        &serde_json::json!({"created": 1, "data": [{"b64_json": b64[0]}, {"b64_json": b64[1], "revised_prompt": "r"}]}),
+    ));
+    let (addr, listener) = tls_listener(&pki);
+    let _server = spawn(&gateway_yaml(&listener, None, &[("openai", &mock.base_url())])).expect("spawn gateway");
+    wait_listening(addr);
+    let form = edit_form("openai/gpt-image-1", &tiny_png());
+    let check = |status: u16, length: Option<usize>, body: &[u8]| {
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(body));
+        assert_eq!(length, Some(body.len()), "Content-Length");
+        let v: serde_json::Value = serde_json::from_slice(body).expect("a JSON answer");
+        assert_eq!(v["data"][0]["b64_json"].as_str(), Some(b64[0].as_str()));
+        assert_eq!(v["data"][1]["b64_json"].as_str(), Some(b64[1].as_str()));
+        assert_eq!(v["data"][1]["index"], 1);
+        assert_eq!(v["extra_fields"]["provider"], "openai");
+    };
+
+    let mut request = post_head("/v1/images/edits", &[("Connection", "close")], &form, None);
+    request.extend_from_slice(&form.body());
+    let r = tls_exchange(&pki, addr, &request);
+    check(
+        r.status,
+        r.header("content-length").and_then(|v| v.parse().ok()),
+        &r.body,
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, length, answer) = rt.block_on(async {
+        let (mut client, connection) = h2_client(&pki, addr).await;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = http::Request::post(format!("https://localhost:{}/v1/images/edits", addr.port()))
+            .header("content-type", form.content_type())
+            .header("x-request-id", "h2-spliced")
+            .body(())
+            .unwrap();
+        let (response, mut upload) = client.send_request(request, false).unwrap();
+        upload.send_data(Bytes::from(form.body()), true).unwrap();
+        let response = tokio::time::timeout(std::time::Duration::from_secs(15), response)
+            .await
+            .expect("an answer within 15 s")
+            .expect("an answer");
+        let status = response.status().as_u16();
+        let length = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        (status, length, h2_body(response.into_body()).await)
+    });
+    check(status, length, &answer);
 }

@@ -22,8 +22,8 @@ use super::openai::{
 use super::{auth_header, ProviderAdapter, RequestEncoder, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::EditForm;
+use crate::providers::UnifiedAnswer;
 use crate::route::Target;
-use bytes::Bytes;
 
 /// `api-version` when the config gives none.
 pub const DEFAULT_API_VERSION: &str = "2025-04-01-preview";
@@ -103,7 +103,11 @@ impl ProviderAdapter for AzureAdapter {
         build_multipart(form, head, boundary, deployment(target))
     }
 
-    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+    fn convert_response(
+        &self,
+        resp: &UpstreamResponse,
+        cx: &ResponseContext<'_>,
+    ) -> Result<UnifiedAnswer, GatewayError> {
         convert_images_response(resp, cx)
     }
 }
@@ -113,6 +117,7 @@ mod tests {
     use super::*;
     use crate::config::from_yaml_str_with_env;
     use crate::route::Router;
+    use bytes::Bytes;
 
     fn target(provider_yaml: &str, model: &str) -> Target {
         let yaml = format!("providers:\n  - name: az\n    kind: azure\n{provider_yaml}");

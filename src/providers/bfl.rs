@@ -26,8 +26,8 @@ use super::{Prepared, ProviderAdapter, ResponseContext, UpstreamRequest, Upstrea
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
 use crate::imaging::MaskConvention;
+use crate::providers::UnifiedAnswer;
 use crate::route::Target;
-use bytes::Bytes;
 use serde_json::{json, Value};
 
 /// The adapter for kind `bfl`.
@@ -205,7 +205,11 @@ impl ProviderAdapter for BflAdapter {
     }
 
     /// Reached for error statuses only (successes are followed up).
-    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+    fn convert_response(
+        &self,
+        resp: &UpstreamResponse,
+        cx: &ResponseContext<'_>,
+    ) -> Result<UnifiedAnswer, GatewayError> {
         polling::unfollowed_answer(resp, cx)
     }
 

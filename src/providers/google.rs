@@ -1,11 +1,12 @@
 //! What the Google kinds (`gemini`, `vertex`) share: the Google error envelope, and the
 //! unified answer written from images that arrive as base64 strings inside Google's JSON.
 
+use super::answer::AnswerWriter;
 use super::openai::{extra_fields, provider_error};
-use super::{BodySegment, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::rawjson::JsonOut;
+use super::{BodySegment, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use bytes::Bytes;
-use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 /// A Google error answer (`{"error":{"code":400,"message":…,"status":"INVALID_ARGUMENT",
@@ -87,93 +88,85 @@ pub fn no_image_error(provider: &str, why: &str) -> GatewayError {
 }
 
 /// One image of an answer: its base64 as the raw JSON string the provider sent (quotes
-/// included, copied as is: standard base64 needs no escaping), and its MIME type.
+/// included, sent as is: standard base64 needs no escaping), and its MIME type.
 #[derive(Debug, Clone, Copy)]
 pub struct AnswerImage<'a> {
-    /// The JSON string holding the base64.
-    pub b64: &'a RawValue,
+    /// The JSON string holding the base64 (valid JSON, quotes included).
+    pub b64: &'a str,
     /// e.g. `image/png`.
     pub mime: Option<&'a str>,
 }
 
 /// Writes the unified (OpenAI `ImagesResponse` + `extra_fields`) answer:
 /// `{"created", "data":[{"b64_json","index"}…], "output_format", "usage", "extra_fields"}`.
-/// Each image's base64 is copied once, unparsed. `usage` is OpenAI-shaped (zeros when the
-/// provider reports none).
+/// Each image's base64 is written unparsed, shared with the buffer of `sources` that holds it
+/// (the provider's body) rather than copied ([`AnswerWriter`]). `usage` is OpenAI-shaped
+/// (zeros when the provider reports none).
 pub fn write_images_response(
+    sources: &[Bytes],
     images: &[AnswerImage<'_>],
     usage: Option<Value>,
     created: u64,
     cx: &ResponseContext<'_>,
-) -> Result<Bytes, GatewayError> {
-    let size: usize = images.iter().map(|i| i.b64.get().len() + 32).sum();
-    write_answer(
-        size,
-        images.len(),
-        |i, out| out.extend_from_slice(images[i].b64.get().as_bytes()),
-        images.first().and_then(|i| i.mime),
-        usage,
-        created,
-        cx,
-    )
+) -> Result<UnifiedAnswer, GatewayError> {
+    let mut out = AnswerWriter::new(sources.to_vec());
+    write_answer(&mut out, images, usage, created, cx)?;
+    Ok(out.finish())
 }
 
 /// Writes the unified answer for one image the provider sent as raw bytes (Hugging Face):
-/// the bytes are base64-encoded once, straight into the answer. `mime` gives `output_format`.
+/// the bytes are base64-encoded once, into a buffer the answer shares. `mime` gives
+/// `output_format`.
 pub fn write_raw_image_response(
     image: &[u8],
     mime: Option<&str>,
     created: u64,
     cx: &ResponseContext<'_>,
-) -> Result<Bytes, GatewayError> {
-    let size = crate::codec::base64::encoded_len(image.len() as u64) as usize + 2;
-    write_answer(
-        size,
-        1,
-        |_, out| {
-            out.push(b'"');
-            crate::codec::base64::encode_append(image, out);
-            out.push(b'"');
-        },
-        mime,
+) -> Result<UnifiedAnswer, GatewayError> {
+    let mut quoted = Vec::with_capacity(crate::codec::base64::encoded_len(image.len() as u64) as usize + 2);
+    quoted.push(b'"');
+    crate::codec::base64::encode_append(image, &mut quoted);
+    quoted.push(b'"');
+    let quoted = Bytes::from(quoted);
+    // Standard base64 in quotes: ASCII.
+    let b64 = std::str::from_utf8(&quoted).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    write_images_response(
+        std::slice::from_ref(&quoted),
+        &[AnswerImage { b64, mime }],
         None,
         created,
         cx,
     )
 }
 
-/// The unified answer with `count` images, `write_b64(i, out)` appending image `i`'s base64
-/// as a JSON string; `size` is about how many bytes those strings take.
-fn write_answer(
-    size: usize,
-    count: usize,
-    mut write_b64: impl FnMut(usize, &mut Vec<u8>),
-    mime: Option<&str>,
+/// The unified answer of [`write_images_response`], written into `out`.
+fn write_answer<O: JsonOut>(
+    out: &mut O,
+    images: &[AnswerImage<'_>],
     usage: Option<Value>,
     created: u64,
     cx: &ResponseContext<'_>,
-) -> Result<Bytes, GatewayError> {
+) -> Result<(), GatewayError> {
     let internal = |e: serde_json::Error| GatewayError::Internal(e.to_string());
-    let mut out = Vec::with_capacity(size + 512);
-    out.extend_from_slice(format!("{{\"created\":{created},\"data\":[").as_bytes());
-    for i in 0..count {
+    out.put(format!("{{\"created\":{created},\"data\":[").as_bytes());
+    for (i, image) in images.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.put(b",");
         }
-        out.extend_from_slice(b"{\"b64_json\":");
-        write_b64(i, &mut out);
-        out.extend_from_slice(format!(",\"index\":{i}}}").as_bytes());
+        out.put(b"{\"b64_json\":");
+        out.put_string(image.b64.as_bytes());
+        out.put(format!(",\"index\":{i}}}").as_bytes());
     }
-    out.extend_from_slice(b"]");
-    if let Some(format) = mime.and_then(output_format) {
-        out.extend_from_slice(format!(",\"output_format\":\"{format}\"").as_bytes());
+    out.put(b"]");
+    if let Some(format) = images.first().and_then(|i| i.mime).and_then(output_format) {
+        out.put(format!(",\"output_format\":\"{format}\"").as_bytes());
     }
-    out.extend_from_slice(b",\"usage\":");
-    serde_json::to_writer(&mut out, &usage.unwrap_or_else(zero_usage)).map_err(internal)?;
-    out.extend_from_slice(b",\"extra_fields\":");
-    serde_json::to_writer(&mut out, &extra_fields(cx)).map_err(internal)?;
-    out.push(b'}');
-    Ok(Bytes::from(out))
+    out.put(b",\"usage\":");
+    serde_json::to_writer(&mut *out, &usage.unwrap_or_else(zero_usage)).map_err(internal)?;
+    out.put(b",\"extra_fields\":");
+    serde_json::to_writer(&mut *out, &extra_fields(cx)).map_err(internal)?;
+    out.put(b"}");
+    Ok(())
 }
 
 /// OpenAI's `output_format` for a MIME type.
@@ -257,18 +250,65 @@ mod tests {
             .contains("upstream connect error"));
     }
 
+    /// Differential: for images of every size around the splice threshold, the answer written
+    /// over the provider's body is byte for byte the one written into one buffer, and shares
+    /// exactly the long images with the body.
+    #[test]
+    fn spliced_answers_equal_the_copied_ones() {
+        let min = crate::providers::answer::SPLICE_MIN_BYTES;
+        let mut rng = fastrand::Rng::with_seed(19);
+        for round in 0..100 {
+            let sizes: Vec<usize> = (0..rng.usize(1..4))
+                .map(|_| [0, 7, min - 2, min, min + rng.usize(0..40_000)][rng.usize(0..5)])
+                .collect();
+            let mut body = String::from("{\"images\":[");
+            let mut spans = Vec::new();
+            for (i, len) in sizes.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                let start = body.len();
+                body.push('"');
+                body.extend((0..*len).map(|_| ['Q', 'x', '+', '/', '9'][rng.usize(0..5)]));
+                body.push('"');
+                spans.push(start..body.len());
+            }
+            body.push_str("]}");
+            let source = Bytes::from(body);
+            let text = std::str::from_utf8(&source).unwrap();
+            let mimes = [Some("image/png"), Some("image/webp"), None, Some("text/plain")];
+            let images: Vec<AnswerImage<'_>> = spans
+                .iter()
+                .map(|r| AnswerImage {
+                    b64: &text[r.clone()],
+                    mime: mimes[round % 4],
+                })
+                .collect();
+            let usage = (round % 2 == 0).then(|| json!({"total_tokens": round}));
+            let answer =
+                write_images_response(std::slice::from_ref(&source), &images, usage.clone(), 5, &cx()).unwrap();
+            let mut copied = Vec::new();
+            write_answer(&mut copied, &images, usage, 5, &cx()).unwrap();
+            assert_eq!(answer.to_bytes(), copied);
+            let long: usize = spans.iter().map(|r| r.len()).filter(|l| *l >= min).sum();
+            assert_eq!(answer.shared_len(), long);
+            serde_json::from_slice::<Value>(&copied).unwrap();
+        }
+    }
+
     #[test]
     fn images_response_copies_base64_once() {
-        let a: Box<RawValue> = RawValue::from_string("\"QUJD\"".into()).unwrap();
-        let b: Box<RawValue> = RawValue::from_string("\"REVG\"".into()).unwrap();
         let images = [
             AnswerImage {
-                b64: &a,
+                b64: "\"QUJD\"",
                 mime: Some("image/png"),
             },
-            AnswerImage { b64: &b, mime: None },
+            AnswerImage {
+                b64: "\"REVG\"",
+                mime: None,
+            },
         ];
-        let out = write_images_response(&images, None, 7, &cx()).unwrap();
+        let out = write_images_response(&[], &images, None, 7, &cx()).unwrap().to_bytes();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["created"], 7);
         assert_eq!(v["data"][0]["b64_json"], "QUJD");

@@ -26,6 +26,7 @@ use super::{auth_header, BodySegment, ProviderAdapter, ResponseContext, Upstream
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::imaging::{self, ImageKind};
+use crate::providers::UnifiedAnswer;
 use crate::route::Target;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -134,7 +135,11 @@ impl ProviderAdapter for HuggingFaceAdapter {
         Ok(req)
     }
 
-    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+    fn convert_response(
+        &self,
+        resp: &UpstreamResponse,
+        cx: &ResponseContext<'_>,
+    ) -> Result<UnifiedAnswer, GatewayError> {
         if !(200..300).contains(&resp.status) {
             return Err(hf_error(cx.provider, resp));
         }
@@ -276,7 +281,7 @@ mod tests {
         let out = HuggingFaceAdapter
             .convert_response(&resp(200, "image/png", &png), &cx())
             .unwrap();
-        let v: Value = serde_json::from_slice(&out).unwrap();
+        let v: Value = serde_json::from_slice(&out.to_bytes()).unwrap();
         let got = base64::engine::general_purpose::STANDARD
             .decode(v["data"][0]["b64_json"].as_str().unwrap())
             .unwrap();
@@ -288,7 +293,8 @@ mod tests {
         let v: Value = serde_json::from_slice(
             &HuggingFaceAdapter
                 .convert_response(&resp(200, "image/jpeg", &jpeg), &cx())
-                .unwrap(),
+                .unwrap()
+                .to_bytes(),
         )
         .unwrap();
         assert_eq!(v["output_format"], "jpeg");

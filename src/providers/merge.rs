@@ -6,17 +6,30 @@
 //! first's), except: `data` holds every call's images in call order, `index` numbered 0..n;
 //! `usage` is the sum of the calls' usages (every count added, members missing from the first
 //! taken from the others); `extra_fields` appears once, with `latency` that of the whole
-//! (request start to the last answer). Image strings are copied once, unparsed
-//! ([`super::rawjson`]).
+//! (request start to the last answer). Image strings are written unparsed ([`super::rawjson`])
+//! and shared with the calls' answers, not copied again ([`super::answer`]).
 
-use super::rawjson::{ExpandedObject, Raw, RawObject};
+use super::answer::AnswerWriter;
+use super::rawjson::{ExpandedObject, JsonOut, Raw, RawObject};
+use super::UnifiedAnswer;
 use crate::error::GatewayError;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
 /// Merges `answers` (unified answers, in call order) into one; `latency_ms` is the whole's.
-/// An answer that is not a unified answer is an internal error (the adapters wrote them).
-pub fn merge_answers(answers: &[Bytes], latency_ms: u64) -> Result<Bytes, GatewayError> {
+/// Each answer is read in one buffer (a copy when it is in pieces); the merged answer shares
+/// the images with those buffers. An answer that is not a unified answer is an internal error
+/// (the adapters wrote them).
+pub fn merge_answers(answers: &[UnifiedAnswer], latency_ms: u64) -> Result<UnifiedAnswer, GatewayError> {
+    let whole: Vec<Bytes> = answers.iter().map(UnifiedAnswer::to_bytes).collect();
+    let mut out = AnswerWriter::new(whole.clone());
+    write_merged(&whole, latency_ms, &mut out)?;
+    Ok(out.finish())
+}
+
+/// The merged answer of [`merge_answers`] for `answers` (each in one buffer), written into
+/// `out`.
+fn write_merged<O: JsonOut>(answers: &[Bytes], latency_ms: u64, out: &mut O) -> Result<(), GatewayError> {
     let internal =
         |what: String| GatewayError::Internal(format!("merging the answers of {} calls: {what}", answers.len()));
     let docs = answers
@@ -29,12 +42,11 @@ pub fn merge_answers(answers: &[Bytes], latency_ms: u64) -> Result<Bytes, Gatewa
         return Err(internal("an answer without data".into()));
     }
     let usage = summed_usage(docs.iter().filter_map(|d| d.fields.get("usage"))).map_err(|e| internal(e.to_string()))?;
-    let mut out = Vec::with_capacity(answers.iter().map(Bytes::len).sum::<usize>() + 256);
-    let mut write_items = |_: &[RawObject<'_>], out: &mut Vec<u8>| -> Result<(), serde_json::Error> {
-        out.push(b'[');
+    let mut write_items = |_: &[RawObject<'_>], out: &mut O| -> Result<(), serde_json::Error> {
+        out.put(b"[");
         for (index, item) in docs.iter().flat_map(|d| &d.items).enumerate() {
             if index > 0 {
-                out.push(b',');
+                out.put(b",");
             }
             let index = index.to_string();
             item.write(
@@ -44,10 +56,10 @@ pub fn merge_answers(answers: &[Bytes], latency_ms: u64) -> Result<Bytes, Gatewa
                 &[("index", index.as_bytes())],
             )?;
         }
-        out.push(b']');
+        out.put(b"]");
         Ok(())
     };
-    let mut rewrite = |key: &str, raw: Raw<'_>, out: &mut Vec<u8>| -> Result<bool, serde_json::Error> {
+    let mut rewrite = |key: &str, raw: Raw<'_>, out: &mut O| -> Result<bool, serde_json::Error> {
         match (key, &usage) {
             ("usage", Some(sum)) => serde_json::to_writer(&mut *out, sum)?,
             ("extra_fields", _) => {
@@ -62,9 +74,8 @@ pub fn merge_answers(answers: &[Bytes], latency_ms: u64) -> Result<Bytes, Gatewa
         Ok(true)
     };
     first
-        .write(&mut out, "data", &mut write_items, &[], &mut rewrite, &[])
-        .map_err(|e| internal(e.to_string()))?;
-    Ok(Bytes::from(out))
+        .write(out, "data", &mut write_items, &[], &mut rewrite, &[])
+        .map_err(|e| internal(e.to_string()))
 }
 
 /// The sum of `usages` (each a JSON object), `None` when there is none.
@@ -111,7 +122,7 @@ fn add(total: &mut Value, more: &Value) {
 mod tests {
     use super::*;
 
-    fn answer(created: u64, images: &[&str], usage: Option<Value>, latency: u64) -> Bytes {
+    fn answer(created: u64, images: &[&str], usage: Option<Value>, latency: u64) -> UnifiedAnswer {
         let data: Vec<Value> = images
             .iter()
             .enumerate()
@@ -122,7 +133,7 @@ mod tests {
         if let Some(u) = usage {
             v["usage"] = u;
         }
-        Bytes::from(serde_json::to_vec(&v).unwrap())
+        UnifiedAnswer::from(serde_json::to_vec(&v).unwrap())
     }
 
     #[test]
@@ -133,7 +144,7 @@ mod tests {
             answer(200, &["Qg==", "Qw=="], Some(usage(10, 20)), 9),
             answer(300, &["RA=="], None, 7),
         ];
-        let merged = merge_answers(&answers, 42).unwrap();
+        let merged = merge_answers(&answers, 42).unwrap().to_bytes();
         let v: Value = serde_json::from_slice(&merged).unwrap();
         assert_eq!(v["created"], 100, "the first call's");
         assert_eq!(v["output_format"], "png");
@@ -153,13 +164,48 @@ mod tests {
         assert_eq!(text.matches("\"extra_fields\"").count(), 1, "{text}");
     }
 
+    /// The calls' answers in pieces (large images shared with the providers' bodies): the
+    /// merged answer is byte for byte the one written into one buffer, and its images are
+    /// shared, not copied again.
+    #[test]
+    fn spliced_answers_merge_to_the_copied_merge() {
+        let min = crate::providers::answer::SPLICE_MIN_BYTES;
+        let big = |c: &str| c.repeat(min + 3);
+        let (b0, b1) = (big("QQ"), big("Qg"));
+        let spliced = |b64: &str, created: u64| {
+            let resp = crate::providers::openai::tests::success(format!(
+                r#"{{"created":{created},"data":[{{"b64_json":"{b64}"}}],"usage":{{"total_tokens":1}}}}"#
+            ));
+            let cx = crate::providers::ResponseContext {
+                provider: "stab",
+                model_requested: "m",
+                model_deployment: "m",
+                latency_ms: 3,
+                num_input_images: 1,
+            };
+            crate::providers::openai::tests::convert(&resp, &cx)
+        };
+        let answers = [spliced(&b0, 1), spliced(&b1, 2), answer(3, &["RA=="], None, 7)];
+        assert!(answers[0].shared_len() > 0);
+        let merged = merge_answers(&answers, 42).unwrap();
+        let whole: Vec<Bytes> = answers.iter().map(UnifiedAnswer::to_bytes).collect();
+        let mut copied = Vec::new();
+        write_merged(&whole, 42, &mut copied).unwrap();
+        assert_eq!(merged.to_bytes(), copied);
+        assert_eq!(merged.shared_len(), b0.len() + b1.len() + 4);
+        let v: Value = serde_json::from_slice(&copied).unwrap();
+        assert_eq!(v["data"][1]["b64_json"], b1.as_str());
+        assert_eq!(v["data"][2]["index"], 2);
+        assert_eq!(v["usage"]["total_tokens"], 2);
+    }
+
     #[test]
     fn usage_members_only_later_answers_have_are_kept() {
         let mut total = json!({"a": 1, "f": 0.5, "s": "x"});
         add(&mut total, &json!({"a": 2, "b": 3, "f": 1, "s": "y"}));
         assert_eq!(total, json!({"a": 3, "b": 3, "f": 1.5, "s": "x"}));
         let answers = [answer(1, &["QQ=="], None, 0), answer(2, &["Qg=="], None, 0)];
-        let v: Value = serde_json::from_slice(&merge_answers(&answers, 1).unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&merge_answers(&answers, 1).unwrap().to_bytes()).unwrap();
         assert!(v.get("usage").is_none());
         assert_eq!(v["data"][1]["index"], 1);
     }
@@ -167,7 +213,7 @@ mod tests {
     #[test]
     fn not_unified_answers_are_an_internal_error() {
         for bad in [&b"not json"[..], br#"{"created":1}"#] {
-            let e = merge_answers(&[Bytes::from_static(bad)], 0).unwrap_err();
+            let e = merge_answers(&[UnifiedAnswer::from(Bytes::from_static(bad))], 0).unwrap_err();
             assert_eq!(e.status(), 500, "{e}");
         }
         assert!(merge_answers(&[], 0).is_err());

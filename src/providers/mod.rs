@@ -4,9 +4,11 @@
 //! The translate plugin calls [`ProviderAdapter::build_request`] once per upstream attempt to
 //! get the upstream head and a body plan (literal bytes plus ranges of the request spool, so
 //! image bytes are streamed from the spool, never copied into a new buffer). The convert plugin
-//! calls [`ProviderAdapter::convert_response`] on the provider's complete answer. Neither does
-//! I/O; `server::exchange` does.
+//! calls [`ProviderAdapter::convert_response`] on the provider's complete answer, and gets the
+//! unified answer as pieces ([`UnifiedAnswer`]: the images shared with the provider's buffer,
+//! literals around them). Neither does I/O; `server::exchange` and the gateway do.
 
+pub mod answer;
 pub mod azure;
 pub mod bedrock;
 pub mod bfl;
@@ -35,6 +37,7 @@ use crate::form::EditForm;
 use crate::imaging::{ConvertedMask, ImageKind, MaskConvention};
 use crate::route::Target;
 use crate::spool::{Spool, SpoolRange};
+pub use answer::UnifiedAnswer;
 use bytes::Bytes;
 pub use capabilities::{Capabilities, ModelFamily};
 
@@ -262,9 +265,14 @@ pub trait ProviderAdapter: Send + Sync {
         self.build_prepared(form, &inputs, target, request_id)
     }
 
-    /// Converts the provider's answer: a success into the unified JSON body, an error status into
-    /// a [`GatewayError::Provider`] that keeps the provider's status and message.
-    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError>;
+    /// Converts the provider's answer: a success into the unified JSON body (its large strings
+    /// shared with `resp.body`, see [`answer`]), an error status into a
+    /// [`GatewayError::Provider`] that keeps the provider's status and message.
+    fn convert_response(
+        &self,
+        resp: &UpstreamResponse,
+        cx: &ResponseContext<'_>,
+    ) -> Result<UnifiedAnswer, GatewayError>;
 
     /// Called by the server after every upstream answer, before converting it: what happens
     /// next ([`polling::FollowUp`]: convert it, send another request such as a poll or a result

@@ -11,10 +11,12 @@
 //! Response: OpenAI's `ImagesResponse`, kept field for field, with `data[].index` filled in and
 //! Bifrost's `extra_fields` added. Errors keep OpenAI's status and `error` object.
 
+use super::answer::AnswerWriter;
 use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
-use super::rawjson::{ExpandedObject, RawObject};
+use super::rawjson::{ExpandedObject, JsonOut, RawObject};
 use super::{
-    auth_header, BodySegment, ProviderAdapter, RequestEncoder, ResponseContext, UpstreamRequest, UpstreamResponse,
+    auth_header, BodySegment, ProviderAdapter, RequestEncoder, ResponseContext, UnifiedAnswer, UpstreamRequest,
+    UpstreamResponse,
 };
 use crate::error::GatewayError;
 use crate::form::{is_image_field, EditForm, EditType, FilePart};
@@ -297,7 +299,11 @@ impl ProviderAdapter for OpenAiAdapter {
         build_multipart(form, head, boundary, &target.model)
     }
 
-    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+    fn convert_response(
+        &self,
+        resp: &UpstreamResponse,
+        cx: &ResponseContext<'_>,
+    ) -> Result<UnifiedAnswer, GatewayError> {
         convert_images_response(resp, cx)
     }
 }
@@ -372,34 +378,53 @@ pub(super) fn build_multipart(
     Ok(req)
 }
 
-/// Converts an OpenAI `ImagesResponse` (or error) into the unified answer.
+/// Converts an OpenAI `ImagesResponse` (or error) into the unified answer: the provider's
+/// members as sent (its `extra_fields` replaced), `data[].index` filled in,
+/// `usage.num_input_images` added. The images are shared with the provider's body, not copied
+/// ([`AnswerWriter`]).
 pub(super) fn convert_images_response(
     resp: &UpstreamResponse,
     cx: &ResponseContext<'_>,
-) -> Result<Bytes, GatewayError> {
+) -> Result<UnifiedAnswer, GatewayError> {
     if !(200..300).contains(&resp.status) {
         return Err(provider_error(cx.provider, resp));
     }
+    let doc = parse_images_response(&resp.body, cx)?;
+    let mut out = AnswerWriter::new(vec![resp.body.clone()]);
+    write_images_response(&doc, cx, &mut out)?;
+    Ok(out.finish())
+}
+
+/// A success body as an `ImagesResponse` object with its `data` array expanded, or a 502.
+fn parse_images_response<'a>(body: &'a [u8], cx: &ResponseContext<'_>) -> Result<ExpandedObject<'a>, GatewayError> {
     let bad = |detail: String| GatewayError::UpstreamProtocol {
         provider: cx.provider.to_string(),
         detail,
     };
-    let doc = ExpandedObject::parse(&resp.body, "data")
+    let doc = ExpandedObject::parse(body, "data")
         .map_err(|e| bad(format!("the success body is not an ImagesResponse object ({e})")))?;
     if doc.position.is_none() {
         return Err(bad("the success body has no 'data' array".into()));
     }
+    Ok(doc)
+}
+
+/// The unified answer of [`convert_images_response`] for `doc`, written into `out`.
+fn write_images_response<'a, O: JsonOut>(
+    doc: &ExpandedObject<'a>,
+    cx: &ResponseContext<'_>,
+    out: &mut O,
+) -> Result<(), GatewayError> {
     let extra = serde_json::to_vec(&extra_fields(cx)).map_err(|e| GatewayError::Internal(e.to_string()))?;
     let images = cx.num_input_images.to_string();
-    let mut out = Vec::with_capacity(resp.body.len() + 256);
     doc.write(
-        &mut out,
+        out,
         "data",
         &mut |items, out| {
-            out.push(b'[');
+            out.put(b"[");
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.put(b",");
                 }
                 let index = i.to_string();
                 let add: &[(&str, &[u8])] = if item.get("index").is_some() {
@@ -409,7 +434,7 @@ pub(super) fn convert_images_response(
                 };
                 item.write(out, &[], &mut |_, _, _| Ok(false), add)?;
             }
-            out.push(b']');
+            out.put(b"]");
             Ok(())
         },
         &["extra_fields"],
@@ -430,8 +455,7 @@ pub(super) fn convert_images_response(
         },
         &[("extra_fields", &extra)],
     )
-    .map_err(|e| GatewayError::Internal(e.to_string()))?;
-    Ok(Bytes::from(out))
+    .map_err(|e| GatewayError::Internal(e.to_string()))
 }
 
 /// Bifrost's `extra_fields` for a successful image edit.
@@ -621,6 +645,21 @@ pub(super) mod tests {
         assert_eq!(escape_name("a\"\r\nb"), "a%22%0D%0Ab");
     }
 
+    /// A 200 answer with `body`.
+    pub(crate) fn success(body: String) -> UpstreamResponse {
+        UpstreamResponse {
+            retry_after: None,
+            status: 200,
+            content_type: None,
+            body: Bytes::from(body),
+        }
+    }
+
+    /// [`convert_images_response`] (for other modules' tests).
+    pub(crate) fn convert(resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> UnifiedAnswer {
+        convert_images_response(resp, cx).unwrap()
+    }
+
     fn cx() -> ResponseContext<'static> {
         ResponseContext {
             provider: "openai",
@@ -641,7 +680,8 @@ pub(super) mod tests {
                 br#"{"created":1,"data":[{"b64_json":"AAA"},{"b64_json":"BBB"}],"usage":{"input_tokens":1,"output_tokens":2,"total_tokens":3},"future_field":true}"#,
             ),
         };
-        let out: Value = serde_json::from_slice(&OpenAiAdapter.convert_response(&resp, &cx()).unwrap()).unwrap();
+        let out: Value =
+            serde_json::from_slice(&OpenAiAdapter.convert_response(&resp, &cx()).unwrap().to_bytes()).unwrap();
         assert_eq!(out["data"][1]["index"], 1);
         assert_eq!(out["data"][1]["b64_json"], "BBB");
         assert_eq!(out["future_field"], true);
@@ -649,6 +689,125 @@ pub(super) mod tests {
         assert_eq!(out["extra_fields"]["request_type"], "image_edit");
         assert_eq!(out["extra_fields"]["provider"], "openai");
         assert_eq!(out["extra_fields"]["latency"], 12);
+    }
+
+    /// The converted answer, byte for byte: the provider's members in order and as sent,
+    /// `index` added, `usage.num_input_images` added, `extra_fields` replaced and last.
+    #[test]
+    fn converted_answer_bytes_are_exact() {
+        let image = format!("\"{}\"", "QUJD".repeat(super::super::answer::SPLICE_MIN_BYTES));
+        let body = format!(
+            r#"{{"created":1,"extra_fields":{{"old":true}},"data":[{{"b64_json":{image},"revised_prompt":"a \"cat\""}},{{"url":"u","index":7}}],"usage":{{"total_tokens":3}},"z":[1, 2]}}"#
+        );
+        let resp = success(body);
+        let answer = OpenAiAdapter.convert_response(&resp, &cx()).unwrap();
+        let extra = serde_json::to_string(&extra_fields(&cx())).unwrap();
+        let expected = format!(
+            r#"{{"created":1,"data":[{{"b64_json":{image},"revised_prompt":"a \"cat\"","index":0}},{{"url":"u","index":7}}],"usage":{{"total_tokens":3,"num_input_images":2}},"z":[1, 2],"extra_fields":{extra}}}"#
+        );
+        assert_eq!(String::from_utf8(answer.to_bytes().to_vec()).unwrap(), expected);
+        assert_eq!(answer.len(), expected.len());
+        // The image is the provider's own bytes, not a copy.
+        assert_eq!(answer.shared_len(), image.len());
+        let at = resp
+            .body
+            .windows(image.len())
+            .position(|w| w == image.as_bytes())
+            .unwrap();
+        let shared = answer.pieces().find(|p| p.len() == image.len()).unwrap();
+        assert_eq!(shared.as_ptr(), resp.body[at..].as_ptr());
+    }
+
+    /// A random `ImagesResponse`-like answer: members in random order with random spacing,
+    /// images of every size around the splice threshold, escapes, nested values, `index`,
+    /// `usage` and `extra_fields` present or not. Returns the body and how many of its bytes
+    /// are long strings the answer should share (top-level and `data` item values).
+    pub(crate) fn random_images_response(rng: &mut fastrand::Rng) -> (String, usize) {
+        let min = super::super::answer::SPLICE_MIN_BYTES;
+        let sp = |rng: &mut fastrand::Rng| [" ", "", "\n", "\t"][rng.usize(0..4)].to_string();
+        let mut shared = 0;
+        let string = |rng: &mut fastrand::Rng, shared: &mut usize| {
+            let len = [0, 1, 100, min - 3, min - 2, min, min + rng.usize(0..50_000)][rng.usize(0..7)];
+            let mut s = String::with_capacity(len + 2);
+            s.push('"');
+            let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            for _ in 0..len {
+                s.push(alphabet[rng.usize(0..64)] as char);
+            }
+            if rng.bool() {
+                s.push_str(r#"\\\"\u00e9é="#);
+            }
+            s.push('"');
+            if s.len() >= min {
+                *shared += s.len();
+            }
+            s
+        };
+        let mut items = Vec::new();
+        for _ in 0..rng.usize(0..4) {
+            let mut members = vec![format!("\"b64_json\":{}{}", sp(rng), string(rng, &mut shared))];
+            if rng.bool() {
+                members.push(r#""revised_prompt":"a \"b\" \u2028 😀""#.to_string());
+            }
+            if rng.bool() {
+                members.push(format!("\"index\":{}", rng.u8(..)));
+            }
+            if rng.bool() {
+                members.push("\"nested\":{\"a\":[1,{\"b\":null}],\"extra_fields\":{}}".into());
+            }
+            rng.shuffle(&mut members);
+            items.push(format!("{{{}}}", members.join(&format!(",{}", sp(rng)))));
+        }
+        let mut members = vec![
+            format!("\"created\":{}", rng.u32(..)),
+            format!("\"data\":{}[{}]", sp(rng), items.join(",")),
+        ];
+        if rng.bool() {
+            members.push(format!("\"note\":{}", string(rng, &mut shared)));
+        }
+        match rng.u8(0..3) {
+            0 => members.push("\"usage\":{\"total_tokens\":3, \"input_tokens_details\":{\"image_tokens\":1}}".into()),
+            1 => members.push("\"usage\":{\"num_input_images\":9}".into()),
+            _ => {}
+        }
+        if rng.bool() {
+            members.push("\"extra_fields\":{\"provider\":\"upstream\"}".into());
+        }
+        if rng.bool() {
+            members.push(format!("\"long_array\":[{}]", vec!["1234567890"; min / 8].join(",")));
+        }
+        rng.shuffle(&mut members);
+        let body = format!("{}{{{}{}}}{}", sp(rng), sp(rng), members.join(","), sp(rng));
+        (body, shared)
+    }
+
+    /// Differential: over varied answers, the spliced answer is byte for byte what the
+    /// converter writes into one buffer (the output before answers were spliced), and shares
+    /// exactly the long strings.
+    #[test]
+    fn spliced_answers_equal_the_copied_ones() {
+        let mut rng = fastrand::Rng::with_seed(12);
+        let mut shared_seen = 0;
+        for _ in 0..300 {
+            let (body, shared) = random_images_response(&mut rng);
+            let resp = success(body);
+            let answer = OpenAiAdapter.convert_response(&resp, &cx()).unwrap();
+            let doc = parse_images_response(&resp.body, &cx()).unwrap();
+            let mut copied = Vec::new();
+            write_images_response(&doc, &cx(), &mut copied).unwrap();
+            assert_eq!(
+                answer.to_bytes(),
+                copied,
+                "{}",
+                String::from_utf8_lossy(&resp.body[..200.min(resp.body.len())])
+            );
+            assert_eq!(answer.len(), copied.len());
+            assert_eq!(answer.shared_len(), shared);
+            assert!(answer.pieces().all(|p| !p.is_empty()));
+            serde_json::from_slice::<Value>(&copied).unwrap();
+            shared_seen += shared;
+        }
+        assert!(shared_seen > 0);
     }
 
     #[test]

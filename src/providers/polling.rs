@@ -13,14 +13,13 @@
 
 use super::google::{write_images_response, zero_usage, AnswerImage};
 use super::openai::{extra_fields, provider_error};
-use super::{BodySegment, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::{BodySegment, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::imaging;
 use crate::route::Target;
 use crate::spool::SpoolRange;
 use bytes::Bytes;
-use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
@@ -42,7 +41,7 @@ pub enum FollowUp {
         after: Duration,
     },
     /// The unified answer, complete.
-    Answer(Bytes),
+    Answer(UnifiedAnswer),
 }
 
 /// Where a polled job stands; kept by the server between steps, written by the adapter.
@@ -56,8 +55,9 @@ pub struct FollowState {
     pub poll_url: Option<String>,
     /// Result image URLs not downloaded yet, in order.
     pub pending: Vec<String>,
-    /// Images received so far, each as a JSON string of its base64, and its MIME type.
-    pub images: Vec<(Box<RawValue>, Option<&'static str>)>,
+    /// Images received so far, each as a JSON string of its base64 (quotes included; the
+    /// unified answer shares it, see [`write_images_response`]), and its MIME type.
+    pub images: Vec<(Bytes, Option<&'static str>)>,
 }
 
 /// Which answer a [`FollowState`] expects next.
@@ -159,20 +159,21 @@ fn push_image(state: &mut FollowState, bytes: &[u8], mime: Option<&'static str>)
     quoted.push(b'"');
     crate::codec::base64::encode_append(bytes, &mut quoted);
     quoted.push(b'"');
-    let text = String::from_utf8(quoted).map_err(|e| GatewayError::Internal(e.to_string()))?;
-    let raw = RawValue::from_string(text).map_err(|e| GatewayError::Internal(e.to_string()))?;
-    state.images.push((raw, mime));
+    state.images.push((Bytes::from(quoted), mime));
     Ok(())
 }
 
 fn next_download(state: &mut FollowState, cx: &FollowContext<'_>) -> Result<FollowUp, GatewayError> {
     if state.pending.is_empty() {
-        let images: Vec<AnswerImage<'_>> = state
-            .images
-            .iter()
-            .map(|(b64, mime)| AnswerImage { b64, mime: *mime })
-            .collect();
-        return write_images_response(&images, None, super::google::unix_now(), &cx.response).map(FollowUp::Answer);
+        let sources: Vec<Bytes> = state.images.iter().map(|(b64, _)| b64.clone()).collect();
+        let mut images = Vec::with_capacity(state.images.len());
+        for (b64, mime) in &state.images {
+            // Standard base64 in quotes: ASCII, so always UTF-8.
+            let b64 = std::str::from_utf8(b64).map_err(|e| GatewayError::Internal(e.to_string()))?;
+            images.push(AnswerImage { b64, mime: *mime });
+        }
+        return write_images_response(&sources, &images, None, super::google::unix_now(), &cx.response)
+            .map(FollowUp::Answer);
     }
     let url = state.pending.remove(0);
     Ok(get(&url, Vec::new(), Duration::ZERO))
@@ -180,7 +181,7 @@ fn next_download(state: &mut FollowState, cx: &FollowContext<'_>) -> Result<Foll
 
 /// The unified answer with result URLs: `{"created","data":[{"url","index"}…],"usage",
 /// "extra_fields"}`.
-pub fn url_answer(urls: &[String], cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+pub fn url_answer(urls: &[String], cx: &ResponseContext<'_>) -> Result<UnifiedAnswer, GatewayError> {
     let data: Vec<Value> = urls
         .iter()
         .enumerate()
@@ -193,14 +194,14 @@ pub fn url_answer(urls: &[String], cx: &ResponseContext<'_>) -> Result<Bytes, Ga
         "extra_fields": extra_fields(cx),
     });
     serde_json::to_vec(&body)
-        .map(Bytes::from)
+        .map(UnifiedAnswer::from)
         .map_err(|e| GatewayError::Internal(e.to_string()))
 }
 
 /// The answer of an asynchronous provider's first exchange as `convert_response` sees it:
 /// successes are followed up, so only an error status (or a success without a result) lands
 /// here.
-pub fn unfollowed_answer(resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+pub fn unfollowed_answer(resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<UnifiedAnswer, GatewayError> {
     if !(200..300).contains(&resp.status) {
         return Err(detail_error(cx.provider, resp));
     }
@@ -587,7 +588,7 @@ pub mod fixtures {
     /// The JSON of a [`FollowUp::Answer`].
     pub fn final_answer(f: FollowUp) -> Value {
         match f {
-            FollowUp::Answer(b) => serde_json::from_slice(&b).unwrap(),
+            FollowUp::Answer(b) => serde_json::from_slice(&b.to_bytes()).unwrap(),
             other => panic!("expected an answer, got {other:?}"),
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! Provider answers carry images as base64 strings of megabytes. Parsing them into
 //! `serde_json::Value` copies every string twice and re-escapes it on output; here an object is
-//! read as its keys plus *borrowed* raw values, so an image string is scanned once and copied
-//! once, into the output buffer.
+//! read as its keys plus *borrowed* raw values, so an image string is scanned once and written
+//! as it is: copied once into a plain buffer, or shared with the input by an output that can
+//! (see [`JsonOut`] and `super::answer`).
 //!
 //! The scan is this module's own (a strict JSON validator, as strict as serde_json's raw-value
 //! parse): the whole input is checked as UTF-8 once, then each string is searched for its
@@ -14,13 +15,42 @@ use std::fmt;
 
 /// Called for each field when writing: writes the value itself and returns true, or returns
 /// false to have the raw value copied.
-pub type Rewrite<'f, 'a> = dyn FnMut(&str, Raw<'a>, &mut Vec<u8>) -> Result<bool, serde_json::Error> + 'f;
+pub type Rewrite<'f, 'a, O = Vec<u8>> = dyn FnMut(&str, Raw<'a>, &mut O) -> Result<bool, serde_json::Error> + 'f;
 
 /// Writes something into the output (a field, an array).
-pub type WriteWith<'f> = dyn FnMut(&mut Vec<u8>) -> Result<(), serde_json::Error> + 'f;
+pub type WriteWith<'f, O = Vec<u8>> = dyn FnMut(&mut O) -> Result<(), serde_json::Error> + 'f;
 
 /// Writes the expanded array of an [`ExpandedObject`].
-pub type WriteItems<'f, 'a> = dyn FnMut(&[RawObject<'a>], &mut Vec<u8>) -> Result<(), serde_json::Error> + 'f;
+pub type WriteItems<'f, 'a, O = Vec<u8>> = dyn FnMut(&[RawObject<'a>], &mut O) -> Result<(), serde_json::Error> + 'f;
+
+/// Where objects are written: a plain buffer, or an answer that shares long raw values with
+/// the input instead of copying them (`super::answer::AnswerWriter`).
+pub trait JsonOut: std::io::Write {
+    /// Appends `bytes`.
+    fn put(&mut self, bytes: &[u8]);
+
+    /// Appends `text`, a whole JSON string value of the input (quotes included), as it is:
+    /// copied, unless the output can share it.
+    fn put_string(&mut self, text: &[u8]) {
+        self.put(text);
+    }
+
+    /// Appends a raw value of the input as it is ([`JsonOut::put_string`] for a string).
+    fn put_raw(&mut self, raw: Raw<'_>) {
+        let text = raw.get().as_bytes();
+        if text.first() == Some(&b'"') {
+            self.put_string(text);
+        } else {
+            self.put(text);
+        }
+    }
+}
+
+impl JsonOut for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
 
 /// One JSON value as its exact, validated text in the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,11 +103,11 @@ impl<'a> RawObject<'a> {
     /// Writes the object back out, leaving out `skip` keys, calling `rewrite` for every field
     /// (it writes the value itself and returns true, or returns false to copy the raw value),
     /// and appending `extra` (already-serialised `"key":value` pairs) before the closing brace.
-    pub fn write(
+    pub fn write<O: JsonOut>(
         &self,
-        out: &mut Vec<u8>,
+        out: &mut O,
         skip: &[&str],
-        rewrite: &mut Rewrite<'_, 'a>,
+        rewrite: &mut Rewrite<'_, 'a, O>,
         extra: &[(&str, &[u8])],
     ) -> Result<(), serde_json::Error> {
         write_object(out, &self.0, None, skip, rewrite, extra)
@@ -86,19 +116,19 @@ impl<'a> RawObject<'a> {
 
 /// Writes `{fields…, extra…}`: fields in `skip` are left out, `rewrite` may write a field's
 /// value itself, and `insert` writes one more field (key included) before field number `at`.
-fn write_object<'a>(
-    out: &mut Vec<u8>,
+fn write_object<'a, O: JsonOut>(
+    out: &mut O,
     fields: &[(String, Raw<'a>)],
-    mut insert: Option<(usize, &mut WriteWith<'_>)>,
+    mut insert: Option<(usize, &mut WriteWith<'_, O>)>,
     skip: &[&str],
-    rewrite: &mut Rewrite<'_, 'a>,
+    rewrite: &mut Rewrite<'_, 'a, O>,
     extra: &[(&str, &[u8])],
 ) -> Result<(), serde_json::Error> {
-    out.push(b'{');
+    out.put(b"{");
     let mut first = true;
-    let mut comma = |out: &mut Vec<u8>| {
+    let mut comma = |out: &mut O| {
         if !first {
-            out.push(b',');
+            out.put(b",");
         }
         first = false;
     };
@@ -115,18 +145,18 @@ fn write_object<'a>(
         }
         comma(out);
         serde_json::to_writer(&mut *out, k)?;
-        out.push(b':');
+        out.put(b":");
         if !rewrite(k, *v, out)? {
-            out.extend_from_slice(v.get().as_bytes());
+            out.put_raw(*v);
         }
     }
     for (k, v) in extra {
         comma(out);
         serde_json::to_writer(&mut *out, k)?;
-        out.push(b':');
-        out.extend_from_slice(v);
+        out.put(b":");
+        out.put(v);
     }
-    out.push(b'}');
+    out.put(b"}");
     Ok(())
 }
 
@@ -164,26 +194,21 @@ impl<'a> ExpandedObject<'a> {
 
     /// Writes the object back out like [`RawObject::write`], with the expanded field (named
     /// `key`) written at its place by `write_items`.
-    pub fn write(
+    pub fn write<O: JsonOut>(
         &self,
-        out: &mut Vec<u8>,
+        out: &mut O,
         key: &str,
-        write_items: &mut WriteItems<'_, 'a>,
+        write_items: &mut WriteItems<'_, 'a, O>,
         skip: &[&str],
-        rewrite: &mut Rewrite<'_, 'a>,
+        rewrite: &mut Rewrite<'_, 'a, O>,
         extra: &[(&str, &[u8])],
     ) -> Result<(), serde_json::Error> {
-        let mut expanded = |out: &mut Vec<u8>| -> Result<(), serde_json::Error> {
+        let mut expanded = |out: &mut O| -> Result<(), serde_json::Error> {
             serde_json::to_writer(&mut *out, key)?;
-            out.push(b':');
+            out.put(b":");
             write_items(&self.items, out)
         };
-        let insert = self.position.map(|at| {
-            (
-                at,
-                &mut expanded as &mut dyn FnMut(&mut Vec<u8>) -> Result<(), serde_json::Error>,
-            )
-        });
+        let insert = self.position.map(|at| (at, &mut expanded as &mut WriteWith<'_, O>));
         write_object(out, &self.fields.0, insert, skip, rewrite, extra)
     }
 }

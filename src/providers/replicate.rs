@@ -25,6 +25,7 @@ use super::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
 use super::{BodySegment, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::EditForm;
+use crate::providers::UnifiedAnswer;
 use crate::route::Target;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -133,7 +134,11 @@ impl ProviderAdapter for ReplicateAdapter {
     }
 
     /// Reached for error statuses only (successes are followed up).
-    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+    fn convert_response(
+        &self,
+        resp: &UpstreamResponse,
+        cx: &ResponseContext<'_>,
+    ) -> Result<UnifiedAnswer, GatewayError> {
         polling::unfollowed_answer(resp, cx)
     }
 

@@ -22,8 +22,9 @@ use super::{auth_header, BodySegment, ProviderAdapter, ResponseContext, Upstream
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::imaging::ImageKind;
+use crate::providers::UnifiedAnswer;
 use crate::route::Target;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use serde_json::{json, Map, Value};
 
 /// The adapter for kind `xai`.
@@ -141,7 +142,11 @@ impl ProviderAdapter for XaiAdapter {
         ))
     }
 
-    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+    fn convert_response(
+        &self,
+        resp: &UpstreamResponse,
+        cx: &ResponseContext<'_>,
+    ) -> Result<UnifiedAnswer, GatewayError> {
         convert_images_response(resp, cx)
     }
 }
@@ -154,6 +159,7 @@ mod tests {
     use crate::route::Router;
     use crate::spool::{Spool, SpoolRange};
     use base64::Engine;
+    use bytes::Bytes;
 
     fn target() -> Target {
         let yaml = "providers:\n  - name: xai\n    kind: xai\n    keys:\n      - { name: k, value: xai-secret }\n";
@@ -289,7 +295,7 @@ mod tests {
             content_type: Some("application/json".into()),
             body: Bytes::from_static(br#"{"data":[{"url":"https://x.ai/tmp/1.png","revised_prompt":"r"}]}"#),
         };
-        let v: Value = serde_json::from_slice(&XaiAdapter.convert_response(&ok, &cx()).unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&XaiAdapter.convert_response(&ok, &cx()).unwrap().to_bytes()).unwrap();
         assert_eq!(v["data"][0]["url"], "https://x.ai/tmp/1.png");
         assert_eq!(v["data"][0]["index"], 0);
         assert_eq!(v["extra_fields"]["provider"], "xai");

@@ -253,6 +253,20 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
     Ok(server)
 }
 
+/// Turns transparent huge pages on or off for this process (`refract` turns them off first
+/// thing, and back on once its config has no `simulator:`). The allocator (mimalloc) asks the
+/// kernel to back its arenas with 2 MiB huge pages: a gateway spends about 5 % less CPU per
+/// request with them (64 KB edits), but every touched 2 MiB stays resident, and the simulator,
+/// whose render jobs run on the decode pool's blocking threads, each with pages of its own,
+/// then peaked near 90 MiB instead of 45 for 16 concurrent 20 MB edits: a process that runs
+/// the simulator (a demo or test setup) goes without. Failing (a kernel without the flag)
+/// only costs that memory.
+pub fn transparent_huge_pages(enabled: bool) {
+    if let Err(e) = nix::sys::prctl::set_thp_disable(!enabled) {
+        log::debug!("transparent huge pages left as they are (prctl: {e})");
+    }
+}
+
 /// The gateway listeners' app: the gateway's Pingora HTTP app behind the client-connection
 /// limits of `limits` (head deadline and size, keep-alive timeout, connection cap; see
 /// [`connections`]). Runs once, when the server is built.
@@ -324,4 +338,23 @@ pub fn spawn(config: Config) -> Result<RunningServer, ServerError> {
         stop: Some(tx),
         thread: Some(thread),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The switch reaches the kernel's per-process flag both ways (a kernel without the flag
+    /// is the only excuse).
+    #[test]
+    fn transparent_huge_pages_switch_off_and_on() {
+        let Ok(before) = nix::sys::prctl::get_thp_disable() else {
+            return;
+        };
+        transparent_huge_pages(false);
+        assert!(nix::sys::prctl::get_thp_disable().unwrap());
+        transparent_huge_pages(true);
+        assert!(!nix::sys::prctl::get_thp_disable().unwrap());
+        transparent_huge_pages(!before);
+    }
 }

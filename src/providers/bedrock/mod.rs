@@ -34,6 +34,7 @@ use crate::config::Credential;
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
 use crate::imaging::{ImageKind, MaskConvention};
+use crate::providers::UnifiedAnswer;
 use crate::route::Target;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -304,7 +305,11 @@ impl ProviderAdapter for BedrockAdapter {
         build(form, inputs, target, request_id)
     }
 
-    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+    fn convert_response(
+        &self,
+        resp: &UpstreamResponse,
+        cx: &ResponseContext<'_>,
+    ) -> Result<UnifiedAnswer, GatewayError> {
         if !(200..300).contains(&resp.status) {
             return Err(bedrock_error(cx.provider, resp));
         }
@@ -339,7 +344,7 @@ fn sniff_b64(b64: &RawValue) -> Option<&'static str> {
 
 /// A 2xx answer → the unified answer; a reported filter or error, or no image, → an error;
 /// 502 when the body is not Bedrock's JSON.
-pub fn convert_images(body: &[u8], cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+pub fn convert_images(body: &Bytes, cx: &ResponseContext<'_>) -> Result<UnifiedAnswer, GatewayError> {
     let protocol = |detail: String| GatewayError::UpstreamProtocol {
         provider: cx.provider.to_string(),
         detail,
@@ -369,14 +374,14 @@ pub fn convert_images(body: &[u8], cx: &ResponseContext<'_>) -> Result<Bytes, Ga
             return Err(protocol("an image is not a base64 string".into()));
         }
         images.push(AnswerImage {
-            b64,
+            b64: b64.get(),
             mime: sniff_b64(b64),
         });
     }
     if images.is_empty() {
         return Err(no_image_error(cx.provider, "the answer has no image"));
     }
-    write_images_response(&images, None, unix_now(), cx)
+    write_images_response(std::slice::from_ref(body), &images, None, unix_now(), cx)
 }
 
 /// Whether an error text reports a content filter block.

@@ -407,7 +407,7 @@ fn answers_are_converted() {
             &cx(),
         )
         .unwrap();
-    let v: Value = serde_json::from_slice(&out).unwrap();
+    let v: Value = serde_json::from_slice(&out.to_bytes()).unwrap();
     assert_eq!(v["data"][0]["b64_json"], "iVBORw0KGgoAAAA");
     assert_eq!(v["data"][1]["b64_json"], "iVBORw0KGgoBBBB");
     assert_eq!(v["output_format"], "png");
@@ -418,7 +418,7 @@ fn answers_are_converted() {
             &cx(),
         )
         .unwrap();
-    let v: Value = serde_json::from_slice(&out).unwrap();
+    let v: Value = serde_json::from_slice(&out.to_bytes()).unwrap();
     assert_eq!(v["output_format"], "jpeg");
 }
 

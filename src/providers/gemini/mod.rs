@@ -46,8 +46,8 @@ use super::{
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::imaging::{ConvertedMask, MaskConvention};
+use crate::providers::UnifiedAnswer;
 use crate::route::Target;
-use bytes::Bytes;
 pub use request::generate_content_request;
 pub use response::{convert_generate_content, GenerateContentStream};
 
@@ -145,7 +145,11 @@ impl ProviderAdapter for GeminiAdapter {
         imagen_request(form, inputs.mask, target, request_id)
     }
 
-    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+    fn convert_response(
+        &self,
+        resp: &UpstreamResponse,
+        cx: &ResponseContext<'_>,
+    ) -> Result<UnifiedAnswer, GatewayError> {
         convert_google_answer(resp, cx)
     }
 }

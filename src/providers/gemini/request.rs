@@ -440,7 +440,8 @@ mod tests {
             latency_ms: 1,
             num_input_images: 2,
         };
-        let unified: Value = serde_json::from_slice(&GeminiAdapter.convert_response(&answer, &cx).unwrap()).unwrap();
+        let unified: Value =
+            serde_json::from_slice(&GeminiAdapter.convert_response(&answer, &cx).unwrap().to_bytes()).unwrap();
         assert_eq!(unified["data"][0]["b64_json"], "QUJD");
     }
 }

@@ -2,13 +2,13 @@
 //! a stream ([`GenerateContentStream`]); shared by kind `gemini` and Vertex AI Gemini models.
 //!
 //! The JSON is read into borrowing structs: each image's base64 stays a [`RawValue`] slice of
-//! the provider's body until it is copied, once, into the output.
+//! the provider's body, and the unified answer shares it with that body (never copied).
 
 use super::super::google::{
     google_error, no_image_error, output_format, unix_now, write_images_response, zero_usage, AnswerImage,
 };
 use super::super::stream::StreamContext;
-use super::super::{ResponseContext, StreamTranslator, UpstreamResponse};
+use super::super::{ResponseContext, StreamTranslator, UnifiedAnswer, UpstreamResponse};
 use crate::codec::sse::SseEvent;
 use crate::error::GatewayError;
 use bytes::Bytes;
@@ -150,7 +150,7 @@ impl<'a> GenerateContentResponse<'a> {
                     detail: "an inlineData.data is not a string".into(),
                 });
             }
-            out.push(AnswerImage { b64, mime });
+            out.push(AnswerImage { b64: b64.get(), mime });
         }
         Ok(out)
     }
@@ -206,7 +206,10 @@ fn parse<'a>(provider: &str, body: &'a str) -> Result<GenerateContentResponse<'a
 /// (`data[i].b64_json` per final image, OpenAI usage), an error status into the provider's
 /// error ([`google_error`]). A success without images is a 400 `moderation_blocked` when the
 /// answer gives a reason ([`no_image_error`]), else a 502.
-pub fn convert_generate_content(resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+pub fn convert_generate_content(
+    resp: &UpstreamResponse,
+    cx: &ResponseContext<'_>,
+) -> Result<UnifiedAnswer, GatewayError> {
     if !(200..300).contains(&resp.status) {
         return Err(google_error(cx.provider, resp));
     }
@@ -226,7 +229,7 @@ pub fn convert_generate_content(resp: &UpstreamResponse, cx: &ResponseContext<'_
         });
     }
     let usage = doc.usage_metadata.as_ref().map(UsageMetadata::to_openai);
-    write_images_response(&images, usage, unix_now(), cx)
+    write_images_response(std::slice::from_ref(&resp.body), &images, usage, unix_now(), cx)
 }
 
 /// Turns a `:streamGenerateContent?alt=sse` stream into OpenAI-shaped events, one `data:`
@@ -284,7 +287,7 @@ impl StreamTranslator for GenerateContentStream {
                 _ => zero_usage(),
             };
             let format = image.mime.and_then(output_format).unwrap_or("png");
-            let b64 = image.b64.get();
+            let b64 = image.b64;
             let mut event = String::with_capacity(b64.len() + 512);
             event.push_str(r#"{"type":"image_edit.completed","b64_json":"#);
             event.push_str(b64);
@@ -331,7 +334,7 @@ mod tests {
     }
 
     fn convert(status: u16, body: &str) -> Result<Value, GatewayError> {
-        convert_generate_content(&resp(status, body), &cx()).map(|b| serde_json::from_slice(&b).unwrap())
+        convert_generate_content(&resp(status, body), &cx()).map(|b| serde_json::from_slice(&b.to_bytes()).unwrap())
     }
 
     const ANSWER: &str = r#"{"candidates":[{"content":{"role":"model","parts":[
@@ -368,6 +371,26 @@ mod tests {
         .unwrap();
         assert_eq!(v["usage"]["total_tokens"], 0);
         assert_eq!(v["output_format"], "jpeg");
+    }
+
+    /// A large image goes into the unified answer as the provider's own bytes (shared, not
+    /// copied), and the answer is byte for byte the one written into one buffer.
+    #[test]
+    fn large_images_are_shared_with_the_answer() {
+        let image = "iVBORw0KGgo".repeat(20_000);
+        let body = format!(
+            r#"{{"candidates":[{{"content":{{"parts":[{{"inlineData":{{"mimeType":"image/png","data":"{image}"}}}}]}},"finishReason":"STOP"}}]}}"#
+        );
+        let response = resp(200, &body);
+        let answer = convert_generate_content(&response, &cx()).unwrap();
+        let quoted = image.len() + 2;
+        assert_eq!(answer.shared_len(), quoted);
+        let at = body.find(&image).unwrap() - 1;
+        let shared = answer.pieces().find(|p| p.len() == quoted).unwrap();
+        assert_eq!(shared.as_ptr(), response.body[at..].as_ptr(), "the body's own memory");
+        let v: Value = serde_json::from_slice(&answer.to_bytes()).unwrap();
+        assert_eq!(v["data"][0]["b64_json"], image.as_str());
+        assert_eq!(v["output_format"], "png");
     }
 
     #[test]

@@ -42,6 +42,7 @@ use super::{auth_header, Prepared, ProviderAdapter, ResponseContext, UpstreamReq
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
 use crate::imaging::{self, ImageKind, MaskConvention};
+use crate::providers::UnifiedAnswer;
 use crate::route::Target;
 use crate::spool::{Spool, SpoolRange};
 use base64::Engine;
@@ -298,7 +299,11 @@ impl ProviderAdapter for StabilityAdapter {
         build(form, mask, input, target, request_id)
     }
 
-    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+    fn convert_response(
+        &self,
+        resp: &UpstreamResponse,
+        cx: &ResponseContext<'_>,
+    ) -> Result<UnifiedAnswer, GatewayError> {
         if !(200..300).contains(&resp.status) {
             return Err(stability_error(cx.provider, resp));
         }
@@ -324,7 +329,7 @@ fn sniff_b64(b64: &str) -> Option<&'static str> {
 
 /// A 2xx answer → the unified answer, `moderation_blocked` when filtered, 502 when it is not
 /// Stability's JSON.
-fn convert_answer(body: &[u8], cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+fn convert_answer(body: &Bytes, cx: &ResponseContext<'_>) -> Result<UnifiedAnswer, GatewayError> {
     let protocol = |detail: String| GatewayError::UpstreamProtocol {
         provider: cx.provider.to_string(),
         detail,
@@ -340,7 +345,8 @@ fn convert_answer(body: &[u8], cx: &ResponseContext<'_>) -> Result<Bytes, Gatewa
         .filter(|i| i.get().starts_with('"'))
         .ok_or_else(|| protocol("the answer has no 'image' string".into()))?;
     let mime = sniff_b64(b64.get().trim_matches('"'));
-    write_images_response(&[AnswerImage { b64, mime }], None, unix_now(), cx)
+    let image = AnswerImage { b64: b64.get(), mime };
+    write_images_response(std::slice::from_ref(body), &[image], None, unix_now(), cx)
 }
 
 /// A Stability error (`{"id","name","errors":[…]}`) as a provider error keeping the status:

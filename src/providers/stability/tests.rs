@@ -317,7 +317,7 @@ fn answers_filters_and_errors() {
             &cx(),
         )
         .unwrap();
-    let v: Value = serde_json::from_slice(&out).unwrap();
+    let v: Value = serde_json::from_slice(&out.to_bytes()).unwrap();
     assert_eq!(v["data"][0]["b64_json"], b64.as_str());
     assert_eq!(v["data"][0]["index"], 0);
     assert_eq!(v["output_format"], "png");

@@ -34,6 +34,7 @@ use crate::config::KeyAuth;
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
 use crate::imaging::{ConvertedMask, MaskConvention};
+use crate::providers::UnifiedAnswer;
 use crate::route::Target;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -166,14 +167,18 @@ impl ProviderAdapter for VertexAdapter {
         build(form, inputs.mask, target, request_id)
     }
 
-    fn convert_response(&self, resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+    fn convert_response(
+        &self,
+        resp: &UpstreamResponse,
+        cx: &ResponseContext<'_>,
+    ) -> Result<UnifiedAnswer, GatewayError> {
         convert_google_answer(resp, cx)
     }
 }
 
 /// A Google answer of either dialect, by model: Imagen `:predict` predictions, or a Gemini
 /// `generateContent` answer (both kinds `gemini` and `vertex` serve both).
-pub fn convert_google_answer(resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+pub fn convert_google_answer(resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<UnifiedAnswer, GatewayError> {
     if !is_imagen(cx.model_deployment) {
         return convert_generate_content(resp, cx);
     }
@@ -208,7 +213,7 @@ struct Prediction<'a> {
 
 /// A 2xx `:predict` answer → the unified answer, or `moderation_blocked` when every image was
 /// filtered, or 502 when the body is not Imagen's JSON.
-pub fn convert_predictions(body: &[u8], cx: &ResponseContext<'_>) -> Result<Bytes, GatewayError> {
+pub fn convert_predictions(body: &Bytes, cx: &ResponseContext<'_>) -> Result<UnifiedAnswer, GatewayError> {
     let protocol = |detail: String| GatewayError::UpstreamProtocol {
         provider: cx.provider.to_string(),
         detail,
@@ -223,7 +228,7 @@ pub fn convert_predictions(body: &[u8], cx: &ResponseContext<'_>) -> Result<Byte
                 return Err(protocol("bytesBase64Encoded is not a string".into()));
             }
             images.push(AnswerImage {
-                b64,
+                b64: b64.get(),
                 mime: p.mime.as_deref(),
             });
         }
@@ -237,7 +242,7 @@ pub fn convert_predictions(body: &[u8], cx: &ResponseContext<'_>) -> Result<Byte
         };
         return Err(no_image_error(cx.provider, &why));
     }
-    write_images_response(&images, None, unix_now(), cx)
+    write_images_response(std::slice::from_ref(body), &images, None, unix_now(), cx)
 }
 
 #[cfg(test)]

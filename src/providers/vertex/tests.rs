@@ -390,7 +390,7 @@ fn cx() -> ResponseContext<'static> {
 fn predictions_become_unified_images() {
     let body = r#"{"predictions":[{"bytesBase64Encoded":"QUJD","mimeType":"image/png"},{"raiFilteredReason":"x"},{"mimeType":"image/png","bytesBase64Encoded":"REVG"}],"deployedModelId":"1"}"#;
     let out = VertexAdapter.convert_response(&resp(200, body), &cx()).unwrap();
-    let v: Value = serde_json::from_slice(&out).unwrap();
+    let v: Value = serde_json::from_slice(&out.to_bytes()).unwrap();
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
     assert_eq!(v["data"][0], json!({"b64_json": "QUJD", "index": 0}));
     assert_eq!(v["data"][1], json!({"b64_json": "REVG", "index": 1}));

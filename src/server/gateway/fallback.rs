@@ -28,10 +28,9 @@ use crate::auth::Identity;
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::providers::stream::{Framing, StreamContext};
-use crate::providers::{adapter_for, capabilities};
+use crate::providers::{adapter_for, capabilities, UnifiedAnswer};
 use crate::server::breaker::{backoff, MAX_RETRY_AFTER};
 use crate::spool::Spool;
-use bytes::Bytes;
 use pingora::proxy::Session;
 use serde_json::{json, Value};
 use std::sync::{Arc, OnceLock};
@@ -365,43 +364,34 @@ fn annotate(reply: Reply, index: usize, attempts: usize) -> Reply {
     }
 }
 
-/// Inserts the fields right after the last `"extra_fields":{` of compact JSON. In valid JSON
-/// that text can only be the key (a `"` inside a string is escaped), and the unified answer
-/// writes its top-level `extra_fields` after `data`. A body without it is returned unchanged.
-fn with_fallback_fields(body: Bytes, index: usize, attempts: usize) -> Bytes {
-    const KEY: &[u8] = b"\"extra_fields\":{";
-    let Some(at) = body.windows(KEY.len()).rposition(|w| w == KEY) else {
-        return body;
-    };
-    let cut = at + KEY.len();
-    let insert = format!("\"fallback_index\":{index},\"attempts\":{attempts}");
-    let closes_at_once = body.get(cut) == Some(&b'}');
-    let mut out = Vec::with_capacity(body.len() + insert.len() + 1);
-    out.extend_from_slice(&body[..cut]);
-    out.extend_from_slice(insert.as_bytes());
-    if !closes_at_once {
-        out.push(b',');
-    }
-    out.extend_from_slice(&body[cut..]);
-    Bytes::from(out)
+/// Inserts the fields at the start of the last `"extra_fields":{…}` of the answer: the
+/// top-level one, which the unified answer writes after `data`. A body without it is returned
+/// unchanged.
+fn with_fallback_fields(mut body: UnifiedAnswer, index: usize, attempts: usize) -> UnifiedAnswer {
+    body.insert_members(
+        "extra_fields",
+        &format!("\"fallback_index\":{index},\"attempts\":{attempts}"),
+    );
+    body
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn fields_are_added_to_the_top_level_extra_fields() {
         let body = Bytes::from_static(br#"{"data":[{"b64_json":"QQ=="}],"extra_fields":{"provider":"p"}}"#);
-        let out = with_fallback_fields(body, 1, 2);
+        let out = with_fallback_fields(body.into(), 1, 2).to_bytes();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["extra_fields"]["fallback_index"], 1);
         assert_eq!(v["extra_fields"]["attempts"], 2);
         assert_eq!(v["extra_fields"]["provider"], "p");
-        let empty = with_fallback_fields(Bytes::from_static(br#"{"extra_fields":{}}"#), 0, 1);
+        let empty = with_fallback_fields(Bytes::from_static(br#"{"extra_fields":{}}"#).into(), 0, 1).to_bytes();
         let v: Value = serde_json::from_slice(&empty).unwrap();
         assert_eq!(v["extra_fields"]["fallback_index"], 0);
-        let none = with_fallback_fields(Bytes::from_static(br#"{"a":1}"#), 0, 1);
+        let none = with_fallback_fields(Bytes::from_static(br#"{"a":1}"#).into(), 0, 1).to_bytes();
         assert_eq!(&none[..], br#"{"a":1}"#);
     }
 

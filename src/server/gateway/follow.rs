@@ -12,12 +12,11 @@
 use crate::config::parse_base_url;
 use crate::error::GatewayError;
 use crate::providers::polling::{FollowContext, FollowState, FollowUp};
-use crate::providers::{ProviderAdapter, ResponseContext, UpstreamResponse};
+use crate::providers::{ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamResponse};
 use crate::route::Target;
 use crate::server::exchange::{exchange, Collect};
 use crate::server::slots::Slots;
 use crate::spool::Spool;
-use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::proxy::Session;
 use std::net::IpAddr;
@@ -32,7 +31,7 @@ enum Followed {
     /// The last answer, to convert with the adapter's `convert_response`.
     Convert(UpstreamResponse),
     /// The unified answer, already assembled by the adapter.
-    Answer(Bytes),
+    Answer(UnifiedAnswer),
 }
 
 /// What the loop needs from the request.
@@ -56,7 +55,7 @@ pub(super) async fn run(
     req: Request<'_>,
     first: UpstreamResponse,
     session: &mut Session,
-) -> Result<Bytes, GatewayError> {
+) -> Result<UnifiedAnswer, GatewayError> {
     let work = unified(adapter, &req, first);
     // Only a request whose body was read to its end can be watched without eating its bytes.
     let watch_client = session.is_body_done();
@@ -82,7 +81,7 @@ pub(super) async fn unified(
     adapter: &dyn ProviderAdapter,
     req: &Request<'_>,
     first: UpstreamResponse,
-) -> Result<Bytes, GatewayError> {
+) -> Result<UnifiedAnswer, GatewayError> {
     match follow(adapter, req, first).await? {
         Followed::Answer(unified) => Ok(unified),
         Followed::Convert(response) => adapter.convert_response(

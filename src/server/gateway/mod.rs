@@ -18,7 +18,7 @@ use crate::form::parse_edit_form;
 use crate::metrics::{ClientPhase, RequestRecord};
 use crate::providers::stream::{synthesize_stream, Framing, StreamContext};
 use crate::providers::UpstreamRequest;
-use crate::providers::{adapter_for, capabilities, ResponseContext};
+use crate::providers::{adapter_for, capabilities, ResponseContext, UnifiedAnswer};
 use crate::route::Target;
 use crate::spool::Spool;
 use async_trait::async_trait;
@@ -116,8 +116,16 @@ fn endpoint(method: &http::Method, path: &str) -> Endpoint {
 }
 
 impl Gateway {
-    /// Writes a complete JSON answer.
-    async fn send_json(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16, body: Bytes) -> Result<()> {
+    /// Writes a complete JSON answer: its head with the `Content-Length`, then its pieces in
+    /// order, each as it is (a converted answer's images straight from the provider's
+    /// buffer; see [`UnifiedAnswer`]).
+    async fn send_json(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+        body: UnifiedAnswer,
+    ) -> Result<()> {
         self.send_json_allow(session, ctx, status, body, None).await
     }
 
@@ -127,7 +135,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
         status: u16,
-        body: Bytes,
+        body: UnifiedAnswer,
         allow: Option<&'static str>,
     ) -> Result<()> {
         let mut resp = ResponseHeader::build(status, Some(5))?;
@@ -140,7 +148,14 @@ impl Gateway {
         ctx.status = status;
         ctx.response_bytes = body.len() as u64;
         session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await?;
+        let mut pieces = body.into_pieces().into_iter().peekable();
+        if pieces.peek().is_none() {
+            session.write_response_body(Some(Bytes::new()), true).await?;
+        }
+        while let Some(piece) = pieces.next() {
+            let last = pieces.peek().is_none();
+            session.write_response_body(Some(piece), last).await?;
+        }
         Ok(())
     }
 
@@ -169,7 +184,7 @@ impl Gateway {
             GatewayError::MethodNotAllowed { allow, .. } => Some(*allow),
             _ => None,
         };
-        self.send_json_allow(session, ctx, err.status(), Bytes::from(body), allow)
+        self.send_json_allow(session, ctx, err.status(), UnifiedAnswer::from(body), allow)
             .await?;
         if rest == BodyRest::Linger {
             ctx.answered_after = Some(ctx.start.elapsed());
@@ -513,11 +528,11 @@ impl Gateway {
 
 /// The reply for a unified answer: the JSON, or for a stream request (the provider cannot
 /// stream, or answered whole) one `completed` event per image, in the client's framing.
-fn reply(unified: Bytes, stream_cx: Option<&StreamContext>) -> std::result::Result<Reply, GatewayError> {
+fn reply(unified: UnifiedAnswer, stream_cx: Option<&StreamContext>) -> std::result::Result<Reply, GatewayError> {
     match stream_cx {
         Some(cx) => {
             let mut out = Vec::new();
-            synthesize_stream(&unified, cx.clone(), &mut out)?;
+            synthesize_stream(&unified.to_bytes(), cx.clone(), &mut out)?;
             Ok(Reply::Events(Bytes::from(out)))
         }
         None => Ok(Reply::Json(unified)),
@@ -555,7 +570,7 @@ fn streamed_reply(ctx: &mut RequestCtx, err: Option<&GatewayError>, written: &an
 /// What `image_edit` produced.
 enum Reply {
     /// A JSON body to send.
-    Json(Bytes),
+    Json(UnifiedAnswer),
     /// A complete event stream to send (synthesized from a complete answer).
     Events(Bytes),
     /// The answer was already streamed to the client.
@@ -602,8 +617,8 @@ impl ProxyHttp for Gateway {
         let path = session.req_header().uri.path().to_string();
         match endpoint(&method, &path) {
             Endpoint::Health => {
-                self.send_json(session, ctx, 200, Bytes::from_static(br#"{"status":"ok"}"#))
-                    .await?;
+                let ok = UnifiedAnswer::from(Bytes::from_static(br#"{"status":"ok"}"#));
+                self.send_json(session, ctx, 200, ok).await?;
             }
             Endpoint::ImageEdit(framing) => match self.image_edit(session, ctx, framing).await {
                 Ok(Reply::Json(body)) => {

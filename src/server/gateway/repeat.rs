@@ -18,12 +18,11 @@ use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::providers::capabilities::NByCalls;
 use crate::providers::merge::merge_answers;
-use crate::providers::{adapter_for, ResponseContext, UpstreamResponse};
+use crate::providers::{adapter_for, ResponseContext, UnifiedAnswer, UpstreamResponse};
 use crate::route::Target;
 use crate::server::exchange::{exchange, AnswerSink, Collect};
 use crate::server::AppState;
 use crate::spool::Spool;
-use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -36,7 +35,7 @@ pub(super) enum Answered {
     /// first call that failed, with the `Retry-After` of that call's answer.
     Merged {
         /// The unified answer, or the failure.
-        result: Result<Bytes, GatewayError>,
+        result: Result<UnifiedAnswer, GatewayError>,
         /// The failing call's `Retry-After`, for the retry loop.
         retry_after: Option<Duration>,
     },
@@ -109,7 +108,7 @@ async fn repeat(call: &Call<'_>, n: u32, by_calls: NByCalls) -> Answered {
 }
 
 /// Call number `i` (from 0): one image, seed offset by `i`; its unified answer.
-async fn one(call: &Call<'_>, i: u32, by_calls: NByCalls) -> Result<Bytes, Failed> {
+async fn one(call: &Call<'_>, i: u32, by_calls: NByCalls) -> Result<UnifiedAnswer, Failed> {
     let form = EditForm {
         n: Some(1),
         seed: by_calls.seed(call.form.seed, i),

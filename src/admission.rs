@@ -144,9 +144,9 @@ impl Admission for AdmitAll {
 #[derive(Debug, Default)]
 pub struct RecordingAdmission {
     /// Attempts at this bare model are refused.
-    pub refuse_model: Option<String>,
+    refuse_model: Option<String>,
     /// Once this many attempts were admitted, the next ones are refused.
-    pub admit_first: Option<usize>,
+    admit_first: Option<usize>,
     calls: std::sync::Mutex<Recorded>,
 }
 
@@ -200,6 +200,27 @@ pub struct SettleCall {
 }
 
 impl RecordingAdmission {
+    /// Admits every attempt (and records it).
+    pub fn admitting() -> Self {
+        Self::default()
+    }
+
+    /// Refuses every attempt at bare model `model`.
+    pub fn refusing_model(model: &str) -> Self {
+        RecordingAdmission {
+            refuse_model: Some(model.to_string()),
+            ..Self::default()
+        }
+    }
+
+    /// Admits the first `n` attempts, refuses the rest.
+    pub fn admitting_first(n: usize) -> Self {
+        RecordingAdmission {
+            admit_first: Some(n),
+            ..Self::default()
+        }
+    }
+
     /// What was seen so far.
     pub fn recorded(&self) -> Recorded {
         self.calls.lock().map(|c| c.clone()).unwrap_or_default()
@@ -295,10 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn recording_refuses_a_model_and_after_its_quota() {
-        let by_model = RecordingAdmission {
-            refuse_model: Some("closed".into()),
-            ..Default::default()
-        };
+        let by_model = RecordingAdmission::refusing_model("closed");
         let e = by_model.admit(&request("closed")).decide().await.unwrap_err();
         assert_eq!((e.status(), e.code()), (429, "rate_limited"));
         let permit = by_model.admit(&request("open")).decide().await.unwrap();
@@ -310,10 +328,7 @@ mod tests {
         assert_eq!(seen.settles.len(), 1);
         assert_eq!(seen.settles[0].token, permit.token);
 
-        let quota = RecordingAdmission {
-            admit_first: Some(1),
-            ..Default::default()
-        };
+        let quota = RecordingAdmission::admitting_first(1);
         assert!(quota.admit(&request("m")).decide().await.is_ok());
         assert!(quota.admit(&request("m")).decide().await.is_err());
     }

@@ -12,9 +12,8 @@
 //! there, and this function takes over from the exchange's end (sending from the spool with
 //! the same key and permit when the streamed body never reached the provider whole).
 
-use super::answer::StreamSink;
-use super::answer::{close_quietly, run_with_writer, write_event_stream, Written};
-use super::upload::StreamedAttempt;
+use super::answer::{close_quietly, run_with_writer, write_event_stream, DownSender, StreamSink, Written};
+use super::upload::{StreamedAttempt, StreamedEnd};
 use super::{follow, repeat, Reply, RequestCtx};
 use crate::admission::{AdmissionRequest, AttemptIndex, Permit, Settlement};
 use crate::auth::Identity;
@@ -28,6 +27,7 @@ use crate::server::exchange::Streamed;
 use crate::server::AppState;
 use crate::spool::Spool;
 use bytes::Bytes;
+use futures_util::future::Either;
 use pingora::proxy::Session;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
@@ -261,21 +261,21 @@ pub(super) async fn attempt(
             };
             *used_key_ref = Some(target.key_index);
             let (sink, down) = StreamSink::new(config.clone());
-            (admitted, down, Upstream::FromSpool { target, sink })
+            (
+                admitted,
+                down,
+                Either::Left(upstream_from_spool(scope, form, target, sink)),
+            )
         }
         Start::Streamed(streamed) => {
             let StreamedAttempt { permit, end, down } = streamed;
             (
                 permit,
                 down,
-                Upstream::Streamed {
-                    end,
-                    used: used_key_ref,
-                },
+                Either::Right(upstream_streamed(scope, form, end, used_key_ref)),
             )
         }
     };
-    let upstream = upstream.run(scope, form);
     let writer = write_event_stream(session, &mut down, scope.request_id);
     let (result, written, idle) = run_with_writer(&state.metrics, upstream, writer).await;
     close_quietly(&mut down, idle);
@@ -361,64 +361,60 @@ pub(super) fn ended(result: Result<(), &GatewayError>, n: Option<u32>) -> (u16, 
     }
 }
 
-/// The upstream side of an attempt, run next to the downstream writer.
-enum Upstream<'a, 'k> {
-    /// Credentials, translation and exchange from the spool, with a key chosen already.
-    FromSpool { target: Target, sink: StreamSink },
-    /// The streamed upload's exchange, from its end; `used` gets the key once it is known.
-    Streamed {
-        end: super::upload::StreamedEnd<'a>,
-        used: &'k mut Option<usize>,
-    },
+/// How the upstream side of an attempt ended: the provider's answer (handed to the sink,
+/// which may have streamed it downstream) or the failure (told in-band if a stream had
+/// begun), with the sink's idle sender (see [`StreamSink::finish`]).
+type UpstreamEnd = (Result<(Target, repeat::Answered), GatewayError>, Option<DownSender>);
+
+/// The upstream side of an attempt from the spool, with its key chosen already.
+async fn upstream_from_spool(scope: &Scope<'_>, form: &EditForm, target: Target, mut sink: StreamSink) -> UpstreamEnd {
+    let result = from_spool(scope, form, target, &mut sink).await;
+    upstream_end(result, sink).await
 }
 
-impl Upstream<'_, '_> {
-    /// Runs to the provider's answer (handed to the sink, which may stream it downstream) or
-    /// the failure (told in-band if a stream had begun); returns it with the sink's idle
-    /// sender (see [`StreamSink::finish`]).
-    async fn run(
-        self,
-        scope: &Scope<'_>,
-        form: &EditForm,
-    ) -> (
-        Result<(Target, repeat::Answered), GatewayError>,
-        Option<super::answer::DownSender>,
-    ) {
-        let state = scope.state;
-        let (result, mut sink) = match self {
-            Upstream::FromSpool { target, mut sink } => (from_spool(scope, form, target, &mut sink).await, sink),
-            Upstream::Streamed { end, used } => {
-                let Some((target, outcome, mut sink)) = end.wait().await else {
-                    return (
-                        Err(GatewayError::Internal("the streamed attempt was lost".into())),
-                        None,
-                    );
-                };
-                *used = Some(target.key_index);
-                state.breakers.begin(&form.provider, target.key_index, Instant::now());
-                let result = match outcome {
-                    Streamed::Answered(resp) => Ok((target, repeat::Answered::One(resp))),
-                    Streamed::Failed(e) => Err(e),
-                    Streamed::NotSent(e) => {
-                        // The streamed body never reached the provider whole (a pooled
-                        // connection it had closed): send it again from the spool.
-                        log::debug!(
-                            "request {}: streamed attempt not sent ({e}); sending from the spool",
-                            scope.request_id
-                        );
-                        from_spool(scope, form, target, &mut sink).await
-                    }
-                };
-                (result, sink)
-            }
-        };
-        if let Err(e) = &result {
-            // Mid-stream failure: tell the client in-band (no-op if nothing was sent).
-            sink.abort(e).await;
+/// The upstream side of the streamed upload's attempt, from its exchange's end; `used` gets
+/// its key once known.
+async fn upstream_streamed(
+    scope: &Scope<'_>,
+    form: &EditForm,
+    end: StreamedEnd<'_>,
+    used: &mut Option<usize>,
+) -> UpstreamEnd {
+    let Some((target, outcome, mut sink)) = end.wait().await else {
+        return (
+            Err(GatewayError::Internal("the streamed attempt was lost".into())),
+            None,
+        );
+    };
+    *used = Some(target.key_index);
+    scope
+        .state
+        .breakers
+        .begin(&form.provider, target.key_index, Instant::now());
+    let result = match outcome {
+        Streamed::Answered(resp) => Ok((target, repeat::Answered::One(resp))),
+        Streamed::Failed(e) => Err(e),
+        Streamed::NotSent(e) => {
+            // The streamed body never reached the provider whole (a pooled connection it had
+            // closed): send it again from the spool.
+            log::debug!(
+                "request {}: streamed attempt not sent ({e}); sending from the spool",
+                scope.request_id
+            );
+            from_spool(scope, form, target, &mut sink).await
         }
-        let idle = sink.finish();
-        (result, idle)
+    };
+    upstream_end(result, sink).await
+}
+
+/// Ends the upstream side: a failure is told in-band (a no-op if nothing was sent), and the
+/// sink is finished.
+async fn upstream_end(result: Result<(Target, repeat::Answered), GatewayError>, mut sink: StreamSink) -> UpstreamEnd {
+    if let Err(e) = &result {
+        sink.abort(e).await;
     }
+    let idle = sink.finish();
+    (result, idle)
 }
 
 /// Credentials, then the translation and exchange from the spool (`repeat::send`).

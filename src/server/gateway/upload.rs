@@ -56,8 +56,8 @@ pub(super) type ExchangeEnd = Option<(Target, Streamed, StreamSink)>;
 
 /// The streamed exchange: ended during the upload (an early answer), or still running.
 pub(super) enum StreamedEnd<'a> {
-    /// It ended before the upload did.
-    Early(ExchangeEnd),
+    /// It ended before the upload did (an early answer: rare, so boxed).
+    Early(Box<ExchangeEnd>),
     /// It runs on (the provider is reading the body, or answering).
     Running(Pin<Box<dyn Future<Output = ExchangeEnd> + Send + 'a>>),
 }
@@ -66,7 +66,7 @@ impl StreamedEnd<'_> {
     /// The exchange's end, waiting for it if need be.
     pub(super) async fn wait(self) -> ExchangeEnd {
         match self {
-            StreamedEnd::Early(end) => end,
+            StreamedEnd::Early(end) => *end,
             StreamedEnd::Running(exchange) => exchange.await,
         }
     }
@@ -226,7 +226,7 @@ pub(super) async fn read<'a>(
         (Some(Ok(permit)), Some((exchange, down)), Some(_)) => Start::Streamed(StreamedAttempt {
             permit,
             end: match end {
-                Some(end) => StreamedEnd::Early(end),
+                Some(end) => StreamedEnd::Early(Box::new(end)),
                 None => StreamedEnd::Running(exchange),
             },
             down,

@@ -21,7 +21,7 @@ use crate::config::ProviderConfig;
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::providers::stream::{synthesize_stream, Framing, StreamContext};
-use crate::providers::{adapter_for, capabilities, ResponseContext, UnifiedAnswer};
+use crate::providers::{adapter_for, capabilities, UnifiedAnswer};
 use crate::route::Target;
 use crate::server::exchange::Streamed;
 use crate::server::AppState;
@@ -458,33 +458,19 @@ async fn convert(
         }
     };
     let retry_after = response.retry_after;
-    let adapter = adapter_for(target.provider.kind);
-    let response_cx = ResponseContext {
-        provider: &target.provider.name,
-        model_requested: &form.model,
-        model_deployment: &target.model,
-        latency_ms: scope.start.elapsed().as_millis() as u64,
-        num_input_images: form.images.len(),
+    let call = repeat::Call {
+        state: scope.state,
+        target,
+        form,
+        spool: scope.spool,
+        request_id: scope.request_id,
+        start: scope.start,
     };
     // Asynchronous providers: poll and download until the adapter has the answer; the
     // adapter converts it: a success into the unified JSON, an error status (stream request
     // or not) into the provider's error.
-    let unified = follow::run(
-        adapter,
-        follow::Request {
-            connector: &scope.state.connector,
-            slots: &scope.state.slots,
-            target,
-            spool: scope.spool,
-            request_id: scope.request_id,
-            want_url: form.response_format.as_deref() == Some("url") && !form.stream,
-            response: response_cx,
-            start: scope.start,
-        },
-        response,
-        session,
-    )
-    .await;
+    let adapter = adapter_for(target.provider.kind);
+    let unified = follow::run(adapter, call.follow_request(form), response, session).await;
     (unified.and_then(|unified| reply(unified, stream_cx)), retry_after)
 }
 

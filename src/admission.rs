@@ -85,7 +85,8 @@ pub struct Settlement<'a> {
     pub reason: Option<&'static str>,
     /// Images delivered: the `n` asked for when the attempt answered, 0 otherwise.
     pub images: u32,
-    /// Token usage, when known (not read from answers yet: always `None` today).
+    /// Token usage, when the answer reported it (OpenAI's `usage`) and
+    /// [`Admission::wants_usage`] asked for it; `None` otherwise (and for streamed answers).
     pub usage: Option<Usage>,
     /// The provider tried.
     pub provider: &'a str,
@@ -125,6 +126,12 @@ pub trait Admission: Send + Sync {
 
     /// Runs once per admitted attempt, when it is over, with its outcome.
     fn settle(&self, permit: Permit, settlement: &Settlement<'_>);
+
+    /// Whether settlements should carry the answer's token usage ([`Settlement::usage`]): its
+    /// members are then read from the answer (a small search), which the default spares.
+    fn wants_usage(&self) -> bool {
+        false
+    }
 }
 
 /// The default admission: every attempt is admitted, nothing is kept.
@@ -197,6 +204,8 @@ pub struct SettleCall {
     pub model: String,
     /// [`Settlement::key`].
     pub key: Option<String>,
+    /// [`Settlement::usage`].
+    pub usage: Option<Usage>,
 }
 
 impl RecordingAdmission {
@@ -261,6 +270,10 @@ impl Admission for RecordingAdmission {
         })
     }
 
+    fn wants_usage(&self) -> bool {
+        true
+    }
+
     fn settle(&self, permit: Permit, settlement: &Settlement<'_>) {
         if let Ok(mut calls) = self.calls.lock() {
             calls.settles.push(SettleCall {
@@ -271,6 +284,7 @@ impl Admission for RecordingAdmission {
                 provider: settlement.provider.to_string(),
                 model: settlement.model.to_string(),
                 key: settlement.key.map(str::to_string),
+                usage: settlement.usage,
             });
         }
     }

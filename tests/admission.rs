@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use refract::admission::{AttemptIndex, RecordingAdmission, SettleCall};
+use refract::admission::{AttemptIndex, RecordingAdmission, SettleCall, Usage};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -49,6 +49,12 @@ fn settled(token: u64, status: u16, provider: &str, key: &str) -> SettleCall {
         provider: provider.into(),
         model: "gpt-image-1".into(),
         key: Some(key.into()),
+        // The mock's answer reports usage (see `default_success`).
+        usage: (status == 200).then_some(Usage {
+            input_tokens: 10,
+            output_tokens: 20,
+            total_tokens: 30,
+        }),
     }
 }
 

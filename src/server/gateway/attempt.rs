@@ -15,7 +15,7 @@
 use super::answer::{close_quietly, run_with_writer, write_event_stream, DownSender, StreamSink, Written};
 use super::upload::{StreamedAttempt, StreamedEnd};
 use super::{follow, repeat, Reply, RequestCtx};
-use crate::admission::{AdmissionRequest, AttemptIndex, Permit, Settlement};
+use crate::admission::{AdmissionRequest, AttemptIndex, Permit, Settlement, Usage};
 use crate::auth::Identity;
 use crate::config::ProviderConfig;
 use crate::error::GatewayError;
@@ -293,16 +293,30 @@ pub(super) async fn attempt(
             model: &form.model,
             key: key_name(provider, used_key),
         };
-        settle(state, &admitted, tried, (ctx.status, ctx.reason, images));
+        let ended = Ended {
+            status: ctx.status,
+            reason: ctx.reason,
+            images,
+            usage: None,
+        };
+        settle(state, &admitted, tried, ended);
         return Attempted {
             result: Ok(reply),
             retry_after: None,
             key: used_key,
         };
     }
-    let (result, retry_after) = match result {
+    let Converted {
+        result,
+        retry_after,
+        usage,
+    } = match result {
         Ok((target, answered)) => convert(scope, session, form, &target, answered, config.get()).await,
-        Err(e) => (Err(e), None),
+        Err(e) => Converted {
+            result: Err(e),
+            retry_after: None,
+            usage: None,
+        },
     };
     if let Some(key) = used_key {
         state.record(&form.provider, key, result.as_ref().map(|_| ()));
@@ -312,7 +326,11 @@ pub(super) async fn attempt(
         model: &form.model,
         key: key_name(provider, used_key),
     };
-    settle(state, &admitted, tried, ended(result.as_ref().map(|_| ()), form.n));
+    let ended = Ended {
+        usage,
+        ..ended(result.as_ref().map(|_| ()), form.n)
+    };
+    settle(state, &admitted, tried, ended);
     Attempted {
         result,
         retry_after,
@@ -334,16 +352,27 @@ pub(super) struct Tried<'a> {
     pub(super) key: Option<&'a str>,
 }
 
-/// Settles an attempt's permit: `status` and `reason` of its outcome, `images` delivered.
-pub(super) fn settle(state: &AppState, admitted: &Admitted, tried: Tried<'_>, ended: (u16, Option<&'static str>, u32)) {
-    let (status, reason, images) = ended;
+/// How an attempt ended, for its settlement.
+#[derive(Clone, Copy)]
+pub(super) struct Ended {
+    pub(super) status: u16,
+    /// The error's code; `None` for an answer.
+    pub(super) reason: Option<&'static str>,
+    /// Images delivered: the `n` asked for, when it answered.
+    pub(super) images: u32,
+    /// Token usage, when the answer reports it and the admission wants it.
+    pub(super) usage: Option<Usage>,
+}
+
+/// Settles an attempt's permit with how it `ended`.
+pub(super) fn settle(state: &AppState, admitted: &Admitted, tried: Tried<'_>, ended: Ended) {
     state.admission.settle(
         admitted.permit,
         &Settlement {
-            status,
-            reason,
-            images,
-            usage: None,
+            status: ended.status,
+            reason: ended.reason,
+            images: ended.images,
+            usage: ended.usage,
             provider: tried.provider,
             model: tried.model,
             key: tried.key,
@@ -352,13 +381,42 @@ pub(super) fn settle(state: &AppState, admitted: &Admitted, tried: Tried<'_>, en
     );
 }
 
-/// The settlement's `(status, reason, images)` of an attempt's result: `n` images for an
-/// answer.
-pub(super) fn ended(result: Result<(), &GatewayError>, n: Option<u32>) -> (u16, Option<&'static str>, u32) {
-    match result {
+/// How an attempt whose result is `result` ended: `n` images for an answer.
+pub(super) fn ended(result: Result<(), &GatewayError>, n: Option<u32>) -> Ended {
+    let (status, reason, images) = match result {
         Ok(()) => (200, None, n.unwrap_or(1)),
         Err(e) => (e.status(), Some(e.code()), 0),
+    };
+    Ended {
+        status,
+        reason,
+        images,
+        usage: None,
     }
+}
+
+/// The top-level `usage` of a unified answer (OpenAI's shape: `input_tokens`,
+/// `output_tokens`, `total_tokens`), read only when the admission wants it. The members
+/// around the images are small pieces of their own, so only those are searched; the last
+/// `"usage":` key there is the top-level one (written after `data`).
+fn usage_of(answer: &UnifiedAnswer) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\":";
+    let piece = answer
+        .pieces()
+        .filter(|p| p.len() < 16 * 1024)
+        .filter(|p| memchr::memmem::rfind(p, KEY).is_some())
+        .last()?;
+    let at = memchr::memmem::rfind(piece, KEY)? + KEY.len();
+    let value: serde_json::Value = serde_json::Deserializer::from_slice(piece.get(at..)?)
+        .into_iter()
+        .next()?
+        .ok()?;
+    let count = |name: &str| value.get(name).and_then(serde_json::Value::as_u64);
+    Some(Usage {
+        input_tokens: count("input_tokens")?,
+        output_tokens: count("output_tokens").unwrap_or(0),
+        total_tokens: count("total_tokens").unwrap_or(0),
+    })
 }
 
 /// How the upstream side of an attempt ended: the provider's answer (handed to the sink,
@@ -440,7 +498,7 @@ async fn from_spool(
 
 /// The end of an attempt whose provider answered: follow-ups (asynchronous providers), then
 /// the conversion into the unified answer (or, for a stream request the provider answered
-/// whole, the synthesized event stream); with the answer's `Retry-After`. `form` is the
+/// whole, the synthesized event stream); with the answer's `Retry-After` and usage. `form` is the
 /// candidate's (its provider/model). The n calls of a repeated attempt come followed up,
 /// converted and merged already.
 async fn convert(
@@ -450,28 +508,46 @@ async fn convert(
     target: &Target,
     answered: repeat::Answered,
     stream_cx: Option<&StreamContext>,
-) -> (Result<Reply, GatewayError>, Option<Duration>) {
-    let response = match answered {
-        repeat::Answered::One(response) => response,
-        repeat::Answered::Merged { result, retry_after } => {
-            return (result.and_then(|unified| reply(unified, stream_cx)), retry_after);
+) -> Converted {
+    let (unified, retry_after) = match answered {
+        repeat::Answered::One(response) => {
+            let retry_after = response.retry_after;
+            let call = repeat::Call {
+                state: scope.state,
+                target,
+                form,
+                spool: scope.spool,
+                request_id: scope.request_id,
+                start: scope.start,
+            };
+            // Asynchronous providers: poll and download until the adapter has the answer;
+            // the adapter converts it: a success into the unified JSON, an error status
+            // (stream request or not) into the provider's error.
+            let adapter = adapter_for(target.provider.kind);
+            let unified = follow::run(adapter, call.follow_request(form), response, session).await;
+            (unified, retry_after)
         }
+        repeat::Answered::Merged { result, retry_after } => (result, retry_after),
     };
-    let retry_after = response.retry_after;
-    let call = repeat::Call {
-        state: scope.state,
-        target,
-        form,
-        spool: scope.spool,
-        request_id: scope.request_id,
-        start: scope.start,
+    let usage = match &unified {
+        Ok(answer) if scope.state.admission.wants_usage() => usage_of(answer),
+        _ => None,
     };
-    // Asynchronous providers: poll and download until the adapter has the answer; the
-    // adapter converts it: a success into the unified JSON, an error status (stream request
-    // or not) into the provider's error.
-    let adapter = adapter_for(target.provider.kind);
-    let unified = follow::run(adapter, call.follow_request(form), response, session).await;
-    (unified.and_then(|unified| reply(unified, stream_cx)), retry_after)
+    Converted {
+        result: unified.and_then(|unified| reply(unified, stream_cx)),
+        retry_after,
+        usage,
+    }
+}
+
+/// What [`convert`] made of an answer.
+struct Converted {
+    /// The reply, or the failure.
+    result: Result<Reply, GatewayError>,
+    /// The answer's `Retry-After`, for the retry policy.
+    retry_after: Option<Duration>,
+    /// Its token usage, when the admission wants it.
+    usage: Option<Usage>,
 }
 
 /// The reply for a unified answer: the JSON, or for a stream request (the provider cannot
@@ -513,4 +589,32 @@ fn streamed_reply(ctx: &mut RequestCtx, err: Option<&GatewayError>, written: &Wr
     } else {
         Reply::Streamed
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(json: &str) -> UnifiedAnswer {
+        UnifiedAnswer::from(Bytes::copy_from_slice(json.as_bytes()))
+    }
+
+    #[test]
+    fn usage_is_read_from_the_top_level_member() {
+        let a = answer(
+            r#"{"data":[{"b64_json":"QQ==","usage":{"input_tokens":1}}],"usage":{"input_tokens":10,"output_tokens":20,"total_tokens":30},"extra_fields":{}}"#,
+        );
+        assert_eq!(
+            usage_of(&a),
+            Some(Usage {
+                input_tokens: 10,
+                output_tokens: 20,
+                total_tokens: 30
+            })
+        );
+        assert_eq!(usage_of(&answer(r#"{"data":[],"extra_fields":{}}"#)), None);
+        assert_eq!(usage_of(&answer(r#"{"usage":null}"#)), None);
+        let revised = answer(r#"{"data":[{"revised_prompt":"say \"usage\": {}"}]}"#);
+        assert_eq!(usage_of(&revised), None, "a key inside a string is not one");
+    }
 }

@@ -62,7 +62,8 @@ pub(super) async fn run(
     let mut first = Some(first);
     let mut primary_err = None;
     let mut failures = Vec::new();
-    let mut from = form.provider.clone();
+    // The provider the next fallback moves from (the primary's until a fallback was tried).
+    let mut from: Option<String> = None;
     let candidates =
         (0..=form.fallbacks.len()).map(|index| match index.checked_sub(1).and_then(|i| form.fallbacks.get(i)) {
             None => Cow::Borrowed(form),
@@ -100,8 +101,8 @@ pub(super) async fn run(
             } = attempt(scope, session, ctx, &candidate, start).await;
             if index > 0 && candidate.retries_done == 0 && key.is_some() {
                 if let Some(p) = provider {
-                    state.metrics.fallback(&from, &p.name);
-                    from.clone_from(&p.name);
+                    state.metrics.fallback(from.as_deref().unwrap_or(&form.provider), &p.name);
+                    from = Some(p.name.clone());
                 }
             }
             let outcome = policy::Outcome {

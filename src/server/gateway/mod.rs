@@ -232,7 +232,7 @@ async fn image_edit(
     ctx: &mut RequestCtx,
     framing: Framing,
 ) -> std::result::Result<Reply, GatewayError> {
-    // auth: the caller's virtual key, from the head alone.
+    // auth: the caller's virtual key, from the head alone; then the head's own checks.
     let identity = state.keys.authenticate(&session.req_header().headers)?;
     let head = check_head(state, session).await?;
     // parse: the body into the spool, every field checked as it arrives, `model` routed at
@@ -254,7 +254,9 @@ async fn image_edit(
     ctx.provider = Some(form.provider.clone());
     ctx.model = Some(form.model.clone());
     if form.fallbacks.is_empty() {
-        if let Some(rules) = state.router.provider(&form.provider)?.options.rules_for(&form.model) {
+        // (The provider passed its check in the parse step.)
+        let provider = state.router.provider(&form.provider).ok();
+        if let Some(rules) = provider.and_then(|p| p.options.rules_for(&form.model)) {
             form.fallbacks.clone_from(&rules.fallbacks);
         }
     }

@@ -185,3 +185,40 @@ fn a_refused_fallback_is_listed_and_never_sent() {
     let token = seen.admits[0].admitted.expect("admitted");
     assert_eq!(seen.settles, [settled(token, 503, "openai", "primary")]);
 }
+
+/// A streamed attempt admitted when `model` arrived, whose form then turns out invalid, is
+/// settled with the request's 400 (the provider's request was abandoned unfinished).
+#[test]
+fn a_streamed_attempt_abandoned_by_an_invalid_form_is_settled() {
+    let (first, second) = (MockUpstream::start(), MockUpstream::start());
+    let admission = Arc::new(RecordingAdmission::admitting());
+    let gw = gateway(&first, "", &second, &admission);
+    let form = Form::new()
+        .text("model", "openai/gpt-image-1")
+        .text("prompt", "make it blue")
+        .file("image", "in.png", "image/png", &big_png_like(400_000, 4))
+        .text("n", "many");
+    let r = gw.edit(&form, &[("x-bf-vk", VK)]);
+    assert_invalid(&r, "n");
+    let seen = admission.recorded();
+    assert_eq!(seen.admits.len(), 1, "{seen:?}");
+    assert!(!seen.admits[0].form_complete);
+    let token = seen.admits[0].admitted.expect("admitted");
+    assert_eq!(
+        seen.settles,
+        [SettleCall {
+            token,
+            status: 400,
+            reason: Some("invalid_request"),
+            images: 0,
+            provider: "openai".into(),
+            model: "gpt-image-1".into(),
+            key: Some("primary".into()),
+            usage: None,
+        }]
+    );
+    assert!(
+        first.requests().iter().all(|rec| !rec.complete),
+        "never a complete request"
+    );
+}

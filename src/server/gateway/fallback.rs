@@ -101,7 +101,9 @@ pub(super) async fn run(
             } = attempt(scope, session, ctx, &candidate, start).await;
             if index > 0 && candidate.retries_done == 0 && key.is_some() {
                 if let Some(p) = provider {
-                    state.metrics.fallback(from.as_deref().unwrap_or(&form.provider), &p.name);
+                    state
+                        .metrics
+                        .fallback(from.as_deref().unwrap_or(&form.provider), &p.name);
                     from = Some(p.name.clone());
                 }
             }

@@ -108,17 +108,30 @@ impl Attempted {
     }
 }
 
-/// The candidate's checks, before anything is chosen or sent: the caller's key may use it
-/// (403), its provider is configured (400), and its capabilities allow the request (400
-/// `unsupported_operation`). Runs for every attempt, and for the primary once more before a
-/// streamed upload's upstream body ends.
+/// The route's check of `provider`/`model` for the caller, the one place it is made: the
+/// provider is configured (400 `unknown_provider`), the model is in its kind's id grammar (400
+/// on `model`), and the caller's key may use both (403). Runs when `model` arrives (parse) and
+/// for every attempt ([`check_candidate`]).
+pub(super) fn route_candidate<'s>(
+    state: &'s AppState,
+    identity: &Identity,
+    provider: &str,
+    model: &str,
+) -> Result<&'s Arc<ProviderConfig>, GatewayError> {
+    let config = state.router.candidate(provider, model, "model")?;
+    identity.check(provider, model)?;
+    Ok(config)
+}
+
+/// The candidate's checks, before anything is chosen or sent: its route for the caller
+/// ([`route_candidate`]) and its capabilities (400 `unsupported_operation`). Runs for every
+/// attempt, and for the primary once more before a streamed upload's upstream body ends.
 pub(super) fn check_candidate<'s>(
     state: &'s AppState,
     identity: &Identity,
     form: &EditForm,
 ) -> Result<&'s Arc<ProviderConfig>, GatewayError> {
-    identity.check(&form.provider, &form.model)?;
-    let provider = state.router.provider(&form.provider)?;
+    let provider = route_candidate(state, identity, &form.provider, &form.model)?;
     capabilities::check(
         form,
         adapter_for(provider.kind).capabilities(&form.model),

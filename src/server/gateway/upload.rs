@@ -8,7 +8,7 @@
 use super::super::exchange::{exchange_streamed, Clock, Piece, Streamed};
 use super::super::slots::Slot;
 use super::answer::{Down, StreamSink};
-use super::attempt::{check_candidate, ended, settle, stream_context, Admitted, Start, Tried};
+use super::attempt::{check_candidate, route_candidate, ended, settle, stream_context, Admitted, Start, Tried};
 use super::RequestCtx;
 use crate::admission::{AdmissionRequest, AttemptIndex};
 use crate::auth::Identity;
@@ -19,7 +19,7 @@ use crate::imaging::ImageKind;
 use crate::metrics::ClientPhase;
 use crate::providers::stream::Framing;
 use crate::providers::{adapter_for, RequestEncoder, UpstreamRequest};
-use crate::route::{Router, Target};
+use crate::route::Target;
 use crate::server::AppState;
 use crate::spool::Spool;
 use async_trait::async_trait;
@@ -111,7 +111,6 @@ pub(super) async fn read<'a>(
     // Small uploads are sent from the spool once complete; larger or chunked ones stream.
     let stream_upload = up.declared_len.is_none_or(|len| len >= STREAM_MIN_BYTES);
     let mut feed = UpstreamFeed {
-        router: &state.router,
         state,
         identity: up.identity,
         request_id: up.request_id,
@@ -351,7 +350,6 @@ impl BodySource for SessionBody<'_> {
 ///
 /// `'s` is the shared state's borrow, which that slot keeps.
 pub(super) struct UpstreamFeed<'a, 's> {
-    pub(super) router: &'a Router,
     /// For key selection through the circuit breaker, and the upstream slots.
     pub(super) state: &'s crate::server::AppState,
     pub(super) identity: &'a Identity,
@@ -403,8 +401,7 @@ impl UpstreamFeed<'_, '_> {
 #[async_trait]
 impl FormSink for UpstreamFeed<'_, '_> {
     async fn model(&mut self, provider: &str, model: &str) -> std::result::Result<(), GatewayError> {
-        self.router.candidate(provider, model, "model")?;
-        self.identity.check(provider, model)?;
+        route_candidate(self.state, self.identity, provider, model)?;
         self.routed = Some((provider.to_string(), model.to_string()));
         if self.saw_file || !self.stream_upload {
             return Ok(());

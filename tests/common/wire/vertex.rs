@@ -1,0 +1,145 @@
+//! Kind `vertex`, Imagen editing: `POST {base}/projects/{p}/locations/{l}/publishers/google/
+//! models/{model}:predict` with a Bearer token, google-genai's `edit_image` body (each image a
+//! `REFERENCE_TYPE_RAW` reference, the mask converted to white = edit); synthesized streams.
+
+use super::{assert_converted_mask, assert_wire_headers, b64, json_body, unb64, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
+use crate::common::{MockUpstream, Recorded, Reply};
+use refract::config::ProviderKind;
+use serde_json::{json, Value};
+
+/// The static OAuth token of the conformance `vertex` provider.
+pub const TOKEN: &str = "ya29.conformance-static-token";
+
+/// The `:predict` path of `model` in project `proj-1`, `us-central1`, under the mock's `/v1`.
+pub fn predict_path(model: &str) -> String {
+    format!("/v1/projects/proj-1/locations/us-central1/publishers/google/models/{model}:predict")
+}
+
+/// A `:predict` answer with one prediction per image; the images.
+pub fn predictions(images: &[Vec<u8>]) -> Value {
+    let items: Vec<Value> = images
+        .iter()
+        .map(|p| json!({"bytesBase64Encoded": b64(p), "mimeType": "image/png"}))
+        .collect();
+    json!({"predictions": items})
+}
+
+/// The parts of a recorded `:predict` request every test checks (method, `path`, the bearer
+/// `token`, JSON, no API key header); the body as JSON.
+pub fn predict_json(r: &Recorded, path: &str, token: &str) -> Value {
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, path);
+    assert_eq!(r.header("authorization").as_deref(), Some(&*format!("Bearer {token}")));
+    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+    assert!(r.header("x-goog-api-key").is_none());
+    json_body(r)
+}
+
+/// Kind `vertex` with an Imagen model.
+pub struct Vertex {
+    model: String,
+}
+
+impl Vertex {
+    /// The wire for `model`.
+    pub fn new(model: &str) -> Self {
+        assert!(model.starts_with("imagen-"), "the vertex wire describes Imagen models, not {model}");
+        Vertex { model: model.into() }
+    }
+}
+
+impl Wire for Vertex {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Vertex
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn provider(&self, name: &str, mock: &MockUpstream) -> String {
+        format!(
+            "  - name: {name}\n    kind: vertex\n    project: proj-1\n    location: us-central1\n    base_url: {}\n    keys:\n      - {{name: t, value: {TOKEN}}}\n",
+            mock.base_url()
+        )
+    }
+
+    fn serve(&self, mock: &MockUpstream, images: &[Vec<u8>]) {
+        mock.push(Reply::json(200, &predictions(images)));
+    }
+
+    fn check(&self, mock: &MockUpstream, recs: &[Recorded], sent: &Sent) {
+        assert_eq!(recs.len(), 1, "one upstream request");
+        let rec = &recs[0];
+        let v = predict_json(rec, &predict_path(&sent.model), TOKEN);
+        let host = mock.addr.to_string();
+        let auth = format!("Bearer {TOKEN}");
+        assert_wire_headers(
+            rec,
+            "application/json",
+            &[
+                ("host", Some(&host)),
+                ("authorization", Some(&auth)),
+                ("content-type", Some("application/json")),
+                ("content-length", None),
+            ],
+        );
+        let mut refs: Vec<Value> = sent
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                json!({"referenceType": "REFERENCE_TYPE_RAW", "referenceId": i + 1,
+                    "referenceImage": {"bytesBase64Encoded": b64(p), "mimeType": "image/png"}})
+            })
+            .collect();
+        let mut mode = "EDIT_MODE_DEFAULT";
+        if sent.mask.is_some() {
+            mode = "EDIT_MODE_INPAINT_INSERTION";
+            // The converted mask: checked pixel by pixel, then taken as sent.
+            let got = &v["instances"][0]["referenceImages"][sent.images.len()]["referenceImage"]["bytesBase64Encoded"];
+            let converted = got.as_str().expect("a converted mask");
+            assert_converted_mask(&unb64(converted), 255);
+            refs.push(json!({"referenceType": "REFERENCE_TYPE_MASK", "referenceId": sent.images.len() + 1,
+                "referenceImage": {"bytesBase64Encoded": converted, "mimeType": "image/png"},
+                "maskImageConfig": {"maskMode": "MASK_MODE_USER_PROVIDED", "dilation": 0.01}}));
+        }
+        assert_eq!(
+            v,
+            json!({"instances": [{"prompt": sent.prompt, "referenceImages": refs}],
+                "parameters": {"editMode": mode, "sampleCount": 1, "includeRaiReason": true}})
+        );
+    }
+
+    fn multi_image(&self) -> Capability {
+        Capability::Served
+    }
+
+    fn mask(&self) -> Capability {
+        Capability::Served
+    }
+
+    fn streams(&self) -> Streams {
+        Streams::Synthesized
+    }
+
+    fn refusal(&self) -> Refusal {
+        Refusal {
+            field: "response_format",
+            value: "url",
+            param: "response_format",
+        }
+    }
+
+    fn serve_error(&self, mock: &MockUpstream) -> UpstreamError {
+        mock.push(Reply::json(
+            400,
+            &json!({"error": {"code": 400, "message": "Image editing failed with the following error: bad mask.",
+                "status": "INVALID_ARGUMENT"}}),
+        ));
+        UpstreamError {
+            status: 400,
+            message: "Image editing failed with the following error: bad mask.".into(),
+        }
+    }
+}

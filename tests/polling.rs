@@ -4,7 +4,7 @@
 //! deadline, the SSRF guard; and one request per kind through the built-in simulator.
 //! The cases every kind shares (basic edit, two images, mask, a refused capability, stream,
 //! upstream error, fallback) are stamped on them in `tests/conformance`; this file keeps what is
-//! specific to its wire.
+//! specific to their wires.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 

@@ -4,7 +4,7 @@
 //! and each kind in front of the built-in simulator (checking the edited pixels).
 //! The cases every kind shares (basic edit, two images, mask, a refused capability, stream,
 //! upstream error, fallback) are stamped on them in `tests/conformance`; this file keeps what is
-//! specific to its wire.
+//! specific to their wires.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 

@@ -359,8 +359,11 @@ fn every_kind_is_in_the_suite() {
 conformance!(openai, Kind::OpenAi, "gpt-image-1");
 conformance!(azure, Kind::Azure, "gpt-image-1");
 conformance!(gemini, Kind::Gemini, "gemini-2.5-flash-image");
+conformance!(gemini_imagen, Kind::Gemini, "imagen-3.0-capability-001");
 conformance!(vertex, Kind::Vertex, "imagen-3.0-capability-001");
+conformance!(vertex_gemini, Kind::Vertex, "gemini-2.5-flash-image");
 conformance!(bedrock, Kind::Bedrock, "amazon.titan-image-generator-v2:0");
+conformance!(bedrock_nova, Kind::Bedrock, "amazon.nova-canvas-v1:0");
 conformance!(stability, Kind::Stability, "sd3");
 conformance!(bfl, Kind::Bfl, "flux-kontext-pro");
 conformance!(fireworks, Kind::Fireworks, "flux-kontext-pro");

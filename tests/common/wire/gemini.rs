@@ -1,15 +1,14 @@
-//! Kind `gemini`, Gemini image models: `POST {base}/models/{model}:generateContent` (or
-//! `:streamGenerateContent?alt=sse`), the key in `x-goog-api-key`, JSON with every image as an
-//! `inlineData` part then the prompt; no mask.
+//! Gemini image models (kind `gemini`, and kind `vertex` on Vertex's paths):
+//! `POST {model path}:generateContent` (or `:streamGenerateContent?alt=sse`), JSON with every
+//! image as an `inlineData` part then the prompt; no mask; native streams of completed images.
 
-use super::{assert_wire_headers, b64, json_body, unb64, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
+use super::google::{GoogleHost, GEMINI_KEY};
+use super::{b64, json_body, unb64, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
 use crate::common::{MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// The provider key of the conformance `gemini` provider.
-pub const KEY: &str = "AIza-gemini-conformance-KEY";
 
 /// A GenerateContentResponse with one candidate per image (base64 texts).
 pub fn gemini_answer(model: &str, images: &[&str]) -> Value {
@@ -63,22 +62,23 @@ pub fn check_gemini_request(rec: &Recorded, mock: &MockUpstream, path: &str, key
     v
 }
 
-/// Kind `gemini` with a Gemini image model.
+/// A Gemini image model on `host`.
 pub struct Gemini {
     model: String,
+    host: GoogleHost,
 }
 
 impl Gemini {
-    /// The wire for `model`.
-    pub fn new(model: &str) -> Self {
+    /// The wire for `model` on `host`.
+    pub fn new(model: &str, host: GoogleHost) -> Self {
         assert!(model.starts_with("gemini-"), "the gemini wire describes Gemini image models, not {model}");
-        Gemini { model: model.into() }
+        Gemini { model: model.into(), host }
     }
 }
 
 impl Wire for Gemini {
     fn kind(&self) -> ProviderKind {
-        ProviderKind::Gemini
+        self.host.kind()
     }
 
     fn model(&self) -> &str {
@@ -86,10 +86,7 @@ impl Wire for Gemini {
     }
 
     fn provider(&self, name: &str, mock: &MockUpstream) -> String {
-        format!(
-            "  - name: {name}\n    kind: gemini\n    base_url: http://{}/v1beta\n    keys:\n      - {{name: g, value: {KEY}}}\n",
-            mock.addr
-        )
+        self.host.provider(name, mock)
     }
 
     fn serve(&self, mock: &MockUpstream, images: &[Vec<u8>]) {
@@ -127,21 +124,15 @@ impl Wire for Gemini {
         } else {
             "generateContent"
         };
-        let path = format!("/v1beta/models/{}:{method}", sent.model);
+        let path = format!("{}:{method}", self.host.model_path(&sent.model));
         let uploads: Vec<&[u8]> = sent.images.iter().map(Vec::as_slice).collect();
-        let v = check_gemini_request(rec, mock, &path, KEY, &uploads);
-        let host = mock.addr.to_string();
+        if self.host == GoogleHost::GeminiApi {
+            check_gemini_request(rec, mock, &path, GEMINI_KEY, &uploads);
+        }
+        assert_eq!((rec.method.as_str(), rec.path.as_str()), ("POST", path.as_str()));
+        let v = json_body(rec);
         let accept = if sent.stream { "text/event-stream" } else { "application/json" };
-        assert_wire_headers(
-            rec,
-            accept,
-            &[
-                ("host", Some(&host)),
-                ("x-goog-api-key", Some(KEY)),
-                ("content-type", Some("application/json")),
-                ("content-length", None),
-            ],
-        );
+        self.host.assert_headers(rec, mock, accept);
         let mut parts: Vec<Value> = sent
             .images
             .iter()

@@ -10,6 +10,7 @@
 pub mod azure;
 pub mod bedrock;
 pub mod gemini;
+pub mod google;
 pub mod huggingface;
 pub mod openai;
 pub mod polled;
@@ -122,8 +123,14 @@ pub fn for_kind(kind: ProviderKind, model: &str) -> Box<dyn Wire> {
     match kind {
         ProviderKind::OpenAi => Box::new(openai::OpenAi::new(model)),
         ProviderKind::Azure => Box::new(azure::Azure::new(model)),
-        ProviderKind::Gemini => Box::new(gemini::Gemini::new(model)),
-        ProviderKind::Vertex => Box::new(vertex::Vertex::new(model)),
+        ProviderKind::Gemini | ProviderKind::Vertex => {
+            let host = google::GoogleHost::of(kind);
+            if model.starts_with("imagen-") {
+                Box::new(vertex::Imagen::new(model, host))
+            } else {
+                Box::new(gemini::Gemini::new(model, host))
+            }
+        }
         ProviderKind::Bedrock => Box::new(bedrock::Bedrock::new(model)),
         ProviderKind::Stability => Box::new(stability::Stability::new(model)),
         ProviderKind::Bfl => Box::new(polled::Bfl::new(model)),

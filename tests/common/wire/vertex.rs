@@ -1,19 +1,12 @@
-//! Kind `vertex`, Imagen editing: `POST {base}/projects/{p}/locations/{l}/publishers/google/
-//! models/{model}:predict` with a Bearer token, google-genai's `edit_image` body (each image a
+//! Imagen editing (kind `vertex`, and kind `gemini` on the Gemini API's paths):
+//! `POST {model path}:predict`, google-genai's `edit_image` body (each image a
 //! `REFERENCE_TYPE_RAW` reference, the mask converted to white = edit); synthesized streams.
 
-use super::{assert_converted_mask, assert_wire_headers, b64, json_body, unb64, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
+use super::google::{GoogleHost, VERTEX_TOKEN};
+use super::{assert_converted_mask, b64, json_body, unb64, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
 use crate::common::{MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
 use serde_json::{json, Value};
-
-/// The static OAuth token of the conformance `vertex` provider.
-pub const TOKEN: &str = "ya29.conformance-static-token";
-
-/// The `:predict` path of `model` in project `proj-1`, `us-central1`, under the mock's `/v1`.
-pub fn predict_path(model: &str) -> String {
-    format!("/v1/projects/proj-1/locations/us-central1/publishers/google/models/{model}:predict")
-}
 
 /// A `:predict` answer with one prediction per image; the images.
 pub fn predictions(images: &[Vec<u8>]) -> Value {
@@ -35,22 +28,23 @@ pub fn predict_json(r: &Recorded, path: &str, token: &str) -> Value {
     json_body(r)
 }
 
-/// Kind `vertex` with an Imagen model.
-pub struct Vertex {
+/// An Imagen model on `host`.
+pub struct Imagen {
     model: String,
+    host: GoogleHost,
 }
 
-impl Vertex {
-    /// The wire for `model`.
-    pub fn new(model: &str) -> Self {
-        assert!(model.starts_with("imagen-"), "the vertex wire describes Imagen models, not {model}");
-        Vertex { model: model.into() }
+impl Imagen {
+    /// The wire for `model` on `host`.
+    pub fn new(model: &str, host: GoogleHost) -> Self {
+        assert!(model.starts_with("imagen-"), "the Imagen wire describes Imagen models, not {model}");
+        Imagen { model: model.into(), host }
     }
 }
 
-impl Wire for Vertex {
+impl Wire for Imagen {
     fn kind(&self) -> ProviderKind {
-        ProviderKind::Vertex
+        self.host.kind()
     }
 
     fn model(&self) -> &str {
@@ -58,10 +52,7 @@ impl Wire for Vertex {
     }
 
     fn provider(&self, name: &str, mock: &MockUpstream) -> String {
-        format!(
-            "  - name: {name}\n    kind: vertex\n    project: proj-1\n    location: us-central1\n    base_url: {}\n    keys:\n      - {{name: t, value: {TOKEN}}}\n",
-            mock.base_url()
-        )
+        self.host.provider(name, mock)
     }
 
     fn serve(&self, mock: &MockUpstream, images: &[Vec<u8>]) {
@@ -71,19 +62,13 @@ impl Wire for Vertex {
     fn check(&self, mock: &MockUpstream, recs: &[Recorded], sent: &Sent) {
         assert_eq!(recs.len(), 1, "one upstream request");
         let rec = &recs[0];
-        let v = predict_json(rec, &predict_path(&sent.model), TOKEN);
-        let host = mock.addr.to_string();
-        let auth = format!("Bearer {TOKEN}");
-        assert_wire_headers(
-            rec,
-            "application/json",
-            &[
-                ("host", Some(&host)),
-                ("authorization", Some(&auth)),
-                ("content-type", Some("application/json")),
-                ("content-length", None),
-            ],
-        );
+        let path = format!("{}:predict", self.host.model_path(&sent.model));
+        if self.host == GoogleHost::Vertex {
+            predict_json(rec, &path, VERTEX_TOKEN);
+        }
+        assert_eq!((rec.method.as_str(), rec.path.as_str()), ("POST", path.as_str()));
+        let v = json_body(rec);
+        self.host.assert_headers(rec, mock, "application/json");
         let mut refs: Vec<Value> = sent
             .images
             .iter()

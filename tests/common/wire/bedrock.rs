@@ -112,6 +112,37 @@ fn model_path(model: &str) -> String {
     format!("/br/model/{}/invoke", model.replace(':', "%3A"))
 }
 
+/// Checks a signed `InvokeModel` request for `model` (path, the SigV4 signature by an
+/// independent verifier, the exact headers); returns its JSON body.
+pub fn check_signed(rec: &Recorded, mock: &MockUpstream, model: &str) -> Value {
+    assert_eq!(rec.path, model_path(model));
+    let v = body_json(rec);
+    let signed = verify_sigv4(rec, SECRET, "us-east-1");
+    assert_eq!(signed, ["accept", "content-type", "host", "x-amz-date"]);
+    let host = mock.addr.to_string();
+    assert_wire_headers(
+        rec,
+        "application/json",
+        &[
+            ("host", Some(&host)),
+            ("content-type", Some("application/json")),
+            ("x-amz-date", None),
+            ("authorization", None),
+            ("content-length", None),
+        ],
+    );
+    v
+}
+
+/// The `providers:` entry of a bedrock provider `name` at `mock`'s `/br`, IAM keys in
+/// `us-east-1`.
+fn provider_entry(name: &str, mock: &MockUpstream) -> String {
+    format!(
+        "  - name: {name}\n    kind: bedrock\n    region: us-east-1\n    base_url: http://{}/br\n    keys:\n      - name: iam\n        aws_access_key_id: {ACCESS_KEY}\n        aws_secret_access_key: {SECRET}\n",
+        mock.addr
+    )
+}
+
 /// Kind `bedrock` with a Titan Image Generator v2 or Nova Canvas model, IAM keys in
 /// `us-east-1`, `base_url` the mock's `/br`.
 pub struct Bedrock {
@@ -139,10 +170,7 @@ impl Wire for Bedrock {
     }
 
     fn provider(&self, name: &str, mock: &MockUpstream) -> String {
-        format!(
-            "  - name: {name}\n    kind: bedrock\n    region: us-east-1\n    base_url: http://{}/br\n    keys:\n      - name: iam\n        aws_access_key_id: {ACCESS_KEY}\n        aws_secret_access_key: {SECRET}\n",
-            mock.addr
-        )
+        provider_entry(name, mock)
     }
 
     fn serve(&self, mock: &MockUpstream, images: &[Vec<u8>]) {
@@ -153,22 +181,7 @@ impl Wire for Bedrock {
     fn check(&self, mock: &MockUpstream, recs: &[Recorded], sent: &Sent) {
         assert_eq!(recs.len(), 1, "one upstream request");
         let rec = &recs[0];
-        assert_eq!(rec.path, model_path(&sent.model));
-        let v = body_json(rec);
-        let signed = verify_sigv4(rec, SECRET, "us-east-1");
-        assert_eq!(signed, ["accept", "content-type", "host", "x-amz-date"]);
-        let host = mock.addr.to_string();
-        assert_wire_headers(
-            rec,
-            "application/json",
-            &[
-                ("host", Some(&host)),
-                ("content-type", Some("application/json")),
-                ("x-amz-date", None),
-                ("authorization", None),
-                ("content-length", None),
-            ],
-        );
+        let v = check_signed(rec, mock, &sent.model);
         let want = match &sent.mask {
             None => {
                 let images: Vec<String> = sent.images.iter().map(|p| b64(p)).collect();
@@ -207,6 +220,84 @@ impl Wire for Bedrock {
 
     fn serve_error(&self, mock: &MockUpstream) -> UpstreamError {
         let message = "Malformed input request: #/textToImageParams: extraneous key [x] is not permitted";
+        mock.push(Reply::json(400, &json!({"message": message})));
+        UpstreamError {
+            status: 400,
+            message: message.into(),
+        }
+    }
+}
+
+/// Kind `bedrock` with a Stability inpaint service (`stability.stable-image-inpaint-*`): a
+/// flat body (`image`, `mask` converted to white = edit, `prompt`, `output_format`), one image
+/// per call.
+pub struct BedrockStability {
+    model: String,
+}
+
+impl BedrockStability {
+    /// The wire for `model`.
+    pub fn new(model: &str) -> Self {
+        assert!(model.contains("stability.stable-image-inpaint"), "not a Stability inpaint model: {model}");
+        BedrockStability { model: model.into() }
+    }
+}
+
+impl Wire for BedrockStability {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Bedrock
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn provider(&self, name: &str, mock: &MockUpstream) -> String {
+        provider_entry(name, mock)
+    }
+
+    fn serve(&self, mock: &MockUpstream, images: &[Vec<u8>]) {
+        assert_eq!(images.len(), 1, "one image per call");
+        mock.push(Reply::json(
+            200,
+            &json!({"images": [b64(&images[0])], "seeds": [9], "finish_reasons": [null]}),
+        ));
+    }
+
+    fn check(&self, mock: &MockUpstream, recs: &[Recorded], sent: &Sent) {
+        assert_eq!(recs.len(), 1, "one upstream request");
+        let v = check_signed(&recs[0], mock, &sent.model);
+        let mut want = json!({"image": b64(&sent.images[0]), "prompt": sent.prompt, "output_format": "png"});
+        if sent.mask.is_some() {
+            let got = v["mask"].as_str().expect("a converted mask");
+            assert_converted_mask(&unb64(got), 255);
+            want["mask"] = json!(got);
+        }
+        assert_eq!(v, want);
+    }
+
+    fn multi_image(&self) -> Capability {
+        Capability::Refused { param: "image" }
+    }
+
+    fn mask(&self) -> Capability {
+        Capability::Served
+    }
+
+    fn streams(&self) -> Streams {
+        Streams::Synthesized
+    }
+
+    fn refusal(&self) -> Refusal {
+        Refusal {
+            field: "type",
+            value: "outpainting",
+            param: "type",
+        }
+    }
+
+    fn serve_error(&self, mock: &MockUpstream) -> UpstreamError {
+        let message = "Malformed input request: #: required key [prompt] not found";
         mock.push(Reply::json(400, &json!({"message": message})));
         UpstreamError {
             status: 400,

@@ -131,6 +131,7 @@ pub fn for_kind(kind: ProviderKind, model: &str) -> Box<dyn Wire> {
                 Box::new(gemini::Gemini::new(model, host))
             }
         }
+        ProviderKind::Bedrock if model.contains("stability.") => Box::new(bedrock::BedrockStability::new(model)),
         ProviderKind::Bedrock => Box::new(bedrock::Bedrock::new(model)),
         ProviderKind::Stability => Box::new(stability::Stability::new(model)),
         ProviderKind::Bfl => Box::new(polled::Bfl::new(model)),

@@ -2,7 +2,7 @@
 //! ready, and a download of the result, each request checked here; one image per call and no
 //! mask for the FLUX Kontext models; synthesized streams.
 
-use super::{assert_bodiless, assert_wire_headers, json_body, png_data_url, b64, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
+use super::{assert_bodiless, assert_converted_mask, assert_wire_headers, unb64, json_body, png_data_url, b64, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
 use crate::common::{MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
 use serde_json::json;
@@ -33,17 +33,20 @@ fn single_image(sent: &Sent) -> &[u8] {
 // BFL
 // ---------------------------------------------------------------------------------------------
 
-/// Kind `bfl`: `POST {base}/{model}` with `x-key`, JSON with the image as bare base64; polls
+/// Kind `bfl`: `POST {base}/{model}` with `x-key`, JSON with the image as bare base64
+/// (`input_image`; `image` for FLUX.1 Fill, with the mask converted to white = edit); polls
 /// `GET polling_url` with the key; downloads `result.sample` without it.
 pub struct Bfl {
     model: String,
+    fill: bool,
 }
 
 impl Bfl {
-    /// The wire for a FLUX Kontext `model`.
+    /// The wire for a FLUX Kontext or FLUX.1 Fill `model`.
     pub fn new(model: &str) -> Self {
-        assert!(model.starts_with("flux-kontext"), "the bfl wire describes FLUX Kontext, not {model}");
-        Bfl { model: model.into() }
+        let fill = model.starts_with("flux-pro-1.0-fill");
+        assert!(fill || model.starts_with("flux-kontext"), "the bfl wire describes FLUX Kontext and Fill, not {model}");
+        Bfl { model: model.into(), fill }
     }
 }
 
@@ -73,7 +76,8 @@ impl Wire for Bfl {
     }
 
     fn check(&self, mock: &MockUpstream, recs: &[Recorded], sent: &Sent) {
-        let image = single_image(sent);
+        assert_eq!(sent.images.len(), 1);
+        let image = &sent.images[0];
         assert_eq!(recs.len(), 4, "submit, two polls, the download");
         let host = mock.addr.to_string();
         let submit = &recs[0];
@@ -88,7 +92,16 @@ impl Wire for Bfl {
                 ("content-length", None),
             ],
         );
-        assert_eq!(json_body(submit), json!({"prompt": sent.prompt, "input_image": b64(image)}));
+        let body = json_body(submit);
+        let mut want = json!({"prompt": sent.prompt});
+        want[if self.fill { "image" } else { "input_image" }] = json!(b64(image));
+        if sent.mask.is_some() {
+            assert!(self.fill, "only Fill takes a mask");
+            let got = body["mask"].as_str().expect("a converted mask");
+            assert_converted_mask(&unb64(got), 255);
+            want["mask"] = json!(got);
+        }
+        assert_eq!(body, want);
         for poll in &recs[1..3] {
             assert_bodiless(poll, "GET", "/v1/get_result?id=j1", Some("application/json"), &[("host", Some(&host)), ("x-key", Some(BFL_KEY))]);
         }
@@ -100,7 +113,11 @@ impl Wire for Bfl {
     }
 
     fn mask(&self) -> Capability {
-        Capability::Refused { param: "mask" }
+        if self.fill {
+            Capability::Served
+        } else {
+            Capability::Refused { param: "mask" }
+        }
     }
 
     fn streams(&self) -> Streams {
@@ -110,7 +127,7 @@ impl Wire for Bfl {
     fn refusal(&self) -> Refusal {
         Refusal {
             field: "type",
-            value: "inpainting",
+            value: if self.fill { "outpainting" } else { "inpainting" },
             param: "type",
         }
     }

@@ -93,10 +93,12 @@ fn answer(n: usize) -> (Value, Vec<Vec<u8>>) {
 }
 
 fn form(provider_model: &str, prompt: &str) -> Form {
-    Form::new()
-        .text("model", provider_model)
-        .text("prompt", prompt)
-        .file("image", "in.png", "image/png", &gradient_png())
+    Form::new().text("model", provider_model).text("prompt", prompt).file(
+        "image",
+        "in.png",
+        "image/png",
+        &gradient_png(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -90,7 +90,10 @@ impl Fixture {
         assert_gateway_error(r, 400, "unsupported_operation", "invalid_request_error", Some(param));
         let v = r.json();
         assert!(
-            v["error"]["message"].as_str().unwrap().contains(&format!("provider '{SUBJECT}'")),
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("provider '{SUBJECT}'")),
             "{v}"
         );
         assert!(self.mock.requests().is_empty(), "the mock saw a request");
@@ -129,7 +132,10 @@ impl Fixture {
         let recs = self.mock.requests();
         self.wire.check(&self.mock, &recs, sent);
         let id = r.header("x-request-id");
-        assert!(id.is_some() && recs[0].header("x-request-id") == id, "the request id goes upstream");
+        assert!(
+            id.is_some() && recs[0].header("x-request-id") == id,
+            "the request id goes upstream"
+        );
         for rec in &recs {
             if let Some(sent_id) = rec.header("x-request-id") {
                 assert_eq!(Some(sent_id), id, "{}", rec.path);
@@ -286,8 +292,9 @@ mod cases {
         assert_eq!(v["extra_fields"]["attempts"], 2, "{v}");
         assert_eq!(failing.requests().len(), 1, "the primary was tried once");
         assert_eq!(
-            fx.gw
-                .metric(&format!("refract_fallbacks_total{{from=\"{FAILING}\",to=\"{SUBJECT}\"}}")),
+            fx.gw.metric(&format!(
+                "refract_fallbacks_total{{from=\"{FAILING}\",to=\"{SUBJECT}\"}}"
+            )),
             1.0
         );
     }
@@ -349,7 +356,9 @@ fn every_kind_is_in_the_suite() {
     for kind in Kind::ALL {
         let line = format!(", Kind::{kind:?}, ");
         assert!(
-            source.lines().any(|l| l.starts_with("conformance!(") && l.contains(&line)),
+            source
+                .lines()
+                .any(|l| l.starts_with("conformance!(") && l.contains(&line)),
             "kind {kind} has no conformance line"
         );
     }

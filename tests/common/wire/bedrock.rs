@@ -3,7 +3,10 @@
 //! Canvas bodies (`IMAGE_VARIATION` without a mask, `INPAINTING` with one, the mask converted to
 //! black = edit); synthesized streams.
 
-use super::{assert_converted_mask, assert_wire_headers, b64, json_body, unb64, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
+use super::{
+    assert_converted_mask, assert_wire_headers, b64, json_body, unb64, Capability, Refusal, Sent, Streams,
+    UpstreamError, Wire,
+};
 use crate::common::{MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
 use serde_json::{json, Value};
@@ -238,7 +241,10 @@ pub struct BedrockStability {
 impl BedrockStability {
     /// The wire for `model`.
     pub fn new(model: &str) -> Self {
-        assert!(model.contains("stability.stable-image-inpaint"), "not a Stability inpaint model: {model}");
+        assert!(
+            model.contains("stability.stable-image-inpaint"),
+            "not a Stability inpaint model: {model}"
+        );
         BedrockStability { model: model.into() }
     }
 }

@@ -9,7 +9,6 @@ use refract::config::ProviderKind;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-
 /// A GenerateContentResponse with one candidate per image (base64 texts).
 pub fn gemini_answer(model: &str, images: &[&str]) -> Value {
     let candidates: Vec<Value> = images
@@ -38,7 +37,8 @@ pub fn check_gemini_request(rec: &Recorded, mock: &MockUpstream, path: &str, key
     assert_eq!(rec.header("x-bf-vk"), None);
     assert_eq!(rec.header("content-type").as_deref(), Some("application/json"));
     assert_eq!(
-        rec.header("content-length").map(|l| l.parse::<usize>().expect("a length")),
+        rec.header("content-length")
+            .map(|l| l.parse::<usize>().expect("a length")),
         Some(rec.body.len())
     );
     assert!(
@@ -56,7 +56,10 @@ pub fn check_gemini_request(rec: &Recorded, mock: &MockUpstream, path: &str, key
     for (part, upload) in parts.iter().zip(uploads) {
         let blob = part["inlineData"].as_object().expect("inlineData");
         assert_eq!(blob["mimeType"], "image/png");
-        assert!(unb64(blob["data"].as_str().expect("data")) == *upload, "an inlined image differs from the upload");
+        assert!(
+            unb64(blob["data"].as_str().expect("data")) == *upload,
+            "an inlined image differs from the upload"
+        );
     }
     assert!(parts.last().expect("a part")["text"].is_string());
     v
@@ -71,8 +74,14 @@ pub struct Gemini {
 impl Gemini {
     /// The wire for `model` on `host`.
     pub fn new(model: &str, host: GoogleHost) -> Self {
-        assert!(model.starts_with("gemini-"), "the gemini wire describes Gemini image models, not {model}");
-        Gemini { model: model.into(), host }
+        assert!(
+            model.starts_with("gemini-"),
+            "the gemini wire describes Gemini image models, not {model}"
+        );
+        Gemini {
+            model: model.into(),
+            host,
+        }
     }
 }
 
@@ -131,7 +140,11 @@ impl Wire for Gemini {
         }
         assert_eq!((rec.method.as_str(), rec.path.as_str()), ("POST", path.as_str()));
         let v = json_body(rec);
-        let accept = if sent.stream { "text/event-stream" } else { "application/json" };
+        let accept = if sent.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
         self.host.assert_headers(rec, mock, accept);
         let mut parts: Vec<Value> = sent
             .images

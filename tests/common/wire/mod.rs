@@ -189,7 +189,11 @@ pub fn assert_headers(rec: &Recorded, expected: &[(&str, Option<&str>)]) {
         }
     }
     if let Some(len) = rec.header("content-length") {
-        assert_eq!(len.parse::<usize>().expect("a length"), rec.body.len(), "Content-Length");
+        assert_eq!(
+            len.parse::<usize>().expect("a length"),
+            rec.body.len(),
+            "Content-Length"
+        );
     }
     for (name, value) in &rec.headers {
         assert!(
@@ -197,7 +201,10 @@ pub fn assert_headers(rec: &Recorded, expected: &[(&str, Option<&str>)]) {
             "virtual key leaked in {name}"
         );
     }
-    assert!(!rec.body.windows(6).any(|w| w == b"sk-bf-"), "virtual key leaked in the body");
+    assert!(
+        !rec.body.windows(6).any(|w| w == b"sk-bf-"),
+        "virtual key leaked in the body"
+    );
 }
 
 /// As [`assert_headers`], with the headers the gateway adds to every provider request:
@@ -205,20 +212,29 @@ pub fn assert_headers(rec: &Recorded, expected: &[(&str, Option<&str>)]) {
 /// client's answer by the cases).
 pub fn assert_wire_headers(rec: &Recorded, accept: &str, expected: &[(&str, Option<&str>)]) {
     let mut all = expected.to_vec();
-    all.extend([("accept", Some(accept)), ("accept-encoding", Some("identity")), ("x-request-id", None)]);
+    all.extend([
+        ("accept", Some(accept)),
+        ("accept-encoding", Some("identity")),
+        ("x-request-id", None),
+    ]);
     assert_headers(rec, &all);
 }
 
 /// The body of `rec` as JSON.
 pub fn json_body(rec: &Recorded) -> serde_json::Value {
-    serde_json::from_slice(&rec.body)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&rec.body)))
+    serde_json::from_slice(&rec.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&rec.body)))
 }
 
 /// Asserts a request with no body (a poll, a download): method, path, `Content-Length: 0`,
 /// `Accept-Encoding: identity`, `Accept: accept` where given, and exactly the other headers
 /// `expected`.
-pub fn assert_bodiless(rec: &Recorded, method: &str, path: &str, accept: Option<&str>, expected: &[(&str, Option<&str>)]) {
+pub fn assert_bodiless(
+    rec: &Recorded,
+    method: &str,
+    path: &str,
+    accept: Option<&str>,
+    expected: &[(&str, Option<&str>)],
+) {
     assert_eq!((rec.method.as_str(), rec.path.as_str()), (method, path));
     let mut all = expected.to_vec();
     all.extend([("content-length", Some("0")), ("accept-encoding", Some("identity"))]);

@@ -29,7 +29,9 @@ pub fn event_stream(images: &[Vec<u8>]) -> Reply {
             "usage": {"total_tokens": 3, "input_tokens": 1, "output_tokens": 2,
                 "input_tokens_details": {"text_tokens": 1, "image_tokens": 0},
                 "output_tokens_details": {"text_tokens": 0, "image_tokens": 2}}});
-        body += &format!("event: image_edit.partial_image\ndata: {partial}\n\nevent: image_edit.completed\ndata: {completed}\n\n");
+        body += &format!(
+            "event: image_edit.partial_image\ndata: {partial}\n\nevent: image_edit.completed\ndata: {completed}\n\n"
+        );
     }
     Reply::Chunked {
         status: 200,
@@ -40,6 +42,9 @@ pub fn event_stream(images: &[Vec<u8>]) -> Reply {
     }
 }
 
+/// One multipart part as the checks compare it: name, file name, content type, bytes.
+type PartView = (String, Option<String>, Option<String>, Vec<u8>);
+
 /// Asserts the multipart body an OpenAI-compatible provider gets for `sent`, part by part:
 /// `model` (as `model_part`), `prompt`, `stream` when streaming, then the images (`image`, or
 /// `image[]` for several, typed file names), then the mask, each byte for byte; nothing else.
@@ -47,9 +52,12 @@ pub fn assert_openai_body(rec: &Recorded, sent: &Sent, model_part: &str) {
     let ct = rec.header("content-type").expect("Content-Type");
     let boundary = multer::parse_boundary(&ct).expect("a multipart boundary");
     assert!(ct.starts_with("multipart/form-data; boundary="), "{ct}");
-    assert!(rec.body.ends_with(format!("--{boundary}--\r\n").as_bytes()), "closing boundary");
+    assert!(
+        rec.body.ends_with(format!("--{boundary}--\r\n").as_bytes()),
+        "closing boundary"
+    );
     let parts = parse_multipart(&ct, &rec.body);
-    let mut want: Vec<(String, Option<String>, Option<String>, Vec<u8>)> = vec![
+    let mut want: Vec<PartView> = vec![
         ("model".into(), None, None, model_part.as_bytes().to_vec()),
         ("prompt".into(), None, None, sent.prompt.as_bytes().to_vec()),
     ];
@@ -66,15 +74,19 @@ pub fn assert_openai_body(rec: &Recorded, sent: &Sent, model_part: &str) {
         want.push((name.into(), Some(file), Some("image/png".into()), png.clone()));
     }
     if let Some(mask) = &sent.mask {
-        want.push(("mask".into(), Some("mask.png".into()), Some("image/png".into()), mask.clone()));
+        want.push((
+            "mask".into(),
+            Some("mask.png".into()),
+            Some("image/png".into()),
+            mask.clone(),
+        ));
     }
-    let got: Vec<(String, Option<String>, Option<String>, Vec<u8>)> = parts
+    let got: Vec<PartView> = parts
         .into_iter()
         .map(|p| (p.name, p.filename, p.content_type, p.data))
         .collect();
-    let names = |v: &[(String, Option<String>, Option<String>, Vec<u8>)]| -> Vec<(String, Option<String>)> {
-        v.iter().map(|p| (p.0.clone(), p.1.clone())).collect()
-    };
+    let names =
+        |v: &[PartView]| -> Vec<(String, Option<String>)> { v.iter().map(|p| (p.0.clone(), p.1.clone())).collect() };
     assert_eq!(names(&got), names(&want), "the parts, in order");
     assert!(got == want, "a part's content type or bytes differ");
 }

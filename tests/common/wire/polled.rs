@@ -2,7 +2,10 @@
 //! ready, and a download of the result, each request checked here; one image per call and no
 //! mask for the FLUX Kontext models; synthesized streams.
 
-use super::{assert_bodiless, assert_converted_mask, assert_wire_headers, unb64, json_body, png_data_url, b64, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
+use super::{
+    assert_bodiless, assert_converted_mask, assert_wire_headers, b64, json_body, png_data_url, unb64, Capability,
+    Refusal, Sent, Streams, UpstreamError, Wire,
+};
 use crate::common::{MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
 use serde_json::json;
@@ -45,8 +48,14 @@ impl Bfl {
     /// The wire for a FLUX Kontext or FLUX.1 Fill `model`.
     pub fn new(model: &str) -> Self {
         let fill = model.starts_with("flux-pro-1.0-fill");
-        assert!(fill || model.starts_with("flux-kontext"), "the bfl wire describes FLUX Kontext and Fill, not {model}");
-        Bfl { model: model.into(), fill }
+        assert!(
+            fill || model.starts_with("flux-kontext"),
+            "the bfl wire describes FLUX Kontext and Fill, not {model}"
+        );
+        Bfl {
+            model: model.into(),
+            fill,
+        }
     }
 }
 
@@ -66,8 +75,14 @@ impl Wire for Bfl {
     fn serve(&self, mock: &MockUpstream, images: &[Vec<u8>]) {
         assert_eq!(images.len(), 1, "one image per job");
         let base = mock.base_url();
-        mock.push(Reply::json(200, &json!({"id": "j1", "polling_url": format!("{base}/get_result?id=j1")})));
-        mock.push(Reply::json(200, &json!({"id": "j1", "status": "Pending", "result": null})));
+        mock.push(Reply::json(
+            200,
+            &json!({"id": "j1", "polling_url": format!("{base}/get_result?id=j1")}),
+        ));
+        mock.push(Reply::json(
+            200,
+            &json!({"id": "j1", "status": "Pending", "result": null}),
+        ));
         mock.push(Reply::json(
             200,
             &json!({"id": "j1", "status": "Ready", "result": {"sample": format!("{base}/results/j1.png?sig=abc"), "seed": 42}}),
@@ -81,7 +96,10 @@ impl Wire for Bfl {
         assert_eq!(recs.len(), 4, "submit, two polls, the download");
         let host = mock.addr.to_string();
         let submit = &recs[0];
-        assert_eq!((submit.method.as_str(), submit.path.clone()), ("POST", format!("/v1/{}", sent.model)));
+        assert_eq!(
+            (submit.method.as_str(), submit.path.clone()),
+            ("POST", format!("/v1/{}", sent.model))
+        );
         assert_wire_headers(
             submit,
             "application/json",
@@ -103,9 +121,21 @@ impl Wire for Bfl {
         }
         assert_eq!(body, want);
         for poll in &recs[1..3] {
-            assert_bodiless(poll, "GET", "/v1/get_result?id=j1", Some("application/json"), &[("host", Some(&host)), ("x-key", Some(BFL_KEY))]);
+            assert_bodiless(
+                poll,
+                "GET",
+                "/v1/get_result?id=j1",
+                Some("application/json"),
+                &[("host", Some(&host)), ("x-key", Some(BFL_KEY))],
+            );
         }
-        assert_bodiless(&recs[3], "GET", "/v1/results/j1.png?sig=abc", None, &[("host", Some(&host))]);
+        assert_bodiless(
+            &recs[3],
+            "GET",
+            "/v1/results/j1.png?sig=abc",
+            None,
+            &[("host", Some(&host))],
+        );
     }
 
     fn multi_image(&self) -> Capability {
@@ -154,7 +184,10 @@ pub struct Fireworks {
 impl Fireworks {
     /// The wire for a FLUX Kontext `model`.
     pub fn new(model: &str) -> Self {
-        assert!(model.starts_with("flux-kontext"), "the fireworks wire describes FLUX Kontext, not {model}");
+        assert!(
+            model.starts_with("flux-kontext"),
+            "the fireworks wire describes FLUX Kontext, not {model}"
+        );
         Fireworks { model: model.into() }
     }
 }
@@ -176,8 +209,14 @@ impl Wire for Fireworks {
         assert_eq!(images.len(), 1, "one image per job");
         let sample = format!("{}/results/f1.png", mock.base_url());
         mock.push(Reply::json(200, &json!({"request_id": "f1"})));
-        mock.push(Reply::json(200, &json!({"id": "f1", "status": "Pending", "result": null})));
-        mock.push(Reply::json(200, &json!({"id": "f1", "status": "Ready", "result": {"sample": sample}})));
+        mock.push(Reply::json(
+            200,
+            &json!({"id": "f1", "status": "Pending", "result": null}),
+        ));
+        mock.push(Reply::json(
+            200,
+            &json!({"id": "f1", "status": "Ready", "result": {"sample": sample}}),
+        ));
         mock.push(Reply::raw(200, "image/png", &images[0]));
     }
 
@@ -194,11 +233,20 @@ impl Wire for Fireworks {
             ("content-length", None),
         ];
         let submit = &recs[0];
-        assert_eq!((submit.method.as_str(), submit.path.as_str()), ("POST", model_path.as_str()));
+        assert_eq!(
+            (submit.method.as_str(), submit.path.as_str()),
+            ("POST", model_path.as_str())
+        );
         assert_wire_headers(submit, "application/json", &json_headers);
-        assert_eq!(json_body(submit), json!({"prompt": sent.prompt, "input_image": png_data_url(image)}));
+        assert_eq!(
+            json_body(submit),
+            json!({"prompt": sent.prompt, "input_image": png_data_url(image)})
+        );
         for poll in &recs[1..3] {
-            assert_eq!((poll.method.as_str(), poll.path.clone()), ("POST", format!("{model_path}/get_result")));
+            assert_eq!(
+                (poll.method.as_str(), poll.path.clone()),
+                ("POST", format!("{model_path}/get_result"))
+            );
             assert_wire_headers(poll, "application/json", &json_headers);
             assert_eq!(json_body(poll), json!({"id": "f1"}));
         }
@@ -247,7 +295,10 @@ pub struct Replicate {
 impl Replicate {
     /// The wire for an `owner/name` `model` whose image key is the default `input_image`.
     pub fn new(model: &str) -> Self {
-        assert!(model.contains('/') && !model.contains(':'), "the replicate wire describes owner/name models, not {model}");
+        assert!(
+            model.contains('/') && !model.contains(':'),
+            "the replicate wire describes owner/name models, not {model}"
+        );
         Replicate { model: model.into() }
     }
 }
@@ -269,8 +320,14 @@ impl Wire for Replicate {
         assert_eq!(images.len(), 1, "one image per prediction");
         let base = mock.base_url();
         let get = format!("{base}/predictions/p1");
-        mock.push(Reply::json(201, &json!({"id": "p1", "status": "starting", "urls": {"get": get}})));
-        mock.push(Reply::json(200, &json!({"id": "p1", "status": "processing", "urls": {"get": get}})));
+        mock.push(Reply::json(
+            201,
+            &json!({"id": "p1", "status": "starting", "urls": {"get": get}}),
+        ));
+        mock.push(Reply::json(
+            200,
+            &json!({"id": "p1", "status": "processing", "urls": {"get": get}}),
+        ));
         mock.push(Reply::json(
             200,
             &json!({"id": "p1", "status": "succeeded", "output": [format!("{base}/files/out.png")], "urls": {"get": get}}),
@@ -304,7 +361,13 @@ impl Wire for Replicate {
             json!({"input": {"prompt": sent.prompt, "input_image": png_data_url(image)}})
         );
         for poll in &recs[1..3] {
-            assert_bodiless(poll, "GET", "/v1/predictions/p1", Some("application/json"), &[("host", Some(&host)), ("authorization", Some(&auth))]);
+            assert_bodiless(
+                poll,
+                "GET",
+                "/v1/predictions/p1",
+                Some("application/json"),
+                &[("host", Some(&host)), ("authorization", Some(&auth))],
+            );
         }
         assert_bodiless(&recs[3], "GET", "/v1/files/out.png", None, &[("host", Some(&host))]);
     }

@@ -37,8 +37,14 @@ pub struct Imagen {
 impl Imagen {
     /// The wire for `model` on `host`.
     pub fn new(model: &str, host: GoogleHost) -> Self {
-        assert!(model.starts_with("imagen-"), "the Imagen wire describes Imagen models, not {model}");
-        Imagen { model: model.into(), host }
+        assert!(
+            model.starts_with("imagen-"),
+            "the Imagen wire describes Imagen models, not {model}"
+        );
+        Imagen {
+            model: model.into(),
+            host,
+        }
     }
 }
 
@@ -85,9 +91,11 @@ impl Wire for Imagen {
             let got = &v["instances"][0]["referenceImages"][sent.images.len()]["referenceImage"]["bytesBase64Encoded"];
             let converted = got.as_str().expect("a converted mask");
             assert_converted_mask(&unb64(converted), 255);
-            refs.push(json!({"referenceType": "REFERENCE_TYPE_MASK", "referenceId": sent.images.len() + 1,
+            refs.push(
+                json!({"referenceType": "REFERENCE_TYPE_MASK", "referenceId": sent.images.len() + 1,
                 "referenceImage": {"bytesBase64Encoded": converted, "mimeType": "image/png"},
-                "maskImageConfig": {"maskMode": "MASK_MODE_USER_PROVIDED", "dilation": 0.01}}));
+                "maskImageConfig": {"maskMode": "MASK_MODE_USER_PROVIDED", "dilation": 0.01}}),
+            );
         }
         assert_eq!(
             v,

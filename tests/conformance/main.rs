@@ -165,7 +165,7 @@ mod cases {
             images: vec![gradient_png(), second_png()],
             ..fx.basic()
         };
-        match fx.wire.multi_image() {
+        match fx.wire.abilities().multi_image {
             Capability::Served => {
                 let result = vec![result_png(0)];
                 fx.wire.serve(&fx.mock, &result);
@@ -187,7 +187,7 @@ mod cases {
             mask: Some(unified_mask_png()),
             ..fx.basic()
         };
-        match fx.wire.mask() {
+        match fx.wire.abilities().mask {
             Capability::Served => {
                 let result = vec![result_png(0)];
                 fx.wire.serve(&fx.mock, &result);
@@ -205,7 +205,7 @@ mod cases {
     /// connected to.
     pub fn refused_capability(wire: Box<dyn Wire>) {
         let fx = Fixture::start(wire, "");
-        let refusal = fx.wire.refusal();
+        let refusal = fx.wire.abilities().refusal;
         let sent = fx.basic();
         let model = format!("{SUBJECT}/{}", fx.wire.model());
         let form = fx.form(&model, &sent).text(refusal.field, refusal.value);
@@ -231,7 +231,7 @@ mod cases {
         d.feed(&r.body, &mut events).expect("a valid event stream");
         assert_eq!(d.finish(), 0, "the stream ends at an event boundary");
         let names: Vec<&str> = events.iter().map(|e| e.event.as_deref().unwrap_or("")).collect();
-        let want: &[&str] = match fx.wire.streams() {
+        let want: &[&str] = match fx.wire.abilities().streams {
             Streams::NativePartials => &["image_edit.partial_image", "image_edit.completed"],
             Streams::NativeCompleted | Streams::Synthesized => &["image_edit.completed"],
         };

@@ -2,7 +2,7 @@
 //! (`/openai/deployments/{deployment}/images/edits?api-version=…`) with the key in `api-key`.
 
 use super::openai::{answer, assert_openai_body, event_stream};
-use super::{assert_wire_headers, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
+use super::{assert_wire_headers, Abilities, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
 use crate::common::{MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
 use serde_json::json;
@@ -92,23 +92,16 @@ impl Wire for Azure {
         assert_openai_body(rec, sent, &sent.model);
     }
 
-    fn multi_image(&self) -> Capability {
-        Capability::Served
-    }
-
-    fn mask(&self) -> Capability {
-        Capability::Served
-    }
-
-    fn streams(&self) -> Streams {
-        Streams::NativePartials
-    }
-
-    fn refusal(&self) -> Refusal {
-        Refusal {
-            field: "type",
-            value: "outpainting",
-            param: "type",
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            multi_image: Capability::Served,
+            mask: Capability::Served,
+            streams: Streams::NativePartials,
+            refusal: Refusal {
+                field: "type",
+                value: "outpainting",
+                param: "type",
+            },
         }
     }
 

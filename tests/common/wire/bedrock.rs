@@ -4,7 +4,7 @@
 //! black = edit); synthesized streams.
 
 use super::{
-    assert_converted_mask, assert_wire_headers, b64, json_body, unb64, Capability, Refusal, Sent, Streams,
+    assert_converted_mask, assert_wire_headers, b64, json_body, unb64, Abilities, Capability, Refusal, Sent, Streams,
     UpstreamError, Wire,
 };
 use crate::common::{MockUpstream, Recorded, Reply};
@@ -201,23 +201,16 @@ impl Wire for Bedrock {
         assert_eq!(v, want);
     }
 
-    fn multi_image(&self) -> Capability {
-        Capability::Served
-    }
-
-    fn mask(&self) -> Capability {
-        Capability::Served
-    }
-
-    fn streams(&self) -> Streams {
-        Streams::Synthesized
-    }
-
-    fn refusal(&self) -> Refusal {
-        Refusal {
-            field: "n",
-            value: "6",
-            param: "n",
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            multi_image: Capability::Served,
+            mask: Capability::Served,
+            streams: Streams::Synthesized,
+            refusal: Refusal {
+                field: "n",
+                value: "6",
+                param: "n",
+            },
         }
     }
 
@@ -282,23 +275,16 @@ impl Wire for BedrockStability {
         assert_eq!(v, want);
     }
 
-    fn multi_image(&self) -> Capability {
-        Capability::Refused { param: "image" }
-    }
-
-    fn mask(&self) -> Capability {
-        Capability::Served
-    }
-
-    fn streams(&self) -> Streams {
-        Streams::Synthesized
-    }
-
-    fn refusal(&self) -> Refusal {
-        Refusal {
-            field: "type",
-            value: "outpainting",
-            param: "type",
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            multi_image: Capability::Refused { param: "image" },
+            mask: Capability::Served,
+            streams: Streams::Synthesized,
+            refusal: Refusal {
+                field: "type",
+                value: "outpainting",
+                param: "type",
+            },
         }
     }
 

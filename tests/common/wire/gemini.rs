@@ -3,7 +3,7 @@
 //! image as an `inlineData` part then the prompt; no mask; native streams of completed images.
 
 use super::google::{GoogleHost, GEMINI_KEY};
-use super::{b64, json_body, unb64, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
+use super::{b64, json_body, unb64, Abilities, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
 use crate::common::{MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
 use serde_json::{json, Value};
@@ -159,23 +159,16 @@ impl Wire for Gemini {
         );
     }
 
-    fn multi_image(&self) -> Capability {
-        Capability::Served
-    }
-
-    fn mask(&self) -> Capability {
-        Capability::Refused { param: "mask" }
-    }
-
-    fn streams(&self) -> Streams {
-        Streams::NativeCompleted
-    }
-
-    fn refusal(&self) -> Refusal {
-        Refusal {
-            field: "type",
-            value: "inpainting",
-            param: "type",
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            multi_image: Capability::Served,
+            mask: Capability::Refused { param: "mask" },
+            streams: Streams::NativeCompleted,
+            refusal: Refusal {
+                field: "type",
+                value: "inpainting",
+                param: "type",
+            },
         }
     }
 

@@ -2,7 +2,7 @@
 //! models/{owner}/{name}`, Bearer, `Accept: image/png`, JSON `{"inputs": <base64>, "parameters"}`;
 //! the answer is the raw image; one image, no mask; synthesized streams.
 
-use super::{assert_wire_headers, b64, json_body, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
+use super::{assert_wire_headers, b64, json_body, Abilities, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
 use crate::common::{MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
 use serde_json::json;
@@ -69,23 +69,16 @@ impl Wire for HuggingFace {
         );
     }
 
-    fn multi_image(&self) -> Capability {
-        Capability::Refused { param: "image" }
-    }
-
-    fn mask(&self) -> Capability {
-        Capability::Refused { param: "mask" }
-    }
-
-    fn streams(&self) -> Streams {
-        Streams::Synthesized
-    }
-
-    fn refusal(&self) -> Refusal {
-        Refusal {
-            field: "response_format",
-            value: "url",
-            param: "response_format",
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            multi_image: Capability::Refused { param: "image" },
+            mask: Capability::Refused { param: "mask" },
+            streams: Streams::Synthesized,
+            refusal: Refusal {
+                field: "response_format",
+                value: "url",
+                param: "response_format",
+            },
         }
     }
 

@@ -82,6 +82,19 @@ pub struct UpstreamError {
     pub message: String,
 }
 
+/// What a model can and cannot do, as the conformance cases ask it.
+#[derive(Debug, Clone, Copy)]
+pub struct Abilities {
+    /// Two images in one request.
+    pub multi_image: Capability,
+    /// A mask.
+    pub mask: Capability,
+    /// How `stream=true` is served.
+    pub streams: Streams,
+    /// Something the model cannot do.
+    pub refusal: Refusal,
+}
+
 /// One provider kind's wire, as the conformance cases use it.
 pub trait Wire {
     /// The kind.
@@ -106,14 +119,8 @@ pub trait Wire {
     /// Asserts that `recs` (everything `mock` received) is exactly what this wire expects for
     /// one edit of `sent` answered by [`Wire::serve`] or [`Wire::serve_stream`].
     fn check(&self, mock: &MockUpstream, recs: &[Recorded], sent: &Sent);
-    /// Two images in one request.
-    fn multi_image(&self) -> Capability;
-    /// A mask.
-    fn mask(&self) -> Capability;
-    /// How `stream=true` is served.
-    fn streams(&self) -> Streams;
-    /// Something the model cannot do.
-    fn refusal(&self) -> Refusal;
+    /// What the model can and cannot do.
+    fn abilities(&self) -> Abilities;
     /// Scripts `mock` to answer one edit with an error in the provider's own shape.
     fn serve_error(&self, mock: &MockUpstream) -> UpstreamError;
 }

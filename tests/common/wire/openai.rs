@@ -2,7 +2,7 @@
 //! prefix removed, small fields first, images typed from their bytes; native streams with
 //! partial images. Kind `azure` sends the same body (`super::azure`).
 
-use super::{assert_wire_headers, b64, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
+use super::{assert_wire_headers, b64, Abilities, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
 use crate::common::{parse_multipart, MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
 use serde_json::{json, Value};
@@ -146,23 +146,16 @@ impl Wire for OpenAi {
         assert_openai_body(rec, sent, &sent.model);
     }
 
-    fn multi_image(&self) -> Capability {
-        Capability::Served
-    }
-
-    fn mask(&self) -> Capability {
-        Capability::Served
-    }
-
-    fn streams(&self) -> Streams {
-        Streams::NativePartials
-    }
-
-    fn refusal(&self) -> Refusal {
-        Refusal {
-            field: "type",
-            value: "outpainting",
-            param: "type",
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            multi_image: Capability::Served,
+            mask: Capability::Served,
+            streams: Streams::NativePartials,
+            refusal: Refusal {
+                field: "type",
+                value: "outpainting",
+                param: "type",
+            },
         }
     }
 

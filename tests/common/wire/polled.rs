@@ -3,8 +3,8 @@
 //! mask for the FLUX Kontext models; synthesized streams.
 
 use super::{
-    assert_bodiless, assert_converted_mask, assert_wire_headers, b64, json_body, png_data_url, unb64, Capability,
-    Refusal, Sent, Streams, UpstreamError, Wire,
+    assert_bodiless, assert_converted_mask, assert_wire_headers, b64, json_body, png_data_url, unb64, Abilities,
+    Capability, Refusal, Sent, Streams, UpstreamError, Wire,
 };
 use crate::common::{MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
@@ -138,27 +138,20 @@ impl Wire for Bfl {
         );
     }
 
-    fn multi_image(&self) -> Capability {
-        Capability::Refused { param: "image" }
-    }
-
-    fn mask(&self) -> Capability {
-        if self.fill {
-            Capability::Served
-        } else {
-            Capability::Refused { param: "mask" }
-        }
-    }
-
-    fn streams(&self) -> Streams {
-        Streams::Synthesized
-    }
-
-    fn refusal(&self) -> Refusal {
-        Refusal {
-            field: "type",
-            value: if self.fill { "outpainting" } else { "inpainting" },
-            param: "type",
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            multi_image: Capability::Refused { param: "image" },
+            mask: if self.fill {
+                Capability::Served
+            } else {
+                Capability::Refused { param: "mask" }
+            },
+            streams: Streams::Synthesized,
+            refusal: Refusal {
+                field: "type",
+                value: if self.fill { "outpainting" } else { "inpainting" },
+                param: "type",
+            },
         }
     }
 
@@ -253,23 +246,16 @@ impl Wire for Fireworks {
         assert_bodiless(&recs[3], "GET", "/v1/results/f1.png", None, &[("host", Some(&host))]);
     }
 
-    fn multi_image(&self) -> Capability {
-        Capability::Refused { param: "image" }
-    }
-
-    fn mask(&self) -> Capability {
-        Capability::Refused { param: "mask" }
-    }
-
-    fn streams(&self) -> Streams {
-        Streams::Synthesized
-    }
-
-    fn refusal(&self) -> Refusal {
-        Refusal {
-            field: "type",
-            value: "inpainting",
-            param: "type",
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            multi_image: Capability::Refused { param: "image" },
+            mask: Capability::Refused { param: "mask" },
+            streams: Streams::Synthesized,
+            refusal: Refusal {
+                field: "type",
+                value: "inpainting",
+                param: "type",
+            },
         }
     }
 
@@ -372,23 +358,16 @@ impl Wire for Replicate {
         assert_bodiless(&recs[3], "GET", "/v1/files/out.png", None, &[("host", Some(&host))]);
     }
 
-    fn multi_image(&self) -> Capability {
-        Capability::Refused { param: "image" }
-    }
-
-    fn mask(&self) -> Capability {
-        Capability::Refused { param: "mask" }
-    }
-
-    fn streams(&self) -> Streams {
-        Streams::Synthesized
-    }
-
-    fn refusal(&self) -> Refusal {
-        Refusal {
-            field: "type",
-            value: "inpainting",
-            param: "type",
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            multi_image: Capability::Refused { param: "image" },
+            mask: Capability::Refused { param: "mask" },
+            streams: Streams::Synthesized,
+            refusal: Refusal {
+                field: "type",
+                value: "inpainting",
+                param: "type",
+            },
         }
     }
 

@@ -2,7 +2,9 @@
 //! Bearer, `Accept: application/json`, multipart with the first image, the mask converted to an
 //! opaque grayscale PNG (white = edit), the prompt; one image per call; synthesized streams.
 
-use super::{assert_converted_mask, assert_wire_headers, b64, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
+use super::{
+    assert_converted_mask, assert_wire_headers, b64, Abilities, Capability, Refusal, Sent, Streams, UpstreamError, Wire,
+};
 use crate::common::{parts_named, MockUpstream, Part, Recorded, Reply};
 use refract::config::ProviderKind;
 use serde_json::{json, Value};
@@ -109,23 +111,16 @@ impl Wire for Stability {
         }
     }
 
-    fn multi_image(&self) -> Capability {
-        Capability::Refused { param: "image" }
-    }
-
-    fn mask(&self) -> Capability {
-        Capability::Served
-    }
-
-    fn streams(&self) -> Streams {
-        Streams::Synthesized
-    }
-
-    fn refusal(&self) -> Refusal {
-        Refusal {
-            field: "response_format",
-            value: "url",
-            param: "response_format",
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            multi_image: Capability::Refused { param: "image" },
+            mask: Capability::Served,
+            streams: Streams::Synthesized,
+            refusal: Refusal {
+                field: "response_format",
+                value: "url",
+                param: "response_format",
+            },
         }
     }
 

@@ -3,7 +3,9 @@
 //! `REFERENCE_TYPE_RAW` reference, the mask converted to white = edit); synthesized streams.
 
 use super::google::{GoogleHost, VERTEX_TOKEN};
-use super::{assert_converted_mask, b64, json_body, unb64, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
+use super::{
+    assert_converted_mask, b64, json_body, unb64, Abilities, Capability, Refusal, Sent, Streams, UpstreamError, Wire,
+};
 use crate::common::{MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
 use serde_json::{json, Value};
@@ -104,23 +106,16 @@ impl Wire for Imagen {
         );
     }
 
-    fn multi_image(&self) -> Capability {
-        Capability::Served
-    }
-
-    fn mask(&self) -> Capability {
-        Capability::Served
-    }
-
-    fn streams(&self) -> Streams {
-        Streams::Synthesized
-    }
-
-    fn refusal(&self) -> Refusal {
-        Refusal {
-            field: "response_format",
-            value: "url",
-            param: "response_format",
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            multi_image: Capability::Served,
+            mask: Capability::Served,
+            streams: Streams::Synthesized,
+            refusal: Refusal {
+                field: "response_format",
+                value: "url",
+                param: "response_format",
+            },
         }
     }
 

@@ -1,7 +1,9 @@
 //! Kind `xai`: `POST {base}/images/edits`, Bearer, JSON `{"model","prompt","image":{"url":
 //! data URL}}` (or `"images"` for 2–3), `response_format`; no mask; synthesized streams.
 
-use super::{assert_wire_headers, json_body, png_data_url, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
+use super::{
+    assert_wire_headers, json_body, png_data_url, Abilities, Capability, Refusal, Sent, Streams, UpstreamError, Wire,
+};
 use crate::common::{MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
 use serde_json::{json, Value};
@@ -68,23 +70,16 @@ impl Wire for Xai {
         assert_eq!(json_body(rec), want);
     }
 
-    fn multi_image(&self) -> Capability {
-        Capability::Served
-    }
-
-    fn mask(&self) -> Capability {
-        Capability::Refused { param: "mask" }
-    }
-
-    fn streams(&self) -> Streams {
-        Streams::Synthesized
-    }
-
-    fn refusal(&self) -> Refusal {
-        Refusal {
-            field: "type",
-            value: "inpainting",
-            param: "type",
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            multi_image: Capability::Served,
+            mask: Capability::Refused { param: "mask" },
+            streams: Streams::Synthesized,
+            refusal: Refusal {
+                field: "type",
+                value: "inpainting",
+                param: "type",
+            },
         }
     }
 

@@ -307,45 +307,21 @@ macro_rules! conformance {
         mod $name {
             use super::*;
 
-            fn wire() -> Box<dyn Wire> {
-                for_kind($kind, $model)
-            }
-
-            #[test]
-            fn basic_edit() {
-                cases::basic_edit(wire());
-            }
-
-            #[test]
-            fn multi_image() {
-                cases::multi_image(wire());
-            }
-
-            #[test]
-            fn mask() {
-                cases::mask(wire());
-            }
-
-            #[test]
-            fn refused_capability() {
-                cases::refused_capability(wire());
-            }
-
-            #[test]
-            fn stream() {
-                cases::stream(wire());
-            }
-
-            #[test]
-            fn upstream_error_kept() {
-                cases::upstream_error_kept(wire());
-            }
-
-            #[test]
-            fn fallback_to_it() {
-                cases::fallback_to_it(wire());
-            }
+            cases!($kind, $model; basic_edit, multi_image, mask, refused_capability, stream,
+                upstream_error_kept, fallback_to_it);
         }
+    };
+}
+
+/// One `#[test]` per case of [`cases`], each given the wire of `$kind` and `$model`.
+macro_rules! cases {
+    ($kind:expr, $model:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                cases::$case(for_kind($kind, $model));
+            }
+        )+
     };
 }
 

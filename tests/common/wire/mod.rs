@@ -227,9 +227,68 @@ pub fn assert_wire_headers(rec: &Recorded, accept: &str, expected: &[(&str, Opti
     assert_headers(rec, &all);
 }
 
-/// The body of `rec` as JSON.
+/// The body of `rec` as JSON, after checking it is compact JSON as the gateway writes it (the
+/// parsed value written back gives the very bytes received: no stray white space, no duplicate
+/// member, no odd escape).
 pub fn json_body(rec: &Recorded) -> serde_json::Value {
-    serde_json::from_slice(&rec.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&rec.body)))
+    let v: serde_json::Value =
+        serde_json::from_slice(&rec.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&rec.body)));
+    assert!(
+        serde_json::to_vec(&v).expect("json") == rec.body,
+        "the body is not compact JSON: {}",
+        String::from_utf8_lossy(&rec.body[..rec.body.len().min(300)])
+    );
+    v
+}
+
+/// One multipart part as the checks compare it: name, file name, content type, bytes.
+pub type PartView = (String, Option<String>, Option<String>, Vec<u8>);
+
+/// A text part.
+pub fn text_part(name: &str, value: &str) -> PartView {
+    (name.into(), None, None, value.as_bytes().to_vec())
+}
+
+/// A file part.
+pub fn file_part(name: &str, filename: &str, content_type: &str, data: &[u8]) -> PartView {
+    (
+        name.into(),
+        Some(filename.into()),
+        Some(content_type.into()),
+        data.to_vec(),
+    )
+}
+
+/// Asserts that `rec`'s body is, byte for byte, the multipart body of `want` in order, with
+/// the boundary its `Content-Type` names (each part `--boundary`, `Content-Disposition`, a
+/// `Content-Type` for files, a blank line, the content; then the closing boundary).
+pub fn assert_multipart_exact(rec: &Recorded, want: &[PartView]) {
+    let ct = rec.header("content-type").expect("Content-Type");
+    let boundary = ct
+        .strip_prefix("multipart/form-data; boundary=")
+        .unwrap_or_else(|| panic!("not multipart: {ct}"));
+    let names: Vec<(&str, Option<&str>)> = want.iter().map(|p| (p.0.as_str(), p.1.as_deref())).collect();
+    let got: Vec<(String, Option<String>)> = super::parse_multipart(&ct, &rec.body)
+        .into_iter()
+        .map(|p| (p.name, p.filename))
+        .collect();
+    let got: Vec<(&str, Option<&str>)> = got.iter().map(|(n, f)| (n.as_str(), f.as_deref())).collect();
+    assert_eq!(got, names, "the parts, in order");
+    let mut body = Vec::new();
+    for (name, filename, content_type, data) in want {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
+        if let Some(f) = filename {
+            body.extend_from_slice(format!("; filename=\"{f}\"").as_bytes());
+        }
+        if let Some(t) = content_type {
+            body.extend_from_slice(format!("\r\nContent-Type: {t}").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n\r\n");
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    assert!(body == rec.body, "the multipart body differs from the expected bytes");
 }
 
 /// Asserts a request with no body (a poll, a download): method, path, `Content-Length: 0`,

@@ -2,8 +2,11 @@
 //! prefix removed, small fields first, images typed from their bytes; native streams with
 //! partial images. Kind `azure` sends the same body (`super::azure`).
 
-use super::{assert_wire_headers, b64, Abilities, Capability, Refusal, Sent, Streams, UpstreamError, Wire};
-use crate::common::{parse_multipart, MockUpstream, Recorded, Reply};
+use super::{
+    assert_multipart_exact, assert_wire_headers, b64, file_part, text_part, Abilities, Capability, Refusal, Sent,
+    Streams, UpstreamError, Wire,
+};
+use crate::common::{MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -42,53 +45,26 @@ pub fn event_stream(images: &[Vec<u8>]) -> Reply {
     }
 }
 
-/// One multipart part as the checks compare it: name, file name, content type, bytes.
-type PartView = (String, Option<String>, Option<String>, Vec<u8>);
-
-/// Asserts the multipart body an OpenAI-compatible provider gets for `sent`, part by part:
+/// Asserts the multipart body an OpenAI-compatible provider gets for `sent`, byte for byte:
 /// `model` (as `model_part`), `prompt`, `stream` when streaming, then the images (`image`, or
-/// `image[]` for several, typed file names), then the mask, each byte for byte; nothing else.
+/// `image[]` for several, typed file names), then the mask; nothing else.
 pub fn assert_openai_body(rec: &Recorded, sent: &Sent, model_part: &str) {
-    let ct = rec.header("content-type").expect("Content-Type");
-    let boundary = multer::parse_boundary(&ct).expect("a multipart boundary");
-    assert!(ct.starts_with("multipart/form-data; boundary="), "{ct}");
-    assert!(
-        rec.body.ends_with(format!("--{boundary}--\r\n").as_bytes()),
-        "closing boundary"
-    );
-    let parts = parse_multipart(&ct, &rec.body);
-    let mut want: Vec<PartView> = vec![
-        ("model".into(), None, None, model_part.as_bytes().to_vec()),
-        ("prompt".into(), None, None, sent.prompt.as_bytes().to_vec()),
-    ];
+    let mut want = vec![text_part("model", model_part), text_part("prompt", &sent.prompt)];
     if sent.stream {
-        want.push(("stream".into(), None, None, b"true".to_vec()));
+        want.push(text_part("stream", "true"));
     }
     let several = sent.images.len() > 1;
     for (i, png) in sent.images.iter().enumerate() {
-        let (name, file) = if several {
-            ("image[]", format!("image_{i}.png"))
+        want.push(if several {
+            file_part("image[]", &format!("image_{i}.png"), "image/png", png)
         } else {
-            ("image", "image.png".to_string())
-        };
-        want.push((name.into(), Some(file), Some("image/png".into()), png.clone()));
+            file_part("image", "image.png", "image/png", png)
+        });
     }
     if let Some(mask) = &sent.mask {
-        want.push((
-            "mask".into(),
-            Some("mask.png".into()),
-            Some("image/png".into()),
-            mask.clone(),
-        ));
+        want.push(file_part("mask", "mask.png", "image/png", mask));
     }
-    let got: Vec<PartView> = parts
-        .into_iter()
-        .map(|p| (p.name, p.filename, p.content_type, p.data))
-        .collect();
-    let names =
-        |v: &[PartView]| -> Vec<(String, Option<String>)> { v.iter().map(|p| (p.0.clone(), p.1.clone())).collect() };
-    assert_eq!(names(&got), names(&want), "the parts, in order");
-    assert!(got == want, "a part's content type or bytes differ");
+    assert_multipart_exact(rec, &want);
 }
 
 /// Kind `openai`.

@@ -3,7 +3,8 @@
 //! opaque grayscale PNG (white = edit), the prompt; one image per call; synthesized streams.
 
 use super::{
-    assert_converted_mask, assert_wire_headers, b64, Abilities, Capability, Refusal, Sent, Streams, UpstreamError, Wire,
+    assert_converted_mask, assert_multipart_exact, assert_wire_headers, b64, file_part, text_part, Abilities,
+    Capability, Refusal, Sent, Streams, UpstreamError, Wire,
 };
 use crate::common::{parts_named, MockUpstream, Part, Recorded, Reply};
 use refract::config::ProviderKind;
@@ -95,20 +96,14 @@ impl Wire for Stability {
                 ("content-length", None),
             ],
         );
-        let got: Vec<(&str, Option<&str>, Option<&str>)> = parts
-            .iter()
-            .map(|p| (p.name.as_str(), p.filename.as_deref(), p.content_type.as_deref()))
-            .collect();
-        let mut want = vec![("image", Some("image.png"), Some("image/png"))];
+        let mut want = vec![file_part("image", "image.png", "image/png", &sent.images[0])];
         if sent.mask.is_some() {
-            want.push(("mask", Some("mask.png"), Some("image/png")));
+            let converted = &parts_named(&parts, "mask")[0].data;
+            assert_stability_mask(converted);
+            want.push(file_part("mask", "mask.png", "image/png", converted));
         }
-        want.push(("prompt", None, None));
-        assert_eq!(got, want, "the parts, in order");
-        assert_eq!(parts_named(&parts, "prompt")[0].text(), sent.prompt);
-        if sent.mask.is_some() {
-            assert_stability_mask(&parts_named(&parts, "mask")[0].data);
-        }
+        want.push(text_part("prompt", &sent.prompt));
+        assert_multipart_exact(rec, &want);
     }
 
     fn abilities(&self) -> Abilities {

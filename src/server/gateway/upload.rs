@@ -8,7 +8,7 @@
 use super::super::exchange::{exchange_streamed, Clock, Piece, Streamed};
 use super::super::slots::Slot;
 use super::answer::{Down, StreamSink};
-use super::attempt::{check_candidate, route_candidate, ended, settle, stream_context, Admitted, Start, Tried};
+use super::attempt::{check_candidate, ended, route_candidate, settle, stream_context, Admitted, Start, Tried};
 use super::RequestCtx;
 use crate::admission::{AdmissionRequest, AttemptIndex};
 use crate::auth::Identity;

@@ -34,7 +34,12 @@ struct Cli {
 enum Command {
     /// Validate the config file: prints every problem with its YAML path and exits 1 if there
     /// is any, or prints "ok" and exits 0.
-    Check,
+    Check {
+        /// Print the config as it will run instead of "ok": YAML with every default filled in
+        /// and every secret redacted (`env.NAME` secrets as `<redacted: env.NAME>`).
+        #[arg(long)]
+        print: bool,
+    },
     /// Print what each provider kind and model family supports, as a Markdown table (the
     /// README's table is this output). Needs no config.
     Providers,
@@ -52,8 +57,8 @@ fn main() -> ExitCode {
         eprintln!("refract: a config file is required: refract -c FILE (see conf/refract.yaml), or refract --help");
         return ExitCode::from(2);
     };
-    let config = match refract::config::load_path(&path) {
-        Ok(c) => c,
+    let (config, hash) = match refract::config::load_path_hashed(&path) {
+        Ok(loaded) => loaded,
         Err(problems) => {
             eprintln!("{}: {} problem(s):", path.display(), problems.0.len());
             for p in &problems.0 {
@@ -62,7 +67,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(Command::Check) = cli.command {
+    if let Some(Command::Check { print }) = cli.command {
+        if print {
+            return print_effective(&path, &config);
+        }
         println!("{}: ok", path.display());
         return ExitCode::SUCCESS;
     }
@@ -73,8 +81,24 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         ..Default::default()
     };
-    match refract::server::build(config, Some(opt)) {
+    // SIGHUP reloads the file (see refract::server::reload).
+    match refract::server::build_from_file(config, path, &hash, Some(opt)) {
         Ok(server) => refract::server::run_forever(server),
+        Err(e) => {
+            eprintln!("refract: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `refract check --print`: the config as it will run, secrets redacted, on stdout.
+fn print_effective(path: &std::path::Path, config: &refract::config::Config) -> ExitCode {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    match refract::config::effective_yaml(config, &text) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("refract: {e}");
             ExitCode::from(1)

@@ -165,7 +165,9 @@ fn sighup_adds_a_virtual_key_without_a_failed_request() {
     let mut gw = Refract::start(listen, metrics, &old);
     assert_eq!(gw.metric(r#"refract_config_reloads_total{result="ok"}"#), 0.0);
     assert_eq!(gw.metric(r#"refract_config_reloads_total{result="error"}"#), 0.0);
-    assert!(gw.metrics_text().contains(r#"refract_config_reloads_total{result="error"} 0"#));
+    assert!(gw
+        .metrics_text()
+        .contains(r#"refract_config_reloads_total{result="error"} 0"#));
     let old_hash = sha256_hex(&gw.path);
     assert_eq!(gw.metric(&format!("refract_config_info{{hash=\"{old_hash}\"}}")), 1.0);
     let loaded_at = gw.metric("refract_config_loaded_timestamp_seconds");
@@ -201,7 +203,9 @@ fn sighup_adds_a_virtual_key_without_a_failed_request() {
     assert_eq!(gw.edit(NEW_VK), 200, "the new key works after the reload");
     // Keep the load on a little after the swap, then stop.
     let after = ok.load(Ordering::SeqCst);
-    wait_until("clients ran after the reload", || ok.load(Ordering::SeqCst) >= after + 20);
+    wait_until("clients ran after the reload", || {
+        ok.load(Ordering::SeqCst) >= after + 20
+    });
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.join().unwrap();
@@ -249,7 +253,10 @@ fn sighup_with_an_invalid_file_keeps_the_running_config() {
     assert_eq!(gw.metric(&format!("refract_config_info{{hash=\"{hash}\"}}")), 1.0);
     let log = gw.log();
     assert!(log.contains("config reload refused"), "{log}");
-    assert!(log.contains("providers[0].kind: unknown provider kind 'opneai'"), "{log}");
+    assert!(
+        log.contains("providers[0].kind: unknown provider kind 'opneai'"),
+        "{log}"
+    );
     assert!(log.contains("virtual_keys[0].key"), "{log}");
     for secret in [PROVIDER_KEY, VK, NEW_VK] {
         assert!(!log.contains(secret), "a secret was logged:\n{log}");
@@ -283,7 +290,11 @@ fn a_changed_listener_address_is_logged_as_needing_a_restart() {
     let mock = MockUpstream::start();
     mock.count_only();
     let (listen, metrics, other) = (free_addr(), free_addr(), free_addr());
-    let mut gw = Refract::start(listen, metrics, &yaml(listen, metrics, &mock.base_url(), &[("team-a", VK)]));
+    let mut gw = Refract::start(
+        listen,
+        metrics,
+        &yaml(listen, metrics, &mock.base_url(), &[("team-a", VK)]),
+    );
     let moved = yaml(other, metrics, &mock.base_url(), &[("team-a", VK), ("added", NEW_VK)]);
     gw.reload(&moved, "ok");
     let log = gw.log();
@@ -339,7 +350,9 @@ fn an_open_circuit_survives_a_reload_that_reorders_the_keys() {
     };
     assert_eq!(metric(open), "1");
     // Reordered: a good key first, the bad one second with by far the larger weight.
-    assert!(server.reload(config(&[("good", "sk-good", 1), ("bad", "sk-bad", 1000)])).is_empty());
+    assert!(server
+        .reload(config(&[("good", "sk-good", 1), ("bad", "sk-bad", 1000)]))
+        .is_empty());
     let received = mock.received();
     for _ in 0..5 {
         assert_eq!(edit(listen, VK), 200, "the open key is skipped");
@@ -389,5 +402,8 @@ fn check_print_shows_the_effective_config_without_secrets() {
     // Defaults the file leaves out are there, and the output is YAML.
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     assert_eq!(doc["limits"]["max_part_header_bytes"], 16384);
-    assert!(doc["providers"][0]["first_byte_timeout_ms"].as_u64().is_some(), "{text}");
+    assert!(
+        doc["providers"][0]["first_byte_timeout_ms"].as_u64().is_some(),
+        "{text}"
+    );
 }

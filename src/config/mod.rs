@@ -25,8 +25,8 @@ mod providers;
 mod test_util;
 mod url;
 
-pub(crate) use url::parse_base_url;
 pub use print::effective_yaml;
+pub(crate) use url::parse_base_url;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -148,7 +148,10 @@ fn provider(p: &ProviderConfig, raw: &serde_yaml::Value) -> Value {
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            let raw = raw.get("keys").and_then(|l| l.get(i)).unwrap_or(&serde_yaml::Value::Null);
+            let raw = raw
+                .get("keys")
+                .and_then(|l| l.get(i))
+                .unwrap_or(&serde_yaml::Value::Null);
             let mut key = Map::new();
             key.insert("name".into(), json!(k.name));
             match &k.credential {
@@ -200,7 +203,11 @@ fn model_rules(r: &ModelRules) -> Value {
         }
     }
     if !r.fallbacks.is_empty() {
-        let chain: Vec<String> = r.fallbacks.iter().map(|f| format!("{}/{}", f.provider, f.model)).collect();
+        let chain: Vec<String> = r
+            .fallbacks
+            .iter()
+            .map(|f| format!("{}/{}", f.provider, f.model))
+            .collect();
         m.insert("fallbacks".into(), json!(chain));
     }
     Value::Object(m)

@@ -122,9 +122,7 @@ impl BreakerStore {
         }
         let removed = std::mem::replace(&mut *known, next).into_keys().collect();
         BreakerUpdate {
-            breakers: Breakers {
-                providers: by_provider,
-            },
+            breakers: Breakers { providers: by_provider },
             added,
             removed,
         }

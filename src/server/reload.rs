@@ -25,10 +25,10 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::connectors::http::Connector;
 use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
+use pingora::upstreams::peer::HttpPeer;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -213,11 +213,20 @@ pub fn restart_only_changes(running: &Config, next: &Config) -> Vec<&'static str
         ("simulator", differs(&a.simulator, &b.simulator)),
         ("limits.head_timeout_ms", la.head_timeout != lb.head_timeout),
         ("limits.max_head_bytes", la.max_head_bytes != lb.max_head_bytes),
-        ("limits.keepalive_timeout_ms", la.keepalive_timeout != lb.keepalive_timeout),
+        (
+            "limits.keepalive_timeout_ms",
+            la.keepalive_timeout != lb.keepalive_timeout,
+        ),
         ("limits.max_connections", la.max_connections != lb.max_connections),
-        ("limits.decode_concurrency", la.decode_concurrency != lb.decode_concurrency),
+        (
+            "limits.decode_concurrency",
+            la.decode_concurrency != lb.decode_concurrency,
+        ),
         ("limits.max_image_pixels", la.max_image_pixels != lb.max_image_pixels),
-        ("spool (the simulator's)", b.simulator.is_some() && differs(&a.spool, &b.spool)),
+        (
+            "spool (the simulator's)",
+            b.simulator.is_some() && differs(&a.spool, &b.spool),
+        ),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))

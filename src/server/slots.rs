@@ -379,7 +379,10 @@ mod tests {
         // Shrunk with nothing held: at once. Requests on the old config share the bound.
         let small = pool.slots(&config(1).providers, &metrics);
         let g = small.acquire("p").await.unwrap();
-        assert!(one.acquire("p").await.is_err(), "1 held of 1, through the old config's view");
+        assert!(
+            one.acquire("p").await.is_err(),
+            "1 held of 1, through the old config's view"
+        );
         assert_eq!(gauge(&metrics, r#"refract_upstream_in_flight{provider="p"}"#), "1");
         drop(g);
     }

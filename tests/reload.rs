@@ -56,12 +56,18 @@ struct Refract {
     /// Everything it logged so far.
     log: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
+    /// The provider it sends to (counting only).
+    upstream: MockUpstream,
 }
 
 impl Refract {
-    /// Writes `yaml` (made for the two addresses) to a temporary file and starts the binary on
-    /// it; returns once both listeners accept.
-    fn start(listen: SocketAddr, metrics: SocketAddr, yaml: &str) -> Refract {
+    /// A gateway with the virtual keys `vks`, in front of a mock provider that answers every
+    /// request; returns once both listeners accept.
+    fn start(vks: &[(&str, &str)]) -> Refract {
+        let upstream = MockUpstream::start();
+        upstream.count_only();
+        let (listen, metrics) = (free_addr(), free_addr());
+        let yaml = yaml(listen, metrics, &upstream.base_url(), vks);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("refract.yaml");
         std::fs::write(&path, yaml).unwrap();
@@ -89,10 +95,16 @@ impl Refract {
             path,
             log,
             _dir: dir,
+            upstream,
         };
         wait_listening(listen);
         wait_listening(metrics);
         process
+    }
+
+    /// Its config with the virtual keys `vks`.
+    fn yaml(&self, vks: &[(&str, &str)]) -> String {
+        yaml(self.addr, self.metrics, &self.upstream.base_url(), vks)
     }
 
     /// Replaces the config file and sends SIGHUP; returns once the reload counter `result`
@@ -158,11 +170,8 @@ fn sha256_hex(path: &Path) -> String {
 /// reload metrics count it and name the new file's hash.
 #[test]
 fn sighup_adds_a_virtual_key_without_a_failed_request() {
-    let mock = MockUpstream::start();
-    mock.count_only();
-    let (listen, metrics) = (free_addr(), free_addr());
-    let old = yaml(listen, metrics, &mock.base_url(), &[("team-a", VK)]);
-    let mut gw = Refract::start(listen, metrics, &old);
+    let mut gw = Refract::start(&[("team-a", VK)]);
+    let listen = gw.addr;
     assert_eq!(gw.metric(r#"refract_config_reloads_total{result="ok"}"#), 0.0);
     assert_eq!(gw.metric(r#"refract_config_reloads_total{result="error"}"#), 0.0);
     assert!(gw
@@ -197,8 +206,7 @@ fn sighup_adds_a_virtual_key_without_a_failed_request() {
     wait_until("clients are running", || ok.load(Ordering::SeqCst) >= 20);
     let before = ok.load(Ordering::SeqCst);
     let started = Instant::now();
-    let new = yaml(listen, metrics, &mock.base_url(), &[("team-a", VK), ("added", NEW_VK)]);
-    gw.reload(&new, "ok");
+    gw.reload(&gw.yaml(&[("team-a", VK), ("added", NEW_VK)]), "ok");
     let reloaded_in = started.elapsed();
     assert_eq!(gw.edit(NEW_VK), 200, "the new key works after the reload");
     // Keep the load on a little after the swap, then stop.
@@ -235,15 +243,12 @@ fn sighup_adds_a_virtual_key_without_a_failed_request() {
 /// error counter counts it, and the process keeps serving with the config it had.
 #[test]
 fn sighup_with_an_invalid_file_keeps_the_running_config() {
-    let mock = MockUpstream::start();
-    mock.count_only();
-    let (listen, metrics) = (free_addr(), free_addr());
-    let good = yaml(listen, metrics, &mock.base_url(), &[("team-a", VK)]);
-    let mut gw = Refract::start(listen, metrics, &good);
+    let mut gw = Refract::start(&[("team-a", VK)]);
     let hash = sha256_hex(&gw.path);
     // Two problems: an unknown provider kind, and a virtual key from an unset variable; the
     // new key itself must not be taken.
-    let bad = yaml(listen, metrics, &mock.base_url(), &[("team-a", VK), ("added", NEW_VK)])
+    let bad = gw
+        .yaml(&[("team-a", VK), ("added", NEW_VK)])
         .replace("kind: openai", "kind: opneai")
         .replace(&format!("key: {VK}"), "key: env.REFRACT_TEST_UNSET_VK");
     gw.reload(&bad, "error");
@@ -262,8 +267,7 @@ fn sighup_with_an_invalid_file_keeps_the_running_config() {
         assert!(!log.contains(secret), "a secret was logged:\n{log}");
     }
     // A valid file afterwards is taken.
-    let fixed = yaml(listen, metrics, &mock.base_url(), &[("team-a", VK), ("added", NEW_VK)]);
-    gw.reload(&fixed, "ok");
+    gw.reload(&gw.yaml(&[("team-a", VK), ("added", NEW_VK)]), "ok");
     assert_eq!(gw.edit(NEW_VK), 200);
     // Pingora's own signals still work: SIGTERM is a graceful exit.
     let status = Command::new("kill")
@@ -287,15 +291,14 @@ fn sighup_with_an_invalid_file_keeps_the_running_config() {
 /// upgrade; the rest of the reload applies and the old listener keeps serving.
 #[test]
 fn a_changed_listener_address_is_logged_as_needing_a_restart() {
-    let mock = MockUpstream::start();
-    mock.count_only();
-    let (listen, metrics, other) = (free_addr(), free_addr(), free_addr());
-    let mut gw = Refract::start(
-        listen,
-        metrics,
-        &yaml(listen, metrics, &mock.base_url(), &[("team-a", VK)]),
+    let mut gw = Refract::start(&[("team-a", VK)]);
+    let other = free_addr();
+    let moved = yaml(
+        other,
+        gw.metrics,
+        &gw.upstream.base_url(),
+        &[("team-a", VK), ("added", NEW_VK)],
     );
-    let moved = yaml(other, metrics, &mock.base_url(), &[("team-a", VK), ("added", NEW_VK)]);
     gw.reload(&moved, "ok");
     let log = gw.log();
     assert!(

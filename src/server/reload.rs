@@ -115,23 +115,22 @@ impl Live {
     }
 }
 
-/// The gateway's Pingora app over the swappable state: each hook runs the [`Gateway`] of the
-/// state current when it starts. A request's whole work (auth to answer, fallbacks included)
-/// runs in `request_filter` on the one state loaded there; the first and last hooks use only
-/// the process-lifetime metrics.
+/// The gateway's Pingora app over the swappable state. A request's whole work (auth to
+/// answer, retries and fallbacks included) runs in `request_filter`, on the [`Gateway`] of the
+/// state current when it starts (one atomic load and one reference count per request). The
+/// hooks around it (`new_ctx`, `early_request_filter`, `logging`) use only the metrics, which
+/// every state shares: they run on the gateway over the state the server was built with.
 pub struct CurrentGateway {
     current: Arc<ArcSwap<AppState>>,
+    /// The gateway over the first state: for the hooks that use only process-lifetime parts.
+    first: Gateway,
 }
 
 impl CurrentGateway {
     /// The app over `current`, when the server is built.
     pub(super) fn new(current: Arc<ArcSwap<AppState>>) -> Self {
-        CurrentGateway { current }
-    }
-
-    /// The gateway over the current state: one atomic load and one reference count.
-    fn now(&self) -> Gateway {
-        Gateway::new(self.current.load_full())
+        let first = Gateway::new(current.load_full());
+        CurrentGateway { current, first }
     }
 }
 
@@ -140,23 +139,23 @@ impl ProxyHttp for CurrentGateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        self.now().new_ctx()
+        self.first.new_ctx()
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<()> {
-        self.now().early_request_filter(session, ctx).await
+        self.first.early_request_filter(session, ctx).await
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
-        self.now().request_filter(session, ctx).await
+        Gateway::new(self.current.load_full()).request_filter(session, ctx).await
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
-        self.now().upstream_peer(session, ctx).await
+        self.first.upstream_peer(session, ctx).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
-        self.now().logging(session, e, ctx).await
+        self.first.logging(session, e, ctx).await
     }
 }
 

@@ -26,6 +26,11 @@ struct Cli {
     #[arg(short = 'd', long)]
     daemon: bool,
 
+    /// Also reload the config file when its content changes, checked every MS milliseconds
+    /// (default 1000); SIGHUP reloads it either way.
+    #[arg(long, value_name = "MS", num_args = 0..=1, default_missing_value = "1000")]
+    watch: Option<u64>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -81,8 +86,13 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         ..Default::default()
     };
-    // SIGHUP reloads the file (see refract::server::reload).
-    match refract::server::build_from_file(config, path, &hash, Some(opt)) {
+    // SIGHUP (and with --watch, a change) reloads the file (see refract::server::reload).
+    let file = refract::server::ConfigFile {
+        path,
+        sha256: hash,
+        watch: cli.watch.map(|ms| std::time::Duration::from_millis(ms.max(10))),
+    };
+    match refract::server::build_from_file(config, file, Some(opt)) {
         Ok(server) => refract::server::run_forever(server),
         Err(e) => {
             eprintln!("refract: {e}");

@@ -64,6 +64,11 @@ impl Refract {
     /// A gateway with the virtual keys `vks`, in front of a mock provider that answers every
     /// request; returns once both listeners accept.
     fn start(vks: &[(&str, &str)]) -> Refract {
+        Refract::start_with(vks, &[])
+    }
+
+    /// [`Refract::start`] with more command-line arguments.
+    fn start_with(vks: &[(&str, &str)], args: &[&str]) -> Refract {
         let upstream = MockUpstream::start();
         upstream.count_only();
         let (listen, metrics) = (free_addr(), free_addr());
@@ -73,6 +78,7 @@ impl Refract {
         std::fs::write(&path, yaml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_refract"))
             .args(["-c", path.to_str().unwrap()])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -409,4 +415,34 @@ fn check_print_shows_the_effective_config_without_secrets() {
         doc["providers"][0]["first_byte_timeout_ms"].as_u64().is_some(),
         "{text}"
     );
+}
+
+/// With `--watch`, a saved change is reloaded without a signal; a broken save is refused once
+/// (not at every check) with the running config kept, and the fixed one is taken.
+#[test]
+fn a_watched_file_is_reloaded_when_it_changes() {
+    let gw = Refract::start_with(&[("team-a", VK)], &["--watch=50"]);
+    let (ok, error) = (
+        r#"refract_config_reloads_total{result="ok"}"#,
+        r#"refract_config_reloads_total{result="error"}"#,
+    );
+    assert_eq!(gw.edit(NEW_VK), 401);
+    // Saved as editors do: a new file renamed over the old one.
+    let save = |text: &str| {
+        let tmp = gw.path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &gw.path).unwrap();
+    };
+    save(&gw.yaml(&[("team-a", VK), ("added", NEW_VK)]));
+    wait_until("the change is loaded", || gw.metric(ok) == 1.0);
+    assert_eq!(gw.edit(NEW_VK), 200);
+    save("providers: [");
+    wait_until("the broken save is refused", || gw.metric(error) == 1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(gw.metric(error), 1.0, "refused once, not at every check");
+    assert_eq!(gw.edit(NEW_VK), 200, "the running config is kept");
+    save(&gw.yaml(&[("added", NEW_VK)]));
+    wait_until("the fixed file is loaded", || gw.metric(ok) == 2.0);
+    assert_eq!(gw.edit(VK), 401, "team-a was removed");
+    assert_eq!(gw.metric(ok), 2.0);
 }

@@ -179,18 +179,28 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
     assemble(config, &hash, opt).map(|(server, _, _)| server)
 }
 
-/// [`build`] for `refract -c FILE`: the config was loaded from `path` (its bytes' SHA-256
-/// `hash`), and a SIGHUP reloads that file (see [`reload`]).
+/// Where a running gateway's config comes from, for reloads (`refract -c FILE`).
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// The file, read again on each reload.
+    pub path: PathBuf,
+    /// The SHA-256 (hex) of the bytes the running config was loaded from.
+    pub sha256: String,
+    /// Also reload when the file's content changes, checked this often (`--watch`).
+    pub watch: Option<std::time::Duration>,
+}
+
+/// [`build`] for `refract -c FILE`: the config was loaded from `file`, and a SIGHUP (or, with
+/// `watch`, a change of its content) reloads it (see [`reload`]).
 pub fn build_from_file(
     config: Config,
-    path: PathBuf,
-    hash: &str,
+    file: ConfigFile,
     opt: Option<pingora::server::configuration::Opt>,
 ) -> Result<Server, ServerError> {
-    let (mut server, live, gateway) = assemble(config, hash, opt)?;
+    let (mut server, live, gateway) = assemble(config, &file.sha256, opt)?;
     let hangups = server.add_service(pingora::services::background::background_service(
         "config reload",
-        reload::ReloadOnHangup { live, path },
+        reload::ReloadOnHangup { live, file },
     ));
     // The listeners open once SIGHUP is handled: a SIGHUP never terminates a serving process.
     gateway.add_dependency(&hangups);

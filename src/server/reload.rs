@@ -30,7 +30,7 @@ use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
 use pingora::upstreams::peer::HttpPeer;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -147,7 +147,9 @@ impl ProxyHttp for CurrentGateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
-        Gateway::new(self.current.load_full()).request_filter(session, ctx).await
+        Gateway::new(self.current.load_full())
+            .request_filter(session, ctx)
+            .await
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
@@ -232,13 +234,27 @@ pub fn restart_only_changes(running: &Config, next: &Config) -> Vec<&'static str
     .collect()
 }
 
-/// The background service that reloads the config file on SIGHUP (`refract -c FILE`). Pingora
-/// handles SIGTERM, SIGINT and SIGQUIT itself; this adds SIGHUP only, and is ready (the
-/// gateway's listeners wait for it) once its handler is installed, so a SIGHUP never
-/// terminates a serving process.
+/// The background service that reloads the config file on SIGHUP (`refract -c FILE`) and, with
+/// `--watch`, when the file's content changes. Pingora handles SIGTERM, SIGINT and SIGQUIT
+/// itself; this adds SIGHUP only, and is ready (the gateway's listeners wait for it) once its
+/// handler is installed, so a SIGHUP never terminates a serving process.
 pub(super) struct ReloadOnHangup {
     pub(super) live: Arc<Live>,
-    pub(super) path: PathBuf,
+    pub(super) file: super::ConfigFile,
+}
+
+impl ReloadOnHangup {
+    /// Reloads the file on a blocking thread (reading it, and any service-account file, blocks).
+    async fn reload(&self) {
+        let (live, path) = (self.live.clone(), self.file.path.clone());
+        let _ = tokio::task::spawn_blocking(move || live.reload_file(&path)).await;
+    }
+
+    /// The SHA-256 of the file's bytes now (`None`: unreadable).
+    async fn file_hash(&self) -> Option<String> {
+        let bytes = tokio::fs::read(&self.file.path).await.ok()?;
+        Some(hex::encode(Sha256::digest(&bytes)))
+    }
 }
 
 #[async_trait]
@@ -254,16 +270,32 @@ impl BackgroundService for ReloadOnHangup {
             }
         };
         ready.notify_ready();
+        // With --watch: the content last seen, so that each change is loaded (or refused) once.
+        let mut seen = Some(self.file.sha256.clone());
+        let mut ticks = self.file.watch.map(tokio::time::interval);
         loop {
+            let tick = async {
+                match ticks.as_mut() {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 got = hangups.recv() => {
                     if got.is_none() {
                         return;
                     }
-                    log::info!("SIGHUP received: reloading {}", self.path.display());
-                    let (live, path) = (self.live.clone(), self.path.clone());
-                    // Reading the file (and any service-account file) blocks.
-                    let _ = tokio::task::spawn_blocking(move || live.reload_file(&path)).await;
+                    log::info!("SIGHUP received: reloading {}", self.file.path.display());
+                    seen = self.file_hash().await;
+                    self.reload().await;
+                }
+                _ = tick => {
+                    let now = self.file_hash().await;
+                    if now.is_some() && now != seen {
+                        log::info!("{} changed: reloading", self.file.path.display());
+                        seen = now;
+                        self.reload().await;
+                    }
                 }
                 _ = shutdown.changed() => return,
             }

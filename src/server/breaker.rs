@@ -137,6 +137,18 @@ pub struct Breakers {
 }
 
 impl Breakers {
+    /// Fresh (closed) circuits for `(name, key count)` of every provider with a
+    /// `circuit_breaker` setting, kept by no store (tests, tools); the server gets its
+    /// breakers from a [`BreakerStore`].
+    pub fn new<'a>(providers: impl IntoIterator<Item = (&'a str, usize)>) -> Self {
+        Breakers {
+            providers: providers
+                .into_iter()
+                .map(|(name, keys)| (name.to_string(), (0..keys).map(|_| Circuit::default()).collect()))
+                .collect(),
+        }
+    }
+
     /// True when key `key` of `provider` may be picked at `now` (always, for untracked ones).
     pub fn usable(&self, provider: &str, key: usize, now: Instant) -> bool {
         self.with(provider, key, |s| s.usable(now)).unwrap_or(true)
@@ -240,7 +252,7 @@ mod tests {
             failures: 2,
             open: Duration::from_secs(10),
         };
-        let b = BreakerStore::default().breakers([("p", ["a", "b"])]).breakers;
+        let b = Breakers::new([("p", 2)]);
         let t0 = Instant::now();
         assert_eq!(b.record("p", 0, Outcome::Failure, &cb, t0), None);
         assert_eq!(b.record("p", 0, Outcome::Success, &cb, t0), None);

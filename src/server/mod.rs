@@ -324,7 +324,8 @@ fn client_connections(
 }
 
 /// Runs the server until a signal stops it (SIGTERM graceful, SIGQUIT graceful upgrade,
-/// SIGINT fast); exits the process.
+/// SIGINT fast: Pingora's own handling); exits the process. SIGHUP does not stop it: a server
+/// from [`build_from_file`] reloads its config file.
 pub fn run_forever(server: Server) -> ! {
     server.run_forever()
 }

@@ -4,10 +4,10 @@
 //! once and keeps it to its end, so a request in flight finishes on the config it started with
 //! and the next one sees the new one; loading is lock-free (no lock on the request path).
 //! [`Live::reload`] builds the next `AppState` from a checked config, carrying over the parts
-//! that outlive a config ([`Lasting`]: metrics, the pooled connector, service-account tokens,
+//! that outlive a config (`Lasting`: metrics, the pooled connector, service-account tokens,
 //! circuit breakers by key name, slot bounds by provider name, the decode pool), and stores it.
 //!
-//! `refract -c FILE` reloads FILE on SIGHUP ([`ReloadOnHangup`]): the file is read and checked
+//! `refract -c FILE` reloads FILE on SIGHUP (`ReloadOnHangup`): the file is read and checked
 //! as `refract check` does; a config with problems is refused, every problem logged (problems
 //! never contain a secret), and the running one kept. Settings read only when the server is
 //! built (listeners, TLS files, `server`, `metrics`, `simulator`, client-connection limits, the

@@ -26,6 +26,11 @@ struct Cli {
     #[arg(short = 'd', long)]
     daemon: bool,
 
+    /// Also reload the config file when its content changes, checked every MS milliseconds
+    /// (default 1000); SIGHUP reloads it either way.
+    #[arg(long, value_name = "MS", num_args = 0..=1, default_missing_value = "1000")]
+    watch: Option<u64>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -34,7 +39,12 @@ struct Cli {
 enum Command {
     /// Validate the config file: prints every problem with its YAML path and exits 1 if there
     /// is any, or prints "ok" and exits 0.
-    Check,
+    Check {
+        /// Print the config as it will run instead of "ok": YAML with every default filled in
+        /// and every secret redacted (`env.NAME` secrets as `<redacted: env.NAME>`).
+        #[arg(long)]
+        print: bool,
+    },
     /// Print what each provider kind and model family supports, as a Markdown table (the
     /// README's table is this output). Needs no config.
     Providers,
@@ -52,8 +62,8 @@ fn main() -> ExitCode {
         eprintln!("refract: a config file is required: refract -c FILE (see conf/refract.yaml), or refract --help");
         return ExitCode::from(2);
     };
-    let config = match refract::config::load_path(&path) {
-        Ok(c) => c,
+    let (config, hash) = match refract::config::load_path_hashed(&path) {
+        Ok(loaded) => loaded,
         Err(problems) => {
             eprintln!("{}: {} problem(s):", path.display(), problems.0.len());
             for p in &problems.0 {
@@ -62,7 +72,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(Command::Check) = cli.command {
+    if let Some(Command::Check { print }) = cli.command {
+        if print {
+            return print_effective(&path, &config);
+        }
         println!("{}: ok", path.display());
         return ExitCode::SUCCESS;
     }
@@ -73,8 +86,29 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         ..Default::default()
     };
-    match refract::server::build(config, Some(opt)) {
+    // SIGHUP (and with --watch, a change) reloads the file (see refract::server::reload).
+    let file = refract::server::ConfigFile {
+        path,
+        sha256: hash,
+        watch: cli.watch.map(|ms| std::time::Duration::from_millis(ms.max(10))),
+    };
+    match refract::server::build_from_file(config, file, Some(opt)) {
         Ok(server) => refract::server::run_forever(server),
+        Err(e) => {
+            eprintln!("refract: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `refract check --print`: the config as it will run, secrets redacted, on stdout.
+fn print_effective(path: &std::path::Path, config: &refract::config::Config) -> ExitCode {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    match refract::config::effective_yaml(config, &text) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("refract: {e}");
             ExitCode::from(1)

@@ -8,7 +8,8 @@
 
 use crate::error::TimeoutKind;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -38,6 +39,10 @@ pub struct Metrics {
     /// `refract_linger_total`, one counter per [`LingerOutcome`] (resolved once).
     lingers: [IntCounter; LingerOutcome::ALL.len()],
     image_decodes: IntCounter,
+    /// `refract_config_reloads_total{result="ok"}` and `{result="error"}`.
+    reloads: [IntCounter; 2],
+    config_info: IntGaugeVec,
+    config_loaded: Gauge,
     models: Mutex<HashSet<String>>,
     /// Client connections: open, refused, closed by the gateway.
     pub connections: ConnectionMetrics,
@@ -252,8 +257,33 @@ impl Metrics {
             "Images the gateway decoded: mask conversions, at most one per request and provider mask convention (retries and fallbacks reuse it).",
         )?;
         registry.register(Box::new(image_decodes.clone()))?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "refract_config_reloads_total",
+                "Config reloads (SIGHUP) by result: ok (swapped in) or error (refused, the running config kept).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(reloads.clone()))?;
+        let reloads = ["ok", "error"].map(|r| reloads.with_label_values(&[r]));
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "refract_config_info",
+                "1 for the running config, labelled with the SHA-256 of its file (as sha256sum prints it).",
+            ),
+            &["hash"],
+        )?;
+        registry.register(Box::new(config_info.clone()))?;
+        let config_loaded = Gauge::new(
+            "refract_config_loaded_timestamp_seconds",
+            "When the running config was loaded (startup or the latest successful reload), in Unix seconds.",
+        )?;
+        registry.register(Box::new(config_loaded.clone()))?;
         let connections = ConnectionMetrics::register(&registry)?;
         Ok(Metrics {
+            reloads,
+            config_info,
+            config_loaded,
             connections,
             registry,
             requests,
@@ -294,6 +324,26 @@ impl Metrics {
         self.circuit_open
             .with_label_values(&[provider, key])
             .set(i64::from(open));
+    }
+
+    /// A reload dropped `key` of `provider` (or the provider's circuit breaker): its circuit
+    /// gauge goes.
+    pub fn forget_circuit(&self, provider: &str, key: &str) {
+        let _ = self.circuit_open.remove_label_values(&[provider, key]);
+    }
+
+    /// A config was loaded and now runs (startup, or a reload that succeeded): its file's
+    /// SHA-256 `hash` (hex) and when (`at`).
+    pub fn config_loaded(&self, hash: &str, at: std::time::SystemTime) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        let secs = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.config_loaded.set(secs.as_secs_f64());
+    }
+
+    /// A reload ended: swapped in (`ok`) or refused.
+    pub fn config_reload(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].inc();
     }
 
     /// An upstream attempt at `provider` (a configured name) passed a timeout of `kind`.

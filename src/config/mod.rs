@@ -19,11 +19,13 @@
 
 mod fields;
 mod parse;
+mod print;
 mod providers;
 #[cfg(test)]
 mod test_util;
 mod url;
 
+pub use print::effective_yaml;
 pub(crate) use url::parse_base_url;
 
 use std::fmt;
@@ -35,13 +37,21 @@ use std::time::Duration;
 /// Reads the YAML file at `path` and builds the [`Config`], resolving
 /// `env.NAME` secrets from the process environment.
 pub fn load_path(path: &Path) -> Result<Config, ConfigErrors> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => from_yaml_str(&text),
-        Err(e) => Err(ConfigErrors::single(
-            FILE_PATH,
-            format!("cannot read {}: {e}", path.display()),
-        )),
-    }
+    load_path_hashed(path).map(|(config, _)| config)
+}
+
+/// [`load_path`], also returning the SHA-256 of the file's bytes in hex (as `sha256sum`
+/// prints it): the running config's identity in `refract_config_info`.
+pub fn load_path_hashed(path: &Path) -> Result<(Config, String), ConfigErrors> {
+    let text = read_text(path)?;
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+    Ok((from_yaml_str(&text)?, hash))
+}
+
+/// The text of the config file at `path`, or the problem "cannot read".
+fn read_text(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::single(FILE_PATH, format!("cannot read {}: {e}", path.display())))
 }
 
 /// Builds the [`Config`] from YAML text, resolving `env.NAME` secrets from

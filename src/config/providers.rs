@@ -142,7 +142,7 @@ fn connection_limit(f: &mut Fields<'_>) -> ConnectionLimit {
 }
 
 /// Kinds whose models make one image per call, so that `n > 1` is served by n calls.
-const REPEATING: [ProviderKind; 4] = [
+pub(super) const REPEATING: [ProviderKind; 4] = [
     ProviderKind::Stability,
     ProviderKind::Bedrock,
     ProviderKind::Bfl,

@@ -6,11 +6,12 @@
 //! Once that time has passed it is *half-open*: one request (the probe) may use it; the probe's
 //! success closes the circuit, its failure opens it again for `open_ms`. Providers without a
 //! `circuit_breaker` setting are never tracked. Times are injected (`now`) so the state machine
-//! is tested without sleeping.
+//! is tested without sleeping. Circuits are kept by provider and key name in a [`BreakerStore`]
+//! that outlives any one config: a reload keeps every still-named key's state.
 
 use crate::config::CircuitBreaker;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Longest wait between two retries, whatever the base and the attempt number.
@@ -69,33 +70,93 @@ impl KeyState {
     }
 }
 
-/// Every tracked key's circuit, one lock per provider (keys are few; the lock is held for a
-/// few comparisons, never across an await).
+/// One key's circuit, shared by every config that names the key (see [`BreakerStore`]).
+type Circuit = Arc<Mutex<KeyState>>;
+
+/// The circuit of every tracked key by provider name and key NAME, for the life of the process:
+/// each loaded config gets its [`Breakers`] from here ([`BreakerStore::breakers`]), so a key
+/// keeps its state across a reload that reorders, adds or removes other keys.
+#[derive(Debug, Default)]
+pub struct BreakerStore {
+    circuits: Mutex<HashMap<(String, String), Circuit>>,
+}
+
+/// What [`BreakerStore::breakers`] built, and how the set of tracked keys changed.
+#[derive(Debug)]
+pub struct BreakerUpdate {
+    /// The breakers of the config, by key position.
+    pub breakers: Breakers,
+    /// `(provider, key)` names tracked now and not before (their circuits start closed).
+    pub added: Vec<(String, String)>,
+    /// `(provider, key)` names tracked before and not now (their state is dropped).
+    pub removed: Vec<(String, String)>,
+}
+
+impl BreakerStore {
+    /// The breakers of one config: for each `(provider, key names in config order)` of the
+    /// providers with a `circuit_breaker` setting, the circuits known by those names (new
+    /// ones closed). Runs when a config is loaded (startup, reload), never per request; keys
+    /// no longer named are forgotten (requests still running on the old config keep theirs).
+    pub fn breakers<'a, K>(&self, providers: impl IntoIterator<Item = (&'a str, K)>) -> BreakerUpdate
+    where
+        K: IntoIterator<Item = &'a str>,
+    {
+        let mut known = self.circuits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next = HashMap::new();
+        let mut by_provider = HashMap::new();
+        let mut added = Vec::new();
+        for (provider, keys) in providers {
+            let circuits: Vec<Circuit> = keys
+                .into_iter()
+                .map(|key| {
+                    let name = (provider.to_string(), key.to_string());
+                    let circuit = known.remove(&name).unwrap_or_else(|| {
+                        added.push(name.clone());
+                        Circuit::default()
+                    });
+                    next.insert(name, circuit.clone());
+                    circuit
+                })
+                .collect();
+            by_provider.insert(provider.to_string(), circuits);
+        }
+        let removed = std::mem::replace(&mut *known, next).into_keys().collect();
+        BreakerUpdate {
+            breakers: Breakers { providers: by_provider },
+            added,
+            removed,
+        }
+    }
+}
+
+/// The circuits of one config's tracked keys, by provider name and key position; each key's
+/// lock is held for a few comparisons, never across an await.
 #[derive(Debug, Default)]
 pub struct Breakers {
-    providers: HashMap<String, Mutex<Vec<KeyState>>>,
+    providers: HashMap<String, Vec<Circuit>>,
 }
 
 impl Breakers {
-    /// Breakers for `(name, key count)` of every provider with a `circuit_breaker` setting.
+    /// Fresh (closed) circuits for `(name, key count)` of every provider with a
+    /// `circuit_breaker` setting, kept by no store (tests, tools); the server gets its
+    /// breakers from a [`BreakerStore`].
     pub fn new<'a>(providers: impl IntoIterator<Item = (&'a str, usize)>) -> Self {
         Breakers {
             providers: providers
                 .into_iter()
-                .map(|(name, keys)| (name.to_string(), Mutex::new(vec![KeyState::default(); keys])))
+                .map(|(name, keys)| (name.to_string(), (0..keys).map(|_| Circuit::default()).collect()))
                 .collect(),
         }
     }
 
     /// True when key `key` of `provider` may be picked at `now` (always, for untracked ones).
     pub fn usable(&self, provider: &str, key: usize, now: Instant) -> bool {
-        let Some(lock) = self.providers.get(provider) else {
-            return true;
-        };
-        let Ok(states) = lock.lock() else {
-            return true;
-        };
-        states.get(key).is_none_or(|s| s.usable(now))
+        self.with(provider, key, |s| s.usable(now)).unwrap_or(true)
+    }
+
+    /// Whether key `key` of `provider` is open (or half-open) now: for the circuit gauge.
+    pub fn is_open(&self, provider: &str, key: usize) -> bool {
+        self.with(provider, key, |s| s.open_until.is_some()).unwrap_or(false)
     }
 
     /// Called when an attempt starts with the key: a half-open key becomes probing (other
@@ -148,8 +209,8 @@ impl Breakers {
     }
 
     fn with<T>(&self, provider: &str, key: usize, f: impl FnOnce(&mut KeyState) -> T) -> Option<T> {
-        let mut states = self.providers.get(provider)?.lock().ok()?;
-        states.get_mut(key).map(f)
+        let mut state = self.providers.get(provider)?.get(key)?.lock().ok()?;
+        Some(f(&mut state))
     }
 }
 
@@ -215,5 +276,38 @@ mod tests {
         assert_eq!(b.record("p", 0, Outcome::Success, &cb, again), Some(false));
         assert!(b.usable("p", 0, again));
         assert_eq!(b.record("p", 0, Outcome::Failure, &cb, again), None, "count restarts");
+    }
+
+    /// A reload that reorders the keys, adds one and drops another keeps each remaining key's
+    /// circuit with its NAME, not its position.
+    #[test]
+    fn circuits_follow_key_names_across_reloads() {
+        let cb = CircuitBreaker {
+            failures: 1,
+            open: Duration::from_secs(10),
+        };
+        let store = BreakerStore::default();
+        let first = store.breakers([("p", vec!["a", "b", "c"]), ("q", vec!["a"])]);
+        assert_eq!(first.added.len(), 4);
+        let b = first.breakers;
+        let t0 = Instant::now();
+        assert_eq!(b.record("p", 1, Outcome::Failure, &cb, t0), Some(true), "b opens");
+        assert!(!b.usable("p", 1, t0));
+        // b moves to position 0, a to 2, c is dropped, d is added.
+        let second = store.breakers([("p", vec!["b", "d", "a"]), ("q", vec!["a"])]);
+        assert_eq!(second.added, vec![("p".to_string(), "d".to_string())]);
+        assert_eq!(second.removed, vec![("p".to_string(), "c".to_string())]);
+        let r = second.breakers;
+        assert!(!r.usable("p", 0, t0), "b is still open at its new position");
+        assert!(r.is_open("p", 0));
+        assert!(r.usable("p", 1, t0) && r.usable("p", 2, t0), "d and a are closed");
+        assert!(r.usable("q", 0, t0), "the other provider's a is its own key");
+        // Requests still running on the old config share the same circuits.
+        assert_eq!(b.record("p", 1, Outcome::Success, &cb, t0), Some(false));
+        assert!(r.usable("p", 0, t0), "closed through the old view too");
+        // A provider that drops its circuit breaker forgets its keys.
+        let third = store.breakers([("q", ["a"])]);
+        assert_eq!(third.removed.len(), 3);
+        assert!(third.breakers.usable("p", 0, t0));
     }
 }

@@ -1,6 +1,7 @@
 //! The only module that touches Pingora: builds the server from a validated config (gateway
 //! listeners, the metrics listener, the built-in simulator) and runs it, either for good
-//! (`refract -c FILE`) or on a thread that a test can stop ([`spawn`]).
+//! (`refract -c FILE`, which also reloads FILE on SIGHUP: see [`reload`]) or on a thread that
+//! a test can stop and reload ([`spawn`]).
 
 pub mod breaker;
 pub mod connections;
@@ -8,6 +9,7 @@ pub mod credentials;
 pub mod exchange;
 pub mod gateway;
 mod metrics_app;
+pub mod reload;
 pub mod resolver;
 mod simulator_app;
 pub mod slots;
@@ -23,11 +25,15 @@ use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use thiserror::Error;
 
-/// Everything a request needs, shared by all requests.
+/// Everything a request needs under one config: each request loads the current one once
+/// (see [`reload`]) and uses it to its end. The config-derived parts (`config`, `keys`,
+/// `router`, and the per-config views `breakers` and `slots`) are built for each config; the
+/// others are shared by every config the process runs.
 pub struct AppState {
     /// The validated config.
     pub config: Config,
@@ -35,19 +41,21 @@ pub struct AppState {
     pub keys: KeyStore,
     /// Providers.
     pub router: Router,
-    /// Metrics.
+    /// Metrics (process lifetime).
     pub metrics: Arc<Metrics>,
-    /// Pooled upstream connections.
-    pub connector: Connector,
-    /// Access tokens for service-account keys.
-    pub credentials: credentials::Credentials,
-    /// The circuit breaker of every key of the providers that configure one.
+    /// Pooled upstream connections (process lifetime).
+    pub connector: Arc<Connector>,
+    /// Access tokens for service-account keys (process lifetime).
+    pub credentials: Arc<credentials::Credentials>,
+    /// The circuit breaker of every key of the providers that configure one, by key position
+    /// in this config; the circuits themselves are kept by key name across reloads.
     pub breakers: breaker::Breakers,
-    /// Every provider's bound on upstream exchanges in flight (`max_connections`).
+    /// Every provider's bound on upstream exchanges in flight (`max_connections`), kept by
+    /// provider name across reloads.
     pub slots: slots::Slots,
     /// Where masks are decoded and converted: blocking threads, at most
     /// `limits.decode_concurrency` at once, within `limits.max_image_pixels` (shared with the
-    /// simulator).
+    /// simulator; process lifetime).
     pub decoder: crate::imaging::DecodePool,
     /// The admit step, asked once per attempt before it goes upstream ([`AdmitAll`] unless
     /// [`Options::admission`] installs another).
@@ -183,7 +191,8 @@ fn check_ca_file(config: &Config) -> Result<(), ServerError> {
 }
 
 /// Builds the Pingora server with every service the config asks for. `opt` carries the
-/// command-line flags Pingora itself understands (`--upgrade`, `--daemon`).
+/// command-line flags Pingora itself understands (`--upgrade`, `--daemon`). The config is
+/// reloaded only through [`spawn`]'s handle; [`build_from_file`] reloads on SIGHUP.
 pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -> Result<Server, ServerError> {
     build_with(config, opt, Options::default())
 }
@@ -194,43 +203,68 @@ pub fn build_with(
     opt: Option<pingora::server::configuration::Opt>,
     options: Options,
 ) -> Result<Server, ServerError> {
+    let hash = reload::value_hash(&config);
+    assemble(config, &hash, opt, options).map(|(server, _, _)| server)
+}
+
+/// Where a running gateway's config comes from, for reloads (`refract -c FILE`).
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// The file, read again on each reload.
+    pub path: PathBuf,
+    /// The SHA-256 (hex) of the bytes the running config was loaded from.
+    pub sha256: String,
+    /// Also reload when the file's content changes, checked this often (`--watch`).
+    pub watch: Option<std::time::Duration>,
+}
+
+/// [`build`] for `refract -c FILE`: the config was loaded from `file`, and a SIGHUP (or, with
+/// `watch`, a change of its content) reloads it (see [`reload`]).
+pub fn build_from_file(
+    config: Config,
+    file: ConfigFile,
+    opt: Option<pingora::server::configuration::Opt>,
+) -> Result<Server, ServerError> {
+    let (mut server, live, gateway) = assemble(config, &file.sha256, opt, Options::default())?;
+    let hangups = server.add_service(pingora::services::background::background_service(
+        "config reload",
+        reload::ReloadOnHangup { live, file },
+    ));
+    // The listeners open once SIGHUP is handled: a SIGHUP never terminates a serving process.
+    gateway.add_dependency(&hangups);
+    Ok(server)
+}
+
+/// The server, the handle that reloads its config, and the gateway service's handle.
+fn assemble(
+    config: Config,
+    hash: &str,
+    opt: Option<pingora::server::configuration::Opt>,
+    options: Options,
+) -> Result<(Server, Arc<reload::Live>, pingora::services::ServiceHandle), ServerError> {
     check_ca_file(&config)?;
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
     let metrics = Arc::new(Metrics::new()?);
-    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration)));
-    let decoder = crate::imaging::DecodePool::new(config.limits.decode_concurrency, config.limits.max_image_pixels);
-    let state = Arc::new(AppState {
-        decoder,
-        keys: KeyStore::from_config(&config),
-        router: Router::new(&config),
+    let lasting = reload::Lasting {
+        connector: Arc::new(Connector::new(Some(ConnectorOptions::from_server_conf(
+            &server.configuration,
+        )))),
+        decoder: crate::imaging::DecodePool::new(config.limits.decode_concurrency, config.limits.max_image_pixels),
         metrics: metrics.clone(),
-        connector,
-        credentials: credentials::Credentials::new(),
-        breakers: breaker::Breakers::new(
-            config
-                .providers
-                .iter()
-                .filter(|p| p.options.circuit_breaker.is_some())
-                .map(|p| (p.name.as_str(), p.keys.len())),
-        ),
-        slots: slots::Slots::new(&config.providers, &metrics),
+        credentials: Arc::new(credentials::Credentials::new()),
+        breakers: breaker::BreakerStore::default(),
+        slots: slots::SlotPool::default(),
         admission: options.admission,
-        config,
-    });
-    for p in state
-        .config
-        .providers
-        .iter()
-        .filter(|p| p.options.circuit_breaker.is_some())
-    {
-        for k in &p.keys {
-            state.metrics.circuit(&p.name, &k.name, false);
-        }
-    }
+    };
+    let live = Arc::new(reload::Live::new(config, hash, lasting));
+    let current = live.current();
+    let state = current.load_full();
 
-    let mut gateway =
-        pingora::services::listening::Service::new("refract gateway".to_string(), client_connections(&server, &state));
+    let mut gateway = pingora::services::listening::Service::new(
+        "refract gateway".to_string(),
+        client_connections(&server, &state, current),
+    );
     for l in &state.config.listeners {
         let addr = l.address.to_string();
         match &l.tls {
@@ -260,7 +294,7 @@ pub fn build_with(
             }
         }
     }
-    server.add_service(gateway);
+    let gateway = server.add_service(gateway);
 
     if let Some(m) = &state.config.metrics {
         let mut svc = pingora::services::listening::Service::new(
@@ -279,7 +313,7 @@ pub fn build_with(
         svc.add_tcp(&sim.address.to_string());
         server.add_service(svc);
     }
-    Ok(server)
+    Ok((server, live, gateway))
 }
 
 /// Turns transparent huge pages on or off for this process (`refract` turns them off first
@@ -298,10 +332,12 @@ pub fn transparent_huge_pages(enabled: bool) {
 
 /// The gateway listeners' app: the gateway's Pingora HTTP app behind the client-connection
 /// limits of `limits` (head deadline and size, keep-alive timeout, connection cap; see
-/// [`connections`]). Runs once, when the server is built.
+/// [`connections`]; from `state`, the config the server is built with). Runs once, when the
+/// server is built; the gateway loads each request's state from `current`.
 fn client_connections(
     server: &Server,
-    state: &Arc<AppState>,
+    state: &AppState,
+    current: Arc<arc_swap::ArcSwap<AppState>>,
 ) -> connections::ClientConnections<pingora::proxy::HttpProxy<gateway::Gateway>> {
     let l = &state.config.limits;
     let limits = connections::ConnectionLimits {
@@ -310,7 +346,7 @@ fn client_connections(
         keepalive_timeout: l.keepalive_timeout,
         max_connections: connections::connection_cap(l.max_connections),
     };
-    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway::Gateway::new(state.clone()));
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway::Gateway::new(current));
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(l.keepalive_timeout);
     proxy.server_options = Some(options);
@@ -318,7 +354,8 @@ fn client_connections(
 }
 
 /// Runs the server until a signal stops it (SIGTERM graceful, SIGQUIT graceful upgrade,
-/// SIGINT fast); exits the process.
+/// SIGINT fast: Pingora's own handling); exits the process. SIGHUP does not stop it: a server
+/// from [`build_from_file`] reloads its config file.
 pub fn run_forever(server: Server) -> ! {
     server.run_forever()
 }
@@ -340,6 +377,16 @@ impl ShutdownSignalWatch for StopOnSignal {
 pub struct RunningServer {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    live: Arc<reload::Live>,
+}
+
+impl RunningServer {
+    /// Swaps in `config` as a SIGHUP reload does (after the same check: `config` is a checked
+    /// one); returns the changed settings that would need a restart.
+    pub fn reload(&self, config: Config) -> Vec<&'static str> {
+        let hash = reload::value_hash(&config);
+        self.live.reload(config, &hash)
+    }
 }
 
 impl Drop for RunningServer {
@@ -361,7 +408,8 @@ pub fn spawn(config: Config) -> Result<RunningServer, ServerError> {
 
 /// [`spawn`], with the plug-ins of `options` (a test's admission).
 pub fn spawn_with(config: Config, options: Options) -> Result<RunningServer, ServerError> {
-    let server = build_with(config, None, options)?;
+    let hash = reload::value_hash(&config);
+    let (server, live, _) = assemble(config, &hash, None, options)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::spawn(move || {
         server.run(RunArgs {
@@ -371,6 +419,7 @@ pub fn spawn_with(config: Config, options: Options) -> Result<RunningServer, Ser
     Ok(RunningServer {
         stop: Some(tx),
         thread: Some(thread),
+        live,
     })
 }
 

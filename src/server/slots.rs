@@ -21,38 +21,93 @@ use crate::config::ProviderConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use prometheus::{IntCounter, IntGauge};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-/// The slots of one provider.
-struct ProviderSlots {
-    name: String,
-    max: usize,
-    queue_timeout: Duration,
-    /// `max` permits: every exchange holds one.
-    slots: Semaphore,
-    /// `max / 2` permits: an upload streamed while it arrives also holds one of these.
-    streams: Semaphore,
+/// Permits whose number can change while some are held: growing adds permits, shrinking
+/// forgets the free ones at once and the rest as their holders give them back.
+struct Resizable {
+    permits: Semaphore,
+    /// Permits still to forget when they come back (a shrink larger than the free permits).
+    owed: AtomicUsize,
+}
+
+impl Resizable {
+    fn new(size: usize) -> Self {
+        Resizable {
+            permits: Semaphore::new(size),
+            owed: AtomicUsize::new(0),
+        }
+    }
+
+    /// From `from` permits to `to`, when a reload changes the bound (under the pool's lock).
+    fn resize(&self, from: usize, to: usize) {
+        if to >= from {
+            let grow = to - from;
+            // Permits still owed are simply no longer owed; the rest are added.
+            let owed = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n - grow.min(n)))
+                .unwrap_or(0);
+            self.permits.add_permits(grow - grow.min(owed));
+        } else {
+            let shrink = from - to;
+            let forgotten = self.permits.forget_permits(shrink);
+            self.owed.fetch_add(shrink - forgotten, Ordering::AcqRel);
+        }
+    }
+
+    /// A held permit comes back: forgotten if a shrink still owes one, else freed.
+    fn give_back(&self, permit: SemaphorePermit<'_>) {
+        if self.owed.load(Ordering::Relaxed) > 0
+            && self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            permit.forget();
+        }
+    }
+}
+
+/// One provider's bound and its metrics, kept by provider name for the life of the process
+/// ([`SlotPool`]): exchanges in flight when a config is reloaded still count against it.
+struct Bound {
+    /// `max_connections` permits: every exchange holds one.
+    slots: Resizable,
+    /// `max_connections / 2` permits: an upload streamed while it arrives also holds one.
+    streams: Resizable,
     /// `refract_upstream_in_flight{provider}`.
     in_flight: IntGauge,
     /// `refract_upstream_queue_rejected_total{provider}`.
     refused: IntCounter,
 }
 
+/// The slots of one provider under one config.
+struct ProviderSlots {
+    name: String,
+    max: usize,
+    queue_timeout: Duration,
+    bound: Arc<Bound>,
+}
+
 impl ProviderSlots {
     fn held<'a>(&'a self, slot: SemaphorePermit<'a>, stream: Option<SemaphorePermit<'a>>) -> Slot<'a> {
-        self.in_flight.inc();
+        self.bound.in_flight.inc();
         Slot {
             _held: Some(Held {
-                _slot: slot,
-                _stream: stream,
-                in_flight: &self.in_flight,
+                slot: Some(slot),
+                stream,
+                bound: &self.bound,
             }),
         }
     }
 
     fn busy(&self) -> GatewayError {
-        self.refused.inc();
+        self.bound.refused.inc();
         GatewayError::ProviderBusy {
             provider: self.name.clone(),
             max_connections: self.max,
@@ -61,7 +116,54 @@ impl ProviderSlots {
     }
 }
 
-/// Every configured provider's slots.
+/// Every provider's bound by name, for the life of the process; each loaded config gets its
+/// [`Slots`] from here ([`SlotPool::slots`]).
+#[derive(Default)]
+pub struct SlotPool {
+    /// Each bound with the `max_connections` it was last sized to.
+    bounds: Mutex<HashMap<String, (Arc<Bound>, usize)>>,
+}
+
+impl SlotPool {
+    /// The slots of every provider in `providers`, when a config is loaded (startup, reload):
+    /// a provider already known keeps its bound, resized when its `max_connections` changed
+    /// (the new bound holds for every wait from now on; exchanges in flight keep their slot,
+    /// and a smaller bound is reached as they end); a new one gets its gauge and counter
+    /// created at zero in `metrics`.
+    pub fn slots(&self, providers: &[ProviderConfig], metrics: &Metrics) -> Slots {
+        let mut bounds = self.bounds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let providers = providers
+            .iter()
+            .map(|p| {
+                let limit = p.options.connections;
+                let (bound, sized) = bounds.entry(p.name.clone()).or_insert_with(|| {
+                    let (in_flight, refused) = metrics.upstream_slots(&p.name);
+                    let bound = Bound {
+                        slots: Resizable::new(limit.max),
+                        streams: Resizable::new(limit.max / 2),
+                        in_flight,
+                        refused,
+                    };
+                    (Arc::new(bound), limit.max)
+                });
+                if *sized != limit.max {
+                    bound.slots.resize(*sized, limit.max);
+                    bound.streams.resize(*sized / 2, limit.max / 2);
+                    *sized = limit.max;
+                }
+                ProviderSlots {
+                    name: p.name.clone(),
+                    max: limit.max,
+                    queue_timeout: limit.queue_timeout,
+                    bound: bound.clone(),
+                }
+            })
+            .collect();
+        Slots { providers }
+    }
+}
+
+/// Every configured provider's slots, under one config.
 pub struct Slots {
     providers: Vec<ProviderSlots>,
 }
@@ -74,14 +176,21 @@ pub struct Slot<'a> {
 }
 
 struct Held<'a> {
-    _slot: SemaphorePermit<'a>,
-    _stream: Option<SemaphorePermit<'a>>,
-    in_flight: &'a IntGauge,
+    /// Always `Some` until dropped.
+    slot: Option<SemaphorePermit<'a>>,
+    stream: Option<SemaphorePermit<'a>>,
+    bound: &'a Bound,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.in_flight.dec();
+        self.bound.in_flight.dec();
+        if let Some(slot) = self.slot.take() {
+            self.bound.slots.give_back(slot);
+        }
+        if let Some(stream) = self.stream.take() {
+            self.bound.streams.give_back(stream);
+        }
     }
 }
 
@@ -95,25 +204,9 @@ impl Slot<'_> {
 
 impl Slots {
     /// The slots of every provider in `providers`, with their gauge and counter created (at
-    /// zero) in `metrics`. Runs once at startup.
+    /// zero) in `metrics`, in a pool of their own (tests; the server keeps one [`SlotPool`]).
     pub fn new(providers: &[ProviderConfig], metrics: &Metrics) -> Slots {
-        let providers = providers
-            .iter()
-            .map(|p| {
-                let limit = p.options.connections;
-                let (in_flight, refused) = metrics.upstream_slots(&p.name);
-                ProviderSlots {
-                    name: p.name.clone(),
-                    max: limit.max,
-                    queue_timeout: limit.queue_timeout,
-                    slots: Semaphore::new(limit.max),
-                    streams: Semaphore::new(limit.max / 2),
-                    in_flight,
-                    refused,
-                }
-            })
-            .collect();
-        Slots { providers }
+        SlotPool::default().slots(providers, metrics)
     }
 
     fn of(&self, provider: &str) -> Option<&ProviderSlots> {
@@ -127,13 +220,13 @@ impl Slots {
         let Some(p) = self.of(provider) else {
             return Ok(Slot { _held: None });
         };
-        if let Ok(slot) = p.slots.try_acquire() {
+        if let Ok(slot) = p.bound.slots.permits.try_acquire() {
             return Ok(p.held(slot, None));
         }
         if p.queue_timeout.is_zero() {
             return Err(p.busy());
         }
-        match pingora::prelude::timeout(p.queue_timeout, p.slots.acquire()).await {
+        match pingora::prelude::timeout(p.queue_timeout, p.bound.slots.permits.acquire()).await {
             Ok(Ok(slot)) => Ok(p.held(slot, None)),
             _ => Err(p.busy()),
         }
@@ -145,7 +238,7 @@ impl Slots {
         let Some(p) = self.of(provider) else {
             return Slot { _held: None };
         };
-        match p.slots.acquire().await {
+        match p.bound.slots.permits.acquire().await {
             Ok(slot) => p.held(slot, None),
             // The semaphore is never closed.
             Err(_) => Slot { _held: None },
@@ -159,8 +252,8 @@ impl Slots {
         let Some(p) = self.of(provider) else {
             return Some(Slot { _held: None });
         };
-        let stream = p.streams.try_acquire().ok()?;
-        let slot = p.slots.try_acquire().ok()?;
+        let stream = p.bound.streams.permits.try_acquire().ok()?;
+        let slot = p.bound.slots.permits.try_acquire().ok()?;
         Some(p.held(slot, Some(stream)))
     }
 }
@@ -248,6 +341,49 @@ mod tests {
         let (s, _m) = slots("");
         let p = s.of("p").unwrap();
         assert_eq!((p.max, p.queue_timeout), (256, Duration::from_secs(1)));
-        assert_eq!(p.streams.available_permits(), 128);
+        assert_eq!(p.bound.streams.permits.available_permits(), 128);
+    }
+
+    /// A reload that changes `max_connections` keeps the provider's bound: slots held under
+    /// the old config still count, a larger bound frees waits at once, a smaller one is reached
+    /// as the held slots come back.
+    #[tokio::test]
+    async fn a_reload_resizes_the_bound_and_keeps_held_slots() {
+        let config = |max: usize| {
+            let yaml = format!(
+                "providers:\n  - name: p\n    kind: openai\n    base_url: http://127.0.0.1:1/v1\n    max_connections: {max}\n    queue_timeout_ms: 0\n    keys:\n      - {{name: k, value: v}}\n"
+            );
+            from_yaml_str_with_env(&yaml, &|_| None).unwrap()
+        };
+        let metrics = Metrics::new().unwrap();
+        let pool = SlotPool::default();
+        let one = pool.slots(&config(2).providers, &metrics);
+        let (a, b) = (one.acquire("p").await.unwrap(), one.acquire("p").await.unwrap());
+        // Grown to 3: one more, held ones still count.
+        let grown = pool.slots(&config(3).providers, &metrics);
+        let c = grown.acquire("p").await.unwrap();
+        assert!(grown.acquire("p").await.is_err(), "3 held of 3");
+        assert_eq!(gauge(&metrics, r#"refract_upstream_in_flight{provider="p"}"#), "3");
+        // Shrunk to 1 with 3 held (2 owed), then grown to 2 before any came back (1 owed).
+        let _shrunk = pool.slots(&config(1).providers, &metrics);
+        let regrown = pool.slots(&config(2).providers, &metrics);
+        drop(a);
+        assert!(regrown.acquire("p").await.is_err(), "2 held of 2: a's slot was owed");
+        drop(b);
+        let d = regrown.acquire("p").await.expect("1 held of 2");
+        assert!(regrown.acquire("p").await.is_err(), "2 held of 2");
+        drop((c, d));
+        let (e, f) = (regrown.acquire("p").await.unwrap(), regrown.acquire("p").await.unwrap());
+        assert!(regrown.acquire("p").await.is_err(), "2 held of 2");
+        drop((e, f));
+        // Shrunk with nothing held: at once. Requests on the old config share the bound.
+        let small = pool.slots(&config(1).providers, &metrics);
+        let g = small.acquire("p").await.unwrap();
+        assert!(
+            one.acquire("p").await.is_err(),
+            "1 held of 1, through the old config's view"
+        );
+        assert_eq!(gauge(&metrics, r#"refract_upstream_in_flight{provider="p"}"#), "1");
+        drop(g);
     }
 }

@@ -16,10 +16,12 @@
 
 use super::AppState;
 use crate::error::{ErrorContext, GatewayError};
+use crate::metrics::Metrics;
 use crate::metrics::RequestRecord;
 use crate::providers::stream::Framing;
 use crate::providers::UnifiedAnswer;
 use crate::spool::Spool;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -67,15 +69,20 @@ pub struct RequestCtx {
     answered_after: Option<Duration>,
 }
 
-/// The gateway service.
+/// The gateway service: Pingora's app over the swappable state.
 pub struct Gateway {
-    state: Arc<AppState>,
+    /// The state a request starts on; a reload swaps it (see [`super::reload`]). Requests in
+    /// flight keep the one they loaded.
+    current: Arc<ArcSwap<AppState>>,
+    /// The metrics, for the hooks around `request_filter` (every state shares them).
+    metrics: Arc<Metrics>,
 }
 
 impl Gateway {
-    /// A gateway over shared state.
-    pub fn new(state: Arc<AppState>) -> Self {
-        Gateway { state }
+    /// The app over `current`, when the server is built.
+    pub fn new(current: Arc<ArcSwap<AppState>>) -> Self {
+        let metrics = current.load().metrics.clone();
+        Gateway { current, metrics }
     }
 }
 
@@ -313,15 +320,16 @@ impl ProxyHttp for Gateway {
         ctx.request_id = request_id(session);
         ctx.start = Instant::now();
         ctx.counted = true;
-        self.state.metrics.request_started();
+        self.metrics.request_started();
         Ok(())
     }
 
     /// Answers every request here; always returns `Ok(true)` ("a response was written").
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        // The one read of the gateway's state for this request: everything below gets it
-        // from here.
-        let state = Arc::clone(&self.state);
+        // The one read of the gateway's state for this request (one atomic load and one
+        // reference count): everything below gets it from here, and a reload while it runs
+        // does not change it.
+        let state = self.current.load_full();
         let state = &*state;
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
@@ -391,7 +399,7 @@ impl ProxyHttp for Gateway {
             ctx.reason = Some("client_error");
         }
         let duration = ctx.answered_after.unwrap_or_else(|| ctx.start.elapsed());
-        self.state.metrics.request_finished(&RequestRecord {
+        self.metrics.request_finished(&RequestRecord {
             provider: ctx.provider.as_deref(),
             model: ctx.model.as_deref(),
             status: ctx.status,

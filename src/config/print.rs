@@ -1,0 +1,299 @@
+//! The effective config (`refract check -c FILE --print`): a checked [`Config`] written back as
+//! YAML in the file's own keys, every default filled in, so that an operator sees what will run.
+//!
+//! No secret is printed: an upstream key's `value` and AWS credentials, and a virtual key's
+//! `key` or `key_sha256`, are printed as `<redacted: env.NAME>` when the file takes them from
+//! the environment, `<redacted>` otherwise. Paths (TLS files, service-account files) are
+//! printed as given: they are not secrets.
+
+use super::{Config, Credential, KeyAuth, ModelRules, ProviderConfig, VirtualKeyConfig};
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// The YAML text of `config`, loaded from the file text `source` (read again only to say
+/// which environment variable each secret came from). Runs once, for `--print`.
+pub fn effective_yaml(config: &Config, source: &str) -> Result<String, String> {
+    let raw: serde_yaml::Value = serde_yaml::from_str(source).unwrap_or(serde_yaml::Value::Null);
+    let doc = json!({
+        "server": server(config),
+        "listeners": config.listeners.iter().map(|l| {
+            let mut m = json!({ "address": l.address.to_string() });
+            if let Some(tls) = &l.tls {
+                m["tls"] = json!({ "cert": tls.cert.display().to_string(), "key": tls.key.display().to_string() });
+            }
+            m
+        }).collect::<Vec<_>>(),
+        "metrics": config.metrics.as_ref().map(|m| json!({ "address": m.address.to_string() })),
+        "auth": { "allow_anonymous": config.auth.allow_anonymous },
+        "limits": limits(config),
+        "spool": {
+            "memory_bytes": config.spool.memory_bytes,
+            "directory": config.spool.directory.as_ref().map(|d| d.display().to_string()),
+        },
+        "simulator": config.simulator.as_ref().map(|s| json!({
+            "address": s.address.to_string(),
+            "stream_interval_ms": ms(s.stream_interval),
+            "partial_image_bytes": s.partial_image_bytes,
+        })),
+        "providers": config.providers.iter().enumerate().map(|(i, p)| provider(p, raw_at(&raw, "providers", i))).collect::<Vec<_>>(),
+        "virtual_keys": config.virtual_keys.iter().enumerate().map(|(i, v)| virtual_key(v, raw_at(&raw, "virtual_keys", i))).collect::<Vec<_>>(),
+    });
+    serde_yaml::to_string(&doc).map_err(|e| e.to_string())
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Entry `i` of the list `list` of the raw document (Null when absent).
+fn raw_at<'a>(raw: &'a serde_yaml::Value, list: &str, i: usize) -> &'a serde_yaml::Value {
+    raw.get(list).and_then(|l| l.get(i)).unwrap_or(&serde_yaml::Value::Null)
+}
+
+/// What stands for the secret at `field` of the raw entry `raw`.
+fn redacted(raw: &serde_yaml::Value, field: &str) -> Value {
+    match raw.get(field).and_then(serde_yaml::Value::as_str) {
+        Some(text) if text.starts_with("env.") => Value::String(format!("<redacted: {text}>")),
+        _ => Value::String("<redacted>".to_string()),
+    }
+}
+
+fn server(config: &Config) -> Value {
+    let s = &config.server;
+    json!({
+        "threads": s.threads,
+        "grace_period_seconds": s.grace_period_seconds,
+        "graceful_shutdown_timeout_seconds": s.graceful_shutdown_timeout_seconds,
+        "pid_file": s.pid_file,
+        "upgrade_sock": s.upgrade_sock,
+        "ca_file": s.ca_file.as_ref().map(|p| p.display().to_string()),
+    })
+}
+
+fn limits(config: &Config) -> Value {
+    let l = &config.limits;
+    json!({
+        "max_body_bytes": l.max_body_bytes,
+        "max_images": l.max_images,
+        "max_part_bytes": l.max_part_bytes,
+        "max_field_bytes": l.max_field_bytes,
+        "body_read_timeout_ms": ms(l.body_read_timeout),
+        "upload_timeout_ms": ms(l.upload_timeout),
+        "max_part_header_bytes": l.max_part_header_bytes,
+        "max_field_name_bytes": l.max_field_name_bytes,
+        "linger_bytes": l.linger_bytes,
+        "linger_timeout_ms": ms(l.linger_timeout),
+        "max_image_pixels": l.max_image_pixels,
+        "decode_concurrency": l.decode_concurrency,
+        "head_timeout_ms": ms(l.head_timeout),
+        "max_head_bytes": l.max_head_bytes,
+        "keepalive_timeout_ms": ms(l.keepalive_timeout),
+        // null: derived from the descriptor limit when the server starts.
+        "max_connections": l.max_connections,
+    })
+}
+
+fn provider(p: &ProviderConfig, raw: &serde_yaml::Value) -> Value {
+    let o = &p.options;
+    let t = &p.timeouts;
+    let mut m = Map::new();
+    m.insert("name".into(), json!(p.name));
+    m.insert("kind".into(), json!(p.kind.as_str()));
+    m.insert("base_url".into(), json!(p.base_url.to_string()));
+    for (key, value) in [
+        ("api_version", &o.api_version),
+        ("project", &o.project),
+        ("location", &o.location),
+        ("region", &o.region),
+    ] {
+        if let Some(v) = value {
+            m.insert(key.into(), json!(v));
+        }
+    }
+    if !o.deployments.is_empty() {
+        let deployments: Map<String, Value> = o.deployments.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        m.insert("deployments".into(), Value::Object(deployments));
+    }
+    for (key, d) in [
+        ("connect_timeout_ms", t.connect),
+        ("first_byte_timeout_ms", t.first_byte),
+        ("idle_timeout_ms", t.idle),
+        ("total_timeout_ms", t.total),
+        ("pool_idle_timeout_ms", t.pool_idle),
+    ] {
+        m.insert(key.into(), json!(ms(d)));
+    }
+    m.insert("max_connections".into(), json!(o.connections.max));
+    m.insert("queue_timeout_ms".into(), json!(ms(o.connections.queue_timeout)));
+    m.insert("retries".into(), json!(o.retries));
+    m.insert("retry_backoff_ms".into(), json!(ms(o.retry_backoff)));
+    if !o.poll_interval.is_zero() {
+        m.insert("poll_interval_ms".into(), json!(ms(o.poll_interval)));
+        m.insert("poll_timeout_ms".into(), json!(ms(o.poll_timeout)));
+    }
+    if super::providers::REPEATING.contains(&p.kind) {
+        m.insert("repeat_concurrency".into(), json!(o.repeat_concurrency));
+    }
+    if let Some(cb) = &o.circuit_breaker {
+        m.insert(
+            "circuit_breaker".into(),
+            json!({ "failures": cb.failures, "open_ms": ms(cb.open) }),
+        );
+    }
+    if !o.models.is_empty() {
+        m.insert("model_rules".into(), o.models.iter().map(model_rules).collect());
+    }
+    let keys = p
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let raw = raw
+                .get("keys")
+                .and_then(|l| l.get(i))
+                .unwrap_or(&serde_yaml::Value::Null);
+            let mut key = Map::new();
+            key.insert("name".into(), json!(k.name));
+            match &k.credential {
+                Credential::Static(_) => {
+                    key.insert("value".into(), redacted(raw, "value"));
+                }
+                Credential::ServiceAccount(_) => {
+                    let path = raw.get("service_account_file").and_then(serde_yaml::Value::as_str);
+                    key.insert("service_account_file".into(), json!(path));
+                }
+                Credential::Aws(aws) => {
+                    key.insert("aws_access_key_id".into(), redacted(raw, "aws_access_key_id"));
+                    key.insert("aws_secret_access_key".into(), redacted(raw, "aws_secret_access_key"));
+                    if aws.session_token.is_some() {
+                        key.insert("aws_session_token".into(), redacted(raw, "aws_session_token"));
+                    }
+                }
+            }
+            if !matches!(k.credential, Credential::Aws(_)) {
+                let auth = match k.auth {
+                    KeyAuth::Bearer => "bearer",
+                    KeyAuth::ApiKey => "api_key",
+                };
+                key.insert("auth".into(), json!(auth));
+            }
+            key.insert("weight".into(), json!(k.weight));
+            key.insert("models".into(), json!(k.models));
+            Value::Object(key)
+        })
+        .collect();
+    m.insert("keys".into(), Value::Array(keys));
+    Value::Object(m)
+}
+
+fn model_rules(r: &ModelRules) -> Value {
+    let mut m = Map::new();
+    m.insert("match".into(), json!(r.pattern));
+    let optional = [
+        ("max_images", r.max_images.map(|v| json!(v))),
+        ("max_image_bytes", r.max_image_bytes.map(|v| json!(v))),
+        ("max_prompt_chars", r.max_prompt_chars.map(|v| json!(v))),
+        ("sizes", r.sizes.as_ref().map(|v| json!(v))),
+        ("formats", r.formats.as_ref().map(|v| json!(v))),
+        ("image_key", r.image_key.as_ref().map(|v| json!(v))),
+    ];
+    for (key, value) in optional {
+        if let Some(v) = value {
+            m.insert(key.into(), v);
+        }
+    }
+    if !r.fallbacks.is_empty() {
+        let chain: Vec<String> = r
+            .fallbacks
+            .iter()
+            .map(|f| format!("{}/{}", f.provider, f.model))
+            .collect();
+        m.insert("fallbacks".into(), json!(chain));
+    }
+    Value::Object(m)
+}
+
+fn virtual_key(v: &VirtualKeyConfig, raw: &serde_yaml::Value) -> Value {
+    let secret = if raw.get("key_sha256").is_some() {
+        ("key_sha256", Value::String("<redacted>".to_string()))
+    } else {
+        ("key", redacted(raw, "key"))
+    };
+    let mut m = Map::new();
+    m.insert("id".into(), json!(v.id));
+    m.insert(secret.0.into(), secret.1);
+    m.insert("enabled".into(), json!(v.enabled));
+    m.insert("providers".into(), json!(v.providers));
+    m.insert("models".into(), json!(v.models));
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::from_yaml_str_with_env;
+
+    const YAML: &str = "\
+providers:
+  - name: openai
+    kind: openai
+    circuit_breaker: {failures: 3}
+    keys:
+      - {name: env-key, value: env.OPENAI_KEY}
+      - {name: literal-key, value: sk-literal-SECRET-7, weight: 2}
+  - name: bedrock
+    kind: bedrock
+    region: us-east-1
+    keys:
+      - name: aws
+        aws_access_key_id: env.AWS_ID
+        aws_secret_access_key: aws-literal-SECRET-8
+virtual_keys:
+  - {id: team-a, key: env.VK_A}
+  - {id: team-b, key: vk-literal-SECRET-9, models: [openai/*]}
+  - {id: team-c, key_sha256: 0000000000000000000000000000000000000000000000000000000000000000}
+";
+
+    fn env(name: &str) -> Option<String> {
+        Some(format!("{name}-value-SECRET"))
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_defaults_filled_in() {
+        let config = from_yaml_str_with_env(YAML, &env).unwrap();
+        let out = effective_yaml(&config, YAML).unwrap();
+        assert!(!out.contains("SECRET"), "a secret leaked:\n{out}");
+        assert!(!out.contains("0000000000"), "a digest leaked:\n{out}");
+        for expected in [
+            "value: '<redacted: env.OPENAI_KEY>'",
+            "value: <redacted>",
+            "aws_access_key_id: '<redacted: env.AWS_ID>'",
+            "aws_secret_access_key: <redacted>",
+            "key: '<redacted: env.VK_A>'",
+            "key_sha256: <redacted>",
+            // Defaults the file does not write.
+            "base_url: https://api.openai.com/v1",
+            "base_url: https://bedrock-runtime.us-east-1.amazonaws.com",
+            "first_byte_timeout_ms: 180000",
+            "max_connections: 256",
+            "open_ms: 30000",
+            "failures: 3",
+            "address: 127.0.0.1:8080",
+            "max_body_bytes: 104857600",
+        ] {
+            assert!(
+                out.lines().any(|l| l.trim_start_matches(['-', ' ']) == expected),
+                "{expected:?} missing:\n{out}"
+            );
+        }
+        // The printed config is itself a valid config (with its secrets given back).
+        let back = out
+            .replace("'<redacted: env.OPENAI_KEY>'", "env.OPENAI_KEY")
+            .replace("key_sha256: <redacted>", &format!("key_sha256: {}", "0".repeat(64)))
+            .replace("<redacted>", "x")
+            .replace("'<redacted: env.AWS_ID>'", "env.AWS_ID")
+            .replace("'<redacted: env.VK_A>'", "env.VK_A");
+        let again = from_yaml_str_with_env(&back, &env).unwrap_or_else(|e| panic!("{e}\n{back}"));
+        assert_eq!(effective_yaml(&again, &back).unwrap(), out);
+    }
+}

@@ -10,21 +10,18 @@
 //!
 //! Answer `{"request_id"}` → follow-ups ([`super::polling`]): `POST {model path}/get_result`
 //! with `{"id"}` every `poll_interval_ms` until `status` is `Ready` (statuses as BFL's:
-//! [`super::bfl::job_status`]); `result.sample` is a URL (downloaded, or returned for
+//! [`super::kernel::polling::job_status`]); `result.sample` is a URL (downloaded, or returned for
 //! `response_format=url`) or raw base64 (used as is). Sample URLs may be on
 //! `*.fireworks.ai`, on Fireworks' storage hosts (`*.fireworksusercontent.com`) or on BFL's
 //! delivery hosts (`*.bfl.ai`, the model being BFL's); others are refused (SSRF guard).
 //! Error statuses keep the status and the message (`detail`, `error` or `message`).
 
-use super::auth_header;
-use super::bfl::{job_status, Job};
 use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
-use super::google::json_post;
-use super::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
-use super::{BodySegment, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::kernel::percent::percent_encode_segment;
+use super::kernel::polling::{self, job_status, Field, FollowContext, FollowState, FollowUp, Job, Stage};
+use super::kernel::post::{auth_header, json_post};
+use super::{BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
-use crate::form::EditForm;
-use crate::providers::UnifiedAnswer;
 use crate::route::Target;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -62,13 +59,13 @@ fn model_path(target: &Target) -> String {
         target
             .model
             .split('/')
-            .map(super::azure::percent_encode_segment)
+            .map(percent_encode_segment)
             .collect::<Vec<_>>()
             .join("/")
     } else {
         format!(
             "accounts/fireworks/models/{}",
-            super::azure::percent_encode_segment(&target.model)
+            percent_encode_segment(&target.model)
         )
     };
     format!("{}/workflows/{model}", target.provider.base_url.path)
@@ -79,12 +76,13 @@ impl ProviderAdapter for FireworksAdapter {
         &FAMILIES
     }
 
-    fn build_request(
-        &self,
-        form: &EditForm,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
+        let BuildScope {
+            form,
+            target,
+            request_id,
+            ..
+        } = *scope;
         let provider = target.provider.name.as_str();
         let mut fields = Vec::new();
         if let Some(prompt) = &form.prompt {

@@ -18,15 +18,13 @@
 //! `{"title","detail","status"}`) keep the status and the detail. URLs may be on
 //! `*.replicate.com` and `*.replicate.delivery` only (SSRF guard).
 
-use super::auth_header;
 use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
-use super::google::{json_post, no_image_error};
-use super::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
-use super::{BodySegment, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::kernel::errors::no_image_error;
+use super::kernel::percent::percent_encode_segment;
+use super::kernel::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
+use super::kernel::post::{auth_header, json_post};
+use super::{BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
-use crate::form::EditForm;
-use crate::providers::UnifiedAnswer;
-use crate::route::Target;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
@@ -67,7 +65,7 @@ fn route(base: &str, model: &str) -> (String, Option<String>) {
         Some((_, version)) => (format!("{base}/predictions"), Some(version.to_string())),
         None if bare_version => (format!("{base}/predictions"), Some(model.to_string())),
         None => {
-            let segments: Vec<String> = model.split('/').map(super::azure::percent_encode_segment).collect();
+            let segments: Vec<String> = model.split('/').map(percent_encode_segment).collect();
             (format!("{base}/models/{}/predictions", segments.join("/")), None)
         }
     }
@@ -78,12 +76,13 @@ impl ProviderAdapter for ReplicateAdapter {
         &FAMILIES
     }
 
-    fn build_request(
-        &self,
-        form: &EditForm,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
+        let BuildScope {
+            form,
+            target,
+            request_id,
+            ..
+        } = *scope;
         let provider = target.provider.name.as_str();
         let image_key = target
             .provider

@@ -1,11 +1,13 @@
 //! Request and response fixtures of kind `bedrock`.
 
 use super::*;
+use crate::route::Target;
+use crate::providers::test_support::{build, build_from_spool};
 use crate::config::from_yaml_str_with_env;
 use crate::form::FilePart;
 use crate::imaging::{decode_png, encode_png, png_info, solid};
-use crate::providers::polling::fixtures::spool_with;
-use crate::providers::vertex::tests::unified_mask;
+use crate::providers::test_support::spool_with;
+use crate::providers::test_support::unified_mask;
 use crate::providers::BodySegment;
 use crate::route::Router;
 use crate::spool::Spool;
@@ -89,8 +91,7 @@ fn inpainting_request_is_signed_and_carries_a_black_is_edit_mask() {
         ..form(NOVA, vec![parts[0].clone()], Some(parts[1].clone()))
     };
     let t = target(AWS_KEY, NOVA);
-    let req = BedrockAdapter
-        .build_request_from_spool(&f, &spool, &t, "rid-1")
+    let req = build_from_spool(&BedrockAdapter, &f, &spool, &t, "rid-1")
         .unwrap();
     assert_eq!(req.method, http::Method::POST);
     assert_eq!(req.path, "/model/amazon.nova-canvas-v1%3A0/invoke");
@@ -145,7 +146,7 @@ fn outpainting_mask_is_white_is_edit_and_no_type_with_mask_is_inpainting() {
         quality: Some("medium".into()),
         ..form(&t.model, vec![parts[0].clone()], Some(parts[1].clone()))
     };
-    let req = BedrockAdapter.build_request_from_spool(&f, &spool, &t, "r").unwrap();
+    let req = build_from_spool(&BedrockAdapter, &f, &spool, &t, "r").unwrap();
     assert_eq!(req.path, "/model/us.amazon.titan-image-generator-v2%3A0/invoke");
     let v = rendered(&req, &spool);
     assert_eq!(v["taskType"], "OUTPAINTING");
@@ -159,8 +160,7 @@ fn outpainting_mask_is_white_is_edit_and_no_type_with_mask_is_inpainting() {
     );
     let untyped = EditForm { edit_type: None, ..f };
     let v = rendered(
-        &BedrockAdapter
-            .build_request_from_spool(&untyped, &spool, &t, "r")
+        &build_from_spool(&BedrockAdapter, &untyped, &spool, &t, "r")
             .unwrap(),
         &spool,
     );
@@ -181,7 +181,7 @@ fn background_removal_and_image_variation() {
         prompt: None,
         ..form(NOVA, vec![parts[0].clone()], None)
     };
-    let req = BedrockAdapter.build_request_from_spool(&bg, &spool, &t, "r").unwrap();
+    let req = build_from_spool(&BedrockAdapter, &bg, &spool, &t, "r").unwrap();
     let v = rendered(&req, &spool);
     assert_eq!(
         v.as_object().unwrap().keys().collect::<Vec<_>>(),
@@ -196,7 +196,7 @@ fn background_removal_and_image_variation() {
         ..form(NOVA, parts.clone(), None)
     };
     let v = rendered(
-        &BedrockAdapter.build_request_from_spool(&var, &spool, &t, "r").unwrap(),
+        &build_from_spool(&BedrockAdapter, &var, &spool, &t, "r").unwrap(),
         &spool,
     );
     assert_eq!(v["taskType"], "IMAGE_VARIATION");
@@ -271,18 +271,15 @@ fn refusals_before_any_call() {
         ),
     ];
     for (f, param, code) in cases {
-        let e = BedrockAdapter
-            .build_request_from_spool(&f, &spool, &t, "r")
+        let e = build_from_spool(&BedrockAdapter, &f, &spool, &t, "r")
             .unwrap_err();
         assert_eq!((e.status(), e.code(), e.param()), (400, code, Some(param)), "{e}");
     }
     let other = target(AWS_KEY, "stability.stable-outpaint-v1:0");
-    let e = BedrockAdapter
-        .build_request_from_spool(&form(&other.model, parts[..1].to_vec(), None), &spool, &other, "r")
+    let e = build_from_spool(&BedrockAdapter, &form(&other.model, parts[..1].to_vec(), None), &spool, &other, "r")
         .unwrap_err();
     assert_eq!(e.param(), Some("model"));
-    assert!(BedrockAdapter
-        .build_request(&form(NOVA, vec![], None), &t, "r")
+    assert!(build(&BedrockAdapter, &form(NOVA, vec![], None), &t, "r")
         .is_err());
 }
 
@@ -300,7 +297,7 @@ fn stability_bodies_are_flat_and_the_mask_is_white_is_edit() {
         output_format: Some("webp".into()),
         ..form(model, vec![parts[0].clone()], Some(parts[1].clone()))
     };
-    let req = BedrockAdapter.build_request_from_spool(&f, &spool, &t, "r").unwrap();
+    let req = build_from_spool(&BedrockAdapter, &f, &spool, &t, "r").unwrap();
     assert_eq!(
         req.path,
         "/model/arn%3Aaws%3Abedrock%3Aus-west-2%3A%3Afoundation-model%2Fstability.stable-image-inpaint-v1%3A0/invoke"
@@ -326,7 +323,7 @@ fn stability_bodies_are_flat_and_the_mask_is_white_is_edit() {
         ..form(&t.model, vec![parts[0].clone()], None)
     };
     let v = rendered(
-        &BedrockAdapter.build_request_from_spool(&f, &spool, &t, "r").unwrap(),
+        &build_from_spool(&BedrockAdapter, &f, &spool, &t, "r").unwrap(),
         &spool,
     );
     assert_eq!(v, json!({"image": v["image"], "output_format": "png"}));
@@ -359,8 +356,7 @@ fn families_and_capabilities() {
 fn bearer_api_keys_are_not_signed() {
     let (spool, parts) = spool_with(&[("image", ImageKind::Png, image())]);
     let t = target("        value: bedrock-api-key-123\n", NOVA);
-    let req = BedrockAdapter
-        .build_request_from_spool(&form(NOVA, parts, None), &spool, &t, "r")
+    let req = build_from_spool(&BedrockAdapter, &form(NOVA, parts, None), &spool, &t, "r")
         .unwrap();
     assert_eq!(req.header("authorization"), Some("Bearer bedrock-api-key-123"));
     assert!(req.header("x-amz-date").is_none());
@@ -370,8 +366,7 @@ fn bearer_api_keys_are_not_signed() {
 fn session_tokens_are_sent_and_signed() {
     let (spool, parts) = spool_with(&[("image", ImageKind::Png, image())]);
     let t = target(&format!("{AWS_KEY}        aws_session_token: sess-tok\n"), NOVA);
-    let req = BedrockAdapter
-        .build_request_from_spool(&form(NOVA, parts, None), &spool, &t, "r")
+    let req = build_from_spool(&BedrockAdapter, &form(NOVA, parts, None), &spool, &t, "r")
         .unwrap();
     assert_eq!(req.header("x-amz-security-token"), Some("sess-tok"));
     assert!(req
@@ -396,6 +391,7 @@ fn cx() -> ResponseContext<'static> {
         model_deployment: NOVA,
         latency_ms: 3,
         num_input_images: 1,
+        created: crate::providers::test_support::CLOCK_SECS,
     }
 }
 

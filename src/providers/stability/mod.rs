@@ -36,9 +36,12 @@
 //! provider's status; the message is the `errors` joined, `type` and `code` the `name`.
 
 use super::capabilities::{any_model, Capabilities, ModelFamily, NByCalls, Streaming};
-use super::google::{no_image_error, unix_now, write_images_response, AnswerImage};
-use super::openai::{multipart_head, new_boundary, provider_error, MultipartWriter};
-use super::{auth_header, Prepared, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::kernel::errors::{no_image_error, provider_error};
+use super::kernel::multipart::{multipart_head, new_boundary, MultipartWriter};
+use super::kernel::post::auth_header;
+use super::kernel::size::size_wxh;
+use super::kernel::unified::{write_images_response, AnswerImage};
+use super::{BuildScope, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
 use crate::imaging::{self, ImageKind, MaskConvention};
@@ -159,7 +162,7 @@ fn border(form: &EditForm, input: Option<(u32, u32)>) -> Result<[u32; 4], Gatewa
                 format!("outpainting with Stability needs size=WxH larger than the input image ({why}), or left/right/up/down in pixels"),
             )
         };
-        let (w, h) = super::size_wxh(form.size.as_deref()).ok_or_else(|| size_error("no size given"))?;
+        let (w, h) = size_wxh(form.size.as_deref()).ok_or_else(|| size_error("no size given"))?;
         let (iw, ih) = input.ok_or_else(|| size_error("the input size is known for PNG images only"))?;
         if w < iw || h < ih {
             return Err(size_error(&format!("{w}x{h} is smaller than the input's {iw}x{ih}")));
@@ -255,44 +258,31 @@ impl ProviderAdapter for StabilityAdapter {
         &FAMILIES
     }
 
-    /// Without the converted mask and the spool (for the input size): forms that need them
-    /// are refused (the gateway always calls [`ProviderAdapter::build_prepared`]).
-    fn build_request(
-        &self,
-        form: &EditForm,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
-        if form.mask.is_some() {
-            return Err(GatewayError::Internal(
-                "kind stability needs the spool to convert the mask".into(),
-            ));
-        }
-        build(form, None, None, target, request_id)
-    }
-
     /// Inpainting takes an opaque greyscale mask, white = edit; a type that takes no mask
     /// asks for none (the build refuses it, before anything is decoded).
     fn mask_convention(&self, form: &EditForm, _model: &str) -> Option<MaskConvention> {
         (form.mask.is_some() && service(form).is_ok_and(|s| s == "inpaint")).then_some(MaskConvention::GrayWhiteEdit)
     }
 
-    fn build_prepared(
-        &self,
-        form: &EditForm,
-        inputs: &Prepared<'_>,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    /// The mask converted by the gateway (`scope.mask`), and for outpainting the first image's
+    /// size read from the spool.
+    fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
+        let BuildScope {
+            form,
+            spool,
+            target,
+            request_id,
+            ..
+        } = *scope;
         service(form)?;
-        if form.mask.is_some() && inputs.mask.is_none() {
+        if form.mask.is_some() && scope.mask.is_none() {
             return Err(GatewayError::Internal(
                 "kind stability needs the mask converted by the gateway".into(),
             ));
         }
-        let mask = inputs.mask.map(|m| m.png.clone());
+        let mask = scope.mask.map(|m| m.png.clone());
         let input = if form.edit_type == Some(EditType::Outpainting) {
-            png_size(form, inputs.spool)?
+            png_size(form, spool)?
         } else {
             None
         };
@@ -346,7 +336,7 @@ fn convert_answer(body: &Bytes, cx: &ResponseContext<'_>) -> Result<UnifiedAnswe
         .ok_or_else(|| protocol("the answer has no 'image' string".into()))?;
     let mime = sniff_b64(b64.get().trim_matches('"'));
     let image = AnswerImage { b64: b64.get(), mime };
-    write_images_response(std::slice::from_ref(body), &[image], None, unix_now(), cx)
+    write_images_response(std::slice::from_ref(body), &[image], None, cx.created, cx)
 }
 
 /// A Stability error (`{"id","name","errors":[…]}`) as a provider error keeping the status:

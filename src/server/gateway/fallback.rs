@@ -302,6 +302,7 @@ async fn attempt_once(
         request_id: request_id.clone(),
         images: form.n.unwrap_or(1),
         start: ctx.start,
+        created: crate::providers::kernel::time::unix_seconds(std::time::SystemTime::now()),
         framing,
         kind,
     });

@@ -310,6 +310,7 @@ impl Gateway {
                         request_id: request_id.clone(),
                         images: form.n.unwrap_or(1),
                         start: request_start,
+                        created: crate::providers::kernel::time::unix_seconds(std::time::SystemTime::now()),
                         framing,
                         kind,
                     });
@@ -502,6 +503,7 @@ impl Gateway {
             model_deployment: &target.model,
             latency_ms: ctx.start.elapsed().as_millis() as u64,
             num_input_images: form.images.len(),
+            created: crate::providers::kernel::time::unix_seconds(std::time::SystemTime::now()),
         };
         // Asynchronous providers: poll and download until the adapter has the answer; the
         // adapter converts it: a success into the unified JSON, an error status (stream

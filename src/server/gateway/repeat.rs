@@ -135,6 +135,7 @@ async fn one(call: &Call<'_>, i: u32, by_calls: NByCalls) -> Result<UnifiedAnswe
             model_deployment: &target.model,
             latency_ms: call.start.elapsed().as_millis() as u64,
             num_input_images: form.images.len(),
+            created: crate::providers::kernel::time::unix_seconds(std::time::SystemTime::now()),
         },
         start: call.start,
     };

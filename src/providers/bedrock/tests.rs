@@ -5,6 +5,7 @@ use crate::route::Target;
 use crate::providers::test_support::{build, build_from_spool};
 use crate::config::from_yaml_str_with_env;
 use crate::form::FilePart;
+use crate::imaging::ImageKind;
 use crate::imaging::{decode_png, encode_png, png_info, solid};
 use crate::providers::test_support::spool_with;
 use crate::providers::test_support::unified_mask;
@@ -491,4 +492,33 @@ fn filters_and_errors() {
         .convert_response(&resp(200, "not json"), &cx())
         .unwrap_err();
     assert_eq!(e.status(), 502);
+}
+
+/// The build is pure: two builds from the same scope are the same request, byte for byte
+/// (SigV4's date and signature come from `scope.now`, not from the clock), and another `now`
+/// signs differently.
+#[test]
+fn same_scope_same_signed_bytes() {
+    let (spool, parts) = spool_with(&[("image", ImageKind::Png, image())]);
+    let t = target(AWS_KEY, NOVA);
+    let f = form(NOVA, parts, None);
+    let scope = |now: std::time::SystemTime| BuildScope {
+        form: &f,
+        spool: &spool,
+        mask: None,
+        target: &t,
+        request_id: "rid",
+        now,
+    };
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_486_854);
+    let bytes = |req: &UpstreamRequest| (req.method.clone(), req.path.clone(), req.headers.clone(), req.render(&spool).unwrap());
+    let first = BedrockAdapter.build(&scope(at)).unwrap();
+    let second = BedrockAdapter.build(&scope(at)).unwrap();
+    assert_eq!(bytes(&first), bytes(&second));
+    assert_eq!(first.header("x-amz-date"), Some("20261124T022054Z"));
+    let later = BedrockAdapter
+        .build(&scope(at + std::time::Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!(later.header("x-amz-date"), Some("20261124T022055Z"));
+    assert_ne!(first.header("authorization"), later.header("authorization"));
 }

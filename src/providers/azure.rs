@@ -20,7 +20,9 @@ use super::kernel::images_api::{build_multipart, convert_images_response, multip
 use super::kernel::multipart::{multipart_head, new_boundary};
 use super::kernel::percent::percent_encode_segment;
 use super::kernel::post::auth_header;
-use super::{BuildScope, ProviderAdapter, RequestEncoder, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
+use super::{
+    BuildScope, ProviderAdapter, RequestEncoder, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
+};
 use crate::error::GatewayError;
 use crate::route::Target;
 
@@ -96,9 +98,9 @@ impl ProviderAdapter for AzureAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::test_support::build;
     use crate::config::from_yaml_str_with_env;
     use crate::form::EditForm;
+    use crate::providers::test_support::build;
     use crate::route::Router;
     use bytes::Bytes;
 

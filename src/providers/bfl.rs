@@ -9,19 +9,21 @@
 //! (`*-fill*`) also take `mask`, converted from the unified convention (transparent = edit) to
 //! BFL's (white = edit), and `steps` from `num_inference_steps`; expand models take `top`,
 //! `bottom`, `left`, `right` (pixels) from same-named extra form fields. One image per job:
-//! `n > 1` is served by n jobs ([`FLUX_N_BY_CALLS`], providers.md §8.4: "`n` → loop"), job i
+//! `n > 1` is served by n jobs ([`super::kernel::polling::FLUX_N_BY_CALLS`], providers.md §8.4: "`n` → loop"), job i
 //! with `seed + i`. Dropped: `quality`, `background`, `negative_prompt`.
 //!
-//! Answer `{"id","polling_url"}` → follow-ups ([`super::polling`]): `GET polling_url` with
+//! Answer `{"id","polling_url"}` → follow-ups ([`super::kernel::polling`]): `GET polling_url` with
 //! `x-key` every `poll_interval_ms` (the URL may be on another `*.bfl.ai` host), until `status`:
 //! `Ready` → `result.sample` (a signed URL, e.g. on `delivery-eu1.bfl.ai`) is downloaded into
 //! `b64_json`, or returned as `data[].url` for `response_format=url`; `Pending` → poll again;
 //! `Content Moderated` / `Request Moderated` → 400 `moderation_blocked`; `Error`, `Failed`,
 //! `Task not found` → 502. Error statuses keep BFL's status and `detail` message.
 
-use super::capabilities::{any_model, Capabilities, ModelFamily, NByCalls, Streaming};
-use super::kernel::polling::{self, job_status, Field, FollowContext, FollowState, FollowUp, Job, Stage};
+use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
 use super::kernel::percent::percent_encode_segment;
+use super::kernel::polling::{
+    self, job_status, Field, FollowContext, FollowState, FollowUp, Job, Stage, FLUX_N_BY_CALLS,
+};
 use super::kernel::post::json_post;
 use super::{BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
@@ -36,11 +38,6 @@ pub struct BflAdapter;
 
 /// Where BFL's polling and delivery URLs live.
 pub const BFL_DOMAINS: &[&str] = &[".bfl.ai"];
-
-/// `n > 1` on FLUX (BFL, and Fireworks' FLUX Kontext): n jobs of one image, job i with
-/// `seed + i`. BFL documents no seed range (unverified): non-negative seeds are offset, others
-/// sent unchanged.
-pub const FLUX_N_BY_CALLS: NByCalls = NByCalls { seeds: (0, i64::MAX) };
 
 const FLUX: Capabilities = Capabilities {
     mask: false,

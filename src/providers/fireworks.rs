@@ -6,9 +6,9 @@
 //! as BFL Kontext's: `prompt`, `input_image` as a `data:` URL (encoded on the fly), `seed`,
 //! `aspect_ratio` from `size`, `output_format` (`png`/`jpeg`). No mask. One image per job:
 //! `n > 1` is served by n jobs, job i with `seed + i`, as for BFL
-//! ([`super::bfl::FLUX_N_BY_CALLS`]; providers.md §9.3: mapping as BFL Kontext).
+//! ([`super::kernel::polling::FLUX_N_BY_CALLS`]; providers.md §9.3: mapping as BFL Kontext).
 //!
-//! Answer `{"request_id"}` → follow-ups ([`super::polling`]): `POST {model path}/get_result`
+//! Answer `{"request_id"}` → follow-ups ([`super::kernel::polling`]): `POST {model path}/get_result`
 //! with `{"id"}` every `poll_interval_ms` until `status` is `Ready` (statuses as BFL's:
 //! [`super::kernel::polling::job_status`]); `result.sample` is a URL (downloaded, or returned for
 //! `response_format=url`) or raw base64 (used as is). Sample URLs may be on
@@ -18,9 +18,13 @@
 
 use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
 use super::kernel::percent::percent_encode_segment;
-use super::kernel::polling::{self, job_status, Field, FollowContext, FollowState, FollowUp, Job, Stage};
+use super::kernel::polling::{
+    self, job_status, Field, FollowContext, FollowState, FollowUp, Job, Stage, FLUX_N_BY_CALLS,
+};
 use super::kernel::post::{auth_header, json_post};
-use super::{BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
+use super::{
+    BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
+};
 use crate::error::GatewayError;
 use crate::route::Target;
 use bytes::Bytes;
@@ -39,7 +43,7 @@ static FAMILIES: [ModelFamily; 1] = [ModelFamily {
     capabilities: Capabilities {
         mask: false,
         max_n: 1,
-        n_by_calls: Some(super::bfl::FLUX_N_BY_CALLS),
+        n_by_calls: Some(FLUX_N_BY_CALLS),
         max_images: 1,
         max_image_bytes: 20 * 1024 * 1024,
         edit_types: &[],
@@ -63,10 +67,7 @@ fn model_path(target: &Target) -> String {
             .collect::<Vec<_>>()
             .join("/")
     } else {
-        format!(
-            "accounts/fireworks/models/{}",
-            percent_encode_segment(&target.model)
-        )
+        format!("accounts/fireworks/models/{}", percent_encode_segment(&target.model))
     };
     format!("{}/workflows/{model}", target.provider.base_url.path)
 }

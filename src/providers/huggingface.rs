@@ -24,7 +24,9 @@ use super::kernel::percent::percent_encode_segment;
 use super::kernel::post::{auth_header, json_post};
 use super::kernel::size::size_wxh;
 use super::kernel::unified::write_raw_image_response;
-use super::{BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
+use super::{
+    BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
+};
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::imaging::{self, ImageKind};
@@ -189,12 +191,12 @@ pub fn hf_error(provider: &str, resp: &UpstreamResponse) -> GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::test_support::build;
-    use crate::route::Target;
     use crate::config::from_yaml_str_with_env;
     use crate::form::FilePart;
     use crate::imaging::{encode_png, solid};
+    use crate::providers::test_support::build;
     use crate::route::Router;
+    use crate::route::Target;
     use crate::spool::{Spool, SpoolRange};
     use base64::Engine;
 
@@ -273,10 +275,7 @@ mod tests {
             prompt: Some("x".repeat(2_000_001)),
             ..form
         };
-        assert_eq!(
-            build(&HuggingFaceAdapter, &big, &t, "r").unwrap_err().status(),
-            413
-        );
+        assert_eq!(build(&HuggingFaceAdapter, &big, &t, "r").unwrap_err().status(), 413);
     }
 
     #[test]

@@ -47,10 +47,10 @@ use crate::form::EditForm;
 use crate::imaging::{ConvertedMask, ImageKind, MaskConvention};
 use crate::route::Target;
 use crate::spool::{Spool, SpoolRange};
-use std::time::SystemTime;
 pub use answer::UnifiedAnswer;
 use bytes::Bytes;
 pub use capabilities::{Capabilities, ModelFamily};
+use std::time::SystemTime;
 
 /// One piece of an upstream request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,7 +263,7 @@ pub trait ProviderAdapter: Send + Sync {
     ) -> Result<UnifiedAnswer, GatewayError>;
 
     /// Called by the server after every upstream answer, before converting it: what happens
-    /// next ([`polling::FollowUp`]: convert it, send another request such as a poll or a result
+    /// next ([`kernel::polling::FollowUp`]: convert it, send another request such as a poll or a result
     /// download, or the assembled answer). `state` persists across the steps of one request.
     /// Pure; the default converts every answer (synchronous providers).
     fn follow_up(

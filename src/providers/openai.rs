@@ -15,7 +15,9 @@ use super::capabilities::{any_model, ModelFamily};
 use super::kernel::images_api::{build_multipart, convert_images_response, multipart_encoder, IMAGES_API_CAPABILITIES};
 use super::kernel::multipart::{multipart_head, new_boundary};
 use super::kernel::post::auth_header;
-use super::{BuildScope, ProviderAdapter, RequestEncoder, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
+use super::{
+    BuildScope, ProviderAdapter, RequestEncoder, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
+};
 use crate::error::GatewayError;
 use crate::route::Target;
 
@@ -68,16 +70,16 @@ impl ProviderAdapter for OpenAiAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::form::{EditForm, FilePart};
-    use crate::providers::kernel::unified::extra_fields;
-    use crate::providers::test_support::{build, render, success};
-    use bytes::Bytes;
-    use serde_json::Value;
     use crate::config::from_yaml_str_with_env;
     use crate::form::EditType;
+    use crate::form::{EditForm, FilePart};
     use crate::imaging::ImageKind;
+    use crate::providers::kernel::unified::extra_fields;
+    use crate::providers::test_support::{build, render, success};
     use crate::route::Router;
     use crate::spool::{Spool, SpoolRange};
+    use bytes::Bytes;
+    use serde_json::Value;
 
     fn target(model: &str) -> Target {
         let yaml = "providers:\n  - name: openai\n    kind: openai\n    base_url: https://api.example.com/v1\n    keys:\n      - { name: k, value: sk-upstream }\n";
@@ -94,7 +96,6 @@ mod tests {
             range: SpoolRange { start, len },
         }
     }
-
 
     #[tokio::test]
     async fn one_image_with_mask_and_gateway_fields_dropped() {
@@ -120,8 +121,7 @@ mod tests {
             extra_text: vec![("safety_identifier".into(), "s\"1".into())],
             ..Default::default()
         };
-        let req = build(&OpenAiAdapter, &form, &target("gpt-image-1"), "rid-1")
-            .unwrap();
+        let req = build(&OpenAiAdapter, &form, &target("gpt-image-1"), "rid-1").unwrap();
         assert_eq!(req.path, "/v1/images/edits");
         let auth = &req
             .headers

@@ -10,7 +10,7 @@
 //! `seed`, `num_inference_steps`, `negative_prompt`. No mask (model-specific; Bifrost does not
 //! map it either); `n` 1.
 //!
-//! The answer is a prediction ([`super::polling`] follow-ups): `succeeded` → `output` (a URL,
+//! The answer is a prediction ([`super::kernel::polling`] follow-ups): `succeeded` → `output` (a URL,
 //! or a list of URLs) downloaded into `b64_json`, or returned as `data[].url` for
 //! `response_format=url`; `starting` / `processing` → `GET urls.get` every `poll_interval_ms`;
 //! `failed` / `canceled` → 400 `moderation_blocked` when the `error` text names a safety filter
@@ -23,7 +23,9 @@ use super::kernel::errors::no_image_error;
 use super::kernel::percent::percent_encode_segment;
 use super::kernel::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
 use super::kernel::post::{auth_header, json_post};
-use super::{BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
+use super::{
+    BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
+};
 use crate::error::GatewayError;
 use bytes::Bytes;
 use serde_json::{json, Value};

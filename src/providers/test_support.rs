@@ -9,7 +9,9 @@ use crate::imaging::{encode_png, solid, ImageKind};
 use crate::providers::kernel::images_api::convert_images_response;
 use crate::providers::kernel::masks;
 use crate::providers::kernel::polling::{FollowContext, FollowUp};
-use crate::providers::{BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
+use crate::providers::{
+    BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
+};
 use crate::route::Target;
 use crate::spool::{Spool, SpoolRange};
 use bytes::Bytes;
@@ -91,115 +93,114 @@ pub async fn render(req: &UpstreamRequest, spool: &Spool) -> Vec<(String, Option
     out
 }
 
-
-    /// A target of provider `p` of `kind` with key `secret-key` and extra provider lines.
-    pub fn target(kind: &str, model: &str, extra: &str) -> Target {
-        let yaml = format!(
+/// A target of provider `p` of `kind` with key `secret-key` and extra provider lines.
+pub fn target(kind: &str, model: &str, extra: &str) -> Target {
+    let yaml = format!(
             "providers:\n  - name: p\n    kind: {kind}\n    poll_interval_ms: 250\n{extra}    keys:\n      - {{name: k, value: secret-key}}\n"
         );
-        let cfg = crate::config::from_yaml_str_with_env(&yaml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
-        crate::route::Router::new(&cfg).select("p", model, 0.0).unwrap()
-    }
+    let cfg = crate::config::from_yaml_str_with_env(&yaml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    crate::route::Router::new(&cfg).select("p", model, 0.0).unwrap()
+}
 
-    /// A spool holding `files` in order, and their parts.
-    pub fn spool_with(files: &[(&str, ImageKind, Vec<u8>)]) -> (Spool, Vec<FilePart>) {
-        let mut spool = Spool::new(1 << 20, None);
-        let mut parts = Vec::new();
-        for (field, kind, bytes) in files {
-            let start = spool.append(Bytes::from(bytes.clone())).unwrap();
-            parts.push(FilePart {
-                field: field.to_string(),
-                filename: None,
-                kind: Some(*kind),
-                declared_type: None,
-                range: SpoolRange {
-                    start,
-                    len: bytes.len() as u64,
-                },
-            });
-        }
-        (spool, parts)
-    }
-
-    /// A form for `model` with `images`, `mask` and a prompt.
-    pub fn form(model: &str, images: Vec<FilePart>, mask: Option<FilePart>) -> EditForm {
-        EditForm {
-            provider: "p".into(),
-            model: model.into(),
-            prompt: Some("make it \"red\"".into()),
-            images,
-            mask,
-            ..Default::default()
-        }
-    }
-
-    /// The rendered JSON body.
-    pub fn rendered(req: &UpstreamRequest, spool: &Spool) -> Value {
-        let body = req.render(spool).unwrap();
-        assert_eq!(body.len() as u64, req.content_length());
-        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)))
-    }
-
-    /// Decodes standard base64 (after a `data:` prefix, if any).
-    pub fn unb64(v: &Value) -> Vec<u8> {
-        let s = v.as_str().unwrap();
-        let s = s.split_once(";base64,").map_or(s, |(_, b)| b);
-        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).unwrap()
-    }
-
-    /// A follow-up context for `target`.
-    pub fn cx(target: &Target, want_url: bool) -> FollowContext<'_> {
-        FollowContext {
-            target,
-            request_id: "rid",
-            want_url,
-            poll_interval: Duration::from_millis(250),
-            response: ResponseContext {
-                provider: "p",
-                model_requested: "m",
-                model_deployment: "m",
-                latency_ms: 1,
-                num_input_images: 1,
-                created: 1_700_000_000,
+/// A spool holding `files` in order, and their parts.
+pub fn spool_with(files: &[(&str, ImageKind, Vec<u8>)]) -> (Spool, Vec<FilePart>) {
+    let mut spool = Spool::new(1 << 20, None);
+    let mut parts = Vec::new();
+    for (field, kind, bytes) in files {
+        let start = spool.append(Bytes::from(bytes.clone())).unwrap();
+        parts.push(FilePart {
+            field: field.to_string(),
+            filename: None,
+            kind: Some(*kind),
+            declared_type: None,
+            range: SpoolRange {
+                start,
+                len: bytes.len() as u64,
             },
-        }
+        });
     }
+    (spool, parts)
+}
 
-    /// A JSON answer.
-    pub fn answer(status: u16, body: Value) -> UpstreamResponse {
-        UpstreamResponse {
-            retry_after: None,
-            status,
-            content_type: Some("application/json".into()),
-            body: Bytes::from(serde_json::to_vec(&body).unwrap()),
-        }
+/// A form for `model` with `images`, `mask` and a prompt.
+pub fn form(model: &str, images: Vec<FilePart>, mask: Option<FilePart>) -> EditForm {
+    EditForm {
+        provider: "p".into(),
+        model: model.into(),
+        prompt: Some("make it \"red\"".into()),
+        images,
+        mask,
+        ..Default::default()
     }
+}
 
-    /// An image answer.
-    pub fn image(bytes: &[u8]) -> UpstreamResponse {
-        UpstreamResponse {
-            retry_after: None,
-            status: 200,
-            content_type: Some("image/png".into()),
-            body: Bytes::from(bytes.to_vec()),
-        }
-    }
+/// The rendered JSON body.
+pub fn rendered(req: &UpstreamRequest, spool: &Spool) -> Value {
+    let body = req.render(spool).unwrap();
+    assert_eq!(body.len() as u64, req.content_length());
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)))
+}
 
-    /// The request, target URL and wait of a [`FollowUp::Request`].
-    pub fn request(f: FollowUp) -> (UpstreamRequest, Option<String>, Duration) {
-        match f {
-            FollowUp::Request { request, to, after } => (request, to, after),
-            other => panic!("expected a request, got {other:?}"),
-        }
-    }
+/// Decodes standard base64 (after a `data:` prefix, if any).
+pub fn unb64(v: &Value) -> Vec<u8> {
+    let s = v.as_str().unwrap();
+    let s = s.split_once(";base64,").map_or(s, |(_, b)| b);
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).unwrap()
+}
 
-    /// The JSON of a [`FollowUp::Answer`].
-    pub fn final_answer(f: FollowUp) -> Value {
-        match f {
-            FollowUp::Answer(b) => serde_json::from_slice(&b.to_bytes()).unwrap(),
-            other => panic!("expected an answer, got {other:?}"),
-        }
+/// A follow-up context for `target`.
+pub fn cx(target: &Target, want_url: bool) -> FollowContext<'_> {
+    FollowContext {
+        target,
+        request_id: "rid",
+        want_url,
+        poll_interval: Duration::from_millis(250),
+        response: ResponseContext {
+            provider: "p",
+            model_requested: "m",
+            model_deployment: "m",
+            latency_ms: 1,
+            num_input_images: 1,
+            created: 1_700_000_000,
+        },
     }
+}
+
+/// A JSON answer.
+pub fn answer(status: u16, body: Value) -> UpstreamResponse {
+    UpstreamResponse {
+        retry_after: None,
+        status,
+        content_type: Some("application/json".into()),
+        body: Bytes::from(serde_json::to_vec(&body).unwrap()),
+    }
+}
+
+/// An image answer.
+pub fn image(bytes: &[u8]) -> UpstreamResponse {
+    UpstreamResponse {
+        retry_after: None,
+        status: 200,
+        content_type: Some("image/png".into()),
+        body: Bytes::from(bytes.to_vec()),
+    }
+}
+
+/// The request, target URL and wait of a [`FollowUp::Request`].
+pub fn request(f: FollowUp) -> (UpstreamRequest, Option<String>, Duration) {
+    match f {
+        FollowUp::Request { request, to, after } => (request, to, after),
+        other => panic!("expected a request, got {other:?}"),
+    }
+}
+
+/// The JSON of a [`FollowUp::Answer`].
+pub fn final_answer(f: FollowUp) -> Value {
+    match f {
+        FollowUp::Answer(b) => serde_json::from_slice(&b.to_bytes()).unwrap(),
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
 
 /// A 200 answer with `body`.
 pub fn success(body: String) -> UpstreamResponse {

@@ -18,7 +18,9 @@ use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
 use super::kernel::images_api::convert_images_response;
 use super::kernel::post::{auth_header, json_post};
 use super::kernel::size::{nearest_ratio, size_wxh};
-use super::{BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
+use super::{
+    BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
+};
 use crate::error::GatewayError;
 use crate::imaging::ImageKind;
 use bytes::{BufMut, BytesMut};
@@ -152,12 +154,12 @@ impl ProviderAdapter for XaiAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::form::EditForm;
-    use crate::providers::test_support::build;
-    use crate::route::Target;
     use crate::config::from_yaml_str_with_env;
+    use crate::form::EditForm;
     use crate::form::FilePart;
+    use crate::providers::test_support::build;
     use crate::route::Router;
+    use crate::route::Target;
     use crate::spool::{Spool, SpoolRange};
     use base64::Engine;
     use bytes::Bytes;

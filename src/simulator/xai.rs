@@ -203,7 +203,9 @@ mod tests {
             "data:image/png;base64,{}",
             base64::engine::general_purpose::STANDARD.encode(&png)
         );
-        for ratio in ["1:1", "16:9", "9:16", "2:1", "1:2", "19.5:9", "9:19.5", "20:9", "9:20", "auto"] {
+        for ratio in [
+            "1:1", "16:9", "9:16", "2:1", "1:2", "19.5:9", "9:19.5", "20:9", "9:20", "auto",
+        ] {
             let body = json!({"model": "m", "prompt": "p", "image": {"url": url}, "aspect_ratio": ratio});
             assert_eq!(answer(&request(&body)).0, 200, "{ratio}");
         }

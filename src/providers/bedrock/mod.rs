@@ -216,9 +216,7 @@ fn body(scope: &BuildScope<'_>) -> Result<Vec<super::BodySegment>, GatewayError>
 /// the module docs), signed at `scope.now`. Runs once per attempt, just before it is sent (a
 /// signature is valid for minutes).
 fn build(scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
-    let BuildScope {
-        target, request_id, ..
-    } = *scope;
+    let BuildScope { target, request_id, .. } = *scope;
     let body = body(scope)?;
     let length: u64 = body.iter().map(super::BodySegment::len).sum();
     if length > MAX_BODY_BYTES {

@@ -1,16 +1,16 @@
 //! Request and response fixtures of kind `bedrock`.
 
 use super::*;
-use crate::route::Target;
-use crate::providers::test_support::{build, build_from_spool};
 use crate::config::from_yaml_str_with_env;
 use crate::form::FilePart;
 use crate::imaging::ImageKind;
 use crate::imaging::{decode_png, encode_png, png_info, solid};
 use crate::providers::test_support::spool_with;
 use crate::providers::test_support::unified_mask;
+use crate::providers::test_support::{build, build_from_spool};
 use crate::providers::BodySegment;
 use crate::route::Router;
+use crate::route::Target;
 use crate::spool::Spool;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -92,8 +92,7 @@ fn inpainting_request_is_signed_and_carries_a_black_is_edit_mask() {
         ..form(NOVA, vec![parts[0].clone()], Some(parts[1].clone()))
     };
     let t = target(AWS_KEY, NOVA);
-    let req = build_from_spool(&BedrockAdapter, &f, &spool, &t, "rid-1")
-        .unwrap();
+    let req = build_from_spool(&BedrockAdapter, &f, &spool, &t, "rid-1").unwrap();
     assert_eq!(req.method, http::Method::POST);
     assert_eq!(req.path, "/model/amazon.nova-canvas-v1%3A0/invoke");
     assert_eq!(req.header("content-type"), Some("application/json"));
@@ -161,8 +160,7 @@ fn outpainting_mask_is_white_is_edit_and_no_type_with_mask_is_inpainting() {
     );
     let untyped = EditForm { edit_type: None, ..f };
     let v = rendered(
-        &build_from_spool(&BedrockAdapter, &untyped, &spool, &t, "r")
-            .unwrap(),
+        &build_from_spool(&BedrockAdapter, &untyped, &spool, &t, "r").unwrap(),
         &spool,
     );
     assert_eq!(v["taskType"], "INPAINTING");
@@ -272,16 +270,20 @@ fn refusals_before_any_call() {
         ),
     ];
     for (f, param, code) in cases {
-        let e = build_from_spool(&BedrockAdapter, &f, &spool, &t, "r")
-            .unwrap_err();
+        let e = build_from_spool(&BedrockAdapter, &f, &spool, &t, "r").unwrap_err();
         assert_eq!((e.status(), e.code(), e.param()), (400, code, Some(param)), "{e}");
     }
     let other = target(AWS_KEY, "stability.stable-outpaint-v1:0");
-    let e = build_from_spool(&BedrockAdapter, &form(&other.model, parts[..1].to_vec(), None), &spool, &other, "r")
-        .unwrap_err();
+    let e = build_from_spool(
+        &BedrockAdapter,
+        &form(&other.model, parts[..1].to_vec(), None),
+        &spool,
+        &other,
+        "r",
+    )
+    .unwrap_err();
     assert_eq!(e.param(), Some("model"));
-    assert!(build(&BedrockAdapter, &form(NOVA, vec![], None), &t, "r")
-        .is_err());
+    assert!(build(&BedrockAdapter, &form(NOVA, vec![], None), &t, "r").is_err());
 }
 
 #[test]
@@ -323,10 +325,7 @@ fn stability_bodies_are_flat_and_the_mask_is_white_is_edit() {
         seed: Some(3),
         ..form(&t.model, vec![parts[0].clone()], None)
     };
-    let v = rendered(
-        &build_from_spool(&BedrockAdapter, &f, &spool, &t, "r").unwrap(),
-        &spool,
-    );
+    let v = rendered(&build_from_spool(&BedrockAdapter, &f, &spool, &t, "r").unwrap(), &spool);
     assert_eq!(v, json!({"image": v["image"], "output_format": "png"}));
     assert_eq!(b64(&v["image"]), image());
 }
@@ -357,8 +356,7 @@ fn families_and_capabilities() {
 fn bearer_api_keys_are_not_signed() {
     let (spool, parts) = spool_with(&[("image", ImageKind::Png, image())]);
     let t = target("        value: bedrock-api-key-123\n", NOVA);
-    let req = build_from_spool(&BedrockAdapter, &form(NOVA, parts, None), &spool, &t, "r")
-        .unwrap();
+    let req = build_from_spool(&BedrockAdapter, &form(NOVA, parts, None), &spool, &t, "r").unwrap();
     assert_eq!(req.header("authorization"), Some("Bearer bedrock-api-key-123"));
     assert!(req.header("x-amz-date").is_none());
 }
@@ -367,8 +365,7 @@ fn bearer_api_keys_are_not_signed() {
 fn session_tokens_are_sent_and_signed() {
     let (spool, parts) = spool_with(&[("image", ImageKind::Png, image())]);
     let t = target(&format!("{AWS_KEY}        aws_session_token: sess-tok\n"), NOVA);
-    let req = build_from_spool(&BedrockAdapter, &form(NOVA, parts, None), &spool, &t, "r")
-        .unwrap();
+    let req = build_from_spool(&BedrockAdapter, &form(NOVA, parts, None), &spool, &t, "r").unwrap();
     assert_eq!(req.header("x-amz-security-token"), Some("sess-tok"));
     assert!(req
         .header("authorization")
@@ -511,7 +508,14 @@ fn same_scope_same_signed_bytes() {
         now,
     };
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_486_854);
-    let bytes = |req: &UpstreamRequest| (req.method.clone(), req.path.clone(), req.headers.clone(), req.render(&spool).unwrap());
+    let bytes = |req: &UpstreamRequest| {
+        (
+            req.method.clone(),
+            req.path.clone(),
+            req.headers.clone(),
+            req.render(&spool).unwrap(),
+        )
+    };
     let first = BedrockAdapter.build(&scope(at)).unwrap();
     let second = BedrockAdapter.build(&scope(at)).unwrap();
     assert_eq!(bytes(&first), bytes(&second));

@@ -3,10 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
-use crate::providers::test_support::{build, build_from_spool};
 use crate::imaging::{decode_png, encode_png, solid, ImageKind};
-use crate::providers::test_support::*;
 use crate::providers::kernel::polling::FollowUp;
+use crate::providers::test_support::*;
+use crate::providers::test_support::{build, build_from_spool};
 
 fn png() -> Vec<u8> {
     encode_png(&solid(4, 3, [9, 8, 7, 255])).unwrap()
@@ -176,8 +176,7 @@ fn expand_keeps_the_input_size_and_takes_its_borders() {
     assert!(build_from_spool(&BflAdapter, &f, &spool, &t, "rid").is_ok());
     let kontext = target("bfl", "flux-kontext-pro", "");
     f.model = "flux-kontext-pro".into();
-    let e = build_from_spool(&BflAdapter, &f, &spool, &kontext, "rid")
-        .unwrap_err();
+    let e = build_from_spool(&BflAdapter, &f, &spool, &kontext, "rid").unwrap_err();
     assert_eq!(e.param(), Some("size"));
     // What size does, per family, in `refract providers`.
     let table = crate::providers::capabilities::markdown_table();

@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
-use crate::providers::test_support::build_from_spool;
 use crate::imaging::{encode_png, solid, ImageKind};
+use crate::providers::test_support::build_from_spool;
 use crate::providers::test_support::*;
 
 fn png() -> Vec<u8> {
@@ -17,8 +17,7 @@ fn request_and_polls() {
     let (spool, parts) = spool_with(&[("image", ImageKind::Png, png())]);
     let mut f = form("flux-kontext-pro", parts, None);
     f.output_format = Some("jpeg".into());
-    let req = build_from_spool(&FireworksAdapter, &f, &spool, &t, "rid")
-        .unwrap();
+    let req = build_from_spool(&FireworksAdapter, &f, &spool, &t, "rid").unwrap();
     assert_eq!(
         req.path,
         "/inference/v1/workflows/accounts/fireworks/models/flux-kontext-pro"

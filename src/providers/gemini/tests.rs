@@ -2,12 +2,12 @@
 //! API's paths).
 
 use super::*;
-use crate::providers::BodySegment;
-use crate::providers::test_support::{build, build_from_spool};
-use crate::providers::kernel::size::*;
 use crate::config::from_yaml_str_with_env;
 use crate::form::FilePart;
 use crate::imaging::ImageKind;
+use crate::providers::kernel::size::*;
+use crate::providers::test_support::{build, build_from_spool};
+use crate::providers::BodySegment;
 use crate::providers::ProviderAdapter;
 use crate::route::{Router, Target};
 use crate::spool::{Spool, SpoolRange};
@@ -84,15 +84,16 @@ fn body_inlines_every_image_then_the_prompt() {
         negative_prompt: Some("no".into()),
         ..form(parts)
     };
-    let req = build(&GeminiAdapter, 
-            &f,
-            &target(
-                "https://generativelanguage.googleapis.com/v1beta",
-                "gemini-2.5-flash-image",
-            ),
-            "rid-9",
-        )
-        .unwrap();
+    let req = build(
+        &GeminiAdapter,
+        &f,
+        &target(
+            "https://generativelanguage.googleapis.com/v1beta",
+            "gemini-2.5-flash-image",
+        ),
+        "rid-9",
+    )
+    .unwrap();
     assert_eq!(req.method, http::Method::POST);
     assert_eq!(req.path, "/v1beta/models/gemini-2.5-flash-image:generateContent");
     assert_eq!(req.header("x-goog-api-key"), Some("gm-key"));
@@ -124,8 +125,7 @@ fn body_inlines_every_image_then_the_prompt() {
 fn v1_path_stream_path_and_defaults() {
     let (spool, _, parts) = spool();
     let t = target("http://127.0.0.1:9/genai/v1", "gemini-3-pro-image-preview");
-    let req = build(&GeminiAdapter, &form(parts[..1].to_vec()), &t, "r")
-        .unwrap();
+    let req = build(&GeminiAdapter, &form(parts[..1].to_vec()), &t, "r").unwrap();
     assert_eq!(req.path, "/genai/v1/models/gemini-3-pro-image-preview:generateContent");
     let v = rendered(&req, &spool);
     assert_eq!(
@@ -210,8 +210,13 @@ fn seeds_beyond_32_bits_are_refused() {
         seed: Some(1 << 40),
         ..form(parts)
     };
-    let e = build(&GeminiAdapter, &f, &target("https://g.example/v1beta", "gemini-2.5-flash-image"), "r")
-        .unwrap_err();
+    let e = build(
+        &GeminiAdapter,
+        &f,
+        &target("https://g.example/v1beta", "gemini-2.5-flash-image"),
+        "r",
+    )
+    .unwrap_err();
     assert_eq!(e.param(), Some("seed"));
 }
 
@@ -232,8 +237,7 @@ fn imagen_models_use_predict() {
         "https://generativelanguage.googleapis.com/v1beta",
         "imagen-3.0-capability-001",
     );
-    let req = build_from_spool(&GeminiAdapter, &form(parts), &spool, &t, "r")
-        .unwrap();
+    let req = build_from_spool(&GeminiAdapter, &form(parts), &spool, &t, "r").unwrap();
     assert_eq!(req.path, "/v1beta/models/imagen-3.0-capability-001:predict");
     assert_eq!(req.header("x-goog-api-key"), Some("gm-key"));
     let body = rendered(&req, &spool);

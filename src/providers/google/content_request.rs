@@ -4,11 +4,11 @@
 //! around one [`BodySegment::Base64`] per image, which the exchange encodes from the spool
 //! straight into the outgoing buffers. No image byte is copied into a string here.
 
+use crate::error::GatewayError;
+use crate::form::EditForm;
 use crate::providers::kernel::post::json_post;
 use crate::providers::kernel::size::image_config_for_size;
 use crate::providers::{BodySegment, UpstreamRequest};
-use crate::error::GatewayError;
-use crate::form::EditForm;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 

@@ -5,12 +5,12 @@
 //! the provider's body, and the unified answer shares it with that body (never copied).
 
 use super::google_error;
+use crate::codec::sse::SseEvent;
+use crate::error::GatewayError;
 use crate::providers::kernel::errors::no_image_error;
 use crate::providers::kernel::unified::{output_format, write_images_response, zero_usage, AnswerImage};
 use crate::providers::stream::StreamContext;
 use crate::providers::{ResponseContext, StreamTranslator, UnifiedAnswer, UpstreamResponse};
-use crate::codec::sse::SseEvent;
-use crate::error::GatewayError;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;

@@ -67,7 +67,6 @@ pub static GEMINI_IMAGE_CAPABILITIES: Capabilities = Capabilities {
     allowed_sizes: &[],
 };
 
-
 /// A Google error answer (`{"error":{"code":400,"message":…,"status":"INVALID_ARGUMENT",
 /// "details":[…]}}`) as a provider error in OpenAI's shape: `message` kept, `type` and `code`
 /// from `status` (or the first `details[].reason`), `param` null; the provider's HTTP status

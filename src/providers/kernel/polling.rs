@@ -14,10 +14,11 @@
 
 use super::errors::{no_image_error, provider_error};
 use super::unified::{extra_fields, write_images_response, zero_usage, AnswerImage};
-use crate::providers::{BodySegment, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::imaging;
+use crate::providers::capabilities::NByCalls;
+use crate::providers::{BodySegment, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
 use crate::route::Target;
 use crate::spool::SpoolRange;
 use bytes::Bytes;
@@ -173,8 +174,7 @@ fn next_download(state: &mut FollowState, cx: &FollowContext<'_>) -> Result<Foll
             let b64 = std::str::from_utf8(b64).map_err(|e| GatewayError::Internal(e.to_string()))?;
             images.push(AnswerImage { b64, mime: *mime });
         }
-        return write_images_response(&sources, &images, None, cx.response.created, &cx.response)
-            .map(FollowUp::Answer);
+        return write_images_response(&sources, &images, None, cx.response.created, &cx.response).map(FollowUp::Answer);
     }
     let url = state.pending.remove(0);
     Ok(get(&url, Vec::new(), Duration::ZERO))
@@ -380,6 +380,11 @@ pub fn first_image(form: &EditForm, provider: &str, data_url: bool) -> Result<Fi
 pub fn aspect_ratio(form: &EditForm, provider: &str) -> Result<Option<&'static str>, GatewayError> {
     Ok(super::size::image_config_for_size(form.size.as_deref(), provider)?.map(|(ratio, _)| ratio))
 }
+
+/// `n > 1` on FLUX (BFL, and Fireworks' FLUX Kontext): n jobs of one image, job i with
+/// `seed + i`. BFL documents no seed range (unverified): non-negative seeds are offset, others
+/// sent unchanged.
+pub const FLUX_N_BY_CALLS: NByCalls = NByCalls { seeds: (0, i64::MAX) };
 
 /// The fields every FLUX-style body takes besides prompt and image: `seed`, `aspect_ratio`,
 /// `output_format` (`png`/`jpeg`; `webp` → `png`; `jpeg` spelled `jpeg_name`).

@@ -29,7 +29,6 @@ pub fn json_post(
     }
 }
 
-
 /// The credential header for `target`'s key: `Authorization: Bearer …`, or the provider's
 /// API-key header (`api_key_header`) when the key is configured with `auth: api_key`.
 pub fn auth_header(target: &Target, api_key_header: &'static str) -> Result<(http::HeaderName, String), GatewayError> {

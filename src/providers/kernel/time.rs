@@ -17,7 +17,10 @@ mod tests {
 
     #[test]
     fn seconds_since_the_epoch() {
-        assert_eq!(unix_seconds(UNIX_EPOCH + Duration::from_millis(1_700_000_000_999)), 1_700_000_000);
+        assert_eq!(
+            unix_seconds(UNIX_EPOCH + Duration::from_millis(1_700_000_000_999)),
+            1_700_000_000
+        );
         assert_eq!(unix_seconds(UNIX_EPOCH - Duration::from_secs(5)), 0);
     }
 }

@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
-use crate::providers::test_support::build_from_spool;
 use crate::imaging::{encode_png, solid, ImageKind};
+use crate::providers::test_support::build_from_spool;
 use crate::providers::test_support::*;
 
 fn png() -> Vec<u8> {
@@ -20,8 +20,7 @@ fn requests_per_model_and_image_key() {
     f.output_format = Some("jpeg".into());
     f.size = Some("1024x1024".into());
     let t = target("replicate", "black-forest-labs/flux-kontext-pro", rules);
-    let req = build_from_spool(&ReplicateAdapter, &f, &spool, &t, "rid")
-        .unwrap();
+    let req = build_from_spool(&ReplicateAdapter, &f, &spool, &t, "rid").unwrap();
     assert_eq!(req.path, "/v1/models/black-forest-labs/flux-kontext-pro/predictions");
     assert_eq!(req.header("authorization"), Some("Bearer secret-key"));
     assert_eq!(req.header("prefer"), Some("wait=60"));

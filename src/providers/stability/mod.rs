@@ -1,15 +1,15 @@
 //! Kind `stability`: Stability AI's REST API, v2beta edit services (providers.md §7).
 //!
 //! Request: `POST {base}/v2beta/stable-image/edit/{service}` with `Authorization: Bearer`,
-//! `Accept: application/json` and a multipart body (written with [`super::openai`]'s
-//! multipart writer): `image` (the first upload, streamed from the spool), `mask`, `prompt`,
+//! `Accept: application/json` and a multipart body (written with the kernel's
+//! [`super::kernel::multipart::MultipartWriter`]): `image` (the first upload, streamed from the spool), `mask`, `prompt`,
 //! `negative_prompt`, `seed`, `output_format`, and for outpainting `left`/`right`/`up`/`down`.
 //! The model name is not sent: the service is the model.
 //!
 //! `type` → service:
 //! - `inpainting` → `edit/inpaint`. The mask is **converted** from the unified convention
 //!   (alpha 0 = edit) to Stability's (an opaque 8-bit grayscale PNG, white = edit), as for
-//!   Imagen (by the gateway before the build, [`crate::providers::masks`]: a mask without
+//!   Imagen (by the gateway before the build, [`crate::providers::kernel::masks`]: a mask without
 //!   transparency, of another size than the first image, or over the pixel budget is a 400 on
 //!   `mask`). Without a mask the image is sent
 //!   alone and Stability takes its alpha channel as the mask.

@@ -1,8 +1,8 @@
 use super::*;
-use crate::providers::test_support::{build, build_from_spool};
 use crate::config::from_yaml_str_with_env;
 use crate::form::FilePart;
 use crate::imaging::{decode_png, encode_png, solid, Rgba};
+use crate::providers::test_support::{build, build_from_spool};
 use crate::route::Router;
 
 fn target() -> Target {
@@ -58,8 +58,7 @@ async fn parts(req: &UpstreamRequest, spool: &Spool) -> Vec<Part> {
 
 /// The outpainting border parts of the request for `form`.
 async fn sides_of(form: &EditForm, spool: &Spool) -> Vec<String> {
-    let req = build_from_spool(&StabilityAdapter, form, spool, &target(), "r")
-        .unwrap();
+    let req = build_from_spool(&StabilityAdapter, form, spool, &target(), "r").unwrap();
     let p = parts(&req, spool).await;
     ["left", "right", "up", "down"]
         .iter()
@@ -92,8 +91,7 @@ async fn inpaint_sends_the_image_as_is_and_the_mask_converted() {
         mask: Some(mp),
         ..Default::default()
     };
-    let req = build_from_spool(&StabilityAdapter, &form, &spool, &target(), "rid-1")
-        .unwrap();
+    let req = build_from_spool(&StabilityAdapter, &form, &spool, &target(), "rid-1").unwrap();
     assert_eq!(req.path, "/v2beta/stable-image/edit/inpaint");
     assert_eq!(req.header("authorization"), Some("Bearer sk-stab-secret"));
     assert_eq!(req.header("accept"), Some("application/json"));
@@ -121,9 +119,7 @@ async fn inpaint_sends_the_image_as_is_and_the_mask_converted() {
     assert_eq!(text(&p, "output_format"), Some("webp"));
     // Without the spool a mask cannot be converted.
     assert_eq!(
-        build(&StabilityAdapter, &form, &target(), "r")
-            .unwrap_err()
-            .status(),
+        build(&StabilityAdapter, &form, &target(), "r").unwrap_err().status(),
         500
     );
 }
@@ -138,8 +134,7 @@ async fn outpaint_border_from_size_or_fields() {
         images: vec![ip],
         ..Default::default()
     };
-    let req = build_from_spool(&StabilityAdapter, &form, &spool, &target(), "r")
-        .unwrap();
+    let req = build_from_spool(&StabilityAdapter, &form, &spool, &target(), "r").unwrap();
     assert_eq!(req.path, "/v2beta/stable-image/edit/outpaint");
     let p = parts(&req, &spool).await;
     assert_eq!(names(&p), ["image", "prompt", "left", "right", "up", "down"]);
@@ -217,8 +212,7 @@ async fn outpaint_border_from_size_or_fields() {
         ),
     ];
     for (f, param) in refusals {
-        let e = build_from_spool(&StabilityAdapter, &f, &spool, &target(), "r")
-            .unwrap_err();
+        let e = build_from_spool(&StabilityAdapter, &f, &spool, &target(), "r").unwrap_err();
         assert_eq!(e.status(), 400, "{e}");
         assert_eq!(e.param(), Some(param), "{e}");
     }
@@ -235,8 +229,7 @@ async fn background_removal_sends_only_image_and_format_and_no_type_needs_a_mask
         images: vec![ip.clone()],
         ..Default::default()
     };
-    let req = build_from_spool(&StabilityAdapter, &form, &spool, &target(), "r")
-        .unwrap();
+    let req = build_from_spool(&StabilityAdapter, &form, &spool, &target(), "r").unwrap();
     assert_eq!(req.path, "/v2beta/stable-image/edit/remove-background");
     let p = parts(&req, &spool).await;
     assert_eq!(names(&p), ["image", "output_format"]);
@@ -247,16 +240,14 @@ async fn background_removal_sends_only_image_and_format_and_no_type_needs_a_mask
         images: vec![ip],
         ..Default::default()
     };
-    let e = build_from_spool(&StabilityAdapter, &plain, &spool, &target(), "r")
-        .unwrap_err();
+    let e = build_from_spool(&StabilityAdapter, &plain, &spool, &target(), "r").unwrap_err();
     assert_eq!((e.status(), e.param()), (400, Some("type")));
     assert!(e.to_string().contains("type=inpainting"), "{e}");
     let masked = EditForm {
         mask: Some(mp),
         ..plain
     };
-    let req = build_from_spool(&StabilityAdapter, &masked, &spool, &target(), "r")
-        .unwrap();
+    let req = build_from_spool(&StabilityAdapter, &masked, &spool, &target(), "r").unwrap();
     assert_eq!(req.path, "/v2beta/stable-image/edit/inpaint");
     // Out-of-range seed, unknown output format.
     for (f, param) in [
@@ -282,8 +273,7 @@ async fn background_removal_sends_only_image_and_format_and_no_type_needs_a_mask
             "output_format",
         ),
     ] {
-        let e = build_from_spool(&StabilityAdapter, &f, &spool, &target(), "r")
-            .unwrap_err();
+        let e = build_from_spool(&StabilityAdapter, &f, &spool, &target(), "r").unwrap_err();
         assert_eq!((e.status(), e.param()), (400, Some(param)), "{e}");
     }
 }

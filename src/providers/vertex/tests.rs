@@ -1,18 +1,18 @@
 //! Request and response fixtures of kind `vertex`.
 
 use super::*;
-use crate::form::EditType;
-use crate::providers::capabilities::Streaming;
-use bytes::Bytes;
-use crate::providers::test_support::{build, build_from_spool};
 use crate::config::from_yaml_str_with_env;
+use crate::form::EditType;
 use crate::form::FilePart;
 use crate::imaging::{decode_png, encode_png, solid, ImageKind};
+use crate::providers::capabilities::Streaming;
 use crate::providers::test_support::spool_with;
+use crate::providers::test_support::{build, build_from_spool};
 use crate::providers::BodySegment;
 use crate::route::Router;
 use crate::spool::Spool;
 use base64::Engine;
+use bytes::Bytes;
 use serde_json::{json, Value};
 
 fn target(key_lines: &str, model: &str) -> Target {
@@ -86,8 +86,7 @@ fn full_request_with_two_images_and_a_converted_mask() {
         ..base_form(parts[..2].to_vec(), Some(parts[2].clone()))
     };
     let t = bearer("imagen-3.0-capability-001");
-    let req = build_from_spool(&VertexAdapter, &form, &spool, &t, "rid-9")
-        .unwrap();
+    let req = build_from_spool(&VertexAdapter, &form, &spool, &t, "rid-9").unwrap();
     assert_eq!(req.method, http::Method::POST);
     assert_eq!(
         req.path,
@@ -226,8 +225,7 @@ fn edit_mode_follows_type_and_mask() {
             edit_type: Some(edit_type),
             ..base_form(vec![parts[0].clone()], None)
         };
-        let e = build_from_spool(&VertexAdapter, &form, &spool, &t, "r")
-            .unwrap_err();
+        let e = build_from_spool(&VertexAdapter, &form, &spool, &t, "r").unwrap_err();
         assert_eq!((e.status(), e.param()), (400, Some("mask")), "{e}");
     }
 }
@@ -256,8 +254,7 @@ fn masks_that_cannot_follow_the_convention_are_refused() {
         (4, "cannot decode PNG"),
     ] {
         let form = base_form(vec![parts[0].clone()], Some(parts[i].clone()));
-        let e = build_from_spool(&VertexAdapter, &form, &spool, &t, "r")
-            .unwrap_err();
+        let e = build_from_spool(&VertexAdapter, &form, &spool, &t, "r").unwrap_err();
         assert_eq!((e.status(), e.param()), (400, Some("mask")), "{e}");
         assert!(e.to_string().contains(fragment), "{i}: {e}");
     }
@@ -282,8 +279,7 @@ fn express_mode_path_and_api_key_header() {
         "imagen-3.0-capability-001",
     );
     let (spool, parts) = spool_with(&[("image", ImageKind::Png, encode_png(&solid(1, 1, [0; 4])).unwrap())]);
-    let req = build_from_spool(&VertexAdapter, &base_form(parts, None), &spool, &t, "r")
-        .unwrap();
+    let req = build_from_spool(&VertexAdapter, &base_form(parts, None), &spool, &t, "r").unwrap();
     assert_eq!(
         req.path,
         "/v1/publishers/google/models/imagen-3.0-capability-001:predict"
@@ -353,8 +349,7 @@ fn unsupported_output_format_is_refused() {
         output_format: Some("webp".into()),
         ..form
     };
-    let e = build(&VertexAdapter, &form, &bearer("imagen-3.0-capability-001"), "r")
-        .unwrap_err();
+    let e = build(&VertexAdapter, &form, &bearer("imagen-3.0-capability-001"), "r").unwrap_err();
     assert_eq!((e.status(), e.param()), (400, Some("output_format")));
 }
 

@@ -20,6 +20,7 @@ use super::kernel::images_api::{build_multipart, convert_images_response, multip
 use super::kernel::multipart::{multipart_head, new_boundary};
 use super::kernel::percent::percent_encode_segment;
 use super::kernel::post::auth_header;
+use super::model_id::one_name;
 use super::{
     BuildScope, ProviderAdapter, RequestEncoder, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
 };
@@ -72,6 +73,11 @@ fn head(target: &Target, request_id: &str, boundary: &str) -> Result<UpstreamReq
 impl ProviderAdapter for AzureAdapter {
     fn families(&self) -> &'static [ModelFamily] {
         &FAMILIES
+    }
+
+    /// One deployment or model name.
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        one_name(model).map_err(|_| "expected a deployment or model name of letters, digits, '.', '_', '-'")
     }
 
     fn request_encoder(&self, target: &Target, request_id: &str) -> Option<Box<dyn RequestEncoder>> {

@@ -22,6 +22,7 @@ use super::kernel::polling::{
     self, job_status, Field, FollowContext, FollowState, FollowUp, Job, Stage, FLUX_N_BY_CALLS,
 };
 use super::kernel::post::{auth_header, json_post};
+use super::model_id::plain;
 use super::{
     BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
 };
@@ -75,6 +76,21 @@ fn model_path(target: &Target) -> String {
 impl ProviderAdapter for FireworksAdapter {
     fn families(&self) -> &'static [ModelFamily] {
         &FAMILIES
+    }
+
+    /// A short name, or `accounts/{account}/models/{name}`.
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        let segments: Vec<&str> = model.split('/').collect();
+        let ok = match segments.as_slice() {
+            [name] => plain(name, b""),
+            ["accounts", account, "models", name] => plain(account, b"") && plain(name, b""),
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err("expected a model name or accounts/<account>/models/<name>")
+        }
     }
 
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {

@@ -24,6 +24,7 @@ use super::kernel::percent::percent_encode_segment;
 use super::kernel::post::{auth_header, json_post};
 use super::kernel::size::size_wxh;
 use super::kernel::unified::write_raw_image_response;
+use super::model_id::plain;
 use super::{
     BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
 };
@@ -97,6 +98,16 @@ fn parameters(form: &EditForm) -> Map<String, Value> {
 impl ProviderAdapter for HuggingFaceAdapter {
     fn families(&self) -> &'static [ModelFamily] {
         &FAMILIES
+    }
+
+    /// `name` or `owner/name`.
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        let segments: Vec<&str> = model.split('/').collect();
+        if segments.len() <= 2 && segments.iter().all(|s| plain(s, b"")) {
+            Ok(())
+        } else {
+            Err("expected name or owner/name of letters, digits, '.', '_', '-'")
+        }
     }
 
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {

@@ -245,6 +245,14 @@ pub trait ProviderAdapter: Send + Sync {
     /// adapter asked for, not converted).
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError>;
 
+    /// Whether `model` (which passed the rules every kind shares,
+    /// [`model_id::check_common`]) has this kind's model-id shape; `Err` says what is expected.
+    /// Checked in the route step for every candidate, before any request is built with it. The
+    /// default takes one name of `A-Za-z0-9._-`.
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        model_id::one_name(model)
+    }
+
     /// The convention the adapter wants the form's mask converted to for `model`, or `None`
     /// when it sends the mask as uploaded (or the request cannot use one: the build then
     /// refuses it). The gateway converts the mask once per request and convention, on its

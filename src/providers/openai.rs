@@ -15,6 +15,7 @@ use super::capabilities::{any_model, ModelFamily};
 use super::kernel::images_api::{build_multipart, convert_images_response, multipart_encoder, IMAGES_API_CAPABILITIES};
 use super::kernel::multipart::{multipart_head, new_boundary};
 use super::kernel::post::auth_header;
+use super::model_id::plain;
 use super::{
     BuildScope, ProviderAdapter, RequestEncoder, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
 };
@@ -44,6 +45,17 @@ static FAMILIES: [ModelFamily; 1] = [ModelFamily {
 impl ProviderAdapter for OpenAiAdapter {
     fn families(&self) -> &'static [ModelFamily] {
         &FAMILIES
+    }
+
+    /// `name` or `owner/name` (self-hosted servers use Hugging Face ids), `:` allowed
+    /// (fine-tuned `ft:…` ids).
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        let segments: Vec<&str> = model.split('/').collect();
+        if segments.len() <= 2 && segments.iter().all(|s| plain(s, b":")) {
+            Ok(())
+        } else {
+            Err("expected name or owner/name of letters, digits, '.', '_', '-', ':'")
+        }
     }
 
     fn request_encoder(&self, target: &Target, request_id: &str) -> Option<Box<dyn RequestEncoder>> {

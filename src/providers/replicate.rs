@@ -23,6 +23,7 @@ use super::kernel::errors::no_image_error;
 use super::kernel::percent::percent_encode_segment;
 use super::kernel::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
 use super::kernel::post::{auth_header, json_post};
+use super::model_id::{is_hex_version, plain};
 use super::{
     BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
 };
@@ -76,6 +77,27 @@ fn route(base: &str, model: &str) -> (String, Option<String>) {
 impl ProviderAdapter for ReplicateAdapter {
     fn families(&self) -> &'static [ModelFamily] {
         &FAMILIES
+    }
+
+    /// `owner/name`, `owner/name:<64-hex version>`, or a bare 64-hex version.
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        let segments: Vec<&str> = model.split('/').collect();
+        let ok = match segments.as_slice() {
+            [version] => is_hex_version(version),
+            [owner, name] => {
+                let (name, version) = match name.split_once(':') {
+                    Some((n, v)) => (n, Some(v)),
+                    None => (*name, None),
+                };
+                plain(owner, b"") && plain(name, b"") && version.is_none_or(is_hex_version)
+            }
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err("expected owner/name, owner/name:<64-hex version> or a 64-hex version")
+        }
     }
 
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {

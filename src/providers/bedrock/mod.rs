@@ -32,6 +32,7 @@ use super::kernel::percent::percent_encode_segment;
 use super::kernel::post::json_post;
 use super::kernel::time::unix_seconds;
 use super::kernel::unified::{write_images_response, AnswerImage};
+use super::model_id::plain;
 use super::{BuildScope, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::config::Credential;
 use crate::error::GatewayError;
@@ -282,6 +283,21 @@ fn build(scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
 impl ProviderAdapter for BedrockAdapter {
     fn families(&self) -> &'static [ModelFamily] {
         &FAMILIES
+    }
+
+    /// A model id or inference profile, or an ARN `arn:…:type/id`; `:` allowed.
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        let segments: Vec<&str> = model.split('/').collect();
+        let ok = match segments.as_slice() {
+            [id] => plain(id, b":") && !id.starts_with("arn:"),
+            [arn, id] => arn.starts_with("arn:") && plain(arn, b":") && plain(id, b":"),
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err("expected a Bedrock model id, inference profile or ARN")
+        }
     }
 
     fn mask_convention(&self, form: &EditForm, model: &str) -> Option<MaskConvention> {

@@ -27,6 +27,7 @@ use super::google::{
 };
 use super::kernel::percent::percent_encode_segment;
 use super::kernel::post::auth_header;
+use super::model_id::plain;
 use super::stream::StreamContext;
 use super::{
     BuildScope, ProviderAdapter, ResponseContext, StreamTranslator, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
@@ -77,6 +78,15 @@ fn model_path(target: &Target) -> Result<String, GatewayError> {
 impl ProviderAdapter for VertexAdapter {
     fn families(&self) -> &'static [ModelFamily] {
         &FAMILIES
+    }
+
+    /// One name, `@` allowed (versioned publisher models, `imagegeneration@006`).
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        if !model.contains('/') && plain(model, b"@") {
+            Ok(())
+        } else {
+            Err("expected one model name of letters, digits, '.', '_', '-', '@'")
+        }
     }
 
     fn stream_translator(&self, cx: &StreamContext) -> Option<Box<dyn StreamTranslator>> {

@@ -86,11 +86,8 @@ impl ProviderAdapter for FireworksAdapter {
             ["accounts", account, "models", name] => plain(account, b"") && plain(name, b""),
             _ => false,
         };
-        if ok {
-            Ok(())
-        } else {
-            Err("expected a model name or accounts/<account>/models/<name>")
-        }
+        ok.then_some(())
+            .ok_or("expected a model name or accounts/<account>/models/<name>")
     }
 
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {

@@ -103,11 +103,9 @@ impl ProviderAdapter for HuggingFaceAdapter {
     /// `name` or `owner/name`.
     fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
         let segments: Vec<&str> = model.split('/').collect();
-        if segments.len() <= 2 && segments.iter().all(|s| plain(s, b"")) {
-            Ok(())
-        } else {
-            Err("expected name or owner/name of letters, digits, '.', '_', '-'")
-        }
+        (segments.len() <= 2 && segments.iter().all(|s| plain(s, b"")))
+            .then_some(())
+            .ok_or("expected name or owner/name of letters, digits, '.', '_', '-'")
     }
 
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {

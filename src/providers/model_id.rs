@@ -81,11 +81,9 @@ pub fn is_hex_version(s: &str) -> bool {
 /// The most common shape, and [`super::ProviderAdapter::model_id_shape`]'s default: one name of
 /// `A-Za-z0-9._-` (`xai`, `gemini`, `stability`, `bfl`).
 pub fn one_name(model: &str) -> Result<(), &'static str> {
-    if !model.contains('/') && plain(model, b"") {
-        Ok(())
-    } else {
-        Err("expected one model name of letters, digits, '.', '_', '-'")
-    }
+    (!model.contains('/') && plain(model, b""))
+        .then_some(())
+        .ok_or("expected one model name of letters, digits, '.', '_', '-'")
 }
 
 /// Refuses `model` (the bare model part, as sent in field `param`: `model` or `fallbacks`)

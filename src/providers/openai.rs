@@ -51,11 +51,9 @@ impl ProviderAdapter for OpenAiAdapter {
     /// (fine-tuned `ft:…` ids).
     fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
         let segments: Vec<&str> = model.split('/').collect();
-        if segments.len() <= 2 && segments.iter().all(|s| plain(s, b":")) {
-            Ok(())
-        } else {
-            Err("expected name or owner/name of letters, digits, '.', '_', '-', ':'")
-        }
+        (segments.len() <= 2 && segments.iter().all(|s| plain(s, b":")))
+            .then_some(())
+            .ok_or("expected name or owner/name of letters, digits, '.', '_', '-', ':'")
     }
 
     fn request_encoder(&self, target: &Target, request_id: &str) -> Option<Box<dyn RequestEncoder>> {
@@ -87,7 +85,7 @@ mod tests {
     use crate::form::{EditForm, FilePart};
     use crate::imaging::ImageKind;
     use crate::providers::kernel::unified::extra_fields;
-    use crate::providers::test_support::{build, render, success};
+    use crate::providers::test_support::{build, openai_cx, render, success};
     use crate::route::Router;
     use crate::spool::{Spool, SpoolRange};
     use bytes::Bytes;
@@ -182,14 +180,7 @@ mod tests {
     }
 
     fn cx() -> ResponseContext<'static> {
-        ResponseContext {
-            provider: "openai",
-            model_requested: "gpt-image-1",
-            model_deployment: "gpt-image-1",
-            latency_ms: 12,
-            num_input_images: 2,
-            created: crate::providers::test_support::CLOCK_SECS,
-        }
+        openai_cx()
     }
 
     #[test]

@@ -93,11 +93,8 @@ impl ProviderAdapter for ReplicateAdapter {
             }
             _ => false,
         };
-        if ok {
-            Ok(())
-        } else {
-            Err("expected owner/name, owner/name:<64-hex version> or a 64-hex version")
-        }
+        ok.then_some(())
+            .ok_or("expected owner/name, owner/name:<64-hex version> or a 64-hex version")
     }
 
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {

@@ -60,6 +60,19 @@ pub fn build_from_spool(
     })
 }
 
+/// The answer context of the OpenAI fixtures: provider `openai`, model `gpt-image-1`, 12 ms,
+/// two input images, created at [`CLOCK_SECS`].
+pub fn openai_cx() -> ResponseContext<'static> {
+    ResponseContext {
+        provider: "openai",
+        model_requested: "gpt-image-1",
+        model_deployment: "gpt-image-1",
+        latency_ms: 12,
+        num_input_images: 2,
+        created: CLOCK_SECS,
+    }
+}
+
 /// A 4×3 unified mask whose left column is fully transparent (edit).
 pub fn unified_mask() -> Vec<u8> {
     let mut m = solid(4, 3, [0, 0, 0, 255]);

@@ -293,11 +293,8 @@ impl ProviderAdapter for BedrockAdapter {
             [arn, id] => arn.starts_with("arn:") && plain(arn, b":") && plain(id, b":"),
             _ => false,
         };
-        if ok {
-            Ok(())
-        } else {
-            Err("expected a Bedrock model id, inference profile or ARN")
-        }
+        ok.then_some(())
+            .ok_or("expected a Bedrock model id, inference profile or ARN")
     }
 
     fn mask_convention(&self, form: &EditForm, model: &str) -> Option<MaskConvention> {

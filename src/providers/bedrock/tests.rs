@@ -5,13 +5,13 @@ use crate::config::from_yaml_str_with_env;
 use crate::form::FilePart;
 use crate::imaging::ImageKind;
 use crate::imaging::{decode_png, encode_png, png_info, solid};
+use crate::providers::test_support::rendered;
 use crate::providers::test_support::spool_with;
 use crate::providers::test_support::unified_mask;
 use crate::providers::test_support::{build, build_from_spool};
 use crate::providers::BodySegment;
 use crate::route::Router;
 use crate::route::Target;
-use crate::spool::Spool;
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -35,12 +35,6 @@ fn b64(v: &Value) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(v.as_str().unwrap_or_else(|| panic!("not a string: {v}")))
         .unwrap()
-}
-
-fn rendered(req: &UpstreamRequest, spool: &Spool) -> Value {
-    let body = req.render(spool).unwrap();
-    assert_eq!(body.len() as u64, req.content_length());
-    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)))
 }
 
 fn form(model: &str, images: Vec<FilePart>, mask: Option<FilePart>) -> EditForm {

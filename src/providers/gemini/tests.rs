@@ -6,6 +6,7 @@ use crate::config::from_yaml_str_with_env;
 use crate::form::FilePart;
 use crate::imaging::ImageKind;
 use crate::providers::kernel::size::*;
+use crate::providers::test_support::rendered;
 use crate::providers::test_support::{build, build_from_spool};
 use crate::providers::BodySegment;
 use crate::providers::ProviderAdapter;
@@ -62,12 +63,6 @@ fn form(images: Vec<FilePart>) -> EditForm {
         images,
         ..Default::default()
     }
-}
-
-fn rendered(req: &UpstreamRequest, spool: &Spool) -> Value {
-    let body = req.render(spool).unwrap();
-    assert_eq!(body.len() as u64, req.content_length());
-    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)))
 }
 
 #[test]

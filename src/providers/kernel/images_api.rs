@@ -270,18 +270,11 @@ fn write_converted<'a, O: JsonOut>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::test_support::{random_images_response, success};
+    use crate::providers::test_support::{openai_cx, random_images_response, success};
     use serde_json::Value;
 
     fn cx() -> ResponseContext<'static> {
-        ResponseContext {
-            provider: "openai",
-            model_requested: "gpt-image-1",
-            model_deployment: "gpt-image-1",
-            latency_ms: 12,
-            num_input_images: 2,
-            created: 0,
-        }
+        openai_cx()
     }
 
     /// Differential: over varied answers, the spliced answer is byte for byte what the

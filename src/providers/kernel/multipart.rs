@@ -3,6 +3,7 @@
 //! they are), its head, and its boundary. Used while a request is built (OpenAI, Azure,
 //! Stability) and, part by part, by the streaming encoder of the OpenAI Images API.
 
+use super::post::post;
 use crate::form::FilePart;
 use crate::providers::{BodySegment, UpstreamRequest};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -123,21 +124,14 @@ pub fn multipart_head(
     request_id: &str,
     boundary: &str,
 ) -> UpstreamRequest {
-    UpstreamRequest {
-        method: http::Method::POST,
+    post(
         path,
-        headers: vec![
-            auth,
-            (
-                http::header::CONTENT_TYPE,
-                format!("multipart/form-data; boundary={boundary}"),
-            ),
-            (http::header::ACCEPT, "application/json".to_string()),
-            (http::header::ACCEPT_ENCODING, "identity".to_string()),
-            (http::HeaderName::from_static("x-request-id"), request_id.to_string()),
-        ],
-        body: Vec::new(),
-    }
+        auth,
+        format!("multipart/form-data; boundary={boundary}"),
+        "application/json",
+        request_id,
+        Vec::new(),
+    )
 }
 
 /// A new random multipart boundary.

@@ -6,11 +6,13 @@ use crate::error::GatewayError;
 use crate::providers::{BodySegment, UpstreamRequest};
 use crate::route::Target;
 
-/// A JSON `POST`: `path`, the credential header `auth`, the answer type
-/// `accept` (`application/json`, or `text/event-stream` for streams), and the body plan.
-pub fn json_post(
+/// A `POST` to `path` with the credential header `auth`, a body of `content_type`, the answer
+/// type `accept` (`application/json`, or `text/event-stream` for streams), identity encoding
+/// and the request id, and the body plan.
+pub fn post(
     path: String,
     auth: (http::HeaderName, String),
+    content_type: String,
     accept: &str,
     request_id: &str,
     body: Vec<BodySegment>,
@@ -20,13 +22,25 @@ pub fn json_post(
         path,
         headers: vec![
             auth,
-            (http::header::CONTENT_TYPE, "application/json".to_string()),
+            (http::header::CONTENT_TYPE, content_type),
             (http::header::ACCEPT, accept.to_string()),
             (http::header::ACCEPT_ENCODING, "identity".to_string()),
             (http::HeaderName::from_static("x-request-id"), request_id.to_string()),
         ],
         body,
     }
+}
+
+/// A JSON [`post`]: `path`, the credential header `auth`, the answer type `accept`, and the
+/// body plan.
+pub fn json_post(
+    path: String,
+    auth: (http::HeaderName, String),
+    accept: &str,
+    request_id: &str,
+    body: Vec<BodySegment>,
+) -> UpstreamRequest {
+    post(path, auth, "application/json".to_string(), accept, request_id, body)
 }
 
 /// The credential header for `target`'s key: `Authorization: Bearer …`, or the provider's

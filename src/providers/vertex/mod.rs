@@ -82,11 +82,9 @@ impl ProviderAdapter for VertexAdapter {
 
     /// One name, `@` allowed (versioned publisher models, `imagegeneration@006`).
     fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
-        if !model.contains('/') && plain(model, b"@") {
-            Ok(())
-        } else {
-            Err("expected one model name of letters, digits, '.', '_', '-', '@'")
-        }
+        (!model.contains('/') && plain(model, b"@"))
+            .then_some(())
+            .ok_or("expected one model name of letters, digits, '.', '_', '-', '@'")
     }
 
     fn stream_translator(&self, cx: &StreamContext) -> Option<Box<dyn StreamTranslator>> {

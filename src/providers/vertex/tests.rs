@@ -6,11 +6,11 @@ use crate::form::EditType;
 use crate::form::FilePart;
 use crate::imaging::{decode_png, encode_png, solid, ImageKind};
 use crate::providers::capabilities::Streaming;
+use crate::providers::test_support::rendered;
 use crate::providers::test_support::spool_with;
 use crate::providers::test_support::{build, build_from_spool};
 use crate::providers::BodySegment;
 use crate::route::Router;
-use crate::spool::Spool;
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -47,12 +47,6 @@ fn b64(v: &Value) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(v.as_str().unwrap())
         .unwrap()
-}
-
-fn rendered(req: &UpstreamRequest, spool: &Spool) -> Value {
-    let body = req.render(spool).unwrap();
-    assert_eq!(body.len() as u64, req.content_length());
-    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)))
 }
 
 fn base_form(images: Vec<FilePart>, mask: Option<FilePart>) -> EditForm {

@@ -3,7 +3,8 @@
 //! through `generateContent` (the Gemini API's body,
 //! [`super::google::content_request::generate_content_request`], with
 //! Vertex's `imageConfig.outputMimeType`/`outputCompressionQuality`; answers and streams as on
-//! the Gemini API).
+//! the Gemini API). Both dialects come from the Google family module, [`super::google`],
+//! shared with kind `gemini`; this adapter adds Vertex's paths and auth.
 //!
 //! - Path: `POST {base}/projects/{project}/locations/{location}/publishers/google/models/{model}:predict`
 //!   (`:generateContent`, `:streamGenerateContent?alt=sse` for Gemini models)
@@ -15,8 +16,7 @@
 //!   base64 copied once from the provider's JSON. Filtered images are dropped by Vertex (or
 //!   replaced by `{"raiFilteredReason"}` items, which refract asks for); an answer without any
 //!   image is a 400 `moderation_blocked` carrying the reason. Errors come in Google's envelope
-//!   ([`super::google::google_error`]). Both dialects come from the
-//! Google family module, [`super::google`], shared with kind `gemini`.
+//!   ([`super::google::google_error`]).
 //! - No streaming: `stream=true` is synthesized by the gateway from the complete answer.
 
 use super::capabilities::ModelFamily;
@@ -122,4 +122,4 @@ impl ProviderAdapter for VertexAdapter {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -6,9 +6,9 @@ use crate::form::EditType;
 use crate::form::FilePart;
 use crate::imaging::{decode_png, encode_png, solid, ImageKind};
 use crate::providers::capabilities::Streaming;
-use crate::providers::test_support::rendered;
 use crate::providers::test_support::spool_with;
 use crate::providers::test_support::{build, build_from_spool};
+use crate::providers::test_support::{rendered, unified_mask};
 use crate::providers::BodySegment;
 use crate::route::Router;
 use base64::Engine;
@@ -32,15 +32,6 @@ fn header<'a>(req: &'a UpstreamRequest, name: &str) -> Option<&'a str> {
         .iter()
         .find(|(n, _)| n.as_str() == name)
         .map(|(_, v)| v.as_str())
-}
-
-/// A 4×3 unified mask whose left column is fully transparent (edit).
-pub(crate) fn unified_mask() -> Vec<u8> {
-    let mut m = solid(4, 3, [0, 0, 0, 255]);
-    for y in 0..3 {
-        m.pixels[(y * 4 * 4 + 3) as usize] = 0;
-    }
-    encode_png(&m).unwrap()
 }
 
 fn b64(v: &Value) -> Vec<u8> {

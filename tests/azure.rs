@@ -1,11 +1,15 @@
 //! Kind `azure` end to end: a real gateway in this process in front of a strict mock of Azure
 //! OpenAI (path, api-version, deployment, `api-key` header, the multipart body byte for byte),
 //! and in front of the built-in simulator for a streamed edit.
+//! The cases every kind shares (basic edit, two images, mask, a refused capability, stream,
+//! upstream error, fallback) are stamped on it in `tests/conformance`; this file keeps what is
+//! specific to its wire.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 mod common;
 
+use common::wire::azure::check_azure_request;
 use common::*;
 use refract::codec::sse::SseDecoder;
 use serde_json::{json, Value};
@@ -35,29 +39,6 @@ fn azure_gateway(mock: &MockUpstream) -> Gateway {
         addr = mock.addr
     );
     Gateway::start(&setup)
-}
-
-/// Checks the framing and credentials of an Azure request; returns its multipart parts.
-fn check_azure_request(rec: &Recorded, path: &str, auth: (&str, &str)) -> Vec<Part> {
-    assert_eq!(rec.method, "POST");
-    assert_eq!(rec.path, path);
-    assert_eq!(rec.header(auth.0).as_deref(), Some(auth.1));
-    let other = if auth.0 == "api-key" {
-        "authorization"
-    } else {
-        "api-key"
-    };
-    assert_eq!(rec.header(other), None, "only one credential header");
-    for (name, value) in &rec.headers {
-        assert!(
-            !String::from_utf8_lossy(value).contains("sk-bf-"),
-            "virtual key leaked in {name}"
-        );
-    }
-    if let Some(len) = rec.header("content-length") {
-        assert_eq!(len.parse::<usize>().unwrap(), rec.body.len());
-    }
-    rec.parts()
 }
 
 #[test]
@@ -138,23 +119,6 @@ fn content_filter_error_keeps_its_details() {
         v["error"]["inner_error"]["content_filter_results"]["violence"]["severity"],
         "high"
     );
-}
-
-#[test]
-fn unsupported_type_is_refused_before_any_upstream_call() {
-    let mock = MockUpstream::start();
-    let gw = azure_gateway(&mock);
-    let form = Form::new()
-        .text("model", "az/gpt-image-1")
-        .text("type", "outpainting")
-        .text("prompt", "p")
-        .file("image", "in.png", "image/png", &tiny_png());
-    let r = gw.edit(&form, &[("x-bf-vk", VK)]);
-    assert_eq!(r.status, 400, "{}", r.text());
-    let v = r.json();
-    assert_eq!(v["type"], "unsupported_operation");
-    assert_eq!(v["error"]["param"], "type");
-    assert!(mock.requests().is_empty(), "the provider must not be called");
 }
 
 /// A streamed edit through an Azure provider backed by the simulator: partials then the

@@ -4,22 +4,24 @@
 //! (Bearer); the Titan/Nova body of every task (images byte for byte, the converted mask pixel
 //! by pixel); Stability on Bedrock; error and filter mapping; synthesized streams; refusals
 //! before any call; and the built-in simulator's edited pixels.
+//! The cases every kind shares (basic edit, two images, mask, a refused capability, stream,
+//! upstream error, fallback) are stamped on it in `tests/conformance`; this file keeps what is
+//! specific to its wire.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 mod common;
 
 use base64::Engine;
+use common::wire::assert_converted_mask as assert_mask;
+use common::wire::bedrock::{body_json, verify_sigv4, ACCESS_KEY, SECRET};
 use common::*;
 use refract::codec::sse::SseDecoder;
-use refract::imaging::{decode_png, encode_png, paint_colour, solid, Rgba};
+use refract::imaging::{decode_png, encode_png, paint_colour, solid};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 const NOVA: &str = "amazon.nova-canvas-v1:0";
 const NOVA_PATH: &str = "/model/amazon.nova-canvas-v1%3A0/invoke";
-const ACCESS_KEY: &str = "AKIDE2ETEST";
-const SECRET: &str = "e2e/SECRET+key/0123456789abcdefghijklmnopq";
 const TOKEN: &str = "IQoJb3JpZ2luX2VjE-session-TOKEN";
 const API_KEY: &str = "bedrock-api-key-E2E";
 
@@ -34,92 +36,8 @@ fn unb64(v: &Value) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// An independent SigV4 verifier
+// The independent SigV4 verifier (`common::wire::bedrock::verify_sigv4`)
 // ---------------------------------------------------------------------------------------------
-
-/// HMAC-SHA256 (RFC 2104) on top of `sha2`.
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
-    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new().chain_update(&ipad).chain_update(data).finalize();
-    Sha256::new().chain_update(&opad).chain_update(inner).finalize().into()
-}
-
-/// Percent-encodes every byte but unreserved ones and `/`.
-fn encode_path(path: &str) -> String {
-    path.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// Verifies `r`'s SigV4 signature for `secret` as AWS would; returns the signed header names.
-fn verify_sigv4(r: &Recorded, secret: &str, region: &str) -> Vec<String> {
-    let auth = r.header("authorization").expect("Authorization");
-    let rest = auth
-        .strip_prefix("AWS4-HMAC-SHA256 ")
-        .unwrap_or_else(|| panic!("{auth}"));
-    let field = |name: &str| {
-        rest.split(", ")
-            .find_map(|p| p.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name} in {auth}"))
-            .to_string()
-    };
-    let credential = field("Credential");
-    let signed: Vec<String> = field("SignedHeaders").split(';').map(str::to_string).collect();
-    let signature = field("Signature");
-    let date = r.header("x-amz-date").expect("x-amz-date");
-    let scope: Vec<&str> = credential.split('/').collect();
-    assert_eq!(
-        scope,
-        [ACCESS_KEY, &date[..8], region, "bedrock", "aws4_request"],
-        "{credential}"
-    );
-    for required in ["host", "x-amz-date", "content-type", "accept"] {
-        assert!(signed.iter().any(|h| h == required), "{required} signed: {signed:?}");
-    }
-    let mut sorted = signed.clone();
-    sorted.sort();
-    assert_eq!(sorted, signed, "signed headers sorted");
-    let mut canonical = format!("{}\n{}\n\n", r.method, encode_path(&r.path));
-    for name in &signed {
-        let value = r
-            .header(name)
-            .unwrap_or_else(|| panic!("signed header {name} not sent"));
-        canonical.push_str(&format!("{name}:{}\n", value.trim()));
-    }
-    canonical.push_str(&format!(
-        "\n{}\n{}",
-        signed.join(";"),
-        hex::encode(Sha256::digest(&r.body))
-    ));
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{date}\n{}/{region}/bedrock/aws4_request\n{}",
-        &date[..8],
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
-    let k = hmac(format!("AWS4{secret}").as_bytes(), &date.as_bytes()[..8]);
-    let k = hmac(&k, region.as_bytes());
-    let k = hmac(&k, b"bedrock");
-    let k = hmac(&k, b"aws4_request");
-    assert_eq!(
-        hex::encode(hmac(&k, to_sign.as_bytes())),
-        signature,
-        "SigV4 signature; canonical request:\n{canonical}"
-    );
-    signed
-}
 
 #[test]
 fn the_verifier_reproduces_botocores_vector() {
@@ -165,25 +83,6 @@ fn gateway(mock: &MockUpstream) -> Gateway {
     Gateway::start(&setup)
 }
 
-/// A 6×4 opaque PNG with distinct pixels.
-fn gradient() -> Vec<u8> {
-    let mut img = solid(6, 4, [0, 0, 0, 255]);
-    for (i, px) in img.pixels.chunks_exact_mut(4).enumerate() {
-        px[0] = (i * 10) as u8;
-        px[1] = (255 - i * 10) as u8;
-    }
-    encode_png(&img).unwrap()
-}
-
-/// A 6×4 unified mask: the top two rows fully transparent (edit), the rest half opaque.
-fn unified_mask() -> Vec<u8> {
-    let mut m = solid(6, 4, [0, 0, 0, 128]);
-    for i in 0..12 {
-        m.pixels[i * 4 + 3] = 0;
-    }
-    encode_png(&m).unwrap()
-}
-
 /// The answer the mock gives: `n` distinct small PNGs.
 fn answer(n: usize) -> (Value, Vec<Vec<u8>>) {
     let pngs: Vec<Vec<u8>> = (0..n)
@@ -194,30 +93,12 @@ fn answer(n: usize) -> (Value, Vec<Vec<u8>>) {
 }
 
 fn form(provider_model: &str, prompt: &str) -> Form {
-    Form::new()
-        .text("model", provider_model)
-        .text("prompt", prompt)
-        .file("image", "in.png", "image/png", &gradient())
-}
-
-/// The JSON body of a recorded request, after the checks every request passes.
-fn body_json(r: &Recorded) -> Value {
-    assert_eq!(r.method, "POST");
-    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
-    assert_eq!(r.header("accept").as_deref(), Some("application/json"));
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&r.body)))
-}
-
-/// Asserts a converted mask: opaque, top two rows `edit`, the rest `255 - edit`.
-fn assert_mask(png: &[u8], edit: u8) {
-    let m: Rgba = decode_png(png).unwrap();
-    assert_eq!((m.width, m.height), (6, 4));
-    for y in 0..4 {
-        for x in 0..6 {
-            let want = if y < 2 { edit } else { 255 - edit };
-            assert_eq!(m.pixel(x, y), [want, want, want, 255], "mask pixel ({x},{y})");
-        }
-    }
+    Form::new().text("model", provider_model).text("prompt", prompt).file(
+        "image",
+        "in.png",
+        "image/png",
+        &gradient_png(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -232,7 +113,7 @@ fn signed_inpainting_with_and_without_a_session_token_and_with_an_api_key() {
     for provider in ["bedrock", "bedrock-tmp", "bedrock-key"] {
         mock.push(Reply::json(200, &reply));
         let f = form(&format!("{provider}/{NOVA}"), "a \"red\" ball")
-            .file("mask", "mask.png", "image/png", &unified_mask())
+            .file("mask", "mask.png", "image/png", &unified_mask_png())
             .text("n", "2")
             .text("size", "1024x1024")
             .text("seed", "42")
@@ -254,7 +135,7 @@ fn signed_inpainting_with_and_without_a_session_token_and_with_an_api_key() {
         let v = body_json(r);
         assert_eq!(v["taskType"], "INPAINTING");
         let p = &v["inPaintingParams"];
-        assert_eq!(unb64(&p["image"]), gradient());
+        assert_eq!(unb64(&p["image"]), gradient_png());
         assert_eq!(p["text"], "a \"red\" ball");
         assert_eq!(p["negativeText"], "blurry");
         assert_mask(&unb64(&p["maskImage"]), 0);
@@ -289,7 +170,7 @@ fn every_task_type_and_stability() {
         (
             form(&format!("bedrock/{NOVA}"), "sea")
                 .text("type", "outpainting")
-                .file("mask", "m.png", "image/png", &unified_mask()),
+                .file("mask", "m.png", "image/png", &unified_mask_png()),
             "OUTPAINTING",
             "outPaintingParams",
         ),
@@ -306,7 +187,7 @@ fn every_task_type_and_stability() {
         (
             form(&format!("bedrock/{NOVA}"), "fill")
                 .text("type", "inpainting")
-                .file("mask", "m.png", "image/png", &unified_mask()),
+                .file("mask", "m.png", "image/png", &unified_mask_png()),
             "INPAINTING",
             "inPaintingParams",
         ),
@@ -340,7 +221,7 @@ fn every_task_type_and_stability() {
         } else {
             &p["image"]
         };
-        assert_eq!(unb64(image), gradient());
+        assert_eq!(unb64(image), gradient_png());
     }
     // Stability inpaint on Bedrock: flat body, white = edit mask.
     mock.push(Reply::json(
@@ -348,7 +229,7 @@ fn every_task_type_and_stability() {
         &json!({"images": [b64(&second)], "seeds": [9], "finish_reasons": [null]}),
     ));
     let f = form("bedrock/stability.stable-image-inpaint-v1:0", "cat")
-        .file("mask", "m.png", "image/png", &unified_mask())
+        .file("mask", "m.png", "image/png", &unified_mask_png())
         .text("seed", "9");
     let r = gw.edit(&f, &[("x-bf-vk", VK)]);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -357,7 +238,7 @@ fn every_task_type_and_stability() {
     verify_sigv4(&rec, SECRET, "us-east-1");
     assert_eq!(rec.path, "/br/model/stability.stable-image-inpaint-v1%3A0/invoke");
     let v = body_json(&rec);
-    assert_eq!(unb64(&v["image"]), gradient());
+    assert_eq!(unb64(&v["image"]), gradient_png());
     assert_eq!((v["prompt"].as_str(), v["seed"].as_u64()), (Some("cat"), Some(9)));
     assert_eq!(v["output_format"], "png");
     assert_mask(&unb64(&v["mask"]), 255);
@@ -456,7 +337,7 @@ fn respond_by_seed(mock: &MockUpstream, pause: std::time::Duration, fail: Option
 
 fn stability_form(n: u32, seed: u64) -> Form {
     form("bedrock/stability.stable-image-inpaint-v1:0", "cat")
-        .file("mask", "m.png", "image/png", &unified_mask())
+        .file("mask", "m.png", "image/png", &unified_mask_png())
         .text("n", &n.to_string())
         .text("seed", &seed.to_string())
 }
@@ -496,7 +377,7 @@ fn stability_on_bedrock_n_is_served_by_n_signed_calls() {
             ["image", "mask", "output_format", "prompt", "seed"],
             "one image asked"
         );
-        assert_eq!(unb64(&v["image"]), gradient());
+        assert_eq!(unb64(&v["image"]), gradient_png());
         assert_mask(&unb64(&v["mask"]), 255);
         assert_eq!(
             (v["prompt"].as_str(), v["output_format"].as_str()),
@@ -558,8 +439,8 @@ fn requests_beyond_the_capabilities_never_reach_bedrock() {
     let gw = gateway(&mock);
     let nova = format!("bedrock/{NOVA}");
     let two = form(&nova, "x")
-        .file("image[]", "b.png", "image/png", &gradient())
-        .file("mask", "m.png", "image/png", &unified_mask());
+        .file("image[]", "b.png", "image/png", &gradient_png())
+        .file("mask", "m.png", "image/png", &unified_mask_png());
     let r = gw.edit(&two, &[("x-bf-vk", VK)]);
     assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("image"));
     let r = gw.edit(&form(&nova, "x").text("n", "6"), &[("x-bf-vk", VK)]);
@@ -594,12 +475,12 @@ fn simulator_edits_through_the_gateway() {
         "mask",
         "m.png",
         "image/png",
-        &unified_mask(),
+        &unified_mask_png(),
     );
     let r = gw.edit(&f, &[("x-bf-vk", VK)]);
     assert_eq!(r.status, 200, "{}", r.text());
     let out = decode_png(&unb64(&r.json()["data"][0]["b64_json"])).unwrap();
-    let input = decode_png(&gradient()).unwrap();
+    let input = decode_png(&gradient_png()).unwrap();
     for y in 0..4 {
         for x in 0..6 {
             let want = if y < 2 {

@@ -1,6 +1,9 @@
 //! Kind `gemini` end to end: a real gateway in front of a strict mock of the Gemini API (it
 //! checks the path, the key header, the JSON shape, and every inlined image byte for byte), and
 //! in front of the built-in simulator (checking the edited pixels).
+//! The cases every kind shares (basic edit, two images, mask, a refused capability, stream,
+//! upstream error, fallback) are stamped on it in `tests/conformance`; this file keeps what is
+//! specific to its wire.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -36,56 +39,14 @@ fn one_image_form(provider: &str, prompt: &str, png: &[u8]) -> Form {
 
 /// A GenerateContentResponse with one candidate per image.
 fn gemini_answer(images: &[&str]) -> Value {
-    let candidates: Vec<Value> = images
-        .iter()
-        .enumerate()
-        .map(|(i, data)| {
-            json!({"content":{"role":"model","parts":[{"text":"Here you go"},{"inlineData":{"mimeType":"image/png","data":data}}]},"finishReason":"STOP","index":i})
-        })
-        .collect();
-    json!({"candidates": candidates,
-           "usageMetadata":{"promptTokenCount":265,"candidatesTokenCount":1290,"totalTokenCount":1555,
-              "promptTokensDetails":[{"modality":"TEXT","tokenCount":7},{"modality":"IMAGE","tokenCount":258}],
-              "candidatesTokensDetails":[{"modality":"IMAGE","tokenCount":1290}]},
-           "modelVersion": MODEL})
+    common::wire::gemini::gemini_answer(MODEL, images)
 }
 
 /// Checks what Gemini requires of every request and returns the body as JSON, after checking
-/// each inlined image against `uploads` byte for byte.
+/// each inlined image against `uploads` byte for byte (`common::wire::gemini`).
 fn check_gemini_request(rec: &Recorded, mock: &MockUpstream, method: &str, uploads: &[&[u8]]) -> Value {
-    assert_eq!(rec.method, "POST");
-    assert_eq!(rec.path, format!("/v1beta/models/{MODEL}:{method}"));
-    assert_eq!(rec.header("host"), Some(mock.addr.to_string()));
-    assert_eq!(rec.header("x-goog-api-key").as_deref(), Some(GEMINI_KEY));
-    assert_eq!(rec.header("authorization"), None, "no Bearer on the Gemini API");
-    assert_eq!(rec.header("x-bf-vk"), None);
-    assert_eq!(rec.header("content-type").as_deref(), Some("application/json"));
-    assert_eq!(
-        rec.header("content-length").map(|l| l.parse::<usize>().unwrap()),
-        Some(rec.body.len())
-    );
-    assert!(
-        !rec.body.windows(6).any(|w| w == b"sk-bf-"),
-        "the body carries a virtual key"
-    );
-    let v: Value = serde_json::from_slice(&rec.body).expect("the upstream body is JSON");
-    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["contents", "generationConfig"]);
-    let contents = v["contents"].as_array().unwrap();
-    assert_eq!(contents.len(), 1);
-    assert_eq!(contents[0]["role"], "user");
-    let parts = contents[0]["parts"].as_array().unwrap();
-    assert_eq!(parts.len(), uploads.len() + 1, "one part per image, then the prompt");
-    for (part, upload) in parts.iter().zip(uploads) {
-        let blob = part["inlineData"].as_object().expect("inlineData");
-        assert_eq!(blob["mimeType"], "image/png");
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(blob["data"].as_str().unwrap())
-            .expect("standard padded base64");
-        assert!(data == *upload, "an inlined image differs from the upload");
-    }
-    assert!(parts.last().unwrap()["text"].is_string());
-    v
+    let path = format!("/v1beta/models/{MODEL}:{method}");
+    common::wire::gemini::check_gemini_request(rec, mock, &path, GEMINI_KEY, uploads)
 }
 
 #[test]
@@ -178,17 +139,11 @@ fn stream_true_gives_completed_events() {
 }
 
 #[test]
-fn mask_and_type_are_refused_before_any_upstream_request() {
+fn n_and_size_are_refused_before_any_upstream_request() {
     let mock = MockUpstream::start();
     let gw = gateway(&mock);
     let base = || one_image_form("gem", "p", &tiny_png());
-    let r = gw.edit(
-        &base().file("mask", "m.png", "image/png", &tiny_png()),
-        &[("x-bf-vk", VK)],
-    );
-    assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("mask"));
-    let r = gw.edit(&base().text("type", "inpainting"), &[("x-bf-vk", VK)]);
-    assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("type"));
+    // A mask and `type`: `conformance` (gemini::mask, gemini::refused_capability).
     let r = gw.edit(&base().text("n", "5"), &[("x-bf-vk", VK)]);
     assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("n"));
     let r = gw.edit(&base().text("size", "1024x1664"), &[("x-bf-vk", VK)]);

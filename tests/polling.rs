@@ -2,6 +2,9 @@
 //! strict mock upstream per provider that makes the gateway poll (Pending, Pending, Ready) and
 //! serves the result image itself; URL output, synthesized streams, moderation, the poll
 //! deadline, the SSRF guard; and one request per kind through the built-in simulator.
+//! The cases every kind shares (basic edit, two images, mask, a refused capability, stream,
+//! upstream error, fallback) are stamped on them in `tests/conformance`; this file keeps what is
+//! specific to their wires.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -220,100 +223,6 @@ fn flux_n_is_served_by_n_jobs_with_seeds_seed_plus_i() {
         seeds.sort_unstable();
         assert_eq!(seeds, [42, 43, 44], "{model}");
     }
-}
-
-#[test]
-fn fireworks_polls_get_result_and_downloads() {
-    let mock = MockUpstream::start();
-    let gw = gateway(&mock, "");
-    let sample = format!("{}/results/f1.png", mock.base_url());
-    mock.push(Reply::json(200, &json!({"request_id": "f1"})));
-    mock.push(Reply::json(
-        200,
-        &json!({"id": "f1", "status": "Pending", "result": null}),
-    ));
-    mock.push(Reply::json(
-        200,
-        &json!({"id": "f1", "status": "Pending", "result": null}),
-    ));
-    mock.push(Reply::json(
-        200,
-        &json!({"id": "f1", "status": "Ready", "result": {"sample": sample}}),
-    ));
-    mock.push(image_reply(&result_png()));
-    let r = gw.edit(&edit_form("fw/flux-kontext-pro"), &[("x-bf-vk", VK)]);
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(unb64(&r.json()["data"][0]["b64_json"]), result_png());
-    let reqs = mock.requests();
-    assert_eq!(reqs.len(), 5);
-    let model_path = "/v1/workflows/accounts/fireworks/models/flux-kontext-pro";
-    assert_eq!(reqs[0].path, model_path);
-    assert_eq!(reqs[0].header("authorization").as_deref(), Some("Bearer fw-SECRET"));
-    let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
-    assert!(body["input_image"]
-        .as_str()
-        .unwrap()
-        .starts_with("data:image/png;base64,"));
-    assert_eq!(unb64(&body["input_image"]), tiny_png());
-    for poll in &reqs[1..4] {
-        assert_eq!(
-            (poll.method.as_str(), poll.path.clone()),
-            ("POST", format!("{model_path}/get_result"))
-        );
-        assert_eq!(
-            serde_json::from_slice::<Value>(&poll.body).unwrap(),
-            json!({"id": "f1"})
-        );
-        assert_eq!(poll.header("authorization").as_deref(), Some("Bearer fw-SECRET"));
-    }
-    assert_eq!(reqs[4].path, "/v1/results/f1.png");
-}
-
-#[test]
-fn replicate_polls_urls_get_and_downloads() {
-    let mock = MockUpstream::start();
-    let gw = gateway(&mock, "");
-    let base = mock.base_url();
-    let get = format!("{base}/predictions/p1");
-    let out = format!("{base}/files/out.png");
-    mock.push(Reply::json(
-        201,
-        &json!({"id": "p1", "status": "starting", "urls": {"get": get}}),
-    ));
-    mock.push(Reply::json(
-        200,
-        &json!({"id": "p1", "status": "processing", "urls": {"get": get}}),
-    ));
-    mock.push(Reply::json(
-        200,
-        &json!({"id": "p1", "status": "processing", "urls": {"get": get}}),
-    ));
-    mock.push(Reply::json(
-        200,
-        &json!({"id": "p1", "status": "succeeded", "output": [out], "urls": {"get": get}}),
-    ));
-    mock.push(image_reply(&result_png()));
-    let r = gw.edit(&edit_form("rep/black-forest-labs/flux-kontext-pro"), &[("x-bf-vk", VK)]);
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(unb64(&r.json()["data"][0]["b64_json"]), result_png());
-    let reqs = mock.requests();
-    assert_eq!(reqs.len(), 5);
-    assert_eq!(
-        reqs[0].path,
-        "/v1/models/black-forest-labs/flux-kontext-pro/predictions"
-    );
-    assert_eq!(reqs[0].header("prefer").as_deref(), Some("wait=60"));
-    assert_eq!(reqs[0].header("authorization").as_deref(), Some("Bearer r8-SECRET"));
-    let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
-    assert_eq!(unb64(&body["input"]["input_image"]), tiny_png());
-    for poll in &reqs[1..4] {
-        assert_eq!(
-            (poll.method.as_str(), poll.path.as_str()),
-            ("GET", "/v1/predictions/p1")
-        );
-        assert_eq!(poll.header("authorization").as_deref(), Some("Bearer r8-SECRET"));
-    }
-    assert_eq!(reqs[4].path, "/v1/files/out.png");
 }
 
 #[test]

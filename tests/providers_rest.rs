@@ -2,12 +2,16 @@
 //! mocks (path, auth, accept, body shape, every image byte for byte, Stability's converted mask
 //! pixel by pixel), synthesized streams, refusals before any upstream call, provider errors,
 //! and each kind in front of the built-in simulator (checking the edited pixels).
+//! The cases every kind shares (basic edit, two images, mask, a refused capability, stream,
+//! upstream error, fallback) are stamped on them in `tests/conformance`; this file keeps what is
+//! specific to their wires.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 mod common;
 
 use base64::Engine;
+use common::wire::stability::{assert_stability_mask, stability_answer};
 use common::*;
 use refract::codec::sse::SseDecoder;
 use refract::imaging::{decode_png, encode_png, paint_colour, solid, Rgba};
@@ -60,31 +64,15 @@ fn completed_events(r: &Response) -> Vec<Value> {
         .collect()
 }
 
-fn stability_answer(png: &[u8]) -> Value {
-    json!({"image": b64(png), "finish_reason": "SUCCESS", "seed": 42})
-}
-
 fn text_part(parts: &[Part], name: &str) -> String {
     let p = parts_named(parts, name);
     assert_eq!(p.len(), 1, "part {name}");
     p[0].text()
 }
 
-/// What Stability requires of every request; returns the parts.
+/// What Stability requires of every request (`common::wire::stability`); returns the parts.
 fn check_stability(rec: &Recorded, service: &str) -> Vec<Part> {
-    assert_eq!(rec.method, "POST");
-    assert_eq!(rec.path, format!("/v2beta/stable-image/edit/{service}"));
-    assert_eq!(rec.header("authorization"), Some(format!("Bearer {STABILITY_KEY}")));
-    assert_eq!(rec.header("accept").as_deref(), Some("application/json"));
-    assert!(rec
-        .header("content-type")
-        .unwrap()
-        .starts_with("multipart/form-data; boundary="));
-    let parts = rec.parts();
-    let image = parts_named(&parts, "image");
-    assert_eq!(image.len(), 1);
-    assert_eq!(image[0].data, gradient_png(), "the image byte for byte");
-    parts
+    common::wire::stability::check_stability(rec, service, STABILITY_KEY, &gradient_png())
 }
 
 #[test]
@@ -223,18 +211,6 @@ fn respond_by_seed(mock: &MockUpstream, pause: std::time::Duration, fail: Option
         };
         Reply::json_after(pause, status, &body)
     });
-}
-
-/// The unified mask converted for Stability: opaque grayscale, the top two rows white (edit).
-fn assert_stability_mask(png: &[u8]) {
-    assert!(!refract::imaging::png_info(png).unwrap().alpha);
-    let mask: Rgba = decode_png(png).unwrap();
-    for y in 0..4 {
-        for x in 0..6 {
-            let want = if y < 2 { 255 } else { 0 };
-            assert_eq!(mask.pixel(x, y), [want, want, want, 255], "mask pixel ({x},{y})");
-        }
-    }
 }
 
 fn inpaint_form(model: &str, n: u32) -> Form {
@@ -415,37 +391,19 @@ fn requests_beyond_the_capabilities_never_reach_the_provider() {
         &[("x-bf-vk", VK)],
     );
     assert_invalid(&r, "mask");
-    // xAI: a mask; four images; a type.
-    let r = gw.edit(
-        &form("xai/grok-imagine-image", Some("p"), &png).file("mask", "m.png", "image/png", &unified_mask_png()),
-        &[("x-bf-vk", VK)],
-    );
-    unsupported(&r, "mask");
+    // xAI: four images (a mask and a type: `conformance`, xai::mask and
+    // xai::refused_capability).
     let mut four = form("xai/grok-imagine-image", Some("p"), &png);
     for _ in 0..3 {
         four = four.file("image[]", "x.png", "image/png", &png);
     }
     let r = gw.edit(&four, &[("x-bf-vk", VK)]);
     unsupported(&r, "image");
-    let r = gw.edit(
-        &form("xai/grok-imagine-image", Some("p"), &png).text("type", "inpainting"),
-        &[("x-bf-vk", VK)],
-    );
-    unsupported(&r, "type");
-    // Hugging Face: a 3 MB image (the router caps bodies at 2 MB); two images; url output.
+    // Hugging Face: a 3 MB image (the router caps bodies at 2 MB). Two images and url output:
+    // `conformance` (huggingface::multi_image, huggingface::refused_capability).
     let big = big_png_like(3_000_000, 7);
     let r = gw.edit(&form("hf/owner/model", Some("p"), &big), &[("x-bf-vk", VK)]);
     unsupported(&r, "image");
-    let r = gw.edit(
-        &form("hf/owner/model", Some("p"), &png).file("image[]", "b.png", "image/png", &png),
-        &[("x-bf-vk", VK)],
-    );
-    unsupported(&r, "image");
-    let r = gw.edit(
-        &form("hf/owner/model", Some("p"), &png).text("response_format", "url"),
-        &[("x-bf-vk", VK)],
-    );
-    unsupported(&r, "response_format");
     assert!(mock.requests().is_empty(), "the mock saw nothing");
     assert!(mock.incomplete().is_empty(), "the mock saw nothing");
 }

@@ -3,6 +3,9 @@
 //! half. Covers token caching, one fetch for concurrent first requests, refresh of short-lived
 //! tokens, token endpoint failures, the Imagen body (images byte for byte, the converted mask
 //! pixel by pixel), `type` → `editMode`, synthesized streams and refusals before any call.
+//! The cases every kind shares (basic edit, two images, mask, a refused capability, stream,
+//! upstream error, fallback) are stamped on it in `tests/conformance`; this file keeps what is
+//! specific to its wire.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -10,7 +13,7 @@ mod common;
 
 use base64::Engine;
 use common::*;
-use refract::imaging::{decode_png, encode_png, solid, Rgba};
+use refract::imaging::{encode_png, solid};
 use ring::signature::{KeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -283,12 +286,7 @@ fn vertex_form(prompt: &str) -> Form {
 
 /// The parts of a recorded `:predict` request every test checks: path, bearer token, JSON.
 fn predict_json(r: &Recorded, token: &str) -> Value {
-    assert_eq!(r.method, "POST");
-    assert_eq!(r.path, PREDICT_PATH);
-    assert_eq!(r.header("authorization").as_deref(), Some(&*format!("Bearer {token}")));
-    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
-    assert!(r.header("x-goog-api-key").is_none());
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&r.body)))
+    common::wire::vertex::predict_json(r, PREDICT_PATH, token)
 }
 
 #[test]
@@ -338,14 +336,7 @@ fn service_account_token_is_fetched_once_and_reused_and_the_body_is_imagens() {
             (Some("REFERENCE_TYPE_MASK"), Some(3))
         );
         assert_eq!(refs[2]["maskImageConfig"]["maskMode"], "MASK_MODE_USER_PROVIDED");
-        let mask: Rgba = decode_png(&unb64(&refs[2]["referenceImage"]["bytesBase64Encoded"])).unwrap();
-        assert_eq!((mask.width, mask.height), (6, 4));
-        for y in 0..4 {
-            for x in 0..6 {
-                let want = if y < 2 { 255 } else { 0 };
-                assert_eq!(mask.pixel(x, y), [want, want, want, 255], "mask pixel ({x},{y})");
-            }
-        }
+        common::wire::assert_converted_mask(&unb64(&refs[2]["referenceImage"]["bytesBase64Encoded"]), 255);
         assert_eq!(
             v["parameters"],
             json!({"editMode": "EDIT_MODE_INPAINT_INSERTION", "sampleCount": 2, "includeRaiReason": true,

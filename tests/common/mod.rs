@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod wire;
 
 use refract::config::from_yaml_str_with_env;
 use refract::server::RunningServer;

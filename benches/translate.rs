@@ -109,6 +109,7 @@ fn main() {
                         target: &target,
                         request_id: "bench",
                         now: std::time::SystemTime::now(),
+                        nonce: 1,
                     })
                     .expect("build");
                 let mut sent = 0usize;

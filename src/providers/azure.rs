@@ -17,7 +17,7 @@
 
 use super::capabilities::{any_model, ModelFamily};
 use super::kernel::images_api::{build_multipart, convert_images_response, multipart_encoder, IMAGES_API_CAPABILITIES};
-use super::kernel::multipart::{multipart_head, new_boundary};
+use super::kernel::multipart::{boundary, multipart_head};
 use super::kernel::percent::percent_encode_segment;
 use super::kernel::post::auth_header;
 use super::model_id::one_name;
@@ -80,14 +80,14 @@ impl ProviderAdapter for AzureAdapter {
         one_name(model).map_err(|_| "expected a deployment or model name of letters, digits, '.', '_', '-'")
     }
 
-    fn request_encoder(&self, target: &Target, request_id: &str) -> Option<Box<dyn RequestEncoder>> {
-        let boundary = new_boundary();
+    fn request_encoder(&self, target: &Target, request_id: &str, nonce: u128) -> Option<Box<dyn RequestEncoder>> {
+        let boundary = boundary(nonce);
         let head = head(target, request_id, &boundary).ok()?;
         Some(multipart_encoder(head, boundary, deployment(target)))
     }
 
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
-        let boundary = new_boundary();
+        let boundary = boundary(scope.nonce);
         let head = head(scope.target, scope.request_id, &boundary)?;
         build_multipart(scope.form, head, boundary, deployment(scope.target))
     }
@@ -173,7 +173,7 @@ mod tests {
         assert_eq!(req.path, "/openai/v1/images/edits");
         assert_eq!(header(&req, "authorization"), Some("Bearer entra-token"));
         assert_eq!(header(&req, "api-key"), None);
-        let enc = AzureAdapter.request_encoder(&t, "r1").unwrap();
+        let enc = AzureAdapter.request_encoder(&t, "r1", 7).unwrap();
         assert_eq!(enc.head().path, "/openai/v1/images/edits");
     }
 

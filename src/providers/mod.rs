@@ -143,6 +143,9 @@ pub struct BuildScope<'a> {
     /// The wall time of the attempt (SigV4 dates and anything else time-stamped); adapters
     /// never read the clock themselves.
     pub now: SystemTime,
+    /// Random bits the gateway draws for the attempt (multipart boundaries); adapters never
+    /// draw their own, so the same scope builds the same bytes.
+    pub nonce: u128,
 }
 
 /// The provider's complete answer.
@@ -233,14 +236,16 @@ pub trait ProviderAdapter: Send + Sync {
     }
 
     /// An encoder that translates the form part by part while it arrives, for providers whose
-    /// format allows it; `None` means the request is built from the complete form instead.
-    fn request_encoder(&self, _target: &Target, _request_id: &str) -> Option<Box<dyn RequestEncoder>> {
+    /// format allows it (the streaming variant of [`ProviderAdapter::build`], for the upload
+    /// sent upstream while it arrives; `nonce` as [`BuildScope::nonce`]); `None` means the
+    /// request is built from the complete form instead.
+    fn request_encoder(&self, _target: &Target, _request_id: &str, _nonce: u128) -> Option<Box<dyn RequestEncoder>> {
         None
     }
 
     /// Builds the upstream request for one attempt from `scope` (the one build entry; the
     /// streamed upload uses [`ProviderAdapter::request_encoder`] instead, when the adapter has
-    /// one). Pure: the same scope gives the same request. `Err` is a 400 for what the provider
+    /// one). Pure: the same scope gives the same request, byte for byte. `Err` is a 400 for what the provider
     /// cannot take, or an internal error for a scope the gateway never makes (a mask the
     /// adapter asked for, not converted).
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError>;

@@ -13,7 +13,7 @@
 
 use super::capabilities::{any_model, ModelFamily};
 use super::kernel::images_api::{build_multipart, convert_images_response, multipart_encoder, IMAGES_API_CAPABILITIES};
-use super::kernel::multipart::{multipart_head, new_boundary};
+use super::kernel::multipart::{boundary, multipart_head};
 use super::kernel::post::auth_header;
 use super::model_id::plain;
 use super::{
@@ -56,14 +56,14 @@ impl ProviderAdapter for OpenAiAdapter {
             .ok_or("expected name or owner/name of letters, digits, '.', '_', '-', ':'")
     }
 
-    fn request_encoder(&self, target: &Target, request_id: &str) -> Option<Box<dyn RequestEncoder>> {
-        let boundary = new_boundary();
+    fn request_encoder(&self, target: &Target, request_id: &str, nonce: u128) -> Option<Box<dyn RequestEncoder>> {
+        let boundary = boundary(nonce);
         let head = head(target, request_id, &boundary).ok()?;
         Some(multipart_encoder(head, boundary, &target.model))
     }
 
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
-        let boundary = new_boundary();
+        let boundary = boundary(scope.nonce);
         let head = head(scope.target, scope.request_id, &boundary)?;
         build_multipart(scope.form, head, boundary, &scope.target.model)
     }
@@ -105,6 +105,45 @@ mod tests {
             declared_type: Some("application/octet-stream".into()),
             range: SpoolRange { start, len },
         }
+    }
+
+    /// The build is pure: the same scope gives the same bytes (the boundary comes from
+    /// `scope.nonce`), another nonce another boundary.
+    #[test]
+    fn same_scope_same_bytes() {
+        let mut spool = Spool::new(64, None);
+        spool
+            .append(Bytes::from_static(b"\x89PNG\r\n\x1a\nimage-bytes"))
+            .unwrap();
+        let form = EditForm {
+            provider: "openai".into(),
+            model: "gpt-image-1".into(),
+            prompt: Some("p".into()),
+            images: vec![part("image", ImageKind::Png, 0, 19)],
+            ..Default::default()
+        };
+        let t = target("gpt-image-1");
+        let scope = |nonce: u128| BuildScope {
+            form: &form,
+            spool: &spool,
+            mask: None,
+            target: &t,
+            request_id: "r",
+            now: crate::providers::test_support::clock(),
+            nonce,
+        };
+        let bytes = |req: &UpstreamRequest| (req.headers.clone(), req.render(&spool).unwrap());
+        let (a, b) = (
+            OpenAiAdapter.build(&scope(9)).unwrap(),
+            OpenAiAdapter.build(&scope(9)).unwrap(),
+        );
+        assert_eq!(bytes(&a), bytes(&b));
+        assert_eq!(
+            a.header("content-type"),
+            Some("multipart/form-data; boundary=refract-00000000000000000000000000000009")
+        );
+        let c = OpenAiAdapter.build(&scope(10)).unwrap();
+        assert_ne!(a.header("content-type"), c.header("content-type"));
     }
 
     #[tokio::test]

@@ -21,6 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The wall time of every test build, in seconds since the epoch (2023-11-14T22:13:20Z).
 pub const CLOCK_SECS: u64 = 1_700_000_000;
 
+/// The random bits of every test build (multipart boundaries).
+pub const NONCE: u128 = 0x5eed_0000_0000_0000_0000_0000_0000_0001;
+
 /// The wall time of every test build.
 pub fn clock() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(CLOCK_SECS)
@@ -57,6 +60,7 @@ pub fn build_from_spool(
         target,
         request_id,
         now: clock(),
+        nonce: NONCE,
     })
 }
 

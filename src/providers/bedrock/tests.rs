@@ -500,6 +500,7 @@ fn same_scope_same_signed_bytes() {
         target: &t,
         request_id: "rid",
         now,
+        nonce: 1,
     };
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_486_854);
     let bytes = |req: &UpstreamRequest| {

@@ -134,9 +134,11 @@ pub fn multipart_head(
     )
 }
 
-/// A new random multipart boundary.
-pub fn new_boundary() -> String {
-    format!("refract-{}", uuid::Uuid::new_v4().simple())
+/// The multipart boundary made from `nonce` (random bits the gateway draws per attempt):
+/// `refract-` and 32 hex digits, unpredictable to the client whose bytes the body carries,
+/// and the same for the same nonce.
+pub fn boundary(nonce: u128) -> String {
+    format!("refract-{nonce:032x}")
 }
 
 #[cfg(test)]

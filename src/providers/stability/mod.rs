@@ -37,7 +37,7 @@
 
 use super::capabilities::{any_model, Capabilities, ModelFamily, NByCalls, Streaming};
 use super::kernel::errors::{no_image_error, provider_error};
-use super::kernel::multipart::{multipart_head, new_boundary, MultipartWriter};
+use super::kernel::multipart::{boundary, multipart_head, MultipartWriter};
 use super::kernel::post::auth_header;
 use super::kernel::size::size_wxh;
 use super::kernel::unified::{write_images_response, AnswerImage};
@@ -46,7 +46,6 @@ use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
 use crate::imaging::{self, ImageKind, MaskConvention};
 use crate::providers::UnifiedAnswer;
-use crate::route::Target;
 use crate::spool::{Spool, SpoolRange};
 use base64::Engine;
 use bytes::Bytes;
@@ -183,15 +182,21 @@ fn border(form: &EditForm, input: Option<(u32, u32)>) -> Result<[u32; 4], Gatewa
     Ok(sides)
 }
 
-/// Builds the request; `mask` is the converted mask PNG and `input` the first image's size
-/// (when known). Fails with a 400 before any upstream call on what Stability cannot serve.
+/// Builds the request for `scope`; `mask` is the converted mask PNG and `input` the first
+/// image's size (when known). Fails with a 400 before any upstream call on what Stability
+/// cannot serve.
 fn build(
-    form: &EditForm,
+    scope: &BuildScope<'_>,
     mask: Option<Vec<u8>>,
     input: Option<(u32, u32)>,
-    target: &Target,
-    request_id: &str,
 ) -> Result<UpstreamRequest, GatewayError> {
+    let BuildScope {
+        form,
+        target,
+        request_id,
+        nonce,
+        ..
+    } = *scope;
     let service = service(form)?;
     let image = form
         .images
@@ -217,7 +222,7 @@ fn build(
             message: format!("output_format={f} (png, jpeg or webp)"),
         });
     }
-    let boundary = new_boundary();
+    let boundary = boundary(nonce);
     let mut req = multipart_head(
         format!("{}/v2beta/stable-image/edit/{service}", target.provider.base_url.path),
         auth_header(target, "authorization")?,
@@ -267,13 +272,7 @@ impl ProviderAdapter for StabilityAdapter {
     /// The mask converted by the gateway (`scope.mask`), and for outpainting the first image's
     /// size read from the spool.
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
-        let BuildScope {
-            form,
-            spool,
-            target,
-            request_id,
-            ..
-        } = *scope;
+        let BuildScope { form, spool, .. } = *scope;
         service(form)?;
         if form.mask.is_some() && scope.mask.is_none() {
             return Err(GatewayError::Internal(
@@ -286,7 +285,7 @@ impl ProviderAdapter for StabilityAdapter {
         } else {
             None
         };
-        build(form, mask, input, target, request_id)
+        build(scope, mask, input)
     }
 
     fn convert_response(

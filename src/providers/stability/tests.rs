@@ -4,6 +4,7 @@ use crate::form::FilePart;
 use crate::imaging::{decode_png, encode_png, solid, Rgba};
 use crate::providers::test_support::{build, build_from_spool};
 use crate::route::Router;
+use crate::route::Target;
 
 fn target() -> Target {
     let yaml =

@@ -39,6 +39,7 @@ pub(super) async fn build_request(
         target,
         request_id,
         now: std::time::SystemTime::now(),
+        nonce: uuid::Uuid::new_v4().as_u128(),
     })
 }
 

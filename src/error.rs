@@ -177,6 +177,19 @@ pub enum GatewayError {
         /// The connection cap.
         limit: usize,
     },
+    /// The admission step ([`crate::admission::Admission`]) refused the attempt before any
+    /// upstream call: a budget spent, a rate limit reached, a model closed to the caller. The
+    /// status and code are the admission's (429 `rate_limited`, 402 `budget_exceeded`…); the
+    /// request moves on to its fallbacks, if any, which are admitted on their own.
+    #[error("{message}")]
+    Refused {
+        /// The HTTP status to answer (4xx or 503).
+        status: u16,
+        /// The machine-readable code (Bifrost's `type` and `error.code`).
+        code: &'static str,
+        /// Why, for the caller.
+        message: String,
+    },
     /// The client went away before the answer was complete (499, never sent: for metrics).
     #[error("the client closed the connection")]
     ClientClosed,
@@ -257,7 +270,7 @@ impl GatewayError {
             KeysDisabled { .. } | ProviderBusy { .. } | TooManyConnections { .. } => 503,
             RequestTimeout { .. } => 408,
             HeadTooLarge { .. } => 431,
-            Provider { status, .. } => *status,
+            Provider { status, .. } | Refused { status, .. } => *status,
             ClientClosed => 499,
             Internal(_) => 500,
         }
@@ -289,6 +302,7 @@ impl GatewayError {
             ProviderBusy { .. } => "provider_busy",
             RequestTimeout { .. } => "request_timeout",
             Provider { .. } => "provider_error",
+            Refused { code, .. } => code,
             HeadTooLarge { .. } => "request_header_too_large",
             TooManyConnections { .. } => "too_many_connections",
             ClientClosed => "client_closed",

@@ -2,13 +2,14 @@
 //!
 //! A request to `POST /v1/images/edits` runs through a chain of small plugins, each a module
 //! here: [`auth`] (who is calling) → [`form`] (parse and validate the multipart body on the fly
-//! into the [`spool`]) → [`route`] (provider and key) → [`providers`] (translate to the
+//! into the [`spool`]) → [`route`] (provider and key) → [`admission`] (admit the attempt) → [`providers`] (translate to the
 //! provider's wire format) → `server::exchange` (one upstream exchange through Pingora's pooled
 //! connector) → [`providers`] again (convert the answer) → [`metrics`] (account). Only
 //! [`server`] touches Pingora; everything else is plain Rust over `http` heads and bytes.
 
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod auth;
 pub mod codec;
 pub mod config;

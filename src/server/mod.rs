@@ -12,6 +12,7 @@ pub mod resolver;
 mod simulator_app;
 pub mod slots;
 
+use crate::admission::{Admission, AdmitAll};
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::error::GatewayError;
@@ -48,6 +49,24 @@ pub struct AppState {
     /// `limits.decode_concurrency` at once, within `limits.max_image_pixels` (shared with the
     /// simulator).
     pub decoder: crate::imaging::DecodePool,
+    /// The admit step, asked once per attempt before it goes upstream ([`AdmitAll`] unless
+    /// [`Options::admission`] installs another).
+    pub admission: Arc<dyn Admission>,
+}
+
+/// What a server is built with besides its config: the plug-ins that are code, not settings.
+#[derive(Clone)]
+pub struct Options {
+    /// The admit step ([`crate::admission`]).
+    pub admission: Arc<dyn Admission>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            admission: Arc::new(AdmitAll),
+        }
+    }
 }
 
 impl AppState {
@@ -166,6 +185,15 @@ fn check_ca_file(config: &Config) -> Result<(), ServerError> {
 /// Builds the Pingora server with every service the config asks for. `opt` carries the
 /// command-line flags Pingora itself understands (`--upgrade`, `--daemon`).
 pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -> Result<Server, ServerError> {
+    build_with(config, opt, Options::default())
+}
+
+/// [`build`], with the plug-ins of `options`.
+pub fn build_with(
+    config: Config,
+    opt: Option<pingora::server::configuration::Opt>,
+    options: Options,
+) -> Result<Server, ServerError> {
     check_ca_file(&config)?;
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
@@ -187,6 +215,7 @@ pub fn build(config: Config, opt: Option<pingora::server::configuration::Opt>) -
                 .map(|p| (p.name.as_str(), p.keys.len())),
         ),
         slots: slots::Slots::new(&config.providers, &metrics),
+        admission: options.admission,
         config,
     });
     for p in state
@@ -327,7 +356,12 @@ impl Drop for RunningServer {
 /// Builds and starts the server on a background thread (tests, benchmarks). Returns once the
 /// thread runs; callers wait for their listeners to accept.
 pub fn spawn(config: Config) -> Result<RunningServer, ServerError> {
-    let server = build(config, None)?;
+    spawn_with(config, Options::default())
+}
+
+/// [`spawn`], with the plug-ins of `options` (a test's admission).
+pub fn spawn_with(config: Config, options: Options) -> Result<RunningServer, ServerError> {
+    let server = build_with(config, None, options)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::spawn(move || {
         server.run(RunArgs {

@@ -216,11 +216,16 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway for `setup` and waits until every listener accepts.
     pub fn start(setup: &Setup) -> Gateway {
+        Gateway::start_with(setup, refract::server::Options::default())
+    }
+
+    /// [`Gateway::start`], with the plug-ins of `options` (a test's admission).
+    pub fn start_with(setup: &Setup, options: refract::server::Options) -> Gateway {
         let (listen, metrics) = (free_addr(), free_addr());
         let sim = setup.simulator.then(free_addr);
         let yaml = setup.yaml(listen, metrics, sim);
         let config = from_yaml_str_with_env(&yaml, &|_| None).unwrap_or_else(|e| panic!("config:\n{e}\n{yaml}"));
-        let server = refract::server::spawn(config).expect("spawn gateway");
+        let server = refract::server::spawn_with(config, options).expect("spawn gateway");
         wait_listening(listen);
         wait_listening(metrics);
         if let Some(s) = sim {

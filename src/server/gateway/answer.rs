@@ -45,6 +45,22 @@ pub(super) struct StreamSink {
 }
 
 impl StreamSink {
+    /// A sink for one attempt and the receiving end of its downstream channel (for
+    /// [`write_event_stream`]). `config` is the stream request's context: set already (an
+    /// attempt from the spool), or set by the upload before the upstream body ends (the
+    /// streamed attempt); unset for a request that wants no stream.
+    pub(super) fn new(config: Arc<OnceLock<StreamContext>>) -> (StreamSink, tokio::sync::mpsc::Receiver<Down>) {
+        let (down, rx) = tokio::sync::mpsc::channel(EVENTS_AHEAD);
+        let sink = StreamSink {
+            config,
+            pipeline: None,
+            down: Some(down),
+            used: false,
+            failure_told: false,
+        };
+        (sink, rx)
+    }
+
     pub(super) async fn send(&mut self, out: Vec<u8>) -> std::result::Result<(), GatewayError> {
         if !out.is_empty() {
             self.send_down(Down::Bytes(Bytes::from(out))).await?;

@@ -1,5 +1,5 @@
 //! Follow-up exchanges (asynchronous providers), then the conversion: runs after the first
-//! upstream answer, in `image_edit` (and for each call of a repeated one, `super::repeat`),
+//! upstream answer, in the attempt (`super::attempt`; and for each call of a repeated one, `super::repeat`),
 //! asking the adapter ([`ProviderAdapter::follow_up`]) what comes next and doing it: wait,
 //! poll, download the result images, until the adapter has a final answer or wants the last
 //! answer converted as usual ([`ProviderAdapter::convert_response`]).

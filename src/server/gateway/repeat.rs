@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 /// What the upstream side of an attempt produced.
 pub(super) enum Answered {
-    /// The provider's answer to the attempt's one call; `finish` follows it up and converts it.
+    /// The provider's answer to the attempt's one call; the attempt follows it up and converts it.
     One(UpstreamResponse),
     /// The answer merged from n calls, each followed up and converted; or the failure of the
     /// first call that failed, with the `Retry-After` of that call's answer.
@@ -53,6 +53,33 @@ pub(super) struct Call<'a> {
     pub(super) request_id: &'a str,
     /// When the client's request started (the answers' `latency`).
     pub(super) start: Instant,
+}
+
+impl<'a> Call<'a> {
+    /// What the follow-up loop needs to follow up and convert an answer to this call for
+    /// `form` (the attempt's, or one of its n calls').
+    pub(super) fn follow_request<'f>(&self, form: &'f EditForm) -> follow::Request<'f>
+    where
+        'a: 'f,
+    {
+        let target = self.target;
+        follow::Request {
+            connector: &self.state.connector,
+            slots: &self.state.slots,
+            target,
+            spool: self.spool,
+            request_id: self.request_id,
+            want_url: form.response_format.as_deref() == Some("url") && !form.stream,
+            response: ResponseContext {
+                provider: &target.provider.name,
+                model_requested: &form.model,
+                model_deployment: &target.model,
+                latency_ms: self.start.elapsed().as_millis() as u64,
+                num_input_images: form.images.len(),
+            },
+            start: self.start,
+        }
+    }
 }
 
 /// The upstream side of an attempt from the spool: the one call (its answer handed to `sink`,
@@ -122,23 +149,7 @@ async fn one(call: &Call<'_>, i: u32, by_calls: NByCalls) -> Result<UnifiedAnswe
     // The call's follow-ups take slots of their own.
     drop(slot);
     let retry_after = response.retry_after;
-    let followed = follow::Request {
-        connector: &call.state.connector,
-        slots: &call.state.slots,
-        target,
-        spool: call.spool,
-        request_id: call.request_id,
-        want_url: form.response_format.as_deref() == Some("url") && !form.stream,
-        response: ResponseContext {
-            provider: &target.provider.name,
-            model_requested: &form.model,
-            model_deployment: &target.model,
-            latency_ms: call.start.elapsed().as_millis() as u64,
-            num_input_images: form.images.len(),
-            created: crate::providers::kernel::time::unix_seconds(std::time::SystemTime::now()),
-        },
-        start: call.start,
-    };
+    let followed = call.follow_request(&form);
     follow::unified(adapter, &followed, response)
         .await
         .map_err(|error| Failed { error, retry_after })

@@ -1,20 +1,239 @@
-//! The upload side of a request: the downstream body as a [`BodySource`], the translate
-//! plugin's streaming [`FormSink`] that starts the provider request while the client is still
-//! uploading, and the epilogue drain that keeps connections reusable.
+//! The parse step, and the streamed upload: [`read`] reads and validates the request body
+//! into the spool and, for a large upload whose `model` comes first, starts the primary's
+//! first attempt while the client is still uploading (its own channels, and the select
+//! between the upload and an early answer, live here and nowhere else). Also the downstream
+//! body as a [`BodySource`], the translate plugin's streaming [`FormSink`], and the epilogue
+//! drain that keeps connections reusable.
 
-use super::super::exchange::{Clock, Piece};
+use super::super::exchange::{exchange_streamed, Clock, Piece, Streamed};
 use super::super::slots::Slot;
+use super::answer::{Down, StreamSink};
+use super::attempt::{check_candidate, ended, route_candidate, settle, stream_context, Admitted, Start, Tried};
+use super::RequestCtx;
+use crate::admission::{AdmissionRequest, AttemptIndex};
 use crate::auth::Identity;
 use crate::config::Limits;
 use crate::error::GatewayError;
-use crate::form::{BodySource, FormSink};
+use crate::form::{parse_edit_form, BodySource, EditForm, FormSink};
 use crate::imaging::ImageKind;
+use crate::metrics::ClientPhase;
+use crate::providers::stream::Framing;
 use crate::providers::{adapter_for, RequestEncoder, UpstreamRequest};
-use crate::route::{Router, Target};
+use crate::route::Target;
+use crate::server::AppState;
+use crate::spool::Spool;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::proxy::Session;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// What the parse step needs besides the session: the request's head, checked.
+pub(super) struct Upload<'a> {
+    pub(super) state: &'a AppState,
+    pub(super) identity: &'a Identity,
+    pub(super) request_id: &'a str,
+    pub(super) framing: Framing,
+    /// The multipart boundary.
+    pub(super) boundary: &'a str,
+    /// The `Content-Length`, if any.
+    pub(super) declared_len: Option<u64>,
+}
+
+/// The upload, read and valid.
+pub(super) struct Uploaded<'a> {
+    /// The client's form.
+    pub(super) form: EditForm,
+    /// How the primary's first attempt begins: from its streamed exchange, or from the spool.
+    pub(super) first: Start<'a>,
+}
+
+/// The end of the streamed exchange: its key, its outcome, and the sink it wrote to; `None`
+/// when it never started.
+pub(super) type ExchangeEnd = Option<(Target, Streamed, StreamSink)>;
+
+/// The streamed exchange: ended during the upload (an early answer), or still running.
+pub(super) enum StreamedEnd<'a> {
+    /// It ended before the upload did (an early answer: rare, so boxed).
+    Early(Box<ExchangeEnd>),
+    /// It runs on (the provider is reading the body, or answering).
+    Running(Pin<Box<dyn Future<Output = ExchangeEnd> + Send + 'a>>),
+}
+
+impl StreamedEnd<'_> {
+    /// The exchange's end, waiting for it if need be.
+    pub(super) async fn wait(self) -> ExchangeEnd {
+        match self {
+            StreamedEnd::Early(end) => *end,
+            StreamedEnd::Running(exchange) => exchange.await,
+        }
+    }
+}
+
+/// The primary's first attempt, begun while the client uploaded.
+pub(super) struct StreamedAttempt<'a> {
+    /// Its admission.
+    pub(super) permit: Admitted,
+    /// Its exchange.
+    pub(super) end: StreamedEnd<'a>,
+    /// The downstream channel its sink writes a streamed answer to.
+    pub(super) down: tokio::sync::mpsc::Receiver<Down>,
+}
+
+/// The parse step: reads the body to its end into `spool`, validating every field as it
+/// arrives (`model` checked at once), then checks the form as the primary candidate
+/// ([`check_candidate`]; its fallbacks' ids too). Uploads of at least [`STREAM_MIN_BYTES`] (or
+/// chunked) whose `model` comes before the first file part start the primary's first attempt
+/// as soon as `model` passed its checks: the body streams upstream while it arrives, and is
+/// ended only once the whole form proved valid (else abandoned unfinished, so the provider
+/// never acts on it). An error is the request's answer (a 408 for an upload past its limits).
+pub(super) async fn read<'a>(
+    up: &Upload<'a>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    spool: &mut Spool,
+) -> Result<Uploaded<'a>, GatewayError> {
+    let state = up.state;
+    let limits = &state.config.limits;
+    // A client that stops sending, or trickles, must not hold a request (and an upstream
+    // slot) for long: each read within body_read_timeout_ms, the whole upload within
+    // upload_timeout_ms of the head.
+    let mut source = SessionBody {
+        session,
+        bytes: &mut ctx.request_bytes,
+        client_gone: false,
+        pause: limits.body_read_timeout,
+        upload: Clock::ending(ctx.start, limits.upload_timeout),
+        timed_out: None,
+    };
+    // Small uploads are sent from the spool once complete; larger or chunked ones stream.
+    let stream_upload = up.declared_len.is_none_or(|len| len >= STREAM_MIN_BYTES);
+    let mut feed = UpstreamFeed {
+        state,
+        identity: up.identity,
+        request_id: up.request_id,
+        start: None,
+        pieces: None,
+        encoder: None,
+        stream_upload,
+        saw_file: false,
+        early_text: Vec::new(),
+        routed: None,
+        admission: None,
+        started_key: None,
+    };
+    // The streamed attempt: waits for its start (the feed sends it once `model` passed), then
+    // exchanges while the feed hands it the body.
+    let mut streamed = None;
+    let mut stream_config = None;
+    if stream_upload {
+        let (piece_tx, piece_rx) = tokio::sync::mpsc::channel::<Piece>(STREAM_AHEAD);
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<(Target, UpstreamRequest, Slot<'a>)>();
+        let config = Arc::new(OnceLock::new());
+        let (mut sink, down) = StreamSink::new(config.clone());
+        let connector = &state.connector;
+        let exchange: Pin<Box<dyn Future<Output = ExchangeEnd> + Send + 'a>> = Box::pin(async move {
+            let (target, head, slot) = start_rx.await.ok()?;
+            let outcome = exchange_streamed(connector, &target, head, piece_rx, &mut sink).await;
+            // The exchange is over (answered, or abandoned): its slot is free.
+            drop(slot);
+            Some((target, outcome, sink))
+        });
+        feed.start = Some(start_tx);
+        feed.pieces = Some(piece_tx);
+        streamed = Some((exchange, down));
+        stream_config = Some(config);
+    }
+    let request_start = ctx.start;
+    let upload = async {
+        let parsed = parse_edit_form(&mut source, up.boundary, limits, spool, &mut feed)
+            .await
+            .and_then(|form| {
+                // No fallback may reach a provider with an id outside its grammar, and what
+                // the model cannot do is refused before the upstream body is complete.
+                state.router.check_fallbacks(&form)?;
+                let kind = check_candidate(state, up.identity, &form)?.kind;
+                Ok((form, kind))
+            });
+        if let Ok((form, kind)) = &parsed {
+            if let Some(config) = stream_config.as_ref().filter(|_| form.stream) {
+                // Set before the upstream body ends, so the answer finds it.
+                let _ = config.set(stream_context(form, *kind, up.request_id, request_start, up.framing));
+            }
+            feed.finish().await;
+        }
+        // Dropping the feed's sender closes the stream: without its end marker, the
+        // provider's request is abandoned.
+        feed.start = None;
+        feed.pieces = None;
+        feed.encoder = None;
+        parsed.map(|(form, _)| form)
+    };
+    // Read the upload to its end while the streamed attempt (if any) runs; the attempt may
+    // finish first (an early answer). An upload that cannot stream never starts one, and
+    // leaving the attempt unpolled spares the task a wake-up of its own when the upload ends
+    // (tokio answers a task waking itself with a yield that rouses a parked worker).
+    let (parsed, end) = match &mut streamed {
+        None => (upload.await, None),
+        Some((exchange, _)) => {
+            tokio::pin!(upload);
+            let mut early = None;
+            let parsed = loop {
+                tokio::select! {
+                    r = &mut upload => break r,
+                    r = exchange.as_mut(), if early.is_none() => early = Some(r),
+                }
+            };
+            (parsed, early)
+        }
+    };
+    if source.client_gone {
+        state.metrics.client_disconnect(ClientPhase::Upload);
+    }
+    let admission = feed.admission.take();
+    let started_key = feed.started_key;
+    let routed = feed.routed.take();
+    let form = match parsed {
+        Ok(form) => form,
+        Err(e) => {
+            // A read that passed an upload limit: the 408 (the streamed request, if any, is
+            // abandoned unfinished when its exchange is dropped).
+            let e = source.timed_out.map_or(e, |limit| limit.error(limits));
+            if let (Some(Ok(admitted)), Some((provider, model))) = (&admission, &routed) {
+                // The streamed attempt was admitted: it ends with the request's error.
+                let key = state
+                    .router
+                    .provider(provider)
+                    .ok()
+                    .and_then(|p| Some(p.keys.get(started_key?)?.name.as_str()));
+                let tried = Tried { provider, model, key };
+                settle(state, admitted, tried, ended(Err(&e), None));
+            }
+            // Report what was asked for, when it got that far.
+            if let Some((provider, model)) = routed {
+                ctx.provider = Some(provider);
+                ctx.model = Some(model);
+            } else if let GatewayError::ProviderBlocked(p) = &e {
+                ctx.provider = Some(p.clone());
+            }
+            return Err(e);
+        }
+    };
+    let first = match (admission, streamed, started_key) {
+        (Some(Ok(permit)), Some((exchange, down)), Some(_)) => Start::Streamed(StreamedAttempt {
+            permit,
+            end: match end {
+                Some(end) => StreamedEnd::Early(Box::new(end)),
+                None => StreamedEnd::Running(exchange),
+            },
+            down,
+        }),
+        (decided, _, _) => Start::FromSpool { avoid: None, decided },
+    };
+    Ok(Uploaded { form, first })
+}
 
 /// Uploads at least this large (or of unknown length) are streamed upstream while they arrive;
 /// smaller ones are read whole and sent from the spool with an exact Content-Length, which costs
@@ -131,7 +350,6 @@ impl BodySource for SessionBody<'_> {
 ///
 /// `'s` is the shared state's borrow, which that slot keeps.
 pub(super) struct UpstreamFeed<'a, 's> {
-    pub(super) router: &'a Router,
     /// For key selection through the circuit breaker, and the upstream slots.
     pub(super) state: &'s crate::server::AppState,
     pub(super) identity: &'a Identity,
@@ -148,6 +366,11 @@ pub(super) struct UpstreamFeed<'a, 's> {
     pub(super) early_text: Vec<(String, String)>,
     /// `(provider, model)` once `model` passed its checks (for metrics on later errors).
     pub(super) routed: Option<(String, String)>,
+    /// Admission's answer for the streamed attempt, when it was asked (right before the
+    /// attempt would start).
+    pub(super) admission: Option<Result<Admitted, GatewayError>>,
+    /// The streamed attempt's key, once it started.
+    pub(super) started_key: Option<usize>,
 }
 
 impl UpstreamFeed<'_, '_> {
@@ -178,8 +401,7 @@ impl UpstreamFeed<'_, '_> {
 #[async_trait]
 impl FormSink for UpstreamFeed<'_, '_> {
     async fn model(&mut self, provider: &str, model: &str) -> std::result::Result<(), GatewayError> {
-        self.router.candidate(provider, model, "model")?;
-        self.identity.check(provider, model)?;
+        route_candidate(self.state, self.identity, provider, model)?;
         self.routed = Some((provider.to_string(), model.to_string()));
         if self.saw_file || !self.stream_upload {
             return Ok(());
@@ -202,13 +424,41 @@ impl FormSink for UpstreamFeed<'_, '_> {
         let Some(slot) = self.state.slots.try_stream(provider) else {
             return Ok(());
         };
-        if let Some(start) = self.start.take() {
-            let head = encoder.head();
-            if start.send((target, head, slot)).is_ok() {
-                self.encoder = Some(encoder);
-                for (name, value) in std::mem::take(&mut self.early_text) {
-                    self.text(&name, &value).await?;
-                }
+        let Some(start) = self.start.take() else {
+            return Ok(());
+        };
+        // The admit step, once for this attempt, right before it goes upstream: a refusal
+        // is the attempt's outcome (the request goes on from the spool to its fallbacks).
+        let early = |name: &str| self.early_text.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let request = AdmissionRequest {
+            request_id: self.request_id,
+            virtual_key: self.identity.key_id.as_deref(),
+            provider,
+            model,
+            n: early("n").and_then(|n| n.trim().parse().ok()).unwrap_or(1),
+            size: early("size"),
+            quality: early("quality"),
+            stream: early("stream").is_some_and(|s| s.trim().eq_ignore_ascii_case("true")),
+            attempt: AttemptIndex { candidate: 0, retry: 0 },
+            form_complete: false,
+        };
+        let admitted = match Admitted::ask(self.state, &request).await {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                self.admission = Some(Err(e));
+                return Ok(());
+            }
+        };
+        let key = target.key_index;
+        let head = encoder.head();
+        if start.send((target, head, slot)).is_ok() {
+            self.started_key = Some(key);
+            self.encoder = Some(encoder);
+        }
+        self.admission = Some(Ok(admitted));
+        if self.encoder.is_some() {
+            for (name, value) in std::mem::take(&mut self.early_text) {
+                self.text(&name, &value).await?;
             }
         }
         Ok(())

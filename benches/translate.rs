@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use refract::config::Limits;
 use refract::form::{parse_edit_form, BodySource};
-use refract::providers::{adapter_for, BodySegment};
+use refract::providers::{adapter_for, BodySegment, BuildScope};
 use refract::spool::Spool;
 use std::time::Instant;
 use support::*;
@@ -102,7 +102,15 @@ fn main() {
                     .expect("parse");
                 let target = router.select(&form.provider, &form.model, 0.0).expect("route");
                 let req = adapter_for(target.provider.kind)
-                    .build_request(&form, &target, "bench")
+                    .build(&BuildScope {
+                        form: &form,
+                        spool: &spool,
+                        mask: None,
+                        target: &target,
+                        request_id: "bench",
+                        now: std::time::SystemTime::now(),
+                        nonce: 1,
+                    })
                     .expect("build");
                 let mut sent = 0usize;
                 for seg in &req.body {
@@ -182,6 +190,7 @@ fn main() {
             model_deployment: model,
             latency_ms: 1,
             num_input_images: 1,
+            created: 1,
         };
         let adapter = adapter_for(kind);
         let mut times = Vec::new();
@@ -218,6 +227,7 @@ fn main() {
                     request_id: "bench".into(),
                     images: 1,
                     start: Instant::now(),
+                    created: 1,
                     framing: refract::providers::stream::Framing::Bifrost,
                     kind: refract::config::ProviderKind::OpenAi,
                 });

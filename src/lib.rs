@@ -21,4 +21,5 @@ pub mod providers;
 pub mod route;
 pub mod server;
 pub mod simulator;
+pub mod spec;
 pub mod spool;

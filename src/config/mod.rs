@@ -292,6 +292,9 @@ impl Limits {
     pub const LINGER_BEYOND_MAX_BODY: u64 = 16 * MIB;
     /// Default of `linger_timeout_ms`.
     pub const DEFAULT_LINGER_TIMEOUT_MS: u64 = 5000;
+    /// Default of `max_field_name_bytes`: no field of the spec, nor any SDK encoding of one,
+    /// comes near it.
+    pub const DEFAULT_MAX_FIELD_NAME_BYTES: usize = 256;
 }
 
 impl Default for Limits {
@@ -305,7 +308,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(60),
             upload_timeout: Duration::from_secs(300),
             max_part_header_bytes: 16 * 1024,
-            max_field_name_bytes: crate::form::MAX_FIELD_NAME_BYTES,
+            max_field_name_bytes: Self::DEFAULT_MAX_FIELD_NAME_BYTES,
             linger_bytes: max_body_bytes + Self::LINGER_BEYOND_MAX_BODY,
             linger_timeout: Duration::from_millis(Self::DEFAULT_LINGER_TIMEOUT_MS),
             max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
@@ -581,7 +584,7 @@ pub struct ModelRules {
     pub image_key: Option<String>,
     /// The fallback chain of the matching models (`fallbacks`, `provider/model` entries), used
     /// when a request names no `fallbacks` of its own.
-    pub fallbacks: Vec<crate::form::Fallback>,
+    pub fallbacks: Vec<crate::spec::Fallback>,
 }
 
 impl ModelRules {

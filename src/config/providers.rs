@@ -14,7 +14,7 @@ use super::{
     AwsCredentials, CircuitBreaker, ConnectionLimit, Credential, KeyAuth, ModelRules, ProviderConfig, ProviderKey,
     ProviderKind, ProviderOptions, ServiceAccountKey, Timeouts, VirtualKeyConfig, DEFAULT_REPEAT_CONCURRENCY,
 };
-use crate::form::Fallback;
+use crate::spec::Fallback;
 use base64::Engine;
 use std::sync::Arc;
 
@@ -159,7 +159,7 @@ fn repeat_concurrency(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> usize {
             format!("only used by kinds stability, bedrock, bfl and fireworks (one image per call), not {k}"),
         );
     }
-    f.opt_usize(KEY, DEFAULT_REPEAT_CONCURRENCY, 1..=u64::from(crate::form::MAX_N))
+    f.opt_usize(KEY, DEFAULT_REPEAT_CONCURRENCY, 1..=u64::from(crate::spec::MAX_N))
 }
 
 /// The provider's URL when `base_url` is not given (`None`: it is required for this kind).

@@ -20,7 +20,7 @@ const EDIT_TYPES: &[&str] = &["inpainting", "outpainting", "background_removal"]
 
 /// The default of `limits.max_field_name_bytes`, the longest field name accepted: longer is a
 /// 400 (no field of the spec, nor any SDK encoding of one, comes near it).
-pub const MAX_FIELD_NAME_BYTES: usize = 256;
+pub const MAX_FIELD_NAME_BYTES: usize = crate::config::Limits::DEFAULT_MAX_FIELD_NAME_BYTES;
 
 /// What the parser does with a text field that passed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -62,17 +62,7 @@ pub enum EditType {
     BackgroundRemoval,
 }
 
-/// A fallback candidate from the `fallbacks` field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fallback {
-    /// Provider name.
-    pub provider: String,
-    /// Bare model name.
-    pub model: String,
-}
-
-/// Largest `n` a request may ask for (the spec's bound).
-pub const MAX_N: u32 = 10;
+pub use crate::spec::{Fallback, MAX_N};
 
 /// A validated image-edit request: every field of the spec, typed.
 #[derive(Debug, Clone, Default, PartialEq)]

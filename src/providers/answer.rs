@@ -358,11 +358,12 @@ mod tests {
             model_deployment: "m",
             latency_ms: 1,
             num_input_images: 1,
+            created: crate::providers::test_support::CLOCK_SECS,
         };
         for _ in 0..200 {
-            let (body, _) = crate::providers::openai::tests::random_images_response(&mut rng);
-            let resp = crate::providers::openai::tests::success(body);
-            let mut answer = crate::providers::openai::tests::convert(&resp, &cx);
+            let (body, _) = crate::providers::test_support::random_images_response(&mut rng);
+            let resp = crate::providers::test_support::success(body);
+            let mut answer = crate::providers::test_support::convert(&resp, &cx);
             let before = answer.to_bytes();
             let members = "\"fallback_index\":1,\"attempts\":2";
             assert!(answer.insert_members("extra_fields", members));

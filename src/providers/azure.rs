@@ -1,5 +1,5 @@
 //! Kind `azure`: Azure OpenAI. The same multipart API as OpenAI (the body is built by
-//! [`super::openai`]), with Azure's paths and auth:
+//! [`super::kernel::images_api`]), with Azure's paths and auth:
 //!
 //! - Deployments API (a `base_url` without a path, e.g. `https://res.openai.azure.com`):
 //!   `POST {base}/openai/deployments/{deployment}/images/edits?api-version={api_version}`, where
@@ -16,13 +16,15 @@
 //! `prompt_filter_results`, `error.inner_error`) are kept as they come.
 
 use super::capabilities::{any_model, ModelFamily};
-use super::openai::{
-    build_multipart, convert_images_response, multipart_encoder, multipart_head, new_boundary, OPENAI_CAPABILITIES,
+use super::kernel::images_api::{build_multipart, convert_images_response, multipart_encoder, IMAGES_API_CAPABILITIES};
+use super::kernel::multipart::{boundary, multipart_head};
+use super::kernel::percent::percent_encode_segment;
+use super::kernel::post::auth_header;
+use super::model_id::one_name;
+use super::{
+    BuildScope, ProviderAdapter, RequestEncoder, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
 };
-use super::{auth_header, ProviderAdapter, RequestEncoder, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
-use crate::form::EditForm;
-use crate::providers::UnifiedAnswer;
 use crate::route::Target;
 
 /// `api-version` when the config gives none.
@@ -35,7 +37,7 @@ pub struct AzureAdapter;
 static FAMILIES: [ModelFamily; 1] = [ModelFamily {
     name: "any deployment (gpt-image-*, dall-e-2, FLUX.1-Kontext-pro)",
     matches: any_model,
-    capabilities: OPENAI_CAPABILITIES,
+    capabilities: IMAGES_API_CAPABILITIES,
 }];
 
 /// The deployment serving `target`'s model.
@@ -68,39 +70,26 @@ fn head(target: &Target, request_id: &str, boundary: &str) -> Result<UpstreamReq
     ))
 }
 
-/// Percent-encodes a path segment (deployment names are `[A-Za-z0-9._-]` in practice).
-pub(super) fn percent_encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 impl ProviderAdapter for AzureAdapter {
     fn families(&self) -> &'static [ModelFamily] {
         &FAMILIES
     }
 
-    fn request_encoder(&self, target: &Target, request_id: &str) -> Option<Box<dyn RequestEncoder>> {
-        let boundary = new_boundary();
+    /// One deployment or model name.
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        one_name(model).map_err(|_| "expected a deployment or model name of letters, digits, '.', '_', '-'")
+    }
+
+    fn request_encoder(&self, target: &Target, request_id: &str, nonce: u128) -> Option<Box<dyn RequestEncoder>> {
+        let boundary = boundary(nonce);
         let head = head(target, request_id, &boundary).ok()?;
         Some(multipart_encoder(head, boundary, deployment(target)))
     }
 
-    fn build_request(
-        &self,
-        form: &EditForm,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
-        let boundary = new_boundary();
-        let head = head(target, request_id, &boundary)?;
-        build_multipart(form, head, boundary, deployment(target))
+    fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
+        let boundary = boundary(scope.nonce);
+        let head = head(scope.target, scope.request_id, &boundary)?;
+        build_multipart(scope.form, head, boundary, deployment(scope.target))
     }
 
     fn convert_response(
@@ -116,6 +105,8 @@ impl ProviderAdapter for AzureAdapter {
 mod tests {
     use super::*;
     use crate::config::from_yaml_str_with_env;
+    use crate::form::EditForm;
+    use crate::providers::test_support::build;
     use crate::route::Router;
     use bytes::Bytes;
 
@@ -138,7 +129,7 @@ mod tests {
             "    base_url: https://res.openai.azure.com\n    api_version: 2024-02-01\n    deployments: { gpt-image-1: my deploy }\n    keys: [{ name: k, value: azkey }]\n",
             "gpt-image-1",
         );
-        let req = AzureAdapter.build_request(&EditForm::default(), &t, "r1").unwrap();
+        let req = build(&AzureAdapter, &EditForm::default(), &t, "r1").unwrap();
         assert_eq!(
             req.path,
             "/openai/deployments/my%20deploy/images/edits?api-version=2024-02-01"
@@ -165,7 +156,7 @@ mod tests {
             "    base_url: https://res.openai.azure.com\n    keys: [{ name: k, value: azkey }]\n",
             "dall-e-2",
         );
-        let req = AzureAdapter.build_request(&EditForm::default(), &t, "r1").unwrap();
+        let req = build(&AzureAdapter, &EditForm::default(), &t, "r1").unwrap();
         assert_eq!(
             req.path,
             format!("/openai/deployments/dall-e-2/images/edits?api-version={DEFAULT_API_VERSION}")
@@ -178,11 +169,11 @@ mod tests {
             "    base_url: https://res.openai.azure.com/openai/v1\n    keys: [{ name: k, value: entra-token, auth: bearer }]\n",
             "gpt-image-1",
         );
-        let req = AzureAdapter.build_request(&EditForm::default(), &t, "r1").unwrap();
+        let req = build(&AzureAdapter, &EditForm::default(), &t, "r1").unwrap();
         assert_eq!(req.path, "/openai/v1/images/edits");
         assert_eq!(header(&req, "authorization"), Some("Bearer entra-token"));
         assert_eq!(header(&req, "api-key"), None);
-        let enc = AzureAdapter.request_encoder(&t, "r1").unwrap();
+        let enc = AzureAdapter.request_encoder(&t, "r1", 7).unwrap();
         assert_eq!(enc.head().path, "/openai/v1/images/edits");
     }
 
@@ -201,6 +192,7 @@ mod tests {
             model_deployment: "d",
             latency_ms: 1,
             num_input_images: 1,
+            created: crate::providers::test_support::CLOCK_SECS,
         };
         let e = AzureAdapter.convert_response(&resp, &cx).unwrap_err();
         assert_eq!(e.status(), 400);

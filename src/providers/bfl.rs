@@ -9,24 +9,26 @@
 //! (`*-fill*`) also take `mask`, converted from the unified convention (transparent = edit) to
 //! BFL's (white = edit), and `steps` from `num_inference_steps`; expand models take `top`,
 //! `bottom`, `left`, `right` (pixels) from same-named extra form fields. One image per job:
-//! `n > 1` is served by n jobs ([`FLUX_N_BY_CALLS`], providers.md §8.4: "`n` → loop"), job i
+//! `n > 1` is served by n jobs ([`super::kernel::polling::FLUX_N_BY_CALLS`], providers.md §8.4: "`n` → loop"), job i
 //! with `seed + i`. Dropped: `quality`, `background`, `negative_prompt`.
 //!
-//! Answer `{"id","polling_url"}` → follow-ups ([`super::polling`]): `GET polling_url` with
+//! Answer `{"id","polling_url"}` → follow-ups ([`super::kernel::polling`]): `GET polling_url` with
 //! `x-key` every `poll_interval_ms` (the URL may be on another `*.bfl.ai` host), until `status`:
 //! `Ready` → `result.sample` (a signed URL, e.g. on `delivery-eu1.bfl.ai`) is downloaded into
 //! `b64_json`, or returned as `data[].url` for `response_format=url`; `Pending` → poll again;
 //! `Content Moderated` / `Request Moderated` → 400 `moderation_blocked`; `Error`, `Failed`,
 //! `Task not found` → 502. Error statuses keep BFL's status and `detail` message.
 
-use super::capabilities::{any_model, Capabilities, ModelFamily, NByCalls, Streaming};
-use super::google::{json_post, no_image_error};
-use super::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
-use super::{Prepared, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
+use super::kernel::percent::percent_encode_segment;
+use super::kernel::polling::{
+    self, job_status, Field, FollowContext, FollowState, FollowUp, Job, Stage, FLUX_N_BY_CALLS,
+};
+use super::kernel::post::json_post;
+use super::{BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
 use crate::imaging::MaskConvention;
-use crate::providers::UnifiedAnswer;
 use crate::route::Target;
 use serde_json::{json, Value};
 
@@ -36,11 +38,6 @@ pub struct BflAdapter;
 
 /// Where BFL's polling and delivery URLs live.
 pub const BFL_DOMAINS: &[&str] = &[".bfl.ai"];
-
-/// `n > 1` on FLUX (BFL, and Fireworks' FLUX Kontext): n jobs of one image, job i with
-/// `seed + i`. BFL documents no seed range (unverified): non-negative seeds are offset, others
-/// sent unchanged.
-pub const FLUX_N_BY_CALLS: NByCalls = NByCalls { seeds: (0, i64::MAX) };
 
 const FLUX: Capabilities = Capabilities {
     mask: false,
@@ -156,7 +153,7 @@ fn build(
     let path = format!(
         "{}/{}",
         target.provider.base_url.path,
-        super::azure::percent_encode_segment(&target.model)
+        percent_encode_segment(&target.model)
     );
     let key = (http::HeaderName::from_static("x-key"), target.credential()?.to_string());
     Ok(json_post(
@@ -173,35 +170,22 @@ impl ProviderAdapter for BflAdapter {
         &FAMILIES
     }
 
-    /// Requests without a mask (a mask needs the spool: it is converted).
-    fn build_request(
-        &self,
-        form: &EditForm,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
-        if form.mask.is_some() {
+    /// A form with a mask needs it converted (by the gateway, in `scope.mask`).
+    fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
+        if scope.form.mask.is_some() && scope.mask.is_none() {
             return Err(GatewayError::Internal("a BFL mask is converted from the spool".into()));
         }
-        build(form, None, target, request_id)
+        build(
+            scope.form,
+            scope.mask.map(|m| m.png.as_slice()),
+            scope.target,
+            scope.request_id,
+        )
     }
 
     /// The mask as FLUX Fill takes it: opaque greyscale, white = edit.
     fn mask_convention(&self, form: &EditForm, _model: &str) -> Option<MaskConvention> {
         form.mask.is_some().then_some(MaskConvention::GrayWhiteEdit)
-    }
-
-    fn build_prepared(
-        &self,
-        form: &EditForm,
-        inputs: &Prepared<'_>,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
-        if inputs.mask.is_none() {
-            return self.build_request(form, target, request_id);
-        }
-        build(form, inputs.mask.map(|m| m.png.as_slice()), target, request_id)
     }
 
     /// Reached for error statuses only (successes are followed up).
@@ -259,48 +243,6 @@ fn poll(state: &mut FollowState, cx: &FollowContext<'_>) -> Result<FollowUp, Gat
         vec![key, (http::header::ACCEPT, "application/json".to_string())],
         cx.poll_interval,
     ))
-}
-
-/// A BFL-style job status (also Fireworks'), read from a poll answer.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Job {
-    /// Not finished: poll again.
-    Pending,
-    /// Finished: the `result.sample` values (URLs or base64).
-    Ready(Vec<String>),
-}
-
-/// Reads `{"status", "result": {"sample"}}`: `Ready`, `Pending` (and `Queued`/`Processing`),
-/// or the error for a moderated (400 `moderation_blocked`) or failed (502) job.
-pub fn job_status(body: &Value, provider: &str) -> Result<Job, GatewayError> {
-    let status = body.get("status").and_then(Value::as_str).unwrap_or_default();
-    match status {
-        "Ready" => {
-            let sample = body.pointer("/result/sample");
-            let samples: Vec<String> = match sample {
-                Some(Value::String(s)) => vec![s.clone()],
-                Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
-                _ => Vec::new(),
-            };
-            Ok(Job::Ready(samples))
-        }
-        "Pending" | "Queued" | "Processing" | "Running" => Ok(Job::Pending),
-        "Content Moderated" | "Request Moderated" => Err(no_image_error(provider, status)),
-        other => {
-            let why = body
-                .get("details")
-                .or_else(|| body.get("error"))
-                .map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_string));
-            Err(polling::job_failed(
-                provider,
-                &match why {
-                    Some(why) => format!("{other}: {why}"),
-                    None if other.is_empty() => "no status in the answer".to_string(),
-                    None => other.to_string(),
-                },
-            ))
-        }
-    }
 }
 
 #[cfg(test)]

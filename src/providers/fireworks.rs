@@ -6,25 +6,27 @@
 //! as BFL Kontext's: `prompt`, `input_image` as a `data:` URL (encoded on the fly), `seed`,
 //! `aspect_ratio` from `size`, `output_format` (`png`/`jpeg`). No mask. One image per job:
 //! `n > 1` is served by n jobs, job i with `seed + i`, as for BFL
-//! ([`super::bfl::FLUX_N_BY_CALLS`]; providers.md §9.3: mapping as BFL Kontext).
+//! ([`super::kernel::polling::FLUX_N_BY_CALLS`]; providers.md §9.3: mapping as BFL Kontext).
 //!
-//! Answer `{"request_id"}` → follow-ups ([`super::polling`]): `POST {model path}/get_result`
+//! Answer `{"request_id"}` → follow-ups ([`super::kernel::polling`]): `POST {model path}/get_result`
 //! with `{"id"}` every `poll_interval_ms` until `status` is `Ready` (statuses as BFL's:
-//! [`super::bfl::job_status`]); `result.sample` is a URL (downloaded, or returned for
+//! [`super::kernel::polling::job_status`]); `result.sample` is a URL (downloaded, or returned for
 //! `response_format=url`) or raw base64 (used as is). Sample URLs may be on
 //! `*.fireworks.ai`, on Fireworks' storage hosts (`*.fireworksusercontent.com`) or on BFL's
 //! delivery hosts (`*.bfl.ai`, the model being BFL's); others are refused (SSRF guard).
 //! Error statuses keep the status and the message (`detail`, `error` or `message`).
 
-use super::auth_header;
-use super::bfl::{job_status, Job};
 use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
-use super::google::json_post;
-use super::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
-use super::{BodySegment, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::kernel::percent::percent_encode_segment;
+use super::kernel::polling::{
+    self, job_status, Field, FollowContext, FollowState, FollowUp, Job, Stage, FLUX_N_BY_CALLS,
+};
+use super::kernel::post::{auth_header, json_post};
+use super::model_id::plain;
+use super::{
+    BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
+};
 use crate::error::GatewayError;
-use crate::form::EditForm;
-use crate::providers::UnifiedAnswer;
 use crate::route::Target;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -42,7 +44,7 @@ static FAMILIES: [ModelFamily; 1] = [ModelFamily {
     capabilities: Capabilities {
         mask: false,
         max_n: 1,
-        n_by_calls: Some(super::bfl::FLUX_N_BY_CALLS),
+        n_by_calls: Some(FLUX_N_BY_CALLS),
         max_images: 1,
         max_image_bytes: 20 * 1024 * 1024,
         edit_types: &[],
@@ -62,14 +64,11 @@ fn model_path(target: &Target) -> String {
         target
             .model
             .split('/')
-            .map(super::azure::percent_encode_segment)
+            .map(percent_encode_segment)
             .collect::<Vec<_>>()
             .join("/")
     } else {
-        format!(
-            "accounts/fireworks/models/{}",
-            super::azure::percent_encode_segment(&target.model)
-        )
+        format!("accounts/fireworks/models/{}", percent_encode_segment(&target.model))
     };
     format!("{}/workflows/{model}", target.provider.base_url.path)
 }
@@ -79,12 +78,25 @@ impl ProviderAdapter for FireworksAdapter {
         &FAMILIES
     }
 
-    fn build_request(
-        &self,
-        form: &EditForm,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    /// A short name, or `accounts/{account}/models/{name}`.
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        let segments: Vec<&str> = model.split('/').collect();
+        let ok = match segments.as_slice() {
+            [name] => plain(name, b""),
+            ["accounts", account, "models", name] => plain(account, b"") && plain(name, b""),
+            _ => false,
+        };
+        ok.then_some(())
+            .ok_or("expected a model name or accounts/<account>/models/<name>")
+    }
+
+    fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
+        let BuildScope {
+            form,
+            target,
+            request_id,
+            ..
+        } = *scope;
         let provider = target.provider.name.as_str();
         let mut fields = Vec::new();
         if let Some(prompt) = &form.prompt {

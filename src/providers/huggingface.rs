@@ -18,16 +18,19 @@
 //! 502. Errors `{"error":"…"}` (or a list of messages; 503 while the model loads, with
 //! `estimated_time`) keep the provider's status.
 
-use super::azure::percent_encode_segment;
 use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
-use super::google::{json_post, unix_now, write_raw_image_response};
-use super::openai::provider_error;
-use super::{auth_header, BodySegment, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::kernel::errors::provider_error;
+use super::kernel::percent::percent_encode_segment;
+use super::kernel::post::{auth_header, json_post};
+use super::kernel::size::size_wxh;
+use super::kernel::unified::write_raw_image_response;
+use super::model_id::plain;
+use super::{
+    BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
+};
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::imaging::{self, ImageKind};
-use crate::providers::UnifiedAnswer;
-use crate::route::Target;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
@@ -86,7 +89,7 @@ fn parameters(form: &EditForm) -> Map<String, Value> {
     if let Some(v) = form.num_inference_steps {
         p.insert("num_inference_steps".into(), json!(v));
     }
-    if let Some((width, height)) = super::size_wxh(form.size.as_deref()) {
+    if let Some((width, height)) = size_wxh(form.size.as_deref()) {
         p.insert("target_size".into(), json!({"width": width, "height": height}));
     }
     p
@@ -97,12 +100,21 @@ impl ProviderAdapter for HuggingFaceAdapter {
         &FAMILIES
     }
 
-    fn build_request(
-        &self,
-        form: &EditForm,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    /// `name` or `owner/name`.
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        let segments: Vec<&str> = model.split('/').collect();
+        (segments.len() <= 2 && segments.iter().all(|s| plain(s, b"")))
+            .then_some(())
+            .ok_or("expected name or owner/name of letters, digits, '.', '_', '-'")
+    }
+
+    fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
+        let BuildScope {
+            form,
+            target,
+            request_id,
+            ..
+        } = *scope;
         let image = form.images.first().ok_or_else(|| GatewayError::InvalidRequest {
             param: Some("image".into()),
             message: "an image is required".into(),
@@ -150,7 +162,7 @@ impl ProviderAdapter for HuggingFaceAdapter {
                 resp.content_type.as_deref().unwrap_or("none")
             ),
         })?;
-        write_raw_image_response(&resp.body, Some(ImageKind::mime(kind)), unix_now(), cx)
+        write_raw_image_response(&resp.body, Some(ImageKind::mime(kind)), cx.created, cx)
     }
 }
 
@@ -191,7 +203,9 @@ mod tests {
     use crate::config::from_yaml_str_with_env;
     use crate::form::FilePart;
     use crate::imaging::{encode_png, solid};
+    use crate::providers::test_support::build;
     use crate::route::Router;
+    use crate::route::Target;
     use crate::spool::{Spool, SpoolRange};
     use base64::Engine;
 
@@ -209,6 +223,7 @@ mod tests {
             model_deployment: "m",
             latency_ms: 3,
             num_input_images: 1,
+            created: crate::providers::test_support::CLOCK_SECS,
         }
     }
 
@@ -247,7 +262,7 @@ mod tests {
             ..Default::default()
         };
         let t = target("timbrooks/instruct pix2pix");
-        let req = HuggingFaceAdapter.build_request(&form, &t, "rid").unwrap();
+        let req = build(&HuggingFaceAdapter, &form, &t, "rid").unwrap();
         assert_eq!(req.path, "/hf-inference/models/timbrooks/instruct%20pix2pix");
         assert_eq!(req.header("authorization"), Some("Bearer hf_secret"));
         assert_eq!(req.header("accept"), Some("image/png"));
@@ -269,10 +284,7 @@ mod tests {
             prompt: Some("x".repeat(2_000_001)),
             ..form
         };
-        assert_eq!(
-            HuggingFaceAdapter.build_request(&big, &t, "r").unwrap_err().status(),
-            413
-        );
+        assert_eq!(build(&HuggingFaceAdapter, &big, &t, "r").unwrap_err().status(), 413);
     }
 
     #[test]

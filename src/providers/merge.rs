@@ -173,7 +173,7 @@ mod tests {
         let big = |c: &str| c.repeat(min + 3);
         let (b0, b1) = (big("QQ"), big("Qg"));
         let spliced = |b64: &str, created: u64| {
-            let resp = crate::providers::openai::tests::success(format!(
+            let resp = crate::providers::test_support::success(format!(
                 r#"{{"created":{created},"data":[{{"b64_json":"{b64}"}}],"usage":{{"total_tokens":1}}}}"#
             ));
             let cx = crate::providers::ResponseContext {
@@ -182,8 +182,9 @@ mod tests {
                 model_deployment: "m",
                 latency_ms: 3,
                 num_input_images: 1,
+                created: crate::providers::test_support::CLOCK_SECS,
             };
-            crate::providers::openai::tests::convert(&resp, &cx)
+            crate::providers::test_support::convert(&resp, &cx)
         };
         let answers = [spliced(&b0, 1), spliced(&b1, 2), answer(3, &["RA=="], None, 7)];
         assert!(answers[0].shared_len() > 0);

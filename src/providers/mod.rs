@@ -1,12 +1,21 @@
 //! Provider adapters: pure, synchronous translation between the unified image-edit request and
 //! each provider's wire format.
 //!
-//! The translate plugin calls [`ProviderAdapter::build_request`] once per upstream attempt to
-//! get the upstream head and a body plan (literal bytes plus ranges of the request spool, so
-//! image bytes are streamed from the spool, never copied into a new buffer). The convert plugin
+//! The translate plugin calls [`ProviderAdapter::build`] once per upstream attempt with a
+//! [`BuildScope`] (form, spool, prepared mask, target, request id, wall time) to get the
+//! upstream head and a body plan (literal bytes plus ranges of the request spool, so image
+//! bytes are streamed from the spool, never copied into a new buffer). The convert plugin
 //! calls [`ProviderAdapter::convert_response`] on the provider's complete answer, and gets the
 //! unified answer as pieces ([`UnifiedAnswer`]: the images shared with the provider's buffer,
-//! literals around them). Neither does I/O; `server::exchange` and the gateway do.
+//! literals around them). Neither does I/O nor reads the clock; `server::exchange` and the
+//! gateway do, and pass the time in, so the same inputs always build the same bytes.
+//!
+//! Layout: one module per kind (the adapters: `openai`, `azure`, `gemini`, `vertex`, `bedrock`,
+//! `stability`, `bfl`, `fireworks`, `replicate`, `huggingface`, `xai`), which import from
+//! [`kernel`] (the wire helpers two or more adapters share), from [`google`] (the family module
+//! of `gemini` and `vertex`) and from the unified side ([`answer`], [`rawjson`], [`stream`],
+//! [`capabilities`], [`model_id`], [`merge`]), never from each other. A new kind is one adapter
+//! module plus its line in [`adapter_for`].
 
 pub mod answer;
 pub mod azure;
@@ -17,21 +26,22 @@ pub mod fireworks;
 pub mod gemini;
 pub mod google;
 pub mod huggingface;
-pub mod jsonbody;
-pub mod masks;
+pub mod kernel;
 pub mod merge;
 pub mod model_id;
 pub mod openai;
-pub mod polling;
 pub mod rawjson;
 pub mod replicate;
 pub mod stability;
 pub mod stream;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub mod test_support;
 pub mod vertex;
 pub mod xai;
 
 use crate::codec::sse::SseEvent;
-use crate::config::{KeyAuth, ProviderKind};
+use crate::config::ProviderKind;
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::imaging::{ConvertedMask, ImageKind, MaskConvention};
@@ -40,6 +50,7 @@ use crate::spool::{Spool, SpoolRange};
 pub use answer::UnifiedAnswer;
 use bytes::Bytes;
 pub use capabilities::{Capabilities, ModelFamily};
+use std::time::SystemTime;
 
 /// One piece of an upstream request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,16 +123,29 @@ impl UpstreamRequest {
     }
 }
 
-/// What an adapter builds a request from besides the form: the request's spool, and what the
-/// gateway prepared from it off the async threads (the mask converted to the adapter's
-/// [`ProviderAdapter::mask_convention`]).
+/// Everything an adapter builds one upstream request from: the form and its spool, what the
+/// gateway prepared from them off the async threads (the mask converted to the adapter's
+/// [`ProviderAdapter::mask_convention`]), where the request goes, and the wall time. Made by
+/// the translate step once per attempt, just before the request is sent.
 #[derive(Debug, Clone, Copy)]
-pub struct Prepared<'a> {
+pub struct BuildScope<'a> {
+    /// The validated form.
+    pub form: &'a EditForm,
     /// The form's file parts.
     pub spool: &'a Spool,
     /// The mask in the adapter's convention; `None` when the form has no mask or the adapter
-    /// asked for none.
+    /// asked for none (an adapter that wanted one refuses the build).
     pub mask: Option<&'a ConvertedMask>,
+    /// Provider, key and model.
+    pub target: &'a Target,
+    /// Forwarded for correlation.
+    pub request_id: &'a str,
+    /// The wall time of the attempt (SigV4 dates and anything else time-stamped); adapters
+    /// never read the clock themselves.
+    pub now: SystemTime,
+    /// Random bits the gateway draws for the attempt (multipart boundaries); adapters never
+    /// draw their own, so the same scope builds the same bytes.
+    pub nonce: u128,
 }
 
 /// The provider's complete answer.
@@ -151,6 +175,9 @@ pub struct ResponseContext<'a> {
     pub latency_ms: u64,
     /// Number of images the client uploaded.
     pub num_input_images: usize,
+    /// The answer's `created` (seconds since the Unix epoch): the wall time the gateway passes
+    /// in, so conversions never read the clock.
+    pub created: u64,
 }
 
 /// Incremental translation of a form while it is still being uploaded: each validated part in,
@@ -209,60 +236,34 @@ pub trait ProviderAdapter: Send + Sync {
     }
 
     /// An encoder that translates the form part by part while it arrives, for providers whose
-    /// format allows it; `None` means the request is built from the complete form instead.
-    fn request_encoder(&self, _target: &Target, _request_id: &str) -> Option<Box<dyn RequestEncoder>> {
+    /// format allows it (the streaming variant of [`ProviderAdapter::build`], for the upload
+    /// sent upstream while it arrives; `nonce` as [`BuildScope::nonce`]); `None` means the
+    /// request is built from the complete form instead.
+    fn request_encoder(&self, _target: &Target, _request_id: &str, _nonce: u128) -> Option<Box<dyn RequestEncoder>> {
         None
     }
 
-    /// Builds the upstream request for `form`, sent to `target` (provider, key, model).
-    /// `request_id` is forwarded for correlation.
-    fn build_request(
-        &self,
-        form: &EditForm,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError>;
+    /// Builds the upstream request for one attempt from `scope` (the one build entry; the
+    /// streamed upload uses [`ProviderAdapter::request_encoder`] instead, when the adapter has
+    /// one). Pure: the same scope gives the same request, byte for byte. `Err` is a 400 for what the provider
+    /// cannot take, or an internal error for a scope the gateway never makes (a mask the
+    /// adapter asked for, not converted).
+    fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError>;
+
+    /// Whether `model` (which passed the rules every kind shares,
+    /// [`model_id::check_common`]) has this kind's model-id shape; `Err` says what is expected.
+    /// Checked in the route step for every candidate, before any request is built with it. The
+    /// default takes one name of `A-Za-z0-9._-`.
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        model_id::one_name(model)
+    }
 
     /// The convention the adapter wants the form's mask converted to for `model`, or `None`
     /// when it sends the mask as uploaded (or the request cannot use one: the build then
     /// refuses it). The gateway converts the mask once per request and convention, on its
-    /// decode pool, and hands it to [`ProviderAdapter::build_prepared`].
+    /// decode pool, and hands it to [`ProviderAdapter::build`] in [`BuildScope::mask`].
     fn mask_convention(&self, _form: &EditForm, _model: &str) -> Option<MaskConvention> {
         None
-    }
-
-    /// Builds the upstream request like [`ProviderAdapter::build_request`], from the form and
-    /// what the gateway prepared for it (`inputs`: the spool, the converted mask). The gateway
-    /// calls this one for every attempt built from the complete form; the default ignores
-    /// `inputs`.
-    fn build_prepared(
-        &self,
-        form: &EditForm,
-        _inputs: &Prepared<'_>,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
-        self.build_request(form, target, request_id)
-    }
-
-    /// [`ProviderAdapter::build_prepared`] with the mask converted here, on the calling thread
-    /// (tests and tools; CPU-heavy for a large mask, so the gateway never calls it).
-    fn build_request_from_spool(
-        &self,
-        form: &EditForm,
-        spool: &Spool,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
-        let mask = match self.mask_convention(form, &target.model) {
-            Some(convention) => masks::convert_now(form, spool, convention)?,
-            None => None,
-        };
-        let inputs = Prepared {
-            spool,
-            mask: mask.as_ref(),
-        };
-        self.build_prepared(form, &inputs, target, request_id)
     }
 
     /// Converts the provider's answer: a success into the unified JSON body (its large strings
@@ -275,16 +276,16 @@ pub trait ProviderAdapter: Send + Sync {
     ) -> Result<UnifiedAnswer, GatewayError>;
 
     /// Called by the server after every upstream answer, before converting it: what happens
-    /// next ([`polling::FollowUp`]: convert it, send another request such as a poll or a result
+    /// next ([`kernel::polling::FollowUp`]: convert it, send another request such as a poll or a result
     /// download, or the assembled answer). `state` persists across the steps of one request.
     /// Pure; the default converts every answer (synchronous providers).
     fn follow_up(
         &self,
         _resp: &UpstreamResponse,
-        _state: &mut polling::FollowState,
-        _cx: &polling::FollowContext<'_>,
-    ) -> Result<polling::FollowUp, GatewayError> {
-        Ok(polling::FollowUp::Done)
+        _state: &mut kernel::polling::FollowState,
+        _cx: &kernel::polling::FollowContext<'_>,
+    ) -> Result<kernel::polling::FollowUp, GatewayError> {
+        Ok(kernel::polling::FollowUp::Done)
     }
 
     /// Host suffixes (such as `.bfl.ai`) that follow-up URLs may point to besides the
@@ -294,7 +295,8 @@ pub trait ProviderAdapter: Send + Sync {
     }
 }
 
-/// The adapter for a provider kind (an exhaustive match: a new kind does not compile until wired).
+/// The adapter for a provider kind: the registry of kinds, one line each (an exhaustive
+/// match: a new kind does not compile until it is wired here).
 pub fn adapter_for(kind: ProviderKind) -> &'static dyn ProviderAdapter {
     match kind {
         ProviderKind::OpenAi => &openai::OpenAiAdapter,
@@ -309,22 +311,4 @@ pub fn adapter_for(kind: ProviderKind) -> &'static dyn ProviderAdapter {
         ProviderKind::HuggingFace => &huggingface::HuggingFaceAdapter,
         ProviderKind::Xai => &xai::XaiAdapter,
     }
-}
-
-/// `size` as `(width, height)` when it is `WxH` (`None` for `auto` or no size). The form has
-/// validated it already; adapters call this when they map the size to their own fields.
-pub fn size_wxh(size: Option<&str>) -> Option<(u32, u32)> {
-    size.and_then(|s| s.split_once('x'))
-        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
-        .filter(|(w, h)| *w > 0 && *h > 0)
-}
-
-/// The credential header for `target`'s key: `Authorization: Bearer …`, or the provider's
-/// API-key header (`api_key_header`) when the key is configured with `auth: api_key`.
-pub fn auth_header(target: &Target, api_key_header: &'static str) -> Result<(http::HeaderName, String), GatewayError> {
-    let secret = target.credential()?;
-    Ok(match target.key().auth {
-        KeyAuth::Bearer => (http::header::AUTHORIZATION, format!("Bearer {secret}")),
-        KeyAuth::ApiKey => (http::HeaderName::from_static(api_key_header), secret.to_string()),
-    })
 }

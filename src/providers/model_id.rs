@@ -23,6 +23,7 @@
 //! | `replicate` | `owner/name`, `owner/name:version`, or a bare 64-hex version | `:` before a hex version only |
 //! | `fireworks` | a short name, or `accounts/{account}/models/{name}` | — |
 
+use super::adapter_for;
 use crate::config::ProviderKind;
 use crate::error::GatewayError;
 
@@ -66,72 +67,30 @@ pub fn check_common(model: &str) -> Result<(), &'static str> {
 }
 
 /// Whether every byte of `segment` is `A-Za-z0-9._-` or one of `extra`.
-fn plain(segment: &str, extra: &[u8]) -> bool {
+pub fn plain(segment: &str, extra: &[u8]) -> bool {
     segment
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') || extra.contains(&b))
 }
 
-fn is_hex_version(s: &str) -> bool {
+/// Whether `s` is a 64-hex version (Replicate's).
+pub fn is_hex_version(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The kind's own shape (the common rules already hold); `Err` holds the expected shape.
-fn kind_shape(kind: ProviderKind, model: &str) -> Result<(), &'static str> {
-    let segments: Vec<&str> = model.split('/').collect();
-    let ok = match kind {
-        ProviderKind::OpenAi => segments.len() <= 2 && segments.iter().all(|s| plain(s, b":")),
-        ProviderKind::Azure
-        | ProviderKind::Xai
-        | ProviderKind::Gemini
-        | ProviderKind::Stability
-        | ProviderKind::Bfl => segments.len() == 1 && plain(model, b""),
-        ProviderKind::Vertex => segments.len() == 1 && plain(model, b"@"),
-        ProviderKind::Bedrock => match segments.as_slice() {
-            [id] => plain(id, b":") && !id.starts_with("arn:"),
-            [arn, id] => arn.starts_with("arn:") && plain(arn, b":") && plain(id, b":"),
-            _ => false,
-        },
-        ProviderKind::HuggingFace => segments.len() <= 2 && segments.iter().all(|s| plain(s, b"")),
-        ProviderKind::Replicate => match segments.as_slice() {
-            [version] => is_hex_version(version),
-            [owner, name] => {
-                let (name, version) = match name.split_once(':') {
-                    Some((n, v)) => (n, Some(v)),
-                    None => (*name, None),
-                };
-                plain(owner, b"") && plain(name, b"") && version.is_none_or(is_hex_version)
-            }
-            _ => false,
-        },
-        ProviderKind::Fireworks => match segments.as_slice() {
-            [name] => plain(name, b""),
-            ["accounts", account, "models", name] => plain(account, b"") && plain(name, b""),
-            _ => false,
-        },
-    };
-    if ok {
-        return Ok(());
-    }
-    Err(match kind {
-        ProviderKind::OpenAi => "expected name or owner/name of letters, digits, '.', '_', '-', ':'",
-        ProviderKind::Azure => "expected a deployment or model name of letters, digits, '.', '_', '-'",
-        ProviderKind::Vertex => "expected one model name of letters, digits, '.', '_', '-', '@'",
-        ProviderKind::Bedrock => "expected a Bedrock model id, inference profile or ARN",
-        ProviderKind::HuggingFace => "expected name or owner/name of letters, digits, '.', '_', '-'",
-        ProviderKind::Replicate => "expected owner/name, owner/name:<64-hex version> or a 64-hex version",
-        ProviderKind::Fireworks => "expected a model name or accounts/<account>/models/<name>",
-        ProviderKind::Xai | ProviderKind::Gemini | ProviderKind::Stability | ProviderKind::Bfl => {
-            "expected one model name of letters, digits, '.', '_', '-'"
-        }
-    })
+/// The most common shape, and [`super::ProviderAdapter::model_id_shape`]'s default: one name of
+/// `A-Za-z0-9._-` (`xai`, `gemini`, `stability`, `bfl`).
+pub fn one_name(model: &str) -> Result<(), &'static str> {
+    (!model.contains('/') && plain(model, b""))
+        .then_some(())
+        .ok_or("expected one model name of letters, digits, '.', '_', '-'")
 }
 
 /// Refuses `model` (the bare model part, as sent in field `param`: `model` or `fallbacks`)
 /// unless it is a well-formed id for a provider of `kind`.
 pub fn check(kind: ProviderKind, model: &str, param: &str) -> Result<(), GatewayError> {
     check_common(model)
-        .and_then(|()| kind_shape(kind, model))
+        .and_then(|()| adapter_for(kind).model_id_shape(model))
         .map_err(|why| refuse(param, model, kind, why))
 }
 

@@ -10,7 +10,7 @@
 //! `seed`, `num_inference_steps`, `negative_prompt`. No mask (model-specific; Bifrost does not
 //! map it either); `n` 1.
 //!
-//! The answer is a prediction ([`super::polling`] follow-ups): `succeeded` → `output` (a URL,
+//! The answer is a prediction ([`super::kernel::polling`] follow-ups): `succeeded` → `output` (a URL,
 //! or a list of URLs) downloaded into `b64_json`, or returned as `data[].url` for
 //! `response_format=url`; `starting` / `processing` → `GET urls.get` every `poll_interval_ms`;
 //! `failed` / `canceled` → 400 `moderation_blocked` when the `error` text names a safety filter
@@ -18,15 +18,16 @@
 //! `{"title","detail","status"}`) keep the status and the detail. URLs may be on
 //! `*.replicate.com` and `*.replicate.delivery` only (SSRF guard).
 
-use super::auth_header;
 use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
-use super::google::{json_post, no_image_error};
-use super::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
-use super::{BodySegment, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::kernel::errors::no_image_error;
+use super::kernel::percent::percent_encode_segment;
+use super::kernel::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
+use super::kernel::post::{auth_header, json_post};
+use super::model_id::{is_hex_version, plain};
+use super::{
+    BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
+};
 use crate::error::GatewayError;
-use crate::form::EditForm;
-use crate::providers::UnifiedAnswer;
-use crate::route::Target;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
@@ -67,7 +68,7 @@ fn route(base: &str, model: &str) -> (String, Option<String>) {
         Some((_, version)) => (format!("{base}/predictions"), Some(version.to_string())),
         None if bare_version => (format!("{base}/predictions"), Some(model.to_string())),
         None => {
-            let segments: Vec<String> = model.split('/').map(super::azure::percent_encode_segment).collect();
+            let segments: Vec<String> = model.split('/').map(percent_encode_segment).collect();
             (format!("{base}/models/{}/predictions", segments.join("/")), None)
         }
     }
@@ -78,12 +79,31 @@ impl ProviderAdapter for ReplicateAdapter {
         &FAMILIES
     }
 
-    fn build_request(
-        &self,
-        form: &EditForm,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    /// `owner/name`, `owner/name:<64-hex version>`, or a bare 64-hex version.
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        let segments: Vec<&str> = model.split('/').collect();
+        let ok = match segments.as_slice() {
+            [version] => is_hex_version(version),
+            [owner, name] => {
+                let (name, version) = match name.split_once(':') {
+                    Some((n, v)) => (n, Some(v)),
+                    None => (*name, None),
+                };
+                plain(owner, b"") && plain(name, b"") && version.is_none_or(is_hex_version)
+            }
+            _ => false,
+        };
+        ok.then_some(())
+            .ok_or("expected owner/name, owner/name:<64-hex version> or a 64-hex version")
+    }
+
+    fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
+        let BuildScope {
+            form,
+            target,
+            request_id,
+            ..
+        } = *scope;
         let provider = target.provider.name.as_str();
         let image_key = target
             .provider

@@ -11,19 +11,18 @@
 //! `output_compression` are dropped.
 //!
 //! Answer: OpenAI-like (`{"data":[{"b64_json"|"url"}…]}`), converted like OpenAI's
-//! (`openai::convert_images_response`); errors keep xAI's status, and its message
+//! ([`super::kernel::images_api::convert_images_response`]); errors keep xAI's status, and its message
 //! (`{"code","error":"…"}` or OpenAI's `error` object).
 
 use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
-use super::gemini::request::nearest_ratio;
-use super::google::json_post;
-use super::openai::convert_images_response;
-use super::{auth_header, BodySegment, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::kernel::images_api::convert_images_response;
+use super::kernel::post::{auth_header, json_post};
+use super::kernel::size::{nearest_ratio, size_wxh};
+use super::{
+    BodySegment, BuildScope, ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
+};
 use crate::error::GatewayError;
-use crate::form::EditForm;
 use crate::imaging::ImageKind;
-use crate::providers::UnifiedAnswer;
-use crate::route::Target;
 use bytes::{BufMut, BytesMut};
 use serde_json::{json, Map, Value};
 
@@ -74,7 +73,7 @@ static FAMILIES: [ModelFamily; 1] = [ModelFamily {
 
 /// `aspect_ratio` and `resolution` for `size` (`None` for `auto` or no size).
 fn size_fields(size: Option<&str>) -> Option<(&'static str, &'static str)> {
-    let (w, h) = super::size_wxh(size)?;
+    let (w, h) = size_wxh(size)?;
     let (ratio, _) = nearest_ratio(f64::from(w) / f64::from(h), &ASPECT_RATIOS);
     Some((ratio, if w.max(h) <= 1024 { "1k" } else { "2k" }))
 }
@@ -84,12 +83,13 @@ impl ProviderAdapter for XaiAdapter {
         &FAMILIES
     }
 
-    fn build_request(
-        &self,
-        form: &EditForm,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
+        let BuildScope {
+            form,
+            target,
+            request_id,
+            ..
+        } = *scope;
         let internal = |e: serde_json::Error| GatewayError::Internal(e.to_string());
         if form.images.is_empty() {
             return Err(GatewayError::InvalidRequest {
@@ -155,8 +155,11 @@ impl ProviderAdapter for XaiAdapter {
 mod tests {
     use super::*;
     use crate::config::from_yaml_str_with_env;
+    use crate::form::EditForm;
     use crate::form::FilePart;
+    use crate::providers::test_support::build;
     use crate::route::Router;
+    use crate::route::Target;
     use crate::spool::{Spool, SpoolRange};
     use base64::Engine;
     use bytes::Bytes;
@@ -174,6 +177,7 @@ mod tests {
             model_deployment: "grok-imagine-image",
             latency_ms: 3,
             num_input_images: 1,
+            created: crate::providers::test_support::CLOCK_SECS,
         }
     }
 
@@ -227,7 +231,7 @@ mod tests {
             quality: Some("high".into()),
             ..Default::default()
         };
-        let req = XaiAdapter.build_request(&form, &target(), "rid").unwrap();
+        let req = build(&XaiAdapter, &form, &target(), "rid").unwrap();
         assert_eq!(req.path, "/v1/images/edits");
         assert_eq!(req.header("authorization"), Some("Bearer xai-secret"));
         assert_eq!(req.header("content-type"), Some("application/json"));
@@ -271,8 +275,7 @@ mod tests {
             response_format: Some("url".into()),
             ..Default::default()
         };
-        let body = XaiAdapter
-            .build_request(&form, &target(), "r")
+        let body = build(&XaiAdapter, &form, &target(), "r")
             .unwrap()
             .render(&spool)
             .unwrap();

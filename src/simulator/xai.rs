@@ -10,9 +10,15 @@
 
 use super::render::{self, Fault, Marks, Picture};
 use super::{Blob, SimAnswer, SimRequest, SimResponse};
-use crate::providers::xai::ASPECT_RATIOS;
 use base64::Engine;
 use serde_json::{json, Value};
+
+/// The `aspect_ratio` values xAI's image API takes (docs.x.ai, image model capabilities;
+/// providers.md §12 lists the field without its values), written here apart from the
+/// adapter's table so that a ratio the adapter gets wrong is refused, as xAI would.
+const ASPECT_RATIOS: [&str; 14] = [
+    "1:1", "3:4", "4:3", "3:2", "2:3", "2:1", "1:2", "9:16", "16:9", "19.5:9", "9:19.5", "20:9", "9:20", "auto",
+];
 
 fn xai_error(status: u16, message: &str) -> SimResponse {
     SimResponse::json(
@@ -103,7 +109,7 @@ fn edit(req: &SimRequest) -> Result<SimResponse, SimResponse> {
         _ => return Err(bad("response_format must be b64_json or url")),
     };
     if let Some(r) = obj.get("aspect_ratio") {
-        if !ASPECT_RATIOS.iter().any(|(name, _)| r.as_str() == Some(name)) {
+        if !ASPECT_RATIOS.iter().any(|name| r.as_str() == Some(name)) {
             return Err(bad("unsupported aspect_ratio"));
         }
     }
@@ -187,5 +193,25 @@ mod tests {
             &json!({"model": "m", "prompt": "simulate-error:429", "image": {"url": url}}),
         ));
         assert_eq!((status, v["error"].as_str()), (429, Some("simulated error 429")));
+    }
+
+    /// Every ratio xAI documents is taken, from the simulator's own table; others are 400s.
+    #[test]
+    fn takes_the_documented_aspect_ratios() {
+        let png = encode_png(&solid(2, 2, [0, 0, 0, 255])).unwrap();
+        let url = format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(&png)
+        );
+        for ratio in [
+            "1:1", "16:9", "9:16", "2:1", "1:2", "19.5:9", "9:19.5", "20:9", "9:20", "auto",
+        ] {
+            let body = json!({"model": "m", "prompt": "p", "image": {"url": url}, "aspect_ratio": ratio});
+            assert_eq!(answer(&request(&body)).0, 200, "{ratio}");
+        }
+        for ratio in ["5:4", "21:9", "1:1 ", ""] {
+            let body = json!({"model": "m", "prompt": "p", "image": {"url": url}, "aspect_ratio": ratio});
+            assert_eq!(answer(&request(&body)).0, 400, "{ratio}");
+        }
     }
 }

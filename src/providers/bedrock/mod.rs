@@ -26,16 +26,19 @@ pub mod sigv4;
 pub mod stability;
 pub mod titan;
 
-use super::azure::percent_encode_segment;
 use super::capabilities::{Capabilities, ModelFamily, NByCalls, Streaming};
-use super::google::{json_post, no_image_error, unix_now, write_images_response, AnswerImage};
-use super::{Prepared, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::kernel::errors::{no_image_error, provider_error};
+use super::kernel::percent::percent_encode_segment;
+use super::kernel::post::json_post;
+use super::kernel::time::unix_seconds;
+use super::kernel::unified::{write_images_response, AnswerImage};
+use super::model_id::plain;
+use super::{BuildScope, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::config::Credential;
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
 use crate::imaging::{ImageKind, MaskConvention};
 use crate::providers::UnifiedAnswer;
-use crate::route::Target;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -176,11 +179,18 @@ fn mask_convention(form: &EditForm, model: &str) -> Option<MaskConvention> {
     stability::service(base_model(model)).map(|_| MaskConvention::GrayWhiteEdit)
 }
 
-/// The body plan for `form` sent to `target`'s model (the mask converted by the gateway, in
-/// `inputs`).
-fn body(form: &EditForm, inputs: &Prepared<'_>, target: &Target) -> Result<Vec<super::BodySegment>, GatewayError> {
+/// The body plan for `scope.form` sent to `scope.target`'s model (the mask converted by the
+/// gateway, in `scope.mask`).
+fn body(scope: &BuildScope<'_>) -> Result<Vec<super::BodySegment>, GatewayError> {
+    let BuildScope { form, target, .. } = *scope;
     let provider = &target.provider.name;
-    let mask = inputs.mask.map(|m| m.png.as_slice());
+    if form.images.is_empty() {
+        return Err(GatewayError::InvalidRequest {
+            param: Some("image".into()),
+            message: "an image is required".into(),
+        });
+    }
+    let mask = scope.mask.map(|m| m.png.as_slice());
     if form.mask.is_some() && mask.is_none() && mask_convention(form, &target.model).is_some() {
         return Err(GatewayError::Internal(
             "kind bedrock needs the mask converted by the gateway".into(),
@@ -203,15 +213,12 @@ fn body(form: &EditForm, inputs: &Prepared<'_>, target: &Target) -> Result<Vec<s
     }
 }
 
-/// The request for `form` to `target`: path, body, and SigV4 or Bearer auth (see the module
-/// docs). Runs once per attempt, just before it is sent (a signature is valid for minutes).
-fn build(
-    form: &EditForm,
-    inputs: &Prepared<'_>,
-    target: &Target,
-    request_id: &str,
-) -> Result<UpstreamRequest, GatewayError> {
-    let body = body(form, inputs, target)?;
+/// The request for `scope.form` to `scope.target`: path, body, and SigV4 or Bearer auth (see
+/// the module docs), signed at `scope.now`. Runs once per attempt, just before it is sent (a
+/// signature is valid for minutes).
+fn build(scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
+    let BuildScope { target, request_id, .. } = *scope;
+    let body = body(scope)?;
     let length: u64 = body.iter().map(super::BodySegment::len).sum();
     if length > MAX_BODY_BYTES {
         return Err(GatewayError::Unsupported {
@@ -239,7 +246,7 @@ fn build(
         .region
         .as_deref()
         .ok_or_else(|| GatewayError::Internal(format!("provider '{}' has no region", target.provider.name)))?;
-    let payload = sigv4::payload_sha256(&body, inputs.spool)
+    let payload = sigv4::payload_sha256(&body, scope.spool)
         .map_err(|e| GatewayError::Internal(format!("spool read failed: {e}")))?;
     let host = base_url.authority();
     let signed = sigv4::sign(&sigv4::SigningInput {
@@ -253,7 +260,7 @@ fn build(
         path: &path,
         headers: &[("accept", "application/json"), ("content-type", "application/json")],
         payload_sha256: &payload,
-        unix_time: unix_now(),
+        unix_time: unix_seconds(scope.now),
     });
     let mut req = json_post(
         path,
@@ -278,31 +285,24 @@ impl ProviderAdapter for BedrockAdapter {
         &FAMILIES
     }
 
-    /// Without the spool the body cannot be hashed for SigV4: always an internal error (the
-    /// gateway calls [`ProviderAdapter::build_prepared`]).
-    fn build_request(
-        &self,
-        _form: &EditForm,
-        _target: &Target,
-        _request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
-        Err(GatewayError::Internal(
-            "kind bedrock needs the spool to build a request".into(),
-        ))
+    /// A model id or inference profile, or an ARN `arn:…:type/id`; `:` allowed.
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        let segments: Vec<&str> = model.split('/').collect();
+        let ok = match segments.as_slice() {
+            [id] => plain(id, b":") && !id.starts_with("arn:"),
+            [arn, id] => arn.starts_with("arn:") && plain(arn, b":") && plain(id, b":"),
+            _ => false,
+        };
+        ok.then_some(())
+            .ok_or("expected a Bedrock model id, inference profile or ARN")
     }
 
     fn mask_convention(&self, form: &EditForm, model: &str) -> Option<MaskConvention> {
         mask_convention(form, model)
     }
 
-    fn build_prepared(
-        &self,
-        form: &EditForm,
-        inputs: &Prepared<'_>,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
-        build(form, inputs, target, request_id)
+    fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
+        build(scope)
     }
 
     fn convert_response(
@@ -381,7 +381,7 @@ pub fn convert_images(body: &Bytes, cx: &ResponseContext<'_>) -> Result<UnifiedA
     if images.is_empty() {
         return Err(no_image_error(cx.provider, "the answer has no image"));
     }
-    write_images_response(std::slice::from_ref(body), &images, None, unix_now(), cx)
+    write_images_response(std::slice::from_ref(body), &images, None, cx.created, cx)
 }
 
 /// Whether an error text reports a content filter block.
@@ -413,7 +413,7 @@ pub fn bedrock_error(provider: &str, resp: &UpstreamResponse) -> GatewayError {
     let parsed: Option<Value> = serde_json::from_slice(&resp.body).ok();
     let field = |name: &str| parsed.as_ref().and_then(|v| v.get(name)).and_then(Value::as_str);
     let Some(message) = field("message").or_else(|| field("Message")) else {
-        return super::openai::provider_error(provider, resp);
+        return provider_error(provider, resp);
     };
     // `__type` may be `com.amazon…#ValidationException` or `ValidationException:http://…`.
     let exception = field("__type")

@@ -22,7 +22,7 @@
 
 use crate::error::GatewayError;
 use crate::form::EditForm;
-use crate::providers::jsonbody::JsonWriter;
+use crate::providers::kernel::jsonbody::JsonWriter;
 use crate::providers::BodySegment;
 
 /// A Stability service refract can call.

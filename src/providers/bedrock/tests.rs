@@ -3,12 +3,15 @@
 use super::*;
 use crate::config::from_yaml_str_with_env;
 use crate::form::FilePart;
+use crate::imaging::ImageKind;
 use crate::imaging::{decode_png, encode_png, png_info, solid};
-use crate::providers::polling::fixtures::spool_with;
-use crate::providers::vertex::tests::unified_mask;
+use crate::providers::test_support::rendered;
+use crate::providers::test_support::spool_with;
+use crate::providers::test_support::unified_mask;
+use crate::providers::test_support::{build, build_from_spool};
 use crate::providers::BodySegment;
 use crate::route::Router;
-use crate::spool::Spool;
+use crate::route::Target;
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -32,12 +35,6 @@ fn b64(v: &Value) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(v.as_str().unwrap_or_else(|| panic!("not a string: {v}")))
         .unwrap()
-}
-
-fn rendered(req: &UpstreamRequest, spool: &Spool) -> Value {
-    let body = req.render(spool).unwrap();
-    assert_eq!(body.len() as u64, req.content_length());
-    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)))
 }
 
 fn form(model: &str, images: Vec<FilePart>, mask: Option<FilePart>) -> EditForm {
@@ -89,9 +86,7 @@ fn inpainting_request_is_signed_and_carries_a_black_is_edit_mask() {
         ..form(NOVA, vec![parts[0].clone()], Some(parts[1].clone()))
     };
     let t = target(AWS_KEY, NOVA);
-    let req = BedrockAdapter
-        .build_request_from_spool(&f, &spool, &t, "rid-1")
-        .unwrap();
+    let req = build_from_spool(&BedrockAdapter, &f, &spool, &t, "rid-1").unwrap();
     assert_eq!(req.method, http::Method::POST);
     assert_eq!(req.path, "/model/amazon.nova-canvas-v1%3A0/invoke");
     assert_eq!(req.header("content-type"), Some("application/json"));
@@ -145,7 +140,7 @@ fn outpainting_mask_is_white_is_edit_and_no_type_with_mask_is_inpainting() {
         quality: Some("medium".into()),
         ..form(&t.model, vec![parts[0].clone()], Some(parts[1].clone()))
     };
-    let req = BedrockAdapter.build_request_from_spool(&f, &spool, &t, "r").unwrap();
+    let req = build_from_spool(&BedrockAdapter, &f, &spool, &t, "r").unwrap();
     assert_eq!(req.path, "/model/us.amazon.titan-image-generator-v2%3A0/invoke");
     let v = rendered(&req, &spool);
     assert_eq!(v["taskType"], "OUTPAINTING");
@@ -159,9 +154,7 @@ fn outpainting_mask_is_white_is_edit_and_no_type_with_mask_is_inpainting() {
     );
     let untyped = EditForm { edit_type: None, ..f };
     let v = rendered(
-        &BedrockAdapter
-            .build_request_from_spool(&untyped, &spool, &t, "r")
-            .unwrap(),
+        &build_from_spool(&BedrockAdapter, &untyped, &spool, &t, "r").unwrap(),
         &spool,
     );
     assert_eq!(v["taskType"], "INPAINTING");
@@ -181,7 +174,7 @@ fn background_removal_and_image_variation() {
         prompt: None,
         ..form(NOVA, vec![parts[0].clone()], None)
     };
-    let req = BedrockAdapter.build_request_from_spool(&bg, &spool, &t, "r").unwrap();
+    let req = build_from_spool(&BedrockAdapter, &bg, &spool, &t, "r").unwrap();
     let v = rendered(&req, &spool);
     assert_eq!(
         v.as_object().unwrap().keys().collect::<Vec<_>>(),
@@ -196,7 +189,7 @@ fn background_removal_and_image_variation() {
         ..form(NOVA, parts.clone(), None)
     };
     let v = rendered(
-        &BedrockAdapter.build_request_from_spool(&var, &spool, &t, "r").unwrap(),
+        &build_from_spool(&BedrockAdapter, &var, &spool, &t, "r").unwrap(),
         &spool,
     );
     assert_eq!(v["taskType"], "IMAGE_VARIATION");
@@ -271,19 +264,20 @@ fn refusals_before_any_call() {
         ),
     ];
     for (f, param, code) in cases {
-        let e = BedrockAdapter
-            .build_request_from_spool(&f, &spool, &t, "r")
-            .unwrap_err();
+        let e = build_from_spool(&BedrockAdapter, &f, &spool, &t, "r").unwrap_err();
         assert_eq!((e.status(), e.code(), e.param()), (400, code, Some(param)), "{e}");
     }
     let other = target(AWS_KEY, "stability.stable-outpaint-v1:0");
-    let e = BedrockAdapter
-        .build_request_from_spool(&form(&other.model, parts[..1].to_vec(), None), &spool, &other, "r")
-        .unwrap_err();
+    let e = build_from_spool(
+        &BedrockAdapter,
+        &form(&other.model, parts[..1].to_vec(), None),
+        &spool,
+        &other,
+        "r",
+    )
+    .unwrap_err();
     assert_eq!(e.param(), Some("model"));
-    assert!(BedrockAdapter
-        .build_request(&form(NOVA, vec![], None), &t, "r")
-        .is_err());
+    assert!(build(&BedrockAdapter, &form(NOVA, vec![], None), &t, "r").is_err());
 }
 
 #[test]
@@ -300,7 +294,7 @@ fn stability_bodies_are_flat_and_the_mask_is_white_is_edit() {
         output_format: Some("webp".into()),
         ..form(model, vec![parts[0].clone()], Some(parts[1].clone()))
     };
-    let req = BedrockAdapter.build_request_from_spool(&f, &spool, &t, "r").unwrap();
+    let req = build_from_spool(&BedrockAdapter, &f, &spool, &t, "r").unwrap();
     assert_eq!(
         req.path,
         "/model/arn%3Aaws%3Abedrock%3Aus-west-2%3A%3Afoundation-model%2Fstability.stable-image-inpaint-v1%3A0/invoke"
@@ -325,10 +319,7 @@ fn stability_bodies_are_flat_and_the_mask_is_white_is_edit() {
         seed: Some(3),
         ..form(&t.model, vec![parts[0].clone()], None)
     };
-    let v = rendered(
-        &BedrockAdapter.build_request_from_spool(&f, &spool, &t, "r").unwrap(),
-        &spool,
-    );
+    let v = rendered(&build_from_spool(&BedrockAdapter, &f, &spool, &t, "r").unwrap(), &spool);
     assert_eq!(v, json!({"image": v["image"], "output_format": "png"}));
     assert_eq!(b64(&v["image"]), image());
 }
@@ -359,9 +350,7 @@ fn families_and_capabilities() {
 fn bearer_api_keys_are_not_signed() {
     let (spool, parts) = spool_with(&[("image", ImageKind::Png, image())]);
     let t = target("        value: bedrock-api-key-123\n", NOVA);
-    let req = BedrockAdapter
-        .build_request_from_spool(&form(NOVA, parts, None), &spool, &t, "r")
-        .unwrap();
+    let req = build_from_spool(&BedrockAdapter, &form(NOVA, parts, None), &spool, &t, "r").unwrap();
     assert_eq!(req.header("authorization"), Some("Bearer bedrock-api-key-123"));
     assert!(req.header("x-amz-date").is_none());
 }
@@ -370,9 +359,7 @@ fn bearer_api_keys_are_not_signed() {
 fn session_tokens_are_sent_and_signed() {
     let (spool, parts) = spool_with(&[("image", ImageKind::Png, image())]);
     let t = target(&format!("{AWS_KEY}        aws_session_token: sess-tok\n"), NOVA);
-    let req = BedrockAdapter
-        .build_request_from_spool(&form(NOVA, parts, None), &spool, &t, "r")
-        .unwrap();
+    let req = build_from_spool(&BedrockAdapter, &form(NOVA, parts, None), &spool, &t, "r").unwrap();
     assert_eq!(req.header("x-amz-security-token"), Some("sess-tok"));
     assert!(req
         .header("authorization")
@@ -396,6 +383,7 @@ fn cx() -> ResponseContext<'static> {
         model_deployment: NOVA,
         latency_ms: 3,
         num_input_images: 1,
+        created: crate::providers::test_support::CLOCK_SECS,
     }
 }
 
@@ -495,4 +483,41 @@ fn filters_and_errors() {
         .convert_response(&resp(200, "not json"), &cx())
         .unwrap_err();
     assert_eq!(e.status(), 502);
+}
+
+/// The build is pure: two builds from the same scope are the same request, byte for byte
+/// (SigV4's date and signature come from `scope.now`, not from the clock), and another `now`
+/// signs differently.
+#[test]
+fn same_scope_same_signed_bytes() {
+    let (spool, parts) = spool_with(&[("image", ImageKind::Png, image())]);
+    let t = target(AWS_KEY, NOVA);
+    let f = form(NOVA, parts, None);
+    let scope = |now: std::time::SystemTime| BuildScope {
+        form: &f,
+        spool: &spool,
+        mask: None,
+        target: &t,
+        request_id: "rid",
+        now,
+        nonce: 1,
+    };
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_486_854);
+    let bytes = |req: &UpstreamRequest| {
+        (
+            req.method.clone(),
+            req.path.clone(),
+            req.headers.clone(),
+            req.render(&spool).unwrap(),
+        )
+    };
+    let first = BedrockAdapter.build(&scope(at)).unwrap();
+    let second = BedrockAdapter.build(&scope(at)).unwrap();
+    assert_eq!(bytes(&first), bytes(&second));
+    assert_eq!(first.header("x-amz-date"), Some("20261124T022054Z"));
+    let later = BedrockAdapter
+        .build(&scope(at + std::time::Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!(later.header("x-amz-date"), Some("20261124T022055Z"));
+    assert_ne!(first.header("authorization"), later.header("authorization"));
 }

@@ -25,7 +25,7 @@ use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
 use crate::imaging::MaskConvention;
 use crate::providers::capabilities::edit_type_name;
-use crate::providers::jsonbody::JsonWriter;
+use crate::providers::kernel::jsonbody::JsonWriter;
 use crate::providers::BodySegment;
 use serde::Serialize;
 

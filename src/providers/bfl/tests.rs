@@ -4,8 +4,9 @@
 
 use super::*;
 use crate::imaging::{decode_png, encode_png, solid, ImageKind};
-use crate::providers::polling::fixtures::*;
-use crate::providers::polling::FollowUp;
+use crate::providers::kernel::polling::FollowUp;
+use crate::providers::test_support::*;
+use crate::providers::test_support::{build, build_from_spool};
 
 fn png() -> Vec<u8> {
     encode_png(&solid(4, 3, [9, 8, 7, 255])).unwrap()
@@ -19,7 +20,7 @@ fn kontext_request_inlines_the_image_as_bare_base64() {
     f.seed = Some(42);
     f.size = Some("1536x1024".into());
     f.output_format = Some("webp".into());
-    let req = BflAdapter.build_request_from_spool(&f, &spool, &t, "rid").unwrap();
+    let req = build_from_spool(&BflAdapter, &f, &spool, &t, "rid").unwrap();
     assert_eq!(req.method, http::Method::POST);
     assert_eq!(req.path, "/v1/flux-kontext-pro");
     assert_eq!(req.header("x-key"), Some("secret-key"));
@@ -53,7 +54,7 @@ fn fill_request_converts_the_mask_pixel_by_pixel() {
     f.num_inference_steps = Some(30);
     f.size = Some("1536x1024".into());
     f.seed = Some(7);
-    let req = BflAdapter.build_request_from_spool(&f, &spool, &t, "rid").unwrap();
+    let req = build_from_spool(&BflAdapter, &f, &spool, &t, "rid").unwrap();
     let body = rendered(&req, &spool);
     assert_eq!(unb64(&body["image"]), png());
     assert_eq!(body["steps"], 30);
@@ -70,7 +71,7 @@ fn fill_request_converts_the_mask_pixel_by_pixel() {
         }
     }
     // Without the spool a mask cannot be converted.
-    assert!(BflAdapter.build_request(&f, &t, "rid").is_err());
+    assert!(build(&BflAdapter, &f, &t, "rid").is_err());
     // Capabilities: masks only for fill models.
     assert!(BflAdapter.capabilities("flux-pro-1.0-fill").mask);
     assert!(!BflAdapter.capabilities("flux-kontext-pro").mask);
@@ -163,7 +164,7 @@ fn expand_keeps_the_input_size_and_takes_its_borders() {
     let mut f = form("flux-pro-1.0-expand", parts, None);
     f.size = Some("1536x1024".into());
     f.extra_text = vec![("top".into(), "64".into())];
-    let req = BflAdapter.build_request_from_spool(&f, &spool, &t, "rid").unwrap();
+    let req = build_from_spool(&BflAdapter, &f, &spool, &t, "rid").unwrap();
     let body = rendered(&req, &spool);
     assert_eq!(body["top"], 64);
     assert!(
@@ -172,12 +173,10 @@ fn expand_keeps_the_input_size_and_takes_its_borders() {
     );
     // A size no ratio fits is not refused where size is ignored.
     f.size = Some("3840x16".into());
-    assert!(BflAdapter.build_request_from_spool(&f, &spool, &t, "rid").is_ok());
+    assert!(build_from_spool(&BflAdapter, &f, &spool, &t, "rid").is_ok());
     let kontext = target("bfl", "flux-kontext-pro", "");
     f.model = "flux-kontext-pro".into();
-    let e = BflAdapter
-        .build_request_from_spool(&f, &spool, &kontext, "rid")
-        .unwrap_err();
+    let e = build_from_spool(&BflAdapter, &f, &spool, &kontext, "rid").unwrap_err();
     assert_eq!(e.param(), Some("size"));
     // What size does, per family, in `refract providers`.
     let table = crate::providers::capabilities::markdown_table();

@@ -4,7 +4,8 @@
 
 use super::*;
 use crate::imaging::{encode_png, solid, ImageKind};
-use crate::providers::polling::fixtures::*;
+use crate::providers::test_support::build_from_spool;
+use crate::providers::test_support::*;
 
 fn png() -> Vec<u8> {
     encode_png(&solid(2, 2, [1, 1, 1, 255])).unwrap()
@@ -16,9 +17,7 @@ fn request_and_polls() {
     let (spool, parts) = spool_with(&[("image", ImageKind::Png, png())]);
     let mut f = form("flux-kontext-pro", parts, None);
     f.output_format = Some("jpeg".into());
-    let req = FireworksAdapter
-        .build_request_from_spool(&f, &spool, &t, "rid")
-        .unwrap();
+    let req = build_from_spool(&FireworksAdapter, &f, &spool, &t, "rid").unwrap();
     assert_eq!(
         req.path,
         "/inference/v1/workflows/accounts/fireworks/models/flux-kontext-pro"
@@ -33,8 +32,7 @@ fn request_and_polls() {
     assert_eq!(body["output_format"], "jpeg");
     let full = target("fireworks", "accounts/me/models/my-flux", "");
     assert_eq!(
-        FireworksAdapter
-            .build_request_from_spool(&f, &spool, &full, "r")
+        build_from_spool(&FireworksAdapter, &f, &spool, &full, "r")
             .unwrap()
             .path,
         "/inference/v1/workflows/accounts/me/models/my-flux"

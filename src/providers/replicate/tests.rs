@@ -4,7 +4,8 @@
 
 use super::*;
 use crate::imaging::{encode_png, solid, ImageKind};
-use crate::providers::polling::fixtures::*;
+use crate::providers::test_support::build_from_spool;
+use crate::providers::test_support::*;
 
 fn png() -> Vec<u8> {
     encode_png(&solid(2, 2, [5, 5, 5, 255])).unwrap()
@@ -19,9 +20,7 @@ fn requests_per_model_and_image_key() {
     f.output_format = Some("jpeg".into());
     f.size = Some("1024x1024".into());
     let t = target("replicate", "black-forest-labs/flux-kontext-pro", rules);
-    let req = ReplicateAdapter
-        .build_request_from_spool(&f, &spool, &t, "rid")
-        .unwrap();
+    let req = build_from_spool(&ReplicateAdapter, &f, &spool, &t, "rid").unwrap();
     assert_eq!(req.path, "/v1/models/black-forest-labs/flux-kontext-pro/predictions");
     assert_eq!(req.header("authorization"), Some("Bearer secret-key"));
     assert_eq!(req.header("prefer"), Some("wait=60"));
@@ -33,18 +32,18 @@ fn requests_per_model_and_image_key() {
     assert!(body.get("version").is_none());
     let t = target("replicate", "black-forest-labs/flux-fill-pro", rules);
     let body = rendered(
-        &ReplicateAdapter.build_request_from_spool(&f, &spool, &t, "r").unwrap(),
+        &build_from_spool(&ReplicateAdapter, &f, &spool, &t, "r").unwrap(),
         &spool,
     );
     assert_eq!(unb64(&body["input"]["image"]), png());
     let t = target("replicate", "x/multi", rules);
     let body = rendered(
-        &ReplicateAdapter.build_request_from_spool(&f, &spool, &t, "r").unwrap(),
+        &build_from_spool(&ReplicateAdapter, &f, &spool, &t, "r").unwrap(),
         &spool,
     );
     assert_eq!(unb64(&body["input"]["input_images"][0]), png());
     let t = target("replicate", "owner/name:abc123", rules);
-    let req = ReplicateAdapter.build_request_from_spool(&f, &spool, &t, "r").unwrap();
+    let req = build_from_spool(&ReplicateAdapter, &f, &spool, &t, "r").unwrap();
     assert_eq!(req.path, "/v1/predictions");
     assert_eq!(rendered(&req, &spool)["version"], "abc123");
 }

@@ -1,15 +1,15 @@
 //! Kind `stability`: Stability AI's REST API, v2beta edit services (providers.md §7).
 //!
 //! Request: `POST {base}/v2beta/stable-image/edit/{service}` with `Authorization: Bearer`,
-//! `Accept: application/json` and a multipart body (written with [`super::openai`]'s
-//! multipart writer): `image` (the first upload, streamed from the spool), `mask`, `prompt`,
+//! `Accept: application/json` and a multipart body (written with the kernel's
+//! [`super::kernel::multipart::MultipartWriter`]): `image` (the first upload, streamed from the spool), `mask`, `prompt`,
 //! `negative_prompt`, `seed`, `output_format`, and for outpainting `left`/`right`/`up`/`down`.
 //! The model name is not sent: the service is the model.
 //!
 //! `type` → service:
 //! - `inpainting` → `edit/inpaint`. The mask is **converted** from the unified convention
 //!   (alpha 0 = edit) to Stability's (an opaque 8-bit grayscale PNG, white = edit), as for
-//!   Imagen (by the gateway before the build, [`crate::providers::masks`]: a mask without
+//!   Imagen (by the gateway before the build, [`crate::providers::kernel::masks`]: a mask without
 //!   transparency, of another size than the first image, or over the pixel budget is a 400 on
 //!   `mask`). Without a mask the image is sent
 //!   alone and Stability takes its alpha channel as the mask.
@@ -36,14 +36,16 @@
 //! provider's status; the message is the `errors` joined, `type` and `code` the `name`.
 
 use super::capabilities::{any_model, Capabilities, ModelFamily, NByCalls, Streaming};
-use super::google::{no_image_error, unix_now, write_images_response, AnswerImage};
-use super::openai::{multipart_head, new_boundary, provider_error, MultipartWriter};
-use super::{auth_header, Prepared, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
+use super::kernel::errors::{no_image_error, provider_error};
+use super::kernel::multipart::{boundary, multipart_head, MultipartWriter};
+use super::kernel::post::auth_header;
+use super::kernel::size::size_wxh;
+use super::kernel::unified::{write_images_response, AnswerImage};
+use super::{BuildScope, ProviderAdapter, ResponseContext, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
 use crate::imaging::{self, ImageKind, MaskConvention};
 use crate::providers::UnifiedAnswer;
-use crate::route::Target;
 use crate::spool::{Spool, SpoolRange};
 use base64::Engine;
 use bytes::Bytes;
@@ -159,7 +161,7 @@ fn border(form: &EditForm, input: Option<(u32, u32)>) -> Result<[u32; 4], Gatewa
                 format!("outpainting with Stability needs size=WxH larger than the input image ({why}), or left/right/up/down in pixels"),
             )
         };
-        let (w, h) = super::size_wxh(form.size.as_deref()).ok_or_else(|| size_error("no size given"))?;
+        let (w, h) = size_wxh(form.size.as_deref()).ok_or_else(|| size_error("no size given"))?;
         let (iw, ih) = input.ok_or_else(|| size_error("the input size is known for PNG images only"))?;
         if w < iw || h < ih {
             return Err(size_error(&format!("{w}x{h} is smaller than the input's {iw}x{ih}")));
@@ -180,15 +182,21 @@ fn border(form: &EditForm, input: Option<(u32, u32)>) -> Result<[u32; 4], Gatewa
     Ok(sides)
 }
 
-/// Builds the request; `mask` is the converted mask PNG and `input` the first image's size
-/// (when known). Fails with a 400 before any upstream call on what Stability cannot serve.
+/// Builds the request for `scope`; `mask` is the converted mask PNG and `input` the first
+/// image's size (when known). Fails with a 400 before any upstream call on what Stability
+/// cannot serve.
 fn build(
-    form: &EditForm,
+    scope: &BuildScope<'_>,
     mask: Option<Vec<u8>>,
     input: Option<(u32, u32)>,
-    target: &Target,
-    request_id: &str,
 ) -> Result<UpstreamRequest, GatewayError> {
+    let BuildScope {
+        form,
+        target,
+        request_id,
+        nonce,
+        ..
+    } = *scope;
     let service = service(form)?;
     let image = form
         .images
@@ -214,7 +222,7 @@ fn build(
             message: format!("output_format={f} (png, jpeg or webp)"),
         });
     }
-    let boundary = new_boundary();
+    let boundary = boundary(nonce);
     let mut req = multipart_head(
         format!("{}/v2beta/stable-image/edit/{service}", target.provider.base_url.path),
         auth_header(target, "authorization")?,
@@ -255,48 +263,29 @@ impl ProviderAdapter for StabilityAdapter {
         &FAMILIES
     }
 
-    /// Without the converted mask and the spool (for the input size): forms that need them
-    /// are refused (the gateway always calls [`ProviderAdapter::build_prepared`]).
-    fn build_request(
-        &self,
-        form: &EditForm,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
-        if form.mask.is_some() {
-            return Err(GatewayError::Internal(
-                "kind stability needs the spool to convert the mask".into(),
-            ));
-        }
-        build(form, None, None, target, request_id)
-    }
-
     /// Inpainting takes an opaque greyscale mask, white = edit; a type that takes no mask
     /// asks for none (the build refuses it, before anything is decoded).
     fn mask_convention(&self, form: &EditForm, _model: &str) -> Option<MaskConvention> {
         (form.mask.is_some() && service(form).is_ok_and(|s| s == "inpaint")).then_some(MaskConvention::GrayWhiteEdit)
     }
 
-    fn build_prepared(
-        &self,
-        form: &EditForm,
-        inputs: &Prepared<'_>,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    /// The mask converted by the gateway (`scope.mask`), and for outpainting the first image's
+    /// size read from the spool.
+    fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
+        let BuildScope { form, spool, .. } = *scope;
         service(form)?;
-        if form.mask.is_some() && inputs.mask.is_none() {
+        if form.mask.is_some() && scope.mask.is_none() {
             return Err(GatewayError::Internal(
                 "kind stability needs the mask converted by the gateway".into(),
             ));
         }
-        let mask = inputs.mask.map(|m| m.png.clone());
+        let mask = scope.mask.map(|m| m.png.clone());
         let input = if form.edit_type == Some(EditType::Outpainting) {
-            png_size(form, inputs.spool)?
+            png_size(form, spool)?
         } else {
             None
         };
-        build(form, mask, input, target, request_id)
+        build(scope, mask, input)
     }
 
     fn convert_response(
@@ -346,7 +335,7 @@ fn convert_answer(body: &Bytes, cx: &ResponseContext<'_>) -> Result<UnifiedAnswe
         .ok_or_else(|| protocol("the answer has no 'image' string".into()))?;
     let mime = sniff_b64(b64.get().trim_matches('"'));
     let image = AnswerImage { b64: b64.get(), mime };
-    write_images_response(std::slice::from_ref(body), &[image], None, unix_now(), cx)
+    write_images_response(std::slice::from_ref(body), &[image], None, cx.created, cx)
 }
 
 /// A Stability error (`{"id","name","errors":[…]}`) as a provider error keeping the status:

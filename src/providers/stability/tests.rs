@@ -2,7 +2,9 @@ use super::*;
 use crate::config::from_yaml_str_with_env;
 use crate::form::FilePart;
 use crate::imaging::{decode_png, encode_png, solid, Rgba};
+use crate::providers::test_support::{build, build_from_spool};
 use crate::route::Router;
+use crate::route::Target;
 
 fn target() -> Target {
     let yaml =
@@ -18,6 +20,7 @@ fn cx() -> ResponseContext<'static> {
         model_deployment: "sd3",
         latency_ms: 4,
         num_input_images: 1,
+        created: crate::providers::test_support::CLOCK_SECS,
     }
 }
 
@@ -51,14 +54,12 @@ type Part = (String, Option<String>, Option<String>, Vec<u8>);
 /// The rendered multipart body's parts (checked against the planned length).
 async fn parts(req: &UpstreamRequest, spool: &Spool) -> Vec<Part> {
     assert_eq!(req.render(spool).unwrap().len() as u64, req.content_length());
-    crate::providers::openai::tests::render(req, spool).await
+    crate::providers::test_support::render(req, spool).await
 }
 
 /// The outpainting border parts of the request for `form`.
 async fn sides_of(form: &EditForm, spool: &Spool) -> Vec<String> {
-    let req = StabilityAdapter
-        .build_request_from_spool(form, spool, &target(), "r")
-        .unwrap();
+    let req = build_from_spool(&StabilityAdapter, form, spool, &target(), "r").unwrap();
     let p = parts(&req, spool).await;
     ["left", "right", "up", "down"]
         .iter()
@@ -91,9 +92,7 @@ async fn inpaint_sends_the_image_as_is_and_the_mask_converted() {
         mask: Some(mp),
         ..Default::default()
     };
-    let req = StabilityAdapter
-        .build_request_from_spool(&form, &spool, &target(), "rid-1")
-        .unwrap();
+    let req = build_from_spool(&StabilityAdapter, &form, &spool, &target(), "rid-1").unwrap();
     assert_eq!(req.path, "/v2beta/stable-image/edit/inpaint");
     assert_eq!(req.header("authorization"), Some("Bearer sk-stab-secret"));
     assert_eq!(req.header("accept"), Some("application/json"));
@@ -121,10 +120,7 @@ async fn inpaint_sends_the_image_as_is_and_the_mask_converted() {
     assert_eq!(text(&p, "output_format"), Some("webp"));
     // Without the spool a mask cannot be converted.
     assert_eq!(
-        StabilityAdapter
-            .build_request(&form, &target(), "r")
-            .unwrap_err()
-            .status(),
+        build(&StabilityAdapter, &form, &target(), "r").unwrap_err().status(),
         500
     );
 }
@@ -139,9 +135,7 @@ async fn outpaint_border_from_size_or_fields() {
         images: vec![ip],
         ..Default::default()
     };
-    let req = StabilityAdapter
-        .build_request_from_spool(&form, &spool, &target(), "r")
-        .unwrap();
+    let req = build_from_spool(&StabilityAdapter, &form, &spool, &target(), "r").unwrap();
     assert_eq!(req.path, "/v2beta/stable-image/edit/outpaint");
     let p = parts(&req, &spool).await;
     assert_eq!(names(&p), ["image", "prompt", "left", "right", "up", "down"]);
@@ -219,9 +213,7 @@ async fn outpaint_border_from_size_or_fields() {
         ),
     ];
     for (f, param) in refusals {
-        let e = StabilityAdapter
-            .build_request_from_spool(&f, &spool, &target(), "r")
-            .unwrap_err();
+        let e = build_from_spool(&StabilityAdapter, &f, &spool, &target(), "r").unwrap_err();
         assert_eq!(e.status(), 400, "{e}");
         assert_eq!(e.param(), Some(param), "{e}");
     }
@@ -238,9 +230,7 @@ async fn background_removal_sends_only_image_and_format_and_no_type_needs_a_mask
         images: vec![ip.clone()],
         ..Default::default()
     };
-    let req = StabilityAdapter
-        .build_request_from_spool(&form, &spool, &target(), "r")
-        .unwrap();
+    let req = build_from_spool(&StabilityAdapter, &form, &spool, &target(), "r").unwrap();
     assert_eq!(req.path, "/v2beta/stable-image/edit/remove-background");
     let p = parts(&req, &spool).await;
     assert_eq!(names(&p), ["image", "output_format"]);
@@ -251,18 +241,14 @@ async fn background_removal_sends_only_image_and_format_and_no_type_needs_a_mask
         images: vec![ip],
         ..Default::default()
     };
-    let e = StabilityAdapter
-        .build_request_from_spool(&plain, &spool, &target(), "r")
-        .unwrap_err();
+    let e = build_from_spool(&StabilityAdapter, &plain, &spool, &target(), "r").unwrap_err();
     assert_eq!((e.status(), e.param()), (400, Some("type")));
     assert!(e.to_string().contains("type=inpainting"), "{e}");
     let masked = EditForm {
         mask: Some(mp),
         ..plain
     };
-    let req = StabilityAdapter
-        .build_request_from_spool(&masked, &spool, &target(), "r")
-        .unwrap();
+    let req = build_from_spool(&StabilityAdapter, &masked, &spool, &target(), "r").unwrap();
     assert_eq!(req.path, "/v2beta/stable-image/edit/inpaint");
     // Out-of-range seed, unknown output format.
     for (f, param) in [
@@ -288,9 +274,7 @@ async fn background_removal_sends_only_image_and_format_and_no_type_needs_a_mask
             "output_format",
         ),
     ] {
-        let e = StabilityAdapter
-            .build_request_from_spool(&f, &spool, &target(), "r")
-            .unwrap_err();
+        let e = build_from_spool(&StabilityAdapter, &f, &spool, &target(), "r").unwrap_err();
         assert_eq!((e.status(), e.param()), (400, Some(param)), "{e}");
     }
 }

@@ -57,6 +57,9 @@ pub struct StreamContext {
     pub images: u32,
     /// When the request started (for `latency`).
     pub start: Instant,
+    /// The wall time the stream began, in seconds since the Unix epoch (`created_at` of the
+    /// events a translator makes up), passed in by the gateway.
+    pub created: u64,
     /// The client's framing.
     pub framing: Framing,
     /// The provider's kind (whose stream events are converted).
@@ -591,6 +594,7 @@ mod tests {
             request_id: "req-1".into(),
             images,
             start: Instant::now(),
+            created: 1,
             framing,
             kind: ProviderKind::OpenAi,
         }

@@ -1,8 +1,10 @@
 //! Kind `vertex`: Vertex AI. Imagen editing (`imagen-*` capability models) through
-//! `:predict` (the request body is built in [`imagen`]), and Gemini image models through
-//! `generateContent` (the Gemini API's body, [`super::gemini::generate_content_request`], with
+//! `:predict` (the request body is built in [`super::google::imagen`]), and Gemini image models
+//! through `generateContent` (the Gemini API's body,
+//! [`super::google::content_request::generate_content_request`], with
 //! Vertex's `imageConfig.outputMimeType`/`outputCompressionQuality`; answers and streams as on
-//! the Gemini API).
+//! the Gemini API). Both dialects come from the Google family module, [`super::google`],
+//! shared with kind `gemini`; this adapter adds Vertex's paths and auth.
 //!
 //! - Path: `POST {base}/projects/{project}/locations/{location}/publishers/google/models/{model}:predict`
 //!   (`:generateContent`, `:streamGenerateContent?alt=sse` for Gemini models)
@@ -17,57 +19,28 @@
 //!   ([`super::google::google_error`]).
 //! - No streaming: `stream=true` is synthesized by the gateway from the complete answer.
 
-pub mod imagen;
-
-use super::azure::percent_encode_segment;
-use super::capabilities::{Capabilities, ModelFamily, Streaming};
-use super::gemini::{
-    convert_generate_content, generate_content_request, is_generate_content_model, GenerateContentStream,
-    GEMINI_IMAGE_CAPABILITIES,
+use super::capabilities::ModelFamily;
+use super::google::content_request::generate_content_request;
+use super::google::{
+    convert_google_answer, google_stream_translator, imagen, is_generate_content_model, is_imagen,
+    GEMINI_IMAGE_CAPABILITIES, IMAGEN_CAPABILITIES,
 };
-use super::google::{google_error, json_post, no_image_error, unix_now, write_images_response, AnswerImage};
+use super::kernel::percent::percent_encode_segment;
+use super::kernel::post::auth_header;
+use super::model_id::plain;
 use super::stream::StreamContext;
 use super::{
-    auth_header, Prepared, ProviderAdapter, ResponseContext, StreamTranslator, UpstreamRequest, UpstreamResponse,
+    BuildScope, ProviderAdapter, ResponseContext, StreamTranslator, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
 };
 use crate::config::KeyAuth;
 use crate::error::GatewayError;
-use crate::form::{EditForm, EditType};
-use crate::imaging::{ConvertedMask, MaskConvention};
-use crate::providers::UnifiedAnswer;
+use crate::form::EditForm;
+use crate::imaging::MaskConvention;
 use crate::route::Target;
-use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use std::borrow::Cow;
 
 /// The adapter for kind `vertex`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VertexAdapter;
-
-/// Whether `model` is an Imagen model.
-pub fn is_imagen(model: &str) -> bool {
-    model.starts_with("imagen-")
-}
-
-/// Imagen capability models (`imagen-3.0-capability-001`). Limits: `sampleCount` 1–4 and four
-/// RAW references (google-genai's documented ranges); 10 MB per image is a conservative bound
-/// (providers.md gives no Imagen figure; Vertex's inline request budget is about 20 MB).
-pub static IMAGEN_CAPABILITIES: Capabilities = Capabilities {
-    mask: true,
-    max_n: 4,
-    n_by_calls: None,
-    max_images: 4,
-    max_image_bytes: 10_000_000,
-    edit_types: &[EditType::Inpainting, EditType::Outpainting, EditType::BackgroundRemoval],
-    url_output: false,
-    sizes: "ignored (edits keep the input size)",
-    streaming: Streaming::Synthesized,
-    extra_fields: "seed, negative_prompt, num_inference_steps, output_format (png, jpeg), output_compression",
-    max_prompt_chars: None,
-    input_formats: &[],
-    allowed_sizes: &[],
-};
 
 static FAMILIES: [ModelFamily; 2] = [
     ModelFamily {
@@ -102,69 +75,41 @@ fn model_path(target: &Target) -> Result<String, GatewayError> {
     }
 }
 
-/// Builds the request; `mask` is the mask already converted to Imagen's convention (`None`
-/// when the form has none).
-fn build(
-    form: &EditForm,
-    mask: Option<&ConvertedMask>,
-    target: &Target,
-    request_id: &str,
-) -> Result<UpstreamRequest, GatewayError> {
-    let auth = auth_header(target, "x-goog-api-key")?;
-    if !is_imagen(&target.model) {
-        return generate_content_request(form, model_path(target)?, auth, request_id, true);
-    }
-    let body = imagen::body(form, mask, &target.provider.name)?;
-    Ok(json_post(
-        format!("{}:predict", model_path(target)?),
-        auth,
-        "application/json",
-        request_id,
-        body,
-    ))
-}
-
 impl ProviderAdapter for VertexAdapter {
     fn families(&self) -> &'static [ModelFamily] {
         &FAMILIES
+    }
+
+    /// One name, `@` allowed (versioned publisher models, `imagegeneration@006`).
+    fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        (!model.contains('/') && plain(model, b"@"))
+            .then_some(())
+            .ok_or("expected one model name of letters, digits, '.', '_', '-', '@'")
     }
 
     fn stream_translator(&self, cx: &StreamContext) -> Option<Box<dyn StreamTranslator>> {
         google_stream_translator(cx)
     }
 
-    /// Without the converted mask: a form with a mask is refused (the gateway always calls
-    /// [`ProviderAdapter::build_prepared`]).
-    fn build_request(
-        &self,
-        form: &EditForm,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
-        if form.mask.is_some() && is_imagen(&target.model) {
-            return Err(GatewayError::Internal(
-                "kind vertex needs the spool to convert the mask".into(),
-            ));
+    /// Gemini models through `generateContent` with Vertex's output options; Imagen through
+    /// `:predict`, its mask converted by the gateway (`scope.mask`).
+    fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
+        let BuildScope {
+            form,
+            target,
+            request_id,
+            ..
+        } = *scope;
+        let auth = auth_header(target, "x-goog-api-key")?;
+        if !is_imagen(&target.model) {
+            return generate_content_request(form, model_path(target)?, auth, request_id, true);
         }
-        build(form, None, target, request_id)
+        imagen::predict_request(form, scope.mask, target, model_path(target)?, request_id)
     }
 
     /// Imagen takes an opaque greyscale mask, white = edit.
     fn mask_convention(&self, form: &EditForm, model: &str) -> Option<MaskConvention> {
-        (form.mask.is_some() && is_imagen(model)).then_some(MaskConvention::GrayWhiteEdit)
-    }
-
-    fn build_prepared(
-        &self,
-        form: &EditForm,
-        inputs: &Prepared<'_>,
-        target: &Target,
-        request_id: &str,
-    ) -> Result<UpstreamRequest, GatewayError> {
-        if inputs.mask.is_none() {
-            return self.build_request(form, target, request_id);
-        }
-        build(form, inputs.mask, target, request_id)
+        imagen::mask_convention(form, model)
     }
 
     fn convert_response(
@@ -176,74 +121,5 @@ impl ProviderAdapter for VertexAdapter {
     }
 }
 
-/// A Google answer of either dialect, by model: Imagen `:predict` predictions, or a Gemini
-/// `generateContent` answer (both kinds `gemini` and `vertex` serve both).
-pub fn convert_google_answer(resp: &UpstreamResponse, cx: &ResponseContext<'_>) -> Result<UnifiedAnswer, GatewayError> {
-    if !is_imagen(cx.model_deployment) {
-        return convert_generate_content(resp, cx);
-    }
-    if !(200..300).contains(&resp.status) {
-        return Err(google_error(cx.provider, resp));
-    }
-    convert_predictions(&resp.body, cx)
-}
-
-/// The stream translator for a Google model: Gemini models stream `generateContent` chunks;
-/// Imagen cannot stream (`None`: the gateway synthesizes the stream).
-pub fn google_stream_translator(cx: &StreamContext) -> Option<Box<dyn StreamTranslator>> {
-    (!is_imagen(&cx.model_deployment)).then(|| Box::new(GenerateContentStream::new(cx)) as Box<dyn StreamTranslator>)
-}
-
-/// Imagen's answer, borrowed from the body (the base64 is never copied into a `String`).
-#[derive(Deserialize)]
-struct PredictResponse<'a> {
-    #[serde(borrow, default)]
-    predictions: Option<Vec<Prediction<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct Prediction<'a> {
-    #[serde(borrow, rename = "bytesBase64Encoded")]
-    b64: Option<&'a RawValue>,
-    #[serde(borrow, rename = "mimeType")]
-    mime: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "raiFilteredReason")]
-    filtered: Option<Cow<'a, str>>,
-}
-
-/// A 2xx `:predict` answer → the unified answer, or `moderation_blocked` when every image was
-/// filtered, or 502 when the body is not Imagen's JSON.
-pub fn convert_predictions(body: &Bytes, cx: &ResponseContext<'_>) -> Result<UnifiedAnswer, GatewayError> {
-    let protocol = |detail: String| GatewayError::UpstreamProtocol {
-        provider: cx.provider.to_string(),
-        detail,
-    };
-    let parsed: PredictResponse<'_> =
-        serde_json::from_slice(body).map_err(|e| protocol(format!("not an Imagen :predict answer: {e}")))?;
-    let predictions = parsed.predictions.unwrap_or_default();
-    let mut images = Vec::with_capacity(predictions.len());
-    for p in &predictions {
-        if let Some(b64) = p.b64 {
-            if !b64.get().starts_with('"') {
-                return Err(protocol("bytesBase64Encoded is not a string".into()));
-            }
-            images.push(AnswerImage {
-                b64: b64.get(),
-                mime: p.mime.as_deref(),
-            });
-        }
-    }
-    if images.is_empty() {
-        let reasons: Vec<&str> = predictions.iter().filter_map(|p| p.filtered.as_deref()).collect();
-        let why = if reasons.is_empty() {
-            "every image was filtered (no predictions)".to_string()
-        } else {
-            reasons.join("; ")
-        };
-        return Err(no_image_error(cx.provider, &why));
-    }
-    write_images_response(std::slice::from_ref(body), &images, None, unix_now(), cx)
-}
-
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -2,13 +2,17 @@
 
 use super::*;
 use crate::config::from_yaml_str_with_env;
+use crate::form::EditType;
 use crate::form::FilePart;
 use crate::imaging::{decode_png, encode_png, solid, ImageKind};
-use crate::providers::polling::fixtures::spool_with;
+use crate::providers::capabilities::Streaming;
+use crate::providers::test_support::spool_with;
+use crate::providers::test_support::{build, build_from_spool};
+use crate::providers::test_support::{rendered, unified_mask};
 use crate::providers::BodySegment;
 use crate::route::Router;
-use crate::spool::Spool;
 use base64::Engine;
+use bytes::Bytes;
 use serde_json::{json, Value};
 
 fn target(key_lines: &str, model: &str) -> Target {
@@ -30,25 +34,10 @@ fn header<'a>(req: &'a UpstreamRequest, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// A 4×3 unified mask whose left column is fully transparent (edit).
-pub(crate) fn unified_mask() -> Vec<u8> {
-    let mut m = solid(4, 3, [0, 0, 0, 255]);
-    for y in 0..3 {
-        m.pixels[(y * 4 * 4 + 3) as usize] = 0;
-    }
-    encode_png(&m).unwrap()
-}
-
 fn b64(v: &Value) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(v.as_str().unwrap())
         .unwrap()
-}
-
-fn rendered(req: &UpstreamRequest, spool: &Spool) -> Value {
-    let body = req.render(spool).unwrap();
-    assert_eq!(body.len() as u64, req.content_length());
-    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)))
 }
 
 fn base_form(images: Vec<FilePart>, mask: Option<FilePart>) -> EditForm {
@@ -82,9 +71,7 @@ fn full_request_with_two_images_and_a_converted_mask() {
         ..base_form(parts[..2].to_vec(), Some(parts[2].clone()))
     };
     let t = bearer("imagen-3.0-capability-001");
-    let req = VertexAdapter
-        .build_request_from_spool(&form, &spool, &t, "rid-9")
-        .unwrap();
+    let req = build_from_spool(&VertexAdapter, &form, &spool, &t, "rid-9").unwrap();
     assert_eq!(req.method, http::Method::POST);
     assert_eq!(
         req.path,
@@ -193,7 +180,7 @@ fn edit_mode_follows_type_and_mask() {
             edit_type,
             ..base_form(vec![parts[0].clone()], with_mask.then(|| parts[1].clone()))
         };
-        let req = VertexAdapter.build_request_from_spool(&form, &spool, &t, "r").unwrap();
+        let req = build_from_spool(&VertexAdapter, &form, &spool, &t, "r").unwrap();
         let v = rendered(&req, &spool);
         assert_eq!(v["parameters"]["editMode"], mode, "{edit_type:?} {with_mask}");
         assert_eq!(v["parameters"]["sampleCount"], 1);
@@ -215,7 +202,7 @@ fn edit_mode_follows_type_and_mask() {
         prompt: None,
         ..base_form(vec![parts[0].clone()], None)
     };
-    let v = rendered(&VertexAdapter.build_request(&form, &t, "r").unwrap(), &spool);
+    let v = rendered(&build(&VertexAdapter, &form, &t, "r").unwrap(), &spool);
     assert_eq!(v["instances"][0]["prompt"], imagen::BACKGROUND_PROMPT);
     // inpainting and outpainting need a mask.
     for edit_type in [EditType::Inpainting, EditType::Outpainting] {
@@ -223,9 +210,7 @@ fn edit_mode_follows_type_and_mask() {
             edit_type: Some(edit_type),
             ..base_form(vec![parts[0].clone()], None)
         };
-        let e = VertexAdapter
-            .build_request_from_spool(&form, &spool, &t, "r")
-            .unwrap_err();
+        let e = build_from_spool(&VertexAdapter, &form, &spool, &t, "r").unwrap_err();
         assert_eq!((e.status(), e.param()), (400, Some("mask")), "{e}");
     }
 }
@@ -254,15 +239,13 @@ fn masks_that_cannot_follow_the_convention_are_refused() {
         (4, "cannot decode PNG"),
     ] {
         let form = base_form(vec![parts[0].clone()], Some(parts[i].clone()));
-        let e = VertexAdapter
-            .build_request_from_spool(&form, &spool, &t, "r")
-            .unwrap_err();
+        let e = build_from_spool(&VertexAdapter, &form, &spool, &t, "r").unwrap_err();
         assert_eq!((e.status(), e.param()), (400, Some("mask")), "{e}");
         assert!(e.to_string().contains(fragment), "{i}: {e}");
     }
     // An RGBA mask without a transparent pixel is valid: nothing is edited (all black).
     let form = base_form(vec![parts[0].clone()], Some(parts[5].clone()));
-    let req = VertexAdapter.build_request_from_spool(&form, &spool, &t, "r").unwrap();
+    let req = build_from_spool(&VertexAdapter, &form, &spool, &t, "r").unwrap();
     let v = rendered(&req, &spool);
     let mask = decode_png(&b64(
         &v["instances"][0]["referenceImages"][1]["referenceImage"]["bytesBase64Encoded"]
@@ -271,7 +254,7 @@ fn masks_that_cannot_follow_the_convention_are_refused() {
     assert!(mask.pixels.chunks_exact(4).all(|p| p == [0, 0, 0, 255]));
     // Without the spool a mask cannot be converted.
     let form = base_form(vec![parts[0].clone()], Some(parts[2].clone()));
-    assert_eq!(VertexAdapter.build_request(&form, &t, "r").unwrap_err().status(), 500);
+    assert_eq!(build(&VertexAdapter, &form, &t, "r").unwrap_err().status(), 500);
 }
 
 #[test]
@@ -281,9 +264,7 @@ fn express_mode_path_and_api_key_header() {
         "imagen-3.0-capability-001",
     );
     let (spool, parts) = spool_with(&[("image", ImageKind::Png, encode_png(&solid(1, 1, [0; 4])).unwrap())]);
-    let req = VertexAdapter
-        .build_request_from_spool(&base_form(parts, None), &spool, &t, "r")
-        .unwrap();
+    let req = build_from_spool(&VertexAdapter, &base_form(parts, None), &spool, &t, "r").unwrap();
     assert_eq!(
         req.path,
         "/v1/publishers/google/models/imagen-3.0-capability-001:predict"
@@ -302,7 +283,7 @@ fn gemini_models_go_to_generate_content_with_vertex_options() {
         ..base_form(parts, None)
     };
     let t = bearer("gemini-2.5-flash-image");
-    let req = VertexAdapter.build_request_from_spool(&form, &spool, &t, "r").unwrap();
+    let req = build_from_spool(&VertexAdapter, &form, &spool, &t, "r").unwrap();
     assert!(
         req.path
             .ends_with("/publishers/google/models/gemini-2.5-flash-image:generateContent"),
@@ -340,6 +321,7 @@ fn stream_cx(model: &str) -> crate::providers::stream::StreamContext {
         request_id: "r".into(),
         images: 1,
         start: std::time::Instant::now(),
+        created: crate::providers::test_support::CLOCK_SECS,
         framing: crate::providers::stream::Framing::Bifrost,
         kind: crate::config::ProviderKind::Vertex,
     }
@@ -352,9 +334,7 @@ fn unsupported_output_format_is_refused() {
         output_format: Some("webp".into()),
         ..form
     };
-    let e = VertexAdapter
-        .build_request(&form, &bearer("imagen-3.0-capability-001"), "r")
-        .unwrap_err();
+    let e = build(&VertexAdapter, &form, &bearer("imagen-3.0-capability-001"), "r").unwrap_err();
     assert_eq!((e.status(), e.param()), (400, Some("output_format")));
 }
 
@@ -383,6 +363,7 @@ fn cx() -> ResponseContext<'static> {
         model_deployment: "imagen-3.0-capability-001",
         latency_ms: 3,
         num_input_images: 1,
+        created: crate::providers::test_support::CLOCK_SECS,
     }
 }
 

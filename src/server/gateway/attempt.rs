@@ -157,6 +157,7 @@ pub(super) fn stream_context(
         request_id: request_id.to_string(),
         images: form.n.unwrap_or(1),
         start,
+        created: crate::providers::kernel::time::unix_seconds(std::time::SystemTime::now()),
         framing,
         kind,
     }

@@ -11,7 +11,7 @@
 
 use crate::config::parse_base_url;
 use crate::error::GatewayError;
-use crate::providers::polling::{FollowContext, FollowState, FollowUp};
+use crate::providers::kernel::polling::{FollowContext, FollowState, FollowUp};
 use crate::providers::{ProviderAdapter, ResponseContext, UnifiedAnswer, UpstreamResponse};
 use crate::route::Target;
 use crate::server::exchange::{exchange, Collect};

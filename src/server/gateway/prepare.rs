@@ -10,8 +10,8 @@
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::imaging::{ConvertedMask, MaskConvention};
-use crate::providers::masks::{mask_error, MaskJob};
-use crate::providers::{adapter_for, Prepared, UpstreamRequest};
+use crate::providers::kernel::masks::{mask_error, MaskJob};
+use crate::providers::{adapter_for, BuildScope, UpstreamRequest};
 use crate::route::Target;
 use crate::server::AppState;
 use crate::spool::Spool;
@@ -32,11 +32,15 @@ pub(super) async fn build_request(
         Some(convention) if form.mask.is_some() => Some(converted_mask(state, form, spool, convention).await?),
         _ => None,
     };
-    let inputs = Prepared {
+    adapter.build(&BuildScope {
+        form,
         spool,
         mask: mask.as_deref(),
-    };
-    adapter.build_prepared(form, &inputs, target, request_id)
+        target,
+        request_id,
+        now: std::time::SystemTime::now(),
+        nonce: uuid::Uuid::new_v4().as_u128(),
+    })
 }
 
 /// The form's mask in `convention`: converted earlier in this request, or now on the decode

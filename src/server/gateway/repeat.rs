@@ -76,6 +76,7 @@ impl<'a> Call<'a> {
                 model_deployment: &target.model,
                 latency_ms: self.start.elapsed().as_millis() as u64,
                 num_input_images: form.images.len(),
+                created: crate::providers::kernel::time::unix_seconds(std::time::SystemTime::now()),
             },
             start: self.start,
         }

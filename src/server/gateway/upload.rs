@@ -413,7 +413,9 @@ impl FormSink for UpstreamFeed<'_, '_> {
             Err(GatewayError::KeysDisabled { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let Some(encoder) = adapter_for(target.provider.kind).request_encoder(&target, self.request_id) else {
+        let Some(encoder) =
+            adapter_for(target.provider.kind).request_encoder(&target, self.request_id, uuid::Uuid::new_v4().as_u128())
+        else {
             return Ok(());
         };
         // An upload still arriving takes an upstream slot only if one is free at once, and

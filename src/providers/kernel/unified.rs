@@ -1,91 +1,15 @@
-//! What the Google kinds (`gemini`, `vertex`) share: the Google error envelope, and the
-//! unified answer written from images that arrive as base64 strings inside Google's JSON.
+//! Answer writing: the unified answer (OpenAI's `ImagesResponse` with Bifrost's
+//! `extra_fields`) written from images an adapter found in the provider's answer, as base64
+//! strings inside its JSON ([`write_images_response`]: Google, Bedrock, Stability, the polled
+//! providers) or as raw bytes ([`write_raw_image_response`]: Hugging Face). Runs in
+//! `convert_response` (and in a polled job's last follow-up), once per answer.
 
-use super::answer::AnswerWriter;
-use super::openai::{extra_fields, provider_error};
-use super::rawjson::JsonOut;
-use super::{BodySegment, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
 use crate::error::GatewayError;
+use crate::providers::answer::AnswerWriter;
+use crate::providers::rawjson::JsonOut;
+use crate::providers::{ResponseContext, UnifiedAnswer};
 use bytes::Bytes;
-use serde_json::{json, Map, Value};
-
-/// A Google error answer (`{"error":{"code":400,"message":…,"status":"INVALID_ARGUMENT",
-/// "details":[…]}}`) as a provider error in OpenAI's shape: `message` kept, `type` and `code`
-/// from `status` (or the first `details[].reason`), `param` null; the provider's HTTP status
-/// kept. Anything else is handled like an OpenAI error body.
-pub fn google_error(provider: &str, resp: &UpstreamResponse) -> GatewayError {
-    let parsed: Option<Value> = serde_json::from_slice(&resp.body).ok();
-    let Some(google) = parsed
-        .as_ref()
-        .and_then(|v| v.get("error"))
-        .and_then(Value::as_object)
-        .filter(|e| e.contains_key("status") || e.get("code").is_some_and(Value::is_number))
-    else {
-        return provider_error(provider, resp);
-    };
-    let status = google.get("status").and_then(Value::as_str);
-    let reason = google
-        .get("details")
-        .and_then(Value::as_array)
-        .and_then(|d| d.iter().find_map(|x| x.get("reason").and_then(Value::as_str)));
-    let mut error = Map::new();
-    error.insert(
-        "message".into(),
-        google
-            .get("message")
-            .cloned()
-            .unwrap_or_else(|| json!(format!("provider '{provider}' answered HTTP {}", resp.status))),
-    );
-    error.insert("type".into(), json!(status));
-    error.insert("code".into(), json!(reason.or(status)));
-    error.insert("param".into(), Value::Null);
-    GatewayError::Provider {
-        provider: provider.to_string(),
-        status: resp.status,
-        error,
-    }
-}
-
-/// A JSON `POST` (Google endpoints, and the other JSON providers): `path`, the credential header `auth`, the answer type
-/// `accept` (`application/json`, or `text/event-stream` for streams), and the body plan.
-pub fn json_post(
-    path: String,
-    auth: (http::HeaderName, String),
-    accept: &str,
-    request_id: &str,
-    body: Vec<BodySegment>,
-) -> UpstreamRequest {
-    UpstreamRequest {
-        method: http::Method::POST,
-        path,
-        headers: vec![
-            auth,
-            (http::header::CONTENT_TYPE, "application/json".to_string()),
-            (http::header::ACCEPT, accept.to_string()),
-            (http::header::ACCEPT_ENCODING, "identity".to_string()),
-            (http::HeaderName::from_static("x-request-id"), request_id.to_string()),
-        ],
-        body,
-    }
-}
-
-/// The content moderation refusal for an answer that carries no image (a safety filter, a
-/// block reason): 400 `moderation_blocked`, with the provider's reason in the message.
-pub fn no_image_error(provider: &str, why: &str) -> GatewayError {
-    let mut error = Map::new();
-    error.insert(
-        "message".into(),
-        json!(format!("provider '{provider}' returned no image: {why}")),
-    );
-    error.insert("type".into(), json!("image_generation_user_error"));
-    error.insert("code".into(), json!("moderation_blocked"));
-    error.insert("param".into(), Value::Null);
-    GatewayError::Provider {
-        provider: provider.to_string(),
-        status: 400,
-        error,
-    }
-}
+use serde_json::{json, Value};
 
 /// One image of an answer: its base64 as the raw JSON string the provider sent (quotes
 /// included, sent as is: standard base64 needs no escaping), and its MIME type.
@@ -179,30 +103,27 @@ pub fn output_format(mime: &str) -> Option<&'static str> {
     }
 }
 
+/// Bifrost's `extra_fields` for a successful image edit.
+pub fn extra_fields(cx: &ResponseContext<'_>) -> Value {
+    json!({
+        "request_type": "image_edit",
+        "provider": cx.provider,
+        "model_requested": cx.model_requested,
+        "model_deployment": cx.model_deployment,
+        "latency": cx.latency_ms,
+        "chunk_index": 0,
+    })
+}
+
 /// OpenAI usage with every count zero.
 pub fn zero_usage() -> Value {
     json!({"total_tokens":0,"input_tokens":0,"output_tokens":0,"input_tokens_details":{"text_tokens":0,"image_tokens":0}})
 }
 
-/// Seconds since the Unix epoch (`created`).
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn resp(status: u16, body: &'static str) -> UpstreamResponse {
-        UpstreamResponse {
-            retry_after: None,
-            status,
-            content_type: Some("application/json".into()),
-            body: Bytes::from_static(body.as_bytes()),
-        }
-    }
+    use crate::providers::kernel::errors::no_image_error;
 
     fn cx() -> ResponseContext<'static> {
         ResponseContext {
@@ -211,43 +132,8 @@ mod tests {
             model_deployment: "m",
             latency_ms: 5,
             num_input_images: 1,
+            created: crate::providers::test_support::CLOCK_SECS,
         }
-    }
-
-    #[test]
-    fn google_envelope_becomes_openai_shape() {
-        let e = google_error(
-            "g",
-            &resp(
-                400,
-                r#"{"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID"}]}}"#,
-            ),
-        );
-        assert_eq!(e.status(), 400);
-        let j = e.to_json(&crate::error::ErrorContext::default());
-        assert_eq!(j["error"]["message"], "API key not valid.");
-        assert_eq!(j["error"]["type"], "INVALID_ARGUMENT");
-        assert_eq!(j["error"]["code"], "API_KEY_INVALID");
-        assert_eq!(j["is_bifrost_error"], false);
-        let e = google_error(
-            "g",
-            &resp(
-                429,
-                r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#,
-            ),
-        );
-        assert_eq!(e.status(), 429);
-        assert_eq!(
-            e.to_json(&crate::error::ErrorContext::default())["error"]["code"],
-            "RESOURCE_EXHAUSTED"
-        );
-        // Not Google's envelope: handled as an OpenAI-style error.
-        let e = google_error("g", &resp(502, "upstream connect error"));
-        assert_eq!(e.status(), 502);
-        assert!(e.to_json(&crate::error::ErrorContext::default())["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("upstream connect error"));
     }
 
     /// Differential: for images of every size around the splice threshold, the answer written

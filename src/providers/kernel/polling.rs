@@ -1,8 +1,9 @@
 //! Follow-up exchanges for asynchronous ("submit, then poll") providers (`bfl`, `fireworks`,
 //! `replicate`), and what those adapters share: JSON bodies with an inlined image, the error
-//! shapes with a `detail`, and the steps that download result images.
+//! shapes with a `detail`, a BFL-style job status ([`job_status`], BFL and Fireworks), and the
+//! steps that download result images.
 //!
-//! After every upstream answer the server calls [`super::ProviderAdapter::follow_up`], which
+//! After every upstream answer the server calls [`crate::providers::ProviderAdapter::follow_up`], which
 //! decides, purely (no I/O, no clock), what happens next: [`FollowUp::Done`] (convert this answer
 //! as usual; the default, so synchronous adapters are unchanged), [`FollowUp::Request`] (send
 //! another request, maybe to another host given as an absolute URL, after a wait), or
@@ -11,12 +12,13 @@
 //! guard on URLs and the client-disconnect check. [`FollowState`] carries what an adapter
 //! learns from one step to the next.
 
-use super::google::{write_images_response, zero_usage, AnswerImage};
-use super::openai::{extra_fields, provider_error};
-use super::{BodySegment, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
+use super::errors::{no_image_error, provider_error};
+use super::unified::{extra_fields, write_images_response, zero_usage, AnswerImage};
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::imaging;
+use crate::providers::capabilities::NByCalls;
+use crate::providers::{BodySegment, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse};
 use crate::route::Target;
 use crate::spool::SpoolRange;
 use bytes::Bytes;
@@ -26,7 +28,7 @@ use std::time::Duration;
 /// What happens after an upstream answer.
 #[derive(Debug)]
 pub enum FollowUp {
-    /// Convert this answer with [`super::ProviderAdapter::convert_response`].
+    /// Convert this answer with [`crate::providers::ProviderAdapter::convert_response`].
     Done,
     /// Send `request` after waiting `after`, then ask again with its answer. With `to`, an
     /// absolute `http(s)` URL, the request goes to that URL's host (checked by the SSRF guard)
@@ -172,8 +174,7 @@ fn next_download(state: &mut FollowState, cx: &FollowContext<'_>) -> Result<Foll
             let b64 = std::str::from_utf8(b64).map_err(|e| GatewayError::Internal(e.to_string()))?;
             images.push(AnswerImage { b64, mime: *mime });
         }
-        return write_images_response(&sources, &images, None, super::google::unix_now(), &cx.response)
-            .map(FollowUp::Answer);
+        return write_images_response(&sources, &images, None, cx.response.created, &cx.response).map(FollowUp::Answer);
     }
     let url = state.pending.remove(0);
     Ok(get(&url, Vec::new(), Duration::ZERO))
@@ -188,7 +189,7 @@ pub fn url_answer(urls: &[String], cx: &ResponseContext<'_>) -> Result<UnifiedAn
         .map(|(i, u)| json!({"url": u, "index": i}))
         .collect();
     let body = json!({
-        "created": super::google::unix_now(),
+        "created": cx.created,
         "data": data,
         "usage": zero_usage(),
         "extra_fields": extra_fields(cx),
@@ -377,8 +378,13 @@ pub fn first_image(form: &EditForm, provider: &str, data_url: bool) -> Result<Fi
 /// `aspect_ratio` for `size` (`WxH` → the nearest common ratio; `auto` or none → `None`); a
 /// size far from every ratio is a 400 naming `size`.
 pub fn aspect_ratio(form: &EditForm, provider: &str) -> Result<Option<&'static str>, GatewayError> {
-    Ok(super::gemini::request::image_config_for_size(form.size.as_deref(), provider)?.map(|(ratio, _)| ratio))
+    Ok(super::size::image_config_for_size(form.size.as_deref(), provider)?.map(|(ratio, _)| ratio))
 }
+
+/// `n > 1` on FLUX (BFL, and Fireworks' FLUX Kontext): n jobs of one image, job i with
+/// `seed + i`. BFL documents no seed range (unverified): non-negative seeds are offset, others
+/// sent unchanged.
+pub const FLUX_N_BY_CALLS: NByCalls = NByCalls { seeds: (0, i64::MAX) };
 
 /// The fields every FLUX-style body takes besides prompt and image: `seed`, `aspect_ratio`,
 /// `output_format` (`png`/`jpeg`; `webp` → `png`; `jpeg` spelled `jpeg_name`).
@@ -407,6 +413,48 @@ pub fn common_fields_keeping_size(form: &EditForm, jpeg_name: &'static str) -> V
         fields.push(("output_format", Field::Json(json!(format))));
     }
     fields
+}
+
+/// A BFL-style job status (also Fireworks'), read from a poll answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Job {
+    /// Not finished: poll again.
+    Pending,
+    /// Finished: the `result.sample` values (URLs or base64).
+    Ready(Vec<String>),
+}
+
+/// Reads `{"status", "result": {"sample"}}`: `Ready`, `Pending` (and `Queued`/`Processing`),
+/// or the error for a moderated (400 `moderation_blocked`) or failed (502) job.
+pub fn job_status(body: &Value, provider: &str) -> Result<Job, GatewayError> {
+    let status = body.get("status").and_then(Value::as_str).unwrap_or_default();
+    match status {
+        "Ready" => {
+            let sample = body.pointer("/result/sample");
+            let samples: Vec<String> = match sample {
+                Some(Value::String(s)) => vec![s.clone()],
+                Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+                _ => Vec::new(),
+            };
+            Ok(Job::Ready(samples))
+        }
+        "Pending" | "Queued" | "Processing" | "Running" => Ok(Job::Pending),
+        "Content Moderated" | "Request Moderated" => Err(no_image_error(provider, status)),
+        other => {
+            let why = body
+                .get("details")
+                .or_else(|| body.get("error"))
+                .map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_string));
+            Err(job_failed(
+                provider,
+                &match why {
+                    Some(why) => format!("{other}: {why}"),
+                    None if other.is_empty() => "no status in the answer".to_string(),
+                    None => other.to_string(),
+                },
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -473,123 +521,5 @@ mod tests {
             (500, json!("boom"))
         );
         assert_eq!(job_failed("p", "x").status(), 502);
-    }
-}
-
-/// Fixtures for the asynchronous adapters' unit tests.
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-pub mod fixtures {
-    use super::*;
-    use crate::form::FilePart;
-    use crate::imaging::ImageKind;
-    use crate::spool::Spool;
-
-    /// A target of provider `p` of `kind` with key `secret-key` and extra provider lines.
-    pub fn target(kind: &str, model: &str, extra: &str) -> Target {
-        let yaml = format!(
-            "providers:\n  - name: p\n    kind: {kind}\n    poll_interval_ms: 250\n{extra}    keys:\n      - {{name: k, value: secret-key}}\n"
-        );
-        let cfg = crate::config::from_yaml_str_with_env(&yaml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
-        crate::route::Router::new(&cfg).select("p", model, 0.0).unwrap()
-    }
-
-    /// A spool holding `files` in order, and their parts.
-    pub fn spool_with(files: &[(&str, ImageKind, Vec<u8>)]) -> (Spool, Vec<FilePart>) {
-        let mut spool = Spool::new(1 << 20, None);
-        let mut parts = Vec::new();
-        for (field, kind, bytes) in files {
-            let start = spool.append(Bytes::from(bytes.clone())).unwrap();
-            parts.push(FilePart {
-                field: field.to_string(),
-                filename: None,
-                kind: Some(*kind),
-                declared_type: None,
-                range: SpoolRange {
-                    start,
-                    len: bytes.len() as u64,
-                },
-            });
-        }
-        (spool, parts)
-    }
-
-    /// A form for `model` with `images`, `mask` and a prompt.
-    pub fn form(model: &str, images: Vec<FilePart>, mask: Option<FilePart>) -> EditForm {
-        EditForm {
-            provider: "p".into(),
-            model: model.into(),
-            prompt: Some("make it \"red\"".into()),
-            images,
-            mask,
-            ..Default::default()
-        }
-    }
-
-    /// The rendered JSON body.
-    pub fn rendered(req: &UpstreamRequest, spool: &Spool) -> Value {
-        let body = req.render(spool).unwrap();
-        assert_eq!(body.len() as u64, req.content_length());
-        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)))
-    }
-
-    /// Decodes standard base64 (after a `data:` prefix, if any).
-    pub fn unb64(v: &Value) -> Vec<u8> {
-        let s = v.as_str().unwrap();
-        let s = s.split_once(";base64,").map_or(s, |(_, b)| b);
-        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).unwrap()
-    }
-
-    /// A follow-up context for `target`.
-    pub fn cx(target: &Target, want_url: bool) -> FollowContext<'_> {
-        FollowContext {
-            target,
-            request_id: "rid",
-            want_url,
-            poll_interval: Duration::from_millis(250),
-            response: ResponseContext {
-                provider: "p",
-                model_requested: "m",
-                model_deployment: "m",
-                latency_ms: 1,
-                num_input_images: 1,
-            },
-        }
-    }
-
-    /// A JSON answer.
-    pub fn answer(status: u16, body: Value) -> UpstreamResponse {
-        UpstreamResponse {
-            retry_after: None,
-            status,
-            content_type: Some("application/json".into()),
-            body: Bytes::from(serde_json::to_vec(&body).unwrap()),
-        }
-    }
-
-    /// An image answer.
-    pub fn image(bytes: &[u8]) -> UpstreamResponse {
-        UpstreamResponse {
-            retry_after: None,
-            status: 200,
-            content_type: Some("image/png".into()),
-            body: Bytes::from(bytes.to_vec()),
-        }
-    }
-
-    /// The request, target URL and wait of a [`FollowUp::Request`].
-    pub fn request(f: FollowUp) -> (UpstreamRequest, Option<String>, Duration) {
-        match f {
-            FollowUp::Request { request, to, after } => (request, to, after),
-            other => panic!("expected a request, got {other:?}"),
-        }
-    }
-
-    /// The JSON of a [`FollowUp::Answer`].
-    pub fn final_answer(f: FollowUp) -> Value {
-        match f {
-            FollowUp::Answer(b) => serde_json::from_slice(&b.to_bytes()).unwrap(),
-            other => panic!("expected an answer, got {other:?}"),
-        }
     }
 }

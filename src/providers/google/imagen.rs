@@ -27,15 +27,22 @@
 //! The mask: the unified mask follows OpenAI (a PNG whose fully transparent pixels are
 //! edited); Imagen wants an opaque image whose white pixels are edited. The gateway converts it
 //! before the build ([`crate::imaging::MaskConvention::GrayWhiteEdit`], see
-//! [`crate::providers::masks`]: a mask that is not a PNG with transparency, of another size
+//! [`crate::providers::kernel::masks`]: a mask that is not a PNG with transparency, of another size
 //! than the first image, or over the pixel budget is refused with a 400 on `mask`).
 
 use crate::error::GatewayError;
 use crate::form::{EditForm, EditType};
-use crate::imaging::{ConvertedMask, ImageKind};
-use crate::providers::jsonbody::JsonWriter;
-use crate::providers::BodySegment;
-use serde::Serialize;
+use crate::imaging::{ConvertedMask, ImageKind, MaskConvention};
+use crate::providers::kernel::errors::no_image_error;
+use crate::providers::kernel::jsonbody::JsonWriter;
+use crate::providers::kernel::post::{auth_header, json_post};
+use crate::providers::kernel::unified::{write_images_response, AnswerImage};
+use crate::providers::{BodySegment, ResponseContext, UnifiedAnswer, UpstreamRequest};
+use crate::route::Target;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 /// The prompt of a `background_removal` request that has none: the new background.
 pub const BACKGROUND_PROMPT: &str = "a plain white background";
@@ -189,4 +196,87 @@ pub fn body(form: &EditForm, mask: Option<&ConvertedMask>, provider: &str) -> Re
     })?;
     w.raw("}");
     Ok(w.finish())
+}
+
+/// The Imagen convention for `form`'s mask on `model`: opaque greyscale, white = edit (no
+/// convention for Gemini models, which take no mask, or a form without one).
+pub fn mask_convention(form: &EditForm, model: &str) -> Option<MaskConvention> {
+    (form.mask.is_some() && super::is_imagen(model)).then_some(MaskConvention::GrayWhiteEdit)
+}
+
+/// The `:predict` request for `form` to `target`'s model at `model_path` (`:predict` is
+/// appended), the key in `x-goog-api-key` or as a Bearer token; `mask` is the form's mask
+/// converted by the gateway. A form with a mask and no converted mask is an internal error
+/// (the gateway always converts it).
+pub fn predict_request(
+    form: &EditForm,
+    mask: Option<&ConvertedMask>,
+    target: &Target,
+    model_path: String,
+    request_id: &str,
+) -> Result<UpstreamRequest, GatewayError> {
+    if form.mask.is_some() && mask.is_none() {
+        return Err(GatewayError::Internal(
+            "an Imagen mask must be converted from the spool".into(),
+        ));
+    }
+    let body = body(form, mask, &target.provider.name)?;
+    Ok(json_post(
+        format!("{model_path}:predict"),
+        auth_header(target, "x-goog-api-key")?,
+        "application/json",
+        request_id,
+        body,
+    ))
+}
+
+/// Imagen's answer, borrowed from the body (the base64 is never copied into a `String`).
+#[derive(Deserialize)]
+struct PredictResponse<'a> {
+    #[serde(borrow, default)]
+    predictions: Option<Vec<Prediction<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Prediction<'a> {
+    #[serde(borrow, rename = "bytesBase64Encoded")]
+    b64: Option<&'a RawValue>,
+    #[serde(borrow, rename = "mimeType")]
+    mime: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "raiFilteredReason")]
+    filtered: Option<Cow<'a, str>>,
+}
+
+/// A 2xx `:predict` answer → the unified answer, or `moderation_blocked` when every image was
+/// filtered, or 502 when the body is not Imagen's JSON.
+pub fn convert_predictions(body: &Bytes, cx: &ResponseContext<'_>) -> Result<UnifiedAnswer, GatewayError> {
+    let protocol = |detail: String| GatewayError::UpstreamProtocol {
+        provider: cx.provider.to_string(),
+        detail,
+    };
+    let parsed: PredictResponse<'_> =
+        serde_json::from_slice(body).map_err(|e| protocol(format!("not an Imagen :predict answer: {e}")))?;
+    let predictions = parsed.predictions.unwrap_or_default();
+    let mut images = Vec::with_capacity(predictions.len());
+    for p in &predictions {
+        if let Some(b64) = p.b64 {
+            if !b64.get().starts_with('"') {
+                return Err(protocol("bytesBase64Encoded is not a string".into()));
+            }
+            images.push(AnswerImage {
+                b64: b64.get(),
+                mime: p.mime.as_deref(),
+            });
+        }
+    }
+    if images.is_empty() {
+        let reasons: Vec<&str> = predictions.iter().filter_map(|p| p.filtered.as_deref()).collect();
+        let why = if reasons.is_empty() {
+            "every image was filtered (no predictions)".to_string()
+        } else {
+            reasons.join("; ")
+        };
+        return Err(no_image_error(cx.provider, &why));
+    }
+    write_images_response(std::slice::from_ref(body), &images, None, cx.created, cx)
 }

@@ -4,13 +4,13 @@
 //! The JSON is read into borrowing structs: each image's base64 stays a [`RawValue`] slice of
 //! the provider's body, and the unified answer shares it with that body (never copied).
 
-use super::super::google::{
-    google_error, no_image_error, output_format, unix_now, write_images_response, zero_usage, AnswerImage,
-};
-use super::super::stream::StreamContext;
-use super::super::{ResponseContext, StreamTranslator, UnifiedAnswer, UpstreamResponse};
+use super::google_error;
 use crate::codec::sse::SseEvent;
 use crate::error::GatewayError;
+use crate::providers::kernel::errors::no_image_error;
+use crate::providers::kernel::unified::{output_format, write_images_response, zero_usage, AnswerImage};
+use crate::providers::stream::StreamContext;
+use crate::providers::{ResponseContext, StreamTranslator, UnifiedAnswer, UpstreamResponse};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -229,7 +229,7 @@ pub fn convert_generate_content(
         });
     }
     let usage = doc.usage_metadata.as_ref().map(UsageMetadata::to_openai);
-    write_images_response(std::slice::from_ref(&resp.body), &images, usage, unix_now(), cx)
+    write_images_response(std::slice::from_ref(&resp.body), &images, usage, cx.created, cx)
 }
 
 /// Turns a `:streamGenerateContent?alt=sse` stream into OpenAI-shaped events, one `data:`
@@ -253,7 +253,7 @@ impl GenerateContentStream {
             provider: cx.provider.clone(),
             images: cx.images.max(1),
             completed: 0,
-            created: unix_now(),
+            created: cx.created,
             usage: None,
         }
     }
@@ -321,6 +321,7 @@ mod tests {
             model_deployment: "gemini-2.5-flash-image",
             latency_ms: 3,
             num_input_images: 1,
+            created: crate::providers::test_support::CLOCK_SECS,
         }
     }
 
@@ -455,6 +456,7 @@ mod tests {
             request_id: "r".into(),
             images,
             start: Instant::now(),
+            created: crate::providers::test_support::CLOCK_SECS,
             framing: Framing::Bifrost,
             kind: ProviderKind::Gemini,
         }

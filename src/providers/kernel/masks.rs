@@ -1,5 +1,5 @@
 //! The unified mask, checked and converted for the providers that want their own convention
-//! (Imagen, Stability, Titan/Nova, BFL Fill: see [`super::ProviderAdapter::mask_convention`]).
+//! (Imagen, Stability, Titan/Nova, BFL Fill: see [`crate::providers::ProviderAdapter::mask_convention`]).
 //!
 //! [`MaskJob::check`] runs first, on the request's task, and reads headers only: the mask must
 //! be a PNG with transparency, of the first image's size (when that image's header is

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod form;
 pub mod imaging;
+pub mod kind;
 pub mod metrics;
 pub mod providers;
 pub mod route;

@@ -25,6 +25,7 @@ mod providers;
 mod test_util;
 mod url;
 
+pub use crate::kind::ProviderKind;
 pub use print::effective_yaml;
 pub(crate) use url::parse_base_url;
 
@@ -376,67 +377,6 @@ impl SimulatorSettings {
             stream_interval: Duration::from_millis(Self::DEFAULT_STREAM_INTERVAL_MS),
             partial_image_bytes: Self::DEFAULT_PARTIAL_IMAGE_BYTES,
         }
-    }
-}
-
-macro_rules! provider_kinds {
-    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
-        /// The API dialect a provider speaks, written as `kind:` in YAML.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum ProviderKind {
-            $($(#[$doc])* $variant,)+
-        }
-
-        impl ProviderKind {
-            /// Every kind, in the order they are documented.
-            pub const ALL: &'static [ProviderKind] = &[$(ProviderKind::$variant),+];
-
-            /// The YAML name of this kind.
-            pub fn as_str(&self) -> &'static str {
-                match self {
-                    $(ProviderKind::$variant => $name,)+
-                }
-            }
-        }
-    };
-}
-
-// A new kind is one line here.
-provider_kinds! {
-    /// An OpenAI-compatible HTTP API (`openai`).
-    OpenAi => "openai",
-    /// Azure OpenAI: deployments API or the `/openai/v1` API (`azure`).
-    Azure => "azure",
-    /// The Gemini Developer API: `generateContent`, and `:predict` for Imagen (`gemini`).
-    Gemini => "gemini",
-    /// Vertex AI: Imagen `:predict` and Gemini `generateContent` (`vertex`).
-    Vertex => "vertex",
-    /// Amazon Bedrock `InvokeModel`: Titan Image Generator v2, Nova Canvas, Stability (`bedrock`).
-    Bedrock => "bedrock",
-    /// Stability AI's REST API, v2beta edit endpoints (`stability`).
-    Stability => "stability",
-    /// Black Forest Labs' API: FLUX Kontext / Fill, submit then poll (`bfl`).
-    Bfl => "bfl",
-    /// Fireworks' FLUX Kontext workflows, submit then poll (`fireworks`).
-    Fireworks => "fireworks",
-    /// Replicate predictions, `Prefer: wait` then poll (`replicate`).
-    Replicate => "replicate",
-    /// The Hugging Face inference router, image-to-image (`huggingface`).
-    HuggingFace => "huggingface",
-    /// xAI image edits, JSON with data URLs (`xai`).
-    Xai => "xai",
-}
-
-impl ProviderKind {
-    /// The kind with YAML name `name`, if any.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|k| k.as_str() == name)
-    }
-}
-
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -131,7 +131,7 @@ fn provider(p: &ProviderConfig, raw: &serde_yaml::Value) -> Value {
         m.insert("poll_interval_ms".into(), json!(ms(o.poll_interval)));
         m.insert("poll_timeout_ms".into(), json!(ms(o.poll_timeout)));
     }
-    if super::providers::REPEATING.contains(&p.kind) {
+    if p.kind.repeats_calls() {
         m.insert("repeat_concurrency".into(), json!(o.repeat_concurrency));
     }
     if let Some(cb) = &o.circuit_breaker {

@@ -14,6 +14,7 @@ use super::{
     AwsCredentials, CircuitBreaker, ConnectionLimit, Credential, KeyAuth, ModelRules, ProviderConfig, ProviderKey,
     ProviderKind, ProviderOptions, ServiceAccountKey, Timeouts, VirtualKeyConfig, DEFAULT_REPEAT_CONCURRENCY,
 };
+use crate::kind::Placement;
 use crate::spec::Fallback;
 use base64::Engine;
 use std::sync::Arc;
@@ -84,7 +85,10 @@ fn provider(mut f: Fields<'_>, env: Env<'_>, names: &[String]) -> Option<Provide
     let mut options = options(&mut f, kind, names);
     let base_url = match (f.opt_str("base_url"), kind) {
         (Some(text), _) => parse_base_url(text).map_err(|e| f.report("base_url", e)).ok(),
-        (None, Some(kind)) => match default_base_url(kind, &options) {
+        (None, Some(kind)) => match kind.default_base_url(Placement {
+            region: options.region.as_deref(),
+            location: options.location.as_deref(),
+        }) {
             Some(text) => parse_base_url(&text).map_err(|e| f.report("base_url", e)).ok(),
             None => {
                 f.missing("base_url");
@@ -141,48 +145,25 @@ fn connection_limit(f: &mut Fields<'_>) -> ConnectionLimit {
     }
 }
 
-/// Kinds whose models make one image per call, so that `n > 1` is served by n calls.
-pub(super) const REPEATING: [ProviderKind; 4] = [
-    ProviderKind::Stability,
-    ProviderKind::Bedrock,
-    ProviderKind::Bfl,
-    ProviderKind::Fireworks,
-];
+/// The kinds that repeat calls, as `repeat_concurrency`'s problem names them (kept in this
+/// order so that the message stays as it is; a test checks it against the kind table).
+const REPEATING_KINDS: &str = "stability, bedrock, bfl and fireworks";
+
+/// The polled kinds, as `poll_interval_ms`'s and `poll_timeout_ms`'s problem names them (a test
+/// checks it against the kind table).
+const POLLED_KINDS: &str = "bfl, fireworks and replicate";
 
 /// `repeat_concurrency` (default [`DEFAULT_REPEAT_CONCURRENCY`], up to the largest `n`):
 /// refused on kinds that never repeat a call.
 fn repeat_concurrency(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> usize {
     const KEY: &str = "repeat_concurrency";
-    if let Some(k) = kind.filter(|k| !REPEATING.contains(k) && f.has(KEY)) {
+    if let Some(k) = kind.filter(|k| !k.repeats_calls() && f.has(KEY)) {
         f.report(
             KEY,
-            format!("only used by kinds stability, bedrock, bfl and fireworks (one image per call), not {k}"),
+            format!("only used by kinds {REPEATING_KINDS} (one image per call), not {k}"),
         );
     }
     f.opt_usize(KEY, DEFAULT_REPEAT_CONCURRENCY, 1..=u64::from(crate::spec::MAX_N))
-}
-
-/// The provider's URL when `base_url` is not given (`None`: it is required for this kind).
-fn default_base_url(kind: ProviderKind, options: &ProviderOptions) -> Option<String> {
-    match kind {
-        ProviderKind::OpenAi => Some("https://api.openai.com/v1".into()),
-        ProviderKind::Azure => None,
-        ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta".into()),
-        ProviderKind::Vertex => match options.location.as_deref() {
-            Some("global") | None => Some("https://aiplatform.googleapis.com/v1".into()),
-            Some(region) => Some(format!("https://{region}-aiplatform.googleapis.com/v1")),
-        },
-        ProviderKind::Bedrock => Some(format!(
-            "https://bedrock-runtime.{}.amazonaws.com",
-            options.region.as_deref().unwrap_or("us-east-1")
-        )),
-        ProviderKind::Stability => Some("https://api.stability.ai".into()),
-        ProviderKind::Bfl => Some("https://api.bfl.ai/v1".into()),
-        ProviderKind::Fireworks => Some("https://api.fireworks.ai/inference/v1".into()),
-        ProviderKind::Replicate => Some("https://api.replicate.com/v1".into()),
-        ProviderKind::HuggingFace => Some("https://router.huggingface.co".into()),
-        ProviderKind::Xai => Some("https://api.x.ai/v1".into()),
-    }
 }
 
 /// Most `retries` per candidate a provider may configure.
@@ -226,13 +207,12 @@ fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>, names: &[String]) -> 
         }
     }
     o.models = model_rules(f, kind, names);
-    let polled = [ProviderKind::Bfl, ProviderKind::Fireworks, ProviderKind::Replicate];
     for key in ["poll_interval_ms", "poll_timeout_ms"] {
-        if let Some(k) = kind.filter(|k| !polled.contains(k) && f.has(key)) {
-            f.report(key, format!("only used by kinds bfl, fireworks and replicate, not {k}"));
+        if let Some(k) = kind.filter(|k| !k.is_polled() && f.has(key)) {
+            f.report(key, format!("only used by kinds {POLLED_KINDS}, not {k}"));
         }
     }
-    if kind.is_some_and(|k| polled.contains(&k)) {
+    if kind.is_some_and(ProviderKind::is_polled) {
         o.poll_interval = f.opt_millis("poll_interval_ms", Duration::from_millis(500), 1..=60_000);
         o.poll_timeout = f.opt_millis("poll_timeout_ms", Duration::from_secs(120), 1..=3_600_000);
     }
@@ -585,7 +565,8 @@ fn virtual_key(
 #[cfg(test)]
 mod tests {
     use super::super::test_util::*;
-    use crate::config::{Credential, KeyAuth};
+    use super::{POLLED_KINDS, REPEATING_KINDS};
+    use crate::config::{Credential, KeyAuth, ProviderKind};
 
     #[test]
     fn bad_urls() {
@@ -1226,6 +1207,32 @@ mod tests {
             &with("    kind: bfl\n    poll_timeout_ms: 0\n", "        value: x\n"),
             "providers[0].poll_timeout_ms",
             "",
+        );
+    }
+
+    #[test]
+    fn problem_messages_name_the_kinds_of_the_kind_table() {
+        let named = |list: &str| -> Vec<ProviderKind> {
+            let mut kinds: Vec<ProviderKind> = list
+                .split([',', ' '])
+                .filter(|w| !w.is_empty() && *w != "and")
+                .map(|w| ProviderKind::from_name(w).unwrap_or_else(|| panic!("unknown kind {w}")))
+                .collect();
+            kinds.sort_by_key(|k| ProviderKind::ALL.iter().position(|a| a == k));
+            kinds
+        };
+        let with = |has: fn(ProviderKind) -> bool| -> Vec<ProviderKind> {
+            ProviderKind::ALL.iter().copied().filter(|k| has(*k)).collect()
+        };
+        assert_eq!(
+            named(REPEATING_KINDS),
+            with(ProviderKind::repeats_calls),
+            "REPEATING_KINDS must name the kinds whose row sets repeats_calls"
+        );
+        assert_eq!(
+            named(POLLED_KINDS),
+            with(ProviderKind::is_polled),
+            "POLLED_KINDS must name the kinds whose row sets polled"
         );
     }
 }

@@ -484,4 +484,19 @@ mod tests {
             assert!(table.contains(&format!("| `{}` |", kind.as_str())), "{kind}");
         }
     }
+
+    #[test]
+    fn kinds_that_repeat_calls_are_those_with_a_family_served_by_calls() {
+        for kind in ProviderKind::ALL {
+            let by_calls = adapter_for(*kind)
+                .families()
+                .iter()
+                .any(|f| f.capabilities.n_by_calls.is_some());
+            assert_eq!(
+                kind.repeats_calls(),
+                by_calls,
+                "{kind}: its row and its adapter disagree"
+            );
+        }
+    }
 }

@@ -15,7 +15,7 @@
 //! [`kernel`] (the wire helpers two or more adapters share), from [`google`] (the family module
 //! of `gemini` and `vertex`) and from the unified side ([`answer`], [`rawjson`], [`stream`],
 //! [`capabilities`], [`model_id`], [`merge`]), never from each other. A new kind is one adapter
-//! module plus its line in [`adapter_for`].
+//! module plus its row in `crate::kind` (its static facts) and its line in [`adapter_for`].
 
 pub mod answer;
 pub mod azure;

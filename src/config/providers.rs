@@ -145,13 +145,21 @@ fn connection_limit(f: &mut Fields<'_>) -> ConnectionLimit {
     }
 }
 
-/// The kinds that repeat calls, as `repeat_concurrency`'s problem names them (kept in this
-/// order so that the message stays as it is; a test checks it against the kind table).
-const REPEATING_KINDS: &str = "stability, bedrock, bfl and fireworks";
-
-/// The polled kinds, as `poll_interval_ms`'s and `poll_timeout_ms`'s problem names them (a test
-/// checks it against the kind table).
-const POLLED_KINDS: &str = "bfl, fireworks and replicate";
+/// The kinds whose row in the kind table has `flag`, named in a problem: "a, b and c", in the
+/// table's order.
+fn kinds_with(flag: fn(ProviderKind) -> bool) -> String {
+    let names: Vec<&str> = ProviderKind::ALL
+        .iter()
+        .copied()
+        .filter(|k| flag(*k))
+        .map(|k| k.as_str())
+        .collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        Some((last, _)) => (*last).to_string(),
+        None => String::new(),
+    }
+}
 
 /// `repeat_concurrency` (default [`DEFAULT_REPEAT_CONCURRENCY`], up to the largest `n`):
 /// refused on kinds that never repeat a call.
@@ -160,7 +168,10 @@ fn repeat_concurrency(f: &mut Fields<'_>, kind: Option<ProviderKind>) -> usize {
     if let Some(k) = kind.filter(|k| !k.repeats_calls() && f.has(KEY)) {
         f.report(
             KEY,
-            format!("only used by kinds {REPEATING_KINDS} (one image per call), not {k}"),
+            format!(
+                "only used by kinds {} (one image per call), not {k}",
+                kinds_with(ProviderKind::repeats_calls)
+            ),
         );
     }
     f.opt_usize(KEY, DEFAULT_REPEAT_CONCURRENCY, 1..=u64::from(crate::spec::MAX_N))
@@ -209,7 +220,10 @@ fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>, names: &[String]) -> 
     o.models = model_rules(f, kind, names);
     for key in ["poll_interval_ms", "poll_timeout_ms"] {
         if let Some(k) = kind.filter(|k| !k.is_polled() && f.has(key)) {
-            f.report(key, format!("only used by kinds {POLLED_KINDS}, not {k}"));
+            f.report(
+                key,
+                format!("only used by kinds {}, not {k}", kinds_with(ProviderKind::is_polled)),
+            );
         }
     }
     if kind.is_some_and(ProviderKind::is_polled) {
@@ -565,8 +579,7 @@ fn virtual_key(
 #[cfg(test)]
 mod tests {
     use super::super::test_util::*;
-    use super::{POLLED_KINDS, REPEATING_KINDS};
-    use crate::config::{Credential, KeyAuth, ProviderKind};
+    use crate::config::{Credential, KeyAuth};
 
     #[test]
     fn bad_urls() {
@@ -1176,7 +1189,7 @@ mod tests {
         one_problem(
             &with("    kind: openai\n    repeat_concurrency: 2\n", "        value: x\n"),
             "providers[0].repeat_concurrency",
-            "only used by kinds stability, bedrock, bfl and fireworks",
+            "only used by kinds bedrock, stability, bfl and fireworks",
         );
     }
 
@@ -1207,32 +1220,6 @@ mod tests {
             &with("    kind: bfl\n    poll_timeout_ms: 0\n", "        value: x\n"),
             "providers[0].poll_timeout_ms",
             "",
-        );
-    }
-
-    #[test]
-    fn problem_messages_name_the_kinds_of_the_kind_table() {
-        let named = |list: &str| -> Vec<ProviderKind> {
-            let mut kinds: Vec<ProviderKind> = list
-                .split([',', ' '])
-                .filter(|w| !w.is_empty() && *w != "and")
-                .map(|w| ProviderKind::from_name(w).unwrap_or_else(|| panic!("unknown kind {w}")))
-                .collect();
-            kinds.sort_by_key(|k| ProviderKind::ALL.iter().position(|a| a == k));
-            kinds
-        };
-        let with = |has: fn(ProviderKind) -> bool| -> Vec<ProviderKind> {
-            ProviderKind::ALL.iter().copied().filter(|k| has(*k)).collect()
-        };
-        assert_eq!(
-            named(REPEATING_KINDS),
-            with(ProviderKind::repeats_calls),
-            "REPEATING_KINDS must name the kinds whose row sets repeats_calls"
-        );
-        assert_eq!(
-            named(POLLED_KINDS),
-            with(ProviderKind::is_polled),
-            "POLLED_KINDS must name the kinds whose row sets polled"
         );
     }
 }

@@ -24,3 +24,4 @@ pub mod server;
 pub mod simulator;
 pub mod spec;
 pub mod spool;
+pub mod state;

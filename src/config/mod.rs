@@ -21,12 +21,14 @@ mod fields;
 mod parse;
 mod print;
 mod providers;
+mod state;
 #[cfg(test)]
 mod test_util;
 mod url;
 
 pub use crate::kind::ProviderKind;
 pub use print::effective_yaml;
+pub use state::{ObjectsSettings, RedisSettings, S3Settings, StoreSettings, DEFAULT_OBJECTS_PATH, DEFAULT_STORE_PATH};
 pub(crate) use url::parse_base_url;
 
 use std::fmt;
@@ -164,6 +166,10 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     /// Client API keys (`virtual_keys`); ids and keys unique.
     pub virtual_keys: Vec<VirtualKeyConfig>,
+    /// Where job records live (`store`); read at startup only.
+    pub store: StoreSettings,
+    /// Where uploads and result images live (`objects`); read at startup only.
+    pub objects: ObjectsSettings,
 }
 
 /// Pingora server settings.

@@ -6,7 +6,9 @@
 //! the environment, `<redacted>` otherwise. Paths (TLS files, service-account files) are
 //! printed as given: they are not secrets.
 
-use super::{Config, Credential, KeyAuth, ModelRules, ProviderConfig, VirtualKeyConfig};
+use super::{
+    Config, Credential, KeyAuth, ModelRules, ObjectsSettings, ProviderConfig, StoreSettings, VirtualKeyConfig,
+};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
@@ -37,6 +39,8 @@ pub fn effective_yaml(config: &Config, source: &str) -> Result<String, String> {
         })),
         "providers": config.providers.iter().enumerate().map(|(i, p)| provider(p, raw_at(&raw, "providers", i))).collect::<Vec<_>>(),
         "virtual_keys": config.virtual_keys.iter().enumerate().map(|(i, v)| virtual_key(v, raw_at(&raw, "virtual_keys", i))).collect::<Vec<_>>(),
+        "store": store(&config.store, raw.get("store").unwrap_or(&serde_yaml::Value::Null)),
+        "objects": objects(&config.objects, raw.get("objects").unwrap_or(&serde_yaml::Value::Null)),
     });
     serde_yaml::to_string(&doc).map_err(|e| e.to_string())
 }
@@ -55,6 +59,35 @@ fn redacted(raw: &serde_yaml::Value, field: &str) -> Value {
     match raw.get(field).and_then(serde_yaml::Value::as_str) {
         Some(text) if text.starts_with("env.") => Value::String(format!("<redacted: {text}>")),
         _ => Value::String("<redacted>".to_string()),
+    }
+}
+
+/// The `store` section; the Redis password redacted.
+fn store(store: &StoreSettings, raw: &serde_yaml::Value) -> Value {
+    match store {
+        StoreSettings::Embedded { path } => json!({ "kind": "embedded", "path": path.display().to_string() }),
+        StoreSettings::Redis(r) => json!({
+            "kind": "redis",
+            "url": r.url,
+            "username": r.username,
+            "password": r.password.as_ref().map(|_| redacted(raw, "password")),
+        }),
+    }
+}
+
+/// The `objects` section; the S3 credentials redacted.
+fn objects(objects: &ObjectsSettings, raw: &serde_yaml::Value) -> Value {
+    match objects {
+        ObjectsSettings::Fs { path } => json!({ "kind": "fs", "path": path.display().to_string() }),
+        ObjectsSettings::S3(s) => json!({
+            "kind": "s3",
+            "bucket": s.bucket,
+            "region": s.region,
+            "endpoint": s.endpoint,
+            "access_key_id": redacted(raw, "access_key_id"),
+            "secret_access_key": redacted(raw, "secret_access_key"),
+            "prefix": s.prefix,
+        }),
     }
 }
 
@@ -295,5 +328,35 @@ virtual_keys:
             .replace("'<redacted: env.VK_A>'", "env.VK_A");
         let again = from_yaml_str_with_env(&back, &env).unwrap_or_else(|e| panic!("{e}\n{back}"));
         assert_eq!(effective_yaml(&again, &back).unwrap(), out);
+    }
+
+    /// The state sections: their secrets redacted (from the environment only), the rest as
+    /// given, and the output loads again.
+    #[test]
+    fn state_sections_are_printed_with_secrets_redacted() {
+        let yaml = "store: {kind: redis, url: 'redis://127.0.0.1:6379', password: env.REDIS_PW}\n\
+            objects: {kind: s3, bucket: b, region: us-east-1, endpoint: 'http://127.0.0.1:9000', \
+            access_key_id: env.S3_ID, secret_access_key: env.S3_KEY, prefix: gw}\n\
+            providers: [{name: sim, kind: openai, base_url: 'http://127.0.0.1:1/v1', keys: [{name: k, value: env.K}]}]\n";
+        let config = from_yaml_str_with_env(yaml, &env).unwrap();
+        let out = effective_yaml(&config, yaml).unwrap();
+        assert!(!out.contains("SECRET"), "a secret leaked:\n{out}");
+        for expected in [
+            "password: '<redacted: env.REDIS_PW>'",
+            "access_key_id: '<redacted: env.S3_ID>'",
+            "secret_access_key: '<redacted: env.S3_KEY>'",
+            "url: redis://127.0.0.1:6379",
+            "bucket: b",
+            "prefix: gw",
+        ] {
+            assert!(
+                out.lines().any(|l| l.trim() == expected),
+                "{expected:?} missing:\n{out}"
+            );
+        }
+        let back = out.replace("'<redacted: env.", "env.").replace(">'", "");
+        let again = from_yaml_str_with_env(&back, &env).unwrap_or_else(|e| panic!("{e}\n{back}"));
+        assert_eq!(again.store, config.store);
+        assert_eq!(again.objects, config.objects);
     }
 }

@@ -152,7 +152,13 @@ pub enum ServerError {
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The `store` or `objects` section cannot be opened or reached.
+    #[error("{0}")]
+    State(#[from] crate::state::StateError),
 }
+
+/// How long startup waits for a Redis store to answer.
+const STORE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn server_conf(config: &Config) -> ServerConf {
     let s = &config.server;
@@ -243,6 +249,11 @@ fn assemble(
     options: Options,
 ) -> Result<(Server, Arc<reload::Live>, pingora::services::ServiceHandle), ServerError> {
     check_ca_file(&config)?;
+    let state = Arc::new(crate::state::State::open(
+        &config.store,
+        &config.objects,
+        STORE_CONNECT_TIMEOUT,
+    )?);
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
     let metrics = Arc::new(Metrics::new()?);
@@ -256,6 +267,7 @@ fn assemble(
         breakers: breaker::BreakerStore::default(),
         slots: slots::SlotPool::default(),
         admission: options.admission,
+        state,
     };
     let live = Arc::new(reload::Live::new(config, hash, lasting));
     let current = live.current();
@@ -386,6 +398,11 @@ impl RunningServer {
     pub fn reload(&self, config: Config) -> Vec<&'static str> {
         let hash = reload::value_hash(&config);
         self.live.reload(config, &hash)
+    }
+
+    /// The job store and objects the server opened at startup.
+    pub fn state(&self) -> Arc<crate::state::State> {
+        self.live.state()
     }
 }
 

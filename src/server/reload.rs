@@ -10,8 +10,8 @@
 //! `refract -c FILE` reloads FILE on SIGHUP (`ReloadOnHangup`): the file is read and checked
 //! as `refract check` does; a config with problems is refused, every problem logged (problems
 //! never contain a secret), and the running one kept. Settings read only when the server is
-//! built (listeners, TLS files, `server`, `metrics`, `simulator`, client-connection limits, the
-//! decode pool's) are compared with the ones the process started with: a change is logged as
+//! built (listeners, TLS files, `server`, `metrics`, `simulator`, `store`, `objects`,
+//! client-connection limits, the decode pool's) are compared with the ones the process started with: a change is logged as
 //! taking effect only on restart or upgrade, and the rest of the reload applies.
 
 use super::{breaker, credentials, slots, AppState};
@@ -42,6 +42,8 @@ pub(super) struct Lasting {
     pub(super) decoder: DecodePool,
     /// The admit step ([`crate::admission`]): code, not config; every state shares it.
     pub(super) admission: Arc<dyn crate::admission::Admission>,
+    /// Job records and stored objects (`store`, `objects`), opened at startup.
+    pub(super) state: Arc<crate::state::State>,
 }
 
 /// The running gateway's state, and what building the next one needs.
@@ -65,6 +67,11 @@ impl Live {
             started: config,
             reloading: Mutex::new(()),
         }
+    }
+
+    /// The job store and objects opened at startup (a reload keeps them).
+    pub fn state(&self) -> Arc<crate::state::State> {
+        self.lasting.state.clone()
     }
 
     /// The handle the gateway loads each request's state from.
@@ -166,6 +173,8 @@ pub fn restart_only_changes(running: &Config, next: &Config) -> Vec<&'static str
         ("server", differs(&a.server, &b.server)),
         ("metrics", differs(&a.metrics, &b.metrics)),
         ("simulator", differs(&a.simulator, &b.simulator)),
+        ("store", a.store != b.store),
+        ("objects", a.objects != b.objects),
         ("limits.head_timeout_ms", la.head_timeout != lb.head_timeout),
         ("limits.max_head_bytes", la.max_head_bytes != lb.max_head_bytes),
         (
@@ -286,5 +295,10 @@ mod tests {
             vec!["server", "limits.head_timeout_ms"],
             "max_body_bytes is read per request"
         );
+        let moved = config(
+            "127.0.0.1:8080",
+            "store: {kind: embedded, path: /var/lib/refract}\nobjects: {kind: fs, path: /srv/images}\n",
+        );
+        assert_eq!(restart_only_changes(&running, &moved), vec!["store", "objects"]);
     }
 }

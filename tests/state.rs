@@ -1,0 +1,486 @@
+//! The state layer against real engines: one conformance set run against both job stores
+//! (embedded SQLite on a temp dir, and a `redis-server` started here on a unix socket) and both
+//! object stores (a temp dir, and moto's standalone S3 server started here on a free loopback
+//! port); and the gateway's startup with a store it cannot open or reach.
+//!
+//! An engine that is not installed skips its test with a message, except under CI (`CI` set),
+//! where it fails: `.ci/deps` installs both.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use bytes::Bytes;
+use refract::config::{ObjectsSettings, RedisSettings, S3Settings, Secret, StoreSettings};
+use refract::state::{
+    embedded::EmbeddedJobs, now_ms, redis::RedisJobs, Claim, JobStatus, JobStore, NewJob, ObjectKey, Objects, Outcome,
+};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `None` (with a note) when `program` is missing outside CI; a failure under CI.
+fn engine(program: &Path, install: &str) -> Option<PathBuf> {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if found {
+        return Some(program.to_path_buf());
+    }
+    let msg = format!("{} is not installed ({install}; .ci/deps does it)", program.display());
+    assert!(std::env::var_os("CI").is_none(), "{msg}");
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// A child process killed (by its id) when dropped.
+struct Engine {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not start within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `redis-server` on a unix socket in a temp dir (no port, no persistence), and its URL.
+fn redis_server() -> Option<(Engine, String)> {
+    let program = engine(Path::new("redis-server"), "apt-get install redis-server")?;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("r.sock");
+    let child = Command::new(program)
+        .args(["--port", "0", "--unixsocket"])
+        .arg(&sock)
+        .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let url = format!("redis+unix://{}", sock.display());
+    let engine = Engine { child, _dir: dir };
+    wait_until("redis-server", || {
+        std::os::unix::net::UnixStream::connect(&sock)
+            .and_then(|mut s| {
+                s.write_all(b"PING\r\n")?;
+                let mut buf = [0u8; 7];
+                s.read_exact(&mut buf)?;
+                Ok(&buf == b"+PONG\r\n")
+            })
+            .unwrap_or(false)
+    });
+    Some((engine, url))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One plain HTTP/1.1 request to `127.0.0.1:port`; the status and body.
+fn http(port: u16, method: &str, target: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| answer[i + 4..].to_vec())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// moto's S3 server on a free loopback port with bucket `refract-test` created.
+fn s3_server() -> Option<(Engine, u16)> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    let program = engine(&venv, "pip install 'moto[server]' into .venv")?;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(program)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let engine = Engine { child, _dir: dir };
+    wait_until("moto_server", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let (status, body) = http(port, "PUT", "/refract-test");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    Some((engine, port))
+}
+
+fn s3_settings(port: u16) -> ObjectsSettings {
+    ObjectsSettings::S3(S3Settings {
+        bucket: "refract-test".to_string(),
+        region: "us-east-1".to_string(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        access_key_id: Secret::new("testing"),
+        secret_access_key: Secret::new("testing"),
+        prefix: Some("gw".to_string()),
+    })
+}
+
+fn job(owner: &str) -> NewJob {
+    NewJob {
+        owner: owner.to_string(),
+        request: r#"{"model":"sim/gpt-image-1","prompt":"a cat"}"#.to_string(),
+        objects: vec![format!("uploads/{owner}/0")],
+        result_ttl: Duration::from_secs(60),
+    }
+}
+
+const LEASE: Duration = Duration::from_millis(1000);
+
+fn claim(worker: &str) -> Claim<'_> {
+    Claim {
+        worker,
+        lease: LEASE,
+        max_attempts: 2,
+    }
+}
+
+/// The behaviour every job store shares. `t` moves forward by hand: no sleeping.
+async fn job_store_conformance(jobs: &dyn JobStore) {
+    let t = now_ms();
+
+    // Create; only the owner reads it.
+    let a = jobs.create(job("team-a"), t).await.unwrap();
+    assert_eq!(a.status, JobStatus::Pending);
+    assert_eq!(a.id.len(), 22);
+    let read = jobs.get(&a.id, "team-a", t).await.unwrap().unwrap();
+    assert_eq!(read.status, JobStatus::Pending);
+    assert_eq!(read.request, a.request);
+    assert_eq!(read.objects, vec!["uploads/team-a/0".to_string()]);
+    assert!(jobs.get(&a.id, "team-b", t).await.unwrap().is_none(), "another owner");
+    assert!(jobs.get("AAAAAAAAAAAAAAAAAAAAAA", "team-a", t).await.unwrap().is_none());
+
+    // Claim with a lease; nothing else is runnable meanwhile.
+    let got = jobs.claim(&claim("w1"), t + 10).await.unwrap().unwrap();
+    assert_eq!(
+        (got.id.as_str(), got.status, got.attempts),
+        (a.id.as_str(), JobStatus::Processing, 1)
+    );
+    assert_eq!(got.lease_owner.as_deref(), Some("w1"));
+    assert_eq!(got.lease_until, Some(t + 10 + 1000));
+    assert!(jobs.claim(&claim("w2"), t + 20).await.unwrap().is_none());
+
+    // Renew: only the holder; the lease then runs from the renewal.
+    assert!(!jobs.renew(&a.id, "w2", LEASE, t + 500).await.unwrap());
+    assert!(jobs.renew(&a.id, "w1", LEASE, t + 500).await.unwrap());
+    assert!(
+        jobs.claim(&claim("w2"), t + 1400).await.unwrap().is_none(),
+        "lease renewed to t+1500"
+    );
+
+    // The lease passes: another worker takes the job over; the first one's result is dropped.
+    let taken = jobs.claim(&claim("w2"), t + 1600).await.unwrap().unwrap();
+    assert_eq!((taken.id.as_str(), taken.attempts), (a.id.as_str(), 2));
+    assert_eq!(taken.lease_owner.as_deref(), Some("w2"));
+    let late = Outcome::Completed {
+        result: "{}".to_string(),
+        objects: vec![],
+    };
+    assert!(!jobs.finish(&a.id, "w1", late, t + 1700).await.unwrap());
+
+    // Its lease passes too: attempts are used up, so the job fails instead of running again.
+    assert!(jobs.claim(&claim("w3"), t + 3000).await.unwrap().is_none());
+    let failed = jobs.get(&a.id, "team-a", t + 3000).await.unwrap().unwrap();
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert_eq!(failed.status_code, Some(500));
+    assert!(failed.error.unwrap().contains("job_abandoned"));
+    assert_eq!(failed.expires_at, Some(t + 3000 + 60_000));
+
+    // Complete; readable until its TTL (from completion), then gone and removed with its objects.
+    let t = t + 4000;
+    let b = jobs.create(job("team-b"), t).await.unwrap();
+    let got = jobs.claim(&claim("w1"), t).await.unwrap().unwrap();
+    assert_eq!(got.id, b.id);
+    let done = Outcome::Completed {
+        result: r#"{"data":[]}"#.to_string(),
+        objects: vec!["images/b.png".to_string()],
+    };
+    assert!(jobs.finish(&b.id, "w1", done, t + 100).await.unwrap());
+    let read = jobs.get(&b.id, "team-b", t + 200).await.unwrap().unwrap();
+    assert_eq!(read.status, JobStatus::Completed);
+    assert_eq!(read.result.as_deref(), Some(r#"{"data":[]}"#));
+    assert_eq!(read.completed_at, Some(t + 100));
+    assert_eq!(read.expires_at, Some(t + 100 + 60_000));
+    assert_eq!(
+        read.objects,
+        vec!["uploads/team-b/0".to_string(), "images/b.png".to_string()]
+    );
+    assert!(!jobs.renew(&b.id, "w1", LEASE, t + 300).await.unwrap(), "finished");
+    assert!(jobs.get(&b.id, "team-b", t + 100 + 59_999).await.unwrap().is_some());
+    assert!(
+        jobs.get(&b.id, "team-b", t + 100 + 60_000).await.unwrap().is_none(),
+        "expired"
+    );
+    let mut removed = jobs.remove_expired(t + 100 + 59_999, 100).await.unwrap();
+    assert_eq!(removed.len(), 1, "only the abandoned job (expired at t+63000) is due");
+    assert_eq!(removed[0].id, a.id);
+
+    // Cancel: only the owner, only while pending or processing.
+    let c = jobs.create(job("team-c"), t + 500).await.unwrap();
+    assert!(!jobs.cancel(&c.id, "team-b", t + 600).await.unwrap(), "another owner");
+    assert!(jobs.cancel(&c.id, "team-c", t + 600).await.unwrap());
+    assert!(
+        !jobs.cancel(&c.id, "team-c", t + 700).await.unwrap(),
+        "already cancelled"
+    );
+    assert_eq!(
+        jobs.get(&c.id, "team-c", t + 700).await.unwrap().unwrap().status,
+        JobStatus::Cancelled
+    );
+    assert!(
+        jobs.claim(&claim("w1"), t + 800).await.unwrap().is_none(),
+        "a cancelled job never runs"
+    );
+    let d = jobs.create(job("team-d"), t + 900).await.unwrap();
+    assert_eq!(jobs.claim(&claim("w1"), t + 900).await.unwrap().unwrap().id, d.id);
+    assert!(jobs.cancel(&d.id, "team-d", t + 950).await.unwrap(), "running");
+    let failed = Outcome::Failed {
+        status_code: 429,
+        error: "{}".to_string(),
+    };
+    assert!(
+        !jobs.finish(&d.id, "w1", failed, t + 960).await.unwrap(),
+        "cancelled under the worker"
+    );
+
+    // Every finished job expires; the cleaner returns each once, with its objects.
+    removed.extend(jobs.remove_expired(t + 200_000, 100).await.unwrap());
+    removed.sort_by_key(|j| j.created_at);
+    let ids: Vec<&str> = removed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, vec![a.id.as_str(), b.id.as_str(), c.id.as_str(), d.id.as_str()]);
+    assert!(removed[1].objects.contains(&"images/b.png".to_string()));
+    assert!(jobs.remove_expired(t + 200_000, 100).await.unwrap().is_empty());
+    assert!(jobs.get(&b.id, "team-b", t + 200).await.unwrap().is_none(), "removed");
+}
+
+#[tokio::test]
+async fn embedded_job_store_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = EmbeddedJobs::open(&dir.path().join("state")).unwrap();
+    job_store_conformance(&jobs).await;
+    // The file survives: a new handle (a restarted process) sees the records.
+    let t = now_ms();
+    let kept = jobs.create(job("team-e"), t).await.unwrap();
+    drop(jobs);
+    let again = EmbeddedJobs::open(&dir.path().join("state")).unwrap();
+    assert_eq!(again.get(&kept.id, "team-e", t).await.unwrap().unwrap().id, kept.id);
+}
+
+#[tokio::test]
+async fn redis_job_store_conformance() {
+    let Some((_server, url)) = redis_server() else { return };
+    let settings = RedisSettings {
+        url,
+        password: None,
+        username: None,
+    };
+    let jobs = RedisJobs::open(&settings, Duration::from_secs(3)).unwrap();
+    job_store_conformance(&jobs).await;
+    // A second handle (another replica) sees the same records.
+    let t = now_ms();
+    let kept = jobs.create(job("team-e"), t).await.unwrap();
+    let replica = RedisJobs::open(&settings, Duration::from_secs(3)).unwrap();
+    assert_eq!(replica.get(&kept.id, "team-e", t).await.unwrap().unwrap().id, kept.id);
+    assert_eq!(replica.claim(&claim("r2"), t).await.unwrap().unwrap().id, kept.id);
+    assert!(
+        jobs.claim(&claim("r1"), t).await.unwrap().is_none(),
+        "claimed once across replicas"
+    );
+}
+
+/// The behaviour both object stores share.
+async fn object_store_conformance(objects: &Objects) {
+    let key = ObjectKey::new("images/abc.png").unwrap();
+    assert_eq!(objects.get(&key).await.unwrap(), None);
+    objects.put(&key, Bytes::from_static(b"\x89PNG fake")).await.unwrap();
+    assert_eq!(
+        objects.get(&key).await.unwrap().unwrap(),
+        Bytes::from_static(b"\x89PNG fake")
+    );
+    objects.put(&key, Bytes::from_static(b"second")).await.unwrap();
+    assert_eq!(objects.get(&key).await.unwrap().unwrap(), Bytes::from_static(b"second"));
+    objects.delete(&key).await.unwrap();
+    assert_eq!(objects.get(&key).await.unwrap(), None);
+    objects.delete(&key).await.unwrap();
+}
+
+#[tokio::test]
+async fn fs_objects_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    let objects = Objects::open(&ObjectsSettings::Fs { path: root.clone() }).unwrap();
+    object_store_conformance(&objects).await;
+    let key = ObjectKey::new("uploads/job1/0").unwrap();
+    objects.put(&key, Bytes::from_static(b"upload")).await.unwrap();
+    assert_eq!(
+        std::fs::read(root.join("uploads/job1/0")).unwrap(),
+        b"upload",
+        "below the directory"
+    );
+    assert_eq!(
+        objects.sign(&key, Duration::from_secs(60)).await.unwrap(),
+        None,
+        "a directory cannot sign"
+    );
+}
+
+#[tokio::test]
+async fn s3_objects_conformance() {
+    let Some((_server, port)) = s3_server() else { return };
+    let objects = Objects::open(&s3_settings(port)).unwrap();
+    object_store_conformance(&objects).await;
+    let key = ObjectKey::new("images/signed.png").unwrap();
+    objects.put(&key, Bytes::from_static(b"image bytes")).await.unwrap();
+    // A presigned GET URL (path-style, below the prefix) that fetches it.
+    let url = objects
+        .sign(&key, Duration::from_secs(300))
+        .await
+        .unwrap()
+        .expect("s3 signs");
+    assert_eq!(url.port(), Some(port));
+    assert_eq!(url.path(), "/refract-test/gw/images/signed.png");
+    let query = url.query().unwrap_or_default();
+    assert!(
+        query.contains("X-Amz-Signature=") && query.contains("X-Amz-Expires=300"),
+        "{url}"
+    );
+    let (status, body) = http(port, "GET", &format!("{}?{query}", url.path()));
+    assert_eq!((status, body.as_slice()), (200, b"image bytes".as_slice()), "{url}");
+    assert_eq!(http(port, "GET", url.path()).0, 403, "not without the signature");
+}
+
+fn gateway_yaml(state: &str) -> String {
+    format!(
+        "listeners: [{{address: '127.0.0.1:0'}}]\n{state}\
+         providers: [{{name: sim, kind: openai, base_url: 'http://127.0.0.1:1/v1', keys: [{{name: k, value: x}}]}}]\n"
+    )
+}
+
+fn start_error(yaml: &str) -> String {
+    let config = refract::config::from_yaml_str(yaml).unwrap();
+    match refract::server::spawn(config) {
+        Ok(_) => panic!("the gateway started with:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn startup_fails_clearly_when_the_store_cannot_be_reached_or_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on that socket.
+    let sock = dir.path().join("none.sock");
+    let err = start_error(&gateway_yaml(&format!(
+        "store: {{kind: redis, url: 'redis+unix://{}'}}\n",
+        sock.display()
+    )));
+    assert!(
+        err.starts_with("store: redis at redis+unix://") && err.contains("cannot connect"),
+        "{err}"
+    );
+    // A closed TCP port.
+    let port = free_port();
+    let err = start_error(&gateway_yaml(&format!(
+        "store: {{kind: redis, url: 'redis://127.0.0.1:{port}'}}\n"
+    )));
+    assert!(err.contains("cannot connect"), "{err}");
+    // A directory that cannot be made (a file is in the way).
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let err = start_error(&gateway_yaml(&format!(
+        "store: {{kind: embedded, path: '{}'}}\n",
+        file.join("db").display()
+    )));
+    assert!(
+        err.starts_with("store: embedded store at") && err.contains("cannot create the directory"),
+        "{err}"
+    );
+    let err = start_error(&gateway_yaml(&format!(
+        "store: {{kind: embedded, path: '{}'}}\nobjects: {{kind: fs, path: '{}'}}\n",
+        dir.path().join("db").display(),
+        file.join("objects").display()
+    )));
+    assert!(
+        err.starts_with("objects: ") && err.contains("cannot create the directory"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_opens_its_store_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = gateway_yaml(&format!(
+        "store: {{kind: embedded, path: '{}'}}\nobjects: {{kind: fs, path: '{}'}}\n",
+        dir.path().join("db").display(),
+        dir.path().join("objects").display()
+    ));
+    let running = refract::server::spawn(refract::config::from_yaml_str(&yaml).unwrap()).unwrap();
+    assert!(dir.path().join("db/refract.db").is_file());
+    assert!(dir.path().join("objects").is_dir());
+    let state = running.state();
+    let created = state.jobs.create(job("vk-1"), now_ms()).await.unwrap();
+    assert!(state.jobs.get(&created.id, "vk-1", now_ms()).await.unwrap().is_some());
+    // A reload that moves the store is restart-only: the opened store stays.
+    let moved = gateway_yaml("store: {kind: embedded, path: /nonexistent/elsewhere}\n");
+    let pending = running.reload(refract::config::from_yaml_str(&moved).unwrap());
+    assert!(pending.contains(&"store"), "{pending:?}");
+    assert!(running
+        .state()
+        .jobs
+        .get(&created.id, "vk-1", now_ms())
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_starts_on_redis_and_s3() {
+    let Some((_redis, url)) = redis_server() else { return };
+    let Some((_s3, port)) = s3_server() else { return };
+    // The S3 credentials come from the environment only.
+    let yaml = gateway_yaml(&format!(
+        "store: {{kind: redis, url: '{url}'}}\nobjects: {{kind: s3, bucket: refract-test, region: us-east-1, \
+         endpoint: 'http://127.0.0.1:{port}', access_key_id: env.S3_ID, secret_access_key: env.S3_KEY}}\n"
+    ));
+    let env = |name: &str| matches!(name, "S3_ID" | "S3_KEY").then(|| "testing".to_string());
+    let config = refract::config::from_yaml_str_with_env(&yaml, &env).unwrap();
+    let running = refract::server::spawn(config).unwrap();
+    let state = running.state();
+    let created = state.jobs.create(job("vk-2"), now_ms()).await.unwrap();
+    assert!(state.jobs.get(&created.id, "vk-2", now_ms()).await.unwrap().is_some());
+    let key = ObjectKey::new("images/x.png").unwrap();
+    state.objects.put(&key, Bytes::from_static(b"x")).await.unwrap();
+    assert!(state
+        .objects
+        .sign(&key, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_some());
+}

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use bytes::Bytes;
-use refract::config::{ObjectsSettings, RedisSettings, S3Settings, Secret, StoreSettings};
+use refract::config::{ObjectsSettings, RedisSettings, S3Settings, Secret};
 use refract::state::{
     embedded::EmbeddedJobs, now_ms, redis::RedisJobs, Claim, JobStatus, JobStore, NewJob, ObjectKey, Objects, Outcome,
 };

@@ -171,24 +171,7 @@ fn finalize(
 #[async_trait]
 impl JobStore for EmbeddedJobs {
     async fn create(&self, job: NewJob, now: u64) -> StateResult<JobRecord> {
-        let record = JobRecord {
-            id: new_id()?,
-            owner: job.owner,
-            status: JobStatus::Pending,
-            created_at: now,
-            started_at: None,
-            completed_at: None,
-            expires_at: None,
-            attempts: 0,
-            lease_owner: None,
-            lease_until: None,
-            request: job.request,
-            objects: job.objects,
-            result: None,
-            status_code: None,
-            error: None,
-            result_ttl_ms: millis(job.result_ttl),
-        };
+        let record = JobRecord::pending(new_id()?, job, now);
         let r = record.clone();
         self.with(move |db| {
             let objects = serde_json::to_string(&r.objects).map_err(|e| StateError::BadRecord(e.to_string()))?;

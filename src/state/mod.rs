@@ -168,6 +168,30 @@ pub struct JobRecord {
     pub result_ttl_ms: u64,
 }
 
+impl JobRecord {
+    /// The record of `job` accepted at `now` under `id`: pending, never claimed.
+    pub fn pending(id: String, job: NewJob, now: u64) -> JobRecord {
+        JobRecord {
+            id,
+            owner: job.owner,
+            status: JobStatus::Pending,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            expires_at: None,
+            attempts: 0,
+            lease_owner: None,
+            lease_until: None,
+            request: job.request,
+            objects: job.objects,
+            result: None,
+            status_code: None,
+            error: None,
+            result_ttl_ms: millis(job.result_ttl),
+        }
+    }
+}
+
 /// The claim of a worker: its id, how long the lease lasts, how many attempts a job gets.
 #[derive(Debug, Clone)]
 pub struct Claim<'a> {

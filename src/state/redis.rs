@@ -249,17 +249,17 @@ fn json_list(items: &[String]) -> StateResult<String> {
 #[async_trait]
 impl JobStore for RedisJobs {
     async fn create(&self, job: NewJob, now: u64) -> StateResult<JobRecord> {
-        let id = new_id()?;
-        let ttl = millis(job.result_ttl);
+        let record = JobRecord::pending(new_id()?, job, now);
+        let (id, ttl) = (record.id.clone(), record.result_ttl_ms);
         let mut con = self.con().await?;
         let fields: Vec<(&str, String)> = vec![
             ("id", id.clone()),
-            ("owner", job.owner.clone()),
+            ("owner", record.owner.clone()),
             ("status", "pending".to_string()),
             ("created_at", now.to_string()),
             ("attempts", "0".to_string()),
-            ("request", job.request.clone()),
-            ("objects", json_list(&job.objects)?),
+            ("request", record.request.clone()),
+            ("objects", json_list(&record.objects)?),
             ("result_ttl_ms", ttl.to_string()),
         ];
         let _: () = redis::pipe()
@@ -270,24 +270,7 @@ impl JobStore for RedisJobs {
             .ignore()
             .query_async(&mut con)
             .await?;
-        Ok(JobRecord {
-            id,
-            owner: job.owner,
-            status: JobStatus::Pending,
-            created_at: now,
-            started_at: None,
-            completed_at: None,
-            expires_at: None,
-            attempts: 0,
-            lease_owner: None,
-            lease_until: None,
-            request: job.request,
-            objects: job.objects,
-            result: None,
-            status_code: None,
-            error: None,
-            result_ttl_ms: ttl,
-        })
+        Ok(record)
     }
 
     async fn get(&self, id: &str, owner: &str, now: u64) -> StateResult<Option<JobRecord>> {

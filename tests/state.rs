@@ -58,6 +58,11 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
 
 /// A `redis-server` on a unix socket in a temp dir (no port, no persistence), and its URL.
 fn redis_server() -> Option<(Engine, String)> {
+    redis_server_with(&[])
+}
+
+/// [`redis_server`] with more arguments.
+fn redis_server_with(extra: &[&str]) -> Option<(Engine, String)> {
     let program = engine(Path::new("redis-server"), "apt-get install redis-server")?;
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("r.sock");
@@ -67,6 +72,7 @@ fn redis_server() -> Option<(Engine, String)> {
         .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir.path())
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -79,7 +85,7 @@ fn redis_server() -> Option<(Engine, String)> {
                 s.write_all(b"PING\r\n")?;
                 let mut buf = [0u8; 7];
                 s.read_exact(&mut buf)?;
-                Ok(&buf == b"+PONG\r\n")
+                Ok(&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
             })
             .unwrap_or(false)
     });
@@ -458,6 +464,30 @@ async fn the_gateway_opens_its_store_at_startup() {
         .await
         .unwrap()
         .is_some());
+}
+
+#[test]
+fn a_redis_password_comes_from_the_environment_and_a_wrong_one_stops_startup() {
+    let Some((_server, url)) = redis_server_with(&["--requirepass", "s3cret-pw"]) else {
+        return;
+    };
+    let yaml = gateway_yaml(&format!(
+        "store: {{kind: redis, url: '{url}', password: env.REDIS_PW}}\n"
+    ));
+    let with = |pw: &'static str| move |name: &str| (name == "REDIS_PW").then(|| pw.to_string());
+    let good = refract::config::from_yaml_str_with_env(&yaml, &with("s3cret-pw")).unwrap();
+    let running = refract::server::spawn(good).unwrap();
+    drop(running);
+    let bad = refract::config::from_yaml_str_with_env(&yaml, &with("wrong")).unwrap();
+    let err = match refract::server::spawn(bad) {
+        Ok(_) => panic!("started with a wrong password"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.starts_with("store: redis at"), "{err}");
+    assert!(!err.contains("wrong"), "the password is never in a message: {err}");
+    let none = gateway_yaml(&format!("store: {{kind: redis, url: '{url}'}}\n"));
+    let err = start_error(&none);
+    assert!(err.contains("NOAUTH") || err.to_lowercase().contains("auth"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,12 +119,23 @@ impl Refract {
         std::fs::write(&self.path, yaml).unwrap();
         let series = format!("refract_config_reloads_total{{result=\"{result}\"}}");
         let before = self.metric(&series);
+        // The log arrives through a pipe read by another thread: the reload's last line (after
+        // its warnings or its problems) is waited for before a test reads the log.
+        let last = if result == "ok" {
+            "config reloaded from"
+        } else {
+            "the running config is kept"
+        };
+        let logged = self.log().matches(last).count();
         let status = Command::new("kill")
             .args(["-HUP", &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
         wait_until(&format!("{series} counts the reload"), || self.metric(&series) > before);
+        wait_until("the reload's last log line", || {
+            self.log().matches(last).count() > logged
+        });
         assert!(self.child.try_wait().unwrap().is_none(), "SIGHUP ended the process");
     }
 
@@ -242,7 +253,7 @@ fn sighup_adds_a_virtual_key_without_a_failed_request() {
     assert!(!text.contains(&old_hash), "the old hash is gone");
     assert!(gw.metric("refract_config_loaded_timestamp_seconds") >= loaded_at);
     assert_eq!(gw.metric(r#"refract_config_reloads_total{result="error"}"#), 0.0);
-    assert!(gw.log().contains("config reloaded from"), "{}", gw.log());
+    wait_until("the reload logged", || gw.log().contains("config reloaded from"));
 }
 
 /// An invalid file on SIGHUP is refused: every problem is logged by path (and no secret), the
@@ -290,7 +301,8 @@ fn sighup_with_an_invalid_file_keeps_the_running_config() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "{exit:?}\n{}", gw.log());
-    assert!(gw.log().contains("SIGTERM received"), "{}", gw.log());
+    // The log reader thread may still be draining the pipe.
+    wait_until("SIGTERM logged", || gw.log().contains("SIGTERM received"));
 }
 
 /// A listener address changed by a reload is named as taking effect only on restart or

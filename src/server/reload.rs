@@ -106,14 +106,15 @@ impl Live {
                 Ok(())
             }
             Err(problems) => {
+                for p in &problems.0 {
+                    log::error!("config reload refused: {p}");
+                }
+                // Last, so that whoever reads the log up to it has read every problem.
                 log::error!(
                     "config reload refused: {}: {} problem(s); the running config is kept",
                     path.display(),
                     problems.0.len()
                 );
-                for p in &problems.0 {
-                    log::error!("config reload refused: {p}");
-                }
                 self.lasting.metrics.config_reload(false);
                 Err(problems)
             }

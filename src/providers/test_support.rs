@@ -193,6 +193,16 @@ pub fn answer(status: u16, body: Value) -> UpstreamResponse {
     }
 }
 
+/// A JSON answer given as text (kept byte for byte, valid or not).
+pub fn json_text(status: u16, body: &str) -> UpstreamResponse {
+    UpstreamResponse {
+        retry_after: None,
+        status,
+        content_type: Some("application/json".into()),
+        body: Bytes::from(body.to_string()),
+    }
+}
+
 /// An image answer.
 pub fn image(bytes: &[u8]) -> UpstreamResponse {
     UpstreamResponse {

@@ -367,14 +367,7 @@ fn session_tokens_are_sent_and_signed() {
         .contains("SignedHeaders=accept;content-type;host;x-amz-date;x-amz-security-token,"));
 }
 
-fn resp(status: u16, body: &str) -> UpstreamResponse {
-    UpstreamResponse {
-        retry_after: None,
-        status,
-        content_type: Some("application/json".into()),
-        body: Bytes::from(body.to_string()),
-    }
-}
+use crate::providers::test_support::json_text as resp;
 
 fn cx() -> ResponseContext<'static> {
     ResponseContext {

@@ -325,14 +325,7 @@ mod tests {
         }
     }
 
-    fn resp(status: u16, body: &str) -> UpstreamResponse {
-        UpstreamResponse {
-            retry_after: None,
-            status,
-            content_type: Some("application/json".into()),
-            body: Bytes::from(body.to_string()),
-        }
-    }
+    use crate::providers::test_support::json_text as resp;
 
     fn convert(status: u16, body: &str) -> Result<Value, GatewayError> {
         convert_generate_content(&resp(status, body), &cx()).map(|b| serde_json::from_slice(&b.to_bytes()).unwrap())

@@ -125,16 +125,8 @@ pub fn google_stream_translator(cx: &StreamContext) -> Option<Box<dyn StreamTran
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
-    fn resp(status: u16, body: &'static str) -> UpstreamResponse {
-        UpstreamResponse {
-            retry_after: None,
-            status,
-            content_type: Some("application/json".into()),
-            body: Bytes::from_static(body.as_bytes()),
-        }
-    }
+    use crate::providers::test_support::json_text as resp;
 
     #[test]
     fn google_envelope_becomes_openai_shape() {

@@ -279,14 +279,7 @@ async fn background_removal_sends_only_image_and_format_and_no_type_needs_a_mask
     }
 }
 
-fn resp(status: u16, body: &str) -> UpstreamResponse {
-    UpstreamResponse {
-        retry_after: None,
-        status,
-        content_type: Some("application/json".into()),
-        body: Bytes::from(body.to_string()),
-    }
-}
+use crate::providers::test_support::json_text as resp;
 
 #[test]
 fn answers_filters_and_errors() {

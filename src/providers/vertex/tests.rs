@@ -12,7 +12,6 @@ use crate::providers::test_support::{rendered, unified_mask};
 use crate::providers::BodySegment;
 use crate::route::Router;
 use base64::Engine;
-use bytes::Bytes;
 use serde_json::{json, Value};
 
 fn target(key_lines: &str, model: &str) -> Target {
@@ -347,14 +346,7 @@ fn capabilities_are_declared() {
     assert!(!caps.url_output);
 }
 
-fn resp(status: u16, body: &str) -> UpstreamResponse {
-    UpstreamResponse {
-        retry_after: None,
-        status,
-        content_type: Some("application/json".into()),
-        body: Bytes::from(body.to_string()),
-    }
-}
+use crate::providers::test_support::json_text as resp;
 
 fn cx() -> ResponseContext<'static> {
     ResponseContext {

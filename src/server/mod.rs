@@ -60,6 +60,9 @@ pub struct AppState {
     /// The admit step, asked once per attempt before it goes upstream ([`AdmitAll`] unless
     /// [`Options::admission`] installs another).
     pub admission: Arc<dyn Admission>,
+    /// Job records and stored objects (`store`, `objects`; process lifetime, opened at
+    /// startup).
+    pub store: Arc<crate::state::State>,
 }
 
 /// What a server is built with besides its config: the plug-ins that are code, not settings.

@@ -154,6 +154,7 @@ fn state_for(config: Config, lasting: &Lasting) -> AppState {
         slots: lasting.slots.slots(&config.providers, &lasting.metrics),
         decoder: lasting.decoder.clone(),
         admission: lasting.admission.clone(),
+        store: lasting.state.clone(),
         config,
     }
 }

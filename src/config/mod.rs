@@ -28,7 +28,7 @@ mod url;
 
 pub use crate::kind::ProviderKind;
 pub use print::effective_yaml;
-pub use state::{ObjectsSettings, RedisSettings, S3Settings, StoreSettings, DEFAULT_OBJECTS_PATH, DEFAULT_STORE_PATH};
+pub use state::{JobsSettings, ObjectsSettings, RedisSettings, S3Settings, StoreSettings, DEFAULT_OBJECTS_PATH, DEFAULT_STORE_PATH};
 pub(crate) use url::parse_base_url;
 
 use std::fmt;
@@ -170,6 +170,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// Where uploads and result images live (`objects`); read at startup only.
     pub objects: ObjectsSettings,
+    /// How async jobs run (`jobs`).
+    pub jobs: JobsSettings,
 }
 
 /// Pingora server settings.

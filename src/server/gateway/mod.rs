@@ -278,7 +278,7 @@ async fn image_edit(
         start: ctx.start,
         upstream_start,
     };
-    fallback::run(&scope, session, ctx, first).await
+    fallback::run(&scope, &mut answer::Client::Session(session), ctx, first).await
 }
 
 /// What `image_edit` produced.

@@ -46,6 +46,8 @@ pub struct Metrics {
     models: Mutex<HashSet<String>>,
     /// Client connections: open, refused, closed by the gateway.
     pub connections: ConnectionMetrics,
+    /// Async jobs: events, queue, durations, takeovers, stored bytes.
+    pub jobs: JobMetrics,
 }
 
 /// How reading and discarding the rest of a request body after an early answer ended (the
@@ -280,7 +282,9 @@ impl Metrics {
         )?;
         registry.register(Box::new(config_loaded.clone()))?;
         let connections = ConnectionMetrics::register(&registry)?;
+        let jobs = JobMetrics::register(&registry)?;
         Ok(Metrics {
+            jobs,
             reloads,
             config_info,
             config_loaded,
@@ -536,6 +540,178 @@ impl ConnectionMetrics {
     /// The gateway closed a client connection for `reason`.
     pub fn closed(&self, reason: ConnectionClose) {
         self.closed[reason as usize].inc();
+    }
+}
+
+/// What happened to an async job (the `event` label of `refract_jobs_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEvent {
+    /// Accepted (202), its upload stored.
+    Submitted,
+    /// Claimed by a worker of this process (a takeover counts here too).
+    Claimed,
+    /// Ran to an answer.
+    Completed,
+    /// Ran to an error (every candidate failed, or its key went away).
+    Failed,
+    /// Cancelled by its owner.
+    Cancelled,
+    /// Handed back to the queue by a worker shutting down.
+    Released,
+    /// Its worker lost the lease while running it (cancelled, or taken over): the run stopped.
+    Lost,
+}
+
+impl JobEvent {
+    /// Every event, in the order of their counters.
+    pub const ALL: [JobEvent; 7] = [
+        JobEvent::Submitted,
+        JobEvent::Claimed,
+        JobEvent::Completed,
+        JobEvent::Failed,
+        JobEvent::Cancelled,
+        JobEvent::Released,
+        JobEvent::Lost,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobEvent::Submitted => "submitted",
+            JobEvent::Claimed => "claimed",
+            JobEvent::Completed => "completed",
+            JobEvent::Failed => "failed",
+            JobEvent::Cancelled => "cancelled",
+            JobEvent::Released => "released",
+            JobEvent::Lost => "lost",
+        }
+    }
+}
+
+/// What the gateway writes to the objects store (the `kind` label of
+/// `refract_objects_stored_bytes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredKind {
+    /// An async job's upload (its file parts).
+    Upload,
+    /// An async job's answer, when too large to keep in its record.
+    Result,
+    /// A rehosted image (`response_format=url`).
+    Image,
+}
+
+impl StoredKind {
+    /// Every kind, in the order of their counters.
+    pub const ALL: [StoredKind; 3] = [StoredKind::Upload, StoredKind::Result, StoredKind::Image];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoredKind::Upload => "upload",
+            StoredKind::Result => "result",
+            StoredKind::Image => "image",
+        }
+    }
+}
+
+/// Async jobs' series, all present from startup.
+pub struct JobMetrics {
+    events: [IntCounter; JobEvent::ALL.len()],
+    runnable: IntGauge,
+    running: IntGauge,
+    duration: HistogramVec,
+    takeovers: IntCounter,
+    stored: [IntCounter; StoredKind::ALL.len()],
+}
+
+const JOB_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+impl JobMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let events_vec = IntCounterVec::new(
+            Opts::new(
+                "refract_jobs_total",
+                "Async job events seen by this process (submitted, claimed, completed, failed, cancelled, released, lost).",
+            ),
+            &["event"],
+        )?;
+        let events = JobEvent::ALL.map(|e| events_vec.with_label_values(&[e.as_str()]));
+        let state = IntGaugeVec::new(
+            Opts::new(
+                "refract_jobs",
+                "Unfinished async jobs in the store (shared by replicas): runnable (waiting for a worker, or whose worker's lease passed) and running.",
+            ),
+            &["state"],
+        )?;
+        let runnable = state.with_label_values(&["runnable"]);
+        let running = state.with_label_values(&["running"]);
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "refract_job_duration_seconds",
+                "From a worker's claim to the job's end, by outcome (completed, failed).",
+            )
+            .buckets(JOB_BUCKETS.to_vec()),
+            &["outcome"],
+        )?;
+        for outcome in ["completed", "failed"] {
+            duration.with_label_values(&[outcome]);
+        }
+        let takeovers = IntCounter::new(
+            "refract_job_lease_takeovers_total",
+            "Jobs this process claimed after another worker's lease on them passed (a crashed or lost worker).",
+        )?;
+        let stored_vec = IntCounterVec::new(
+            Opts::new(
+                "refract_objects_stored_bytes_total",
+                "Bytes written to the objects store, by kind (upload, result, image).",
+            ),
+            &["kind"],
+        )?;
+        let stored = StoredKind::ALL.map(|k| stored_vec.with_label_values(&[k.as_str()]));
+        registry.register(Box::new(events_vec))?;
+        registry.register(Box::new(state))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(takeovers.clone()))?;
+        registry.register(Box::new(stored_vec))?;
+        Ok(JobMetrics {
+            events,
+            runnable,
+            running,
+            duration,
+            takeovers,
+            stored,
+        })
+    }
+
+    /// Counts `event`.
+    pub fn event(&self, event: JobEvent) {
+        self.events[event as usize].inc();
+    }
+
+    /// The store's unfinished jobs, as last counted.
+    pub fn queue(&self, runnable: u64, running: u64) {
+        self.runnable.set(i64::try_from(runnable).unwrap_or(i64::MAX));
+        self.running.set(i64::try_from(running).unwrap_or(i64::MAX));
+    }
+
+    /// A job ran for `elapsed` since its claim and ended `completed` (or failed).
+    pub fn finished(&self, completed: bool, elapsed: Duration) {
+        let outcome = if completed { "completed" } else { "failed" };
+        self.duration
+            .with_label_values(&[outcome])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A job was claimed after another worker's lease passed.
+    pub fn takeover(&self) {
+        self.takeovers.inc();
+    }
+
+    /// `bytes` of `kind` were written to the objects store.
+    pub fn stored(&self, kind: StoredKind, bytes: u64) {
+        self.stored[kind as usize].inc_by(bytes);
     }
 }
 

@@ -10,7 +10,8 @@
 use bytes::Bytes;
 use refract::config::{ObjectsSettings, RedisSettings, S3Settings, Secret};
 use refract::state::{
-    embedded::EmbeddedJobs, now_ms, redis::RedisJobs, Claim, JobCounts, JobStatus, JobStore, NewJob, ObjectKey, Objects, Outcome,
+    embedded::EmbeddedJobs, now_ms, redis::RedisJobs, Claim, JobCounts, JobStatus, JobStore, NewJob, ObjectKey,
+    Objects, Outcome,
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -305,7 +306,13 @@ async fn job_store_conformance(jobs: &dyn JobStore) {
     let ids: Vec<&str> = removed.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(
         ids,
-        vec![a.id.as_str(), b.id.as_str(), c.id.as_str(), d.id.as_str(), e.id.as_str()]
+        vec![
+            a.id.as_str(),
+            b.id.as_str(),
+            c.id.as_str(),
+            d.id.as_str(),
+            e.id.as_str()
+        ]
     );
     assert!(removed[1].objects.contains(&"images/b.png".to_string()));
     assert!(jobs.remove_expired(t + 200_000, 100).await.unwrap().is_empty());

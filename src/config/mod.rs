@@ -28,7 +28,9 @@ mod url;
 
 pub use crate::kind::ProviderKind;
 pub use print::effective_yaml;
-pub use state::{JobsSettings, ObjectsSettings, RedisSettings, S3Settings, StoreSettings, DEFAULT_OBJECTS_PATH, DEFAULT_STORE_PATH};
+pub use state::{
+    JobsSettings, ObjectsSettings, RedisSettings, S3Settings, StoreSettings, DEFAULT_OBJECTS_PATH, DEFAULT_STORE_PATH,
+};
 pub(crate) use url::parse_base_url;
 
 use std::fmt;

@@ -4,7 +4,8 @@
 //! tokio's blocking pool.
 
 use super::{
-    abandoned_error, millis, new_id, Claim, JobCounts, JobRecord, JobStatus, JobStore, NewJob, Outcome, StateError, StateResult,
+    abandoned_error, millis, new_id, Claim, JobCounts, JobRecord, JobStatus, JobStore, NewJob, Outcome, StateError,
+    StateResult,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};

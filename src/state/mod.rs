@@ -271,6 +271,9 @@ pub struct State {
     pub jobs: Arc<dyn JobStore>,
     /// Uploads and result images.
     pub objects: Objects,
+    /// Wakes an idle worker of this process when a job was submitted here (workers of other
+    /// replicas find it at their next poll).
+    pub wake: tokio::sync::Notify,
 }
 
 impl State {
@@ -285,6 +288,7 @@ impl State {
         Ok(State {
             jobs,
             objects: Objects::open(objects)?,
+            wake: tokio::sync::Notify::new(),
         })
     }
 }

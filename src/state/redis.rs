@@ -12,7 +12,8 @@
 //! multiplexed, reconnecting `ConnectionManager`, made on first use in the runtime that uses it.
 
 use super::{
-    abandoned_error, millis, new_id, Claim, JobCounts, JobRecord, JobStatus, JobStore, NewJob, Outcome, StateError, StateResult,
+    abandoned_error, millis, new_id, Claim, JobCounts, JobRecord, JobStatus, JobStore, NewJob, Outcome, StateError,
+    StateResult,
 };
 use crate::config::RedisSettings;
 use async_trait::async_trait;

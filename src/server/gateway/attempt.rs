@@ -12,7 +12,7 @@
 //! there, and this function takes over from the exchange's end (sending from the spool with
 //! the same key and permit when the streamed body never reached the provider whole).
 
-use super::answer::{close_quietly, Client, run_with_writer, write_event_stream, DownSender, StreamSink, Written};
+use super::answer::{close_quietly, run_with_writer, write_event_stream, Client, DownSender, StreamSink, Written};
 use super::upload::{StreamedAttempt, StreamedEnd};
 use super::{follow, repeat, Reply, RequestCtx};
 use crate::admission::{AdmissionRequest, AttemptIndex, Permit, Settlement, Usage};

@@ -25,12 +25,12 @@
 //! primary's error is returned (its status and body) with
 //! `extra_fields.fallback_errors: [{provider, model, status, type, message}]`.
 
+use super::answer::Client;
 use super::attempt::{attempt, Attempted, Candidate, Scope, Start};
 use super::policy::{self, Decision, RetrySettings};
 use super::{Reply, RequestCtx};
 use crate::error::GatewayError;
 use crate::providers::UnifiedAnswer;
-use super::answer::Client;
 use serde_json::{json, Value};
 use std::borrow::Cow;
 

@@ -9,6 +9,7 @@
 //! connection stops the loop (no more polls for nobody). Requests to another host (a polling
 //! URL, a result URL) pass the SSRF guard ([`follow_target`]) first.
 
+use super::answer::Client;
 use crate::config::parse_base_url;
 use crate::error::GatewayError;
 use crate::providers::kernel::polling::{FollowContext, FollowState, FollowUp};
@@ -18,7 +19,6 @@ use crate::server::exchange::{exchange, Collect};
 use crate::server::slots::Slots;
 use crate::spool::Spool;
 use pingora::connectors::http::Connector;
-use super::answer::Client;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;

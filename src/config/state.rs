@@ -371,6 +371,30 @@ mod tests {
     }
 
     #[test]
+    fn jobs_are_read_with_defaults_and_bounds() {
+        assert_eq!(ok(PROVIDER).jobs, JobsSettings::default());
+        let c = ok(&format!(
+            "jobs: {{workers: 0, lease_ms: 2000, max_attempts: 1, result_ttl_seconds: 5, \
+             max_result_ttl_seconds: 10, poll_interval_ms: 50, cleanup_interval_ms: 100}}\n{PROVIDER}"
+        ));
+        let j = c.jobs;
+        assert_eq!((j.workers, j.max_attempts), (0, 1));
+        assert_eq!(j.lease, Duration::from_secs(2));
+        assert_eq!(j.result_ttl, Duration::from_secs(5));
+        assert_eq!(j.max_result_ttl, Duration::from_secs(10));
+        assert_eq!(j.poll_interval, Duration::from_millis(50));
+        assert_eq!(j.cleanup_interval, Duration::from_millis(100));
+        one_problem(&format!("jobs: {{lease_ms: 10}}\n{PROVIDER}"), "jobs.lease_ms", "");
+        one_problem(&format!("jobs: {{max_attempts: 0}}\n{PROVIDER}"), "jobs.max_attempts", "");
+        one_problem(&format!("jobs: {{workerz: 2}}\n{PROVIDER}"), "jobs.workerz", "");
+        one_problem(
+            &format!("jobs: {{result_ttl_seconds: 20, max_result_ttl_seconds: 10}}\n{PROVIDER}"),
+            "jobs.result_ttl_seconds",
+            "must not exceed max_result_ttl_seconds",
+        );
+    }
+
+    #[test]
     fn problems_have_paths() {
         one_problem(
             &format!("store: {{kind: sqlite}}\n{PROVIDER}"),

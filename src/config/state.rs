@@ -385,7 +385,11 @@ mod tests {
         assert_eq!(j.poll_interval, Duration::from_millis(50));
         assert_eq!(j.cleanup_interval, Duration::from_millis(100));
         one_problem(&format!("jobs: {{lease_ms: 10}}\n{PROVIDER}"), "jobs.lease_ms", "");
-        one_problem(&format!("jobs: {{max_attempts: 0}}\n{PROVIDER}"), "jobs.max_attempts", "");
+        one_problem(
+            &format!("jobs: {{max_attempts: 0}}\n{PROVIDER}"),
+            "jobs.max_attempts",
+            "",
+        );
         one_problem(&format!("jobs: {{workerz: 2}}\n{PROVIDER}"), "jobs.workerz", "");
         one_problem(
             &format!("jobs: {{result_ttl_seconds: 20, max_result_ttl_seconds: 10}}\n{PROVIDER}"),

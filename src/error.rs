@@ -56,7 +56,7 @@ pub enum GatewayError {
         limit: u64,
     },
     /// No virtual key was presented and anonymous use is off (401).
-    #[error("virtual key is required. Provide a virtual key via the x-bf-vk header, Authorization: Bearer sk-bf-..., or x-api-key.")]
+    #[error("virtual key is required. Provide a virtual key or a JWT via the x-bf-vk header, Authorization: Bearer ..., x-api-key or x-goog-api-key.")]
     VirtualKeyRequired,
     /// The presented virtual key matches no configured key (401).
     #[error("virtual key not found")]
@@ -64,6 +64,12 @@ pub enum GatewayError {
     /// The presented virtual key is disabled (401).
     #[error("virtual key is inactive")]
     VirtualKeyBlocked,
+    /// The presented virtual key (or the key a token names) is past its `expires_at` (401).
+    #[error("virtual key has expired")]
+    VirtualKeyExpired,
+    /// A bearer JWT was refused (401): the reason, never the token.
+    #[error("{0}")]
+    InvalidToken(#[from] crate::auth::TokenRejection),
     /// The virtual key may not use this provider (403).
     #[error("provider '{0}' is not allowed for this virtual key")]
     ProviderBlocked(String),
@@ -274,7 +280,7 @@ impl GatewayError {
             | NoKeyForModel { .. } => 400,
             UnsupportedMediaType(_) => 400,
             PayloadTooLarge { .. } => 413,
-            VirtualKeyRequired | VirtualKeyNotFound | VirtualKeyBlocked => 401,
+            VirtualKeyRequired | VirtualKeyNotFound | VirtualKeyBlocked | VirtualKeyExpired | InvalidToken(_) => 401,
             ProviderBlocked(_) | ModelBlocked(_) => 403,
             NotFound { .. } | JobNotFound => 404,
             JobFinished { .. } => 409,
@@ -304,6 +310,8 @@ impl GatewayError {
             VirtualKeyRequired => "virtual_key_required",
             VirtualKeyNotFound => "virtual_key_not_found",
             VirtualKeyBlocked => "virtual_key_blocked",
+            VirtualKeyExpired => "virtual_key_expired",
+            InvalidToken(rejection) => rejection.code(),
             ProviderBlocked(_) => "provider_blocked",
             ModelBlocked(_) => "model_blocked",
             UnknownProvider(_) => "unknown_provider",

@@ -17,6 +17,7 @@
 //! [`Secret`], whose `Debug` hides them, and never appear in a problem
 //! message.
 
+mod auth;
 mod fields;
 mod parse;
 mod print;
@@ -27,6 +28,7 @@ mod test_util;
 mod url;
 
 pub use crate::kind::ProviderKind;
+pub use auth::{algorithm, is_hmac, parse_jwks, AuthSettings, JwtIssuer, JwtKeySource, MIN_HS_SECRET_BYTES};
 pub use print::effective_yaml;
 pub use state::{
     JobsSettings, ObjectsSettings, RedisSettings, S3Settings, StoreSettings, DEFAULT_OBJECTS_PATH, DEFAULT_STORE_PATH,
@@ -231,14 +233,6 @@ pub struct TlsFiles {
 pub struct MetricsSettings {
     /// The address to serve `/metrics` on.
     pub address: SocketAddr,
-}
-
-/// Client authentication.
-#[derive(Debug, Clone, Default)]
-pub struct AuthSettings {
-    /// Serve requests that carry no virtual key (with every provider and
-    /// model allowed). Default false.
-    pub allow_anonymous: bool,
 }
 
 /// Request size limits.
@@ -731,6 +725,8 @@ pub struct VirtualKeyConfig {
     pub providers: Option<Vec<String>>,
     /// `provider/model` or `provider/*` entries it may use; `None` = all.
     pub models: Option<Vec<String>>,
+    /// When it stops being accepted (`expires_at`, RFC 3339; Unix seconds); `None` = never.
+    pub expires_at: Option<u64>,
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use serde_yaml::Value;
 use super::fields::{Fields, Problems};
 use super::url::parse_socket_addr;
 use super::{
-    providers, AuthSettings, Config, ConfigProblem, Limits, Listener, MetricsSettings, ServerSettings,
+    providers, Config, ConfigProblem, Limits, Listener, MetricsSettings, ServerSettings,
     SimulatorSettings, SpoolSettings, TlsFiles, MAX_HEAD_BYTES_LIMIT, MIB,
 };
 
@@ -31,9 +31,7 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
         let server = server(top.section("server"));
         let listeners = listeners(&mut top);
         let metrics = top.opt_obj("metrics").and_then(address_only);
-        let auth = AuthSettings {
-            allow_anonymous: top.section("auth").opt_bool("allow_anonymous", false),
-        };
+        let auth = super::auth::auth(top.section("auth"), env);
         let limits = limits(top.section("limits"));
         let spool = spool(top.section("spool"));
         let simulator = top.opt_obj("simulator").and_then(simulator);

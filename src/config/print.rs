@@ -7,7 +7,8 @@
 //! printed as given: they are not secrets.
 
 use super::{
-    Config, Credential, KeyAuth, ModelRules, ObjectsSettings, ProviderConfig, StoreSettings, VirtualKeyConfig,
+    Config, Credential, JwtKeySource, KeyAuth, ModelRules, ObjectsSettings, ProviderConfig, StoreSettings,
+    VirtualKeyConfig,
 };
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -26,7 +27,7 @@ pub fn effective_yaml(config: &Config, source: &str) -> Result<String, String> {
             m
         }).collect::<Vec<_>>(),
         "metrics": config.metrics.as_ref().map(|m| json!({ "address": m.address.to_string() })),
-        "auth": { "allow_anonymous": config.auth.allow_anonymous },
+        "auth": auth(config, raw.get("auth").and_then(|a| a.get("jwt")).and_then(|j| j.get("issuers"))),
         "limits": limits(config),
         "spool": {
             "memory_bytes": config.spool.memory_bytes,
@@ -255,6 +256,47 @@ fn model_rules(r: &ModelRules) -> Value {
     Value::Object(m)
 }
 
+/// The `auth` section; an HS secret redacted (it is always `env.NAME`).
+fn auth(config: &Config, raw_issuers: Option<&serde_yaml::Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("allow_anonymous".into(), json!(config.auth.allow_anonymous));
+    if config.auth.issuers.is_empty() {
+        return Value::Object(m);
+    }
+    let issuers: Vec<Value> = config
+        .auth
+        .issuers
+        .iter()
+        .enumerate()
+        .map(|(i, issuer)| {
+            let raw = raw_issuers.and_then(|r| r.get(i)).unwrap_or(&serde_yaml::Value::Null);
+            let mut e = Map::new();
+            e.insert("issuer".into(), json!(issuer.issuer));
+            if !issuer.audiences.is_empty() {
+                e.insert("audiences".into(), json!(issuer.audiences));
+            }
+            match &issuer.keys {
+                JwtKeySource::Url { text, .. } => e.insert("jwks_url".into(), json!(text)),
+                JwtKeySource::File { path, .. } => e.insert("jwks_file".into(), json!(path)),
+                JwtKeySource::Secret(_) => e.insert("secret".into(), redacted(raw, "secret")),
+            };
+            let algorithms: Vec<String> = issuer.algorithms.iter().map(|a| format!("{a:?}")).collect();
+            e.insert("algorithms".into(), json!(algorithms));
+            e.insert("leeway_seconds".into(), json!(issuer.leeway.as_secs()));
+            e.insert("virtual_key_claim".into(), json!(issuer.virtual_key_claim));
+            if let Some((claim, value)) = &issuer.admin {
+                e.insert("admin_claim".into(), json!(claim));
+                e.insert("admin_value".into(), json!(value));
+            }
+            e.insert("models_claim".into(), json!(issuer.models_claim));
+            e.insert("jwks_refresh_interval_ms".into(), json!(ms(issuer.jwks_refresh_interval)));
+            Value::Object(e)
+        })
+        .collect();
+    m.insert("jwt".into(), json!({ "issuers": issuers }));
+    Value::Object(m)
+}
+
 fn virtual_key(v: &VirtualKeyConfig, raw: &serde_yaml::Value) -> Value {
     let secret = if raw.get("key_sha256").is_some() {
         ("key_sha256", Value::String("<redacted>".to_string()))
@@ -267,6 +309,10 @@ fn virtual_key(v: &VirtualKeyConfig, raw: &serde_yaml::Value) -> Value {
     m.insert("enabled".into(), json!(v.enabled));
     m.insert("providers".into(), json!(v.providers));
     m.insert("models".into(), json!(v.models));
+    if let Some(t) = v.expires_at {
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(t);
+        m.insert("expires_at".into(), json!(humantime::format_rfc3339_seconds(at).to_string()));
+    }
     Value::Object(m)
 }
 
@@ -336,6 +382,35 @@ virtual_keys:
             .replace("'<redacted: env.AWS_ID>'", "env.AWS_ID")
             .replace("'<redacted: env.VK_A>'", "env.VK_A");
         let again = from_yaml_str_with_env(&back, &env).unwrap_or_else(|e| panic!("{e}\n{back}"));
+        assert_eq!(effective_yaml(&again, &back).unwrap(), out);
+    }
+
+    /// The JWT issuers: the HS secret redacted, the rest as given (defaults filled in), and the
+    /// output loads again.
+    #[test]
+    fn issuers_are_printed_with_the_secret_redacted() {
+        let yaml = "auth:\n  jwt:\n    issuers:\n      - {issuer: https://mpilot.example, secret: env.HS_KEY, audiences: [refract], admin_claim: role, admin_value: admin}\n      - {issuer: https://tfy.example, jwks_url: 'https://tfy.example/.well-known/jwks.json'}\n\
+            providers: [{name: sim, kind: openai, base_url: 'http://127.0.0.1:1/v1', keys: [{name: k, value: env.K}]}]\n\
+            virtual_keys: [{id: a, key: env.VK, expires_at: '2027-01-31T00:00:00Z'}]\n";
+        let long_env = |name: &str| Some(format!("{name}-value-SECRET-0123456789abcdef0123456789"));
+        let config = from_yaml_str_with_env(yaml, &long_env).unwrap();
+        let out = effective_yaml(&config, yaml).unwrap();
+        assert!(!out.contains("SECRET"), "a secret leaked:\n{out}");
+        for expected in [
+            "secret: '<redacted: env.HS_KEY>'",
+            "jwks_url: https://tfy.example/.well-known/jwks.json",
+            "admin_claim: role",
+            "virtual_key_claim: vk",
+            "leeway_seconds: 30",
+            "expires_at: 2027-01-31T00:00:00Z",
+        ] {
+            assert!(
+                out.lines().any(|l| l.trim_start_matches(['-', ' ']) == expected),
+                "{expected:?} missing:\n{out}"
+            );
+        }
+        let back = out.replace("'<redacted: env.", "env.").replace(">'", "");
+        let again = from_yaml_str_with_env(&back, &long_env).unwrap_or_else(|e| panic!("{e}\n{back}"));
         assert_eq!(effective_yaml(&again, &back).unwrap(), out);
     }
 

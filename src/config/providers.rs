@@ -531,6 +531,16 @@ fn virtual_key(
         }),
     };
     let enabled = f.opt_bool("enabled", true);
+    let expires_at = f.opt_str("expires_at").and_then(|text| {
+        humantime::parse_rfc3339_weak(text)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .or_else(|| {
+                f.report("expires_at", "expected an RFC 3339 UTC time such as 2027-01-31T00:00:00Z");
+                None
+            })
+    });
     let providers = f.opt_str_list("providers", "provider");
     let models = f.opt_str_list("models", "model");
     let problems = f.problems();
@@ -570,6 +580,7 @@ fn virtual_key(
             enabled,
             providers: strip(providers),
             models: strip(models),
+            expires_at,
         }),
         _ => None,
     };

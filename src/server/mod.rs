@@ -6,6 +6,7 @@
 pub mod breaker;
 pub mod connections;
 pub mod credentials;
+pub mod jwks;
 pub mod exchange;
 pub mod gateway;
 mod metrics_app;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub connector: Arc<Connector>,
     /// Access tokens for service-account keys (process lifetime).
     pub credentials: Arc<credentials::Credentials>,
+    /// The JWKS of the JWT issuers configured with a `jwks_url` (process lifetime).
+    pub jwks: Arc<jwks::JwksCache>,
     /// The circuit breaker of every key of the providers that configure one, by key position
     /// in this config; the circuits themselves are kept by key name across reloads.
     pub breakers: breaker::Breakers,
@@ -268,6 +271,7 @@ fn assemble(
         decoder: crate::imaging::DecodePool::new(config.limits.decode_concurrency, config.limits.max_image_pixels),
         metrics: metrics.clone(),
         credentials: Arc::new(credentials::Credentials::new()),
+        jwks: Arc::new(jwks::JwksCache::new()),
         breakers: breaker::BreakerStore::default(),
         slots: slots::SlotPool::default(),
         admission: options.admission,

@@ -14,7 +14,7 @@
 //! client-connection limits, the decode pool's) are compared with the ones the process started with: a change is logged as
 //! taking effect only on restart or upgrade, and the rest of the reload applies.
 
-use super::{breaker, credentials, slots, AppState};
+use super::{breaker, credentials, jwks, slots, AppState};
 use crate::auth::KeyStore;
 use crate::config::{Config, ConfigErrors};
 use crate::imaging::DecodePool;
@@ -37,6 +37,7 @@ pub(super) struct Lasting {
     pub(super) metrics: Arc<Metrics>,
     pub(super) connector: Arc<Connector>,
     pub(super) credentials: Arc<credentials::Credentials>,
+    pub(super) jwks: Arc<jwks::JwksCache>,
     pub(super) breakers: breaker::BreakerStore,
     pub(super) slots: slots::SlotPool,
     pub(super) decoder: DecodePool,
@@ -150,6 +151,7 @@ fn state_for(config: Config, lasting: &Lasting) -> AppState {
         metrics: lasting.metrics.clone(),
         connector: lasting.connector.clone(),
         credentials: lasting.credentials.clone(),
+        jwks: lasting.jwks.clone(),
         breakers: update.breakers,
         slots: lasting.slots.slots(&config.providers, &lasting.metrics),
         decoder: lasting.decoder.clone(),

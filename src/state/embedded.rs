@@ -200,6 +200,12 @@ impl JobStore for EmbeddedJobs {
         Ok(job.filter(|j| j.owner == owner && j.expires_at.is_none_or(|t| t > now)))
     }
 
+    async fn get_any_owner(&self, id: &str, now: u64) -> StateResult<Option<JobRecord>> {
+        let id = id.to_string();
+        let job = self.with(move |db| get_row(db, &id)).await?;
+        Ok(job.filter(|j| j.expires_at.is_none_or(|t| t > now)))
+    }
+
     async fn claim(&self, claim: &Claim<'_>, now: u64) -> StateResult<Option<JobRecord>> {
         let (worker, lease, max) = (claim.worker.to_string(), millis(claim.lease), claim.max_attempts);
         self.with(move |db| {

@@ -237,6 +237,9 @@ pub trait JobStore: Send + Sync {
     /// same `None` as an unknown id.
     async fn get(&self, id: &str, owner: &str, now: u64) -> StateResult<Option<JobRecord>>;
 
+    /// The job `id`, whoever submitted it, if it has not expired: for admin callers.
+    async fn get_any_owner(&self, id: &str, now: u64) -> StateResult<Option<JobRecord>>;
+
     /// Claims the oldest runnable job (pending, or processing with a lease passed before
     /// `now`) for `claim.worker` until `now + claim.lease`, counting an attempt. A job whose
     /// attempts are used up is failed ([`abandoned_error`]) instead, and the next one tried.

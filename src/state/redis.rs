@@ -293,6 +293,12 @@ impl JobStore for RedisJobs {
         Ok(job.filter(|j| j.owner == owner && j.expires_at.is_none_or(|t| t > now)))
     }
 
+    async fn get_any_owner(&self, id: &str, now: u64) -> StateResult<Option<JobRecord>> {
+        let mut con = self.con().await?;
+        let job = self.load(&mut con, id).await?;
+        Ok(job.filter(|j| j.expires_at.is_none_or(|t| t > now)))
+    }
+
     async fn claim(&self, claim: &Claim<'_>, now: u64) -> StateResult<Option<JobRecord>> {
         let mut con = self.con().await?;
         let id: Option<String> = self

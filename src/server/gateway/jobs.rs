@@ -15,8 +15,8 @@
 //! spool, then the same candidate loop (fallbacks, retries, every provider kind) as a
 //! synchronous request, with nobody to stream to ([`Client::Detached`]).
 //!
-//! A job belongs to its submitter's virtual key: any other caller gets the same 404 as for an
-//! unknown or expired id. Its result stays readable for its TTL after it ends
+//! A job belongs to its submitter's virtual key (the key itself or a JWT naming it): any other
+//! caller gets the same 404 as for an unknown or expired id; an admin token reads every job. Its result stays readable for its TTL after it ends
 //! (`x-bf-async-job-result-ttl`, else `jobs.result_ttl_seconds`).
 
 use super::answer::Client;
@@ -62,23 +62,23 @@ struct JobRequest {
     request_id: String,
 }
 
-/// The owner a job is bound to: the caller's virtual key.
+/// The owner a job is bound to: the caller's virtual key (however presented: the key itself
+/// or a JWT naming it), else `admin` for an admin token, else `anonymous`.
 fn owner(identity: &Identity) -> String {
     match &identity.key_id {
         Some(id) => format!("vk:{id}"),
+        None if identity.admin => "admin".to_string(),
         None => "anonymous".to_string(),
     }
 }
 
-/// The identity a job of `owner` runs as: its key as configured now (gone or disabled: 401).
+/// The identity a job of `owner` runs as: its key as configured now (gone, disabled or
+/// expired: 401); an admin token's job as admin.
 fn identity_of(state: &AppState, owner: &str) -> Result<Identity, GatewayError> {
     match owner.strip_prefix("vk:") {
-        Some(id) => state.keys.identity_of(id),
-        None if state.config.auth.allow_anonymous => Ok(Identity {
-            key_id: None,
-            providers: None,
-            models: None,
-        }),
+        Some(id) => state.keys.identity_of(id, now_ms() / 1000),
+        None if owner == "admin" => Ok(Identity::admin()),
+        None if state.config.auth.allow_anonymous => Ok(Identity::anonymous()),
         None => Err(GatewayError::VirtualKeyRequired),
     }
 }
@@ -105,7 +105,7 @@ pub(super) async fn submit(
     ctx: &mut RequestCtx,
     framing: Framing,
 ) -> Result<UnifiedAnswer, GatewayError> {
-    let identity = state.keys.authenticate(&session.req_header().headers)?;
+    let identity = crate::server::jwks::authenticate(state, &session.req_header().headers).await?;
     let ttl = result_ttl(
         session
             .req_header()
@@ -180,16 +180,18 @@ fn plausible_id(id: &str) -> bool {
 
 /// The caller's job `id`, if it has one by that id that has not expired.
 async fn find(state: &AppState, session: &Session, id: &str) -> Result<JobRecord, GatewayError> {
-    let identity = state.keys.authenticate(&session.req_header().headers)?;
+    let identity = crate::server::jwks::authenticate(state, &session.req_header().headers).await?;
     if !plausible_id(id) {
         return Err(GatewayError::JobNotFound);
     }
-    state
-        .store
-        .jobs
-        .get(id, &owner(&identity), now_ms())
-        .await?
-        .ok_or(GatewayError::JobNotFound)
+    let jobs = &state.store.jobs;
+    let job = if identity.admin {
+        // An admin token reads (and cancels) every job.
+        jobs.get_any_owner(id, now_ms()).await?
+    } else {
+        jobs.get(id, &owner(&identity), now_ms()).await?
+    };
+    job.ok_or(GatewayError::JobNotFound)
 }
 
 /// `GET …/async/images/edits/{id}`: the job as Bifrost shows it, with its status code (202
@@ -437,10 +439,10 @@ mod tests {
     fn owners_are_the_key_ids() {
         let id = |key: Option<&str>| Identity {
             key_id: key.map(str::to_string),
-            providers: None,
-            models: None,
+            ..Identity::default()
         };
         assert_eq!(owner(&id(Some("team-a"))), "vk:team-a");
         assert_eq!(owner(&id(None)), "anonymous");
+        assert_eq!(owner(&Identity::admin()), "admin");
     }
 }

@@ -290,7 +290,7 @@ async fn image_edit(
     framing: Framing,
 ) -> std::result::Result<Reply, GatewayError> {
     // auth: the caller's virtual key, from the head alone; then the head's own checks.
-    let identity = state.keys.authenticate(&session.req_header().headers)?;
+    let identity = crate::server::jwks::authenticate(state, &session.req_header().headers).await?;
     let head = check_head(state, session).await?;
     // parse: the body into the spool, every field checked as it arrives, `model` routed at
     // once; a large upload's first attempt starts meanwhile.

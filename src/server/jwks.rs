@@ -1,0 +1,159 @@
+//! The signing keys of JWT issuers configured with a `jwks_url`, and the auth step as the
+//! gateway runs it ([`authenticate`]).
+//!
+//! - A JWKS is fetched through the same pooled Pingora connector (and TLS roots,
+//!   `server.ca_file` included) as provider calls, on the first token of its issuer, and kept
+//!   for the process's lifetime (across reloads, by URL).
+//! - A token whose `kid` is not in the cached set fetches it again, at most once per
+//!   `jwks_refresh_interval_ms` per URL, one fetch at a time: concurrent requests wait for it
+//!   and then look again.
+//! - A failed fetch (unreachable, non-2xx, not a JWKS) keeps the last good set, and is logged
+//!   without the answer's body; with no set at all the token is refused (401
+//!   `token_unknown_key`, "signing keys are unavailable").
+//!
+//! The pure checks are in [`crate::auth`]; only the fetching and its cache live here.
+
+use super::AppState;
+use crate::auth::{FetchedKeys, Identity, KeySet, KeyStore, Verdict};
+use crate::config::{parse_jwks, BaseUrl, JwtKeySource, ProviderConfig, ProviderOptions, Timeouts};
+use crate::error::GatewayError;
+use crate::kind::ProviderKind;
+use crate::route::Target;
+use crate::server::exchange::{exchange, Collect};
+use crate::spool::Spool;
+use arc_swap::ArcSwapOption;
+use http::HeaderMap;
+use pingora::connectors::http::Connector;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The longest a JWKS fetch may take, connection included.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The cache of one JWKS URL.
+#[derive(Default)]
+struct Slot {
+    /// The last good set.
+    set: ArcSwapOption<KeySet>,
+    /// Held while fetching; holds when the last fetch started.
+    refresh: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// The JWKS of every `jwks_url` issuer, by URL; one per process, shared by all requests.
+#[derive(Default)]
+pub struct JwksCache {
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+impl JwksCache {
+    /// A new, empty cache.
+    pub fn new() -> Self {
+        JwksCache::default()
+    }
+
+    fn slot(&self, url: &str) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.entry(url.to_string()).or_default().clone()
+    }
+
+    /// Fetches the set of `url` again unless a fetch started less than `interval` ago (then
+    /// this waits for a running one, if any, and returns). A failure keeps the last good set.
+    async fn refresh(&self, connector: &Connector, url: &BaseUrl, text: &str, interval: Duration) {
+        let slot = self.slot(text);
+        let mut last = slot.refresh.lock().await;
+        if last.is_some_and(|t| t.elapsed() < interval) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match fetch(connector, url).await {
+            Ok(set) => {
+                log::info!("jwks {text}: {} keys", set.len());
+                slot.set.store(Some(Arc::new(set)));
+            }
+            Err(why) => log::warn!("jwks {text}: cannot refresh ({why}); keeping the last good set"),
+        }
+    }
+}
+
+/// The cached sets, as the issuers of one config see them.
+struct Cached<'a> {
+    cache: &'a JwksCache,
+    keys: &'a KeyStore,
+}
+
+impl FetchedKeys for Cached<'_> {
+    fn keys(&self, index: usize) -> Option<Arc<KeySet>> {
+        match &self.keys.issuer(index)?.keys {
+            JwtKeySource::Url { text, .. } => self.cache.slot(text).set.load_full(),
+            _ => None,
+        }
+    }
+}
+
+/// The auth step: who the caller of this request head is ([`KeyStore::authenticate`]), a JWKS
+/// fetched first when a token's key is not cached yet.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Identity, GatewayError> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let cached = Cached {
+        cache: &state.jwks,
+        keys: &state.keys,
+    };
+    let issuer = match state.keys.authenticate(headers, now, &cached)? {
+        Verdict::Caller(identity) => return Ok(identity),
+        Verdict::FetchKeys { issuer } => issuer,
+    };
+    let config = state.keys.issuer(issuer).ok_or(KeyStore::unknown_key(false))?;
+    if let JwtKeySource::Url { url, text } = &config.keys {
+        state
+            .jwks
+            .refresh(&state.connector, url, text, config.jwks_refresh_interval)
+            .await;
+    }
+    match state.keys.authenticate(headers, now, &cached)? {
+        Verdict::Caller(identity) => Ok(identity),
+        Verdict::FetchKeys { issuer } => Err(KeyStore::unknown_key(cached.keys(issuer).is_some())),
+    }
+}
+
+/// One GET of the JWKS at `url`: its usable keys, or why not (without the body).
+async fn fetch(connector: &Connector, url: &BaseUrl) -> Result<KeySet, String> {
+    let provider = ProviderConfig {
+        name: "jwks".to_string(),
+        kind: ProviderKind::OpenAi,
+        base_url: url.clone(),
+        timeouts: Timeouts {
+            connect: FETCH_TIMEOUT,
+            first_byte: FETCH_TIMEOUT,
+            idle: FETCH_TIMEOUT,
+            total: FETCH_TIMEOUT,
+            pool_idle: Timeouts::default().pool_idle,
+        },
+        keys: Vec::new(),
+        options: ProviderOptions::default(),
+    };
+    let target = Target {
+        provider: Arc::new(provider),
+        key_index: 0,
+        model: String::new(),
+        access_token: None,
+    };
+    let path = if url.path.is_empty() { "/".to_string() } else { url.path.clone() };
+    let request = crate::providers::UpstreamRequest {
+        method: http::Method::GET,
+        path,
+        headers: vec![
+            (http::header::ACCEPT, "application/json".to_string()),
+            (http::header::ACCEPT_ENCODING, "identity".to_string()),
+        ],
+        body: Vec::new(),
+    };
+    let answer = exchange(connector, &target, &request, &Spool::new(0, None), &mut Collect)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !(200..300).contains(&answer.status) {
+        return Err(format!("HTTP {}", answer.status));
+    }
+    let set = parse_jwks(&answer.body)?;
+    Ok(KeySet::from_jwks(&set))
+}

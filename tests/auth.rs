@@ -174,8 +174,8 @@ fn client_provider_key_never_forwarded() {
     let r = gw.edit(&valid_form(), &[("x-bf-vk", VK), ("Authorization", &bearer)]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_only_provider_key(&mock.only_request(), CLIENT_KEY);
-    // and alone it is no key at all
+    // and alone it is a key the gateway does not know (issue 15: it used to count as none)
     let r = gw.edit(&valid_form(), &[("Authorization", &bearer)]);
-    assert_gateway_error(&r, 401, "virtual_key_required", "authentication_error", None);
+    assert_gateway_error(&r, 401, "virtual_key_not_found", "authentication_error", None);
     assert!(!r.text().contains(CLIENT_KEY));
 }

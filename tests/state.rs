@@ -183,6 +183,10 @@ async fn job_store_conformance(jobs: &dyn JobStore) {
     assert_eq!(read.request, a.request);
     assert_eq!(read.objects, vec!["uploads/team-a/0".to_string()]);
     assert!(jobs.get(&a.id, "team-b", t).await.unwrap().is_none(), "another owner");
+    // An admin's lookup reads it whoever owns it.
+    let any = jobs.get_any_owner(&a.id, t).await.unwrap().unwrap();
+    assert_eq!((any.id.as_str(), any.owner.as_str()), (a.id.as_str(), "team-a"));
+    assert!(jobs.get_any_owner("AAAAAAAAAAAAAAAAAAAAAA", t).await.unwrap().is_none());
     assert!(jobs.get("AAAAAAAAAAAAAAAAAAAAAA", "team-a", t).await.unwrap().is_none());
 
     // Claim with a lease; nothing else is runnable meanwhile.
@@ -246,6 +250,7 @@ async fn job_store_conformance(jobs: &dyn JobStore) {
         jobs.get(&b.id, "team-b", t + 100 + 60_000).await.unwrap().is_none(),
         "expired"
     );
+    assert!(jobs.get_any_owner(&b.id, t + 100 + 60_000).await.unwrap().is_none(), "expired for admins too");
     let mut removed = jobs.remove_expired(t + 100 + 59_999, 100).await.unwrap();
     assert_eq!(removed.len(), 1, "only the abandoned job (expired at t+63000) is due");
     assert_eq!(removed[0].id, a.id);

@@ -36,6 +36,14 @@ VIRTUAL_KEY = "sk-bf-test"
 SIM_PROVIDER_KEY = "sim-key-for-tests"
 MOCK_PROVIDER_KEY = "mock-provider-key-5f1c2a"
 
+# JWT issuers (tests/sdk/test_jwt.py): an MPilot-style HS256 issuer whose secret the gateway
+# reads from the environment, and a TrueFoundry-style RS256 issuer whose JWKS is a file the
+# harness writes (the RSA key made at start, by `cryptography`).
+JWT_SECRET = "sdk-test-hs256-secret-0123456789abcdef-0123"
+MPILOT_ISSUER = "https://mpilot.test"
+TFY_ISSUER = "https://tfy.test"
+JWT_AUDIENCE = "refract"
+
 # A 1x1 opaque PNG, the mock upstream's answer image.
 ONE_PIXEL_PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYPj/HwADAgH/eL9GtQAAAABJRU5ErkJggg=="
@@ -304,6 +312,7 @@ class Gateway:
         self.sim_port = free_port()
         # Nothing listens here: a provider that is down (connections refused).
         self.down_port = free_port()
+        self.jwt_rsa_key = None  # set by jwks_file()
         self.config_path = workdir / "refract-test.yaml"
         self.log_path = workdir / "refract.log"
         self.config_path.write_text(self.config_yaml())
@@ -321,6 +330,11 @@ listeners:
   - address: 127.0.0.1:{self.port}
 metrics:
   address: 127.0.0.1:{self.metrics_port}
+auth:
+  jwt:
+    issuers:
+      - {{issuer: "{MPILOT_ISSUER}", audiences: [{JWT_AUDIENCE}], secret: env.REFRACT_TEST_JWT_SECRET, admin_claim: role, admin_value: admin}}
+      - {{issuer: "{TFY_ISSUER}", audiences: [{JWT_AUDIENCE}], jwks_file: "{self.jwks_file()}", algorithms: [RS256], virtual_key_claim: sub}}
 {self.limits_yaml()}simulator:
   address: 127.0.0.1:{self.sim_port}
 providers:
@@ -414,6 +428,19 @@ virtual_keys:
             return ""
         return "limits:\n" + "".join(f"  {k}: {v}\n" for k, v in self.limits.items())
 
+    def jwks_file(self) -> Path:
+        """A JWKS holding the public half of a fresh RSA key (kid `sdk-1`), which
+        `jwt_rsa_key` keeps for signing."""
+        import jwt
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.jwt_rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.jwt_rsa_key.public_key()))
+        jwk.update(kid="sdk-1", alg="RS256", use="sig")
+        path = self.workdir / "jwks.json"
+        path.write_text(json.dumps({"keys": [jwk]}))
+        return path
+
     def service_account_file(self) -> Path:
         """The test service account (tests/fixtures) with its token_uri pointed at the
         simulator's fake OAuth endpoint."""
@@ -439,7 +466,7 @@ virtual_keys:
 
     def start(self, timeout: float = 30.0) -> None:
         log = open(self.log_path, "wb")
-        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), REFRACT_TEST_JWT_SECRET=JWT_SECRET)
         self.proc = subprocess.Popen(
             [str(refract_bin()), "-c", str(self.config_path)],
             stdin=subprocess.DEVNULL,

@@ -139,7 +139,10 @@ providers: [{{name: openai, kind: openai, keys: [{{name: k, value: sk-up}}]}}]
 
 fn bearer(token: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+    h.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
     h
 }
 
@@ -171,7 +174,10 @@ fn every_algorithm_mints_a_virtual_key_token() {
         assert_eq!(id.subject.as_deref(), Some("team-a"));
         assert!(!id.admin);
     }
-    let token = mint(&hmac(HS_SECRET), json!({"iss": MPILOT, "aud": ["x", "refract"], "vk": "narrow", "sub": "u1"}));
+    let token = mint(
+        &hmac(HS_SECRET),
+        json!({"iss": MPILOT, "aud": ["x", "refract"], "vk": "narrow", "sub": "u1"}),
+    );
     let id = authenticate(&store, &token).unwrap();
     assert_eq!(id.key_id.as_deref(), Some("narrow"));
     assert_eq!(id.subject.as_deref(), Some("u1"));
@@ -184,18 +190,28 @@ fn every_algorithm_mints_a_virtual_key_token() {
 fn an_admin_token_may_use_everything_and_a_models_claim_narrows_it() {
     let (store, _dir) = key_store(&[]);
     let hs = hmac(HS_SECRET);
-    let admin = authenticate(&store, &mint(&hs, json!({"iss": MPILOT, "aud": "refract", "role": "admin"}))).unwrap();
+    let admin = authenticate(
+        &store,
+        &mint(&hs, json!({"iss": MPILOT, "aud": "refract", "role": "admin"})),
+    )
+    .unwrap();
     assert!(admin.admin);
     assert_eq!(admin.key_id, None);
     assert!(admin.check("anything", "at-all").is_ok());
     // a narrowed token asking for another model: 403
-    let token = mint(&hs, json!({"iss": MPILOT, "aud": "refract", "vk": "team-a", "models": ["openai/gpt-image-1"]}));
+    let token = mint(
+        &hs,
+        json!({"iss": MPILOT, "aud": "refract", "vk": "team-a", "models": ["openai/gpt-image-1"]}),
+    );
     let id = authenticate(&store, &token).unwrap();
     assert!(id.check("openai", "gpt-image-1").is_ok());
     let e = id.check("openai", "dall-e-2").unwrap_err();
     assert_eq!((e.status(), e.code()), (403, "model_blocked"));
     // the claim never widens the key's own list
-    let token = mint(&hs, json!({"iss": MPILOT, "aud": "refract", "vk": "narrow", "models": ["openai/*"]}));
+    let token = mint(
+        &hs,
+        json!({"iss": MPILOT, "aud": "refract", "vk": "narrow", "models": ["openai/*"]}),
+    );
     let id = authenticate(&store, &token).unwrap();
     assert_eq!(id.check("openai", "dall-e-2").unwrap_err().code(), "model_blocked");
     // a role that is not the admin value is an ordinary token, which must name a key
@@ -220,23 +236,41 @@ fn every_forged_or_stale_token_is_401_with_its_reason() {
     let cases: Vec<(&str, String)> = vec![
         ("token_expired", mint(&hs, with(json!({"exp": now() - 120})))),
         ("token_not_yet_valid", mint(&hs, with(json!({"nbf": now() + 600})))),
-        ("token_unknown_issuer", mint(&hs, with(json!({"iss": "https://evil.test"})))),
+        (
+            "token_unknown_issuer",
+            mint(&hs, with(json!({"iss": "https://evil.test"}))),
+        ),
         ("token_wrong_audience", mint(&hs, with(json!({"aud": "someone-else"})))),
-        ("token_wrong_audience", mint(&hs, json!({"iss": MPILOT, "vk": "team-a"}))),
-        ("token_invalid_claim", mint(&hs, json!({"iss": MPILOT, "aud": "refract"}))),
-        ("token_bad_signature", mint(&hmac("another-secret-0123456789abcdef-xyz"), good.clone())),
+        (
+            "token_wrong_audience",
+            mint(&hs, json!({"iss": MPILOT, "vk": "team-a"})),
+        ),
+        (
+            "token_invalid_claim",
+            mint(&hs, json!({"iss": MPILOT, "aud": "refract"})),
+        ),
+        (
+            "token_bad_signature",
+            mint(&hmac("another-secret-0123456789abcdef-xyz"), good.clone()),
+        ),
         ("virtual_key_not_found", mint(&hs, with(json!({"vk": "nobody"})))),
         ("virtual_key_blocked", mint(&hs, with(json!({"vk": "off"})))),
         ("virtual_key_expired", mint(&hs, with(json!({"vk": "old"})))),
         // an unknown kid in a JWKS file
         (
             "token_unknown_key",
-            mint(&rsa("not-in-the-file"), json!({"iss": FILE_ISSUER, "aud": "refract", "sub": "team-a"})),
+            mint(
+                &rsa("not-in-the-file"),
+                json!({"iss": FILE_ISSUER, "aud": "refract", "sub": "team-a"}),
+            ),
         ),
         // EdDSA is allowed, but the file has no Ed25519 key with this kid
         (
             "token_unknown_key",
-            mint(&ed("r1"), json!({"iss": FILE_ISSUER, "aud": "refract", "sub": "team-a"})),
+            mint(
+                &ed("r1"),
+                json!({"iss": FILE_ISSUER, "aud": "refract", "sub": "team-a"}),
+            ),
         ),
     ];
     for (code, token) in &cases {
@@ -260,7 +294,10 @@ fn every_forged_or_stale_token_is_401_with_its_reason() {
         kid: Some("r1".into()),
         ..hmac(&public.n)
     };
-    let token = mint(&confused, json!({"iss": FILE_ISSUER, "aud": "refract", "sub": "team-a"}));
+    let token = mint(
+        &confused,
+        json!({"iss": FILE_ISSUER, "aud": "refract", "sub": "team-a"}),
+    );
     assert_eq!(refused(&store, &token), "token_algorithm_not_allowed");
     // ... and an RS256 token presented to the HS issuer
     let token = mint(&r, good.clone());
@@ -270,7 +307,12 @@ fn every_forged_or_stale_token_is_401_with_its_reason() {
     let token = mint(&e, json!({"iss": FILE_ISSUER, "aud": "refract", "sub": "narrow"}));
     let parts: Vec<&str> = token.split('.').collect();
     let forged_claims = json!({"iss": FILE_ISSUER, "aud": "refract", "sub": "team-a", "exp": now() + 3600});
-    let forged = format!("{}.{}.{}", parts[0], b64(forged_claims.to_string().as_bytes()), parts[2]);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(forged_claims.to_string().as_bytes()),
+        parts[2]
+    );
     assert_eq!(refused(&store, &forged), "token_bad_signature");
 
     // garbage shaped like a JWT
@@ -480,7 +522,10 @@ fn an_unreachable_jwks_endpoint_refuses_its_tokens_with_a_reason() {
     assert!(v["error"]["message"].as_str().unwrap().contains("unavailable"), "{v}");
     assert!(!r.text().contains(&token));
     // the HS issuer is not affected
-    let hs_token = mint(&hmac(HS_SECRET), json!({"iss": MPILOT, "aud": "refract", "vk": "team-a"}));
+    let hs_token = mint(
+        &hmac(HS_SECRET),
+        json!({"iss": MPILOT, "aud": "refract", "vk": "team-a"}),
+    );
     assert_eq!(gw.edit(&[("Authorization", &auth_header(&hs_token))]).status, 200);
     assert_eq!(up.requests().len(), 1);
 }
@@ -491,11 +536,17 @@ fn tokens_are_refused_end_to_end_and_narrowed_tokens_get_403() {
     let jwks = JwksServer::start(&[]);
     let gw = start_gateway(&up.base_url(), &jwks.url(), 1000);
     let hs = hmac(HS_SECRET);
-    let expired = mint(&hs, json!({"iss": MPILOT, "aud": "refract", "vk": "team-a", "exp": now() - 600}));
+    let expired = mint(
+        &hs,
+        json!({"iss": MPILOT, "aud": "refract", "vk": "team-a", "exp": now() - 600}),
+    );
     let r = gw.edit(&[("Authorization", &auth_header(&expired))]);
     let v = assert_gateway_error(&r, 401, "token_expired", "authentication_error", None);
     assert_eq!(v["error"]["message"], "the token has expired");
-    let narrowed = mint(&hs, json!({"iss": MPILOT, "aud": "refract", "vk": "team-a", "models": ["openai/dall-e-2"]}));
+    let narrowed = mint(
+        &hs,
+        json!({"iss": MPILOT, "aud": "refract", "vk": "team-a", "models": ["openai/dall-e-2"]}),
+    );
     let r = gw.edit(&[("Authorization", &auth_header(&narrowed))]);
     assert_gateway_error(&r, 403, "model_blocked", "permission_error", Some("model"));
     assert!(up.requests().is_empty(), "nothing went upstream");
@@ -509,9 +560,15 @@ fn job_ownership_follows_the_key_and_admins_read_every_job() {
     let jwks = JwksServer::start(&[]);
     let gw = start_gateway(&up.base_url(), &jwks.url(), 1000);
     let hs = hmac(HS_SECRET);
-    let team_a_token = auth_header(&mint(&hs, json!({"iss": MPILOT, "aud": "refract", "vk": "team-a", "sub": "alice"})));
+    let team_a_token = auth_header(&mint(
+        &hs,
+        json!({"iss": MPILOT, "aud": "refract", "vk": "team-a", "sub": "alice"}),
+    ));
     let team_b_token = auth_header(&mint(&hs, json!({"iss": MPILOT, "aud": "refract", "vk": "team-b"})));
-    let admin = auth_header(&mint(&hs, json!({"iss": MPILOT, "aud": "refract", "role": ["ops", "admin"], "sub": "root"})));
+    let admin = auth_header(&mint(
+        &hs,
+        json!({"iss": MPILOT, "aud": "refract", "role": ["ops", "admin"], "sub": "root"}),
+    ));
 
     let submit = |headers: &[(&str, &str)]| {
         let r = gw.post("/v1/async/images/edits", headers);
@@ -521,11 +578,17 @@ fn job_ownership_follows_the_key_and_admins_read_every_job() {
     // submitted with the raw key, read with a JWT naming it (jobs.workers: 0, so it stays pending)
     let by_key = submit(&[("x-bf-vk", "team-a-plain-key")]);
     let path = format!("/v1/async/images/edits/{by_key}");
-    assert_eq!(gw.request("GET", &path, &[("Authorization", &team_a_token)]).status, 202);
+    assert_eq!(
+        gw.request("GET", &path, &[("Authorization", &team_a_token)]).status,
+        202
+    );
     // and the other way round
     let by_token = submit(&[("Authorization", &team_a_token)]);
     let path2 = format!("/v1/async/images/edits/{by_token}");
-    assert_eq!(gw.request("GET", &path2, &[("x-api-key", "team-a-plain-key")]).status, 202);
+    assert_eq!(
+        gw.request("GET", &path2, &[("x-api-key", "team-a-plain-key")]).status,
+        202
+    );
     // another key: 404, as for an unknown id
     for p in [&path, &path2] {
         let r = gw.request("GET", p, &[("Authorization", &team_b_token)]);

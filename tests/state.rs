@@ -250,7 +250,10 @@ async fn job_store_conformance(jobs: &dyn JobStore) {
         jobs.get(&b.id, "team-b", t + 100 + 60_000).await.unwrap().is_none(),
         "expired"
     );
-    assert!(jobs.get_any_owner(&b.id, t + 100 + 60_000).await.unwrap().is_none(), "expired for admins too");
+    assert!(
+        jobs.get_any_owner(&b.id, t + 100 + 60_000).await.unwrap().is_none(),
+        "expired for admins too"
+    );
     let mut removed = jobs.remove_expired(t + 100 + 59_999, 100).await.unwrap();
     assert_eq!(removed.len(), 1, "only the abandoned job (expired at t+63000) is due");
     assert_eq!(removed[0].id, a.id);

@@ -218,9 +218,15 @@ pub(super) fn verify(
     };
     let header = segment(header)?;
     let payload = segment(payload)?;
-    let alg_name = header.get("alg").and_then(Value::as_str).ok_or(TokenRejection::Malformed)?;
+    let alg_name = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(TokenRejection::Malformed)?;
     let alg = algorithm(alg_name).ok_or_else(|| TokenRejection::AlgorithmNotAllowed(printable(alg_name)))?;
-    let iss = payload.get("iss").and_then(Value::as_str).ok_or(TokenRejection::UnknownIssuer)?;
+    let iss = payload
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or(TokenRejection::UnknownIssuer)?;
     let (index, issuer) = issuers
         .iter()
         .enumerate()

@@ -22,8 +22,8 @@ pub mod jwt;
 use crate::config::{Config, VirtualKeyConfig};
 use crate::error::GatewayError;
 use http::HeaderMap;
-use jwt::{Issuer, Verification};
 pub use jwt::{FetchedKeys, KeySet, TokenRejection};
+use jwt::{Issuer, Verification};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
@@ -424,7 +424,10 @@ mod tests {
             ..Identity::default()
         };
         assert!(narrowed.check("openai", "gpt-image-1").is_ok());
-        assert_eq!(narrowed.check("openai", "dall-e-2").unwrap_err().code(), "model_blocked");
+        assert_eq!(
+            narrowed.check("openai", "dall-e-2").unwrap_err().code(),
+            "model_blocked"
+        );
         // demo/* in the token does not add what the key lacks
         assert_eq!(narrowed.check("demo", "x").unwrap_err().code(), "model_blocked");
         let admin = Identity {

@@ -120,7 +120,10 @@ pub(super) fn auth(mut f: Fields<'_>, env: Env<'_>) -> AuthSettings {
             let issuer = Fields::new(value, path.clone(), problems);
             if let Some(built) = jwt_issuer(issuer, env) {
                 if issuers.iter().any(|i: &JwtIssuer| i.issuer == built.issuer) {
-                    problems.add(&format!("{path}.issuer"), format!("duplicate issuer '{}'", built.issuer));
+                    problems.add(
+                        &format!("{path}.issuer"),
+                        format!("duplicate issuer '{}'", built.issuer),
+                    );
                 }
                 issuers.push(built);
             }
@@ -300,7 +303,8 @@ mod tests {
 
     #[test]
     fn issuers_parse_with_defaults() {
-        let c = from_yaml_str_with_env(&with("        secret: env.LONG\n        audiences: [refract]\n"), &env).unwrap();
+        let c =
+            from_yaml_str_with_env(&with("        secret: env.LONG\n        audiences: [refract]\n"), &env).unwrap();
         let i = &c.auth.issuers[0];
         assert!(matches!(i.keys, JwtKeySource::Secret(_)));
         assert_eq!(i.algorithms, vec![jsonwebtoken::Algorithm::HS256]);
@@ -314,14 +318,46 @@ mod tests {
         let cases = [
             ("        secret: env.SHORT\n", "secret", "too short"),
             ("        secret: env.NOPE\n", "secret", "NOPE is not set"),
-            ("        secret: literal-secret-literal-secret-literal\n", "secret", "must be env.NAME"),
-            ("        jwks_file: /nonexistent/jwks.json\n", "jwks_file", "cannot read /nonexistent/jwks.json"),
-            ("        jwks_url: ftp://keys\n", "jwks_url", "scheme must be http or https"),
-            ("        jwks_url: https://a/b\n        algorithms: [HS256]\n", "algorithms[0]", "needs a shared secret"),
-            ("        secret: env.LONG\n        algorithms: [RS256]\n", "algorithms[0]", "needs public keys"),
-            ("        secret: env.LONG\n        algorithms: [none]\n", "algorithms[0]", "unknown algorithm 'none'"),
-            ("        secret: env.LONG\n        admin_claim: role\n", "admin_value", "missing"),
-            ("        leeway_seconds: 1\n", "auth.jwt.issuers[0]", "give one of jwks_url"),
+            (
+                "        secret: literal-secret-literal-secret-literal\n",
+                "secret",
+                "must be env.NAME",
+            ),
+            (
+                "        jwks_file: /nonexistent/jwks.json\n",
+                "jwks_file",
+                "cannot read /nonexistent/jwks.json",
+            ),
+            (
+                "        jwks_url: ftp://keys\n",
+                "jwks_url",
+                "scheme must be http or https",
+            ),
+            (
+                "        jwks_url: https://a/b\n        algorithms: [HS256]\n",
+                "algorithms[0]",
+                "needs a shared secret",
+            ),
+            (
+                "        secret: env.LONG\n        algorithms: [RS256]\n",
+                "algorithms[0]",
+                "needs public keys",
+            ),
+            (
+                "        secret: env.LONG\n        algorithms: [none]\n",
+                "algorithms[0]",
+                "unknown algorithm 'none'",
+            ),
+            (
+                "        secret: env.LONG\n        admin_claim: role\n",
+                "admin_value",
+                "missing",
+            ),
+            (
+                "        leeway_seconds: 1\n",
+                "auth.jwt.issuers[0]",
+                "give one of jwks_url",
+            ),
         ];
         for (issuer, path, message) in cases {
             let path = if path.starts_with("auth") {

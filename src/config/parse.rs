@@ -16,8 +16,8 @@ use serde_yaml::Value;
 use super::fields::{Fields, Problems};
 use super::url::parse_socket_addr;
 use super::{
-    providers, Config, ConfigProblem, Limits, Listener, MetricsSettings, ServerSettings,
-    SimulatorSettings, SpoolSettings, TlsFiles, MAX_HEAD_BYTES_LIMIT, MIB,
+    providers, Config, ConfigProblem, Limits, Listener, MetricsSettings, ServerSettings, SimulatorSettings,
+    SpoolSettings, TlsFiles, MAX_HEAD_BYTES_LIMIT, MIB,
 };
 
 /// Resolves an environment variable (`None` = not set).

@@ -289,7 +289,10 @@ fn auth(config: &Config, raw_issuers: Option<&serde_yaml::Value>) -> Value {
                 e.insert("admin_value".into(), json!(value));
             }
             e.insert("models_claim".into(), json!(issuer.models_claim));
-            e.insert("jwks_refresh_interval_ms".into(), json!(ms(issuer.jwks_refresh_interval)));
+            e.insert(
+                "jwks_refresh_interval_ms".into(),
+                json!(ms(issuer.jwks_refresh_interval)),
+            );
             Value::Object(e)
         })
         .collect();
@@ -311,7 +314,10 @@ fn virtual_key(v: &VirtualKeyConfig, raw: &serde_yaml::Value) -> Value {
     m.insert("models".into(), json!(v.models));
     if let Some(t) = v.expires_at {
         let at = std::time::UNIX_EPOCH + Duration::from_secs(t);
-        m.insert("expires_at".into(), json!(humantime::format_rfc3339_seconds(at).to_string()));
+        m.insert(
+            "expires_at".into(),
+            json!(humantime::format_rfc3339_seconds(at).to_string()),
+        );
     }
     Value::Object(m)
 }

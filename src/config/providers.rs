@@ -537,7 +537,10 @@ fn virtual_key(
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs())
             .or_else(|| {
-                f.report("expires_at", "expected an RFC 3339 UTC time such as 2027-01-31T00:00:00Z");
+                f.report(
+                    "expires_at",
+                    "expected an RFC 3339 UTC time such as 2027-01-31T00:00:00Z",
+                );
                 None
             })
     });

@@ -138,7 +138,11 @@ async fn fetch(connector: &Connector, url: &BaseUrl) -> Result<KeySet, String> {
         model: String::new(),
         access_token: None,
     };
-    let path = if url.path.is_empty() { "/".to_string() } else { url.path.clone() };
+    let path = if url.path.is_empty() {
+        "/".to_string()
+    } else {
+        url.path.clone()
+    };
     let request = crate::providers::UpstreamRequest {
         method: http::Method::GET,
         path,

@@ -6,9 +6,9 @@
 pub mod breaker;
 pub mod connections;
 pub mod credentials;
-pub mod jwks;
 pub mod exchange;
 pub mod gateway;
+pub mod jwks;
 mod metrics_app;
 pub mod reload;
 pub mod resolver;

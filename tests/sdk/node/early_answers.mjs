@@ -1,6 +1,6 @@
 // The OpenAI Node SDK (openai@5, Node's built-in fetch) against a running refract: sends
 // requests that the gateway answers before reading their body to its end, and reports how each
-// ended. Driven by tests/sdk/test_early_answers.py.
+// ended. Driven by tests/sdk/test_early_answers.py (and tests/sdk/test_jwt.py, with JWTs as apiKey).
 //
 //   node early_answers.mjs '<json: {cases: [{name, baseURL, apiKey, model, imageBytes, tries}]}>'
 //

@@ -377,6 +377,11 @@ struct JwtGateway {
 }
 
 fn start_gateway(upstream: &str, jwks_url: &str, refresh_ms: u64) -> JwtGateway {
+    start_gateway_aged(upstream, jwks_url, refresh_ms, 3_600_000)
+}
+
+/// [`start_gateway`], the fetched JWKS used for `max_age_ms`.
+fn start_gateway_aged(upstream: &str, jwks_url: &str, refresh_ms: u64, max_age_ms: u64) -> JwtGateway {
     let dir = tempfile::tempdir().unwrap();
     let listen = free_addr();
     let yaml = format!(
@@ -386,7 +391,7 @@ auth:
   jwt:
     issuers:
       - {{issuer: '{MPILOT}', audiences: [refract], secret: env.JWT_HS, admin_claim: role, admin_value: admin}}
-      - {{issuer: '{TFY}', audiences: [refract], jwks_url: '{jwks_url}', algorithms: [RS256, ES256], jwks_refresh_interval_ms: {refresh_ms}}}
+      - {{issuer: '{TFY}', audiences: [refract], jwks_url: '{jwks_url}', algorithms: [RS256, ES256], jwks_refresh_interval_ms: {refresh_ms}, jwks_max_age_ms: {max_age_ms}}}
 store: {{kind: embedded, path: '{store}'}}
 objects: {{kind: fs, path: '{objects}'}}
 jobs: {{workers: 0}}
@@ -509,6 +514,31 @@ fn jwks_is_fetched_cached_rotated_and_kept_when_the_endpoint_fails() {
     for token in [&t1, &t2] {
         assert_eq!(gw.edit(&[("Authorization", &auth_header(token))]).status, 200);
     }
+}
+
+/// A set past its max age is used while it is fetched again in the background: a key the
+/// issuer removed stops verifying.
+#[test]
+fn an_old_jwks_is_fetched_again_so_removed_keys_stop_verifying() {
+    let up = MockUpstream::start();
+    let (k1, k2) = (rsa("k1"), ec("k2"));
+    let jwks = JwksServer::start(&[&k1, &k2]);
+    let gw = start_gateway_aged(&up.base_url(), &jwks.url(), 100, 300);
+    let claims = json!({"iss": TFY, "aud": "refract", "vk": "team-a"});
+    let (t1, t2) = (mint(&k1, claims.clone()), mint(&k2, claims));
+    assert_eq!(gw.edit(&[("Authorization", &auth_header(&t1))]).status, 200);
+    assert_eq!(jwks.fetches(), 1);
+    // the issuer revokes k1
+    jwks.serve(Some(&[&k2]));
+    std::thread::sleep(Duration::from_millis(400));
+    // the old set still serves this request, and is fetched again meanwhile
+    assert_eq!(gw.edit(&[("Authorization", &auth_header(&t2))]).status, 200);
+    wait_until("the background JWKS fetch", || jwks.fetches() >= 2);
+    wait_until("k1 refused", || {
+        let r = gw.edit(&[("Authorization", &auth_header(&t1))]);
+        r.status == 401 && r.json()["error"]["code"] == "token_unknown_key"
+    });
+    assert_eq!(gw.edit(&[("Authorization", &auth_header(&t2))]).status, 200);
 }
 
 #[test]

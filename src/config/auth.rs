@@ -52,6 +52,9 @@ pub struct JwtIssuer {
     /// The shortest time between two fetches of a JWKS URL (`jwks_refresh_interval_ms`, default
     /// 10 s): a token with an unknown `kid` fetches the set again at most that often.
     pub jwks_refresh_interval: Duration,
+    /// How long a fetched JWKS is used before it is fetched again in the background
+    /// (`jwks_max_age_ms`, default 1 h), so a key the issuer removed stops verifying.
+    pub jwks_max_age: Duration,
 }
 
 /// Where an issuer's signing keys come from.
@@ -161,6 +164,7 @@ fn jwt_issuer(mut f: Fields<'_>, env: Env<'_>) -> Option<JwtIssuer> {
     };
     let models_claim = f.opt_str("models_claim").unwrap_or("models").to_string();
     let jwks_refresh_interval = f.opt_millis("jwks_refresh_interval_ms", Duration::from_secs(10), 0..=86_400_000);
+    let jwks_max_age = f.opt_millis("jwks_max_age_ms", Duration::from_secs(3600), 1..=604_800_000);
     f.finish();
     if problems.len() != before {
         return None;
@@ -175,6 +179,7 @@ fn jwt_issuer(mut f: Fields<'_>, env: Env<'_>) -> Option<JwtIssuer> {
         admin,
         models_claim,
         jwks_refresh_interval,
+        jwks_max_age,
     })
 }
 

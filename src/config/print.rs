@@ -293,6 +293,7 @@ fn auth(config: &Config, raw_issuers: Option<&serde_yaml::Value>) -> Value {
                 "jwks_refresh_interval_ms".into(),
                 json!(ms(issuer.jwks_refresh_interval)),
             );
+            e.insert("jwks_max_age_ms".into(), json!(ms(issuer.jwks_max_age)));
             Value::Object(e)
         })
         .collect();

@@ -7,6 +7,8 @@
 //! - A token whose `kid` is not in the cached set fetches it again, at most once per
 //!   `jwks_refresh_interval_ms` per URL, one fetch at a time: concurrent requests wait for it
 //!   and then look again.
+//! - A set older than `jwks_max_age_ms` is still used, and fetched again in the background (at
+//!   most once per refresh interval), so a key the issuer has removed stops verifying.
 //! - A failed fetch (unreachable, non-2xx, not a JWKS) keeps the last good set, and is logged
 //!   without the answer's body; with no set at all the token is refused (401
 //!   `token_unknown_key`, "signing keys are unavailable").
@@ -38,6 +40,24 @@ struct Slot {
     set: ArcSwapOption<KeySet>,
     /// Held while fetching; holds when the last fetch started.
     refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// When the last good set was fetched.
+    fetched_at: Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    /// Whether the set is older than `max_age` and no fetch is running or started within
+    /// `interval`: time to fetch it again in the background.
+    fn due(&self, max_age: Duration, interval: Duration) -> bool {
+        let old = self
+            .fetched_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() >= max_age);
+        old && self
+            .refresh
+            .try_lock()
+            .is_ok_and(|last| last.is_none_or(|t| t.elapsed() >= interval))
+    }
 }
 
 /// The JWKS of every `jwks_url` issuer, by URL; one per process, shared by all requests.
@@ -70,6 +90,7 @@ impl JwksCache {
             Ok(set) => {
                 log::info!("jwks {text}: {} keys", set.len());
                 slot.set.store(Some(Arc::new(set)));
+                *slot.fetched_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             }
             Err(why) => log::warn!("jwks {text}: cannot refresh ({why}); keeping the last good set"),
         }
@@ -78,16 +99,27 @@ impl JwksCache {
 
 /// The cached sets, as the issuers of one config see them.
 struct Cached<'a> {
-    cache: &'a JwksCache,
-    keys: &'a KeyStore,
+    state: &'a AppState,
 }
 
 impl FetchedKeys for Cached<'_> {
+    /// The cached set of issuer `index`; a set past its max age is returned all the same and
+    /// fetched again in the background.
     fn keys(&self, index: usize) -> Option<Arc<KeySet>> {
-        match &self.keys.issuer(index)?.keys {
-            JwtKeySource::Url { text, .. } => self.cache.slot(text).set.load_full(),
-            _ => None,
+        let issuer = self.state.keys.issuer(index)?;
+        let JwtKeySource::Url { url, text } = &issuer.keys else {
+            return None;
+        };
+        let slot = self.state.jwks.slot(text);
+        let set = slot.set.load_full();
+        if set.is_some() && slot.due(issuer.jwks_max_age, issuer.jwks_refresh_interval) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (cache, connector) = (self.state.jwks.clone(), self.state.connector.clone());
+                let (url, text, interval) = (url.clone(), text.clone(), issuer.jwks_refresh_interval);
+                runtime.spawn(async move { cache.refresh(&connector, &url, &text, interval).await });
+            }
         }
+        set
     }
 }
 
@@ -95,10 +127,7 @@ impl FetchedKeys for Cached<'_> {
 /// fetched first when a token's key is not cached yet.
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Identity, GatewayError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let cached = Cached {
-        cache: &state.jwks,
-        keys: &state.keys,
-    };
+    let cached = Cached { state };
     let issuer = match state.keys.authenticate(headers, now, &cached)? {
         Verdict::Caller(identity) => return Ok(identity),
         Verdict::FetchKeys { issuer } => issuer,

@@ -40,7 +40,7 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
         let (providers, provider_names) = providers::providers(&mut top, env);
         let virtual_keys = providers::virtual_keys(&mut top, env, provider_names.as_deref());
         let store = super::state::store(top.opt_obj("store"), env);
-        let objects = super::state::objects(top.opt_obj("objects"), env);
+        let (objects, object_urls) = super::state::objects(top.opt_obj("objects"), env);
         top.finish();
         let simulator_address = simulator.as_ref().map(|(path, s)| (path.clone(), s.address));
         check_addresses(&listeners, metrics.clone(), simulator_address, &problems);
@@ -56,6 +56,7 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
             virtual_keys,
             store,
             objects,
+            object_urls,
         }
     };
     if problems.is_empty() {

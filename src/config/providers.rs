@@ -231,6 +231,7 @@ fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>, names: &[String]) -> 
         o.poll_timeout = f.opt_millis("poll_timeout_ms", Duration::from_secs(120), 1..=3_600_000);
     }
     o.retries = f.opt_u64("retries", 0, 0..=MAX_RETRIES) as u32;
+    o.rehost_urls = f.opt_bool("rehost_urls", false);
     o.retry_backoff = f.opt_millis("retry_backoff_ms", Duration::from_millis(200), 1..=60_000);
     o.circuit_breaker = f.opt_obj("circuit_breaker").map(|mut b| {
         let cb = CircuitBreaker {

@@ -100,6 +100,7 @@ fn provider(mut f: Fields<'_>, env: Env<'_>, names: &[String]) -> Option<Provide
     let timeouts = timeouts(&mut f);
     options.connections = connection_limit(&mut f);
     options.repeat_concurrency = repeat_concurrency(&mut f, kind);
+    options.rehost_urls = f.opt_bool("rehost_urls", false);
     let problems = f.problems();
     let items = f.req_list("keys").unwrap_or_default();
     let key_names: Vec<(String, String)> = items
@@ -231,7 +232,6 @@ fn options(f: &mut Fields<'_>, kind: Option<ProviderKind>, names: &[String]) -> 
         o.poll_timeout = f.opt_millis("poll_timeout_ms", Duration::from_secs(120), 1..=3_600_000);
     }
     o.retries = f.opt_u64("retries", 0, 0..=MAX_RETRIES) as u32;
-    o.rehost_urls = f.opt_bool("rehost_urls", false);
     o.retry_backoff = f.opt_millis("retry_backoff_ms", Duration::from_millis(200), 1..=60_000);
     o.circuit_breaker = f.opt_obj("circuit_breaker").map(|mut b| {
         let cb = CircuitBreaker {

@@ -46,6 +46,8 @@ pub struct Metrics {
     models: Mutex<HashSet<String>>,
     /// Client connections: open, refused, closed by the gateway.
     pub connections: ConnectionMetrics,
+    /// Stored objects and the files the gateway serves.
+    pub objects: ObjectMetrics,
 }
 
 /// How reading and discarding the rest of a request body after an early answer ended (the
@@ -280,7 +282,9 @@ impl Metrics {
         )?;
         registry.register(Box::new(config_loaded.clone()))?;
         let connections = ConnectionMetrics::register(&registry)?;
+        let objects = ObjectMetrics::register(&registry)?;
         Ok(Metrics {
+            objects,
             reloads,
             config_info,
             config_loaded,
@@ -539,9 +543,94 @@ impl ConnectionMetrics {
     }
 }
 
+/// The objects metrics: bytes stored by kind, and the files the gateway's file route answered
+/// by status. Every series exists from startup.
+pub struct ObjectMetrics {
+    /// `refract_objects_stored_bytes_total{kind="image"}`.
+    stored_images: IntCounter,
+    /// `refract_files_served_total{status}`, one counter per status of [`FILE_STATUSES`].
+    served: [IntCounter; FILE_STATUSES.len()],
+}
+
+/// The statuses the file route answers (`refract_files_served_total`).
+pub const FILE_STATUSES: [u16; 4] = [200, 403, 404, 500];
+
+impl ObjectMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let stored = IntCounterVec::new(
+            Opts::new(
+                "refract_objects_stored_bytes_total",
+                "Bytes the gateway stored in objects, by kind (image: result images rehosted for response_format=url).",
+            ),
+            &["kind"],
+        )?;
+        let served = IntCounterVec::new(
+            Opts::new(
+                "refract_files_served_total",
+                "Answers of the file route (GET/HEAD /v1/images/files/{name}), by status: 200, 403 (signature missing, wrong or expired), 404, 500.",
+            ),
+            &["status"],
+        )?;
+        registry.register(Box::new(stored.clone()))?;
+        registry.register(Box::new(served.clone()))?;
+        Ok(ObjectMetrics {
+            stored_images: stored.with_label_values(&["image"]),
+            served: FILE_STATUSES.map(|s| served.with_label_values(&[&s.to_string()])),
+        })
+    }
+
+    /// `bytes` were stored as an object of `kind` (`image`; other kinds are not counted here).
+    pub fn stored(&self, kind: &str, bytes: u64) {
+        if kind == "image" {
+            self.stored_images.inc_by(bytes);
+        }
+    }
+
+    /// The file route answered `status`.
+    pub fn served(&self, status: u16) {
+        if let Some(i) = FILE_STATUSES.iter().position(|s| *s == status) {
+            self.served[i].inc();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_metrics_exist_from_startup_and_count() {
+        let m = Metrics::new().unwrap();
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l == r#"refract_objects_stored_bytes_total{kind="image"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == r#"refract_files_served_total{status="403"} 0"#),
+            "{text}"
+        );
+        m.objects.stored("image", 1000);
+        m.objects.stored("image", 24);
+        m.objects.served(200);
+        m.objects.served(403);
+        m.objects.served(403);
+        let text = String::from_utf8(m.encode()).unwrap();
+        for line in [
+            r#"refract_objects_stored_bytes_total{kind="image"} 1024"#,
+            r#"refract_files_served_total{status="200"} 1"#,
+            r#"refract_files_served_total{status="403"} 2"#,
+            r#"refract_files_served_total{status="404"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:
+{text}"
+            );
+        }
+    }
 
     #[test]
     fn linger_outcomes_are_all_listed_and_counted_apart() {

@@ -514,3 +514,49 @@ async fn the_gateway_starts_on_redis_and_s3() {
         .unwrap()
         .is_some());
 }
+
+/// Result images expire by bucket (`images/{hour}/…`): `remove_expired_images` deletes whole
+/// buckets whose hour has ended, and nothing else.
+async fn expired_images_conformance(objects: &Objects) {
+    let put = |key: &'static str| async move {
+        objects
+            .put(&ObjectKey::new(key).unwrap(), Bytes::from_static(b"img"))
+            .await
+            .unwrap();
+    };
+    let has = |key: &'static str| async move { objects.get(&ObjectKey::new(key).unwrap()).await.unwrap().is_some() };
+    for key in ["images/5/a.png", "images/5/b.webp", "images/9/c.png", "uploads/x/0"] {
+        put(key).await;
+    }
+    let hour_ms = 3_600_000;
+    assert_eq!(objects.remove_expired_images(5 * hour_ms - 1).await.unwrap(), 0);
+    assert!(has("images/5/a.png").await);
+    assert_eq!(objects.remove_expired_images(5 * hour_ms).await.unwrap(), 2);
+    assert!(!has("images/5/a.png").await && !has("images/5/b.webp").await);
+    assert!(has("images/9/c.png").await, "a later bucket stays");
+    assert!(has("uploads/x/0").await, "only images expire by bucket");
+    assert_eq!(objects.remove_expired_images(100 * hour_ms).await.unwrap(), 1);
+    assert!(!has("images/9/c.png").await);
+    assert_eq!(objects.remove_expired_images(100 * hour_ms).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn fs_expired_images_are_removed_by_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    let objects = Objects::open(&ObjectsSettings::Fs { path: root.clone() }).unwrap();
+    assert_eq!(
+        objects.remove_expired_images(u64::MAX).await.unwrap(),
+        0,
+        "no images yet"
+    );
+    expired_images_conformance(&objects).await;
+    assert!(!root.join("images/5").exists(), "the empty bucket directory is gone");
+}
+
+#[tokio::test]
+async fn s3_expired_images_are_removed_by_bucket() {
+    let Some((_server, port)) = s3_server() else { return };
+    let objects = Objects::open(&s3_settings(port)).unwrap();
+    expired_images_conformance(&objects).await;
+}

@@ -28,7 +28,10 @@ mod url;
 
 pub use crate::kind::ProviderKind;
 pub use print::effective_yaml;
-pub use state::{ObjectUrls, ObjectsSettings, ResponseFormat, RedisSettings, S3Settings, StoreSettings, DEFAULT_OBJECTS_PATH, DEFAULT_STORE_PATH};
+pub use state::{
+    ObjectUrls, ObjectsSettings, RedisSettings, ResponseFormat, S3Settings, StoreSettings, DEFAULT_OBJECTS_PATH,
+    DEFAULT_STORE_PATH,
+};
 pub(crate) use url::parse_base_url;
 
 use std::fmt;

@@ -97,7 +97,10 @@ fn objects(config: &Config, raw: &serde_yaml::Value) -> Value {
     });
     if let Value::Object(m) = &mut section {
         m.insert("url_ttl".into(), json!(urls.ttl.as_secs()));
-        m.insert("url_secret".into(), json!(urls.secret.as_ref().map(|_| redacted(raw, "url_secret"))));
+        m.insert(
+            "url_secret".into(),
+            json!(urls.secret.as_ref().map(|_| redacted(raw, "url_secret"))),
+        );
         m.insert("public_url".into(), json!(urls.public_url));
         m.insert("default_response_format".into(), json!(format));
     }

@@ -248,12 +248,13 @@ fn object_urls(f: &mut Fields<'_>, env: Env<'_>) -> ObjectUrls {
         f.report("url_secret", "must be at least 16 bytes long");
     }
     let public_url = f.opt_str("public_url").and_then(|text| match ::url::Url::parse(text) {
-        Ok(u) if matches!(u.scheme(), "http" | "https")
-            && u.host_str().is_some()
-            && u.query().is_none()
-            && u.fragment().is_none()
-            && u.username().is_empty()
-            && u.password().is_none() =>
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && u.query().is_none()
+                && u.fragment().is_none()
+                && u.username().is_empty()
+                && u.password().is_none() =>
         {
             Some(text.trim_end_matches('/').to_string())
         }
@@ -499,7 +500,11 @@ mod tests {
             "objects.default_response_format",
             "unknown format 'png'",
         );
-        one_problem(&format!("objects: {{kind: fs, url_tll: 5}}\n{PROVIDER}"), "objects.url_tll", "");
+        one_problem(
+            &format!("objects: {{kind: fs, url_tll: 5}}\n{PROVIDER}"),
+            "objects.url_tll",
+            "",
+        );
     }
 
     #[test]
@@ -513,10 +518,15 @@ mod tests {
         ));
         let u = &c.object_urls;
         assert_eq!(u.ttl, std::time::Duration::from_secs(60));
-        assert_eq!(u.secret.as_ref().map(Secret::expose), Some("url-secret-of-32-bytes-for-hmac!"));
+        assert_eq!(
+            u.secret.as_ref().map(Secret::expose),
+            Some("url-secret-of-32-bytes-for-hmac!")
+        );
         assert_eq!(u.public_url.as_deref(), Some("https://img.example.com/gw"));
         assert_eq!(u.default_response_format, Some(ResponseFormat::Url));
-        let c = ok(&format!("objects: {{kind: fs, default_response_format: b64_json}}\n{PROVIDER}"));
+        let c = ok(&format!(
+            "objects: {{kind: fs, default_response_format: b64_json}}\n{PROVIDER}"
+        ));
         assert_eq!(c.object_urls.default_response_format, Some(ResponseFormat::B64Json));
     }
 }

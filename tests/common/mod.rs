@@ -113,6 +113,8 @@ pub struct Setup {
     /// More entries for the `providers:` list (each starting `  - name: …\n`); `{sim}` is
     /// replaced by the simulator's address.
     pub extra_providers: String,
+    /// More top-level sections (e.g. `objects:`), each line ending in `\n`.
+    pub sections: String,
 }
 
 impl Setup {
@@ -128,6 +130,7 @@ impl Setup {
             simulator: false,
             simulator_settings: String::new(),
             extra_providers: String::new(),
+            sections: String::new(),
         }
     }
 
@@ -159,7 +162,7 @@ auth:
   allow_anonymous: {anon}
 {limits}spool:
   memory_bytes: {spool}
-{spool_dir}{sim_section}providers:
+{spool_dir}{sim_section}{sections}providers:
   - name: openai
     kind: openai
     base_url: {up}
@@ -192,6 +195,7 @@ auth:
                 .map(|d| format!("  directory: {}\n", d.display()))
                 .unwrap_or_default(),
             up = self.upstream,
+            sections = self.sections,
             rt = self.provider_settings,
             extra = self
                 .extra_providers

@@ -7,6 +7,8 @@
 //! where it fails: `.ci/deps` installs both.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use bytes::Bytes;
 use refract::config::{ObjectsSettings, RedisSettings, S3Settings, Secret};
 use refract::state::{
@@ -559,4 +561,49 @@ async fn s3_expired_images_are_removed_by_bucket() {
     let Some((_server, port)) = s3_server() else { return };
     let objects = Objects::open(&s3_settings(port)).unwrap();
     expired_images_conformance(&objects).await;
+}
+
+/// `response_format=url` with S3 objects (a `rehost_urls` provider: the simulator answers data
+/// URLs of its own otherwise): the answer's URL is moto's presigned GET, and it
+/// fetches the stored image (under the expiry bucket, below the prefix).
+#[test]
+fn rehosted_images_on_s3_are_presigned_urls() {
+    let Some((_s3, port)) = s3_server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, sim) = (common::free_addr(), common::free_addr());
+    let yaml = format!(
+        "listeners: [{{address: '{listen}'}}]\nsimulator: {{address: '{sim}'}}\n\
+         store: {{kind: embedded, path: '{}'}}\n\
+         objects: {{kind: s3, bucket: refract-test, region: us-east-1, endpoint: 'http://127.0.0.1:{port}', \
+         access_key_id: env.S3_ID, secret_access_key: env.S3_KEY, prefix: gw, url_ttl: 120}}\n\
+         providers: [{{name: openai, kind: openai, base_url: 'http://{sim}/v1', rehost_urls: true, keys: [{{name: k, value: x}}]}}]\n\
+         auth: {{allow_anonymous: true}}\n",
+        dir.path().display()
+    );
+    let env = |name: &str| matches!(name, "S3_ID" | "S3_KEY").then(|| "testing".to_string());
+    let config = refract::config::from_yaml_str_with_env(&yaml, &env).unwrap();
+    let _running = refract::server::spawn(config).unwrap();
+    common::wait_listening(listen);
+    common::wait_listening(sim);
+    let form = common::valid_form().text("response_format", "url");
+    let mut c = common::Conn::open(listen);
+    c.send(&common::post_head("/v1/images/edits", &[], &form, None));
+    c.send(&form.body());
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let url = url::Url::parse(v["data"][0]["url"].as_str().unwrap()).unwrap();
+    assert!(v["data"][0].get("b64_json").is_none(), "{v}");
+    assert_eq!(url.port(), Some(port), "{url}");
+    assert!(url.path().starts_with("/refract-test/gw/images/"), "{url}");
+    assert!(url.path().ends_with(".png"), "{url}");
+    let query = url.query().unwrap_or_default();
+    assert!(query.contains("X-Amz-Expires=120"), "{url}");
+    let (status, body) = http(port, "GET", &format!("{}?{query}", url.path()));
+    assert_eq!(status, 200, "{url}");
+    assert!(
+        body.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "the presigned URL serves the PNG"
+    );
+    assert_eq!(http(port, "GET", url.path()).0, 403, "not without the signature");
 }

@@ -321,7 +321,13 @@ listeners:
   - address: 127.0.0.1:{self.port}
 metrics:
   address: 127.0.0.1:{self.metrics_port}
-{self.limits_yaml()}simulator:
+{self.limits_yaml()}store:
+  kind: embedded
+  path: {self.workdir}/state
+objects:
+  kind: fs
+  path: {self.workdir}/objects
+simulator:
   address: 127.0.0.1:{self.sim_port}
 providers:
   - name: demo

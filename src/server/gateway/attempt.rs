@@ -218,10 +218,7 @@ pub(super) async fn attempt(
     let form = &*candidate.form;
     let checked = check_candidate(state, scope.identity, form);
     // Where the gateway makes the URLs, the provider is asked for base64.
-    let asked = checked
-        .as_ref()
-        .ok()
-        .map(|p| super::rehost::provider_form(form, p, adapter_for(p.kind).capabilities(&form.model)));
+    let asked = checked.as_ref().ok().map(|p| super::rehost::provider_form(form, p));
     let form = asked.as_deref().unwrap_or(form);
     let provider = match checked {
         Ok(provider) => provider,

@@ -40,13 +40,14 @@ pub(super) fn gateway_rehosts(provider: &ProviderConfig, caps: &Capabilities) ->
 }
 
 /// The candidate's form as its provider is asked: `response_format=b64_json` instead of `url`
-/// when the gateway rehosts ([`gateway_rehosts`]); else `form` itself (no copy).
-pub(super) fn provider_form<'f>(
-    form: &'f EditForm,
-    provider: &ProviderConfig,
-    caps: &Capabilities,
-) -> Cow<'f, EditForm> {
-    if form.response_format.as_deref() == Some("url") && gateway_rehosts(provider, caps) {
+/// when the gateway rehosts ([`gateway_rehosts`]); else `form` itself (no copy, and no lookup
+/// unless the client asked for `url`).
+pub(super) fn provider_form<'f>(form: &'f EditForm, provider: &ProviderConfig) -> Cow<'f, EditForm> {
+    if form.response_format.as_deref() != Some("url") {
+        return Cow::Borrowed(form);
+    }
+    let caps = crate::providers::adapter_for(provider.kind).capabilities(&form.model);
+    if gateway_rehosts(provider, caps) {
         let mut asked = form.clone();
         asked.response_format = Some("b64_json".to_string());
         Cow::Owned(asked)

@@ -311,3 +311,36 @@ fn a_stream_is_never_rehosted() {
     assert!(!r.text().contains("/v1/images/files/"), "{}", r.text());
     assert_eq!(gw.metric(r#"refract_objects_stored_bytes_total{kind="image"}"#), 0.0);
 }
+
+#[test]
+fn a_streamed_upload_to_a_rehosting_provider_asks_for_base64() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockUpstream::start();
+    let image = result_png(4);
+    mock.always(Reply::json(200, &png_answer(&image)));
+    let gw = gateway(&mock, dir.path(), "", "    rehost_urls: true\n");
+    // `model` first and a large upload: the upstream request starts while the client sends,
+    // `response_format` is rewritten on the way (before and after the image).
+    for (before, after) in [(true, false), (false, true)] {
+        let mut form = Form::new().text("model", "openai/gpt-image-1").text("prompt", "p");
+        if before {
+            form = form.text("response_format", "url");
+        }
+        form = form.file("image", "big.png", "image/png", &big_png_like(400_000, 7));
+        if after {
+            form = form.text("response_format", "url");
+        }
+        let r = gw.edit(&form, &[("x-bf-vk", VK)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let rec = mock.requests().pop().unwrap();
+        assert_eq!(rec.header("transfer-encoding").as_deref(), Some("chunked"), "streamed");
+        let parts = rec.parts();
+        let asked: Vec<_> = parts_named(&parts, "response_format")
+            .iter()
+            .map(|p| p.data.clone())
+            .collect();
+        assert_eq!(asked, vec![b"b64_json".to_vec()]);
+        let target = file_target(r.json()["data"][0]["url"].as_str().unwrap()).to_string();
+        assert!(Gateway::get(gw.addr, &target).body == image);
+    }
+}

@@ -87,6 +87,24 @@ impl KeyStore {
         }
     }
 
+    /// The identity of the configured key `key_id` as it is now (an async job runs with its
+    /// submitter's permissions at run time): 401 when the key is gone or disabled.
+    pub fn identity_of(&self, key_id: &str) -> Result<Identity, GatewayError> {
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == key_id)
+            .ok_or(GatewayError::VirtualKeyNotFound)?;
+        if !key.enabled {
+            return Err(GatewayError::VirtualKeyBlocked);
+        }
+        Ok(Identity {
+            key_id: Some(key.id.clone()),
+            providers: key.providers.clone(),
+            models: key.models.clone(),
+        })
+    }
+
     /// Decides who the caller is: 401 when no key is presented (and anonymous use is off),
     /// when the key is unknown, or when it is disabled.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, GatewayError> {

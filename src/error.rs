@@ -111,6 +111,19 @@ pub enum GatewayError {
         /// The limit.
         limit_ms: u64,
     },
+    /// An async job that does not exist, has expired, or belongs to another caller (404: the
+    /// same answer for all three, so ids cannot be probed).
+    #[error("job not found or expired")]
+    JobNotFound,
+    /// An async job that cannot be cancelled any more (409).
+    #[error("the job is {status} already; only a pending or processing job can be cancelled")]
+    JobFinished {
+        /// Its status (`completed`, `failed`, `cancelled`).
+        status: &'static str,
+    },
+    /// The job store or the objects store failed (503); the detail is logged, not sent.
+    #[error("the job store is unavailable; try again")]
+    StoreUnavailable(String),
     /// Unknown path (404).
     #[error("no route for {method} {path}")]
     NotFound {
@@ -270,8 +283,10 @@ impl GatewayError {
             PayloadTooLarge { .. } => 413,
             VirtualKeyRequired | VirtualKeyNotFound | VirtualKeyBlocked => 401,
             ProviderBlocked(_) | ModelBlocked(_) => 403,
-            NotFound { .. } | FileNotFound => 404,
+            NotFound { .. } | JobNotFound | FileNotFound => 404,
             FileUrlRefused(_) => 403,
+            JobFinished { .. } => 409,
+            StoreUnavailable(_) => 503,
             MethodNotAllowed { .. } => 405,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
@@ -304,6 +319,9 @@ impl GatewayError {
             NotFound { .. } => "not_found",
             FileUrlRefused(_) => "file_url_refused",
             FileNotFound => "file_not_found",
+            JobNotFound => "job_not_found",
+            JobFinished { .. } => "job_finished",
+            StoreUnavailable(_) => "store_unavailable",
             MethodNotAllowed { .. } => "method_not_allowed",
             UpstreamConnect { .. } => "upstream_connect_error",
             UpstreamTimeout { .. } => "upstream_timeout",
@@ -333,7 +351,7 @@ impl GatewayError {
                 | UpstreamProtocol { .. }
                 | KeysDisabled { .. }
                 | ProviderBusy { .. } => "upstream_error",
-                Internal(_) | TooManyConnections { .. } => "server_error",
+                Internal(_) | TooManyConnections { .. } | StoreUnavailable(_) => "server_error",
                 _ => "invalid_request_error",
             },
         }

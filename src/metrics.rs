@@ -48,6 +48,8 @@ pub struct Metrics {
     pub connections: ConnectionMetrics,
     /// Stored objects and the files the gateway serves.
     pub objects: ObjectMetrics,
+    /// Async jobs: events, queue, durations, takeovers, stored bytes.
+    pub jobs: JobMetrics,
 }
 
 /// How reading and discarding the rest of a request body after an early answer ended (the
@@ -283,8 +285,10 @@ impl Metrics {
         registry.register(Box::new(config_loaded.clone()))?;
         let connections = ConnectionMetrics::register(&registry)?;
         let objects = ObjectMetrics::register(&registry)?;
+        let jobs = JobMetrics::register(&registry)?;
         Ok(Metrics {
             objects,
+            jobs,
             reloads,
             config_info,
             config_loaded,
@@ -543,11 +547,9 @@ impl ConnectionMetrics {
     }
 }
 
-/// The objects metrics: bytes stored by kind, and the files the gateway's file route answered
-/// by status. Every series exists from startup.
+/// The file route's metrics: its answers by status, every series from startup. (Bytes stored,
+/// rehosted images included, are [`JobMetrics::stored`]'s.)
 pub struct ObjectMetrics {
-    /// `refract_objects_stored_bytes_total{kind="image"}`.
-    stored_images: IntCounter,
     /// `refract_files_served_total{status}`, one counter per status of [`FILE_STATUSES`].
     served: [IntCounter; FILE_STATUSES.len()],
 }
@@ -557,13 +559,6 @@ pub const FILE_STATUSES: [u16; 4] = [200, 403, 404, 500];
 
 impl ObjectMetrics {
     fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let stored = IntCounterVec::new(
-            Opts::new(
-                "refract_objects_stored_bytes_total",
-                "Bytes the gateway stored in objects, by kind (image: result images rehosted for response_format=url).",
-            ),
-            &["kind"],
-        )?;
         let served = IntCounterVec::new(
             Opts::new(
                 "refract_files_served_total",
@@ -571,19 +566,10 @@ impl ObjectMetrics {
             ),
             &["status"],
         )?;
-        registry.register(Box::new(stored.clone()))?;
         registry.register(Box::new(served.clone()))?;
         Ok(ObjectMetrics {
-            stored_images: stored.with_label_values(&["image"]),
             served: FILE_STATUSES.map(|s| served.with_label_values(&[&s.to_string()])),
         })
-    }
-
-    /// `bytes` were stored as an object of `kind` (`image`; other kinds are not counted here).
-    pub fn stored(&self, kind: &str, bytes: u64) {
-        if kind == "image" {
-            self.stored_images.inc_by(bytes);
-        }
     }
 
     /// The file route answered `status`.
@@ -591,6 +577,178 @@ impl ObjectMetrics {
         if let Some(i) = FILE_STATUSES.iter().position(|s| *s == status) {
             self.served[i].inc();
         }
+    }
+}
+
+/// What happened to an async job (the `event` label of `refract_jobs_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEvent {
+    /// Accepted (202), its upload stored.
+    Submitted,
+    /// Claimed by a worker of this process (a takeover counts here too).
+    Claimed,
+    /// Ran to an answer.
+    Completed,
+    /// Ran to an error (every candidate failed, or its key went away).
+    Failed,
+    /// Cancelled by its owner.
+    Cancelled,
+    /// Handed back to the queue by a worker shutting down.
+    Released,
+    /// Its worker lost the lease while running it (cancelled, or taken over): the run stopped.
+    Lost,
+}
+
+impl JobEvent {
+    /// Every event, in the order of their counters.
+    pub const ALL: [JobEvent; 7] = [
+        JobEvent::Submitted,
+        JobEvent::Claimed,
+        JobEvent::Completed,
+        JobEvent::Failed,
+        JobEvent::Cancelled,
+        JobEvent::Released,
+        JobEvent::Lost,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobEvent::Submitted => "submitted",
+            JobEvent::Claimed => "claimed",
+            JobEvent::Completed => "completed",
+            JobEvent::Failed => "failed",
+            JobEvent::Cancelled => "cancelled",
+            JobEvent::Released => "released",
+            JobEvent::Lost => "lost",
+        }
+    }
+}
+
+/// What the gateway writes to the objects store (the `kind` label of
+/// `refract_objects_stored_bytes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredKind {
+    /// An async job's upload (its file parts).
+    Upload,
+    /// An async job's answer, when too large to keep in its record.
+    Result,
+    /// A rehosted image (`response_format=url`).
+    Image,
+}
+
+impl StoredKind {
+    /// Every kind, in the order of their counters.
+    pub const ALL: [StoredKind; 3] = [StoredKind::Upload, StoredKind::Result, StoredKind::Image];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoredKind::Upload => "upload",
+            StoredKind::Result => "result",
+            StoredKind::Image => "image",
+        }
+    }
+}
+
+/// Async jobs' series, all present from startup.
+pub struct JobMetrics {
+    events: [IntCounter; JobEvent::ALL.len()],
+    runnable: IntGauge,
+    running: IntGauge,
+    duration: HistogramVec,
+    takeovers: IntCounter,
+    stored: [IntCounter; StoredKind::ALL.len()],
+}
+
+const JOB_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+impl JobMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let events_vec = IntCounterVec::new(
+            Opts::new(
+                "refract_jobs_total",
+                "Async job events seen by this process (submitted, claimed, completed, failed, cancelled, released, lost).",
+            ),
+            &["event"],
+        )?;
+        let events = JobEvent::ALL.map(|e| events_vec.with_label_values(&[e.as_str()]));
+        let state = IntGaugeVec::new(
+            Opts::new(
+                "refract_jobs",
+                "Unfinished async jobs in the store (shared by replicas): runnable (waiting for a worker, or whose worker's lease passed) and running.",
+            ),
+            &["state"],
+        )?;
+        let runnable = state.with_label_values(&["runnable"]);
+        let running = state.with_label_values(&["running"]);
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "refract_job_duration_seconds",
+                "From a worker's claim to the job's end, by outcome (completed, failed).",
+            )
+            .buckets(JOB_BUCKETS.to_vec()),
+            &["outcome"],
+        )?;
+        for outcome in ["completed", "failed"] {
+            duration.with_label_values(&[outcome]);
+        }
+        let takeovers = IntCounter::new(
+            "refract_job_lease_takeovers_total",
+            "Jobs this process claimed after another worker's lease on them passed (a crashed or lost worker).",
+        )?;
+        let stored_vec = IntCounterVec::new(
+            Opts::new(
+                "refract_objects_stored_bytes_total",
+                "Bytes written to the objects store, by kind (upload, result, image).",
+            ),
+            &["kind"],
+        )?;
+        let stored = StoredKind::ALL.map(|k| stored_vec.with_label_values(&[k.as_str()]));
+        registry.register(Box::new(events_vec))?;
+        registry.register(Box::new(state))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(takeovers.clone()))?;
+        registry.register(Box::new(stored_vec))?;
+        Ok(JobMetrics {
+            events,
+            runnable,
+            running,
+            duration,
+            takeovers,
+            stored,
+        })
+    }
+
+    /// Counts `event`.
+    pub fn event(&self, event: JobEvent) {
+        self.events[event as usize].inc();
+    }
+
+    /// The store's unfinished jobs, as last counted.
+    pub fn queue(&self, runnable: u64, running: u64) {
+        self.runnable.set(i64::try_from(runnable).unwrap_or(i64::MAX));
+        self.running.set(i64::try_from(running).unwrap_or(i64::MAX));
+    }
+
+    /// A job ran for `elapsed` since its claim and ended `completed` (or failed).
+    pub fn finished(&self, completed: bool, elapsed: Duration) {
+        let outcome = if completed { "completed" } else { "failed" };
+        self.duration
+            .with_label_values(&[outcome])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A job was claimed after another worker's lease passed.
+    pub fn takeover(&self) {
+        self.takeovers.inc();
+    }
+
+    /// `bytes` of `kind` were written to the objects store.
+    pub fn stored(&self, kind: StoredKind, bytes: u64) {
+        self.stored[kind as usize].inc_by(bytes);
     }
 }
 
@@ -604,109 +762,22 @@ mod tests {
         let text = String::from_utf8(m.encode()).unwrap();
         assert!(
             text.lines()
-                .any(|l| l == r#"refract_objects_stored_bytes_total{kind="image"} 0"#),
-            "{text}"
-        );
-        assert!(
-            text.lines()
                 .any(|l| l == r#"refract_files_served_total{status="403"} 0"#),
             "{text}"
         );
-        m.objects.stored("image", 1000);
-        m.objects.stored("image", 24);
         m.objects.served(200);
         m.objects.served(403);
         m.objects.served(403);
+        m.objects.served(302);
         let text = String::from_utf8(m.encode()).unwrap();
         for line in [
-            r#"refract_objects_stored_bytes_total{kind="image"} 1024"#,
             r#"refract_files_served_total{status="200"} 1"#,
             r#"refract_files_served_total{status="403"} 2"#,
             r#"refract_files_served_total{status="404"} 0"#,
         ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "{line} missing from:
-{text}"
-            );
-        }
-    }
-
-    #[test]
-    fn linger_outcomes_are_all_listed_and_counted_apart() {
-        let m = Metrics::new().unwrap();
-        m.linger(LingerOutcome::Drained);
-        m.linger(LingerOutcome::Drained);
-        m.linger(LingerOutcome::FramingError);
-        let text = String::from_utf8(m.encode()).unwrap();
-        for (outcome, n) in [
-            ("drained", 2),
-            ("bytes_limit", 0),
-            ("timeout", 0),
-            ("client_closed", 0),
-            ("framing_error", 1),
-        ] {
-            assert!(
-                text.contains(&format!("refract_linger_total{{outcome=\"{outcome}\"}} {n}\n")),
-                "{outcome}: {text}"
-            );
-        }
-    }
-
-    #[test]
-    fn records_and_encodes() {
-        let m = Metrics::new().unwrap();
-        m.request_started();
-        m.request_finished(&RequestRecord {
-            provider: Some("openai"),
-            model: Some("gpt-image-1"),
-            status: 200,
-            duration: Duration::from_millis(5),
-            upstream: Some(Duration::from_millis(4)),
-            request_bytes: 100,
-            response_bytes: 50,
-            ..Default::default()
-        });
-        m.request_started();
-        m.request_finished(&RequestRecord {
-            status: 401,
-            reason: Some("virtual_key_required"),
-            ..Default::default()
-        });
-        let text = String::from_utf8(m.encode()).unwrap();
-        assert!(
-            text.contains(r#"refract_requests_total{model="gpt-image-1",provider="openai",status="200"} 1"#),
-            "{text}"
-        );
-        assert!(text.contains(r#"refract_rejected_requests_total{reason="virtual_key_required"} 1"#));
-        assert!(text.contains("refract_requests_in_flight 0"));
-        assert!(text.contains(r#"refract_request_bytes_total{provider="openai"} 100"#));
-    }
-
-    #[test]
-    fn connection_metrics_count_without_labels_lookups() {
-        let m = Metrics::new().unwrap();
-        let c = &m.connections;
-        c.set_max(20);
-        c.opened();
-        c.opened();
-        c.released();
-        c.refused();
-        c.closed(ConnectionClose::HeadTooLarge);
-        c.closed(ConnectionClose::Evicted);
-        c.closed(ConnectionClose::Evicted);
-        let text = String::from_utf8(m.encode()).unwrap();
-        for line in [
-            "refract_client_connections 1",
-            "refract_client_connections_max 20",
-            "refract_client_connections_refused_total 1",
-            r#"refract_client_connections_closed_total{reason="head_too_large"} 1"#,
-            r#"refract_client_connections_closed_total{reason="evicted"} 2"#,
-            r#"refract_client_connections_closed_total{reason="idle_timeout"} 0"#,
-            r#"refract_client_connections_closed_total{reason="head_timeout"} 0"#,
-        ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }
+        assert!(!text.contains(r#"status="302""#), "{text}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub const MAX_N: u32 = 10;
 
 /// A fallback candidate, `provider/model`: from the request's `fallbacks` field, or from a
 /// model rule's `fallbacks` in the config.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Fallback {
     /// Provider name.
     pub provider: String,

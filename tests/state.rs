@@ -12,7 +12,8 @@ mod common;
 use bytes::Bytes;
 use refract::config::{ObjectsSettings, RedisSettings, S3Settings, Secret};
 use refract::state::{
-    embedded::EmbeddedJobs, now_ms, redis::RedisJobs, Claim, JobStatus, JobStore, NewJob, ObjectKey, Objects, Outcome,
+    embedded::EmbeddedJobs, now_ms, redis::RedisJobs, Claim, JobCounts, JobStatus, JobStore, NewJob, ObjectKey,
+    Objects, Outcome,
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -279,11 +280,42 @@ async fn job_store_conformance(jobs: &dyn JobStore) {
         "cancelled under the worker"
     );
 
+    // Release (the worker's process shuts down): pending again, the attempt not counted.
+    let e = jobs.create(job("team-e"), t + 1000).await.unwrap();
+    let counts = |runnable, running| JobCounts { runnable, running };
+    assert_eq!(jobs.counts(t + 1000).await.unwrap(), counts(1, 0));
+    assert_eq!(jobs.claim(&claim("w1"), t + 1000).await.unwrap().unwrap().id, e.id);
+    assert_eq!(jobs.counts(t + 1001).await.unwrap(), counts(0, 1));
+    assert_eq!(jobs.counts(t + 2001).await.unwrap(), counts(1, 0), "its lease passed");
+    assert!(!jobs.release(&e.id, "w2", t + 1100).await.unwrap(), "not the holder");
+    assert!(jobs.release(&e.id, "w1", t + 1100).await.unwrap());
+    let released = jobs.get(&e.id, "team-e", t + 1100).await.unwrap().unwrap();
+    assert_eq!((released.status, released.attempts), (JobStatus::Pending, 0));
+    assert_eq!((released.lease_owner, released.lease_until), (None, None));
+    assert!(!jobs.release(&e.id, "w1", t + 1150).await.unwrap(), "released already");
+    let again = jobs.claim(&claim("w2"), t + 1200).await.unwrap().unwrap();
+    assert_eq!((again.id.as_str(), again.attempts), (e.id.as_str(), 1));
+    let done = Outcome::Completed {
+        result: "{}".to_string(),
+        objects: vec![],
+    };
+    assert!(jobs.finish(&e.id, "w2", done, t + 1300).await.unwrap());
+    assert_eq!(jobs.counts(t + 1300).await.unwrap(), counts(0, 0));
+
     // Every finished job expires; the cleaner returns each once, with its objects.
     removed.extend(jobs.remove_expired(t + 200_000, 100).await.unwrap());
     removed.sort_by_key(|j| j.created_at);
     let ids: Vec<&str> = removed.iter().map(|j| j.id.as_str()).collect();
-    assert_eq!(ids, vec![a.id.as_str(), b.id.as_str(), c.id.as_str(), d.id.as_str()]);
+    assert_eq!(
+        ids,
+        vec![
+            a.id.as_str(),
+            b.id.as_str(),
+            c.id.as_str(),
+            d.id.as_str(),
+            e.id.as_str()
+        ]
+    );
     assert!(removed[1].objects.contains(&"images/b.png".to_string()));
     assert!(jobs.remove_expired(t + 200_000, 100).await.unwrap().is_empty());
     assert!(jobs.get(&b.id, "team-b", t + 200).await.unwrap().is_none(), "removed");

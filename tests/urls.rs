@@ -344,3 +344,25 @@ fn a_streamed_upload_to_a_rehosting_provider_asks_for_base64() {
         assert!(Gateway::get(gw.addr, &target).body == image);
     }
 }
+
+#[test]
+fn the_cleaner_removes_images_whose_bucket_has_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    // An image whose URL expired in the first hour of 1970, and one of a bucket far ahead.
+    let old = dir.path().join("images/1/old.png");
+    let later = dir.path().join("images/99999999/later.png");
+    for f in [&old, &later] {
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, result_png(0)).unwrap();
+    }
+    let mock = MockUpstream::start();
+    let mut setup = Setup::new(&mock.base_url());
+    setup.sections = format!(
+        "objects:\n  kind: fs\n  path: {}\njobs:\n  cleanup_interval_ms: 100\n",
+        dir.path().display()
+    );
+    let _gw = Gateway::start(&setup);
+    wait_until("the expired image is removed", || !old.exists());
+    assert!(!dir.path().join("images/1").exists(), "its bucket directory too");
+    assert!(later.exists(), "a bucket still running stays");
+}

@@ -29,8 +29,8 @@ mod url;
 pub use crate::kind::ProviderKind;
 pub use print::effective_yaml;
 pub use state::{
-    ObjectUrls, ObjectsSettings, RedisSettings, ResponseFormat, S3Settings, StoreSettings, DEFAULT_OBJECTS_PATH,
-    DEFAULT_STORE_PATH,
+    JobsSettings, ObjectUrls, ObjectsSettings, RedisSettings, ResponseFormat, S3Settings, StoreSettings,
+    DEFAULT_OBJECTS_PATH, DEFAULT_STORE_PATH,
 };
 pub(crate) use url::parse_base_url;
 
@@ -176,6 +176,8 @@ pub struct Config {
     /// How stored images are handed out as URLs (`objects.url_ttl`, `url_secret`,
     /// `public_url`, `default_response_format`); read at startup only.
     pub object_urls: ObjectUrls,
+    /// How async jobs run (`jobs`).
+    pub jobs: JobsSettings,
 }
 
 /// Pingora server settings.

@@ -41,6 +41,7 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
         let virtual_keys = providers::virtual_keys(&mut top, env, provider_names.as_deref());
         let store = super::state::store(top.opt_obj("store"), env);
         let (objects, object_urls) = super::state::objects(top.opt_obj("objects"), env);
+        let jobs = super::state::jobs(top.section("jobs"));
         top.finish();
         let simulator_address = simulator.as_ref().map(|(path, s)| (path.clone(), s.address));
         check_addresses(&listeners, metrics.clone(), simulator_address, &problems);
@@ -57,6 +58,7 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
             store,
             objects,
             object_urls,
+            jobs,
         }
     };
     if problems.is_empty() {

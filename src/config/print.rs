@@ -42,6 +42,15 @@ pub fn effective_yaml(config: &Config, source: &str) -> Result<String, String> {
         "virtual_keys": config.virtual_keys.iter().enumerate().map(|(i, v)| virtual_key(v, raw_at(&raw, "virtual_keys", i))).collect::<Vec<_>>(),
         "store": store(&config.store, raw.get("store").unwrap_or(&serde_yaml::Value::Null)),
         "objects": objects(config, raw.get("objects").unwrap_or(&serde_yaml::Value::Null)),
+        "jobs": {
+            "workers": config.jobs.workers,
+            "lease_ms": ms(config.jobs.lease),
+            "max_attempts": config.jobs.max_attempts,
+            "result_ttl_seconds": config.jobs.result_ttl.as_secs(),
+            "max_result_ttl_seconds": config.jobs.max_result_ttl.as_secs(),
+            "poll_interval_ms": ms(config.jobs.poll_interval),
+            "cleanup_interval_ms": ms(config.jobs.cleanup_interval),
+        },
     });
     serde_yaml::to_string(&doc).map_err(|e| e.to_string())
 }

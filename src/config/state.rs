@@ -3,6 +3,7 @@
 //! [`crate::state`]. Their secrets come only from the environment (`env.NAME`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::fields::Fields;
 use super::parse::Env;
@@ -149,6 +150,67 @@ impl PartialEq for S3Settings {
             && self.access_key_id.expose() == other.access_key_id.expose()
             && self.secret_access_key.expose() == other.secret_access_key.expose()
     }
+}
+
+/// How async jobs run (`jobs`). `workers` is read at startup (restart-only); the rest is read
+/// by each job as it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobsSettings {
+    /// Jobs this process runs at once (0 = it accepts and answers jobs, another replica runs
+    /// them).
+    pub workers: usize,
+    /// How long a worker's claim on a job lasts; renewed every third of it while the job runs,
+    /// so a job whose worker died is taken over once it passes.
+    pub lease: Duration,
+    /// How many times a job is claimed before it fails with `job_abandoned`.
+    pub max_attempts: u32,
+    /// How long a finished job stays readable, unless the submission's
+    /// `x-bf-async-job-result-ttl` says otherwise.
+    pub result_ttl: Duration,
+    /// The longest `x-bf-async-job-result-ttl` accepted (longer ones are cut to it).
+    pub max_result_ttl: Duration,
+    /// How often an idle worker looks for a job submitted to another replica (jobs submitted
+    /// here wake a worker at once).
+    pub poll_interval: Duration,
+    /// How often expired jobs (and their objects) are removed.
+    pub cleanup_interval: Duration,
+}
+
+impl Default for JobsSettings {
+    fn default() -> Self {
+        JobsSettings {
+            workers: 4,
+            lease: Duration::from_secs(30),
+            max_attempts: 3,
+            result_ttl: Duration::from_secs(3600),
+            max_result_ttl: Duration::from_secs(7 * 24 * 3600),
+            poll_interval: Duration::from_secs(1),
+            cleanup_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The `jobs` section (absent = the defaults).
+pub(super) fn jobs(mut f: Fields<'_>) -> JobsSettings {
+    let d = JobsSettings::default();
+    let secs = |f: &mut Fields<'_>, key: &'static str, default: Duration, max: u64| {
+        Duration::from_secs(f.opt_u64(key, default.as_secs(), 1..=max))
+    };
+    let settings = JobsSettings {
+        workers: f.opt_usize("workers", d.workers, 0..=1024),
+        lease: f.opt_millis("lease_ms", d.lease, 1_000..=3_600_000),
+        max_attempts: u32::try_from(f.opt_u64("max_attempts", u64::from(d.max_attempts), 1..=100))
+            .unwrap_or(d.max_attempts),
+        result_ttl: secs(&mut f, "result_ttl_seconds", d.result_ttl, 30 * 24 * 3600),
+        max_result_ttl: secs(&mut f, "max_result_ttl_seconds", d.max_result_ttl, 365 * 24 * 3600),
+        poll_interval: f.opt_millis("poll_interval_ms", d.poll_interval, 10..=60_000),
+        cleanup_interval: f.opt_millis("cleanup_interval_ms", d.cleanup_interval, 100..=3_600_000),
+    };
+    if settings.result_ttl > settings.max_result_ttl {
+        f.report("result_ttl_seconds", "must not exceed max_result_ttl_seconds");
+    }
+    f.finish();
+    settings
 }
 
 /// The `kind` of a section, among `allowed`; reported when missing or unknown.
@@ -404,6 +466,34 @@ mod tests {
             StoreSettings::Embedded {
                 path: PathBuf::from("/var/lib/refract")
             }
+        );
+    }
+
+    #[test]
+    fn jobs_are_read_with_defaults_and_bounds() {
+        assert_eq!(ok(PROVIDER).jobs, JobsSettings::default());
+        let c = ok(&format!(
+            "jobs: {{workers: 0, lease_ms: 2000, max_attempts: 1, result_ttl_seconds: 5, \
+             max_result_ttl_seconds: 10, poll_interval_ms: 50, cleanup_interval_ms: 100}}\n{PROVIDER}"
+        ));
+        let j = c.jobs;
+        assert_eq!((j.workers, j.max_attempts), (0, 1));
+        assert_eq!(j.lease, Duration::from_secs(2));
+        assert_eq!(j.result_ttl, Duration::from_secs(5));
+        assert_eq!(j.max_result_ttl, Duration::from_secs(10));
+        assert_eq!(j.poll_interval, Duration::from_millis(50));
+        assert_eq!(j.cleanup_interval, Duration::from_millis(100));
+        one_problem(&format!("jobs: {{lease_ms: 10}}\n{PROVIDER}"), "jobs.lease_ms", "");
+        one_problem(
+            &format!("jobs: {{max_attempts: 0}}\n{PROVIDER}"),
+            "jobs.max_attempts",
+            "",
+        );
+        one_problem(&format!("jobs: {{workerz: 2}}\n{PROVIDER}"), "jobs.workerz", "");
+        one_problem(
+            &format!("jobs: {{result_ttl_seconds: 20, max_result_ttl_seconds: 10}}\n{PROVIDER}"),
+            "jobs.result_ttl_seconds",
+            "must not exceed max_result_ttl_seconds",
         );
     }
 

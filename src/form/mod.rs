@@ -37,7 +37,7 @@ pub trait BodySource: Send {
 }
 
 /// A file part of the form, its bytes kept in the spool.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FilePart {
     /// The part's field name as sent (`image`, `image[]`, `mask`, …).
     pub field: String,
@@ -52,7 +52,7 @@ pub struct FilePart {
 }
 
 /// The `type` field: the kind of edit requested.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EditType {
     /// Fill the masked area.
     Inpainting,
@@ -65,7 +65,8 @@ pub enum EditType {
 pub use crate::spec::{Fallback, MAX_N};
 
 /// A validated image-edit request: every field of the spec, typed.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Serializable: an async job keeps it (with its spool's bytes) until a worker runs it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EditForm {
     /// Provider part of `model`.
     pub provider: String,

@@ -30,7 +30,7 @@ use thiserror::Error;
 pub const DEFAULT_MAX_PIXELS: u64 = 4096 * 4096;
 
 /// An image type the gateway accepts, detected from the first bytes of a file part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ImageKind {
     /// `89 50 4E 47 0D 0A 1A 0A`
     Png,

@@ -13,6 +13,7 @@ pub mod reload;
 pub mod resolver;
 mod simulator_app;
 pub mod slots;
+pub mod workers;
 
 use crate::admission::{Admission, AdmitAll};
 use crate::auth::KeyStore;
@@ -277,6 +278,13 @@ fn assemble(
     let current = live.current();
     let state = current.load_full();
 
+    // The async jobs' workers and cleaner, on a runtime of their own.
+    let mut jobs = pingora::services::background::background_service(
+        "refract jobs",
+        workers::JobWorkers::new(current.clone(), state.config.jobs.workers),
+    );
+    jobs.threads = Some(state.config.server.threads);
+    server.add_service(jobs);
     let mut gateway = pingora::services::listening::Service::new(
         "refract gateway".to_string(),
         client_connections(&server, &state, current),

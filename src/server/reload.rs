@@ -177,6 +177,7 @@ pub fn restart_only_changes(running: &Config, next: &Config) -> Vec<&'static str
         ("simulator", differs(&a.simulator, &b.simulator)),
         ("store", a.store != b.store),
         ("objects", a.objects != b.objects),
+        ("jobs.workers", a.jobs.workers != b.jobs.workers),
         ("limits.head_timeout_ms", la.head_timeout != lb.head_timeout),
         ("limits.max_head_bytes", la.max_head_bytes != lb.max_head_bytes),
         (

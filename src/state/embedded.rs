@@ -4,7 +4,8 @@
 //! tokio's blocking pool.
 
 use super::{
-    abandoned_error, millis, new_id, Claim, JobRecord, JobStatus, JobStore, NewJob, Outcome, StateError, StateResult,
+    abandoned_error, millis, new_id, Claim, JobCounts, JobRecord, JobStatus, JobStore, NewJob, Outcome, StateError,
+    StateResult,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
@@ -273,6 +274,36 @@ impl JobStore for EmbeddedJobs {
             finalize(&tx, &job, status, Some(&outcome), now)?;
             tx.commit()?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn release(&self, id: &str, worker: &str, _now: u64) -> StateResult<bool> {
+        let (id, worker) = (id.to_string(), worker.to_string());
+        self.with(move |db| {
+            let n = db.execute(
+                "UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), lease_owner = NULL, \
+                 lease_until = NULL WHERE id = ?1 AND status = 'processing' AND lease_owner = ?2",
+                params![id, worker],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn counts(&self, now: u64) -> StateResult<JobCounts> {
+        self.with(move |db| {
+            let (runnable, running): (i64, i64) = db.query_row(
+                "SELECT COALESCE(SUM(status = 'pending' OR lease_until <= ?1), 0), \
+                 COALESCE(SUM(status = 'processing' AND lease_until > ?1), 0) \
+                 FROM jobs WHERE status IN ('pending', 'processing')",
+                [as_i64(now)],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            Ok(JobCounts {
+                runnable: u64::try_from(runnable).unwrap_or(0),
+                running: u64::try_from(running).unwrap_or(0),
+            })
         })
         .await
     }

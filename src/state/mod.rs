@@ -205,6 +205,15 @@ pub struct Claim<'a> {
     pub max_attempts: u32,
 }
 
+/// The jobs not finished, by where they are ([`JobStore::counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    /// Claimable now: pending, or processing with a lease that passed (its worker died).
+    pub runnable: u64,
+    /// Processing under a lease that has not passed.
+    pub running: u64,
+}
+
 /// The error of a job given up after `attempts` lost leases (JSON, Bifrost's shape).
 pub fn abandoned_error(attempts: u32) -> String {
     serde_json::json!({
@@ -243,6 +252,13 @@ pub trait JobStore: Send + Sync {
     /// dropped); the record then expires after its TTL.
     async fn finish(&self, id: &str, worker: &str, outcome: Outcome, now: u64) -> StateResult<bool>;
 
+    /// Hands job `id` back to the queue if `worker` still holds it (its process is shutting
+    /// down): pending again, the attempt not counted; `false` otherwise.
+    async fn release(&self, id: &str, worker: &str, now: u64) -> StateResult<bool>;
+
+    /// How many jobs wait for a worker and how many run, at `now` (for the metrics).
+    async fn counts(&self, now: u64) -> StateResult<JobCounts>;
+
     /// Cancels a pending or processing job of `owner`; `false` when there is none such.
     async fn cancel(&self, id: &str, owner: &str, now: u64) -> StateResult<bool>;
 
@@ -259,6 +275,9 @@ pub struct State {
     pub objects: Objects,
     /// Signs and checks the gateway's own URLs of stored images.
     pub urls: UrlSigner,
+    /// Wakes an idle worker of this process when a job was submitted here (workers of other
+    /// replicas find it at their next poll).
+    pub wake: tokio::sync::Notify,
 }
 
 impl State {
@@ -279,6 +298,7 @@ impl State {
             jobs,
             objects: Objects::open(objects)?,
             urls: UrlSigner::open(objects, urls)?,
+            wake: tokio::sync::Notify::new(),
         })
     }
 }

@@ -109,8 +109,44 @@ impl Objects {
         }
     }
 
+    /// Stores the whole of `spool` at `key` (an async job's upload), in one request whose
+    /// payload is the spool's chunks as they are (no contiguous copy); returns its length.
+    pub async fn put_spool(&self, key: &ObjectKey, spool: &crate::spool::Spool) -> StateResult<u64> {
+        let all = crate::spool::SpoolRange {
+            start: 0,
+            len: spool.len(),
+        };
+        let chunks = spool
+            .chunks(all)
+            .collect::<std::io::Result<Vec<Bytes>>>()
+            .map_err(|e| StateError::Objects(format!("reading the spool: {e}")))?;
+        self.put_payload(key, chunks.into_iter().collect()).await?;
+        Ok(spool.len())
+    }
+
+    /// Appends the bytes at `key` to `spool` as they stream in; `false` when there are none.
+    pub async fn get_into(&self, key: &ObjectKey, spool: &mut crate::spool::Spool) -> StateResult<bool> {
+        use futures_util::StreamExt;
+        let found = match self.store.get(&self.path(key)).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let mut stream = found.into_stream();
+        while let Some(chunk) = stream.next().await {
+            spool
+                .append(chunk?)
+                .map_err(|e| StateError::Objects(format!("writing the spool: {e}")))?;
+        }
+        Ok(true)
+    }
+
     /// Stores `bytes` at `key` (replacing what was there).
     pub async fn put(&self, key: &ObjectKey, bytes: Bytes) -> StateResult<()> {
+        self.put_payload(key, PutPayload::from_bytes(bytes)).await
+    }
+
+    async fn put_payload(&self, key: &ObjectKey, payload: PutPayload) -> StateResult<()> {
         let mut attributes = Attributes::new();
         if let Some(t) = content_type(key).filter(|_| self.typed) {
             attributes.insert(Attribute::ContentType, t.into());
@@ -119,9 +155,7 @@ impl Objects {
             attributes,
             ..Default::default()
         };
-        self.store
-            .put_opts(&self.path(key), PutPayload::from_bytes(bytes), options)
-            .await?;
+        self.store.put_opts(&self.path(key), payload, options).await?;
         Ok(())
     }
 

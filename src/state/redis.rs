@@ -12,7 +12,8 @@
 //! multiplexed, reconnecting `ConnectionManager`, made on first use in the runtime that uses it.
 
 use super::{
-    abandoned_error, millis, new_id, Claim, JobRecord, JobStatus, JobStore, NewJob, Outcome, StateError, StateResult,
+    abandoned_error, millis, new_id, Claim, JobCounts, JobRecord, JobStatus, JobStore, NewJob, Outcome, StateError,
+    StateResult,
 };
 use crate::config::RedisSettings;
 use async_trait::async_trait;
@@ -90,6 +91,17 @@ return 1
 ";
 
 /// Removes expired records and returns them. KEYS: expiring. ARGV: now, limit, job prefix.
+const RELEASE: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'status', 'lease_owner', 'attempts', 'created_at')
+if f[1] ~= 'processing' or f[2] ~= ARGV[1] then return 0 end
+local attempts = tonumber(f[3] or '1') - 1
+if attempts < 0 then attempts = 0 end
+redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until')
+redis.call('HSET', KEYS[1], 'status', 'pending', 'attempts', attempts)
+redis.call('ZADD', KEYS[2], f[4] or ARGV[3], ARGV[2])
+return 1
+";
+
 const REMOVE_EXPIRED: &str = r"
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
@@ -116,6 +128,7 @@ struct Scripts {
     renew: Script,
     end: Script,
     remove_expired: Script,
+    release: Script,
 }
 
 impl RedisJobs {
@@ -157,6 +170,7 @@ impl RedisJobs {
                 renew: Script::new(RENEW),
                 end: Script::new(END),
                 remove_expired: Script::new(REMOVE_EXPIRED),
+                release: Script::new(RELEASE),
             },
         })
     }
@@ -328,6 +342,35 @@ impl JobStore for RedisJobs {
             ),
         };
         self.end(("lease_owner", worker), id, status, &fields, now).await
+    }
+
+    async fn release(&self, id: &str, worker: &str, now: u64) -> StateResult<bool> {
+        let mut con = self.con().await?;
+        let released: i64 = self
+            .scripts
+            .release
+            .key(format!("{JOB}{id}"))
+            .key(QUEUE)
+            .arg(worker)
+            .arg(id)
+            .arg(now)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(released == 1)
+    }
+
+    async fn counts(&self, now: u64) -> StateResult<JobCounts> {
+        // The queue holds every unfinished job, scored by when it becomes claimable.
+        let mut con = self.con().await?;
+        let (runnable, total): (u64, u64) = redis::pipe()
+            .zcount(QUEUE, "-inf", now)
+            .zcard(QUEUE)
+            .query_async(&mut con)
+            .await?;
+        Ok(JobCounts {
+            runnable,
+            running: total.saturating_sub(runnable),
+        })
     }
 
     async fn cancel(&self, id: &str, owner: &str, now: u64) -> StateResult<bool> {

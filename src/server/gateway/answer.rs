@@ -151,6 +151,15 @@ impl AnswerSink for StreamSink {
     }
 }
 
+/// Who an attempt's answer goes to.
+pub(super) enum Client<'s> {
+    /// The client's session: a stream is written to it as it comes, and its going away
+    /// ends the attempt.
+    Session(&'s mut Session),
+    /// Nobody yet: an async job's run, whose answer is stored for its owner to poll.
+    Detached,
+}
+
 /// How the downstream writer ended (the default: it was not needed, nothing was sent).
 #[derive(Debug, Default)]
 pub(super) struct Written {
@@ -171,10 +180,16 @@ pub(super) struct Written {
 /// Until something is sent it also watches the client, and ends with `client_gone` (and
 /// nothing sent) as soon as the client closes its connection or stream.
 pub(super) async fn write_event_stream(
-    session: &mut Session,
+    client: &mut Client<'_>,
     down: &mut tokio::sync::mpsc::Receiver<Down>,
     request_id: &str,
 ) -> Written {
+    let Client::Session(session) = client else {
+        // Nobody to stream to (an async job, whose requests never stream): what the sink
+        // sends is dropped, and the writer ends with the channel.
+        while down.recv().await.is_some() {}
+        return Written::default();
+    };
     let mut sent: Option<u64> = None;
     let mut failure = None;
     loop {

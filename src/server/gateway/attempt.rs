@@ -12,7 +12,7 @@
 //! there, and this function takes over from the exchange's end (sending from the spool with
 //! the same key and permit when the streamed body never reached the provider whole).
 
-use super::answer::{close_quietly, run_with_writer, write_event_stream, DownSender, StreamSink, Written};
+use super::answer::{close_quietly, run_with_writer, write_event_stream, Client, DownSender, StreamSink, Written};
 use super::upload::{StreamedAttempt, StreamedEnd};
 use super::{follow, repeat, Reply, RequestCtx};
 use crate::admission::{AdmissionRequest, AttemptIndex, Permit, Settlement, Usage};
@@ -28,7 +28,6 @@ use crate::server::AppState;
 use crate::spool::Spool;
 use bytes::Bytes;
 use futures_util::future::Either;
-use pingora::proxy::Session;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -209,7 +208,7 @@ impl Admitted {
 /// Runs one attempt (see the module docs).
 pub(super) async fn attempt(
     scope: &Scope<'_>,
-    session: &mut Session,
+    client: &mut Client<'_>,
     ctx: &mut RequestCtx,
     candidate: &Candidate<'_>,
     start: Start<'_>,
@@ -297,7 +296,7 @@ pub(super) async fn attempt(
             )
         }
     };
-    let writer = write_event_stream(session, &mut down, scope.request_id);
+    let writer = write_event_stream(client, &mut down, scope.request_id);
     let (result, written, idle) = run_with_writer(&state.metrics, upstream, writer).await;
     close_quietly(&mut down, idle);
     ctx.upstream.get_or_insert_with(|| scope.upstream_start.elapsed());
@@ -332,7 +331,7 @@ pub(super) async fn attempt(
         retry_after,
         usage,
     } = match result {
-        Ok((target, answered)) => convert(scope, session, form, &target, answered, config.get()).await,
+        Ok((target, answered)) => convert(scope, client, form, &target, answered, config.get()).await,
         Err(e) => Converted {
             result: Err(e),
             retry_after: None,
@@ -524,7 +523,7 @@ async fn from_spool(
 /// converted and merged already.
 async fn convert(
     scope: &Scope<'_>,
-    session: &mut Session,
+    client: &mut Client<'_>,
     form: &EditForm,
     target: &Target,
     answered: repeat::Answered,
@@ -545,7 +544,7 @@ async fn convert(
             // the adapter converts it: a success into the unified JSON, an error status
             // (stream request or not) into the provider's error.
             let adapter = adapter_for(target.provider.kind);
-            let unified = follow::run(adapter, call.follow_request(form), response, session).await;
+            let unified = follow::run(adapter, call.follow_request(form), response, client).await;
             (unified, retry_after)
         }
         repeat::Answered::Merged { result, retry_after } => (result, retry_after),

@@ -25,12 +25,12 @@
 //! primary's error is returned (its status and body) with
 //! `extra_fields.fallback_errors: [{provider, model, status, type, message}]`.
 
+use super::answer::Client;
 use super::attempt::{attempt, Attempted, Candidate, Scope, Start};
 use super::policy::{self, Decision, RetrySettings};
 use super::{Reply, RequestCtx};
 use crate::error::GatewayError;
 use crate::providers::UnifiedAnswer;
-use pingora::proxy::Session;
 use serde_json::{json, Value};
 use std::borrow::Cow;
 
@@ -52,7 +52,7 @@ fn describe(provider: &str, model: &str, e: &GatewayError) -> Value {
 /// primary's error, with every fallback's failure listed in `ctx.fallback_errors`.
 pub(super) async fn run(
     scope: &Scope<'_>,
-    session: &mut Session,
+    client: &mut Client<'_>,
     ctx: &mut RequestCtx,
     first: Start<'_>,
 ) -> Result<Reply, GatewayError> {
@@ -98,7 +98,7 @@ pub(super) async fn run(
                 result,
                 retry_after,
                 key,
-            } = attempt(scope, session, ctx, &candidate, start).await;
+            } = attempt(scope, client, ctx, &candidate, start).await;
             if index > 0 && candidate.retries_done == 0 && key.is_some() {
                 if let Some(p) = provider {
                     state

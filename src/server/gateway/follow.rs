@@ -9,6 +9,7 @@
 //! connection stops the loop (no more polls for nobody). Requests to another host (a polling
 //! URL, a result URL) pass the SSRF guard ([`follow_target`]) first.
 
+use super::answer::Client;
 use crate::config::parse_base_url;
 use crate::error::GatewayError;
 use crate::providers::kernel::polling::{FollowContext, FollowState, FollowUp};
@@ -18,7 +19,6 @@ use crate::server::exchange::{exchange, Collect};
 use crate::server::slots::Slots;
 use crate::spool::Spool;
 use pingora::connectors::http::Connector;
-use pingora::proxy::Session;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,19 +49,21 @@ pub(super) struct Request<'a> {
     pub(super) start: Instant,
 }
 
-/// [`unified`], watching `session` for a client that goes away.
+/// [`unified`], watching the client (when there is one) for its going away.
 pub(super) async fn run(
     adapter: &dyn ProviderAdapter,
     req: Request<'_>,
     first: UpstreamResponse,
-    session: &mut Session,
+    client: &mut Client<'_>,
 ) -> Result<UnifiedAnswer, GatewayError> {
     let work = unified(adapter, &req, first);
-    // Only a request whose body was read to its end can be watched without eating its bytes.
-    let watch_client = session.is_body_done();
     let gone = async {
-        if watch_client && session.as_downstream_mut().read_body_or_idle(true).await.is_err() {
-            return;
+        // Only a request whose body was read to its end can be watched without eating its
+        // bytes; a detached run (an async job) has nobody to watch.
+        if let Client::Session(session) = client {
+            if session.is_body_done() && session.as_downstream_mut().read_body_or_idle(true).await.is_err() {
+                return;
+            }
         }
         std::future::pending::<()>().await
     };

@@ -16,6 +16,7 @@
 
 use super::AppState;
 use crate::error::{ErrorContext, GatewayError};
+use crate::form::EditForm;
 use crate::metrics::Metrics;
 use crate::metrics::RequestRecord;
 use crate::providers::stream::Framing;
@@ -36,6 +37,7 @@ mod attempt;
 mod fallback;
 mod files;
 mod follow;
+pub mod jobs;
 mod linger;
 mod policy;
 pub use policy::retry_reason;
@@ -71,6 +73,27 @@ pub struct RequestCtx {
     answered_after: Option<Duration>,
 }
 
+impl RequestCtx {
+    /// The state of request `request_id` (a job's run has one too), starting now.
+    fn new(request_id: String) -> RequestCtx {
+        RequestCtx {
+            request_id,
+            start: Instant::now(),
+            counted: false,
+            provider: None,
+            model: None,
+            status: 0,
+            reason: None,
+            upstream: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            streamed: false,
+            fallback_errors: Vec::new(),
+            answered_after: None,
+        }
+    }
+}
+
 /// The gateway service: Pingora's app over the swappable state.
 pub struct Gateway {
     /// The state a request starts on; a reload swaps it (see [`super::reload`]). Requests in
@@ -101,18 +124,39 @@ fn request_id(session: &Session) -> String {
 }
 
 /// What the request asked for, decided from method and path alone.
-enum Endpoint {
+enum Endpoint<'p> {
     Health,
     ImageEdit(Framing),
     /// A stored image by its signed URL (`GET`, or `HEAD` when true).
     File(bool),
+    /// `POST …/async/images/edits`.
+    SubmitJob(Framing),
+    /// `GET …/async/images/edits/{id}`.
+    PollJob(&'p str),
+    /// `DELETE …/async/images/edits/{id}`.
+    CancelJob(&'p str),
     /// A known path, a method it does not take; the methods it takes, for `Allow`.
     WrongMethod(&'static str),
     Unknown,
 }
 
-fn endpoint(method: &http::Method, path: &str) -> Endpoint {
+fn endpoint<'p>(method: &http::Method, path: &'p str) -> Endpoint<'p> {
+    let job = path
+        .strip_prefix("/openai")
+        .unwrap_or(path)
+        .strip_prefix("/v1/async/images/edits/")
+        .filter(|id| !id.is_empty() && !id.contains('/'));
+    if let Some(id) = job {
+        return match *method {
+            http::Method::GET => Endpoint::PollJob(id),
+            http::Method::DELETE => Endpoint::CancelJob(id),
+            _ => Endpoint::WrongMethod("GET, DELETE"),
+        };
+    }
     match path {
+        "/v1/async/images/edits" if method == http::Method::POST => Endpoint::SubmitJob(Framing::Bifrost),
+        "/openai/v1/async/images/edits" if method == http::Method::POST => Endpoint::SubmitJob(Framing::OpenAi),
+        "/v1/async/images/edits" | "/openai/v1/async/images/edits" => Endpoint::WrongMethod("POST"),
         "/health" if method == http::Method::GET || method == http::Method::HEAD => Endpoint::Health,
         "/v1/images/edits" | "/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::Bifrost),
         "/openai/v1/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::OpenAi),
@@ -163,21 +207,12 @@ async fn send_json(
 /// discarded within `limits.linger_*` (see [`linger`]), so that a client still sending
 /// gets the answer; a body that could not be read closes the connection at once.
 async fn send_error(state: &AppState, session: &mut Session, ctx: &mut RequestCtx, err: &GatewayError) -> Result<()> {
-    if let GatewayError::Internal(detail) = err {
+    if let GatewayError::Internal(detail) | GatewayError::StoreUnavailable(detail) = err {
         log::error!("request {}: {detail}", ctx.request_id);
     }
     let rest = BodyRest::decide(session, err);
     ctx.reason = Some(err.code());
-    let mut body = err.to_json(&ErrorContext {
-        request_id: Some(&ctx.request_id),
-        provider: ctx.provider.as_deref(),
-        model_requested: ctx.model.as_deref(),
-        request_type: None,
-    });
-    if !ctx.fallback_errors.is_empty() {
-        body["extra_fields"]["fallback_errors"] = serde_json::Value::Array(std::mem::take(&mut ctx.fallback_errors));
-    }
-    let body = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+    let body = serde_json::to_vec(&error_json(err, ctx)).unwrap_or_else(|_| b"{}".to_vec());
     let allow = match err {
         GatewayError::MethodNotAllowed { allow, .. } => Some(*allow),
         _ => None,
@@ -190,6 +225,21 @@ async fn send_error(state: &AppState, session: &mut Session, ctx: &mut RequestCt
         state.metrics.linger(lingered.outcome);
     }
     Ok(())
+}
+
+/// The error body of `err` for the request of `ctx`, in Bifrost's shape, with the failed
+/// fallbacks listed (taken from `ctx`).
+fn error_json(err: &GatewayError, ctx: &mut RequestCtx) -> serde_json::Value {
+    let mut body = err.to_json(&ErrorContext {
+        request_id: Some(&ctx.request_id),
+        provider: ctx.provider.as_deref(),
+        model_requested: ctx.model.as_deref(),
+        request_type: None,
+    });
+    if !ctx.fallback_errors.is_empty() {
+        body["extra_fields"]["fallback_errors"] = serde_json::Value::Array(std::mem::take(&mut ctx.fallback_errors));
+    }
+    body
 }
 
 /// The head of an image-edit request, checked before any body byte is read.
@@ -263,19 +313,14 @@ async fn image_edit(
         framing,
         boundary: &head.boundary,
         declared_len: head.declared_len,
+        store_only: false,
     };
     let upload::Uploaded { mut form, first } = upload::read(&upload, session, ctx, &mut spool).await?;
     // route: the primary is the form's model; the model's configured fallback chain follows
     // when the request names none.
     ctx.provider = Some(form.provider.clone());
     ctx.model = Some(form.model.clone());
-    if form.fallbacks.is_empty() {
-        // (The provider passed its check in the parse step.)
-        let provider = state.router.provider(&form.provider).ok();
-        if let Some(rules) = provider.and_then(|p| p.options.rules_for(&form.model)) {
-            form.fallbacks.clone_from(&rules.fallbacks);
-        }
-    }
+    configured_fallbacks(state, &mut form);
     // The origin of gateway URLs, when the client wants URLs (response_format=url).
     let url_base = rehost::url_base(state, session, &form);
     // admit → translate → exchange → convert, candidate after candidate.
@@ -290,7 +335,18 @@ async fn image_edit(
         start: ctx.start,
         upstream_start,
     };
-    fallback::run(&scope, session, ctx, first).await
+    fallback::run(&scope, &mut answer::Client::Session(session), ctx, first).await
+}
+
+/// The route step's fallbacks: a form that names none gets its model's configured chain.
+fn configured_fallbacks(state: &AppState, form: &mut EditForm) {
+    if form.fallbacks.is_empty() {
+        // (The provider passed its check in the parse step.)
+        let provider = state.router.provider(&form.provider).ok();
+        if let Some(rules) = provider.and_then(|p| p.options.rules_for(&form.model)) {
+            form.fallbacks.clone_from(&rules.fallbacks);
+        }
+    }
 }
 
 /// What `image_edit` produced.
@@ -310,21 +366,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            request_id: String::new(),
-            start: Instant::now(),
-            counted: false,
-            provider: None,
-            model: None,
-            status: 0,
-            reason: None,
-            upstream: None,
-            request_bytes: 0,
-            response_bytes: 0,
-            streamed: false,
-            fallback_errors: Vec::new(),
-            answered_after: None,
-        }
+        RequestCtx::new(String::new())
     }
 
     /// Runs first for every request: assigns the request id and starts the clock.
@@ -377,6 +419,24 @@ impl ProxyHttp for Gateway {
                 Err(e) => send_error(state, session, ctx, &e).await?,
             },
             Endpoint::File(head_only) => files::serve(state, session, ctx, head_only).await?,
+            Endpoint::SubmitJob(framing) => match jobs::submit(state, session, ctx, framing).await {
+                Ok(body) => {
+                    ctx.request_bytes += drain_epilogue(session).await;
+                    send_json(session, ctx, 202, body, None).await?;
+                }
+                Err(e) => send_error(state, session, ctx, &e).await?,
+            },
+            Endpoint::PollJob(id) | Endpoint::CancelJob(id) => {
+                let answer = if method == http::Method::GET {
+                    jobs::poll(state, session, id).await
+                } else {
+                    jobs::cancel(state, session, id).await
+                };
+                match answer {
+                    Ok((status, body)) => send_json(session, ctx, status, body, None).await?,
+                    Err(e) => send_error(state, session, ctx, &e).await?,
+                }
+            }
             Endpoint::WrongMethod(allow) => {
                 let e = GatewayError::MethodNotAllowed {
                     method: method.to_string(),

@@ -139,7 +139,7 @@ async fn store(state: &AppState, url_base: Option<&str>, bytes: Vec<u8>) -> Resu
     let objects = &state.store.objects;
     let size = bytes.len() as u64;
     objects.put(&key, Bytes::from(bytes)).await.map_err(fail)?;
-    state.metrics.objects.stored("image", size);
+    state.metrics.jobs.stored(crate::metrics::StoredKind::Image, size);
     match objects.sign(&key, urls.ttl).await.map_err(fail)? {
         Some(presigned) => Ok(presigned.to_string()),
         None => Ok(state.store.urls.url(url_base, &name.as_url_name(), expires)),

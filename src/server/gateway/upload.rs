@@ -40,6 +40,9 @@ pub(super) struct Upload<'a> {
     pub(super) boundary: &'a str,
     /// The `Content-Length`, if any.
     pub(super) declared_len: Option<u64>,
+    /// The request only stores the upload (an async job's submission): nothing goes upstream
+    /// while it is read.
+    pub(super) store_only: bool,
 }
 
 /// The upload, read and valid.
@@ -109,7 +112,7 @@ pub(super) async fn read<'a>(
         timed_out: None,
     };
     // Small uploads are sent from the spool once complete; larger or chunked ones stream.
-    let stream_upload = up.declared_len.is_none_or(|len| len >= STREAM_MIN_BYTES);
+    let stream_upload = !up.store_only && up.declared_len.is_none_or(|len| len >= STREAM_MIN_BYTES);
     let mut feed = UpstreamFeed {
         state,
         identity: up.identity,

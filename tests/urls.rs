@@ -366,3 +366,41 @@ fn the_cleaner_removes_images_whose_bucket_has_ended() {
     assert!(!dir.path().join("images/1").exists(), "its bucket directory too");
     assert!(later.exists(), "a bucket still running stays");
 }
+
+#[test]
+fn an_async_job_answers_urls_with_the_origin_of_its_submission() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockUpstream::start();
+    let image = result_png(5);
+    mock.always(Reply::json(200, &png_answer(&image)));
+    let gw = gateway(&mock, dir.path(), "", "    rehost_urls: true\n");
+    let form = valid_form().text("response_format", "url");
+    let mut c = gw.connect();
+    c.send(&post_head("/v1/async/images/edits", &[("x-bf-vk", VK)], &form, None));
+    c.send(&form.body());
+    let r = c.read_response();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let mut done = None;
+    wait_until("the job completes", || {
+        let mut c = gw.connect();
+        c.send(
+            format!("GET /v1/async/images/edits/{id} HTTP/1.1\r\nHost: gateway.test\r\nx-bf-vk: {VK}\r\n\r\n")
+                .as_bytes(),
+        );
+        let r = c.read_response();
+        if r.status == 200 {
+            done = Some(r.json());
+        }
+        r.status != 202
+    });
+    let v = done.expect("a completed job");
+    assert_eq!(v["status"], "completed", "{v}");
+    let item = &v["result"]["data"][0];
+    assert!(item.get("b64_json").is_none(), "{v}");
+    let target = file_target(item["url"].as_str().unwrap()).to_string();
+    let file = Gateway::get(gw.addr, &target);
+    assert_eq!(file.status, 200, "{}", file.text());
+    assert!(file.body == image);
+    assert_eq!(asked_format(&mock).as_deref(), Some("b64_json"));
+}

@@ -86,10 +86,16 @@ fn a_job_runs_from_submit_to_its_result() {
         assert_eq!(result["data"], sync["data"], "{done}");
         assert_eq!(result["usage"], sync["usage"], "{done}");
         assert_eq!(result["extra_fields"]["provider"], "openai", "{done}");
-        assert_eq!(result["extra_fields"]["model_requested"], sync["extra_fields"]["model_requested"]);
+        assert_eq!(
+            result["extra_fields"]["model_requested"],
+            sync["extra_fields"]["model_requested"]
+        );
         let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
         assert_eq!(keys(result), keys(&sync), "the sync answer's shape");
-        assert!(done.get("error").is_none() && done.get("status_code").is_none(), "{done}");
+        assert!(
+            done.get("error").is_none() && done.get("status_code").is_none(),
+            "{done}"
+        );
         let completed = time_of(&done, "completed_at");
         assert!(completed >= time_of(&done, "created_at"), "{done}");
         let expires = time_of(&done, "expires_at");
@@ -103,20 +109,14 @@ fn a_job_runs_from_submit_to_its_result() {
         let (job_request, sync_request) = (&recorded[recorded.len() - 1], &recorded[0]);
         assert_eq!(job_request.path, sync_request.path);
         assert_eq!(
-            parse_multipart(
-                &job_request.header("content-type").unwrap(),
-                &job_request.body
-            )
-            .iter()
-            .map(|p| (p.name.clone(), p.data.clone()))
-            .collect::<Vec<_>>(),
-            parse_multipart(
-                &sync_request.header("content-type").unwrap(),
-                &sync_request.body
-            )
-            .iter()
-            .map(|p| (p.name.clone(), p.data.clone()))
-            .collect::<Vec<_>>()
+            parse_multipart(&job_request.header("content-type").unwrap(), &job_request.body)
+                .iter()
+                .map(|p| (p.name.clone(), p.data.clone()))
+                .collect::<Vec<_>>(),
+            parse_multipart(&sync_request.header("content-type").unwrap(), &sync_request.body)
+                .iter()
+                .map(|p| (p.name.clone(), p.data.clone()))
+                .collect::<Vec<_>>()
         );
         // Polled again: the same.
         assert_eq!(wait_status(api.addr(), &id, "completed"), done);
@@ -137,10 +137,12 @@ fn submit_time_errors_are_answered_at_once_and_store_nothing() {
     let r = send(&valid_form(), &[]);
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.json()["is_bifrost_error"], true);
-    let other = Form::new()
-        .text("model", "other/gpt-image-1")
-        .text("prompt", "p")
-        .file("image", "a.png", "image/png", &tiny_png());
+    let other = Form::new().text("model", "other/gpt-image-1").text("prompt", "p").file(
+        "image",
+        "a.png",
+        "image/png",
+        &tiny_png(),
+    );
     let r = send(&other, &[("x-bf-vk", VK_RESTRICTED)]);
     assert_gateway_error(&r, 403, "provider_blocked", "permission_error", None);
     // A bad field; stream=true; an unknown provider.
@@ -189,12 +191,20 @@ fn submit_time_errors_are_answered_at_once_and_store_nothing() {
         let counts = store.counts(now).await.unwrap();
         assert_eq!((counts.runnable, counts.running), (0, 0), "no unfinished job");
         let ended = store.remove_expired(u64::MAX / 2, 100).await.unwrap();
-        assert!(ended.is_empty(), "no finished job: {:?}", ended.iter().map(|j| &j.id).collect::<Vec<_>>());
+        assert!(
+            ended.is_empty(),
+            "no finished job: {:?}",
+            ended.iter().map(|j| &j.id).collect::<Vec<_>>()
+        );
     });
     // A valid submission is stored (the checks above can see one).
     let id = submit(addr);
     wait_status(addr, &id, "completed");
-    assert!(api.objects().iter().any(|o| o.starts_with("uploads/")), "{:?}", api.objects());
+    assert!(
+        api.objects().iter().any(|o| o.starts_with("uploads/")),
+        "{:?}",
+        api.objects()
+    );
 }
 
 /// A provider error ends the job `failed` (polled with 200) with the error's status and the
@@ -222,7 +232,10 @@ fn provider_errors_fail_the_job_and_fallbacks_answer_it() {
     assert_eq!(error["status_code"], 400, "{failed}");
     assert_eq!(error["error"], sync["error"], "{failed}");
     assert!(
-        error["error"]["message"].as_str().unwrap().contains("the prompt was refused"),
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the prompt was refused"),
         "{failed}"
     );
     assert_eq!(error["extra_fields"]["provider"], "openai", "{failed}");
@@ -242,10 +255,7 @@ fn provider_errors_fail_the_job_and_fallbacks_answer_it() {
     assert_eq!(done["result"]["extra_fields"]["fallback_index"], 1, "{done}");
     assert_eq!(images(&done["result"]), images(&default_success()), "{done}");
     let keys: Vec<Option<String>> = api.mock.requests().iter().map(|r| r.header("authorization")).collect();
-    assert!(
-        keys.contains(&Some(format!("Bearer {OTHER_PROVIDER_KEY}"))),
-        "{keys:?}"
-    );
+    assert!(keys.contains(&Some(format!("Bearer {OTHER_PROVIDER_KEY}"))), "{keys:?}");
 }
 
 /// Only the submitter reads or cancels a job: another valid key gets the 404 of an unknown id;
@@ -274,7 +284,12 @@ fn only_the_submitter_sees_its_job() {
         assert_eq!(strip(r.json()), strip(unknown_body.clone()));
         assert!(!r.text().contains(&id), "{}", r.text());
     }
-    for bad in ["not-a-job", "AAAAAAAAAAAAAAAAAAAAA%3D", "..%2F..%2Fetc%2Fpasswd", &"A".repeat(200)] {
+    for bad in [
+        "not-a-job",
+        "AAAAAAAAAAAAAAAAAAAAA%3D",
+        "..%2F..%2Fetc%2Fpasswd",
+        &"A".repeat(200),
+    ] {
         let r = poll(addr, bad, VK);
         assert_eq!(r.status, 404, "{bad}: {}", r.text());
         assert_eq!(r.json()["error"]["code"], "job_not_found", "{bad}");
@@ -288,7 +303,12 @@ fn only_the_submitter_sees_its_job() {
     gate.open();
     wait_status(addr, &id, "completed");
     // The owner may use `Authorization: Bearer` as well.
-    let r = call(addr, "GET", &format!("{SUBMIT}/{id}"), &[("authorization", &format!("Bearer {VK}"))]);
+    let r = call(
+        addr,
+        "GET",
+        &format!("{SUBMIT}/{id}"),
+        &[("authorization", &format!("Bearer {VK}"))],
+    );
     assert_eq!((r.status, r.json()["status"].clone()), (200, json!("completed")));
 }
 
@@ -350,20 +370,32 @@ fn cancel_stops_pending_and_running_jobs_and_refuses_finished_ones() {
     let r = cancel(addr, &pending, VK);
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
-    assert_eq!((v["id"].as_str(), v["status"].as_str()), (Some(pending.as_str()), Some("cancelled")));
+    assert_eq!(
+        (v["id"].as_str(), v["status"].as_str()),
+        (Some(pending.as_str()), Some("cancelled"))
+    );
     let v = wait_status(addr, &pending, "cancelled");
     assert!(v.get("result").is_none(), "{v}");
     // Cancel the running job: the worker gives up its upstream connection.
     let closed = api.mock.closed();
     let r = cancel(addr, &running, VK);
-    assert_eq!((r.status, r.json()["status"].clone()), (200, json!("cancelled")), "{}", r.text());
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("cancelled")),
+        "{}",
+        r.text()
+    );
     wait_long("the worker drops the held exchange", || api.mock.closed() > closed);
     wait_long("the run is counted as stopped", || api.gw.metric(&event("lost")) >= 1.0);
     gate.open();
     // A third job runs next; the cancelled pending one never ran.
     let third = submit(addr);
     wait_status(addr, &third, "completed");
-    assert_eq!(api.mock.received(), 2, "the cancelled pending job never reached the provider");
+    assert_eq!(
+        api.mock.received(),
+        2,
+        "the cancelled pending job never reached the provider"
+    );
     wait_status(addr, &running, "cancelled");
     wait_status(addr, &pending, "cancelled");
     assert_eq!(api.gw.metric(&event("cancelled")), 2.0);
@@ -387,7 +419,10 @@ fn a_large_result_is_stored_as_an_object_and_read_back_exactly() {
     api.mock.push(Reply::json(200, &answer));
     let id = submit(addr);
     let done = wait_status(addr, &id, "completed");
-    assert!(images(&done["result"]) == images(&answer), "the image as the provider sent it");
+    assert!(
+        images(&done["result"]) == images(&answer),
+        "the image as the provider sent it"
+    );
     let stored = std::fs::read(objects_dir(api.dir.path()).join(format!("results/{id}.json"))).unwrap();
     assert!(stored.len() > 64 * 1024, "{}", stored.len());
     let body = poll(addr, &id, VK).body;
@@ -440,7 +475,10 @@ fn job_metrics_are_there_from_startup_and_move() {
         api.gw.metric("refract_jobs{state=\"running\"}") == 1.0
     });
     // The only worker is busy: a second job is runnable.
-    api.mock.always(Reply::json(500, &json!({"error": {"message": "down", "type": "server_error"}})));
+    api.mock.always(Reply::json(
+        500,
+        &json!({"error": {"message": "down", "type": "server_error"}}),
+    ));
     let second = submit(api.addr());
     wait_long("the gauge counts the waiting job", || {
         api.gw.metric("refract_jobs{state=\"runnable\"}") == 1.0
@@ -459,7 +497,10 @@ fn job_metrics_are_there_from_startup_and_move() {
         metric_in(&text, "refract_job_duration_seconds_count{outcome=\"completed\"}"),
         1.0
     );
-    assert_eq!(metric_in(&text, "refract_job_duration_seconds_count{outcome=\"failed\"}"), 1.0);
+    assert_eq!(
+        metric_in(&text, "refract_job_duration_seconds_count{outcome=\"failed\"}"),
+        1.0
+    );
     wait_long("the gauges go back to zero", || {
         let text = api.gw.metrics_text();
         metric_in(&text, "refract_jobs{state=\"running\"}") == 0.0

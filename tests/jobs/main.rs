@@ -83,7 +83,9 @@ fn submit_to(addr: SocketAddr, path: &str, form: &Form, vk: &str, headers: &[(&s
     let r = submit_raw(addr, path, form, &all);
     assert_eq!(r.status, 202, "{}", r.text());
     assert!(
-        r.header("content-type").unwrap_or_default().starts_with("application/json"),
+        r.header("content-type")
+            .unwrap_or_default()
+            .starts_with("application/json"),
         "{:?}",
         r.headers
     );
@@ -141,14 +143,20 @@ fn wait_status(addr: SocketAddr, id: &str, status: &str) -> Value {
     loop {
         let r = poll(addr, id, VK);
         let v = r.json();
-        let now = v["status"].as_str().unwrap_or_else(|| panic!("{} {v}", r.status)).to_string();
+        let now = v["status"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{} {v}", r.status))
+            .to_string();
         let running = matches!(now.as_str(), "pending" | "processing");
         assert_eq!(r.status, if running { 202 } else { 200 }, "{v}");
         if now == status {
             return v;
         }
         assert!(running, "job {id} ended {now}, not {status}: {v}");
-        assert!(Instant::now() < deadline, "job {id} still {now} after {JOB_DEADLINE:?}: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "job {id} still {now} after {JOB_DEADLINE:?}: {v}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -117,7 +117,11 @@ virtual_keys:
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "still running after SIGTERM:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "still running after SIGTERM:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -168,7 +172,11 @@ fn a_job_survives_kill_9_and_a_restart() {
     assert_eq!(mock.received(), 2, "called again by the new process");
     assert_eq!(second.metric("refract_job_lease_takeovers_total"), 1.0);
     assert_eq!(second.metric(&event("completed")), 1.0);
-    assert!(second.log().contains(&format!("job {id}: taken over")), "{}", second.log());
+    assert!(
+        second.log().contains(&format!("job {id}: taken over")),
+        "{}",
+        second.log()
+    );
 }
 
 /// A job whose worker died as many times as `jobs.max_attempts` allows fails with
@@ -209,14 +217,24 @@ fn sigterm_hands_a_running_job_back() {
         first.log()
     );
     // A replica without workers sees it pending again.
-    let idle = Refract::start(&embedded_sections(dir.path(), &format!("  workers: 0\n{jobs}")), &mock.base_url());
+    let idle = Refract::start(
+        &embedded_sections(dir.path(), &format!("  workers: 0\n{jobs}")),
+        &mock.base_url(),
+    );
     let v = poll(idle.addr, &id, VK);
-    assert_eq!((v.status, v.json()["status"].clone()), (202, serde_json::json!("pending")));
+    assert_eq!(
+        (v.status, v.json()["status"].clone()),
+        (202, serde_json::json!("pending"))
+    );
     drop(idle);
     let second = Refract::start(&sections, &mock.base_url());
     let done = wait_status(second.addr, &id, "completed");
     assert_eq!(done["result"]["data"].as_array().map(Vec::len), Some(2), "{done}");
-    assert_eq!(second.metric("refract_job_lease_takeovers_total"), 0.0, "a claim, not a takeover");
+    assert_eq!(
+        second.metric("refract_job_lease_takeovers_total"),
+        0.0,
+        "a claim, not a takeover"
+    );
     assert_eq!(mock.received(), 2);
 }
 
@@ -245,11 +263,17 @@ fn replicas_on_redis_and_s3_share_and_take_over_jobs() {
 
     // Submitted to the replica without workers; run by the other; polled on both.
     let id = submit(front.addr);
-    assert!(!s3_keys(s3_port, "gw/uploads/").is_empty(), "the upload is in the bucket");
+    assert!(
+        !s3_keys(s3_port, "gw/uploads/").is_empty(),
+        "the upload is in the bucket"
+    );
     wait_long("the job reaches the provider", || mock.received() == 1);
     for gw in [&front, &runners[0]] {
         let r = poll(gw.addr, &id, VK);
-        assert_eq!((r.status, r.json()["status"].clone()), (202, serde_json::json!("processing")));
+        assert_eq!(
+            (r.status, r.json()["status"].clone()),
+            (202, serde_json::json!("processing"))
+        );
     }
     gate.open();
     let done = wait_status(runners[0].addr, &id, "completed");

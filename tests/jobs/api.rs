@@ -507,3 +507,59 @@ fn job_metrics_are_there_from_startup_and_move() {
             && metric_in(&text, "refract_jobs{state=\"runnable\"}") == 0.0
     });
 }
+
+/// An upload larger than the spool's memory (spilled to disk at submit time) with several
+/// images and a mask reaches the provider byte for byte when the job runs.
+#[test]
+fn every_file_of_a_large_upload_reaches_the_provider_intact() {
+    let api = Api::start("  workers: 2\n");
+    let big = big_png_like(300_000, 7);
+    let second = gradient_png();
+    let mask = unified_mask_png();
+    let form = Form::new()
+        .text("model", "openai/gpt-image-1")
+        .text("prompt", "two images and a mask")
+        .file("image[]", "big.png", "image/png", &big)
+        .file("image[]", "second.png", "image/png", &second)
+        .file("mask", "mask.png", "image/png", &mask);
+    let id = submit_to(api.addr(), SUBMIT, &form, VK, &[]);
+    let upload: u64 = api
+        .objects()
+        .iter()
+        .filter(|o| o.starts_with("uploads/"))
+        .map(|o| std::fs::metadata(objects_dir(api.dir.path()).join(o)).unwrap().len())
+        .sum();
+    assert!(upload >= 300_000, "the upload is stored before the 202: {upload} bytes");
+    wait_status(api.addr(), &id, "completed");
+    let sent = api.mock.only_request();
+    let parts = parse_multipart(&sent.header("content-type").unwrap(), &sent.body);
+    let files: Vec<(String, usize)> = parts
+        .iter()
+        .filter(|p| p.filename.is_some())
+        .map(|p| (p.name.clone(), p.data.len()))
+        .collect();
+    let data = |name: &str| -> Vec<&[u8]> { parts_named(&parts, name).iter().map(|p| p.data.as_slice()).collect() };
+    assert_eq!(data("image[]"), vec![big.as_slice(), second.as_slice()], "{files:?}");
+    assert_eq!(data("prompt"), vec![b"two images and a mask".as_slice()]);
+    assert_eq!(data("mask").len(), 1, "{files:?}");
+    assert_eq!(
+        api.gw.metric("refract_objects_stored_bytes_total{kind=\"upload\"}"),
+        upload as f64
+    );
+}
+
+/// The job routes take only their methods (405 with `Allow`).
+#[test]
+fn job_routes_refuse_other_methods() {
+    let api = Api::start("  workers: 1\n");
+    let id = submit(api.addr());
+    let r = call(api.addr(), "PUT", &format!("{SUBMIT}/{id}"), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 405, "{}", r.text());
+    assert_eq!(r.header("allow").as_deref(), Some("GET, DELETE"));
+    for path in [SUBMIT, SUBMIT_OPENAI] {
+        let r = call(api.addr(), "GET", path, &[("x-bf-vk", VK)]);
+        assert_eq!(r.status, 405, "{}", r.text());
+        assert_eq!(r.header("allow").as_deref(), Some("POST"));
+    }
+    wait_status(api.addr(), &id, "completed");
+}

@@ -243,7 +243,8 @@ fn shared_sections(redis: &str, s3_port: u16, workers: usize) -> String {
     format!(
         "store:\n  kind: redis\n  url: '{redis}'\nobjects:\n  kind: s3\n  bucket: {S3_BUCKET}\n  region: us-east-1\n  \
          endpoint: 'http://127.0.0.1:{s3_port}'\n  access_key_id: env.S3_ID\n  secret_access_key: env.S3_KEY\n  \
-         prefix: gw\njobs:\n  workers: {workers}\n  lease_ms: 1000\n  poll_interval_ms: 50\n"
+         prefix: gw\njobs:\n  workers: {workers}\n  lease_ms: 1000\n  poll_interval_ms: 50\n  \
+         cleanup_interval_ms: 100\n"
     )
 }
 
@@ -308,4 +309,22 @@ fn replicas_on_redis_and_s3_share_and_take_over_jobs() {
     assert_eq!(survivor.metric("refract_job_lease_takeovers_total"), 1.0);
     assert_eq!(mock.received(), 3);
     assert_eq!(front.metric(&event("claimed")), 0.0);
+
+    // A short TTL: the job expires on every replica and its upload leaves the bucket.
+    let uploads = s3_keys(s3_port, "gw/uploads/").len();
+    let id = submit_to(
+        front.addr,
+        SUBMIT,
+        &valid_form(),
+        VK,
+        &[("x-bf-async-job-result-ttl", "1")],
+    );
+    assert_eq!(s3_keys(s3_port, "gw/uploads/").len(), uploads + 1);
+    wait_long("the job runs and expires", || {
+        mock.received() == 4 && poll(front.addr, &id, VK).status == 404
+    });
+    assert_eq!(poll(survivor.addr, &id, VK).status, 404);
+    wait_long("the cleaner deletes its upload", || {
+        s3_keys(s3_port, "gw/uploads/").len() == uploads
+    });
 }

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import base64
 import calendar
+import json
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -19,7 +23,10 @@ try:  # the HTTP client the installed SDK is built on (`httpx2` in newer release
 except ImportError:
     import httpx
 
+from harness import VIRTUAL_KEY
+
 PROMPT = "make it an async sunset"
+NODE_DIR = Path(__file__).resolve().parent / "node"
 
 
 def submit(client: OpenAI, image: bytes, headers: dict[str, str] | None = None, **fields: str) -> httpx.Response:
@@ -91,3 +98,31 @@ def test_async_edit_errors_are_raised_at_submit(client: OpenAI, files):
     assert doc["error"]["param"] == "stream", doc
     assert "stream is not supported for async image edits" in doc["error"]["message"], doc
 
+
+
+def test_async_edit_with_the_node_sdk(gateway, files):
+    """The same lifecycle through the OpenAI Node SDK (tests/sdk/node/async_jobs.mjs)."""
+    node = shutil.which("node")
+    assert node, "node is not installed: run .ci/deps"
+    assert (NODE_DIR / "node_modules" / "openai" / "package.json").is_file(), (
+        f"the Node SDK is not installed in {NODE_DIR}: run .ci/deps (npm ci there)"
+    )
+    spec = {
+        "baseURL": f"{gateway.base_url}/v1",
+        "apiKey": VIRTUAL_KEY,
+        "model": "demo/sim-image-1",
+        "prompt": PROMPT,
+        "imagePath": str(files["input"]),
+    }
+    run = subprocess.run(
+        [node, "async_jobs.mjs", json.dumps(spec)], cwd=NODE_DIR, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, f"node failed ({run.returncode}):\n{run.stdout}\n{run.stderr}"
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["submit"]["status"] == 202, report["submit"]
+    assert report["submit"]["body"]["status"] == "pending", report["submit"]
+    polls = report["polls"]
+    assert polls[-1] == 200 and all(s == 202 for s in polls[:-1]), polls
+    done = report["done"]
+    assert done["status"] == "completed" and done["id"] == report["submit"]["body"]["id"], done
+    assert [d["b64_json"] for d in done["result"]["data"]] == report["sync_b64"]

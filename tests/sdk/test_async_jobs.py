@@ -2,7 +2,8 @@
 the SDK has no async-jobs resource, so the test posts the multipart form and polls with
 `client.post` / `client.get` / `client.delete` and `cast_to=httpx.Response`, as an SDK user
 would. The job runs on the built-in simulator, whose edit is deterministic: the job's result
-is compared with the synchronous answer to the same request."""
+is compared with the synchronous answer to the same request. The Node SDK does the same
+through tests/sdk/node/async_jobs.mjs."""
 
 from __future__ import annotations
 

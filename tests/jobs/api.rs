@@ -339,6 +339,16 @@ fn a_short_result_ttl_expires_the_job_and_its_objects() {
     let r = poll(addr, &id, VK);
     assert_eq!(r.json()["error"]["code"], "job_not_found");
     wait_long("the cleaner removes its objects", || api.objects().is_empty());
+    // A cancelled job expires the same way: its upload does not stay behind.
+    let gate = Gate::new();
+    api.mock.push(held(&gate));
+    let id = submit_to(addr, SUBMIT, &valid_form(), VK, &[("x-bf-async-job-result-ttl", "1")]);
+    wait_status(addr, &id, "processing");
+    assert_eq!(cancel(addr, &id, VK).status, 200);
+    assert!(!api.objects().is_empty());
+    wait_long("the cancelled job expires", || poll(addr, &id, VK).status == 404);
+    wait_long("the cleaner removes its upload", || api.objects().is_empty());
+    gate.open();
     // Not a number, zero, negative: the default TTL (3600 s).
     for value in ["soon", "0", "-5"] {
         let id = submit_to(addr, SUBMIT, &valid_form(), VK, &[("x-bf-async-job-result-ttl", value)]);

@@ -4,7 +4,6 @@
 
 use super::*;
 use common::engines::{redis_server, s3_keys, s3_server, S3_BUCKET};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -53,25 +52,14 @@ virtual_keys:
         );
         let path = dir.path().join("refract.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_refract"))
-            .args(["-c", path.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .env("S3_ID", "testing")
-            .env("S3_KEY", "testing")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start refract");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let (child, log) = spawn_logging(
+            Command::new(env!("CARGO_BIN_EXE_refract"))
+                .args(["-c", path.to_str().unwrap()])
+                .env("RUST_LOG", "info")
+                .env("S3_ID", "testing")
+                .env("S3_KEY", "testing")
+                .stdout(Stdio::null()),
+        );
         let mut process = Refract {
             child,
             addr: listen,

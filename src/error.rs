@@ -138,6 +138,13 @@ pub enum GatewayError {
         /// Request path.
         path: String,
     },
+    /// A file URL (`/v1/images/files/…`) whose signature is missing or wrong, or that has
+    /// expired (403); checked before the store is read.
+    #[error("{0}")]
+    FileUrlRefused(&'static str),
+    /// A signed file URL whose file is not (or no longer) stored (404).
+    #[error("no such file: it was never stored or has been removed")]
+    FileNotFound,
     /// Known path, wrong method (405); the answer carries `Allow: {allow}`.
     #[error("method {method} is not allowed here; use {allow}")]
     MethodNotAllowed {
@@ -282,7 +289,8 @@ impl GatewayError {
             PayloadTooLarge { .. } => 413,
             VirtualKeyRequired | VirtualKeyNotFound | VirtualKeyBlocked | VirtualKeyExpired | InvalidToken(_) => 401,
             ProviderBlocked(_) | ModelBlocked(_) => 403,
-            NotFound { .. } | JobNotFound => 404,
+            NotFound { .. } | JobNotFound | FileNotFound => 404,
+            FileUrlRefused(_) => 403,
             JobFinished { .. } => 409,
             StoreUnavailable(_) => 503,
             MethodNotAllowed { .. } => 405,
@@ -317,6 +325,8 @@ impl GatewayError {
             UnknownProvider(_) => "unknown_provider",
             NoKeyForModel { .. } => "no_key_for_model",
             NotFound { .. } => "not_found",
+            FileUrlRefused(_) => "file_url_refused",
+            FileNotFound => "file_not_found",
             JobNotFound => "job_not_found",
             JobFinished { .. } => "job_finished",
             StoreUnavailable(_) => "store_unavailable",

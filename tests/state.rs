@@ -4,152 +4,19 @@
 //! port); and the gateway's startup with a store it cannot open or reach.
 //!
 //! An engine that is not installed skips its test with a message, except under CI (`CI` set),
-//! where it fails: `.ci/deps` installs both.
+//! where it fails: `.ci/deps` installs both (tests/common/engines.rs starts them).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use bytes::Bytes;
-use refract::config::{ObjectsSettings, RedisSettings, S3Settings, Secret};
+use common::engines::{free_port, http, redis_server, redis_server_with, s3_server, s3_settings};
+use refract::config::{ObjectsSettings, RedisSettings};
 use refract::state::{
     embedded::EmbeddedJobs, now_ms, redis::RedisJobs, Claim, JobCounts, JobStatus, JobStore, NewJob, ObjectKey,
     Objects, Outcome,
 };
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// `None` (with a note) when `program` is missing outside CI; a failure under CI.
-fn engine(program: &Path, install: &str) -> Option<PathBuf> {
-    let found = Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if found {
-        return Some(program.to_path_buf());
-    }
-    let msg = format!("{} is not installed ({install}; .ci/deps does it)", program.display());
-    assert!(std::env::var_os("CI").is_none(), "{msg}");
-    eprintln!("SKIPPED: {msg}");
-    None
-}
-
-/// A child process killed (by its id) when dropped.
-struct Engine {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what} did not start within 30 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A `redis-server` on a unix socket in a temp dir (no port, no persistence), and its URL.
-fn redis_server() -> Option<(Engine, String)> {
-    redis_server_with(&[])
-}
-
-/// [`redis_server`] with more arguments.
-fn redis_server_with(extra: &[&str]) -> Option<(Engine, String)> {
-    let program = engine(Path::new("redis-server"), "apt-get install redis-server")?;
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("r.sock");
-    let child = Command::new(program)
-        .args(["--port", "0", "--unixsocket"])
-        .arg(&sock)
-        .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir.path())
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let url = format!("redis+unix://{}", sock.display());
-    let engine = Engine { child, _dir: dir };
-    wait_until("redis-server", || {
-        std::os::unix::net::UnixStream::connect(&sock)
-            .and_then(|mut s| {
-                s.write_all(b"PING\r\n")?;
-                let mut buf = [0u8; 7];
-                s.read_exact(&mut buf)?;
-                Ok(&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
-            })
-            .unwrap_or(false)
-    });
-    Some((engine, url))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One plain HTTP/1.1 request to `127.0.0.1:port`; the status and body.
-fn http(port: u16, method: &str, target: &str) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).unwrap();
-    let text = String::from_utf8_lossy(&answer);
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| answer[i + 4..].to_vec())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// moto's S3 server on a free loopback port with bucket `refract-test` created.
-fn s3_server() -> Option<(Engine, u16)> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
-    let program = engine(&venv, "pip install 'moto[server]' into .venv")?;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = Command::new(program)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let engine = Engine { child, _dir: dir };
-    wait_until("moto_server", || TcpStream::connect(("127.0.0.1", port)).is_ok());
-    let (status, body) = http(port, "PUT", "/refract-test");
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    Some((engine, port))
-}
-
-fn s3_settings(port: u16) -> ObjectsSettings {
-    ObjectsSettings::S3(S3Settings {
-        bucket: "refract-test".to_string(),
-        region: "us-east-1".to_string(),
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
-        access_key_id: Secret::new("testing"),
-        secret_access_key: Secret::new("testing"),
-        prefix: Some("gw".to_string()),
-    })
-}
+use std::time::Duration;
 
 fn job(owner: &str) -> NewJob {
     NewJob {
@@ -553,4 +420,95 @@ async fn the_gateway_starts_on_redis_and_s3() {
         .await
         .unwrap()
         .is_some());
+}
+
+/// Result images expire by bucket (`images/{hour}/…`): `remove_expired_images` deletes whole
+/// buckets whose hour has ended, and nothing else.
+async fn expired_images_conformance(objects: &Objects) {
+    let put = |key: &'static str| async move {
+        objects
+            .put(&ObjectKey::new(key).unwrap(), Bytes::from_static(b"img"))
+            .await
+            .unwrap();
+    };
+    let has = |key: &'static str| async move { objects.get(&ObjectKey::new(key).unwrap()).await.unwrap().is_some() };
+    for key in ["images/5/a.png", "images/5/b.webp", "images/9/c.png", "uploads/x/0"] {
+        put(key).await;
+    }
+    let hour_ms = 3_600_000;
+    assert_eq!(objects.remove_expired_images(5 * hour_ms - 1).await.unwrap(), 0);
+    assert!(has("images/5/a.png").await);
+    assert_eq!(objects.remove_expired_images(5 * hour_ms).await.unwrap(), 2);
+    assert!(!has("images/5/a.png").await && !has("images/5/b.webp").await);
+    assert!(has("images/9/c.png").await, "a later bucket stays");
+    assert!(has("uploads/x/0").await, "only images expire by bucket");
+    assert_eq!(objects.remove_expired_images(100 * hour_ms).await.unwrap(), 1);
+    assert!(!has("images/9/c.png").await);
+    assert_eq!(objects.remove_expired_images(100 * hour_ms).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn fs_expired_images_are_removed_by_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    let objects = Objects::open(&ObjectsSettings::Fs { path: root.clone() }).unwrap();
+    assert_eq!(
+        objects.remove_expired_images(u64::MAX).await.unwrap(),
+        0,
+        "no images yet"
+    );
+    expired_images_conformance(&objects).await;
+    assert!(!root.join("images/5").exists(), "the empty bucket directory is gone");
+}
+
+#[tokio::test]
+async fn s3_expired_images_are_removed_by_bucket() {
+    let Some((_server, port)) = s3_server() else { return };
+    let objects = Objects::open(&s3_settings(port)).unwrap();
+    expired_images_conformance(&objects).await;
+}
+
+/// `response_format=url` with S3 objects (a `rehost_urls` provider: the simulator answers data
+/// URLs of its own otherwise): the answer's URL is moto's presigned GET, and it
+/// fetches the stored image (under the expiry bucket, below the prefix).
+#[test]
+fn rehosted_images_on_s3_are_presigned_urls() {
+    let Some((_s3, port)) = s3_server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, sim) = (common::free_addr(), common::free_addr());
+    let yaml = format!(
+        "listeners: [{{address: '{listen}'}}]\nsimulator: {{address: '{sim}'}}\n\
+         store: {{kind: embedded, path: '{}'}}\n\
+         objects: {{kind: s3, bucket: refract-test, region: us-east-1, endpoint: 'http://127.0.0.1:{port}', \
+         access_key_id: env.S3_ID, secret_access_key: env.S3_KEY, prefix: gw, url_ttl: 120}}\n\
+         providers: [{{name: openai, kind: openai, base_url: 'http://{sim}/v1', rehost_urls: true, keys: [{{name: k, value: x}}]}}]\n\
+         auth: {{allow_anonymous: true}}\n",
+        dir.path().display()
+    );
+    let env = |name: &str| matches!(name, "S3_ID" | "S3_KEY").then(|| "testing".to_string());
+    let config = refract::config::from_yaml_str_with_env(&yaml, &env).unwrap();
+    let _running = refract::server::spawn(config).unwrap();
+    common::wait_listening(listen);
+    common::wait_listening(sim);
+    let form = common::valid_form().text("response_format", "url");
+    let mut c = common::Conn::open(listen);
+    c.send(&common::post_head("/v1/images/edits", &[], &form, None));
+    c.send(&form.body());
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let url = url::Url::parse(v["data"][0]["url"].as_str().unwrap()).unwrap();
+    assert!(v["data"][0].get("b64_json").is_none(), "{v}");
+    assert_eq!(url.port(), Some(port), "{url}");
+    assert!(url.path().starts_with("/refract-test/gw/images/"), "{url}");
+    assert!(url.path().ends_with(".png"), "{url}");
+    let query = url.query().unwrap_or_default();
+    assert!(query.contains("X-Amz-Expires=120"), "{url}");
+    let (status, body) = http(port, "GET", &format!("{}?{query}", url.path()));
+    assert_eq!(status, 200, "{url}");
+    assert!(
+        body.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "the presigned URL serves the PNG"
+    );
+    assert_eq!(http(port, "GET", url.path()).0, 403, "not without the signature");
 }

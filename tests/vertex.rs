@@ -514,7 +514,9 @@ fn unsupported_requests_never_reach_vertex() {
     }
     let r = gw.edit(&five, &[("x-bf-vk", VK)]);
     assert_gateway_error(&r, 400, "unsupported_operation", "invalid_request_error", Some("image"));
-    let r = gw.edit(&vertex_form("hat").text("response_format", "url"), &[("x-bf-vk", VK)]);
+    // URLs are stored by the gateway, except a stream's.
+    let url_stream = vertex_form("hat").text("response_format", "url").text("stream", "true");
+    let r = gw.edit(&url_stream, &[("x-bf-vk", VK)]);
     assert_gateway_error(
         &r,
         400,

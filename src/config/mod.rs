@@ -31,7 +31,8 @@ pub use crate::kind::ProviderKind;
 pub use auth::{algorithm, is_hmac, parse_jwks, AuthSettings, JwtIssuer, JwtKeySource, MIN_HS_SECRET_BYTES};
 pub use print::effective_yaml;
 pub use state::{
-    JobsSettings, ObjectsSettings, RedisSettings, S3Settings, StoreSettings, DEFAULT_OBJECTS_PATH, DEFAULT_STORE_PATH,
+    JobsSettings, ObjectUrls, ObjectsSettings, RedisSettings, ResponseFormat, S3Settings, StoreSettings,
+    DEFAULT_OBJECTS_PATH, DEFAULT_STORE_PATH,
 };
 pub(crate) use url::parse_base_url;
 
@@ -174,6 +175,9 @@ pub struct Config {
     pub store: StoreSettings,
     /// Where uploads and result images live (`objects`); read at startup only.
     pub objects: ObjectsSettings,
+    /// How stored images are handed out as URLs (`objects.url_ttl`, `url_secret`,
+    /// `public_url`, `default_response_format`); read at startup only.
+    pub object_urls: ObjectUrls,
     /// How async jobs run (`jobs`).
     pub jobs: JobsSettings,
 }
@@ -460,6 +464,9 @@ pub struct ProviderOptions {
     /// Extra attempts at the same candidate after a retryable failure (`retries`, default 0,
     /// at most 5), before the request moves on to its fallbacks.
     pub retries: u32,
+    /// `rehost_urls` (default false): for `response_format=url`, ask the provider for base64
+    /// and answer a gateway-stored URL instead of the provider's own URL.
+    pub rehost_urls: bool,
     /// Base of the exponential backoff between retries (`retry_backoff_ms`, default 200 ms):
     /// retry n waits a uniform random time in `[0, base × 2^n]`, capped at 5 s.
     pub retry_backoff: Duration,

@@ -38,7 +38,7 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
         let (providers, provider_names) = providers::providers(&mut top, env);
         let virtual_keys = providers::virtual_keys(&mut top, env, provider_names.as_deref());
         let store = super::state::store(top.opt_obj("store"), env);
-        let objects = super::state::objects(top.opt_obj("objects"), env);
+        let (objects, object_urls) = super::state::objects(top.opt_obj("objects"), env);
         let jobs = super::state::jobs(top.section("jobs"));
         top.finish();
         let simulator_address = simulator.as_ref().map(|(path, s)| (path.clone(), s.address));
@@ -55,6 +55,7 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
             virtual_keys,
             store,
             objects,
+            object_urls,
             jobs,
         }
     };

@@ -7,7 +7,8 @@
 //! printed as given: they are not secrets.
 
 use super::{
-    Config, Credential, JwtKeySource, KeyAuth, ModelRules, ObjectsSettings, ProviderConfig, StoreSettings,
+    Config, Credential, JwtKeySource, KeyAuth, ModelRules, ObjectsSettings, ProviderConfig, ResponseFormat,
+    StoreSettings,
     VirtualKeyConfig,
 };
 use serde_json::{json, Map, Value};
@@ -41,7 +42,7 @@ pub fn effective_yaml(config: &Config, source: &str) -> Result<String, String> {
         "providers": config.providers.iter().enumerate().map(|(i, p)| provider(p, raw_at(&raw, "providers", i))).collect::<Vec<_>>(),
         "virtual_keys": config.virtual_keys.iter().enumerate().map(|(i, v)| virtual_key(v, raw_at(&raw, "virtual_keys", i))).collect::<Vec<_>>(),
         "store": store(&config.store, raw.get("store").unwrap_or(&serde_yaml::Value::Null)),
-        "objects": objects(&config.objects, raw.get("objects").unwrap_or(&serde_yaml::Value::Null)),
+        "objects": objects(config, raw.get("objects").unwrap_or(&serde_yaml::Value::Null)),
         "jobs": {
             "workers": config.jobs.workers,
             "lease_ms": ms(config.jobs.lease),
@@ -85,9 +86,9 @@ fn store(store: &StoreSettings, raw: &serde_yaml::Value) -> Value {
     }
 }
 
-/// The `objects` section; the S3 credentials redacted.
-fn objects(objects: &ObjectsSettings, raw: &serde_yaml::Value) -> Value {
-    match objects {
+/// The `objects` section; the S3 credentials and the URL secret redacted.
+fn objects(config: &Config, raw: &serde_yaml::Value) -> Value {
+    let mut section = match &config.objects {
         ObjectsSettings::Fs { path } => json!({ "kind": "fs", "path": path.display().to_string() }),
         ObjectsSettings::S3(s) => json!({
             "kind": "s3",
@@ -98,7 +99,22 @@ fn objects(objects: &ObjectsSettings, raw: &serde_yaml::Value) -> Value {
             "secret_access_key": redacted(raw, "secret_access_key"),
             "prefix": s.prefix,
         }),
+    };
+    let urls = &config.object_urls;
+    let format = urls.default_response_format.map(|f| match f {
+        ResponseFormat::Url => "url",
+        ResponseFormat::B64Json => "b64_json",
+    });
+    if let Value::Object(m) = &mut section {
+        m.insert("url_ttl".into(), json!(urls.ttl.as_secs()));
+        m.insert(
+            "url_secret".into(),
+            json!(urls.secret.as_ref().map(|_| redacted(raw, "url_secret"))),
+        );
+        m.insert("public_url".into(), json!(urls.public_url));
+        m.insert("default_response_format".into(), json!(format));
     }
+    section
 }
 
 fn server(config: &Config) -> Value {
@@ -169,6 +185,7 @@ fn provider(p: &ProviderConfig, raw: &serde_yaml::Value) -> Value {
     m.insert("max_connections".into(), json!(o.connections.max));
     m.insert("queue_timeout_ms".into(), json!(ms(o.connections.queue_timeout)));
     m.insert("retries".into(), json!(o.retries));
+    m.insert("rehost_urls".into(), json!(o.rehost_urls));
     m.insert("retry_backoff_ms".into(), json!(ms(o.retry_backoff)));
     if !o.poll_interval.is_zero() {
         m.insert("poll_interval_ms".into(), json!(ms(o.poll_interval)));
@@ -427,7 +444,8 @@ virtual_keys:
     fn state_sections_are_printed_with_secrets_redacted() {
         let yaml = "store: {kind: redis, url: 'redis://127.0.0.1:6379', password: env.REDIS_PW}\n\
             objects: {kind: s3, bucket: b, region: us-east-1, endpoint: 'http://127.0.0.1:9000', \
-            access_key_id: env.S3_ID, secret_access_key: env.S3_KEY, prefix: gw}\n\
+            access_key_id: env.S3_ID, secret_access_key: env.S3_KEY, prefix: gw, url_secret: env.URL_KEY, \
+            url_ttl: 60, public_url: 'https://img.example.com', default_response_format: url}\n\
             providers: [{name: sim, kind: openai, base_url: 'http://127.0.0.1:1/v1', keys: [{name: k, value: env.K}]}]\n";
         let config = from_yaml_str_with_env(yaml, &env).unwrap();
         let out = effective_yaml(&config, yaml).unwrap();
@@ -439,6 +457,10 @@ virtual_keys:
             "url: redis://127.0.0.1:6379",
             "bucket: b",
             "prefix: gw",
+            "url_secret: '<redacted: env.URL_KEY>'",
+            "url_ttl: 60",
+            "public_url: https://img.example.com",
+            "default_response_format: url",
         ] {
             assert!(
                 out.lines().any(|l| l.trim() == expected),
@@ -449,5 +471,6 @@ virtual_keys:
         let again = from_yaml_str_with_env(&back, &env).unwrap_or_else(|e| panic!("{e}\n{back}"));
         assert_eq!(again.store, config.store);
         assert_eq!(again.objects, config.objects);
+        assert_eq!(again.object_urls, config.object_urls);
     }
 }

@@ -100,6 +100,7 @@ fn provider(mut f: Fields<'_>, env: Env<'_>, names: &[String]) -> Option<Provide
     let timeouts = timeouts(&mut f);
     options.connections = connection_limit(&mut f);
     options.repeat_concurrency = repeat_concurrency(&mut f, kind);
+    options.rehost_urls = f.opt_bool("rehost_urls", false);
     let problems = f.problems();
     let items = f.req_list("keys").unwrap_or_default();
     let key_names: Vec<(String, String)> = items

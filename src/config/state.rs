@@ -75,6 +75,54 @@ impl Default for ObjectsSettings {
     }
 }
 
+/// What a client gets when it omits `response_format` (`objects.default_response_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFormat {
+    /// A URL of the stored image (the gateway rehosts base64 answers).
+    Url,
+    /// Base64 in `b64_json`.
+    B64Json,
+}
+
+/// How stored result images are handed out as URLs: the `url_*`, `public_url` and
+/// `default_response_format` keys of the `objects` section.
+#[derive(Debug, Clone)]
+pub struct ObjectUrls {
+    /// How long a URL (and the image behind it) lives (`url_ttl`, seconds, default 3600).
+    pub ttl: std::time::Duration,
+    /// The HMAC secret of gateway URLs (`url_secret`, `env.NAME`); `None`: a random one kept
+    /// in the objects directory (`.url-secret`), or none needed (S3 presigns).
+    pub secret: Option<Secret>,
+    /// The gateway's public origin for gateway URLs (`public_url`, e.g.
+    /// `https://images.example.com`, no trailing `/`); `None`: taken from the request.
+    pub public_url: Option<String>,
+    /// The format when the client omits `response_format`; `None`: the provider's default.
+    pub default_response_format: Option<ResponseFormat>,
+}
+
+/// The default `objects.url_ttl`.
+pub const DEFAULT_URL_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl Default for ObjectUrls {
+    fn default() -> Self {
+        ObjectUrls {
+            ttl: DEFAULT_URL_TTL,
+            secret: None,
+            public_url: None,
+            default_response_format: None,
+        }
+    }
+}
+
+impl PartialEq for ObjectUrls {
+    fn eq(&self, other: &Self) -> bool {
+        self.ttl == other.ttl
+            && self.public_url == other.public_url
+            && self.default_response_format == other.default_response_format
+            && self.secret.as_ref().map(Secret::expose) == other.secret.as_ref().map(Secret::expose)
+    }
+}
+
 /// `objects: {kind: s3}`.
 #[derive(Debug, Clone)]
 pub struct S3Settings {
@@ -237,10 +285,10 @@ fn redis(f: &mut Fields<'_>, env: Env<'_>) -> Option<StoreSettings> {
     }))
 }
 
-/// The `objects` section (absent = files in `data/objects`).
-pub(super) fn objects(f: Option<Fields<'_>>, env: Env<'_>) -> ObjectsSettings {
+/// The `objects` section (absent = files in `data/objects`) and its URL keys.
+pub(super) fn objects(f: Option<Fields<'_>>, env: Env<'_>) -> (ObjectsSettings, ObjectUrls) {
     let Some(mut f) = f else {
-        return ObjectsSettings::default();
+        return (ObjectsSettings::default(), ObjectUrls::default());
     };
     let settings = match kind(&mut f, &["fs", "s3"]) {
         Some("s3") => s3(&mut f, env),
@@ -249,8 +297,59 @@ pub(super) fn objects(f: Option<Fields<'_>>, env: Env<'_>) -> ObjectsSettings {
         }),
         None => None,
     };
+    let urls = object_urls(&mut f, env);
     f.finish();
-    settings.unwrap_or_default()
+    (settings.unwrap_or_default(), urls)
+}
+
+/// The URL keys of the `objects` section.
+fn object_urls(f: &mut Fields<'_>, env: Env<'_>) -> ObjectUrls {
+    let ttl = std::time::Duration::from_secs(f.opt_u64("url_ttl", DEFAULT_URL_TTL.as_secs(), 1..=604_800));
+    let secret = f.has("url_secret").then(|| env_secret(f, "url_secret", env)).flatten();
+    if secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+        f.report("url_secret", "must be at least 16 bytes long");
+    }
+    let public_url = f.opt_str("public_url").and_then(|text| match ::url::Url::parse(text) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && u.query().is_none()
+                && u.fragment().is_none()
+                && u.username().is_empty()
+                && u.password().is_none() =>
+        {
+            Some(text.trim_end_matches('/').to_string())
+        }
+        Ok(_) => {
+            f.report(
+                "public_url",
+                "must be an http:// or https:// origin (and path), without user, query or fragment",
+            );
+            None
+        }
+        Err(e) => {
+            f.report("public_url", format!("not a URL: {e}"));
+            None
+        }
+    });
+    let default_response_format = match f.opt_str("default_response_format") {
+        None => None,
+        Some("url") => Some(ResponseFormat::Url),
+        Some("b64_json") => Some(ResponseFormat::B64Json),
+        Some(other) => {
+            f.report(
+                "default_response_format",
+                format!("unknown format '{other}' (allowed: url, b64_json)"),
+            );
+            None
+        }
+    };
+    ObjectUrls {
+        ttl,
+        secret,
+        public_url,
+        default_response_format,
+    }
 }
 
 fn s3(f: &mut Fields<'_>, env: Env<'_>) -> Option<ObjectsSettings> {
@@ -461,5 +560,63 @@ mod tests {
         );
         let all = problems(&format!("objects: {{kind: s3}}\n{PROVIDER}"));
         assert_eq!(all.len(), 4, "{all:?}");
+        one_problem(
+            &format!("objects: {{kind: fs, url_ttl: 0}}\n{PROVIDER}"),
+            "objects.url_ttl",
+            "",
+        );
+        one_problem(
+            &format!("objects: {{kind: fs, url_secret: hunter2hunter2hunter2}}\n{PROVIDER}"),
+            "objects.url_secret",
+            "must be env.NAME",
+        );
+        one_problem(
+            &format!("objects: {{kind: fs, url_secret: env.KEY_A}}\n{PROVIDER}"),
+            "objects.url_secret",
+            "at least 16 bytes",
+        );
+        one_problem(
+            &format!("objects: {{kind: fs, public_url: 'ftp://x'}}\n{PROVIDER}"),
+            "objects.public_url",
+            "http:// or https://",
+        );
+        one_problem(
+            &format!("objects: {{kind: fs, public_url: 'https://x/?a=1'}}\n{PROVIDER}"),
+            "objects.public_url",
+            "without user, query",
+        );
+        one_problem(
+            &format!("objects: {{kind: fs, default_response_format: png}}\n{PROVIDER}"),
+            "objects.default_response_format",
+            "unknown format 'png'",
+        );
+        one_problem(
+            &format!("objects: {{kind: fs, url_tll: 5}}\n{PROVIDER}"),
+            "objects.url_tll",
+            "",
+        );
+    }
+
+    #[test]
+    fn url_keys_are_read_with_defaults() {
+        let c = ok(PROVIDER);
+        assert_eq!(c.object_urls, ObjectUrls::default());
+        assert_eq!(c.object_urls.ttl, std::time::Duration::from_secs(3600));
+        let c = ok(&format!(
+            "objects: {{kind: fs, path: /srv/o, url_ttl: 60, url_secret: env.URL_SECRET, \
+             public_url: 'https://img.example.com/gw/', default_response_format: url}}\n{PROVIDER}"
+        ));
+        let u = &c.object_urls;
+        assert_eq!(u.ttl, std::time::Duration::from_secs(60));
+        assert_eq!(
+            u.secret.as_ref().map(Secret::expose),
+            Some("url-secret-of-32-bytes-for-hmac!")
+        );
+        assert_eq!(u.public_url.as_deref(), Some("https://img.example.com/gw"));
+        assert_eq!(u.default_response_format, Some(ResponseFormat::Url));
+        let c = ok(&format!(
+            "objects: {{kind: fs, default_response_format: b64_json}}\n{PROVIDER}"
+        ));
+        assert_eq!(c.object_urls.default_response_format, Some(ResponseFormat::B64Json));
     }
 }

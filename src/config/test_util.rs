@@ -7,6 +7,7 @@ pub(super) fn env(name: &str) -> Option<String> {
     match name {
         "KEY_A" => Some("sk-a-SECRET".to_string()),
         "VK_1" => Some("vk-1-SECRET".to_string()),
+        "URL_SECRET" => Some("url-secret-of-32-bytes-for-hmac!".to_string()),
         _ => None,
     }
 }

@@ -64,7 +64,9 @@ pub struct Capabilities {
     pub max_image_bytes: u64,
     /// `type` values accepted; a request without `type` is always accepted.
     pub edit_types: &'static [EditType],
-    /// `response_format=url` (else only `b64_json`).
+    /// The provider answers `response_format=url` with URLs of its own; else the gateway asks
+    /// it for base64 and answers URLs of images it stores (`server::gateway::rehost`; not for
+    /// a stream).
     pub url_output: bool,
     /// How `size` is used (for the table).
     pub sizes: &'static str,
@@ -214,10 +216,15 @@ pub fn check(
             );
         }
     }
-    if form.response_format.as_deref() == Some("url") && !caps.url_output {
+    // Without a URL of its own, the gateway stores the image and answers its URL; a stream's
+    // images go out as they come, so there is nothing to store first.
+    if form.response_format.as_deref() == Some("url") && !caps.url_output && form.stream {
         return refuse(
             "response_format",
-            format!("response_format=url with model '{}' (use b64_json)", form.model),
+            format!(
+                "response_format=url with stream=true with model '{}' (use b64_json, or no stream)",
+                form.model
+            ),
         );
     }
     Ok(())
@@ -258,7 +265,11 @@ pub fn markdown_table() -> String {
                 } else {
                     types.join(", ")
                 },
-                if c.url_output { "b64_json, url" } else { "b64_json" },
+                if c.url_output {
+                    "b64_json, url"
+                } else {
+                    "b64_json, url (stored by the gateway)"
+                },
                 c.sizes,
                 match c.streaming {
                     Streaming::Native => "native, partial images",
@@ -316,6 +327,14 @@ mod tests {
             ..Default::default()
         };
         assert!(check(&ok, &CAPS, None, "p").is_ok());
+        let url = EditForm {
+            response_format: Some("url".into()),
+            ..ok.clone()
+        };
+        assert!(
+            check(&url, &CAPS, None, "p").is_ok(),
+            "the gateway stores the image and answers its URL"
+        );
         let cases: Vec<(EditForm, &str)> = vec![
             (
                 EditForm {
@@ -355,6 +374,7 @@ mod tests {
             (
                 EditForm {
                     response_format: Some("url".into()),
+                    stream: true,
                     ..ok.clone()
                 },
                 "response_format",

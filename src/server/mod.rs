@@ -259,6 +259,7 @@ fn assemble(
     let state = Arc::new(crate::state::State::open(
         &config.store,
         &config.objects,
+        &config.object_urls,
         STORE_CONNECT_TIMEOUT,
     )?);
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));

@@ -248,6 +248,12 @@ async fn clean(current: Arc<ArcSwap<AppState>>, mut shutdown: ShutdownWatch) {
         if last_cleanup.is_none_or(|t| t.elapsed() >= settings.cleanup_interval) {
             last_cleanup = Some(Instant::now());
             remove_expired(&state).await;
+            // Rehosted images (response_format=url), by their expiry bucket.
+            match state.store.objects.remove_expired_images(now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => log::debug!("objects: {n} expired images removed"),
+                Err(e) => log::warn!("objects: expired images not removed: {e}"),
+            }
         }
         match state.store.jobs.counts(now_ms()).await {
             Ok(counts) => state.metrics.jobs.queue(counts.runnable, counts.running),

@@ -13,10 +13,12 @@
 pub mod embedded;
 mod objects;
 pub mod redis;
+pub mod urls;
 
-pub use objects::{ObjectKey, Objects};
+pub use objects::{content_type, ObjectKey, Objects};
+pub use urls::UrlSigner;
 
-use crate::config::{ObjectsSettings, StoreSettings};
+use crate::config::{ObjectUrls, ObjectsSettings, StoreSettings};
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -274,6 +276,8 @@ pub struct State {
     pub jobs: Arc<dyn JobStore>,
     /// Uploads and result images.
     pub objects: Objects,
+    /// Signs and checks the gateway's own URLs of stored images.
+    pub urls: UrlSigner,
     /// Wakes an idle worker of this process when a job was submitted here (workers of other
     /// replicas find it at their next poll).
     pub wake: tokio::sync::Notify,
@@ -281,9 +285,14 @@ pub struct State {
 
 impl State {
     /// Opens the store of `store` and the objects of `objects`: creates the directories and
-    /// the database file, or checks that Redis answers (within `timeout`). Runs once, at
-    /// startup, outside any async runtime.
-    pub fn open(store: &StoreSettings, objects: &ObjectsSettings, timeout: Duration) -> StateResult<State> {
+    /// the database file, or checks that Redis answers (within `timeout`); reads or makes the
+    /// URL secret ([`UrlSigner::open`]). Runs once, at startup, outside any async runtime.
+    pub fn open(
+        store: &StoreSettings,
+        objects: &ObjectsSettings,
+        urls: &ObjectUrls,
+        timeout: Duration,
+    ) -> StateResult<State> {
         let jobs: Arc<dyn JobStore> = match store {
             StoreSettings::Embedded { path } => Arc::new(embedded::EmbeddedJobs::open(path)?),
             StoreSettings::Redis(settings) => Arc::new(redis::RedisJobs::open(settings, timeout)?),
@@ -291,6 +300,7 @@ impl State {
         Ok(State {
             jobs,
             objects: Objects::open(objects)?,
+            urls: UrlSigner::open(objects, urls)?,
             wake: tokio::sync::Notify::new(),
         })
     }

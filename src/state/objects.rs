@@ -7,6 +7,7 @@
 use super::{StateError, StateResult};
 use crate::config::{ObjectsSettings, S3Settings};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -43,8 +44,9 @@ impl ObjectKey {
     }
 }
 
-/// The content type of an image key by its extension (what S3 serves it with).
-fn content_type(key: &ObjectKey) -> Option<&'static str> {
+/// The content type of an image key by its extension (what S3 and the gateway's file route
+/// serve it with).
+pub fn content_type(key: &ObjectKey) -> Option<&'static str> {
     match key.0.rsplit_once('.').map(|(_, ext)| ext) {
         Some("png") => Some("image/png"),
         Some("jpg" | "jpeg") => Some("image/jpeg"),
@@ -64,6 +66,8 @@ pub struct Objects {
     prefix: Option<String>,
     /// Whether to store the content type with the object (S3).
     typed: bool,
+    /// The directory, for a directory store.
+    root: Option<std::path::PathBuf>,
 }
 
 impl Objects {
@@ -82,6 +86,7 @@ impl Objects {
                     signer: None,
                     prefix: None,
                     typed: false,
+                    root: Some(path.clone()),
                 })
             }
             ObjectsSettings::S3(s3) => {
@@ -91,6 +96,7 @@ impl Objects {
                     signer: Some(bucket),
                     prefix: s3.prefix.clone(),
                     typed: true,
+                    root: None,
                 })
             }
         }
@@ -168,6 +174,45 @@ impl Objects {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Deletes the result images whose expiry bucket (`images/{hour}/…`, see
+    /// [`super::urls::ImageName`]) has ended by `now_ms`, whole buckets at a time; returns how
+    /// many objects were deleted. Run periodically by the cleaner.
+    pub async fn remove_expired_images(&self, now_ms: u64) -> StateResult<u64> {
+        let now = now_ms / 1000;
+        let images = match &self.prefix {
+            Some(p) => Path::from(format!("{p}/images")),
+            None => Path::from("images"),
+        };
+        let listed = match self.store.list_with_delimiter(Some(&images)).await {
+            Ok(listed) => listed,
+            Err(object_store::Error::NotFound { .. }) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut deleted = 0;
+        for bucket_path in listed.common_prefixes {
+            let ended = bucket_path
+                .filename()
+                .and_then(super::urls::bucket_of)
+                .is_some_and(|bucket| bucket.saturating_mul(super::urls::BUCKET_SECONDS) <= now);
+            if !ended {
+                continue;
+            }
+            let mut objects = self.store.list(Some(&bucket_path));
+            while let Some(meta) = objects.next().await {
+                match self.store.delete(&meta?.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if let Some(root) = &self.root {
+                // A directory keeps its empty bucket directory: remove it (another replica
+                // may be adding to it only if its clock is far behind; then it stays).
+                let _ = std::fs::remove_dir(root.join(bucket_path.as_ref()));
+            }
+        }
+        Ok(deleted)
     }
 
     /// A URL that fetches `key` with GET for `ttl`, when the store can sign one (S3: a

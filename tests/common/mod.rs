@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod engines;
 pub mod faults;
 pub mod wire;
 
@@ -73,6 +74,27 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Starts `command` with its stderr piped into the returned log, which a thread fills line by
+/// line as the process writes them (for a test that reads what a `refract` process logged).
+pub fn spawn_logging(command: &mut std::process::Command) -> (std::process::Child, Arc<Mutex<String>>) {
+    use std::io::BufRead;
+    let mut child = command
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the process");
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    (child, log)
+}
+
 /// Waits until something accepts connections on `addr`.
 pub fn wait_listening(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -113,6 +135,8 @@ pub struct Setup {
     /// More entries for the `providers:` list (each starting `  - name: …\n`); `{sim}` is
     /// replaced by the simulator's address.
     pub extra_providers: String,
+    /// More top-level sections (`store:`, `objects:`, `jobs:`…), each line ending in `\n`.
+    pub sections: String,
 }
 
 impl Setup {
@@ -128,6 +152,7 @@ impl Setup {
             simulator: false,
             simulator_settings: String::new(),
             extra_providers: String::new(),
+            sections: String::new(),
         }
     }
 
@@ -159,7 +184,7 @@ auth:
   allow_anonymous: {anon}
 {limits}spool:
   memory_bytes: {spool}
-{spool_dir}{sim_section}providers:
+{spool_dir}{sim_section}{sections}providers:
   - name: openai
     kind: openai
     base_url: {up}
@@ -192,6 +217,7 @@ auth:
                 .map(|d| format!("  directory: {}\n", d.display()))
                 .unwrap_or_default(),
             up = self.upstream,
+            sections = self.sections,
             rt = self.provider_settings,
             extra = self
                 .extra_providers
@@ -350,6 +376,14 @@ pub enum Reply {
     },
     /// Read the request, then never answer; hold the connection until the peer closes it.
     Stall,
+    /// Read the request, then answer `then` once `release` is set (see [`Gate`]); a peer
+    /// that closes the connection first ends it there (counted in [`MockUpstream::closed`]).
+    Hold {
+        /// Set by the test to let the answer go.
+        release: Arc<AtomicBool>,
+        /// The answer once released.
+        then: Box<Reply>,
+    },
     /// A complete answer sent with `Transfer-Encoding: chunked`, `piece` body bytes per HTTP
     /// chunk, each chunk written (and flushed, with Nagle off) on its own after `pause`: the
     /// gateway sees the body split at those boundaries (or coarser, never finer).
@@ -714,6 +748,15 @@ fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
             .or_else(|| st.fallback_reply.lock().unwrap().clone())
             .unwrap_or_else(|| Reply::json(200, &default_success()));
         st.record(recorded, true);
+        let reply = match reply {
+            Reply::Hold { release, then } => {
+                if !hold(&mut stream, &release) {
+                    return;
+                }
+                *then
+            }
+            reply => reply,
+        };
         match reply {
             Reply::Answer {
                 status,
@@ -782,6 +825,7 @@ fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
                 }
             }
             Reply::EarlyAnswer { .. } | Reply::ResetDuringBody { .. } => unreachable!("taken before the body is read"),
+            Reply::Hold { .. } => unreachable!("a held answer is a held answer once"),
             Reply::Stall => {
                 // Hold the connection until the gateway gives up and closes it.
                 let mut sink = [0u8; 1024];
@@ -789,6 +833,50 @@ fn serve_mock_connection(mut stream: TcpStream, id: usize, st: &MockState) {
                 return;
             }
         }
+    }
+}
+
+/// Waits until `release` is set (`true`) or the peer closes `stream` (`false`).
+fn hold(stream: &mut TcpStream, release: &AtomicBool) -> bool {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut sink = [0u8; 1024];
+    let released = loop {
+        if release.load(Ordering::SeqCst) {
+            break true;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) => break false,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(_) => break false,
+        }
+    };
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    released
+}
+
+/// A switch that lets [`Reply::Hold`] answers go: a provider that holds its answer until the
+/// test says so.
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<AtomicBool>);
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// An answer `then` held until [`Gate::open`].
+    pub fn hold(&self, then: Reply) -> Reply {
+        Reply::Hold {
+            release: self.0.clone(),
+            then: Box::new(then),
+        }
+    }
+
+    /// Lets every answer held by this gate go (now and later).
+    pub fn open(&self) {
+        self.0.store(true, Ordering::SeqCst);
     }
 }
 

@@ -8,8 +8,10 @@
 //! request); two images; a mask (converted to the kind's convention); a refused capability
 //! (a 400 before any upstream connection); `stream=true` (native or synthesized, ending
 //! well); an upstream error kept (status and message in Bifrost's error shape); a fallback to
-//! the kind from a failing primary of another kind. A kind whose model cannot take two images
-//! or a mask gets the refusal as its expected answer.
+//! the kind from a failing primary of another kind; `response_format=url` with the provider set
+//! to `rehost_urls` (asked for base64, the image stored in a temp directory and fetched back
+//! through the gateway's signed file URL). A kind whose model cannot take two images or a mask
+//! gets the refusal as its expected answer.
 //!
 //! Adding a provider kind: write its `Wire` in `tests/common/wire/`, return it from
 //! `wire::for_kind`, and add one line at the bottom of this file.
@@ -40,10 +42,16 @@ struct Fixture {
 impl Fixture {
     /// Starts the mock and the gateway; `more` adds providers (each sending to its own mock).
     fn start(wire: Box<dyn Wire>, more: &str) -> Fixture {
+        Fixture::start_with(wire, more, "", "")
+    }
+
+    /// [`Fixture::start`] with more lines for the subject provider and more top-level sections.
+    fn start_with(wire: Box<dyn Wire>, more: &str, subject: &str, sections: &str) -> Fixture {
         let mock = MockUpstream::start();
         // The harness's own `openai`/`other` providers point at a closed port: unused.
         let mut setup = Setup::new("http://127.0.0.1:9/v1");
-        setup.extra_providers = format!("{}{more}", wire.provider(SUBJECT, &mock));
+        setup.extra_providers = format!("{}{subject}{more}", wire.provider(SUBJECT, &mock));
+        setup.sections = sections.to_string();
         let gw = Gateway::start(&setup);
         Fixture { wire, mock, gw }
     }
@@ -208,9 +216,51 @@ mod cases {
         let refusal = fx.wire.abilities().refusal;
         let sent = fx.basic();
         let model = format!("{SUBJECT}/{}", fx.wire.model());
-        let form = fx.form(&model, &sent).text(refusal.field, refusal.value);
+        let mut form = fx.form(&model, &sent).text(refusal.field, refusal.value);
+        if refusal.field == "response_format" {
+            // The gateway stores images for URLs, except a stream's: the refusal that remains.
+            form = form.text("stream", "true");
+        }
         let r = fx.gw.edit(&form, &[("x-bf-vk", VK)]);
         fx.assert_refused_before_upstream(&r, refusal.param);
+    }
+
+    /// `response_format=url` with `rehost_urls: true`: the provider is asked for base64 (never
+    /// `url`), and the answer's `url` fetches the image through the gateway's signed file route.
+    pub fn url_answer(wire: Box<dyn Wire>) {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = format!("objects:\n  kind: fs\n  path: {}\n", dir.path().display());
+        let fx = Fixture::start_with(wire, "", "    rehost_urls: true\n", &objects);
+        let result = vec![result_png(0)];
+        fx.wire.serve(&fx.mock, &result);
+        let sent = fx.basic();
+        let model = format!("{SUBJECT}/{}", fx.wire.model());
+        let form = fx.form(&model, &sent).text("response_format", "url");
+        let r = fx.gw.edit(&form, &[("x-bf-vk", VK)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let data = v["data"].as_array().unwrap_or_else(|| panic!("no data: {v}"));
+        assert_eq!(data.len(), 1, "{v}");
+        assert!(data[0].get("b64_json").is_none(), "{v}");
+        assert_eq!(data[0]["index"], 0, "{v}");
+        assert_eq!(v["extra_fields"]["provider"], SUBJECT, "{v}");
+        let url = data[0]["url"].as_str().unwrap_or_else(|| panic!("no url: {v}"));
+        // The origin is the request's (its Host header; no public_url is configured).
+        let target = url
+            .strip_prefix("http://gateway.test")
+            .filter(|t| t.starts_with("/v1/images/files/"))
+            .unwrap_or_else(|| panic!("{url} is not a gateway file URL"));
+        let file = Gateway::get(fx.gw.addr, target);
+        assert_eq!(file.status, 200, "{}", file.text());
+        assert_eq!(file.header("content-type").as_deref(), Some("image/png"));
+        assert!(file.body == result[0], "the stored image differs");
+        for rec in fx.mock.requests() {
+            let body = String::from_utf8_lossy(&rec.body);
+            assert!(
+                !body.contains("\"response_format\":\"url\"") && !body.contains("name=\"response_format\"\r\n\r\nurl"),
+                "the provider was asked for a URL: {body}"
+            );
+        }
     }
 
     /// `stream=true`: an event stream (the provider's own, or synthesized `completed` events)
@@ -308,7 +358,7 @@ macro_rules! conformance {
             use super::*;
 
             cases!($kind, $model; basic_edit, multi_image, mask, refused_capability, stream,
-                upstream_error_kept, fallback_to_it);
+                upstream_error_kept, fallback_to_it, url_answer);
         }
     };
 }

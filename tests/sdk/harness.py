@@ -335,7 +335,13 @@ auth:
     issuers:
       - {{issuer: "{MPILOT_ISSUER}", audiences: [{JWT_AUDIENCE}], secret: env.REFRACT_TEST_JWT_SECRET, admin_claim: role, admin_value: admin}}
       - {{issuer: "{TFY_ISSUER}", audiences: [{JWT_AUDIENCE}], jwks_file: "{self.jwks_file()}", algorithms: [RS256], virtual_key_claim: sub}}
-{self.limits_yaml()}simulator:
+{self.limits_yaml()}store:
+  kind: embedded
+  path: {self.workdir}/state
+objects:
+  kind: fs
+  path: {self.workdir}/objects
+simulator:
   address: 127.0.0.1:{self.sim_port}
 providers:
   - name: demo

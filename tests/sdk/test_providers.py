@@ -9,10 +9,14 @@ the image, so the pixels can be compared with the OpenAI-dialect answer for the 
 
 from __future__ import annotations
 
+import base64
+import io
+
 import pytest
 from openai import APIStatusError, OpenAI
+from PIL import Image
 
-from harness import VIRTUAL_KEY, decode_png
+from harness import VIRTUAL_KEY, decode_png, http_get
 
 # (model, streams partial images natively)
 PROVIDER_MODELS = [
@@ -53,6 +57,30 @@ def test_edit_matches_the_openai_dialect(client: OpenAI, files, input_image, mod
     assert decode_png(got.data[0].b64_json).size == input_image.size
     assert rgba(got.data[0].b64_json) == rgba(reference.data[0].b64_json)
     assert got.model_extra["extra_fields"]["provider"] == model.split("/")[0]
+
+
+# Kinds that answer URLs of their own (the simulator's); the others are rehosted by the gateway.
+OWN_URL_KINDS = ("sim-azure", "sim-xai", "sim-bfl", "sim-fireworks", "sim-replicate")
+
+
+@pytest.mark.parametrize("model,_partials", PROVIDER_MODELS)
+def test_url_response_format_on_every_kind(client: OpenAI, gateway, files, input_image, model, _partials):
+    """response_format="url": a URL that fetches the edited image, the gateway's own signed file
+    URL for kinds that cannot answer URLs."""
+    with open(files["input"], "rb") as f:
+        got = client.images.edit(model=model, image=f, prompt="as a url", response_format="url")
+    assert len(got.data) == 1 and got.data[0].b64_json is None
+    url = got.data[0].url
+    provider = model.split("/")[0]
+    if url.startswith("data:"):
+        assert provider in OWN_URL_KINDS, url[:80]
+        png = base64.b64decode(url.split(",", 1)[1])
+    else:
+        if provider not in OWN_URL_KINDS:
+            assert url.startswith(f"{gateway.base_url}/v1/images/files/"), url
+        status, png = http_get(url)
+        assert status == 200, png[:200]
+    assert Image.open(io.BytesIO(png)).size == input_image.size
 
 
 @pytest.mark.parametrize("model,partials", PROVIDER_MODELS)

@@ -49,6 +49,9 @@ pub(super) struct Scope<'a> {
     pub(super) start: Instant,
     /// When the upload began to be read: the first exchange's upstream time counts from here.
     pub(super) upstream_start: Instant,
+    /// The origin of gateway URLs for rehosted images (`rehost::url_base`); `None` when the
+    /// client wants no URL, or none could be made (path-only URLs then).
+    pub(super) url_base: Option<&'a str>,
 }
 
 /// A candidate of the request: the primary (index 0) or a fallback.
@@ -212,7 +215,11 @@ pub(super) async fn attempt(
 ) -> Attempted {
     let state = scope.state;
     let form = &*candidate.form;
-    let provider = match check_candidate(state, scope.identity, form) {
+    let checked = check_candidate(state, scope.identity, form);
+    // Where the gateway makes the URLs, the provider is asked for base64.
+    let asked = checked.as_ref().ok().map(|p| super::rehost::provider_form(form, p));
+    let form = asked.as_deref().unwrap_or(form);
+    let provider = match checked {
         Ok(provider) => provider,
         Err(e) => {
             let tried = Tried {
@@ -545,6 +552,12 @@ async fn convert(
     let usage = match &unified {
         Ok(answer) if scope.state.admission.wants_usage() => usage_of(answer),
         _ => None,
+    };
+    // response_format=url: base64 images stored and answered as URLs (the client's own form
+    // says whether it wants them).
+    let unified = match unified {
+        Ok(answer) => super::rehost::rehost(scope.state, scope.form, scope.url_base, answer).await,
+        Err(e) => Err(e),
     };
     Converted {
         result: unified.and_then(|unified| reply(unified, stream_cx)),

@@ -60,6 +60,10 @@ struct JobRequest {
     upload: String,
     /// The submission's request id (the run's log lines and error bodies carry it).
     request_id: String,
+    /// The origin of gateway URLs for `response_format=url` (`rehost::url_base`), from the
+    /// submission.
+    #[serde(default)]
+    url_base: Option<String>,
 }
 
 /// The owner a job is bound to: the caller's virtual key (however presented: the key itself
@@ -140,6 +144,7 @@ pub(super) async fn submit(
     let stored = state.store.objects.put_spool(&key, &spool).await?;
     state.metrics.jobs.stored(StoredKind::Upload, stored);
     let request = JobRequest {
+        url_base: super::rehost::url_base(state, session, &form),
         form,
         upload: key.as_str().to_string(),
         request_id: request_id.clone(),
@@ -317,7 +322,8 @@ pub async fn run(state: &AppState, job: &JobRecord) -> Ran {
     let mut ctx = RequestCtx::new(request.request_id.clone());
     ctx.provider = Some(request.form.provider.clone());
     ctx.model = Some(request.form.model.clone());
-    let outcome = match answer(state, job, request.form, &request.upload, &mut ctx).await {
+    let url_base = request.url_base.as_deref();
+    let outcome = match answer(state, job, request.form, &request.upload, url_base, &mut ctx).await {
         Ok(answer) => match stored_result(state, job, answer).await {
             Ok(outcome) => outcome,
             Err(e) => failed(&e, &mut ctx),
@@ -336,6 +342,7 @@ async fn answer(
     job: &JobRecord,
     mut form: EditForm,
     upload: &str,
+    url_base: Option<&str>,
     ctx: &mut RequestCtx,
 ) -> Result<UnifiedAnswer, GatewayError> {
     let identity = identity_of(state, &job.owner)?;
@@ -359,6 +366,7 @@ async fn answer(
         request_id: &ctx.request_id.clone(),
         start,
         upstream_start: start,
+        url_base,
     };
     match fallback::run(&scope, &mut Client::Detached, ctx, Start::from_spool()).await? {
         Reply::Json(answer) => Ok(answer),

@@ -35,12 +35,14 @@ use std::time::{Duration, Instant};
 mod answer;
 mod attempt;
 mod fallback;
+mod files;
 mod follow;
 pub mod jobs;
 mod linger;
 mod policy;
 pub use policy::retry_reason;
 mod prepare;
+mod rehost;
 mod repeat;
 mod upload;
 
@@ -125,6 +127,8 @@ fn request_id(session: &Session) -> String {
 enum Endpoint<'p> {
     Health,
     ImageEdit(Framing),
+    /// A stored image by its signed URL (`GET`, or `HEAD` when true).
+    File(bool),
     /// `POST …/async/images/edits`.
     SubmitJob(Framing),
     /// `GET …/async/images/edits/{id}`.
@@ -156,6 +160,11 @@ fn endpoint<'p>(method: &http::Method, path: &'p str) -> Endpoint<'p> {
         "/health" if method == http::Method::GET || method == http::Method::HEAD => Endpoint::Health,
         "/v1/images/edits" | "/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::Bifrost),
         "/openai/v1/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::OpenAi),
+        p if p.starts_with(crate::state::urls::FILES_PATH) => match *method {
+            http::Method::GET => Endpoint::File(false),
+            http::Method::HEAD => Endpoint::File(true),
+            _ => Endpoint::WrongMethod("GET, HEAD"),
+        },
         "/health" => Endpoint::WrongMethod("GET, HEAD"),
         "/v1/images/edits" | "/images/edits" | "/openai/v1/images/edits" => Endpoint::WrongMethod("POST"),
         _ => Endpoint::Unknown,
@@ -312,8 +321,11 @@ async fn image_edit(
     ctx.provider = Some(form.provider.clone());
     ctx.model = Some(form.model.clone());
     configured_fallbacks(state, &mut form);
+    // The origin of gateway URLs, when the client wants URLs (response_format=url).
+    let url_base = rehost::url_base(state, session, &form);
     // admit → translate → exchange → convert, candidate after candidate.
     let scope = Scope {
+        url_base: url_base.as_deref(),
         state,
         identity: &identity,
         form: &form,
@@ -406,6 +418,7 @@ impl ProxyHttp for Gateway {
                 }
                 Err(e) => send_error(state, session, ctx, &e).await?,
             },
+            Endpoint::File(head_only) => files::serve(state, session, ctx, head_only).await?,
             Endpoint::SubmitJob(framing) => match jobs::submit(state, session, ctx, framing).await {
                 Ok(body) => {
                     ctx.request_bytes += drain_epilogue(session).await;
@@ -517,5 +530,17 @@ mod tests {
         ));
         assert!(matches!(endpoint(&http::Method::GET, "/health"), Endpoint::Health));
         assert!(matches!(endpoint(&http::Method::POST, "/v1/chat"), Endpoint::Unknown));
+        assert!(matches!(
+            endpoint(&http::Method::GET, "/v1/images/files/1-a.png"),
+            Endpoint::File(false)
+        ));
+        assert!(matches!(
+            endpoint(&http::Method::HEAD, "/v1/images/files/1-a.png"),
+            Endpoint::File(true)
+        ));
+        assert!(matches!(
+            endpoint(&http::Method::DELETE, "/v1/images/files/1-a.png"),
+            Endpoint::WrongMethod("GET, HEAD")
+        ));
     }
 }

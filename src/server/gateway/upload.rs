@@ -126,6 +126,7 @@ pub(super) async fn read<'a>(
         routed: None,
         admission: None,
         started_key: None,
+        rehost_urls: false,
     };
     // The streamed attempt: waits for its start (the feed sends it once `model` passed), then
     // exchanges while the feed hands it the body.
@@ -374,6 +375,9 @@ pub(super) struct UpstreamFeed<'a, 's> {
     pub(super) admission: Option<Result<Admitted, GatewayError>>,
     /// The streamed attempt's key, once it started.
     pub(super) started_key: Option<usize>,
+    /// The gateway makes the URLs for the streamed attempt's provider: `response_format=url`
+    /// goes upstream as `b64_json` (`super::rehost`).
+    pub(super) rehost_urls: bool,
 }
 
 impl UpstreamFeed<'_, '_> {
@@ -453,6 +457,8 @@ impl FormSink for UpstreamFeed<'_, '_> {
             }
         };
         let key = target.key_index;
+        let caps = adapter_for(target.provider.kind).capabilities(model);
+        self.rehost_urls = super::rehost::gateway_rehosts(&target.provider, caps);
         let head = encoder.head();
         if start.send((target, head, slot)).is_ok() {
             self.started_key = Some(key);
@@ -470,6 +476,10 @@ impl FormSink for UpstreamFeed<'_, '_> {
     async fn text(&mut self, name: &str, value: &str) -> std::result::Result<(), GatewayError> {
         match self.encoder.as_mut() {
             Some(encoder) => {
+                let value = match (name, value) {
+                    ("response_format", "url") if self.rehost_urls => "b64_json",
+                    _ => value,
+                };
                 if let Some(bytes) = encoder.text(name, value) {
                     self.send(Piece::Data(bytes)).await;
                 }

@@ -1,7 +1,7 @@
 //! The embedded job store: one SQLite file (`<store.path>/refract.db`, WAL mode), no server.
 //! Several processes may open it at once (an upgrade's old and new process); a claim is one
 //! `BEGIN IMMEDIATE` transaction, so two workers never get the same job. Every call runs on
-//! tokio's blocking pool.
+//! the store's own thread.
 
 use super::{
     abandoned_error, millis, new_id, Claim, JobCounts, JobRecord, JobStatus, JobStore, NewJob, Outcome, StateError,
@@ -10,7 +10,8 @@ use super::{
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::Sender;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The database file inside `store.path`.
@@ -45,8 +46,9 @@ const COLUMNS: &str = "id, owner, status, created_at, started_at, completed_at, 
 /// Job records in a SQLite file.
 pub struct EmbeddedJobs {
     file: PathBuf,
-    /// Opened on first use: a connection must not cross the fork of `--daemon`.
-    db: Arc<Mutex<Option<Connection>>>,
+    /// Calls for the store's thread, which owns the connection. Both are started on first
+    /// use: neither a thread nor a connection may cross the fork of `--daemon`.
+    tasks: OnceLock<Result<Sender<Task>, String>>,
 }
 
 /// Opens `file`, creating the table if missing.
@@ -62,7 +64,7 @@ fn connect(file: &Path) -> rusqlite::Result<Connection> {
 
 impl EmbeddedJobs {
     /// Creates `dir` if missing and opens (or creates) its database file, to find out now
-    /// whether it can be used; the connection itself is made on first use. Runs at startup.
+    /// whether it can be used. Runs at startup.
     pub fn open(dir: &Path) -> StateResult<EmbeddedJobs> {
         let fail = |what: String| StateError::Open(format!("embedded store at {}: {what}", dir.display()));
         std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create the directory: {e}")))?;
@@ -70,30 +72,63 @@ impl EmbeddedJobs {
         connect(&file).map_err(|e| fail(format!("cannot open {FILE_NAME}: {e}")))?;
         Ok(EmbeddedJobs {
             file,
-            db: Arc::new(Mutex::new(None)),
+            tasks: OnceLock::new(),
         })
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    /// Runs `f` with the connection on the store's thread and waits for its result.
     async fn with<T, F>(&self, f: F) -> StateResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StateResult<T> + Send + 'static,
     {
-        let (db, file) = (self.db.clone(), self.file.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut db = db.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if db.is_none() {
-                *db = Some(connect(&file)?);
-            }
-            match db.as_mut() {
+        let tasks = self
+            .tasks
+            .get_or_init(|| start(self.file.clone()))
+            .as_ref()
+            .map_err(|e| StateError::Blocking(e.clone()))?;
+        let (done, result) = tokio::sync::oneshot::channel();
+        let task: Task = Box::new(move |db: &mut Option<Connection>, file: &Path| {
+            let outcome = match db {
                 Some(con) => f(con),
-                None => Err(StateError::Blocking("no connection".to_string())),
-            }
-        })
-        .await
-        .map_err(|e| StateError::Blocking(e.to_string()))?
+                None => match connect(file) {
+                    Ok(con) => f(db.insert(con)),
+                    Err(e) => Err(e.into()),
+                },
+            };
+            let _ = done.send(outcome);
+        });
+        tasks
+            .send(task)
+            .map_err(|_| StateError::Blocking("the embedded store's thread is gone".to_string()))?;
+        result
+            .await
+            .map_err(|_| StateError::Blocking("the embedded store's thread stopped".to_string()))?
     }
+}
+
+/// Starts the store's thread for `file`.
+fn start(file: PathBuf) -> Result<Sender<Task>, String> {
+    let (tasks, queue) = std::sync::mpsc::channel::<Task>();
+    std::thread::Builder::new()
+        .name("refract-sqlite".into())
+        .spawn(move || serve(&file, &queue))
+        .map_err(|e| format!("cannot start the embedded store's thread: {e}"))?;
+    Ok(tasks)
+}
+
+/// A call for the store's thread: the connection (made on first use) and the file.
+type Task = Box<dyn FnOnce(&mut Option<Connection>, &Path) + Send>;
+
+/// The store's thread: runs the calls one after the other on its connection (SQLite allows
+/// one writer at a time anyway), until the store is dropped. One long-lived thread rather than
+/// the blocking pool: the workers' polls would otherwise keep starting and ending pool threads.
+fn serve(file: &Path, queue: &std::sync::mpsc::Receiver<Task>) {
+    let mut db = None;
+    while let Ok(task) = queue.recv() {
+        task(&mut db, file);
+    }
+    log::debug!("embedded store {}: closed", file.display());
 }
 
 fn as_i64(n: u64) -> i64 {

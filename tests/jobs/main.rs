@@ -48,7 +48,8 @@ fn objects_dir(dir: &Path) -> PathBuf {
     dir.join("objects")
 }
 
-/// Every file below `dir` (relative paths, sorted); none when `dir` does not exist.
+/// Every object below `dir` (relative paths, sorted; the gateway's own `.url-secret` is not
+/// one); none when `dir` does not exist.
 fn files_below(dir: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -56,7 +57,7 @@ fn files_below(dir: &Path) -> Vec<String> {
             let path = entry.path();
             if path.is_dir() {
                 walk(root, &path, out);
-            } else {
+            } else if entry.file_name() != ".url-secret" {
                 out.push(path.strip_prefix(root).unwrap().display().to_string());
             }
         }

@@ -8,8 +8,7 @@
 
 use super::{
     Config, Credential, JwtKeySource, KeyAuth, ModelRules, ObjectsSettings, ProviderConfig, ResponseFormat,
-    StoreSettings,
-    VirtualKeyConfig,
+    StoreSettings, VirtualKeyConfig,
 };
 use serde_json::{json, Map, Value};
 use std::time::Duration;

@@ -25,6 +25,7 @@ except ImportError:
     import httpx
 
 from harness import VIRTUAL_KEY
+from test_providers import PROVIDER_MODELS, rgba
 
 PROMPT = "make it an async sunset"
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -89,6 +90,30 @@ def test_async_edit_submit_poll_result(client: OpenAI, files):
     with pytest.raises(openai.NotFoundError) as e:
         client.get("/async/images/edits/AAAAAAAAAAAAAAAAAAAAAA", cast_to=httpx.Response)
     assert e.value.response.json()["error"]["code"] == "job_not_found"
+
+
+@pytest.mark.parametrize("model", ["demo/sim-image-1"] + [m for m, _ in PROVIDER_MODELS])
+def test_async_edit_on_every_kind_matches_the_sync_edit(client: OpenAI, files, model):
+    """A job runs the synchronous pipeline: on every provider kind (the simulator speaking its
+    wire format, polled for the asynchronous ones) the job's result carries the same pixels as
+    the synchronous edit of the same request."""
+    image = files["input"].read_bytes()
+    prompt = f"async via {model}"
+    r = client.post(
+        "/async/images/edits",
+        cast_to=httpx.Response,
+        body={"model": model, "prompt": prompt},
+        files=[("image", ("input.png", image, "image/png"))],
+        options={"headers": {"Content-Type": "multipart/form-data"}},
+    )
+    assert r.status_code == 202, r.text
+    done = wait_done(client, r.json()["id"])
+    assert done["status"] == "completed", done
+    result = done["result"]
+    assert result["extra_fields"]["provider"] == model.split("/")[0]
+    with open(files["input"], "rb") as f:
+        sync = client.images.edit(model=model, image=f, prompt=prompt)
+    assert [rgba(d["b64_json"]) for d in result["data"]] == [rgba(d.b64_json) for d in sync.data]
 
 
 def test_async_edit_errors_are_raised_at_submit(client: OpenAI, files):

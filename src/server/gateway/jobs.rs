@@ -64,6 +64,11 @@ struct JobRequest {
     /// submission.
     #[serde(default)]
     url_base: Option<String>,
+    /// The submitting token's own narrowing (its `models` claim), kept on top of the key's
+    /// permissions when the job runs, so a narrowed token's job never widens (fallbacks
+    /// included).
+    #[serde(default)]
+    token_models: Option<Vec<String>>,
 }
 
 /// The owner a job is bound to: the caller's virtual key (however presented: the key itself
@@ -145,6 +150,7 @@ pub(super) async fn submit(
     state.metrics.jobs.stored(StoredKind::Upload, stored);
     let request = JobRequest {
         url_base: super::rehost::url_base(state, session, &form),
+        token_models: identity.token_models.clone(),
         form,
         upload: key.as_str().to_string(),
         request_id: request_id.clone(),
@@ -322,8 +328,7 @@ pub async fn run(state: &AppState, job: &JobRecord) -> Ran {
     let mut ctx = RequestCtx::new(request.request_id.clone());
     ctx.provider = Some(request.form.provider.clone());
     ctx.model = Some(request.form.model.clone());
-    let url_base = request.url_base.as_deref();
-    let outcome = match answer(state, job, request.form, &request.upload, url_base, &mut ctx).await {
+    let outcome = match answer(state, job, &request, &mut ctx).await {
         Ok(answer) => match stored_result(state, job, answer).await {
             Ok(outcome) => outcome,
             Err(e) => failed(&e, &mut ctx),
@@ -340,12 +345,13 @@ pub async fn run(state: &AppState, job: &JobRecord) -> Ran {
 async fn answer(
     state: &AppState,
     job: &JobRecord,
-    mut form: EditForm,
-    upload: &str,
-    url_base: Option<&str>,
+    request: &JobRequest,
     ctx: &mut RequestCtx,
 ) -> Result<UnifiedAnswer, GatewayError> {
-    let identity = identity_of(state, &job.owner)?;
+    let mut identity = identity_of(state, &job.owner)?;
+    identity.token_models.clone_from(&request.token_models);
+    let mut form = request.form.clone();
+    let upload = request.upload.as_str();
     let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
     if !state
         .store
@@ -366,7 +372,7 @@ async fn answer(
         request_id: &ctx.request_id.clone(),
         start,
         upstream_start: start,
-        url_base,
+        url_base: request.url_base.as_deref(),
     };
     match fallback::run(&scope, &mut Client::Detached, ctx, Start::from_spool()).await? {
         Reply::Json(answer) => Ok(answer),
@@ -441,6 +447,25 @@ mod tests {
     #[test]
     fn times_are_rfc3339_utc() {
         assert_eq!(rfc3339(1_775_383_200_000), "2026-04-05T10:00:00Z");
+    }
+
+    #[test]
+    fn a_job_request_keeps_the_token_narrowing_and_reads_older_records() {
+        let request = JobRequest {
+            form: EditForm::default(),
+            upload: "uploads/x".into(),
+            request_id: "r".into(),
+            url_base: None,
+            token_models: Some(vec!["openai/dall-e-2".into()]),
+        };
+        let text = serde_json::to_string(&request).unwrap();
+        let back: JobRequest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.token_models, request.token_models);
+        // A record written before the field existed runs unnarrowed (as it was submitted).
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        old.as_object_mut().unwrap().remove("token_models");
+        let back: JobRequest = serde_json::from_value(old).unwrap();
+        assert_eq!(back.token_models, None);
     }
 
     #[test]

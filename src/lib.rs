@@ -4,7 +4,7 @@
 //! here: [`auth`] (who is calling) → [`form`] (parse and validate the multipart body on the fly
 //! into the [`spool`]) → [`route`] (provider and key) → [`admission`] (admit the attempt) → [`providers`] (translate to the
 //! provider's wire format) → `server::exchange` (one upstream exchange through Pingora's pooled
-//! connector) → [`providers`] again (convert the answer) → [`metrics`] (account). Only
+//! connector) → [`providers`] again (convert the answer) → [`pricing`] (its cost) → [`metrics`] (account). Only
 //! [`server`] touches Pingora; everything else is plain Rust over `http` heads and bytes.
 
 #![warn(missing_docs)]
@@ -18,6 +18,7 @@ pub mod form;
 pub mod imaging;
 pub mod kind;
 pub mod metrics;
+pub mod pricing;
 pub mod providers;
 pub mod route;
 pub mod server;

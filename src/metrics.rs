@@ -8,8 +8,8 @@
 
 use crate::error::TimeoutKind;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -39,6 +39,12 @@ pub struct Metrics {
     /// `refract_linger_total`, one counter per [`LingerOutcome`] (resolved once).
     lingers: [IntCounter; LingerOutcome::ALL.len()],
     image_decodes: IntCounter,
+    /// `refract_cost_usd_total{provider}`.
+    cost_usd: CounterVec,
+    /// `refract_images_total{provider,model}`.
+    images: IntCounterVec,
+    /// `refract_unpriced_answers_total{provider}`.
+    unpriced: IntCounterVec,
     /// `refract_config_reloads_total{result="ok"}` and `{result="error"}`.
     reloads: [IntCounter; 2],
     config_info: IntGaugeVec,
@@ -135,6 +141,8 @@ pub struct RequestRecord<'a> {
     pub request_bytes: u64,
     /// Response body bytes sent to the client.
     pub response_bytes: u64,
+    /// What the delivered answer cost, when one was delivered.
+    pub cost: Option<crate::pricing::AnswerCost>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -283,6 +291,30 @@ impl Metrics {
             "When the running config was loaded (startup or the latest successful reload), in Unix seconds.",
         )?;
         registry.register(Box::new(config_loaded.clone()))?;
+        let cost_usd = CounterVec::new(
+            Opts::new(
+                "refract_cost_usd_total",
+                "What delivered answers cost, in USD (the price table's, see README \"Pricing\"), by configured provider name.",
+            ),
+            &["provider"],
+        )?;
+        let images = IntCounterVec::new(
+            Opts::new(
+                "refract_images_total",
+                "Images delivered, by configured provider name and model (bounded label).",
+            ),
+            &["provider", "model"],
+        )?;
+        let unpriced = IntCounterVec::new(
+            Opts::new(
+                "refract_unpriced_answers_total",
+                "Delivered answers of a model no price entry matches, priced by pricing.default, by configured provider name.",
+            ),
+            &["provider"],
+        )?;
+        registry.register(Box::new(cost_usd.clone()))?;
+        registry.register(Box::new(images.clone()))?;
+        registry.register(Box::new(unpriced.clone()))?;
         let connections = ConnectionMetrics::register(&registry)?;
         let objects = ObjectMetrics::register(&registry)?;
         let jobs = JobMetrics::register(&registry)?;
@@ -310,6 +342,9 @@ impl Metrics {
             queue_rejected,
             lingers,
             image_decodes,
+            cost_usd,
+            images,
+            unpriced,
             models: Mutex::new(HashSet::new()),
         })
     }
@@ -433,6 +468,30 @@ impl Metrics {
             .inc_by(r.response_bytes);
         if let Some(reason) = r.reason {
             self.rejected.with_label_values(&[reason]).inc();
+        }
+        if let Some(cost) = &r.cost {
+            self.count_cost(provider, &model, cost);
+        }
+    }
+
+    /// An async job's answer was delivered (the job's run is not a request of its own): its
+    /// cost and images, as [`Metrics::request_finished`] counts a request's.
+    pub fn job_answered(&self, provider: &str, model: &str, cost: &crate::pricing::AnswerCost) {
+        let model = self.model_label(model);
+        self.count_cost(provider, &model, cost);
+    }
+
+    /// Counts a delivered answer's cost, images and (when no price matched) the unpriced
+    /// answer; `model` is the bounded label.
+    fn count_cost(&self, provider: &str, model: &str, cost: &crate::pricing::AnswerCost) {
+        self.cost_usd
+            .with_label_values(&[provider])
+            .inc_by(cost.micros as f64 / crate::pricing::MICROS_PER_USD as f64);
+        self.images
+            .with_label_values(&[provider, model])
+            .inc_by(u64::from(cost.images));
+        if cost.unpriced {
+            self.unpriced.with_label_values(&[provider]).inc();
         }
     }
 

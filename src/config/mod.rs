@@ -20,6 +20,7 @@
 mod auth;
 mod fields;
 mod parse;
+mod pricing;
 mod print;
 mod providers;
 mod state;
@@ -180,6 +181,8 @@ pub struct Config {
     pub object_urls: ObjectUrls,
     /// How async jobs run (`jobs`).
     pub jobs: JobsSettings,
+    /// The price table (`pricing`, then the shipped `conf/pricing.yaml`), compiled.
+    pub pricing: Arc<crate::pricing::PriceTable>,
 }
 
 /// Pingora server settings.
@@ -545,8 +548,9 @@ impl ModelRules {
     }
 }
 
-/// `*`-only glob matching, iterative (no backtracking blow-up).
-fn glob_match(pattern: &str, text: &str) -> bool {
+/// `*`-only glob matching, iterative (no backtracking blow-up); `model_rules` and the price
+/// table's `match`.
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;

@@ -51,8 +51,55 @@ pub fn effective_yaml(config: &Config, source: &str) -> Result<String, String> {
             "poll_interval_ms": ms(config.jobs.poll_interval),
             "cleanup_interval_ms": ms(config.jobs.cleanup_interval),
         },
+        "pricing": pricing(&config.pricing),
     });
     serde_yaml::to_string(&doc).map_err(|e| e.to_string())
+}
+
+/// The compiled price table, every entry (the operator's, then the file's or the built-in
+/// ones) in precedence order; amounts as exact USD strings.
+fn pricing(table: &crate::pricing::PriceTable) -> Value {
+    use crate::pricing::{PerImage, Usd};
+    let usd = |m| Value::String(Usd(m).to_string());
+    let models = table
+        .entries
+        .iter()
+        .map(|e| {
+            let mut m = json!({ "match": e.pattern });
+            if let Some(kind) = e.kind {
+                m["kind"] = json!(kind.as_str());
+            }
+            match &e.price.per_image {
+                Some(PerImage::Flat(p)) => m["per_image"] = usd(*p),
+                Some(PerImage::By(rows)) => {
+                    m["per_image_by"] = rows
+                        .iter()
+                        .map(|r| {
+                            let mut row = json!({});
+                            if let Some(size) = &r.size {
+                                row["size"] = json!(size);
+                            }
+                            if let Some(quality) = &r.quality {
+                                row["quality"] = json!(quality);
+                            }
+                            row["price"] = usd(r.price);
+                            row
+                        })
+                        .collect();
+                }
+                None => {}
+            }
+            if let Some(t) = e.price.tokens {
+                m["tokens"] = json!({
+                    "text_input": usd(t.text_input),
+                    "image_input": usd(t.image_input),
+                    "image_output": usd(t.image_output),
+                });
+            }
+            m
+        })
+        .collect::<Vec<_>>();
+    json!({ "default": usd(table.default), "models": models })
 }
 
 fn ms(d: Duration) -> u64 {

@@ -123,6 +123,24 @@ fn a_job_runs_from_submit_to_its_result() {
     }
 }
 
+/// A job's result carries the cost of its answer (as the synchronous answer does), and the
+/// job's answer is counted in the cost and image metrics.
+#[test]
+fn a_jobs_answer_is_priced_and_counted() {
+    let api = Api::start("  workers: 1\n");
+    let id = submit(api.addr());
+    let done = wait_status(api.addr(), &id, "completed");
+    // gpt-image-1 at its token rates: the mock reports 10 input and 20 output tokens.
+    assert_eq!(done["result"]["extra_fields"]["cost"], json!(0.0009), "{done}");
+    let text = String::from_utf8(Gateway::get(api.gw.metrics, "/metrics").body).unwrap();
+    assert_eq!(
+        metric_in(&text, "refract_images_total{model=\"gpt-image-1\",provider=\"openai\"}"),
+        1.0,
+        "{text}"
+    );
+    assert!((metric_in(&text, "refract_cost_usd_total{provider=\"openai\"}") - 0.0009).abs() < 1e-9);
+}
+
 /// Every validation, key and capability error is answered at submit time, as the synchronous
 /// path answers it, and nothing is stored for it.
 #[test]

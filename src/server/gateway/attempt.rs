@@ -20,6 +20,7 @@ use crate::auth::Identity;
 use crate::config::ProviderConfig;
 use crate::error::GatewayError;
 use crate::form::EditForm;
+use crate::pricing::{AnswerCost, PriceQuery, TokenUsage, Usd};
 use crate::providers::stream::{synthesize_stream, Framing, StreamContext};
 use crate::providers::{adapter_for, capabilities, UnifiedAnswer};
 use crate::route::Target;
@@ -308,6 +309,10 @@ pub(super) async fn attempt(
             state.record(&form.provider, key, outcome);
         }
         let images = if ctx.status == 200 { form.n.unwrap_or(1) } else { 0 };
+        if images > 0 {
+            // The images delivered, at the per-image price (events carry no usage).
+            ctx.cost = Some(answer_cost(state, provider.kind, form, None));
+        }
         let tried = Tried {
             provider: &form.provider,
             model: &form.model,
@@ -330,14 +335,19 @@ pub(super) async fn attempt(
         result,
         retry_after,
         usage,
+        cost,
     } = match result {
         Ok((target, answered)) => convert(scope, client, form, &target, answered, config.get()).await,
         Err(e) => Converted {
             result: Err(e),
             retry_after: None,
             usage: None,
+            cost: None,
         },
     };
+    if cost.is_some() {
+        ctx.cost = cost;
+    }
     if let Some(key) = used_key {
         state.record(&form.provider, key, result.as_ref().map(|_| ()));
     }
@@ -416,10 +426,27 @@ pub(super) fn ended(result: Result<(), &GatewayError>, n: Option<u32>) -> Ended 
 }
 
 /// The top-level `usage` of a unified answer (OpenAI's shape: `input_tokens`,
-/// `output_tokens`, `total_tokens`), read only when the admission wants it. The members
-/// around the images are small pieces of their own, so only those are searched; the last
-/// `"usage":` key there is the top-level one (written after `data`).
+/// `output_tokens`, `total_tokens`), read only when the admission wants it.
+#[cfg(test)]
 fn usage_of(answer: &UnifiedAnswer) -> Option<Usage> {
+    usage_counts(&usage_value(answer)?)
+}
+
+/// The admission's [`Usage`] of an answer's `usage` object.
+fn usage_counts(value: &serde_json::Value) -> Option<Usage> {
+    let count = |name: &str| value.get(name).and_then(serde_json::Value::as_u64);
+    Some(Usage {
+        input_tokens: count("input_tokens")?,
+        output_tokens: count("output_tokens").unwrap_or(0),
+        total_tokens: count("total_tokens").unwrap_or(0),
+    })
+}
+
+/// The top-level `usage` object of a unified answer, read only when the admission or the
+/// price of the model wants it. The members around the images are small pieces of their own,
+/// so only those are searched; the last `"usage":` key there is the top-level one (written
+/// after `data`).
+fn usage_value(answer: &UnifiedAnswer) -> Option<serde_json::Value> {
     const KEY: &[u8] = b"\"usage\":";
     let piece = answer
         .pieces()
@@ -431,12 +458,31 @@ fn usage_of(answer: &UnifiedAnswer) -> Option<Usage> {
         .into_iter()
         .next()?
         .ok()?;
-    let count = |name: &str| value.get(name).and_then(serde_json::Value::as_u64);
-    Some(Usage {
-        input_tokens: count("input_tokens")?,
-        output_tokens: count("output_tokens").unwrap_or(0),
-        total_tokens: count("total_tokens").unwrap_or(0),
-    })
+    value.is_object().then_some(value)
+}
+
+/// The cost of a successful answer of `form`'s candidate (its model, `n` images, size and
+/// quality) from a provider of `kind`, with the answer's token counts when it had them.
+fn answer_cost(
+    state: &AppState,
+    kind: crate::config::ProviderKind,
+    form: &EditForm,
+    usage: Option<TokenUsage>,
+) -> AnswerCost {
+    let images = form.n.unwrap_or(1);
+    let cost = state.config.pricing.cost(&PriceQuery {
+        kind,
+        model: &form.model,
+        images,
+        size: form.size.as_deref(),
+        quality: form.quality.as_deref(),
+        usage,
+    });
+    AnswerCost {
+        micros: cost.micros,
+        images,
+        unpriced: cost.unpriced,
+    }
 }
 
 /// How the upstream side of an attempt ended: the provider's answer (handed to the sink,
@@ -549,20 +595,36 @@ async fn convert(
         }
         repeat::Answered::Merged { result, retry_after } => (result, retry_after),
     };
-    let usage = match &unified {
-        Ok(answer) if scope.state.admission.wants_usage() => usage_of(answer),
+    let kind = target.provider.kind;
+    let admission_usage = scope.state.admission.wants_usage();
+    let usage_json = match &unified {
+        Ok(answer) if admission_usage || scope.state.config.pricing.wants_usage(kind, &form.model) => {
+            usage_value(answer)
+        }
         _ => None,
     };
+    let usage = usage_json.as_ref().filter(|_| admission_usage).and_then(usage_counts);
     // response_format=url: base64 images stored and answered as URLs (the client's own form
     // says whether it wants them).
     let unified = match unified {
         Ok(answer) => super::rehost::rehost(scope.state, scope.form, scope.url_base, answer).await,
         Err(e) => Err(e),
     };
+    let cost = unified.is_ok().then(|| {
+        let tokens = usage_json.as_ref().and_then(TokenUsage::from_usage);
+        answer_cost(scope.state, kind, form, tokens)
+    });
+    let unified = unified.map(|mut answer| {
+        if let Some(cost) = cost.filter(|_| stream_cx.is_none()) {
+            answer.insert_members("extra_fields", &format!("\"cost\":{}", Usd(cost.micros)));
+        }
+        answer
+    });
     Converted {
         result: unified.and_then(|unified| reply(unified, stream_cx)),
         retry_after,
         usage,
+        cost,
     }
 }
 
@@ -574,6 +636,8 @@ struct Converted {
     retry_after: Option<Duration>,
     /// Its token usage, when the admission wants it.
     usage: Option<Usage>,
+    /// Its cost, when it answered.
+    cost: Option<AnswerCost>,
 }
 
 /// The reply for a unified answer: the JSON, or for a stream request (the provider cannot

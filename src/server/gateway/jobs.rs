@@ -375,7 +375,12 @@ async fn answer(
         url_base: request.url_base.as_deref(),
     };
     match fallback::run(&scope, &mut Client::Detached, ctx, Start::from_spool()).await? {
-        Reply::Json(answer) => Ok(answer),
+        Reply::Json(answer) => {
+            if let (Some(cost), Some(provider), Some(model)) = (&ctx.cost, &ctx.provider, &ctx.model) {
+                state.metrics.job_answered(provider, model, cost);
+            }
+            Ok(answer)
+        }
         _ => Err(GatewayError::Internal("a job's answer was a stream".into())),
     }
 }

@@ -71,6 +71,8 @@ pub struct RequestCtx {
     /// When the request goes on after its answer was complete (lingering after an early
     /// answer): the time to the answer, reported as the request's duration.
     answered_after: Option<Duration>,
+    /// The serving attempt's cost, once an answer was delivered (the serving candidate's).
+    cost: Option<crate::pricing::AnswerCost>,
 }
 
 impl RequestCtx {
@@ -90,6 +92,7 @@ impl RequestCtx {
             streamed: false,
             fallback_errors: Vec::new(),
             answered_after: None,
+            cost: None,
         }
     }
 }
@@ -481,6 +484,7 @@ impl ProxyHttp for Gateway {
             upstream: ctx.upstream,
             request_bytes: ctx.request_bytes,
             response_bytes: ctx.response_bytes,
+            cost: ctx.cost,
         });
         // A stream that failed after its head: `status` is the failure's, `stream=failed`
         // says the status line was a 200.
@@ -490,7 +494,7 @@ impl ProxyHttp for Gateway {
             (true, _) => "failed",
         };
         log::info!(
-            "request_id={} method={} path={} status={} stream={stream} provider={} model={} reason={} ms={:.2}",
+            "request_id={} method={} path={} status={} stream={stream} provider={} model={} reason={} cost={} ms={:.2}",
             ctx.request_id,
             session.req_header().method,
             session.req_header().uri.path(),
@@ -501,8 +505,21 @@ impl ProxyHttp for Gateway {
                 .map(|m| m.chars().take(64).flat_map(char::escape_default).collect::<String>())
                 .unwrap_or_else(|| "-".into()),
             ctx.reason.unwrap_or("-"),
+            CostField(ctx.cost),
             duration.as_secs_f64() * 1000.0,
         );
+    }
+}
+
+/// The access log's `cost=`: USD, or `-` when nothing was delivered.
+struct CostField(Option<crate::pricing::AnswerCost>);
+
+impl std::fmt::Display for CostField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(cost) => crate::pricing::Usd(cost.micros).fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 

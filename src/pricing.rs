@@ -231,22 +231,16 @@ impl PriceTable {
         }
     }
 
-    /// The most an attempt at `model` (`kind`) for `images` images of `size`/`quality` may
-    /// cost, for a reservation before the call: the dearest per-image price that may apply ×
-    /// images (a tokens-only entry, or an unknown model, at the default per image).
-    pub fn worst_case(
-        &self,
-        kind: ProviderKind,
-        model: &str,
-        images: u32,
-        size: Option<&str>,
-        quality: Option<&str>,
-    ) -> Micros {
+    /// The most an attempt asking `q` (its model, kind, images, size and quality; its usage
+    /// is not known yet and ignored) may cost, for a reservation before the call: the dearest
+    /// per-image price that may apply × images (a tokens-only entry, or an unknown model, at
+    /// the default per image).
+    pub fn worst_case(&self, q: &PriceQuery<'_>) -> Micros {
         let one = self
-            .entry(kind, model)
+            .entry(q.kind, q.model)
             .and_then(|e| e.price.per_image.as_ref())
-            .map_or(self.default, |p| p.most(size, quality));
-        one.saturating_mul(u64::from(images))
+            .map_or(self.default, |p| p.most(q.size, q.quality));
+        one.saturating_mul(u64::from(q.images))
     }
 }
 
@@ -316,7 +310,7 @@ impl std::fmt::Display for Usd {
             return Ok(());
         }
         let mut digits = 6;
-        while fraction % 10 == 0 {
+        while fraction.is_multiple_of(10) {
             fraction /= 10;
             digits -= 1;
         }
@@ -495,14 +489,12 @@ mod tests {
             ..query("dall-e-2", 2)
         };
         assert_eq!(table.cost(&q).micros, 32_000);
-        assert_eq!(
-            table.worst_case(ProviderKind::OpenAi, "dall-e-2", 4, None, None),
-            80_000
-        );
-        assert_eq!(
-            table.worst_case(ProviderKind::OpenAi, "dall-e-2", 4, Some("512x512"), None),
-            72_000
-        );
+        assert_eq!(table.worst_case(&query("dall-e-2", 4)), 80_000);
+        let q = PriceQuery {
+            size: Some("512x512"),
+            ..query("dall-e-2", 4)
+        };
+        assert_eq!(table.worst_case(&q), 72_000);
     }
 
     #[test]
@@ -548,7 +540,13 @@ mod tests {
             ],
             default: 50_000,
         };
-        let worst = |model, n, size, quality| table.worst_case(ProviderKind::OpenAi, model, n, size, quality);
+        let worst = |model, n, size, quality| {
+            table.worst_case(&PriceQuery {
+                size,
+                quality,
+                ..query(model, n)
+            })
+        };
         assert_eq!(worst("flat", 3, None, None), 120_000);
         assert_eq!(worst("gpt-image-1", 2, None, None), 500_000);
         assert_eq!(worst("gpt-image-1", 1, Some("1024x1024"), None), 167_000);

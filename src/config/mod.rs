@@ -183,6 +183,17 @@ pub struct Config {
     pub jobs: JobsSettings,
     /// The price table (`pricing`, then the shipped `conf/pricing.yaml`), compiled.
     pub pricing: Arc<crate::pricing::PriceTable>,
+    /// Where the price table came from, for `--print`.
+    pub pricing_source: PricingSource,
+}
+
+/// Where the compiled price table came from (`--print` prints the section as written).
+#[derive(Debug, Clone, Default)]
+pub struct PricingSource {
+    /// How many of its first entries are `pricing.models`' (the rest are the file's).
+    pub own_entries: usize,
+    /// `pricing.file`; `None` = the built-in `conf/pricing.yaml`.
+    pub file: Option<String>,
 }
 
 /// Pingora server settings.

@@ -40,7 +40,7 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
         let store = super::state::store(top.opt_obj("store"), env);
         let (objects, object_urls) = super::state::objects(top.opt_obj("objects"), env);
         let jobs = super::state::jobs(top.section("jobs"));
-        let pricing = super::pricing::pricing(top.section("pricing"));
+        let (pricing, pricing_source) = super::pricing::pricing(top.section("pricing"));
         top.finish();
         let simulator_address = simulator.as_ref().map(|(path, s)| (path.clone(), s.address));
         check_addresses(&listeners, metrics.clone(), simulator_address, &problems);
@@ -59,6 +59,7 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
             object_urls,
             jobs,
             pricing: std::sync::Arc::new(pricing),
+            pricing_source,
         }
     };
     if problems.is_empty() {

@@ -5,7 +5,7 @@
 use serde_yaml::Value;
 
 use super::fields::{type_error, Fields, Problems};
-use super::ProviderKind;
+use super::{PricingSource, ProviderKind};
 use crate::pricing::{parse_usd, PerImage, Price, PriceEntry, PriceTable, SizedPrice, TokenRates};
 
 /// The shipped price table, used when `pricing.file` is not given.
@@ -15,8 +15,8 @@ pub const BUILT_IN: &str = include_str!("../../conf/pricing.yaml");
 /// test).
 const BUILT_IN_PATH: &str = "pricing.file (built-in conf/pricing.yaml)";
 
-/// The `pricing` section, compiled.
-pub(super) fn pricing(mut f: Fields<'_>) -> PriceTable {
+/// The `pricing` section, compiled, with where its entries came from.
+pub(super) fn pricing(mut f: Fields<'_>) -> (PriceTable, PricingSource) {
     let problems = f.problems();
     let mut entries = models(&mut f);
     let default = f.get("default");
@@ -24,6 +24,10 @@ pub(super) fn pricing(mut f: Fields<'_>) -> PriceTable {
     let file = f.opt_str("file").map(str::to_string);
     let file_path = f.path_of("file");
     f.finish();
+    let source = PricingSource {
+        own_entries: entries.len(),
+        file: file.clone(),
+    };
     let (file_entries, file_default) = match file {
         Some(name) => match std::fs::read_to_string(&name) {
             Ok(text) => table_text(&text, &file_path, problems),
@@ -39,7 +43,7 @@ pub(super) fn pricing(mut f: Fields<'_>) -> PriceTable {
         problems.add("pricing.default", "missing: the price file has no default either");
         0
     });
-    PriceTable { entries, default }
+    (PriceTable { entries, default }, source)
 }
 
 /// The entries and default of a price file's text (`models`, `default`), problems at `path`.
@@ -241,6 +245,34 @@ mod tests {
         ] {
             assert!(e.contains(want), "{want} not in {e}");
         }
+    }
+
+    #[test]
+    fn print_shows_the_section_as_written_and_loads_again() {
+        let yaml = format!(
+            "{BASE}pricing:\n  models:\n    - {{match: \"house-*\", kind: openai, per_image: 0.03}}\n    - {{match: tok, tokens: {{text_input: 1.25, image_input: 2, image_output: 8}}}}\n"
+        );
+        let config = from_yaml_str_with_env(&yaml, &|_| None).unwrap();
+        let out = crate::config::effective_yaml(&config, &yaml).unwrap();
+        for expected in [
+            "match: house-*",
+            "kind: openai",
+            "per_image: '0.03'",
+            "text_input: '1.25'",
+            "default: '0.04'",
+            "file: null",
+        ] {
+            assert!(
+                out.lines().any(|l| l.trim_start_matches(['-', ' ']) == expected),
+                "{expected:?} missing:\n{out}"
+            );
+        }
+        assert!(
+            !out.contains("dall-e-2"),
+            "the built-in entries are not repeated:\n{out}"
+        );
+        let again = from_yaml_str_with_env(&out, &|_| None).unwrap();
+        assert_eq!(again.pricing, config.pricing);
     }
 
     #[test]

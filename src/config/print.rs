@@ -51,19 +51,20 @@ pub fn effective_yaml(config: &Config, source: &str) -> Result<String, String> {
             "poll_interval_ms": ms(config.jobs.poll_interval),
             "cleanup_interval_ms": ms(config.jobs.cleanup_interval),
         },
-        "pricing": pricing(&config.pricing),
+        "pricing": pricing(&config.pricing, &config.pricing_source),
     });
     serde_yaml::to_string(&doc).map_err(|e| e.to_string())
 }
 
-/// The compiled price table, every entry (the operator's, then the file's or the built-in
-/// ones) in precedence order; amounts as exact USD strings.
-fn pricing(table: &crate::pricing::PriceTable) -> Value {
+/// The `pricing` section: the effective default, the file (absent: the built-in table) and
+/// the operator's own entries; amounts as exact USD strings.
+fn pricing(table: &crate::pricing::PriceTable, source: &super::PricingSource) -> Value {
     use crate::pricing::{PerImage, Usd};
     let usd = |m| Value::String(Usd(m).to_string());
     let models = table
         .entries
         .iter()
+        .take(source.own_entries)
         .map(|e| {
             let mut m = json!({ "match": e.pattern });
             if let Some(kind) = e.kind {
@@ -99,7 +100,7 @@ fn pricing(table: &crate::pricing::PriceTable) -> Value {
             m
         })
         .collect::<Vec<_>>();
-    json!({ "default": usd(table.default), "models": models })
+    json!({ "default": usd(table.default), "file": source.file, "models": models })
 }
 
 fn ms(d: Duration) -> u64 {

@@ -35,7 +35,6 @@ use crate::state::{now_ms, JobRecord, JobStatus, NewJob, ObjectKey, Outcome, Sta
 use bytes::Bytes;
 use pingora::proxy::Session;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// The header that sets how long a job's result stays readable after it ends (seconds).
@@ -246,8 +245,8 @@ pub(super) async fn cancel(
     Ok((200, view(state, &cancelled).await?))
 }
 
-/// A job as the API shows it (`AsyncJobResponse`); `result` and `error` are the stored JSON as
-/// they are.
+/// A job as the API shows it (`AsyncJobResponse`), less `result` and `error`: those are the
+/// stored JSON, appended as they are ([`view`]).
 #[derive(Serialize)]
 struct JobView<'a> {
     id: &'a str,
@@ -259,42 +258,47 @@ struct JobView<'a> {
     expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status_code: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<Box<RawValue>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<Box<RawValue>>,
 }
 
-/// The body showing `job`; a result stored as an object is read back.
+/// The body showing `job`; a result stored as an object is read back. The stored `result` and
+/// `error` are JSON the gateway wrote: they are copied into the body once, not parsed again.
 async fn view(state: &AppState, job: &JobRecord) -> Result<UnifiedAnswer, GatewayError> {
-    let raw =
-        |text: String| RawValue::from_string(text).map_err(|e| GatewayError::Internal(format!("stored JSON: {e}")));
-    let result =
-        match &job.result {
-            Some(inline) if inline.starts_with('{') => Some(raw(inline.clone())?),
-            Some(key) => {
-                let bytes =
-                    state.store.objects.get(&ObjectKey::new(key)?).await?.ok_or_else(|| {
-                        GatewayError::Internal(format!("job {}: its result object is missing", job.id))
-                    })?;
-                let text = String::from_utf8(bytes.to_vec()).map_err(|e| GatewayError::Internal(e.to_string()))?;
-                Some(raw(text)?)
-            }
-            None => None,
-        };
-    let view = JobView {
+    let result: Option<Bytes> = match &job.result {
+        Some(inline) if inline.starts_with('{') => Some(Bytes::copy_from_slice(inline.as_bytes())),
+        Some(key) => Some(
+            state
+                .store
+                .objects
+                .get(&ObjectKey::new(key)?)
+                .await?
+                .ok_or_else(|| GatewayError::Internal(format!("job {}: its result object is missing", job.id)))?,
+        ),
+        None => None,
+    };
+    let head = JobView {
         id: &job.id,
         status: job.status.as_str(),
         created_at: rfc3339(job.created_at),
         completed_at: job.completed_at.map(rfc3339),
         expires_at: job.expires_at.map(rfc3339),
         status_code: job.status_code,
-        result,
-        error: job.error.clone().map(raw).transpose()?,
     };
-    serde_json::to_vec(&view)
-        .map(UnifiedAnswer::from)
-        .map_err(|e| GatewayError::Internal(e.to_string()))
+    let mut out = serde_json::to_vec(&head).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let stored = [
+        ("result", result.as_deref()),
+        ("error", job.error.as_deref().map(str::as_bytes)),
+    ];
+    out.reserve(stored.iter().map(|(_, v)| v.map_or(0, <[u8]>::len) + 12).sum());
+    // Reopen the object (`{…}` without its `}`) and append the stored members.
+    out.pop();
+    for (name, value) in stored {
+        if let Some(value) = value {
+            out.extend_from_slice(format!(",\"{name}\":").as_bytes());
+            out.extend_from_slice(value);
+        }
+    }
+    out.push(b'}');
+    Ok(UnifiedAnswer::from(out))
 }
 
 /// Unix milliseconds as RFC 3339 (UTC, whole seconds), as Bifrost writes times.

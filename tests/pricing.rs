@@ -31,17 +31,17 @@ fn form(model: &str) -> Form {
 }
 
 fn cost_metric(gw: &Gateway, provider: &str) -> f64 {
-    gw.metric(&format!("refract_cost_usd_total{{provider=\"{provider}\"}}"))
+    gw.metric_settled(&format!("refract_cost_usd_total{{provider=\"{provider}\"}}"))
 }
 
 fn images_metric(gw: &Gateway, provider: &str, model: &str) -> f64 {
-    gw.metric(&format!(
+    gw.metric_settled(&format!(
         "refract_images_total{{model=\"{model}\",provider=\"{provider}\"}}"
     ))
 }
 
 fn unpriced_metric(gw: &Gateway, provider: &str) -> f64 {
-    gw.metric(&format!("refract_unpriced_answers_total{{provider=\"{provider}\"}}"))
+    gw.metric_settled(&format!("refract_unpriced_answers_total{{provider=\"{provider}\"}}"))
 }
 
 fn close(a: f64, b: f64) -> bool {

@@ -303,6 +303,21 @@ impl Gateway {
             .map_or(0.0, |v| v.trim().parse().expect("a metric value"))
     }
 
+    /// [`Gateway::metric`] once every request has been accounted: a request's metrics are
+    /// recorded after its answer was sent, so a client that just read its answer may be
+    /// ahead of them. Waits (at most 10 s) for `refract_requests_in_flight` to reach 0.
+    pub fn metric_settled(&self, series: &str) -> f64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.metric("refract_requests_in_flight") != 0.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "requests still in flight after 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        self.metric(series)
+    }
+
     /// Asserts the gateway still answers a valid request with 200 (on a new connection).
     pub fn assert_still_serves(&self) {
         let r = self.edit(&valid_form(), &[("x-bf-vk", VK)]);

@@ -10,6 +10,7 @@
 //! Every call takes the current time (`now`, Unix milliseconds) from the caller: leases and
 //! TTLs are decided on the caller's clock, and tests move it without sleeping.
 
+pub mod counters;
 pub mod embedded;
 mod objects;
 pub mod redis;

@@ -59,6 +59,7 @@ fn connect(file: &Path) -> rusqlite::Result<Connection> {
     db.pragma_update(None, "journal_mode", "WAL")?;
     db.pragma_update(None, "synchronous", "NORMAL")?;
     db.execute_batch(SCHEMA)?;
+    db.execute_batch(super::embedded_counters::SCHEMA)?;
     Ok(db)
 }
 
@@ -77,7 +78,7 @@ impl EmbeddedJobs {
     }
 
     /// Runs `f` with the connection on the store's thread and waits for its result.
-    async fn with<T, F>(&self, f: F) -> StateResult<T>
+    pub(super) async fn with<T, F>(&self, f: F) -> StateResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StateResult<T> + Send + 'static,
@@ -131,7 +132,8 @@ fn serve(file: &Path, queue: &std::sync::mpsc::Receiver<Task>) {
     log::debug!("embedded store {}: closed", file.display());
 }
 
-fn as_i64(n: u64) -> i64 {
+/// `n` as SQLite stores it (saturating).
+pub(super) fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 

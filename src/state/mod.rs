@@ -12,6 +12,7 @@
 
 pub mod counters;
 pub mod embedded;
+mod embedded_counters;
 mod objects;
 pub mod redis;
 pub mod urls;

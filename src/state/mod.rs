@@ -1,11 +1,12 @@
-//! The gateway's state: job records ([`JobStore`]) and stored objects ([`Objects`]): uploads
-//! of pending jobs and result images.
+//! The gateway's state: job records ([`JobStore`]), governance's usage counters
+//! ([`Counters`]: rate-limit windows, budget spend, concurrency slots) and stored objects
+//! ([`Objects`]): uploads of pending jobs and result images.
 //!
 //! Opened once at startup from the `store` and `objects` sections ([`State::open`]); a store
 //! that cannot be opened or reached is a startup error. Two implementations of the job store:
 //! [`embedded::EmbeddedJobs`] (a single SQLite file, no server) and [`redis::RedisJobs`]
-//! (shared by several replicas). Objects go through the `object_store` crate (a local
-//! directory or S3).
+//! (shared by several replicas); the same store keeps the counters. Objects go through the
+//! `object_store` crate (a local directory or S3).
 //!
 //! Every call takes the current time (`now`, Unix milliseconds) from the caller: leases and
 //! TTLs are decided on the caller's clock, and tests move it without sleeping.
@@ -15,8 +16,10 @@ pub mod embedded;
 mod embedded_counters;
 mod objects;
 pub mod redis;
+mod redis_counters;
 pub mod urls;
 
+pub use counters::{Counters, MemoryCounters};
 pub use objects::{content_type, ObjectKey, Objects};
 pub use urls::UrlSigner;
 
@@ -272,10 +275,14 @@ pub trait JobStore: Send + Sync {
     async fn remove_expired(&self, now: u64, limit: usize) -> StateResult<Vec<JobRecord>>;
 }
 
-/// The job store and the objects, opened at startup; lives as long as the process.
+/// The job store, the counters and the objects, opened at startup; lives as long as the
+/// process.
 pub struct State {
     /// Job records.
     pub jobs: Arc<dyn JobStore>,
+    /// Governance's usage counters, in the same store as the jobs (the same SQLite file, or
+    /// the same Redis).
+    pub counters: Arc<dyn Counters>,
     /// Uploads and result images.
     pub objects: Objects,
     /// Signs and checks the gateway's own URLs of stored images.
@@ -295,12 +302,19 @@ impl State {
         urls: &ObjectUrls,
         timeout: Duration,
     ) -> StateResult<State> {
-        let jobs: Arc<dyn JobStore> = match store {
-            StoreSettings::Embedded { path } => Arc::new(embedded::EmbeddedJobs::open(path)?),
-            StoreSettings::Redis(settings) => Arc::new(redis::RedisJobs::open(settings, timeout)?),
+        let (jobs, counters): (Arc<dyn JobStore>, Arc<dyn Counters>) = match store {
+            StoreSettings::Embedded { path } => {
+                let embedded = Arc::new(embedded::EmbeddedJobs::open(path)?);
+                (embedded.clone(), embedded)
+            }
+            StoreSettings::Redis(settings) => {
+                let redis = Arc::new(redis::RedisJobs::open(settings, timeout)?);
+                (redis.clone(), redis)
+            }
         };
         Ok(State {
             jobs,
+            counters,
             objects: Objects::open(objects)?,
             urls: UrlSigner::open(objects, urls)?,
             wake: tokio::sync::Notify::new(),
@@ -341,6 +355,39 @@ mod tests {
         assert_eq!(a.len(), 22);
         assert_ne!(a, b);
         assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    }
+
+    #[test]
+    fn the_counters_live_in_the_job_store() {
+        use counters::{Check, Take, Window};
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreSettings::Embedded {
+            path: dir.path().join("store"),
+        };
+        let objects = ObjectsSettings::Fs {
+            path: dir.path().join("objects"),
+        };
+        let state = State::open(&store, &objects, &ObjectUrls::default(), Duration::from_secs(3)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let window = Window::Fixed {
+            start: 0,
+            end: u64::MAX,
+        };
+        let take = Take {
+            key: "vk:a:requests",
+            window,
+            amount: 2,
+            limit: 9,
+            check: Check::Fits,
+        };
+        assert_eq!(rt.block_on(state.counters.take(&[take], 1)).unwrap().refused, None);
+        drop(state);
+        let file = embedded::EmbeddedJobs::open(&dir.path().join("store")).unwrap();
+        let read = rt.block_on(file.read(&[("vk:a:requests", window)], 2)).unwrap();
+        assert_eq!(read[0].used, 2, "written to the store's file");
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl RedisJobs {
     }
 
     /// The shared connection (made on first use).
-    async fn con(&self) -> StateResult<ConnectionManager> {
+    pub(super) async fn con(&self) -> StateResult<ConnectionManager> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))

@@ -55,6 +55,17 @@ pub struct AdmissionRequest<'a> {
     pub form_complete: bool,
 }
 
+/// A request as known when it is admitted, before its body is read: who sends it. Asked once
+/// per request ([`Admission::admit_request`]): the request-level limits (requests per window,
+/// requests in flight, a budget already spent) refuse it here, before any upload is read.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestAdmission<'a> {
+    /// The request's id.
+    pub request_id: &'a str,
+    /// The caller's virtual key id; `None` for anonymous use and admin tokens.
+    pub virtual_key: Option<&'a str>,
+}
+
 /// An admitted attempt, to hand back to [`Admission::settle`]. `token` is the admission's own
 /// (a reservation id, a slot number); the gateway only carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +107,11 @@ pub struct Settlement<'a> {
     pub key: Option<&'a str>,
     /// Time from admission to settlement.
     pub elapsed: Duration,
+    /// The caller's virtual key id, as admitted.
+    pub virtual_key: Option<&'a str>,
+    /// What the attempt's answer costs (micro-dollars, the price table's), when it delivered
+    /// images; `None` otherwise (a failed attempt costs nothing).
+    pub cost: Option<u64>,
 }
 
 /// An admission decision that may need to wait.
@@ -126,6 +142,16 @@ pub trait Admission: Send + Sync {
 
     /// Runs once per admitted attempt, when it is over, with its outcome.
     fn settle(&self, permit: Permit, settlement: &Settlement<'_>);
+
+    /// Runs once per request, after authentication and before its body is read (for an async
+    /// job: at submission; its run is not admitted again). A refusal is the request's answer.
+    /// The permit is handed back to [`Admission::finish_request`] once the request is over.
+    fn admit_request(&self, _request: &RequestAdmission<'_>) -> Admit {
+        Admit::Now(Ok(Permit { token: 0 }))
+    }
+
+    /// Runs once per admitted request, when its answer was sent (or it failed).
+    fn finish_request(&self, _permit: Permit) {}
 
     /// Whether settlements should carry the answer's token usage ([`Settlement::usage`]): its
     /// members are then read from the answer (a small search), which the default spares.
@@ -319,6 +345,8 @@ mod tests {
             model: "m",
             key: Some("primary"),
             elapsed: Duration::ZERO,
+            virtual_key: None,
+            cost: None,
         }
     }
 

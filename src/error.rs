@@ -216,6 +216,37 @@ pub enum GatewayError {
         /// Why, for the caller.
         message: String,
     },
+    /// A budget of the caller's key (`scope` "VK") or of its team ("Team") is spent for its
+    /// period (402 `budget_exceeded`, Bifrost's message). Not retried, no fallback.
+    #[error("Budget exceeded: {scope} budget exceeded: {:.4} >= {:.4} dollars", *spent as f64 / 1e6, *max as f64 / 1e6)]
+    BudgetExceeded {
+        /// `VK` or `Team`.
+        scope: &'static str,
+        /// Spent in the period, micro-dollars.
+        spent: u64,
+        /// The budget, micro-dollars.
+        max: u64,
+    },
+    /// A rate limit of the caller's key is reached (429 `rate_limited`, with `Retry-After` and
+    /// `x-ratelimit-*` headers). Not retried, no fallback.
+    #[error("Rate limit check failed: {message}")]
+    RateLimited {
+        /// Which limit, Bifrost's wording.
+        message: String,
+        /// The numbers for the headers.
+        limits: crate::governance::RateHeaders,
+    },
+    /// Every key of the candidate's provider used up its own quota (429
+    /// `provider_quota_exceeded`): the request falls back to its next candidate.
+    #[error("every key of provider '{provider}' used up its quota for now")]
+    ProviderQuota {
+        /// The provider.
+        provider: String,
+    },
+    /// The store of governance counters cannot be reached and `on_store_error` is
+    /// `fail_closed` (503 `governance_unavailable`).
+    #[error("budgets and rate limits cannot be checked right now (their store is unreachable); try again shortly")]
+    GovernanceUnavailable,
     /// The client went away before the answer was complete (499, never sent: for metrics).
     #[error("the client closed the connection")]
     ClientClosed,
@@ -292,7 +323,9 @@ impl GatewayError {
             NotFound { .. } | JobNotFound | FileNotFound => 404,
             FileUrlRefused(_) => 403,
             JobFinished { .. } => 409,
-            StoreUnavailable(_) => 503,
+            StoreUnavailable(_) | GovernanceUnavailable => 503,
+            BudgetExceeded { .. } => 402,
+            RateLimited { .. } | ProviderQuota { .. } => 429,
             MethodNotAllowed { .. } => 405,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
@@ -330,6 +363,10 @@ impl GatewayError {
             JobNotFound => "job_not_found",
             JobFinished { .. } => "job_finished",
             StoreUnavailable(_) => "store_unavailable",
+            BudgetExceeded { .. } => "budget_exceeded",
+            RateLimited { .. } => "rate_limited",
+            ProviderQuota { .. } => "provider_quota_exceeded",
+            GovernanceUnavailable => "governance_unavailable",
             MethodNotAllowed { .. } => "method_not_allowed",
             UpstreamConnect { .. } => "upstream_connect_error",
             UpstreamTimeout { .. } => "upstream_timeout",
@@ -359,7 +396,8 @@ impl GatewayError {
                 | UpstreamProtocol { .. }
                 | KeysDisabled { .. }
                 | ProviderBusy { .. } => "upstream_error",
-                Internal(_) | TooManyConnections { .. } | StoreUnavailable(_) => "server_error",
+                Internal(_) | TooManyConnections { .. } | StoreUnavailable(_) | GovernanceUnavailable => "server_error",
+                RateLimited { .. } | ProviderQuota { .. } => "rate_limit_error",
                 _ => "invalid_request_error",
             },
         }

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod form;
+pub mod governance;
 pub mod imaging;
 pub mod kind;
 pub mod metrics;

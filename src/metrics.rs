@@ -8,8 +8,8 @@
 
 use crate::error::TimeoutKind;
 use prometheus::{
-    CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -56,6 +56,8 @@ pub struct Metrics {
     pub objects: ObjectMetrics,
     /// Async jobs: events, queue, durations, takeovers, stored bytes.
     pub jobs: JobMetrics,
+    /// Budgets, rate limits and quotas ([`crate::governance`]).
+    pub governance: GovernanceMetrics,
 }
 
 /// How reading and discarding the rest of a request body after an early answer ended (the
@@ -318,9 +320,11 @@ impl Metrics {
         let connections = ConnectionMetrics::register(&registry)?;
         let objects = ObjectMetrics::register(&registry)?;
         let jobs = JobMetrics::register(&registry)?;
+        let governance = GovernanceMetrics::register(&registry)?;
         Ok(Metrics {
             objects,
             jobs,
+            governance,
             reloads,
             config_info,
             config_loaded,
@@ -808,6 +812,82 @@ impl JobMetrics {
     /// `bytes` of `kind` were written to the objects store.
     pub fn stored(&self, kind: StoredKind, bytes: u64) {
         self.stored[kind as usize].inc_by(bytes);
+    }
+}
+
+/// The governance's metrics: refusals by scope and limit, spend by virtual key, what remains
+/// of each budget, and the store's failures.
+pub struct GovernanceMetrics {
+    refusals: IntCounterVec,
+    spend: CounterVec,
+    remaining: GaugeVec,
+    store_errors: IntCounterVec,
+}
+
+impl GovernanceMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "refract_governance_refusals_total",
+                "Requests and attempts refused by a limit, by scope (virtual_key, team, provider_key) and limit (budget, requests, images, concurrent).",
+            ),
+            &["scope", "limit"],
+        )?;
+        let spend = CounterVec::new(
+            Opts::new(
+                "refract_virtual_key_spend_usd_total",
+                "USD charged to virtual keys (settled cost of delivered answers), by virtual key id and provider.",
+            ),
+            &["virtual_key", "provider"],
+        )?;
+        let remaining = GaugeVec::new(
+            Opts::new(
+                "refract_budget_remaining_usd",
+                "What remains of a budget in its current period, as this process last saw it, by scope (virtual_key, team) and id.",
+            ),
+            &["scope", "id"],
+        )?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "refract_governance_store_errors_total",
+                "Calls to the store of counters that failed, by the policy applied (fail_open: counted locally; fail_closed: refused).",
+            ),
+            &["policy"],
+        )?;
+        registry.register(Box::new(refusals.clone()))?;
+        registry.register(Box::new(spend.clone()))?;
+        registry.register(Box::new(remaining.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
+        Ok(GovernanceMetrics {
+            refusals,
+            spend,
+            remaining,
+            store_errors,
+        })
+    }
+
+    /// Counts a refusal by `scope` and `limit` (both from a fixed set).
+    pub fn refused(&self, scope: &str, limit: &str) {
+        self.refusals.with_label_values(&[scope, limit]).inc();
+    }
+
+    /// Counts `micros` charged to virtual key `key` for an answer of `provider`.
+    pub fn spent(&self, key: &str, provider: &str, micros: u64) {
+        self.spend
+            .with_label_values(&[key, provider])
+            .inc_by(micros as f64 / crate::pricing::MICROS_PER_USD as f64);
+    }
+
+    /// Sets what remains of the budget of `scope` `id`, in micro-dollars.
+    pub fn remaining(&self, scope: &str, id: &str, micros: u64) {
+        self.remaining
+            .with_label_values(&[scope, id])
+            .set(micros as f64 / crate::pricing::MICROS_PER_USD as f64);
+    }
+
+    /// Counts a failed call to the store, under `policy` (`fail_open`, `fail_closed`).
+    pub fn store_error(&self, policy: &str) {
+        self.store_errors.with_label_values(&[policy]).inc();
     }
 }
 

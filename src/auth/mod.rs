@@ -286,6 +286,9 @@ mod tests {
             providers: Some(vec!["openai".into()]),
             models: Some(vec!["openai/gpt-image-1".into()]),
             expires_at: None,
+            team: None,
+            budget: None,
+            rate_limit: None,
         }
     }
 

@@ -19,6 +19,7 @@
 
 mod auth;
 mod fields;
+mod governance;
 mod parse;
 mod pricing;
 mod print;
@@ -30,6 +31,7 @@ mod url;
 
 pub use crate::kind::ProviderKind;
 pub use auth::{algorithm, is_hmac, parse_jwks, AuthSettings, JwtIssuer, JwtKeySource, MIN_HS_SECRET_BYTES};
+pub use governance::{parse_period, Budget, GovernanceSettings, KeyQuota, Period, RateLimit, StorePolicy, TeamConfig};
 pub use print::effective_yaml;
 pub use state::{
     JobsSettings, ObjectUrls, ObjectsSettings, RedisSettings, ResponseFormat, S3Settings, StoreSettings,
@@ -185,6 +187,8 @@ pub struct Config {
     pub pricing: Arc<crate::pricing::PriceTable>,
     /// Where the price table came from, for `--print`.
     pub pricing_source: PricingSource,
+    /// Budgets, rate limits and quotas (`governance`, `teams`; the keys' own are on them).
+    pub governance: GovernanceSettings,
 }
 
 /// Where the compiled price table came from (`--print` prints the section as written).
@@ -657,6 +661,8 @@ pub struct ProviderKey {
     pub weight: f64,
     /// Model names this key may serve; `"*"` means any.
     pub models: Vec<String>,
+    /// The provider's own quota on this key, if configured (`quota`).
+    pub quota: Option<KeyQuota>,
 }
 
 /// What authenticates upstream requests.
@@ -749,6 +755,12 @@ pub struct VirtualKeyConfig {
     pub models: Option<Vec<String>>,
     /// When it stops being accepted (`expires_at`, RFC 3339; Unix seconds); `None` = never.
     pub expires_at: Option<u64>,
+    /// The team whose budget it also spends (an id of `teams`).
+    pub team: Option<String>,
+    /// Its own budget.
+    pub budget: Option<Budget>,
+    /// Its rate limits.
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[cfg(test)]
@@ -1059,6 +1071,7 @@ virtual_keys:
             auth: KeyAuth::Bearer,
             weight: 1.0,
             models: vec!["gpt-image-1".into(), "dall-e-2".into()],
+            quota: None,
         };
         assert!(key.serves("gpt-image-1"));
         assert!(key.serves("dall-e-2"));

@@ -36,7 +36,8 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
         let spool = spool(top.section("spool"));
         let simulator = top.opt_obj("simulator").and_then(simulator);
         let (providers, provider_names) = providers::providers(&mut top, env);
-        let virtual_keys = providers::virtual_keys(&mut top, env, provider_names.as_deref());
+        let governance = super::governance::governance(&mut top, env);
+        let virtual_keys = providers::virtual_keys(&mut top, env, provider_names.as_deref(), &governance.teams);
         let store = super::state::store(top.opt_obj("store"), env);
         let (objects, object_urls) = super::state::objects(top.opt_obj("objects"), env);
         let jobs = super::state::jobs(top.section("jobs"));
@@ -60,6 +61,7 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
             jobs,
             pricing: std::sync::Arc::new(pricing),
             pricing_source,
+            governance,
         }
     };
     if problems.is_empty() {

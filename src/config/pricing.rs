@@ -64,7 +64,7 @@ fn table_text(text: &str, path: &str, problems: &Problems) -> (Vec<PriceEntry>, 
 }
 
 /// An amount of USD under `key`: a YAML number or a string, parsed exactly.
-fn money(f: &Fields<'_>, key: &str, value: Option<&Value>) -> Option<u64> {
+pub(super) fn money(f: &Fields<'_>, key: &str, value: Option<&Value>) -> Option<u64> {
     let text = match value? {
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),

@@ -52,6 +52,14 @@ pub fn effective_yaml(config: &Config, source: &str) -> Result<String, String> {
             "cleanup_interval_ms": ms(config.jobs.cleanup_interval),
         },
         "pricing": pricing(&config.pricing, &config.pricing_source),
+        "governance": governance(config, raw.get("governance").unwrap_or(&serde_yaml::Value::Null)),
+        "teams": config.governance.teams.iter().map(|t| {
+            let mut m = json!({"id": t.id});
+            if let Some(b) = &t.budget {
+                m["budget"] = budget(b);
+            }
+            m
+        }).collect::<Vec<_>>(),
     });
     serde_yaml::to_string(&doc).map_err(|e| e.to_string())
 }
@@ -286,6 +294,12 @@ fn provider(p: &ProviderConfig, raw: &serde_yaml::Value) -> Value {
             }
             key.insert("weight".into(), json!(k.weight));
             key.insert("models".into(), json!(k.models));
+            if let Some(q) = &k.quota {
+                key.insert(
+                    "quota".into(),
+                    json!({"requests": q.requests, "images": q.images, "per": crate::governance::period_text(q.per)}),
+                );
+            }
             Value::Object(key)
         })
         .collect();
@@ -384,7 +398,40 @@ fn virtual_key(v: &VirtualKeyConfig, raw: &serde_yaml::Value) -> Value {
             json!(humantime::format_rfc3339_seconds(at).to_string()),
         );
     }
+    if let Some(team) = &v.team {
+        m.insert("team".into(), json!(team));
+    }
+    if let Some(b) = &v.budget {
+        m.insert("budget".into(), budget(b));
+    }
+    if let Some(r) = &v.rate_limit {
+        m.insert(
+            "rate_limit".into(),
+            json!({"requests": r.requests, "images": r.images, "per": crate::governance::period_text(r.per), "concurrent": r.concurrent}),
+        );
+    }
     Value::Object(m)
+}
+
+/// A budget as configured; the amount as an exact USD string.
+fn budget(b: &super::Budget) -> Value {
+    json!({"max_usd": crate::pricing::Usd(b.max).to_string(), "period": b.period_text, "calendar": b.calendar})
+}
+
+/// The `governance` section; the admin key redacted.
+fn governance(config: &Config, raw: &serde_yaml::Value) -> Value {
+    let g = &config.governance;
+    let mut m = json!({
+        "on_store_error": match g.on_store_error {
+            super::StorePolicy::FailOpen => "fail_open",
+            super::StorePolicy::FailClosed => "fail_closed",
+        },
+        "slot_lease_ms": ms(g.slot_lease),
+    });
+    if g.admin_key_sha256.is_some() {
+        m["admin_key"] = redacted(raw, "admin_key");
+    }
+    m
 }
 
 #[cfg(test)]

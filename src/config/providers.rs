@@ -417,6 +417,7 @@ fn provider_key(mut f: Fields<'_>, env: Env<'_>, kind: Option<ProviderKind>) -> 
         Some(list) => list.into_iter().map(|(_, m)| m).collect(),
         None => vec!["*".to_string()],
     };
+    let quota = f.opt_obj("quota").and_then(super::governance::key_quota);
     f.finish();
     Some(ProviderKey {
         name: name?.to_string(),
@@ -424,6 +425,7 @@ fn provider_key(mut f: Fields<'_>, env: Env<'_>, kind: Option<ProviderKind>) -> 
         auth: auth?,
         weight,
         models,
+        quota,
     })
 }
 
@@ -471,6 +473,7 @@ pub(super) fn virtual_keys(
     top: &mut Fields<'_>,
     env: Env<'_>,
     provider_names: Option<&[String]>,
+    teams: &[super::TeamConfig],
 ) -> Vec<VirtualKeyConfig> {
     let problems = top.problems();
     let items = top.opt_list("virtual_keys").unwrap_or_default();
@@ -484,7 +487,7 @@ pub(super) fn virtual_keys(
     let mut built = Vec::new();
     for (path, value) in items {
         let f = Fields::new(value, path.clone(), problems);
-        let (key_sha256, vk) = virtual_key(f, env, provider_names);
+        let (key_sha256, vk) = virtual_key(f, env, provider_names, teams);
         if let Some((field, hash)) = key_sha256 {
             match hashes.iter().find(|(_, h)| *h == hash) {
                 Some((first, _)) => {
@@ -504,6 +507,7 @@ fn virtual_key(
     mut f: Fields<'_>,
     env: Env<'_>,
     provider_names: Option<&[String]>,
+    teams: &[super::TeamConfig],
 ) -> (Option<(&'static str, [u8; 32])>, Option<VirtualKeyConfig>) {
     let id = f.req_str("id");
     let hash = match (f.has("key"), f.has("key_sha256")) {
@@ -547,6 +551,13 @@ fn virtual_key(
     });
     let providers = f.opt_str_list("providers", "provider");
     let models = f.opt_str_list("models", "model");
+    let team = f.opt_str("team").map(str::to_string);
+    if let Some(team) = team.as_deref().filter(|t| !teams.iter().any(|known| known.id == *t)) {
+        let hint = did_you_mean(team, teams.iter().map(|t| t.id.as_str()));
+        f.report("team", format!("unknown team '{team}'{hint}"));
+    }
+    let budget = f.opt_obj("budget").and_then(super::governance::budget);
+    let rate_limit = f.opt_obj("rate_limit").and_then(super::governance::rate_limit);
     let problems = f.problems();
     if let Some(known) = provider_names {
         for (path, name) in providers.iter().flatten() {
@@ -585,6 +596,9 @@ fn virtual_key(
             providers: strip(providers),
             models: strip(models),
             expires_at,
+            team,
+            budget,
+            rate_limit,
         }),
         _ => None,
     };

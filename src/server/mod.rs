@@ -61,9 +61,12 @@ pub struct AppState {
     /// `limits.decode_concurrency` at once, within `limits.max_image_pixels` (shared with the
     /// simulator; process lifetime).
     pub decoder: crate::imaging::DecodePool,
-    /// The admit step, asked once per attempt before it goes upstream ([`AdmitAll`] unless
-    /// [`Options::admission`] installs another).
+    /// The admit step, asked once per request and once per attempt before it goes upstream:
+    /// the config's governance ([`crate::governance`]) around [`Options::admission`]
+    /// ([`AdmitAll`] unless another is installed).
     pub admission: Arc<dyn Admission>,
+    /// The same governance, for the provider keys' quotas and the usage endpoint.
+    pub governance: crate::governance::Governance,
     /// Job records and stored objects (`store`, `objects`; process lifetime, opened at
     /// startup).
     pub store: Arc<crate::state::State>,
@@ -113,6 +116,70 @@ impl AppState {
             None => self.router.select_where(provider, model, roll, usable),
         }?;
         Ok(target)
+    }
+
+    /// [`AppState::pick`] for an attempt asking `images` images, within the provider keys'
+    /// quotas: a key whose `quota` is used up is skipped for another; when every key serving
+    /// the model is, 429 `provider_quota_exceeded` (the request falls back). Keys without a
+    /// quota cost nothing more.
+    pub async fn pick_within_quota(
+        &self,
+        provider: &str,
+        model: &str,
+        avoid: Option<usize>,
+        images: u32,
+    ) -> Result<Target, GatewayError> {
+        // Keys found saturated, by index (a provider has few keys).
+        let mut saturated: Vec<usize> = Vec::new();
+        loop {
+            let target = match self.choose_except(provider, model, avoid, &saturated) {
+                Ok(target) => target,
+                Err(_) if !saturated.is_empty() => {
+                    return Err(GatewayError::ProviderQuota {
+                        provider: provider.to_string(),
+                    })
+                }
+                Err(e) => return Err(e),
+            };
+            let key = target.key();
+            let Some(quota) = &key.quota else {
+                self.breakers.begin(provider, target.key_index, Instant::now());
+                return Ok(target);
+            };
+            if self
+                .governance
+                .take_key_quota(provider, &key.name, quota, images)
+                .await?
+            {
+                self.breakers.begin(provider, target.key_index, Instant::now());
+                return Ok(target);
+            }
+            saturated.push(target.key_index);
+        }
+    }
+
+    /// [`AppState::choose`] among the keys not in `except`.
+    fn choose_except(
+        &self,
+        provider: &str,
+        model: &str,
+        avoid: Option<usize>,
+        except: &[usize],
+    ) -> Result<Target, GatewayError> {
+        if except.is_empty() {
+            return self.choose(provider, model, avoid);
+        }
+        self.router.candidate(provider, model, "model")?;
+        let now = Instant::now();
+        let usable = |i: usize| !except.contains(&i) && self.breakers.usable(provider, i, now);
+        let roll = fastrand::f64();
+        match avoid {
+            Some(a) => self
+                .router
+                .select_where(provider, model, roll, |i| i != a && usable(i))
+                .or_else(|_| self.router.select_where(provider, model, roll, usable)),
+            None => self.router.select_where(provider, model, roll, usable),
+        }
     }
 
     /// Runs after every attempt that picked a key: tells the breaker of key `key` of `provider`
@@ -276,6 +343,7 @@ fn assemble(
         breakers: breaker::BreakerStore::default(),
         slots: slots::SlotPool::default(),
         admission: options.admission,
+        governance: Arc::new(crate::governance::GovernanceStores::new(state.counters.clone())),
         state,
     };
     let live = Arc::new(reload::Live::new(config, hash, lasting));

@@ -45,6 +45,8 @@ pub(super) struct Lasting {
     pub(super) admission: Arc<dyn crate::admission::Admission>,
     /// Job records and stored objects (`store`, `objects`), opened at startup.
     pub(super) state: Arc<crate::state::State>,
+    /// Governance's counters (the store's, and this process's for `fail_open`).
+    pub(super) governance: Arc<crate::governance::GovernanceStores>,
 }
 
 /// The running gateway's state, and what building the next one needs.
@@ -145,6 +147,12 @@ fn state_for(config: Config, lasting: &Lasting) -> AppState {
     for (provider, key) in &update.added {
         lasting.metrics.circuit(provider, key, false);
     }
+    let governance = crate::governance::Governance::new(
+        &config,
+        lasting.governance.clone(),
+        lasting.metrics.clone(),
+        lasting.admission.clone(),
+    );
     AppState {
         keys: KeyStore::from_config(&config),
         router: Router::new(&config),
@@ -155,7 +163,8 @@ fn state_for(config: Config, lasting: &Lasting) -> AppState {
         breakers: update.breakers,
         slots: lasting.slots.slots(&config.providers, &lasting.metrics),
         decoder: lasting.decoder.clone(),
-        admission: lasting.admission.clone(),
+        admission: Arc::new(governance.clone()),
+        governance,
         store: lasting.state.clone(),
         config,
     }

@@ -8,6 +8,7 @@
 
 pub mod engines;
 pub mod faults;
+pub mod process;
 pub mod wire;
 
 use refract::config::from_yaml_str_with_env;
@@ -137,6 +138,9 @@ pub struct Setup {
     pub extra_providers: String,
     /// More top-level sections (`store:`, `objects:`, `jobs:`…), each line ending in `\n`.
     pub sections: String,
+    /// More lines for the virtual key `team-a` ([`VK`]), each `    key: value\n` (a budget,
+    /// a rate limit, a team).
+    pub key_settings: String,
 }
 
 impl Setup {
@@ -153,6 +157,7 @@ impl Setup {
             simulator_settings: String::new(),
             extra_providers: String::new(),
             sections: String::new(),
+            key_settings: String::new(),
         }
     }
 
@@ -201,7 +206,7 @@ auth:
 {sim_provider}{extra}virtual_keys:
   - id: team-a
     key: {VK}
-  - id: restricted
+{key_settings}  - id: restricted
     key: {VK_RESTRICTED}
     providers: [openai]
     models: [openai/gpt-image-1]
@@ -218,12 +223,20 @@ auth:
                 .unwrap_or_default(),
             up = self.upstream,
             sections = self.sections,
+            key_settings = self.key_settings,
             rt = self.provider_settings,
             extra = self
                 .extra_providers
                 .replace("{sim}", &sim.map(|a| a.to_string()).unwrap_or_default()),
         )
     }
+}
+
+/// The value of `series` in the metrics text `text` (0 when absent).
+pub fn metric_in(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("a metric value"))
 }
 
 /// A gateway running in this process; dropping it stops it.
@@ -279,6 +292,18 @@ impl Gateway {
         c.read_response()
     }
 
+    /// A request without a body, `method path` with `headers`, on a new connection to `addr`.
+    pub fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut c = Conn::open(addr);
+        c.send(head.as_bytes());
+        c.read_response()
+    }
+
     /// `GET path` on `addr`.
     pub fn get(addr: SocketAddr, path: &str) -> Response {
         let mut c = Conn::open(addr);
@@ -297,10 +322,7 @@ impl Gateway {
     /// `refract_fallbacks_total{from="openai",to="backup"}` (labels in alphabetical order, as
     /// Prometheus prints them); 0 when the series is absent.
     pub fn metric(&self, series: &str) -> f64 {
-        self.metrics_text()
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .map_or(0.0, |v| v.trim().parse().expect("a metric value"))
+        metric_in(&self.metrics_text(), series)
     }
 
     /// [`Gateway::metric`] once every request has been accounted: a request's metrics are

@@ -116,14 +116,7 @@ fn time_of(v: &Value, name: &str) -> SystemTime {
 
 /// A request without a body: `method path` with `headers`.
 fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut c = Conn::open(addr);
-    c.send(head.as_bytes());
-    c.read_response()
+    Gateway::call(addr, method, path, headers)
 }
 
 /// `GET` job `id` as key `vk`.
@@ -169,13 +162,6 @@ fn wait_long(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "not within {JOB_DEADLINE:?}: {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The value of `series` in the metrics text `text` (0 when absent).
-fn metric_in(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().expect("a metric value"))
 }
 
 /// `refract_jobs_total{event="…"}`.

@@ -4,26 +4,13 @@
 
 use super::*;
 use common::engines::{redis_server, s3_keys, s3_server, S3_BUCKET};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use common::process::Refract;
 
-/// A `refract -c FILE` process on ephemeral ports; killed when dropped.
-struct Refract {
-    child: Child,
-    addr: SocketAddr,
-    metrics: SocketAddr,
-    /// Everything it logged so far.
-    log: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Refract {
-    /// A gateway with the state sections `sections` in front of provider `openai` at
-    /// `upstream` (virtual key [`VK`]); returns once both listeners accept.
-    fn start(sections: &str, upstream: &str) -> Refract {
-        let (listen, metrics) = (free_addr(), free_addr());
-        let dir = tempfile::tempdir().unwrap();
-        let yaml = format!(
+/// A gateway with the state sections `sections` in front of provider `openai` at `upstream`
+/// (virtual key [`VK`]); returns once both listeners accept.
+fn start(sections: &str, upstream: &str) -> Refract {
+    let yaml = |listen: SocketAddr, metrics: SocketAddr, dir: &std::path::Path| {
+        format!(
             "server:
   threads: 2
   # Jobs running at SIGTERM are handed back within the grace period (Pingora stops the
@@ -48,82 +35,10 @@ virtual_keys:
   - id: team-a
     key: {VK}
 ",
-            d = dir.path().display()
-        );
-        let path = dir.path().join("refract.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        let (child, log) = spawn_logging(
-            Command::new(env!("CARGO_BIN_EXE_refract"))
-                .args(["-c", path.to_str().unwrap()])
-                .env("RUST_LOG", "info")
-                .env("S3_ID", "testing")
-                .env("S3_KEY", "testing")
-                .stdout(Stdio::null()),
-        );
-        let mut process = Refract {
-            child,
-            addr: listen,
-            metrics,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for addr in [listen, metrics] {
-            while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-                if let Some(status) = process.child.try_wait().unwrap() {
-                    panic!("refract exited ({status}) at startup:\n{}", process.log());
-                }
-                assert!(Instant::now() < deadline, "refract did not listen:\n{}", process.log());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        process
-    }
-
-    /// The value of one metrics series (0 when absent).
-    fn metric(&self, series: &str) -> f64 {
-        let r = Gateway::get(self.metrics, "/metrics");
-        assert_eq!(r.status, 200);
-        metric_in(&String::from_utf8(r.body).unwrap(), series)
-    }
-
-    /// Kills it with SIGKILL (no chance to hand anything back) and reaps it.
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// Sends SIGTERM and waits (bounded) until it exits.
-    fn terminate(&mut self) -> ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + JOB_DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Refract {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            d = dir.display()
+        )
+    };
+    Refract::start(yaml, &[("S3_ID", "testing"), ("S3_KEY", "testing")])
 }
 
 /// A provider whose first answer is held (by a gate nobody opens: the gateway holding it dies
@@ -150,10 +65,10 @@ fn a_job_survives_kill_9_and_a_restart() {
     let mock = provider_holding_its_first_answer();
     let dir = tempfile::tempdir().unwrap();
     let sections = embedded_sections(dir.path(), "  workers: 2\n  lease_ms: 1000\n  max_attempts: 3\n");
-    let mut first = Refract::start(&sections, &mock.base_url());
+    let mut first = start(&sections, &mock.base_url());
     let id = submit_held(&first, &mock);
     first.kill9();
-    let second = Refract::start(&sections, &mock.base_url());
+    let second = start(&sections, &mock.base_url());
     let done = wait_status(second.addr, &id, "completed");
     assert_eq!(done["result"]["data"].as_array().map(Vec::len), Some(2), "{done}");
     assert_eq!(done["result"]["extra_fields"]["provider"], "openai", "{done}");
@@ -174,10 +89,10 @@ fn a_job_out_of_attempts_fails_as_abandoned() {
     let mock = provider_holding_its_first_answer();
     let dir = tempfile::tempdir().unwrap();
     let sections = embedded_sections(dir.path(), "  workers: 2\n  lease_ms: 1000\n  max_attempts: 1\n");
-    let mut first = Refract::start(&sections, &mock.base_url());
+    let mut first = start(&sections, &mock.base_url());
     let id = submit_held(&first, &mock);
     first.kill9();
-    let second = Refract::start(&sections, &mock.base_url());
+    let second = start(&sections, &mock.base_url());
     let failed = wait_status(second.addr, &id, "failed");
     assert_eq!(failed["status_code"], 500, "{failed}");
     assert_eq!(failed["error"]["error"]["type"], "job_abandoned", "{failed}");
@@ -196,16 +111,16 @@ fn sigterm_hands_a_running_job_back() {
     // back can run again in time.
     let jobs = "  lease_ms: 600000\n  max_attempts: 1\n";
     let sections = embedded_sections(dir.path(), &format!("  workers: 1\n{jobs}"));
-    let mut first = Refract::start(&sections, &mock.base_url());
+    let mut first = start(&sections, &mock.base_url());
     let id = submit_held(&first, &mock);
-    first.terminate();
+    first.terminate(JOB_DEADLINE);
     assert!(
         first.log().contains(&format!("job {id}: handed back to the queue")),
         "{}",
         first.log()
     );
     // A replica without workers sees it pending again.
-    let idle = Refract::start(
+    let idle = start(
         &embedded_sections(dir.path(), &format!("  workers: 0\n{jobs}")),
         &mock.base_url(),
     );
@@ -215,7 +130,7 @@ fn sigterm_hands_a_running_job_back() {
         (202, serde_json::json!("pending"))
     );
     drop(idle);
-    let second = Refract::start(&sections, &mock.base_url());
+    let second = start(&sections, &mock.base_url());
     let done = wait_status(second.addr, &id, "completed");
     assert_eq!(done["result"]["data"].as_array().map(Vec::len), Some(2), "{done}");
     assert_eq!(
@@ -247,8 +162,8 @@ fn replicas_on_redis_and_s3_share_and_take_over_jobs() {
     let gate = Gate::new();
     mock.push(gate.hold(Reply::json(200, &default_success())));
     mock.push(Gate::new().hold(Reply::json(200, &default_success())));
-    let front = Refract::start(&shared_sections(&redis, s3_port, 0), &mock.base_url());
-    let mut runners = vec![Refract::start(&shared_sections(&redis, s3_port, 1), &mock.base_url())];
+    let front = start(&shared_sections(&redis, s3_port, 0), &mock.base_url());
+    let mut runners = vec![start(&shared_sections(&redis, s3_port, 1), &mock.base_url())];
 
     // Submitted to the replica without workers; run by the other; polled on both.
     let id = submit(front.addr);
@@ -272,7 +187,7 @@ fn replicas_on_redis_and_s3_share_and_take_over_jobs() {
     assert_eq!(runners[0].metric(&event("claimed")), 1.0);
 
     // A second runner; whichever runs the next job is killed, the other takes it over.
-    runners.push(Refract::start(&shared_sections(&redis, s3_port, 1), &mock.base_url()));
+    runners.push(start(&shared_sections(&redis, s3_port, 1), &mock.base_url()));
     let id = submit(front.addr);
     wait_long("the job reaches the provider", || mock.received() == 2);
     let claimed = |gw: &Refract| gw.metric(&event("claimed"));

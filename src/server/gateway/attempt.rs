@@ -190,6 +190,8 @@ pub(super) fn admission_request<'a>(
 /// The admission's permit, held by an attempt until it settles.
 pub(super) struct Admitted {
     pub(super) permit: Permit,
+    /// The caller's virtual key id (for the settlement).
+    pub(super) virtual_key: Option<String>,
     /// When it was admitted.
     pub(super) at: Instant,
 }
@@ -201,8 +203,45 @@ impl Admitted {
         let permit = state.admission.admit(request).decide().await?;
         Ok(Admitted {
             permit,
+            virtual_key: request.virtual_key.map(str::to_string),
             at: Instant::now(),
         })
+    }
+}
+
+/// A request admitted by the request-level admission ([`Admission::admit_request`]): handed
+/// back ([`Admission::finish_request`]) when it is dropped, however the request ends.
+///
+/// [`Admission::admit_request`]: crate::admission::Admission::admit_request
+/// [`Admission::finish_request`]: crate::admission::Admission::finish_request
+pub(super) struct AdmittedRequest {
+    admission: Arc<dyn crate::admission::Admission>,
+    permit: Permit,
+}
+
+impl AdmittedRequest {
+    /// Asks the state's admission for the request `request_id` of `identity`: once per
+    /// request, after authentication and before the body is read.
+    pub(super) async fn ask(
+        state: &AppState,
+        request_id: &str,
+        identity: &Identity,
+    ) -> Result<AdmittedRequest, GatewayError> {
+        let request = crate::admission::RequestAdmission {
+            request_id,
+            virtual_key: identity.key_id.as_deref(),
+        };
+        let permit = state.admission.admit_request(&request).decide().await?;
+        Ok(AdmittedRequest {
+            admission: state.admission.clone(),
+            permit,
+        })
+    }
+}
+
+impl Drop for AdmittedRequest {
+    fn drop(&mut self) {
+        self.admission.finish_request(self.permit);
     }
 }
 
@@ -268,7 +307,10 @@ pub(super) async fn attempt(
                 Ok(admitted) => admitted,
                 Err(e) => return Attempted::failed(e),
             };
-            let target = match state.pick(&form.provider, &form.model, avoid) {
+            let target = match state
+                .pick_within_quota(&form.provider, &form.model, avoid, form.n.unwrap_or(1))
+                .await
+            {
                 Ok(target) => target,
                 Err(e) => {
                     let tried = Tried {
@@ -323,6 +365,7 @@ pub(super) async fn attempt(
             reason: ctx.reason,
             images,
             usage: None,
+            cost: ctx.cost.as_ref().filter(|_| images > 0).map(|c| c.micros),
         };
         settle(state, &admitted, tried, ended);
         return Attempted {
@@ -345,6 +388,7 @@ pub(super) async fn attempt(
             cost: None,
         },
     };
+    let cost_micros = cost.as_ref().filter(|_| result.is_ok()).map(|c| c.micros);
     if cost.is_some() {
         ctx.cost = cost;
     }
@@ -358,6 +402,7 @@ pub(super) async fn attempt(
     };
     let ended = Ended {
         usage,
+        cost: cost_micros,
         ..ended(result.as_ref().map(|_| ()), form.n)
     };
     settle(state, &admitted, tried, ended);
@@ -392,6 +437,8 @@ pub(super) struct Ended {
     pub(super) images: u32,
     /// Token usage, when the answer reports it and the admission wants it.
     pub(super) usage: Option<Usage>,
+    /// The answer's cost (micro-dollars), when it delivered images.
+    pub(super) cost: Option<u64>,
 }
 
 /// Settles an attempt's permit with how it `ended`.
@@ -407,6 +454,8 @@ pub(super) fn settle(state: &AppState, admitted: &Admitted, tried: Tried<'_>, en
             model: tried.model,
             key: tried.key,
             elapsed: admitted.at.elapsed(),
+            virtual_key: admitted.virtual_key.as_deref(),
+            cost: ended.cost,
         },
     );
 }
@@ -422,6 +471,7 @@ pub(super) fn ended(result: Result<(), &GatewayError>, n: Option<u32>) -> Ended 
         reason,
         images,
         usage: None,
+        cost: None,
     }
 }
 

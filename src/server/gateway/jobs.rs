@@ -114,6 +114,9 @@ pub(super) async fn submit(
     framing: Framing,
 ) -> Result<UnifiedAnswer, GatewayError> {
     let identity = crate::server::jwks::authenticate(state, &session.req_header().headers).await?;
+    // The request-level limits are the submission's: the job's run is charged its cost and
+    // images, not another request.
+    let _admitted = super::attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
     let ttl = result_ttl(
         session
             .req_header()

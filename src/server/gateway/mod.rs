@@ -129,6 +129,8 @@ fn request_id(session: &Session) -> String {
 /// What the request asked for, decided from method and path alone.
 enum Endpoint<'p> {
     Health,
+    /// Governance usage (`GET /api/governance/usage`), for admins.
+    Usage,
     ImageEdit(Framing),
     /// A stored image by its signed URL (`GET`, or `HEAD` when true).
     File(bool),
@@ -161,6 +163,8 @@ fn endpoint<'p>(method: &http::Method, path: &'p str) -> Endpoint<'p> {
         "/openai/v1/async/images/edits" if method == http::Method::POST => Endpoint::SubmitJob(Framing::OpenAi),
         "/v1/async/images/edits" | "/openai/v1/async/images/edits" => Endpoint::WrongMethod("POST"),
         "/health" if method == http::Method::GET || method == http::Method::HEAD => Endpoint::Health,
+        USAGE_PATH if method == http::Method::GET => Endpoint::Usage,
+        USAGE_PATH => Endpoint::WrongMethod("GET"),
         "/v1/images/edits" | "/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::Bifrost),
         "/openai/v1/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::OpenAi),
         p if p.starts_with(crate::state::urls::FILES_PATH) => match *method {
@@ -182,14 +186,14 @@ async fn send_json(
     ctx: &mut RequestCtx,
     status: u16,
     body: UnifiedAnswer,
-    allow: Option<&'static str>,
+    extra: &[(&'static str, String)],
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(5))?;
+    let mut resp = ResponseHeader::build(status, Some(5 + extra.len()))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-    if let Some(allow) = allow {
-        resp.insert_header(http::header::ALLOW, allow)?;
+    for (name, value) in extra {
+        resp.insert_header(*name, value.as_str())?;
     }
     ctx.status = status;
     ctx.response_bytes = body.len() as u64;
@@ -216,11 +220,14 @@ async fn send_error(state: &AppState, session: &mut Session, ctx: &mut RequestCt
     let rest = BodyRest::decide(session, err);
     ctx.reason = Some(err.code());
     let body = serde_json::to_vec(&error_json(err, ctx)).unwrap_or_else(|_| b"{}".to_vec());
-    let allow = match err {
-        GatewayError::MethodNotAllowed { allow, .. } => Some(*allow),
-        _ => None,
-    };
-    send_json(session, ctx, err.status(), UnifiedAnswer::from(body), allow).await?;
+    send_json(
+        session,
+        ctx,
+        err.status(),
+        UnifiedAnswer::from(body),
+        &error_headers(err),
+    )
+    .await?;
     if rest == BodyRest::Linger {
         ctx.answered_after = Some(ctx.start.elapsed());
         let lingered = discard_rest(session, &state.config.limits).await;
@@ -228,6 +235,79 @@ async fn send_error(state: &AppState, session: &mut Session, ctx: &mut RequestCt
         state.metrics.linger(lingered.outcome);
     }
     Ok(())
+}
+
+/// Where admins read governance usage.
+const USAGE_PATH: &str = "/api/governance/usage";
+
+/// `GET /api/governance/usage`: every governed virtual key's and team's usage, remaining
+/// budget and limits (read-only). For the `governance.admin_key` (as a bearer token) or an
+/// admin JWT; anyone else gets 401 (no credential) or 403.
+async fn usage(state: &AppState, session: &Session) -> std::result::Result<UnifiedAnswer, GatewayError> {
+    let headers = &session.req_header().headers;
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let admin_key = match (bearer, &state.config.governance.admin_key_sha256) {
+        (Some(token), Some(expected)) => {
+            use sha2::Digest;
+            use subtle::ConstantTimeEq;
+            let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+            bool::from(digest.ct_eq(expected))
+        }
+        _ => false,
+    };
+    if !admin_key {
+        let identity = crate::server::jwks::authenticate(state, headers).await?;
+        if !identity.admin {
+            return Err(GatewayError::Refused {
+                status: 403,
+                code: "admin_required",
+                message: "the usage endpoint needs the governance admin key or an admin token".to_string(),
+            });
+        }
+    }
+    let usage = state.governance.usage().await?;
+    Ok(UnifiedAnswer::from(serde_json::to_vec(&usage).unwrap_or_default()))
+}
+
+/// The headers an error answer carries besides the usual ones: `Allow` for a 405;
+/// `Retry-After` and OpenAI's `x-ratelimit-*` for a rate limit.
+fn error_headers(err: &GatewayError) -> Vec<(&'static str, String)> {
+    match err {
+        GatewayError::MethodNotAllowed { allow, .. } => vec![("allow", (*allow).to_string())],
+        GatewayError::RateLimited { limits, .. } => {
+            let (limit, remaining, reset) = match limits.what {
+                "images" => (
+                    "x-ratelimit-limit-images",
+                    "x-ratelimit-remaining-images",
+                    "x-ratelimit-reset-images",
+                ),
+                "concurrent" => (
+                    "x-ratelimit-limit-concurrent",
+                    "x-ratelimit-remaining-concurrent",
+                    "x-ratelimit-reset-concurrent",
+                ),
+                _ => (
+                    "x-ratelimit-limit-requests",
+                    "x-ratelimit-remaining-requests",
+                    "x-ratelimit-reset-requests",
+                ),
+            };
+            vec![
+                ("retry-after", limits.retry_after_secs().to_string()),
+                (limit, limits.limit.to_string()),
+                (remaining, limits.remaining.to_string()),
+                (reset, format!("{}s", limits.retry_after_secs())),
+            ]
+        }
+        GatewayError::ProviderQuota { .. } | GatewayError::GovernanceUnavailable => {
+            vec![("retry-after", "1".to_string())]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// The error body of `err` for the request of `ctx`, in Bifrost's shape, with the failed
@@ -304,6 +384,8 @@ async fn image_edit(
     // auth: the caller's virtual key, from the head alone; then the head's own checks.
     let identity = crate::server::jwks::authenticate(state, &session.req_header().headers).await?;
     let head = check_head(state, session).await?;
+    // admit (the request): its key's request-level limits, before the body is read.
+    let _admitted = attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
     // parse: the body into the spool, every field checked as it arrives, `model` routed at
     // once; a large upload's first attempt starts meanwhile.
     let request_id = ctx.request_id.clone();
@@ -393,12 +475,12 @@ impl ProxyHttp for Gateway {
         match endpoint(&method, &path) {
             Endpoint::Health => {
                 let ok = UnifiedAnswer::from(Bytes::from_static(br#"{"status":"ok"}"#));
-                send_json(session, ctx, 200, ok, None).await?;
+                send_json(session, ctx, 200, ok, &[]).await?;
             }
             Endpoint::ImageEdit(framing) => match image_edit(state, session, ctx, framing).await {
                 Ok(Reply::Json(body)) => {
                     ctx.request_bytes += drain_epilogue(session).await;
-                    send_json(session, ctx, 200, body, None).await?;
+                    send_json(session, ctx, 200, body, &[]).await?;
                 }
                 Ok(Reply::Events(body)) => {
                     ctx.request_bytes += drain_epilogue(session).await;
@@ -422,10 +504,14 @@ impl ProxyHttp for Gateway {
                 Err(e) => send_error(state, session, ctx, &e).await?,
             },
             Endpoint::File(head_only) => files::serve(state, session, ctx, head_only).await?,
+            Endpoint::Usage => match usage(state, session).await {
+                Ok(body) => send_json(session, ctx, 200, body, &[]).await?,
+                Err(e) => send_error(state, session, ctx, &e).await?,
+            },
             Endpoint::SubmitJob(framing) => match jobs::submit(state, session, ctx, framing).await {
                 Ok(body) => {
                     ctx.request_bytes += drain_epilogue(session).await;
-                    send_json(session, ctx, 202, body, None).await?;
+                    send_json(session, ctx, 202, body, &[]).await?;
                 }
                 Err(e) => send_error(state, session, ctx, &e).await?,
             },
@@ -436,7 +522,7 @@ impl ProxyHttp for Gateway {
                     jobs::cancel(state, session, id).await
                 };
                 match answer {
-                    Ok((status, body)) => send_json(session, ctx, status, body, None).await?,
+                    Ok((status, body)) => send_json(session, ctx, status, body, &[]).await?,
                     Err(e) => send_error(state, session, ctx, &e).await?,
                 }
             }

@@ -10,8 +10,10 @@
 //!   `Retry-After` asks; one asking more than [`MAX_RETRY_AFTER`] is not retried. After a
 //!   401/403/429 the retry avoids the refused key. Retries used up: the next candidate;
 //! - every key's circuit open (`provider_keys_disabled`), slots full for the queue timeout
-//!   (`provider_busy`: that was its wait), or the admission refusing: the next candidate,
-//!   without retry;
+//!   (`provider_busy`: that was its wait), every key's quota used up
+//!   (`provider_quota_exceeded`), or the plug-in admission refusing: the next candidate,
+//!   without retry; the caller's own budget or rate limit (`budget_exceeded`,
+//!   `rate_limited`) stops: it holds for every candidate;
 //! - a fallback candidate skipped (the caller's key may not use it, not configured, no key for
 //!   the model, its capabilities refuse): the next candidate;
 //! - anything else (the request's own 4xx, the client gone) stops.
@@ -93,7 +95,10 @@ pub(super) fn may_fall_back(e: &GatewayError) -> bool {
     retry_reason(e).is_some()
         || matches!(
             e,
-            GatewayError::KeysDisabled { .. } | GatewayError::ProviderBusy { .. } | GatewayError::Refused { .. }
+            GatewayError::KeysDisabled { .. }
+                | GatewayError::ProviderBusy { .. }
+                | GatewayError::ProviderQuota { .. }
+                | GatewayError::Refused { .. }
         )
 }
 

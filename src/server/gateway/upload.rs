@@ -420,6 +420,11 @@ impl FormSink for UpstreamFeed<'_, '_> {
             Err(GatewayError::KeysDisabled { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
+        // A provider whose keys have quotas chooses its key once the form is complete (the
+        // quota counts the images asked).
+        if target.provider.keys.iter().any(|k| k.quota.is_some()) {
+            return Ok(());
+        }
         let Some(encoder) =
             adapter_for(target.provider.kind).request_encoder(&target, self.request_id, uuid::Uuid::new_v4().as_u128())
         else {

@@ -1,0 +1,1022 @@
+//! Governance: the budgets and rate limits of virtual keys, the budgets of teams and the
+//! quotas of provider keys, enforced on the [`Counters`] of the state layer (atomic in Redis
+//! across replicas; persisted by the embedded store).
+//!
+//! [`Governance`] is the gateway's [`Admission`]: built with each config (its limits are the
+//! config's), around the plug-in admission of [`crate::server::Options`], which it asks after
+//! its own checks. What it decides and when:
+//! - **per request** ([`Admission::admit_request`], before the body is read; for an async job at
+//!   submission): a slot of the key's `concurrent` requests, one of its `requests` per window,
+//!   and whether the key's or its team's budget is already spent (402 then). The slot is given
+//!   back when the request is over ([`Admission::finish_request`]).
+//! - **per attempt** ([`Admission::admit`], before each candidate goes upstream): the key's and
+//!   team's budgets reserve the attempt's worst-case cost (its model's dearest price for the
+//!   images asked), and the key's `images` per window reserve the images asked. The attempt's
+//!   settlement moves both to what it delivered: the answer's real cost and images, or nothing
+//!   for a failure, so a request that fell back is charged once, for the answer it got.
+//! - **per provider key** ([`Governance::take_key_quota`], when a key is chosen): a key whose
+//!   own quota is used up is skipped, and a provider whose keys all are is a failure the
+//!   request falls back from.
+//!
+//! Budgets allow a request while the spend is below the limit, so concurrent requests overspend
+//! by at most one request's cost; counts (requests, images, slots) are held exactly. When the
+//! store cannot be reached, `governance.on_store_error` applies: `fail_open` counts in this
+//! process's memory for a second before trying the store again, `fail_closed` refuses with 503;
+//! both are logged and counted.
+
+mod window;
+
+pub use window::{budget_window, period_text, rate_window};
+
+use crate::admission::{Admission, AdmissionRequest, Admit, Permit, RequestAdmission, Settlement};
+use crate::config::{Budget, Config, KeyQuota, ProviderKind, RateLimit, StorePolicy};
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::pricing::{PriceQuery, PriceTable, Usd};
+use crate::state::counters::{Check, CounterState, Counters, MemoryCounters, Take, Window};
+use crate::state::{now_ms, StateResult};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The counters governance keeps, for the process's lifetime (a reload keeps them).
+pub struct GovernanceStores {
+    /// The store's counters (embedded or Redis).
+    pub shared: Arc<dyn Counters>,
+    /// Counters in this process, while the store cannot be reached (`fail_open`).
+    pub local: MemoryCounters,
+    /// Until when (Unix ms) the store is not asked again after a failure.
+    skip_until: AtomicU64,
+    /// Holders of concurrency slots are `{instance}:{n}`: unique across replicas.
+    instance: String,
+    holders: AtomicU64,
+}
+
+impl GovernanceStores {
+    /// The stores around `shared`.
+    pub fn new(shared: Arc<dyn Counters>) -> GovernanceStores {
+        GovernanceStores {
+            shared,
+            local: MemoryCounters::default(),
+            skip_until: AtomicU64::new(0),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            holders: AtomicU64::new(0),
+        }
+    }
+}
+
+/// How long the store is left alone after a failed call, under `fail_open`.
+const SKIP_AFTER_FAILURE_MS: u64 = 1_000;
+
+/// Permits of governance's own carry this bit; the plug-in admission's never do.
+const OURS: u64 = 1 << 63;
+
+/// A virtual key's limits.
+#[derive(Debug, Clone)]
+struct KeyRules {
+    budget: Option<Budget>,
+    team: Option<String>,
+    rate: Option<RateLimit>,
+}
+
+/// Which limit a counter is, for refusals and settlements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    Requests,
+    Images,
+    /// A budget: the key's (`team: false`) or its team's.
+    Budget {
+        team: bool,
+    },
+}
+
+impl Limit {
+    fn label(self) -> &'static str {
+        match self {
+            Limit::Requests => "requests",
+            Limit::Images => "images",
+            Limit::Budget { .. } => "budget",
+        }
+    }
+}
+
+/// One counter a decision takes from.
+#[derive(Debug, Clone)]
+struct Planned {
+    key: String,
+    window: Window,
+    amount: u64,
+    limit: u64,
+    check: Check,
+    what: Limit,
+    /// The key's or team's id.
+    owner: String,
+    /// The window as configured (`1m`, `1d`), for messages.
+    per: String,
+}
+
+/// What a permit of governance's holds until it is handed back.
+enum Held {
+    Request {
+        inner: Permit,
+        slot: Option<Slot>,
+    },
+    Attempt {
+        inner: Permit,
+        virtual_key: String,
+        taken: Vec<(Planned, CounterState)>,
+        local: bool,
+    },
+}
+
+/// A concurrency slot held by a request.
+struct Slot {
+    key: String,
+    holder: String,
+    local: bool,
+}
+
+/// The admission of budgets, rate limits and quotas (see the module docs). Cheap to clone.
+#[derive(Clone)]
+pub struct Governance {
+    core: Arc<Core>,
+}
+
+struct Core {
+    keys: HashMap<String, KeyRules>,
+    teams: HashMap<String, Budget>,
+    kinds: HashMap<String, ProviderKind>,
+    pricing: Arc<PriceTable>,
+    policy: StorePolicy,
+    slot_lease_ms: u64,
+    stores: Arc<GovernanceStores>,
+    metrics: Arc<Metrics>,
+    inner: Arc<dyn Admission>,
+    held: Mutex<HashMap<u64, Held>>,
+    next: AtomicU64,
+}
+
+impl Governance {
+    /// The governance of `config`, on `stores`, asking `inner` after its own checks.
+    pub fn new(
+        config: &Config,
+        stores: Arc<GovernanceStores>,
+        metrics: Arc<Metrics>,
+        inner: Arc<dyn Admission>,
+    ) -> Governance {
+        let keys = config
+            .virtual_keys
+            .iter()
+            .filter(|vk| vk.budget.is_some() || vk.rate_limit.is_some() || vk.team.is_some())
+            .map(|vk| {
+                let rules = KeyRules {
+                    budget: vk.budget,
+                    team: vk.team.clone(),
+                    rate: vk.rate_limit,
+                };
+                (vk.id.clone(), rules)
+            })
+            .collect();
+        let teams = config
+            .governance
+            .teams
+            .iter()
+            .filter_map(|t| Some((t.id.clone(), t.budget?)))
+            .collect();
+        let kinds = config.providers.iter().map(|p| (p.name.clone(), p.kind)).collect();
+        Governance {
+            core: Arc::new(Core {
+                keys,
+                teams,
+                kinds,
+                pricing: config.pricing.clone(),
+                policy: config.governance.on_store_error,
+                slot_lease_ms: u64::try_from(config.governance.slot_lease.as_millis()).unwrap_or(u64::MAX),
+                stores,
+                metrics,
+                inner,
+                held: Mutex::new(HashMap::new()),
+                next: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Takes one request (and `images` images) from the quota of provider key `key` of
+    /// `provider`, when the key is chosen for an attempt: `Ok(false)` when its quota is used
+    /// up (the caller chooses another key), an error only when the store cannot be reached
+    /// and the policy is `fail_closed`.
+    pub async fn take_key_quota(
+        &self,
+        provider: &str,
+        key: &str,
+        quota: &KeyQuota,
+        images: u32,
+    ) -> Result<bool, GatewayError> {
+        let per = window::period_text(quota.per);
+        let length = u64::try_from(quota.per.as_millis()).unwrap_or(u64::MAX);
+        let mut plan = Vec::new();
+        let mut add = |what: Limit, limit: Option<u64>, amount: u64| {
+            if let Some(limit) = limit {
+                plan.push(Planned {
+                    key: format!("pk:{provider}:{key}:{}", what.label()),
+                    window: Window::FromFirstUse { length },
+                    amount,
+                    limit,
+                    check: Check::Fits,
+                    what,
+                    owner: format!("{provider}/{key}"),
+                    per: per.clone(),
+                });
+            }
+        };
+        add(Limit::Requests, quota.requests, 1);
+        add(Limit::Images, quota.images, u64::from(images));
+        let (taken, _) = self.core.take(&plan, now_ms()).await?;
+        if let Some(i) = taken.refused {
+            let what = plan.get(i).map_or("requests", |p| p.what.label());
+            self.core.metrics.governance.refused("provider_key", what);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Each governed virtual key's and team's usage, remaining budget and limits, as the
+    /// store has them now (for the admin usage endpoint).
+    pub async fn usage(&self) -> Result<serde_json::Value, GatewayError> {
+        self.core.usage(now_ms()).await
+    }
+}
+
+impl Core {
+    /// Runs `takes` on the store, or as the policy says when it cannot be reached; also says
+    /// whether the local counters were used.
+    async fn take(&self, plan: &[Planned], now: u64) -> Result<(crate::state::counters::Taken, bool), GatewayError> {
+        let takes: Vec<Take<'_>> = plan
+            .iter()
+            .map(|p| Take {
+                key: &p.key,
+                window: p.window,
+                amount: p.amount,
+                limit: p.limit,
+                check: p.check,
+            })
+            .collect();
+        let shared = self.shared_usable(now)?;
+        if shared {
+            match self.stores.shared.take(&takes, now).await {
+                Ok(taken) => {
+                    self.store_answered();
+                    return Ok((taken, false));
+                }
+                Err(e) => self.store_failed(&e, now)?,
+            }
+        }
+        let taken = self
+            .stores
+            .local
+            .take(&takes, now)
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        Ok((taken, true))
+    }
+
+    /// Whether the store is to be asked now: `false` while a recent failure is remembered
+    /// (`fail_open`: local counters), an error under `fail_closed`.
+    fn shared_usable(&self, now: u64) -> Result<bool, GatewayError> {
+        if now >= self.stores.skip_until.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        match self.policy {
+            StorePolicy::FailOpen => Ok(false),
+            StorePolicy::FailClosed => {
+                self.metrics.governance.store_error("fail_closed");
+                Err(GatewayError::GovernanceUnavailable)
+            }
+        }
+    }
+
+    /// After a failed call to the store: log and count it, remember it for a second, and
+    /// apply the policy.
+    fn store_failed(&self, e: &crate::state::StateError, now: u64) -> Result<(), GatewayError> {
+        let before = self
+            .stores
+            .skip_until
+            .swap(now.saturating_add(SKIP_AFTER_FAILURE_MS), Ordering::Relaxed);
+        match self.policy {
+            StorePolicy::FailOpen => {
+                if before == 0 {
+                    log::warn!("governance: the counters' store failed ({e}); counting in this process (fail_open) until it answers again");
+                }
+                self.metrics.governance.store_error("fail_open");
+                Ok(())
+            }
+            StorePolicy::FailClosed => {
+                if before == 0 {
+                    log::error!("governance: the counters' store failed ({e}); refusing governed requests (fail_closed) until it answers again");
+                }
+                self.metrics.governance.store_error("fail_closed");
+                Err(GatewayError::GovernanceUnavailable)
+            }
+        }
+    }
+
+    fn store_answered(&self) {
+        if self.stores.skip_until.swap(0, Ordering::Relaxed) != 0 {
+            log::info!("governance: the counters' store answers again");
+        }
+    }
+
+    fn counters(&self, local: bool) -> &dyn Counters {
+        if local {
+            &self.stores.local
+        } else {
+            self.stores.shared.as_ref()
+        }
+    }
+
+    fn hold(&self, held: Held) -> Permit {
+        let token = OURS | self.next.fetch_add(1, Ordering::Relaxed);
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(token, held);
+        Permit { token }
+    }
+
+    fn take_held(&self, permit: Permit) -> Option<Held> {
+        if permit.token & OURS == 0 {
+            return None;
+        }
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&permit.token)
+    }
+
+    /// The budgets of key `vk` (`rules`) as takes of `amount` (0: only "not spent yet").
+    fn budget_takes(&self, vk: &str, rules: &KeyRules, amount: u64, now: u64, plan: &mut Vec<Planned>) {
+        let team = rules.team.as_ref().and_then(|t| Some((t.as_str(), self.teams.get(t)?)));
+        let budgets = rules
+            .budget
+            .as_ref()
+            .map(|b| (vk, false, b))
+            .into_iter()
+            .chain(team.map(|(t, b)| (t, true, b)));
+        for (owner, is_team, budget) in budgets {
+            let scope = if is_team { "team" } else { "vk" };
+            plan.push(Planned {
+                key: format!("{scope}:{owner}:usd"),
+                window: budget_window(budget, now),
+                amount,
+                limit: budget.max,
+                check: Check::Below,
+                what: Limit::Budget { team: is_team },
+                owner: owner.to_string(),
+                per: budget.period_text.to_string(),
+            });
+        }
+    }
+
+    /// A rate-limit take of key `vk`.
+    fn rate_take(vk: &str, rate: &RateLimit, what: Limit, limit: u64, amount: u64) -> Planned {
+        Planned {
+            key: format!("vk:{vk}:{}", what.label()),
+            window: rate_window(rate.per),
+            amount,
+            limit,
+            check: Check::Fits,
+            what,
+            owner: vk.to_string(),
+            per: window::period_text(rate.per),
+        }
+    }
+
+    /// The refusal of `planned` whose counter is `counter`, counted in the metrics.
+    fn refusal(&self, planned: &Planned, counter: &CounterState, now: u64) -> GatewayError {
+        let scope = match planned.what {
+            Limit::Budget { team: true } => "team",
+            _ => "virtual_key",
+        };
+        self.metrics.governance.refused(scope, planned.what.label());
+        match planned.what {
+            Limit::Budget { team } => GatewayError::BudgetExceeded {
+                scope: if team { "Team" } else { "VK" },
+                spent: counter.used,
+                max: planned.limit,
+            },
+            Limit::Requests | Limit::Images => GatewayError::RateLimited {
+                message: format!(
+                    "rate limit violated for {}: [{} limit exceeded ({}/{}, resets every {})]",
+                    planned.owner,
+                    if planned.what == Limit::Requests {
+                        "request"
+                    } else {
+                        "image"
+                    },
+                    counter.used,
+                    planned.limit,
+                    planned.per
+                ),
+                limits: RateHeaders {
+                    what: planned.what.label(),
+                    limit: planned.limit,
+                    remaining: planned.limit.saturating_sub(counter.used),
+                    reset_ms: counter.resets_at.saturating_sub(now),
+                },
+            },
+        }
+    }
+
+    /// Sets the remaining-budget gauges from counters just seen.
+    fn note_remaining(&self, taken: &[(Planned, CounterState)], settled: Option<(u64, u64)>) {
+        for (planned, counter) in taken {
+            if let Limit::Budget { team } = planned.what {
+                let used = match settled {
+                    Some((reserved, cost)) => counter.used.saturating_sub(reserved).saturating_add(cost),
+                    None => counter.used,
+                };
+                let scope = if team { "team" } else { "virtual_key" };
+                self.metrics
+                    .governance
+                    .remaining(scope, &planned.owner, planned.limit.saturating_sub(used));
+            }
+        }
+    }
+
+    /// The request-level admission of key `vk` (see the module docs).
+    async fn open_request(&self, vk: &str, rules: &KeyRules, now: u64) -> Result<Option<Slot>, GatewayError> {
+        let slot = match rules.rate.and_then(|r| r.concurrent) {
+            Some(limit) => Some(self.acquire(vk, limit, now).await?),
+            None => None,
+        };
+        let mut plan = Vec::new();
+        if let Some((rate, limit)) = rules.rate.as_ref().and_then(|r| Some((r, r.requests?))) {
+            plan.push(Core::rate_take(vk, rate, Limit::Requests, limit, 1));
+        }
+        self.budget_takes(vk, rules, 0, now, &mut plan);
+        if plan.is_empty() {
+            return Ok(slot);
+        }
+        let refused = match self.take(&plan, now).await {
+            Ok((taken, _)) => match taken.refused {
+                Some(i) => plan
+                    .get(i)
+                    .zip(taken.counters.get(i))
+                    .map(|(p, c)| self.refusal(p, c, now)),
+                None => None,
+            },
+            Err(e) => Some(e),
+        };
+        match refused {
+            Some(e) => {
+                if let Some(slot) = slot {
+                    self.release(slot).await;
+                }
+                Err(e)
+            }
+            None => Ok(slot),
+        }
+    }
+
+    /// Takes a concurrency slot of key `vk` (at most `limit`).
+    async fn acquire(&self, vk: &str, limit: u64, now: u64) -> Result<Slot, GatewayError> {
+        let key = format!("vk:{vk}:concurrent");
+        let holder = format!(
+            "{}:{}",
+            self.stores.instance,
+            self.stores.holders.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut local = !self.shared_usable(now)?;
+        let mut acquired = None;
+        if !local {
+            match self
+                .stores
+                .shared
+                .acquire(&key, &holder, limit, self.slot_lease_ms, now)
+                .await
+            {
+                Ok(got) => {
+                    self.store_answered();
+                    acquired = Some(got);
+                }
+                Err(e) => {
+                    self.store_failed(&e, now)?;
+                    local = true;
+                }
+            }
+        }
+        let got = match acquired {
+            Some(got) => got,
+            None => self
+                .stores
+                .local
+                .acquire(&key, &holder, limit, self.slot_lease_ms, now)
+                .await
+                .map_err(|e| GatewayError::Internal(e.to_string()))?,
+        };
+        if !got {
+            self.metrics.governance.refused("virtual_key", "concurrent");
+            return Err(GatewayError::RateLimited {
+                message: format!("rate limit violated for {vk}: [concurrent request limit exceeded ({limit}/{limit})]"),
+                limits: RateHeaders {
+                    what: "concurrent",
+                    limit,
+                    remaining: 0,
+                    reset_ms: 1_000,
+                },
+            });
+        }
+        Ok(Slot { key, holder, local })
+    }
+
+    async fn release(&self, slot: Slot) {
+        if let Err(e) = self.counters(slot.local).release(&slot.key, &slot.holder).await {
+            log::warn!("governance: cannot release a concurrency slot of {}: {e}", slot.key);
+        }
+    }
+
+    /// The attempt-level admission of key `vk` for `request` (see the module docs).
+    async fn open_attempt(&self, vk: &str, rules: &KeyRules, ask: &Ask, now: u64) -> Result<Held, GatewayError> {
+        let mut plan = Vec::new();
+        if let Some((rate, limit)) = rules.rate.as_ref().and_then(|r| Some((r, r.images?))) {
+            plan.push(Core::rate_take(vk, rate, Limit::Images, limit, u64::from(ask.n)));
+        }
+        self.budget_takes(vk, rules, ask.worst, now, &mut plan);
+        let (taken, local) = self.take(&plan, now).await?;
+        if let Some(i) = taken.refused {
+            let refusal = plan
+                .get(i)
+                .zip(taken.counters.get(i))
+                .map(|(p, c)| self.refusal(p, c, now));
+            return Err(refusal.unwrap_or_else(|| GatewayError::Internal("governance: bad counters".into())));
+        }
+        let taken: Vec<(Planned, CounterState)> = plan.into_iter().zip(taken.counters).collect();
+        self.note_remaining(&taken, None);
+        Ok(Held::Attempt {
+            inner: Permit { token: 0 },
+            virtual_key: vk.to_string(),
+            taken,
+            local,
+        })
+    }
+
+    /// Settles an attempt's reservations to what it delivered (`images`, `cost`).
+    async fn settle_attempt(&self, taken: Vec<(Planned, CounterState)>, local: bool, images: u32, cost: u64) {
+        let now = now_ms();
+        for (planned, counter) in &taken {
+            let delivered = match planned.what {
+                Limit::Images => u64::from(images),
+                Limit::Budget { .. } => cost,
+                Limit::Requests => continue,
+            };
+            if delivered == planned.amount {
+                continue;
+            }
+            let delta = i128::from(delivered) - i128::from(planned.amount);
+            let delta = i64::try_from(delta).unwrap_or(if delta < 0 { i64::MIN } else { i64::MAX });
+            let result = self
+                .counters(local)
+                .adjust(&planned.key, counter.window_start, delta, now)
+                .await;
+            if let Err(e) = result {
+                log::warn!("governance: cannot settle {} ({delta:+}): {e}", planned.key);
+            }
+        }
+        for (planned, counter) in &taken {
+            if let Limit::Budget { .. } = planned.what {
+                self.note_remaining(&[(planned.clone(), *counter)], Some((planned.amount, cost)));
+            }
+        }
+    }
+
+    /// The usage of every governed key and team (see [`Governance::usage`]).
+    async fn usage(&self, now: u64) -> Result<serde_json::Value, GatewayError> {
+        use serde_json::json;
+        let mut keys: Vec<(&String, &KeyRules)> = self.keys.iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out_keys = Vec::new();
+        for (vk, rules) in keys {
+            let mut entry = json!({"id": vk, "team": rules.team});
+            if let Some(budget) = &rules.budget {
+                let key = format!("vk:{vk}:usd");
+                entry["budget"] = self.budget_usage(&key, budget, now).await?;
+            }
+            if let Some(rate) = &rules.rate {
+                let mut limits = json!({"per": window::period_text(rate.per)});
+                for (what, limit) in [(Limit::Requests, rate.requests), (Limit::Images, rate.images)] {
+                    if let Some(limit) = limit {
+                        let key = format!("vk:{vk}:{}", what.label());
+                        let counter = self.read(&key, rate_window(rate.per), now).await?;
+                        limits[what.label()] = json!({
+                            "limit": limit,
+                            "used": counter.used,
+                            "remaining": limit.saturating_sub(counter.used),
+                            "resets_at": (counter.used > 0).then(|| rfc3339(counter.resets_at)),
+                        });
+                    }
+                }
+                if let Some(concurrent) = rate.concurrent {
+                    limits["concurrent"] = json!({"limit": concurrent});
+                }
+                entry["rate_limit"] = limits;
+            }
+            out_keys.push(entry);
+        }
+        let mut teams: Vec<(&String, &Budget)> = self.teams.iter().collect();
+        teams.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out_teams = Vec::new();
+        for (team, budget) in teams {
+            let key = format!("team:{team}:usd");
+            out_teams.push(json!({"id": team, "budget": self.budget_usage(&key, budget, now).await?}));
+        }
+        Ok(json!({
+            "object": "governance.usage",
+            "store": if now < self.stores.skip_until.load(Ordering::Relaxed) { "local" } else { "shared" },
+            "virtual_keys": out_keys,
+            "teams": out_teams,
+        }))
+    }
+
+    async fn budget_usage(&self, key: &str, budget: &Budget, now: u64) -> Result<serde_json::Value, GatewayError> {
+        let counter = self.read(key, budget_window(budget, now), now).await?;
+        Ok(serde_json::json!({
+            "max_usd": usd(budget.max),
+            "period": budget.period_text,
+            "calendar": budget.calendar,
+            "spent_usd": usd(counter.used),
+            "remaining_usd": usd(budget.max.saturating_sub(counter.used)),
+            "resets_at": (budget.calendar || counter.used > 0).then(|| rfc3339(counter.resets_at)),
+        }))
+    }
+
+    async fn read(&self, key: &str, window: Window, now: u64) -> Result<CounterState, GatewayError> {
+        let read = |local: bool| async move {
+            let got: StateResult<Vec<CounterState>> = self.counters(local).read(&[(key, window)], now).await;
+            got
+        };
+        let local = !self.shared_usable(now)?;
+        let got = match read(local).await {
+            Ok(got) => got,
+            Err(e) => {
+                self.store_failed(&e, now)?;
+                read(true).await.map_err(|e| GatewayError::Internal(e.to_string()))?
+            }
+        };
+        got.into_iter()
+            .next()
+            .ok_or_else(|| GatewayError::Internal("governance: the store read no counter".into()))
+    }
+}
+
+/// What an attempt asks of the budgets and image limits.
+struct Ask {
+    /// Images asked.
+    n: u32,
+    /// The worst-case cost of the attempt, micro-dollars.
+    worst: u64,
+}
+
+/// A rate-limit refusal's numbers, for the `x-ratelimit-*` and `Retry-After` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// What is limited: `requests`, `images`, `concurrent`.
+    pub what: &'static str,
+    /// The limit.
+    pub limit: u64,
+    /// What remains of it now.
+    pub remaining: u64,
+    /// Milliseconds until it resets.
+    pub reset_ms: u64,
+}
+
+impl RateHeaders {
+    /// `Retry-After`, in whole seconds (at least 1).
+    pub fn retry_after_secs(&self) -> u64 {
+        self.reset_ms.div_ceil(1000).max(1)
+    }
+}
+
+/// Micro-dollars as a JSON number of USD (its shortest exact decimal).
+fn usd(micros: u64) -> f64 {
+    Usd(micros).to_string().parse().unwrap_or(0.0)
+}
+
+/// Unix milliseconds as RFC 3339 (UTC).
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
+impl Admission for Governance {
+    fn admit_request(&self, request: &RequestAdmission<'_>) -> Admit {
+        let core = &self.core;
+        let Some((vk, rules)) = request
+            .virtual_key
+            .and_then(|vk| Some((vk.to_string(), core.keys.get(vk)?.clone())))
+        else {
+            return core.inner.admit_request(request);
+        };
+        let inner = core.inner.admit_request(request);
+        let core = self.core.clone();
+        Admit::Later(Box::pin(async move {
+            let inner = inner.decide().await?;
+            match core.open_request(&vk, &rules, now_ms()).await {
+                Ok(slot) => Ok(core.hold(Held::Request { inner, slot })),
+                Err(e) => {
+                    core.inner.finish_request(inner);
+                    Err(e)
+                }
+            }
+        }))
+    }
+
+    fn finish_request(&self, permit: Permit) {
+        let core = &self.core;
+        match core.take_held(permit) {
+            Some(Held::Request { inner, slot }) => {
+                core.inner.finish_request(inner);
+                if let Some(slot) = slot {
+                    let core = self.core.clone();
+                    spawn(async move { core.release(slot).await });
+                }
+            }
+            Some(Held::Attempt { inner, .. }) => core.inner.finish_request(inner),
+            None => core.inner.finish_request(permit),
+        }
+    }
+
+    fn admit(&self, request: &AdmissionRequest<'_>) -> Admit {
+        let core = &self.core;
+        let governed = request
+            .virtual_key
+            .and_then(|vk| Some((vk.to_string(), core.keys.get(vk)?.clone())))
+            .filter(|(_, r)| r.budget.is_some() || r.team.is_some() || r.rate.is_some_and(|r| r.images.is_some()));
+        let Some((vk, rules)) = governed else {
+            return core.inner.admit(request);
+        };
+        let worst = match core.kinds.get(request.provider) {
+            Some(kind) => core.pricing.worst_case(&PriceQuery {
+                kind: *kind,
+                model: request.model,
+                images: request.n,
+                size: request.size,
+                quality: request.quality,
+                usage: None,
+            }),
+            None => core.pricing.default.saturating_mul(u64::from(request.n)),
+        };
+        let ask = Ask { n: request.n, worst };
+        let inner = core.inner.admit(request);
+        let core = self.core.clone();
+        Admit::Later(Box::pin(async move {
+            let held = core.open_attempt(&vk, &rules, &ask, now_ms()).await?;
+            match inner.decide().await {
+                Ok(inner) => Ok(core.hold(match held {
+                    Held::Attempt {
+                        virtual_key,
+                        taken,
+                        local,
+                        ..
+                    } => Held::Attempt {
+                        inner,
+                        virtual_key,
+                        taken,
+                        local,
+                    },
+                    other => other,
+                })),
+                Err(e) => {
+                    if let Held::Attempt { taken, local, .. } = held {
+                        core.settle_attempt(taken, local, 0, 0).await;
+                    }
+                    Err(e)
+                }
+            }
+        }))
+    }
+
+    fn settle(&self, permit: Permit, settlement: &Settlement<'_>) {
+        let core = &self.core;
+        match core.take_held(permit) {
+            Some(Held::Attempt {
+                inner,
+                virtual_key,
+                taken,
+                local,
+            }) => {
+                let cost = settlement.cost.unwrap_or(0);
+                if cost > 0 {
+                    core.metrics.governance.spent(&virtual_key, settlement.provider, cost);
+                }
+                core.inner.settle(inner, settlement);
+                let images = settlement.images;
+                let core = self.core.clone();
+                spawn(async move { core.settle_attempt(taken, local, images, cost).await });
+            }
+            Some(Held::Request { inner, .. }) => core.inner.settle(inner, settlement),
+            None => {
+                if let (Some(vk), Some(cost)) = (settlement.virtual_key, settlement.cost.filter(|c| *c > 0)) {
+                    core.metrics.governance.spent(vk, settlement.provider, cost);
+                }
+                core.inner.settle(permit, settlement);
+            }
+        }
+    }
+
+    fn wants_usage(&self) -> bool {
+        self.core.inner.wants_usage()
+    }
+}
+
+/// Runs `task` on the current runtime (settlements and releases are sent on, never awaited
+/// by the request); dropped when there is none (a test without a runtime).
+fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(task);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::admission::{AttemptIndex, RecordingAdmission};
+
+    const CONFIG: &str = "
+providers:
+  - {name: openai, kind: openai, base_url: 'http://127.0.0.1:9', keys: [{name: k, value: x}]}
+pricing:
+  models:
+    - {match: 'house-*', per_image: 0.02}
+teams:
+  - {id: design, budget: {max_usd: 0.05, period: 1d}}
+virtual_keys:
+  - {id: app, key: k1, team: design, budget: {max_usd: 1, period: 1d}, rate_limit: {requests: 2, images: 3, per: 1m, concurrent: 1}}
+  - {id: free, key: k2}
+";
+
+    /// A governance over in-memory counters (as the store), around a recording admission.
+    fn governance() -> (Governance, Arc<RecordingAdmission>) {
+        let config = crate::config::from_yaml_str_with_env(CONFIG, &|_| None).unwrap();
+        let inner = Arc::new(RecordingAdmission::default());
+        let stores = Arc::new(GovernanceStores::new(Arc::new(MemoryCounters::default())));
+        let metrics = Arc::new(Metrics::new().unwrap());
+        (Governance::new(&config, stores, metrics, inner.clone()), inner)
+    }
+
+    fn request(vk: &str) -> RequestAdmission<'_> {
+        RequestAdmission {
+            request_id: "r",
+            virtual_key: Some(vk),
+        }
+    }
+
+    fn attempt(vk: &str, n: u32) -> AdmissionRequest<'_> {
+        AdmissionRequest {
+            request_id: "r",
+            virtual_key: Some(vk),
+            provider: "openai",
+            model: "house-model",
+            n,
+            size: None,
+            quality: None,
+            stream: false,
+            attempt: AttemptIndex { candidate: 0, retry: 0 },
+            form_complete: true,
+        }
+    }
+
+    fn settlement(images: u32, cost: Option<u64>) -> Settlement<'static> {
+        Settlement {
+            status: if images > 0 { 200 } else { 500 },
+            reason: None,
+            images,
+            usage: None,
+            provider: "openai",
+            model: "house-model",
+            key: Some("k"),
+            elapsed: std::time::Duration::ZERO,
+            virtual_key: Some("app"),
+            cost,
+        }
+    }
+
+    /// Lets spawned settlements and releases run.
+    async fn settle_down() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_and_slots_are_held_per_request() {
+        let (g, inner) = governance();
+        let first = g.admit_request(&request("app")).decide().await.unwrap();
+        // One slot: a second request in flight is refused, and the inner admission's permit
+        // of the refused one is handed back.
+        let e = g.admit_request(&request("app")).decide().await.unwrap_err();
+        assert_eq!((e.status(), e.code()), (429, "rate_limited"));
+        assert!(e.to_string().contains("concurrent request limit exceeded (1/1)"), "{e}");
+        g.finish_request(first);
+        settle_down().await;
+        let second = g.admit_request(&request("app")).decide().await.unwrap();
+        g.finish_request(second);
+        settle_down().await;
+        // Two requests a minute: the third is refused with the window's numbers.
+        let e = g.admit_request(&request("app")).decide().await.unwrap_err();
+        match &e {
+            GatewayError::RateLimited { limits, message } => {
+                assert_eq!((limits.what, limits.limit, limits.remaining), ("requests", 2, 0));
+                assert!((1..=60).contains(&limits.retry_after_secs()), "{limits:?}");
+                assert_eq!(
+                    message,
+                    "rate limit violated for app: [request limit exceeded (2/2, resets every 1m)]"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A key without limits goes straight to the inner admission.
+        let free = g.admit_request(&request("free")).decide().await.unwrap();
+        assert_eq!(free.token & OURS, 0);
+        assert!(
+            inner.recorded().admits.is_empty(),
+            "request-level calls are not attempts"
+        );
+    }
+
+    #[tokio::test]
+    async fn attempts_reserve_the_worst_case_and_settle_to_the_cost() {
+        let (g, inner) = governance();
+        // The team's $0.05: 2 images reserve $0.04, settled to one delivered image ($0.02).
+        let p = g.admit(&attempt("app", 2)).decide().await.unwrap();
+        assert_ne!(p.token & OURS, 0);
+        g.settle(p, &settlement(1, Some(20_000)));
+        settle_down().await;
+        let usage = g.usage().await.unwrap();
+        assert_eq!(
+            usage["teams"][0]["budget"]["spent_usd"],
+            serde_json::json!(0.02),
+            "{usage}"
+        );
+        let app = &usage["virtual_keys"][0];
+        assert_eq!(app["rate_limit"]["images"]["used"], 1, "{usage}");
+        // A failed attempt costs nothing and gives its images back.
+        let p = g.admit(&attempt("app", 2)).decide().await.unwrap();
+        g.settle(p, &settlement(0, None));
+        settle_down().await;
+        let usage = g.usage().await.unwrap();
+        assert_eq!(
+            usage["teams"][0]["budget"]["spent_usd"],
+            serde_json::json!(0.02),
+            "{usage}"
+        );
+        assert_eq!(usage["virtual_keys"][0]["rate_limit"]["images"]["used"], 1, "{usage}");
+        // Images: 1 + 3 > 3 is refused before the budget is asked.
+        let e = g.admit(&attempt("app", 3)).decide().await.unwrap_err();
+        assert!(e.to_string().contains("image limit exceeded (1/3"), "{e}");
+        // The inner admission saw and settled every admitted attempt once.
+        let recorded = inner.recorded();
+        assert_eq!(recorded.admits.len(), 3);
+        assert_eq!(recorded.settles.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_spent_team_budget_refuses_with_bifrosts_message() {
+        let (g, _) = governance();
+        for _ in 0..2 {
+            let p = g.admit(&attempt("app", 1)).decide().await.unwrap();
+            g.settle(p, &settlement(1, Some(30_000)));
+            settle_down().await;
+        }
+        // $0.06 spent of the team's $0.05: refused per request and per attempt.
+        let e = g.admit_request(&request("app")).decide().await.unwrap_err();
+        assert_eq!((e.status(), e.code()), (402, "budget_exceeded"));
+        assert_eq!(
+            e.to_string(),
+            "Budget exceeded: Team budget exceeded: 0.0600 >= 0.0500 dollars"
+        );
+        let e = g.admit(&attempt("app", 1)).decide().await.unwrap_err();
+        assert_eq!(e.code(), "budget_exceeded");
+    }
+
+    #[tokio::test]
+    async fn provider_key_quotas_count_requests_and_images() {
+        let (g, _) = governance();
+        let quota = KeyQuota {
+            requests: Some(2),
+            images: Some(3),
+            per: std::time::Duration::from_secs(60),
+        };
+        assert!(g.take_key_quota("openai", "k", &quota, 2).await.unwrap());
+        assert!(
+            !g.take_key_quota("openai", "k", &quota, 2).await.unwrap(),
+            "2 + 2 > 3 images"
+        );
+        assert!(g.take_key_quota("openai", "k", &quota, 1).await.unwrap());
+        assert!(
+            !g.take_key_quota("openai", "k", &quota, 0).await.unwrap(),
+            "3 requests > 2"
+        );
+        assert!(g.take_key_quota("openai", "other", &quota, 1).await.unwrap(), "per key");
+    }
+}

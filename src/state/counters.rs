@@ -202,7 +202,10 @@ pub trait Counters: Send + Sync {
 }
 
 /// Counters in this process's memory: [`Counters`] without a store. Used with
-/// `on_store_error: fail_open` while the shared store cannot be reached, and in tests.
+/// `on_store_error: fail_open` while the shared store cannot be reached, and in tests. Every
+/// call holds one lock for its length (never across an await: there is none). Ended counters
+/// and expired slots stay until [`Counters::remove_ended`], which drops both and counts the
+/// counters.
 #[derive(Debug, Default)]
 pub struct MemoryCounters {
     inner: std::sync::Mutex<MemoryInner>,

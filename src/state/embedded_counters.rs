@@ -2,7 +2,7 @@
 //! the same store thread as the jobs. A take is one `BEGIN IMMEDIATE` transaction (read the
 //! counters, [`apply_takes`], write them back when all fit), so two processes on one file
 //! admit exactly the limit together; spend outlives a restart. Ended counters and expired slots
-//! stay until [`Counters::remove_ended`].
+//! stay until [`Counters::remove_ended`], which deletes both and counts the counters.
 
 use super::counters::{adjusted, apply_takes, current, Check, CounterState, Counters, Take, Taken, Window};
 use super::embedded::{as_i64, EmbeddedJobs};

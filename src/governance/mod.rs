@@ -240,6 +240,23 @@ impl Governance {
         Ok(true)
     }
 
+    /// Removes the counters whose window ended before `now`, from the store (the embedded
+    /// one; Redis expires its own) and from this process's fallback counters. Run by the
+    /// cleaner.
+    pub async fn remove_ended(&self, now: u64) {
+        let stores = &self.core.stores;
+        for (name, counters) in [
+            ("store", stores.shared.as_ref()),
+            ("local", &stores.local as &dyn Counters),
+        ] {
+            match counters.remove_ended(now).await {
+                Ok(0) => {}
+                Ok(n) => log::debug!("governance: {n} ended counters removed ({name})"),
+                Err(e) => log::debug!("governance: ended counters not removed ({name}): {e}"),
+            }
+        }
+    }
+
     /// Each governed virtual key's and team's usage, remaining budget and limits, as the
     /// store has them now (for the admin usage endpoint).
     pub async fn usage(&self) -> Result<serde_json::Value, GatewayError> {

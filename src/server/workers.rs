@@ -254,6 +254,8 @@ async fn clean(current: Arc<ArcSwap<AppState>>, mut shutdown: ShutdownWatch) {
                 Ok(n) => log::debug!("objects: {n} expired images removed"),
                 Err(e) => log::warn!("objects: expired images not removed: {e}"),
             }
+            // Governance counters whose window ended.
+            state.governance.remove_ended(now_ms()).await;
         }
         match state.store.jobs.counts(now_ms()).await {
             Ok(counts) => state.metrics.jobs.queue(counts.runnable, counts.running),

@@ -143,7 +143,7 @@ pub struct Governance {
 }
 
 struct Core {
-    keys: HashMap<String, KeyRules>,
+    keys: HashMap<String, Arc<KeyRules>>,
     teams: HashMap<String, Budget>,
     kinds: HashMap<String, ProviderKind>,
     pricing: Arc<PriceTable>,
@@ -174,7 +174,7 @@ impl Governance {
                     team: vk.team.clone(),
                     rate: vk.rate_limit,
                 };
-                (vk.id.clone(), rules)
+                (vk.id.clone(), Arc::new(rules))
             })
             .collect();
         let teams = config
@@ -609,7 +609,7 @@ impl Core {
     /// The usage of every governed key and team (see [`Governance::usage`]).
     async fn usage(&self, now: u64) -> Result<serde_json::Value, GatewayError> {
         use serde_json::json;
-        let mut keys: Vec<(&String, &KeyRules)> = self.keys.iter().collect();
+        let mut keys: Vec<(&String, &Arc<KeyRules>)> = self.keys.iter().collect();
         keys.sort_by(|a, b| a.0.cmp(b.0));
         let mut out_keys = Vec::new();
         for (vk, rules) in keys {
@@ -728,7 +728,7 @@ impl Admission for Governance {
         let core = &self.core;
         let Some((vk, rules)) = request
             .virtual_key
-            .and_then(|vk| Some((vk.to_string(), core.keys.get(vk)?.clone())))
+            .and_then(|vk| core.keys.get(vk).map(|rules| (vk.to_string(), rules.clone())))
         else {
             return core.inner.admit_request(request);
         };
@@ -765,7 +765,7 @@ impl Admission for Governance {
         let core = &self.core;
         let governed = request
             .virtual_key
-            .and_then(|vk| Some((vk.to_string(), core.keys.get(vk)?.clone())))
+            .and_then(|vk| core.keys.get(vk).map(|rules| (vk.to_string(), rules.clone())))
             .filter(|(_, r)| r.budget.is_some() || r.team.is_some() || r.rate.is_some_and(|r| r.images.is_some()));
         let Some((vk, rules)) = governed else {
             return core.inner.admit(request);

@@ -279,6 +279,12 @@ impl Gateway {
         }
     }
 
+    /// Swaps in the config `yaml` as a SIGHUP reload does (it must be valid).
+    pub fn reload(&self, yaml: &str) {
+        let config = from_yaml_str_with_env(yaml, &|_| None).unwrap_or_else(|e| panic!("config:\n{e}\n{yaml}"));
+        self._server.reload(config);
+    }
+
     /// A new client connection to the gateway.
     pub fn connect(&self) -> Conn {
         Conn::open(self.addr)

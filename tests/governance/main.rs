@@ -463,3 +463,26 @@ fn async_jobs_are_charged_to_their_submitter_once() {
     assert_eq!(v["rate_limit"]["requests"]["used"], 2, "{v}");
     assert_eq!(mock.received(), 2);
 }
+
+#[test]
+fn a_reload_changes_the_limits_and_keeps_the_counts() {
+    let mock = MockUpstream::start();
+    mock.always(Reply::json(200, &default_success()));
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&mock, dir.path(), "    rate_limit: {requests: 1, per: 1h}\n", "");
+    assert_eq!(gw.edit(&valid_form(), &[("x-bf-vk", VK)]).status, 200);
+    assert_eq!(gw.edit(&valid_form(), &[("x-bf-vk", VK)]).status, 429);
+    // Three an hour now: the request already counted leaves two.
+    gw.reload(&gw.yaml.replace(
+        "rate_limit: {requests: 1, per: 1h}",
+        "rate_limit: {requests: 3, per: 1h}",
+    ));
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| gw.edit(&valid_form(), &[("x-bf-vk", VK)]).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    // No limits at all: the key no longer touches the counters.
+    gw.reload(&gw.yaml.replace("    rate_limit: {requests: 1, per: 1h}\n", ""));
+    assert_eq!(gw.edit(&valid_form(), &[("x-bf-vk", VK)]).status, 200);
+    assert_eq!(mock.received(), 4);
+}

@@ -33,6 +33,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 VIRTUAL_KEY = "sk-bf-test"
+# Governed keys (issue 16): two requests an hour each; a spent (zero) budget.
+LIMITED_PY_KEY = "sk-bf-limited-python"
+LIMITED_NODE_KEY = "sk-bf-limited-node"
+BROKE_KEY = "sk-bf-no-budget"
 SIM_PROVIDER_KEY = "sim-key-for-tests"
 MOCK_PROVIDER_KEY = "mock-provider-key-5f1c2a"
 
@@ -427,6 +431,9 @@ virtual_keys:
   - id: test
     key: {VIRTUAL_KEY}
     providers: [down, demo, mock, sim-azure, sim-gemini, sim-vertex, sim-stability, sim-hf, sim-xai, sim-bfl, sim-fireworks, sim-replicate, sim-bedrock]
+  - {{id: limited-python, key: {LIMITED_PY_KEY}, rate_limit: {{requests: 2, per: 1h}}}}
+  - {{id: limited-node, key: {LIMITED_NODE_KEY}, rate_limit: {{requests: 2, per: 1h}}}}
+  - {{id: no-budget, key: {BROKE_KEY}, budget: {{max_usd: 0, period: 1d}}}}
 """
 
     def limits_yaml(self) -> str:

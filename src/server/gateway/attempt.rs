@@ -190,8 +190,6 @@ pub(super) fn admission_request<'a>(
 /// The admission's permit, held by an attempt until it settles.
 pub(super) struct Admitted {
     pub(super) permit: Permit,
-    /// The caller's virtual key id (for the settlement).
-    pub(super) virtual_key: Option<String>,
     /// When it was admitted.
     pub(super) at: Instant,
 }
@@ -203,7 +201,6 @@ impl Admitted {
         let permit = state.admission.admit(request).decide().await?;
         Ok(Admitted {
             permit,
-            virtual_key: request.virtual_key.map(str::to_string),
             at: Instant::now(),
         })
     }
@@ -263,6 +260,7 @@ pub(super) async fn attempt(
         Ok(provider) => provider,
         Err(e) => {
             let tried = Tried {
+                virtual_key: scope.identity.key_id.as_deref(),
                 provider: &form.provider,
                 model: &form.model,
                 key: None,
@@ -314,6 +312,7 @@ pub(super) async fn attempt(
                 Ok(target) => target,
                 Err(e) => {
                     let tried = Tried {
+                        virtual_key: scope.identity.key_id.as_deref(),
                         provider: &form.provider,
                         model: &form.model,
                         key: None,
@@ -356,6 +355,7 @@ pub(super) async fn attempt(
             ctx.cost = Some(answer_cost(state, provider.kind, form, None));
         }
         let tried = Tried {
+            virtual_key: scope.identity.key_id.as_deref(),
             provider: &form.provider,
             model: &form.model,
             key: key_name(provider, used_key),
@@ -396,6 +396,7 @@ pub(super) async fn attempt(
         state.record(&form.provider, key, result.as_ref().map(|_| ()));
     }
     let tried = Tried {
+        virtual_key: scope.identity.key_id.as_deref(),
         provider: &form.provider,
         model: &form.model,
         key: key_name(provider, used_key),
@@ -421,6 +422,8 @@ fn key_name(provider: &ProviderConfig, key: Option<usize>) -> Option<&str> {
 /// What an attempt tried, for its settlement.
 #[derive(Clone, Copy)]
 pub(super) struct Tried<'a> {
+    /// The caller's virtual key id.
+    pub(super) virtual_key: Option<&'a str>,
     pub(super) provider: &'a str,
     pub(super) model: &'a str,
     /// The provider key's name, once one was chosen.
@@ -454,7 +457,7 @@ pub(super) fn settle(state: &AppState, admitted: &Admitted, tried: Tried<'_>, en
             model: tried.model,
             key: tried.key,
             elapsed: admitted.at.elapsed(),
-            virtual_key: admitted.virtual_key.as_deref(),
+            virtual_key: tried.virtual_key,
             cost: ended.cost,
         },
     );

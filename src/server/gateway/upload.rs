@@ -212,7 +212,12 @@ pub(super) async fn read<'a>(
                     .provider(provider)
                     .ok()
                     .and_then(|p| Some(p.keys.get(started_key?)?.name.as_str()));
-                let tried = Tried { provider, model, key };
+                let tried = Tried {
+                    virtual_key: up.identity.key_id.as_deref(),
+                    provider,
+                    model,
+                    key,
+                };
                 settle(state, admitted, tried, ended(Err(&e), None));
             }
             // Report what was asked for, when it got that far.

@@ -19,6 +19,7 @@ fn fake_env(name: &str) -> Option<String> {
     match name {
         "OPENAI_API_KEY" => Some("sk-fake-openai-key".into()),
         "REFRACT_VK_TEAM_A" => Some("sk-bf-fake-team-a".into()),
+        "REFRACT_ADMIN_KEY" => Some("sk-fake-admin".into()),
         "VERTEX_ACCESS_TOKEN" => Some("ya29.fake-vertex-token".into()),
         "AZURE_OPENAI_API_KEY" => Some("fake-azure-key".into()),
         "GEMINI_API_KEY" => Some("fake-gemini-key".into()),

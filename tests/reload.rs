@@ -383,6 +383,7 @@ fn check_print_shows_the_effective_config_without_secrets() {
     let vars = [
         "OPENAI_API_KEY",
         "REFRACT_VK_TEAM_A",
+        "REFRACT_ADMIN_KEY",
         "VERTEX_ACCESS_TOKEN",
         "AZURE_OPENAI_API_KEY",
         "GEMINI_API_KEY",
@@ -408,6 +409,11 @@ fn check_print_shows_the_effective_config_without_secrets() {
     assert!(!text.contains("secret-value-of"), "a secret was printed:\n{text}");
     assert!(text.contains("value: '<redacted: env.OPENAI_API_KEY>'"), "{text}");
     assert!(text.contains("key: '<redacted: env.REFRACT_VK_TEAM_A>'"), "{text}");
+    assert!(
+        text.contains("admin_key: '<redacted: env.REFRACT_ADMIN_KEY>'"),
+        "{text}"
+    );
+    assert!(text.contains("quota:"), "{text}");
     // Defaults the file leaves out are there, and the output is YAML.
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     assert_eq!(doc["limits"]["max_part_header_bytes"], 16384);

@@ -132,16 +132,53 @@ impl Admit {
     }
 }
 
+/// What is left of a settlement or of a request's end: nothing, or I/O the gateway awaits
+/// before it answers (so that the caller's next request sees it: a slot given back, a
+/// reservation settled), or sends on (spawns) when the request was dropped.
+#[must_use = "a settlement's rest must be awaited (`wait`) or sent on (`send_on`)"]
+pub enum Finish {
+    /// Nothing left (no allocation).
+    Done,
+    /// This future completes it.
+    Later(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl Finish {
+    /// Completes it: on a task of its own, so that it completes even if the waiting request
+    /// is dropped meanwhile.
+    pub async fn wait(self) {
+        if let Finish::Later(rest) = self {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let _ = runtime.spawn(rest).await;
+                }
+                Err(_) => rest.await,
+            }
+        }
+    }
+
+    /// Completes it on the current runtime without waiting (a request dropped mid-way); the
+    /// rest is dropped when there is no runtime.
+    pub fn send_on(self) {
+        if let Finish::Later(rest) = self {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(rest);
+            }
+        }
+    }
+}
+
 /// The admit step of the request chain (see the module docs). Implementations are shared by
 /// every request (`Send + Sync`) and must not block: a decision that needs I/O is returned as
-/// [`Admit::Later`], and a settlement that needs I/O is sent on (spawned) from `settle`.
+/// [`Admit::Later`], and a settlement that needs I/O as [`Finish::Later`].
 pub trait Admission: Send + Sync {
     /// Runs once per attempt, before the upstream call: admit with a permit or refuse with the
     /// error the client (or the fallback list) gets.
     fn admit(&self, request: &AdmissionRequest<'_>) -> Admit;
 
-    /// Runs once per admitted attempt, when it is over, with its outcome.
-    fn settle(&self, permit: Permit, settlement: &Settlement<'_>);
+    /// Runs once per admitted attempt, when it is over, with its outcome; the gateway awaits
+    /// what it returns before the attempt's answer goes out.
+    fn settle(&self, permit: Permit, settlement: &Settlement<'_>) -> Finish;
 
     /// Runs once per request, after authentication and before its body is read (for an async
     /// job: at submission; its run is not admitted again). A refusal is the request's answer.
@@ -150,8 +187,11 @@ pub trait Admission: Send + Sync {
         Admit::Now(Ok(Permit { token: 0 }))
     }
 
-    /// Runs once per admitted request, when its answer was sent (or it failed).
-    fn finish_request(&self, _permit: Permit) {}
+    /// Runs once per admitted request, when it is over (before its answer goes out; sent on
+    /// when the request was dropped).
+    fn finish_request(&self, _permit: Permit) -> Finish {
+        Finish::Done
+    }
 
     /// Whether settlements should carry the answer's token usage ([`Settlement::usage`]): its
     /// members are then read from the answer (a small search), which the default spares.
@@ -169,7 +209,9 @@ impl Admission for AdmitAll {
         Admit::Now(Ok(Permit { token: 0 }))
     }
 
-    fn settle(&self, _permit: Permit, _settlement: &Settlement<'_>) {}
+    fn settle(&self, _permit: Permit, _settlement: &Settlement<'_>) -> Finish {
+        Finish::Done
+    }
 }
 
 /// An admission for tests: records every call, and refuses (with 429 `rate_limited`) every
@@ -300,7 +342,7 @@ impl Admission for RecordingAdmission {
         true
     }
 
-    fn settle(&self, permit: Permit, settlement: &Settlement<'_>) {
+    fn settle(&self, permit: Permit, settlement: &Settlement<'_>) -> Finish {
         if let Ok(mut calls) = self.calls.lock() {
             calls.settles.push(SettleCall {
                 token: permit.token,
@@ -313,6 +355,7 @@ impl Admission for RecordingAdmission {
                 usage: settlement.usage,
             });
         }
+        Finish::Done
     }
 }
 
@@ -353,7 +396,7 @@ mod tests {
     #[tokio::test]
     async fn admit_all_admits() {
         let permit = AdmitAll.admit(&request("m")).decide().await.unwrap();
-        AdmitAll.settle(permit, &settlement());
+        assert!(matches!(AdmitAll.settle(permit, &settlement()), Finish::Done));
     }
 
     #[tokio::test]
@@ -362,7 +405,7 @@ mod tests {
         let e = by_model.admit(&request("closed")).decide().await.unwrap_err();
         assert_eq!((e.status(), e.code()), (429, "rate_limited"));
         let permit = by_model.admit(&request("open")).decide().await.unwrap();
-        by_model.settle(permit, &settlement());
+        assert!(matches!(by_model.settle(permit, &settlement()), Finish::Done));
         let seen = by_model.recorded();
         assert_eq!(seen.admits.len(), 2);
         assert_eq!(seen.admits[0].admitted, None);

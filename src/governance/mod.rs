@@ -28,7 +28,7 @@ mod window;
 
 pub use window::{budget_window, period_text, rate_window};
 
-use crate::admission::{Admission, AdmissionRequest, Admit, Permit, RequestAdmission, Settlement};
+use crate::admission::{Admission, AdmissionRequest, Admit, Finish, Permit, RequestAdmission, Settlement};
 use crate::config::{Budget, Config, KeyQuota, ProviderKind, RateLimit, StorePolicy};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -739,21 +739,27 @@ impl Admission for Governance {
             match core.open_request(&vk, &rules, now_ms()).await {
                 Ok(slot) => Ok(core.hold(Held::Request { inner, slot })),
                 Err(e) => {
-                    core.inner.finish_request(inner);
+                    core.inner.finish_request(inner).wait().await;
                     Err(e)
                 }
             }
         }))
     }
 
-    fn finish_request(&self, permit: Permit) {
+    fn finish_request(&self, permit: Permit) -> Finish {
         let core = &self.core;
         match core.take_held(permit) {
             Some(Held::Request { inner, slot }) => {
-                core.inner.finish_request(inner);
-                if let Some(slot) = slot {
-                    let core = self.core.clone();
-                    spawn(async move { core.release(slot).await });
+                let inner = core.inner.finish_request(inner);
+                match slot {
+                    Some(slot) => {
+                        let core = self.core.clone();
+                        Finish::Later(Box::pin(async move {
+                            core.release(slot).await;
+                            inner.wait().await;
+                        }))
+                    }
+                    None => inner,
                 }
             }
             Some(Held::Attempt { inner, .. }) => core.inner.finish_request(inner),
@@ -811,7 +817,7 @@ impl Admission for Governance {
         }))
     }
 
-    fn settle(&self, permit: Permit, settlement: &Settlement<'_>) {
+    fn settle(&self, permit: Permit, settlement: &Settlement<'_>) -> Finish {
         let core = &self.core;
         match core.take_held(permit) {
             Some(Held::Attempt {
@@ -824,31 +830,26 @@ impl Admission for Governance {
                 if cost > 0 {
                     core.metrics.governance.spent(&virtual_key, settlement.provider, cost);
                 }
-                core.inner.settle(inner, settlement);
+                let inner = core.inner.settle(inner, settlement);
                 let images = settlement.images;
                 let core = self.core.clone();
-                spawn(async move { core.settle_attempt(taken, local, images, cost).await });
+                Finish::Later(Box::pin(async move {
+                    core.settle_attempt(taken, local, images, cost).await;
+                    inner.wait().await;
+                }))
             }
             Some(Held::Request { inner, .. }) => core.inner.settle(inner, settlement),
             None => {
                 if let (Some(vk), Some(cost)) = (settlement.virtual_key, settlement.cost.filter(|c| *c > 0)) {
                     core.metrics.governance.spent(vk, settlement.provider, cost);
                 }
-                core.inner.settle(permit, settlement);
+                core.inner.settle(permit, settlement)
             }
         }
     }
 
     fn wants_usage(&self) -> bool {
         self.core.inner.wants_usage()
-    }
-}
-
-/// Runs `task` on the current runtime (settlements and releases are sent on, never awaited
-/// by the request); dropped when there is none (a test without a runtime).
-fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) {
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(task);
     }
 }
 
@@ -918,13 +919,6 @@ virtual_keys:
         }
     }
 
-    /// Lets spawned settlements and releases run.
-    async fn settle_down() {
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    }
-
     #[tokio::test]
     async fn requests_and_slots_are_held_per_request() {
         let (g, inner) = governance();
@@ -934,11 +928,9 @@ virtual_keys:
         let e = g.admit_request(&request("app")).decide().await.unwrap_err();
         assert_eq!((e.status(), e.code()), (429, "rate_limited"));
         assert!(e.to_string().contains("concurrent request limit exceeded (1/1)"), "{e}");
-        g.finish_request(first);
-        settle_down().await;
+        g.finish_request(first).wait().await;
         let second = g.admit_request(&request("app")).decide().await.unwrap();
-        g.finish_request(second);
-        settle_down().await;
+        g.finish_request(second).wait().await;
         // Two requests a minute: the third is refused with the window's numbers.
         let e = g.admit_request(&request("app")).decide().await.unwrap_err();
         match &e {
@@ -967,8 +959,7 @@ virtual_keys:
         // The team's $0.05: 2 images reserve $0.04, settled to one delivered image ($0.02).
         let p = g.admit(&attempt("app", 2)).decide().await.unwrap();
         assert_ne!(p.token & OURS, 0);
-        g.settle(p, &settlement(1, Some(20_000)));
-        settle_down().await;
+        g.settle(p, &settlement(1, Some(20_000))).wait().await;
         let usage = g.usage().await.unwrap();
         assert_eq!(
             usage["teams"][0]["budget"]["spent_usd"],
@@ -979,8 +970,7 @@ virtual_keys:
         assert_eq!(app["rate_limit"]["images"]["used"], 1, "{usage}");
         // A failed attempt costs nothing and gives its images back.
         let p = g.admit(&attempt("app", 2)).decide().await.unwrap();
-        g.settle(p, &settlement(0, None));
-        settle_down().await;
+        g.settle(p, &settlement(0, None)).wait().await;
         let usage = g.usage().await.unwrap();
         assert_eq!(
             usage["teams"][0]["budget"]["spent_usd"],
@@ -1002,8 +992,7 @@ virtual_keys:
         let (g, _) = governance();
         for _ in 0..2 {
             let p = g.admit(&attempt("app", 1)).decide().await.unwrap();
-            g.settle(p, &settlement(1, Some(30_000)));
-            settle_down().await;
+            g.settle(p, &settlement(1, Some(30_000))).wait().await;
         }
         // $0.06 spent of the team's $0.05: refused per request and per attempt.
         let e = g.admit_request(&request("app")).decide().await.unwrap_err();

@@ -106,7 +106,7 @@ fn two_replicas_on_one_redis_admit_exactly_the_limit() {
     );
     assert_eq!(refused(&a) + refused(&b), 20.0);
     // Either replica reports the same shared usage.
-    let used = wait_spent(a.addr, "team-a", 0.20);
+    let used = spent(a.addr, "team-a", 0.20);
     assert_eq!(used["rate_limit"]["requests"]["used"], 10, "{used}");
     assert_eq!(key_usage(b.addr, "team-a")["budget"]["spent_usd"], json!(0.20));
 }
@@ -145,8 +145,8 @@ fn a_budget_holds_across_two_replicas_by_at_most_one_request() {
     // $0.10, past $0.09 by less than one request.
     assert_eq!(count(&statuses, 200), 5, "{statuses:?}");
     assert_eq!(count(&statuses, 402), 15, "{statuses:?}");
-    wait_spent(addr_a, "team-a", 0.10);
-    wait_spent(addr_b, "team-a", 0.10);
+    spent(addr_a, "team-a", 0.10);
+    spent(addr_b, "team-a", 0.10);
 }
 
 #[test]
@@ -161,14 +161,14 @@ fn the_embedded_store_keeps_spend_across_kill_9_and_a_restart() {
         let r = edit_house(first.addr);
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    wait_spent(first.addr, "team-a", 0.04);
+    spent(first.addr, "team-a", 0.04);
     first.kill9();
     let second = start(&store, "", limits, &mock.base_url());
     let used = key_usage(second.addr, "team-a");
     assert_eq!(used["budget"]["spent_usd"], json!(0.04), "{used}");
     assert_eq!(used["rate_limit"]["requests"]["used"], 2, "{used}");
     assert_eq!(edit_house(second.addr).status, 200);
-    wait_spent(second.addr, "team-a", 0.06);
+    spent(second.addr, "team-a", 0.06);
     let r = edit_house(second.addr);
     assert_gateway_error(&r, 402, "budget_exceeded", "invalid_request_error", None);
 }

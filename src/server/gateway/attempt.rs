@@ -213,7 +213,8 @@ impl Admitted {
 /// [`Admission::finish_request`]: crate::admission::Admission::finish_request
 pub(super) struct AdmittedRequest {
     admission: Arc<dyn crate::admission::Admission>,
-    permit: Permit,
+    /// `None` once finished.
+    permit: Option<Permit>,
 }
 
 impl AdmittedRequest {
@@ -231,14 +232,26 @@ impl AdmittedRequest {
         let permit = state.admission.admit_request(&request).decide().await?;
         Ok(AdmittedRequest {
             admission: state.admission.clone(),
-            permit,
+            permit: Some(permit),
         })
+    }
+
+    /// Hands the request back, before its answer goes out: the caller's next request sees
+    /// its slot free.
+    pub(super) async fn finish(mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.admission.finish_request(permit).wait().await;
+        }
     }
 }
 
 impl Drop for AdmittedRequest {
+    /// A request dropped before [`AdmittedRequest::finish`] (an early error, the client gone)
+    /// is handed back all the same, without waiting.
     fn drop(&mut self) {
-        self.admission.finish_request(self.permit);
+        if let Some(permit) = self.permit.take() {
+            self.admission.finish_request(permit).send_on();
+        }
     }
 }
 
@@ -266,11 +279,11 @@ pub(super) async fn attempt(
                 key: None,
             };
             match start {
-                Start::Streamed(s) => settle(state, &s.permit, tried, ended(Err(&e), None)),
+                Start::Streamed(s) => settle(state, &s.permit, tried, ended(Err(&e), None)).await,
                 Start::FromSpool {
                     decided: Some(Ok(admitted)),
                     ..
-                } => settle(state, &admitted, tried, ended(Err(&e), None)),
+                } => settle(state, &admitted, tried, ended(Err(&e), None)).await,
                 Start::FromSpool { .. } => {}
             }
             return Attempted::failed(e);
@@ -317,7 +330,7 @@ pub(super) async fn attempt(
                         model: &form.model,
                         key: None,
                     };
-                    settle(state, &admitted, tried, ended(Err(&e), None));
+                    settle(state, &admitted, tried, ended(Err(&e), None)).await;
                     return Attempted::failed(e);
                 }
             };
@@ -367,7 +380,7 @@ pub(super) async fn attempt(
             usage: None,
             cost: ctx.cost.as_ref().filter(|_| images > 0).map(|c| c.micros),
         };
-        settle(state, &admitted, tried, ended);
+        settle(state, &admitted, tried, ended).await;
         return Attempted {
             result: Ok(reply),
             retry_after: None,
@@ -406,7 +419,7 @@ pub(super) async fn attempt(
         cost: cost_micros,
         ..ended(result.as_ref().map(|_| ()), form.n)
     };
-    settle(state, &admitted, tried, ended);
+    settle(state, &admitted, tried, ended).await;
     Attempted {
         result,
         retry_after,
@@ -445,8 +458,8 @@ pub(super) struct Ended {
 }
 
 /// Settles an attempt's permit with how it `ended`.
-pub(super) fn settle(state: &AppState, admitted: &Admitted, tried: Tried<'_>, ended: Ended) {
-    state.admission.settle(
+pub(super) async fn settle(state: &AppState, admitted: &Admitted, tried: Tried<'_>, ended: Ended) {
+    let rest = state.admission.settle(
         admitted.permit,
         &Settlement {
             status: ended.status,
@@ -461,6 +474,7 @@ pub(super) fn settle(state: &AppState, admitted: &Admitted, tried: Tried<'_>, en
             cost: ended.cost,
         },
     );
+    rest.wait().await;
 }
 
 /// How an attempt whose result is `result` ended: `n` images for an answer.

@@ -116,7 +116,7 @@ pub(super) async fn submit(
     let identity = crate::server::jwks::authenticate(state, &session.req_header().headers).await?;
     // The request-level limits are the submission's: the job's run is charged its cost and
     // images, not another request.
-    let _admitted = super::attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
+    let admitted = super::attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
     let ttl = result_ttl(
         session
             .req_header()
@@ -183,6 +183,7 @@ pub(super) async fn submit(
         "status": "pending",
         "created_at": rfc3339(record.created_at),
     });
+    admitted.finish().await;
     Ok(UnifiedAnswer::from(serde_json::to_vec(&body).unwrap_or_default()))
 }
 

@@ -385,7 +385,7 @@ async fn image_edit(
     let identity = crate::server::jwks::authenticate(state, &session.req_header().headers).await?;
     let head = check_head(state, session).await?;
     // admit (the request): its key's request-level limits, before the body is read.
-    let _admitted = attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
+    let admitted = attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
     // parse: the body into the spool, every field checked as it arrives, `model` routed at
     // once; a large upload's first attempt starts meanwhile.
     let request_id = ctx.request_id.clone();
@@ -420,7 +420,9 @@ async fn image_edit(
         start: ctx.start,
         upstream_start,
     };
-    fallback::run(&scope, &mut answer::Client::Session(session), ctx, first).await
+    let reply = fallback::run(&scope, &mut answer::Client::Session(session), ctx, first).await;
+    admitted.finish().await;
+    reply
 }
 
 /// The route step's fallbacks: a form that names none gets its model's configured chain.

@@ -218,7 +218,7 @@ pub(super) async fn read<'a>(
                     model,
                     key,
                 };
-                settle(state, admitted, tried, ended(Err(&e), None));
+                settle(state, admitted, tried, ended(Err(&e), None)).await;
             }
             // Report what was asked for, when it got that far.
             if let Some((provider, model)) = routed {

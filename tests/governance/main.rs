@@ -332,8 +332,16 @@ fn requests_in_flight_are_limited_and_released() {
     assert!(r.header("retry-after").is_some());
     gate.open();
     assert_eq!(held.join().unwrap().status, 200);
-    // The slot was given back before the answer went out: the next request gets it.
+    // The slot was given back before the answer went out: the next request gets it, after
+    // an answer as after an error.
     assert_eq!(gw.edit(&valid_form(), &[("x-bf-vk", VK)]).status, 200);
+    for _ in 0..5 {
+        let bad = Form::new()
+            .text("model", "openai/gpt-image-1")
+            .file("image", "in.png", "image/png", &tiny_png());
+        assert_eq!(gw.edit(&bad, &[("x-bf-vk", VK)]).status, 400);
+        assert_eq!(gw.edit(&valid_form(), &[("x-bf-vk", VK)]).status, 200);
+    }
     assert_eq!(refusals(&gw, "virtual_key", "concurrent"), 1.0);
 }
 

@@ -117,6 +117,20 @@ pub(super) async fn submit(
     // The request-level limits are the submission's: the job's run is charged its cost and
     // images, not another request.
     let admitted = super::attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
+    let accepted = accept(state, session, ctx, &identity, framing).await;
+    // The submission is handed back before its answer (or error) goes out.
+    admitted.finish().await;
+    accepted
+}
+
+/// A submission once admitted: the upload stored, then the job's record (see [`submit`]).
+async fn accept(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    identity: &crate::auth::Identity,
+    framing: Framing,
+) -> Result<UnifiedAnswer, GatewayError> {
     let ttl = result_ttl(
         session
             .req_header()
@@ -130,7 +144,7 @@ pub(super) async fn submit(
     let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
     let upload = upload::Upload {
         state,
-        identity: &identity,
+        identity,
         request_id: &request_id,
         framing,
         boundary: &head.boundary,
@@ -159,7 +173,7 @@ pub(super) async fn submit(
     };
     let request = serde_json::to_string(&request).map_err(|e| GatewayError::Internal(e.to_string()))?;
     let job = NewJob {
-        owner: owner(&identity),
+        owner: owner(identity),
         request,
         objects: vec![key.as_str().to_string()],
         result_ttl: ttl,
@@ -183,7 +197,6 @@ pub(super) async fn submit(
         "status": "pending",
         "created_at": rfc3339(record.created_at),
     });
-    admitted.finish().await;
     Ok(UnifiedAnswer::from(serde_json::to_vec(&body).unwrap_or_default()))
 }
 

@@ -386,6 +386,21 @@ async fn image_edit(
     let head = check_head(state, session).await?;
     // admit (the request): its key's request-level limits, before the body is read.
     let admitted = attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
+    let reply = admitted_edit(state, session, ctx, &identity, (framing, &head)).await;
+    // The request is handed back before its answer (or error) goes out.
+    admitted.finish().await;
+    reply
+}
+
+/// The image-edit request once admitted: parse → route → (per candidate) admit → translate →
+/// exchange → convert (see [`image_edit`]).
+async fn admitted_edit(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    identity: &crate::auth::Identity,
+    (framing, head): (Framing, &EditHead),
+) -> std::result::Result<Reply, GatewayError> {
     // parse: the body into the spool, every field checked as it arrives, `model` routed at
     // once; a large upload's first attempt starts meanwhile.
     let request_id = ctx.request_id.clone();
@@ -393,7 +408,7 @@ async fn image_edit(
     let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
     let upload = upload::Upload {
         state,
-        identity: &identity,
+        identity,
         request_id: &request_id,
         framing,
         boundary: &head.boundary,
@@ -412,7 +427,7 @@ async fn image_edit(
     let scope = Scope {
         url_base: url_base.as_deref(),
         state,
-        identity: &identity,
+        identity,
         form: &form,
         spool: &spool,
         framing,
@@ -420,9 +435,7 @@ async fn image_edit(
         start: ctx.start,
         upstream_start,
     };
-    let reply = fallback::run(&scope, &mut answer::Client::Session(session), ctx, first).await;
-    admitted.finish().await;
-    reply
+    fallback::run(&scope, &mut answer::Client::Session(session), ctx, first).await
 }
 
 /// The route step's fallbacks: a form that names none gets its model's configured chain.

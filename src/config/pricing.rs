@@ -227,6 +227,79 @@ mod tests {
         assert_eq!(config.pricing.cost(&q).micros, 40_000);
     }
 
+    /// One image of the built-in table's price for `model` at `kind`, `size` and `quality`.
+    fn shipped(kind: ProviderKind, model: &str, size: Option<&str>, quality: Option<&str>) -> u64 {
+        let config = load("").unwrap();
+        let q = PriceQuery {
+            kind,
+            model,
+            images: 1,
+            size,
+            quality,
+            usage: None,
+        };
+        let cost = config.pricing.cost(&q);
+        assert!(!cost.unpriced, "{model} has a shipped entry");
+        cost.micros
+    }
+
+    #[test]
+    fn stability_edits_are_five_credits_at_a_cent() {
+        // Inpaint and remove-background: 5 credits since 2025-08-01, 1 credit = $0.01.
+        assert_eq!(shipped(ProviderKind::Stability, "stable-image", None, None), 50_000);
+        // Bedrock's Stability services are estimated at the direct API's price.
+        let bedrock = "us.stability.stable-image-inpaint-v1:0";
+        assert_eq!(shipped(ProviderKind::Bedrock, bedrock, None, None), 50_000);
+    }
+
+    #[test]
+    fn grok_imagine_image_is_two_cents_and_quality_five() {
+        assert_eq!(shipped(ProviderKind::Xai, "grok-imagine-image", None, None), 20_000);
+        let quality = "grok-imagine-image-quality";
+        assert_eq!(shipped(ProviderKind::Xai, quality, None, None), 50_000);
+    }
+
+    #[test]
+    fn imagen_is_priced_by_tier_and_editing() {
+        let vertex = ProviderKind::Vertex;
+        assert_eq!(shipped(vertex, "imagen-4.0-fast-generate-001", None, None), 20_000);
+        assert_eq!(shipped(vertex, "imagen-4.0-generate-001", None, None), 40_000);
+        assert_eq!(shipped(vertex, "imagen-4.0-ultra-generate-001", None, None), 60_000);
+        // Imagen 3 editing: the $0.05 estimate (third-party figures, see the entry).
+        assert_eq!(shipped(vertex, "imagen-3.0-capability-001", None, None), 50_000);
+    }
+
+    #[test]
+    fn gemini_image_models_are_priced_per_image() {
+        let gemini = ProviderKind::Gemini;
+        // 1290 output tokens at $30/1M.
+        assert_eq!(shipped(gemini, "gemini-2.5-flash-image", None, None), 39_000);
+        // Gemini 3 Pro Image: $0.134 per 1K/2K image, $0.24 per 4K (and when no size is asked).
+        let pro = "gemini-3-pro-image-preview";
+        assert_eq!(shipped(gemini, pro, Some("1024x1024"), None), 134_000);
+        assert_eq!(shipped(gemini, pro, None, None), 240_000);
+        assert_eq!(shipped(gemini, pro, Some("4096x4096"), None), 240_000);
+    }
+
+    #[test]
+    fn published_examples_of_unchanged_families_still_hold() {
+        let bedrock = ProviderKind::Bedrock;
+        let titan = "amazon.titan-image-generator-v2:0";
+        assert_eq!(shipped(bedrock, titan, Some("1024x1024"), Some("premium")), 12_000);
+        assert_eq!(shipped(bedrock, titan, Some("512x512"), Some("standard")), 8_000);
+        let nova = "amazon.nova-canvas-v1:0";
+        assert_eq!(shipped(bedrock, nova, Some("1024x1024"), Some("standard")), 40_000);
+        assert_eq!(shipped(ProviderKind::Bfl, "flux-kontext-pro", None, None), 40_000);
+        assert_eq!(shipped(ProviderKind::Bfl, "flux-pro-1.0-fill", None, None), 50_000);
+        let replicate = "black-forest-labs/flux-kontext-max";
+        assert_eq!(shipped(ProviderKind::Replicate, replicate, None, None), 80_000);
+        let mini = "gpt-image-1-mini";
+        assert_eq!(
+            shipped(ProviderKind::OpenAi, mini, Some("1024x1536"), Some("high")),
+            52_000
+        );
+    }
+
     #[test]
     fn problems_are_reported_with_their_paths() {
         let e = load(

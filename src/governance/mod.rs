@@ -113,6 +113,8 @@ struct Planned {
     owner: String,
     /// The window as configured (`1m`, `1d`), for messages.
     per: String,
+    /// The reservation's lease ([`Take::lease`]): `None` counts the amount for good.
+    lease: Option<u64>,
 }
 
 /// What a permit of governance's holds until it is handed back.
@@ -125,6 +127,8 @@ enum Held {
         inner: Permit,
         virtual_key: String,
         taken: Vec<(Planned, CounterState)>,
+        /// The holder of its reservations.
+        holder: String,
         local: bool,
     },
 }
@@ -219,19 +223,21 @@ impl Governance {
             if let Some(limit) = limit {
                 plan.push(Planned {
                     key: format!("pk:{provider}:{key}:{}", what.label()),
-                    window: Window::FromFirstUse { length },
+                    window: Window::Sliding { length },
                     amount,
                     limit,
                     check: Check::Fits,
                     what,
                     owner: format!("{provider}/{key}"),
                     per: per.clone(),
+                    lease: None,
                 });
             }
         };
         add(Limit::Requests, quota.requests, 1);
         add(Limit::Images, quota.images, u64::from(images));
-        let (taken, _) = self.core.take(&plan, now_ms()).await?;
+        let holder = self.core.holder();
+        let (taken, _) = self.core.take(&plan, &holder, now_ms()).await?;
         if let Some(i) = taken.refused {
             let what = plan.get(i).map_or("requests", |p| p.what.label());
             self.core.metrics.governance.refused("provider_key", what);
@@ -267,7 +273,12 @@ impl Governance {
 impl Core {
     /// Runs `takes` on the store, or as the policy says when it cannot be reached; also says
     /// whether the local counters were used.
-    async fn take(&self, plan: &[Planned], now: u64) -> Result<(crate::state::counters::Taken, bool), GatewayError> {
+    async fn take(
+        &self,
+        plan: &[Planned],
+        holder: &str,
+        now: u64,
+    ) -> Result<(crate::state::counters::Taken, bool), GatewayError> {
         let takes: Vec<Take<'_>> = plan
             .iter()
             .map(|p| Take {
@@ -276,11 +287,12 @@ impl Core {
                 amount: p.amount,
                 limit: p.limit,
                 check: p.check,
+                lease: p.lease,
             })
             .collect();
         let shared = self.shared_usable(now)?;
         if shared {
-            match self.stores.shared.take(&takes, now).await {
+            match self.stores.shared.take(&takes, holder, now).await {
                 Ok(taken) => {
                     self.store_answered();
                     return Ok((taken, false));
@@ -291,7 +303,7 @@ impl Core {
         let taken = self
             .stores
             .local
-            .take(&takes, now)
+            .take(&takes, holder, now)
             .await
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
         Ok((taken, true))
@@ -390,6 +402,7 @@ impl Core {
                 what: Limit::Budget { team: is_team },
                 owner: owner.to_string(),
                 per: budget.period_text.to_string(),
+                lease: Some(self.slot_lease_ms),
             });
         }
     }
@@ -405,6 +418,7 @@ impl Core {
             what,
             owner: vk.to_string(),
             per: window::period_text(rate.per),
+            lease: None,
         }
     }
 
@@ -474,7 +488,7 @@ impl Core {
         if plan.is_empty() {
             return Ok(slot);
         }
-        let refused = match self.take(&plan, now).await {
+        let refused = match self.take(&plan, &self.holder(), now).await {
             Ok((taken, _)) => match taken.refused {
                 Some(i) => plan
                     .get(i)
@@ -498,11 +512,7 @@ impl Core {
     /// Takes a concurrency slot of key `vk` (at most `limit`).
     async fn acquire(&self, vk: &str, limit: u64, now: u64) -> Result<Slot, GatewayError> {
         let key = format!("vk:{vk}:concurrent");
-        let holder = format!(
-            "{}:{}",
-            self.stores.instance,
-            self.stores.holders.fetch_add(1, Ordering::Relaxed)
-        );
+        let holder = self.holder();
         let mut local = !self.shared_usable(now)?;
         let mut acquired = None;
         if !local {
@@ -546,6 +556,15 @@ impl Core {
         Ok(Slot { key, holder, local })
     }
 
+    /// A new holder name, unique across the replicas (the instance id and a count).
+    fn holder(&self) -> String {
+        format!(
+            "{}:{}",
+            self.stores.instance,
+            self.stores.holders.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
     async fn release(&self, slot: Slot) {
         if let Err(e) = self.counters(slot.local).release(&slot.key, &slot.holder).await {
             log::warn!("governance: cannot release a concurrency slot of {}: {e}", slot.key);
@@ -556,10 +575,14 @@ impl Core {
     async fn open_attempt(&self, vk: &str, rules: &KeyRules, ask: &Ask, now: u64) -> Result<Held, GatewayError> {
         let mut plan = Vec::new();
         if let Some((rate, limit)) = rules.rate.as_ref().and_then(|r| Some((r, r.images?))) {
-            plan.push(Core::rate_take(vk, rate, Limit::Images, limit, u64::from(ask.n)));
+            plan.push(Planned {
+                lease: Some(self.slot_lease_ms),
+                ..Core::rate_take(vk, rate, Limit::Images, limit, u64::from(ask.n))
+            });
         }
         self.budget_takes(vk, rules, ask.worst, now, &mut plan);
-        let (taken, local) = self.take(&plan, now).await?;
+        let holder = self.holder();
+        let (taken, local) = self.take(&plan, &holder, now).await?;
         if let Some(i) = taken.refused {
             let refusal = plan
                 .get(i)
@@ -573,30 +596,36 @@ impl Core {
             inner: Permit { token: 0 },
             virtual_key: vk.to_string(),
             taken,
+            holder,
             local,
         })
     }
 
-    /// Settles an attempt's reservations to what it delivered (`images`, `cost`).
-    async fn settle_attempt(&self, taken: Vec<(Planned, CounterState)>, local: bool, images: u32, cost: u64) {
+    /// Settles an attempt's reservations (held by `holder`) to what it delivered (`images`,
+    /// `cost`): a budget's always (its reservation would otherwise lapse with its lease), the
+    /// images' entry when it differs.
+    async fn settle_attempt(
+        &self,
+        taken: Vec<(Planned, CounterState)>,
+        holder: &str,
+        local: bool,
+        images: u32,
+        cost: u64,
+    ) {
         let now = now_ms();
         for (planned, counter) in &taken {
             let delivered = match planned.what {
+                Limit::Images if u64::from(images) == planned.amount => continue,
                 Limit::Images => u64::from(images),
                 Limit::Budget { .. } => cost,
                 Limit::Requests => continue,
             };
-            if delivered == planned.amount {
-                continue;
-            }
-            let delta = i128::from(delivered) - i128::from(planned.amount);
-            let delta = i64::try_from(delta).unwrap_or(if delta < 0 { i64::MIN } else { i64::MAX });
             let result = self
                 .counters(local)
-                .adjust(&planned.key, counter.window_start, delta, now)
+                .settle(&planned.key, counter.window_start, holder, delivered, now)
                 .await;
             if let Err(e) = result {
-                log::warn!("governance: cannot settle {} ({delta:+}): {e}", planned.key);
+                log::warn!("governance: cannot settle {} to {delivered}: {e}", planned.key);
             }
         }
         for (planned, counter) in &taken {
@@ -797,19 +826,24 @@ impl Admission for Governance {
                     Held::Attempt {
                         virtual_key,
                         taken,
+                        holder,
                         local,
                         ..
                     } => Held::Attempt {
                         inner,
                         virtual_key,
                         taken,
+                        holder,
                         local,
                     },
                     other => other,
                 })),
                 Err(e) => {
-                    if let Held::Attempt { taken, local, .. } = held {
-                        core.settle_attempt(taken, local, 0, 0).await;
+                    if let Held::Attempt {
+                        taken, holder, local, ..
+                    } = held
+                    {
+                        core.settle_attempt(taken, &holder, local, 0, 0).await;
                     }
                     Err(e)
                 }
@@ -824,6 +858,7 @@ impl Admission for Governance {
                 inner,
                 virtual_key,
                 taken,
+                holder,
                 local,
             }) => {
                 let cost = settlement.cost.unwrap_or(0);
@@ -834,7 +869,7 @@ impl Admission for Governance {
                 let images = settlement.images;
                 let core = self.core.clone();
                 Finish::Later(Box::pin(async move {
-                    core.settle_attempt(taken, local, images, cost).await;
+                    core.settle_attempt(taken, &holder, local, images, cost).await;
                     inner.wait().await;
                 }))
             }

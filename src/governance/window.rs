@@ -1,6 +1,5 @@
 //! The windows counters count in: a budget's period (calendar-aligned in UTC, or starting
-//! with the first spend) and a rate limit's window (starting with the first request after the
-//! previous window ended).
+//! with the first spend) and a rate limit's window (the last `per`, sliding).
 
 use crate::config::{Budget, Period};
 use crate::state::counters::Window;
@@ -41,9 +40,10 @@ pub fn budget_window(budget: &Budget, now: u64) -> Window {
     Window::Fixed { start, end }
 }
 
-/// The window of a rate limit counted `per` this long.
+/// The window of a rate limit counted `per` this long: the last `per`, sliding (exact in
+/// every window of that length).
 pub fn rate_window(per: Duration) -> Window {
-    Window::FromFirstUse {
+    Window::Sliding {
         length: u64::try_from(per.as_millis()).unwrap_or(u64::MAX).max(1),
     }
 }
@@ -156,16 +156,13 @@ mod tests {
     }
 
     #[test]
-    fn uncalendared_and_rate_windows_start_with_first_use() {
+    fn uncalendared_budgets_start_with_first_use_and_rates_slide() {
         let budget = Budget {
             calendar: false,
             ..calendar(Period::Month)
         };
         assert_eq!(budget_window(&budget, 5), Window::FromFirstUse { length: 30 * DAY_MS });
-        assert_eq!(
-            rate_window(Duration::from_secs(60)),
-            Window::FromFirstUse { length: 60_000 }
-        );
+        assert_eq!(rate_window(Duration::from_secs(60)), Window::Sliding { length: 60_000 });
         assert_eq!(period_text(Duration::from_secs(60)), "1m");
         assert_eq!(period_text(Duration::from_secs(90)), "90s");
         assert_eq!(period_text(Duration::from_secs(86_400)), "1d");

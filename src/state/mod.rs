@@ -382,8 +382,9 @@ mod tests {
             amount: 2,
             limit: 9,
             check: Check::Fits,
+            lease: None,
         };
-        assert_eq!(rt.block_on(state.counters.take(&[take], 1)).unwrap().refused, None);
+        assert_eq!(rt.block_on(state.counters.take(&[take], "h", 1)).unwrap().refused, None);
         drop(state);
         let file = embedded::EmbeddedJobs::open(&dir.path().join("store")).unwrap();
         let read = rt.block_on(file.read(&[("vk:a:requests", window)], 2)).unwrap();

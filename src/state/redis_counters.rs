@@ -1,15 +1,22 @@
 //! Governance's [`Counters`] in Redis, shared by every replica.
 //!
-//! A counter is the hash `refract:counter:{key}` {`used`, `start`}; a take is one Lua script
-//! over all the call's counters that mirrors [`apply_takes`] (roll ended windows, check every
-//! take, add all or none) and sets each written counter to expire at its `resets_at` plus a
-//! minute, so Redis drops ended counters itself ([`Counters::remove_ended`] does nothing).
-//! Concurrency slots are the sorted set `refract:slots:{key}` of holders scored by the end of
-//! their lease; acquiring first drops the leases that passed.
+//! A fixed or first-use counter is the hash `refract:counter:{key}` {`used` (settled),
+//! `start`}, with its reservations in the sorted set `refract:reserved:{key}` (holders scored by
+//! the end of their lease) and the hash `refract:reserved-amounts:{key}` (holder → amount). A
+//! sliding window is the sorted set `refract:entries:{key}` (holders scored by their entry's
+//! ts) and the hash `refract:entry-amounts:{key}`. A take is one Lua script over all the call's
+//! counters that mirrors [`apply_takes`] (roll ended windows, count live holds, check every
+//! take, write all or none); it sets each written counter to expire at its `resets_at` (a
+//! sliding window: `now + length`) plus a minute, so Redis drops ended counters itself
+//! ([`Counters::remove_ended`] does nothing); expired reservations and old entries are dropped
+//! by the takes that write their key, and never counted. A read is a script that writes
+//! nothing, its result turned into counters by [`current`]. Concurrency slots are the sorted
+//! set `refract:slots:{key}` of holders scored by the end of their lease; acquiring first drops
+//! the leases that passed.
 
 #[cfg(doc)]
 use super::counters::apply_takes;
-use super::counters::{current, Check, CounterState, Counters, Take, Taken, Window};
+use super::counters::{current, Check, CounterState, Counters, Stored, Take, Taken, Window};
 use super::redis::RedisJobs;
 use super::{StateError, StateResult};
 use async_trait::async_trait;
@@ -17,63 +24,138 @@ use redis::Script;
 use std::sync::LazyLock;
 
 const COUNTER: &str = "refract:counter:";
+const RESERVED: &str = "refract:reserved:";
+const RESERVED_AMOUNTS: &str = "refract:reserved-amounts:";
+const ENTRIES: &str = "refract:entries:";
+const ENTRY_AMOUNTS: &str = "refract:entry-amounts:";
 const SLOTS: &str = "refract:slots:";
 /// How long a counter's (or a slot set's) key outlives the end of its window (or last lease),
 /// for clocks that disagree a little.
 const MARGIN_MS: u64 = 60_000;
 
-/// [`apply_takes`] on the server. KEYS: the takes' counters. ARGV: now, margin_ms, then per
-/// take: kind (`fixed` / `first`), window start (0 for `first`), window end (`fixed`) or length
-/// (`first`), amount, limit, check (`fits` / `below`). Returns the refused take's index (-1
-/// when all were added), then used, start and resets_at per take.
+/// The helpers every counters script starts with: `int` (a number as Redis reads it), `live`
+/// (the total amount and lowest score of the holds of sorted set `z`, amounts in hash `a`,
+/// scored above `cutoff`) and `drop` (removes the holds scored at or below `cutoff`).
+const HOLDS: &str = r"
+local function int(x) return string.format('%d', x) end
+local function live(z, a, cutoff)
+  local members = redis.call('ZRANGEBYSCORE', z, '(' .. int(cutoff), '+inf', 'WITHSCORES')
+  local held, oldest, names = 0, nil, {}
+  if #members > 0 then oldest = tonumber(members[2]) end
+  for j = 1, #members, 2 do
+    names[#names + 1] = members[j]
+    if #names == 500 or j + 1 >= #members then
+      local amounts = redis.call('HMGET', a, unpack(names))
+      for k = 1, #amounts do held = held + (tonumber(amounts[k]) or 0) end
+      names = {}
+    end
+  end
+  return held, oldest
+end
+local function drop(z, a, cutoff)
+  local gone = redis.call('ZRANGEBYSCORE', z, '-inf', int(cutoff))
+  for j = 1, #gone, 500 do
+    redis.call('HDEL', a, unpack(gone, j, math.min(j + 499, #gone)))
+  end
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', int(cutoff))
+end
+";
+
+/// [`apply_takes`] on the server. KEYS: per take its counter hash, holds set and holds'
+/// amounts (reservations, or a sliding window's entries). ARGV: now, margin_ms, holder, then
+/// per take: kind (`fixed` / `first` / `sliding`), window start (0 unless `fixed`), window end
+/// (`fixed`) or length, amount, limit, check (`fits` / `below`), lease (-1: none). Returns the
+/// refused take's index (-1 when all were added), then used, start and resets_at per take.
 const TAKE: &str = r"
 local now = tonumber(ARGV[1])
 local margin = tonumber(ARGV[2])
-local used, start, resets, amount = {}, {}, {}, {}
+local holder = ARGV[3]
+local n = #KEYS / 3
+local used, start, resets, amount, kind, span, lease = {}, {}, {}, {}, {}, {}, {}
 local refused = -1
-for i = 1, #KEYS do
-  local a = 2 + (i - 1) * 6
-  local kind, wstart, span = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local limit, check = tonumber(ARGV[a + 5]), ARGV[a + 6]
-  amount[i] = tonumber(ARGV[a + 4])
-  local u, s = nil, nil
+for i = 1, n do
+  local b = 3 + (i - 1) * 7
+  local wstart = tonumber(ARGV[b + 2])
+  kind[i], span[i] = ARGV[b + 1], tonumber(ARGV[b + 3])
+  amount[i], lease[i] = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 7])
+  local limit, check = tonumber(ARGV[b + 5]), ARGV[b + 6]
+  local c, z, a = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local u, s, held, oldest, earlier = nil, nil, 0, nil, nil
   for j = i - 1, 1, -1 do
-    if KEYS[j] == KEYS[i] then
-      u = used[j] + amount[j]
-      s = start[j]
-      break
-    end
+    if KEYS[3 * j - 1] == z then earlier = j break end
   end
-  if s == nil then
-    local h = redis.call('HMGET', KEYS[i], 'used', 'start')
+  if earlier then
+    if kind[i] == 'sliding' then
+      held = used[earlier] + amount[earlier]
+      oldest = resets[earlier] - span[i]
+    else
+      u = used[earlier] + amount[earlier]
+      s = start[earlier]
+    end
+  elseif kind[i] == 'sliding' then
+    held, oldest = live(z, a, now - span[i])
+  else
+    local h = redis.call('HMGET', c, 'used', 'start')
     if h[1] and h[2] then
       u = tonumber(h[1])
       s = tonumber(h[2])
+      held = live(z, a, now)
     end
   end
-  if kind == 'fixed' then
-    if s ~= wstart then u = 0 end
-    s = wstart
-    resets[i] = span
+  if kind[i] == 'sliding' then
+    used[i] = held
+    start[i] = now
+    resets[i] = (oldest or now) + span[i]
+  elseif kind[i] == 'fixed' then
+    if s ~= wstart then used[i] = 0 else used[i] = u + held end
+    start[i] = wstart
+    resets[i] = span[i]
   else
-    if s == nil or now >= s + span then
-      u = 0
-      s = now
+    if s == nil or now >= s + span[i] then
+      used[i] = 0
+      start[i] = now
+    else
+      used[i] = u + held
+      start[i] = s
     end
-    resets[i] = s + span
+    resets[i] = start[i] + span[i]
   end
-  used[i] = u
-  start[i] = s
   local fits
-  if check == 'fits' then fits = u + amount[i] <= limit else fits = u < limit end
+  if check == 'fits' then fits = used[i] + amount[i] <= limit else fits = used[i] < limit end
   if not fits and refused < 0 then refused = i - 1 end
 end
 local out = {refused}
-for i = 1, #KEYS do
+for i = 1, n do
+  local c, z, a = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   if refused < 0 then
     used[i] = used[i] + amount[i]
-    redis.call('HSET', KEYS[i], 'used', string.format('%d', used[i]), 'start', string.format('%d', start[i]))
-    redis.call('PEXPIREAT', KEYS[i], string.format('%d', resets[i] + margin))
+    if kind[i] == 'sliding' then
+      if amount[i] > 0 then
+        drop(z, a, now - span[i])
+        redis.call('HINCRBY', a, holder, int(amount[i]))
+        redis.call('ZADD', z, int(now), holder)
+        redis.call('PEXPIREAT', z, int(now + span[i] + margin))
+        redis.call('PEXPIREAT', a, int(now + span[i] + margin))
+      end
+    else
+      local st = redis.call('HGET', c, 'start')
+      if not st or tonumber(st) ~= start[i] then
+        redis.call('HSET', c, 'used', '0', 'start', int(start[i]))
+        redis.call('DEL', z, a)
+      end
+      if lease[i] < 0 then
+        redis.call('HINCRBY', c, 'used', int(amount[i]))
+      elseif amount[i] > 0 then
+        drop(z, a, now)
+        redis.call('HINCRBY', a, holder, int(amount[i]))
+        local until_ = now + lease[i]
+        local cur = redis.call('ZSCORE', z, holder)
+        if not cur or tonumber(cur) < until_ then redis.call('ZADD', z, int(until_), holder) end
+      end
+      redis.call('PEXPIREAT', c, int(resets[i] + margin))
+      redis.call('PEXPIREAT', z, int(resets[i] + margin))
+      redis.call('PEXPIREAT', a, int(resets[i] + margin))
+    end
   end
   out[#out + 1] = used[i]
   out[#out + 1] = start[i]
@@ -82,15 +164,46 @@ end
 return out
 ";
 
-/// Moves a counter whose window still starts where it did, floored at 0. KEYS: the counter.
-/// ARGV: window start, delta.
-const ADJUST: &str = r"
-local h = redis.call('HMGET', KEYS[1], 'used', 'start')
-if h[2] ~= ARGV[1] then return 0 end
-local used = tonumber(h[1] or '0') + tonumber(ARGV[2])
-if used < 0 then used = 0 end
-redis.call('HSET', KEYS[1], 'used', string.format('%d', used))
-return 1
+/// The counters as stored, writing nothing. KEYS: per counter its hash, holds set and holds'
+/// amounts (as [`TAKE`]). ARGV: now, then per counter the cutoff of its live holds (`now` for
+/// reservations, `now - length` for a sliding window's entries). Returns per counter: settled
+/// used and window start (-1 when there is no counter), live held total, oldest live hold's
+/// score (-1 when none).
+const READ: &str = r"
+local out = {}
+for i = 1, #KEYS / 3 do
+  local c, z, a = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local h = redis.call('HMGET', c, 'used', 'start')
+  local held, oldest = live(z, a, tonumber(ARGV[1 + i]))
+  out[#out + 1] = tonumber(h[1]) or -1
+  out[#out + 1] = tonumber(h[2]) or -1
+  out[#out + 1] = held
+  out[#out + 1] = oldest or -1
+end
+return out
+";
+
+/// [`Counters::settle`]. KEYS: the counter hash, its reservations and their amounts, its
+/// sliding entries and their amounts. ARGV: window start, holder, amount.
+const SETTLE: &str = r"
+local ts = redis.call('ZSCORE', KEYS[4], ARGV[2])
+if ts and tonumber(ts) == tonumber(ARGV[1]) then
+  if tonumber(ARGV[3]) == 0 then
+    redis.call('ZREM', KEYS[4], ARGV[2])
+    redis.call('HDEL', KEYS[5], ARGV[2])
+  else
+    redis.call('HSET', KEYS[5], ARGV[2], ARGV[3])
+  end
+  return 1
+end
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+local start = redis.call('HGET', KEYS[1], 'start')
+if start and tonumber(start) == tonumber(ARGV[1]) then
+  redis.call('HINCRBY', KEYS[1], 'used', ARGV[3])
+  return 1
+end
+return 0
 ";
 
 /// Takes a slot if fewer than the limit are held once passed leases are dropped. KEYS: the
@@ -104,35 +217,55 @@ redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last[2]) + tonumbe
 return 1
 ";
 
-static TAKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE));
-static ADJUST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ADJUST));
+static TAKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{HOLDS}{TAKE}")));
+static READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{HOLDS}{READ}")));
+static SETTLE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE));
 static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE));
 
 fn as_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// The keys of counter `key` in `window`, in the order the scripts take them: its hash, its
+/// holds' set and their amounts.
+fn keys_of(key: &str, window: Window) -> [String; 3] {
+    let (holds, amounts) = match window {
+        Window::Sliding { .. } => (ENTRIES, ENTRY_AMOUNTS),
+        Window::Fixed { .. } | Window::FromFirstUse { .. } => (RESERVED, RESERVED_AMOUNTS),
+    };
+    [
+        format!("{COUNTER}{key}"),
+        format!("{holds}{key}"),
+        format!("{amounts}{key}"),
+    ]
+}
+
 #[async_trait]
 impl Counters for RedisJobs {
-    async fn take(&self, takes: &[Take<'_>], now: u64) -> StateResult<Taken> {
+    async fn take(&self, takes: &[Take<'_>], holder: &str, now: u64) -> StateResult<Taken> {
         let mut call = TAKE_SCRIPT.prepare_invoke();
-        call.arg(now).arg(MARGIN_MS);
+        call.arg(now).arg(MARGIN_MS).arg(holder);
         for take in takes {
             let (kind, start, span) = match take.window {
                 Window::Fixed { start, end } => ("fixed", start, end),
                 Window::FromFirstUse { length } => ("first", 0, length),
+                Window::Sliding { length } => ("sliding", 0, length),
             };
             let check = match take.check {
                 Check::Fits => "fits",
                 Check::Below => "below",
             };
-            call.key(format!("{COUNTER}{}", take.key))
-                .arg(kind)
+            let lease = take.lease.map_or(-1, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
+            for key in keys_of(take.key, take.window) {
+                call.key(key);
+            }
+            call.arg(kind)
                 .arg(start)
                 .arg(span)
                 .arg(take.amount)
                 .arg(take.limit)
-                .arg(check);
+                .arg(check)
+                .arg(lease);
         }
         let mut con = self.con().await?;
         let reply: Vec<i64> = call.invoke_async(&mut con).await?;
@@ -155,12 +288,17 @@ impl Counters for RedisJobs {
         })
     }
 
-    async fn adjust(&self, key: &str, window_start: u64, delta: i64, _now: u64) -> StateResult<()> {
+    async fn settle(&self, key: &str, window_start: u64, holder: &str, amount: u64, _now: u64) -> StateResult<()> {
         let mut con = self.con().await?;
-        let _: i64 = ADJUST_SCRIPT
+        let _: i64 = SETTLE_SCRIPT
             .key(format!("{COUNTER}{key}"))
+            .key(format!("{RESERVED}{key}"))
+            .key(format!("{RESERVED_AMOUNTS}{key}"))
+            .key(format!("{ENTRIES}{key}"))
+            .key(format!("{ENTRY_AMOUNTS}{key}"))
             .arg(window_start)
-            .arg(delta)
+            .arg(holder)
+            .arg(amount)
             .invoke_async(&mut con)
             .await?;
         Ok(())
@@ -170,19 +308,34 @@ impl Counters for RedisJobs {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for (key, _) in keys {
-            pipe.cmd("HMGET")
-                .arg(format!("{COUNTER}{key}"))
-                .arg("used")
-                .arg("start");
+        let mut call = READ_SCRIPT.prepare_invoke();
+        call.arg(now);
+        for &(key, window) in keys {
+            for key in keys_of(key, window) {
+                call.key(key);
+            }
+            let cutoff = match window {
+                Window::Sliding { length } => i128::from(now) - i128::from(length),
+                Window::Fixed { .. } | Window::FromFirstUse { .. } => i128::from(now),
+            };
+            call.arg(i64::try_from(cutoff).unwrap_or(i64::MIN));
         }
         let mut con = self.con().await?;
-        let stored: Vec<(Option<u64>, Option<u64>)> = pipe.query_async(&mut con).await?;
+        let reply: Vec<i64> = call.invoke_async(&mut con).await?;
+        if reply.len() != keys.len() * 4 {
+            return Err(StateError::BadRecord("counters: short answer to a read".to_string()));
+        }
         Ok(keys
             .iter()
-            .zip(stored)
-            .map(|(&(_, window), (used, start))| current(used.zip(start), window, now))
+            .zip(reply.chunks_exact(4))
+            .map(|(&(_, window), s)| {
+                let stored = Stored {
+                    settled: (s[0] >= 0 && s[1] >= 0).then(|| (as_u64(s[0]), as_u64(s[1]))),
+                    held: as_u64(s[2]),
+                    oldest: (s[3] >= 0).then(|| as_u64(s[3])),
+                };
+                current(stored, window, now)
+            })
             .collect())
     }
 
@@ -322,8 +475,9 @@ mod tests {
             amount: 1,
             limit: 5,
             check: Check::Fits,
+            lease: None,
         };
-        assert_eq!(store.take(&[take], t).await.unwrap().refused, None);
+        assert_eq!(store.take(&[take], "h", t).await.unwrap().refused, None);
         assert!(store.acquire("vk:a:slots", "h1", 1, 30_000, t).await.unwrap());
         let mut con = store.con().await.unwrap();
         let (counter, slots): (i64, i64) = redis::pipe()

@@ -910,7 +910,12 @@ virtual_keys:
 
     /// A governance over in-memory counters (as the store), around a recording admission.
     fn governance() -> (Governance, Arc<RecordingAdmission>) {
-        let config = crate::config::from_yaml_str_with_env(CONFIG, &|_| None).unwrap();
+        governance_of(CONFIG)
+    }
+
+    /// [`governance`] of configuration `yaml`.
+    fn governance_of(yaml: &str) -> (Governance, Arc<RecordingAdmission>) {
+        let config = crate::config::from_yaml_str_with_env(yaml, &|_| None).unwrap();
         let inner = Arc::new(RecordingAdmission::default());
         let stores = Arc::new(GovernanceStores::new(Arc::new(MemoryCounters::default())));
         let metrics = Arc::new(Metrics::new().unwrap());
@@ -1020,6 +1025,25 @@ virtual_keys:
         let recorded = inner.recorded();
         assert_eq!(recorded.admits.len(), 3);
         assert_eq!(recorded.settles.len(), 2);
+    }
+
+    /// A budget's reservation counts until it is settled, the settled cost for good; one never
+    /// settled (its process died) lapses with the slot lease.
+    #[tokio::test]
+    async fn an_unsettled_reservation_lapses_with_the_slot_lease() {
+        let (g, _) = governance_of(&format!("{CONFIG}governance: {{slot_lease_ms: 1000}}\n"));
+        let spent = |usage: serde_json::Value| usage["teams"][0]["budget"]["spent_usd"].clone();
+        // Settled at exactly its worst case ($0.02 an image).
+        let settled = g.admit(&attempt("app", 1)).decide().await.unwrap();
+        g.settle(settled, &settlement(1, Some(20_000))).wait().await;
+        let _abandoned = g.admit(&attempt("app", 1)).decide().await.unwrap();
+        assert_eq!(spent(g.usage().await.unwrap()), serde_json::json!(0.04), "both count");
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        assert_eq!(
+            spent(g.usage().await.unwrap()),
+            serde_json::json!(0.02),
+            "the abandoned reservation lapsed, the settled cost stayed"
+        );
     }
 
     #[tokio::test]

@@ -492,6 +492,39 @@ mod tests {
         assert!((120_000..=180_000).contains(&counter), "counter PTTL {counter}");
         // The lease (30 s) plus the margin.
         assert!((30_000..=90_000).contains(&slots), "slots PTTL {slots}");
+        // A sliding window's entries expire a window and the margin after the last take, a
+        // reservation's keys with its counter.
+        let sliding = Take {
+            key: "vk:a:images",
+            window: Window::Sliding { length: 30_000 },
+            ..take
+        };
+        let reserved = Take {
+            key: "vk:a:usd",
+            lease: Some(10_000),
+            ..take
+        };
+        assert_eq!(store.take(&[sliding, reserved], "h2", t).await.unwrap().refused, None);
+        let ttls: Vec<i64> = redis::pipe()
+            .cmd("PTTL")
+            .arg(format!("{ENTRIES}vk:a:images"))
+            .cmd("PTTL")
+            .arg(format!("{ENTRY_AMOUNTS}vk:a:images"))
+            .cmd("PTTL")
+            .arg(format!("{RESERVED}vk:a:usd"))
+            .cmd("PTTL")
+            .arg(format!("{RESERVED_AMOUNTS}vk:a:usd"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(
+            ttls[..2].iter().all(|ttl| (30_000..=90_000).contains(ttl)),
+            "entries PTTL {ttls:?}"
+        );
+        assert!(
+            ttls[2..].iter().all(|ttl| (120_000..=180_000).contains(ttl)),
+            "reserved PTTL {ttls:?}"
+        );
         assert_eq!(store.remove_ended(t + 200_000).await.unwrap(), 0, "Redis expires them");
     }
 }

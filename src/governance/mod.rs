@@ -148,6 +148,8 @@ pub struct Governance {
 
 struct Core {
     keys: HashMap<String, Arc<KeyRules>>,
+    /// Every virtual key's id, in config order, for the usage endpoint.
+    all_keys: Vec<(String, bool)>,
     teams: HashMap<String, Budget>,
     kinds: HashMap<String, ProviderKind>,
     pricing: Arc<PriceTable>,
@@ -181,6 +183,11 @@ impl Governance {
                 (vk.id.clone(), Arc::new(rules))
             })
             .collect();
+        let all_keys = config
+            .virtual_keys
+            .iter()
+            .map(|vk| (vk.id.clone(), vk.enabled))
+            .collect();
         let teams = config
             .governance
             .teams
@@ -191,6 +198,7 @@ impl Governance {
         Governance {
             core: Arc::new(Core {
                 keys,
+                all_keys,
                 teams,
                 kinds,
                 pricing: config.pricing.clone(),
@@ -638,11 +646,14 @@ impl Core {
     /// The usage of every governed key and team (see [`Governance::usage`]).
     async fn usage(&self, now: u64) -> Result<serde_json::Value, GatewayError> {
         use serde_json::json;
-        let mut keys: Vec<(&String, &Arc<KeyRules>)> = self.keys.iter().collect();
-        keys.sort_by(|a, b| a.0.cmp(b.0));
         let mut out_keys = Vec::new();
-        for (vk, rules) in keys {
-            let mut entry = json!({"id": vk, "team": rules.team});
+        for (vk, enabled) in &self.all_keys {
+            let Some(rules) = self.keys.get(vk) else {
+                // No limits: nothing is counted for it.
+                out_keys.push(json!({"id": vk, "enabled": enabled, "governed": false}));
+                continue;
+            };
+            let mut entry = json!({"id": vk, "enabled": enabled, "governed": true, "team": rules.team});
             if let Some(budget) = &rules.budget {
                 let key = format!("vk:{vk}:usd");
                 entry["budget"] = self.budget_usage(&key, budget, now).await?;

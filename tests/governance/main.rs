@@ -410,6 +410,10 @@ fn the_usage_endpoint_is_for_admins_only() {
     assert_eq!(v["rate_limit"]["requests"]["used"], 1, "{v}");
     assert_eq!(v["rate_limit"]["images"]["used"], 1, "{v}");
     assert_eq!(v["rate_limit"]["concurrent"]["limit"], 2, "{v}");
+    // Every key is listed; one without limits says so.
+    let restricted = key_usage(gw.addr, "restricted");
+    assert_eq!(restricted["governed"], false, "{restricted}");
+    assert_eq!(key_usage(gw.addr, "off")["enabled"], false);
     // Anyone else: no credential 401, a virtual key or a wrong admin key 403/401.
     let r = usage(gw.addr, &[]);
     assert_eq!(r.status, 401, "{}", r.text());

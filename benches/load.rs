@@ -5,7 +5,9 @@
 //!   * `gateway`  — refract in front of the mock,
 //!   * `sim`      — straight to refract's built-in simulator (which really decodes, edits and
 //!     encodes the PNG),
-//!   * `gw+sim`   — refract in front of its simulator.
+//!   * `gw+sim`   — refract in front of its simulator,
+//!   * `gw+gov`   — `gateway` with its key governed (a budget, requests and images per minute,
+//!     requests in flight) on the embedded store.
 //!
 //! Reports p50/p99 latency and req/s per target (median over rounds), the latency each hop adds
 //! over its direct target, the gateway's figures as a share of the bare hop's, and the CPU time
@@ -117,6 +119,12 @@ fn main() {
         None => start_bare_hop(mock, threads),
     };
     let gateway = start_gateway(mock, threads, 1 << 20);
+    // Limits it never reaches: what counting costs, not refusals.
+    let governed = start_governed_gateway(
+        mock,
+        threads,
+        "budget: { max_usd: 1000000, period: 1d }, rate_limit: { requests: 1000000000, images: 1000000000, per: 1m, concurrent: 10000 }",
+    );
 
     // refract with its simulator as the upstream
     let sim_port = free_port();
@@ -148,6 +156,7 @@ fn main() {
         ("gateway", gateway.port, &gw_script),
         ("sim", sim_port, &sim_direct_script),
         ("gw+sim", gw_sim_port, &gw_sim_script),
+        ("gw+gov", governed.port, &gw_script),
     ];
     if let Some(b) = &compare {
         targets.push(("gateway-b", b.port, &gw_script));
@@ -167,6 +176,7 @@ fn main() {
             }
             let pid = match *name {
                 "gateway" => Some(gateway.child.id()),
+                "gw+gov" => Some(governed.child.id()),
                 "hop" => hop_process.as_ref().map(|h| h.child.id()),
                 "gateway-b" => compare.as_ref().map(|b| b.child.id()),
                 _ => None,
@@ -240,14 +250,26 @@ fn main() {
         p50(4) - p50(3),
         100.0 * rps32(4) / rps32(3)
     );
+    let index = |name: &str| targets.iter().position(|t| t.0 == name).unwrap_or(usize::MAX);
+    let gov = index("gw+gov");
+    if only.is_empty() || only.split(',').any(|o| o == "gw+gov") {
+        println!(
+            "governed key (embedded store): added c1 p50 {:.3} ms, c32 throughput gw+gov/gateway {:.0}%, CPU per request c1 {:.0} us, c32 {:.0} us",
+            p50(gov) - p50(0),
+            100.0 * rps32(gov) / rps32(2),
+            med(gov, &|r| r.0.cpu_us),
+            med(gov, &|r| r.1.cpu_us)
+        );
+    }
     if let Some(b) = &compare {
-        let b_added = p50(5) - p50(0);
+        let bi = index("gateway-b");
+        let b_added = p50(bi) - p50(0);
         println!(
             "gateway-b ({}): added c1 p50 {:.3} ms (gateway-b/hop {:.2}x), c32 throughput gateway-b/hop {:.0}%, peak RSS {} KiB",
             std::env::var("COMPARE_BIN").unwrap_or_default(),
             b_added,
             b_added / hop_added,
-            100.0 * rps32(5) / rps32(1),
+            100.0 * rps32(bi) / rps32(1),
             peak_rss_kib(b.child.id())
         );
     }
@@ -259,8 +281,8 @@ fn main() {
     if compare.is_some() {
         println!(
             "gateway-b CPU per request: c1 {:.0} us, c32 {:.0} us",
-            cpu(5).0,
-            cpu(5).1
+            cpu(index("gateway-b")).0,
+            cpu(index("gateway-b")).1
         );
     }
     println!("gateway peak RSS {} KiB", peak_rss_kib(gateway.child.id()));

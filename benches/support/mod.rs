@@ -390,6 +390,24 @@ virtual_keys:
     )
 }
 
+/// As [`start_gateway`], the key `bench` governed (`key_settings`, e.g. a budget and rate
+/// limits) on an embedded store in a fresh directory.
+pub fn start_governed_gateway(upstream_port: u16, threads: usize, key_settings: &str) -> GatewayProcess {
+    let port = free_port();
+    let store = std::env::temp_dir().join(format!("refract-bench-gov-{port}"));
+    let _ = std::fs::remove_dir_all(&store);
+    let yaml = gateway_yaml(port, upstream_port, threads, 1 << 20, "openai", "/v1").replace(
+        "  - { id: bench, key: sk-bf-bench }\n",
+        &format!(
+            "  - {{ id: bench, key: sk-bf-bench, {key_settings} }}\nstore: {{ kind: embedded, path: {} }}\n",
+            store.display()
+        ),
+    );
+    let process = spawn_refract(&yaml, &format!("gateway-{port}.yaml"), port);
+    wait_for_port(port);
+    process
+}
+
 /// As [`start_gateway`], with provider `bench` of `kind` at the mock's `base_path`.
 pub fn start_gateway_of_kind(
     upstream_port: u16,

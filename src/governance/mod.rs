@@ -226,13 +226,12 @@ impl Governance {
         images: u32,
     ) -> Result<bool, GatewayError> {
         let per = window::period_text(quota.per);
-        let length = u64::try_from(quota.per.as_millis()).unwrap_or(u64::MAX);
         let mut plan = Vec::new();
         let mut add = |what: Limit, limit: Option<u64>, amount: u64| {
             if let Some(limit) = limit {
                 plan.push(Planned {
                     key: format!("pk:{provider}:{key}:{}", what.label()),
-                    window: Window::Sliding { length },
+                    window: rate_window(quota.per, limit),
                     amount,
                     limit,
                     check: Check::Fits,
@@ -420,7 +419,7 @@ impl Core {
     fn rate_take(vk: &str, rate: &RateLimit, what: Limit, limit: u64, amount: u64) -> Planned {
         Planned {
             key: format!("vk:{vk}:{}", what.label()),
-            window: rate_window(rate.per),
+            window: rate_window(rate.per, limit),
             amount,
             limit,
             check: Check::Fits,

@@ -24,7 +24,7 @@ impl Core {
                 for (what, limit) in [(Limit::Requests, rate.requests), (Limit::Images, rate.images)] {
                     if let Some(limit) = limit {
                         let key = format!("vk:{vk}:{}", what.label());
-                        let counter = self.read(&key, rate_window(rate.per), now).await?;
+                        let counter = self.read(&key, rate_window(rate.per, limit), now).await?;
                         limits[what.label()] = json!({
                             "limit": limit,
                             "used": counter.used,

@@ -40,13 +40,22 @@ pub fn budget_window(budget: &Budget, now: u64) -> Window {
     Window::Fixed { start, end }
 }
 
-/// The window of a rate limit counted `per` this long: the last `per`, sliding (exact in
-/// every window of that length).
-pub fn rate_window(per: Duration) -> Window {
-    Window::Sliding {
-        length: u64::try_from(per.as_millis()).unwrap_or(u64::MAX).max(1),
+/// The window of a rate limit of `limit` counted `per` this long: the last `per`, sliding
+/// (exact in every window of that length), up to [`SLIDING_MAX`].
+pub fn rate_window(per: Duration, limit: u64) -> Window {
+    let length = u64::try_from(per.as_millis()).unwrap_or(u64::MAX).max(1);
+    if limit <= SLIDING_MAX {
+        Window::Sliding { length }
+    } else {
+        Window::FromFirstUse { length }
     }
 }
+
+/// The largest limit counted in a sliding window: a sliding window keeps one entry per take
+/// in it and a take sums them, so larger limits count in a window that starts with the first
+/// take after the previous one ended (constant cost; up to twice the limit around a
+/// boundary).
+pub const SLIDING_MAX: u64 = 1_000;
 
 /// `per` as configuration writes it (`1m`, `30s`, `1h`).
 pub fn period_text(per: Duration) -> String {
@@ -162,7 +171,18 @@ mod tests {
             ..calendar(Period::Month)
         };
         assert_eq!(budget_window(&budget, 5), Window::FromFirstUse { length: 30 * DAY_MS });
-        assert_eq!(rate_window(Duration::from_secs(60)), Window::Sliding { length: 60_000 });
+        assert_eq!(
+            rate_window(Duration::from_secs(60), 10),
+            Window::Sliding { length: 60_000 }
+        );
+        assert_eq!(
+            rate_window(Duration::from_secs(60), SLIDING_MAX),
+            Window::Sliding { length: 60_000 }
+        );
+        assert_eq!(
+            rate_window(Duration::from_secs(60), SLIDING_MAX + 1),
+            Window::FromFirstUse { length: 60_000 }
+        );
         assert_eq!(period_text(Duration::from_secs(60)), "1m");
         assert_eq!(period_text(Duration::from_secs(90)), "90s");
         assert_eq!(period_text(Duration::from_secs(86_400)), "1d");

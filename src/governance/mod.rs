@@ -623,7 +623,13 @@ impl Core {
         let now = now_ms();
         for (planned, counter) in &taken {
             let delivered = match planned.what {
-                Limit::Images if u64::from(images) == planned.amount => continue,
+                // A sliding window's entry already counts what was asked; a reservation
+                // (first-use windows) must be settled or it lapses.
+                Limit::Images
+                    if u64::from(images) == planned.amount && matches!(planned.window, Window::Sliding { .. }) =>
+                {
+                    continue
+                }
                 Limit::Images => u64::from(images),
                 Limit::Budget { .. } => cost,
                 Limit::Requests => continue,

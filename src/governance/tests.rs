@@ -194,3 +194,17 @@ async fn provider_key_quotas_count_requests_and_images() {
     );
     assert!(g.take_key_quota("openai", "other", &quota, 1).await.unwrap(), "per key");
 }
+
+/// Images counted in a first-use window (a limit above the sliding maximum) are reserved, so
+/// an attempt that delivered exactly what it asked is settled all the same: its images stay
+/// counted after the reservation's lease.
+#[tokio::test]
+async fn delivered_images_outlive_their_reservation() {
+    let config = CONFIG.replace("images: 3,", "images: 5000,");
+    let (g, _) = governance_of(&format!("{config}governance: {{slot_lease_ms: 1000}}\n"));
+    let p = g.admit(&attempt("app", 2)).decide().await.unwrap();
+    g.settle(p, &settlement(2, Some(40_000))).wait().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let usage = g.usage().await.unwrap();
+    assert_eq!(usage["virtual_keys"][0]["rate_limit"]["images"]["used"], 2, "{usage}");
+}

@@ -2,6 +2,7 @@
 //! with the first spend) and a rate limit's window (the last `per`, sliding).
 
 use crate::config::{Budget, Period};
+use crate::providers::kernel::time::civil_from_days;
 use crate::state::counters::Window;
 use std::time::Duration;
 
@@ -67,21 +68,6 @@ pub fn period_text(per: Duration) -> String {
         s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
-}
-
-/// The civil date (year, month 1–12, day 1–31) of a day count since 1970-01-01 (H. Hinnant's
-/// algorithm, proleptic Gregorian).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// The day count since 1970-01-01 of a civil date (the inverse of [`civil_from_days`]).

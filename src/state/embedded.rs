@@ -51,10 +51,33 @@ pub struct EmbeddedJobs {
     tasks: OnceLock<Result<Sender<Task>, String>>,
 }
 
-/// Opens `file`, creating the table if missing.
+/// How long opening the file may wait for another connection (another process on the same
+/// file: an upgrade's old process, a replica on one machine) that holds it.
+const OPEN_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens `file`, creating the tables if missing. Switching to WAL and creating tables may
+/// find the file locked by another connection without SQLite's busy handler being asked (a
+/// lock upgrade, a WAL recovery): those are retried for up to [`OPEN_WAIT`].
 fn connect(file: &Path) -> rusqlite::Result<Connection> {
+    let deadline = std::time::Instant::now() + OPEN_WAIT;
+    loop {
+        match try_connect(file) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn try_connect(file: &Path) -> rusqlite::Result<Connection> {
     let db = Connection::open(file)?;
-    db.busy_timeout(Duration::from_secs(5))?;
+    db.busy_timeout(OPEN_WAIT)?;
     // WAL: readers never wait for the writer, and a second process may open the file.
     db.pragma_update(None, "journal_mode", "WAL")?;
     db.pragma_update(None, "synchronous", "NORMAL")?;

@@ -250,6 +250,8 @@ pub struct Gateway {
     /// The config it runs with.
     pub yaml: String,
     _server: RunningServer,
+    /// Its store and objects, when the setup names none.
+    _state: tempfile::TempDir,
 }
 
 impl Gateway {
@@ -262,7 +264,19 @@ impl Gateway {
     pub fn start_with(setup: &Setup, options: refract::server::Options) -> Gateway {
         let (listen, metrics) = (free_addr(), free_addr());
         let sim = setup.simulator.then(free_addr);
-        let yaml = setup.yaml(listen, metrics, sim);
+        let mut yaml = setup.yaml(listen, metrics, sim);
+        // The state of its own (not the default ./data, shared by every gateway of the run).
+        let state = tempfile::tempdir().expect("state dir");
+        for (section, dir) in [("store", "db"), ("objects", "objects")] {
+            if !setup.sections.contains(&format!("{section}:")) {
+                let path = state.path().join(dir);
+                yaml.push_str(&format!(
+                    "{section}:\n  kind: {}\n  path: {}\n",
+                    if section == "store" { "embedded" } else { "fs" },
+                    path.display()
+                ));
+            }
+        }
         let config = from_yaml_str_with_env(&yaml, &|_| None).unwrap_or_else(|e| panic!("config:\n{e}\n{yaml}"));
         let server = refract::server::spawn_with(config, options).expect("spawn gateway");
         wait_listening(listen);
@@ -276,6 +290,7 @@ impl Gateway {
             simulator: sim,
             yaml,
             _server: server,
+            _state: state,
         }
     }
 

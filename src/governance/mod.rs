@@ -120,18 +120,18 @@ struct Planned {
 
 /// What a permit of governance's holds until it is handed back.
 enum Held {
-    Request {
-        inner: Permit,
-        slot: Option<Slot>,
-    },
-    Attempt {
-        inner: Permit,
-        virtual_key: String,
-        taken: Vec<(Planned, CounterState)>,
-        /// The holder of its reservations.
-        holder: String,
-        local: bool,
-    },
+    Request { inner: Permit, slot: Option<Slot> },
+    Attempt { inner: Permit, reserved: Reserved },
+}
+
+/// What an admitted attempt took from its counters, until it is settled.
+struct Reserved {
+    virtual_key: String,
+    taken: Vec<(Planned, CounterState)>,
+    /// The holder of its reservations.
+    holder: String,
+    /// Taken from this process's counters (the store was unreachable, `fail_open`).
+    local: bool,
 }
 
 /// A concurrency slot held by a request.
@@ -467,11 +467,11 @@ impl Core {
     }
 
     /// Sets the remaining-budget gauges from counters just seen.
-    fn note_remaining(&self, taken: &[(Planned, CounterState)], settled: Option<(u64, u64)>) {
+    fn note_remaining(&self, taken: &[(Planned, CounterState)], settled_cost: Option<u64>) {
         for (planned, counter) in taken {
             if let Limit::Budget { team } = planned.what {
-                let used = match settled {
-                    Some((reserved, cost)) => counter.used.saturating_sub(reserved).saturating_add(cost),
+                let used = match settled_cost {
+                    Some(cost) => counter.used.saturating_sub(planned.amount).saturating_add(cost),
                     None => counter.used,
                 };
                 let scope = if team { "team" } else { "virtual_key" };
@@ -580,7 +580,7 @@ impl Core {
     }
 
     /// The attempt-level admission of key `vk` for `request` (see the module docs).
-    async fn open_attempt(&self, vk: &str, rules: &KeyRules, ask: &Ask, now: u64) -> Result<Held, GatewayError> {
+    async fn open_attempt(&self, vk: &str, rules: &KeyRules, ask: &Ask, now: u64) -> Result<Reserved, GatewayError> {
         let mut plan = Vec::new();
         if let Some((rate, limit)) = rules.rate.as_ref().and_then(|r| Some((r, r.images?))) {
             plan.push(Planned {
@@ -600,8 +600,7 @@ impl Core {
         }
         let taken: Vec<(Planned, CounterState)> = plan.into_iter().zip(taken.counters).collect();
         self.note_remaining(&taken, None);
-        Ok(Held::Attempt {
-            inner: Permit { token: 0 },
+        Ok(Reserved {
             virtual_key: vk.to_string(),
             taken,
             holder,
@@ -612,14 +611,10 @@ impl Core {
     /// Settles an attempt's reservations (held by `holder`) to what it delivered (`images`,
     /// `cost`): a budget's always (its reservation would otherwise lapse with its lease), the
     /// images' entry when it differs.
-    async fn settle_attempt(
-        &self,
-        taken: Vec<(Planned, CounterState)>,
-        holder: &str,
-        local: bool,
-        images: u32,
-        cost: u64,
-    ) {
+    async fn settle_attempt(&self, reserved: Reserved, images: u32, cost: u64) {
+        let Reserved {
+            taken, holder, local, ..
+        } = reserved;
         let now = now_ms();
         for (planned, counter) in &taken {
             let delivered = match planned.what {
@@ -636,17 +631,13 @@ impl Core {
             };
             let result = self
                 .counters(local)
-                .settle(&planned.key, counter.window_start, holder, delivered, now)
+                .settle(&planned.key, counter.window_start, &holder, delivered, now)
                 .await;
             if let Err(e) = result {
                 log::warn!("governance: cannot settle {} to {delivered}: {e}", planned.key);
             }
         }
-        for (planned, counter) in &taken {
-            if let Limit::Budget { .. } = planned.what {
-                self.note_remaining(&[(planned.clone(), *counter)], Some((planned.amount, cost)));
-            }
-        }
+        self.note_remaining(&taken, Some(cost));
     }
 }
 
@@ -746,31 +737,11 @@ impl Admission for Governance {
         let inner = core.inner.admit(request);
         let core = self.core.clone();
         Admit::Later(Box::pin(async move {
-            let held = core.open_attempt(&vk, &rules, &ask, now_ms()).await?;
+            let reserved = core.open_attempt(&vk, &rules, &ask, now_ms()).await?;
             match inner.decide().await {
-                Ok(inner) => Ok(core.hold(match held {
-                    Held::Attempt {
-                        virtual_key,
-                        taken,
-                        holder,
-                        local,
-                        ..
-                    } => Held::Attempt {
-                        inner,
-                        virtual_key,
-                        taken,
-                        holder,
-                        local,
-                    },
-                    other => other,
-                })),
+                Ok(inner) => Ok(core.hold(Held::Attempt { inner, reserved })),
                 Err(e) => {
-                    if let Held::Attempt {
-                        taken, holder, local, ..
-                    } = held
-                    {
-                        core.settle_attempt(taken, &holder, local, 0, 0).await;
-                    }
+                    core.settle_attempt(reserved, 0, 0).await;
                     Err(e)
                 }
             }
@@ -780,22 +751,18 @@ impl Admission for Governance {
     fn settle(&self, permit: Permit, settlement: &Settlement<'_>) -> Finish {
         let core = &self.core;
         match core.take_held(permit) {
-            Some(Held::Attempt {
-                inner,
-                virtual_key,
-                taken,
-                holder,
-                local,
-            }) => {
+            Some(Held::Attempt { inner, reserved }) => {
                 let cost = settlement.cost.unwrap_or(0);
                 if cost > 0 {
-                    core.metrics.governance.spent(&virtual_key, settlement.provider, cost);
+                    core.metrics
+                        .governance
+                        .spent(&reserved.virtual_key, settlement.provider, cost);
                 }
                 let inner = core.inner.settle(inner, settlement);
                 let images = settlement.images;
                 let core = self.core.clone();
                 Finish::Later(Box::pin(async move {
-                    core.settle_attempt(taken, &holder, local, images, cost).await;
+                    core.settle_attempt(reserved, images, cost).await;
                     inner.wait().await;
                 }))
             }

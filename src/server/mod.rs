@@ -102,20 +102,7 @@ impl AppState {
     /// streamed upload's, started only when the adapter can stream); whoever sends with it
     /// calls `breakers.begin` then.
     pub fn choose(&self, provider: &str, model: &str, avoid: Option<usize>) -> Result<Target, GatewayError> {
-        // Every attempt's target comes from here: no request is built for an id outside its
-        // kind's grammar, whatever path the candidate took.
-        self.router.candidate(provider, model, "model")?;
-        let now = Instant::now();
-        let usable = |i: usize| self.breakers.usable(provider, i, now);
-        let roll = fastrand::f64();
-        let target = match avoid {
-            Some(a) => self
-                .router
-                .select_where(provider, model, roll, |i| i != a && usable(i))
-                .or_else(|_| self.router.select_where(provider, model, roll, usable)),
-            None => self.router.select_where(provider, model, roll, usable),
-        }?;
-        Ok(target)
+        self.choose_except(provider, model, avoid, &[])
     }
 
     /// [`AppState::pick`] for an attempt asking `images` images, within the provider keys'
@@ -158,7 +145,7 @@ impl AppState {
         }
     }
 
-    /// [`AppState::choose`] among the keys not in `except`.
+    /// [`AppState::choose`] among the keys not in `except` (keys found saturated).
     fn choose_except(
         &self,
         provider: &str,
@@ -166,9 +153,8 @@ impl AppState {
         avoid: Option<usize>,
         except: &[usize],
     ) -> Result<Target, GatewayError> {
-        if except.is_empty() {
-            return self.choose(provider, model, avoid);
-        }
+        // Every attempt's target comes from here: no request is built for an id outside its
+        // kind's grammar, whatever path the candidate took.
         self.router.candidate(provider, model, "model")?;
         let now = Instant::now();
         let usable = |i: usize| !except.contains(&i) && self.breakers.usable(provider, i, now);

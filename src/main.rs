@@ -45,17 +45,26 @@ enum Command {
         #[arg(long)]
         print: bool,
     },
-    /// Print what each provider kind and model family supports, as a Markdown table (the
-    /// README's table is this output). Needs no config.
-    Providers,
+    /// Without -c: print what each provider kind and model family supports, as a Markdown
+    /// table (docs/providers.md's table is this output). With -c FILE: print the providers that
+    /// file configures (name, kind, base URL, models, key count, fallbacks...; never a key).
+    Providers {
+        /// Print JSON instead of a Markdown table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     // Off until the config says whether the simulator runs here (see the function's docs).
     refract::server::transparent_huge_pages(false);
     let cli = Cli::parse();
-    if let Some(Command::Providers) = cli.command {
-        print!("{}", refract::providers::capabilities::markdown_table());
+    if let (Some(Command::Providers { json }), None) = (&cli.command, &cli.config) {
+        if *json {
+            println!("{:#}", refract::providers::capabilities::json_rows());
+        } else {
+            print!("{}", refract::providers::capabilities::markdown_table());
+        }
         return ExitCode::SUCCESS;
     }
     let Some(path) = cli.config else {
@@ -72,6 +81,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(Command::Providers { json }) = cli.command {
+        if json {
+            println!("{:#}", refract::config::providers_summary(&config));
+        } else {
+            print!("{}", refract::config::providers_table(&config));
+        }
+        return ExitCode::SUCCESS;
+    }
     if let Some(Command::Check { print }) = cli.command {
         if print {
             return print_effective(&path, &config);

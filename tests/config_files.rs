@@ -249,3 +249,132 @@ fn readme_provider_table_is_generated() {
         "README.md's provider table is stale: paste the output of `cargo run -- providers` between the markers"
     );
 }
+
+/// `refract providers -c FILE --json` lists the file's providers as configured (kind, base URL,
+/// models, aliases, key count, fallback chains, retries, breaker, timeouts) and never a key:
+/// neither a value, nor an AWS credential, nor the environment variable it came from.
+#[test]
+fn providers_json_lists_the_configured_providers_without_secrets() {
+    let yaml = "\
+providers:
+  - name: main
+    kind: openai
+    retries: 2
+    circuit_breaker: {failures: 3, open_ms: 1000}
+    first_byte_timeout_ms: 90000
+    keys:
+      - {name: a, value: env.REFRACT_TEST_PROVIDERS_KEY_A, models: [gpt-image-1], weight: 3}
+      - {name: b, value: literal-SECRET-upstream-b, models: [gpt-image-1, dall-e-2]}
+    model_rules:
+      - {match: 'gpt-image-*', fallbacks: [az/gpt-image-1, aws/amazon.nova-canvas-v1:0]}
+  - name: az
+    kind: azure
+    base_url: https://res.openai.azure.com
+    deployments: {gpt-image-1: prod-image}
+    keys: [{name: k, value: env.REFRACT_TEST_PROVIDERS_KEY_AZ}]
+  - name: aws
+    kind: bedrock
+    region: eu-west-1
+    keys:
+      - {name: iam, aws_access_key_id: AKIDSECRETLITERAL, aws_secret_access_key: env.REFRACT_TEST_PROVIDERS_AWS}
+virtual_keys:
+  - {id: app, key: sk-bf-SECRET-virtual}
+";
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    std::io::Write::write_all(&mut file, yaml.as_bytes()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_refract"))
+        .args(["providers", "--json", "-c"])
+        .arg(file.path())
+        .env("REFRACT_TEST_PROVIDERS_KEY_A", "sk-SECRET-env-a")
+        .env("REFRACT_TEST_PROVIDERS_KEY_AZ", "SECRET-azure-env")
+        .env("REFRACT_TEST_PROVIDERS_AWS", "SECRET-aws-env")
+        .output()
+        .expect("run refract");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for leak in ["SECRET", "REFRACT_TEST_PROVIDERS", "AKID", "env."] {
+        assert!(!stdout.contains(leak), "{leak:?} leaked:\n{stdout}");
+    }
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let providers = doc["providers"].as_array().unwrap();
+    let names: Vec<&str> = providers.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["main", "az", "aws"]);
+    let main = &providers[0];
+    assert_eq!(main["kind"], "openai");
+    assert_eq!(main["base_url"], "https://api.openai.com/v1");
+    assert_eq!(main["models"], serde_json::json!(["gpt-image-1", "dall-e-2"]));
+    assert_eq!(main["keys"], 2);
+    assert_eq!(
+        main["key_names"],
+        serde_json::json!([{"name": "a", "weight": 3.0}, {"name": "b", "weight": 1.0}])
+    );
+    assert_eq!(
+        main["fallbacks"],
+        serde_json::json!([{"match": "gpt-image-*", "fallbacks": ["az/gpt-image-1", "aws/amazon.nova-canvas-v1:0"]}])
+    );
+    assert_eq!(main["retries"], 2);
+    assert_eq!(
+        main["circuit_breaker"],
+        serde_json::json!({"failures": 3, "open_ms": 1000})
+    );
+    assert_eq!(main["timeouts_ms"]["first_byte"], 90000);
+    assert_eq!(main["timeouts_ms"]["total"], 600000);
+    assert_eq!(main["polled"], false);
+    let az = &providers[1];
+    assert_eq!(az["kind"], "azure");
+    assert_eq!(az["base_url"], "https://res.openai.azure.com");
+    assert_eq!(az["deployments"], serde_json::json!({"gpt-image-1": "prod-image"}));
+    assert_eq!(az["models"], serde_json::json!(["*"]));
+    assert_eq!(az["circuit_breaker"], serde_json::Value::Null);
+    let aws = &providers[2];
+    assert_eq!(aws["kind"], "bedrock");
+    assert_eq!(aws["base_url"], "https://bedrock-runtime.eu-west-1.amazonaws.com");
+    assert_eq!(aws["keys"], 1);
+
+    // Without --json: the same providers as a Markdown table, one row each, no secret either.
+    let table = Command::new(env!("CARGO_BIN_EXE_refract"))
+        .args(["providers", "-c"])
+        .arg(file.path())
+        .env("REFRACT_TEST_PROVIDERS_KEY_A", "sk-SECRET-env-a")
+        .env("REFRACT_TEST_PROVIDERS_KEY_AZ", "SECRET-azure-env")
+        .env("REFRACT_TEST_PROVIDERS_AWS", "SECRET-aws-env")
+        .output()
+        .expect("run refract");
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(!table.contains("SECRET") && !table.contains("AKID"), "{table}");
+    assert!(table.starts_with("| provider | kind |"), "{table}");
+    assert!(
+        table.contains("| main | `openai` | https://api.openai.com/v1 | gpt-image-1, dall-e-2 | 2 | gpt-image-*: az/gpt-image-1, aws/amazon.nova-canvas-v1:0 | 2 | 3 failures, open 1000 ms |"),
+        "{table}"
+    );
+    assert!(table.contains("gpt-image-1 → prod-image"), "{table}");
+    assert_eq!(table.lines().count(), 2 + 3, "{table}");
+}
+
+/// `refract providers --json` without a config: one object per kind and model family, the
+/// same rows as the Markdown table, every kind present.
+#[test]
+fn providers_json_without_config_lists_every_kind() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_refract"))
+            .args(args)
+            .output()
+            .expect("run refract");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&run(&["providers", "--json"])).unwrap();
+    let table = run(&["providers"]);
+    assert_eq!(rows.len(), table.lines().count() - 2, "one JSON row per table row");
+    for kind in refract::config::ProviderKind::ALL {
+        assert!(
+            rows.iter().any(|r| r["kind"] == kind.as_str()),
+            "{} missing",
+            kind.as_str()
+        );
+    }
+    let openai = rows.iter().find(|r| r["kind"] == "openai").unwrap();
+    assert_eq!(openai["mask"], true);
+    assert_eq!(openai["max_n"], 10);
+    assert_eq!(openai["stream"], "native");
+}

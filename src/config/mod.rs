@@ -32,7 +32,7 @@ mod url;
 pub use crate::kind::ProviderKind;
 pub use auth::{algorithm, is_hmac, parse_jwks, AuthSettings, JwtIssuer, JwtKeySource, MIN_HS_SECRET_BYTES};
 pub use governance::{parse_period, Budget, GovernanceSettings, KeyQuota, Period, RateLimit, StorePolicy, TeamConfig};
-pub use print::effective_yaml;
+pub use print::{effective_yaml, providers_summary, providers_table};
 pub use state::{
     JobsSettings, ObjectUrls, ObjectsSettings, RedisSettings, ResponseFormat, S3Settings, StoreSettings,
     DEFAULT_OBJECTS_PATH, DEFAULT_STORE_PATH,

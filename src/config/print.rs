@@ -307,6 +307,111 @@ fn provider(p: &ProviderConfig, raw: &serde_yaml::Value) -> Value {
     Value::Object(m)
 }
 
+/// What `refract providers -c FILE --json` prints: one object per configured provider, in the
+/// file's order, with what an operator checks before sending traffic: name, kind, base URL, the
+/// models its keys serve, Azure's model → deployment aliases, how many keys (names and weights,
+/// never a credential or where one comes from), the configured fallback chains, retries,
+/// circuit breaker, timeouts and connection bound. Runs once, on the command line.
+pub fn providers_summary(config: &Config) -> Value {
+    let providers: Vec<Value> = config.providers.iter().map(provider_summary).collect();
+    json!({ "providers": providers })
+}
+
+/// One provider of [`providers_summary`].
+fn provider_summary(p: &ProviderConfig) -> Value {
+    let o = &p.options;
+    let t = &p.timeouts;
+    let models = served_models(p);
+    let deployments: Map<String, Value> = o.deployments.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let fallbacks: Vec<Value> = o
+        .models
+        .iter()
+        .filter(|r| !r.fallbacks.is_empty())
+        .map(|r| json!({ "match": r.pattern, "fallbacks": fallback_chain(r) }))
+        .collect();
+    json!({
+        "name": p.name,
+        "kind": p.kind.as_str(),
+        "base_url": p.base_url.to_string(),
+        "models": models,
+        "deployments": deployments,
+        "keys": p.keys.len(),
+        "key_names": p.keys.iter().map(|k| json!({ "name": k.name, "weight": k.weight })).collect::<Vec<_>>(),
+        "fallbacks": fallbacks,
+        "retries": o.retries,
+        "circuit_breaker": o.circuit_breaker.map(|cb| json!({ "failures": cb.failures, "open_ms": ms(cb.open) })),
+        "timeouts_ms": {
+            "connect": ms(t.connect),
+            "first_byte": ms(t.first_byte),
+            "idle": ms(t.idle),
+            "total": ms(t.total),
+        },
+        "max_connections": o.connections.max,
+        "polled": p.kind.is_polled(),
+    })
+}
+
+/// What `refract providers -c FILE` prints without `--json`: [`providers_summary`] as a Markdown
+/// table, one row per configured provider.
+pub fn providers_table(config: &Config) -> String {
+    let mut out = String::from(
+        "| provider | kind | base_url | models | keys | fallbacks | retries | circuit breaker |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for p in &config.providers {
+        let mut models: Vec<String> = served_models(p).into_iter().map(str::to_string).collect();
+        for (model, deployment) in &p.options.deployments {
+            models.push(format!("{model} → {deployment}"));
+        }
+        let fallbacks: Vec<String> = p
+            .options
+            .models
+            .iter()
+            .filter(|r| !r.fallbacks.is_empty())
+            .map(|r| format!("{}: {}", r.pattern, fallback_chain(r).join(", ")))
+            .collect();
+        let breaker = p.options.circuit_breaker.map_or_else(
+            || "—".to_string(),
+            |cb| format!("{} failures, open {} ms", cb.failures, ms(cb.open)),
+        );
+        out.push_str(&format!(
+            "| {} | `{}` | {} | {} | {} | {} | {} | {} |\n",
+            p.name,
+            p.kind.as_str(),
+            p.base_url,
+            models.join(", "),
+            p.keys.len(),
+            if fallbacks.is_empty() {
+                "—".to_string()
+            } else {
+                fallbacks.join("; ")
+            },
+            p.options.retries,
+            breaker,
+        ));
+    }
+    out
+}
+
+/// The model names a provider's keys serve (`*`: any), each once, in the file's order.
+fn served_models(p: &ProviderConfig) -> Vec<&str> {
+    let mut models: Vec<&str> = Vec::new();
+    for model in p.keys.iter().flat_map(|k| k.models.iter()) {
+        if !models.contains(&model.as_str()) {
+            models.push(model);
+        }
+    }
+    models
+}
+
+/// A rule's fallback chain as `provider/model` entries.
+fn fallback_chain(r: &ModelRules) -> Vec<String> {
+    r.fallbacks
+        .iter()
+        .map(|f| format!("{}/{}", f.provider, f.model))
+        .collect()
+}
+
 fn model_rules(r: &ModelRules) -> Value {
     let mut m = Map::new();
     m.insert("match".into(), json!(r.pattern));
@@ -324,12 +429,7 @@ fn model_rules(r: &ModelRules) -> Value {
         }
     }
     if !r.fallbacks.is_empty() {
-        let chain: Vec<String> = r
-            .fallbacks
-            .iter()
-            .map(|f| format!("{}/{}", f.provider, f.model))
-            .collect();
-        m.insert("fallbacks".into(), json!(chain));
+        m.insert("fallbacks".into(), json!(fallback_chain(r)));
     }
     Value::Object(m)
 }

@@ -1,8 +1,8 @@
 //! What each provider kind and model family supports, declared once per adapter
 //! ([`super::ProviderAdapter::families`]). A request asking for something the chosen model
 //! cannot do is refused with a 400 that names the field, before any upstream call
-//! ([`check`]); `refract providers` prints the declarations as the README's table
-//! ([`markdown_table`]).
+//! ([`check`]); `refract providers` prints the declarations as the table in docs/providers.md
+//! ([`markdown_table`]), or as JSON with `--json` ([`json_rows`]).
 
 use super::adapter_for;
 use crate::config::{ModelRules, ProviderKind};
@@ -285,6 +285,36 @@ pub fn markdown_table() -> String {
         }
     }
     out
+}
+
+/// The same declarations as [`markdown_table`], as JSON (`refract providers --json`): one
+/// object per kind and model family, with the limits as numbers and the lists as arrays.
+pub fn json_rows() -> serde_json::Value {
+    let mut rows = Vec::new();
+    for kind in ProviderKind::ALL {
+        for family in adapter_for(*kind).families() {
+            let c = &family.capabilities;
+            rows.push(serde_json::json!({
+                "kind": kind.as_str(),
+                "models": family.name,
+                "mask": c.mask,
+                "max_n": if c.n_by_calls.is_some() { crate::form::MAX_N } else { c.max_n },
+                "n_by_calls": c.n_by_calls.is_some(),
+                "max_images": c.max_images,
+                "max_image_bytes": c.max_image_bytes,
+                "types": c.edit_types.iter().map(|t| edit_type_name(*t)).collect::<Vec<_>>(),
+                "url_output": c.url_output,
+                "size": c.sizes,
+                "stream": match c.streaming {
+                    Streaming::Native => "native",
+                    Streaming::NativeCompletedOnly => "native_completed_only",
+                    Streaming::Synthesized => "synthesized",
+                },
+                "also_sent": c.extra_fields,
+            }));
+        }
+    }
+    serde_json::Value::Array(rows)
 }
 
 #[cfg(test)]

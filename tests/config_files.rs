@@ -230,9 +230,9 @@ fn check_reports_a_missing_file() {
     assert!(stderr.contains("(file): cannot read"), "{stderr}");
 }
 
-/// The README's capability table is exactly what `refract providers` prints.
+/// docs/providers.md's capability table is exactly what `refract providers` prints.
 #[test]
-fn readme_provider_table_is_generated() {
+fn docs_provider_table_is_generated() {
     let out = Command::new(env!("CARGO_BIN_EXE_refract"))
         .arg("providers")
         .output()
@@ -240,13 +240,13 @@ fn readme_provider_table_is_generated() {
     assert!(out.status.success());
     let generated = String::from_utf8(out.stdout).unwrap();
     assert!(generated.starts_with("| kind | models |"), "{generated}");
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/providers.md")).unwrap();
     let begin = readme.find("<!-- providers:begin -->\n").expect("begin marker") + "<!-- providers:begin -->\n".len();
     let end = readme.find("<!-- providers:end -->").expect("end marker");
     assert_eq!(
         &readme[begin..end],
         generated,
-        "README.md's provider table is stale: paste the output of `cargo run -- providers` between the markers"
+        "docs/providers.md's provider table is stale: paste the output of `cargo run -- providers` between the markers"
     );
 }
 

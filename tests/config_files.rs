@@ -282,14 +282,22 @@ virtual_keys:
 ";
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     std::io::Write::write_all(&mut file, yaml.as_bytes()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_refract"))
-        .args(["providers", "--json", "-c"])
-        .arg(file.path())
-        .env("REFRACT_TEST_PROVIDERS_KEY_A", "sk-SECRET-env-a")
-        .env("REFRACT_TEST_PROVIDERS_KEY_AZ", "SECRET-azure-env")
-        .env("REFRACT_TEST_PROVIDERS_AWS", "SECRET-aws-env")
-        .output()
-        .expect("run refract");
+    let providers_of = |json: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_refract"));
+        command.arg("providers");
+        if json {
+            command.arg("--json");
+        }
+        command
+            .arg("-c")
+            .arg(file.path())
+            .env("REFRACT_TEST_PROVIDERS_KEY_A", "sk-SECRET-env-a")
+            .env("REFRACT_TEST_PROVIDERS_KEY_AZ", "SECRET-azure-env")
+            .env("REFRACT_TEST_PROVIDERS_AWS", "SECRET-aws-env")
+            .output()
+            .expect("run refract")
+    };
+    let out = providers_of(true);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     for leak in ["SECRET", "REFRACT_TEST_PROVIDERS", "AKID", "env."] {
@@ -332,14 +340,7 @@ virtual_keys:
     assert_eq!(aws["keys"], 1);
 
     // Without --json: the same providers as a Markdown table, one row each, no secret either.
-    let table = Command::new(env!("CARGO_BIN_EXE_refract"))
-        .args(["providers", "-c"])
-        .arg(file.path())
-        .env("REFRACT_TEST_PROVIDERS_KEY_A", "sk-SECRET-env-a")
-        .env("REFRACT_TEST_PROVIDERS_KEY_AZ", "SECRET-azure-env")
-        .env("REFRACT_TEST_PROVIDERS_AWS", "SECRET-aws-env")
-        .output()
-        .expect("run refract");
+    let table = providers_of(false);
     let table = String::from_utf8(table.stdout).unwrap();
     assert!(!table.contains("SECRET") && !table.contains("AKID"), "{table}");
     assert!(table.starts_with("| provider | kind |"), "{table}");

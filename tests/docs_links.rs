@@ -24,18 +24,23 @@ fn documents() -> Vec<PathBuf> {
     files
 }
 
+/// The lines of `markdown` outside fenced code blocks (the fences themselves left out).
+fn unfenced_lines(markdown: &str) -> Vec<&str> {
+    let mut fenced = false;
+    markdown
+        .lines()
+        .filter(|line| {
+            let fence = line.trim_start().starts_with("```");
+            fenced ^= fence;
+            !fence && !fenced
+        })
+        .collect()
+}
+
 /// The text of `markdown` outside fenced code blocks and inline code spans, one line each.
 fn prose_lines(markdown: &str) -> Vec<String> {
     let mut lines = Vec::new();
-    let mut fenced = false;
-    for line in markdown.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
-        if fenced {
-            continue;
-        }
+    for line in unfenced_lines(markdown) {
         let mut prose = String::new();
         for (i, piece) in line.split('`').enumerate() {
             if i % 2 == 0 {
@@ -51,12 +56,8 @@ fn prose_lines(markdown: &str) -> Vec<String> {
 /// `-`; a repeated anchor gets `-1`, `-2`…
 fn anchors(markdown: &str) -> HashSet<String> {
     let mut seen = HashSet::new();
-    let mut fenced = false;
-    for line in markdown.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-        }
-        if fenced || !line.starts_with('#') {
+    for line in unfenced_lines(markdown) {
+        if !line.starts_with('#') {
             continue;
         }
         let title = line.trim_start_matches('#').trim();

@@ -12,7 +12,7 @@
 //!
 //! `upstream_peer` is required by the trait but never reached: every request is answered in
 //! `request_filter`, because Pingora's own proxy loop replays only 64 KiB of body and cannot
-//! retry after a response head (see the README's design notes).
+//! retry after a response head (see docs/architecture.md).
 
 use super::AppState;
 use crate::error::{ErrorContext, GatewayError};
@@ -373,7 +373,7 @@ async fn check_head(state: &AppState, session: &mut Session) -> std::result::Res
     Ok(EditHead { boundary, declared_len })
 }
 
-/// The image-edit request, as the chain the README names: auth → parse → route → (per
+/// The image-edit request, as the chain docs/architecture.md names: auth → parse → route → (per
 /// candidate) admit → translate → exchange → convert; account runs in `logging`.
 async fn image_edit(
     state: &AppState,

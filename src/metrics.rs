@@ -205,6 +205,17 @@ pub const REFUSALS: [(&str, &str); 7] = [
     ("provider_key", "images"),
 ];
 
+/// The `reason` values of `refract_rejected_requests_total` for a failure of the provider
+/// (after retries and fallbacks), created at zero at startup so that an alert can read them.
+pub const UPSTREAM_ERROR_REASONS: [&str; 6] = [
+    "upstream_connect_error",
+    "upstream_timeout",
+    "upstream_protocol_error",
+    "provider_keys_disabled",
+    "provider_busy",
+    "provider_error",
+];
+
 /// The `policy` label values of `refract_governance_store_errors_total`.
 pub const STORE_ERROR_POLICIES: [&str; 2] = ["fail_open", "fail_closed"];
 
@@ -277,6 +288,9 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        for reason in UPSTREAM_ERROR_REASONS {
+            rejected.with_label_values(&[reason]);
+        }
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -1220,6 +1234,44 @@ providers:
             let line = format!(r#"refract_config_reloads_total{{result="{result}"}} 0"#);
             assert!(has_line(&text, &line), "{line} missing from:\n{text}");
         }
+        for reason in UPSTREAM_ERROR_REASONS {
+            let line = format!(r#"refract_rejected_requests_total{{reason="{reason}"}} 0"#);
+            assert!(has_line(&text, &line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_upstream_error_reasons_are_the_errors_codes() {
+        use crate::error::GatewayError;
+        let provider = || "p".to_string();
+        let errors = [
+            GatewayError::UpstreamConnect {
+                provider: provider(),
+                detail: "d".into(),
+            },
+            GatewayError::UpstreamTimeout {
+                provider: provider(),
+                kind: TimeoutKind::Idle,
+                detail: "d".into(),
+            },
+            GatewayError::UpstreamProtocol {
+                provider: provider(),
+                detail: "d".into(),
+            },
+            GatewayError::KeysDisabled { provider: provider() },
+            GatewayError::ProviderBusy {
+                provider: provider(),
+                max_connections: 1,
+                queue_timeout_ms: 1,
+            },
+            GatewayError::Provider {
+                provider: provider(),
+                status: 502,
+                error: Default::default(),
+            },
+        ];
+        let codes: Vec<&str> = errors.iter().map(GatewayError::code).collect();
+        assert_eq!(codes, UPSTREAM_ERROR_REASONS);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Metrics {
     response_bytes: IntCounterVec,
     in_flight: IntGauge,
     rejected: IntCounterVec,
+    /// `refract_request_outcomes_total{provider,outcome}` ([`crate::access::Outcome`]).
+    outcomes: IntCounterVec,
     fallbacks: IntCounterVec,
     retries: IntCounterVec,
     circuit_open: IntGaugeVec,
@@ -205,6 +207,14 @@ impl Metrics {
             &["from", "to"],
         )?;
         registry.register(Box::new(rejected.clone()))?;
+        let outcomes = IntCounterVec::new(
+            Opts::new(
+                "refract_request_outcomes_total",
+                "Requests by provider and how they ended (ok, client_error, provider_error, stream_error, client_gone, timeout, gateway_error).",
+            ),
+            &["provider", "outcome"],
+        )?;
+        registry.register(Box::new(outcomes.clone()))?;
         registry.register(Box::new(fallbacks.clone()))?;
         let retries = IntCounterVec::new(
             Opts::new(
@@ -337,6 +347,7 @@ impl Metrics {
             response_bytes,
             in_flight,
             rejected,
+            outcomes,
             fallbacks,
             retries,
             circuit_open,
@@ -496,6 +507,22 @@ impl Metrics {
             .inc_by(u64::from(cost.images));
         if cost.unpriced {
             self.unpriced.with_label_values(&[provider]).inc();
+        }
+    }
+
+    /// A request ended with `outcome` (an [`crate::access::Outcome`] name); `provider` is the
+    /// serving (or last tried) provider, `none` before one was chosen. With `provider` and no
+    /// `outcome`: every outcome's series of that provider is created at zero (at startup and
+    /// for providers a reload adds).
+    pub fn request_outcome(&self, provider: Option<&str>, outcome: Option<&str>) {
+        let provider = provider.unwrap_or("none");
+        match outcome {
+            Some(outcome) => self.outcomes.with_label_values(&[provider, outcome]).inc(),
+            None => {
+                for outcome in crate::access::Outcome::ALL {
+                    let _ = self.outcomes.with_label_values(&[provider, outcome.as_str()]);
+                }
+            }
         }
     }
 

@@ -92,6 +92,7 @@ impl Live {
                 "config reload: {setting} changed; it takes effect only on a restart or upgrade (refract --upgrade, then SIGQUIT to this process); the rest of the config is reloaded"
             );
         }
+        crate::telemetry::apply_log(&config.log);
         let state = state_for(config, &self.lasting);
         self.current.store(Arc::new(state));
         self.lasting.metrics.config_loaded(hash, SystemTime::now());
@@ -147,6 +148,9 @@ fn state_for(config: Config, lasting: &Lasting) -> AppState {
     for (provider, key) in &update.added {
         lasting.metrics.circuit(provider, key, false);
     }
+    for p in &config.providers {
+        lasting.metrics.request_outcome(Some(&p.name), None);
+    }
     let governance = crate::governance::Governance::new(
         &config,
         lasting.governance.clone(),
@@ -189,6 +193,8 @@ pub fn restart_only_changes(running: &Config, next: &Config) -> Vec<&'static str
         ("store", a.store != b.store),
         ("objects", a.objects != b.objects),
         ("jobs.workers", a.jobs.workers != b.jobs.workers),
+        ("log.format", a.log.format != b.log.format),
+        ("tracing", a.tracing != b.tracing),
         ("limits.head_timeout_ms", la.head_timeout != lb.head_timeout),
         ("limits.max_head_bytes", la.max_head_bytes != lb.max_head_bytes),
         (

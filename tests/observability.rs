@@ -514,3 +514,45 @@ fn spans_follow_the_clients_traceparent_to_the_provider() {
     let unsampled = upstream[1].header("traceparent");
     assert!(unsampled.as_deref().is_none_or(|t| t.ends_with("-00")), "{unsampled:?}");
 }
+
+#[test]
+fn a_reload_applies_a_changed_log_filter() {
+    let primary = MockUpstream::start();
+    let up = (primary.base_url(), primary.base_url());
+    let gw = Refract::start(|l, m, d| yaml(l, m, d, (&up.0, &up.1), ""), &[("RUST_LOG", "")]);
+    let probe = |id: &str| {
+        let h = Gateway::call(gw.addr, "GET", "/health", &[("x-request-id", id)]);
+        assert_eq!(h.status, 200);
+    };
+    probe("probe-before");
+    // The same config, with health probes shown: SIGHUP reloads it.
+    let path = gw.dir.path().join("refract.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace(
+        "providers:\n",
+        "log:\n  filters:\n    refract::access: debug\nproviders:\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-HUP", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.log().contains("config reloaded from") {
+        assert!(Instant::now() < deadline, "no reload:\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    probe("probe-after");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = gw.log();
+        if let Some(line) = log.lines().find(|l| l.contains("request_id=probe-after ")) {
+            assert!(line.contains(" DEBUG refract::access: "), "{line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no debug record after the reload:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!gw.log().contains("probe-before"), "{}", gw.log());
+}

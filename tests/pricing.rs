@@ -191,5 +191,5 @@ fn the_access_log_has_the_cost() {
     };
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(line.contains(" cost_usd=0.06 "), "{line}");
+    assert!(line.ends_with(" cost_usd=0.06"), "{line}");
 }

@@ -77,8 +77,7 @@ pub fn init(log: &LogSettings, tracing: Option<&TracingSettings>) -> Result<Tele
         None => EnvFilter::new(log.directives()),
     };
     let (filter, handle) = reload::Layer::new(filter);
-    // Events only: the log layer never records (nor formats) a span.
-    let events_only = filter.and(filter_fn(|m| m.is_event()));
+    let events_only = filter.and(events_only());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let log_layer: Box<dyn Layer<Registry> + Send + Sync> = match log.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
@@ -119,6 +118,14 @@ pub fn init(log: &LogSettings, tracing: Option<&TracingSettings>) -> Result<Tele
         let _ = LOG_FILTER.set(handle);
     }
     Ok(Telemetry { provider, runtime })
+}
+
+/// The log layer's second filter: events only, so that it never records (nor formats) a
+/// span. Its level hint is "any": the combined filter's hint is then the level filter's own,
+/// and `log::` records above that level are dropped before they reach the subscriber.
+fn events_only() -> tracing_subscriber::filter::FilterFn<fn(&tracing::Metadata<'_>) -> bool> {
+    let events: fn(&tracing::Metadata<'_>) -> bool = |m| m.is_event();
+    filter_fn(events).with_max_level_hint(LevelFilter::TRACE)
 }
 
 /// `log::` records below the subscriber's most verbose level are dropped before they reach
@@ -330,6 +337,13 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_filter_keeps_the_levels_hint() {
+        use tracing_subscriber::layer::Filter;
+        let filter = EnvFilter::new("info,pingora_core=warn").and(events_only());
+        assert_eq!(Filter::<Registry>::max_level_hint(&filter), Some(LevelFilter::INFO));
+    }
 
     #[test]
     fn summary_counts_providers_by_kind_and_names_the_stores() {

@@ -260,8 +260,16 @@ fn json_access_records_field_by_field_and_no_secret() {
         1.0
     );
 
-    // Every line is JSON; no secret and no prompt anywhere.
+    // Scrapes at debug too (the metrics text was read above).
     let log = gw.log();
+    let scrape = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["target"] == "refract::access" && v["message"] == "metrics scrape GET /metrics")
+        .unwrap_or_else(|| panic!("no scrape record:\n{log}"));
+    assert_eq!(scrape["level"], "DEBUG");
+
+    // Every line is JSON; no secret and no prompt anywhere.
     for line in log.lines() {
         assert!(serde_json::from_str::<Value>(line).is_ok(), "not a JSON line: {line}");
     }

@@ -149,14 +149,111 @@ pub struct RequestRecord<'a> {
     pub cost: Option<crate::pricing::AnswerCost>,
 }
 
+/// The latency histograms' buckets (seconds): up to 900 s, past the default timeouts (180 s to
+/// the first byte, 600 s per attempt). [`latency_buckets`] adds one for a longer configured timeout.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0,
+    300.0, 600.0, 900.0,
+];
+
+/// The buckets of `refract_request_duration_seconds` and `refract_upstream_duration_seconds`:
+/// [`LATENCY_BUCKETS`], and `ceiling` (whole seconds, rounded up) when it is past their last.
+pub fn latency_buckets(ceiling: Duration) -> Vec<f64> {
+    let mut buckets = LATENCY_BUCKETS.to_vec();
+    let ceiling = ceiling.as_secs_f64().ceil();
+    if buckets.last().is_some_and(|last| ceiling > *last) {
+        buckets.push(ceiling);
+    }
+    buckets
+}
+
+/// The longest wait `config` allows in one request's life: the largest of every provider's
+/// timeouts (connect, first byte, idle, total, poll) and the client upload's
+/// (`limits.upload_timeout_ms`, `limits.body_read_timeout_ms`). The latency buckets reach it.
+pub fn largest_timeout(config: &crate::config::Config) -> Duration {
+    let limits = [config.limits.upload_timeout, config.limits.body_read_timeout];
+    config
+        .providers
+        .iter()
+        .flat_map(|p| {
+            let t = p.timeouts;
+            [t.connect, t.first_byte, t.idle, t.total, p.options.poll_timeout]
+        })
+        .chain(limits)
+        .max()
+        .unwrap_or_default()
+}
+
+/// The `reason` label values of `refract_retries_total` (what
+/// [`crate::server::gateway::retry_reason`] returns).
+pub const RETRY_REASONS: [&str; 6] = [
+    "connect_error",
+    "timeout",
+    "protocol_error",
+    "rate_limited",
+    "auth",
+    "server_error",
+];
+
+/// The `scope` and `limit` label pairs of `refract_governance_refusals_total` that can occur:
+/// a virtual key's budget and rate limits, a team's budget, a provider key's quota.
+pub const REFUSALS: [(&str, &str); 7] = [
+    ("virtual_key", "budget"),
+    ("virtual_key", "requests"),
+    ("virtual_key", "images"),
+    ("virtual_key", "concurrent"),
+    ("team", "budget"),
+    ("provider_key", "requests"),
+    ("provider_key", "images"),
+];
+
+/// The `reason` values of `refract_rejected_requests_total` for a failure of the provider
+/// (after retries and fallbacks), created at zero at startup so that an alert can read them.
+pub const UPSTREAM_ERROR_REASONS: [&str; 6] = [
+    "upstream_connect_error",
+    "upstream_timeout",
+    "upstream_protocol_error",
+    "provider_keys_disabled",
+    "provider_busy",
+    "provider_error",
+];
+
+/// The `policy` label values of `refract_governance_store_errors_total`.
+pub const STORE_ERROR_POLICIES: [&str; 2] = ["fail_open", "fail_closed"];
+
+/// The labels of `refract_build_info`: the crate's version, the commit (`REFRACT_COMMIT` in
+/// the build's environment, e.g. `REFRACT_COMMIT=$(git rev-parse --short HEAD) cargo build`;
+/// `unknown` without it) and the cargo profile (`debug` or `release`).
+pub const BUILD_INFO: [(&str, &str); 3] = [
+    ("version", env!("CARGO_PKG_VERSION")),
+    (
+        "commit",
+        match option_env!("REFRACT_COMMIT") {
+            Some(commit) => commit,
+            None => "unknown",
+        },
+    ),
+    ("profile", if cfg!(debug_assertions) { "debug" } else { "release" }),
 ];
 
 impl Metrics {
-    /// Registers every metric in a fresh registry.
+    /// Registers every metric in a fresh registry, with the latency buckets of the default
+    /// timeouts ([`LATENCY_BUCKETS`]).
     pub fn new() -> Result<Self, prometheus::Error> {
+        Self::with_latency_ceiling(Duration::ZERO)
+    }
+
+    /// [`Metrics::new`] for the gateway built from `config`: the latency buckets reach its
+    /// [`largest_timeout`] (fixed for the process's life: a reload does not change them).
+    pub fn for_config(config: &crate::config::Config) -> Result<Self, prometheus::Error> {
+        Self::with_latency_ceiling(largest_timeout(config))
+    }
+
+    /// Registers every metric in a fresh registry; the latency histograms' buckets reach
+    /// `ceiling` ([`latency_buckets`]).
+    fn with_latency_ceiling(ceiling: Duration) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
+        register_build_and_process(&registry)?;
         let requests = IntCounterVec::new(
             Opts::new(
                 "refract_requests_total",
@@ -166,12 +263,12 @@ impl Metrics {
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new("refract_request_duration_seconds", "End-to-end request latency.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+                .buckets(latency_buckets(ceiling)),
             &["provider"],
         )?;
         let upstream_duration = HistogramVec::new(
             HistogramOpts::new("refract_upstream_duration_seconds", "Time spent in upstream exchanges.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+                .buckets(latency_buckets(ceiling)),
             &["provider"],
         )?;
         let request_bytes = IntCounterVec::new(
@@ -193,6 +290,9 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        for reason in UPSTREAM_ERROR_REASONS {
+            rejected.with_label_values(&[reason]);
+        }
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -364,6 +464,52 @@ impl Metrics {
         })
     }
 
+    /// Creates at zero every labelled series named after what `config` configures, so that
+    /// alerts and dashboards find them before the first event. For each provider: the latency
+    /// histograms, the byte, cost and unpriced-answer counters, retries by every reason, upstream
+    /// timeouts by kind (`poll` only for the asynchronous kinds, which poll), and fallbacks
+    /// between the candidates of its model rules' chains; each budget's limit
+    /// ([`GovernanceMetrics::budget_limits`]). Runs when a config is loaded (startup and each
+    /// reload, off the request path); the series of a provider a reload removed stay at their
+    /// values. (Circuit gauges, upstream slots and queue refusals are created where their state
+    /// is: [`Metrics::circuit`], [`Metrics::upstream_slots`].)
+    pub fn config_series(&self, config: &crate::config::Config) {
+        const KINDS: [TimeoutKind; 5] = [
+            TimeoutKind::Connect,
+            TimeoutKind::FirstByte,
+            TimeoutKind::Idle,
+            TimeoutKind::Total,
+            TimeoutKind::Poll,
+        ];
+        for p in &config.providers {
+            let name = p.name.as_str();
+            self.duration.with_label_values(&[name]);
+            self.upstream_duration.with_label_values(&[name]);
+            self.request_bytes.with_label_values(&[name]);
+            self.response_bytes.with_label_values(&[name]);
+            self.cost_usd.with_label_values(&[name]);
+            self.unpriced.with_label_values(&[name]);
+            for reason in RETRY_REASONS {
+                self.retries.with_label_values(&[name, reason]);
+            }
+            let polls = !p.options.poll_interval.is_zero();
+            for kind in KINDS.into_iter().filter(|k| polls || *k != TimeoutKind::Poll) {
+                self.timeouts.with_label_values(&[name, kind.as_str()]);
+            }
+            for rule in &p.options.models {
+                let chain: Vec<&str> = std::iter::once(name)
+                    .chain(rule.fallbacks.iter().map(|f| f.provider.as_str()))
+                    .collect();
+                for (i, from) in chain.iter().enumerate() {
+                    for to in chain.iter().skip(i + 1) {
+                        self.fallbacks.with_label_values(&[from, to]);
+                    }
+                }
+            }
+        }
+        self.governance.budget_limits(config);
+    }
+
     /// A request moved on to a fallback candidate, counted when that candidate's attempt
     /// starts. Both names are configured provider names (bounded labels).
     pub fn fallback(&self, from: &str, to: &str) {
@@ -532,6 +678,25 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+}
+
+/// Registers `refract_build_info` (1, labelled with [`BUILD_INFO`]) and, on Linux, the
+/// process collector (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, `process_max_fds`, `process_virtual_memory_bytes`,
+/// `process_start_time_seconds`, `process_threads`), read from `/proc` at each scrape.
+fn register_build_and_process(registry: &Registry) -> Result<(), prometheus::Error> {
+    let build_info = IntGaugeVec::new(
+        Opts::new(
+            "refract_build_info",
+            "1, labelled with the running binary's version, commit (unknown unless REFRACT_COMMIT was set at build time) and cargo profile.",
+        ),
+        &BUILD_INFO.map(|(name, _)| name),
+    )?;
+    build_info.with_label_values(&BUILD_INFO.map(|(_, value)| value)).set(1);
+    registry.register(Box::new(build_info))?;
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    Ok(())
 }
 
 /// Why the gateway closed a client connection: the `reason` label of
@@ -848,6 +1013,7 @@ pub struct GovernanceMetrics {
     refusals: IntCounterVec,
     spend: CounterVec,
     remaining: GaugeVec,
+    limits: GaugeVec,
     store_errors: IntCounterVec,
 }
 
@@ -881,14 +1047,29 @@ impl GovernanceMetrics {
             ),
             &["policy"],
         )?;
+        let limits = GaugeVec::new(
+            Opts::new(
+                "refract_budget_limit_usd",
+                "A configured budget's limit per period (max_usd), by scope (virtual_key, team) and id; set when the config is loaded.",
+            ),
+            &["scope", "id"],
+        )?;
+        for (scope, limit) in REFUSALS {
+            refusals.with_label_values(&[scope, limit]);
+        }
+        for policy in STORE_ERROR_POLICIES {
+            store_errors.with_label_values(&[policy]);
+        }
         registry.register(Box::new(refusals.clone()))?;
         registry.register(Box::new(spend.clone()))?;
         registry.register(Box::new(remaining.clone()))?;
+        registry.register(Box::new(limits.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
         Ok(GovernanceMetrics {
             refusals,
             spend,
             remaining,
+            limits,
             store_errors,
         })
     }
@@ -910,6 +1091,21 @@ impl GovernanceMetrics {
         self.remaining
             .with_label_values(&[scope, id])
             .set(micros as f64 / crate::pricing::MICROS_PER_USD as f64);
+    }
+
+    /// Sets `refract_budget_limit_usd` to the budgets `config` configures (virtual keys' and
+    /// teams'), dropping those of budgets it no longer has: runs when a config is loaded.
+    pub fn budget_limits(&self, config: &crate::config::Config) {
+        self.limits.reset();
+        let keys = config.virtual_keys.iter().map(|k| ("virtual_key", &k.id, &k.budget));
+        let teams = config.governance.teams.iter().map(|t| ("team", &t.id, &t.budget));
+        for (scope, id, budget) in keys.chain(teams) {
+            if let Some(budget) = budget {
+                self.limits
+                    .with_label_values(&[scope, id.as_str()])
+                    .set(budget.max as f64 / crate::pricing::MICROS_PER_USD as f64);
+            }
+        }
     }
 
     /// Counts a failed call to the store, under `policy` (`fail_open`, `fail_closed`).
@@ -944,6 +1140,212 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }
         assert!(!text.contains(r#"status="302""#), "{text}");
+    }
+
+    fn has_line(text: &str, line: &str) -> bool {
+        text.lines().any(|l| l == line)
+    }
+
+    const CONFIG: &str = "
+virtual_keys:
+  - {id: app, key: k1, team: design, budget: {max_usd: '5.5', period: 1d}}
+  - {id: free, key: k2}
+teams:
+  - {id: design, budget: {max_usd: 200, period: 1M}}
+providers:
+  - name: main
+    kind: openai
+    base_url: http://127.0.0.1:1/v1
+    total_timeout_ms: 1200000
+    keys: [{name: k, value: v}]
+    model_rules:
+      - {match: '*', fallbacks: [spare/m, poller/m]}
+  - name: spare
+    kind: openai
+    base_url: http://127.0.0.1:1/v1
+    keys: [{name: k, value: v}]
+  - name: poller
+    kind: bfl
+    base_url: http://127.0.0.1:1
+    keys: [{name: k, value: v}]
+";
+
+    fn config(text: &str) -> crate::config::Config {
+        crate::config::from_yaml_str(text).unwrap()
+    }
+
+    #[test]
+    fn configured_series_exist_at_zero_before_any_event() {
+        let m = Metrics::new().unwrap();
+        m.config_series(&config(CONFIG));
+        let text = String::from_utf8(m.encode()).unwrap();
+        for provider in ["main", "spare", "poller"] {
+            for reason in RETRY_REASONS {
+                let line = format!(r#"refract_retries_total{{provider="{provider}",reason="{reason}"}} 0"#);
+                assert!(has_line(&text, &line), "{line} missing from:\n{text}");
+            }
+            for kind in ["connect", "first_byte", "idle", "total"] {
+                let line = format!(r#"refract_upstream_timeouts_total{{kind="{kind}",provider="{provider}"}} 0"#);
+                assert!(has_line(&text, &line), "{line} missing from:\n{text}");
+            }
+            for line in [
+                format!(r#"refract_request_duration_seconds_count{{provider="{provider}"}} 0"#),
+                format!(r#"refract_upstream_duration_seconds_count{{provider="{provider}"}} 0"#),
+                format!(r#"refract_cost_usd_total{{provider="{provider}"}} 0"#),
+                format!(r#"refract_unpriced_answers_total{{provider="{provider}"}} 0"#),
+                format!(r#"refract_request_bytes_total{{provider="{provider}"}} 0"#),
+                format!(r#"refract_response_bytes_total{{provider="{provider}"}} 0"#),
+            ] {
+                assert!(has_line(&text, &line), "{line} missing from:\n{text}");
+            }
+        }
+        // Only the asynchronous kind polls.
+        assert!(has_line(
+            &text,
+            r#"refract_upstream_timeouts_total{kind="poll",provider="poller"} 0"#
+        ));
+        assert!(!text.contains(r#"refract_upstream_timeouts_total{kind="poll",provider="main"}"#));
+        // Every step of the chain main → spare → poller (a skipped candidate makes main → poller).
+        for (from, to) in [("main", "spare"), ("main", "poller"), ("spare", "poller")] {
+            let line = format!(r#"refract_fallbacks_total{{from="{from}",to="{to}"}} 0"#);
+            assert!(has_line(&text, &line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains(r#"refract_fallbacks_total{from="spare",to="main"}"#));
+        assert!(
+            has_line(&text, r#"refract_budget_limit_usd{id="app",scope="virtual_key"} 5.5"#),
+            "{text}"
+        );
+        assert!(
+            has_line(&text, r#"refract_budget_limit_usd{id="design",scope="team"} 200"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"id="free""#), "{text}");
+    }
+
+    #[test]
+    fn a_reload_replaces_the_budget_limits() {
+        let m = Metrics::new().unwrap();
+        m.config_series(&config(CONFIG));
+        m.config_series(&config(
+            "virtual_keys: [{id: other, key: k1, budget: {max_usd: 1, period: 1d}}]\nproviders: [{name: added, kind: openai, base_url: 'http://127.0.0.1:1/v1', keys: [{name: k, value: v}]}]\n",
+        ));
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(
+            has_line(&text, r#"refract_budget_limit_usd{id="other",scope="virtual_key"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"id="app""#), "{text}");
+        assert!(!text.contains(r#"id="design""#), "{text}");
+        assert!(
+            has_line(
+                &text,
+                r#"refract_retries_total{provider="added",reason="server_error"} 0"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn fixed_series_exist_from_startup() {
+        let m = Metrics::new().unwrap();
+        let text = String::from_utf8(m.encode()).unwrap();
+        for (scope, limit) in REFUSALS {
+            let line = format!(r#"refract_governance_refusals_total{{limit="{limit}",scope="{scope}"}} 0"#);
+            assert!(has_line(&text, &line), "{line} missing from:\n{text}");
+        }
+        for policy in STORE_ERROR_POLICIES {
+            let line = format!(r#"refract_governance_store_errors_total{{policy="{policy}"}} 0"#);
+            assert!(has_line(&text, &line), "{line} missing from:\n{text}");
+        }
+        for result in ["ok", "error"] {
+            let line = format!(r#"refract_config_reloads_total{{result="{result}"}} 0"#);
+            assert!(has_line(&text, &line), "{line} missing from:\n{text}");
+        }
+        for reason in UPSTREAM_ERROR_REASONS {
+            let line = format!(r#"refract_rejected_requests_total{{reason="{reason}"}} 0"#);
+            assert!(has_line(&text, &line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_upstream_error_reasons_are_the_errors_codes() {
+        use crate::error::GatewayError;
+        let provider = || "p".to_string();
+        let errors = [
+            GatewayError::UpstreamConnect {
+                provider: provider(),
+                detail: "d".into(),
+            },
+            GatewayError::UpstreamTimeout {
+                provider: provider(),
+                kind: TimeoutKind::Idle,
+                detail: "d".into(),
+            },
+            GatewayError::UpstreamProtocol {
+                provider: provider(),
+                detail: "d".into(),
+            },
+            GatewayError::KeysDisabled { provider: provider() },
+            GatewayError::ProviderBusy {
+                provider: provider(),
+                max_connections: 1,
+                queue_timeout_ms: 1,
+            },
+            GatewayError::Provider {
+                provider: provider(),
+                status: 502,
+                error: Default::default(),
+            },
+        ];
+        let codes: Vec<&str> = errors.iter().map(GatewayError::code).collect();
+        assert_eq!(codes, UPSTREAM_ERROR_REASONS);
+    }
+
+    #[test]
+    fn build_info_and_process_metrics_are_exported() {
+        let m = Metrics::new().unwrap();
+        let text = String::from_utf8(m.encode()).unwrap();
+        let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+        let line = format!(
+            r#"refract_build_info{{commit="{}",profile="{profile}",version="{}"}} 1"#,
+            option_env!("REFRACT_COMMIT").unwrap_or("unknown"),
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(has_line(&text, &line), "{line} missing from:\n{text}");
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{name} "))),
+                "{name} missing from:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn latency_buckets_reach_the_largest_timeout() {
+        // The default timeouts (600 s the longest) fit the fixed buckets.
+        let defaults = config(
+            "providers: [{name: p, kind: openai, base_url: 'http://127.0.0.1:1/v1', keys: [{name: k, value: v}]}]\n",
+        );
+        assert_eq!(largest_timeout(&defaults), Duration::from_secs(600));
+        assert_eq!(latency_buckets(largest_timeout(&defaults)), LATENCY_BUCKETS.to_vec());
+        assert_eq!(LATENCY_BUCKETS.last(), Some(&900.0));
+        // A longer one gets a bucket of its own (rounded up to a whole second).
+        let long = config(CONFIG);
+        assert_eq!(largest_timeout(&long), Duration::from_secs(1200));
+        assert_eq!(latency_buckets(Duration::from_millis(1_200_500)).last(), Some(&1201.0));
+        let m = Metrics::for_config(&long).unwrap();
+        m.config_series(&long);
+        let text = String::from_utf8(m.encode()).unwrap();
+        for histogram in ["refract_request_duration_seconds", "refract_upstream_duration_seconds"] {
+            for le in ["180", "600", "900", "1200"] {
+                let line = format!(r#"{histogram}_bucket{{provider="main",le="{le}"}} 0"#);
+                assert!(has_line(&text, &line), "{line} missing from:\n{text}");
+            }
+        }
     }
 
     #[test]

@@ -317,7 +317,7 @@ fn assemble(
     )?);
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
-    let metrics = Arc::new(Metrics::new()?);
+    let metrics = Arc::new(Metrics::for_config(&config)?);
     let lasting = reload::Lasting {
         connector: Arc::new(Connector::new(Some(ConnectorOptions::from_server_conf(
             &server.configuration,

@@ -134,8 +134,10 @@ pub(super) fn value_hash(config: &Config) -> String {
 
 /// One config's [`AppState`], with the process-lifetime parts carried over; the circuit gauge
 /// of every key newly tracked is created (closed, or as its circuit stands) and those of keys
-/// no longer tracked removed.
+/// no longer tracked removed; the config's other series are created at zero
+/// ([`Metrics::config_series`]).
 fn state_for(config: Config, lasting: &Lasting) -> AppState {
+    lasting.metrics.config_series(&config);
     let tracked = config
         .providers
         .iter()

@@ -239,6 +239,15 @@ pub fn metric_in(text: &str, series: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().expect("a metric value"))
 }
 
+/// The series of the metrics text `text` that start with `prefix` (e.g.
+/// `refract_retries_total{`) and are not zero: what was counted (series exist at zero from
+/// startup for every configured provider).
+pub fn counted_series<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l.rsplit_once(' ').is_none_or(|(_, v)| v != "0"))
+        .collect()
+}
+
 /// A gateway running in this process; dropping it stops it.
 pub struct Gateway {
     /// The client listener.

@@ -221,6 +221,31 @@ mod tests {
     }
 
     #[test]
+    fn every_retry_reason_has_a_series_from_startup() {
+        let errors = [
+            GatewayError::UpstreamConnect {
+                provider: "p".into(),
+                detail: "d".into(),
+            },
+            GatewayError::UpstreamTimeout {
+                provider: "p".into(),
+                kind: crate::error::TimeoutKind::Total,
+                detail: "d".into(),
+            },
+            GatewayError::UpstreamProtocol {
+                provider: "p".into(),
+                detail: "d".into(),
+            },
+        ];
+        let statuses = (400..600).map(provider);
+        for e in errors.into_iter().chain(statuses) {
+            if let Some(reason) = retry_reason(&e) {
+                assert!(crate::metrics::RETRY_REASONS.contains(&reason), "{reason} ({e})");
+            }
+        }
+    }
+
+    #[test]
     fn retry_after_is_honoured_up_to_the_cap() {
         let asked = Duration::from_secs(2);
         assert!(matches!(

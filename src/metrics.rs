@@ -492,6 +492,9 @@ impl Metrics {
             for reason in RETRY_REASONS {
                 self.retries.with_label_values(&[name, reason]);
             }
+            for outcome in crate::access::Outcome::ALL {
+                self.outcomes.with_label_values(&[name, outcome.as_str()]);
+            }
             let polls = !p.options.poll_interval.is_zero();
             for kind in KINDS.into_iter().filter(|k| polls || *k != TimeoutKind::Poll) {
                 self.timeouts.with_label_values(&[name, kind.as_str()]);
@@ -657,19 +660,11 @@ impl Metrics {
     }
 
     /// A request ended with `outcome` (an [`crate::access::Outcome`] name); `provider` is the
-    /// serving (or last tried) provider, `none` before one was chosen. With `provider` and no
-    /// `outcome`: every outcome's series of that provider is created at zero (at startup and
-    /// for providers a reload adds).
-    pub fn request_outcome(&self, provider: Option<&str>, outcome: Option<&str>) {
-        let provider = provider.unwrap_or("none");
-        match outcome {
-            Some(outcome) => self.outcomes.with_label_values(&[provider, outcome]).inc(),
-            None => {
-                for outcome in crate::access::Outcome::ALL {
-                    let _ = self.outcomes.with_label_values(&[provider, outcome.as_str()]);
-                }
-            }
-        }
+    /// serving (or last tried) provider, `none` before one was chosen.
+    pub fn request_outcome(&self, provider: Option<&str>, outcome: &str) {
+        self.outcomes
+            .with_label_values(&[provider.unwrap_or("none"), outcome])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -150,9 +150,6 @@ fn state_for(config: Config, lasting: &Lasting) -> AppState {
     for (provider, key) in &update.added {
         lasting.metrics.circuit(provider, key, false);
     }
-    for p in &config.providers {
-        lasting.metrics.request_outcome(Some(&p.name), None);
-    }
     let governance = crate::governance::Governance::new(
         &config,
         lasting.governance.clone(),

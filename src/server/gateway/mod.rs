@@ -597,8 +597,7 @@ impl ProxyHttp for Gateway {
                 response_bytes: ctx.response_bytes,
                 cost: ctx.cost,
             });
-            self.metrics
-                .request_outcome(ctx.provider.as_deref(), Some(outcome.as_str()));
+            self.metrics.request_outcome(ctx.provider.as_deref(), outcome.as_str());
             ctx.span.record("status", ctx.status);
             ctx.span.record("outcome", outcome.as_str());
         }

@@ -23,6 +23,27 @@ use std::time::{Duration, Instant};
 /// The prompt of every edit here: it must never be logged.
 const PROMPT: &str = "paint-the-PROMPT-TEXT-secretly";
 
+/// The access record's fields, in order (the contract).
+const ACCESS_FIELDS: [&str; 17] = [
+    "request_id",
+    "virtual_key",
+    "method",
+    "route",
+    "provider",
+    "model",
+    "status",
+    "outcome",
+    "stream",
+    "attempts",
+    "fallback",
+    "upstream_ms",
+    "total_ms",
+    "bytes_in",
+    "bytes_out",
+    "images",
+    "cost_usd",
+];
+
 /// A config over `primary` (provider `openai`, no retries), `backup` (provider `backup`) and the
 /// built-in simulator (provider `demo`), with JSON logs and the `extra` sections.
 fn yaml(listen: SocketAddr, metrics: SocketAddr, dir: &std::path::Path, up: (&str, &str), extra: &str) -> String {
@@ -105,28 +126,9 @@ fn access_record(gw: &Refract, request_id: &str) -> Value {
 
 /// Checks `record` has every field of the contract, in order, and the values of `expected`.
 fn check_record(record: &Value, expected: &Value) {
-    const FIELDS: [&str; 17] = [
-        "request_id",
-        "virtual_key",
-        "method",
-        "route",
-        "provider",
-        "model",
-        "status",
-        "outcome",
-        "stream",
-        "attempts",
-        "fallback",
-        "upstream_ms",
-        "total_ms",
-        "bytes_in",
-        "bytes_out",
-        "images",
-        "cost_usd",
-    ];
     let keys: Vec<&str> = record.as_object().unwrap().keys().map(String::as_str).collect();
-    let order: Vec<&str> = keys.iter().copied().filter(|k| FIELDS.contains(k)).collect();
-    assert_eq!(order, FIELDS, "{record}");
+    let order: Vec<&str> = keys.iter().copied().filter(|k| ACCESS_FIELDS.contains(k)).collect();
+    assert_eq!(order, ACCESS_FIELDS, "{record}");
     assert_eq!(record["level"], "INFO", "{record}");
     for (k, v) in expected.as_object().unwrap() {
         assert_eq!(&record[k], v, "field {k} of {record}");
@@ -311,29 +313,7 @@ fn text_access_lines_and_health_hidden_at_info() {
     assert!(line.contains(" INFO refract::access: "), "{line}");
     let fields = line.split("refract::access: ").nth(1).unwrap();
     let keys: Vec<&str> = fields.split(' ').map(|kv| kv.split('=').next().unwrap()).collect();
-    assert_eq!(
-        keys,
-        [
-            "request_id",
-            "virtual_key",
-            "method",
-            "route",
-            "provider",
-            "model",
-            "status",
-            "outcome",
-            "stream",
-            "attempts",
-            "fallback",
-            "upstream_ms",
-            "total_ms",
-            "bytes_in",
-            "bytes_out",
-            "images",
-            "cost_usd"
-        ],
-        "{line}"
-    );
+    assert_eq!(keys, ACCESS_FIELDS, "{line}");
     assert!(fields.starts_with("request_id=req-text virtual_key=team-a method=POST route=/v1/images/edits provider=openai model=gpt-image-1 status=200 outcome=ok stream=- attempts=1 fallback=0 "), "{line}");
     // The startup summary, in text too.
     assert!(gw.log().contains("refract starting"), "{}", gw.log());

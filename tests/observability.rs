@@ -262,6 +262,23 @@ fn json_access_records_field_by_field_and_no_secret() {
         1.0
     );
 
+    // An async job's submission: its key id too.
+    let f = form("backup/gpt-image-1");
+    let mut c = Conn::open(gw.addr);
+    c.send(&post_head(
+        "/v1/async/images/edits",
+        &[("x-bf-vk", VK), ("x-request-id", "req-job")],
+        &f,
+        None,
+    ));
+    c.send(&f.body());
+    let r = c.read_response();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let rec = access_record(&gw, "req-job");
+    assert_eq!(rec["virtual_key"], "team-a", "{rec}");
+    assert_eq!(rec["status"], 202, "{rec}");
+    assert_eq!(rec["outcome"], "ok", "{rec}");
+
     // Scrapes at debug too (the metrics text was read above).
     let log = gw.log();
     let scrape = log

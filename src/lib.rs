@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod admission;
 pub mod auth;
 pub mod codec;
@@ -27,3 +28,4 @@ pub mod simulator;
 pub mod spec;
 pub mod spool;
 pub mod state;
+pub mod telemetry;

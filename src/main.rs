@@ -97,7 +97,17 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     refract::server::transparent_huge_pages(config.simulator.is_none());
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let telemetry = match refract::telemetry::init(&config.log, config.tracing.as_ref()) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("refract: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.daemon && config.tracing.is_some() {
+        log::warn!("tracing: spans are not exported with --daemon (the exporter's threads do not survive the fork); run in the foreground (systemd) to export them");
+    }
+    refract::telemetry::Summary::of(&config).log();
     let opt = pingora::server::configuration::Opt {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
@@ -109,13 +119,19 @@ fn main() -> ExitCode {
         sha256: hash,
         watch: cli.watch.map(|ms| std::time::Duration::from_millis(ms.max(10))),
     };
-    match refract::server::build_from_file(config, file, Some(opt)) {
-        Ok(server) => refract::server::run_forever(server),
+    let code = match refract::server::build_from_file(config, file, Some(opt)) {
+        Ok(server) => {
+            refract::server::run(server);
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("refract: {e}");
             ExitCode::from(1)
         }
-    }
+    };
+    // The spans not exported yet go out before the process exits.
+    telemetry.shutdown();
+    code
 }
 
 /// `refract check --print`: the config as it will run, secrets redacted, on stdout.

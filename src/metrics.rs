@@ -29,6 +29,8 @@ pub struct Metrics {
     response_bytes: IntCounterVec,
     in_flight: IntGauge,
     rejected: IntCounterVec,
+    /// `refract_request_outcomes_total{provider,outcome}` ([`crate::access::Outcome`]).
+    outcomes: IntCounterVec,
     fallbacks: IntCounterVec,
     retries: IntCounterVec,
     circuit_open: IntGaugeVec,
@@ -305,6 +307,14 @@ impl Metrics {
             &["from", "to"],
         )?;
         registry.register(Box::new(rejected.clone()))?;
+        let outcomes = IntCounterVec::new(
+            Opts::new(
+                "refract_request_outcomes_total",
+                "Requests by provider and how they ended (ok, client_error, provider_error, stream_error, client_gone, timeout, gateway_error).",
+            ),
+            &["provider", "outcome"],
+        )?;
+        registry.register(Box::new(outcomes.clone()))?;
         registry.register(Box::new(fallbacks.clone()))?;
         let retries = IntCounterVec::new(
             Opts::new(
@@ -396,7 +406,7 @@ impl Metrics {
         let cost_usd = CounterVec::new(
             Opts::new(
                 "refract_cost_usd_total",
-                "What delivered answers cost, in USD (the price table's, see README \"Pricing\"), by configured provider name.",
+                "What delivered answers cost, in USD (the price table's, see docs/governance.md), by configured provider name.",
             ),
             &["provider"],
         )?;
@@ -437,6 +447,7 @@ impl Metrics {
             response_bytes,
             in_flight,
             rejected,
+            outcomes,
             fallbacks,
             retries,
             circuit_open,
@@ -480,6 +491,9 @@ impl Metrics {
             self.unpriced.with_label_values(&[name]);
             for reason in RETRY_REASONS {
                 self.retries.with_label_values(&[name, reason]);
+            }
+            for outcome in crate::access::Outcome::ALL {
+                self.outcomes.with_label_values(&[name, outcome.as_str()]);
             }
             let polls = !p.options.poll_interval.is_zero();
             for kind in KINDS.into_iter().filter(|k| polls || *k != TimeoutKind::Poll) {
@@ -643,6 +657,14 @@ impl Metrics {
         if cost.unpriced {
             self.unpriced.with_label_values(&[provider]).inc();
         }
+    }
+
+    /// A request ended with `outcome` (an [`crate::access::Outcome`] name); `provider` is the
+    /// serving (or last tried) provider, `none` before one was chosen.
+    pub fn request_outcome(&self, provider: Option<&str>, outcome: &str) {
+        self.outcomes
+            .with_label_values(&[provider.unwrap_or("none"), outcome])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

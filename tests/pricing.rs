@@ -1,5 +1,5 @@
 //! Pricing end to end: every delivered answer reports its cost (`extra_fields.cost`, the access
-//! log's `cost=`, `refract_cost_usd_total`, `refract_images_total`); a model no entry matches
+//! log's `cost_usd=`, `refract_cost_usd_total`, `refract_images_total`); a model no entry matches
 //! is priced by `pricing.default` and counted in `refract_unpriced_answers_total`; failures
 //! cost nothing; a fallback's answer is priced at the serving candidate's model; a stream's
 //! images are counted.
@@ -154,7 +154,7 @@ fn a_streams_images_are_counted() {
     assert_eq!(unpriced_metric(&gw, "demo"), 1.0);
 }
 
-/// The access log line says `cost=` (the `refract` binary, its log read).
+/// The access log line says `cost_usd=` (the `refract` binary, its log read).
 #[test]
 fn the_access_log_has_the_cost() {
     let mock = MockUpstream::start();
@@ -183,7 +183,7 @@ fn the_access_log_has_the_cost() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let line = loop {
         let text = log.lock().unwrap().clone();
-        if let Some(line) = text.lines().find(|l| l.contains("path=/v1/images/edits")) {
+        if let Some(line) = text.lines().find(|l| l.contains("route=/v1/images/edits")) {
             break line.to_string();
         }
         assert!(Instant::now() < deadline, "no access log line:\n{text}");
@@ -191,5 +191,5 @@ fn the_access_log_has_the_cost() {
     };
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(line.contains(" cost=0.06 "), "{line}");
+    assert!(line.ends_with(" cost_usd=0.06"), "{line}");
 }

@@ -25,6 +25,7 @@ mod pricing;
 mod print;
 mod providers;
 mod state;
+mod telemetry;
 #[cfg(test)]
 mod test_util;
 mod url;
@@ -37,6 +38,7 @@ pub use state::{
     JobsSettings, ObjectUrls, ObjectsSettings, RedisSettings, ResponseFormat, S3Settings, StoreSettings,
     DEFAULT_OBJECTS_PATH, DEFAULT_STORE_PATH,
 };
+pub use telemetry::{LogFormat, LogLevel, LogSettings, TracingSettings};
 pub(crate) use url::parse_base_url;
 
 use std::fmt;
@@ -189,6 +191,10 @@ pub struct Config {
     pub pricing_source: PricingSource,
     /// Budgets, rate limits and quotas (`governance`, `teams`; the keys' own are on them).
     pub governance: GovernanceSettings,
+    /// How the gateway logs (`log`).
+    pub log: LogSettings,
+    /// Where traces go (`tracing`); `None` = no traces.
+    pub tracing: Option<TracingSettings>,
 }
 
 /// Where the compiled price table came from (`--print` prints the section as written).

@@ -42,6 +42,8 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
         let (objects, object_urls) = super::state::objects(top.opt_obj("objects"), env);
         let jobs = super::state::jobs(top.section("jobs"));
         let (pricing, pricing_source) = super::pricing::pricing(top.section("pricing"));
+        let log = super::telemetry::log(top.section("log"));
+        let tracing = super::telemetry::tracing(top.section("tracing"));
         top.finish();
         let simulator_address = simulator.as_ref().map(|(path, s)| (path.clone(), s.address));
         check_addresses(&listeners, metrics.clone(), simulator_address, &problems);
@@ -62,6 +64,8 @@ pub(super) fn build(root: &Value, env: Env<'_>) -> Result<Config, Vec<ConfigProb
             pricing: std::sync::Arc::new(pricing),
             pricing_source,
             governance,
+            log,
+            tracing,
         }
     };
     if problems.is_empty() {

@@ -52,6 +52,16 @@ pub fn effective_yaml(config: &Config, source: &str) -> Result<String, String> {
             "cleanup_interval_ms": ms(config.jobs.cleanup_interval),
         },
         "pricing": pricing(&config.pricing, &config.pricing_source),
+        "log": {
+            "level": config.log.level.as_str(),
+            "format": config.log.format.as_str(),
+            "filters": config.log.filters.iter().map(|(t, l)| (t.clone(), Value::from(l.as_str()))).collect::<Map<String, Value>>(),
+        },
+        "tracing": config.tracing.as_ref().map(|t| json!({
+            "otlp_endpoint": t.otlp_endpoint,
+            "sample_ratio": t.sample_ratio,
+            "service_name": t.service_name,
+        })),
         "governance": governance(config, raw.get("governance").unwrap_or(&serde_yaml::Value::Null)),
         "teams": config.governance.teams.iter().map(|t| {
             let mut m = json!({"id": t.id});

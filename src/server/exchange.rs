@@ -29,6 +29,7 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Where an answer's body goes: collected whole (the default, [`Collect`]), or handed over
 /// chunk by chunk as it arrives (streams).
@@ -286,6 +287,42 @@ pub async fn exchange(
     spool: &Spool,
     sink: &mut dyn AnswerSink,
 ) -> Result<UpstreamResponse, GatewayError> {
+    let span = exchange_span(target);
+    exchange_within(connector, target, req, spool, sink)
+        .instrument(span)
+        .await
+}
+
+/// The span of one upstream exchange (a child of the current one: the attempt's); its
+/// `status` is recorded once the answer's head arrived, and its `retry` says whether the
+/// exchange was sent again on a fresh connection (a pooled one had been closed).
+fn exchange_span(target: &Target) -> tracing::Span {
+    tracing::info_span!(
+        target: crate::telemetry::SPAN_TARGET,
+        "exchange",
+        provider = %target.provider.name,
+        status = tracing::field::Empty,
+        retry = 0u32,
+    )
+}
+
+/// Adds the W3C `traceparent` of the current span (the exchange's) to an upstream request's
+/// head, when spans are recorded: the provider's trace continues the request's.
+fn add_traceparent(head: &mut RequestHeader) -> Result<(), Box<Error>> {
+    match crate::telemetry::traceparent(&tracing::Span::current()) {
+        Some(value) => head.insert_header("traceparent", value),
+        None => Ok(()),
+    }
+}
+
+/// [`exchange`], within its span.
+async fn exchange_within(
+    connector: &Connector,
+    target: &Target,
+    req: &UpstreamRequest,
+    spool: &Spool,
+    sink: &mut dyn AnswerSink,
+) -> Result<UpstreamResponse, GatewayError> {
     let clock = Clock::start(target);
     let addr = resolve(target, clock.limit(target.provider.timeouts.connect)).await?;
     let provider = target.provider.name.as_str();
@@ -302,6 +339,7 @@ pub async fn exchange(
             }
             Err(AttemptError::BeforeAnswer(e)) if reused && tries < 2 => {
                 log::debug!("pooled connection to {provider} failed before an answer ({e}); retrying on a fresh one");
+                tracing::Span::current().record("retry", tries);
                 session.shutdown().await;
             }
             Err(AttemptError::BeforeAnswer(e)) | Err(AttemptError::AfterAnswer(e)) => {
@@ -337,6 +375,7 @@ async fn attempt(
     for (name, value) in &req.headers {
         set(&mut head, name.clone(), value.clone())?;
     }
+    add_traceparent(&mut head).map_err(|e| invalid(&e))?;
     let limit = arm_write(session, target, clock);
     session
         .write_request_header(Box::new(head))
@@ -424,7 +463,10 @@ async fn send_body(
 async fn read_head(session: &mut HttpSession, target: &Target, clock: &Clock) -> Result<u16, GatewayError> {
     loop {
         match session.response_header().map(|h| h.status.as_u16()) {
-            Some(s) if s >= 200 => return Ok(s),
+            Some(s) if s >= 200 => {
+                tracing::Span::current().record("status", s);
+                return Ok(s);
+            }
             _ => {
                 let limit = clock.limit(target.provider.timeouts.first_byte);
                 session.set_read_timeout(Some(limit.wait));
@@ -540,6 +582,20 @@ pub async fn exchange_streamed(
     connector: &Connector,
     target: &Target,
     head: UpstreamRequest,
+    pieces: tokio::sync::mpsc::Receiver<Piece>,
+    sink: &mut dyn AnswerSink,
+) -> Streamed {
+    let span = exchange_span(target);
+    exchange_streamed_within(connector, target, head, pieces, sink)
+        .instrument(span)
+        .await
+}
+
+/// [`exchange_streamed`], within its span.
+async fn exchange_streamed_within(
+    connector: &Connector,
+    target: &Target,
+    head: UpstreamRequest,
     mut pieces: tokio::sync::mpsc::Receiver<Piece>,
     sink: &mut dyn AnswerSink,
 ) -> Streamed {
@@ -574,6 +630,7 @@ pub async fn exchange_streamed(
     for (name, value) in &head.headers {
         headers_ok &= req.insert_header(name.clone(), value.clone()).is_ok();
     }
+    headers_ok &= add_traceparent(&mut req).is_ok();
     if !headers_ok {
         return Streamed::Failed(GatewayError::Internal("invalid upstream header".into()));
     }

@@ -24,6 +24,8 @@ impl MetricsApp {
 impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        // Scrapes are frequent and uneventful: at debug, not in the access log's info lines.
+        log::debug!(target: "refract::access", "metrics scrape {} {}", req.method, req.uri.path());
         let (status, content_type, body) = if req.uri.path() == "/metrics" && req.method == http::Method::GET {
             (200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.encode())
         } else {

@@ -442,6 +442,12 @@ pub fn run_forever(server: Server) -> ! {
     server.run_forever()
 }
 
+/// Runs the server until a signal stops it, as [`run_forever`], then returns (so that the
+/// caller can flush what it buffered, such as spans, before the process exits).
+pub fn run(server: Server) {
+    server.run(pingora::server::RunArgs::default());
+}
+
 struct StopOnSignal(Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
 
 #[async_trait]

@@ -92,6 +92,7 @@ impl Live {
                 "config reload: {setting} changed; it takes effect only on a restart or upgrade (refract --upgrade, then SIGQUIT to this process); the rest of the config is reloaded"
             );
         }
+        crate::telemetry::apply_log(&config.log);
         let state = state_for(config, &self.lasting);
         self.current.store(Arc::new(state));
         self.lasting.metrics.config_loaded(hash, SystemTime::now());
@@ -191,6 +192,8 @@ pub fn restart_only_changes(running: &Config, next: &Config) -> Vec<&'static str
         ("store", a.store != b.store),
         ("objects", a.objects != b.objects),
         ("jobs.workers", a.jobs.workers != b.jobs.workers),
+        ("log.format", a.log.format != b.log.format),
+        ("tracing", a.tracing != b.tracing),
         ("limits.head_timeout_ms", la.head_timeout != lb.head_timeout),
         ("limits.max_head_bytes", la.max_head_bytes != lb.max_head_bytes),
         (

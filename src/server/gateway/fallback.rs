@@ -33,6 +33,7 @@ use crate::error::GatewayError;
 use crate::providers::UnifiedAnswer;
 use serde_json::{json, Value};
 use std::borrow::Cow;
+use tracing::Instrument;
 
 /// One failed candidate, as listed in `extra_fields.fallback_errors`.
 fn describe(provider: &str, model: &str, e: &GatewayError) -> Value {
@@ -94,11 +95,21 @@ pub(super) async fn run(
         });
         let mut start = first.take().unwrap_or_else(Start::from_spool);
         let (result, decision) = loop {
+            ctx.attempts += 1;
+            ctx.fallback = index;
+            let span = tracing::info_span!(
+                target: crate::telemetry::SPAN_TARGET,
+                "attempt",
+                provider = %candidate.form.provider,
+                model = %candidate.form.model,
+                candidate = index,
+                retry = candidate.retries_done,
+            );
             let Attempted {
                 result,
                 retry_after,
                 key,
-            } = attempt(scope, client, ctx, &candidate, start).await;
+            } = attempt(scope, client, ctx, &candidate, start).instrument(span).await;
             if index > 0 && candidate.retries_done == 0 && key.is_some() {
                 if let Some(p) = provider {
                     state

@@ -114,12 +114,18 @@ pub(super) async fn submit(
     framing: Framing,
 ) -> Result<UnifiedAnswer, GatewayError> {
     let identity = crate::server::jwks::authenticate(state, &session.req_header().headers).await?;
-    // The request-level limits are the submission's: the job's run is charged its cost and
-    // images, not another request.
-    let admitted = super::attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
-    let accepted = accept(state, session, ctx, &identity, framing).await;
-    // The submission is handed back before its answer (or error) goes out.
-    admitted.finish().await;
+    let accepted = async {
+        // The request-level limits are the submission's: the job's run is charged its cost
+        // and images, not another request.
+        let admitted = super::attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
+        let accepted = accept(state, session, ctx, &identity, framing).await;
+        // The submission is handed back before its answer (or error) goes out.
+        admitted.finish().await;
+        accepted
+    }
+    .await;
+    // The key id goes to the access record (moved: no copy).
+    ctx.virtual_key = identity.key_id;
     accepted
 }
 

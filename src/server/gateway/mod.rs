@@ -15,6 +15,7 @@
 //! retry after a response head (see docs/architecture.md).
 
 use super::AppState;
+use crate::access;
 use crate::error::{ErrorContext, GatewayError};
 use crate::form::EditForm;
 use crate::metrics::Metrics;
@@ -22,6 +23,7 @@ use crate::metrics::RequestRecord;
 use crate::providers::stream::Framing;
 use crate::providers::UnifiedAnswer;
 use crate::spool::Spool;
+use crate::telemetry::SPAN_TARGET;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,6 +33,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 mod answer;
 mod attempt;
@@ -73,6 +76,16 @@ pub struct RequestCtx {
     answered_after: Option<Duration>,
     /// The serving attempt's cost, once an answer was delivered (the serving candidate's).
     cost: Option<crate::pricing::AnswerCost>,
+    /// The caller's virtual key id, once authenticated (for the access record).
+    virtual_key: Option<String>,
+    /// Upstream attempts made (each retry and fallback counts one).
+    attempts: u32,
+    /// The candidate that answered (0 = the primary), or the last one tried.
+    fallback: usize,
+    /// A health probe: logged at debug, not counted as a request.
+    probe: bool,
+    /// The request's trace span (disabled, and near-free, when no traces are exported).
+    span: tracing::Span,
 }
 
 impl RequestCtx {
@@ -93,6 +106,11 @@ impl RequestCtx {
             fallback_errors: Vec::new(),
             answered_after: None,
             cost: None,
+            virtual_key: None,
+            attempts: 0,
+            fallback: 0,
+            probe: false,
+            span: tracing::Span::none(),
         }
     }
 }
@@ -233,6 +251,43 @@ async fn send_error(state: &AppState, session: &mut Session, ctx: &mut RequestCt
         let lingered = discard_rest(session, &state.config.limits).await;
         ctx.request_bytes += lingered.bytes;
         state.metrics.linger(lingered.outcome);
+    }
+    Ok(())
+}
+
+/// Sends what `image_edit` produced: its JSON answer, its synthesized event stream, nothing
+/// more (streamed already), or its error. A stream that broke inside a half-sent event is an
+/// error: returning it after the head was sent makes Pingora drop the connection (HTTP/1.1) or
+/// reset the stream (HTTP/2) without ending the body.
+async fn send_reply(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    reply: std::result::Result<Reply, GatewayError>,
+) -> Result<()> {
+    match reply {
+        Ok(Reply::Json(body)) => {
+            ctx.request_bytes += drain_epilogue(session).await;
+            send_json(session, ctx, 200, body, &[]).await?;
+        }
+        Ok(Reply::Events(body)) => {
+            ctx.request_bytes += drain_epilogue(session).await;
+            write_stream_head(session, &ctx.request_id).await?;
+            ctx.status = 200;
+            ctx.streamed = true;
+            ctx.response_bytes = body.len() as u64;
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(Reply::Streamed) => {}
+        Ok(Reply::Aborted) => {
+            return Err(Error::create(
+                ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+                Some("upstream stream broke inside a half-sent event; response aborted".into()),
+                None,
+            ))
+        }
+        Err(e) => send_error(state, session, ctx, &e).await?,
     }
     Ok(())
 }
@@ -383,12 +438,18 @@ async fn image_edit(
 ) -> std::result::Result<Reply, GatewayError> {
     // auth: the caller's virtual key, from the head alone; then the head's own checks.
     let identity = crate::server::jwks::authenticate(state, &session.req_header().headers).await?;
-    let head = check_head(state, session).await?;
-    // admit (the request): its key's request-level limits, before the body is read.
-    let admitted = attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
-    let reply = admitted_edit(state, session, ctx, &identity, (framing, &head)).await;
-    // The request is handed back before its answer (or error) goes out.
-    admitted.finish().await;
+    let reply = async {
+        let head = check_head(state, session).await?;
+        // admit (the request): its key's request-level limits, before the body is read.
+        let admitted = attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
+        let reply = admitted_edit(state, session, ctx, &identity, (framing, &head)).await;
+        // The request is handed back before its answer (or error) goes out.
+        admitted.finish().await;
+        reply
+    }
+    .await;
+    // The key id goes to the access record (moved: no copy).
+    ctx.virtual_key = identity.key_id;
     reply
 }
 
@@ -415,7 +476,9 @@ async fn admitted_edit(
         declared_len: head.declared_len,
         store_only: false,
     };
-    let upload::Uploaded { mut form, first } = upload::read(&upload, session, ctx, &mut spool).await?;
+    let upload::Uploaded { mut form, first } = upload::read(&upload, session, ctx, &mut spool)
+        .instrument(tracing::info_span!(target: SPAN_TARGET, "parse"))
+        .await?;
     // route: the primary is the form's model; the model's configured fallback chain follows
     // when the request names none.
     ctx.provider = Some(form.provider.clone());
@@ -474,12 +537,100 @@ impl ProxyHttp for Gateway {
         ctx.request_id = request_id(session);
         ctx.start = Instant::now();
         ctx.counted = true;
-        self.metrics.request_started();
+        let head = session.req_header();
+        ctx.probe = matches!(endpoint(&head.method, head.uri.path()), Endpoint::Health);
+        if !ctx.probe {
+            self.metrics.request_started();
+            ctx.span = tracing::info_span!(
+                target: SPAN_TARGET,
+                "request",
+                request_id = %ctx.request_id,
+                route = %head.uri.path(),
+                status = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            crate::telemetry::adopt_parent(&ctx.span, &head.headers);
+        }
         Ok(())
     }
 
-    /// Answers every request here; always returns `Ok(true)` ("a response was written").
+    /// Answers every request here, within its span; always returns `Ok(true)` ("a response
+    /// was written").
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let span = ctx.span.clone();
+        self.serve(session, ctx).instrument(span).await
+    }
+
+    /// Never reached (see the module docs); refuses if it ever is.
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "refract answers every request in request_filter",
+        ))
+    }
+
+    /// Runs once per request, whatever happened: metrics, the access record and the span's
+    /// status and outcome.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if !ctx.counted {
+            return;
+        }
+        if ctx.status == 0 && e.is_some() {
+            ctx.reason = Some("client_error");
+        }
+        let duration = ctx.answered_after.unwrap_or_else(|| ctx.start.elapsed());
+        let outcome = access::outcome(&access::Ending {
+            status: ctx.status,
+            reason: ctx.reason,
+            streamed: ctx.streamed,
+            connection_failed: e.is_some(),
+        });
+        if !ctx.probe {
+            self.metrics.request_finished(&RequestRecord {
+                provider: ctx.provider.as_deref(),
+                model: ctx.model.as_deref(),
+                status: ctx.status,
+                reason: ctx.reason,
+                duration,
+                upstream: ctx.upstream,
+                request_bytes: ctx.request_bytes,
+                response_bytes: ctx.response_bytes,
+                cost: ctx.cost,
+            });
+            self.metrics.request_outcome(ctx.provider.as_deref(), outcome.as_str());
+            ctx.span.record("status", ctx.status);
+            ctx.span.record("outcome", outcome.as_str());
+        }
+        let head = session.req_header();
+        access::AccessRecord {
+            request_id: &ctx.request_id,
+            virtual_key: ctx.virtual_key.as_deref(),
+            method: head.method.as_str(),
+            route: head.uri.path(),
+            provider: ctx.provider.as_deref(),
+            model: ctx.model.as_deref(),
+            status: ctx.status,
+            outcome,
+            // A stream that failed after its head: `status` is the failure's, `stream=failed`
+            // says the status line was a 200.
+            stream: access::stream_field(ctx.streamed, ctx.status),
+            attempts: ctx.attempts,
+            fallback: ctx.fallback,
+            upstream_ms: ctx.upstream.map_or(0, |d| d.as_millis() as u64),
+            total_ms: duration.as_secs_f64() * 1000.0,
+            bytes_in: ctx.request_bytes,
+            bytes_out: ctx.response_bytes,
+            images: ctx.cost.map_or(0, |c| c.images),
+            cost_micros: ctx.cost.filter(|c| !c.unpriced).map(|c| c.micros),
+            probe: ctx.probe,
+        }
+        .write();
+    }
+}
+
+impl Gateway {
+    /// The request's work (see [`ProxyHttp::request_filter`]).
+    async fn serve(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // The one read of the gateway's state for this request (one atomic load and one
         // reference count): everything below gets it from here, and a reload while it runs
         // does not change it.
@@ -492,32 +643,11 @@ impl ProxyHttp for Gateway {
                 let ok = UnifiedAnswer::from(Bytes::from_static(br#"{"status":"ok"}"#));
                 send_json(session, ctx, 200, ok, &[]).await?;
             }
-            Endpoint::ImageEdit(framing) => match image_edit(state, session, ctx, framing).await {
-                Ok(Reply::Json(body)) => {
-                    ctx.request_bytes += drain_epilogue(session).await;
-                    send_json(session, ctx, 200, body, &[]).await?;
-                }
-                Ok(Reply::Events(body)) => {
-                    ctx.request_bytes += drain_epilogue(session).await;
-                    write_stream_head(session, &ctx.request_id).await?;
-                    ctx.status = 200;
-                    ctx.streamed = true;
-                    ctx.response_bytes = body.len() as u64;
-                    session.write_response_body(Some(body), true).await?;
-                }
-                Ok(Reply::Streamed) => {}
-                // Returning an error after the head was sent makes Pingora drop the connection
-                // (HTTP/1.1) or reset the stream (HTTP/2) without ending the body.
-                Ok(Reply::Aborted) => {
-                    return Err(Error::create(
-                        ErrorType::ConnectionClosed,
-                        ErrorSource::Downstream,
-                        Some("upstream stream broke inside a half-sent event; response aborted".into()),
-                        None,
-                    ))
-                }
-                Err(e) => send_error(state, session, ctx, &e).await?,
-            },
+            Endpoint::ImageEdit(framing) => {
+                let reply = image_edit(state, session, ctx, framing).await;
+                let span = tracing::info_span!(target: SPAN_TARGET, "answer");
+                send_reply(state, session, ctx, reply).instrument(span).await?;
+            }
             Endpoint::File(head_only) => files::serve(state, session, ctx, head_only).await?,
             Endpoint::Usage => match usage(state, session).await {
                 Ok(body) => send_json(session, ctx, 200, body, &[]).await?,
@@ -557,70 +687,6 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(true)
-    }
-
-    /// Never reached (see the module docs); refuses if it ever is.
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        Err(Error::explain(
-            ErrorType::InternalError,
-            "refract answers every request in request_filter",
-        ))
-    }
-
-    /// Runs once per request, whatever happened: metrics and the access log.
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if !ctx.counted {
-            return;
-        }
-        if ctx.status == 0 && e.is_some() {
-            ctx.reason = Some("client_error");
-        }
-        let duration = ctx.answered_after.unwrap_or_else(|| ctx.start.elapsed());
-        self.metrics.request_finished(&RequestRecord {
-            provider: ctx.provider.as_deref(),
-            model: ctx.model.as_deref(),
-            status: ctx.status,
-            reason: ctx.reason,
-            duration,
-            upstream: ctx.upstream,
-            request_bytes: ctx.request_bytes,
-            response_bytes: ctx.response_bytes,
-            cost: ctx.cost,
-        });
-        // A stream that failed after its head: `status` is the failure's, `stream=failed`
-        // says the status line was a 200.
-        let stream = match (ctx.streamed, ctx.status) {
-            (false, _) => "-",
-            (true, 200) => "complete",
-            (true, _) => "failed",
-        };
-        log::info!(
-            "request_id={} method={} path={} status={} stream={stream} provider={} model={} reason={} cost={} ms={:.2}",
-            ctx.request_id,
-            session.req_header().method,
-            session.req_header().uri.path(),
-            ctx.status,
-            ctx.provider.as_deref().unwrap_or("-"),
-            ctx.model
-                .as_deref()
-                .map(|m| m.chars().take(64).flat_map(char::escape_default).collect::<String>())
-                .unwrap_or_else(|| "-".into()),
-            ctx.reason.unwrap_or("-"),
-            CostField(ctx.cost),
-            duration.as_secs_f64() * 1000.0,
-        );
-    }
-}
-
-/// The access log's `cost=`: USD, or `-` when nothing was delivered.
-struct CostField(Option<crate::pricing::AnswerCost>);
-
-impl std::fmt::Display for CostField {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(cost) => crate::pricing::Usd(cost.micros).fmt(f),
-            None => f.write_str("-"),
-        }
     }
 }
 

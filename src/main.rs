@@ -60,12 +60,11 @@ fn main() -> ExitCode {
     refract::server::transparent_huge_pages(false);
     let cli = Cli::parse();
     if let (Some(Command::Providers { json }), None) = (&cli.command, &cli.config) {
-        if *json {
-            println!("{:#}", refract::providers::capabilities::json_rows());
+        return if *json {
+            write_stdout(&format!("{:#}\n", refract::providers::capabilities::json_rows()))
         } else {
-            print!("{}", refract::providers::capabilities::markdown_table());
-        }
-        return ExitCode::SUCCESS;
+            write_stdout(&refract::providers::capabilities::markdown_table())
+        };
     }
     let Some(path) = cli.config else {
         eprintln!("refract: a config file is required: refract -c FILE (see conf/refract.yaml), or refract --help");
@@ -82,12 +81,11 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Providers { json }) = cli.command {
-        if json {
-            println!("{:#}", refract::config::providers_summary(&config));
+        return if json {
+            write_stdout(&format!("{:#}\n", refract::config::providers_summary(&config)))
         } else {
-            print!("{}", refract::config::providers_table(&config));
-        }
-        return ExitCode::SUCCESS;
+            write_stdout(&refract::config::providers_table(&config))
+        };
     }
     if let Some(Command::Check { print }) = cli.command {
         if print {
@@ -138,12 +136,24 @@ fn main() -> ExitCode {
 fn print_effective(path: &std::path::Path, config: &refract::config::Config) -> ExitCode {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     match refract::config::effective_yaml(config, &text) {
-        Ok(yaml) => {
-            print!("{yaml}");
-            ExitCode::SUCCESS
-        }
+        Ok(yaml) => write_stdout(&yaml),
         Err(e) => {
             eprintln!("refract: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Writes a command's output to stdout. A reader that went away (`refract providers | head`)
+/// is not an error; any other write error is reported and exits 1 (where `print!` panics).
+fn write_stdout(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("refract: cannot write the output: {e}");
             ExitCode::from(1)
         }
     }

@@ -379,3 +379,24 @@ fn providers_json_without_config_lists_every_kind() {
     assert_eq!(openai["max_n"], 10);
     assert_eq!(openai["stream"], "native");
 }
+
+/// `refract providers | head -1`: a reader that leaves early ends the command quietly (exit 0,
+/// no panic), as it does for any Unix tool.
+#[test]
+fn providers_output_to_a_closed_pipe_is_not_a_panic() {
+    use std::process::Stdio;
+    for args in [&["providers"][..], &["providers", "--json"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_refract"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end at once: the command's first write meets a closed pipe.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -295,6 +295,8 @@ pub struct FormBuilder<'l> {
     limits: &'l Limits,
     form: EditForm,
     model_raw: Option<String>,
+    /// The model came from the request's path: a `model` field is ignored.
+    model_preset: bool,
     stream_seen: bool,
     open: Option<OpenFile>,
     /// `fallbacks[][provider]`-style entries being assembled: (index, provider, model).
@@ -311,10 +313,20 @@ impl<'l> FormBuilder<'l> {
             limits,
             form: EditForm::default(),
             model_raw: None,
+            model_preset: false,
             stream_seen: false,
             open: None,
             fallback_parts: Vec::new(),
         }
+    }
+
+    /// Fixes the model before any part arrives (the request's path named it): a `model` field
+    /// is then ignored, whatever it holds.
+    pub fn preset_model(&mut self, provider: &str, model: &str) {
+        self.form.provider = provider.to_string();
+        self.form.model = model.to_string();
+        self.model_raw = Some(format!("{provider}/{model}"));
+        self.model_preset = true;
     }
 
     /// Whether a part with this name and file name is received as a file.
@@ -342,7 +354,7 @@ impl<'l> FormBuilder<'l> {
     /// [`FormBuilder::finish`] when the edit needs one.
     pub fn text(&mut self, name: &str, value: String) -> Result<Accepted, GatewayError> {
         check_field_name(name, self.limits)?;
-        if name != "model" && value.trim().is_empty() {
+        if (name != "model" && value.trim().is_empty()) || (name == "model" && self.model_preset) {
             return Ok(Accepted::Ignored);
         }
         let f = &mut self.form;

@@ -239,8 +239,14 @@ fn from_multer(e: multer::Error, max_body: u64) -> GatewayError {
 /// is still being uploaded. Every method may refuse, which ends parsing with that error.
 #[async_trait]
 pub trait FormSink: Send {
-    /// `model` arrived and is well formed.
+    /// `model` arrived and is well formed (or, when [`FormSink::preset_model`] gives one,
+    /// before the first part is read).
     async fn model(&mut self, provider: &str, model: &str) -> Result<(), GatewayError>;
+    /// The `(provider, model)` the request's path already names (Azure OpenAI's deployment
+    /// path), asked once before the first part: the form's own `model` field is then ignored.
+    fn preset_model(&self) -> Option<(&str, &str)> {
+        None
+    }
     /// A text field other than `model` passed validation.
     async fn text(&mut self, _name: &str, _value: &str) -> Result<(), GatewayError> {
         Ok(())
@@ -317,6 +323,10 @@ pub async fn parse_edit_form(
     };
     let mut multipart = multer::Multipart::new(body, boundary);
     let mut builder = FormBuilder::new(limits);
+    if let Some((provider, model)) = sink.preset_model().map(|(p, m)| (p.to_string(), m.to_string())) {
+        builder.preset_model(&provider, &model);
+        sink.model(&provider, &model).await?;
+    }
     let mut fields = 0usize;
     // Between parts: the boundary line (with its CRLFs and some transport padding) and the
     // header block.

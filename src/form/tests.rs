@@ -718,3 +718,37 @@ fn image_field_names() {
         assert!(!is_image_field(no), "{no}");
     }
 }
+
+/// A sink whose path fixed the model (Azure's deployment route), recording the `model` calls.
+struct Preset(Vec<(String, String)>);
+
+#[async_trait]
+impl FormSink for Preset {
+    async fn model(&mut self, provider: &str, model: &str) -> Result<(), GatewayError> {
+        self.0.push((provider.to_string(), model.to_string()));
+        Ok(())
+    }
+    fn preset_model(&self) -> Option<(&str, &str)> {
+        Some(("demo", "sim-image-1"))
+    }
+}
+
+/// A model the path names is the form's, routed before the first part; the form's own
+/// `model` (here a bare deployment name, invalid on its own) is ignored, or may be absent.
+#[tokio::test]
+async fn a_preset_model_overrides_and_replaces_the_field() {
+    for parts in [
+        vec![text("model", "my-deployment"), text("prompt", "p"), file("image", "a.png", "image/png", PNG)],
+        vec![text("prompt", "p"), file("image", "a.png", "image/png", PNG)],
+    ] {
+        let chunks = body(&parts).chunks(7).map(Bytes::copy_from_slice).collect();
+        let mut spool = Spool::new(64, None);
+        let mut sink = Preset(Vec::new());
+        let form = parse_edit_form(&mut Chunks(chunks), B, &limits(), &mut spool, &mut sink)
+            .await
+            .unwrap();
+        assert_eq!((form.provider.as_str(), form.model.as_str()), ("demo", "sim-image-1"));
+        assert_eq!(sink.0, vec![("demo".to_string(), "sim-image-1".to_string())]);
+        assert!(form.extra_text.iter().all(|(name, _)| name != "model"));
+    }
+}

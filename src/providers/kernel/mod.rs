@@ -2,7 +2,7 @@
 //! depend on the kernel (and on their own submodules) and never on each other. Each file is one
 //! topic:
 //!
-//! - [`percent`]: percent encoding of path segments (models, deployments).
+//! - [`percent`]: percent encoding of path segments (models, deployments), and decoding.
 //! - [`post`]: the JSON `POST` head and the credential header.
 //! - [`multipart`]: the multipart body writer, its head and boundary.
 //! - [`images_api`]: the OpenAI Images API's edit body and answer conversion (the unified

@@ -150,6 +150,13 @@ enum Endpoint<'p> {
     /// Governance usage (`GET /api/governance/usage`), for admins.
     Usage,
     ImageEdit(Framing),
+    /// Azure OpenAI's `POST …/openai/deployments/{deployment}/images/edits`: the deployment
+    /// (percent-encoded, as the client sent it) names the model.
+    DeploymentEdit(&'p str),
+    /// `GET …/models`: the models the caller may use.
+    Models,
+    /// `GET …/models/{id}` (percent-encoded, as the client sent it).
+    Model(&'p str),
     /// A stored image by its signed URL (`GET`, or `HEAD` when true).
     File(bool),
     /// `POST …/async/images/edits`.
@@ -163,37 +170,84 @@ enum Endpoint<'p> {
     Unknown,
 }
 
+/// The route prefixes OpenAI-compatible clients are pointed at: Bifrost's OpenAI base
+/// (`<gateway>/openai`, with or without `/v1`) and its framework integrations. Under each,
+/// the OpenAI paths are served as at the root, streams in OpenAI's framing (errors as
+/// `data:`-only JSON, a final `data: [DONE]`).
+const OPENAI_BASES: [&str; 4] = ["/openai", "/litellm", "/langchain", "/pydanticai"];
+
+/// The route of `method` and `path`. Under the root and under each of [`OPENAI_BASES`], with
+/// or without `/v1`: `images/edits`, `models`, `models/{id}`; async jobs at the root and
+/// under `/openai` only (as Bifrost, whose integration routes refuse async image edits); Azure
+/// OpenAI's `openai/deployments/{deployment}/images/edits` under each base and at the root.
 fn endpoint<'p>(method: &http::Method, path: &'p str) -> Endpoint<'p> {
-    let job = path
-        .strip_prefix("/openai")
-        .unwrap_or(path)
-        .strip_prefix("/v1/async/images/edits/")
-        .filter(|id| !id.is_empty() && !id.contains('/'));
-    if let Some(id) = job {
-        return match *method {
-            http::Method::GET => Endpoint::PollJob(id),
-            http::Method::DELETE => Endpoint::CancelJob(id),
-            _ => Endpoint::WrongMethod("GET, DELETE"),
+    let is = |m: http::Method| *method == m;
+    match path {
+        "/health" if is(http::Method::GET) || is(http::Method::HEAD) => return Endpoint::Health,
+        "/health" => return Endpoint::WrongMethod("GET, HEAD"),
+        USAGE_PATH if is(http::Method::GET) => return Endpoint::Usage,
+        USAGE_PATH => return Endpoint::WrongMethod("GET"),
+        p if p.starts_with(crate::state::urls::FILES_PATH) => {
+            return match *method {
+                http::Method::GET => Endpoint::File(false),
+                http::Method::HEAD => Endpoint::File(true),
+                _ => Endpoint::WrongMethod("GET, HEAD"),
+            }
+        }
+        _ => {}
+    }
+    let (base, rest) = OPENAI_BASES
+        .iter()
+        .find_map(|b| path.strip_prefix(b).filter(|r| r.starts_with('/')).map(|r| (Some(*b), r)))
+        .unwrap_or((None, path));
+    let framing = if base.is_some() { Framing::OpenAi } else { Framing::Bifrost };
+    if let Some(deployment) = deployment_of(base, rest) {
+        return if is(http::Method::POST) {
+            Endpoint::DeploymentEdit(deployment)
+        } else {
+            Endpoint::WrongMethod("POST")
         };
     }
-    match path {
-        "/v1/async/images/edits" if method == http::Method::POST => Endpoint::SubmitJob(Framing::Bifrost),
-        "/openai/v1/async/images/edits" if method == http::Method::POST => Endpoint::SubmitJob(Framing::OpenAi),
-        "/v1/async/images/edits" | "/openai/v1/async/images/edits" => Endpoint::WrongMethod("POST"),
-        "/health" if method == http::Method::GET || method == http::Method::HEAD => Endpoint::Health,
-        USAGE_PATH if method == http::Method::GET => Endpoint::Usage,
-        USAGE_PATH => Endpoint::WrongMethod("GET"),
-        "/v1/images/edits" | "/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::Bifrost),
-        "/openai/v1/images/edits" if method == http::Method::POST => Endpoint::ImageEdit(Framing::OpenAi),
-        p if p.starts_with(crate::state::urls::FILES_PATH) => match *method {
-            http::Method::GET => Endpoint::File(false),
-            http::Method::HEAD => Endpoint::File(true),
-            _ => Endpoint::WrongMethod("GET, HEAD"),
-        },
-        "/health" => Endpoint::WrongMethod("GET, HEAD"),
-        "/v1/images/edits" | "/images/edits" | "/openai/v1/images/edits" => Endpoint::WrongMethod("POST"),
-        _ => Endpoint::Unknown,
+    let jobs = matches!(base, None | Some("/openai"));
+    let route = rest.strip_prefix("/v1").filter(|r| r.starts_with('/')).unwrap_or(rest);
+    match route {
+        "/images/edits" if is(http::Method::POST) => Endpoint::ImageEdit(framing),
+        "/async/images/edits" if jobs && is(http::Method::POST) => Endpoint::SubmitJob(framing),
+        "/images/edits" => Endpoint::WrongMethod("POST"),
+        "/async/images/edits" if jobs => Endpoint::WrongMethod("POST"),
+        "/models" if is(http::Method::GET) => Endpoint::Models,
+        "/models" => Endpoint::WrongMethod("GET"),
+        r => {
+            let one = |prefix: &str| r.strip_prefix(prefix).filter(|id| !id.is_empty() && !id.contains('/'));
+            if let Some(id) = one("/async/images/edits/").filter(|_| jobs) {
+                match *method {
+                    http::Method::GET => Endpoint::PollJob(id),
+                    http::Method::DELETE => Endpoint::CancelJob(id),
+                    _ => Endpoint::WrongMethod("GET, DELETE"),
+                }
+            } else if let Some(id) = one("/models/") {
+                if is(http::Method::GET) {
+                    Endpoint::Model(id)
+                } else {
+                    Endpoint::WrongMethod("GET")
+                }
+            } else {
+                Endpoint::Unknown
+            }
+        }
     }
+}
+
+/// The deployment segment of Azure OpenAI's edit path, `…/openai/deployments/{d}/images/edits`:
+/// under any base (Bifrost documents `azure_endpoint=<gateway>/openai`, so the SDK sends
+/// `/openai/openai/deployments/…`), or at the root (`azure_endpoint=<gateway>`: the path
+/// starts with `/openai`, which [`endpoint`] took as the base).
+fn deployment_of<'p>(base: Option<&str>, rest: &'p str) -> Option<&'p str> {
+    let tail = rest
+        .strip_prefix("/openai/deployments/")
+        .or_else(|| rest.strip_prefix("/deployments/").filter(|_| base == Some("/openai")))?;
+    tail.strip_suffix("/images/edits")
+        .filter(|d| !d.is_empty() && !d.contains('/'))
 }
 
 /// Writes a complete JSON answer: its head with the `Content-Length` (and an `Allow` header

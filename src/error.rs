@@ -56,7 +56,7 @@ pub enum GatewayError {
         limit: u64,
     },
     /// No virtual key was presented and anonymous use is off (401).
-    #[error("virtual key is required. Provide a virtual key or a JWT via the x-bf-vk header, Authorization: Bearer ..., x-api-key or x-goog-api-key.")]
+    #[error("virtual key is required. Provide a virtual key or a JWT via the x-bf-vk header, Authorization: Bearer ..., x-api-key, x-goog-api-key or api-key.")]
     VirtualKeyRequired,
     /// The presented virtual key matches no configured key (401).
     #[error("virtual key not found")]

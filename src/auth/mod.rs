@@ -2,8 +2,8 @@
 //!
 //! It runs first, on the request head only, before a byte of the body is read, so an
 //! unauthenticated 20 MB upload is refused without being read. The credential may come in
-//! `x-bf-vk`, `Authorization: Bearer …`, `x-api-key` or `x-goog-api-key` (first found, in that
-//! order), and is either a configured virtual key, whatever its prefix, or a JWT of a
+//! `x-bf-vk`, `Authorization: Bearer …`, `x-api-key`, `x-goog-api-key` or `api-key` (Azure
+//! OpenAI's; first found, in that order), and is either a configured virtual key, whatever its prefix, or a JWT of a
 //! configured issuer ([`jwt`]):
 //!
 //! - A virtual key: keys are stored and compared as SHA-256 digests, every configured key is
@@ -108,13 +108,14 @@ impl std::fmt::Debug for KeyStore {
 pub enum Source {
     /// `x-bf-vk`: always meant for the gateway.
     VirtualKeyHeader,
-    /// `Authorization: Bearer`, `x-api-key` or `x-goog-api-key`: headers an SDK may also
-    /// fill with a placeholder when anonymous use is on.
+    /// `Authorization: Bearer`, `x-api-key`, `x-goog-api-key` or `api-key`: headers an SDK
+    /// may also fill with a placeholder when anonymous use is on.
     ApiKeyHeader,
 }
 
 /// Reads the presented credential from the headers: `x-bf-vk`, then `Authorization: Bearer`,
-/// then `x-api-key`, then `x-goog-api-key` (the first present counts), whatever its prefix.
+/// then `x-api-key`, then `x-goog-api-key`, then `api-key` (the first present counts),
+/// whatever its prefix.
 pub fn presented_key(headers: &HeaderMap) -> Option<(&[u8], Source)> {
     if let Some(v) = headers.get("x-bf-vk") {
         return Some((v.as_bytes(), Source::VirtualKeyHeader));
@@ -125,7 +126,7 @@ pub fn presented_key(headers: &HeaderMap) -> Option<(&[u8], Source)> {
             return Some((b[7..].trim_ascii(), Source::ApiKeyHeader));
         }
     }
-    for name in ["x-api-key", "x-goog-api-key"] {
+    for name in ["x-api-key", "x-goog-api-key", "api-key"] {
         if let Some(v) = headers.get(name) {
             return Some((v.as_bytes().trim_ascii(), Source::ApiKeyHeader));
         }
@@ -336,6 +337,7 @@ mod tests {
             headers(&[("authorization", "bearer   sk-bf-aaa ")]),
             headers(&[("x-api-key", "sk-bf-aaa")]),
             headers(&[("x-goog-api-key", "sk-bf-aaa")]),
+            headers(&[("api-key", " sk-bf-aaa")]),
         ] {
             assert_eq!(auth(&s, &h).unwrap().key_id.as_deref(), Some("a"));
         }
@@ -344,7 +346,7 @@ mod tests {
     #[test]
     fn a_key_without_the_sk_bf_prefix_works_in_every_header() {
         let s = store(false);
-        for name in ["x-bf-vk", "x-api-key", "x-goog-api-key"] {
+        for name in ["x-bf-vk", "x-api-key", "x-goog-api-key", "api-key"] {
             let id = auth(&s, &headers(&[(name, "team-plain-key")])).unwrap();
             assert_eq!(id.key_id.as_deref(), Some("plain"), "{name}");
         }

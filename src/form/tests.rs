@@ -738,7 +738,11 @@ impl FormSink for Preset {
 #[tokio::test]
 async fn a_preset_model_overrides_and_replaces_the_field() {
     for parts in [
-        vec![text("model", "my-deployment"), text("prompt", "p"), file("image", "a.png", "image/png", PNG)],
+        vec![
+            text("model", "my-deployment"),
+            text("prompt", "p"),
+            file("image", "a.png", "image/png", PNG),
+        ],
         vec![text("prompt", "p"), file("image", "a.png", "image/png", PNG)],
     ] {
         let chunks = body(&parts).chunks(7).map(Bytes::copy_from_slice).collect();

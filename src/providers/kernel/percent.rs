@@ -28,7 +28,9 @@ pub fn percent_decode_segment(segment: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
             out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
@@ -53,7 +55,10 @@ mod tests {
     #[test]
     fn decoding_reverses_encoding_and_refuses_broken_escapes() {
         for name in ["demo/sim-image-1", "a b:c", "x%y", "plain", "ünï"] {
-            assert_eq!(percent_decode_segment(&percent_encode_segment(name)).as_deref(), Some(name));
+            assert_eq!(
+                percent_decode_segment(&percent_encode_segment(name)).as_deref(),
+                Some(name)
+            );
         }
         assert_eq!(percent_decode_segment("demo%2fm").as_deref(), Some("demo/m"));
         for broken in ["%", "%2", "%zz", "a%2", "%FF", "%+1"] {

@@ -156,6 +156,7 @@ async fn accept(
         boundary: &head.boundary,
         declared_len: head.declared_len,
         store_only: true,
+        preset_model: None,
     };
     let form = upload::read(&upload, session, ctx, &mut spool).await?.form;
     ctx.provider = Some(form.provider.clone());

@@ -42,6 +42,7 @@ mod files;
 mod follow;
 pub mod jobs;
 mod linger;
+mod models;
 mod policy;
 pub use policy::retry_reason;
 mod prepare;
@@ -198,9 +199,17 @@ fn endpoint<'p>(method: &http::Method, path: &'p str) -> Endpoint<'p> {
     }
     let (base, rest) = OPENAI_BASES
         .iter()
-        .find_map(|b| path.strip_prefix(b).filter(|r| r.starts_with('/')).map(|r| (Some(*b), r)))
+        .find_map(|b| {
+            path.strip_prefix(b)
+                .filter(|r| r.starts_with('/'))
+                .map(|r| (Some(*b), r))
+        })
         .unwrap_or((None, path));
-    let framing = if base.is_some() { Framing::OpenAi } else { Framing::Bifrost };
+    let framing = if base.is_some() {
+        Framing::OpenAi
+    } else {
+        Framing::Bifrost
+    };
     if let Some(deployment) = deployment_of(base, rest) {
         return if is(http::Method::POST) {
             Endpoint::DeploymentEdit(deployment)
@@ -489,14 +498,20 @@ async fn image_edit(
     session: &mut Session,
     ctx: &mut RequestCtx,
     framing: Framing,
+    deployment: Option<&str>,
 ) -> std::result::Result<Reply, GatewayError> {
     // auth: the caller's virtual key, from the head alone; then the head's own checks.
     let identity = crate::server::jwks::authenticate(state, &session.req_header().headers).await?;
     let reply = async {
+        // The model an Azure deployment path names, if this is one.
+        let preset = deployment
+            .map(|d| models::deployment_model(&state.config.providers, d))
+            .transpose()?;
+        let preset = preset.as_ref().map(|(p, m)| (p.as_str(), m.as_str()));
         let head = check_head(state, session).await?;
         // admit (the request): its key's request-level limits, before the body is read.
         let admitted = attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
-        let reply = admitted_edit(state, session, ctx, &identity, (framing, &head)).await;
+        let reply = admitted_edit(state, session, ctx, &identity, (framing, &head, preset)).await;
         // The request is handed back before its answer (or error) goes out.
         admitted.finish().await;
         reply
@@ -508,13 +523,13 @@ async fn image_edit(
 }
 
 /// The image-edit request once admitted: parse → route → (per candidate) admit → translate →
-/// exchange → convert (see [`image_edit`]).
+/// exchange → convert (see [`image_edit`]); the model is the path's when it names one.
 async fn admitted_edit(
     state: &AppState,
     session: &mut Session,
     ctx: &mut RequestCtx,
     identity: &crate::auth::Identity,
-    (framing, head): (Framing, &EditHead),
+    (framing, head, preset_model): (Framing, &EditHead, Option<(&str, &str)>),
 ) -> std::result::Result<Reply, GatewayError> {
     // parse: the body into the spool, every field checked as it arrives, `model` routed at
     // once; a large upload's first attempt starts meanwhile.
@@ -529,6 +544,7 @@ async fn admitted_edit(
         boundary: &head.boundary,
         declared_len: head.declared_len,
         store_only: false,
+        preset_model,
     };
     let upload::Uploaded { mut form, first } = upload::read(&upload, session, ctx, &mut spool)
         .instrument(tracing::info_span!(target: SPAN_TARGET, "parse"))
@@ -698,10 +714,23 @@ impl Gateway {
                 send_json(session, ctx, 200, ok, &[]).await?;
             }
             Endpoint::ImageEdit(framing) => {
-                let reply = image_edit(state, session, ctx, framing).await;
+                let reply = image_edit(state, session, ctx, framing, None).await;
                 let span = tracing::info_span!(target: SPAN_TARGET, "answer");
                 send_reply(state, session, ctx, reply).instrument(span).await?;
             }
+            Endpoint::DeploymentEdit(deployment) => {
+                let reply = image_edit(state, session, ctx, Framing::OpenAi, Some(deployment)).await;
+                let span = tracing::info_span!(target: SPAN_TARGET, "answer");
+                send_reply(state, session, ctx, reply).instrument(span).await?;
+            }
+            Endpoint::Models => match models::list(state, session, ctx).await {
+                Ok(body) => send_json(session, ctx, 200, body, &[]).await?,
+                Err(e) => send_error(state, session, ctx, &e).await?,
+            },
+            Endpoint::Model(id) => match models::retrieve(state, session, ctx, id).await {
+                Ok(body) => send_json(session, ctx, 200, body, &[]).await?,
+                Err(e) => send_error(state, session, ctx, &e).await?,
+            },
             Endpoint::File(head_only) => files::serve(state, session, ctx, head_only).await?,
             Endpoint::Usage => match usage(state, session).await {
                 Ok(body) => send_json(session, ctx, 200, body, &[]).await?,
@@ -779,6 +808,136 @@ mod tests {
         assert!(matches!(
             endpoint(&http::Method::DELETE, "/v1/images/files/1-a.png"),
             Endpoint::WrongMethod("GET, HEAD")
+        ));
+    }
+
+    #[test]
+    fn openai_bases_serve_the_openai_paths_in_openai_framing() {
+        let post = http::Method::POST;
+        for base in ["/openai", "/litellm", "/langchain", "/pydanticai"] {
+            for path in [format!("{base}/v1/images/edits"), format!("{base}/images/edits")] {
+                assert!(
+                    matches!(endpoint(&post, &path), Endpoint::ImageEdit(Framing::OpenAi)),
+                    "{path}"
+                );
+                assert!(matches!(
+                    endpoint(&http::Method::GET, &path),
+                    Endpoint::WrongMethod("POST")
+                ));
+            }
+            for path in [format!("{base}/v1/models"), format!("{base}/models")] {
+                assert!(
+                    matches!(endpoint(&http::Method::GET, &path), Endpoint::Models),
+                    "{path}"
+                );
+                assert!(matches!(endpoint(&post, &path), Endpoint::WrongMethod("GET")));
+            }
+            let one = format!("{base}/v1/models/demo%2Fsim-image-1");
+            assert!(matches!(
+                endpoint(&http::Method::GET, &one),
+                Endpoint::Model("demo%2Fsim-image-1")
+            ));
+            assert!(matches!(
+                endpoint(&http::Method::DELETE, &one),
+                Endpoint::WrongMethod("GET")
+            ));
+            // Bifrost's Azure form under each base (`azure_endpoint=<gateway>/openai`).
+            let azure = format!("{base}/openai/deployments/my-deploy/images/edits");
+            assert!(
+                matches!(endpoint(&post, &azure), Endpoint::DeploymentEdit("my-deploy")),
+                "{azure}"
+            );
+            assert!(matches!(
+                endpoint(&http::Method::GET, &azure),
+                Endpoint::WrongMethod("POST")
+            ));
+            // Unknown sub-paths stay 404.
+            for unknown in [
+                format!("{base}/v1/chat/completions"),
+                format!("{base}/v1/v1/images/edits"),
+                format!("{base}/images/edits/x"),
+                format!("{base}/v1/models/"),
+                format!("{base}/models/a/b"),
+                format!("{base}/openai/deployments//images/edits"),
+                format!("{base}/openai/deployments/a/b/images/edits"),
+                format!("{base}/openai/deployments/a/images/generations"),
+                base.to_string(),
+                format!("{base}/"),
+            ] {
+                assert!(matches!(endpoint(&post, &unknown), Endpoint::Unknown), "{unknown}");
+            }
+        }
+        // A prefix only counts as a whole segment.
+        assert!(matches!(endpoint(&post, "/openaiv1/images/edits"), Endpoint::Unknown));
+        assert!(matches!(endpoint(&post, "/litellmx/images/edits"), Endpoint::Unknown));
+    }
+
+    #[test]
+    fn azure_deployments_at_the_root_and_models_everywhere() {
+        let post = http::Method::POST;
+        assert!(matches!(
+            endpoint(&post, "/openai/deployments/demo%2Fsim-image-1/images/edits"),
+            Endpoint::DeploymentEdit("demo%2Fsim-image-1")
+        ));
+        // `/deployments` without `/openai` before it is no route.
+        assert!(matches!(
+            endpoint(&post, "/deployments/d/images/edits"),
+            Endpoint::Unknown
+        ));
+        assert!(matches!(
+            endpoint(&post, "/litellm/deployments/d/images/edits"),
+            Endpoint::Unknown
+        ));
+        assert!(matches!(endpoint(&http::Method::GET, "/v1/models"), Endpoint::Models));
+        assert!(matches!(endpoint(&http::Method::GET, "/models"), Endpoint::Models));
+        assert!(matches!(
+            endpoint(&http::Method::GET, "/v1/models/openai%2Fgpt-image-1"),
+            Endpoint::Model("openai%2Fgpt-image-1")
+        ));
+        assert!(matches!(
+            endpoint(&http::Method::HEAD, "/v1/models"),
+            Endpoint::WrongMethod("GET")
+        ));
+    }
+
+    #[test]
+    fn async_jobs_at_the_root_and_under_openai_only() {
+        let post = http::Method::POST;
+        for (path, framing) in [
+            ("/v1/async/images/edits", Framing::Bifrost),
+            ("/openai/v1/async/images/edits", Framing::OpenAi),
+            ("/openai/async/images/edits", Framing::OpenAi),
+        ] {
+            assert!(
+                matches!(endpoint(&post, path), Endpoint::SubmitJob(f) if f == framing),
+                "{path}"
+            );
+            assert!(matches!(
+                endpoint(&http::Method::GET, path),
+                Endpoint::WrongMethod("POST")
+            ));
+            let job = format!("{path}/job-1");
+            assert!(matches!(endpoint(&http::Method::GET, &job), Endpoint::PollJob("job-1")));
+            assert!(matches!(
+                endpoint(&http::Method::DELETE, &job),
+                Endpoint::CancelJob("job-1")
+            ));
+            assert!(matches!(endpoint(&post, &job), Endpoint::WrongMethod("GET, DELETE")));
+        }
+        // Bifrost refuses async image edits on its framework routes: no such route here.
+        for base in ["/litellm", "/langchain", "/pydanticai"] {
+            let path = format!("{base}/v1/async/images/edits");
+            assert!(matches!(endpoint(&post, &path), Endpoint::Unknown), "{path}");
+            let job = format!("{path}/job-1");
+            assert!(matches!(endpoint(&http::Method::GET, &job), Endpoint::Unknown), "{job}");
+        }
+        assert!(matches!(
+            endpoint(&http::Method::GET, "/v1/async/images/edits/"),
+            Endpoint::Unknown
+        ));
+        assert!(matches!(
+            endpoint(&http::Method::GET, "/v1/async/images/edits/a/b"),
+            Endpoint::Unknown
         ));
     }
 }

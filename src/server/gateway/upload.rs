@@ -43,6 +43,9 @@ pub(super) struct Upload<'a> {
     /// The request only stores the upload (an async job's submission): nothing goes upstream
     /// while it is read.
     pub(super) store_only: bool,
+    /// `(provider, model)` when the path names the model (Azure's deployment route): the
+    /// form's `model` field is ignored.
+    pub(super) preset_model: Option<(&'a str, &'a str)>,
 }
 
 /// The upload, read and valid.
@@ -127,6 +130,7 @@ pub(super) async fn read<'a>(
         admission: None,
         started_key: None,
         rehost_urls: false,
+        preset_model: up.preset_model,
     };
     // The streamed attempt: waits for its start (the feed sends it once `model` passed), then
     // exchanges while the feed hands it the body.
@@ -383,6 +387,8 @@ pub(super) struct UpstreamFeed<'a, 's> {
     /// The gateway makes the URLs for the streamed attempt's provider: `response_format=url`
     /// goes upstream as `b64_json` (`super::rehost`).
     pub(super) rehost_urls: bool,
+    /// The model the request's path names, if it does ([`Upload::preset_model`]).
+    pub(super) preset_model: Option<(&'a str, &'a str)>,
 }
 
 impl UpstreamFeed<'_, '_> {
@@ -412,6 +418,10 @@ impl UpstreamFeed<'_, '_> {
 
 #[async_trait]
 impl FormSink for UpstreamFeed<'_, '_> {
+    fn preset_model(&self) -> Option<(&str, &str)> {
+        self.preset_model
+    }
+
     async fn model(&mut self, provider: &str, model: &str) -> std::result::Result<(), GatewayError> {
         route_candidate(self.state, self.identity, provider, model)?;
         self.routed = Some((provider.to_string(), model.to_string()));

@@ -256,7 +256,7 @@ fn azure_deployment_path_routes_by_the_deployment() {
     let gw = gateway(&mock);
     mock.always(Reply::json(200, &default_success()));
     let form = Form::new()
-        .text("model", "prod-image")
+        .text("model", "what-the-form-says")
         .text("prompt", "make it blue")
         .file("image", "in.png", "image/png", &tiny_png());
     for path in [
@@ -275,8 +275,8 @@ fn azure_deployment_path_routes_by_the_deployment() {
             "/openai/deployments/prod-image/images/edits?api-version=2024-02-01"
         );
         assert_eq!(rec.header("api-key").as_deref(), Some(AZURE_KEY));
-        // The model the deployment named, not the form's `model` (a deployment name).
-        assert_eq!(parts_named(&rec.parts(), "model")[0].text(), "gpt-image-1");
+        // Azure's adapter names the deployment as the model; never the form's `model`.
+        assert_eq!(parts_named(&rec.parts(), "model")[0].text(), "prod-image");
     }
 }
 

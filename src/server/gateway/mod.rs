@@ -178,7 +178,7 @@ enum Endpoint<'p> {
 const OPENAI_BASES: [&str; 4] = ["/openai", "/litellm", "/langchain", "/pydanticai"];
 
 /// The route of `method` and `path`. Under the root and under each of [`OPENAI_BASES`], with
-/// or without `/v1`: `images/edits`, `models`, `models/{id}`; async jobs at the root and
+/// or without `/v1`: `images/edits`, `models`, `models/{id}` (the id's `/` encoded or not); async jobs at the root and
 /// under `/openai` only (as Bifrost, whose integration routes refuse async image edits); Azure
 /// OpenAI's `openai/deployments/{deployment}/images/edits` under each base and at the root.
 fn endpoint<'p>(method: &http::Method, path: &'p str) -> Endpoint<'p> {
@@ -234,7 +234,8 @@ fn endpoint<'p>(method: &http::Method, path: &'p str) -> Endpoint<'p> {
                     http::Method::DELETE => Endpoint::CancelJob(id),
                     _ => Endpoint::WrongMethod("GET, DELETE"),
                 }
-            } else if let Some(id) = one("/models/") {
+            } else if let Some(id) = r.strip_prefix("/models/").filter(|id| !id.is_empty()) {
+                // The SDKs send `provider%2Fmodel`; curl users may leave the `/` as it is.
                 if is(http::Method::GET) {
                     Endpoint::Model(id)
                 } else {
@@ -857,7 +858,6 @@ mod tests {
                 format!("{base}/v1/v1/images/edits"),
                 format!("{base}/images/edits/x"),
                 format!("{base}/v1/models/"),
-                format!("{base}/models/a/b"),
                 format!("{base}/openai/deployments//images/edits"),
                 format!("{base}/openai/deployments/a/b/images/edits"),
                 format!("{base}/openai/deployments/a/images/generations"),

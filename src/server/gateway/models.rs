@@ -11,7 +11,8 @@ use crate::auth::Identity;
 use crate::config::ProviderConfig;
 use crate::error::GatewayError;
 use crate::providers::kernel::percent::percent_decode_segment;
-use crate::providers::{model_id, UnifiedAnswer};
+use crate::providers::UnifiedAnswer;
+use crate::route::Router;
 use crate::server::AppState;
 use pingora::proxy::Session;
 use serde_json::{json, Value};
@@ -26,7 +27,7 @@ pub(super) async fn list(
 ) -> Result<UnifiedAnswer, GatewayError> {
     let identity = crate::server::jwks::authenticate(state, &session.req_header().headers).await?;
     ctx.virtual_key.clone_from(&identity.key_id);
-    let data: Vec<Value> = usable_models(&state.config.providers, &identity)
+    let data: Vec<Value> = usable_models(&state.config.providers, &state.router, &identity)
         .iter()
         .map(|(provider, model)| model_object(provider, model))
         .collect();
@@ -47,7 +48,7 @@ pub(super) async fn retrieve(
     let name = percent_decode_segment(id).unwrap_or_default();
     let found = crate::form::split_model(&name)
         .ok()
-        .filter(|(provider, model)| usable(&state.config.providers, &identity, provider, model).is_ok());
+        .filter(|(provider, model)| usable(&state.router, &identity, provider, model).is_ok());
     match found {
         Some((provider, model)) => Ok(to_answer(&model_object(&provider, &model))),
         None => Err(GatewayError::Refused {
@@ -77,7 +78,7 @@ fn to_answer(body: &Value) -> UnifiedAnswer {
 /// caller's own `provider/model` entries (its key's `models`, a token's `models` claim); each
 /// kept when [`usable`] says so. A provider whose keys serve any model (`*`) thus lists only
 /// the names spelled out somewhere.
-pub fn usable_models(providers: &[ProviderConfig], identity: &Identity) -> Vec<(String, String)> {
+pub fn usable_models(providers: &[ProviderConfig], router: &Router, identity: &Identity) -> Vec<(String, String)> {
     let mut named: Vec<(&str, &str)> = Vec::new();
     for p in providers {
         let keys = p.keys.iter().flat_map(|k| k.models.iter().map(String::as_str));
@@ -99,7 +100,7 @@ pub fn usable_models(providers: &[ProviderConfig], identity: &Identity) -> Vec<(
     let mut out: Vec<(String, String)> = Vec::new();
     for (provider, model) in named {
         let seen = out.iter().any(|(p, m)| p == provider && m == model);
-        if !seen && usable(providers, identity, provider, model).is_ok() {
+        if !seen && usable(router, identity, provider, model).is_ok() {
             out.push((provider.to_string(), model.to_string()));
         }
     }
@@ -110,17 +111,8 @@ pub fn usable_models(providers: &[ProviderConfig], identity: &Identity) -> Vec<(
 /// it: the provider is configured (else 400 `unknown_provider`), the model fits its kind's
 /// grammar, a key serves it (else 400 `no_key_for_model`), and the caller may use it (else
 /// 403).
-pub fn usable(
-    providers: &[ProviderConfig],
-    identity: &Identity,
-    provider: &str,
-    model: &str,
-) -> Result<(), GatewayError> {
-    let p = providers
-        .iter()
-        .find(|p| p.name == provider)
-        .ok_or_else(|| GatewayError::UnknownProvider(provider.chars().take(64).collect()))?;
-    model_id::check(p.kind, model, "model")?;
+pub fn usable(router: &Router, identity: &Identity, provider: &str, model: &str) -> Result<(), GatewayError> {
+    let p = router.candidate(provider, model, "model")?;
     if !p.keys.iter().any(|k| k.serves(model)) {
         return Err(GatewayError::NoKeyForModel {
             provider: provider.to_string(),
@@ -162,7 +154,7 @@ mod tests {
     use super::*;
     use crate::config::from_yaml_str_with_env;
 
-    fn providers() -> Vec<ProviderConfig> {
+    fn config() -> crate::config::Config {
         let yaml = r#"
 providers:
   - name: openai
@@ -187,7 +179,15 @@ providers:
     keys:
       - { name: k1, value: k1, models: ["m1"] }
 "#;
-        from_yaml_str_with_env(yaml, &|_| None).expect("valid config").providers
+        from_yaml_str_with_env(yaml, &|_| None).expect("valid config")
+    }
+
+    fn providers() -> Vec<ProviderConfig> {
+        config().providers
+    }
+
+    fn router() -> Router {
+        Router::new(&config())
     }
 
     fn ids(list: &[(String, String)]) -> Vec<String> {
@@ -196,7 +196,7 @@ providers:
 
     #[test]
     fn lists_the_named_models_a_key_serves_once_each() {
-        let all = usable_models(&providers(), &Identity::anonymous());
+        let all = usable_models(&providers(), &router(), &Identity::anonymous());
         // az/dall-e-2 is an alias, one/m2 a rule, that no key of theirs serves.
         assert_eq!(
             ids(&all),
@@ -215,7 +215,7 @@ providers:
             ]),
             ..Identity::default()
         };
-        let list = usable_models(&providers(), &key);
+        let list = usable_models(&providers(), &router(), &key);
         assert_eq!(
             ids(&list),
             ["openai/gpt-image-1", "openai/dall-e-2", "openai/gpt-image-1.5"]
@@ -224,12 +224,15 @@ providers:
             token_models: Some(vec!["openai/dall-e-2".into()]),
             ..key
         };
-        assert_eq!(ids(&usable_models(&providers(), &narrowed)), ["openai/dall-e-2"]);
+        assert_eq!(
+            ids(&usable_models(&providers(), &router(), &narrowed)),
+            ["openai/dall-e-2"]
+        );
     }
 
     #[test]
     fn usable_decides_as_the_route_step() {
-        let p = providers();
+        let p = router();
         let anyone = Identity::anonymous();
         assert!(usable(&p, &anyone, "openai", "anything-else").is_ok());
         let code = |r: Result<(), GatewayError>| r.unwrap_err().code();

@@ -334,3 +334,37 @@ fn azure_deployment_path_refusals() {
     assert_error(&r, 405, "method_not_allowed");
     assert_eq!(mock.received(), 0);
 }
+
+/// A large upload on the deployment path streams upstream from its first part (the model is
+/// known from the path), and arrives byte for byte.
+#[test]
+fn a_large_upload_on_the_deployment_path_streams_upstream() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock);
+    mock.always(Reply::json(200, &default_success()));
+    let image = big_png_like(600_000, 3);
+    let form = Form::new()
+        .text("prompt", "make it blue")
+        .file("image", "big.png", "image/png", &image)
+        .text("model", "ignored");
+    let r = post(
+        &gw,
+        "/openai/deployments/prod-image/images/edits",
+        &[("api-key", VK)],
+        &form,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rec = mock.only_request();
+    assert_eq!(
+        rec.header("transfer-encoding").as_deref(),
+        Some("chunked"),
+        "streamed upstream"
+    );
+    let parts = rec.parts();
+    assert_eq!(parts_named(&parts, "model")[0].text(), "prod-image");
+    let sent = parts
+        .iter()
+        .find(|p| p.data.len() == image.len())
+        .expect("the image part");
+    assert!(sent.data == image, "the image must arrive byte for byte");
+}

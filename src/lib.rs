@@ -18,6 +18,7 @@ pub mod error;
 pub mod form;
 pub mod governance;
 pub mod imaging;
+pub mod inbound;
 pub mod kind;
 pub mod metrics;
 pub mod pricing;

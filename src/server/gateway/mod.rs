@@ -40,6 +40,7 @@ mod attempt;
 mod fallback;
 mod files;
 mod follow;
+mod genai;
 pub mod jobs;
 mod linger;
 mod models;
@@ -166,6 +167,9 @@ enum Endpoint<'p> {
     PollJob(&'p str),
     /// `DELETE …/async/images/edits/{id}`.
     CancelJob(&'p str),
+    /// Google GenAI's `generateContent`, `streamGenerateContent` or Imagen `:predict` under
+    /// `/genai` ([`crate::inbound::genai::route`]).
+    Genai(crate::inbound::genai::GenaiRoute<'p>),
     /// A known path, a method it does not take; the methods it takes, for `Allow`.
     WrongMethod(&'static str),
     Unknown,
@@ -193,6 +197,13 @@ fn endpoint<'p>(method: &http::Method, path: &'p str) -> Endpoint<'p> {
                 http::Method::GET => Endpoint::File(false),
                 http::Method::HEAD => Endpoint::File(true),
                 _ => Endpoint::WrongMethod("GET, HEAD"),
+            }
+        }
+        p if p.starts_with("/genai/") => {
+            return match crate::inbound::genai::route(p) {
+                Some(route) if is(http::Method::POST) => Endpoint::Genai(route),
+                Some(_) => Endpoint::WrongMethod("POST"),
+                None => Endpoint::Unknown,
             }
         }
         _ => {}
@@ -296,12 +307,36 @@ async fn send_json(
 /// discarded within `limits.linger_*` (see [`linger`]), so that a client still sending
 /// gets the answer; a body that could not be read closes the connection at once.
 async fn send_error(state: &AppState, session: &mut Session, ctx: &mut RequestCtx, err: &GatewayError) -> Result<()> {
+    send_error_in(state, session, ctx, err, ErrorShape::Bifrost).await
+}
+
+/// The shape of an error answer: the route's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorShape {
+    /// Bifrost's (every OpenAI-style route).
+    Bifrost,
+    /// Google's `{"error":{"code","message","status"}}` (the `/genai` routes).
+    Google,
+}
+
+/// [`send_error`] with the error body in `shape`.
+async fn send_error_in(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    err: &GatewayError,
+    shape: ErrorShape,
+) -> Result<()> {
     if let GatewayError::Internal(detail) | GatewayError::StoreUnavailable(detail) = err {
         log::error!("request {}: {detail}", ctx.request_id);
     }
     let rest = BodyRest::decide(session, err);
     ctx.reason = Some(err.code());
-    let body = serde_json::to_vec(&error_json(err, ctx)).unwrap_or_else(|_| b"{}".to_vec());
+    let json = error_json(err, ctx);
+    let body = match shape {
+        ErrorShape::Bifrost => serde_json::to_vec(&json).unwrap_or_else(|_| b"{}".to_vec()),
+        ErrorShape::Google => crate::inbound::genai::error_body(err.status(), &json),
+    };
     send_json(
         session,
         ctx,
@@ -724,6 +759,7 @@ impl Gateway {
                 let span = tracing::info_span!(target: SPAN_TARGET, "answer");
                 send_reply(state, session, ctx, reply).instrument(span).await?;
             }
+            Endpoint::Genai(route) => genai::serve(state, session, ctx, route).await?,
             Endpoint::Models => match models::list(state, session, ctx).await {
                 Ok(body) => send_json(session, ctx, 200, body, &[]).await?,
                 Err(e) => send_error(state, session, ctx, &e).await?,
@@ -897,6 +933,35 @@ mod tests {
         assert!(matches!(
             endpoint(&http::Method::HEAD, "/v1/models"),
             Endpoint::WrongMethod("GET")
+        ));
+    }
+
+    #[test]
+    fn genai_calls_under_genai() {
+        let post = http::Method::POST;
+        let path = "/genai/v1beta/models/demo/sim-image-1:generateContent";
+        assert!(matches!(
+            endpoint(&post, path),
+            Endpoint::Genai(r) if r.model == "demo/sim-image-1"
+        ));
+        assert!(matches!(
+            endpoint(&http::Method::GET, path),
+            Endpoint::WrongMethod("POST")
+        ));
+        assert!(matches!(
+            endpoint(
+                &post,
+                "/genai/v1beta1/projects/p/locations/l/publishers/google/models/m:predict"
+            ),
+            Endpoint::Genai(_)
+        ));
+        assert!(matches!(
+            endpoint(&post, "/genai/v1beta/models/m:embedContent"),
+            Endpoint::Unknown
+        ));
+        assert!(matches!(
+            endpoint(&post, "/genai/v1beta/images/edits"),
+            Endpoint::Unknown
         ));
     }
 

@@ -121,6 +121,16 @@ fn generate_content_in_openai_out_byte_for_byte() {
         assert!(images[1].data == second, "the second image differs from the upload");
     }
     assert_eq!(mock.requests().len(), 2);
+    // Counted as any edit: by provider, model and status.
+    wait_until("both GenAI edits counted", || {
+        gw.metrics_text().lines().any(|l| {
+            l.starts_with("refract_requests_total{")
+                && l.contains(r#"provider="openai""#)
+                && l.contains(r#"model="gpt-image-1""#)
+                && l.contains(r#"status="200""#)
+                && l.ends_with(" 2")
+        })
+    });
 }
 
 #[test]
@@ -325,4 +335,13 @@ fn generate_content_through_the_simulator() {
         .expect("an image");
     let out = decode_png(&unb64(data)).expect("a PNG");
     assert_eq!((out.width, out.height), (8, 8));
+    // Vertex mode's `generate_content`: the same, on the publisher path, the key as a bearer.
+    let r = post_json(
+        &gw,
+        "/genai/v1beta1/projects/p/locations/l/publishers/demo/models/sim-image-1:generateContent",
+        &[("authorization", &format!("Bearer {VK}"))],
+        &generate_body(&[&image], "paint it"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["modelVersion"], "demo/sim-image-1");
 }

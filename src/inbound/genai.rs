@@ -42,7 +42,7 @@ pub enum GenaiCall {
     Generate,
     /// `…/models/{model}:streamGenerateContent` (answered as Gemini's SSE).
     StreamGenerate,
-    /// Vertex's `…/publishers/{publisher}/models/{model}:predict` (Imagen's `edit_image`).
+    /// `…:predict` (Imagen's `edit_image`, on Vertex's paths only).
     Predict,
 }
 
@@ -61,8 +61,9 @@ pub struct GenaiRoute<'p> {
 pub const GENAI_BASE: &str = "/genai";
 
 /// The route of a path under [`GENAI_BASE`] (`None`: not a GenAI call):
-/// `/genai/{version}/models/{model}:generateContent|streamGenerateContent` and
-/// `/genai/{version}/[projects/{p}/locations/{l}/]publishers/{publisher}/models/{model}:predict`.
+/// `/genai/{version}/models/{model}:generateContent|streamGenerateContent` (the Gemini API) and
+/// `/genai/{version}/[projects/{p}/locations/{l}/]publishers/{publisher}/models/{model}:predict|generateContent|streamGenerateContent`
+/// (Vertex, where google-genai sends `provider/model` as publisher and model).
 /// `{model}` may hold a `/` (google-genai sends `provider/model` unencoded), `%2F` too.
 pub fn route(path: &str) -> Option<GenaiRoute<'_>> {
     let rest = path.strip_prefix(GENAI_BASE)?.strip_prefix('/')?;
@@ -77,23 +78,26 @@ pub fn route(path: &str) -> Option<GenaiRoute<'_>> {
         "predict" => GenaiCall::Predict,
         _ => return None,
     };
-    let (publisher, model) = if call == GenaiCall::Predict {
-        let target = match target.strip_prefix("projects/") {
-            Some(t) => {
-                let (_project, t) = t.split_once('/')?;
-                let t = t.strip_prefix("locations/")?;
-                let (_location, t) = t.split_once('/')?;
-                t
+    let (publisher, model) = match target.strip_prefix("models/") {
+        // Gemini API paths name no publisher; Imagen's `:predict` is Vertex's only.
+        Some(model) if call != GenaiCall::Predict => (None, model),
+        Some(_) => return None,
+        None => {
+            let target = match target.strip_prefix("projects/") {
+                Some(t) => {
+                    let (_project, t) = t.split_once('/')?;
+                    let t = t.strip_prefix("locations/")?;
+                    let (_location, t) = t.split_once('/')?;
+                    t
+                }
+                None => target,
+            };
+            let (publisher, model) = target.strip_prefix("publishers/")?.split_once("/models/")?;
+            if publisher.is_empty() || publisher.contains('/') {
+                return None;
             }
-            None => target,
-        };
-        let (publisher, model) = target.strip_prefix("publishers/")?.split_once("/models/")?;
-        if publisher.is_empty() || publisher.contains('/') {
-            return None;
+            (Some(publisher), model)
         }
-        (Some(publisher), model)
-    } else {
-        (None, target.strip_prefix("models/")?)
     };
     if model.is_empty() || model.starts_with('/') || model.ends_with('/') {
         return None;
@@ -344,12 +348,14 @@ fn edit_type_for(mode: &str) -> Result<Option<&'static str>, GatewayError> {
         "EDIT_MODE_INPAINT_INSERTION" | "EDIT_MODE_INPAINT_REMOVAL" => Some("inpainting"),
         "EDIT_MODE_OUTPAINT" => Some("outpainting"),
         "EDIT_MODE_BGSWAP" => Some("background_removal"),
-        other => return Err(invalid(
-            "parameters.editMode",
-            format!(
+        other => {
+            return Err(invalid(
+                "parameters.editMode",
+                format!(
                 "editMode '{other}' is not supported (DEFAULT, INPAINT_INSERTION, INPAINT_REMOVAL, OUTPAINT, BGSWAP)"
             ),
-        )),
+            ))
+        }
     })
 }
 

@@ -36,6 +36,11 @@ fn routes_of_the_gemini_and_vertex_paths() {
     // Express mode: no project.
     let r = route("/genai/v1/publishers/google/models/m:predict").unwrap();
     assert_eq!((r.publisher, r.model), (Some("google"), "m"));
+    // Vertex mode's `generate_content`.
+    let r = route("/genai/v1beta1/projects/p/locations/l/publishers/demo/models/sim-image-1:streamGenerateContent")
+        .unwrap();
+    assert_eq!(r.call, GenaiCall::StreamGenerate);
+    assert_eq!((r.publisher, r.model), (Some("demo"), "sim-image-1"));
     for bad in [
         "/genai",
         "/genai/",

@@ -345,3 +345,29 @@ fn generate_content_through_the_simulator() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["modelVersion"], "demo/sim-image-1");
 }
+
+/// `Expect: 100-continue` (curl's, for bodies over 1 KiB) is answered before the body is sent.
+#[test]
+fn expect_100_continue() {
+    let mock = MockUpstream::start();
+    let gw = gateway(&mock, false);
+    mock.always(Reply::json(200, &default_success()));
+    let body = generate_body(&[&tiny_png()], "p").to_string();
+    let mut c = gw.connect();
+    c.send(
+        format!(
+            "POST /genai/v1beta/models/openai%2Fgpt-image-1:generateContent HTTP/1.1\r\nHost: gateway.test\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nx-goog-api-key: {VK}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.read_response().status, 100);
+    c.send(body.as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["candidates"][0]["content"]["parts"][0]["inlineData"]["data"],
+        "aW1hZ2UtMA=="
+    );
+}

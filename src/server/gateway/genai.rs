@@ -100,7 +100,7 @@ async fn edit(
     let identity = authenticate(state, session).await?;
     let reply = async {
         let model = route_model(state, &route)?;
-        check_head(state, session)?;
+        check_head(state, session).await?;
         let admitted = AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
         let reply = admitted_edit(state, session, ctx, &identity, (route, model)).await;
         admitted.finish().await;
@@ -111,8 +111,9 @@ async fn edit(
     reply
 }
 
-/// The head's checks: a JSON body (or none declared), not longer than `limits.max_body_bytes`.
-fn check_head(state: &AppState, session: &Session) -> Result<(), GatewayError> {
+/// The head's checks: a JSON body (or none declared), not longer than `limits.max_body_bytes`;
+/// answers `Expect: 100-continue` (curl sends it for bodies over 1 KiB).
+async fn check_head(state: &AppState, session: &mut Session) -> Result<(), GatewayError> {
     let headers = &session.req_header().headers;
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
@@ -129,6 +130,16 @@ fn check_head(state: &AppState, session: &Session) -> Result<(), GatewayError> {
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|len| len > state.config.limits.max_body_bytes) {
         return Err(too_large(state));
+    }
+    let expects_continue = headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await
+            .map_err(|e| GatewayError::BodyUnreadable(format!("cannot answer Expect: {}", e.etype().as_str())))?;
     }
     Ok(())
 }
@@ -187,10 +198,11 @@ async fn admitted_edit(
     (route, (provider, model)): (GenaiRoute<'_>, (String, String)),
 ) -> Result<Vec<u8>, GatewayError> {
     let upstream_start = Instant::now();
-    // Reported as asked, whatever happens next.
+    // The model is checked before the body is read (as the multipart route checks `model` as
+    // it arrives), and only then reported (no metric series for an unknown provider).
+    super::attempt::route_candidate(state, identity, &provider, &model)?;
     ctx.provider = Some(provider.clone());
     ctx.model = Some(model.clone());
-    super::attempt::route_candidate(state, identity, &provider, &model)?;
     let body = read_body(state, session, ctx).await?;
     let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
     let mut form = {

@@ -62,6 +62,23 @@ pub enum EditType {
     BackgroundRemoval,
 }
 
+/// The convention the client's mask is drawn in (issue 18 item 8). A multipart upload does not
+/// say: its mask is read as [`MaskSource::Detect`]. Inbound formats whose provider fixes the
+/// convention (Imagen's and Stability's white = edit, Titan's inpainting black = edit) name it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MaskSource {
+    /// Decided from the mask itself: transparency present → [`MaskSource::Alpha`], else
+    /// [`MaskSource::WhiteEdit`].
+    #[default]
+    Detect,
+    /// OpenAI's: fully transparent pixels (alpha 0) mark the area to edit.
+    Alpha,
+    /// Opaque, white marks the area to edit, black the area to keep.
+    WhiteEdit,
+    /// Opaque, black marks the area to edit, white the area to keep.
+    BlackEdit,
+}
+
 pub use crate::spec::{Fallback, MAX_N};
 
 /// A validated image-edit request: every field of the spec, typed.
@@ -76,8 +93,11 @@ pub struct EditForm {
     pub prompt: Option<String>,
     /// Images to edit, in order; the first is the edit target.
     pub images: Vec<FilePart>,
-    /// Mask for the first image (transparent = edit).
+    /// Mask for the first image, in the convention [`EditForm::mask_source`] names.
     pub mask: Option<FilePart>,
+    /// How [`EditForm::mask`] marks the area to edit.
+    #[serde(default)]
+    pub mask_source: MaskSource,
     /// `type`.
     pub edit_type: Option<EditType>,
     /// `n`, 1..=[`MAX_N`].

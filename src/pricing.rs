@@ -11,6 +11,7 @@
 //! Plain values only: nothing here knows Pingora.
 
 use crate::config::ProviderKind;
+use serde::Deserialize;
 
 /// An amount of US dollars, in millionths.
 pub type Micros = u64;
@@ -65,20 +66,45 @@ impl TokenUsage {
     /// `output_tokens`. Without the details, every input token counts as an image token (the
     /// dearer input rate: an estimate that errs high). `None` without `input_tokens`.
     pub fn from_usage(usage: &serde_json::Value) -> Option<TokenUsage> {
-        let count = |v: &serde_json::Value, name: &str| v.get(name).and_then(serde_json::Value::as_u64);
-        let input = count(usage, "input_tokens")?;
-        let output = count(usage, "output_tokens").unwrap_or(0);
-        let (text_input, image_input) = match usage.get("input_tokens_details") {
-            Some(d) => (
-                count(d, "text_tokens").unwrap_or(0),
-                count(d, "image_tokens").unwrap_or(0),
-            ),
+        UsageCounts::deserialize(usage).ok()?.tokens()
+    }
+}
+
+/// The counts of an answer's `usage` object (OpenAI's shape), read straight from its JSON
+/// without building a `Value` (other members are skipped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct UsageCounts {
+    /// `input_tokens`.
+    pub input_tokens: Option<u64>,
+    /// `output_tokens`.
+    pub output_tokens: Option<u64>,
+    /// `total_tokens`.
+    pub total_tokens: Option<u64>,
+    /// `input_tokens_details`.
+    pub input_tokens_details: Option<InputTokensDetails>,
+}
+
+/// `usage.input_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct InputTokensDetails {
+    /// `text_tokens`.
+    pub text_tokens: Option<u64>,
+    /// `image_tokens`.
+    pub image_tokens: Option<u64>,
+}
+
+impl UsageCounts {
+    /// The token counts pricing reads ([`TokenUsage::from_usage`]'s rule).
+    pub fn tokens(&self) -> Option<TokenUsage> {
+        let input = self.input_tokens?;
+        let (text_input, image_input) = match self.input_tokens_details {
+            Some(d) => (d.text_tokens.unwrap_or(0), d.image_tokens.unwrap_or(0)),
             None => (0, input),
         };
         Some(TokenUsage {
             text_input,
             image_input,
-            output,
+            output: self.output_tokens.unwrap_or(0),
         })
     }
 }

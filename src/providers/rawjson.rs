@@ -11,6 +11,7 @@
 //! closing quote with `memchr` and checked for control characters a block at a time, several
 //! times faster than serde_json's byte-wise string scan on a multi-megabyte image.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Called for each field when writing: writes the value itself and returns true, or returns
@@ -82,9 +83,10 @@ impl std::error::Error for JsonError {}
 /// the validator's stack grow without bound.
 const MAX_DEPTH: usize = 128;
 
-/// A JSON object as its fields in order: owned keys, raw values borrowed from the input.
+/// A JSON object as its fields in order: keys (borrowed unless they hold escapes), raw values
+/// borrowed from the input.
 #[derive(Debug, Default)]
-pub struct RawObject<'a>(pub Vec<(String, Raw<'a>)>);
+pub struct RawObject<'a>(pub Vec<(Cow<'a, str>, Raw<'a>)>);
 
 impl<'a> RawObject<'a> {
     /// Parses `bytes` as one JSON object.
@@ -118,7 +120,7 @@ impl<'a> RawObject<'a> {
 /// value itself, and `insert` writes one more field (key included) before field number `at`.
 fn write_object<'a, O: JsonOut>(
     out: &mut O,
-    fields: &[(String, Raw<'a>)],
+    fields: &[(Cow<'a, str>, Raw<'a>)],
     mut insert: Option<(usize, &mut WriteWith<'_, O>)>,
     skip: &[&str],
     rewrite: &mut Rewrite<'_, 'a, O>,
@@ -140,7 +142,7 @@ fn write_object<'a, O: JsonOut>(
             }
         }
         let Some((k, v)) = fields.get(i) else { break };
-        if skip.contains(&k.as_str()) {
+        if skip.contains(&k.as_ref()) {
             continue;
         }
         comma(out);
@@ -266,7 +268,10 @@ impl<'a> Scanner<'a> {
     }
 
     /// Scans `{…}`, calling `field` with the scanner just before each member's value.
-    fn object(&mut self, mut field: impl FnMut(&mut Self, String) -> Result<(), JsonError>) -> Result<(), JsonError> {
+    fn object(
+        &mut self,
+        mut field: impl FnMut(&mut Self, Cow<'a, str>) -> Result<(), JsonError>,
+    ) -> Result<(), JsonError> {
         self.expect(b'{', "expected a JSON object")?;
         self.skip_whitespace();
         if self.peek() == Some(b'}') {
@@ -324,22 +329,24 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A member name, unescaped.
-    fn key(&mut self) -> Result<String, JsonError> {
+    /// A member name, unescaped (borrowed from the input when it holds no escape).
+    fn key(&mut self) -> Result<Cow<'a, str>, JsonError> {
         if self.peek() != Some(b'"') {
             return self.fail("expected a member name");
         }
         let start = self.at;
         let escaped = self.string()?;
-        let raw = &self.text[start..self.at];
+        let raw: &'a str = &self.text[start..self.at];
         if !escaped {
-            return Ok(raw[1..raw.len() - 1].to_string());
+            return Ok(Cow::Borrowed(&raw[1..raw.len() - 1]));
         }
         // Escapes (surrogate pairs included) are decoded by serde_json.
-        serde_json::from_str(raw).map_err(|_| JsonError {
-            what: "invalid escape in a member name",
-            at: start,
-        })
+        serde_json::from_str::<String>(raw)
+            .map(Cow::Owned)
+            .map_err(|_| JsonError {
+                what: "invalid escape in a member name",
+                at: start,
+            })
     }
 
     /// Scans a string starting at its opening quote; returns whether it holds escapes.
@@ -608,7 +615,7 @@ mod tests {
             }
             let ours = RawObject::parse(&doc).ok().map(|o| {
                 o.0.into_iter()
-                    .map(|(k, v)| (k, v.get().to_string()))
+                    .map(|(k, v)| (k.into_owned(), v.get().to_string()))
                     .collect::<Vec<_>>()
             });
             assert_eq!(ours, serde_verdict(&doc), "{}", String::from_utf8_lossy(&doc));

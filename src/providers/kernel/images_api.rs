@@ -6,7 +6,7 @@
 
 use super::errors::provider_error;
 use super::multipart::{safe_content_type, MultipartWriter};
-use super::unified::extra_fields;
+use super::unified::extra_fields_json;
 use crate::error::GatewayError;
 use crate::form::{is_image_field, EditForm, EditType};
 use crate::imaging::ImageKind;
@@ -224,7 +224,7 @@ fn write_converted<'a, O: JsonOut>(
     cx: &ResponseContext<'_>,
     out: &mut O,
 ) -> Result<(), GatewayError> {
-    let extra = serde_json::to_vec(&extra_fields(cx)).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let extra = extra_fields_json(cx).map_err(|e| GatewayError::Internal(e.to_string()))?;
     let images = cx.num_input_images.to_string();
     doc.write(
         out,

@@ -10,8 +10,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// Escapes a multipart field or file name the way browsers do (HTML spec): `"`, CR and LF are
 /// percent-encoded, so a hostile name cannot break out of the header.
-fn escape_name(name: &str) -> String {
-    name.replace('"', "%22").replace('\r', "%0D").replace('\n', "%0A")
+fn escape_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.contains(['"', '\r', '\n']) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    std::borrow::Cow::Owned(name.replace('"', "%22").replace('\r', "%0D").replace('\n', "%0A"))
 }
 
 /// Builds a multipart body as a list of segments: literal bytes, and spool ranges for files.

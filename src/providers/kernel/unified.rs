@@ -88,7 +88,7 @@ fn write_answer<O: JsonOut>(
     out.put(b",\"usage\":");
     serde_json::to_writer(&mut *out, &usage.unwrap_or_else(zero_usage)).map_err(internal)?;
     out.put(b",\"extra_fields\":");
-    serde_json::to_writer(&mut *out, &extra_fields(cx)).map_err(internal)?;
+    serde_json::to_writer(&mut *out, &ExtraFields::of(cx)).map_err(internal)?;
     out.put(b"}");
     Ok(())
 }
@@ -105,14 +105,39 @@ pub fn output_format(mime: &str) -> Option<&'static str> {
 
 /// Bifrost's `extra_fields` for a successful image edit.
 pub fn extra_fields(cx: &ResponseContext<'_>) -> Value {
-    json!({
-        "request_type": "image_edit",
-        "provider": cx.provider,
-        "model_requested": cx.model_requested,
-        "model_deployment": cx.model_deployment,
-        "latency": cx.latency_ms,
-        "chunk_index": 0,
-    })
+    serde_json::to_value(ExtraFields::of(cx)).unwrap_or(Value::Null)
+}
+
+/// [`extra_fields`] serialized, written without building a `Value` (the answer path's: one
+/// allocation, the buffer).
+pub fn extra_fields_json(cx: &ResponseContext<'_>) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(160 + cx.provider.len() + cx.model_requested.len() + cx.model_deployment.len());
+    serde_json::to_writer(&mut out, &ExtraFields::of(cx))?;
+    Ok(out)
+}
+
+/// Bifrost's `extra_fields` members, in Bifrost's order.
+#[derive(serde::Serialize)]
+struct ExtraFields<'a> {
+    request_type: &'static str,
+    provider: &'a str,
+    model_requested: &'a str,
+    model_deployment: &'a str,
+    latency: u64,
+    chunk_index: u32,
+}
+
+impl<'a> ExtraFields<'a> {
+    fn of(cx: &ResponseContext<'a>) -> Self {
+        ExtraFields {
+            request_type: "image_edit",
+            provider: cx.provider,
+            model_requested: cx.model_requested,
+            model_deployment: cx.model_deployment,
+            latency: cx.latency_ms,
+            chunk_index: 0,
+        }
+    }
 }
 
 /// OpenAI usage with every count zero.

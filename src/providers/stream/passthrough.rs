@@ -86,7 +86,7 @@ impl PassThrough {
         out.extend_from_slice(kind.as_bytes());
         out.push(b'"');
         let mut written = Vec::new();
-        for (k, v) in members.0.iter().filter(|(k, _)| !REPLACED.contains(&k.as_str())) {
+        for (k, v) in members.0.iter().filter(|(k, _)| !REPLACED.contains(&k.as_ref())) {
             written.push(b',');
             serde_json::to_writer(&mut written, k).ok()?;
             written.push(b':');

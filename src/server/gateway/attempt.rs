@@ -20,7 +20,7 @@ use crate::auth::Identity;
 use crate::config::ProviderConfig;
 use crate::error::GatewayError;
 use crate::form::EditForm;
-use crate::pricing::{AnswerCost, PriceQuery, TokenUsage, Usd};
+use crate::pricing::{AnswerCost, PriceQuery, TokenUsage, UsageCounts, Usd};
 use crate::providers::stream::{synthesize_stream, Framing, StreamContext};
 use crate::providers::{adapter_for, capabilities, UnifiedAnswer};
 use crate::route::Target;
@@ -500,12 +500,11 @@ fn usage_of(answer: &UnifiedAnswer) -> Option<Usage> {
 }
 
 /// The admission's [`Usage`] of an answer's `usage` object.
-fn usage_counts(value: &serde_json::Value) -> Option<Usage> {
-    let count = |name: &str| value.get(name).and_then(serde_json::Value::as_u64);
+fn usage_counts(counts: &UsageCounts) -> Option<Usage> {
     Some(Usage {
-        input_tokens: count("input_tokens")?,
-        output_tokens: count("output_tokens").unwrap_or(0),
-        total_tokens: count("total_tokens").unwrap_or(0),
+        input_tokens: counts.input_tokens?,
+        output_tokens: counts.output_tokens.unwrap_or(0),
+        total_tokens: counts.total_tokens.unwrap_or(0),
     })
 }
 
@@ -513,7 +512,7 @@ fn usage_counts(value: &serde_json::Value) -> Option<Usage> {
 /// price of the model wants it. The members around the images are small pieces of their own,
 /// so only those are searched; the last `"usage":` key there is the top-level one (written
 /// after `data`).
-fn usage_value(answer: &UnifiedAnswer) -> Option<serde_json::Value> {
+fn usage_value(answer: &UnifiedAnswer) -> Option<UsageCounts> {
     const KEY: &[u8] = b"\"usage\":";
     let piece = answer
         .pieces()
@@ -521,11 +520,12 @@ fn usage_value(answer: &UnifiedAnswer) -> Option<serde_json::Value> {
         .filter(|p| memchr::memmem::rfind(p, KEY).is_some())
         .last()?;
     let at = memchr::memmem::rfind(piece, KEY)? + KEY.len();
-    let value: serde_json::Value = serde_json::Deserializer::from_slice(piece.get(at..)?)
-        .into_iter()
-        .next()?
-        .ok()?;
-    value.is_object().then_some(value)
+    let rest = piece.get(at..)?;
+    // An object only (a struct would also take an array).
+    if rest.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    serde_json::Deserializer::from_slice(rest).into_iter().next()?.ok()
 }
 
 /// The cost of a successful answer of `form`'s candidate (its model, `n` images, size and
@@ -678,7 +678,7 @@ async fn convert(
         Err(e) => Err(e),
     };
     let cost = unified.is_ok().then(|| {
-        let tokens = usage_json.as_ref().and_then(TokenUsage::from_usage);
+        let tokens = usage_json.as_ref().and_then(UsageCounts::tokens);
         answer_cost(scope.state, kind, form, tokens)
     });
     let unified = unified.map(|mut answer| {

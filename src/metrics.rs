@@ -31,6 +31,9 @@ pub struct Metrics {
     rejected: IntCounterVec,
     /// `refract_request_outcomes_total{provider,outcome}` ([`crate::access::Outcome`]).
     outcomes: IntCounterVec,
+    /// `refract_route_requests_total{route,status}`: requests by the route family the client
+    /// used ([`RequestRecord::route`]).
+    routes: IntCounterVec,
     fallbacks: IntCounterVec,
     retries: IntCounterVec,
     circuit_open: IntGaugeVec,
@@ -147,6 +150,9 @@ pub struct RequestRecord<'a> {
     pub response_bytes: u64,
     /// What the delivered answer cost, when one was delivered.
     pub cost: Option<crate::pricing::AnswerCost>,
+    /// The route family the client used (a bounded label: `v1`, `openai`, `litellm`,
+    /// `langchain`, `pydanticai`, `azure`, `genai`, `bedrock`, `other`).
+    pub route: &'static str,
 }
 
 /// The latency histograms' buckets (seconds): up to 900 s, past the default timeouts (180 s to
@@ -294,6 +300,14 @@ impl Metrics {
             rejected.with_label_values(&[reason]);
         }
         registry.register(Box::new(requests.clone()))?;
+        let routes = IntCounterVec::new(
+            Opts::new(
+                "refract_route_requests_total",
+                "Requests by the route family the client used (v1, openai, litellm, langchain, pydanticai, azure, genai, bedrock, other) and HTTP status.",
+            ),
+            &["route", "status"],
+        )?;
+        registry.register(Box::new(routes.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(request_bytes.clone()))?;
@@ -441,6 +455,7 @@ impl Metrics {
             connections,
             registry,
             requests,
+            routes,
             duration,
             upstream_duration,
             request_bytes,
@@ -616,6 +631,7 @@ impl Metrics {
         };
         let status = r.status.to_string();
         self.requests.with_label_values(&[provider, &model, &status]).inc();
+        self.routes.with_label_values(&[r.route, &status]).inc();
         self.duration
             .with_label_values(&[provider])
             .observe(r.duration.as_secs_f64());

@@ -94,6 +94,29 @@ fn every_openai_base_serves_edits_with_and_without_v1() {
         assert_eq!(rec.path, "/v1/images/edits");
         assert_eq!(parts_named(&rec.parts(), "model")[0].text(), "gpt-image-1");
     }
+    // Each base is a route label: one edit on /openai, two on each framework base.
+    let r = post(
+        &gw,
+        "/v1/images/edits",
+        &[("authorization", &format!("Bearer {VK}"))],
+        &valid_form(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (route, n) in [
+        ("openai", 1.0),
+        ("litellm", 2.0),
+        ("langchain", 2.0),
+        ("pydanticai", 2.0),
+        ("v1", 1.0),
+    ] {
+        assert_eq!(
+            gw.metric_settled(&format!(
+                "refract_route_requests_total{{route=\"{route}\",status=\"200\"}}"
+            )),
+            n,
+            "{route}"
+        );
+    }
 }
 
 /// Under every base, a stream is framed as OpenAI's: image events, then `data: [DONE]`.

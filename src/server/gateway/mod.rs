@@ -259,6 +259,40 @@ fn endpoint<'p>(method: &http::Method, path: &'p str) -> Endpoint<'p> {
     }
 }
 
+/// The route family of `path`, for the `route` label of `refract_route_requests_total`
+/// (bounded: the path itself is in the access record): `genai`, `bedrock`, `azure` (a
+/// deployment path under any base), the base an OpenAI-style client was pointed at
+/// (`openai`, `litellm`, `langchain`, `pydanticai`), `v1` (the root, with or without `/v1`),
+/// or `other` (health, usage, files, unknown paths).
+fn route_label(path: &str) -> &'static str {
+    if path.starts_with("/genai/") {
+        return "genai";
+    }
+    if path.starts_with("/bedrock/") {
+        return "bedrock";
+    }
+    if path.contains("/deployments/") {
+        return "azure";
+    }
+    let base = OPENAI_BASES
+        .iter()
+        .find(|b| path.strip_prefix(**b).is_some_and(|r| r.starts_with('/')));
+    match base.map(|b| &b[1..]) {
+        Some("openai") => "openai",
+        Some("litellm") => "litellm",
+        Some("langchain") => "langchain",
+        Some("pydanticai") => "pydanticai",
+        _ if path.starts_with("/v1/")
+            || path.starts_with("/images/")
+            || path.starts_with("/async/")
+            || path.starts_with("/models") =>
+        {
+            "v1"
+        }
+        _ => "other",
+    }
+}
+
 /// The deployment segment of Azure OpenAI's edit path, `…/openai/deployments/{d}/images/edits`:
 /// under any base (Bifrost documents `azure_endpoint=<gateway>/openai`, so the SDK sends
 /// `/openai/openai/deployments/…`), or at the root (`azure_endpoint=<gateway>`: the path
@@ -702,6 +736,7 @@ impl ProxyHttp for Gateway {
                 request_bytes: ctx.request_bytes,
                 response_bytes: ctx.response_bytes,
                 cost: ctx.cost,
+                route: route_label(session.req_header().uri.path()),
             });
             self.metrics.request_outcome(ctx.provider.as_deref(), outcome.as_str());
             ctx.span.record("status", ctx.status);
@@ -813,6 +848,32 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_labels() {
+        for (path, label) in [
+            ("/v1/images/edits", "v1"),
+            ("/images/edits", "v1"),
+            ("/v1/async/images/edits/abc", "v1"),
+            ("/async/images/edits", "v1"),
+            ("/v1/models", "v1"),
+            ("/openai/v1/images/edits", "openai"),
+            ("/openai/images/edits", "openai"),
+            ("/litellm/v1/images/edits", "litellm"),
+            ("/langchain/images/edits", "langchain"),
+            ("/pydanticai/v1/models", "pydanticai"),
+            ("/openai/deployments/d/images/edits", "azure"),
+            ("/openai/openai/deployments/d/images/edits", "azure"),
+            ("/genai/v1beta/models/m:generateContent", "genai"),
+            ("/bedrock/model/m/invoke", "bedrock"),
+            ("/health", "other"),
+            ("/api/governance/usage", "other"),
+            ("/openaix/images/edits", "other"),
+            ("/", "other"),
+        ] {
+            assert_eq!(route_label(path), label, "{path}");
+        }
+    }
 
     #[test]
     fn endpoints_by_method_and_path() {

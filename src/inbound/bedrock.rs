@@ -16,6 +16,7 @@
 //! | `…Params.image` / `text` / `negativeText` | `image[]` / `prompt` / `negative_prompt` |
 //! | `imageGenerationConfig` `numberOfImages`, `width`+`height`, `seed`, `quality`, `cfgScale` | `n`, `size` `WxH`, `seed`, `quality` (premium → high), extra field `cfg_scale` |
 //! | Stability `image`, `mask` (white = edit), `prompt`, `negative_prompt`, `seed`, `output_format` | the same names; `grow_mask`, `style_preset` as extra fields |
+//! | Stability `image` alone (no prompt, no mask: remove-background's body) | `type` background_removal |
 //!
 //! A body with `taskType` is Titan/Nova's, any other Stability's. `maskPrompt` (Titan's
 //! mask by description) is refused (400): send `maskImage`. Masks keep their convention: the
@@ -336,6 +337,10 @@ fn stability_request(body: &[u8]) -> Result<BedrockEdit<'_>, GatewayError> {
         }
         None => MaskSource::Detect,
     };
+    if source.mask.is_none() && request.prompt.as_deref().is_none_or(|p| p.trim().is_empty()) {
+        // The remove-background service's body: an image, no prompt, no mask.
+        source.fields.push(("type", "background_removal".to_string()));
+    }
     push_text(&mut source.fields, "prompt", request.prompt);
     push_text(&mut source.fields, "negative_prompt", request.negative_prompt);
     if let Some(seed) = request.seed {

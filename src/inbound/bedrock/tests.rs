@@ -173,9 +173,12 @@ fn stability_bodies_keep_their_names_and_white_edit_masks() {
     assert_eq!(field(&edit, "style_preset").as_deref(), Some("photographic"));
     assert_eq!(spool.read_all(form.images[0].range).unwrap(), image);
     assert_eq!(spool.read_all(form.mask.as_ref().unwrap().range).unwrap(), mask);
-    // Without a mask: nothing to name.
-    let (_, form, _) = form_of(&json!({"image": b64(&image)}));
+    // Without a mask: nothing to name; with no prompt either, remove-background's body.
+    let (_, form, _) = form_of(&json!({"image": b64(&image), "prompt": "x"}));
     assert_eq!(form.mask_source, MaskSource::Detect);
+    assert_eq!(form.edit_type, None);
+    let (_, form, _) = form_of(&json!({"image": b64(&image), "output_format": "png"}));
+    assert_eq!(form.edit_type, Some(EditType::BackgroundRemoval));
     // Unknown fields (another Stability service's) and a missing image are 400s.
     let e = error_of(&json!({"image": b64(&image), "left": 100}));
     assert!(e.to_string().contains("left"), "{e}");
@@ -184,7 +187,7 @@ fn stability_bodies_keep_their_names_and_white_edit_masks() {
 
 #[test]
 fn bad_base64_is_a_400_naming_the_part() {
-    let text = json!({"image": "***"}).to_string();
+    let text = json!({"image": "***", "prompt": "x"}).to_string();
     let edit = invoke_request(text.as_bytes()).unwrap();
     let mut spool = Spool::new(1 << 20, None);
     let e = build_form(&edit, ("demo", "m"), &Limits::default(), &mut spool).unwrap_err();

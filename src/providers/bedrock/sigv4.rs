@@ -494,7 +494,10 @@ mod tests {
         let signed = sign(inp);
         let mut headers = http::HeaderMap::new();
         for (name, value) in inp.headers {
-            headers.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+            headers.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
         }
         headers.insert("host", inp.host.parse().unwrap());
         headers.insert("x-amz-date", signed.amz_date.parse().unwrap());

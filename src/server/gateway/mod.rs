@@ -950,6 +950,23 @@ mod tests {
     }
 
     #[test]
+    fn bedrock_invoke_under_bedrock() {
+        let post = http::Method::POST;
+        assert!(matches!(
+            endpoint(&post, "/bedrock/model/amazon.nova-canvas-v1%3A0/invoke"),
+            Endpoint::Bedrock("amazon.nova-canvas-v1%3A0")
+        ));
+        assert!(matches!(
+            endpoint(&http::Method::GET, "/bedrock/model/m/invoke"),
+            Endpoint::WrongMethod("POST")
+        ));
+        assert!(matches!(
+            endpoint(&post, "/bedrock/model/m/converse"),
+            Endpoint::Unknown
+        ));
+    }
+
+    #[test]
     fn genai_calls_under_genai() {
         let post = http::Method::POST;
         let path = "/genai/v1beta/models/demo/sim-image-1:generateContent";

@@ -7,15 +7,13 @@
 //! exchange and convert as `/v1/images/edits` → the answer in the body's own Bedrock shape;
 //! errors as Bedrock answers them (`x-amzn-ErrorType`, `{"message"}`).
 
-use super::answer::Client;
-use super::attempt::{check_candidate, AdmittedRequest, Scope, Start};
-use super::genai::{check_head, read_body};
-use super::{configured_fallbacks, fallback, send_error_in, send_json, ErrorShape, Reply, RequestCtx};
+use super::attempt::AdmittedRequest;
+use super::genai::{check_head, read_body, run_converted};
+use super::{send_error_in, send_json, ErrorShape, RequestCtx};
 use crate::auth::Identity;
 use crate::error::GatewayError;
 use crate::inbound::bedrock;
 use crate::providers::bedrock::sigv4::Received;
-use crate::providers::stream::Framing;
 use crate::providers::UnifiedAnswer;
 use crate::server::AppState;
 use crate::spool::Spool;
@@ -113,7 +111,7 @@ async fn edit(
 }
 
 /// The edit once admitted: the body converted and checked as a form, then the candidates
-/// (the GenAI route's twin).
+/// (as on the GenAI routes).
 async fn admitted_edit(
     state: &AppState,
     session: &mut Session,
@@ -123,37 +121,13 @@ async fn admitted_edit(
 ) -> Result<Vec<u8>, GatewayError> {
     let upstream_start = Instant::now();
     let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
-    let (shape, seed, mut form) = {
+    let (shape, seed, form) = {
         let edit = bedrock::invoke_request(&body)?;
         let form = bedrock::build_form(&edit, model, &state.config.limits, &mut spool)?;
         (edit.shape, edit.seed, form)
     };
     // The images are in the spool now: the body's memory goes before anything is sent.
     drop(body);
-    state.router.check_fallbacks(&form)?;
-    check_candidate(state, identity, &form)?;
-    configured_fallbacks(state, &mut form);
-    let request_id = ctx.request_id.clone();
-    let scope = Scope {
-        url_base: None,
-        state,
-        identity,
-        form: &form,
-        spool: &spool,
-        framing: Framing::Bifrost,
-        request_id: &request_id,
-        start: ctx.start,
-        upstream_start,
-    };
-    let first = Start::FromSpool {
-        avoid: None,
-        decided: None,
-    };
-    let unified = match fallback::run(&scope, &mut Client::Session(session), ctx, first).await? {
-        Reply::Json(answer) => answer.to_bytes(),
-        Reply::Events(_) | Reply::Streamed | Reply::Aborted => {
-            return Err(GatewayError::Internal("a Bedrock edit produced a stream".into()))
-        }
-    };
+    let unified = run_converted(state, session, ctx, identity, (form, &spool), upstream_start).await?;
     bedrock::answer(shape, seed, &unified)
 }

@@ -3,13 +3,13 @@
 //! Two steps, pure, the time passed in:
 //!
 //! 1. On the head ([`KeyStore::signer`]): the `Authorization` header read, the key looked up
-//!    by id (unknown: 403; disabled or expired: 401 as for any key; configured only by its
-//!    digest, `key_sha256`: 403, it cannot sign), `X-Amz-Date` within 15 minutes of now, and
-//!    `host` and `x-amz-date` among the signed headers.
+//!    by id (unknown: 403; configured only by its digest, `key_sha256`: 403, it cannot sign),
+//!    `X-Amz-Date` within 15 minutes of now, and `host` and `x-amz-date` among the signed
+//!    headers.
 //! 2. Once the body has arrived ([`Signer::verify`]): the signature recomputed over the
 //!    request as it arrived (the body hashed as read; an `x-amz-content-sha256` must be that
-//!    hash: unsigned payloads are refused) and compared in constant time; the caller's
-//!    identity only then.
+//!    hash: unsigned payloads are refused) and compared in constant time; only then the key's
+//!    state (disabled or expired: 401 as for any key) and the caller's identity.
 //!
 //! Region and service are whatever the client signed for. No secret reaches a log or an
 //! error message.
@@ -80,7 +80,8 @@ pub fn is_signed(headers: &HeaderMap) -> bool {
 pub struct Signer<'k> {
     authorization: Authorization,
     secret: &'k Secret,
-    identity: Identity,
+    key: &'k crate::config::VirtualKeyConfig,
+    now: u64,
 }
 
 impl KeyStore {
@@ -96,7 +97,6 @@ impl KeyStore {
             .iter()
             .find(|k| k.id == authorization.access_key_id)
             .ok_or(SignatureRejection::UnknownKey)?;
-        let identity = key_identity(key, now)?;
         let secret = key
             .signing_secret
             .as_ref()
@@ -114,7 +114,8 @@ impl KeyStore {
         Ok(Signer {
             authorization,
             secret,
-            identity,
+            key,
+            now,
         })
     }
 }
@@ -132,7 +133,7 @@ impl Signer<'_> {
             }
         }
         match sigv4::verify(request, &self.authorization, self.secret.expose()) {
-            Ok(()) => Ok(self.identity),
+            Ok(()) => key_identity(self.key, self.now),
             Err(VerifyFailure::MissingHeader(name)) => {
                 Err(SignatureRejection::Headers(format!("signed header '{name}' is not in the request")).into())
             }
@@ -274,6 +275,9 @@ mod tests {
         assert!(matches!(run(&keys, &h, b"{}"), Err(GatewayError::VirtualKeyBlocked)));
         let h = signed("old", "sk-bf-old", NOW, b"{}");
         assert!(matches!(run(&keys, &h, b"{}"), Err(GatewayError::VirtualKeyExpired)));
+        // A key's state is told only to a caller who proved the secret.
+        let h = signed("off", "sk-bf-guess", NOW, b"{}");
+        assert_eq!(rejection(run(&keys, &h, b"{}")), SignatureRejection::Mismatch);
     }
 
     #[test]

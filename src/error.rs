@@ -70,6 +70,10 @@ pub enum GatewayError {
     /// A bearer JWT was refused (401): the reason, never the token.
     #[error("{0}")]
     InvalidToken(#[from] crate::auth::TokenRejection),
+    /// A SigV4-signed request (the `/bedrock` route) was refused (403): the reason, never
+    /// the secret.
+    #[error("{0}")]
+    SignatureRefused(#[from] crate::auth::sigv4::SignatureRejection),
     /// The virtual key may not use this provider (403).
     #[error("provider '{0}' is not allowed for this virtual key")]
     ProviderBlocked(String),
@@ -319,7 +323,7 @@ impl GatewayError {
             UnsupportedMediaType(_) => 400,
             PayloadTooLarge { .. } => 413,
             VirtualKeyRequired | VirtualKeyNotFound | VirtualKeyBlocked | VirtualKeyExpired | InvalidToken(_) => 401,
-            ProviderBlocked(_) | ModelBlocked(_) => 403,
+            ProviderBlocked(_) | ModelBlocked(_) | SignatureRefused(_) => 403,
             NotFound { .. } | JobNotFound | FileNotFound => 404,
             FileUrlRefused(_) => 403,
             JobFinished { .. } => 409,
@@ -353,6 +357,7 @@ impl GatewayError {
             VirtualKeyBlocked => "virtual_key_blocked",
             VirtualKeyExpired => "virtual_key_expired",
             InvalidToken(rejection) => rejection.code(),
+            SignatureRefused(rejection) => rejection.code(),
             ProviderBlocked(_) => "provider_blocked",
             ModelBlocked(_) => "model_blocked",
             UnknownProvider(_) => "unknown_provider",

@@ -18,6 +18,7 @@
 //! get the provider key from the config.
 
 pub mod jwt;
+pub mod sigv4;
 
 use crate::config::{Config, VirtualKeyConfig};
 use crate::error::GatewayError;
@@ -279,10 +280,16 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    /// A key `id` whose value is `key` (the signing secret too), allowed `openai/gpt-image-1`.
+    pub(super) fn vk_for_tests(id: &str, key: &str, enabled: bool) -> VirtualKeyConfig {
+        vk(id, key, enabled)
+    }
+
     fn vk(id: &str, key: &str, enabled: bool) -> VirtualKeyConfig {
         VirtualKeyConfig {
             id: id.into(),
             key_sha256: Sha256::digest(key.as_bytes()).into(),
+            signing_secret: Some(crate::config::Secret::new(key)),
             enabled,
             providers: Some(vec!["openai".into()]),
             models: Some(vec!["openai/gpt-image-1".into()]),

@@ -751,8 +751,12 @@ impl ProviderKey {
 pub struct VirtualKeyConfig {
     /// Unique id (for logs and metrics).
     pub id: String,
-    /// SHA-256 of the key clients send; the key itself is not kept.
+    /// SHA-256 of the key clients send.
     pub key_sha256: [u8; 32],
+    /// The key itself when configured as `key` (not `key_sha256`): the secret a SigV4
+    /// signature (the `/bedrock` route) is verified with. `None`: a digest-only key, which
+    /// cannot sign.
+    pub signing_secret: Option<Secret>,
     /// Whether the key is accepted at all.
     pub enabled: bool,
     /// Provider names it may use; `None` = all.

@@ -510,6 +510,7 @@ fn virtual_key(
     teams: &[super::TeamConfig],
 ) -> (Option<(&'static str, [u8; 32])>, Option<VirtualKeyConfig>) {
     let id = f.req_str("id");
+    let mut signing_secret = None;
     let hash = match (f.has("key"), f.has("key_sha256")) {
         (true, true) => {
             f.problems()
@@ -520,7 +521,11 @@ fn virtual_key(
             f.missing("key");
             None
         }
-        (true, false) => f.req_secret("key", env).map(|s| ("key", sha256(s.expose()))),
+        (true, false) => f.req_secret("key", env).map(|s| {
+            let hash = sha256(s.expose());
+            signing_secret = Some(s);
+            ("key", hash)
+        }),
         (false, true) => f.req_str("key_sha256").and_then(|text| {
             let mut hash = [0u8; 32];
             match hex::decode_to_slice(text, &mut hash) {
@@ -592,6 +597,7 @@ fn virtual_key(
         (Some(id), Some((_, key_sha256))) => Some(VirtualKeyConfig {
             id: id.to_string(),
             key_sha256,
+            signing_secret,
             enabled,
             providers: strip(providers),
             models: strip(models),

@@ -100,31 +100,53 @@ fn signed_headers<'a>(input: &'a SigningInput<'a>, date: &'a str) -> Vec<(&'a st
 /// The canonical request (step 1 of SigV4) at `date` (`YYYYMMDDTHHMMSSZ`).
 pub fn canonical_request(input: &SigningInput<'_>, date: &str) -> String {
     let headers = signed_headers(input, date);
-    let mut out = format!("{}\n{}\n\n", input.method, uri_encode(input.path, true));
-    for (name, value) in &headers {
+    canonical_of(input.method, input.path, "", &headers, input.payload_sha256)
+}
+
+/// The canonical request of `method`, `path` (as sent: encoded again here), the canonical
+/// query, the signed `headers` (lowercase names, sorted) and the payload hash: what the
+/// signer and the verifier both hash. A header's value is trimmed and its inner runs of
+/// spaces collapsed to one, as botocore does.
+fn canonical_of(method: &str, path: &str, query: &str, headers: &[(&str, &str)], payload_sha256: &str) -> String {
+    let mut out = format!("{method}\n{}\n{query}\n", uri_encode(path, true));
+    for (name, value) in headers {
         out.push_str(name);
         out.push(':');
-        out.push_str(value.trim());
+        let mut words = value.split_ascii_whitespace();
+        if let Some(first) = words.next() {
+            out.push_str(first);
+        }
+        for word in words {
+            out.push(' ');
+            out.push_str(word);
+        }
         out.push('\n');
     }
     out.push('\n');
     let names: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
     out.push_str(&names.join(";"));
     out.push('\n');
-    out.push_str(input.payload_sha256);
+    out.push_str(payload_sha256);
     out
 }
 
 /// `yyyymmdd/region/service/aws4_request`.
 fn scope(input: &SigningInput<'_>, date: &str) -> String {
-    format!("{}/{}/{}/aws4_request", &date[..8], input.region, input.service)
+    scope_of(&date[..8], input.region, input.service)
+}
+
+fn scope_of(day: &str, region: &str, service: &str) -> String {
+    format!("{day}/{region}/{service}/aws4_request")
 }
 
 /// The string to sign (step 2) for a canonical request.
 pub fn string_to_sign(input: &SigningInput<'_>, date: &str, canonical: &str) -> String {
+    string_to_sign_of(date, &scope(input, date), canonical)
+}
+
+fn string_to_sign_of(date: &str, scope: &str, canonical: &str) -> String {
     format!(
-        "{ALGORITHM}\n{date}\n{}\n{}",
-        scope(input, date),
+        "{ALGORITHM}\n{date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     )
 }
@@ -136,10 +158,20 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> hmac::Tag {
 /// The hex signature of `string_to_sign` with the key derived for `input`'s date, region and
 /// service.
 fn signature(input: &SigningInput<'_>, date: &str, string_to_sign: &str) -> String {
-    let k_secret = format!("AWS4{}", input.secret_access_key);
-    let k_date = hmac_sha256(k_secret.as_bytes(), &date.as_bytes()[..8]);
-    let k_region = hmac_sha256(k_date.as_ref(), input.region.as_bytes());
-    let k_service = hmac_sha256(k_region.as_ref(), input.service.as_bytes());
+    signature_of(
+        input.secret_access_key,
+        (&date[..8], input.region, input.service),
+        string_to_sign,
+    )
+}
+
+/// The hex signature of `string_to_sign` with the key derived from `secret` for the scope's
+/// day (`yyyymmdd`), region and service.
+fn signature_of(secret: &str, (day, region, service): (&str, &str, &str), string_to_sign: &str) -> String {
+    let k_secret = format!("AWS4{secret}");
+    let k_date = hmac_sha256(k_secret.as_bytes(), day.as_bytes());
+    let k_region = hmac_sha256(k_date.as_ref(), region.as_bytes());
+    let k_service = hmac_sha256(k_region.as_ref(), service.as_bytes());
     let k_signing = hmac_sha256(k_service.as_ref(), b"aws4_request");
     hex::encode(hmac_sha256(k_signing.as_ref(), string_to_sign.as_bytes()))
 }
@@ -160,6 +192,154 @@ pub fn sign(input: &SigningInput<'_>) -> Signed {
     Signed {
         amz_date: date,
         authorization,
+    }
+}
+
+/// A SigV4 `Authorization` header, read: `AWS4-HMAC-SHA256
+/// Credential=AKID/yyyymmdd/region/service/aws4_request, SignedHeaders=a;b;…, Signature=<hex>`.
+/// Holds no secret (the signature is a MAC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    /// The access key id (everything before the scope's last four parts).
+    pub access_key_id: String,
+    /// The scope's day, `yyyymmdd`.
+    pub day: String,
+    /// The scope's region.
+    pub region: String,
+    /// The scope's service.
+    pub service: String,
+    /// The signed header names as sent, `;`-separated.
+    pub signed_headers: String,
+    /// The hex signature.
+    pub signature: String,
+}
+
+/// Reads an `Authorization` header value signed with [`ALGORITHM`] (`None`: not one, or
+/// missing a part).
+pub fn parse_authorization(value: &str) -> Option<Authorization> {
+    let rest = value.trim().strip_prefix(ALGORITHM)?;
+    if !rest.starts_with(' ') {
+        return None;
+    }
+    let (mut credential, mut signed_headers, mut signature) = (None, None, None);
+    for part in rest.split(',') {
+        let (key, value) = part.trim().split_once('=')?;
+        match key.trim() {
+            "Credential" => credential = Some(value.trim()),
+            "SignedHeaders" => signed_headers = Some(value.trim()),
+            "Signature" => signature = Some(value.trim()),
+            _ => {}
+        }
+    }
+    let mut scope = credential?.rsplitn(5, '/');
+    let terminal = scope.next()?;
+    let service = scope.next()?;
+    let region = scope.next()?;
+    let day = scope.next()?;
+    let access_key_id = scope.next()?;
+    let well_formed = terminal == "aws4_request"
+        && day.len() == 8
+        && day.bytes().all(|b| b.is_ascii_digit())
+        && !access_key_id.is_empty()
+        && !region.is_empty()
+        && !service.is_empty();
+    let (signed_headers, signature) = (signed_headers?, signature?);
+    if !well_formed || signed_headers.is_empty() || signature.is_empty() {
+        return None;
+    }
+    Some(Authorization {
+        access_key_id: access_key_id.to_string(),
+        day: day.to_string(),
+        region: region.to_string(),
+        service: service.to_string(),
+        signed_headers: signed_headers.to_string(),
+        signature: signature.to_string(),
+    })
+}
+
+/// Whether `date` is an `X-Amz-Date` (`YYYYMMDDTHHMMSSZ`) within `skew` seconds of
+/// `unix_time` (such dates compare as strings in time order).
+pub fn date_within(date: &str, unix_time: u64, skew: u64) -> bool {
+    let b = date.as_bytes();
+    let shape =
+        b.len() == 16 && b[8] == b'T' && b[15] == b'Z' && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit);
+    shape && date >= amz_date(unix_time.saturating_sub(skew)).as_str() && date <= amz_date(unix_time + skew).as_str()
+}
+
+/// A request as it arrived, for [`verify`].
+pub struct Received<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// The path as sent (percent-encoded once).
+    pub path: &'a str,
+    /// The query as sent, if any.
+    pub query: Option<&'a str>,
+    /// The request's headers.
+    pub headers: &'a http::HeaderMap,
+    /// The `X-Amz-Date` value.
+    pub amz_date: &'a str,
+    /// Hex SHA-256 of the body as it arrived.
+    pub payload_sha256: &'a str,
+}
+
+/// Why [`verify`] refused a signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyFailure {
+    /// A header named in `SignedHeaders` is not in the request (or is not visible ASCII).
+    MissingHeader(String),
+    /// The signature is not the one the secret makes for this request.
+    Mismatch,
+}
+
+/// The canonical query of a query as sent: every `name=value` decoded, encoded again the
+/// AWS way, sorted by name then value (botocore's).
+fn canonical_query(query: Option<&str>) -> String {
+    let decode =
+        |s: &str| crate::providers::kernel::percent::percent_decode_segment(s).unwrap_or_else(|| s.to_string());
+    let mut pairs: Vec<(String, String)> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (uri_encode(&decode(k), false), uri_encode(&decode(v), false))
+        })
+        .collect();
+    pairs.sort();
+    let pairs: Vec<String> = pairs.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join("&")
+}
+
+/// Verifies `auth`'s signature of `received` with `secret`: the canonical request rebuilt
+/// from the request as it arrived (method, path, query, the headers `SignedHeaders` names,
+/// several values of one name joined by `,`, the body's hash), signed for the scope `auth`
+/// names at `received.amz_date`, compared in constant time. Runs once per signed request,
+/// after its body was read.
+pub fn verify(received: &Received<'_>, auth: &Authorization, secret: &str) -> Result<(), VerifyFailure> {
+    let mut values = Vec::new();
+    for name in auth.signed_headers.split(';') {
+        let joined: Option<Vec<&str>> = received.headers.get_all(name).iter().map(|v| v.to_str().ok()).collect();
+        match joined.filter(|v| !v.is_empty() && name.bytes().all(|b| !b.is_ascii_uppercase())) {
+            Some(v) => values.push((name, v.join(","))),
+            None => return Err(VerifyFailure::MissingHeader(name.chars().take(64).collect())),
+        }
+    }
+    let headers: Vec<(&str, &str)> = values.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let canonical = canonical_of(
+        received.method,
+        received.path,
+        &canonical_query(received.query),
+        &headers,
+        received.payload_sha256,
+    );
+    let scope = scope_of(&auth.day, &auth.region, &auth.service);
+    let to_sign = string_to_sign_of(received.amz_date, &scope, &canonical);
+    let expected = signature_of(secret, (&auth.day, &auth.region, &auth.service), &to_sign);
+    use subtle::ConstantTimeEq;
+    if bool::from(expected.as_bytes().ct_eq(auth.signature.as_bytes())) {
+        Ok(())
+    } else {
+        Err(VerifyFailure::Mismatch)
     }
 }
 
@@ -307,5 +487,145 @@ mod tests {
             payload_sha256(&req.body, &spool).unwrap(),
             hex::encode(Sha256::digest(&rendered))
         );
+    }
+
+    /// The request `input` describes, signed, as a server receives it.
+    fn received_headers(inp: &SigningInput<'_>) -> (http::HeaderMap, Signed) {
+        let signed = sign(inp);
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in inp.headers {
+            headers.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        headers.insert("host", inp.host.parse().unwrap());
+        headers.insert("x-amz-date", signed.amz_date.parse().unwrap());
+        headers.insert("authorization", signed.authorization.parse().unwrap());
+        headers.insert("user-agent", "Boto3/1.35 (unsigned)".parse().unwrap());
+        (headers, signed)
+    }
+
+    fn check(headers: &http::HeaderMap, payload: &str, path: &str, secret: &str) -> Result<(), VerifyFailure> {
+        let auth = parse_authorization(headers["authorization"].to_str().unwrap()).unwrap();
+        let received = Received {
+            method: "POST",
+            path,
+            query: None,
+            headers,
+            amz_date: headers["x-amz-date"].to_str().unwrap(),
+            payload_sha256: payload,
+        };
+        verify(&received, &auth, secret)
+    }
+
+    #[test]
+    fn authorization_headers_are_read() {
+        let auth = parse_authorization(vector_line("Authorization: ")).unwrap();
+        assert_eq!(auth.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(
+            (auth.day.as_str(), auth.region.as_str(), auth.service.as_str()),
+            ("20261124", "us-east-1", "bedrock")
+        );
+        assert_eq!(auth.signed_headers, "accept;content-type;host;x-amz-date");
+        assert_eq!(auth.signature.len(), 64);
+        // An access key id with a `/` (a virtual key id may hold one) keeps it.
+        let odd = parse_authorization(
+            "AWS4-HMAC-SHA256 Credential=team/a/20261124/r/s/aws4_request, SignedHeaders=host, Signature=ab",
+        )
+        .unwrap();
+        assert_eq!(odd.access_key_id, "team/a");
+        for bad in [
+            "Bearer x",
+            "AWS4-HMAC-SHA256",
+            "AWS4-HMAC-SHA256 Credential=A/2026112/r/s/aws4_request, SignedHeaders=host, Signature=ab",
+            "AWS4-HMAC-SHA256 Credential=A/20261124/r/s/aws5_request, SignedHeaders=host, Signature=ab",
+            "AWS4-HMAC-SHA256 Credential=/20261124/r/s/aws4_request, SignedHeaders=host, Signature=ab",
+            "AWS4-HMAC-SHA256 Credential=A/20261124/r/s/aws4_request, Signature=ab",
+            "AWS4-HMAC-SHA256 Credential=A/20261124/r/s/aws4_request, SignedHeaders=host",
+            "AWS4-HMAC-SHA256X Credential=A/20261124/r/s/aws4_request, SignedHeaders=host, Signature=ab",
+        ] {
+            assert_eq!(parse_authorization(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn botocores_own_signature_verifies() {
+        let body = vector_line("body = ");
+        let hash = hex::encode(Sha256::digest(body.as_bytes()));
+        let inp = input(&hash, None);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        headers.insert("accept", "application/json".parse().unwrap());
+        headers.insert("host", inp.host.parse().unwrap());
+        headers.insert("x-amz-date", vector_line("X-Amz-Date: ").parse().unwrap());
+        headers.insert("authorization", vector_line("Authorization: ").parse().unwrap());
+        assert_eq!(check(&headers, &hash, inp.path, inp.secret_access_key), Ok(()));
+    }
+
+    #[test]
+    fn a_good_signature_verifies_and_each_wrong_part_is_refused() {
+        let hash = hex::encode(Sha256::digest(b"{\"taskType\":\"INPAINTING\"}"));
+        let mut inp = input(&hash, None);
+        inp.path = "/bedrock/model/demo%2Fsim-image-1/invoke";
+        inp.host = "127.0.0.1:8080";
+        let secret = inp.secret_access_key;
+        let (headers, _) = received_headers(&inp);
+        assert_eq!(check(&headers, &hash, inp.path, secret), Ok(()));
+        // The wrong secret.
+        assert_eq!(
+            check(&headers, &hash, inp.path, "sk-bf-other"),
+            Err(VerifyFailure::Mismatch)
+        );
+        // The body changed after signing.
+        let other = hex::encode(Sha256::digest(b"{\"taskType\":\"OUTPAINTING\"}"));
+        assert_eq!(check(&headers, &other, inp.path, secret), Err(VerifyFailure::Mismatch));
+        // Another path (another model).
+        assert_eq!(
+            check(&headers, &hash, "/bedrock/model/demo%2Fsim-image-2/invoke", secret),
+            Err(VerifyFailure::Mismatch)
+        );
+        // A signed header dropped, or changed; an unsigned one changed is fine.
+        let mut dropped = headers.clone();
+        dropped.remove("content-type");
+        assert_eq!(
+            check(&dropped, &hash, inp.path, secret),
+            Err(VerifyFailure::MissingHeader("content-type".into()))
+        );
+        let mut changed = headers.clone();
+        changed.insert("host", "evil.example".parse().unwrap());
+        assert_eq!(check(&changed, &hash, inp.path, secret), Err(VerifyFailure::Mismatch));
+        let mut unsigned = headers.clone();
+        unsigned.insert("user-agent", "curl".parse().unwrap());
+        assert_eq!(check(&unsigned, &hash, inp.path, secret), Ok(()));
+        // The date changed after signing (a replay made to look fresh).
+        let mut redated = headers.clone();
+        redated.insert("x-amz-date", "20261124T022055Z".parse().unwrap());
+        assert_eq!(check(&redated, &hash, inp.path, secret), Err(VerifyFailure::Mismatch));
+    }
+
+    #[test]
+    fn queries_are_canonicalized_as_botocore_does() {
+        assert_eq!(canonical_query(None), "");
+        assert_eq!(canonical_query(Some("b=2&a=x%20y&a=1&c")), "a=1&a=x%20y&b=2&c=");
+    }
+
+    #[test]
+    fn dates_within_the_skew() {
+        let now = 1_795_486_854; // 20261124T022054Z
+        assert!(date_within("20261124T022054Z", now, 900));
+        assert!(date_within("20261124T020554Z", now, 900));
+        assert!(date_within("20261124T023554Z", now, 900));
+        assert!(!date_within("20261124T020553Z", now, 900));
+        assert!(!date_within("20261124T023555Z", now, 900));
+        for bad in [
+            "",
+            "20261124T022054",
+            "20261124 022054Z",
+            "2026112AT022054Z",
+            "20261124T022054Z ",
+        ] {
+            assert!(!date_within(bad, now, 900), "{bad}");
+        }
     }
 }

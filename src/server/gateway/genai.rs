@@ -113,7 +113,7 @@ async fn edit(
 
 /// The head's checks: a JSON body (or none declared), not longer than `limits.max_body_bytes`;
 /// answers `Expect: 100-continue` (curl sends it for bodies over 1 KiB).
-async fn check_head(state: &AppState, session: &mut Session) -> Result<(), GatewayError> {
+pub(super) async fn check_head(state: &AppState, session: &mut Session) -> Result<(), GatewayError> {
     let headers = &session.req_header().headers;
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
@@ -121,7 +121,7 @@ async fn check_head(state: &AppState, session: &mut Session) -> Result<(), Gatew
         .unwrap_or("application/json");
     if !content_type.to_ascii_lowercase().starts_with("application/json") {
         return Err(GatewayError::UnsupportedMediaType(
-            "the body must be application/json (as google-genai sends it)".into(),
+            "the body must be application/json (as the SDK sends it)".into(),
         ));
     }
     let declared = headers
@@ -154,7 +154,11 @@ fn too_large(state: &AppState) -> GatewayError {
 
 /// Reads the whole JSON body, within `limits.max_body_bytes` and the upload's timeouts (the
 /// multipart route's [`SessionBody`]).
-async fn read_body(state: &AppState, session: &mut Session, ctx: &mut RequestCtx) -> Result<Vec<u8>, GatewayError> {
+pub(super) async fn read_body(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Vec<u8>, GatewayError> {
     use crate::form::BodySource;
     let limits = &state.config.limits;
     let mut source = SessionBody {
@@ -205,7 +209,7 @@ async fn admitted_edit(
     ctx.model = Some(model.clone());
     let body = read_body(state, session, ctx).await?;
     let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
-    let mut form = {
+    let form = {
         let source = match route.call {
             GenaiCall::Predict => genai::predict_request(&body)?,
             GenaiCall::Generate | GenaiCall::StreamGenerate => genai::generate_request(&body)?,
@@ -214,6 +218,27 @@ async fn admitted_edit(
     };
     // The images are in the spool now: the body's memory goes before anything is sent.
     drop(body);
+    let unified = run_converted(state, session, ctx, identity, (form, &spool), upstream_start).await?;
+    match route.call {
+        GenaiCall::Predict => genai::predict_answer(&unified),
+        GenaiCall::Generate | GenaiCall::StreamGenerate => {
+            genai::generate_answer(&unified, &format!("{provider}/{model}"))
+        }
+    }
+}
+
+/// The edit of a `form` converted from an inbound format (its images in `spool`), from the
+/// route check on: its fallbacks checked, the caller's permissions, the configured fallbacks,
+/// then each candidate in turn; the unified answer's bytes. Shared by the inbound routes that
+/// answer JSON only (GenAI, Bedrock).
+pub(super) async fn run_converted(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    identity: &Identity,
+    (mut form, spool): (crate::form::EditForm, &Spool),
+    upstream_start: Instant,
+) -> Result<Bytes, GatewayError> {
     state.router.check_fallbacks(&form)?;
     check_candidate(state, identity, &form)?;
     configured_fallbacks(state, &mut form);
@@ -223,7 +248,7 @@ async fn admitted_edit(
         state,
         identity,
         form: &form,
-        spool: &spool,
+        spool,
         framing: Framing::Bifrost,
         request_id: &request_id,
         start: ctx.start,
@@ -233,17 +258,11 @@ async fn admitted_edit(
         avoid: None,
         decided: None,
     };
-    let unified = match fallback::run(&scope, &mut Client::Session(session), ctx, first).await? {
-        Reply::Json(answer) => answer.to_bytes(),
-        Reply::Events(_) | Reply::Streamed | Reply::Aborted => {
-            return Err(GatewayError::Internal("a GenAI edit produced a stream".into()))
-        }
-    };
-    match route.call {
-        GenaiCall::Predict => genai::predict_answer(&unified),
-        GenaiCall::Generate | GenaiCall::StreamGenerate => {
-            genai::generate_answer(&unified, &format!("{provider}/{model}"))
-        }
+    match fallback::run(&scope, &mut Client::Session(session), ctx, first).await? {
+        Reply::Json(answer) => Ok(answer.to_bytes()),
+        Reply::Events(_) | Reply::Streamed | Reply::Aborted => Err(GatewayError::Internal(
+            "an edit converted from an inbound format produced a stream".into(),
+        )),
     }
 }
 

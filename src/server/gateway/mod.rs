@@ -37,6 +37,7 @@ use tracing::Instrument;
 
 mod answer;
 mod attempt;
+mod bedrock;
 mod fallback;
 mod files;
 mod follow;
@@ -170,6 +171,9 @@ enum Endpoint<'p> {
     /// Google GenAI's `generateContent`, `streamGenerateContent` or Imagen `:predict` under
     /// `/genai` ([`crate::inbound::genai::route`]).
     Genai(crate::inbound::genai::GenaiRoute<'p>),
+    /// Bedrock's `InvokeModel` under `/bedrock`: the model id segment, percent-encoded as
+    /// sent ([`crate::inbound::bedrock::route`]).
+    Bedrock(&'p str),
     /// A known path, a method it does not take; the methods it takes, for `Allow`.
     WrongMethod(&'static str),
     Unknown,
@@ -202,6 +206,13 @@ fn endpoint<'p>(method: &http::Method, path: &'p str) -> Endpoint<'p> {
         p if p.starts_with("/genai/") => {
             return match crate::inbound::genai::route(p) {
                 Some(route) if is(http::Method::POST) => Endpoint::Genai(route),
+                Some(_) => Endpoint::WrongMethod("POST"),
+                None => Endpoint::Unknown,
+            }
+        }
+        p if p.starts_with("/bedrock/") => {
+            return match crate::inbound::bedrock::route(p) {
+                Some(model) if is(http::Method::POST) => Endpoint::Bedrock(model),
                 Some(_) => Endpoint::WrongMethod("POST"),
                 None => Endpoint::Unknown,
             }
@@ -351,6 +362,8 @@ enum ErrorShape {
     Bifrost,
     /// Google's `{"error":{"code","message","status"}}` (the `/genai` routes).
     Google,
+    /// Bedrock's `{"message"}` with `x-amzn-ErrorType` (the `/bedrock` route).
+    Bedrock,
 }
 
 /// [`send_error`] with the error body in `shape`.
@@ -367,18 +380,17 @@ async fn send_error_in(
     let rest = BodyRest::decide(session, err);
     ctx.reason = Some(err.code());
     let json = error_json(err, ctx);
+    let mut headers = error_headers(err);
     let body = match shape {
         ErrorShape::Bifrost => serde_json::to_vec(&json).unwrap_or_else(|_| b"{}".to_vec()),
         ErrorShape::Google => crate::inbound::genai::error_body(err.status(), &json),
+        ErrorShape::Bedrock => {
+            let (error_type, body) = crate::inbound::bedrock::error_answer(err.status(), &json);
+            headers.push(("x-amzn-errortype", error_type));
+            body
+        }
     };
-    send_json(
-        session,
-        ctx,
-        err.status(),
-        UnifiedAnswer::from(body),
-        &error_headers(err),
-    )
-    .await?;
+    send_json(session, ctx, err.status(), UnifiedAnswer::from(body), &headers).await?;
     if rest == BodyRest::Linger {
         ctx.answered_after = Some(ctx.start.elapsed());
         let lingered = discard_rest(session, &state.config.limits).await;
@@ -795,6 +807,7 @@ impl Gateway {
                 send_reply(state, session, ctx, reply).instrument(span).await?;
             }
             Endpoint::Genai(route) => genai::serve(state, session, ctx, route).await?,
+            Endpoint::Bedrock(model) => bedrock::serve(state, session, ctx, model).await?,
             Endpoint::Models => match models::list(state, session, ctx).await {
                 Ok(body) => send_json(session, ctx, 200, body, &[]).await?,
                 Err(e) => send_error(state, session, ctx, &e).await?,
@@ -994,6 +1007,23 @@ mod tests {
         assert!(matches!(
             endpoint(&http::Method::HEAD, "/v1/models"),
             Endpoint::WrongMethod("GET")
+        ));
+    }
+
+    #[test]
+    fn bedrock_invoke_under_bedrock() {
+        let post = http::Method::POST;
+        assert!(matches!(
+            endpoint(&post, "/bedrock/model/amazon.nova-canvas-v1%3A0/invoke"),
+            Endpoint::Bedrock("amazon.nova-canvas-v1%3A0")
+        ));
+        assert!(matches!(
+            endpoint(&http::Method::GET, "/bedrock/model/m/invoke"),
+            Endpoint::WrongMethod("POST")
+        ));
+        assert!(matches!(
+            endpoint(&post, "/bedrock/model/m/converse"),
+            Endpoint::Unknown
         ));
     }
 

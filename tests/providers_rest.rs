@@ -783,7 +783,10 @@ fn huggingface_fal_ai_failures() {
     let v = r.json();
     assert_eq!(v["error"]["code"], "job_failed", "{v}");
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("Image could not be processed"),
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Image could not be processed"),
         "{v}"
     );
     assert_eq!(mock.requests().len(), 2, "no result fetched for a failed job");

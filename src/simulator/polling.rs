@@ -222,15 +222,26 @@ fn submit(req: &SimRequest, kind: Kind) -> Result<SimResponse, SimResponse> {
     if let Some(status) = simulated_error_status(&prompt) {
         return Err(detail(status, &format!("simulated error {status}"), kind));
     }
-    let image = ["input_image", "image", "image_prompt", "input_images", "image_url", "image_urls"]
-        .iter()
-        .find_map(|k| input.get(*k))
-        .ok_or_else(|| detail(422, "an input image is required", kind))?;
+    let image = [
+        "input_image",
+        "image",
+        "image_prompt",
+        "input_images",
+        "image_url",
+        "image_urls",
+    ]
+    .iter()
+    .find_map(|k| input.get(*k))
+    .ok_or_else(|| detail(422, "an input image is required", kind))?;
     let start = image_bytes(req, image).ok_or_else(|| detail(422, "the input image is not base64", kind))?;
     let max_pixels = req.place.max_image_pixels;
     let header = render::inspect(&start, max_pixels).map_err(|e| detail(422, &e.to_string(), kind))?;
     let mask_refused = || detail(422, "the mask must be opaque, white = edit", kind);
-    let marks = match input.get("mask").or_else(|| input.get("mask_url")).and_then(|m| image_bytes(req, m)) {
+    let marks = match input
+        .get("mask")
+        .or_else(|| input.get("mask_url"))
+        .and_then(|m| image_bytes(req, m))
+    {
         Some(m) => {
             render::inspect_mask(&m, IMAGEN_MASK, &header, max_pixels).map_err(|f| match f {
                 Fault::Mask(e @ crate::imaging::ImagingError::MaskSize { .. }) => detail(422, &e.to_string(), kind),
@@ -256,7 +267,10 @@ fn submit(req: &SimRequest, kind: Kind) -> Result<SimResponse, SimResponse> {
             id: id.clone(),
             kind,
             polls: 0,
-            count: input.get("num_images").and_then(Value::as_u64).map_or(1, |n| n.clamp(1, 4) as u32),
+            count: input
+                .get("num_images")
+                .and_then(Value::as_u64)
+                .map_or(1, |n| n.clamp(1, 4) as u32),
             inline: input.get("sync_mode") == Some(&json!(true)),
             image,
         },
@@ -530,9 +544,19 @@ mod tests {
         let out = decode_png(&fetch_result(r["images"][0]["url"].as_str().unwrap())).unwrap();
         assert_eq!((out.width, out.height), (4, 3));
         // Strict: the queue query, the token and only fal's fields.
-        let no_query = answer(&request("/fal-ai/fal-ai/x/dev", None, &bearer, &json!({"image_url": image})));
+        let no_query = answer(&request(
+            "/fal-ai/fal-ai/x/dev",
+            None,
+            &bearer,
+            &json!({"image_url": image}),
+        ));
         assert_eq!(no_query.status, 404);
-        let no_token = answer(&request("/fal-ai/fal-ai/x/dev", queue, &[], &json!({"image_url": image})));
+        let no_token = answer(&request(
+            "/fal-ai/fal-ai/x/dev",
+            queue,
+            &[],
+            &json!({"image_url": image}),
+        ));
         assert_eq!(no_token.status, 401);
         let odd = answer(&request(
             "/fal-ai/fal-ai/x/dev",
@@ -540,7 +564,10 @@ mod tests {
             &bearer,
             &json!({"image_url": image, "strength": 0.5}),
         ));
-        assert_eq!((odd.status, json(&odd)["detail"].clone()), (422, json!("strength is not an image-to-image field")));
+        assert_eq!(
+            (odd.status, json(&odd)["detail"].clone()),
+            (422, json!("strength is not an image-to-image field"))
+        );
         // sync_mode: data URLs in the result.
         let v = json(&answer(&request(
             "/fal-ai/fal-ai/flux-kontext/dev",
@@ -548,12 +575,18 @@ mod tests {
             &bearer,
             &json!({"prompt": "p", "image_url": image, "sync_mode": true}),
         )));
-        let queued = format!("/fal-ai/fal-ai/flux-kontext/requests/{}", v["request_id"].as_str().unwrap());
+        let queued = format!(
+            "/fal-ai/fal-ai/flux-kontext/requests/{}",
+            v["request_id"].as_str().unwrap()
+        );
         for _ in 0..2 {
             answer(&request(&format!("{queued}/status"), queue, &bearer, &json!({})));
         }
         let r = json(&answer(&request(&queued, queue, &bearer, &json!({}))));
-        assert!(r["images"][0]["url"].as_str().unwrap().starts_with("data:image/png;base64,"));
+        assert!(r["images"][0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,"));
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub fn build(
     if let Some(prompt) = &form.prompt {
         fields.push(("prompt", Field::Json(json!(prompt))));
     }
+    let first = polling::first_image(form, provider, true)?;
     if takes_image_list(&target.model) {
         let images = form
             .images
@@ -96,10 +97,9 @@ pub fn build(
                 data_url: Some(image.kind.map_or("image/png", imaging::ImageKind::mime)),
             })
             .collect();
-        polling::first_image(form, provider, true)?;
         fields.push(("image_urls", Field::Images(images)));
     } else {
-        fields.push(("image_url", polling::first_image(form, provider, true)?));
+        fields.push(("image_url", first));
     }
     if let Some(mask) = mask {
         let data_url = format!(
@@ -122,7 +122,11 @@ pub fn build(
         fields.push(("sync_mode", Field::Json(json!(true))));
     }
     let req = json_post(
-        format!("{}/fal-ai/{}{QUEUE}", target.provider.base_url.path, endpoint_path(&target.model)),
+        format!(
+            "{}/fal-ai/{}{QUEUE}",
+            target.provider.base_url.path,
+            endpoint_path(&target.model)
+        ),
         auth_header(target, "authorization")?,
         "application/json",
         request_id,
@@ -148,7 +152,11 @@ fn endpoint_path(model: &str) -> String {
 }
 
 /// What happens after each answer of fal's queue (see the module docs).
-pub fn follow_up(resp: &UpstreamResponse, state: &mut FollowState, cx: &FollowContext<'_>) -> Result<FollowUp, GatewayError> {
+pub fn follow_up(
+    resp: &UpstreamResponse,
+    state: &mut FollowState,
+    cx: &FollowContext<'_>,
+) -> Result<FollowUp, GatewayError> {
     let body = match polling::follow_json(resp, state, cx)? {
         polling::Answer::Decided(next) => return Ok(next),
         polling::Answer::Json(v) => v,
@@ -202,7 +210,9 @@ fn request_path(body: &Value, cx: &FollowContext<'_>) -> Result<String, GatewayE
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let well_formed = segments.len() >= 3
         && segments.ends_with(&["requests", id])
-        && segments.iter().all(|s| !s.is_empty() && plain(s, b"") && *s != "." && *s != "..");
+        && segments
+            .iter()
+            .all(|s| !s.is_empty() && plain(s, b"") && *s != "." && *s != "..");
     if !well_formed {
         return Err(polling::protocol(
             cx,
@@ -219,7 +229,12 @@ fn status_poll(state: &mut FollowState, cx: &FollowContext<'_>, after: Duration)
 }
 
 /// A `GET` on the router of the request's path plus `suffix`, with the token.
-fn router_get(state: &FollowState, cx: &FollowContext<'_>, suffix: &str, after: Duration) -> Result<FollowUp, GatewayError> {
+fn router_get(
+    state: &FollowState,
+    cx: &FollowContext<'_>,
+    suffix: &str,
+    after: Duration,
+) -> Result<FollowUp, GatewayError> {
     let path = state
         .poll_url
         .as_deref()
@@ -242,13 +257,20 @@ fn router_get(state: &FollowState, cx: &FollowContext<'_>, suffix: &str, after: 
 
 /// The result document: its images downloaded (or their URLs answered).
 fn result(body: &Value, state: &mut FollowState, cx: &FollowContext<'_>) -> Result<FollowUp, GatewayError> {
-    let images = body.get("images").and_then(Value::as_array).cloned().unwrap_or_default();
+    let images = body
+        .get("images")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let flagged = body
         .get("has_nsfw_concepts")
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty() && f.iter().all(|v| v.as_bool() == Some(true)));
     if flagged {
-        return Err(no_image_error(&cx.target.provider.name, "fal flagged every image (has_nsfw_concepts)"));
+        return Err(no_image_error(
+            &cx.target.provider.name,
+            "fal flagged every image (has_nsfw_concepts)",
+        ));
     }
     let samples = images
         .iter()

@@ -182,9 +182,13 @@ pub(crate) fn follow_target(target: &Target, url: &str, domains: &[&str]) -> Res
         false
     } else {
         // `.example.com` admits the names under it, `example.com` that very host.
-        domains
-            .iter()
-            .any(|d| if d.starts_with('.') { parsed.host.ends_with(d) } else { parsed.host == *d })
+        domains.iter().any(|d| {
+            if d.starts_with('.') {
+                parsed.host.ends_with(d)
+            } else {
+                parsed.host == *d
+            }
+        })
     };
     if !allowed {
         return Err(refuse(format!(

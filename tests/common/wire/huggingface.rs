@@ -106,7 +106,10 @@ pub struct FalAi {
 impl FalAi {
     /// The wire for a `fal-ai/…` `model`.
     pub fn new(model: &str) -> Self {
-        assert!(model.starts_with("fal-ai/"), "the fal-ai wire describes fal-ai/… models, not {model}");
+        assert!(
+            model.starts_with("fal-ai/"),
+            "the fal-ai wire describes fal-ai/… models, not {model}"
+        );
         FalAi { model: model.into() }
     }
 
@@ -149,8 +152,14 @@ impl Wire for FalAi {
             &json!({"request_id": "req-7", "status": "IN_QUEUE", "response_url": response_url,
                 "status_url": format!("{response_url}/status"), "queue_position": 0}),
         ));
-        mock.push(Reply::json(202, &json!({"status": "IN_PROGRESS", "response_url": response_url})));
-        mock.push(Reply::json(200, &json!({"status": "COMPLETED", "response_url": response_url})));
+        mock.push(Reply::json(
+            202,
+            &json!({"status": "IN_PROGRESS", "response_url": response_url}),
+        ));
+        mock.push(Reply::json(
+            200,
+            &json!({"status": "COMPLETED", "response_url": response_url}),
+        ));
         mock.push(Reply::json(
             200,
             &json!({"images": [{"url": format!("http://{}/files/out.png", mock.addr), "content_type": "image/png",

@@ -26,12 +26,11 @@
 //! keeps the status and fal's `detail`. Result URLs may be on the router's host or on fal's
 //! delivery hosts ([`FAL_DOMAINS`]) only (SSRF guard).
 
-use super::ROUTER_MAX_BODY;
+use super::{model_path, ROUTER_MAX_BODY};
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::imaging::{self, ConvertedMask};
 use crate::providers::kernel::errors::no_image_error;
-use crate::providers::kernel::percent::percent_encode_segment;
 use crate::providers::kernel::polling::{self, Field, FollowContext, FollowState, FollowUp, Stage};
 use crate::providers::kernel::post::{auth_header, json_post};
 use crate::providers::kernel::size::size_wxh;
@@ -125,7 +124,7 @@ pub fn build(
         format!(
             "{}/fal-ai/{}{QUEUE}",
             target.provider.base_url.path,
-            endpoint_path(&target.model)
+            model_path(&target.model)
         ),
         auth_header(target, "authorization")?,
         "application/json",
@@ -140,15 +139,6 @@ pub fn build(
         });
     }
     Ok(req)
-}
-
-/// The endpoint id as a path: each segment percent-encoded, the slashes kept.
-fn endpoint_path(model: &str) -> String {
-    model
-        .split('/')
-        .map(percent_encode_segment)
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// What happens after each answer of fal's queue (see the module docs).
@@ -199,7 +189,7 @@ fn request_path(body: &Value, cx: &FollowContext<'_>) -> Result<String, GatewayE
         .ok_or_else(|| polling::protocol(cx, "the submit answer has no usable request_id"))?;
     let Some(url) = body.get("response_url").and_then(Value::as_str) else {
         let app: Vec<&str> = cx.target.model.split('/').take(2).collect();
-        return Ok(format!("/{}/requests/{id}", endpoint_path(&app.join("/"))));
+        return Ok(format!("/{}/requests/{id}", model_path(&app.join("/"))));
     };
     // `https://queue.fal.run/fal-ai/flux-kontext/requests/{id}`: only its path is used.
     let path = url

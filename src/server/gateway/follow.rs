@@ -266,6 +266,15 @@ mod tests {
             let e = follow_target(&t, bad, d).unwrap_err();
             assert_eq!((e.status(), e.code()), (502, "upstream_protocol_error"), "{bad}");
         }
+        // A domain without a leading dot admits that very host only (fal's `fal.media`).
+        let t = target("https://router.huggingface.co");
+        let fal = &["fal.media", ".fal.media"];
+        for ok in ["https://fal.media/files/a.png", "https://v3.fal.media/files/a.png"] {
+            assert!(follow_target(&t, ok, fal).is_ok(), "{ok}");
+        }
+        for bad in ["https://evilfal.media/a.png", "https://fal.media.evil.example/a.png"] {
+            assert!(follow_target(&t, bad, fal).is_err(), "{bad}");
+        }
         // An http base_url (a local double): its own origin only.
         let t = target("http://127.0.0.1:9000/v1");
         assert!(follow_target(&t, "http://127.0.0.1:9000/v1/get_result?id=1", d).is_ok());

@@ -127,12 +127,13 @@ provider_kinds! {
         repeats_calls: false,
         polled: true,
     },
-    /// The Hugging Face inference router, image-to-image (`huggingface`).
+    /// The Hugging Face inference router, image-to-image (`huggingface`): hf-inference answers
+    /// at once, fal-ai's queue is polled.
     HuggingFace => KindFacts {
         name: "huggingface",
         default_base_url: |_| Some("https://router.huggingface.co".into()),
         repeats_calls: false,
-        polled: false,
+        polled: true,
     },
     /// xAI image edits, JSON with data URLs (`xai`).
     Xai => KindFacts {

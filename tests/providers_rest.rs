@@ -1,4 +1,5 @@
-//! Kinds `stability`, `huggingface` and `xai` end to end: a real gateway in front of strict
+//! Kinds `stability`, `huggingface` (hf-inference and fal-ai through the router) and `xai` end
+//! to end: a real gateway in front of strict
 //! mocks (path, auth, accept, body shape, every image byte for byte, Stability's converted mask
 //! pixel by pixel), synthesized streams, refusals before any upstream call, provider errors,
 //! and each kind in front of the built-in simulator (checking the edited pixels).
@@ -628,6 +629,15 @@ fn each_kind_edits_through_the_simulator() {
         &[("x-bf-vk", VK)],
     );
     assert_eq!(r.status, 503, "{}", r.text());
+    // fal-ai through the router: queued, polled, fetched and downloaded, n images listed.
+    let r = gw.edit(
+        &form("hf/fal-ai/flux-kontext/dev", Some("blue"), &png).text("n", "2"),
+        &[("x-bf-vk", VK)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(image_of(&v["data"][1]).pixel(5, 3), blended(input, "blue", 0));
 
     // xAI: two images in, two out, streamed too.
     let f = form("xai/grok-imagine-image", Some("green"), &png)
@@ -648,4 +658,179 @@ fn each_kind_edits_through_the_simulator() {
     // The OpenAI simulator route still answers multipart on the same path.
     let r = gw.edit(&form("demo/sim", Some("p"), &png), &[("x-bf-vk", VK)]);
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A gateway whose provider `fal` (kind `huggingface`, polling every 20 ms) sends to `mock`.
+fn fal_gateway(mock: &MockUpstream) -> Gateway {
+    let mut setup = Setup::new(&mock.base_url());
+    setup.extra_providers = format!(
+        "  - name: fal\n    kind: huggingface\n    base_url: http://{}\n    poll_interval_ms: 20\n    keys:\n      - {{name: h, value: {HF_KEY}}}\n",
+        mock.addr
+    );
+    Gateway::start(&setup)
+}
+
+/// fal's submit answer for request `id` of app `fal-ai/flux-kontext`.
+fn fal_submitted(id: &str) -> Reply {
+    let url = format!("https://queue.fal.run/fal-ai/flux-kontext/requests/{id}");
+    Reply::json(
+        200,
+        &json!({"request_id": id, "status": "IN_QUEUE", "response_url": url, "status_url": format!("{url}/status")}),
+    )
+}
+
+#[test]
+fn huggingface_fal_ai_is_queued_polled_and_fetched_through_the_router() {
+    let mock = MockUpstream::start();
+    let gw = fal_gateway(&mock);
+    let (one, two) = (
+        encode_png(&solid(2, 2, [10, 20, 30, 255])).unwrap(),
+        encode_png(&solid(2, 2, [40, 50, 60, 255])).unwrap(),
+    );
+    mock.push(fal_submitted("q1"));
+    mock.push(Reply::json(202, &json!({"status": "IN_QUEUE", "queue_position": 1})));
+    mock.push(Reply::json(202, &json!({"status": "IN_PROGRESS"})));
+    mock.push(Reply::json(200, &json!({"status": "COMPLETED"})));
+    let file = |name: &str| format!("http://{}/files/{name}", mock.addr);
+    mock.push(Reply::json(
+        200,
+        &json!({"images": [{"url": file("a.png")}, {"url": file("b.png")}], "has_nsfw_concepts": [false, false]}),
+    ));
+    mock.push(Reply::raw(200, "image/png", &one));
+    mock.push(Reply::raw(200, "image/png", &two));
+    let f = form("fal/fal-ai/flux-kontext/dev", Some("make it \"blue\""), &gradient_png())
+        .text("n", "2")
+        .text("size", "512x256")
+        .text("seed", "9")
+        .text("num_inference_steps", "30")
+        .text("output_format", "jpeg");
+    let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(unb64(v["data"][0]["b64_json"].as_str().unwrap()), one);
+    assert_eq!(unb64(v["data"][1]["b64_json"].as_str().unwrap()), two);
+    assert_eq!(v["extra_fields"]["provider"], "fal", "{v}");
+    let recs = mock.requests();
+    let paths: Vec<(&str, &str)> = recs.iter().map(|r| (r.method.as_str(), r.path.as_str())).collect();
+    let queued = "/fal-ai/fal-ai/flux-kontext/requests/q1";
+    assert_eq!(
+        paths,
+        [
+            ("POST", "/fal-ai/fal-ai/flux-kontext/dev?_subdomain=queue"),
+            ("GET", &*format!("{queued}/status?_subdomain=queue")),
+            ("GET", &*format!("{queued}/status?_subdomain=queue")),
+            ("GET", &*format!("{queued}/status?_subdomain=queue")),
+            ("GET", &*format!("{queued}?_subdomain=queue")),
+            ("GET", "/files/a.png"),
+            ("GET", "/files/b.png"),
+        ]
+    );
+    let bearer = format!("Bearer {HF_KEY}");
+    for rec in &recs[..5] {
+        assert_eq!(rec.header("authorization"), Some(bearer.clone()), "{}", rec.path);
+    }
+    for rec in &recs[5..] {
+        assert_eq!(rec.header("authorization"), None, "the token never leaves the router");
+    }
+    let body: Value = serde_json::from_slice(&recs[0].body).unwrap();
+    let image_url = body["image_url"].as_str().unwrap();
+    assert_eq!(
+        image_url.strip_prefix("data:image/png;base64,").map(unb64),
+        Some(gradient_png())
+    );
+    assert_eq!(
+        body,
+        json!({"prompt": "make it \"blue\"", "image_url": image_url, "num_images": 2,
+            "image_size": {"width": 512, "height": 256}, "seed": 9, "output_format": "jpeg",
+            "num_inference_steps": 30})
+    );
+
+    // response_format=b64_json: sync_mode, and fal's data URLs need no download.
+    mock.push(fal_submitted("q2"));
+    mock.push(Reply::json(200, &json!({"status": "COMPLETED"})));
+    mock.push(Reply::json(
+        200,
+        &json!({"images": [{"url": format!("data:image/png;base64,{}", b64(&one))}]}),
+    ));
+    let f = form("fal/fal-ai/flux-kontext/dev", Some("p"), &gradient_png()).text("response_format", "b64_json");
+    let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(unb64(r.json()["data"][0]["b64_json"].as_str().unwrap()), one);
+    let recs = mock.requests();
+    assert_eq!(recs.len(), 7 + 3, "submit, one poll, the result");
+    let body: Value = serde_json::from_slice(&recs[7].body).unwrap();
+    assert_eq!(body["sync_mode"], true);
+}
+
+#[test]
+fn huggingface_fal_ai_failures() {
+    let mock = MockUpstream::start();
+    let gw = fal_gateway(&mock);
+    let edit = || {
+        gw.edit(
+            &form("fal/fal-ai/flux-kontext/dev", Some("p"), &gradient_png()),
+            &[("x-bf-vk", VK)],
+        )
+    };
+    // A job fal reports failed: 502 job_failed with its reason.
+    mock.push(fal_submitted("f1"));
+    mock.push(Reply::json(
+        200,
+        &json!({"status": "COMPLETED", "error": "Image could not be processed", "error_type": "image_load_error"}),
+    ));
+    let r = edit();
+    assert_eq!(r.status, 502, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "job_failed", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Image could not be processed"),
+        "{v}"
+    );
+    assert_eq!(mock.requests().len(), 2, "no result fetched for a failed job");
+    // A job whose result fal refuses (422 with a detail): status and detail kept.
+    mock.push(fal_submitted("f2"));
+    mock.push(Reply::json(200, &json!({"status": "COMPLETED"})));
+    mock.push(Reply::json(
+        422,
+        &json!({"detail": [{"loc": ["body", "prompt"], "msg": "prompt is too long", "type": "value_error"}]}),
+    ));
+    let r = edit();
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.json()["error"]["message"], "prompt is too long");
+    assert_eq!(mock.requests().len(), 5);
+    // A result URL off the router and off fal's delivery hosts: refused, never fetched.
+    for url in [
+        "https://evil.example/files/x.png",
+        "https://fal.media.evil.example/x.png",
+        "https://169.254.169.254/latest/meta-data",
+    ] {
+        let before = mock.requests().len();
+        mock.push(fal_submitted("s1"));
+        mock.push(Reply::json(200, &json!({"status": "COMPLETED"})));
+        mock.push(Reply::json(200, &json!({"images": [{"url": url}]})));
+        let r = edit();
+        assert_eq!(r.status, 502, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "upstream_protocol_error", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("refusing to follow"),
+            "{v}"
+        );
+        assert_eq!(mock.requests().len(), before + 3, "{url} was fetched");
+    }
+    // Over the router's 2 MB: two 1.2 MB images as data URLs, a 413 before any upstream call.
+    let before = mock.requests().len();
+    let big = big_png_like(1_200_000, 3);
+    let f = Form::new()
+        .text("model", "fal/fal-ai/flux-2/edit")
+        .text("prompt", "p")
+        .file("image[]", "a.png", "image/png", &big)
+        .file("image[]", "b.png", "image/png", &big);
+    let r = gw.edit(&f, &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(mock.requests().len(), before, "the router saw nothing");
+    assert!(mock.incomplete().is_empty(), "the router saw nothing");
 }

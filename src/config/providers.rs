@@ -1249,7 +1249,7 @@ mod tests {
         one_problem(
             &with("    kind: openai\n    poll_interval_ms: 10\n", "        value: x\n"),
             "providers[0].poll_interval_ms",
-            "only used by kinds bfl, fireworks and replicate",
+            "only used by kinds bfl, fireworks, replicate and huggingface",
         );
         one_problem(
             &with("    kind: bfl\n    poll_timeout_ms: 0\n", "        value: x\n"),

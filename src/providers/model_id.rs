@@ -19,7 +19,7 @@
 //! | `azure`, `xai`, `gemini`, `stability`, `bfl` | one name (a deployment, a model) | — |
 //! | `vertex` | one name | `@` (versioned publisher models, `imagegeneration@006`) |
 //! | `bedrock` | a model id or inference profile, or an ARN `arn:…:type/id` | `:` |
-//! | `huggingface` | `name` or `owner/name` | — |
+//! | `huggingface` | `name` or `owner/name`, either after `hf-inference/`; or `fal-ai/` and one to five segments (fal's endpoint id) | — |
 //! | `replicate` | `owner/name`, `owner/name:version`, or a bare 64-hex version | `:` before a hex version only |
 //! | `fireworks` | a short name, or `accounts/{account}/models/{name}` | — |
 

@@ -169,7 +169,8 @@ impl SimRequest {
 /// (JSON), Stability `…/v2beta/stable-image/edit/…`, Hugging Face `…/hf-inference/models/…`,
 /// Gemini `…:generateContent` / `…:streamGenerateContent`, Imagen `…:predict`, Bedrock
 /// `…/model/{id}/invoke`, the fake OAuth token endpoint `/token`, and the asynchronous
-/// providers (BFL, Fireworks, Replicate: submit, polls and result `GET`s, see `polling`);
+/// providers (BFL, Fireworks, Replicate, fal through the Hugging Face router: submit, polls and
+/// result `GET`s, see `polling`);
 /// anything else is a 404. CPU work (images are rendered here): the listener runs it on the
 /// decode pool.
 pub fn route(req: SimRequest, settings: &StreamSettings) -> SimAnswer {

@@ -1,5 +1,6 @@
-//! The simulator's asynchronous providers: Black Forest Labs, Fireworks FLUX Kontext and
-//! Replicate predictions, each submit-then-poll like the real one.
+//! The simulator's asynchronous providers: Black Forest Labs, Fireworks FLUX Kontext,
+//! Replicate predictions and fal's queue through the Hugging Face router, each
+//! submit-then-poll like the real one.
 //!
 //! - BFL: `POST …/flux-*` with `x-key` → `{"id","polling_url"}`; `GET /sim/bfl/get_result?id=`
 //!   (`x-key`) → `Pending` on the first poll, `Ready` with `result.sample` after.
@@ -7,10 +8,17 @@
 //!   `POST …/get_result` `{"id"}` → `Pending`, then `Ready`.
 //! - Replicate: `POST …/predictions` (Bearer) → a `starting` prediction with `urls.get` on
 //!   `/sim/replicate/predictions/{id}`; polls answer `processing`, then `succeeded` with `output`.
+//! - fal through the router: `POST …/fal-ai/{endpoint}?_subdomain=queue` (Bearer; only fal's
+//!   image-to-image fields, else 422) → `{"request_id","status":"IN_QUEUE","response_url"}`
+//!   (`response_url` on the simulator, `/{app}/requests/{id}`); `GET …/fal-ai/{app}/requests/
+//!   {id}/status?_subdomain=queue` → `IN_PROGRESS`, then `COMPLETED`; `GET …/fal-ai/{app}/
+//!   requests/{id}?_subdomain=queue` → `{"images":[{"url"}…]}` (`num_images` of them; `data:`
+//!   URLs with `sync_mode`), moderated jobs with `has_nsfw_concepts: [true]`.
 //!
-//! The image (the `input_image` / `image` / `image_prompt` / `input_images[0]` value, bare base64
-//! or a `data:` URL) is edited at submit time with [`simulate_edit`] (BFL fill models take an
-//! opaque `mask`, white = edit) and served at `GET /sim/results/{id}/0.png`. URLs point back at
+//! The image (the `input_image` / `image` / `image_prompt` / `input_images[0]` / `image_url` /
+//! `image_urls[0]` value, bare base64 or a `data:` URL) is edited at submit time with
+//! [`simulate_edit`] (BFL fill models take an opaque `mask`, fal's fill endpoints `mask_url`,
+//! white = edit) and served at `GET /sim/results/{id}/0.png`. URLs point back at
 //! the simulator (the request's `Host`). Jobs are kept in memory, the most recent
 //! [`MAX_JOBS`] only. Prompt hooks: `simulate-error:NNN` answers the submit with that status
 //! (`{"detail"}`, Replicate's problem+json); `simulate-moderated` ends the job moderated (BFL,
@@ -32,12 +40,31 @@ enum Kind {
     Bfl,
     Fireworks,
     Replicate,
+    Fal,
 }
+
+/// fal's fields of an image-to-image submit (anything else is a 422).
+const FAL_FIELDS: &[&str] = &[
+    "prompt",
+    "image_url",
+    "image_urls",
+    "mask_url",
+    "num_images",
+    "image_size",
+    "seed",
+    "num_inference_steps",
+    "output_format",
+    "sync_mode",
+];
 
 struct Job {
     id: String,
     kind: Kind,
     polls: u32,
+    /// Images the result lists (fal's `num_images`; 1 for the others).
+    count: u32,
+    /// fal's `sync_mode`: the result carries `data:` URLs.
+    inline: bool,
     /// The edited PNG (in a spool: memory up to `spool.memory_bytes`, then a temp file), or
     /// `None` when the job ends moderated.
     image: Option<Body>,
@@ -59,7 +86,9 @@ fn detail(status: u16, message: &str, kind: Kind) -> SimResponse {
 /// Answers the asynchronous providers' paths; `None` for any other path.
 pub(super) fn handle(req: &SimRequest) -> Option<SimAnswer> {
     let path = req.path.as_str();
-    let answer = if let Some(rest) = path.strip_prefix("/sim/results/") {
+    let answer = if let Some(at) = path.find("/fal-ai/") {
+        authorized(req, Kind::Fal).and_then(|()| fal(req, &path[at + "/fal-ai".len()..]))
+    } else if let Some(rest) = path.strip_prefix("/sim/results/") {
         result(rest)
     } else if path == "/sim/bfl/get_result" {
         let id = req
@@ -121,6 +150,60 @@ fn image_bytes(req: &SimRequest, value: &Value) -> Option<Blob> {
     req.base64_blob(b64, |s| base64::engine::general_purpose::STANDARD.decode(s).ok())
 }
 
+/// fal's queue through the router: `rest` is the path after the router's `/fal-ai` (fal's own
+/// path: `/{endpoint}` to submit, `/{app}/requests/{id}[/status]` to poll and fetch; the
+/// simulator tells them apart by path, as it sees no method).
+fn fal(req: &SimRequest, rest: &str) -> Result<SimResponse, SimResponse> {
+    if req.query.as_deref() != Some("_subdomain=queue") {
+        return Err(detail(404, "fal's queue is reached with ?_subdomain=queue", Kind::Fal));
+    }
+    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    let requests_at = segments.iter().position(|s| *s == "requests");
+    match requests_at {
+        None => {
+            if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(req.body.bytes()) {
+                if let Some(key) = body.keys().find(|k| !FAL_FIELDS.contains(&k.as_str())) {
+                    return Err(detail(422, &format!("{key} is not an image-to-image field"), Kind::Fal));
+                }
+            }
+            submit(req, Kind::Fal)
+        }
+        Some(at) => {
+            let id = segments.get(at + 1).copied().unwrap_or_default();
+            match segments.get(at + 2..) {
+                Some([]) => fal_result(req, id),
+                Some(["status"]) => poll(req, id, Kind::Fal),
+                _ => Err(detail(404, "no such queue path", Kind::Fal)),
+            }
+        }
+    }
+}
+
+/// fal's result document of finished job `id`.
+fn fal_result(req: &SimRequest, id: &str) -> Result<SimResponse, SimResponse> {
+    let jobs = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+    let job = jobs
+        .iter()
+        .find(|j| j.id == id && j.kind == Kind::Fal)
+        .ok_or_else(|| detail(404, "request not found", Kind::Fal))?;
+    if job.polls < 2 {
+        return Err(detail(400, "the request is still in progress", Kind::Fal));
+    }
+    let url = match &job.image {
+        Some(image) if job.inline => format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(image.to_vec())
+        ),
+        _ => format!("{}/sim/results/{id}/0.png", base(req)),
+    };
+    let image = json!({"url": url, "content_type": "image/png"});
+    let n = job.count as usize;
+    Ok(json_answer(
+        200,
+        &json!({"images": vec![image; n], "has_nsfw_concepts": vec![job.image.is_none(); n], "seed": 0}),
+    ))
+}
+
 fn submit(req: &SimRequest, kind: Kind) -> Result<SimResponse, SimResponse> {
     let body: Value =
         serde_json::from_slice(req.body.bytes()).map_err(|_| detail(400, "expected a JSON body", kind))?;
@@ -139,15 +222,26 @@ fn submit(req: &SimRequest, kind: Kind) -> Result<SimResponse, SimResponse> {
     if let Some(status) = simulated_error_status(&prompt) {
         return Err(detail(status, &format!("simulated error {status}"), kind));
     }
-    let image = ["input_image", "image", "image_prompt", "input_images"]
-        .iter()
-        .find_map(|k| input.get(*k))
-        .ok_or_else(|| detail(422, "an input image is required", kind))?;
+    let image = [
+        "input_image",
+        "image",
+        "image_prompt",
+        "input_images",
+        "image_url",
+        "image_urls",
+    ]
+    .iter()
+    .find_map(|k| input.get(*k))
+    .ok_or_else(|| detail(422, "an input image is required", kind))?;
     let start = image_bytes(req, image).ok_or_else(|| detail(422, "the input image is not base64", kind))?;
     let max_pixels = req.place.max_image_pixels;
     let header = render::inspect(&start, max_pixels).map_err(|e| detail(422, &e.to_string(), kind))?;
     let mask_refused = || detail(422, "the mask must be opaque, white = edit", kind);
-    let marks = match input.get("mask").and_then(|m| image_bytes(req, m)) {
+    let marks = match input
+        .get("mask")
+        .or_else(|| input.get("mask_url"))
+        .and_then(|m| image_bytes(req, m))
+    {
         Some(m) => {
             render::inspect_mask(&m, IMAGEN_MASK, &header, max_pixels).map_err(|f| match f {
                 Fault::Mask(e @ crate::imaging::ImagingError::MaskSize { .. }) => detail(422, &e.to_string(), kind),
@@ -173,6 +267,11 @@ fn submit(req: &SimRequest, kind: Kind) -> Result<SimResponse, SimResponse> {
             id: id.clone(),
             kind,
             polls: 0,
+            count: input
+                .get("num_images")
+                .and_then(Value::as_u64)
+                .map_or(1, |n| n.clamp(1, 4) as u32),
+            inline: input.get("sync_mode") == Some(&json!(true)),
             image,
         },
     );
@@ -183,6 +282,18 @@ fn submit(req: &SimRequest, kind: Kind) -> Result<SimResponse, SimResponse> {
             Kind::Bfl => json!({"id": id, "polling_url": format!("{base}/sim/bfl/get_result?id={id}")}),
             Kind::Fireworks => json!({ "request_id": id }),
             Kind::Replicate => prediction(&base, &id, "starting", None),
+            Kind::Fal => {
+                let app: Vec<&str> = req
+                    .path
+                    .split_once("/fal-ai/")
+                    .map_or("", |(_, endpoint)| endpoint)
+                    .split('/')
+                    .take(2)
+                    .collect();
+                let url = format!("{base}/{}/requests/{id}", app.join("/"));
+                json!({"request_id": id, "status": "IN_QUEUE", "response_url": url,
+                    "status_url": format!("{url}/status"), "queue_position": 0})
+            }
         },
     ))
 }
@@ -230,6 +341,8 @@ fn poll(req: &SimRequest, id: &str, kind: Kind) -> Result<SimResponse, SimRespon
                 "NSFW content detected. Try running it again, or try a different prompt.".into(),
             )),
         ),
+        (Kind::Fal, 1, _) => json!({"status": "IN_PROGRESS"}),
+        (Kind::Fal, _, _) => json!({"status": "COMPLETED"}),
         (_, 1, _) => json!({"id": id, "status": "Pending", "result": null}),
         (_, _, true) => json!({"id": id, "status": "Ready", "result": {"sample": sample, "seed": 0}}),
         (_, _, false) => json!({"id": id, "status": "Content Moderated", "result": null}),
@@ -400,6 +513,83 @@ mod tests {
     }
 
     #[test]
+    fn fal_queue_through_the_router() {
+        let bearer = [("authorization", "Bearer hf_x")];
+        let queue = Some("_subdomain=queue");
+        let image = format!("data:image/png;base64,{}", png_b64());
+        let submit = answer(&request(
+            "/fal-ai/fal-ai/flux-kontext/dev",
+            queue,
+            &bearer,
+            &json!({"prompt": "blue", "image_url": image, "num_images": 2}),
+        ));
+        assert_eq!(submit.status, 200);
+        let v = json(&submit);
+        assert_eq!(v["status"], "IN_QUEUE");
+        let id = v["request_id"].as_str().unwrap().to_string();
+        assert_eq!(
+            v["response_url"],
+            format!("http://sim.test:1/fal-ai/flux-kontext/requests/{id}")
+        );
+        let queued = format!("/fal-ai/fal-ai/flux-kontext/requests/{id}");
+        let status = |want: &str| {
+            let r = answer(&request(&format!("{queued}/status"), queue, &bearer, &json!({})));
+            assert_eq!((r.status, json(&r)["status"].clone()), (200, json!(want)));
+        };
+        status("IN_PROGRESS");
+        status("COMPLETED");
+        let r = json(&answer(&request(&queued, queue, &bearer, &json!({}))));
+        assert_eq!(r["images"].as_array().unwrap().len(), 2);
+        assert_eq!(r["has_nsfw_concepts"], json!([false, false]));
+        let out = decode_png(&fetch_result(r["images"][0]["url"].as_str().unwrap())).unwrap();
+        assert_eq!((out.width, out.height), (4, 3));
+        // Strict: the queue query, the token and only fal's fields.
+        let no_query = answer(&request(
+            "/fal-ai/fal-ai/x/dev",
+            None,
+            &bearer,
+            &json!({"image_url": image}),
+        ));
+        assert_eq!(no_query.status, 404);
+        let no_token = answer(&request(
+            "/fal-ai/fal-ai/x/dev",
+            queue,
+            &[],
+            &json!({"image_url": image}),
+        ));
+        assert_eq!(no_token.status, 401);
+        let odd = answer(&request(
+            "/fal-ai/fal-ai/x/dev",
+            queue,
+            &bearer,
+            &json!({"image_url": image, "strength": 0.5}),
+        ));
+        assert_eq!(
+            (odd.status, json(&odd)["detail"].clone()),
+            (422, json!("strength is not an image-to-image field"))
+        );
+        // sync_mode: data URLs in the result.
+        let v = json(&answer(&request(
+            "/fal-ai/fal-ai/flux-kontext/dev",
+            queue,
+            &bearer,
+            &json!({"prompt": "p", "image_url": image, "sync_mode": true}),
+        )));
+        let queued = format!(
+            "/fal-ai/fal-ai/flux-kontext/requests/{}",
+            v["request_id"].as_str().unwrap()
+        );
+        for _ in 0..2 {
+            answer(&request(&format!("{queued}/status"), queue, &bearer, &json!({})));
+        }
+        let r = json(&answer(&request(&queued, queue, &bearer, &json!({}))));
+        assert!(r["images"][0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,"));
+    }
+
+    #[test]
     fn jobs_are_bounded() {
         let mut jobs = VecDeque::new();
         for i in 0..MAX_JOBS + 5 {
@@ -409,6 +599,8 @@ mod tests {
                     id: i.to_string(),
                     kind: Kind::Bfl,
                     polls: 0,
+                    count: 1,
+                    inline: false,
                     image: None,
                 },
             );

@@ -406,4 +406,7 @@ conformance!(bfl_fill, Kind::Bfl, "flux-pro-1.0-fill");
 conformance!(fireworks, Kind::Fireworks, "flux-kontext-pro");
 conformance!(replicate, Kind::Replicate, "black-forest-labs/flux-kontext-pro");
 conformance!(huggingface, Kind::HuggingFace, "timbrooks/instruct-pix2pix");
+conformance!(huggingface_fal, Kind::HuggingFace, "fal-ai/flux-kontext/dev");
+conformance!(huggingface_fal_fill, Kind::HuggingFace, "fal-ai/flux-pro/v1/fill");
+conformance!(huggingface_fal_multi, Kind::HuggingFace, "fal-ai/flux-2/edit");
 conformance!(xai, Kind::Xai, "grok-imagine-image");

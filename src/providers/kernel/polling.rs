@@ -72,6 +72,9 @@ pub enum Stage {
     Polling,
     /// The answer to a result image download.
     Downloading,
+    /// The answer to a request for a finished job's result document (fal's queue, whose
+    /// status answers carry no result).
+    Fetching,
 }
 
 /// Facts the adapter needs to decide a follow-up (all pure data).
@@ -319,6 +322,8 @@ pub enum Field {
     },
     /// A [`Field::Image`] as the only item of a list (models whose input is `input_images`).
     ImageList(Box<Field>),
+    /// [`Field::Image`]s as a list (fal's multi-image `image_urls`).
+    Images(Vec<Field>),
 }
 
 /// The body plan of a JSON object with `fields` in order (images as `Base64` segments).
@@ -332,33 +337,45 @@ pub fn json_body(fields: &[(&str, Field)]) -> Result<Vec<BodySegment>, GatewayEr
         }
         serde_json::to_writer(&mut text, key).map_err(internal)?;
         text.push(b':');
-        let (value, list) = match value {
-            Field::ImageList(inner) => (&**inner, true),
-            other => (other, false),
-        };
-        if list {
-            text.push(b'[');
-        }
-        match value {
-            Field::Json(v) => serde_json::to_writer(&mut text, v).map_err(internal)?,
-            Field::Image { range, data_url } => {
-                text.push(b'"');
-                if let Some(mime) = data_url {
-                    text.extend_from_slice(format!("data:{mime};base64,").as_bytes());
-                }
-                body.push(BodySegment::Bytes(Bytes::from(std::mem::take(&mut text))));
-                body.push(BodySegment::Base64(*range));
-                text.push(b'"');
+        let items = match value {
+            Field::ImageList(inner) => std::slice::from_ref(&**inner),
+            Field::Images(items) => items.as_slice(),
+            one => {
+                json_value(one, &mut text, &mut body)?;
+                continue;
             }
-            Field::ImageList(_) => return Err(GatewayError::Internal("nested image list".into())),
+        };
+        text.push(b'[');
+        for (j, item) in items.iter().enumerate() {
+            if j > 0 {
+                text.push(b',');
+            }
+            json_value(item, &mut text, &mut body)?;
         }
-        if list {
-            text.push(b']');
-        }
+        text.push(b']');
     }
     text.push(b'}');
     body.push(BodySegment::Bytes(Bytes::from(text)));
     Ok(body)
+}
+
+/// Writes one value of [`json_body`] (not a list): JSON into `text`, an image as the text
+/// before it, its `Base64` segment, and its closing quote starting the next text.
+fn json_value(value: &Field, text: &mut Vec<u8>, body: &mut Vec<BodySegment>) -> Result<(), GatewayError> {
+    match value {
+        Field::Json(v) => serde_json::to_writer(&mut *text, v).map_err(|e| GatewayError::Internal(e.to_string())),
+        Field::Image { range, data_url } => {
+            text.push(b'"');
+            if let Some(mime) = data_url {
+                text.extend_from_slice(format!("data:{mime};base64,").as_bytes());
+            }
+            body.push(BodySegment::Bytes(Bytes::from(std::mem::take(text))));
+            body.push(BodySegment::Base64(*range));
+            text.push(b'"');
+            Ok(())
+        }
+        Field::ImageList(_) | Field::Images(_) => Err(GatewayError::Internal("nested image list".into())),
+    }
 }
 
 /// The first image as a field (`data_url`: inline it as a `data:` URL), or a 400 naming

@@ -154,7 +154,8 @@ async fn follow(
 
 /// The SSRF guard: the target for a follow-up `url` and the path (with query) to request, or a
 /// 502 `upstream_protocol_error` when the URL may not be followed. Allowed: `https` URLs whose
-/// host is the provider's `base_url` host or a name ending with one of `domains` (never another
+/// host is the provider's `base_url` host, a name ending with one of `domains` that starts with
+/// a dot, or exactly one that does not (never another
 /// IP literal); and, when `base_url` itself is `http` (a local test double), URLs on exactly its
 /// scheme, host and port. No userinfo or fragment.
 pub(crate) fn follow_target(target: &Target, url: &str, domains: &[&str]) -> Result<(Target, String), GatewayError> {
@@ -180,7 +181,14 @@ pub(crate) fn follow_target(target: &Target, url: &str, domains: &[&str]) -> Res
     } else if parsed.host.parse::<IpAddr>().is_ok() {
         false
     } else {
-        domains.iter().any(|d| parsed.host.ends_with(d))
+        // `.example.com` admits the names under it, `example.com` that very host.
+        domains.iter().any(|d| {
+            if d.starts_with('.') {
+                parsed.host.ends_with(d)
+            } else {
+                parsed.host == *d
+            }
+        })
     };
     if !allowed {
         return Err(refuse(format!(
@@ -257,6 +265,15 @@ mod tests {
         ] {
             let e = follow_target(&t, bad, d).unwrap_err();
             assert_eq!((e.status(), e.code()), (502, "upstream_protocol_error"), "{bad}");
+        }
+        // A domain without a leading dot admits that very host only (fal's `fal.media`).
+        let t = target("https://router.huggingface.co");
+        let fal = &["fal.media", ".fal.media"];
+        for ok in ["https://fal.media/files/a.png", "https://v3.fal.media/files/a.png"] {
+            assert!(follow_target(&t, ok, fal).is_ok(), "{ok}");
+        }
+        for bad in ["https://evilfal.media/a.png", "https://fal.media.evil.example/a.png"] {
+            assert!(follow_target(&t, bad, fal).is_err(), "{bad}");
         }
         // An http base_url (a local double): its own origin only.
         let t = target("http://127.0.0.1:9000/v1");

@@ -144,6 +144,7 @@ pub fn for_kind(kind: ProviderKind, model: &str) -> Box<dyn Wire> {
         ProviderKind::Bfl => Box::new(polled::Bfl::new(model)),
         ProviderKind::Fireworks => Box::new(polled::Fireworks::new(model)),
         ProviderKind::Replicate => Box::new(polled::Replicate::new(model)),
+        ProviderKind::HuggingFace if model.starts_with("fal-ai/") => Box::new(huggingface::FalAi::new(model)),
         ProviderKind::HuggingFace => Box::new(huggingface::HuggingFace::new(model)),
         ProviderKind::Xai => Box::new(xai::Xai::new(model)),
     }

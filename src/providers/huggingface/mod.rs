@@ -1,26 +1,36 @@
-//! Kind `huggingface`: the Hugging Face inference router, hf-inference image-to-image
-//! (providers.md §11.1).
+//! Kind `huggingface`: the Hugging Face inference router, image-to-image through two of its
+//! providers (providers.md §11). The model id names the router provider:
 //!
-//! Request: `POST {base}/hf-inference/models/{model_id}` (the model id's `/` kept, every other
-//! unsafe byte percent-encoded) with `Authorization: Bearer`, `Accept: image/png` and JSON
-//! `{"inputs":"<base64 of the first image>","parameters":{"prompt","negative_prompt",
-//! "num_inference_steps","target_size":{"width","height"}}}` (`target_size` from `size`,
-//! omitted for `auto`); the image is base64-encoded on the fly from the spool. `seed`,
-//! `quality`, `background`, `output_format` and the like are dropped.
+//! | model id | router provider | example |
+//! |---|---|---|
+//! | `fal-ai/{endpoint…}` | `fal-ai`: fal's queue API ([`fal`]); the id is fal's endpoint id | `fal-ai/flux-kontext/dev` |
+//! | `hf-inference/{name or owner/name}` | `hf-inference` | `hf-inference/timbrooks/instruct-pix2pix` |
+//! | `{name or owner/name}` | `hf-inference` (as before `fal-ai` was added) | `timbrooks/instruct-pix2pix` |
 //!
-//! The router caps request bodies at 2 MB: the capability allows images up to
+//! hf-inference request: `POST {base}/hf-inference/models/{model_id}` (the model id's `/`
+//! kept, every other unsafe byte percent-encoded) with `Authorization: Bearer`, `Accept:
+//! image/png` and JSON `{"inputs":"<base64 of the first image>","parameters":{"prompt",
+//! "negative_prompt","num_inference_steps","target_size":{"width","height"}}}` (`target_size`
+//! from `size`, omitted for `auto`); the image is base64-encoded on the fly from the spool.
+//! `seed`, `quality`, `background`, `output_format` and the like are dropped.
+//!
+//! The router caps request bodies at 2 MB: the capabilities allow images up to
 //! [`MAX_IMAGE_BYTES`] (their base64 plus the parameters stay under the cap), so a larger image
 //! is a 400 `unsupported_operation` on `image` before any upstream call; a body still over
-//! [`ROUTER_MAX_BODY`] (a huge prompt) is a 413 when the request is built.
+//! [`ROUTER_MAX_BODY`] (a huge prompt, several images for fal) is a 413 when the request is
+//! built, before any upstream call.
 //!
-//! Answer: the raw image bytes; they are base64-encoded (SIMD, straight into the answer) into
-//! `data[0].b64_json`, `output_format` sniffed from the bytes. A 2xx that is not an image is a
-//! 502. Errors `{"error":"…"}` (or a list of messages; 503 while the model loads, with
-//! `estimated_time`) keep the provider's status.
+//! hf-inference answer: the raw image bytes; they are base64-encoded (SIMD, straight into the
+//! answer) into `data[0].b64_json`, `output_format` sniffed from the bytes. A 2xx that is not an
+//! image is a 502. Errors `{"error":"…"}` (or a list of messages; 503 while the model loads,
+//! with `estimated_time`) keep the provider's status.
 
-use super::capabilities::{any_model, Capabilities, ModelFamily, Streaming};
+pub mod fal;
+
+use super::capabilities::{Capabilities, ModelFamily, Streaming};
 use super::kernel::errors::provider_error;
 use super::kernel::percent::percent_encode_segment;
+use super::kernel::polling::{self, FollowContext, FollowState, FollowUp};
 use super::kernel::post::{auth_header, json_post};
 use super::kernel::size::size_wxh;
 use super::kernel::unified::write_raw_image_response;
@@ -30,7 +40,7 @@ use super::{
 };
 use crate::error::GatewayError;
 use crate::form::EditForm;
-use crate::imaging::{self, ImageKind};
+use crate::imaging::{self, ImageKind, MaskConvention};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
@@ -62,11 +72,58 @@ pub static HUGGINGFACE_CAPABILITIES: Capabilities = Capabilities {
     allowed_sizes: &[],
 };
 
-static FAMILIES: [ModelFamily; 1] = [ModelFamily {
-    name: "hf-inference image-to-image models (`owner/name`)",
-    matches: any_model,
-    capabilities: HUGGINGFACE_CAPABILITIES,
-}];
+/// fal endpoints through the router (one image, `image_url`; the families below refine it).
+const FAL_CAPABILITIES: Capabilities = Capabilities {
+    mask: false,
+    max_n: 4,
+    n_by_calls: None,
+    max_images: 1,
+    max_image_bytes: MAX_IMAGE_BYTES,
+    edit_types: &[],
+    url_output: true,
+    sizes: "`WxH` → `image_size{width,height}`",
+    streaming: Streaming::Synthesized,
+    extra_fields: "seed, num_inference_steps, output_format",
+    max_prompt_chars: None,
+    input_formats: &[],
+    allowed_sizes: &[],
+};
+
+fn hf_inference_model(model: &str) -> bool {
+    !fal::is_fal(model)
+}
+
+static FAMILIES: [ModelFamily; 4] = [
+    ModelFamily {
+        name: "fal-ai fill and inpainting endpoints through the router (`fal-ai/…fill…`, `fal-ai/…inpaint…`)",
+        matches: fal::takes_mask,
+        capabilities: Capabilities {
+            mask: true,
+            ..FAL_CAPABILITIES
+        },
+    },
+    ModelFamily {
+        name: "fal-ai multi-image edit endpoints through the router (`fal-ai/…/edit`)",
+        matches: fal::takes_image_list,
+        capabilities: Capabilities {
+            max_images: 4,
+            ..FAL_CAPABILITIES
+        },
+    },
+    ModelFamily {
+        name: "fal-ai image-to-image endpoints through the router (`fal-ai/…`)",
+        matches: fal::is_fal,
+        capabilities: FAL_CAPABILITIES,
+    },
+    ModelFamily {
+        name: "hf-inference image-to-image models (`owner/name`, `hf-inference/owner/name`)",
+        matches: hf_inference_model,
+        capabilities: HUGGINGFACE_CAPABILITIES,
+    },
+];
+
+/// The prefix that names the router provider `hf-inference` explicitly.
+const HF_INFERENCE_PREFIX: &str = "hf-inference/";
 
 /// The model id as a path: each `/`-separated segment percent-encoded, the slashes kept.
 fn model_path(model: &str) -> String {
@@ -100,12 +157,16 @@ impl ProviderAdapter for HuggingFaceAdapter {
         &FAMILIES
     }
 
-    /// `name` or `owner/name`.
+    /// `fal-ai/{endpoint…}`, or `name` or `owner/name` with an optional `hf-inference/`.
     fn model_id_shape(&self, model: &str) -> Result<(), &'static str> {
+        if fal::is_fal(model) {
+            return fal::model_id_shape(model);
+        }
+        let model = model.strip_prefix(HF_INFERENCE_PREFIX).unwrap_or(model);
         let segments: Vec<&str> = model.split('/').collect();
         (segments.len() <= 2 && segments.iter().all(|s| plain(s, b"")))
             .then_some(())
-            .ok_or("expected name or owner/name of letters, digits, '.', '_', '-'")
+            .ok_or("expected [hf-inference/]name, [hf-inference/]owner/name or fal-ai/<endpoint> of letters, digits, '.', '_', '-'")
     }
 
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
@@ -115,6 +176,13 @@ impl ProviderAdapter for HuggingFaceAdapter {
             request_id,
             ..
         } = *scope;
+        if fal::is_fal(&target.model) {
+            if form.mask.is_some() && scope.mask.is_none() {
+                return Err(GatewayError::Internal("a fal mask is converted from the spool".into()));
+            }
+            return fal::build(form, scope.mask, target, request_id);
+        }
+        let model = target.model.strip_prefix(HF_INFERENCE_PREFIX).unwrap_or(&target.model);
         let image = form.images.first().ok_or_else(|| GatewayError::InvalidRequest {
             param: Some("image".into()),
             message: "an image is required".into(),
@@ -130,7 +198,7 @@ impl ProviderAdapter for HuggingFaceAdapter {
             format!(
                 "{}/hf-inference/models/{}",
                 target.provider.base_url.path,
-                model_path(&target.model)
+                model_path(model)
             ),
             auth_header(target, "authorization")?,
             "image/png",
@@ -147,11 +215,21 @@ impl ProviderAdapter for HuggingFaceAdapter {
         Ok(req)
     }
 
+    /// The mask as fal's fill endpoints take it: white = edit.
+    fn mask_convention(&self, form: &EditForm, model: &str) -> Option<MaskConvention> {
+        (form.mask.is_some() && fal::takes_mask(model)).then_some(MaskConvention::GrayWhiteEdit)
+    }
+
+    /// hf-inference's answer; for fal, reached for error statuses only (successes are followed
+    /// up).
     fn convert_response(
         &self,
         resp: &UpstreamResponse,
         cx: &ResponseContext<'_>,
     ) -> Result<UnifiedAnswer, GatewayError> {
+        if fal::is_fal(cx.model_deployment) {
+            return polling::unfollowed_answer(resp, cx);
+        }
         if !(200..300).contains(&resp.status) {
             return Err(hf_error(cx.provider, resp));
         }
@@ -163,6 +241,23 @@ impl ProviderAdapter for HuggingFaceAdapter {
             ),
         })?;
         write_raw_image_response(&resp.body, Some(ImageKind::mime(kind)), cx.created, cx)
+    }
+
+    /// fal's queue ([`fal::follow_up`]); hf-inference answers at once.
+    fn follow_up(
+        &self,
+        resp: &UpstreamResponse,
+        state: &mut FollowState,
+        cx: &FollowContext<'_>,
+    ) -> Result<FollowUp, GatewayError> {
+        if fal::is_fal(&cx.target.model) {
+            return fal::follow_up(resp, state, cx);
+        }
+        Ok(FollowUp::Done)
+    }
+
+    fn follow_domains(&self) -> &'static [&'static str] {
+        fal::FAL_DOMAINS
     }
 }
 

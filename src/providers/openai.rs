@@ -12,7 +12,9 @@
 //! Bifrost's `extra_fields` added. Errors keep OpenAI's status and `error` object.
 
 use super::capabilities::{any_model, ModelFamily};
-use super::kernel::images_api::{build_multipart, convert_images_response, multipart_encoder, IMAGES_API_CAPABILITIES};
+use super::kernel::images_api::{
+    build_multipart, convert_images_response, images_api_mask_convention, multipart_encoder, IMAGES_API_CAPABILITIES,
+};
 use super::kernel::multipart::{boundary, multipart_head};
 use super::kernel::post::auth_header;
 use super::model_id::plain;
@@ -20,6 +22,8 @@ use super::{
     BuildScope, ProviderAdapter, RequestEncoder, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
 };
 use crate::error::GatewayError;
+use crate::form::EditForm;
+use crate::imaging::MaskConvention;
 use crate::route::Target;
 
 /// The adapter for kind `openai`.
@@ -65,7 +69,13 @@ impl ProviderAdapter for OpenAiAdapter {
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
         let boundary = boundary(scope.nonce);
         let head = head(scope.target, scope.request_id, &boundary)?;
-        build_multipart(scope.form, head, boundary, &scope.target.model)
+        build_multipart(scope.form, scope.mask, head, boundary, &scope.target.model)
+    }
+
+    /// OpenAI's alpha: an opaque mask (white = edit) is converted, an alpha one goes as
+    /// uploaded.
+    fn mask_convention(&self, form: &EditForm, _model: &str) -> Option<MaskConvention> {
+        images_api_mask_convention(form)
     }
 
     fn convert_response(

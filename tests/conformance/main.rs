@@ -5,7 +5,8 @@
 //! (`tests/common/wire/`), which checks every byte the gateway sends.
 //!
 //! Cases: a basic edit (one image and a prompt: Bifrost's answer, and exactly the wire's
-//! request); two images; a mask (converted to the kind's convention); a refused capability
+//! request); two images; a mask, in OpenAI's convention and white = edit (each converted to
+//! the kind's convention, the same edit area; an alpha mask to an alpha kind as sent); a refused capability
 //! (a 400 before any upstream connection); `stream=true` (native or synthesized, ending
 //! well); an upstream error kept (status and message in Bifrost's error shape); a fallback to
 //! the kind from a failing primary of another kind; `response_format=url` with the provider set
@@ -209,6 +210,30 @@ mod cases {
         }
     }
 
+    /// A mask in the providers' native convention (opaque, white = edit), as Bifrost's and the
+    /// providers' clients send it: the provider receives it in its own convention with the
+    /// same edit area as [`mask`]'s (OpenAI's alpha for the OpenAI-compatible kinds; checked
+    /// pixel by pixel by the wire), or the capability refusal.
+    pub fn white_edit_mask(wire: Box<dyn Wire>) {
+        let fx = Fixture::start(wire, "");
+        let sent = Sent {
+            mask: Some(white_edit_mask_png()),
+            ..fx.basic()
+        };
+        match fx.wire.abilities().mask {
+            Capability::Served => {
+                let result = vec![result_png(0)];
+                fx.wire.serve(&fx.mock, &result);
+                let r = fx.edit(&sent);
+                fx.assert_served(&r, &sent, &result);
+            }
+            Capability::Refused { param } => {
+                let r = fx.edit(&sent);
+                fx.assert_refused_before_upstream(&r, param);
+            }
+        }
+    }
+
     /// Something the model cannot do: a 400 in Bifrost's shape, and the provider never
     /// connected to.
     pub fn refused_capability(wire: Box<dyn Wire>) {
@@ -357,7 +382,7 @@ macro_rules! conformance {
         mod $name {
             use super::*;
 
-            cases!($kind, $model; basic_edit, multi_image, mask, refused_capability, stream,
+            cases!($kind, $model; basic_edit, multi_image, mask, white_edit_mask, refused_capability, stream,
                 upstream_error_kept, fallback_to_it, url_answer);
         }
     };

@@ -11,7 +11,8 @@
 //! [`crate::imaging::mask`] for the rule). Then, on the decode pool: [`MaskJob::detect`] when
 //! the pixels must decide, and [`MaskJob::convert`], once per request and convention. An alpha
 //! mask to a provider that takes OpenAI's convention is not converted: it goes as uploaded,
-//! from the spool.
+//! from the spool; so does a mask the checks refuse, to such a provider
+//! ([`unread_goes_as_uploaded`]).
 
 use crate::error::GatewayError;
 use crate::form::{EditForm, MaskSource};
@@ -134,20 +135,31 @@ impl MaskJob {
     }
 }
 
+/// Whether a mask the gateway could not check or read (not a readable image, not the first
+/// image's size, over the pixel budget) goes as uploaded all the same: to a provider that
+/// takes OpenAI's convention, when the client did not say the mask is opaque. Such a provider
+/// always got the upload as sent, and judges it itself; a provider whose convention needs a
+/// conversion gets the 400 instead.
+pub fn unread_goes_as_uploaded(form: &EditForm, convention: MaskConvention) -> bool {
+    convention == MaskConvention::Alpha && matches!(form.mask_source, MaskSource::Detect | MaskSource::Alpha)
+}
+
 /// Checks the form's mask, reads its convention and converts it to `convention`, on the
 /// calling thread, within [`imaging::DEFAULT_MAX_PIXELS`] (tests and tools: the gateway works
 /// on its decode pool). `Ok(None)` when the form has no mask, or when it goes as uploaded
-/// ([`MaskConvention::takes_as_uploaded`]).
+/// ([`MaskConvention::takes_as_uploaded`], [`unread_goes_as_uploaded`]).
 pub fn convert_now(
     form: &EditForm,
     spool: &Spool,
     convention: MaskConvention,
 ) -> Result<Option<ConvertedMask>, GatewayError> {
     let check = || MaskJob::check(form, spool, imaging::DEFAULT_MAX_PIXELS);
-    let Some(job) = check()? else {
-        return Ok(None);
+    let marks = match check().and_then(|job| job.map(MaskJob::detect).transpose()) {
+        Ok(Some(marks)) => marks,
+        Ok(None) => return Ok(None),
+        Err(_) if unread_goes_as_uploaded(form, convention) => return Ok(None),
+        Err(e) => return Err(e),
     };
-    let marks = job.detect()?;
     if convention.takes_as_uploaded(marks) {
         return Ok(None);
     }

@@ -13,7 +13,7 @@ use crate::config::ProviderKind;
 use crate::error::GatewayError;
 use crate::form::EditForm;
 use crate::imaging::{ConvertedMask, MaskConvention, MaskMarks};
-use crate::providers::kernel::masks::{mask_error, MaskJob};
+use crate::providers::kernel::masks::{mask_error, unread_goes_as_uploaded, MaskJob};
 use crate::providers::{adapter_for, BuildScope, UpstreamRequest};
 use crate::route::Target;
 use crate::server::AppState;
@@ -55,7 +55,11 @@ async fn converted_mask(
     spool: &Spool,
     convention: MaskConvention,
 ) -> Result<Option<Arc<ConvertedMask>>, GatewayError> {
-    let marks = mask_marks(state, form, spool).await?;
+    let marks = match mask_marks(state, form, spool).await {
+        Ok(marks) => marks,
+        Err(_) if unread_goes_as_uploaded(form, convention) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let masks = spool.converted_masks();
     if convention.takes_as_uploaded(marks) {
         // The size checks still apply (they ran with the detection).
@@ -105,7 +109,10 @@ pub(super) async fn streamed_mask_fits(state: &AppState, form: &EditForm, spool:
     let Some(convention) = adapter_for(kind).mask_convention(form, &form.model) else {
         return true;
     };
-    matches!(mask_marks(state, form, spool).await, Ok(marks) if convention.takes_as_uploaded(marks))
+    match mask_marks(state, form, spool).await {
+        Ok(marks) => convention.takes_as_uploaded(marks),
+        Err(_) => unread_goes_as_uploaded(form, convention),
+    }
 }
 
 /// The form's mask, checked ([`MaskJob::check`]).

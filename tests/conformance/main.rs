@@ -191,23 +191,7 @@ mod cases {
     /// A mask in OpenAI's convention: converted to the kind's (checked pixel by pixel by the
     /// wire), or the capability refusal.
     pub fn mask(wire: Box<dyn Wire>) {
-        let fx = Fixture::start(wire, "");
-        let sent = Sent {
-            mask: Some(unified_mask_png()),
-            ..fx.basic()
-        };
-        match fx.wire.abilities().mask {
-            Capability::Served => {
-                let result = vec![result_png(0)];
-                fx.wire.serve(&fx.mock, &result);
-                let r = fx.edit(&sent);
-                fx.assert_served(&r, &sent, &result);
-            }
-            Capability::Refused { param } => {
-                let r = fx.edit(&sent);
-                fx.assert_refused_before_upstream(&r, param);
-            }
-        }
+        mask_served_or_refused(wire, unified_mask_png());
     }
 
     /// A mask in the providers' native convention (opaque, white = edit), as Bifrost's and the
@@ -215,9 +199,15 @@ mod cases {
     /// same edit area as [`mask`]'s (OpenAI's alpha for the OpenAI-compatible kinds; checked
     /// pixel by pixel by the wire), or the capability refusal.
     pub fn white_edit_mask(wire: Box<dyn Wire>) {
+        mask_served_or_refused(wire, white_edit_mask_png());
+    }
+
+    /// An edit with `mask`: served (the wire checks the mask it receives) or refused before
+    /// the provider, as the kind's abilities say.
+    fn mask_served_or_refused(wire: Box<dyn Wire>, mask: Vec<u8>) {
         let fx = Fixture::start(wire, "");
         let sent = Sent {
-            mask: Some(white_edit_mask_png()),
+            mask: Some(mask),
             ..fx.basic()
         };
         match fx.wire.abilities().mask {

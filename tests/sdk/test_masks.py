@@ -11,7 +11,7 @@ import io
 from openai import OpenAI
 from PIL import Image
 
-from harness import VIRTUAL_KEY, decode_png, paint_colour
+from harness import VIRTUAL_KEY, assert_left_half_painted, decode_png
 
 
 def png_bytes(img: Image.Image) -> bytes:
@@ -41,17 +41,7 @@ def test_white_edit_mask_paints_the_white_half_only(gateway, input_png, input_im
             mask=("mask.png", white_edit_mask(input_image.size), "image/png"),
             prompt=prompt,
         )
-    out = decode_png(resp.data[0].b64_json).convert("RGBA")
-    w, h = input_image.size
-    assert out.size == (w, h)
-    src = input_image.convert("RGBA")
-    colour = paint_colour(prompt, 0)
-    for y in range(h):
-        for x in range(w):
-            if x < w // 2:
-                assert out.getpixel((x, y)) == colour, (x, y)
-            else:
-                assert out.getpixel((x, y)) == src.getpixel((x, y)), (x, y)
+    assert_left_half_painted(decode_png(resp.data[0].b64_json), input_image, prompt)
 
 
 def test_the_provider_receives_the_alpha_mask(gateway, mock, input_png, input_image, mask_png):

@@ -20,7 +20,8 @@
 //! when it is below 128. Alpha is ignored by the opaque readings.
 //!
 //! The mask is decoded row by row (a PNG; JPEG and WebP whole) and the converted rows are
-//! compressed as they are made.
+//! compressed as they are made. A mask whose reading its pixels decide is decoded once when it
+//! must be converted anyway ([`detect_and_convert`]).
 
 use super::rows::RowReader;
 use super::{ImageKind, ImagingError};
@@ -147,6 +148,17 @@ impl ConvertedMasks {
         self.marks.get_or_try_init(detect).await.copied()
     }
 
+    /// How the mask marks its edit area, when decided already in this request.
+    pub fn known_marks(&self) -> Option<MaskMarks> {
+        self.marks.get().copied()
+    }
+
+    /// Keeps how the mask marks its edit area, decided by a conversion (the first decision
+    /// stays: the rule gives every decision the same answer).
+    pub fn keep_marks(&self, marks: MaskMarks) {
+        let _ = self.marks.set(marks);
+    }
+
     /// The mask converted to `convention`: the one made earlier in this request, or the one
     /// `convert` makes now (concurrent callers wait for it). An error is not kept: the request
     /// ends with it.
@@ -197,7 +209,32 @@ pub fn convert_mask_from(
     convention: MaskConvention,
     max_pixels: u64,
 ) -> Result<ConvertedMask, ImagingError> {
-    convert(RowReader::open(kind, r, max_pixels)?, marks, convention.output())
+    let rows = RowReader::open(kind, r, max_pixels)?;
+    let (mut converted, _) = convert(rows, &[marks], convention.output())?;
+    converted
+        .pop()
+        .ok_or_else(|| ImagingError::Encode("no conversion".into()))
+}
+
+/// [`detect_marks`] and [`convert_mask_from`] in one decode, for a mask whose header allows
+/// transparency: each row is converted under both readings ([`MaskMarks::Alpha`] and
+/// [`MaskMarks::WhiteEdit`]) as it is read, and the rule picks the one to keep at the end.
+/// Errors as [`convert_mask_from`].
+pub fn detect_and_convert(
+    kind: ImageKind,
+    r: impl BufRead + Seek,
+    convention: MaskConvention,
+    max_pixels: u64,
+) -> Result<(MaskMarks, ConvertedMask), ImagingError> {
+    let rows = RowReader::open(kind, r, max_pixels)?;
+    let readings = [MaskMarks::Alpha, MaskMarks::WhiteEdit];
+    let (converted, transparent) = convert(rows, &readings, convention.output())?;
+    let pick = if transparent { 0 } else { 1 };
+    let mask = converted
+        .into_iter()
+        .nth(pick)
+        .ok_or_else(|| ImagingError::Encode("no conversion".into()))?;
+    Ok((readings[pick], mask))
 }
 
 /// Converts an OpenAI mask held in memory into an opaque 8-bit greyscale PNG whose alpha-0
@@ -216,43 +253,63 @@ pub fn convert_mask(png: &[u8], edit: u8, keep: u8) -> Result<ConvertedMask, Ima
         edit: [edit; 4],
         keep: [keep; 4],
     };
-    convert(rows, MaskMarks::Alpha, output)
+    let (mut converted, _) = convert(rows, &[MaskMarks::Alpha], output)?;
+    converted
+        .pop()
+        .ok_or_else(|| ImagingError::Encode("no conversion".into()))
 }
 
-/// The conversion: each row of `rows` read, each pixel written as `output`'s edit or keep
-/// pixel, the row compressed at once.
-fn convert<R: Read>(mut rows: RowReader<R>, marks: MaskMarks, output: Output) -> Result<ConvertedMask, ImagingError> {
+/// The conversion: each row of `rows` read once, each pixel written as `output`'s edit or keep
+/// pixel under each of `readings` (one PNG per reading, each row compressed at once); also
+/// whether some pixel's alpha was below 255.
+fn convert<R: Read>(
+    mut rows: RowReader<R>,
+    readings: &[MaskMarks],
+    output: Output,
+) -> Result<(Vec<ConvertedMask>, bool), ImagingError> {
     let (width, height) = (rows.width(), rows.height());
     let samples = output.color.samples();
     let encode = |e: png::EncodingError| ImagingError::Encode(e.to_string());
-    let mut out = Vec::with_capacity(4096);
+    let mut outs: Vec<Vec<u8>> = readings.iter().map(|_| Vec::with_capacity(4096)).collect();
+    let mut transparent = false;
     {
-        let mut enc = png::Encoder::new(&mut out, width, height);
-        enc.set_color(output.color);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header().map_err(encode)?;
-        let mut stream = writer.stream_writer().map_err(encode)?;
+        let mut writers = Vec::with_capacity(readings.len());
+        for out in outs.iter_mut() {
+            let mut enc = png::Encoder::new(out, width, height);
+            enc.set_color(output.color);
+            enc.set_depth(png::BitDepth::Eight);
+            writers.push(enc.write_header().map_err(encode)?);
+        }
+        let mut streams = Vec::with_capacity(readings.len());
+        for writer in writers.iter_mut() {
+            streams.push(writer.stream_writer().map_err(encode)?);
+        }
         let mut row = vec![0u8; width as usize * 4];
         let mut converted = Vec::with_capacity(width as usize * samples);
         for _ in 0..height {
             rows.read_row(&mut row)?;
-            converted.clear();
-            for px in row.chunks_exact(4) {
-                let px = [px[0], px[1], px[2], px[3]];
-                let side = if marks.edits(px) { &output.edit } else { &output.keep };
-                converted.extend_from_slice(&side[..samples]);
+            transparent |= row.chunks_exact(4).any(|px| px[3] < 255);
+            for (marks, stream) in readings.iter().zip(streams.iter_mut()) {
+                converted.clear();
+                for px in row.chunks_exact(4) {
+                    let px = [px[0], px[1], px[2], px[3]];
+                    let side = if marks.edits(px) { &output.edit } else { &output.keep };
+                    converted.extend_from_slice(&side[..samples]);
+                }
+                stream
+                    .write_all(&converted)
+                    .map_err(|e| ImagingError::Encode(e.to_string()))?;
             }
-            stream
-                .write_all(&converted)
-                .map_err(|e| ImagingError::Encode(e.to_string()))?;
         }
-        stream.finish().map_err(encode)?;
+        for stream in streams {
+            stream.finish().map_err(encode)?;
+        }
     }
-    Ok(ConvertedMask {
-        width,
-        height,
-        png: out,
-    })
+    let converted = outs
+        .into_iter()
+        .map(|png| ConvertedMask { width, height, png })
+        .collect();
+    Ok((converted, transparent))
 }
 
 #[cfg(test)]
@@ -456,6 +513,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn one_decode_detects_and_converts_as_the_two_steps_do() {
+        for (name, bytes, marks) in sources() {
+            let kind = kind_of(&bytes);
+            if marks_from_header(&dimensions(kind, Cursor::new(&bytes)).unwrap()).is_some() {
+                continue; // the header decides: no detection to merge
+            }
+            for c in MaskConvention::ALL {
+                let (got, mask) = detect_and_convert(kind, Cursor::new(&bytes), c, 6).unwrap();
+                assert_eq!(got, marks, "{name}");
+                assert_eq!(
+                    mask,
+                    convert_mask_from(kind, Cursor::new(&bytes), marks, c, 6).unwrap(),
+                    "{name} → {c:?}"
+                );
+            }
+        }
+        assert!(matches!(
+            detect_and_convert(
+                ImageKind::Png,
+                Cursor::new(&png_declaring(30, 30)),
+                MaskConvention::Alpha,
+                100
+            ),
+            Err(ImagingError::TooLarge { .. })
+        ));
     }
 
     #[test]

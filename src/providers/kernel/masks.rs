@@ -121,16 +121,21 @@ impl MaskJob {
         }
     }
 
-    /// Decodes the mask, which marks its edit area as `marks`, and converts it to `convention`
+    /// Decodes the mask and converts it to `convention`, reading it as `marks` (else as
+    /// [`MaskJob::marks`]; when neither is known, the same decode decides: see
+    /// [`imaging::mask::detect_and_convert`]). Returns the reading used and the mask
     /// (CPU-heavy: the gateway runs it on its decode pool).
-    pub fn convert(self, marks: MaskMarks, convention: MaskConvention) -> Result<ConvertedMask, GatewayError> {
-        imaging::mask::convert_mask_from(
-            self.kind,
-            BufReader::new(self.reader),
-            marks,
-            convention,
-            self.max_pixels,
-        )
+    pub fn convert(
+        self,
+        marks: Option<MaskMarks>,
+        convention: MaskConvention,
+    ) -> Result<(MaskMarks, ConvertedMask), GatewayError> {
+        let r = BufReader::new(self.reader);
+        match marks.or(self.marks) {
+            Some(marks) => imaging::mask::convert_mask_from(self.kind, r, marks, convention, self.max_pixels)
+                .map(|mask| (marks, mask)),
+            None => imaging::mask::detect_and_convert(self.kind, r, convention, self.max_pixels),
+        }
         .map_err(mask_error)
     }
 }
@@ -163,5 +168,8 @@ pub fn convert_now(
     if convention.takes_as_uploaded(marks) {
         return Ok(None);
     }
-    check()?.map(|job| job.convert(marks, convention)).transpose()
+    Ok(check()?
+        .map(|job| job.convert(Some(marks), convention))
+        .transpose()?
+        .map(|(_, mask)| mask))
 }

@@ -48,31 +48,37 @@ pub(super) async fn build_request(
 
 /// The form's mask in `convention`: converted earlier in this request, or now on the decode
 /// pool (counted in `refract_image_decodes_total`, as is a detection that read pixels);
-/// `None` when it goes as uploaded.
+/// `None` when it goes as uploaded. A provider of OpenAI's convention needs the mask's reading
+/// first (an alpha mask is not converted); for the others, a reading the pixels must decide
+/// is decided by the conversion's own decode.
 async fn converted_mask(
     state: &AppState,
     form: &EditForm,
     spool: &Spool,
     convention: MaskConvention,
 ) -> Result<Option<Arc<ConvertedMask>>, GatewayError> {
-    let marks = match mask_marks(state, form, spool).await {
-        Ok(marks) => marks,
-        Err(_) if unread_goes_as_uploaded(form, convention) => return Ok(None),
-        Err(e) => return Err(e),
-    };
     let masks = spool.converted_masks();
-    if convention.takes_as_uploaded(marks) {
+    let mut marks = masks.known_marks();
+    if convention == MaskConvention::Alpha {
+        marks = match mask_marks(state, form, spool).await {
+            Ok(marks) => Some(marks),
+            Err(_) if unread_goes_as_uploaded(form, convention) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+    }
+    if marks.is_some_and(|marks| convention.takes_as_uploaded(marks)) {
         // The size checks still apply (they ran with the detection).
         return Ok(None);
     }
     masks
         .get_or_convert(convention, || async {
             let job = checked(state, form, spool)?;
-            let converted = state
+            let (marks, converted) = state
                 .decoder
                 .run(move || job.convert(marks, convention))
                 .await
                 .map_err(mask_error)??;
+            masks.keep_marks(marks);
             state.metrics.image_decoded();
             Ok(Arc::new(converted))
         })

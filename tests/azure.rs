@@ -47,7 +47,9 @@ fn deployments_api_with_api_key() {
     let gw = azure_gateway(&mock);
     // Large enough (and `model` first) to be streamed upstream while it arrives.
     let image = big_png_like(300_000, 7);
-    let mask = tiny_png();
+    // OpenAI's convention (transparent = edit), so it goes as uploaded (an opaque mask is
+    // converted to it: tests/conformance, azure::white_edit_mask).
+    let mask = refract::imaging::encode_png(&refract::imaging::solid(4, 4, [0, 0, 0, 0])).unwrap();
     let form = Form::new()
         .text("model", "az/gpt-image-1")
         .text("prompt", "a red hat")

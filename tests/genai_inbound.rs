@@ -277,12 +277,13 @@ fn imagen_predict_through_the_simulator() {
     let mock = MockUpstream::start();
     let gw = gateway(&mock, true);
     let image = encode_png(&solid(16, 16, [255, 255, 255, 255])).unwrap();
-    // A mask in the unified convention (transparent = edit): the left half.
+    // A mask in Imagen's convention (opaque, white = edit): the left half. The simulator
+    // speaks OpenAI's wire: it receives it converted to alpha 0 = edit.
     let mut mask = solid(16, 16, [0, 0, 0, 255]);
     for y in 0..16 {
         for x in 0..8 {
             let i = (y * 16 + x) * 4;
-            mask.pixels[i + 3] = 0;
+            mask.pixels[i..i + 3].copy_from_slice(&[255, 255, 255]);
         }
     }
     let mask = encode_png(&mask).unwrap();
@@ -311,7 +312,7 @@ fn imagen_predict_through_the_simulator() {
         let out = decode_png(&unb64(predictions[0]["bytesBase64Encoded"].as_str().unwrap())).expect("a PNG");
         assert_eq!((out.width, out.height), (16, 16));
         let px = |x: usize, y: usize| out.pixels[(y * 16 + x) * 4..(y * 16 + x) * 4 + 3].to_vec();
-        // Painted where the mask is transparent, kept where it is opaque.
+        // Painted where the mask is white, kept where it is black.
         assert_ne!(px(2, 8), vec![255, 255, 255], "the masked half is edited");
         assert_eq!(px(13, 8), vec![255, 255, 255], "the other half is kept");
     }

@@ -384,11 +384,11 @@ fn requests_beyond_the_capabilities_never_reach_the_provider() {
         &[("x-bf-vk", VK)],
     );
     assert_invalid(&r, "mask");
-    // A mask without an alpha channel (e.g. already white = edit) cannot follow the unified
-    // convention.
-    let native = refract::imaging::convert_mask(&unified_mask_png(), 255, 0).unwrap().png;
+    // A mask of another size than the image (in either convention: an opaque white = edit
+    // mask is Stability's own, and served: `conformance`, stability::white_edit_mask).
+    let other_size = encode_png(&solid(5, 4, [255, 255, 255, 255])).unwrap();
     let r = gw.edit(
-        &form("stab/sd3", Some("p"), &png).file("mask", "m.png", "image/png", &native),
+        &form("stab/sd3", Some("p"), &png).file("mask", "m.png", "image/png", &other_size),
         &[("x-bf-vk", VK)],
     );
     assert_invalid(&r, "mask");

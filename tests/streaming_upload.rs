@@ -542,3 +542,47 @@ fn stream_threshold_is_256_kib() {
     }
     assert_eq!(mock.requests().len(), 2);
 }
+
+/// A large upload whose mask is opaque (white = edit) to an OpenAI-compatible provider: the
+/// streamed request is abandoned unfinished (the provider never acts on it) and the edit is
+/// sent again from the spool, its mask converted to OpenAI's alpha (the same edit area). An
+/// alpha mask in the same upload streams through as sent.
+#[test]
+fn an_opaque_mask_is_converted_and_sent_from_the_spool() {
+    let mock = MockUpstream::start();
+    let gw = Gateway::start(&Setup::new(&mock.base_url()));
+    let image = big_png_like(1_000_000, 61);
+    let form = |mask: &[u8]| {
+        Form::new()
+            .text("model", "openai/gpt-image-1")
+            .text("prompt", "p")
+            .file("image", "a.png", "image/png", &image)
+            .file("mask", "mask.png", "image/png", mask)
+    };
+    let r = gw.edit(&form(&white_edit_mask_png()), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let all = mock.requests();
+    assert_eq!(all.len(), 1, "one complete upstream request");
+    assert_exact_length(&all[0]);
+    let parts = upstream_parts(&all[0], &mock);
+    assert_file(one(&parts, "image"), "image.png", "image/png", &image);
+    let mask = one(&parts, "mask");
+    assert_eq!(mask.filename.as_deref(), Some("mask.png"));
+    common::wire::assert_alpha_mask(&mask.data);
+    // The streamed request was never finished.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.incomplete().is_empty() && mock.connections() > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(mock.incomplete().iter().all(|rec| !rec.complete));
+
+    let mock = MockUpstream::start();
+    let gw = Gateway::start(&Setup::new(&mock.base_url()));
+    let alpha = unified_mask_png();
+    let r = gw.edit(&form(&alpha), &[("x-bf-vk", VK)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rec = mock.only_request();
+    assert_streamed(&rec);
+    let parts = upstream_parts(&rec, &mock);
+    assert_file(one(&parts, "mask"), "mask.png", "image/png", &alpha);
+}

@@ -473,15 +473,25 @@ fn type_selects_the_edit_mode() {
             .map(|r| r["maskImageConfig"]["maskMode"].as_str().unwrap().to_string());
         assert_eq!(got.as_deref(), *mask_mode, "{edit_type}");
     }
-    // A mask without alpha (e.g. one already in Imagen's convention) is refused before any
-    // upstream call.
+    // A mask without alpha (one already in Imagen's convention, white = edit) is taken as
+    // such (issue 18 item 8): Imagen gets the same pixels.
     let before = mock.requests().len();
+    mock.push(Reply::json(200, &answer));
     let gray = refract::imaging::convert_mask(&unified_mask_png(), 255, 0).unwrap().png;
     let form = vertex_form("hat").file("mask", "m.png", "image/png", &gray);
     let r = gw.edit(&form, &[("x-bf-vk", VK)]);
-    assert_invalid(&r, "mask");
-    assert!(r.text().contains("alpha"), "{}", r.text());
-    assert_eq!(mock.requests().len(), before);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = predict_json(&mock.requests()[before], "ya29.fake-token-1");
+    let refs = v["instances"][0]["referenceImages"].as_array().unwrap();
+    let sent = refs
+        .iter()
+        .find(|r| r["referenceType"] == "REFERENCE_TYPE_MASK")
+        .unwrap();
+    let sent = unb64(&sent["referenceImage"]["bytesBase64Encoded"]);
+    assert_eq!(
+        refract::imaging::decode_png(&sent).unwrap(),
+        refract::imaging::decode_png(&gray).unwrap()
+    );
 }
 
 #[test]

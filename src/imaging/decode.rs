@@ -47,28 +47,6 @@ pub(super) fn png_reader<R: Read>(r: R, max_pixels: u64) -> Result<png::Reader<R
     Ok(reader)
 }
 
-/// Calls `row` with each row of the image in order (interlaced images are assembled first),
-/// with the number of channels (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA).
-pub(super) fn png_rows<R: Read>(
-    reader: &mut png::Reader<R>,
-    mut row: impl FnMut(&[u8], usize),
-) -> Result<(), ImagingError> {
-    let err = |e: png::DecodingError| ImagingError::decode(ImageKind::Png, e);
-    let channels = reader.output_color_type().0.samples();
-    if reader.info().interlaced {
-        let mut buf = vec![0u8; reader.output_buffer_size()];
-        let frame = reader.next_frame(&mut buf).map_err(err)?;
-        for line in buf.chunks_exact(frame.line_size).take(frame.height as usize) {
-            row(line, channels);
-        }
-    } else {
-        while let Some(line) = reader.next_row().map_err(err)? {
-            row(line.data(), channels);
-        }
-    }
-    Ok(())
-}
-
 fn decode_png_from(r: impl Read, max_pixels: u64) -> Result<Rgba, ImagingError> {
     let mut rows = super::rows::RowReader::png(r, max_pixels)?;
     let (width, height) = (rows.width(), rows.height());

@@ -16,7 +16,7 @@ pub mod rows;
 
 pub use decode::{decode, decode_png};
 pub use header::{dimensions, ImageHeader};
-pub use mask::{convert_mask, ConvertedMask, ConvertedMasks, MaskConvention};
+pub use mask::{convert_mask, ConvertedMask, ConvertedMasks, MaskConvention, MaskMarks};
 pub use pool::DecodePool;
 pub use rows::{encode_png_rows, RowReader};
 

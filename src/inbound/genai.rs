@@ -16,19 +16,19 @@
 //! | `generationConfig.seed` | `seed` |
 //! | `instances[0].prompt` | `prompt` |
 //! | `referenceImages[]` RAW (`referenceImage.bytesBase64Encoded`) | `image[]`, in order |
-//! | `referenceImages[]` MASK, `MASK_MODE_USER_PROVIDED` | `mask` (as sent: see below) |
+//! | `referenceImages[]` MASK, `MASK_MODE_USER_PROVIDED` | `mask`, white = edit (see below) |
 //! | `parameters.editMode` `EDIT_MODE_INPAINT_*` / `OUTPAINT` / `BGSWAP` | `type` inpainting / outpainting / background_removal |
 //! | `parameters.sampleCount`, `seed`, `negativePrompt`, `outputOptions.mimeType` | `n`, `seed`, `negative_prompt`, `output_format` |
 //!
-//! An Imagen mask is opaque, white = edit; the unified mask is OpenAI's (alpha 0 = edit). The
-//! kernel has no helper from Imagen's convention to the unified one yet (issue 18 item 8), so
-//! the mask is passed as sent: a mask with transparency works, an opaque one is refused by the
-//! mask check with its usual 400.
+//! An Imagen mask is white = edit, whatever its pixel format: the form says so
+//! ([`MaskSource::WhiteEdit`]), and the gateway converts it to the convention of the provider
+//! that serves the edit (OpenAI's alpha for the OpenAI-compatible kinds; see
+//! `crate::imaging::mask`).
 
 use crate::codec::base64::Base64Decoder;
 use crate::config::Limits;
 use crate::error::GatewayError;
-use crate::form::{EditForm, FormBuilder};
+use crate::form::{EditForm, FormBuilder, MaskSource};
 use crate::spool::Spool;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -492,7 +492,10 @@ pub fn build_form(
             return Err(invalid(field.trim_end_matches("[]"), format!("'{field}' is empty")));
         }
     }
-    builder.finish()
+    let mut form = builder.finish()?;
+    // Imagen's convention (the only mask these bodies carry).
+    form.mask_source = MaskSource::WhiteEdit;
+    Ok(form)
 }
 
 /// Hands the decoded bytes in `out` to the builder's checks and then to the spool.

@@ -16,7 +16,9 @@
 //! `prompt_filter_results`, `error.inner_error`) are kept as they come.
 
 use super::capabilities::{any_model, ModelFamily};
-use super::kernel::images_api::{build_multipart, convert_images_response, multipart_encoder, IMAGES_API_CAPABILITIES};
+use super::kernel::images_api::{
+    build_multipart, convert_images_response, images_api_mask_convention, multipart_encoder, IMAGES_API_CAPABILITIES,
+};
 use super::kernel::multipart::{boundary, multipart_head};
 use super::kernel::percent::percent_encode_segment;
 use super::kernel::post::auth_header;
@@ -25,6 +27,8 @@ use super::{
     BuildScope, ProviderAdapter, RequestEncoder, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
 };
 use crate::error::GatewayError;
+use crate::form::EditForm;
+use crate::imaging::MaskConvention;
 use crate::route::Target;
 
 /// `api-version` when the config gives none.
@@ -89,7 +93,13 @@ impl ProviderAdapter for AzureAdapter {
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
         let boundary = boundary(scope.nonce);
         let head = head(scope.target, scope.request_id, &boundary)?;
-        build_multipart(scope.form, head, boundary, deployment(scope.target))
+        build_multipart(scope.form, scope.mask, head, boundary, deployment(scope.target))
+    }
+
+    /// OpenAI's alpha: an opaque mask (white = edit) is converted, an alpha one goes as
+    /// uploaded.
+    fn mask_convention(&self, form: &EditForm, _model: &str) -> Option<MaskConvention> {
+        images_api_mask_convention(form)
     }
 
     fn convert_response(

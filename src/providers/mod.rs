@@ -133,8 +133,9 @@ pub struct BuildScope<'a> {
     pub form: &'a EditForm,
     /// The form's file parts.
     pub spool: &'a Spool,
-    /// The mask in the adapter's convention; `None` when the form has no mask or the adapter
-    /// asked for none (an adapter that wanted one refuses the build).
+    /// The mask in the adapter's convention; `None` when the form has no mask, the adapter
+    /// asked for none (an adapter that wanted one refuses the build), or the mask goes as
+    /// uploaded, from the spool (an alpha mask for [`MaskConvention::Alpha`]).
     pub mask: Option<&'a ConvertedMask>,
     /// Provider, key and model.
     pub target: &'a Target,
@@ -258,10 +259,12 @@ pub trait ProviderAdapter: Send + Sync {
         model_id::one_name(model)
     }
 
-    /// The convention the adapter wants the form's mask converted to for `model`, or `None`
-    /// when it sends the mask as uploaded (or the request cannot use one: the build then
-    /// refuses it). The gateway converts the mask once per request and convention, on its
-    /// decode pool, and hands it to [`ProviderAdapter::build`] in [`BuildScope::mask`].
+    /// The convention the adapter wants the form's mask in for `model`, or `None` when the
+    /// request cannot use one (the build then refuses it). The gateway reads how the client's
+    /// mask marks its edit area ([`crate::imaging::mask`]) and converts it once per request and
+    /// convention, on its decode pool, handing it to [`ProviderAdapter::build`] in
+    /// [`BuildScope::mask`]; an alpha mask for [`MaskConvention::Alpha`] goes as uploaded
+    /// instead.
     fn mask_convention(&self, _form: &EditForm, _model: &str) -> Option<MaskConvention> {
         None
     }

@@ -12,7 +12,9 @@
 //! Bifrost's `extra_fields` added. Errors keep OpenAI's status and `error` object.
 
 use super::capabilities::{any_model, ModelFamily};
-use super::kernel::images_api::{build_multipart, convert_images_response, multipart_encoder, IMAGES_API_CAPABILITIES};
+use super::kernel::images_api::{
+    build_multipart, convert_images_response, images_api_mask_convention, multipart_encoder, IMAGES_API_CAPABILITIES,
+};
 use super::kernel::multipart::{boundary, multipart_head};
 use super::kernel::post::auth_header;
 use super::model_id::plain;
@@ -20,6 +22,8 @@ use super::{
     BuildScope, ProviderAdapter, RequestEncoder, ResponseContext, UnifiedAnswer, UpstreamRequest, UpstreamResponse,
 };
 use crate::error::GatewayError;
+use crate::form::EditForm;
+use crate::imaging::MaskConvention;
 use crate::route::Target;
 
 /// The adapter for kind `openai`.
@@ -65,7 +69,13 @@ impl ProviderAdapter for OpenAiAdapter {
     fn build(&self, scope: &BuildScope<'_>) -> Result<UpstreamRequest, GatewayError> {
         let boundary = boundary(scope.nonce);
         let head = head(scope.target, scope.request_id, &boundary)?;
-        build_multipart(scope.form, head, boundary, &scope.target.model)
+        build_multipart(scope.form, scope.mask, head, boundary, &scope.target.model)
+    }
+
+    /// OpenAI's alpha: an opaque mask (white = edit) is converted, an alpha one goes as
+    /// uploaded.
+    fn mask_convention(&self, form: &EditForm, _model: &str) -> Option<MaskConvention> {
+        images_api_mask_convention(form)
     }
 
     fn convert_response(
@@ -191,6 +201,43 @@ mod tests {
         assert_eq!(parts[5].2.as_deref(), Some("image/png"));
         assert_eq!(parts[5].3, b"\x89PNG\r\n\x1a\nimage-bytes");
         assert_eq!(parts[6].3, b"\x89PNG\r\n\x1a\nmask-bytes");
+    }
+
+    /// OpenAI's convention: an opaque mask (white = edit; here an RGBA PNG without a
+    /// transparent pixel) is sent converted, its white pixels transparent; an alpha mask goes
+    /// as uploaded.
+    #[tokio::test]
+    async fn an_opaque_mask_is_sent_as_openais_alpha_mask() {
+        use crate::imaging::{decode_png, encode_png, solid};
+        use crate::providers::test_support::{build_from_spool, form, spool_with};
+        let image = encode_png(&solid(2, 1, [9, 9, 9, 255])).unwrap();
+        let mut white = solid(2, 1, [0, 0, 0, 255]);
+        white.pixels[..3].copy_from_slice(&[255, 255, 255]);
+        let mut alpha = solid(2, 1, [0, 0, 0, 255]);
+        alpha.pixels[3] = 0;
+        let alpha = encode_png(&alpha).unwrap();
+        let (spool, parts) = spool_with(&[
+            ("image", ImageKind::Png, image),
+            ("mask", ImageKind::Png, encode_png(&white).unwrap()),
+            ("mask", ImageKind::Png, alpha.clone()),
+        ]);
+        let t = target("gpt-image-1");
+        let mut sent = Vec::new();
+        for mask in [&parts[1], &parts[2]] {
+            let f = form("gpt-image-1", vec![parts[0].clone()], Some(mask.clone()));
+            let req = build_from_spool(&OpenAiAdapter, &f, &spool, &t, "r").unwrap();
+            let rendered = render(&req, &spool).await;
+            let part = rendered.into_iter().find(|p| p.0 == "mask").unwrap();
+            assert_eq!(
+                (part.1.as_deref(), part.2.as_deref()),
+                (Some("mask.png"), Some("image/png"))
+            );
+            sent.push(part.3);
+        }
+        let converted = decode_png(&sent[0]).unwrap();
+        assert_eq!(converted.pixel(0, 0), [0, 0, 0, 0], "white: edit, transparent");
+        assert_eq!(converted.pixel(1, 0), [0, 0, 0, 255], "black: keep, opaque");
+        assert_eq!(sent[1], alpha, "as uploaded");
     }
 
     #[tokio::test]

@@ -1379,6 +1379,20 @@ pub fn unified_mask_png() -> Vec<u8> {
     refract::imaging::encode_png(&m).expect("png")
 }
 
+/// The white-means-edit twin of [`unified_mask_png`] (Imagen's, Stability's, FLUX's
+/// convention): a 6×4 opaque greyscale PNG, the top two rows white (edit), the rest black.
+pub fn white_edit_mask_png() -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, 6, 4);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header().expect("png");
+    let rows: Vec<u8> = (0..24).map(|i| if i < 12 { 255 } else { 0 }).collect();
+    w.write_image_data(&rows).expect("png");
+    drop(w);
+    out
+}
+
 /// A JPEG-looking file (signature plus filler).
 pub fn jpeg_like() -> Vec<u8> {
     let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00, 0x01];

@@ -5,7 +5,8 @@
 //! (`tests/common/wire/`), which checks every byte the gateway sends.
 //!
 //! Cases: a basic edit (one image and a prompt: Bifrost's answer, and exactly the wire's
-//! request); two images; a mask (converted to the kind's convention); a refused capability
+//! request); two images; a mask, in OpenAI's convention and white = edit (each converted to
+//! the kind's convention, the same edit area; an alpha mask to an alpha kind as sent); a refused capability
 //! (a 400 before any upstream connection); `stream=true` (native or synthesized, ending
 //! well); an upstream error kept (status and message in Bifrost's error shape); a fallback to
 //! the kind from a failing primary of another kind; `response_format=url` with the provider set
@@ -190,9 +191,23 @@ mod cases {
     /// A mask in OpenAI's convention: converted to the kind's (checked pixel by pixel by the
     /// wire), or the capability refusal.
     pub fn mask(wire: Box<dyn Wire>) {
+        mask_served_or_refused(wire, unified_mask_png());
+    }
+
+    /// A mask in the providers' native convention (opaque, white = edit), as Bifrost's and the
+    /// providers' clients send it: the provider receives it in its own convention with the
+    /// same edit area as [`mask`]'s (OpenAI's alpha for the OpenAI-compatible kinds; checked
+    /// pixel by pixel by the wire), or the capability refusal.
+    pub fn white_edit_mask(wire: Box<dyn Wire>) {
+        mask_served_or_refused(wire, white_edit_mask_png());
+    }
+
+    /// An edit with `mask`: served (the wire checks the mask it receives) or refused before
+    /// the provider, as the kind's abilities say.
+    fn mask_served_or_refused(wire: Box<dyn Wire>, mask: Vec<u8>) {
         let fx = Fixture::start(wire, "");
         let sent = Sent {
-            mask: Some(unified_mask_png()),
+            mask: Some(mask),
             ..fx.basic()
         };
         match fx.wire.abilities().mask {
@@ -357,7 +372,7 @@ macro_rules! conformance {
         mod $name {
             use super::*;
 
-            cases!($kind, $model; basic_edit, multi_image, mask, refused_capability, stream,
+            cases!($kind, $model; basic_edit, multi_image, mask, white_edit_mask, refused_capability, stream,
                 upstream_error_kept, fallback_to_it, url_answer);
         }
     };

@@ -64,6 +64,21 @@ def paint_colour(prompt: str, index: int) -> tuple[int, int, int, int]:
     return ((h >> 24) & 0xFF, (h >> 16) & 0xFF, (h >> 8) & 0xFF, 255)
 
 
+def assert_left_half_painted(out, src, prompt: str) -> None:
+    """The simulator's edit of `src` (PIL images) through a left-half mask: the left half
+    painted with the prompt's colour, the right half the input's pixels."""
+    out, src = out.convert("RGBA"), src.convert("RGBA")
+    w, h = src.size
+    assert out.size == (w, h)
+    colour = paint_colour(prompt, 0)
+    for y in range(h):
+        for x in range(w):
+            if x < w // 2:
+                assert out.getpixel((x, y)) == colour, (x, y)
+            else:
+                assert out.getpixel((x, y)) == src.getpixel((x, y)), (x, y)
+
+
 _GIVEN_PORTS: set = set()
 
 

@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 from PIL import Image
 
-from harness import MOCK_PROVIDER_KEY, SIM_PROVIDER_KEY, VIRTUAL_KEY, decode_png, paint_colour
+from harness import MOCK_PROVIDER_KEY, SIM_PROVIDER_KEY, VIRTUAL_KEY, assert_left_half_painted, decode_png, paint_colour
 
 
 decode = decode_png
@@ -62,17 +62,7 @@ def test_edit_with_mask_paints_the_transparent_half_only(client: OpenAI, files, 
     prompt = "paint the left half"
     with open(files["input"], "rb") as f, open(files["mask"], "rb") as m:
         resp = client.images.edit(model="demo/sim-image-1", image=f, mask=m, prompt=prompt, size="1024x1024")
-    out = decode(resp.data[0].b64_json).convert("RGBA")
-    w, h = input_image.size
-    assert out.size == (w, h)
-    src = input_image.convert("RGBA")
-    colour = paint_colour(prompt, 0)
-    for y in range(h):
-        for x in range(w):
-            if x < w // 2:
-                assert out.getpixel((x, y)) == colour, (x, y)
-            else:
-                assert out.getpixel((x, y)) == src.getpixel((x, y)), (x, y)
+    assert_left_half_painted(decode(resp.data[0].b64_json), input_image, prompt)
 
 
 def test_n_2_returns_two_different_images(client: OpenAI, files, mask_png, input_image):

@@ -223,6 +223,8 @@ fn imagen_predict_becomes_the_unified_form() {
     assert_eq!(spool.read_all(form.images[0].range).unwrap(), image);
     let m = form.mask.as_ref().unwrap();
     assert_eq!(spool.read_all(m.range).unwrap(), mask);
+    // Imagen's convention: white marks the area to edit.
+    assert_eq!(form.mask_source, crate::form::MaskSource::WhiteEdit);
     // Imagen's automatic background mask: background removal, no mask image.
     let body = json!({
         "instances": [{"referenceImages": [

@@ -9,7 +9,7 @@ use super::multipart::{safe_content_type, MultipartWriter};
 use super::unified::extra_fields_json;
 use crate::error::GatewayError;
 use crate::form::{is_image_field, EditForm, EditType};
-use crate::imaging::ImageKind;
+use crate::imaging::{ConvertedMask, ImageKind, MaskConvention};
 use crate::providers::answer::AnswerWriter;
 use crate::providers::capabilities::{Capabilities, Streaming};
 use crate::providers::rawjson::{ExpandedObject, JsonOut, RawObject};
@@ -117,10 +117,18 @@ pub static IMAGES_API_CAPABILITIES: Capabilities = Capabilities {
     allowed_sizes: &[],
 };
 
+/// The mask convention of the Images API (kinds `openai`, `azure`): OpenAI's alpha, for a form
+/// with a mask. An alpha mask goes as uploaded; an opaque one (white = edit) is converted.
+pub fn images_api_mask_convention(form: &EditForm) -> Option<MaskConvention> {
+    form.mask.is_some().then_some(MaskConvention::Alpha)
+}
+
 /// The OpenAI multipart body for `form` under `head` (made with `boundary`), `model` being
-/// what the provider receives in the `model` part.
+/// what the provider receives in the `model` part; the form's mask as uploaded, or `mask`
+/// when the gateway converted it to OpenAI's convention (a `mask.png`).
 pub fn build_multipart(
     form: &EditForm,
+    mask: Option<&ConvertedMask>,
     head: UpstreamRequest,
     boundary: String,
     model: &str,
@@ -168,7 +176,9 @@ pub fn build_multipart(
         };
         w.file(image_field, &filename, kind.mime(), img);
     }
-    if let Some(mask) = &form.mask {
+    if let Some(converted) = mask {
+        w.file_bytes("mask", "mask.png", "image/png", Bytes::from(converted.png.clone()));
+    } else if let Some(mask) = &form.mask {
         let kind = mask
             .kind
             .ok_or_else(|| GatewayError::Internal("mask part without a detected type".into()))?;

@@ -215,7 +215,7 @@ fn edit_mode_follows_type_and_mask() {
 }
 
 #[test]
-fn masks_that_cannot_follow_the_convention_are_refused() {
+fn masks_in_either_convention_go_white_edit_and_broken_ones_are_refused() {
     let png = encode_png(&solid(4, 3, [1, 2, 3, 255])).unwrap();
     let opaque_mask = encode_png(&solid(4, 3, [255, 255, 255, 255])).unwrap();
     let gray = crate::imaging::convert_mask(&unified_mask(), 255, 0).unwrap().png;
@@ -225,15 +225,15 @@ fn masks_that_cannot_follow_the_convention_are_refused() {
     let (spool, parts) = spool_with(&[
         ("image", ImageKind::Png, png),
         ("mask", ImageKind::Jpeg, vec![0xFF, 0xD8, 0xFF, 0]),
-        ("mask", ImageKind::Png, gray),
+        ("mask", ImageKind::Png, gray.clone()),
         ("mask", ImageKind::Png, small),
         ("mask", ImageKind::Png, b"\x89PNG\r\n\x1a\ngarbage".to_vec()),
         ("mask", ImageKind::Png, opaque_mask),
+        ("mask", ImageKind::Png, unified_mask()),
     ]);
     let t = bearer("imagen-3.0-capability-001");
     for (i, fragment) in [
-        (1, "must be a PNG with an alpha channel"),
-        (2, "no alpha channel"),
+        (1, "cannot decode JPEG"),
         (3, "the mask is 2x2 but the first image is 4x3"),
         (4, "cannot decode PNG"),
     ] {
@@ -242,15 +242,21 @@ fn masks_that_cannot_follow_the_convention_are_refused() {
         assert_eq!((e.status(), e.param()), (400, Some("mask")), "{e}");
         assert!(e.to_string().contains(fragment), "{i}: {e}");
     }
-    // An RGBA mask without a transparent pixel is valid: nothing is edited (all black).
-    let form = base_form(vec![parts[0].clone()], Some(parts[5].clone()));
-    let req = build_from_spool(&VertexAdapter, &form, &spool, &t, "r").unwrap();
-    let v = rendered(&req, &spool);
-    let mask = decode_png(&b64(
-        &v["instances"][0]["referenceImages"][1]["referenceImage"]["bytesBase64Encoded"]
-    ))
-    .unwrap();
-    assert!(mask.pixels.chunks_exact(4).all(|p| p == [0, 0, 0, 255]));
+    let sent_mask = |part: usize| {
+        let form = base_form(vec![parts[0].clone()], Some(parts[part].clone()));
+        let req = build_from_spool(&VertexAdapter, &form, &spool, &t, "r").unwrap();
+        let v = rendered(&req, &spool);
+        decode_png(&b64(
+            &v["instances"][0]["referenceImages"][1]["referenceImage"]["bytesBase64Encoded"]
+        ))
+        .unwrap()
+    };
+    // An opaque mask is Imagen's own convention (white = edit): the same pixels; an RGBA mask
+    // without a transparent pixel is opaque too (all white: all edited); OpenAI's alpha mask
+    // gives the same edit area as its white-edit twin.
+    assert_eq!(sent_mask(2), decode_png(&gray).unwrap());
+    assert!(sent_mask(5).pixels.chunks_exact(4).all(|p| p == [255, 255, 255, 255]));
+    assert_eq!(sent_mask(6), sent_mask(2));
     // Without the spool a mask cannot be converted.
     let form = base_form(vec![parts[0].clone()], Some(parts[2].clone()));
     assert_eq!(build(&VertexAdapter, &form, &t, "r").unwrap_err().status(), 500);

@@ -170,7 +170,11 @@ pub(super) async fn read<'a>(
                 // Set before the upstream body ends, so the answer finds it.
                 let _ = config.set(stream_context(form, *kind, up.request_id, request_start, up.framing));
             }
-            feed.finish().await;
+            // A mask the provider must get converted: the streamed body is abandoned (and sent
+            // again from the spool).
+            if feed.encoder.is_none() || super::prepare::streamed_mask_fits(state, form, spool, *kind).await {
+                feed.finish().await;
+            }
         }
         // Dropping the feed's sender closes the stream: without its end marker, the
         // provider's request is abandoned.

@@ -32,7 +32,8 @@ pub struct Sent {
     pub prompt: String,
     /// The images in order, byte for byte.
     pub images: Vec<Vec<u8>>,
-    /// The mask (OpenAI's convention: alpha 0 = edit), byte for byte.
+    /// The mask as the client sends it, byte for byte: OpenAI's convention (alpha 0 = edit) or
+    /// opaque white = edit ([`crate::common::white_edit_mask_png`]), the same edit area.
     pub mask: Option<Vec<u8>>,
     /// `stream=true`.
     pub stream: bool,
@@ -310,6 +311,29 @@ pub fn assert_bodiless(
     }
     assert_headers(rec, &all);
     assert!(rec.body.is_empty(), "{method} {path} has a body");
+}
+
+/// Whether `png` is a mask in OpenAI's convention: some pixel's alpha below 255.
+pub fn is_alpha_mask(png: &[u8]) -> bool {
+    let m = refract::imaging::decode_png(png).expect("the mask is a PNG");
+    m.pixels.chunks_exact(4).any(|p| p[3] < 255)
+}
+
+/// Asserts a mask converted to OpenAI's convention: an RGBA PNG whose top two rows (the
+/// fixtures' edit area) are fully transparent and the rest opaque.
+pub fn assert_alpha_mask(png: &[u8]) {
+    assert!(
+        refract::imaging::png_info(png).expect("a PNG").alpha,
+        "the mask has an alpha channel"
+    );
+    let m = refract::imaging::decode_png(png).expect("the mask is a PNG");
+    assert_eq!((m.width, m.height), (6, 4));
+    for y in 0..4 {
+        for x in 0..6 {
+            let want = if y < 2 { 0 } else { 255 };
+            assert_eq!(m.pixel(x, y)[3], want, "mask alpha at ({x},{y})");
+        }
+    }
 }
 
 /// Asserts a converted mask: opaque, the unified mask's top two rows (its edit area) `edit`,

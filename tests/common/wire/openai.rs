@@ -3,8 +3,8 @@
 //! partial images. Kind `azure` sends the same body (`super::azure`).
 
 use super::{
-    assert_multipart_exact, assert_wire_headers, b64, file_part, text_part, Abilities, Capability, Refusal, Sent,
-    Streams, UpstreamError, Wire,
+    assert_alpha_mask, assert_multipart_exact, assert_wire_headers, b64, file_part, is_alpha_mask, text_part,
+    Abilities, Capability, Refusal, Sent, Streams, UpstreamError, Wire,
 };
 use crate::common::{MockUpstream, Recorded, Reply};
 use refract::config::ProviderKind;
@@ -47,7 +47,8 @@ pub fn event_stream(images: &[Vec<u8>]) -> Reply {
 
 /// Asserts the multipart body an OpenAI-compatible provider gets for `sent`, byte for byte:
 /// `model` (as `model_part`), `prompt`, `stream` when streaming, then the images (`image`, or
-/// `image[]` for several, typed file names), then the mask; nothing else.
+/// `image[]` for several, typed file names), then the mask (as sent when it is OpenAI's
+/// alpha mask, else converted to it); nothing else.
 pub fn assert_openai_body(rec: &Recorded, sent: &Sent, model_part: &str) {
     let mut want = vec![text_part("model", model_part), text_part("prompt", &sent.prompt)];
     if sent.stream {
@@ -62,7 +63,17 @@ pub fn assert_openai_body(rec: &Recorded, sent: &Sent, model_part: &str) {
         });
     }
     if let Some(mask) = &sent.mask {
-        want.push(file_part("mask", "mask.png", "image/png", mask));
+        if is_alpha_mask(mask) {
+            // OpenAI's own convention: as uploaded, byte for byte.
+            want.push(file_part("mask", "mask.png", "image/png", mask));
+        } else {
+            // White = edit: converted to OpenAI's alpha, the same edit area.
+            let ct = rec.header("content-type").expect("Content-Type");
+            let parts = crate::common::parse_multipart(&ct, &rec.body);
+            let got = &crate::common::parts_named(&parts, "mask")[0].data;
+            assert_alpha_mask(got);
+            want.push(file_part("mask", "mask.png", "image/png", got));
+        }
     }
     assert_multipart_exact(rec, &want);
 }

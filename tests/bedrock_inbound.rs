@@ -383,7 +383,6 @@ fn titan_variation_through_the_simulator() {
 }
 
 #[test]
-#[ignore = "needs item 8 (masks converted from the client's convention)"]
 fn titan_inpainting_mask_black_means_edit_through_the_simulator() {
     let mock = MockUpstream::start();
     let gw = gateway(&mock, true);
@@ -399,7 +398,6 @@ fn titan_inpainting_mask_black_means_edit_through_the_simulator() {
 }
 
 #[test]
-#[ignore = "needs item 8 (masks converted from the client's convention)"]
 fn stability_mask_white_means_edit_through_the_simulator() {
     let mock = MockUpstream::start();
     let gw = gateway(&mock, true);

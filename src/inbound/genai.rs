@@ -494,7 +494,9 @@ pub fn build_form(
     }
     let mut form = builder.finish()?;
     // Imagen's convention (the only mask these bodies carry).
-    form.mask_source = MaskSource::WhiteEdit;
+    if form.mask.is_some() {
+        form.mask_source = MaskSource::WhiteEdit;
+    }
     Ok(form)
 }
 

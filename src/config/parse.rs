@@ -17,7 +17,7 @@ use super::fields::{Fields, Problems};
 use super::url::parse_socket_addr;
 use super::{
     providers, Config, ConfigProblem, Limits, Listener, MetricsSettings, ServerSettings, SimulatorSettings,
-    SpoolSettings, TlsFiles, MAX_HEAD_BYTES_LIMIT, MIB,
+    ImageUrlFetch, SpoolSettings, TlsFiles, MAX_HEAD_BYTES_LIMIT, MIB,
 };
 
 /// Resolves an environment variable (`None` = not set).
@@ -219,9 +219,56 @@ fn limits(mut f: Fields<'_>) -> Limits {
             .get("max_connections")
             .and_then(|v| f.int_in("max_connections", v, &(1..=MAX_CONNECTIONS_LIMIT)))
             .and_then(|n| usize::try_from(n).ok()),
+        fetch_image_urls: fetch_image_urls(f.section("fetch_image_urls"), max_part_bytes),
     };
     f.finish();
     limits
+}
+
+/// `limits.fetch_image_urls` (see [`ImageUrlFetch`]); `max_bytes` defaults to 20 MiB or
+/// `max_part_bytes` if smaller, and may not exceed it.
+fn fetch_image_urls(mut f: Fields<'_>, max_part_bytes: u64) -> ImageUrlFetch {
+    let d = ImageUrlFetch::default();
+    let enabled = f.opt_bool("enabled", d.enabled);
+    let given = f.has("max_bytes");
+    let max_bytes = f.opt_u64("max_bytes", d.max_bytes.min(max_part_bytes), 1..=1 << 40);
+    if given && max_bytes > max_part_bytes {
+        f.report(
+            "max_bytes",
+            format!("must not exceed limits.max_part_bytes ({max_part_bytes}), found {max_bytes}"),
+        );
+    }
+    let timeout = f.opt_millis("timeout_ms", d.timeout, 100..=600_000);
+    let max_redirects = f.opt_usize("max_redirects", d.max_redirects as usize, 0..=10) as u32;
+    // (An empty list is the default: the effective config prints it.)
+    let problems = f.problems();
+    let allow_hosts = f
+        .opt_list("allow_hosts")
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(path, value)| {
+            let Value::String(host) = value else {
+                problems.add(&path, super::fields::type_error("a host name or IP address", value));
+                return None;
+            };
+            let normalized = crate::ssrf::normalize_host(host);
+            if normalized.is_none() {
+                problems.add(
+                    &path,
+                    format!("'{host}' is not a host name or IP address (no scheme, port or path)"),
+                );
+            }
+            normalized
+        })
+        .collect();
+    f.finish();
+    ImageUrlFetch {
+        enabled,
+        max_bytes,
+        timeout,
+        max_redirects,
+        allow_hosts,
+    }
 }
 
 fn spool(mut f: Fields<'_>) -> SpoolSettings {

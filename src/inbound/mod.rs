@@ -5,3 +5,4 @@
 //! between the two.
 
 pub mod genai;
+pub mod openai_json;

@@ -113,7 +113,7 @@ async fn edit(
 
 /// The head's checks: a JSON body (or none declared), not longer than `limits.max_body_bytes`;
 /// answers `Expect: 100-continue` (curl sends it for bodies over 1 KiB).
-async fn check_head(state: &AppState, session: &mut Session) -> Result<(), GatewayError> {
+pub(super) async fn check_head(state: &AppState, session: &mut Session) -> Result<(), GatewayError> {
     let headers = &session.req_header().headers;
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
@@ -154,7 +154,7 @@ fn too_large(state: &AppState) -> GatewayError {
 
 /// Reads the whole JSON body, within `limits.max_body_bytes` and the upload's timeouts (the
 /// multipart route's [`SessionBody`]).
-async fn read_body(state: &AppState, session: &mut Session, ctx: &mut RequestCtx) -> Result<Vec<u8>, GatewayError> {
+pub(super) async fn read_body(state: &AppState, session: &mut Session, ctx: &mut RequestCtx) -> Result<Vec<u8>, GatewayError> {
     use crate::form::BodySource;
     let limits = &state.config.limits;
     let mut source = SessionBody {

@@ -41,7 +41,9 @@ mod fallback;
 mod files;
 mod follow;
 mod genai;
+mod image_urls;
 pub mod jobs;
+mod json_edit;
 mod linger;
 mod models;
 mod policy;
@@ -544,6 +546,10 @@ async fn image_edit(
             .map(|d| models::deployment_model(&state.config.providers, d))
             .transpose()?;
         let preset = preset.as_ref().map(|(p, m)| (p.as_str(), m.as_str()));
+        // The JSON form (`Content-Type: application/json`) has a parse step of its own.
+        if json_edit::is_json(session) {
+            return json_edit::edit(state, session, ctx, &identity, (framing, preset)).await;
+        }
         let head = check_head(state, session).await?;
         // admit (the request): its key's request-level limits, before the body is read.
         let admitted = attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;

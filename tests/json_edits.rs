@@ -145,7 +145,7 @@ fn answer(mut stream: TcpStream, serve: &dyn Fn(&str) -> Served, counted: &Atomi
             format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
         ),
         Served::Stall(pause) => {
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n\x89PNG");
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n\x89PNG");
             std::thread::sleep(pause);
             Ok(())
         }
@@ -323,7 +323,7 @@ fn fallbacks_and_extras_from_the_body() {
 #[test]
 fn bad_bodies_are_refused_in_bifrost_shape() {
     let mock = MockUpstream::start();
-    let gw = gateway(&mock, false, "  max_body_bytes: 200000\n");
+    let gw = gateway(&mock, false, "  max_body_bytes: 200000\n  max_part_bytes: 100000\n");
     let png = data_url(&tiny_png());
     let cases: Vec<(Value, &str, &str)> = vec![
         (
@@ -343,13 +343,13 @@ fn bad_bodies_are_refused_in_bifrost_shape() {
         ),
         (
             json!({"model": "openai/gpt-image-1", "prompt": "p", "images": [{"image_url": "data:image/png;base64,@@@"}]}),
-            "image",
+            "images[0].image_url",
             "not valid base64",
         ),
         (
-            json!({"model": "openai/gpt-image-1", "prompt": "p", "images": [{"image_url": data_url(b"not an image")}]}),
-            "image",
-            "",
+            json!({"model": "openai/gpt-image-1", "prompt": "p", "images": [{"image_url": png}], "mask": {"image_url": data_url(b"not an image")}}),
+            "mask.image_url",
+            "not a PNG, JPEG or WebP",
         ),
         (json!({"prompt": "p", "images": [{"image_url": png}]}), "model", "model is required"),
         (json!({"model": "openai/gpt-image-1", "images": [{"image_url": png}]}), "prompt", "prompt is required"),
@@ -405,6 +405,10 @@ fn bad_bodies_are_refused_in_bifrost_shape() {
     .to_string();
     let r = post_json(gw.addr, "/v1/images/edits", &serde_json::from_str(&big).unwrap());
     assert_error(&r, 413, None);
+    // An image past max_part_bytes inside a body within max_body_bytes: named by its JSON param.
+    let body = json!({"model": "openai/gpt-image-1", "prompt": "p",
+                      "images": [{"image_url": png}, {"image_url": data_url(&big_png_like(120_000, 2))}]});
+    assert_error(&post_json(gw.addr, "/v1/images/edits", &body), 413, Some("images[1].image_url"));
     let mut c = gw.connect();
     c.send(b"POST /v1/images/edits HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nx-bf-vk: ");
     c.send(VK.as_bytes());

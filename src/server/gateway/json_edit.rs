@@ -103,8 +103,8 @@ pub(super) async fn read_form(
     let images = edit.images.iter().map(|(param, source)| (param.as_str(), "image[]", source));
     let mask = edit.mask.iter().map(|source| ("mask.image_url", "mask", source));
     for (param, field, source) in images.chain(mask) {
-        match source {
-            ImageSource::Data(image) => spool_base64(&mut builder, spool, field, image)?,
+        let stored = match source {
+            ImageSource::Data(image) => spool_base64(&mut builder, spool, field, image),
             ImageSource::Url(url) => {
                 let config = &limits.fetch_image_urls;
                 if !config.enabled {
@@ -117,9 +117,10 @@ pub(super) async fn read_form(
                     Some(f) => f,
                     None => fetcher.insert(ImageFetcher::new(config)?),
                 };
-                fetch_into(fetcher, (url, param, field), &mut builder, spool).await?;
+                fetch_into(fetcher, (url, param, field), &mut builder, spool).await
             }
-        }
+        };
+        stored.map_err(|e| named_in_json(e, param))?;
     }
     // The images are in the spool now: the body's memory goes before anything is sent.
     drop(edit);
@@ -128,6 +129,24 @@ pub(super) async fn read_form(
     state.router.check_fallbacks(&form)?;
     check_candidate(state, identity, &form)?;
     Ok(form)
+}
+
+/// An error the form's checks raised about a file part (`image[]`, `mask`), renamed to the
+/// JSON body's parameter of that image (`images[1].image_url`, `mask.image_url`).
+fn named_in_json(e: GatewayError, json_param: &str) -> GatewayError {
+    let is_part = |p: &Option<String>| matches!(p.as_deref(), Some("image" | "image[]" | "mask"));
+    match e {
+        GatewayError::InvalidRequest { param, message } if is_part(&param) => GatewayError::InvalidRequest {
+            param: Some(json_param.to_string()),
+            message,
+        },
+        GatewayError::PayloadTooLarge { param, what, limit } if is_part(&param) => GatewayError::PayloadTooLarge {
+            param: Some(json_param.to_string()),
+            what,
+            limit,
+        },
+        other => other,
+    }
 }
 
 /// One image by URL into `spool` as the file part `field`, checked by `builder` piece by piece.

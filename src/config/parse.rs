@@ -316,6 +316,8 @@ fn check_addresses(
 #[cfg(test)]
 mod tests {
     use super::super::test_util::*;
+    use super::super::ImageUrlFetch;
+    use std::time::Duration;
 
     #[test]
     fn unknown_keys_with_and_without_suggestion() {
@@ -539,6 +541,58 @@ mod tests {
             &format!("{PROVIDER}        weight: .nan\n"),
             "providers[0].keys[0].weight",
             "finite number",
+        );
+    }
+
+    #[test]
+    fn fetching_image_urls_is_off_unless_enabled_and_checked() {
+        let c = ok(PROVIDER);
+        assert_eq!(c.limits.fetch_image_urls, ImageUrlFetch::default());
+        assert!(!c.limits.fetch_image_urls.enabled);
+        let c = ok(&format!(
+            "limits:\n  max_part_bytes: 1000000\n  fetch_image_urls:\n    enabled: true\n    max_bytes: 5000\n    timeout_ms: 2500\n    max_redirects: 0\n    allow_hosts: [Images.Internal., '127.0.0.1', '[::1]']\n{PROVIDER}"
+        ));
+        let f = &c.limits.fetch_image_urls;
+        assert!(f.enabled);
+        assert_eq!((f.max_bytes, f.timeout, f.max_redirects), (5000, Duration::from_millis(2500), 0));
+        assert_eq!(f.allow_hosts, ["images.internal", "127.0.0.1", "::1"]);
+        // max_bytes follows a smaller max_part_bytes unless given.
+        let c = ok(&format!("limits:\n  max_part_bytes: 1000\n{PROVIDER}"));
+        assert_eq!(c.limits.fetch_image_urls.max_bytes, 1000);
+        one_problem(
+            &format!("limits:\n  max_part_bytes: 1000\n  fetch_image_urls:\n    max_bytes: 1001\n{PROVIDER}"),
+            "limits.fetch_image_urls.max_bytes",
+            "must not exceed limits.max_part_bytes (1000)",
+        );
+        one_problem(
+            &format!("limits:\n  fetch_image_urls:\n    enabled: true\n    allow_private: true\n{PROVIDER}"),
+            "limits.fetch_image_urls.allow_private",
+            "unknown",
+        );
+        one_problem(
+            &format!("limits:\n  fetch_image_urls:\n    allow_hosts: ['http://x:80/']\n{PROVIDER}"),
+            "limits.fetch_image_urls.allow_hosts[0]",
+            "not a host name or IP address",
+        );
+        one_problem(
+            &format!("limits:\n  fetch_image_urls:\n    allow_hosts: [3]\n{PROVIDER}"),
+            "limits.fetch_image_urls.allow_hosts[0]",
+            "a host name or IP address",
+        );
+        one_problem(
+            &format!("limits:\n  fetch_image_urls:\n    timeout_ms: 50\n{PROVIDER}"),
+            "limits.fetch_image_urls.timeout_ms",
+            "between 100 and 600000",
+        );
+        one_problem(
+            &format!("limits:\n  fetch_image_urls:\n    max_redirects: 11\n{PROVIDER}"),
+            "limits.fetch_image_urls.max_redirects",
+            "between 0 and 10",
+        );
+        one_problem(
+            &format!("limits:\n  fetch_image_urls: yes\n{PROVIDER}"),
+            "limits.fetch_image_urls",
+            "",
         );
     }
 

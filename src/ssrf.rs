@@ -146,7 +146,7 @@ pub fn check_url(raw: &str, allow_hosts: &[String]) -> Result<CheckedUrl, Refusa
         Some(url::Host::Ipv6(ip)) => (ip.to_string(), true),
         None => return Err(Refusal::NotAUrl(clip())),
     };
-    let allowed = allow_hosts.iter().any(|h| *h == host);
+    let allowed = allow_hosts.contains(&host);
     if literal && !allowed {
         if let Ok(address) = host.parse::<IpAddr>() {
             if let Some(why) = refused_address(address) {
@@ -247,7 +247,10 @@ mod tests {
     fn urls_are_checked_before_any_request() {
         let none: &[String] = &[];
         let ok = check_url("https://images.example.com/a.png?x=1", none).unwrap();
-        assert_eq!((ok.host.as_str(), ok.literal, ok.allowed), ("images.example.com", false, false));
+        assert_eq!(
+            (ok.host.as_str(), ok.literal, ok.allowed),
+            ("images.example.com", false, false)
+        );
         assert!(check_url("http://8.8.8.8/a.png", none).unwrap().literal);
         for (bad, what) in [
             ("ftp://example.com/a.png", "scheme"),
@@ -295,7 +298,10 @@ mod tests {
 
     #[test]
     fn hosts_are_normalized() {
-        assert_eq!(normalize_host("Images.Example.COM.").as_deref(), Some("images.example.com"));
+        assert_eq!(
+            normalize_host("Images.Example.COM.").as_deref(),
+            Some("images.example.com")
+        );
         assert_eq!(normalize_host("[::1]").as_deref(), Some("::1"));
         assert_eq!(normalize_host("0:0::1").as_deref(), Some("::1"));
         assert_eq!(normalize_host("127.0.0.1").as_deref(), Some("127.0.0.1"));

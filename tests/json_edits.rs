@@ -142,16 +142,17 @@ fn answer(mut stream: TcpStream, serve: &dyn Fn(&str) -> Served, counted: &Atomi
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nConnection: close\r\n\r\n")
             .and_then(|()| stream.write_all(&bytes)),
         Served::Redirect(to) => stream.write_all(
-            format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         ),
         Served::Stall(pause) => {
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n\x89PNG");
+            let _ =
+                stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n\x89PNG");
             std::thread::sleep(pause);
             Ok(())
         }
-        Served::Status(status) => stream.write_all(
-            format!("HTTP/1.1 {status} Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
-        ),
+        Served::Status(status) => stream
+            .write_all(format!("HTTP/1.1 {status} Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()),
     };
 }
 
@@ -249,7 +250,10 @@ fn data_urls_reach_the_provider_byte_for_byte_under_every_route() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let rec = mock.requests().pop().unwrap();
-    assert_eq!(rec.header("authorization"), Some(format!("Bearer {OTHER_PROVIDER_KEY}")));
+    assert_eq!(
+        rec.header("authorization"),
+        Some(format!("Bearer {OTHER_PROVIDER_KEY}"))
+    );
     // Counted as any edit.
     wait_until("the JSON edits counted", || {
         gw.metrics_text().lines().any(|l| {
@@ -288,7 +292,9 @@ fn the_simulator_edits_a_json_request_and_streams_it() {
     let r = post_json(gw.addr, "/openai/v1/images/edits", &streaming);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
-        r.header("content-type").unwrap_or_default().starts_with("text/event-stream"),
+        r.header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/event-stream"),
         "{:?}",
         r.headers
     );
@@ -302,7 +308,10 @@ fn the_simulator_edits_a_json_request_and_streams_it() {
 fn fallbacks_and_extras_from_the_body() {
     let mock = MockUpstream::start();
     let gw = gateway(&mock, false, "");
-    mock.push(Reply::json(500, &json!({"error": {"message": "down", "type": "server_error"}})));
+    mock.push(Reply::json(
+        500,
+        &json!({"error": {"message": "down", "type": "server_error"}}),
+    ));
     mock.push(Reply::json(200, &default_success()));
     let body = json!({
         "model": "openai/gpt-image-1",
@@ -317,7 +326,10 @@ fn fallbacks_and_extras_from_the_body() {
     assert_eq!(r.json()["extra_fields"]["provider"], "other");
     let requests = mock.requests();
     assert_eq!(requests.len(), 2);
-    assert_eq!(requests[1].header("authorization"), Some(format!("Bearer {OTHER_PROVIDER_KEY}")));
+    assert_eq!(
+        requests[1].header("authorization"),
+        Some(format!("Bearer {OTHER_PROVIDER_KEY}"))
+    );
 }
 
 #[test]
@@ -351,9 +363,21 @@ fn bad_bodies_are_refused_in_bifrost_shape() {
             "mask.image_url",
             "not a PNG, JPEG or WebP",
         ),
-        (json!({"prompt": "p", "images": [{"image_url": png}]}), "model", "model is required"),
-        (json!({"model": "openai/gpt-image-1", "images": [{"image_url": png}]}), "prompt", "prompt is required"),
-        (json!({"model": "openai/gpt-image-1", "prompt": "p"}), "image", "at least one image"),
+        (
+            json!({"prompt": "p", "images": [{"image_url": png}]}),
+            "model",
+            "model is required",
+        ),
+        (
+            json!({"model": "openai/gpt-image-1", "images": [{"image_url": png}]}),
+            "prompt",
+            "prompt is required",
+        ),
+        (
+            json!({"model": "openai/gpt-image-1", "prompt": "p"}),
+            "image",
+            "at least one image",
+        ),
         (
             json!({"model": "openai/gpt-image-1", "prompt": "p", "n": 99, "images": [{"image_url": png}]}),
             "n",
@@ -397,7 +421,13 @@ fn bad_bodies_are_refused_in_bifrost_shape() {
         assert!(message(&e).contains("not a valid JSON"), "{e}");
     }
     // A body cut short: the client declared more than it sent, then closed.
-    let r = post_raw(gw.addr, "/v1/images/edits", &[("x-bf-vk", VK)], br#"{"model": "op"#, Some(5000));
+    let r = post_raw(
+        gw.addr,
+        "/v1/images/edits",
+        &[("x-bf-vk", VK)],
+        br#"{"model": "op"#,
+        Some(5000),
+    );
     assert_error(&r, 400, None);
     // Too large, by Content-Length and while reading (chunked).
     let big = json!({"model": "openai/gpt-image-1", "prompt": "p",
@@ -408,7 +438,11 @@ fn bad_bodies_are_refused_in_bifrost_shape() {
     // An image past max_part_bytes inside a body within max_body_bytes: named by its JSON param.
     let body = json!({"model": "openai/gpt-image-1", "prompt": "p",
                       "images": [{"image_url": png}, {"image_url": data_url(&big_png_like(120_000, 2))}]});
-    assert_error(&post_json(gw.addr, "/v1/images/edits", &body), 413, Some("images[1].image_url"));
+    assert_error(
+        &post_json(gw.addr, "/v1/images/edits", &body),
+        413,
+        Some("images[1].image_url"),
+    );
     let mut c = gw.connect();
     c.send(b"POST /v1/images/edits HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nx-bf-vk: ");
     c.send(VK.as_bytes());
@@ -452,7 +486,11 @@ fn images_by_url_are_fetched_for_allowed_hosts_and_redirects_followed() {
     // An error answer from the image server is the client's 400.
     let body = json!({"model": "openai/gpt-image-1", "prompt": "p",
                       "images": [{"image_url": server.url("/missing.png")}]});
-    let e = assert_error(&post_json(gw.addr, "/v1/images/edits", &body), 400, Some("images[0].image_url"));
+    let e = assert_error(
+        &post_json(gw.addr, "/v1/images/edits", &body),
+        400,
+        Some("images[0].image_url"),
+    );
     assert!(message(&e).contains("404"), "{e}");
 }
 
@@ -494,8 +532,15 @@ fn the_guard_refuses_every_address_that_is_not_public() {
     let gw = gateway(&mock, false, &fetching("    allow_hosts: [127.0.0.1]\n"));
     let body = json!({"model": "openai/gpt-image-1", "prompt": "p",
                       "images": [{"image_url": redirecting.url("/go")}]});
-    let e = assert_error(&post_json(gw.addr, "/v1/images/edits", &body), 400, Some("images[0].image_url"));
-    assert!(message(&e).contains("refused") && message(&e).contains("loopback"), "{e}");
+    let e = assert_error(
+        &post_json(gw.addr, "/v1/images/edits", &body),
+        400,
+        Some("images[0].image_url"),
+    );
+    assert!(
+        message(&e).contains("refused") && message(&e).contains("loopback"),
+        "{e}"
+    );
     assert_eq!(redirecting.requests(), 1);
     assert_eq!(server.requests(), 0, "the redirect's target was not requested");
     assert!(mock.requests().is_empty());
@@ -530,7 +575,10 @@ fn fetches_are_bounded_in_size_time_and_redirects() {
     let started = Instant::now();
     let e = assert_error(&edit("/slow.png"), 400, Some("images[0].image_url"));
     assert!(message(&e).contains("within 500 ms"), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(5), "the stall was not cut short");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stall was not cut short"
+    );
     // A redirect loop: max_redirects.
     let before = server.requests();
     let e = assert_error(&edit("/loop"), 400, Some("images[0].image_url"));
@@ -557,7 +605,12 @@ fn an_async_job_takes_the_json_form() {
     let id = r.json()["id"].as_str().expect("id").to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     let done = loop {
-        let r = Gateway::call(gw.addr, "GET", &format!("/v1/async/images/edits/{id}"), &[("x-bf-vk", VK)]);
+        let r = Gateway::call(
+            gw.addr,
+            "GET",
+            &format!("/v1/async/images/edits/{id}"),
+            &[("x-bf-vk", VK)],
+        );
         let v = r.json();
         if v["status"] == "completed" {
             break v;
@@ -568,11 +621,22 @@ fn an_async_job_takes_the_json_form() {
     };
     assert_eq!(done["result"]["data"][0]["b64_json"], "aW1hZ2UtMA==", "{done}");
     let (images, _, _) = received_files(&mock);
-    assert!(images.len() == 1 && images[0] == image, "the job's image differs from the one sent");
+    assert!(
+        images.len() == 1 && images[0] == image,
+        "the job's image differs from the one sent"
+    );
     // Submit-time errors as in the multipart form: a stream, a file_id.
     let mut streaming = body.clone();
     streaming["stream"] = json!(true);
-    assert_error(&post_json(gw.addr, "/v1/async/images/edits", &streaming), 400, Some("stream"));
+    assert_error(
+        &post_json(gw.addr, "/v1/async/images/edits", &streaming),
+        400,
+        Some("stream"),
+    );
     let refs = json!({"model": "openai/gpt-image-1", "prompt": "p", "images": [{"file_id": "file-1"}]});
-    assert_error(&post_json(gw.addr, "/openai/v1/async/images/edits", &refs), 400, Some("images[0]"));
+    assert_error(
+        &post_json(gw.addr, "/openai/v1/async/images/edits", &refs),
+        400,
+        Some("images[0]"),
+    );
 }

@@ -16,8 +16,8 @@ use serde_yaml::Value;
 use super::fields::{Fields, Problems};
 use super::url::parse_socket_addr;
 use super::{
-    providers, Config, ConfigProblem, Limits, Listener, MetricsSettings, ServerSettings, SimulatorSettings,
-    ImageUrlFetch, SpoolSettings, TlsFiles, MAX_HEAD_BYTES_LIMIT, MIB,
+    providers, Config, ConfigProblem, ImageUrlFetch, Limits, Listener, MetricsSettings, ServerSettings,
+    SimulatorSettings, SpoolSettings, TlsFiles, MAX_HEAD_BYTES_LIMIT, MIB,
 };
 
 /// Resolves an environment variable (`None` = not set).
@@ -554,7 +554,10 @@ mod tests {
         ));
         let f = &c.limits.fetch_image_urls;
         assert!(f.enabled);
-        assert_eq!((f.max_bytes, f.timeout, f.max_redirects), (5000, Duration::from_millis(2500), 0));
+        assert_eq!(
+            (f.max_bytes, f.timeout, f.max_redirects),
+            (5000, Duration::from_millis(2500), 0)
+        );
         assert_eq!(f.allow_hosts, ["images.internal", "127.0.0.1", "::1"]);
         // max_bytes follows a smaller max_part_bytes unless given.
         let c = ok(&format!("limits:\n  max_part_bytes: 1000\n{PROVIDER}"));

@@ -265,7 +265,10 @@ mod tests {
         assert_eq!(edit.images[0].0, "images[0].image_url");
         match &edit.images[0].1 {
             ImageSource::Data(image) => {
-                assert!(matches!(image.data, Cow::Borrowed(_)), "the base64 is borrowed from the body");
+                assert!(
+                    matches!(image.data, Cow::Borrowed(_)),
+                    "the base64 is borrowed from the body"
+                );
                 assert_eq!(image.mime_type.as_deref(), Some("image/png"));
             }
             other => panic!("{other:?}"),
@@ -312,10 +315,14 @@ mod tests {
         assert_eq!(model, Some(("demo".to_string(), "sim-image-1".to_string())));
         let mut spool = Spool::new(1 << 20, None);
         for (param, image) in &edit.images {
-            let ImageSource::Data(image) = image else { panic!("{param}") };
+            let ImageSource::Data(image) = image else {
+                panic!("{param}")
+            };
             crate::inbound::genai::spool_base64(&mut builder, &mut spool, "image[]", image).unwrap();
         }
-        let Some(ImageSource::Data(mask)) = &edit.mask else { panic!() };
+        let Some(ImageSource::Data(mask)) = &edit.mask else {
+            panic!()
+        };
         crate::inbound::genai::spool_base64(&mut builder, &mut spool, "mask", mask).unwrap();
         let form = builder.finish().unwrap();
         assert_eq!((form.provider.as_str(), form.model.as_str()), ("demo", "sim-image-1"));
@@ -332,8 +339,16 @@ mod tests {
             (r#"{"images":[{"file_id":"file-abc"}]}"#, "images[0]", "file_id"),
             (r#"{"mask":{"file_id":"file-abc"}}"#, "mask", "file_id"),
             (r#"{"images":[{}]}"#, "images[0]", "needs image_url"),
-            (r#"{"images":[{"image_url":"data:image/png,abc"}]}"#, "images[0].image_url", "base64 only"),
-            (r#"{"images":[{"image_url":"data:image/png;base64"}]}"#, "images[0].image_url", "base64 only"),
+            (
+                r#"{"images":[{"image_url":"data:image/png,abc"}]}"#,
+                "images[0].image_url",
+                "base64 only",
+            ),
+            (
+                r#"{"images":[{"image_url":"data:image/png;base64"}]}"#,
+                "images[0].image_url",
+                "base64 only",
+            ),
             (r#"{"image":"x"}"#, "image", "\"images\""),
             (r#"{"prompt":["a"]}"#, "prompt", "a string"),
             (r#"{"n":{"a":1}}"#, "n", "a string"),

@@ -154,7 +154,11 @@ fn too_large(state: &AppState) -> GatewayError {
 
 /// Reads the whole JSON body, within `limits.max_body_bytes` and the upload's timeouts (the
 /// multipart route's [`SessionBody`]).
-pub(super) async fn read_body(state: &AppState, session: &mut Session, ctx: &mut RequestCtx) -> Result<Vec<u8>, GatewayError> {
+pub(super) async fn read_body(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Vec<u8>, GatewayError> {
     use crate::form::BodySource;
     let limits = &state.config.limits;
     let mut source = SessionBody {

@@ -104,7 +104,15 @@ impl<'c> ImageFetcher<'c> {
     /// image declared larger than `max_bytes` a 413.
     pub(super) async fn open<'f>(&'f self, url: &str, param: &'f str) -> Result<FetchedImage<'f>, GatewayError> {
         let deadline = Instant::now() + self.config.timeout;
-        let timeout = || failed(param, format!("no complete answer within {} ms (timeout_ms)", self.config.timeout.as_millis()));
+        let timeout = || {
+            failed(
+                param,
+                format!(
+                    "no complete answer within {} ms (timeout_ms)",
+                    self.config.timeout.as_millis()
+                ),
+            )
+        };
         let mut next = url.to_string();
         let mut redirects = 0;
         loop {
@@ -184,7 +192,10 @@ impl FetchedImage<'_> {
             Err(_) => {
                 return Err(failed(
                     param,
-                    format!("no complete answer within {} ms (timeout_ms)", self.config.timeout.as_millis()),
+                    format!(
+                        "no complete answer within {} ms (timeout_ms)",
+                        self.config.timeout.as_millis()
+                    ),
                 ))
             }
             Ok(Err(e)) => return Err(failed(param, describe(&e))),

@@ -100,7 +100,10 @@ pub(super) async fn read_form(
     ctx.provider = Some(provider);
     ctx.model = Some(model);
     let mut fetcher = None;
-    let images = edit.images.iter().map(|(param, source)| (param.as_str(), "image[]", source));
+    let images = edit
+        .images
+        .iter()
+        .map(|(param, source)| (param.as_str(), "image[]", source));
     let mask = edit.mask.iter().map(|source| ("mask.image_url", "mask", source));
     for (param, field, source) in images.chain(mask) {
         let stored = match source {

@@ -7,20 +7,17 @@
 //! route's: the same route, admit, fallbacks, translate, exchange and convert; the same
 //! answers, streams and errors.
 
-use super::answer::Client;
-use super::attempt::{check_candidate, route_candidate, AdmittedRequest, Scope, Start};
+use super::attempt::{check_candidate, route_candidate};
 use super::image_urls::ImageFetcher;
-use super::{configured_fallbacks, fallback, rehost, Reply, RequestCtx};
+use super::RequestCtx;
 use crate::auth::Identity;
 use crate::error::GatewayError;
 use crate::form::{EditForm, FormBuilder};
 use crate::inbound::genai::spool_base64;
 use crate::inbound::openai_json::{self, ImageSource};
-use crate::providers::stream::Framing;
 use crate::server::AppState;
 use crate::spool::Spool;
 use pingora::proxy::Session;
-use std::time::Instant;
 
 /// Whether the request's body is the JSON form (its `Content-Type`), not multipart.
 pub(super) fn is_json(session: &Session) -> bool {
@@ -32,39 +29,6 @@ pub(super) fn is_json(session: &Session) -> bool {
 /// `limits.max_body_bytes`; `Expect: 100-continue` answered.
 pub(super) async fn check_head(state: &AppState, session: &mut Session) -> Result<(), GatewayError> {
     super::genai::check_head(state, session).await
-}
-
-/// A synchronous JSON edit once admitted (the JSON twin of `super::admitted_edit`): parse
-/// ([`read_form`]) → route → the candidates; the model is the path's when it names one.
-pub(super) async fn admitted_edit(
-    state: &AppState,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    identity: &Identity,
-    (framing, preset_model): (Framing, Option<(&str, &str)>),
-) -> Result<Reply, GatewayError> {
-    let request_id = ctx.request_id.clone();
-    let upstream_start = Instant::now();
-    let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
-    let mut form = read_form(state, session, ctx, identity, (preset_model, &mut spool)).await?;
-    configured_fallbacks(state, &mut form);
-    let url_base = rehost::url_base(state, session, &form);
-    let scope = Scope {
-        url_base: url_base.as_deref(),
-        state,
-        identity,
-        form: &form,
-        spool: &spool,
-        framing,
-        request_id: &request_id,
-        start: ctx.start,
-        upstream_start,
-    };
-    let first = Start::FromSpool {
-        avoid: None,
-        decided: None,
-    };
-    fallback::run(&scope, &mut Client::Session(session), ctx, first).await
 }
 
 /// The parse step of the JSON form: the body read whole, converted, every field checked as
@@ -173,20 +137,4 @@ async fn fetch_into(
         return Err(GatewayError::invalid(param, "the image fetched is empty"));
     }
     Ok(())
-}
-
-/// The JSON edit's twin of `super::image_edit`'s admitted part, for the caller that already
-/// authenticated: the request's admission around [`admitted_edit`].
-pub(super) async fn edit(
-    state: &AppState,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    identity: &Identity,
-    (framing, preset_model): (Framing, Option<(&str, &str)>),
-) -> Result<Reply, GatewayError> {
-    check_head(state, session).await?;
-    let admitted = AdmittedRequest::ask(state, &ctx.request_id, identity).await?;
-    let reply = admitted_edit(state, session, ctx, identity, (framing, preset_model)).await;
-    admitted.finish().await;
-    reply
 }

@@ -28,5 +28,6 @@ pub mod server;
 pub mod simulator;
 pub mod spec;
 pub mod spool;
+pub mod ssrf;
 pub mod state;
 pub mod telemetry;

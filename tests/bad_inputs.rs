@@ -368,17 +368,20 @@ fn duplicate_model() {
     gw.assert_still_serves();
 }
 
-/// A JSON body (not multipart) is a 400 `unsupported_media_type`: Bifrost answers it with a
-/// 400, and the seed spec documents no 415 (schemathesis ST103).
+/// A body neither multipart nor JSON (OpenAI's JSON form is served since issue 18 item 6:
+/// tests/json_edits.rs) is a 400 `unsupported_media_type`: Bifrost answers it with a 400, and
+/// the seed spec documents no 415 (schemathesis ST103).
 #[test]
 fn not_multipart_is_a_400() {
     let (_mock, gw) = start();
-    let r = send_raw(
-        &gw,
-        "application/json",
-        br#"{"model":"openai/gpt-image-1","prompt":"p"}"#,
-    );
-    assert_gateway_error(&r, 400, "unsupported_media_type", "invalid_request_error", None);
+    for (content_type, body) in [
+        ("application/x-www-form-urlencoded", &b"model=openai/gpt-image-1&prompt=p"[..]),
+        ("text/plain", &b"model=openai/gpt-image-1"[..]),
+        ("application/jsonl", &br#"{"model":"openai/gpt-image-1","prompt":"p"}"#[..]),
+    ] {
+        let r = send_raw(&gw, content_type, body);
+        assert_gateway_error(&r, 400, "unsupported_media_type", "invalid_request_error", None);
+    }
     gw.assert_still_serves();
 }
 

@@ -313,6 +313,38 @@ pub struct Limits {
     /// Most open client connections (`max_connections`); `None` = derived from the process's
     /// descriptor limit when the server starts.
     pub max_connections: Option<usize>,
+    /// Images given by http(s) URL in a JSON edit body (`fetch_image_urls`): off by default.
+    pub fetch_image_urls: ImageUrlFetch,
+}
+
+/// `limits.fetch_image_urls`: whether the gateway fetches images a JSON edit body names by
+/// http(s) URL, and within what. Every fetch passes the SSRF guard ([`crate::ssrf`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUrlFetch {
+    /// Off (the default): a URL that is not a `data:` URL is a 400.
+    pub enabled: bool,
+    /// Largest image fetched, in bytes (never above `max_part_bytes`); enforced while reading.
+    pub max_bytes: u64,
+    /// The whole fetch of one image (every redirect, the body included).
+    pub timeout: Duration,
+    /// Most redirects followed (each re-checked by the guard); 0 = none.
+    pub max_redirects: u32,
+    /// Hosts (names or IP literals, lowercase, as in the URL) fetched even though they are or
+    /// resolve to addresses the guard refuses: an operator's internal image store, a test's
+    /// loopback server. Only the exact host: a redirect elsewhere is checked as usual.
+    pub allow_hosts: Vec<String>,
+}
+
+impl Default for ImageUrlFetch {
+    fn default() -> Self {
+        ImageUrlFetch {
+            enabled: false,
+            max_bytes: 20 * MIB,
+            timeout: Duration::from_secs(10),
+            max_redirects: 3,
+            allow_hosts: Vec::new(),
+        }
+    }
 }
 
 /// The default of `limits.decode_concurrency`: the number of CPU cores.
@@ -350,6 +382,7 @@ impl Default for Limits {
             max_head_bytes: 64 * 1024,
             keepalive_timeout: Duration::from_secs(60),
             max_connections: None,
+            fetch_image_urls: ImageUrlFetch::default(),
         }
     }
 }

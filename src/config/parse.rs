@@ -16,8 +16,8 @@ use serde_yaml::Value;
 use super::fields::{Fields, Problems};
 use super::url::parse_socket_addr;
 use super::{
-    providers, Config, ConfigProblem, Limits, Listener, MetricsSettings, ServerSettings, SimulatorSettings,
-    SpoolSettings, TlsFiles, MAX_HEAD_BYTES_LIMIT, MIB,
+    providers, Config, ConfigProblem, ImageUrlFetch, Limits, Listener, MetricsSettings, ServerSettings,
+    SimulatorSettings, SpoolSettings, TlsFiles, MAX_HEAD_BYTES_LIMIT, MIB,
 };
 
 /// Resolves an environment variable (`None` = not set).
@@ -219,9 +219,56 @@ fn limits(mut f: Fields<'_>) -> Limits {
             .get("max_connections")
             .and_then(|v| f.int_in("max_connections", v, &(1..=MAX_CONNECTIONS_LIMIT)))
             .and_then(|n| usize::try_from(n).ok()),
+        fetch_image_urls: fetch_image_urls(f.section("fetch_image_urls"), max_part_bytes),
     };
     f.finish();
     limits
+}
+
+/// `limits.fetch_image_urls` (see [`ImageUrlFetch`]); `max_bytes` defaults to 20 MiB or
+/// `max_part_bytes` if smaller, and may not exceed it.
+fn fetch_image_urls(mut f: Fields<'_>, max_part_bytes: u64) -> ImageUrlFetch {
+    let d = ImageUrlFetch::default();
+    let enabled = f.opt_bool("enabled", d.enabled);
+    let given = f.has("max_bytes");
+    let max_bytes = f.opt_u64("max_bytes", d.max_bytes.min(max_part_bytes), 1..=1 << 40);
+    if given && max_bytes > max_part_bytes {
+        f.report(
+            "max_bytes",
+            format!("must not exceed limits.max_part_bytes ({max_part_bytes}), found {max_bytes}"),
+        );
+    }
+    let timeout = f.opt_millis("timeout_ms", d.timeout, 100..=600_000);
+    let max_redirects = f.opt_usize("max_redirects", d.max_redirects as usize, 0..=10) as u32;
+    // (An empty list is the default: the effective config prints it.)
+    let problems = f.problems();
+    let allow_hosts = f
+        .opt_list("allow_hosts")
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(path, value)| {
+            let Value::String(host) = value else {
+                problems.add(&path, super::fields::type_error("a host name or IP address", value));
+                return None;
+            };
+            let normalized = crate::ssrf::normalize_host(host);
+            if normalized.is_none() {
+                problems.add(
+                    &path,
+                    format!("'{host}' is not a host name or IP address (no scheme, port or path)"),
+                );
+            }
+            normalized
+        })
+        .collect();
+    f.finish();
+    ImageUrlFetch {
+        enabled,
+        max_bytes,
+        timeout,
+        max_redirects,
+        allow_hosts,
+    }
 }
 
 fn spool(mut f: Fields<'_>) -> SpoolSettings {
@@ -269,6 +316,8 @@ fn check_addresses(
 #[cfg(test)]
 mod tests {
     use super::super::test_util::*;
+    use super::super::ImageUrlFetch;
+    use std::time::Duration;
 
     #[test]
     fn unknown_keys_with_and_without_suggestion() {
@@ -492,6 +541,61 @@ mod tests {
             &format!("{PROVIDER}        weight: .nan\n"),
             "providers[0].keys[0].weight",
             "finite number",
+        );
+    }
+
+    #[test]
+    fn fetching_image_urls_is_off_unless_enabled_and_checked() {
+        let c = ok(PROVIDER);
+        assert_eq!(c.limits.fetch_image_urls, ImageUrlFetch::default());
+        assert!(!c.limits.fetch_image_urls.enabled);
+        let c = ok(&format!(
+            "limits:\n  max_part_bytes: 1000000\n  fetch_image_urls:\n    enabled: true\n    max_bytes: 5000\n    timeout_ms: 2500\n    max_redirects: 0\n    allow_hosts: [Images.Internal., '127.0.0.1', '[::1]']\n{PROVIDER}"
+        ));
+        let f = &c.limits.fetch_image_urls;
+        assert!(f.enabled);
+        assert_eq!(
+            (f.max_bytes, f.timeout, f.max_redirects),
+            (5000, Duration::from_millis(2500), 0)
+        );
+        assert_eq!(f.allow_hosts, ["images.internal", "127.0.0.1", "::1"]);
+        // max_bytes follows a smaller max_part_bytes unless given.
+        let c = ok(&format!("limits:\n  max_part_bytes: 1000\n{PROVIDER}"));
+        assert_eq!(c.limits.fetch_image_urls.max_bytes, 1000);
+        one_problem(
+            &format!("limits:\n  max_part_bytes: 1000\n  fetch_image_urls:\n    max_bytes: 1001\n{PROVIDER}"),
+            "limits.fetch_image_urls.max_bytes",
+            "must not exceed limits.max_part_bytes (1000)",
+        );
+        one_problem(
+            &format!("limits:\n  fetch_image_urls:\n    enabled: true\n    allow_private: true\n{PROVIDER}"),
+            "limits.fetch_image_urls.allow_private",
+            "unknown",
+        );
+        one_problem(
+            &format!("limits:\n  fetch_image_urls:\n    allow_hosts: ['http://x:80/']\n{PROVIDER}"),
+            "limits.fetch_image_urls.allow_hosts[0]",
+            "not a host name or IP address",
+        );
+        one_problem(
+            &format!("limits:\n  fetch_image_urls:\n    allow_hosts: [3]\n{PROVIDER}"),
+            "limits.fetch_image_urls.allow_hosts[0]",
+            "a host name or IP address",
+        );
+        one_problem(
+            &format!("limits:\n  fetch_image_urls:\n    timeout_ms: 50\n{PROVIDER}"),
+            "limits.fetch_image_urls.timeout_ms",
+            "between 100 and 600000",
+        );
+        one_problem(
+            &format!("limits:\n  fetch_image_urls:\n    max_redirects: 11\n{PROVIDER}"),
+            "limits.fetch_image_urls.max_redirects",
+            "between 0 and 10",
+        );
+        one_problem(
+            &format!("limits:\n  fetch_image_urls: yes\n{PROVIDER}"),
+            "limits.fetch_image_urls",
+            "",
         );
     }
 

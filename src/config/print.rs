@@ -214,6 +214,13 @@ fn limits(config: &Config) -> Value {
         "keepalive_timeout_ms": ms(l.keepalive_timeout),
         // null: derived from the descriptor limit when the server starts.
         "max_connections": l.max_connections,
+        "fetch_image_urls": {
+            "enabled": l.fetch_image_urls.enabled,
+            "max_bytes": l.fetch_image_urls.max_bytes,
+            "timeout_ms": ms(l.fetch_image_urls.timeout),
+            "max_redirects": l.fetch_image_urls.max_redirects,
+            "allow_hosts": l.fetch_image_urls.allow_hosts,
+        },
     })
 }
 

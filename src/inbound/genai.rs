@@ -471,26 +471,7 @@ pub fn build_form(
         .map(|i| ("image[]", i))
         .chain(source.mask.iter().map(|m| ("mask", m)));
     for (field, image) in files {
-        if !builder.file_start(field, None, image.mime_type.as_deref(), spool.len())? {
-            continue;
-        }
-        let mut decoder = Base64Decoder::new();
-        let mut out = Vec::new();
-        let text = image.data.as_bytes();
-        let bad = || invalid(field.trim_end_matches("[]"), format!("'{field}' is not valid base64"));
-        for piece in text.chunks(DECODE_PIECE) {
-            if !decoder.push(piece, &mut out) {
-                return Err(bad());
-            }
-            store(&mut builder, spool, &mut out)?;
-        }
-        if !decoder.finish(&mut out) {
-            return Err(bad());
-        }
-        store(&mut builder, spool, &mut out)?;
-        if builder.file_end()?.is_none() {
-            return Err(invalid(field.trim_end_matches("[]"), format!("'{field}' is empty")));
-        }
+        spool_base64(&mut builder, spool, field, image)?;
     }
     let mut form = builder.finish()?;
     // Imagen's convention (the only mask these bodies carry).
@@ -500,8 +481,41 @@ pub fn build_form(
     Ok(form)
 }
 
-/// Hands the decoded bytes in `out` to the builder's checks and then to the spool.
-fn store(builder: &mut FormBuilder<'_>, spool: &mut Spool, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+/// One file part of `field` given as base64 (`image`): checked by `builder` and decoded into
+/// `spool` piece by piece, never held whole outside it. Shared by the inbound formats that
+/// inline their images (Google's, OpenAI's JSON data URLs).
+pub fn spool_base64(
+    builder: &mut FormBuilder<'_>,
+    spool: &mut Spool,
+    field: &str,
+    image: &InlineImage<'_>,
+) -> Result<(), GatewayError> {
+    if !builder.file_start(field, None, image.mime_type.as_deref(), spool.len())? {
+        return Ok(());
+    }
+    let mut decoder = Base64Decoder::new();
+    let mut out = Vec::new();
+    let text = image.data.as_bytes();
+    let bad = || invalid(field.trim_end_matches("[]"), format!("'{field}' is not valid base64"));
+    for piece in text.chunks(DECODE_PIECE) {
+        if !decoder.push(piece, &mut out) {
+            return Err(bad());
+        }
+        store(builder, spool, &mut out)?;
+    }
+    if !decoder.finish(&mut out) {
+        return Err(bad());
+    }
+    store(builder, spool, &mut out)?;
+    if builder.file_end()?.is_none() {
+        return Err(invalid(field.trim_end_matches("[]"), format!("'{field}' is empty")));
+    }
+    Ok(())
+}
+
+/// Hands the bytes in `out` (a file part's next piece) to the builder's checks and then to the
+/// spool, leaving `out` empty.
+pub fn store(builder: &mut FormBuilder<'_>, spool: &mut Spool, out: &mut Vec<u8>) -> Result<(), GatewayError> {
     if out.is_empty() {
         return Ok(());
     }

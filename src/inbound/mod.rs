@@ -6,3 +6,4 @@
 
 pub mod bedrock;
 pub mod genai;
+pub mod openai_json;

@@ -433,8 +433,12 @@ fn error_bodies_never_carry_a_null_param() {
     bodies.push(("404".into(), Gateway::get(gw.addr, "/nothing")));
     bodies.push(("405".into(), Gateway::get(gw.addr, "/v1/images/edits")));
     let mut c = gw.connect();
-    c.send(b"POST /v1/images/edits HTTP/1.1\r\nHost: g\r\nx-bf-vk: sk-bf-team-a-VIRTUALKEY-1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+    c.send(b"POST /v1/images/edits HTTP/1.1\r\nHost: g\r\nx-bf-vk: sk-bf-team-a-VIRTUALKEY-1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}");
     bodies.push(("415".into(), c.read_response()));
+    // The JSON form's own errors (issue 18 item 6).
+    let mut c = gw.connect();
+    c.send(b"POST /v1/images/edits HTTP/1.1\r\nHost: g\r\nx-bf-vk: sk-bf-team-a-VIRTUALKEY-1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+    bodies.push(("json".into(), c.read_response()));
     let big = valid_form().file("image[]", "b.png", "image/png", &big_png_like(200_000, 1));
     let (r, _, _) = send_racing(
         gw.addr,

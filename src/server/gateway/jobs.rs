@@ -145,20 +145,26 @@ async fn accept(
             .map(|v| v.as_bytes()),
         &state.config.jobs,
     );
-    let head = check_head(state, session).await?;
     let request_id = ctx.request_id.clone();
     let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
-    let upload = upload::Upload {
-        state,
-        identity,
-        request_id: &request_id,
-        framing,
-        boundary: &head.boundary,
-        declared_len: head.declared_len,
-        store_only: true,
-        preset_model: None,
+    let form = if super::json_edit::is_json(session) {
+        super::json_edit::check_head(state, session).await?;
+        super::json_edit::read_form(state, session, ctx, identity, (None, &mut spool)).await?
+    } else {
+        let head = check_head(state, session).await?;
+        let upload = upload::Upload {
+            state,
+            identity,
+            request_id: &request_id,
+            framing,
+            boundary: &head.boundary,
+            declared_len: head.declared_len,
+            store_only: true,
+            preset_model: None,
+        };
+        let uploaded = upload::read(&upload, session, ctx, &mut spool).await?;
+        uploaded.form
     };
-    let form = upload::read(&upload, session, ctx, &mut spool).await?.form;
     ctx.provider = Some(form.provider.clone());
     ctx.model = Some(form.model.clone());
     if form.stream {

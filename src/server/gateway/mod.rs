@@ -42,7 +42,9 @@ mod fallback;
 mod files;
 mod follow;
 mod genai;
+mod image_urls;
 pub mod jobs;
+mod json_edit;
 mod linger;
 mod models;
 mod policy;
@@ -590,10 +592,16 @@ async fn image_edit(
             .map(|d| models::deployment_model(&state.config.providers, d))
             .transpose()?;
         let preset = preset.as_ref().map(|(p, m)| (p.as_str(), m.as_str()));
-        let head = check_head(state, session).await?;
+        // The JSON form (`Content-Type: application/json`; no multipart head) or the multipart one.
+        let head = if json_edit::is_json(session) {
+            json_edit::check_head(state, session).await?;
+            None
+        } else {
+            Some(check_head(state, session).await?)
+        };
         // admit (the request): its key's request-level limits, before the body is read.
         let admitted = attempt::AdmittedRequest::ask(state, &ctx.request_id, &identity).await?;
-        let reply = admitted_edit(state, session, ctx, &identity, (framing, &head, preset)).await;
+        let reply = admitted_edit(state, session, ctx, &identity, (framing, head.as_ref(), preset)).await;
         // The request is handed back before its answer (or error) goes out.
         admitted.finish().await;
         reply
@@ -605,32 +613,47 @@ async fn image_edit(
 }
 
 /// The image-edit request once admitted: parse → route → (per candidate) admit → translate →
-/// exchange → convert (see [`image_edit`]); the model is the path's when it names one.
+/// exchange → convert (see [`image_edit`]); the model is the path's when it names one. The
+/// multipart form has its `head`; the JSON form (none) is parsed by [`json_edit::read_form`].
 async fn admitted_edit(
     state: &AppState,
     session: &mut Session,
     ctx: &mut RequestCtx,
     identity: &crate::auth::Identity,
-    (framing, head, preset_model): (Framing, &EditHead, Option<(&str, &str)>),
+    (framing, head, preset_model): (Framing, Option<&EditHead>, Option<(&str, &str)>),
 ) -> std::result::Result<Reply, GatewayError> {
     // parse: the body into the spool, every field checked as it arrives, `model` routed at
     // once; a large upload's first attempt starts meanwhile.
     let request_id = ctx.request_id.clone();
     let upstream_start = Instant::now();
     let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
-    let upload = upload::Upload {
-        state,
-        identity,
-        request_id: &request_id,
-        framing,
-        boundary: &head.boundary,
-        declared_len: head.declared_len,
-        store_only: false,
-        preset_model,
+    let parse = tracing::info_span!(target: SPAN_TARGET, "parse");
+    let upload::Uploaded { mut form, first } = match head {
+        Some(head) => {
+            let upload = upload::Upload {
+                state,
+                identity,
+                request_id: &request_id,
+                framing,
+                boundary: &head.boundary,
+                declared_len: head.declared_len,
+                store_only: false,
+                preset_model,
+            };
+            upload::read(&upload, session, ctx, &mut spool)
+                .instrument(parse)
+                .await?
+        }
+        None => upload::Uploaded {
+            form: json_edit::read_form(state, session, ctx, identity, (preset_model, &mut spool))
+                .instrument(parse)
+                .await?,
+            first: attempt::Start::FromSpool {
+                avoid: None,
+                decided: None,
+            },
+        },
     };
-    let upload::Uploaded { mut form, first } = upload::read(&upload, session, ctx, &mut spool)
-        .instrument(tracing::info_span!(target: SPAN_TARGET, "parse"))
-        .await?;
     // route: the primary is the form's model; the model's configured fallback chain follows
     // when the request names none.
     ctx.provider = Some(form.provider.clone());

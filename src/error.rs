@@ -200,6 +200,13 @@ pub enum GatewayError {
         /// The configured limit.
         limit: usize,
     },
+    /// JSON request bodies being read already hold `limits.json_body_memory_bytes` (503, with
+    /// `Retry-After`): this one is refused before it grows past it.
+    #[error("the gateway is holding its limit of {limit} bytes of JSON request bodies; try again shortly")]
+    BodyMemoryBusy {
+        /// The configured budget.
+        limit: u64,
+    },
     /// Every client connection slot is taken by a busy connection (503); the new connection
     /// is closed after the answer.
     #[error("the gateway has reached its limit of {limit} open client connections; try again shortly")]
@@ -333,7 +340,7 @@ impl GatewayError {
             MethodNotAllowed { .. } => 405,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
-            KeysDisabled { .. } | ProviderBusy { .. } | TooManyConnections { .. } => 503,
+            KeysDisabled { .. } | ProviderBusy { .. } | TooManyConnections { .. } | BodyMemoryBusy { .. } => 503,
             RequestTimeout { .. } => 408,
             HeadTooLarge { .. } => 431,
             Provider { status, .. } | Refused { status, .. } => *status,
@@ -383,6 +390,7 @@ impl GatewayError {
             Refused { code, .. } => code,
             HeadTooLarge { .. } => "request_header_too_large",
             TooManyConnections { .. } => "too_many_connections",
+            BodyMemoryBusy { .. } => "body_memory_busy",
             ClientClosed => "client_closed",
             Internal(_) => "internal_error",
         }
@@ -401,7 +409,11 @@ impl GatewayError {
                 | UpstreamProtocol { .. }
                 | KeysDisabled { .. }
                 | ProviderBusy { .. } => "upstream_error",
-                Internal(_) | TooManyConnections { .. } | StoreUnavailable(_) | GovernanceUnavailable => "server_error",
+                Internal(_)
+                | TooManyConnections { .. }
+                | BodyMemoryBusy { .. }
+                | StoreUnavailable(_)
+                | GovernanceUnavailable => "server_error",
                 RateLimited { .. } | ProviderQuota { .. } => "rate_limit_error",
                 _ => "invalid_request_error",
             },

@@ -375,9 +375,15 @@ fn duplicate_model() {
 fn not_multipart_is_a_400() {
     let (_mock, gw) = start();
     for (content_type, body) in [
-        ("application/x-www-form-urlencoded", &b"model=openai/gpt-image-1&prompt=p"[..]),
+        (
+            "application/x-www-form-urlencoded",
+            &b"model=openai/gpt-image-1&prompt=p"[..],
+        ),
         ("text/plain", &b"model=openai/gpt-image-1"[..]),
-        ("application/jsonl", &br#"{"model":"openai/gpt-image-1","prompt":"p"}"#[..]),
+        (
+            "application/jsonl",
+            &br#"{"model":"openai/gpt-image-1","prompt":"p"}"#[..],
+        ),
     ] {
         let r = send_raw(&gw, content_type, body);
         assert_gateway_error(&r, 400, "unsupported_media_type", "invalid_request_error", None);

@@ -640,3 +640,68 @@ fn an_async_job_takes_the_json_form() {
         Some("images[0]"),
     );
 }
+
+/// JSON bodies are read whole: together they hold at most `limits.json_body_memory_bytes`.
+/// While one client holds most of it (its body half sent), another body that would pass it is
+/// a 503 `body_memory_busy` with `Retry-After`, and nothing reaches the provider; once the
+/// first client is gone its share is free again and the same body is served.
+#[test]
+fn json_bodies_share_one_memory_budget() {
+    let mock = MockUpstream::start();
+    mock.always(Reply::json(200, &default_success()));
+    let gw = gateway(
+        &mock,
+        false,
+        "  max_body_bytes: 1048576\n  max_part_bytes: 1048576\n  json_body_memory_bytes: 1048576\n",
+    );
+    // The first client declares 1,000,000 bytes and sends 700,000 of them.
+    let mut holder = Conn::open(gw.addr);
+    holder.send(
+        format!(
+            "POST /v1/images/edits HTTP/1.1\r\nHost: gateway.test\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\nx-bf-vk: {VK}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let image = big_png_like(400_000, 5);
+    let body =
+        json!({"model": "openai/gpt-image-1", "prompt": "p", "images": [{"image_url": data_url(&image)}]}).to_string();
+    assert!(body.len() > 500_000 && body.len() < 1_000_000, "{}", body.len());
+    holder.send(&vec![b' '; 700_000]);
+    // The gateway reads what arrived (no answer can come before the body's end).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post_json(
+            gw.addr,
+            "/v1/images/edits",
+            &serde_json::from_str::<Value>(&body).unwrap(),
+        );
+        if r.status == 503 {
+            let answer = assert_error(&r, 503, None);
+            assert_eq!(answer["error"]["code"], "body_memory_busy", "{answer}");
+            assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+            break;
+        }
+        // The holder's bytes may not all be read yet: then the second body fits and is served.
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(Instant::now() < deadline, "the second body was never refused");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let served_before = mock.requests().len();
+    drop(holder);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post_json(
+            gw.addr,
+            "/v1/images/edits",
+            &serde_json::from_str::<Value>(&body).unwrap(),
+        );
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(Instant::now() < deadline, "the holder's share was never released");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(mock.requests().len(), served_before + 1);
+    assert!(gw.metric_settled(r#"refract_rejected_requests_total{reason="body_memory_busy"}"#) >= 1.0);
+}

@@ -301,6 +301,12 @@ pub struct Limits {
     /// Most image decodes and mask conversions running at once (on blocking threads); the
     /// others wait their turn.
     pub decode_concurrency: usize,
+    /// Most bytes of JSON request bodies (the GenAI, Bedrock and OpenAI JSON routes, which read
+    /// a body whole before converting it) held at once by the whole process
+    /// (`json_body_memory_bytes`, at least `max_body_bytes`): a body that would pass it is
+    /// refused with a 503 `body_memory_busy` and `Retry-After`. Multipart bodies stream into the
+    /// spool and do not count.
+    pub json_body_memory_bytes: u64,
     /// The longest a client may take to send a request head (HTTP/1.x), from its first byte
     /// to the blank line that ends it (`head_timeout_ms`); past it the connection is closed.
     pub head_timeout: Duration,
@@ -353,6 +359,8 @@ pub fn default_decode_concurrency() -> usize {
 }
 
 impl Limits {
+    /// The default of `json_body_memory_bytes` (or `max_body_bytes` when larger).
+    pub const DEFAULT_JSON_BODY_MEMORY_BYTES: u64 = 512 * MIB;
     /// How far past `max_body_bytes` the default `linger_bytes` reaches.
     pub const LINGER_BEYOND_MAX_BODY: u64 = 16 * MIB;
     /// Default of `linger_timeout_ms`.
@@ -378,6 +386,7 @@ impl Default for Limits {
             linger_timeout: Duration::from_millis(Self::DEFAULT_LINGER_TIMEOUT_MS),
             max_image_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
             decode_concurrency: default_decode_concurrency(),
+            json_body_memory_bytes: Self::DEFAULT_JSON_BODY_MEMORY_BYTES.max(max_body_bytes),
             head_timeout: Duration::from_secs(10),
             max_head_bytes: 64 * 1024,
             keepalive_timeout: Duration::from_secs(60),

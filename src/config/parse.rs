@@ -212,6 +212,7 @@ fn limits(mut f: Fields<'_>) -> Limits {
         linger_timeout: f.opt_millis("linger_timeout_ms", d.linger_timeout, 0..=60_000),
         max_image_pixels: f.opt_u64("max_image_pixels", d.max_image_pixels, 1..=1 << 28),
         decode_concurrency: f.opt_usize("decode_concurrency", d.decode_concurrency, 1..=256),
+        json_body_memory_bytes: json_body_memory_bytes(&mut f, max_body_bytes),
         head_timeout: f.opt_millis("head_timeout_ms", d.head_timeout, 100..=600_000),
         max_head_bytes: f.opt_usize("max_head_bytes", d.max_head_bytes, 1024..=MAX_HEAD_BYTES_LIMIT),
         keepalive_timeout: f.opt_millis("keepalive_timeout_ms", d.keepalive_timeout, 100..=3_600_000),
@@ -223,6 +224,20 @@ fn limits(mut f: Fields<'_>) -> Limits {
     };
     f.finish();
     limits
+}
+
+/// `limits.json_body_memory_bytes`: at least `max_body_bytes` (a body of the largest size must
+/// fit), by default 512 MiB or `max_body_bytes` when larger.
+fn json_body_memory_bytes(f: &mut Fields<'_>, max_body_bytes: u64) -> u64 {
+    let default = Limits::DEFAULT_JSON_BODY_MEMORY_BYTES.max(max_body_bytes);
+    let given = f.opt_u64("json_body_memory_bytes", default, 1..=1 << 44);
+    if given < max_body_bytes {
+        f.report(
+            "json_body_memory_bytes",
+            format!("must be at least limits.max_body_bytes ({max_body_bytes}), found {given}"),
+        );
+    }
+    given
 }
 
 /// `limits.fetch_image_urls` (see [`ImageUrlFetch`]); `max_bytes` defaults to 20 MiB or
@@ -466,6 +481,11 @@ mod tests {
             &format!("limits:\n  max_body_bytes: 1099511627777\n{PROVIDER}"),
             "limits.max_body_bytes",
             "between 1 and 1099511627776",
+        );
+        one_problem(
+            &format!("limits:\n  max_body_bytes: 2097152\n  json_body_memory_bytes: 1048576\n{PROVIDER}"),
+            "limits.json_body_memory_bytes",
+            "must be at least limits.max_body_bytes (2097152), found 1048576",
         );
         one_problem(
             &format!("limits:\n  max_part_header_bytes: 100\n{PROVIDER}"),

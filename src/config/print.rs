@@ -209,6 +209,7 @@ fn limits(config: &Config) -> Value {
         "linger_timeout_ms": ms(l.linger_timeout),
         "max_image_pixels": l.max_image_pixels,
         "decode_concurrency": l.decode_concurrency,
+        "json_body_memory_bytes": l.json_body_memory_bytes,
         "head_timeout_ms": ms(l.head_timeout),
         "max_head_bytes": l.max_head_bytes,
         "keepalive_timeout_ms": ms(l.keepalive_timeout),

@@ -61,6 +61,9 @@ pub struct AppState {
     /// `limits.decode_concurrency` at once, within `limits.max_image_pixels` (shared with the
     /// simulator; process lifetime).
     pub decoder: crate::imaging::DecodePool,
+    /// What JSON request bodies may hold at once, one permit per KiB
+    /// (`limits.json_body_memory_bytes`; process lifetime).
+    pub json_bodies: Arc<tokio::sync::Semaphore>,
     /// The admit step, asked once per request and once per attempt before it goes upstream:
     /// the config's governance ([`crate::governance`]) around [`Options::admission`]
     /// ([`AdmitAll`] unless another is installed).
@@ -301,6 +304,14 @@ pub fn build_from_file(
     Ok(server)
 }
 
+/// The permits of the JSON bodies' budget: one per KiB of `bytes`, within the semaphore's
+/// bound.
+fn json_body_permits(bytes: u64) -> usize {
+    usize::try_from(bytes / 1024)
+        .unwrap_or(usize::MAX)
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
+}
+
 /// The server, the handle that reloads its config, and the gateway service's handle.
 fn assemble(
     config: Config,
@@ -323,6 +334,9 @@ fn assemble(
             &server.configuration,
         )))),
         decoder: crate::imaging::DecodePool::new(config.limits.decode_concurrency, config.limits.max_image_pixels),
+        json_bodies: Arc::new(tokio::sync::Semaphore::new(json_body_permits(
+            config.limits.json_body_memory_bytes,
+        ))),
         metrics: metrics.clone(),
         credentials: Arc::new(credentials::Credentials::new()),
         jwks: Arc::new(jwks::JwksCache::new()),

@@ -41,6 +41,8 @@ pub(super) struct Lasting {
     pub(super) breakers: breaker::BreakerStore,
     pub(super) slots: slots::SlotPool,
     pub(super) decoder: DecodePool,
+    /// The JSON bodies' memory budget (`limits.json_body_memory_bytes`, in KiB permits).
+    pub(super) json_bodies: Arc<tokio::sync::Semaphore>,
     /// The admit step ([`crate::admission`]): code, not config; every state shares it.
     pub(super) admission: Arc<dyn crate::admission::Admission>,
     /// Job records and stored objects (`store`, `objects`), opened at startup.
@@ -166,6 +168,7 @@ fn state_for(config: Config, lasting: &Lasting) -> AppState {
         breakers: update.breakers,
         slots: lasting.slots.slots(&config.providers, &lasting.metrics),
         decoder: lasting.decoder.clone(),
+        json_bodies: lasting.json_bodies.clone(),
         admission: Arc::new(governance.clone()),
         governance,
         store: lasting.state.clone(),
@@ -206,6 +209,10 @@ pub fn restart_only_changes(running: &Config, next: &Config) -> Vec<&'static str
             la.decode_concurrency != lb.decode_concurrency,
         ),
         ("limits.max_image_pixels", la.max_image_pixels != lb.max_image_pixels),
+        (
+            "limits.json_body_memory_bytes",
+            la.json_body_memory_bytes != lb.json_body_memory_bytes,
+        ),
         (
             "spool (the simulator's)",
             b.simulator.is_some() && differs(&a.spool, &b.spool),

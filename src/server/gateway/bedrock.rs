@@ -8,7 +8,7 @@
 //! errors as Bedrock answers them (`x-amzn-ErrorType`, `{"message"}`).
 
 use super::attempt::AdmittedRequest;
-use super::genai::{check_head, read_body, run_converted};
+use super::genai::{check_head, read_body, run_converted, JsonBody};
 use super::{send_error_in, send_json, ErrorShape, RequestCtx};
 use crate::auth::Identity;
 use crate::error::GatewayError;
@@ -60,7 +60,7 @@ async fn caller_and_body(
     state: &AppState,
     session: &mut Session,
     ctx: &mut RequestCtx,
-) -> Result<(Identity, Vec<u8>), GatewayError> {
+) -> Result<(Identity, JsonBody), GatewayError> {
     if !crate::auth::sigv4::is_signed(&session.req_header().headers) {
         let identity = crate::server::jwks::authenticate(state, &session.req_header().headers).await?;
         ctx.virtual_key = identity.key_id.clone();
@@ -117,7 +117,7 @@ async fn admitted_edit(
     session: &mut Session,
     ctx: &mut RequestCtx,
     identity: &Identity,
-    (body, model): (Vec<u8>, (&str, &str)),
+    (body, model): (JsonBody, (&str, &str)),
 ) -> Result<Vec<u8>, GatewayError> {
     let upstream_start = Instant::now();
     let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());

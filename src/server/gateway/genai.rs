@@ -152,13 +152,35 @@ fn too_large(state: &AppState) -> GatewayError {
     }
 }
 
-/// Reads the whole JSON body, within `limits.max_body_bytes` and the upload's timeouts (the
-/// multipart route's [`SessionBody`]).
+/// A JSON request body read whole, holding its share of `limits.json_body_memory_bytes`
+/// until it is dropped.
+pub(super) struct JsonBody {
+    bytes: Vec<u8>,
+    /// One permit per KiB held (none for an empty body).
+    _held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl AsRef<[u8]> for JsonBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl std::ops::Deref for JsonBody {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Reads the whole JSON body, within `limits.max_body_bytes`, the process's
+/// `limits.json_body_memory_bytes` (taken as the body grows: a body that would pass it is a
+/// 503 `body_memory_busy`) and the upload's timeouts (the multipart route's [`SessionBody`]).
 pub(super) async fn read_body(
     state: &AppState,
     session: &mut Session,
     ctx: &mut RequestCtx,
-) -> Result<Vec<u8>, GatewayError> {
+) -> Result<JsonBody, GatewayError> {
     use crate::form::BodySource;
     let limits = &state.config.limits;
     let mut source = SessionBody {
@@ -170,15 +192,36 @@ pub(super) async fn read_body(
         timed_out: None,
     };
     let mut body = Vec::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     loop {
         match source.next_chunk().await {
             Ok(Some(chunk)) => {
-                if body.len() as u64 + chunk.len() as u64 > limits.max_body_bytes {
+                let len = body.len() as u64 + chunk.len() as u64;
+                if len > limits.max_body_bytes {
                     return Err(too_large(state));
+                }
+                let need = usize::try_from(len.div_ceil(1024)).unwrap_or(usize::MAX);
+                let have = held.as_ref().map_or(0, |p| p.num_permits());
+                if need > have {
+                    let more = u32::try_from(need - have).unwrap_or(u32::MAX);
+                    let permit = state.json_bodies.clone().try_acquire_many_owned(more).map_err(|_| {
+                        GatewayError::BodyMemoryBusy {
+                            limit: limits.json_body_memory_bytes,
+                        }
+                    })?;
+                    match &mut held {
+                        Some(h) => h.merge(permit),
+                        None => held = Some(permit),
+                    }
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(None) => return Ok(body),
+            Ok(None) => {
+                return Ok(JsonBody {
+                    bytes: body,
+                    _held: held,
+                })
+            }
             Err(e) => {
                 if source.client_gone {
                     state.metrics.client_disconnect(ClientPhase::Upload);

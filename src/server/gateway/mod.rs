@@ -505,7 +505,9 @@ fn error_headers(err: &GatewayError) -> Vec<(&'static str, String)> {
                 (reset, format!("{}s", limits.retry_after_secs())),
             ]
         }
-        GatewayError::ProviderQuota { .. } | GatewayError::GovernanceUnavailable => {
+        GatewayError::ProviderQuota { .. }
+        | GatewayError::GovernanceUnavailable
+        | GatewayError::BodyMemoryBusy { .. } => {
             vec![("retry-after", "1".to_string())]
         }
         _ => Vec::new(),

@@ -16,7 +16,7 @@ from PIL import Image
 
 from harness import VIRTUAL_KEY, decode_png
 
-boto3 = pytest.importorskip("boto3")
+import boto3  # noqa: E402  (.ci/deps installs it: a missing SDK fails, never skips)
 from botocore.config import Config  # noqa: E402
 from botocore.exceptions import ClientError  # noqa: E402
 

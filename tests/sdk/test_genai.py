@@ -1,7 +1,6 @@
 """The google-genai Python SDK pointed at the gateway (issue 18 item 1): `generate_content` with
 an image part on the Gemini API route, and `edit_image` in Vertex mode (Imagen `:predict`), both
-served by the simulator through `demo/sim-image-1`. Skipped when google-genai is not installed
-(`.ci/deps` installs it).
+served by the simulator through `demo/sim-image-1` (`.ci/deps` installs google-genai).
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ import pytest
 
 from harness import VIRTUAL_KEY, decode_png
 
-genai = pytest.importorskip("google.genai")
+from google import genai  # noqa: E402  (.ci/deps installs it: a missing SDK fails, never skips)
 from google.genai import types  # noqa: E402
 
 MODEL = "demo/sim-image-1"

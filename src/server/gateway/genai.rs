@@ -124,23 +124,7 @@ pub(super) async fn check_head(state: &AppState, session: &mut Session) -> Resul
             "the body must be application/json (as the SDK sends it)".into(),
         ));
     }
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|len| len > state.config.limits.max_body_bytes) {
-        return Err(too_large(state));
-    }
-    let expects_continue = headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        session
-            .as_downstream_mut()
-            .write_continue_response()
-            .await
-            .map_err(|e| GatewayError::BodyUnreadable(format!("cannot answer Expect: {}", e.etype().as_str())))?;
-    }
+    super::check_length_and_continue(state, session).await?;
     Ok(())
 }
 

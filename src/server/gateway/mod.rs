@@ -553,6 +553,18 @@ async fn check_head(state: &AppState, session: &mut Session) -> std::result::Res
     }
     let boundary = multer::parse_boundary(content_type)
         .map_err(|_| GatewayError::MalformedMultipart("the Content-Type has no multipart boundary".into()))?;
+    let declared_len = check_length_and_continue(state, session).await?;
+    Ok(EditHead { boundary, declared_len })
+}
+
+/// The body checks every edit route's head shares, once its content type passed: the declared
+/// `Content-Length` (returned) not over `limits.max_body_bytes`, and `Expect: 100-continue`
+/// answered (curl sends it for bodies over 1 KiB).
+async fn check_length_and_continue(
+    state: &AppState,
+    session: &mut Session,
+) -> std::result::Result<Option<u64>, GatewayError> {
+    let headers = &session.req_header().headers;
     let declared_len = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -572,9 +584,9 @@ async fn check_head(state: &AppState, session: &mut Session) -> std::result::Res
             .as_downstream_mut()
             .write_continue_response()
             .await
-            .map_err(|e| GatewayError::MalformedMultipart(format!("cannot answer Expect: {}", e.etype().as_str())))?;
+            .map_err(|e| GatewayError::BodyUnreadable(format!("cannot answer Expect: {}", e.etype().as_str())))?;
     }
-    Ok(EditHead { boundary, declared_len })
+    Ok(declared_len)
 }
 
 /// The image-edit request, as the chain docs/architecture.md names: auth → parse → route → (per

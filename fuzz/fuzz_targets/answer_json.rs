@@ -38,7 +38,7 @@ fuzz_target!(|input: &[u8]| {
         .map(|f| f.0.into_iter().map(|(k, v)| (k, v.get().to_string())).collect());
     let ours: Option<Vec<(String, String)>> = RawObject::parse(input)
         .ok()
-        .map(|o| o.0.into_iter().map(|(k, v)| (k, v.get().to_string())).collect());
+        .map(|o| o.0.into_iter().map(|(k, v)| (k.into_owned(), v.get().to_string())).collect());
     assert_eq!(ours, serde, "verdicts differ on {:?}", String::from_utf8_lossy(input));
 
     // An answer's `data` array expanded into objects: accepted only if the whole is an object

@@ -15,7 +15,6 @@ use crate::inbound::genai::{self, GenaiCall, GenaiRoute};
 use crate::metrics::ClientPhase;
 use crate::providers::stream::Framing;
 use crate::providers::UnifiedAnswer;
-use crate::server::exchange::Clock;
 use crate::server::AppState;
 use crate::spool::Spool;
 use bytes::Bytes;
@@ -167,14 +166,7 @@ pub(super) async fn read_body(
 ) -> Result<JsonBody, GatewayError> {
     use crate::form::BodySource;
     let limits = &state.config.limits;
-    let mut source = SessionBody {
-        session,
-        bytes: &mut ctx.request_bytes,
-        client_gone: false,
-        pause: limits.body_read_timeout,
-        upload: Clock::ending(ctx.start, limits.upload_timeout),
-        timed_out: None,
-    };
+    let mut source = SessionBody::new(session, &mut ctx.request_bytes, ctx.start, limits);
     let mut body = Vec::new();
     let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     loop {

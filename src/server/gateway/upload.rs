@@ -106,14 +106,7 @@ pub(super) async fn read<'a>(
     // A client that stops sending, or trickles, must not hold a request (and an upstream
     // slot) for long: each read within body_read_timeout_ms, the whole upload within
     // upload_timeout_ms of the head.
-    let mut source = SessionBody {
-        session,
-        bytes: &mut ctx.request_bytes,
-        client_gone: false,
-        pause: limits.body_read_timeout,
-        upload: Clock::ending(ctx.start, limits.upload_timeout),
-        timed_out: None,
-    };
+    let mut source = SessionBody::new(session, &mut ctx.request_bytes, ctx.start, limits);
     // Small uploads are sent from the spool once complete; larger or chunked ones stream.
     let stream_upload = !up.store_only && up.declared_len.is_none_or(|len| len >= STREAM_MIN_BYTES);
     let mut feed = UpstreamFeed {
@@ -317,7 +310,26 @@ pub(super) struct SessionBody<'a> {
     pub(super) timed_out: Option<UploadLimit>,
 }
 
-impl SessionBody<'_> {
+impl<'a> SessionBody<'a> {
+    /// The body of the request on `session` that started at `start`, each read within
+    /// `limits.body_read_timeout_ms` and all of it within `limits.upload_timeout_ms` of the head;
+    /// the bytes read are added to `bytes`.
+    pub(super) fn new(
+        session: &'a mut Session,
+        bytes: &'a mut u64,
+        start: std::time::Instant,
+        limits: &Limits,
+    ) -> Self {
+        SessionBody {
+            session,
+            bytes,
+            client_gone: false,
+            pause: limits.body_read_timeout,
+            upload: Clock::ending(start, limits.upload_timeout),
+            timed_out: None,
+        }
+    }
+
     /// The next piece of the body, or a `ReadTimedout` error after `wait`.
     async fn read_within(&mut self, wait: Duration) -> pingora::Result<Option<Bytes>> {
         if wait.is_zero() {

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 mod fields;
+pub mod multipart;
 
 pub use fields::{is_image_field, is_plain_name, split_model, Accepted, FormBuilder, MAX_FIELD_NAME_BYTES};
 

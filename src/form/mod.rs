@@ -10,7 +10,8 @@
 //!
 //! Parsing is split in two: [`FormBuilder`] is a pure, synchronous state machine that receives
 //! field events and does all validation (unit-tested directly); [`parse_edit_form`] drives it
-//! from `multer` over any [`BodySource`].
+//! from the push parser of [`multipart`] over any [`BodySource`]: file content goes to the
+//! spool and the sink as the same `Bytes` the body arrived in.
 
 use crate::config::Limits;
 use crate::error::GatewayError;
@@ -18,14 +19,12 @@ use crate::imaging::ImageKind;
 use crate::spool::{Spool, SpoolRange};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::stream::{self, Stream, StreamExt};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use futures_util::FutureExt;
 
 mod fields;
 pub mod multipart;
+
+use multipart::{Event, MultipartError, MultipartParser};
 
 pub use fields::{is_image_field, is_plain_name, split_model, Accepted, FormBuilder, MAX_FIELD_NAME_BYTES};
 
@@ -136,122 +135,68 @@ pub struct EditForm {
     /// File parts the spec does not name, passed through likewise.
     pub extra_files: Vec<FilePart>,
 }
-/// Why the body source stopped: the body limit, or a read failure.
-#[derive(Debug, thiserror::Error)]
-enum SourceError {
-    #[error("request body exceeds the limit")]
-    TooLarge,
-    #[error("reading the request body failed: {0}")]
-    Io(std::io::Error),
+/// The body's multipart events, each chunk read from the source when the parser has
+/// consumed the previous one (so at most one chunk is held ahead of the form's validation).
+struct PartReader<'s> {
+    source: &'s mut dyn BodySource,
+    parser: MultipartParser,
+    /// Body bytes read so far.
+    seen: u64,
+    /// `limits.max_body_bytes`.
+    max_body: u64,
 }
 
-/// A stream adapter that yields to the executor after each chunk, so `multer` (which reads
-/// its stream until it would block) buffers at most one chunk ahead of the parser instead of a
-/// whole fast upload.
-struct OneChunkAhead<S> {
-    inner: S,
-    just_yielded: bool,
-}
-
-impl<S: Stream + Unpin> Stream for OneChunkAhead<S> {
-    type Item = S::Item;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        if self.just_yielded {
-            self.just_yielded = false;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        let polled = self.inner.poll_next_unpin(cx);
-        if let Poll::Ready(Some(_)) = &polled {
-            self.just_yielded = true;
-        }
-        polled
-    }
-}
-
-/// The header gate: while `multer` looks for the end of the next part's header block, the
-/// body stream feeds it at most `budget` bytes (a chunk that would pass it is split, its rest
-/// kept for later). `multer` re-scans its whole buffer for the header end on every chunk, so an
-/// endless header line costs time quadratic in its length, and memory: bounding what it is fed
-/// while it is between parts bounds both without forking it. The driving loop opens the gate
-/// ([`HeaderGate::between_parts`]) before asking for the next part and closes it once the part
-/// is there; a poll that finds the budget spent leaves the gate `starved`, and if `multer`
-/// then still wants more, the header block is too large.
-#[derive(Debug, Default)]
-struct HeaderGate {
-    /// Whether `multer` is between parts (looking for a boundary and a header block).
-    between: AtomicBool,
-    /// Bytes it may still be fed while between parts.
-    left: AtomicUsize,
-    /// Set when the stream was polled between parts with the budget spent.
-    starved: AtomicBool,
-}
-
-impl HeaderGate {
-    /// `multer` is about to look for the next part: it may be fed `budget` bytes.
-    fn between_parts(&self, budget: usize) {
-        self.left.store(budget, Ordering::Relaxed);
-        self.starved.store(false, Ordering::Relaxed);
-        self.between.store(true, Ordering::Relaxed);
-    }
-
-    /// A part's header block was found: its content streams ungated.
-    fn in_part(&self) {
-        self.between.store(false, Ordering::Relaxed);
-        self.starved.store(false, Ordering::Relaxed);
-    }
-}
-
-/// The body stream seen through a [`HeaderGate`].
-struct Gated<S> {
-    inner: S,
-    gate: Arc<HeaderGate>,
-    /// Bytes held back from `multer` until it is in a part again.
-    held: Option<Bytes>,
-}
-
-impl<S: Stream<Item = Result<Bytes, SourceError>> + Unpin> Stream for Gated<S> {
-    type Item = Result<Bytes, SourceError>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let between = self.gate.between.load(Ordering::Relaxed);
-        let left = self.gate.left.load(Ordering::Relaxed);
-        if between && left == 0 {
-            // No waker: the driving loop answers at once (see `HeaderGate`).
-            self.gate.starved.store(true, Ordering::Relaxed);
-            return Poll::Pending;
-        }
-        let mut chunk = match self.held.take() {
-            Some(held) => held,
-            None => match self.inner.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(chunk))) => chunk,
-                other => return other,
-            },
-        };
-        if between {
-            if chunk.len() > left {
-                self.held = Some(chunk.split_off(left));
+impl PartReader<'_> {
+    /// The next event, reading as many chunks as it takes: a body past `max_body_bytes` is a
+    /// 413, a failed read [`GatewayError::BodyUnreadable`], a malformed body a 400.
+    async fn next(&mut self) -> Result<Event, GatewayError> {
+        loop {
+            if let Some(event) = self.parser.next_event().map_err(from_parser)? {
+                return Ok(event);
             }
-            self.gate.left.store(left - chunk.len(), Ordering::Relaxed);
+            if self.parser.is_done() {
+                return Ok(Event::End);
+            }
+            match self.source.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    self.seen += chunk.len() as u64;
+                    if self.seen > self.max_body {
+                        return Err(GatewayError::PayloadTooLarge {
+                            param: None,
+                            what: "request body".into(),
+                            limit: self.max_body,
+                        });
+                    }
+                    self.parser.feed(chunk);
+                }
+                Ok(None) => self.parser.finish(),
+                Err(e) => return Err(GatewayError::BodyUnreadable(e.to_string())),
+            }
         }
-        Poll::Ready(Some(Ok(chunk)))
+    }
+
+    /// After the closing boundary: a read that fails at once (a broken chunked framing right
+    /// after it) still fails the request, as it did when `multer` read one chunk ahead; a read
+    /// that would wait is not waited for (the epilogue is drained after the answer).
+    fn check_after_end(&mut self) -> Result<(), GatewayError> {
+        match self.source.next_chunk().now_or_never() {
+            Some(Err(e)) => Err(GatewayError::BodyUnreadable(e.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next bytes of the current part's content, `None` at its end.
+    async fn content(&mut self) -> Result<Option<Bytes>, GatewayError> {
+        match self.next().await? {
+            Event::Data(chunk) => Ok(Some(chunk)),
+            Event::PartEnd => Ok(None),
+            Event::PartStart(_) | Event::End => Err(GatewayError::Internal("a part ended without its end".into())),
+        }
     }
 }
 
-/// Maps a multer error to the gateway's: a limit hit in the body source becomes a 413, the rest
-/// a malformed-multipart 400.
-fn from_multer(e: multer::Error, max_body: u64) -> GatewayError {
-    if let multer::Error::StreamReadFailed(inner) = &e {
-        if let Some(src) = inner.downcast_ref::<SourceError>() {
-            return match src {
-                SourceError::TooLarge => GatewayError::PayloadTooLarge {
-                    param: None,
-                    what: "request body".into(),
-                    limit: max_body,
-                },
-                SourceError::Io(io) => GatewayError::BodyUnreadable(io.to_string()),
-            };
-        }
-    }
+/// A malformed body: a 400 `malformed_multipart` with the parser's reason.
+fn from_parser(e: MultipartError) -> GatewayError {
     GatewayError::MalformedMultipart(e.to_string())
 }
 
@@ -315,73 +260,44 @@ pub async fn parse_edit_form(
     spool: &mut Spool,
     sink: &mut dyn FormSink,
 ) -> Result<EditForm, GatewayError> {
-    let max_body = limits.max_body_bytes;
-    let body = stream::unfold((source, 0u64, false), move |(src, seen, done)| async move {
-        if done {
-            return None;
-        }
-        match src.next_chunk().await {
-            Ok(Some(chunk)) => {
-                let seen = seen + chunk.len() as u64;
-                if seen > max_body {
-                    Some((Err(SourceError::TooLarge), (src, seen, true)))
-                } else {
-                    Some((Ok(chunk), (src, seen, false)))
-                }
-            }
-            Ok(None) => None,
-            Err(e) => Some((Err(SourceError::Io(e)), (src, seen, true))),
-        }
-    });
-    let gate = Arc::new(HeaderGate::default());
-    let body = OneChunkAhead {
-        inner: Gated {
-            inner: Box::pin(body),
-            gate: gate.clone(),
-            held: None,
-        },
-        just_yielded: false,
+    let mut reader = PartReader {
+        source,
+        parser: MultipartParser::new(boundary, limits.max_part_header_bytes),
+        seen: 0,
+        max_body: limits.max_body_bytes,
     };
-    let mut multipart = multer::Multipart::new(body, boundary);
     let mut builder = FormBuilder::new(limits);
     if let Some((provider, model)) = sink.preset_model().map(|(p, m)| (p.to_string(), m.to_string())) {
         builder.preset_model(&provider, &model);
         sink.model(&provider, &model).await?;
     }
     let mut fields = 0usize;
-    // Between parts: the boundary line (with its CRLFs and some transport padding) and the
-    // header block.
-    let header_budget = limits.max_part_header_bytes + boundary.len() + 16;
     loop {
-        gate.between_parts(header_budget);
-        let next = std::future::poll_fn(|cx| match multipart.poll_next_field(cx) {
-            Poll::Pending if gate.starved.load(Ordering::Relaxed) => {
-                Poll::Ready(Err(GatewayError::MalformedMultipart(format!(
-                    "a part's header block exceeds limits.max_part_header_bytes ({} bytes)",
-                    limits.max_part_header_bytes
-                ))))
+        let head = match reader.next().await? {
+            Event::PartStart(head) => head,
+            Event::End => {
+                reader.check_after_end()?;
+                break;
             }
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(r) => Poll::Ready(r.map_err(|e| from_multer(e, max_body))),
-        })
-        .await?;
-        gate.in_part();
-        let Some(mut field) = next else { break };
+            Event::Data(_) | Event::PartEnd => {
+                return Err(GatewayError::Internal("part content outside a part".into()));
+            }
+        };
         fields += 1;
         if fields > 256 {
             return Err(GatewayError::MalformedMultipart("too many parts (at most 256)".into()));
         }
-        let name = match field.name() {
-            Some(n) if !n.is_empty() => n.to_string(),
+        let name = match head.name {
+            Some(n) if !n.is_empty() => n,
             _ => return Err(GatewayError::MalformedMultipart("a part has no field name".into())),
         };
-        let filename = field.file_name().map(str::to_string);
+        let filename = head.filename;
         if FormBuilder::is_file_part(&name, filename.as_deref()) {
-            let declared = field.content_type().map(|m| m.essence_str().to_string());
+            let declared = head.content_type;
             if !builder.file_start(&name, filename.as_deref(), declared.as_deref(), spool.len())? {
                 // Not kept: read past it, within the part limit.
                 let mut len = 0u64;
-                while let Some(chunk) = field.chunk().await.map_err(|e| from_multer(e, max_body))? {
+                while let Some(chunk) = reader.content().await? {
                     len += chunk.len() as u64;
                     if len > limits.max_part_bytes {
                         return Err(GatewayError::PayloadTooLarge {
@@ -396,7 +312,7 @@ pub async fn parse_edit_form(
             // Chunks wait here until the part's type is known from its first bytes.
             let mut held: Vec<Bytes> = Vec::new();
             let mut begun = false;
-            while let Some(chunk) = field.chunk().await.map_err(|e| from_multer(e, max_body))? {
+            while let Some(chunk) = reader.content().await? {
                 builder.file_chunk(&chunk)?;
                 spool
                     .append(chunk.clone())
@@ -430,7 +346,7 @@ pub async fn parse_edit_form(
         } else {
             let mut text = Vec::new();
             fields::check_field_name(&name, limits)?;
-            while let Some(chunk) = field.chunk().await.map_err(|e| from_multer(e, max_body))? {
+            while let Some(chunk) = reader.content().await? {
                 if text.len() + chunk.len() > limits.max_field_bytes {
                     return Err(GatewayError::PayloadTooLarge {
                         param: Some(name.clone()),

@@ -315,7 +315,7 @@ fn random_body(rng: &mut fastrand::Rng) -> Vec<u8> {
         b" ",
         b"\r\n\r\n",
     ];
-    let mut piece = |rng: &mut fastrand::Rng, n: usize| -> Vec<u8> {
+    let piece = |rng: &mut fastrand::Rng, n: usize| -> Vec<u8> {
         let mut v = Vec::new();
         for _ in 0..rng.usize(0..n) {
             if rng.bool() {

@@ -422,6 +422,25 @@ fn disposition_param(mut header: &[u8], param: &[u8]) -> Option<String> {
     None
 }
 
+/// The boundary of a `multipart/form-data` Content-Type (its `boundary` parameter, unquoted),
+/// or `None` when the type is another, malformed, or has no boundary.
+pub fn parse_boundary(content_type: &str) -> Option<String> {
+    if content_type_essence(content_type.as_bytes())? != "multipart/form-data" {
+        return None;
+    }
+    content_type.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.trim().split_once('=')?;
+        if !name.eq_ignore_ascii_case("boundary") {
+            return None;
+        }
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        (!value.is_empty()).then(|| value.to_string())
+    })
+}
+
 /// `type/subtype` of a `Content-Type` value, lower case, or `None` if the value is not
 /// `type/subtype` followed by `; name=value` parameters (a value a token or a quoted string).
 fn content_type_essence(value: &[u8]) -> Option<String> {

@@ -756,3 +756,55 @@ async fn a_preset_model_overrides_and_replaces_the_field() {
         assert!(form.extra_text.iter().all(|(name, _)| name != "model"));
     }
 }
+
+/// Records where each file chunk handed to the sink lives in memory.
+struct Addresses(Vec<(usize, usize)>);
+
+#[async_trait]
+impl FormSink for Addresses {
+    async fn model(&mut self, _: &str, _: &str) -> Result<(), GatewayError> {
+        Ok(())
+    }
+    async fn file_data(&mut self, chunk: Bytes) -> Result<(), GatewayError> {
+        let r = chunk.as_ptr_range();
+        self.0.push((r.start as usize, r.end as usize));
+        Ok(())
+    }
+}
+
+/// File content reaches the sink (and the spool) as slices of the body's own chunks: no
+/// intermediate buffer, no copy.
+#[tokio::test]
+async fn file_content_is_handed_on_as_the_bodys_own_bytes() {
+    let big: Vec<u8> = PNG
+        .iter()
+        .copied()
+        .chain((0..40_000u32).map(|i| (i % 7) as u8))
+        .collect();
+    let whole = body(&[
+        text("model", "openai/m"),
+        text("prompt", "p"),
+        file("image", "a.png", "image/png", &big),
+    ]);
+    let chunks: Vec<Bytes> = whole.chunks(4096).map(Bytes::copy_from_slice).collect();
+    let mut spool = Spool::new(1 << 20, None);
+    let mut sink = Addresses(Vec::new());
+    let form = parse_edit_form(
+        &mut Chunks(chunks.iter().cloned().collect()),
+        B,
+        &limits(),
+        &mut spool,
+        &mut sink,
+    )
+    .await
+    .unwrap();
+    assert_eq!(form.images.len(), 1);
+    assert_eq!(sink.0.iter().map(|(s, e)| e - s).sum::<usize>(), big.len());
+    for (start, end) in &sink.0 {
+        let inside = chunks.iter().any(|c| {
+            let r = c.as_ptr_range();
+            r.start as usize <= *start && *end <= r.end as usize
+        });
+        assert!(inside, "a chunk of {} bytes was copied", end - start);
+    }
+}

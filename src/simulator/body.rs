@@ -1,7 +1,7 @@
 //! The simulator's request bodies, read as they arrive with bounded memory: what the listener
 //! hands [`super::route`].
 //!
-//! - `multipart/form-data` (OpenAI, Azure, Stability): parsed on the fly by `multer`; a part
+//! - `multipart/form-data` (OpenAI, Azure, Stability): parsed on the fly by [`crate::form::multipart`]; a part
 //!   with a file name, or longer than [`INLINE_PART_BYTES`], goes to the request's [`Spool`]
 //!   (memory up to `spool.memory_bytes`, then an anonymous temp file), other parts stay in
 //!   memory. A body that is not valid multipart is kept as its parser's message, for the
@@ -18,10 +18,10 @@
 //! most [`INLINE_PART_BYTES`]; the whole body is bounded by [`MAX_BODY_BYTES`] (413 past it).
 
 pub use super::json_split::{JsonSplitter, BIG_STRING_BYTES, REFERENCE};
+use crate::form::multipart::{Event, MultipartParser};
 use crate::form::BodySource;
 use crate::spool::{Spool, SpoolRange, SpoolReader};
 use bytes::{Bytes, BytesMut};
-use futures_util::stream;
 use std::io::{self, BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::sync::Arc;
 
@@ -288,7 +288,7 @@ pub async fn read_body(
     let mut seen = 0u64;
     let boundary = content_type
         .filter(|ct| ct.trim_start().to_ascii_lowercase().starts_with("multipart/"))
-        .map(multer::parse_boundary);
+        .map(|ct| crate::form::multipart::parse_boundary(ct).ok_or(ct));
     let content = match boundary {
         Some(Ok(boundary)) => {
             let form = read_form(source, &boundary, &mut spool, &mut seen).await?;
@@ -299,7 +299,7 @@ pub async fn read_body(
             while next(source, &mut seen).await?.is_some() {}
             Content::Form(form)
         }
-        Some(Err(e)) => Content::Form(Err(format!("expected multipart/form-data: {e}"))),
+        Some(Err(ct)) => Content::Form(Err(format!("expected multipart/form-data with a boundary, not {ct:?}"))),
         None if is_json(content_type) => {
             let mut splitter = JsonSplitter::default();
             while let Some(chunk) = next(source, &mut seen).await? {
@@ -337,21 +337,10 @@ async fn next(source: &mut dyn BodySource, seen: &mut u64) -> Result<Option<Byte
     Ok(chunk)
 }
 
-/// Why the multipart stream stopped: the client's side, or the parser's.
-#[derive(Debug)]
-struct SourceStop(BodyError);
-
-impl std::fmt::Display for SourceStop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.0)
-    }
-}
-
-impl std::error::Error for SourceStop {}
-
 /// Appends a part's chunk to the spool. A chunk the spool keeps in memory is copied first: the
-/// parser's chunks are slices of its read buffer, and a slice kept would keep all of that
-/// buffer allocated (many times the bytes it holds).
+/// parser's chunks are slices of the body's chunks, which may be slices of a larger read
+/// buffer, and a slice kept would keep all of that buffer allocated (many times the bytes it
+/// holds).
 fn keep(spool: &mut Spool, chunk: Bytes) -> Result<(), BodyError> {
     let chunk = if spool.spilled() {
         chunk
@@ -368,70 +357,66 @@ async fn read_form(
     spool: &mut Spool,
     seen: &mut u64,
 ) -> Result<Result<Vec<(String, Stored)>, String>, BodyError> {
-    // One read at a time: `multer` reads its stream until it would block, so each read first
-    // yields once, and the parser takes every chunk before the next is read (a fast upload is
-    // not buffered whole ahead of it).
-    let chunks = stream::unfold((source, seen), |(src, seen)| async move {
-        tokio::task::yield_now().await;
-        match next(src, seen).await {
-            Ok(Some(chunk)) => Some((Ok(chunk), (src, seen))),
-            Ok(None) => None,
-            Err(e) => Some((Err(SourceStop(e)), (src, seen))),
-        }
-    });
-    let mut form = multer::Multipart::new(chunks, boundary);
+    // The parser's budget for the text between two parts (boundary line and header block).
+    const PART_HEADER_BYTES: usize = 64 * 1024;
+    let mut parser = MultipartParser::new(boundary, PART_HEADER_BYTES);
     let mut parts = Vec::new();
-    // A multer error that wraps the source's own error is the client's doing, not a bad form.
-    let stopped = |e: multer::Error| -> Result<String, BodyError> {
-        match e {
-            multer::Error::StreamReadFailed(inner) => match inner.downcast::<SourceStop>() {
-                Ok(stop) => Err(stop.0),
-                Err(other) => Ok(other.to_string()),
-            },
-            other => Ok(other.to_string()),
-        }
-    };
+    // The open part: its name, whether it goes to the spool, its held chunks and their length,
+    // and where it starts in the spool.
+    let mut open: Option<(String, bool, Vec<Bytes>, usize, u64)> = None;
     loop {
-        let mut field = match form.next_field().await {
-            Ok(Some(field)) => field,
-            Ok(None) => break,
-            Err(e) => return stopped(e).map(Err),
+        let event = match parser.next_event() {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                match next(source, seen).await? {
+                    Some(chunk) => parser.feed(chunk),
+                    None => parser.finish(),
+                }
+                continue;
+            }
+            Err(e) => return Ok(Err(e.to_string())),
         };
-        if parts.len() >= MAX_PARTS {
-            return Ok(Err(format!("too many parts (at most {MAX_PARTS})")));
-        }
-        let name = field.name().unwrap_or_default().to_string();
-        let mut to_spool = field.file_name().is_some();
-        let mut held: Vec<Bytes> = Vec::new();
-        let (mut held_len, start) = (0usize, spool.len());
-        loop {
-            let chunk = match field.chunk().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(e) => return stopped(e).map(Err),
-            };
-            held_len += chunk.len();
-            if !to_spool && held_len > INLINE_PART_BYTES {
-                to_spool = true;
-                for c in held.drain(..) {
-                    keep(spool, c)?;
+        match event {
+            Event::PartStart(head) => {
+                if parts.len() >= MAX_PARTS {
+                    return Ok(Err(format!("too many parts (at most {MAX_PARTS})")));
+                }
+                let to_spool = head.filename.is_some();
+                open = Some((head.name.unwrap_or_default(), to_spool, Vec::new(), 0, spool.len()));
+            }
+            Event::Data(chunk) => {
+                let Some((_, to_spool, held, held_len, _)) = open.as_mut() else {
+                    continue;
+                };
+                *held_len += chunk.len();
+                if !*to_spool && *held_len > INLINE_PART_BYTES {
+                    *to_spool = true;
+                    for c in held.drain(..) {
+                        keep(spool, c)?;
+                    }
+                }
+                if *to_spool {
+                    keep(spool, chunk)?;
+                } else {
+                    held.push(chunk);
                 }
             }
-            if to_spool {
-                keep(spool, chunk)?;
-            } else {
-                held.push(chunk);
+            Event::PartEnd => {
+                let Some((name, to_spool, held, _, start)) = open.take() else {
+                    continue;
+                };
+                let data = if to_spool {
+                    Stored::Spooled(SpoolRange {
+                        start,
+                        len: spool.len() - start,
+                    })
+                } else {
+                    Stored::Held(held.concat().into())
+                };
+                parts.push((name, data));
             }
+            Event::End => break,
         }
-        let data = if to_spool {
-            Stored::Spooled(SpoolRange {
-                start,
-                len: spool.len() - start,
-            })
-        } else {
-            Stored::Held(held.concat().into())
-        };
-        parts.push((name, data));
     }
     Ok(Ok(parts))
 }

@@ -401,3 +401,21 @@ async fn it_agrees_with_multer_on_random_bodies() {
         "{accepted} accepted, {refused} refused"
     );
 }
+
+#[test]
+fn boundaries_come_from_the_content_type() {
+    for (ct, want) in [
+        ("multipart/form-data; boundary=abc", Some("abc")),
+        ("Multipart/Form-Data; charset=utf-8; BOUNDARY=\"a b\"", Some("a b")),
+        ("multipart/form-data;boundary=x-1", Some("x-1")),
+        ("multipart/form-data", None),
+        ("multipart/mixed; boundary=abc", None),
+        ("multipart/form-data; boundary=", None),
+        ("multipart/form-data; boundary", None),
+        ("text/plain; boundary=abc", None),
+    ] {
+        assert_eq!(parse_boundary(ct).as_deref(), want, "{ct}");
+        let theirs = multer::parse_boundary(ct).ok().filter(|b| !b.is_empty());
+        assert_eq!(parse_boundary(ct), theirs, "{ct} (multer)");
+    }
+}

@@ -551,8 +551,8 @@ async fn check_head(state: &AppState, session: &mut Session) -> std::result::Res
             "the body must be multipart/form-data (as the OpenAI SDKs send it)".into(),
         ));
     }
-    let boundary = multer::parse_boundary(content_type)
-        .map_err(|_| GatewayError::MalformedMultipart("the Content-Type has no multipart boundary".into()))?;
+    let boundary = crate::form::multipart::parse_boundary(content_type)
+        .ok_or_else(|| GatewayError::MalformedMultipart("the Content-Type has no multipart boundary".into()))?;
     let declared_len = check_length_and_continue(state, session).await?;
     Ok(EditHead { boundary, declared_len })
 }

@@ -1,27 +1,34 @@
-//! Load benchmark: 64 KB PNG edits at concurrency 1 and 32, measured with wrk in interleaved
-//! rounds against
+//! Load benchmark: PNG edits (64 KiB and 2 MiB by default) at 1, 32 and 128 connections,
+//! measured with wrk in interleaved rounds against
 //!   * `direct`   — straight to a fixed-answer mock upstream,
 //!   * `hop`      — a bare Pingora pass-through in front of the mock (the baseline),
 //!   * `gateway`  — refract in front of the mock,
 //!   * `sim`      — straight to refract's built-in simulator (which really decodes, edits and
-//!     encodes the PNG),
-//!   * `gw+sim`   — refract in front of its simulator,
+//!     encodes the PNG; 64 KiB only),
+//!   * `gw+sim`   — refract in front of its simulator (64 KiB only),
 //!   * `gw+gov`   — `gateway` with its key governed (a budget, requests and images per minute,
-//!     requests in flight) on the embedded store.
+//!     requests in flight) on the embedded store (64 KiB only).
 //!
-//! Reports p50/p99 latency and req/s per target (median over rounds), the latency each hop adds
-//! over its direct target, the gateway's figures as a share of the bare hop's, and the CPU time
-//! the gateway process spends per request (steadier from run to run than loopback latency).
+//! Reports, per size, p50/p99 latency at one connection, req/s and the server process's CPU
+//! time per request at each connection count (medians over rounds), then the gateway as a
+//! ratio to the bare hop: its added p50 and p99 at one connection (over `direct`) against the
+//! hop's, its throughput as a share of the hop's and its CPU per request as a multiple of the
+//! hop's at each connection count. Loopback latency at one connection is noisy from run to
+//! run (a whole run can land in a slower scheduling mode); CPU per request is the steadier
+//! figure.
 //!
 //! The hop runs in a process of its own, as the gateway does (in-process it would share the
 //! mock's address space and pay cheaper thread switches than the gateway).
 //!
 //! Run: `cargo bench --bench load` (needs `wrk`; `.ci/deps` installs it). Environment:
-//! `ROUNDS` (default 3), `SECS` per run (default 4), `THREADS` per server (default 2),
+//! `ROUNDS` (default 3), `SECS` per run (default 3), `THREADS` per server (default 2),
+//! `SIZES` in KiB (default `64,2048`), `CONNS` (default `1,32,128`; 1 is always measured),
 //! `MODEL_LAST=1` (send `model` after the image to the gateway), `ONLY=direct,hop,gateway`
 //! (a subset of the targets), `COMPARE_BIN=path/to/refract` (another build as one more target,
 //! `gateway-b`, measured in the same interleaved rounds: an A/B run), `IN_PROCESS_HOP=1` (the
-//! hop as a thread of the bench process, as before 2026-12-04).
+//! hop as a thread of the bench process, as before 2026-12-04), `SERVE_ONLY=1` (start every
+//! server, print their ports, pids and wrk scripts, and keep them up for `SERVE_SECS`, default
+//! an hour: for strace, perf and wrk by hand).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -97,6 +104,92 @@ fn env_u32(name: &str, default: u32) -> u32 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// One image size's servers and wrk scripts.
+struct Case {
+    kb: usize,
+    body_len: usize,
+    /// (name, port, script, pid of the server process when it is one of its own)
+    targets: Vec<(&'static str, u16, std::path::PathBuf, Option<u32>)>,
+    _keep: Vec<GatewayProcess>,
+}
+
+/// Starts, for an image of `kb` KiB, a mock answering it, the bare hop and the gateway in
+/// front of it (and the build under `COMPARE_BIN`); at 64 KiB also the simulator targets.
+fn start_case(kb: usize, threads: usize, with_sim: bool) -> Case {
+    let image = noise_png(kb * 1024);
+    let mock = start_mock(images_response(&image), 1);
+    let mut keep = Vec::new();
+    let mut targets = Vec::new();
+    // MODEL_LAST=1 sends `model` after the image, so the gateway cannot stream the request
+    // upstream while it arrives and sends it from the spool instead.
+    let model_last = std::env::var("MODEL_LAST").is_ok_and(|v| v == "1");
+    let direct_script = script(&format!("direct{kb}"), &edit_body("gpt-image-1", &image, false), false);
+    let gw_script = script(
+        &format!("gateway{kb}"),
+        &edit_body("bench/gpt-image-1", &image, model_last),
+        true,
+    );
+    targets.push(("direct", mock, direct_script.clone(), None));
+    // In a process of its own, like the gateway (`IN_PROCESS_HOP=1`: a thread of this one).
+    if std::env::var("IN_PROCESS_HOP").is_ok_and(|v| v == "1") {
+        targets.push(("hop", start_bare_hop(mock, threads), direct_script.clone(), None));
+    } else {
+        let hop = spawn_bare_hop_process(mock, threads);
+        targets.push(("hop", hop.port, direct_script.clone(), Some(hop.child.id())));
+        keep.push(hop);
+    }
+    let gateway = start_gateway(mock, threads, 1 << 20);
+    targets.push(("gateway", gateway.port, gw_script.clone(), Some(gateway.child.id())));
+    keep.push(gateway);
+    if with_sim {
+        // Limits it never reaches: what counting costs, not refusals.
+        let governed = start_governed_gateway(
+            mock,
+            threads,
+            "budget: { max_usd: 1000000, period: 1d }, rate_limit: { requests: 1000000000, images: 1000000000, per: 1m, concurrent: 10000 }",
+        );
+        // refract with its simulator as the upstream
+        let sim_port = free_port();
+        let gw_sim_port = free_port();
+        let yaml = format!(
+            "server: {{ threads: {threads}, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}\nlisteners: [{{ address: \"127.0.0.1:{gw_sim_port}\" }}]\nsimulator: {{ address: \"127.0.0.1:{sim_port}\" }}\nproviders:\n  - {{ name: sim, kind: openai, base_url: \"http://127.0.0.1:{sim_port}/v1\", keys: [{{ name: k, value: sim-key }}] }}\nvirtual_keys: [{{ id: bench, key: sk-bf-bench }}]\n"
+        );
+        let sim_process = spawn_refract(&yaml, "gw-sim.yaml", gw_sim_port);
+        wait_for_port(gw_sim_port);
+        wait_for_port(sim_port);
+        let sim_direct_script = script("simdirect", &edit_body("sim-image-1", &image, false), true);
+        let gw_sim_script = script("gwsim", &edit_body("sim/sim-image-1", &image, false), true);
+        // the simulator wants a bearer token
+        let bearer = std::fs::read_to_string(&sim_direct_script).unwrap_or_default()
+            + "wrk.headers[\"Authorization\"] = \"Bearer sim-key\"\n";
+        std::fs::write(&sim_direct_script, bearer).expect("script");
+        targets.push(("sim", sim_port, sim_direct_script, None));
+        targets.push(("gw+sim", gw_sim_port, gw_sim_script, None));
+        targets.push(("gw+gov", governed.port, gw_script.clone(), Some(governed.child.id())));
+        keep.push(sim_process);
+        keep.push(governed);
+    }
+    if let Some(bin) = std::env::var_os("COMPARE_BIN") {
+        let b = start_gateway_binary(std::path::Path::new(&bin), mock, threads, 1 << 20);
+        targets.push(("gateway-b", b.port, gw_script, Some(b.child.id())));
+        keep.push(b);
+    }
+    Case {
+        kb,
+        body_len: edit_body("bench/gpt-image-1", &image, false).len(),
+        targets,
+        _keep: keep,
+    }
+}
+
+fn env_list(name: &str, default: &str) -> Vec<u32> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_string())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
 fn main() {
     serve_hop_role();
     if !std::env::args().any(|a| a == "--bench") {
@@ -105,186 +198,162 @@ fn main() {
         return;
     }
     let rounds = env_u32("ROUNDS", 3);
-    let secs = env_u32("SECS", 4);
+    let secs = env_u32("SECS", 3);
     let threads = env_u32("THREADS", 2) as usize;
-
-    let image = noise_png(64 * 1024);
-    let answer = images_response(&image);
-    let mock = start_mock(answer, 1);
-    // In a process of its own, like the gateway (`IN_PROCESS_HOP=1`: a thread of this one).
-    let hop_process =
-        (!std::env::var("IN_PROCESS_HOP").is_ok_and(|v| v == "1")).then(|| spawn_bare_hop_process(mock, threads));
-    let hop = match &hop_process {
-        Some(p) => p.port,
-        None => start_bare_hop(mock, threads),
-    };
-    let gateway = start_gateway(mock, threads, 1 << 20);
-    // Limits it never reaches: what counting costs, not refusals.
-    let governed = start_governed_gateway(
-        mock,
-        threads,
-        "budget: { max_usd: 1000000, period: 1d }, rate_limit: { requests: 1000000000, images: 1000000000, per: 1m, concurrent: 10000 }",
-    );
-
-    // refract with its simulator as the upstream
-    let sim_port = free_port();
-    let gw_sim_port = free_port();
-    let yaml = format!(
-        "server: {{ threads: {threads}, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0 }}\nlisteners: [{{ address: \"127.0.0.1:{gw_sim_port}\" }}]\nsimulator: {{ address: \"127.0.0.1:{sim_port}\" }}\nproviders:\n  - {{ name: sim, kind: openai, base_url: \"http://127.0.0.1:{sim_port}/v1\", keys: [{{ name: k, value: sim-key }}] }}\nvirtual_keys: [{{ id: bench, key: sk-bf-bench }}]\n"
-    );
-    let sim_process = spawn_refract(&yaml, "gw-sim.yaml", gw_sim_port);
-    wait_for_port(gw_sim_port);
-    wait_for_port(sim_port);
-
-    let direct_script = script("direct", &edit_body("gpt-image-1", &image, false), false);
-    // MODEL_LAST=1 sends `model` after the image, so the gateway cannot stream the request
-    // upstream while it arrives and sends it from the spool instead.
-    let model_last = std::env::var("MODEL_LAST").is_ok_and(|v| v == "1");
-    let gw_script = script("gateway", &edit_body("bench/gpt-image-1", &image, model_last), true);
-    let sim_direct_script = script("simdirect", &edit_body("sim-image-1", &image, false), true);
-    let gw_sim_script = script("gwsim", &edit_body("sim/sim-image-1", &image, false), true);
-    // the simulator wants a bearer token
-    let bearer = std::fs::read_to_string(&sim_direct_script).unwrap_or_default()
-        + "wrk.headers[\"Authorization\"] = \"Bearer sim-key\"\n";
-    std::fs::write(&sim_direct_script, bearer).expect("script");
-
-    let compare = std::env::var_os("COMPARE_BIN")
-        .map(|bin| start_gateway_binary(std::path::Path::new(&bin), mock, threads, 1 << 20));
-    let mut targets: Vec<(&str, u16, &std::path::Path)> = vec![
-        ("direct", mock, &direct_script),
-        ("hop", hop, &direct_script),
-        ("gateway", gateway.port, &gw_script),
-        ("sim", sim_port, &sim_direct_script),
-        ("gw+sim", gw_sim_port, &gw_sim_script),
-        ("gw+gov", governed.port, &gw_script),
-    ];
-    if let Some(b) = &compare {
-        targets.push(("gateway-b", b.port, &gw_script));
+    let sizes = env_list("SIZES", "64,2048");
+    let mut conns = env_list("CONNS", "1,32,128");
+    if !conns.contains(&1) {
+        conns.insert(0, 1);
     }
-    println!(
-        "image {} bytes, body {} bytes, {rounds} interleaved rounds x {secs}s, {threads} server threads, wrk -t1",
-        image.len(),
-        edit_body("bench/gpt-image-1", &image, false).len()
-    );
     let only = std::env::var("ONLY").unwrap_or_default();
-    let mut results: Vec<Vec<(Run, Run)>> = vec![Vec::new(); targets.len()];
-    for round in 0..rounds {
-        for (i, (name, port, s)) in targets.iter().enumerate() {
-            if !only.is_empty() && *name != "gateway-b" && !only.split(',').any(|o| o == *name) {
-                results[i].push((Run::default(), Run::default()));
-                continue;
+    let selected = |name: &str| name == "gateway-b" || only.is_empty() || only.split(',').any(|o| o == name);
+    let cases: Vec<Case> = sizes
+        .iter()
+        .map(|&kb| {
+            start_case(
+                kb as usize,
+                threads,
+                kb == 64 && ["sim", "gw+sim", "gw+gov"].iter().any(|t| selected(t)),
+            )
+        })
+        .collect();
+
+    if std::env::var("SERVE_ONLY").is_ok_and(|v| v == "1") {
+        // Profiling: leave the servers up and say where they are (strace, perf, wrk by hand).
+        for case in &cases {
+            for (name, port, script, pid) in &case.targets {
+                println!(
+                    "{} KiB {name}: port {port} pid {pid:?} script {}",
+                    case.kb,
+                    script.display()
+                );
             }
-            let pid = match *name {
-                "gateway" => Some(gateway.child.id()),
-                "gw+gov" => Some(governed.child.id()),
-                "hop" => hop_process.as_ref().map(|h| h.child.id()),
-                "gateway-b" => compare.as_ref().map(|b| b.child.id()),
-                _ => None,
-            };
-            let measured = |conns: u32| {
-                let before = pid.map(cpu_seconds);
-                let mut run = wrk(*port, s, conns, secs);
-                if let (Some(pid), Some(before)) = (pid, before) {
-                    let requests = run.rps * f64::from(secs);
-                    run.cpu_us = (cpu_seconds(pid) - before) * 1e6 / requests.max(1.0);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(u64::from(env_u32("SERVE_SECS", 3600))));
+        return;
+    }
+
+    println!(
+        "sizes {sizes:?} KiB, connections {conns:?}, {rounds} interleaved rounds x {secs}s, {threads} server threads, wrk -t1"
+    );
+    // results[case][target][conns index] = one Run per round
+    let mut results: Vec<Vec<Vec<Vec<Run>>>> = cases
+        .iter()
+        .map(|c| vec![vec![Vec::new(); conns.len()]; c.targets.len()])
+        .collect();
+    for round in 0..rounds {
+        for (ci, case) in cases.iter().enumerate() {
+            for (ti, (name, port, script, pid)) in case.targets.iter().enumerate() {
+                if !selected(name) {
+                    continue;
                 }
-                run
-            };
-            let c1 = measured(1);
-            let c32 = measured(32);
-            eprintln!(
-                "round {round} {name:8} c1 p50 {:.3} ms p99 {:.3} ms {:.0} req/s {:.0} us cpu/req | c32 p50 {:.3} ms p99 {:.3} ms {:.0} req/s {:.0} us cpu/req | errors {}",
-                c1.p50_ms,
-                c1.p99_ms,
-                c1.rps,
-                c1.cpu_us,
-                c32.p50_ms,
-                c32.p99_ms,
-                c32.rps,
-                c32.cpu_us,
-                c1.errors + c32.errors
-            );
-            results[i].push((c1, c32));
+                let mut line = format!("round {round} {:>5} KiB {name:9}", case.kb);
+                for (ki, &c) in conns.iter().enumerate() {
+                    let before = pid.map(cpu_seconds);
+                    let mut run = wrk(*port, script, c, secs);
+                    if let (Some(pid), Some(before)) = (pid, before) {
+                        let requests = run.rps * f64::from(secs);
+                        run.cpu_us = (cpu_seconds(*pid) - before) * 1e6 / requests.max(1.0);
+                    }
+                    line += &format!(
+                        " | c{c} p50 {:.3} p99 {:.3} ms {:.0} req/s {:.0} us cpu",
+                        run.p50_ms, run.p99_ms, run.rps, run.cpu_us
+                    );
+                    if run.errors > 0 {
+                        line += &format!(" ERRORS {}", run.errors);
+                    }
+                    results[ci][ti][ki].push(run);
+                }
+                eprintln!("{line}");
+            }
         }
     }
-    let med = |i: usize, f: &dyn Fn(&(Run, Run)) -> f64| median(results[i].iter().map(f).collect());
-    println!("\n| target | c1 p50 ms | c1 p99 ms | c1 req/s | c32 p50 ms | c32 p99 ms | c32 req/s | c32 cpu us/req | errors |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (i, (name, _, _)) in targets.iter().enumerate() {
-        let errors: u64 = results[i].iter().map(|(a, b)| a.errors + b.errors).sum();
+
+    let med = |runs: &[Run], f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    for (ci, case) in cases.iter().enumerate() {
+        let r = &results[ci];
         println!(
-            "| {name} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.0} | {:.0} | {errors} |",
-            med(i, &|r| r.0.p50_ms),
-            med(i, &|r| r.0.p99_ms),
-            med(i, &|r| r.0.rps),
-            med(i, &|r| r.1.p50_ms),
-            med(i, &|r| r.1.p99_ms),
-            med(i, &|r| r.1.rps),
-            med(i, &|r| r.1.cpu_us),
+            "\n### {} KiB image ({} byte request), medians of {rounds} rounds\n",
+            case.kb, case.body_len
         );
+        let mut head = "| target | c1 p50 ms | c1 p99 ms |".to_string();
+        let mut rule = "|---|---|---|".to_string();
+        for c in &conns {
+            head += &format!(" c{c} req/s |");
+            rule += "---|";
+        }
+        for c in &conns {
+            head += &format!(" c{c} CPU µs/req |");
+            rule += "---|";
+        }
+        println!("{head} errors |\n{rule}---|");
+        for (ti, (name, ..)) in case.targets.iter().enumerate() {
+            if !selected(name) {
+                continue;
+            }
+            let t = &r[ti];
+            let mut row = format!(
+                "| {name} | {:.3} | {:.3} |",
+                med(&t[0], &|x| x.p50_ms),
+                med(&t[0], &|x| x.p99_ms)
+            );
+            for runs in t {
+                row += &format!(" {:.0} |", med(runs, &|x| x.rps));
+            }
+            for runs in t {
+                row += &format!(" {:.0} |", med(runs, &|x| x.cpu_us));
+            }
+            let errors: u64 = t.iter().flatten().map(|x| x.errors).sum();
+            println!("{row} {errors} |");
+        }
+        let index = |name: &str| case.targets.iter().position(|t| t.0 == name);
+        let (Some(direct), Some(hop)) = (index("direct"), index("hop")) else {
+            continue;
+        };
+        let p50 = |ti: usize| med(&r[ti][0], &|x| x.p50_ms);
+        let p99 = |ti: usize| med(&r[ti][0], &|x| x.p99_ms);
+        let hop_added = p50(hop) - p50(direct);
+        let hop_added99 = p99(hop) - p99(direct);
+        println!();
+        for name in ["gateway", "gateway-b", "gw+gov"] {
+            let Some(ti) = index(name).filter(|_| selected(name)) else {
+                continue;
+            };
+            let added = p50(ti) - p50(direct);
+            let mut line = format!(
+                "{} KiB {name}/hop: added c1 p50 {:.3} vs {:.3} ms ({:.2}x, target <= 1.25x), added c1 p99 {:.3} vs {:.3} ms ({:.2}x)",
+                case.kb,
+                added,
+                hop_added,
+                added / hop_added,
+                p99(ti) - p99(direct),
+                hop_added99,
+                (p99(ti) - p99(direct)) / hop_added99
+            );
+            for (k, c) in conns.iter().enumerate() {
+                line += &format!(
+                    "; c{c} throughput {:.0} %, CPU {:.2}x",
+                    100.0 * med(&r[ti][k], &|x| x.rps) / med(&r[hop][k], &|x| x.rps),
+                    med(&r[ti][k], &|x| x.cpu_us) / med(&r[hop][k], &|x| x.cpu_us)
+                );
+            }
+            println!("{line}");
+        }
+        if let (Some(sim), Some(gw_sim)) = (index("sim"), index("gw+sim")) {
+            if selected("sim") && selected("gw+sim") {
+                let k = conns.len().min(2) - 1;
+                println!(
+                    "with the simulator: added c1 p50 {:.3} ms, c{} throughput gw+sim/sim {:.0} %",
+                    p50(gw_sim) - p50(sim),
+                    conns[k],
+                    100.0 * med(&r[gw_sim][k], &|x| x.rps) / med(&r[sim][k], &|x| x.rps)
+                );
+            }
+        }
+        for (name, _, _, pid) in &case.targets {
+            if let (Some(pid), true) = (pid, name.starts_with("gateway")) {
+                println!("{} KiB {name} peak RSS {} KiB", case.kb, peak_rss_kib(*pid));
+            }
+        }
     }
-    let p50 = |i: usize| med(i, &|r| r.0.p50_ms);
-    let p99 = |i: usize| med(i, &|r| r.0.p99_ms);
-    let rps32 = |i: usize| med(i, &|r| r.1.rps);
-    let hop_added = p50(1) - p50(0);
-    let gw_added = p50(2) - p50(0);
-    println!(
-        "\nadded c1 p50: hop {:.3} ms, gateway {:.3} ms (gateway/hop {:.2}x)",
-        hop_added,
-        gw_added,
-        gw_added / hop_added
-    );
-    println!(
-        "added c1 p99: hop {:.3} ms, gateway {:.3} ms",
-        p99(1) - p99(0),
-        p99(2) - p99(0)
-    );
-    println!(
-        "c32 throughput: gateway/hop {:.0}%, gateway/direct {:.0}%, hop/direct {:.0}%",
-        100.0 * rps32(2) / rps32(1),
-        100.0 * rps32(2) / rps32(0),
-        100.0 * rps32(1) / rps32(0)
-    );
-    println!(
-        "with the simulator: added c1 p50 {:.3} ms, c32 throughput gw+sim/sim {:.0}%",
-        p50(4) - p50(3),
-        100.0 * rps32(4) / rps32(3)
-    );
-    let index = |name: &str| targets.iter().position(|t| t.0 == name).unwrap_or(usize::MAX);
-    let gov = index("gw+gov");
-    if only.is_empty() || only.split(',').any(|o| o == "gw+gov") {
-        println!(
-            "governed key (embedded store): added c1 p50 {:.3} ms, c32 throughput gw+gov/gateway {:.0}%, CPU per request c1 {:.0} us, c32 {:.0} us",
-            p50(gov) - p50(0),
-            100.0 * rps32(gov) / rps32(2),
-            med(gov, &|r| r.0.cpu_us),
-            med(gov, &|r| r.1.cpu_us)
-        );
-    }
-    if let Some(b) = &compare {
-        let bi = index("gateway-b");
-        let b_added = p50(bi) - p50(0);
-        println!(
-            "gateway-b ({}): added c1 p50 {:.3} ms (gateway-b/hop {:.2}x), c32 throughput gateway-b/hop {:.0}%, peak RSS {} KiB",
-            std::env::var("COMPARE_BIN").unwrap_or_default(),
-            b_added,
-            b_added / hop_added,
-            100.0 * rps32(bi) / rps32(1),
-            peak_rss_kib(b.child.id())
-        );
-    }
-    let cpu = |i: usize| (med(i, &|r| r.0.cpu_us), med(i, &|r| r.1.cpu_us));
-    println!("gateway CPU per request: c1 {:.0} us, c32 {:.0} us", cpu(2).0, cpu(2).1);
-    if hop_process.is_some() {
-        println!("hop CPU per request: c1 {:.0} us, c32 {:.0} us", cpu(1).0, cpu(1).1);
-    }
-    if compare.is_some() {
-        println!(
-            "gateway-b CPU per request: c1 {:.0} us, c32 {:.0} us",
-            cpu(index("gateway-b")).0,
-            cpu(index("gateway-b")).1
-        );
-    }
-    println!("gateway peak RSS {} KiB", peak_rss_kib(gateway.child.id()));
-    drop(sim_process);
 }

@@ -23,6 +23,8 @@
 //! Run: `cargo bench --bench load` (needs `wrk`; `.ci/deps` installs it). Environment:
 //! `ROUNDS` (default 3), `SECS` per run (default 3), `THREADS` per server (default 2),
 //! `SIZES` in KiB (default `64,2048`), `CONNS` (default `1,32,128`; 1 is always measured),
+//! `PIN=1` (then also the one-connection latency with the mock, wrk and the server pinned in
+//! each of their four placements on CPUs 0 and 1, see [`pinned`]; needs `taskset`),
 //! `MODEL_LAST=1` (send `model` after the image to the gateway), `ONLY=direct,hop,gateway`
 //! (a subset of the targets), `COMPARE_BIN=path/to/refract` (another build as one more target,
 //! `gateway-b`, measured in the same interleaved rounds: an A/B run), `IN_PROCESS_HOP=1` (the
@@ -62,7 +64,20 @@ fn parse_latency(v: &str) -> f64 {
 }
 
 fn wrk(port: u16, script: &std::path::Path, conns: u32, secs: u32) -> Run {
-    let out = Command::new("wrk")
+    wrk_on(None, port, script, conns, secs)
+}
+
+/// As [`wrk`], with wrk pinned to `cpu` when one is given.
+fn wrk_on(cpu: Option<u32>, port: u16, script: &std::path::Path, conns: u32, secs: u32) -> Run {
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "wrk"]);
+            c
+        }
+        None => Command::new("wrk"),
+    };
+    let out = command
         .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", "-s"])
         .arg(script)
         .arg(format!("http://127.0.0.1:{port}/v1/images/edits"))
@@ -188,6 +203,82 @@ fn env_list(name: &str, default: &str) -> Vec<u32> {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect()
+}
+
+/// Pins every thread of process `pid` to `cpus` (a taskset list such as `0` or `0-1`).
+fn pin(pid: u32, cpus: &str) {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("taskset (util-linux) is installed");
+    assert!(status.success(), "taskset -a -p -c {cpus} {pid} failed");
+}
+
+/// `PIN=1`: the one-connection latency of each target in each placement of its three
+/// processes on two CPUs, pinned so that the scheduler cannot move them: a run's placement
+/// otherwise decides its c1 latency more than anything the server does (on a 2-core VM the
+/// same build measures 0.12 ms with all three on one core and 0.29 ms when its thread
+/// migrates). Placements, as (mock, wrk, server) CPUs: `all-on-0` (0,0,0), `mock-apart`
+/// (1,0,0), `server-apart` (0,0,1), `wrk-apart` (0,1,0). `direct` is measured per placement
+/// of its two processes, and each target's added p50 is over the `direct` of its placement.
+fn pinned(case: &Case, rounds: u32, secs: u32, selected: &dyn Fn(&str) -> bool) {
+    let me = std::process::id();
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let all = format!("0-{}", cpus.max(2) - 1);
+    let placements: [(&str, u32, u32, u32); 4] = [
+        ("all-on-0", 0, 0, 0),
+        ("mock-apart", 1, 0, 0),
+        ("server-apart", 0, 0, 1),
+        ("wrk-apart", 0, 1, 0),
+    ];
+    println!(
+        "\n### {} KiB, one connection, processes pinned (PIN=1): p50 ms, median of {rounds} rounds; added p50 over direct as a multiple of the hop's\n",
+        case.kb
+    );
+    println!("| placement (mock, wrk, server) | direct | hop | gateway | gateway/hop added | others |\n|---|---|---|---|---|---|");
+    for (label, mock_cpu, wrk_cpu, server_cpu) in placements {
+        // The mock is a thread of this process: pin all of it (the main thread only waits).
+        pin(me, &mock_cpu.to_string());
+        let mut p50: Vec<(&str, Vec<f64>)> = Vec::new();
+        for _ in 0..rounds {
+            for (name, port, script, pid) in &case.targets {
+                let known = *name == "direct" || pid.is_some();
+                if !known || !selected(name) {
+                    continue;
+                }
+                if let Some(pid) = pid {
+                    pin(*pid, &server_cpu.to_string());
+                }
+                let run = wrk_on(Some(wrk_cpu), *port, script, 1, secs);
+                if let Some(pid) = pid {
+                    pin(*pid, &all);
+                }
+                match p50.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, v)) => v.push(run.p50_ms),
+                    None => p50.push((name, vec![run.p50_ms])),
+                }
+            }
+        }
+        let get = |name: &str| p50.iter().find(|(n, _)| *n == name).map(|(_, v)| median(v.clone()));
+        let (Some(direct), Some(hop), Some(gateway)) = (get("direct"), get("hop"), get("gateway")) else {
+            continue;
+        };
+        let others: Vec<String> = p50
+            .iter()
+            .filter(|(n, _)| !["direct", "hop", "gateway"].contains(n))
+            .map(|(n, v)| {
+                let m = median(v.clone());
+                format!("{n} {m:.3} ({:.2}x)", (m - direct) / (hop - direct))
+            })
+            .collect();
+        println!(
+            "| {label} ({mock_cpu},{wrk_cpu},{server_cpu}) | {direct:.3} | {hop:.3} | {gateway:.3} | {:.2}x | {} |",
+            (gateway - direct) / (hop - direct),
+            others.join(", ")
+        );
+    }
+    pin(me, &all);
 }
 
 fn main() {
@@ -354,6 +445,11 @@ fn main() {
             if let (Some(pid), true) = (pid, name.starts_with("gateway")) {
                 println!("{} KiB {name} peak RSS {} KiB", case.kb, peak_rss_kib(*pid));
             }
+        }
+    }
+    if std::env::var("PIN").is_ok_and(|v| v == "1") {
+        for case in &cases {
+            pinned(case, rounds, secs, &selected);
         }
     }
 }

@@ -26,7 +26,8 @@
 //! raises its own (and derives its connection cap from it): both are printed.
 //!
 //! Run: `cargo bench --bench connections`. Environment: `CONNS`, `INFLIGHT`, `THREADS` per
-//! server (default 2), `WARMUP` (default 4), `ONLY=hop` or `ONLY=gateway`.
+//! server (default 2), `WARMUP` (default 4), `ONLY=hop,gateway` (a subset), `COMPARE_BIN=path`
+//! (another build of refract measured the same way as `gateway-b`: an A/B run).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -194,7 +195,7 @@ async fn warm_up(target: &Target, rounds: usize) {
 fn report(target: &Target, case: &str, n: usize, before: u64, after: u64, failed: usize, elapsed: Duration) {
     let per = (after as f64 - before as f64) / n.max(1) as f64;
     println!(
-        "{:8} {case:22} {n:>6} conns: RSS {:>7.1} -> {:>7.1} MiB, {per:>6.1} KiB each, {failed} failed, {:.1} s",
+        "{:9} {case:22} {n:>6} conns: RSS {:>7.1} -> {:>7.1} MiB, {per:>6.1} KiB each, {failed} failed, {:.1} s",
         target.name,
         before as f64 / 1024.0,
         after as f64 / 1024.0,
@@ -277,7 +278,7 @@ async fn inflight_case(target: &Target, inflight: usize, warmup: usize, body_tim
         elapsed,
     );
     println!(
-        "{:8} {:22} peak RSS {:.1} MiB once the uploads completed",
+        "{:9} {:22} peak RSS {:.1} MiB once the uploads completed",
         "",
         "",
         peak_rss_kib(target.pid) as f64 / 1024.0
@@ -356,8 +357,14 @@ fn main() {
         "bench descriptor limit (soft, raised to the hard one): {nofile}; CONNS {conns}, INFLIGHT {inflight}, {threads} server threads, body {} bytes",
         edit_body("bench/gpt-image-1", &image, false).len()
     );
-    for name in ["hop", "gateway"] {
-        if !only.is_empty() && only != name {
+    let compare = std::env::var_os("COMPARE_BIN").map(std::path::PathBuf::from);
+    let names: &[&'static str] = if compare.is_some() {
+        &["hop", "gateway", "gateway-b"]
+    } else {
+        &["hop", "gateway"]
+    };
+    for &name in names {
+        if !only.is_empty() && !only.split(',').any(|o| o == name) {
             continue;
         }
         for case in ["idle", "edited", "inflight"] {
@@ -365,7 +372,10 @@ fn main() {
                 let p = spawn_bare_hop_process(mock, threads);
                 (p, edit_body("gpt-image-1", &image, false), false)
             } else {
-                let p = start_gateway(mock, threads, 1 << 20);
+                let p = match (&compare, name) {
+                    (Some(bin), "gateway-b") => start_gateway_binary(bin, mock, threads, 1 << 20),
+                    _ => start_gateway(mock, threads, 1 << 20),
+                };
                 (p, edit_body("bench/gpt-image-1", &image, false), true)
             };
             let target = Target {

@@ -25,6 +25,9 @@
 //! `CONNS` to what it leaves room for; the hop process inherits the raised limit, the gateway
 //! raises its own (and derives its connection cap from it): both are printed.
 //!
+//! Every figure is measured `ROUNDS` times (default 3; targets interleaved in each round) and
+//! the median reported at the end.
+//!
 //! Run: `cargo bench --bench connections`. Environment: `CONNS`, `INFLIGHT`, `THREADS` per
 //! server (default 2), `WARMUP` (default 4), `ONLY=hop,gateway` (a subset), `COMPARE_BIN=path`
 //! (another build of refract measured the same way as `gateway-b`: an A/B run).
@@ -191,8 +194,8 @@ async fn warm_up(target: &Target, rounds: usize) {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
-/// One measured case: RSS before and after, per connection.
-fn report(target: &Target, case: &str, n: usize, before: u64, after: u64, failed: usize, elapsed: Duration) {
+/// One measured case: RSS before and after, per connection; returns the KiB per connection.
+fn report(target: &Target, case: &str, n: usize, before: u64, after: u64, failed: usize, elapsed: Duration) -> f64 {
     let per = (after as f64 - before as f64) / n.max(1) as f64;
     println!(
         "{:9} {case:22} {n:>6} conns: RSS {:>7.1} -> {:>7.1} MiB, {per:>6.1} KiB each, {failed} failed, {:.1} s",
@@ -201,10 +204,11 @@ fn report(target: &Target, case: &str, n: usize, before: u64, after: u64, failed
         after as f64 / 1024.0,
         elapsed.as_secs_f64()
     );
+    per
 }
 
 /// `CONNS` connections left idle, having sent nothing (`with_edit` false) or after one edit.
-async fn idle_case(target: &Target, conns: usize, with_edit: bool, warmup: usize, keepalive: Duration) {
+async fn idle_case(target: &Target, conns: usize, with_edit: bool, warmup: usize, keepalive: Duration) -> f64 {
     warm_up(target, warmup).await;
     let fds = open_descriptors(target.pid);
     let before = rss_kib(target.pid);
@@ -217,16 +221,17 @@ async fn idle_case(target: &Target, conns: usize, with_edit: bool, warmup: usize
     } else {
         "idle, nothing sent"
     };
-    report(target, case, open.len(), before, after, failed, elapsed);
+    let per = report(target, case, open.len(), before, after, failed, elapsed);
     if elapsed > keepalive {
         println!("  warning: measured after {elapsed:?}, past the keep-alive timeout ({keepalive:?})");
     }
     // still open when measured
     drop(open);
+    per
 }
 
 /// `inflight` uploads paused at half their body, then completed.
-async fn inflight_case(target: &Target, inflight: usize, warmup: usize, body_timeout: Duration) {
+async fn inflight_case(target: &Target, inflight: usize, warmup: usize, body_timeout: Duration) -> f64 {
     warm_up(target, warmup).await;
     let fds = open_descriptors(target.pid);
     let before = rss_kib(target.pid);
@@ -268,7 +273,7 @@ async fn inflight_case(target: &Target, inflight: usize, warmup: usize, body_tim
             failed += 1;
         }
     }
-    report(
+    let per = report(
         target,
         "in flight (half body)",
         inflight,
@@ -286,6 +291,7 @@ async fn inflight_case(target: &Target, inflight: usize, warmup: usize, body_tim
     if elapsed > body_timeout {
         println!("  warning: uploads paused {elapsed:?}, past the body read timeout ({body_timeout:?})");
     }
+    per
 }
 
 /// Raises this process's soft descriptor limit to the hard one; returns the soft limit after.
@@ -328,6 +334,7 @@ fn main() {
     }
     let threads = env_usize("THREADS", 2);
     let warmup = env_usize("WARMUP", 4);
+    let rounds = env_usize("ROUNDS", 3);
     let inflight = env_usize("INFLIGHT", 200);
     let wanted = env_usize("CONNS", 5000);
     let nofile = raise_descriptor_limit();
@@ -363,42 +370,58 @@ fn main() {
     } else {
         &["hop", "gateway"]
     };
-    for &name in names {
-        if !only.is_empty() && !only.split(',').any(|o| o == name) {
-            continue;
-        }
-        for case in ["idle", "edited", "inflight"] {
-            let (process, body, authorized) = if name == "hop" {
-                let p = spawn_bare_hop_process(mock, threads);
-                (p, edit_body("gpt-image-1", &image, false), false)
-            } else {
-                let p = match (&compare, name) {
-                    (Some(bin), "gateway-b") => start_gateway_binary(bin, mock, threads, 1 << 20),
-                    _ => start_gateway(mock, threads, 1 << 20),
+    let names: Vec<&'static str> = names
+        .iter()
+        .copied()
+        .filter(|name| only.is_empty() || only.split(',').any(|o| o == *name))
+        .collect();
+    let cases = ["idle", "edited", "inflight"];
+    // KiB per connection, by target and case, one figure a round.
+    let mut figures = vec![vec![Vec::new(); cases.len()]; names.len()];
+    for round in 0..rounds {
+        println!("round {round}");
+        for (n, &name) in names.iter().enumerate() {
+            for (c, case) in cases.into_iter().enumerate() {
+                let (process, body, authorized) = if name == "hop" {
+                    let p = spawn_bare_hop_process(mock, threads);
+                    (p, edit_body("gpt-image-1", &image, false), false)
+                } else {
+                    let p = match (&compare, name) {
+                        (Some(bin), "gateway-b") => start_gateway_binary(bin, mock, threads, 1 << 20),
+                        _ => start_gateway(mock, threads, 1 << 20),
+                    };
+                    (p, edit_body("bench/gpt-image-1", &image, false), true)
                 };
-                (p, edit_body("bench/gpt-image-1", &image, false), true)
-            };
-            let target = Target {
-                name,
-                port: process.port,
-                pid: process.child.id(),
-                body: Arc::new(body),
-                authorized,
-            };
-            if case == "idle" {
-                println!(
-                    "{name}: descriptor limit (soft / hard) {}",
-                    descriptor_limit_of(target.pid)
-                );
-            }
-            runtime.block_on(async {
-                match case {
-                    "idle" => idle_case(&target, conns, false, warmup, limits.keepalive_timeout).await,
-                    "edited" => idle_case(&target, conns, true, warmup, limits.keepalive_timeout).await,
-                    _ => inflight_case(&target, inflight, warmup, limits.body_read_timeout).await,
+                let target = Target {
+                    name,
+                    port: process.port,
+                    pid: process.child.id(),
+                    body: Arc::new(body),
+                    authorized,
+                };
+                if case == "idle" && round == 0 {
+                    println!(
+                        "{name}: descriptor limit (soft / hard) {}",
+                        descriptor_limit_of(target.pid)
+                    );
                 }
-            });
-            drop(process);
+                let per = runtime.block_on(async {
+                    match case {
+                        "idle" => idle_case(&target, conns, false, warmup, limits.keepalive_timeout).await,
+                        "edited" => idle_case(&target, conns, true, warmup, limits.keepalive_timeout).await,
+                        _ => inflight_case(&target, inflight, warmup, limits.body_read_timeout).await,
+                    }
+                });
+                figures[n][c].push(per);
+                drop(process);
+            }
         }
+    }
+    println!("\nKiB per connection (median of {rounds} rounds; each round's figures above):");
+    println!("| target | idle, nothing sent | idle after one edit | in flight (half body) |");
+    println!("|---|---|---|---|");
+    for (name, per_case) in names.iter().zip(figures) {
+        let medians: Vec<String> = per_case.into_iter().map(|v| format!("{:.1}", median(v))).collect();
+        println!("| {name} | {} |", medians.join(" | "));
     }
 }

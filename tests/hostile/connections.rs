@@ -173,6 +173,33 @@ fn a_slow_but_complete_head_within_the_deadline_is_served() {
 }
 
 #[test]
+fn heads_longer_than_the_first_read_are_read_on_and_their_bodies_kept_whole() {
+    // The first read of a head takes at most 1 KiB (what an idle connection holds); heads
+    // ending just before, at and past it, and past the first growth, each sent in one piece
+    // with its body (so that the first read ends inside the head or inside the body), on one
+    // kept-alive connection.
+    let (_mock, gw) = gateway("");
+    let mut c = gw.connect();
+    let form = valid_form();
+    let bare = post_head("/v1/images/edits", &[("x-bf-vk", VK), ("x-padding", "")], &form, None).len();
+    for head_len in [900, 1023, 1024, 1025, 1100, 3000, 5119, 5121, 9000] {
+        let padding = "a".repeat(head_len - bare);
+        let head = post_head(
+            "/v1/images/edits",
+            &[("x-bf-vk", VK), ("x-padding", &padding)],
+            &form,
+            None,
+        );
+        assert_eq!(head.len(), head_len);
+        let mut request = head;
+        request.extend_from_slice(&form.body());
+        c.send(&request);
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "a head of {head_len} bytes: {}", r.text());
+    }
+}
+
+#[test]
 fn idle_connections_are_closed_after_the_keepalive_timeout() {
     let (_mock, gw) = gateway("  keepalive_timeout_ms: 1000\n  head_timeout_ms: 60000\n");
     // Kept alive after one request.

@@ -53,8 +53,13 @@ mod registry;
 use head::{read_head, Head};
 use registry::{Slots, TrackedSlot};
 
-/// The first read of a request head goes into a buffer of this size (as Pingora's own), grown
-/// by doubling up to `max_head_bytes`.
+/// The first read of a request head goes into a buffer of this size, allocated when the
+/// connection starts waiting for a request and held for as long as it waits idle: small,
+/// since an idle connection holds it (most request heads fit; a longer one is read on in
+/// [`head::read_head`]).
+const IDLE_HEAD_BUFFER: usize = 1024;
+/// A head longer than [`IDLE_HEAD_BUFFER`] is read on into a buffer grown by at least this
+/// much (as Pingora's own head buffer), then by doubling, up to `max_head_bytes`.
 const INITIAL_HEAD_BUFFER: usize = 4096;
 /// Descriptors kept out of the default connection cap: listeners, log files, the runtime's
 /// event and timer descriptors, resolver sockets.
@@ -233,7 +238,7 @@ where
         // below saw an end Pingora does not): then each of its reads gets this long.
         let head_seconds = self.limits.head_timeout.as_secs().max(1);
         loop {
-            let mut buf = BytesMut::with_capacity(INITIAL_HEAD_BUFFER.min(self.limits.max_head_bytes));
+            let mut buf = BytesMut::with_capacity(IDLE_HEAD_BUFFER.min(self.limits.max_head_bytes));
             match self.wait_for_request(&mut stream, &mut buf, conn, &mut watch).await {
                 Waited::Data => {}
                 Waited::IdleTimeout => {

@@ -113,15 +113,14 @@ fn content_length(head: &[u8]) -> Option<usize> {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benchmark skipped: run it with `cargo bench --bench NAME`");
+    if !measuring() {
         return;
     }
     let requests: u64 = std::env::var("REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let kb: usize = std::env::var("KB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let kb: usize = env_or("KB", 64);
     let level = std::env::var("LOG").unwrap_or_else(|_| "info".to_string());
     let image = noise_png(kb * 1024);
     let answer = images_response(&image);

@@ -321,22 +321,16 @@ fn descriptor_limit_of(pid: u32) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 fn main() {
     serve_hop_role();
-    if !std::env::args().any(|a| a == "--bench") {
-        // `cargo test --all-targets` runs bench binaries too: only `cargo bench` measures.
-        println!("benchmark skipped: run it with `cargo bench --bench NAME`");
+    if !measuring() {
         return;
     }
-    let threads = env_usize("THREADS", 2);
-    let warmup = env_usize("WARMUP", 4);
-    let rounds = env_usize("ROUNDS", 3);
-    let inflight = env_usize("INFLIGHT", 200);
-    let wanted = env_usize("CONNS", 5000);
+    let threads = env_or("THREADS", 2usize);
+    let warmup = env_or("WARMUP", 4usize);
+    let rounds = env_or("ROUNDS", 3usize);
+    let inflight = env_or("INFLIGHT", 200usize);
+    let wanted = env_or("CONNS", 5000usize);
     let nofile = raise_descriptor_limit();
     let room = usize::try_from(nofile.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
     let conns = wanted.min(room);

@@ -23,10 +23,6 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use support::*;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 /// One HTTP/1.1 exchange on a keep-alive connection: the status and the body.
 fn exchange(reader: &mut BufReader<TcpStream>, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let stream = reader.get_mut();
@@ -84,7 +80,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    let jobs = env_or("JOBS", 400);
+    let jobs = env_or("JOBS", 400usize);
     let conc = env_or("CONC", 8).max(1);
     let workers = env_or("WORKERS", 8);
     let threads = env_or("THREADS", 2);

@@ -125,10 +125,6 @@ fn script(name: &str, body: &[u8], vk: bool) -> std::path::PathBuf {
     temp_file(&format!("{name}.lua"), lua.as_bytes())
 }
 
-fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 /// One image size's servers and wrk scripts.
 struct Case {
     kb: usize,
@@ -293,14 +289,12 @@ fn pinned(case: &Case, rounds: u32, secs: u32, selected: &dyn Fn(&str) -> bool) 
 
 fn main() {
     serve_hop_role();
-    if !std::env::args().any(|a| a == "--bench") {
-        // `cargo test --all-targets` runs bench binaries too: only `cargo bench` measures.
-        println!("benchmark skipped: run it with `cargo bench --bench NAME`");
+    if !measuring() {
         return;
     }
-    let rounds = env_u32("ROUNDS", 3);
-    let secs = env_u32("SECS", 3);
-    let threads = env_u32("THREADS", 2) as usize;
+    let rounds = env_or("ROUNDS", 3u32);
+    let secs = env_or("SECS", 3u32);
+    let threads = env_or("THREADS", 2u32) as usize;
     let sizes = env_list("SIZES", "64,2048");
     let mut conns = env_list("CONNS", "1,32,128");
     if !conns.contains(&1) {
@@ -330,7 +324,7 @@ fn main() {
                 );
             }
         }
-        std::thread::sleep(std::time::Duration::from_secs(u64::from(env_u32("SERVE_SECS", 3600))));
+        std::thread::sleep(std::time::Duration::from_secs(u64::from(env_or("SERVE_SECS", 3600u32))));
         return;
     }
 

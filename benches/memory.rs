@@ -57,13 +57,11 @@ fn exchange(port: u16, body: &[u8]) -> Vec<u8> {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        // `cargo test --all-targets` runs bench binaries too: only `cargo bench` measures.
-        println!("benchmark skipped: run it with `cargo bench --bench NAME`");
+    if !measuring() {
         return;
     }
-    let uploads: usize = std::env::var("UPLOADS").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
-    let mb: usize = std::env::var("MB").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let uploads: usize = env_or("UPLOADS", 16);
+    let mb: usize = env_or("MB", 20);
     let image = noise_png(mb * 1024 * 1024);
     let small = noise_png(16 * 1024);
     let mock = start_mock(images_response(&small), 1);

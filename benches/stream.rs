@@ -95,8 +95,7 @@ fn run_level(port: u16, body: &[u8], headers: &str, conc: usize, requests: usize
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benchmark skipped: run it with `cargo bench --bench NAME`");
+    if !measuring() {
         return;
     }
     let requests: usize = std::env::var("REQUESTS")

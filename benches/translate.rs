@@ -30,13 +30,11 @@ impl BodySource for Chunks {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        // `cargo test --all-targets` runs bench binaries too: only `cargo bench` measures.
-        println!("benchmark skipped: run it with `cargo bench --bench NAME`");
+    if !measuring() {
         return;
     }
-    let mb: usize = std::env::var("MB").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let iters: usize = std::env::var("ITER").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let mb: usize = env_or("MB", 20);
+    let iters: usize = env_or("ITER", 8);
     let image = noise_png(mb * 1024 * 1024);
     let config = refract::config::from_yaml_str_with_env(
         "providers:\n  - {name: openai, kind: openai, base_url: 'https://api.openai.com/v1', keys: [{name: k, value: sk-x}]}\n  - {name: gemini, kind: gemini, keys: [{name: k, value: gm-x}]}\n",

@@ -57,6 +57,11 @@ impl Spool {
         }
     }
 
+    /// An empty spool for one request, as the config's `spool` section says.
+    pub fn for_request(settings: &crate::config::SpoolSettings) -> Self {
+        Spool::new(settings.memory_bytes, settings.directory.clone())
+    }
+
     /// Total bytes stored.
     pub fn len(&self) -> u64 {
         self.memory_len + self.file_len

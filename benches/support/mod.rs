@@ -499,3 +499,18 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// The environment variable `name` parsed as a `T`, or `default` when unset or unparsable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Whether this run measures: `cargo bench` passes `--bench`, while `cargo test --all-targets`
+/// runs bench binaries too and must not (it then says the benchmark was skipped).
+pub fn measuring() -> bool {
+    let yes = std::env::args().any(|a| a == "--bench");
+    if !yes {
+        println!("benchmark skipped: run it with `cargo bench --bench NAME`");
+    }
+    yes
+}

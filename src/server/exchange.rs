@@ -527,6 +527,10 @@ async fn read_body(
             body: Bytes::new(),
         });
     }
+    let too_large = || GatewayError::UpstreamProtocol {
+        provider: provider.to_string(),
+        detail: format!("answer larger than {MAX_RESPONSE_BYTES} bytes"),
+    };
     // One allocation of the announced size (bounded), instead of growing and copying.
     let announced = session
         .response_header()
@@ -535,32 +539,28 @@ async fn read_body(
         .and_then(|v| v.trim().parse::<usize>().ok())
         .unwrap_or(0);
     let mut body = BytesMut::with_capacity(announced.min(MAX_RESPONSE_BYTES));
-    let too_large = || GatewayError::UpstreamProtocol {
-        provider: provider.to_string(),
-        detail: format!("answer larger than {MAX_RESPONSE_BYTES} bytes"),
+    let mut append = |chunk: &[u8]| {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(chunk);
+        Ok(())
     };
     match session {
         // HTTP/1: straight from the session's read buffer into the answer's (one copy, not
-        // two through a `Bytes` per chunk).
+        // two through a `Bytes` per chunk); the timeouts as in `read_chunk`.
         HttpSession::H1(h1) => loop {
             let limit = clock.limit(target.provider.timeouts.idle);
             h1.read_timeout = Some(limit.wait);
-            let chunk = h1
-                .read_body_ref()
-                .await
-                .map_err(|e| upstream_error(target, Stage::Body, limit, &e))?;
-            let Some(chunk) = chunk else { break };
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(too_large());
+            match h1.read_body_ref().await {
+                Ok(Some(chunk)) => append(chunk)?,
+                Ok(None) => break,
+                Err(e) => return Err(upstream_error(target, Stage::Body, limit, &e)),
             }
-            body.extend_from_slice(chunk);
         },
         _ => {
             while let Some(chunk) = read_chunk(session, target, clock).await? {
-                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    return Err(too_large());
-                }
-                body.extend_from_slice(&chunk);
+                append(&chunk)?;
             }
         }
     }

@@ -120,7 +120,7 @@ async fn admitted_edit(
     (body, model): (JsonBody, (&str, &str)),
 ) -> Result<Vec<u8>, GatewayError> {
     let upstream_start = Instant::now();
-    let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
+    let mut spool = Spool::for_request(&state.config.spool);
     let (shape, seed, form) = {
         let edit = bedrock::invoke_request(&body)?;
         let form = bedrock::build_form(&edit, model, &state.config.limits, &mut spool)?;

@@ -227,7 +227,7 @@ async fn admitted_edit(
     ctx.provider = Some(provider.clone());
     ctx.model = Some(model.clone());
     let body = read_body(state, session, ctx).await?;
-    let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
+    let mut spool = Spool::for_request(&state.config.spool);
     let form = {
         let source = match route.call {
             GenaiCall::Predict => genai::predict_request(&body)?,

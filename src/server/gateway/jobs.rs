@@ -146,7 +146,7 @@ async fn accept(
         &state.config.jobs,
     );
     let request_id = ctx.request_id.clone();
-    let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
+    let mut spool = Spool::for_request(&state.config.spool);
     let form = if super::json_edit::is_json(session) {
         super::json_edit::check_head(state, session).await?;
         super::json_edit::read_form(state, session, ctx, identity, (None, &mut spool)).await?
@@ -386,7 +386,7 @@ async fn answer(
     identity.token_models.clone_from(&request.token_models);
     let mut form = request.form.clone();
     let upload = request.upload.as_str();
-    let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
+    let mut spool = Spool::for_request(&state.config.spool);
     if !state
         .store
         .objects

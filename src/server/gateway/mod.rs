@@ -640,7 +640,7 @@ async fn admitted_edit(
     // once; a large upload's first attempt starts meanwhile.
     let request_id = ctx.request_id.clone();
     let upstream_start = Instant::now();
-    let mut spool = Spool::new(state.config.spool.memory_bytes, state.config.spool.directory.clone());
+    let mut spool = Spool::for_request(&state.config.spool);
     let parse = tracing::info_span!(target: SPAN_TARGET, "parse");
     let upload::Uploaded { mut form, first } = match head {
         Some(head) => {

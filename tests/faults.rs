@@ -185,6 +185,35 @@ fn a_stall_after_the_first_event_is_an_in_band_error() {
     rig.assert_clean_and_serving();
 }
 
+/// An answer announced larger than the gateway reads into memory (512 MiB) is refused as soon
+/// as its head arrives, without waiting for (or holding) its body: a 502 naming the bound,
+/// while the provider still holds the connection open.
+#[test]
+fn an_answer_announced_too_large_is_refused_at_its_head() {
+    let rig = Rig::new(Fault::ServerError, "");
+    rig.primary.push(Reply::Raw {
+        pieces: vec![(
+            Duration::ZERO,
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n{\"data\":[{\"b64_json\":\"aW1h".to_vec(),
+        )],
+        end: RawEnd::Hold,
+    });
+    let form = rig.form(Fault::ServerError, None);
+    let r = rig.gw.edit(&form, &[("x-bf-vk", VK)]);
+    // Reading the body instead would end in the 3 s idle timeout, a 504.
+    assert_eq!(r.status, 502, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "upstream_protocol_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("answer larger than"),
+        "{v}"
+    );
+    rig.assert_clean_and_serving();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Timeouts the faults above do not reach: connect and total
 // ---------------------------------------------------------------------------------------------

@@ -531,14 +531,18 @@ async fn read_body(
         provider: provider.to_string(),
         detail: format!("answer larger than {MAX_RESPONSE_BYTES} bytes"),
     };
-    // One allocation of the announced size (bounded), instead of growing and copying.
+    // One allocation of the announced size (bounded), instead of growing and copying; an
+    // answer announced larger than the bound is refused before any of it is read.
     let announced = session
         .response_header()
         .and_then(|h| h.headers.get(http::header::CONTENT_LENGTH))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
         .unwrap_or(0);
-    let mut body = BytesMut::with_capacity(announced.min(MAX_RESPONSE_BYTES));
+    if announced > MAX_RESPONSE_BYTES {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(announced);
     let mut append = |chunk: &[u8]| {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(too_large());

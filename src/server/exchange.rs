@@ -20,12 +20,12 @@ use crate::error::{GatewayError, TimeoutKind};
 use crate::providers::{BodySegment, UpstreamRequest, UpstreamResponse};
 use crate::route::Target;
 use crate::server::resolver::Resolver;
+use crate::server::upstreams::Connector;
 use crate::spool::Spool;
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
-use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -260,7 +260,7 @@ fn arm_write(session: &mut HttpSession, target: &Target, clock: &Clock) -> Limit
 /// Returns a connection whose answer was read to its end to the pool; closes any other.
 async fn release(connector: &Connector, mut session: HttpSession, peer: &HttpPeer) {
     if session.response_done() {
-        connector.release_http_session(session, peer, peer.idle_timeout()).await;
+        connector.release_http_session(session, peer).await;
     } else {
         session.shutdown().await;
     }

@@ -14,6 +14,7 @@ pub mod reload;
 pub mod resolver;
 mod simulator_app;
 pub mod slots;
+pub mod upstreams;
 pub mod workers;
 
 use crate::admission::{Admission, AdmitAll};
@@ -22,8 +23,8 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::route::{Router, Target};
+use crate::server::upstreams::Connector;
 use async_trait::async_trait;
-use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -330,9 +331,9 @@ fn assemble(
     server.bootstrap();
     let metrics = Arc::new(Metrics::for_config(&config)?);
     let lasting = reload::Lasting {
-        connector: Arc::new(Connector::new(Some(ConnectorOptions::from_server_conf(
+        connector: Arc::new(Connector::new(ConnectorOptions::from_server_conf(
             &server.configuration,
-        )))),
+        ))),
         decoder: crate::imaging::DecodePool::new(config.limits.decode_concurrency, config.limits.max_image_pixels),
         json_bodies: Arc::new(tokio::sync::Semaphore::new(json_body_permits(
             config.limits.json_body_memory_bytes,

@@ -17,8 +17,8 @@ use crate::providers::{ProviderAdapter, ResponseContext, UnifiedAnswer, Upstream
 use crate::route::Target;
 use crate::server::exchange::{exchange, Collect};
 use crate::server::slots::Slots;
+use crate::server::upstreams::Connector;
 use crate::spool::Spool;
-use pingora::connectors::http::Connector;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;

@@ -337,6 +337,48 @@ fn keep_alive_two_requests_one_connection() {
     assert_eq!(mock.connections(), 1);
 }
 
+/// After a burst, a trickle of requests reuses the provider connection released last, not
+/// each pooled connection in turn (Pingora's pool handed out its oldest idle connection, so
+/// one connection at a time rotated over all of them and kept them all alive).
+#[test]
+fn after_a_burst_a_trickle_reuses_one_provider_connection() {
+    let mock = MockUpstream::start();
+    let gate = Gate::new();
+    for _ in 0..4 {
+        mock.push(gate.hold(Reply::json(200, &default_success())));
+    }
+    mock.always(Reply::json(200, &default_success()));
+    let gw = Gateway::start(&Setup::new(&mock.base_url()));
+    let addr = gw.addr;
+    let burst: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                let f = valid_form();
+                c.send(&post_head("/v1/images/edits", &[("x-bf-vk", VK)], &f, None));
+                c.send(&f.body());
+                c.read_response()
+            })
+        })
+        .collect();
+    wait_until("four requests held upstream at once", || mock.received() == 4);
+    gate.open();
+    for r in burst {
+        assert_eq!(r.join().unwrap().status, 200);
+    }
+    assert_eq!(mock.connections(), 4);
+    for _ in 0..6 {
+        let r = gw.edit(&valid_form(), &[("x-bf-vk", VK)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let trickle: Vec<usize> = mock.requests()[4..].iter().map(|r| r.connection).collect();
+    assert_eq!(mock.connections(), 4, "no new connection: {trickle:?}");
+    assert!(
+        trickle.iter().all(|c| *c == trickle[0]),
+        "one connection reused, not one after another: {trickle:?}"
+    );
+}
+
 /// `GET /health` answers 200 `{"status":"ok"}` without a key.
 #[test]
 fn health() {

@@ -101,21 +101,28 @@ fn sweep_in_background(idle: &Arc<IdleConnections>) {
 
 /// Sweeps every [`SWEEP_EVERY`] until no connection is idle (or the connector is gone).
 async fn sweep_while_idle(idle: Weak<IdleConnections>) {
-    // Cleared however the task ends (also when its runtime shuts down), so a later release
-    // starts another.
-    struct Sweeping(Weak<IdleConnections>);
+    // While armed, dropping it (the task ending early, or its runtime shutting down) clears
+    // the flag, so that a later release starts another sweep.
+    struct Sweeping(Weak<IdleConnections>, bool);
     impl Drop for Sweeping {
         fn drop(&mut self) {
-            if let Some(idle) = self.0.upgrade() {
+            if let (true, Some(idle)) = (self.1, self.0.upgrade()) {
                 idle.sweeping.store(false, Ordering::Release);
             }
         }
     }
-    let _sweeping = Sweeping(idle.clone());
+    let mut sweeping = Sweeping(idle.clone(), true);
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         let Some(pool) = idle.upgrade() else { return };
-        if pool.sweep(Instant::now()) == 0 {
+        if pool.sweep(Instant::now()) > 0 {
+            continue;
+        }
+        pool.sweeping.store(false, Ordering::Release);
+        // A connection released after the sweep found none, while this task still counted as
+        // running, started no sweep of its own: go on sweeping for it.
+        if pool.count() == 0 || pool.sweeping.swap(true, Ordering::AcqRel) {
+            sweeping.1 = false;
             return;
         }
     }

@@ -58,7 +58,10 @@ impl Connector {
         if let Some(stream) = self.idle.take(peer.reuse_hash(), Instant::now()) {
             return Ok((HttpSession::H1(Http1Session::new_with_options(stream, peer)), true));
         }
-        self.pingora.get_http_session(peer).await
+        // Boxed: Pingora's connect future is large (TLS, address choice), and held inline it
+        // would make every exchange's future, and a debug build's stack, that much larger on
+        // the path that reuses a connection too.
+        Box::pin(self.pingora.get_http_session(peer)).await
     }
 
     /// Keeps `session` for reuse when its answer was read to the end and it may be kept alive
@@ -74,17 +77,8 @@ impl Connector {
                     }
                 }
             }
-            other => {
-                self.pingora
-                    .release_http_session(other, peer, peer.idle_timeout())
-                    .await
-            }
+            other => Box::pin(self.pingora.release_http_session(other, peer, peer.idle_timeout())).await,
         }
-    }
-
-    /// How many HTTP/1.1 connections are idle (for tests and the sweep).
-    pub fn idle_count(&self) -> usize {
-        self.idle.count()
     }
 }
 

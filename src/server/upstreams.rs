@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
 /// A connection idle for longer than this is checked (one non-blocking read) before reuse.
-pub const CHECK_AFTER: Duration = Duration::from_secs(1);
+const CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// How often the idle connections are swept while there are any.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -167,17 +167,7 @@ impl IdleConnections {
     /// the way are closed.
     fn take(&self, key: u64, now: Instant) -> Option<Stream> {
         loop {
-            let idle = {
-                let mut peers = self.peers.lock().ok()?;
-                let list = peers.lists.get_mut(&key)?;
-                let idle = list.pop_back();
-                if list.is_empty() {
-                    peers.lists.remove(&key);
-                }
-                let idle = idle?;
-                peers.count -= 1;
-                idle
-            };
+            let idle = self.peers.lock().ok()?.pop(key, End::Newest)?;
             if idle.expired(now) {
                 // Everything older for this peer has expired too (same timeout).
                 self.drop_expired(key, now);
@@ -200,17 +190,15 @@ impl IdleConnections {
             let Ok(mut peers) = self.peers.lock() else {
                 return false;
             };
-            peers.lists.entry(key).or_default().push_back(Idle {
-                stream,
-                since: now,
-                timeout,
-            });
-            peers.count += 1;
-            if peers.count > self.limit {
-                peers.pop_oldest()
-            } else {
-                None
-            }
+            peers.push_newest(
+                key,
+                Idle {
+                    stream,
+                    since: now,
+                    timeout,
+                },
+            );
+            peers.over_limit(self.limit)
         };
         drop(evicted);
         !self.sweeping.swap(true, Ordering::AcqRel)
@@ -218,39 +206,52 @@ impl IdleConnections {
 
     /// Closes `key`'s expired connections.
     fn drop_expired(&self, key: u64, now: Instant) {
-        let closed: Vec<Idle> = {
-            let Ok(mut peers) = self.peers.lock() else { return };
-            let Some(list) = peers.lists.get_mut(&key) else { return };
-            let keep = list.iter().position(|i| !i.expired(now)).unwrap_or(list.len());
-            let closed: Vec<Idle> = list.drain(..keep).collect();
-            if list.is_empty() {
-                peers.lists.remove(&key);
+        let mut closed = Vec::new();
+        if let Ok(mut peers) = self.peers.lock() {
+            while peers.oldest(key).is_some_and(|i| i.expired(now)) {
+                closed.extend(peers.pop(key, End::Oldest));
             }
-            peers.count -= closed.len();
-            closed
-        };
+        }
         drop(closed);
     }
 
     /// Closes expired connections and those the provider closed; returns how many are left.
+    /// The checks (a non-blocking read each) run outside the lock, with the lists taken out,
+    /// so that no request waits on them; one that comes for those peers meanwhile opens a
+    /// connection of its own.
     fn sweep(&self, now: Instant) -> usize {
+        let taken = match self.peers.lock() {
+            Ok(mut peers) => {
+                peers.count = 0;
+                std::mem::take(&mut peers.lists)
+            }
+            Err(_) => return 0,
+        };
         let mut closed = Vec::new();
-        let left = {
-            let Ok(mut peers) = self.peers.lock() else { return 0 };
-            for list in peers.lists.values_mut() {
-                let mut kept = VecDeque::with_capacity(list.len());
-                for mut idle in list.drain(..) {
+        let kept: Vec<(u64, VecDeque<Idle>)> = taken
+            .into_iter()
+            .map(|(key, list)| {
+                let mut open = VecDeque::with_capacity(list.len());
+                for mut idle in list {
                     if idle.expired(now) || !still_open(&mut idle.stream) {
                         closed.push(idle);
                     } else {
-                        kept.push_back(idle);
+                        open.push_back(idle);
                     }
                 }
-                *list = kept;
+                (key, open)
+            })
+            .collect();
+        let left = match self.peers.lock() {
+            Ok(mut peers) => {
+                for (key, open) in kept {
+                    // Older than anything released meanwhile: in front of it.
+                    peers.push_oldest(key, open);
+                }
+                closed.extend(peers.over_limit(self.limit));
+                peers.count
             }
-            peers.lists.retain(|_, list| !list.is_empty());
-            peers.count -= closed.len();
-            peers.count
+            Err(_) => 0,
         };
         // Closed outside the lock.
         drop(closed);
@@ -258,24 +259,70 @@ impl IdleConnections {
     }
 }
 
+/// Which end of a peer's list: the most recently released connection, or the longest idle.
+#[derive(Clone, Copy)]
+enum End {
+    Newest,
+    Oldest,
+}
+
 impl Peers {
-    /// Removes the connection idle the longest, over all peers.
-    fn pop_oldest(&mut self) -> Option<Idle> {
-        let key = *self
-            .lists
-            .iter()
-            .filter_map(|(key, list)| Some((key, list.front()?.since)))
-            .min_by_key(|(_, since)| *since)?
-            .0;
+    /// Adds `idle` as `key`'s most recently released connection.
+    fn push_newest(&mut self, key: u64, idle: Idle) {
+        self.count += 1;
+        self.lists.entry(key).or_default().push_back(idle);
+    }
+
+    /// Puts `list` (oldest first) before `key`'s connections, as the longest idle.
+    fn push_oldest(&mut self, key: u64, mut list: VecDeque<Idle>) {
+        if list.is_empty() {
+            return;
+        }
+        self.count += list.len();
+        if let Some(newer) = self.lists.remove(&key) {
+            list.extend(newer);
+        }
+        self.lists.insert(key, list);
+    }
+
+    /// `key`'s longest idle connection.
+    fn oldest(&self, key: u64) -> Option<&Idle> {
+        self.lists.get(&key)?.front()
+    }
+
+    /// Removes `key`'s connection at `end`.
+    fn pop(&mut self, key: u64, end: End) -> Option<Idle> {
         let list = self.lists.get_mut(&key)?;
-        let oldest = list.pop_front();
+        let idle = match end {
+            End::Newest => list.pop_back(),
+            End::Oldest => list.pop_front(),
+        };
         if list.is_empty() {
             self.lists.remove(&key);
         }
-        if oldest.is_some() {
+        if idle.is_some() {
             self.count -= 1;
         }
-        oldest
+        idle
+    }
+
+    /// Removes the connections idle the longest, over all peers, while there are more than
+    /// `limit`.
+    fn over_limit(&mut self, limit: usize) -> Vec<Idle> {
+        let mut evicted = Vec::new();
+        while self.count > limit {
+            let Some(key) = self
+                .lists
+                .iter()
+                .filter_map(|(key, list)| Some((*key, list.front()?.since)))
+                .min_by_key(|(_, since)| *since)
+                .map(|(key, _)| key)
+            else {
+                break;
+            };
+            evicted.extend(self.pop(key, End::Oldest));
+        }
+        evicted
     }
 }
 
@@ -405,6 +452,34 @@ mod tests {
         assert_eq!(pool.sweep(now + Duration::from_secs(2)), 1);
         assert_eq!(pool.take(3, now).as_ref().map(id), Some(alive_id));
         assert!(pool.take(1, now).is_none() && pool.take(2, now).is_none());
+    }
+
+    /// What the sweep checked goes back in front of what was released meanwhile, and the
+    /// limit holds over both.
+    #[tokio::test]
+    async fn swept_connections_go_back_as_the_oldest() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let now = Instant::now();
+        let idle = |stream| Idle {
+            stream,
+            since: now,
+            timeout: None,
+        };
+        let mut peers = Peers::default();
+        let (released, _t1) = pair(&listener).await;
+        let released_id = id(&released);
+        peers.push_newest(1, idle(released));
+        let (swept_a, _t2) = pair(&listener).await;
+        let (swept_b, _t3) = pair(&listener).await;
+        let (a_id, b_id) = (id(&swept_a), id(&swept_b));
+        peers.push_oldest(1, VecDeque::from([idle(swept_a), idle(swept_b)]));
+        assert_eq!(peers.count, 3);
+        let evicted = peers.over_limit(2);
+        assert_eq!(evicted.iter().map(|i| id(&i.stream)).collect::<Vec<_>>(), [a_id]);
+        assert_eq!(peers.pop(1, End::Newest).map(|i| id(&i.stream)), Some(released_id));
+        assert_eq!(peers.pop(1, End::Newest).map(|i| id(&i.stream)), Some(b_id));
+        assert!(peers.pop(1, End::Newest).is_none() && peers.lists.is_empty());
+        assert_eq!(peers.count, 0);
     }
 
     #[tokio::test]

@@ -4,7 +4,12 @@
 //! with `Base64Stream`), and a walk over the body as the exchange sends it. Single-threaded, so
 //! the figure is MB/s (of the client's body) per core.
 //!
-//! Run: `cargo bench --bench translate`. Environment: `MB` (default 20), `ITER` (default 8).
+//! Each line also says how the upstream body was made: bytes forwarded from the spool as the
+//! client sent them (file contents), and bytes the adapter wrote (part heads, text fields,
+//! base64).
+//!
+//! Run: `cargo bench --bench translate`. Environment: `MB` (default 20), `KB` (the image size in
+//! KiB instead, e.g. 64 for the load bench's edit), `ITER` (default 8).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -22,6 +27,15 @@ use support::*;
 
 struct Chunks(std::collections::VecDeque<Bytes>);
 
+/// How an upstream body was made: bytes forwarded from the spool as the client sent them, and
+/// bytes the adapter wrote (in how many segments).
+#[derive(Default, Clone, Copy)]
+struct Plan {
+    forwarded: usize,
+    literal: usize,
+    literal_segments: usize,
+}
+
 #[async_trait]
 impl BodySource for Chunks {
     async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
@@ -35,7 +49,11 @@ fn main() {
     }
     let mb: usize = env_or("MB", 20);
     let iters: usize = env_or("ITER", 8);
-    let image = noise_png(mb * 1024 * 1024);
+    let image_bytes = std::env::var("KB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(mb * 1024 * 1024, |kb| kb * 1024);
+    let image = noise_png(image_bytes);
     let config = refract::config::from_yaml_str_with_env(
         "providers:\n  - {name: openai, kind: openai, base_url: 'https://api.openai.com/v1', keys: [{name: k, value: sk-x}]}\n  - {name: gemini, kind: gemini, keys: [{name: k, value: gm-x}]}\n",
         &|_| None,
@@ -84,7 +102,9 @@ fn main() {
         let body = Bytes::from(edit_body(model, &image, model_last));
         let mut best = f64::MAX;
         let mut times = Vec::new();
+        let mut build_times = Vec::new();
         let mut sent_len = 0usize;
+        let mut plan = Plan::default();
         for _ in 0..iters {
             let chunks = (0..body.len())
                 .step_by(64 * 1024)
@@ -92,13 +112,14 @@ fn main() {
                 .collect();
             let mut source = Chunks(chunks);
             let start = Instant::now();
-            let sent = rt.block_on(async {
+            let (sent, made) = rt.block_on(async {
                 let mut spool = Spool::new(spool_memory, None);
                 let mut ok = refract::form::ModelCheck(|_: &str, _: &str| Ok(()));
                 let form = parse_edit_form(&mut source, BOUNDARY, &limits, &mut spool, &mut ok)
                     .await
                     .expect("parse");
                 let target = router.select(&form.provider, &form.model, 0.0).expect("route");
+                let building = Instant::now();
                 let req = adapter_for(target.provider.kind)
                     .build(&BuildScope {
                         form: &form,
@@ -110,13 +131,21 @@ fn main() {
                         nonce: 1,
                     })
                     .expect("build");
+                build_times.push(building.elapsed().as_secs_f64());
                 let mut sent = 0usize;
+                let mut made = Plan::default();
                 for seg in &req.body {
                     match seg {
-                        BodySegment::Bytes(b) => sent += b.len(),
+                        BodySegment::Bytes(b) => {
+                            sent += b.len();
+                            made.literal += b.len();
+                            made.literal_segments += 1;
+                        }
                         BodySegment::Spool(r) => {
                             for c in spool.chunks(*r) {
-                                sent += c.expect("spool read").len();
+                                let c = c.expect("spool read");
+                                sent += c.len();
+                                made.forwarded += c.len();
                             }
                         }
                         BodySegment::Base64(r) => {
@@ -130,26 +159,34 @@ fn main() {
                             out.clear();
                             enc.finish(&mut out);
                             sent += out.len();
+                            made.literal += (r.len as usize).div_ceil(3) * 4;
+                            made.literal_segments += 1;
                         }
                     }
                 }
-                sent
+                (sent, made)
             });
             let t = start.elapsed().as_secs_f64();
             assert!(sent > image.len());
             sent_len = sent;
+            plan = made;
             best = best.min(t);
             times.push(t);
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         let median = times[times.len() / 2];
+        build_times.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         println!(
-            "{label}: {:.1} MB body in, {:.1} MB out, median {:.2} ms ({:.0} MB/s), best {:.2} ms ({:.0} MB/s) per core",
+            "{label}: {:.3} MB body in, {:.3} MB out ({} B forwarded from the spool, {} B written in {} segments; building the upstream request {:.2} us of it), median {:.1} us ({:.0} MB/s), best {:.1} us ({:.0} MB/s) per core",
             body.len() as f64 / 1e6,
             sent_len as f64 / 1e6,
-            median * 1000.0,
+            plan.forwarded,
+            plan.literal,
+            plan.literal_segments,
+            build_times[build_times.len() / 2] * 1e6,
+            median * 1e6,
             body.len() as f64 / 1e6 / median,
-            best * 1000.0,
+            best * 1e6,
             body.len() as f64 / 1e6 / best
         );
     }

@@ -376,12 +376,19 @@ async fn attempt(
         set(&mut head, name.clone(), value.clone())?;
     }
     add_traceparent(&mut head).map_err(|e| invalid(&e))?;
+    // The head and the body plan leave in full segments, not one per write (see `cork`).
+    let corked = super::cork::cork(session.stream());
     let limit = arm_write(session, target, clock);
+    // On an error the caller shuts the connection down: corked or not, it is never used again.
     session
         .write_request_header(Box::new(head))
         .await
         .map_err(|e| AttemptError::BeforeAnswer(upstream_error(target, Stage::Send, limit, &e)))?;
-    if let Err(send_err) = send_body(session, target, clock, req, spool).await {
+    let sent = send_body(session, target, clock, req, spool).await;
+    if corked {
+        super::cork::uncork(session.stream());
+    }
+    if let Err(send_err) = sent {
         // The provider may have answered early and closed: read that answer if there is one.
         return match read_head(session, target, clock).await {
             Ok(status) => read_body(session, target, clock, status, sink)

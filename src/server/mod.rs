@@ -5,6 +5,7 @@
 
 pub mod breaker;
 pub mod connections;
+mod cork;
 pub mod credentials;
 pub mod exchange;
 pub mod gateway;

@@ -337,6 +337,18 @@ async fn send_json(
     }
     ctx.status = status;
     ctx.response_bytes = body.len() as u64;
+    // The head and the pieces leave in full segments, not one per write (see `cork`); after an
+    // error the connection is closed, corked or not.
+    let corked = super::cork::cork(session.stream());
+    write_json(session, resp, body).await?;
+    if corked {
+        super::cork::uncork(session.stream());
+    }
+    Ok(())
+}
+
+/// The writes of [`send_json`]: its head, then its pieces.
+async fn write_json(session: &mut Session, resp: ResponseHeader, body: UnifiedAnswer) -> Result<()> {
     session.write_response_header(Box::new(resp), false).await?;
     let mut pieces = body.into_pieces().into_iter().peekable();
     if pieces.peek().is_none() {

@@ -36,6 +36,19 @@ struct Plan {
     literal_segments: usize,
 }
 
+impl Plan {
+    /// A segment of `len` bytes the adapter wrote.
+    fn written(&mut self, len: usize) {
+        self.literal += len;
+        self.literal_segments += 1;
+    }
+
+    /// The body's length.
+    fn sent(&self) -> usize {
+        self.forwarded + self.literal
+    }
+}
+
 #[async_trait]
 impl BodySource for Chunks {
     async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
@@ -103,7 +116,6 @@ fn main() {
         let mut best = f64::MAX;
         let mut times = Vec::new();
         let mut build_times = Vec::new();
-        let mut sent_len = 0usize;
         let mut plan = Plan::default();
         for _ in 0..iters {
             let chunks = (0..body.len())
@@ -112,7 +124,7 @@ fn main() {
                 .collect();
             let mut source = Chunks(chunks);
             let start = Instant::now();
-            let (sent, made) = rt.block_on(async {
+            let made = rt.block_on(async {
                 let mut spool = Spool::new(spool_memory, None);
                 let mut ok = refract::form::ModelCheck(|_: &str, _: &str| Ok(()));
                 let form = parse_edit_form(&mut source, BOUNDARY, &limits, &mut spool, &mut ok)
@@ -132,43 +144,34 @@ fn main() {
                     })
                     .expect("build");
                 build_times.push(building.elapsed().as_secs_f64());
-                let mut sent = 0usize;
                 let mut made = Plan::default();
                 for seg in &req.body {
                     match seg {
-                        BodySegment::Bytes(b) => {
-                            sent += b.len();
-                            made.literal += b.len();
-                            made.literal_segments += 1;
-                        }
+                        BodySegment::Bytes(b) => made.written(b.len()),
                         BodySegment::Spool(r) => {
                             for c in spool.chunks(*r) {
-                                let c = c.expect("spool read");
-                                sent += c.len();
-                                made.forwarded += c.len();
+                                made.forwarded += c.expect("spool read").len();
                             }
                         }
                         BodySegment::Base64(r) => {
                             let mut enc = refract::codec::base64::Base64Stream::new();
                             let mut out = Vec::new();
+                            let mut encoded = 0;
                             for c in spool.chunks(*r) {
                                 out.clear();
                                 enc.push(&c.expect("spool read"), &mut out);
-                                sent += out.len();
+                                encoded += out.len();
                             }
                             out.clear();
                             enc.finish(&mut out);
-                            sent += out.len();
-                            made.literal += (r.len as usize).div_ceil(3) * 4;
-                            made.literal_segments += 1;
+                            made.written(encoded + out.len());
                         }
                     }
                 }
-                (sent, made)
+                made
             });
             let t = start.elapsed().as_secs_f64();
-            assert!(sent > image.len());
-            sent_len = sent;
+            assert!(made.sent() > image.len());
             plan = made;
             best = best.min(t);
             times.push(t);
@@ -179,7 +182,7 @@ fn main() {
         println!(
             "{label}: {:.3} MB body in, {:.3} MB out ({} B forwarded from the spool, {} B written in {} segments; building the upstream request {:.2} us of it), median {:.1} us ({:.0} MB/s), best {:.1} us ({:.0} MB/s) per core",
             body.len() as f64 / 1e6,
-            sent_len as f64 / 1e6,
+            plan.sent() as f64 / 1e6,
             plan.forwarded,
             plan.literal,
             plan.literal_segments,

@@ -10,8 +10,8 @@
 //! (`gateway::send_json`); each corks only after the whole message is ready to go, so nothing
 //! waits on the gateway's own work while corked.
 //!
-//! TLS and HTTP/2 connections, and Unix sockets, are left as they are ([`cork`] returns
-//! `false` for them): rustls already writes whole records, and h2 frames share a connection.
+//! TLS and HTTP/2 connections, and Unix sockets, are left as they are: rustls already writes
+//! whole records, and h2 frames share a connection.
 
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::Stream;
@@ -22,29 +22,32 @@ fn tcp(stream: &Stream) -> Option<&TcpStream> {
     stream.as_any().downcast_ref::<TcpStream>()
 }
 
-/// Sets `TCP_CORK` on `stream`'s socket to `on`; `false` when it is not a plain TCP connection
-/// or the option could not be set (the message then goes out as it would have).
-fn set(stream: &TcpStream, on: bool) -> bool {
-    let raw = stream.as_raw_fd();
-    // SAFETY: `raw` is the descriptor owned by `stream`, which stays borrowed (so open, and
-    // not reused for another file) for as long as `fd` lives: to the end of this function.
-    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-    rustix::net::sockopt::set_tcp_cork(fd, on).is_ok()
+/// The descriptor of `stream`'s socket, borrowed for as long as `stream` is.
+fn socket(stream: &TcpStream) -> BorrowedFd<'_> {
+    // SAFETY: the descriptor is owned by `stream` and stays open (so never -1, and not reused
+    // for another file) while `stream` is borrowed, which the returned lifetime ties it to.
+    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
 }
 
-/// Corks `stream` (a session's, `None` for none) before a message is written; `true` when it
-/// did, and [`uncork`] must then follow once the message is written, or failed.
-pub fn cork(stream: Option<&Stream>) -> bool {
-    stream.and_then(tcp).is_some_and(|s| set(s, true))
-}
-
-/// Uncorks `stream` after a message [`cork`] corked: what is still held goes out now.
-pub fn uncork(stream: Option<&Stream>) {
+/// Sets `TCP_CORK` on `stream`'s socket to `on`, when it is a plain TCP connection. A failure
+/// only means the message goes out as it would have uncorked.
+fn set(stream: Option<&Stream>, on: bool) {
     if let Some(s) = stream.and_then(tcp) {
-        if !set(s, false) {
-            log::debug!("could not uncork a connection (TCP_CORK)");
+        if let Err(e) = rustix::net::sockopt::set_tcp_cork(socket(s), on) {
+            log::debug!("TCP_CORK {on} on a connection: {e}");
         }
     }
+}
+
+/// Corks `stream` (a session's, `None` for none) before a message is written; [`uncork`] must
+/// follow once the message is written, unless the write failed and the connection is closed.
+pub fn cork(stream: Option<&Stream>) {
+    set(stream, true);
+}
+
+/// Uncorks `stream` after its message was written: what is still held goes out now.
+pub fn uncork(stream: Option<&Stream>) {
+    set(stream, false);
 }
 
 #[cfg(test)]
@@ -52,10 +55,8 @@ mod tests {
     use super::*;
 
     fn corked(stream: &Stream) -> bool {
-        let raw = tcp(stream).map(AsRawFd::as_raw_fd).unwrap_or(-1);
-        // SAFETY: as in `set`: `stream` owns `raw` and stays borrowed while `fd` lives.
-        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-        rustix::net::sockopt::tcp_cork(fd).unwrap_or(false)
+        let tcp = tcp(stream).expect("a TCP connection");
+        rustix::net::sockopt::tcp_cork(socket(tcp)).expect("TCP_CORK readable")
     }
 
     #[tokio::test]
@@ -66,14 +67,15 @@ mod tests {
         let (server, _) = accepted.unwrap();
         let stream: Stream = Box::new(TcpStream::from(client.unwrap()));
         assert!(!corked(&stream));
-        assert!(cork(Some(&stream)));
+        cork(Some(&stream));
         assert!(corked(&stream));
         uncork(Some(&stream));
         assert!(!corked(&stream));
         // What was written while corked arrives once uncorked.
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = stream;
-        assert!(cork(Some(&stream)));
+        cork(Some(&stream));
+        assert!(corked(&stream));
         stream.write_all(b"head ").await.unwrap();
         stream.write_all(b"body").await.unwrap();
         uncork(Some(&stream));
@@ -86,9 +88,24 @@ mod tests {
         assert_eq!(&got, b"head body");
     }
 
-    #[test]
-    fn nothing_is_corked_without_a_tcp_connection() {
-        assert!(!cork(None));
+    /// A connection that is not plain TCP (here a Unix socket) is left as it is, and what is
+    /// written between `cork` and `uncork` arrives as usual.
+    #[tokio::test]
+    async fn other_connections_are_left_as_they_are() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let mut stream: Stream = Box::new(ours);
+        assert!(tcp(&stream).is_none());
+        cork(Some(&stream));
+        stream.write_all(b"message").await.unwrap();
+        uncork(Some(&stream));
+        cork(None);
         uncork(None);
+        let mut got = vec![0u8; 7];
+        tokio::time::timeout(std::time::Duration::from_secs(5), theirs.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"message");
     }
 }

@@ -377,7 +377,7 @@ async fn attempt(
     }
     add_traceparent(&mut head).map_err(|e| invalid(&e))?;
     // The head and the body plan leave in full segments, not one per write (see `cork`).
-    let corked = super::cork::cork(session.stream());
+    super::cork::cork(session.stream());
     let limit = arm_write(session, target, clock);
     // On an error the caller shuts the connection down: corked or not, it is never used again.
     session
@@ -385,9 +385,7 @@ async fn attempt(
         .await
         .map_err(|e| AttemptError::BeforeAnswer(upstream_error(target, Stage::Send, limit, &e)))?;
     let sent = send_body(session, target, clock, req, spool).await;
-    if corked {
-        super::cork::uncork(session.stream());
-    }
+    super::cork::uncork(session.stream());
     if let Err(send_err) = sent {
         // The provider may have answered early and closed: read that answer if there is one.
         return match read_head(session, target, clock).await {

@@ -339,11 +339,9 @@ async fn send_json(
     ctx.response_bytes = body.len() as u64;
     // The head and the pieces leave in full segments, not one per write (see `cork`); after an
     // error the connection is closed, corked or not.
-    let corked = super::cork::cork(session.stream());
+    super::cork::cork(session.stream());
     write_json(session, resp, body).await?;
-    if corked {
-        super::cork::uncork(session.stream());
-    }
+    super::cork::uncork(session.stream());
     Ok(())
 }
 

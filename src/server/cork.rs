@@ -1,14 +1,14 @@
 //! Corking a plain TCP connection for the length of one message (`TCP_CORK`).
 //!
-//! Pingora writes an HTTP/1.1 message in several calls: its head on its own (flushed), then
-//! each body piece the gateway hands it (a request's part heads, the image as a slice of the
-//! upload, the closing delimiter; an answer's literals around the provider's image). On
-//! loopback and fast links every `sendto` is a segment the peer is woken for. Corked, the
-//! kernel sends only full segments until [`uncork`], which pushes the rest at once: the same
-//! bytes in fewer segments and wake-ups, and no copy to join the pieces. Runs around the
-//! upstream request of an exchange (`exchange.rs`) and a complete JSON answer
-//! (`gateway::send_json`); each corks only after the whole message is ready to go, so nothing
-//! waits on the gateway's own work while corked.
+//! Pingora writes an HTTP/1.1 answer in several calls: its head on its own, then each body
+//! piece the gateway hands it (the literals around the provider's image, the image as a slice
+//! of the provider's answer). On loopback and fast links every `sendto` is a segment the peer
+//! is woken for. Corked, the kernel sends only full segments until [`uncork`], which pushes the
+//! rest at once: the same bytes in fewer segments and wake-ups, and no copy to join the pieces.
+//! Runs around a complete JSON answer (`gateway::send_json`), corked only once the whole
+//! answer is ready to go, so nothing waits on the gateway's own work while corked. (Upstream
+//! requests need no cork: the exchange writes each one itself, gathered into vectored writes,
+//! see `exchange::send`.)
 //!
 //! TLS and HTTP/2 connections, and Unix sockets, are left as they are: rustls already writes
 //! whole records, and h2 frames share a connection.

@@ -1,8 +1,9 @@
 //! The exchange plugin: one upstream request/response through Pingora's pooled connector.
 //!
 //! Runs after translation, once per attempt. It resolves the provider's host without blocking,
-//! sends the head and the body plan (literal bytes, and spool ranges read chunk by chunk, so a
-//! 20 MB image never sits in memory twice), reads the whole answer, and returns the connection
+//! sends the head and the body plan ([`send`]: literal bytes, and spool ranges read chunk by
+//! chunk, so a 20 MB image never sits in memory twice; over HTTP/1.1 gathered into vectored
+//! writes), reads the whole answer, and returns the connection
 //! to the pool only when the answer was read to its end. A pooled connection that the provider
 //! had closed is retried once on a fresh one, since nothing was answered yet. An upstream that
 //! answers early (401, 413) while the body is still being sent is read as that answer.
@@ -12,12 +13,11 @@
 //! (`idle_timeout_ms`), and the whole exchange (`total_timeout_ms`); a passed one is an
 //! [`GatewayError::UpstreamTimeout`] naming its [`TimeoutKind`]. The total has no timer of its
 //! own: each wait's limit is cut to what is left of it (`Clock`), so it is enforced by the
-//! timers Pingora already arms for each read and write (a tokio timer per exchange would wake a
-//! parked worker thread on every request).
+//! timer of each read and write (a tokio timer per exchange would wake a parked worker thread
+//! on every request).
 
-use crate::codec::base64::Base64Stream;
 use crate::error::{GatewayError, TimeoutKind};
-use crate::providers::{BodySegment, UpstreamRequest, UpstreamResponse};
+use crate::providers::{UpstreamRequest, UpstreamResponse};
 use crate::route::Target;
 use crate::server::resolver::Resolver;
 use crate::server::upstreams::Connector;
@@ -30,6 +30,8 @@ use pingora::{Error, ErrorType};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
+
+mod send;
 
 /// Where an answer's body goes: collected whole (the default, [`Collect`]), or handed over
 /// chunk by chunk as it arrives (streams).
@@ -326,13 +328,20 @@ async fn exchange_within(
     let clock = Clock::start(target);
     let addr = resolve(target, clock.limit(target.provider.timeouts.connect)).await?;
     let provider = target.provider.name.as_str();
+    let scope = send::SendScope {
+        target,
+        clock: &clock,
+        req,
+        spool,
+    };
     let mut tries = 0;
     loop {
         tries += 1;
         let limit = clock.limit(target.provider.timeouts.connect);
         let peer = peer_for(target, addr, limit.wait);
-        let (mut session, reused) = connect(connector, &peer, target, limit).await?;
-        match attempt(&mut session, target, &clock, req, spool, sink).await {
+        let (session, reused) = connect(connector, &peer, target, limit).await?;
+        let (mut session, answer) = attempt(session, &peer, scope, sink).await;
+        match answer {
             Ok(resp) => {
                 release(connector, session, &peer).await;
                 return Ok(resp);
@@ -350,117 +359,41 @@ async fn exchange_within(
     }
 }
 
+/// One try of an exchange on a connection: sends the request (see [`send`]) and reads the
+/// answer; returns the session it ended on, to be pooled or closed.
 async fn attempt(
-    session: &mut HttpSession,
-    target: &Target,
-    clock: &Clock,
-    req: &UpstreamRequest,
-    spool: &Spool,
+    session: HttpSession,
+    peer: &HttpPeer,
+    scope: send::SendScope<'_>,
     sink: &mut dyn AnswerSink,
-) -> Result<UpstreamResponse, AttemptError> {
-    let invalid = |e: &Error| {
-        let limit = clock.limit(target.provider.timeouts.idle);
-        AttemptError::BeforeAnswer(upstream_error(target, Stage::Send, limit, e))
+) -> (HttpSession, Result<UpstreamResponse, AttemptError>) {
+    let send::SendScope { target, clock, req, .. } = scope;
+    let prepared = match send::prepare(target, clock, req) {
+        Ok(p) => p,
+        Err(e) => return (session, Err(e)),
     };
-    let mut head = RequestHeader::build(req.method.clone(), req.path.as_bytes(), None).map_err(|e| invalid(&e))?;
-    let set = |head: &mut RequestHeader, name: http::HeaderName, value: String| {
-        head.insert_header(name, value).map_err(|e| invalid(&e))
-    };
-    set(&mut head, http::header::HOST, target.provider.base_url.authority())?;
-    set(
-        &mut head,
-        http::header::CONTENT_LENGTH,
-        req.content_length().to_string(),
-    )?;
-    for (name, value) in &req.headers {
-        set(&mut head, name.clone(), value.clone())?;
-    }
-    add_traceparent(&mut head).map_err(|e| invalid(&e))?;
-    // The head and the body plan leave in full segments, not one per write (see `cork`).
-    super::cork::cork(session.stream());
-    let limit = arm_write(session, target, clock);
-    // On an error the caller shuts the connection down: corked or not, it is never used again.
-    session
-        .write_request_header(Box::new(head))
-        .await
-        .map_err(|e| AttemptError::BeforeAnswer(upstream_error(target, Stage::Send, limit, &e)))?;
-    let sent = send_body(session, target, clock, req, spool).await;
-    super::cork::uncork(session.stream());
-    if let Err(send_err) = sent {
-        // The provider may have answered early and closed: read that answer if there is one.
-        return match read_head(session, target, clock).await {
-            Ok(status) => read_body(session, target, clock, status, sink)
-                .await
-                .map_err(AttemptError::AfterAnswer),
-            Err(_) => Err(send_err),
-        };
-    }
-    let status = read_head(session, target, clock).await.map_err(|e| match e {
-        // A timeout means the provider may be working on it: never send it twice.
-        GatewayError::UpstreamTimeout { .. } => AttemptError::AfterAnswer(e),
-        other => AttemptError::BeforeAnswer(other),
-    })?;
-    read_body(session, target, clock, status, sink)
-        .await
-        .map_err(AttemptError::AfterAnswer)
-}
-
-/// Writes the body plan, each write armed by [`arm_write`].
-async fn send_body(
-    session: &mut HttpSession,
-    target: &Target,
-    clock: &Clock,
-    req: &UpstreamRequest,
-    spool: &Spool,
-) -> Result<(), AttemptError> {
-    let send_err = |limit: Limit, e: &Error| AttemptError::BeforeAnswer(upstream_error(target, Stage::Send, limit, e));
-    let spool_err =
-        |e: std::io::Error| AttemptError::AfterAnswer(GatewayError::Internal(format!("spool read failed: {e}")));
-    for segment in &req.body {
-        match segment {
-            BodySegment::Bytes(b) => {
-                let limit = arm_write(session, target, clock);
-                session
-                    .write_request_body(b.clone(), false)
+    let (mut session, sent) = send::send(session, peer, prepared, scope).await;
+    let answer = async {
+        if let Err(send_err) = sent {
+            // The provider may have answered early and closed: read that answer if there is one.
+            return match read_head(&mut session, target, clock).await {
+                Ok(status) => read_body(&mut session, target, clock, status, sink)
                     .await
-                    .map_err(|e| send_err(limit, &e))?
-            }
-            BodySegment::Base64(range) => {
-                let mut encoder = Base64Stream::new();
-                let mut chunks = spool.chunks(*range);
-                loop {
-                    let chunk = chunks.next().transpose().map_err(spool_err)?;
-                    let mut out = Vec::with_capacity(chunk.as_ref().map_or(4, |c| c.len() / 3 * 4 + 8));
-                    match &chunk {
-                        Some(c) => encoder.push(c, &mut out),
-                        None => encoder.finish(&mut out),
-                    }
-                    if !out.is_empty() {
-                        let limit = arm_write(session, target, clock);
-                        session
-                            .write_request_body(Bytes::from(out), false)
-                            .await
-                            .map_err(|e| send_err(limit, &e))?;
-                    }
-                    if chunk.is_none() {
-                        break;
-                    }
-                }
-            }
-            BodySegment::Spool(range) => {
-                for chunk in spool.chunks(*range) {
-                    let chunk: Bytes = chunk.map_err(spool_err)?;
-                    let limit = arm_write(session, target, clock);
-                    session
-                        .write_request_body(chunk, false)
-                        .await
-                        .map_err(|e| send_err(limit, &e))?;
-                }
-            }
+                    .map_err(AttemptError::AfterAnswer),
+                Err(_) => Err(send_err),
+            };
         }
+        let status = read_head(&mut session, target, clock).await.map_err(|e| match e {
+            // A timeout means the provider may be working on it: never send it twice.
+            GatewayError::UpstreamTimeout { .. } => AttemptError::AfterAnswer(e),
+            other => AttemptError::BeforeAnswer(other),
+        })?;
+        read_body(&mut session, target, clock, status, sink)
+            .await
+            .map_err(AttemptError::AfterAnswer)
     }
-    let limit = arm_write(session, target, clock);
-    session.finish_request_body().await.map_err(|e| send_err(limit, &e))
+    .await;
+    (session, answer)
 }
 
 /// Reads the answer's head (each read within `first_byte_timeout_ms`, cut by the total),

@@ -360,6 +360,25 @@ mod tests {
         (Box::new(pingora::protocols::l4::stream::Stream::from(client)), server)
     }
 
+    /// [`write_whole`] of `req` after the head `HEAD\r\n`, to a provider with the settings
+    /// lines `extra`.
+    async fn write_plan(
+        stream: &mut Stream,
+        req: &UpstreamRequest,
+        spool: &Spool,
+        extra: &str,
+    ) -> Result<(), AttemptError> {
+        let target = crate::providers::test_support::target("bfl", "m", extra);
+        let clock = Clock::start(&target);
+        let scope = SendScope {
+            target: &target,
+            clock: &clock,
+            req,
+            spool,
+        };
+        write_whole(stream, Bytes::from_static(b"HEAD\r\n"), scope).await
+    }
+
     #[tokio::test]
     async fn a_plan_larger_than_a_write_arrives_whole_through_partial_writes() {
         let upload: Vec<u8> = (0..1_200_000u32).map(|i| (i % 253) as u8).collect();
@@ -371,14 +390,6 @@ mod tests {
             BodySegment::Base64(range(1000, 70_000)),
             BodySegment::Bytes(Bytes::from_static(b"<closing>")),
         ]);
-        let target = crate::providers::test_support::target("bfl", "m", "");
-        let clock = Clock::start(&target);
-        let scope = SendScope {
-            target: &target,
-            clock: &clock,
-            req: &req,
-            spool: &spool,
-        };
         let (mut gateway, mut provider) = connection().await;
         let expected_len = 6 + req.content_length() as usize;
         let reader = tokio::spawn(async move {
@@ -392,7 +403,7 @@ mod tests {
             }
             got
         });
-        let sent = write_whole(&mut gateway, Bytes::from_static(b"HEAD\r\n"), scope).await;
+        let sent = write_plan(&mut gateway, &req, &spool, "").await;
         assert!(sent.is_ok());
         let got = reader.await.unwrap();
         let mut expected = b"HEAD\r\n<part head>".to_vec();
@@ -413,18 +424,10 @@ mod tests {
             start: 0,
             len: upload.len() as u64,
         })]);
-        let target = crate::providers::test_support::target("bfl", "m", "    idle_timeout_ms: 300\n");
-        let clock = Clock::start(&target);
-        let scope = SendScope {
-            target: &target,
-            clock: &clock,
-            req: &req,
-            spool: &spool,
-        };
         // The provider's end stays open and never reads.
         let (mut gateway, _provider) = connection().await;
         let started = std::time::Instant::now();
-        let sent = write_whole(&mut gateway, Bytes::from_static(b"HEAD\r\n"), scope).await;
+        let sent = write_plan(&mut gateway, &req, &spool, "    idle_timeout_ms: 300\n").await;
         let waited = started.elapsed();
         match sent {
             Err(AttemptError::BeforeAnswer(GatewayError::UpstreamTimeout { kind, .. })) => {

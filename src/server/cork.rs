@@ -54,6 +54,17 @@ pub fn uncork(stream: Option<&Stream>) {
 mod tests {
     use super::*;
 
+    /// The next `n` bytes `peer` receives (within 5 s).
+    async fn received<R: tokio::io::AsyncRead + Unpin>(peer: &mut R, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = vec![0u8; n];
+        tokio::time::timeout(std::time::Duration::from_secs(5), peer.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        got
+    }
+
     fn corked(stream: &Stream) -> bool {
         let tcp = tcp(stream).expect("a TCP connection");
         rustix::net::sockopt::tcp_cork(socket(tcp)).expect("TCP_CORK readable")
@@ -72,7 +83,7 @@ mod tests {
         uncork(Some(&stream));
         assert!(!corked(&stream));
         // What was written while corked arrives once uncorked.
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let mut stream = stream;
         cork(Some(&stream));
         assert!(corked(&stream));
@@ -80,19 +91,14 @@ mod tests {
         stream.write_all(b"body").await.unwrap();
         uncork(Some(&stream));
         let mut server = server;
-        let mut got = vec![0u8; 9];
-        tokio::time::timeout(std::time::Duration::from_secs(5), server.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&got, b"head body");
+        assert_eq!(received(&mut server, 9).await, b"head body");
     }
 
     /// A connection that is not plain TCP (here a Unix socket) is left as it is, and what is
     /// written between `cork` and `uncork` arrives as usual.
     #[tokio::test]
     async fn other_connections_are_left_as_they_are() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
         let mut stream: Stream = Box::new(ours);
         assert!(tcp(&stream).is_none());
@@ -101,11 +107,6 @@ mod tests {
         uncork(Some(&stream));
         cork(None);
         uncork(None);
-        let mut got = vec![0u8; 7];
-        tokio::time::timeout(std::time::Duration::from_secs(5), theirs.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&got, b"message");
+        assert_eq!(received(&mut theirs, 7).await, b"message");
     }
 }

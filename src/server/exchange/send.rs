@@ -31,7 +31,7 @@ use tokio::io::AsyncWriteExt;
 
 /// Most bytes gathered for one vectored write. Pieces read from a spilled spool or encoded
 /// for it are held until written, so this also bounds what a request holds beyond its spool.
-pub(crate) const GATHER_BYTES: usize = 256 * 1024;
+const GATHER_BYTES: usize = 256 * 1024;
 
 /// Most pieces in one vectored write (far below the kernel's `IOV_MAX` of 1,024).
 const GATHER_PIECES: usize = 64;
@@ -112,6 +112,22 @@ impl SendScope<'_> {
     fn write_failed(&self, limit: super::Limit, e: &Error) -> AttemptError {
         AttemptError::BeforeAnswer(upstream_error(self.target, Stage::Send, limit, e))
     }
+
+    /// The outcome of one write (or flush) of the request on the stream, awaited within
+    /// `limit`: its value, or the error Pingora's own write would have given.
+    fn written<T, Elapsed>(
+        &self,
+        limit: super::Limit,
+        outcome: Result<io::Result<T>, Elapsed>,
+    ) -> Result<T, AttemptError> {
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                Err(self.write_failed(limit, &Error::because(ErrorType::WriteError, "writing the request", e)))
+            }
+            Err(_) => Err(self.write_failed(limit, &Error::new(ErrorType::WriteTimedout))),
+        }
+    }
 }
 
 /// A spool that could not be read: the request cannot be completed (not retried).
@@ -139,11 +155,7 @@ async fn write_whole(stream: &mut Stream, wire: Bytes, scope: SendScope<'_>) -> 
     }
     write_gathered(stream, &mut batch, scope).await?;
     let limit = scope.clock.limit(scope.target.provider.timeouts.idle);
-    match pingora::prelude::timeout(limit.wait, stream.flush()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(scope.write_failed(limit, &Error::because(ErrorType::WriteError, "flushing the request", e))),
-        Err(_) => Err(scope.write_failed(limit, &Error::new(ErrorType::WriteTimedout))),
-    }
+    scope.written(limit, pingora::prelude::timeout(limit.wait, stream.flush()).await)
 }
 
 /// Writes every piece of `batch` (vectored, as many calls as the socket takes), each call
@@ -152,21 +164,20 @@ async fn write_gathered(stream: &mut Stream, batch: &mut Vec<Bytes>, scope: Send
     let mut first = 0;
     while first < batch.len() {
         let limit = scope.clock.limit(scope.target.provider.timeouts.idle);
-        let written = {
-            let slices: Vec<IoSlice<'_>> = batch[first..].iter().map(|b| IoSlice::new(b)).collect();
-            pingora::prelude::timeout(limit.wait, stream.write_vectored(&slices)).await
-        };
-        let mut n = match written {
-            Ok(Ok(0)) => {
-                let e = io::Error::from(io::ErrorKind::WriteZero);
-                return Err(scope.write_failed(limit, &Error::because(ErrorType::WriteError, "writing the request", e)));
+        // No allocation: a batch holds at most GATHER_PIECES pieces (more would wait a call).
+        let mut slices = [IoSlice::new(&[]); GATHER_PIECES];
+        let count = (batch.len() - first).min(GATHER_PIECES);
+        for (slot, piece) in slices.iter_mut().zip(&batch[first..]) {
+            *slot = IoSlice::new(piece);
+        }
+        let written = pingora::prelude::timeout(limit.wait, async {
+            match stream.write_vectored(&slices[..count]).await {
+                Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+                other => other,
             }
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                return Err(scope.write_failed(limit, &Error::because(ErrorType::WriteError, "writing the request", e)))
-            }
-            Err(_) => return Err(scope.write_failed(limit, &Error::new(ErrorType::WriteTimedout))),
-        };
+        })
+        .await;
+        let mut n = scope.written(limit, written)?;
         while n > 0 && first < batch.len() {
             let piece = &mut batch[first];
             if n >= piece.len() {
@@ -214,7 +225,7 @@ async fn write_through(
 
 /// The bytes of a body plan in order, as pieces to write (see the module docs). A spool that
 /// cannot be read ends it with the error.
-pub(crate) struct BodyPieces<'a> {
+struct BodyPieces<'a> {
     segments: std::slice::Iter<'a, BodySegment>,
     spool: &'a Spool,
     current: Current<'a>,
@@ -232,12 +243,21 @@ enum Current<'a> {
 
 impl<'a> BodyPieces<'a> {
     /// The pieces of `req`'s body, its spool ranges in `spool`.
-    pub(crate) fn new(req: &'a UpstreamRequest, spool: &'a Spool) -> Self {
+    fn new(req: &'a UpstreamRequest, spool: &'a Spool) -> Self {
         BodyPieces {
             segments: req.body.iter(),
             spool,
             current: Current::Between,
         }
+    }
+}
+
+impl BodyPieces<'_> {
+    /// Ends the pieces with `e`: nothing of the plan follows a spool that could not be read.
+    fn fail(&mut self, e: io::Error) -> Option<io::Result<Bytes>> {
+        self.current = Current::Between;
+        self.segments = [].iter();
+        Some(Err(e))
     }
 }
 
@@ -255,22 +275,14 @@ impl Iterator for BodyPieces<'_> {
                     }
                 },
                 Current::Spool(chunks) => match chunks.next() {
-                    Some(Err(e)) => {
-                        self.current = Current::Between;
-                        self.segments = [].iter();
-                        return Some(Err(e));
-                    }
+                    Some(Err(e)) => return self.fail(e),
                     Some(chunk) => return Some(chunk),
                     None => self.current = Current::Between,
                 },
                 Current::Base64(chunks, encoder) => {
                     let chunk = match chunks.next().transpose() {
                         Ok(c) => c,
-                        Err(e) => {
-                            self.current = Current::Between;
-                            self.segments = [].iter();
-                            return Some(Err(e));
-                        }
+                        Err(e) => return self.fail(e),
                     };
                     let mut out = Vec::with_capacity(chunk.as_ref().map_or(4, |c| c.len() / 3 * 4 + 8));
                     match &chunk {
